@@ -1,0 +1,2 @@
+namespace Engine.Tests.Smoke;
+public class SmokeTests { [Fact] public void Builds() => Assert.Equal(4, 2 + 2); }
