@@ -1,0 +1,108 @@
+namespace Engine.Core.Autograd;
+
+/// <summary>One recorded differentiable op: its backward reads the outputs' gradients and accumulates into the inputs'.</summary>
+public abstract class Node
+{
+    protected Node(Tensor[] inputs, Tensor[] outputs) { Inputs = inputs; Outputs = outputs; }
+    public Tensor[] Inputs { get; }
+    public Tensor[] Outputs { get; }
+    public abstract void Backward();
+}
+
+/// <summary>A node whose backward is a closure (for ops defined in terms of other ops).</summary>
+public sealed class LambdaNode(Tensor[] inputs, Tensor[] outputs, Action backward) : Node(inputs, outputs)
+{
+    public override void Backward() => backward();
+}
+
+/// <summary>The ordered list of ops recorded in one scope.</summary>
+public sealed class Tape
+{
+    readonly List<Node> nodes = new();
+    public int Count => nodes.Count;
+    internal void Add(Node n) => nodes.Add(n);
+    public void Clear() => nodes.Clear();
+
+    /// <summary>Runs every node's backward in reverse order of recording, skipping nodes no gradient reached.</summary>
+    public void Backward()
+    {
+        for (int i = nodes.Count - 1; i >= 0; i--)
+        {
+            var n = nodes[i];
+            bool any = false;
+            foreach (var o in n.Outputs) if (o.Grad != null) { any = true; break; }
+            if (any) n.Backward();
+        }
+        nodes.Clear();
+    }
+}
+
+/// <summary>Gradient recording switches and the entry point of backward.</summary>
+public static class Grad
+{
+    [ThreadStatic] static int noGradDepth;
+
+    /// <summary>True when ops should record themselves (inside a scope, not under <see cref="NoGrad"/>).</summary>
+    public static bool IsRecording => noGradDepth == 0 && TensorScope.Current != null;
+
+    /// <summary>Disables recording until the returned handle is disposed (evaluation, generation).</summary>
+    public static IDisposable NoGrad() => new NoGradHandle();
+
+    sealed class NoGradHandle : IDisposable
+    {
+        bool done;
+        public NoGradHandle() => noGradDepth++;
+        public void Dispose() { if (!done) { done = true; noGradDepth--; } }
+    }
+
+    /// <summary>Whether an op over these inputs must be recorded.</summary>
+    public static bool Needs(params Tensor[] inputs)
+    {
+        if (!IsRecording) return false;
+        foreach (var t in inputs) if (t.RequiresGrad) return true;
+        return false;
+    }
+
+    public static void Record(Node node)
+    {
+        foreach (var o in node.Outputs) o.RequiresGrad = true;
+        TensorScope.Current!.Tape.Add(node);
+    }
+
+    /// <summary>Backpropagates from a scalar (seed 1) or from an explicit upstream gradient.</summary>
+    public static void Backward(Tensor output, Tensor? seed = null)
+    {
+        var scope = TensorScope.Current ?? throw new InvalidOperationException("backward needs the tensor scope in which the forward was recorded");
+        if (seed == null)
+        {
+            if (output.Numel != 1) throw new ArgumentException($"backward without a seed needs a scalar, got {output.Describe()}");
+            seed = output.Backend.Empty(output.Shape);
+            output.Backend.Fill(seed, 1f);
+        }
+        else if (seed.Numel != output.Numel) throw new ArgumentException($"seed {seed.Describe()} does not match {output.Describe()}");
+        output.Grad = seed;
+        scope.Tape.Backward();
+    }
+
+    /// <summary>Accumulates g into t.Grad (allocating zeros on first use) when t wants a gradient.</summary>
+    public static void Accumulate(Tensor t, Tensor g)
+    {
+        if (!t.RequiresGrad) return;
+        if (t.Grad == null)
+        {
+            t.Grad = t.Backend.Empty(t.Shape);
+            if (t.IsParameter) t.Grad.Keep();
+            t.Backend.Copy(g, t.Grad);
+        }
+        else t.Backend.AddInPlace(t.Grad, g, 1f);
+    }
+
+    /// <summary>Returns t.Grad, allocating it as zeros first if needed, for ops that accumulate directly.</summary>
+    public static Tensor GradBuffer(Tensor t)
+    {
+        if (t.Grad != null) return t.Grad;
+        t.Grad = t.Backend.Zeros(t.Shape);
+        if (t.IsParameter) t.Grad.Keep();
+        return t.Grad;
+    }
+}

@@ -1,0 +1,151 @@
+using System.Numerics.Tensors;
+using Engine.Cpu;
+using Engine.Cpu.Ops;
+
+namespace Engine.Core;
+
+/// <summary>The reference backend: fp32 on the host, SIMD GEMM and the span kernels of Engine.Cpu.</summary>
+public sealed class CpuBackend : IBackend
+{
+    public static CpuBackend Instance { get; } = new();
+
+    readonly Dictionary<(RopeParams, int, int), (float[] Cos, float[] Sin)> ropeTables = new();
+    readonly Lock ropeLock = new();
+
+    public string Name => "cpu";
+
+    public Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32) =>
+        new(new CpuStorage(this, dtype, Shape.Numel(shape), zero: false), 0, shape.ToArray(), ownsStorage: true);
+
+    public Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32) =>
+        new(new CpuStorage(this, dtype, Shape.Numel(shape), zero: true), 0, shape.ToArray(), ownsStorage: true);
+
+    public void Upload(Tensor dst, ReadOnlySpan<float> src)
+    {
+        if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
+        if (dst.DType == DType.BF16) BFloat16.FromFloat(src, dst.HalfSpan);
+        else src.CopyTo(dst.Span);
+    }
+
+    public void Upload(Tensor dst, ReadOnlySpan<int> src)
+    {
+        if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
+        src.CopyTo(dst.IntSpan);
+    }
+
+    public void Download(Tensor src, Span<float> dst)
+    {
+        switch (src.DType)
+        {
+            case DType.F32: src.Span.CopyTo(dst); break;
+            case DType.BF16: BFloat16.ToFloat(src.HalfSpan, dst); break;
+            case DType.I32:
+                var s = src.IntSpan;
+                for (int i = 0; i < s.Length; i++) dst[i] = s[i];
+                break;
+        }
+    }
+
+    public void Fill(Tensor t, float value) => t.Span.Fill(value);
+
+    public void Copy(Tensor src, Tensor dst)
+    {
+        if (src.Numel != dst.Numel) throw new ArgumentException($"copy {src.Describe()} → {dst.Describe()}: sizes differ");
+        if (src.DType == dst.DType)
+        {
+            switch (src.DType)
+            {
+                case DType.F32: src.Span.CopyTo(dst.Span); break;
+                case DType.BF16: src.HalfSpan.CopyTo(dst.HalfSpan); break;
+                case DType.I32: src.IntSpan.CopyTo(dst.IntSpan); break;
+            }
+        }
+        else if (src.DType == DType.F32 && dst.DType == DType.BF16) BFloat16.FromFloat(src.Span, dst.HalfSpan);
+        else if (src.DType == DType.BF16 && dst.DType == DType.F32) BFloat16.ToFloat(src.HalfSpan, dst.Span);
+        else throw new NotSupportedException($"copy {src.DType} → {dst.DType}");
+    }
+
+    public void MatMul(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
+    {
+        if (a.Rank != 2 || b.Rank != 2 || c.Rank != 2) throw new ArgumentException($"MatMul takes 2-D tensors: {a.Describe()}, {b.Describe()}, {c.Describe()}");
+        int m = transA ? a.Shape[1] : a.Shape[0], k = transA ? a.Shape[0] : a.Shape[1];
+        int kb = transB ? b.Shape[1] : b.Shape[0], n = transB ? b.Shape[0] : b.Shape[1];
+        if (k != kb || c.Shape[0] != m || c.Shape[1] != n)
+            throw new ArgumentException($"MatMul shapes disagree: op(a) [{m}, {k}], op(b) [{kb}, {n}], c {Shape.Format(c.Shape)}");
+        Gemm.Sgemm(transA, transB, m, n, k, alpha, a.Span, a.Shape[1], b.Span, b.Shape[1], beta, c.Span, n);
+    }
+
+    public void Add(Tensor a, Tensor b, Tensor y) => TensorPrimitives.Add(a.Span, b.Span, y.Span);
+
+    public void AddInPlace(Tensor acc, Tensor x, float alpha)
+    {
+        if (alpha == 1f) TensorPrimitives.Add(acc.Span, x.Span, acc.Span);
+        else TensorPrimitives.MultiplyAdd(x.Span, alpha, acc.Span, acc.Span);
+    }
+
+    public void Scale(Tensor t, float s) => TensorPrimitives.Multiply(t.Span, s, t.Span);
+
+    public double SumOfSquares(Tensor t)
+    {
+        // chunked fp32 partials summed in double: accurate and deterministic
+        var s = t.Span;
+        double total = 0;
+        for (int i = 0; i < s.Length; i += 65536)
+            total += TensorPrimitives.SumOfSquares(s.Slice(i, Math.Min(65536, s.Length - i)));
+        return total;
+    }
+
+    public double Sum(Tensor t)
+    {
+        var s = t.Span;
+        double total = 0;
+        for (int i = 0; i < s.Length; i += 65536)
+            total += TensorPrimitives.Sum(s.Slice(i, Math.Min(65536, s.Length - i)));
+        return total;
+    }
+
+    public void RmsNormForward(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps) =>
+        RmsNormCpu.Forward(x.Span, w.Span, y.Span, rstd.Span, (int)(x.Numel / w.Numel), (int)w.Numel, eps);
+
+    public void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate) =>
+        RmsNormCpu.Backward(dy.Span, x.Span, w.Span, rstd.Span, dx.Span, dwAccumulate.Span, (int)(x.Numel / w.Numel), (int)w.Numel);
+
+    public void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse)
+    {
+        (float[] cos, float[] sin) tables;
+        lock (ropeLock)
+        {
+            var key = (p, seqLen, positionOffset);
+            if (!ropeTables.TryGetValue(key, out tables))
+            {
+                if (ropeTables.Count > 64) ropeTables.Clear();
+                tables = RopeCpu.Tables(p, seqLen, positionOffset);
+                ropeTables[key] = tables;
+            }
+        }
+        RopeCpu.Apply(x.Span, y.Span, batch, seqLen, heads, p.HeadDim, tables.cos, tables.sin, inverse);
+    }
+
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionCpu.Dims d) =>
+        AttentionCpu.Forward(q.Span, k.Span, v.Span, o.Span, lse.Span, d);
+
+    public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionCpu.Dims d) =>
+        AttentionCpu.Backward(dout.Span, q.Span, k.Span, v.Span, o.Span, lse.Span, dq.Span, dk.Span, dv.Span, d);
+
+    public void SwiGluForward(Tensor gate, Tensor up, Tensor h) => SwiGluCpu.Forward(gate.Span, up.Span, h.Span);
+
+    public void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup) =>
+        SwiGluCpu.Backward(dh.Span, gate.Span, up.Span, dgate.Span, dup.Span);
+
+    public void EmbeddingForward(Tensor ids, Tensor table, Tensor y) =>
+        EmbeddingCpu.Forward(ids.IntSpan, table.Span, y.Span, table.Shape[0], table.Shape[1]);
+
+    public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate) =>
+        EmbeddingCpu.Backward(ids.IntSpan, dy.Span, dtableAccumulate.Span, dtableAccumulate.Shape[1]);
+
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale) =>
+        CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale);
+
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step) =>
+        AdamWCpu.Update(param.Span, grad.Span, m.Span, v.Span, step);
+}

@@ -1,0 +1,55 @@
+using Engine.Cpu.Ops;
+
+namespace Engine.Core;
+
+/// <summary>
+/// The op interface every device implements. Semantics are fp32 math on row-major tensors; a backend may store
+/// activations in bf16 (CUDA) as long as it meets the tolerances its tests state against the CPU reference.
+/// "dst" arguments are overwritten unless the name says "accumulate". Inner code trusts shapes: the autograd
+/// functions in <see cref="F"/> validate them once.
+/// </summary>
+public interface IBackend
+{
+    string Name { get; }
+
+    Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32);
+    Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32);
+
+    void Upload(Tensor dst, ReadOnlySpan<float> src);
+    void Upload(Tensor dst, ReadOnlySpan<int> src);
+    void Download(Tensor src, Span<float> dst);
+    void Fill(Tensor t, float value);
+    void Copy(Tensor src, Tensor dst);
+
+    /// <summary>c = alpha * op(a) op(b) + beta * c over the last two dims (a: [m,k] or [k,m]; b: [k,n] or [n,k]).</summary>
+    void MatMul(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f);
+
+    void Add(Tensor a, Tensor b, Tensor y);
+    /// <summary>acc += alpha * x.</summary>
+    void AddInPlace(Tensor acc, Tensor x, float alpha);
+    void Scale(Tensor t, float s);
+    double SumOfSquares(Tensor t);
+    double Sum(Tensor t);
+
+    void RmsNormForward(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps);
+    /// <summary>dx overwritten, dw accumulated.</summary>
+    void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate);
+
+    /// <summary>x, y: [B*T, H*D]. inverse=true is the backward rotation. x and y may alias.</summary>
+    void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse);
+
+    void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionCpu.Dims d);
+    /// <summary>dq, dk, dv overwritten.</summary>
+    void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionCpu.Dims d);
+
+    void SwiGluForward(Tensor gate, Tensor up, Tensor h);
+    void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup);
+
+    void EmbeddingForward(Tensor ids, Tensor table, Tensor y);
+    void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate);
+
+    /// <summary>Per-row loss and logsumexp; with writeGradient the logits are replaced by gradScale * dloss/dlogits.</summary>
+    void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale);
+
+    void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step);
+}

@@ -1,0 +1,41 @@
+namespace Engine.Cpu.Ops;
+
+/// <summary>AdamW hyper-parameters for one step; Step counts from 1.</summary>
+public readonly record struct AdamWStep(float Lr, float Beta1, float Beta2, float Eps, float WeightDecay, int Step, float GradScale = 1f);
+
+/*
+ * AdamW (Loshchilov & Hutter), exactly PyTorch's torch.optim.AdamW update, fp32 state:
+ *   g = grad * gradScale            (gradScale carries global-norm clipping)
+ *   p = p * (1 - lr * wd)           (decoupled weight decay)
+ *   m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
+ *   p = p - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+ */
+public static class AdamWCpu
+{
+    public static void Update(Span<float> param, ReadOnlySpan<float> grad, Span<float> m, Span<float> v, AdamWStep s)
+    {
+        if (s.Step < 1) throw new ArgumentOutOfRangeException(nameof(s), "AdamW step counts from 1");
+        float bc1 = 1f - MathF.Pow(s.Beta1, s.Step);
+        float bc2Sqrt = MathF.Sqrt(1f - MathF.Pow(s.Beta2, s.Step));
+        float stepSize = s.Lr / bc1;
+        float decay = 1f - s.Lr * s.WeightDecay;
+        float b1 = s.Beta1, b2 = s.Beta2, eps = s.Eps, gs = s.GradScale;
+        unsafe
+        {
+            fixed (float* pp = param, pg = grad, pm = m, pv = v)
+            {
+                float* P = pp, G = pg, M = pm, V = pv;
+                Parallelism.For(param.Length, 65536, (lo, hi) =>
+                {
+                    for (int i = lo; i < hi; i++)
+                    {
+                        float g = G[i] * gs;
+                        float mi = M[i] = b1 * M[i] + (1f - b1) * g;
+                        float vi = V[i] = b2 * V[i] + (1f - b2) * g * g;
+                        P[i] = P[i] * decay - stepSize * mi / (MathF.Sqrt(vi) / bc2Sqrt + eps);
+                    }
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+using System.Buffers;
+using System.Numerics.Tensors;
+
+namespace Engine.Cpu.Ops;
+
+/*
+ * Causal grouped-query attention, memory-efficient (FlashAttention-2 bookkeeping on the CPU):
+ *   q [B, T, H, D], k/v [B, T, Hkv, D], query head h reads kv head h / (H / Hkv), scale = 1/sqrt(D)
+ *   S = scale * Q K^T (causal: key j <= query i), P = softmax(S), O = P V, lse_i = logsumexp_j S_ij (fp32, saved)
+ * Only lse [B, H, T] is kept for backward; scores are recomputed per query block of BlockQ rows, so no T×T matrix
+ * per head outlives the block that uses it. Backward, with D_i = rowsum(dO_i * O_i):
+ *   P = exp(S - lse), dP = dO V^T, dS = P * (dP - D), dQ = scale dS K, dK += scale dS^T Q, dV += P^T dO
+ * dK/dV of a kv head sum over its query heads; work is split by (batch, kv head) so no two tasks write the same rows.
+ */
+public static class AttentionCpu
+{
+    const int BlockQ = 64;
+
+    public readonly record struct Dims(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim)
+    {
+        public int QRow => Heads * HeadDim;
+        public int KvRow => KvHeads * HeadDim;
+        public int Group => Heads / KvHeads;
+        public float Scale => 1f / MathF.Sqrt(HeadDim);
+
+        public void Validate()
+        {
+            if (Batch <= 0 || SeqLen <= 0 || Heads <= 0 || KvHeads <= 0 || HeadDim <= 0)
+                throw new ArgumentException($"attention dims must be positive: {this}");
+            if (Heads % KvHeads != 0) throw new ArgumentException($"heads ({Heads}) must be a multiple of kv heads ({KvHeads})");
+        }
+    }
+
+    public static void Forward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o, Span<float> lse, Dims d)
+    {
+        d.Validate();
+        unsafe
+        {
+            fixed (float* pq = q, pk = k, pv = v, po = o, pl = lse)
+            {
+                float* Q = pq, K = pk, V = pv, O = po, L = pl;
+                Parallel.For(0, d.Batch * d.Heads, bh =>
+                {
+                    int b = bh / d.Heads, h = bh % d.Heads, g = h / d.Group;
+                    float* qb = Q + (long)b * d.SeqLen * d.QRow + h * d.HeadDim;
+                    float* kb = K + (long)b * d.SeqLen * d.KvRow + g * d.HeadDim;
+                    float* vb = V + (long)b * d.SeqLen * d.KvRow + g * d.HeadDim;
+                    float* ob = O + (long)b * d.SeqLen * d.QRow + h * d.HeadDim;
+                    float* lb = L + ((long)b * d.Heads + h) * d.SeqLen;
+                    float[] s = ArrayPool<float>.Shared.Rent(BlockQ * d.SeqLen);
+                    try
+                    {
+                        for (int r0 = 0; r0 < d.SeqLen; r0 += BlockQ)
+                        {
+                            int nq = Math.Min(BlockQ, d.SeqLen - r0), nk = r0 + nq;
+                            Scores(qb, kb, r0, nq, nk, d, s);
+                            for (int i = 0; i < nq; i++)
+                            {
+                                var row = s.AsSpan(i * nk, nk);
+                                int valid = r0 + i + 1;
+                                var vr = row[..valid];
+                                float m = TensorPrimitives.Max(vr);
+                                TensorPrimitives.Subtract(vr, m, vr);
+                                TensorPrimitives.Exp(vr, vr);
+                                float sum = TensorPrimitives.Sum(vr);
+                                TensorPrimitives.Multiply(vr, 1f / sum, vr);
+                                row[valid..].Clear();
+                                lb[r0 + i] = m + MathF.Log(sum);
+                            }
+                            fixed (float* ps = s)
+                                Gemm.Sgemm(false, false, nq, d.HeadDim, nk, 1f,
+                                    new ReadOnlySpan<float>(ps, nq * nk), nk,
+                                    new ReadOnlySpan<float>(vb, SpanLen(nk, d.KvRow, d.HeadDim)), d.KvRow, 0f,
+                                    new Span<float>(ob + (long)r0 * d.QRow, SpanLen(nq, d.QRow, d.HeadDim)), d.QRow);
+                        }
+                    }
+                    finally { ArrayPool<float>.Shared.Return(s); }
+                });
+            }
+        }
+    }
+
+    /// <summary>dq is overwritten; dk and dv are overwritten (not accumulated).</summary>
+    public static void Backward(ReadOnlySpan<float> dout, ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v,
+        ReadOnlySpan<float> o, ReadOnlySpan<float> lse, Span<float> dq, Span<float> dk, Span<float> dv, Dims d)
+    {
+        d.Validate();
+        unsafe
+        {
+            fixed (float* pdo = dout, pq = q, pk = k, pv = v, po = o, pl = lse, pdq = dq, pdk = dk, pdv = dv)
+            {
+                float* DO = pdo, Q = pq, K = pk, V = pv, O = po, L = pl, DQ = pdq, DK = pdk, DV = pdv;
+                Parallel.For(0, d.Batch * d.KvHeads, bg =>
+                {
+                    int b = bg / d.KvHeads, g = bg % d.KvHeads;
+                    float* kb = K + (long)b * d.SeqLen * d.KvRow + g * d.HeadDim;
+                    float* vb = V + (long)b * d.SeqLen * d.KvRow + g * d.HeadDim;
+                    float* dkb = DK + (long)b * d.SeqLen * d.KvRow + g * d.HeadDim;
+                    float* dvb = DV + (long)b * d.SeqLen * d.KvRow + g * d.HeadDim;
+                    for (int t = 0; t < d.SeqLen; t++)
+                    {
+                        new Span<float>(dkb + (long)t * d.KvRow, d.HeadDim).Clear();
+                        new Span<float>(dvb + (long)t * d.KvRow, d.HeadDim).Clear();
+                    }
+                    float[] s = ArrayPool<float>.Shared.Rent(BlockQ * d.SeqLen);
+                    float[] dp = ArrayPool<float>.Shared.Rent(BlockQ * d.SeqLen);
+                    try
+                    {
+                        for (int h = g * d.Group; h < (g + 1) * d.Group; h++)
+                        {
+                            long qOff = (long)b * d.SeqLen * d.QRow + h * d.HeadDim;
+                            float* qb = Q + qOff, ob = O + qOff, dob = DO + qOff, dqb = DQ + qOff;
+                            float* lb = L + ((long)b * d.Heads + h) * d.SeqLen;
+                            for (int r0 = 0; r0 < d.SeqLen; r0 += BlockQ)
+                            {
+                                int nq = Math.Min(BlockQ, d.SeqLen - r0), nk = r0 + nq;
+                                Scores(qb, kb, r0, nq, nk, d, s);
+                                fixed (float* ps = s, pdp = dp)
+                                {
+                                    // dP = dO V^T
+                                    Gemm.Sgemm(false, true, nq, nk, d.HeadDim, 1f,
+                                        new ReadOnlySpan<float>(dob + (long)r0 * d.QRow, SpanLen(nq, d.QRow, d.HeadDim)), d.QRow,
+                                        new ReadOnlySpan<float>(vb, SpanLen(nk, d.KvRow, d.HeadDim)), d.KvRow, 0f,
+                                        new Span<float>(pdp, nq * nk), nk);
+                                    for (int i = 0; i < nq; i++)
+                                    {
+                                        int t = r0 + i, valid = t + 1;
+                                        var sr = s.AsSpan(i * nk, nk);
+                                        var dpr = dp.AsSpan(i * nk, nk);
+                                        var vs = sr[..valid];
+                                        TensorPrimitives.Subtract(vs, lb[t], vs);
+                                        TensorPrimitives.Exp(vs, vs); // P
+                                        sr[valid..].Clear();
+                                        float di = TensorPrimitives.Dot(
+                                            new ReadOnlySpan<float>(dob + (long)t * d.QRow, d.HeadDim),
+                                            new ReadOnlySpan<float>(ob + (long)t * d.QRow, d.HeadDim));
+                                        var dps = dpr[..valid];
+                                        TensorPrimitives.Subtract(dps, di, dps);
+                                        TensorPrimitives.Multiply(dps, vs, dps); // dS
+                                        dpr[valid..].Clear();
+                                    }
+                                    // dQ = scale dS K
+                                    Gemm.Sgemm(false, false, nq, d.HeadDim, nk, d.Scale,
+                                        new ReadOnlySpan<float>(pdp, nq * nk), nk,
+                                        new ReadOnlySpan<float>(kb, SpanLen(nk, d.KvRow, d.HeadDim)), d.KvRow, 0f,
+                                        new Span<float>(dqb + (long)r0 * d.QRow, SpanLen(nq, d.QRow, d.HeadDim)), d.QRow);
+                                    // dK += scale dS^T Q
+                                    Gemm.Sgemm(true, false, nk, d.HeadDim, nq, d.Scale,
+                                        new ReadOnlySpan<float>(pdp, nq * nk), nk,
+                                        new ReadOnlySpan<float>(qb + (long)r0 * d.QRow, SpanLen(nq, d.QRow, d.HeadDim)), d.QRow, 1f,
+                                        new Span<float>(dkb, SpanLen(nk, d.KvRow, d.HeadDim)), d.KvRow);
+                                    // dV += P^T dO
+                                    Gemm.Sgemm(true, false, nk, d.HeadDim, nq, 1f,
+                                        new ReadOnlySpan<float>(ps, nq * nk), nk,
+                                        new ReadOnlySpan<float>(dob + (long)r0 * d.QRow, SpanLen(nq, d.QRow, d.HeadDim)), d.QRow, 1f,
+                                        new Span<float>(dvb, SpanLen(nk, d.KvRow, d.HeadDim)), d.KvRow);
+                                }
+                            }
+                        }
+                    }
+                    finally
+                    {
+                        ArrayPool<float>.Shared.Return(s);
+                        ArrayPool<float>.Shared.Return(dp);
+                    }
+                });
+            }
+        }
+    }
+
+    // S[nq, nk] = scale * Q[r0 : r0+nq] K[0 : nk]^T
+    static unsafe void Scores(float* qb, float* kb, int r0, int nq, int nk, Dims d, float[] s)
+    {
+        fixed (float* ps = s)
+            Gemm.Sgemm(false, true, nq, nk, d.HeadDim, d.Scale,
+                new ReadOnlySpan<float>(qb + (long)r0 * d.QRow, SpanLen(nq, d.QRow, d.HeadDim)), d.QRow,
+                new ReadOnlySpan<float>(kb, SpanLen(nk, d.KvRow, d.HeadDim)), d.KvRow, 0f,
+                new Span<float>(ps, nq * nk), nk);
+    }
+
+    // Elements a strided [rows, width] view with leading dimension ld spans.
+    static int SpanLen(int rows, int ld, int width) => (rows - 1) * ld + width;
+}

@@ -1,0 +1,64 @@
+using System.Numerics.Tensors;
+
+namespace Engine.Cpu.Ops;
+
+/*
+ * Cross-entropy over rows of logits [N, V] with optional z-loss (Baichuan 2 max-z):
+ *   lse_i  = log sum_j exp(x_ij)
+ *   loss_i = lse_i - x_i,t_i + zc * lse_i^2         (0 for ignored rows: target == IgnoreIndex)
+ * Gradient of loss_i w.r.t. x_i, with p = softmax(x_i):
+ *   dx_ij = p_ij * (1 + 2 zc lse_i) - [j == t_i]
+ * Forward can write that gradient, times a per-call scale (e.g. 1 / valid tokens), over the logits in place:
+ * the logits are materialised once and become their own gradient buffer.
+ */
+public static class CrossEntropyCpu
+{
+    public const int IgnoreIndex = -100;
+
+    public static void Forward(Span<float> logits, ReadOnlySpan<int> targets, Span<float> losses, Span<float> lse,
+        int rows, int vocab, float zLoss, bool writeGradient, float gradScale)
+    {
+        unsafe
+        {
+            fixed (float* px = logits, pl = losses, pz = lse)
+            fixed (int* pt = targets)
+            {
+                float* X = px, Lo = pl, Z = pz; int* Tg = pt;
+                Parallelism.For(rows, 8, (s, e) =>
+                {
+                    for (int r = s; r < e; r++)
+                    {
+                        var x = new Span<float>(X + (long)r * vocab, vocab);
+                        int t = Tg[r];
+                        if (t != IgnoreIndex && (uint)t >= (uint)vocab)
+                            throw new ArgumentOutOfRangeException(nameof(targets), $"target {t} at row {r} is outside the vocabulary [0, {vocab})");
+                        float m = TensorPrimitives.Max(x);
+                        // sum exp(x - m) without destroying x unless the gradient is wanted
+                        float sum = 0f;
+                        if (writeGradient)
+                        {
+                            TensorPrimitives.Subtract(x, m, x);
+                            float xt = t == IgnoreIndex ? 0f : x[t] + m;
+                            TensorPrimitives.Exp(x, x);
+                            sum = TensorPrimitives.Sum(x);
+                            float z = m + MathF.Log(sum);
+                            Z[r] = z;
+                            if (t == IgnoreIndex) { Lo[r] = 0f; x.Clear(); continue; }
+                            Lo[r] = z - xt + zLoss * z * z;
+                            float c = gradScale * (1f + 2f * zLoss * z) / sum;
+                            TensorPrimitives.Multiply(x, c, x);
+                            x[t] -= gradScale;
+                        }
+                        else
+                        {
+                            for (int j = 0; j < vocab; j++) sum += MathF.Exp(x[j] - m);
+                            float z = m + MathF.Log(sum);
+                            Z[r] = z;
+                            Lo[r] = t == IgnoreIndex ? 0f : z - x[t] + zLoss * z * z;
+                        }
+                    }
+                });
+            }
+        }
+    }
+}

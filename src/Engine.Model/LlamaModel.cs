@@ -1,0 +1,158 @@
+using Engine.Core;
+using Engine.Cpu.Ops;
+
+namespace Engine.Model;
+
+/// <summary>
+/// Llama decoder (RMSNorm, RoPE, grouped-query causal attention, SwiGLU MLP, optional tied embeddings and NormHead).
+/// Parameters carry Hugging Face LlamaForCausalLM names and layouts ([out, in] weights). Device-agnostic: every op
+/// goes through the tensors' backend.
+/// </summary>
+public sealed class LlamaModel : IDisposable
+{
+    readonly Dictionary<string, Tensor> parameters = new(StringComparer.Ordinal);
+    readonly List<string> order = new();
+
+    public LlamaModel(LlamaConfig config, IBackend backend)
+    {
+        Config = config.Validate();
+        Backend = backend;
+        int c = config.HiddenSize, kv = config.NumKvHeads * config.HeadDim, f = config.IntermediateSize;
+        Add("model.embed_tokens.weight", config.VocabSize, c);
+        for (int i = 0; i < config.NumLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            Add(p + "input_layernorm.weight", c);
+            Add(p + "self_attn.q_proj.weight", c, c);
+            Add(p + "self_attn.k_proj.weight", kv, c);
+            Add(p + "self_attn.v_proj.weight", kv, c);
+            Add(p + "self_attn.o_proj.weight", c, c);
+            Add(p + "post_attention_layernorm.weight", c);
+            Add(p + "mlp.gate_proj.weight", f, c);
+            Add(p + "mlp.up_proj.weight", f, c);
+            Add(p + "mlp.down_proj.weight", c, f);
+        }
+        Add("model.norm.weight", c);
+        if (!config.TieWordEmbeddings) Add("lm_head.weight", config.VocabSize, c);
+    }
+
+    public LlamaConfig Config { get; }
+    public IBackend Backend { get; }
+
+    /// <summary>Use activation checkpointing per transformer block (recompute in backward, keep only block inputs).</summary>
+    public bool CheckpointActivations { get; set; }
+
+    /// <summary>Parameters in a fixed order (the Hugging Face state-dict order).</summary>
+    public IEnumerable<(string Name, Tensor Tensor)> Parameters => order.Select(n => (n, parameters[n]));
+
+    public Tensor this[string name] => parameters.TryGetValue(name, out var t) ? t
+        : throw new KeyNotFoundException($"no parameter named '{name}'");
+
+    public bool HasParameter(string name) => parameters.ContainsKey(name);
+
+    public long ParameterCount => parameters.Values.Sum(t => t.Numel);
+
+    void Add(string name, params int[] shape)
+    {
+        var t = Backend.Zeros(shape).Keep();
+        t.Name = name; t.RequiresGrad = true; t.IsParameter = true;
+        parameters[name] = t; order.Add(name);
+    }
+
+    /// <summary>Hugging Face's init: N(0, initializer_range) for linear and embedding weights, ones for norms.</summary>
+    public void InitializeWeights(ulong seed)
+    {
+        var rng = new Rng(seed);
+        foreach (var (name, t) in Parameters)
+        {
+            var host = new float[t.Numel];
+            if (name.EndsWith("norm.weight", StringComparison.Ordinal) || name.EndsWith("layernorm.weight", StringComparison.Ordinal)) host.AsSpan().Fill(1f);
+            else rng.FillNormal(host, 0, Config.InitializerRange);
+            Backend.Upload(t, host);
+        }
+    }
+
+    /// <summary>Replaces a parameter's values (e.g. from a checkpoint), checking the shape.</summary>
+    public void Load(string name, ReadOnlySpan<float> values)
+    {
+        var t = this[name];
+        if (values.Length != t.Numel) throw new ArgumentException($"{name}: expected {t.Numel} values ({Shape.Format(t.Shape)}), got {values.Length}");
+        Backend.Upload(t, values);
+    }
+
+    /// <summary>Swaps in a resized parameter (vocabulary expansion); the old tensor is disposed.</summary>
+    public void Replace(string name, Tensor t)
+    {
+        if (!parameters.TryGetValue(name, out var old)) throw new KeyNotFoundException($"no parameter named '{name}'");
+        t.Keep(); t.Name = name; t.RequiresGrad = true; t.IsParameter = true; t.Frozen = old.Frozen;
+        old.Grad?.Dispose();
+        old.Dispose();
+        parameters[name] = t;
+    }
+
+    public void ZeroGrad()
+    {
+        foreach (var t in parameters.Values)
+            if (t.Grad != null) Backend.Fill(t.Grad, 0f);
+    }
+
+    /// <summary>Final hidden states [B*T, C] for token ids [B*T] (int32), positions offset..offset+T-1.</summary>
+    public Tensor Hidden(Tensor ids, int batch, int seqLen, int positionOffset = 0)
+    {
+        if (ids.Numel != (long)batch * seqLen) throw new ArgumentException($"ids hold {ids.Numel} tokens, expected batch {batch} × seq {seqLen}");
+        if (seqLen + positionOffset > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
+            throw new ArgumentException($"sequence of {seqLen + positionOffset} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
+        var x = F.Embedding(ids, this["model.embed_tokens.weight"]);
+        for (int i = 0; i < Config.NumLayers; i++)
+        {
+            int layer = i;
+            Tensor Block(Tensor h) => TransformerBlock(h, layer, batch, seqLen, positionOffset);
+            x = CheckpointActivations ? F.Checkpoint(Block, x) : Block(x);
+        }
+        return F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps);
+    }
+
+    /// <summary>The LM head weight as used (tied embeddings, NormHead-normalised rows, or lm_head).</summary>
+    public Tensor HeadWeight()
+    {
+        var w = Config.TieWordEmbeddings ? this["model.embed_tokens.weight"] : this["lm_head.weight"];
+        return Config.NormHead ? F.RowNormalize(w) : w;
+    }
+
+    /// <summary>Logits [B*T, V].</summary>
+    public Tensor Logits(Tensor ids, int batch, int seqLen, int positionOffset = 0) =>
+        F.Linear(Hidden(ids, batch, seqLen, positionOffset), HeadWeight());
+
+    /// <summary>
+    /// Loss over targets [B*T] (int32, -100 = ignored) divided by normalizer (the global count of valid targets
+    /// across micro-batches), plus zLoss·lse². Returns the scalar loss and the per-token losses.
+    /// </summary>
+    public (Tensor Loss, Tensor TokenLosses) Loss(Tensor ids, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f)
+    {
+        var logits = Logits(ids, batch, seqLen);
+        return F.CrossEntropy(logits, targets, normalizer, zLoss);
+    }
+
+    Tensor TransformerBlock(Tensor x, int i, int batch, int seqLen, int positionOffset)
+    {
+        string p = $"model.layers.{i}.";
+        var cfg = Config;
+        var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
+        var q = F.Linear(h, this[p + "self_attn.q_proj.weight"]);
+        var k = F.Linear(h, this[p + "self_attn.k_proj.weight"]);
+        var v = F.Linear(h, this[p + "self_attn.v_proj.weight"]);
+        q = F.Rope(q, cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset);
+        k = F.Rope(k, cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset);
+        var a = F.Attention(q, k, v, new AttentionCpu.Dims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
+        x = F.Add(x, F.Linear(a, this[p + "self_attn.o_proj.weight"]));
+        var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
+        var m = F.SwiGlu(F.Linear(h2, this[p + "mlp.gate_proj.weight"]), F.Linear(h2, this[p + "mlp.up_proj.weight"]));
+        return F.Add(x, F.Linear(m, this[p + "mlp.down_proj.weight"]));
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in parameters.Values) { t.Grad?.Dispose(); t.Dispose(); }
+        parameters.Clear();
+    }
+}

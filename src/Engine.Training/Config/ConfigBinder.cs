@@ -1,0 +1,197 @@
+using System.Globalization;
+using System.Reflection;
+using System.Text;
+using System.Text.Json;
+using Tomlyn;
+using Tomlyn.Model;
+
+namespace Engine.Training.Config;
+
+/// <summary>A configuration problem: names the key and what is wrong, for a one-line CLI error.</summary>
+public sealed class ConfigException(string message) : Exception(message);
+
+/// <summary>
+/// Strict binding of TOML or JSON into typed records: snake_case keys map to PascalCase init properties, nested
+/// tables to nested records; an unknown key, a wrong type or an invalid value is an error naming its full key.
+/// Command-line overrides `section.key=value` are applied on the parsed tree before binding.
+/// </summary>
+public static class ConfigBinder
+{
+    public static T Load<T>(string path, IEnumerable<string>? overrides = null) where T : new()
+    {
+        if (!File.Exists(path)) throw new ConfigException($"config file not found: {path}");
+        string text = File.ReadAllText(path);
+        var tree = Parse(text, path);
+        foreach (var o in overrides ?? []) ApplyOverride(tree, o);
+        return Bind<T>(tree, "");
+    }
+
+    public static Dictionary<string, object?> Parse(string text, string source)
+    {
+        bool json = source.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || text.TrimStart().StartsWith('{');
+        try
+        {
+            if (json)
+            {
+                using var doc = JsonDocument.Parse(text, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
+                if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new ConfigException($"{source}: the top level must be an object");
+                return (Dictionary<string, object?>)FromJson(doc.RootElement)!;
+            }
+            var table = TomlSerializer.Deserialize<TomlTable>(text) ?? throw new ConfigException($"{source}: empty TOML document");
+            return (Dictionary<string, object?>)FromToml(table)!;
+        }
+        catch (JsonException e) { throw new ConfigException($"{source}: invalid JSON: {e.Message}"); }
+        catch (TomlException e) { throw new ConfigException($"{source}: invalid TOML: {e.Message}"); }
+    }
+
+    static object? FromJson(JsonElement e) => e.ValueKind switch
+    {
+        JsonValueKind.Object => e.EnumerateObject().ToDictionary(p => p.Name, p => FromJson(p.Value)),
+        JsonValueKind.Array => e.EnumerateArray().Select(FromJson).ToList(),
+        JsonValueKind.String => e.GetString(),
+        JsonValueKind.Number => e.TryGetInt64(out long l) ? l : e.GetDouble(),
+        JsonValueKind.True => true,
+        JsonValueKind.False => false,
+        _ => null,
+    };
+
+    static object? FromToml(object? v) => v switch
+    {
+        TomlTable t => t.ToDictionary(kv => kv.Key, kv => FromToml(kv.Value)),
+        TomlTableArray a => a.Select(x => FromToml(x)).ToList(),
+        TomlArray a => a.Select(FromToml).ToList(),
+        _ => v,
+    };
+
+    /// <summary>Applies "a.b.c=value" (value parsed as TOML scalar/array when possible, else a string).</summary>
+    public static void ApplyOverride(Dictionary<string, object?> tree, string assignment)
+    {
+        int eq = assignment.IndexOf('=');
+        if (eq <= 0) throw new ConfigException($"override '{assignment}' is not of the form section.key=value");
+        string key = assignment[..eq].Trim().TrimStart('-');
+        string raw = assignment[(eq + 1)..].Trim();
+        object? value;
+        try
+        {
+            var t = TomlSerializer.Deserialize<TomlTable>("v = " + raw);
+            value = FromToml(t!["v"]);
+        }
+        catch (TomlException) { value = raw; }
+        var parts = key.Split('.');
+        var node = tree;
+        for (int i = 0; i < parts.Length - 1; i++)
+        {
+            if (!node.TryGetValue(parts[i], out var child) || child is not Dictionary<string, object?> d)
+            {
+                d = new Dictionary<string, object?>();
+                node[parts[i]] = d;
+            }
+            node = d;
+        }
+        node[parts[^1]] = value;
+    }
+
+    public static string ToPascal(string snake)
+    {
+        var sb = new StringBuilder();
+        foreach (var part in snake.Split('_', StringSplitOptions.RemoveEmptyEntries))
+            sb.Append(char.ToUpperInvariant(part[0])).Append(part.AsSpan(1));
+        return sb.ToString();
+    }
+
+    public static string ToSnake(string pascal)
+    {
+        var sb = new StringBuilder();
+        for (int i = 0; i < pascal.Length; i++)
+        {
+            char c = pascal[i];
+            if (char.IsUpper(c) && i > 0) sb.Append('_');
+            sb.Append(char.ToLowerInvariant(c));
+        }
+        return sb.ToString();
+    }
+
+    public static T Bind<T>(Dictionary<string, object?> tree, string prefix) where T : new() => (T)Bind(typeof(T), tree, prefix);
+
+    static object Bind(Type type, Dictionary<string, object?> tree, string prefix)
+    {
+        object target = Activator.CreateInstance(type)!;
+        var props = type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
+            .Where(p => p.CanWrite).ToDictionary(p => p.Name, StringComparer.Ordinal);
+        foreach (var (key, value) in tree)
+        {
+            string full = prefix.Length == 0 ? key : prefix + "." + key;
+            if (!props.TryGetValue(ToPascal(key), out var prop) || ToSnake(prop.Name) != key.ToLowerInvariant())
+                throw new ConfigException($"unknown config key '{full}'" + Suggest(key, props.Keys));
+            prop.SetValue(target, Convert(prop.PropertyType, value, full));
+        }
+        return target;
+    }
+
+    static string Suggest(string key, IEnumerable<string> known)
+    {
+        var names = known.Select(ToSnake).ToList();
+        return names.Count == 0 ? "" : $" (known keys here: {string.Join(", ", names)})";
+    }
+
+    static object? Convert(Type t, object? v, string key)
+    {
+        var under = Nullable.GetUnderlyingType(t);
+        if (under != null) return v == null ? null : Convert(under, v, key);
+        try
+        {
+            if (t == typeof(string)) return v as string ?? throw Type("a string");
+            if (t == typeof(int)) return checked((int)AsLong(v));
+            if (t == typeof(long)) return AsLong(v);
+            if (t == typeof(double)) return AsDouble(v);
+            if (t == typeof(float)) return (float)AsDouble(v);
+            if (t == typeof(bool)) return v is bool b ? b : throw Type("true or false");
+            if (t == typeof(ulong)) return (ulong)AsLong(v);
+            if (t.IsEnum)
+            {
+                if (v is string s)
+                {
+                    var name = Enum.GetNames(t).FirstOrDefault(n => string.Equals(n, ToPascal(s), StringComparison.OrdinalIgnoreCase) || string.Equals(n, s, StringComparison.OrdinalIgnoreCase));
+                    if (name != null) return Enum.Parse(t, name);
+                }
+                throw Type("one of " + string.Join(", ", Enum.GetNames(t).Select(ToSnake)));
+            }
+            if (t.IsArray)
+            {
+                var et = t.GetElementType()!;
+                var list = v as List<object?> ?? throw Type("an array");
+                var arr = Array.CreateInstance(et, list.Count);
+                for (int i = 0; i < list.Count; i++) arr.SetValue(Convert(et, list[i], $"{key}[{i}]"), i);
+                return arr;
+            }
+            if (t.IsGenericType && t.GetGenericTypeDefinition() == typeof(Dictionary<,>) && t.GetGenericArguments()[0] == typeof(string))
+            {
+                var vt = t.GetGenericArguments()[1];
+                var d = v as Dictionary<string, object?> ?? throw Type("a table");
+                var dict = (System.Collections.IDictionary)Activator.CreateInstance(t)!;
+                foreach (var (k, x) in d) dict[k] = Convert(vt, x, key + "." + k);
+                return dict;
+            }
+            if (t.IsClass)
+            {
+                var d = v as Dictionary<string, object?> ?? throw Type("a table");
+                return Bind(t, d, key);
+            }
+        }
+        catch (OverflowException) { throw new ConfigException($"config key '{key}': value {v} is out of range"); }
+        throw new ConfigException($"config key '{key}': unsupported type {t.Name}");
+
+        ConfigException Type(string expected) => new($"config key '{key}': expected {expected}, got {Describe(v)}");
+        long AsLong(object? x) => x switch { long l => l, double d when d == Math.Floor(d) => (long)d, _ => throw Type("an integer") };
+        double AsDouble(object? x) => x switch { long l => l, double d => d, string s when double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double p) => p, _ => throw Type("a number") };
+    }
+
+    static string Describe(object? v) => v switch
+    {
+        null => "nothing",
+        string s => $"\"{s}\"",
+        List<object?> => "an array",
+        Dictionary<string, object?> => "a table",
+        _ => System.Convert.ToString(v, CultureInfo.InvariantCulture) ?? "?",
+    };
+}
