@@ -1,1 +1,7 @@
-return 0;
+using System.CommandLine;
+using Engine.Cli;
+using Engine.Cli.Commands;
+
+var root = new RootCommand("engine: LLM training engine (CPU reference backend, CUDA kernels) for domain adaptation");
+root.Subcommands.Add(TrainCommand.Create());
+return Cli.Run(root, args);

@@ -1,0 +1,126 @@
+using Engine.Cpu.Ops;
+using Engine.Model;
+
+namespace Engine.Training.Config;
+
+/// <summary>One training run, as read from a TOML or JSON file (snake_case keys; every key optional but validated).</summary>
+public sealed class TrainConfig
+{
+    public ModelSection Model { get; set; } = new();
+    public DataSection Data { get; set; } = new();
+    public TrainSection Train { get; set; } = new();
+    public AdamWOptions Optim { get; set; } = new();
+    public ScheduleOptions Schedule { get; set; } = new();
+    public OutputSection Output { get; set; } = new();
+
+    public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
+    {
+        var cfg = ConfigBinder.Load<TrainConfig>(path, overrides);
+        cfg.BaseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        cfg.Validate();
+        return cfg;
+    }
+
+    /// <summary>Relative data/output paths resolve against the config file's folder.</summary>
+    public string BaseDirectory { get; set; } = Directory.GetCurrentDirectory();
+
+    public string Resolve(string path) => Path.IsPathRooted(path) ? path : Path.GetFullPath(Path.Combine(BaseDirectory, path));
+
+    public void Validate()
+    {
+        var errors = new List<string>();
+        if (Train.SeqLen <= 0) errors.Add($"train.seq_len must be positive (got {Train.SeqLen})");
+        if (Train.BatchSize <= 0) errors.Add($"train.batch_size must be positive (got {Train.BatchSize})");
+        if (Train.GradAccum <= 0) errors.Add($"train.grad_accum must be positive (got {Train.GradAccum})");
+        if (Train.Steps <= 0) errors.Add($"train.steps must be positive (got {Train.Steps})");
+        if (Train.SeqLen > Model.MaxPositionEmbeddings) errors.Add($"train.seq_len ({Train.SeqLen}) exceeds model.max_position_embeddings ({Model.MaxPositionEmbeddings})");
+        if (!(Optim.Lr > 0)) errors.Add($"optim.lr must be positive (got {Optim.Lr})");
+        if (Optim.Beta1 is < 0 or >= 1) errors.Add($"optim.beta1 must be in [0, 1) (got {Optim.Beta1})");
+        if (Optim.Beta2 is < 0 or >= 1) errors.Add($"optim.beta2 must be in [0, 1) (got {Optim.Beta2})");
+        if (Optim.WeightDecay < 0) errors.Add($"optim.weight_decay must be >= 0 (got {Optim.WeightDecay})");
+        if (Optim.ClipNorm < 0) errors.Add($"optim.clip_norm must be >= 0 (got {Optim.ClipNorm})");
+        if (Schedule.WarmupSteps < 0) errors.Add($"schedule.warmup_steps must be >= 0 (got {Schedule.WarmupSteps})");
+        if (Schedule.MinLr < 0 || Schedule.MinLr > Optim.Lr) errors.Add($"schedule.min_lr must be in [0, optim.lr] (got {Schedule.MinLr})");
+        if (Data.Train.Length == 0) errors.Add("data.train must name at least one text file");
+        if (Data.ValidFraction is < 0 or >= 1) errors.Add($"data.valid_fraction must be in [0, 1) (got {Data.ValidFraction})");
+        if (Output.SaveDtype is not ("F32" or "BF16")) errors.Add($"output.save_dtype must be F32 or BF16 (got {Output.SaveDtype})");
+        if (Train.Device is not ("cpu" or "cuda")) errors.Add($"train.device must be cpu or cuda (got {Train.Device})");
+        if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
+    }
+
+    /// <summary>The model config; vocab_size 0 takes the tokenizer's size.</summary>
+    public LlamaConfig ToLlamaConfig(int tokenizerVocab) => new LlamaConfig
+    {
+        VocabSize = Model.VocabSize > 0 ? Model.VocabSize : tokenizerVocab,
+        HiddenSize = Model.HiddenSize,
+        IntermediateSize = Model.IntermediateSize,
+        NumLayers = Model.NumLayers,
+        NumHeads = Model.NumHeads,
+        NumKvHeads = Model.NumKvHeads > 0 ? Model.NumKvHeads : Model.NumHeads,
+        MaxPositionEmbeddings = Model.MaxPositionEmbeddings,
+        RmsNormEps = (float)Model.RmsNormEps,
+        RopeTheta = Model.RopeTheta,
+        RopeScaling = Model.RopeScaling,
+        RopeScalingFactor = Model.RopeScalingFactor,
+        TieWordEmbeddings = Model.TieWordEmbeddings,
+        NormHead = Model.NormHead,
+        InitializerRange = Model.InitializerRange,
+    }.Validate();
+}
+
+public sealed class ModelSection
+{
+    /// <summary>0 = the tokenizer's vocabulary size.</summary>
+    public int VocabSize { get; set; }
+    public int HiddenSize { get; set; } = 256;
+    public int IntermediateSize { get; set; } = 688;
+    public int NumLayers { get; set; } = 4;
+    public int NumHeads { get; set; } = 4;
+    /// <summary>0 = same as num_heads (multi-head attention).</summary>
+    public int NumKvHeads { get; set; }
+    public int MaxPositionEmbeddings { get; set; } = 1024;
+    public double RmsNormEps { get; set; } = 1e-5;
+    public double RopeTheta { get; set; } = 10000;
+    public RopeScalingKind RopeScaling { get; set; } = RopeScalingKind.None;
+    public double RopeScalingFactor { get; set; } = 1;
+    public bool TieWordEmbeddings { get; set; }
+    public bool NormHead { get; set; }
+    public double InitializerRange { get; set; } = 0.02;
+    public bool CheckpointActivations { get; set; }
+    /// <summary>Start from a Hugging Face-layout directory (config.json + model.safetensors) instead of random init.</summary>
+    public string? InitFrom { get; set; }
+}
+
+public sealed class DataSection
+{
+    /// <summary>Text files (.txt, .jsonl with "text", FPB .csv, instruction .json/.jsonl) to train on.</summary>
+    public string[] Train { get; set; } = [];
+    /// <summary>"byte" for the byte-level tokenizer, or the path of a Hugging Face tokenizer.json.</summary>
+    public string Tokenizer { get; set; } = "byte";
+    /// <summary>Share of the tokens held out (from the end of each file) for validation loss.</summary>
+    public double ValidFraction { get; set; } = 0.05;
+}
+
+public sealed class TrainSection
+{
+    public int SeqLen { get; set; } = 256;
+    public int BatchSize { get; set; } = 8;
+    /// <summary>Micro-batches accumulated per optimizer step.</summary>
+    public int GradAccum { get; set; } = 1;
+    public int Steps { get; set; } = 100;
+    public ulong Seed { get; set; } = 1234;
+    /// <summary>Baichuan 2 max-z loss coefficient (2e-4 in the paper; 0 disables).</summary>
+    public double ZLoss { get; set; }
+    public string Device { get; set; } = "cpu";
+    public int LogEvery { get; set; } = 10;
+    /// <summary>Validation every N steps (0 = only at the end).</summary>
+    public int EvalEvery { get; set; }
+    public int EvalBatches { get; set; } = 4;
+}
+
+public sealed class OutputSection
+{
+    public string Dir { get; set; } = "runs/train";
+    /// <summary>Weights dtype in model.safetensors: F32 or BF16.</summary>
+    public string SaveDtype { get; set; } = "F32";
+}

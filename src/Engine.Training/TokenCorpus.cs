@@ -1,0 +1,65 @@
+using Engine.Core;
+using Engine.Data;
+
+namespace Engine.Training;
+
+/// <summary>
+/// Tokens of one or more text files, documents joined with EOS, split into a training part and a held-out tail
+/// (valid_fraction of each file). Training windows of T+1 tokens start at seeded random offsets (nanoGPT-style);
+/// validation windows are fixed and evenly spaced, so every evaluation sees the same tokens.
+/// </summary>
+public sealed class TokenCorpus
+{
+    readonly int[] train;
+    readonly int[] valid;
+
+    TokenCorpus(int[] train, int[] valid) { this.train = train; this.valid = valid; }
+
+    public int TrainTokens => train.Length;
+    public int ValidTokens => valid.Length;
+
+    public static TokenCorpus FromFiles(IEnumerable<string> paths, ITokenizer tokenizer, double validFraction)
+    {
+        var tr = new List<int>();
+        var va = new List<int>();
+        foreach (var path in paths)
+        {
+            var tokens = new List<int>();
+            foreach (var doc in TextFiles.ReadDocuments(path))
+            {
+                tokens.AddRange(tokenizer.Encode(doc));
+                tokens.Add(tokenizer.EosId);
+            }
+            if (tokens.Count < 2) throw new InvalidDataException($"{path}: no text to train on");
+            int cut = (int)(tokens.Count * (1 - validFraction));
+            tr.AddRange(tokens.Take(cut));
+            va.AddRange(tokens.Skip(cut));
+        }
+        return new TokenCorpus(tr.ToArray(), va.ToArray());
+    }
+
+    public static TokenCorpus FromTokens(int[] train, int[] valid) => new(train, valid);
+
+    /// <summary>Fills ids and targets ([batch*T] each) with random training windows.</summary>
+    public void SampleTrain(Rng rng, int batch, int seqLen, Span<int> ids, Span<int> targets)
+    {
+        if (train.Length < seqLen + 1) throw new InvalidDataException($"training text has {train.Length} tokens, fewer than seq_len + 1 = {seqLen + 1}");
+        for (int b = 0; b < batch; b++)
+        {
+            int start = rng.NextInt(train.Length - seqLen);
+            train.AsSpan(start, seqLen).CopyTo(ids.Slice(b * seqLen, seqLen));
+            train.AsSpan(start + 1, seqLen).CopyTo(targets.Slice(b * seqLen, seqLen));
+        }
+    }
+
+    /// <summary>Number of disjoint validation windows available.</summary>
+    public int ValidWindows(int seqLen) => Math.Max(0, (valid.Length - 1) / seqLen);
+
+    /// <summary>Validation window w (disjoint, in order).</summary>
+    public void ValidWindow(int w, int seqLen, Span<int> ids, Span<int> targets)
+    {
+        int start = w * seqLen;
+        valid.AsSpan(start, seqLen).CopyTo(ids);
+        valid.AsSpan(start + 1, seqLen).CopyTo(targets);
+    }
+}

@@ -1,0 +1,184 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Engine.Core;
+using Engine.Core.Autograd;
+using Engine.Data;
+using Engine.Model;
+using Engine.Model.IO;
+using Engine.Training.Config;
+
+namespace Engine.Training;
+
+/// <summary>What one optimizer step did.</summary>
+public sealed record StepMetrics(int Step, int TotalSteps, double Loss, double Lr, double GradNorm, long Tokens,
+    double TokensPerSecond, double ElapsedSeconds, double? ValidLoss);
+
+/// <summary>Outcome of a run: where the weights went and the loss trajectory.</summary>
+public sealed record TrainResult(string OutputDir, string WeightsDir, IReadOnlyList<StepMetrics> Steps, double? FinalValidLoss,
+    long Parameters, double TokensPerSecond);
+
+/// <summary>
+/// The training loop (TorchTitan shape): zero-grad → micro-batches (loss summed ÷ global valid tokens) → clip →
+/// AdamW → schedule → log. Metrics go to metrics.jsonl in the output folder; final weights to final/ as
+/// Hugging Face config.json + model.safetensors.
+/// </summary>
+public sealed class Trainer
+{
+    readonly TrainConfig cfg;
+    readonly IBackend backend;
+
+    public Trainer(TrainConfig cfg, IBackend backend)
+    {
+        this.cfg = cfg;
+        this.backend = backend;
+    }
+
+    /// <summary>Called after every step (progress display).</summary>
+    public Action<StepMetrics>? OnStep { get; set; }
+    /// <summary>Called with one-line status messages.</summary>
+    public Action<string>? OnMessage { get; set; }
+
+    public static ITokenizer LoadTokenizer(TrainConfig cfg)
+    {
+        if (cfg.Data.Tokenizer == "byte") return new ByteTokenizer();
+        throw new ConfigException($"data.tokenizer '{cfg.Data.Tokenizer}': only \"byte\" is available in this build");
+    }
+
+    public TrainResult Run(CancellationToken cancel = default)
+    {
+        var tokenizer = LoadTokenizer(cfg);
+        var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
+        foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
+        OnMessage?.Invoke($"tokenizing {files.Count} file(s)");
+        var corpus = TokenCorpus.FromFiles(files, tokenizer, cfg.Data.ValidFraction);
+        OnMessage?.Invoke($"{corpus.TrainTokens:N0} training tokens, {corpus.ValidTokens:N0} held out");
+
+        using var model = CreateModel(tokenizer.VocabSize);
+        int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
+        CheckFits(model.Config, B, T, cfg.Model.CheckpointActivations);
+        model.CheckpointActivations = cfg.Model.CheckpointActivations;
+        OnMessage?.Invoke($"model: {model.ParameterCount:N0} parameters on {backend.Name}");
+
+        string outDir = cfg.Resolve(cfg.Output.Dir);
+        Directory.CreateDirectory(outDir);
+        using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: false);
+        using var opt = new AdamW(model, cfg.Optim);
+        var rng = new Rng(cfg.Train.Seed);
+        var steps = new List<StepMetrics>();
+        var ids = new int[B * T];
+        var tg = new int[B * T];
+        long tokens = 0;
+        var clock = Stopwatch.StartNew();
+        double? lastValid = null;
+        for (int step = 0; step < cfg.Train.Steps; step++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            double lr = Schedule.LearningRate(cfg.Schedule, cfg.Optim.Lr, step, cfg.Train.Steps);
+            model.ZeroGrad();
+            double lossSum = 0;
+            int accum = cfg.Train.GradAccum;
+            float normalizer = accum * B * T; // every target of a random window is valid
+            for (int micro = 0; micro < accum; micro++)
+            {
+                corpus.SampleTrain(rng, B, T, ids, tg);
+                using var scope = new TensorScope();
+                var idT = backend.Empty([B * T], DType.I32);
+                var tgT = backend.Empty([B * T], DType.I32);
+                backend.Upload(idT, ids);
+                backend.Upload(tgT, tg);
+                var (loss, _) = model.Loss(idT, tgT, B, T, normalizer, (float)cfg.Train.ZLoss);
+                lossSum += loss.Item();
+                Grad.Backward(loss);
+            }
+            double norm = opt.Update(lr);
+            tokens += (long)accum * B * T;
+            double elapsed = clock.Elapsed.TotalSeconds;
+            double? valid = null;
+            bool last = step == cfg.Train.Steps - 1;
+            if (last || (cfg.Train.EvalEvery > 0 && (step + 1) % cfg.Train.EvalEvery == 0))
+            {
+                valid = lastValid = ValidationLoss(model, corpus);
+                clock.Stop();
+                clock.Start();
+            }
+            var m = new StepMetrics(step + 1, cfg.Train.Steps, lossSum, lr, norm, tokens, tokens / Math.Max(elapsed, 1e-9), elapsed, valid);
+            steps.Add(m);
+            metrics.WriteLine(JsonSerializer.Serialize(new
+            {
+                step = m.Step, loss = m.Loss, lr = m.Lr, grad_norm = m.GradNorm, tokens = m.Tokens,
+                tokens_per_s = m.TokensPerSecond, elapsed_s = m.ElapsedSeconds, valid_loss = m.ValidLoss,
+            }));
+            metrics.Flush();
+            OnStep?.Invoke(m);
+        }
+
+        string weightsDir = Path.Combine(outDir, "final");
+        ModelIO.Save(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
+        {
+            ["engine.steps"] = cfg.Train.Steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["engine.tokens"] = tokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        });
+        OnMessage?.Invoke($"saved {weightsDir}");
+        return new TrainResult(outDir, weightsDir, steps, lastValid, model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);
+    }
+
+    LlamaModel CreateModel(int tokenizerVocab)
+    {
+        if (cfg.Model.InitFrom is { } from)
+        {
+            var m = ModelIO.Load(cfg.Resolve(from), backend);
+            if (m.Config.VocabSize < tokenizerVocab)
+            {
+                m.Dispose();
+                throw new ConfigException($"model.init_from has vocab_size {m.Config.VocabSize}, smaller than the tokenizer's {tokenizerVocab}");
+            }
+            return m;
+        }
+        var llama = cfg.ToLlamaConfig(tokenizerVocab);
+        if (llama.VocabSize < tokenizerVocab)
+            throw new ConfigException($"model.vocab_size ({llama.VocabSize}) is smaller than the tokenizer's vocabulary ({tokenizerVocab})");
+        var model = new LlamaModel(llama, backend);
+        model.InitializeWeights(cfg.Train.Seed);
+        return model;
+    }
+
+    /// <summary>Mean token NLL over up to eval_batches×batch_size held-out windows (no gradients).</summary>
+    public double ValidationLoss(LlamaModel model, TokenCorpus corpus)
+    {
+        int T = cfg.Train.SeqLen, B = cfg.Train.BatchSize;
+        int windows = Math.Min(corpus.ValidWindows(T), cfg.Train.EvalBatches * B);
+        if (windows == 0) return double.NaN;
+        double sum = 0; long count = 0;
+        var ids = new int[B * T];
+        var tg = new int[B * T];
+        using var ng = Grad.NoGrad();
+        for (int w0 = 0; w0 < windows; w0 += B)
+        {
+            int nb = Math.Min(B, windows - w0);
+            for (int b = 0; b < nb; b++) corpus.ValidWindow(w0 + b, T, ids.AsSpan(b * T, T), tg.AsSpan(b * T, T));
+            using var scope = new TensorScope();
+            var idT = backend.Empty([nb * T], DType.I32);
+            var tgT = backend.Empty([nb * T], DType.I32);
+            backend.Upload(idT, ids.AsSpan(0, nb * T));
+            backend.Upload(tgT, tg.AsSpan(0, nb * T));
+            var (loss, _) = model.Loss(idT, tgT, nb, T, 1f);
+            sum += loss.Item();
+            count += nb * T;
+        }
+        return sum / count;
+    }
+
+    /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory.</summary>
+    public static void CheckFits(LlamaConfig c, int batch, int seqLen, bool checkpoint, long? availableBytes = null)
+    {
+        long available = availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        double state = c.ParameterCount() * 4.0 * 4; // weights, grads, m, v in fp32
+        long n = (long)batch * seqLen;
+        int kv = c.NumKvHeads * c.HeadDim;
+        double perLayer = n * (8.0 * c.HiddenSize + 4.0 * kv + 4.0 * c.IntermediateSize) * 4 + (double)batch * c.NumHeads * seqLen * 4;
+        double acts = (checkpoint ? n * c.HiddenSize * 4.0 * c.NumLayers + perLayer : perLayer * c.NumLayers) + n * (double)c.VocabSize * 4 * 2;
+        double need = state + acts;
+        if (need > available * 0.9)
+            throw new ConfigException($"model does not fit: needs about {need / (1 << 30):F1} GiB (weights+grads+AdamW {state / (1 << 30):F1} GiB, activations {acts / (1 << 30):F1} GiB) but {available / (double)(1 << 30):F1} GiB are available; reduce train.batch_size or train.seq_len, the model size, or set model.checkpoint_activations = true");
+    }
+}
