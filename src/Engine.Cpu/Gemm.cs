@@ -1,49 +1,224 @@
-using System.Numerics;
+using Engine.Cpu.GemmKernels;
 
 namespace Engine.Cpu;
 
-/// <summary>
-/// Interim row-major SGEMM (simple: packs op(B) to [k, n], rows of C in parallel, Vector&lt;float&gt; over n).
-/// The cache-blocked packed-panel GEMM replaces this file with the same API.
-/// </summary>
-public static class Gemm
-{
-    public static int MaxThreads { get; set; } = Environment.ProcessorCount;
+/*
+ * Row-major single-precision GEMM:  C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C,  op(X) = X or Xᵀ.
+ *   transA: A stored [k, lda ≥ m], else [m, lda ≥ k].   transB: B stored [n, ldb ≥ k], else [k, ldb ≥ n].
+ * Precision: fp32 inputs, fp32 FMA accumulation (k split into blocks of ≤ KC, each block added to C in fp32).
+ * beta == 0 never reads C (C may hold NaN). Arguments are validated here once; GemmKernels/* trusts them.
+ * Implementation: GotoBLAS/BLIS packed panels + register-tiled micro-kernel (GemmKernels/GemmTraits.cs).
+ */
 
+/// <summary>CPU SGEMM (blocked, packed, AVX-512/AVX2 micro-kernels, multithreaded) and its reference.</summary>
+public static unsafe class Gemm
+{
+    static int s_maxThreads = Environment.ProcessorCount;
+
+    /// <summary>Most threads one call uses (default: processor count). At least 1.</summary>
+    public static int MaxThreads
+    {
+        get => s_maxThreads;
+        set => s_maxThreads = value >= 1
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, "Gemm.MaxThreads must be >= 1.");
+    }
+
+    /// <summary>C = alpha·op(A)·op(B) + beta·C, row-major (see the file header for layouts).</summary>
     public static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha, ReadOnlySpan<float> a, int lda,
         ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)
     {
-        if (m < 0 || n < 0 || k < 0) throw new ArgumentException($"negative GEMM size m={m} n={n} k={k}");
+        Validate(transA, transB, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, c.Length, ldc, 0, 1);
         if (m == 0 || n == 0) return;
-        var bp = new float[(long)k * n];
-        for (int p = 0; p < k; p++)
-            for (int j = 0; j < n; j++) bp[p * n + j] = transB ? b[j * ldb + p] : b[p * ldb + j];
-        var ap = new float[(long)m * k];
-        for (int i = 0; i < m; i++)
-            for (int p = 0; p < k; p++) ap[i * k + p] = transA ? a[p * lda + i] : a[i * lda + p];
-        unsafe
+        fixed (float* pa = a)
+        fixed (float* pb = b)
+        fixed (float* pc = c)
         {
-            fixed (float* pc = c)
-            {
-                float* cc = pc;
-                Parallel.For(0, m, new ParallelOptions { MaxDegreeOfParallelism = MaxThreads }, i =>
-                {
-                    var row = new Span<float>(cc + (long)i * ldc, n);
-                    var acc = new float[n];
-                    for (int p = 0; p < k; p++)
-                    {
-                        float av = ap[(long)i * k + p];
-                        if (av == 0) continue;
-                        var brow = bp.AsSpan(p * n, n);
-                        int j = 0;
-                        var va = new Vector<float>(av);
-                        for (; j <= n - Vector<float>.Count; j += Vector<float>.Count)
-                            (new Vector<float>(acc, j) + va * new Vector<float>(brow[j..])).CopyTo(acc, j);
-                        for (; j < n; j++) acc[j] += av * brow[j];
-                    }
-                    for (int j = 0; j < n; j++) row[j] = alpha * acc[j] + (beta == 0 ? 0 : beta * row[j]);
-                });
-            }
+            var g = Problem(transA, transB, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc);
+            RunOne(g, MaxThreads);
         }
+    }
+
+    /// <summary>
+    /// batchCount independent GEMMs; item i uses a + i·strideA, b + i·strideB, c + i·strideC (element strides;
+    /// strideA/strideB may be 0 to share an operand, C items must not overlap).
+    /// </summary>
+    public static void SgemmStridedBatched(bool transA, bool transB, int m, int n, int k, float alpha,
+        ReadOnlySpan<float> a, int lda, long strideA, ReadOnlySpan<float> b, int ldb, long strideB, float beta,
+        Span<float> c, int ldc, long strideC, int batchCount)
+    {
+        Validate(transA, transB, m, n, k, a.Length, lda, strideA, b.Length, ldb, strideB, c.Length, ldc, strideC, batchCount);
+        if (m == 0 || n == 0 || batchCount == 0) return;
+        fixed (float* pa = a)
+        fixed (float* pb = b)
+        fixed (float* pc = c)
+        {
+            var g = Problem(transA, transB, m, n, k, alpha, pa, lda, pb, ldb, beta, pc, ldc);
+            var job = new BatchJob { G = g, StrideA = strideA, StrideB = strideB, StrideC = strideC, Count = batchCount };
+            int threads = Math.Min(MaxThreads, batchCount);
+            double flops = 2.0 * m * n * k * batchCount;
+            threads = (int)Math.Min(threads, Math.Max(1.0, flops / GemmTraits.MinFlopsPerThread));
+            // Items spread over threads when that balances (each item then runs single-threaded);
+            // otherwise items run one after another, each split across threads.
+            bool spread = threads > 1 && (batchCount % threads == 0 || batchCount >= 4 * threads);
+            if (spread)
+            {
+                job.Tasks = threads;
+                if (GemmThreads.TryRun(threads, &BatchTask, &job)) return;
+            }
+            for (int i = 0; i < batchCount; i++) RunOne(job.Item(i), spread ? 1 : MaxThreads);
+        }
+    }
+
+    /// <summary>Plain triple loop with double accumulation: the test reference. Same contract as <see cref="Sgemm"/>.</summary>
+    public static void SgemmReference(bool transA, bool transB, int m, int n, int k, float alpha, ReadOnlySpan<float> a,
+        int lda, ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)
+    {
+        Validate(transA, transB, m, n, k, a.Length, lda, 0, b.Length, ldb, 0, c.Length, ldc, 0, 1);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+            {
+                double acc = 0;
+                for (int p = 0; p < k; p++)
+                {
+                    float av = transA ? a[p * lda + i] : a[i * lda + p];
+                    float bv = transB ? b[j * ldb + p] : b[p * ldb + j];
+                    acc += (double)av * bv;
+                }
+                int ci = i * ldc + j;
+                c[ci] = beta == 0f ? (float)(alpha * acc) : (float)(alpha * acc + (double)beta * c[ci]);
+            }
+    }
+
+    // ---- dispatch ---------------------------------------------------------------------------------------------
+
+    static GemmProblem Problem(bool transA, bool transB, int m, int n, int k, float alpha, float* a, int lda,
+        float* b, int ldb, float beta, float* c, int ldc) => new()
+    {
+        TransA = transA, TransB = transB, M = m, N = n, K = k, Alpha = alpha, Beta = beta,
+        A = a, Lda = lda, B = b, Ldb = ldb, C = c, Ldc = ldc,
+    };
+
+    /// <summary>One GEMM with m, n ≥ 1: degenerate cases, the small path, or the blocked path on ≤ maxThreads.</summary>
+    static void RunOne(in GemmProblem g, int maxThreads)
+    {
+        if (g.K == 0 || g.Alpha == 0f)
+        {
+            ScaleC(g);
+            return;
+        }
+        if (g.M < 4 || g.N < 4 || (long)g.M * g.N * g.K <= GemmTraits.SmallVolume)
+        {
+            GemmSmall.Run(g);
+            return;
+        }
+        // Split the larger of m (in MR-row units) and n (in NR-column units): each thread packs its own A and B,
+        // so the split dimension's operand is packed once and the other one once per thread.
+        bool splitM = (long)g.M * GemmTraits.NR >= (long)g.N * GemmTraits.MR;
+        int units = splitM ? (g.M + GemmTraits.MR - 1) / GemmTraits.MR : (g.N + GemmTraits.NR - 1) / GemmTraits.NR;
+        double flops = 2.0 * g.M * g.N * g.K;
+        int threads = (int)Math.Min(Math.Min(maxThreads, units), Math.Max(1.0, flops / GemmTraits.MinFlopsPerThread));
+        if (threads > 1)
+        {
+            var job = new SplitJob { G = g, SplitM = splitM, Units = units, Tasks = threads };
+            if (GemmThreads.TryRun(threads, &SplitTask, &job)) return;
+        }
+        GemmDriver.Run(g);
+    }
+
+    static void ScaleC(in GemmProblem g)
+    {
+        for (int i = 0; i < g.M; i++)
+        {
+            var row = new Span<float>(g.C + (nint)i * g.Ldc, g.N);
+            if (g.Beta == 0f) row.Clear();
+            else if (g.Beta != 1f) System.Numerics.Tensors.TensorPrimitives.Multiply(row, g.Beta, row);
+        }
+    }
+
+    struct SplitJob
+    {
+        public GemmProblem G;
+        public bool SplitM;
+        public int Units, Tasks;
+    }
+
+    static void SplitTask(void* ctx, int t)
+    {
+        ref SplitJob job = ref *(SplitJob*)ctx;
+        int u0 = (int)((long)job.Units * t / job.Tasks), u1 = (int)((long)job.Units * (t + 1) / job.Tasks);
+        if (u0 == u1) return;
+        GemmProblem s;
+        if (job.SplitM)
+        {
+            int i0 = u0 * GemmTraits.MR, i1 = Math.Min(job.G.M, u1 * GemmTraits.MR);
+            s = job.G.Slice(i0, i1 - i0, 0, job.G.N);
+        }
+        else
+        {
+            int j0 = u0 * GemmTraits.NR, j1 = Math.Min(job.G.N, u1 * GemmTraits.NR);
+            s = job.G.Slice(0, job.G.M, j0, j1 - j0);
+        }
+        GemmDriver.Run(s);
+    }
+
+    struct BatchJob
+    {
+        public GemmProblem G;
+        public long StrideA, StrideB, StrideC;
+        public int Count, Tasks;
+
+        public readonly GemmProblem Item(int i)
+        {
+            GemmProblem s = G;
+            s.A += i * StrideA; s.B += i * StrideB; s.C += i * StrideC;
+            return s;
+        }
+    }
+
+    static void BatchTask(void* ctx, int t)
+    {
+        ref BatchJob job = ref *(BatchJob*)ctx;
+        int i0 = (int)((long)job.Count * t / job.Tasks), i1 = (int)((long)job.Count * (t + 1) / job.Tasks);
+        for (int i = i0; i < i1; i++) RunOne(job.Item(i), 1);
+    }
+
+    // ---- validation (public boundary only) --------------------------------------------------------------------
+
+    static void Validate(bool transA, bool transB, int m, int n, int k, int aLength, int lda, long strideA,
+        int bLength, int ldb, long strideB, int cLength, int ldc, long strideC, int batchCount)
+    {
+        if (m < 0) throw new ArgumentOutOfRangeException(nameof(m), m, "m must be >= 0.");
+        if (n < 0) throw new ArgumentOutOfRangeException(nameof(n), n, "n must be >= 0.");
+        if (k < 0) throw new ArgumentOutOfRangeException(nameof(k), k, "k must be >= 0.");
+        if (batchCount < 0) throw new ArgumentOutOfRangeException(nameof(batchCount), batchCount, "batchCount must be >= 0.");
+        if (strideA < 0) throw new ArgumentOutOfRangeException(nameof(strideA), strideA, "strideA must be >= 0.");
+        if (strideB < 0) throw new ArgumentOutOfRangeException(nameof(strideB), strideB, "strideB must be >= 0.");
+        if (strideC < 0) throw new ArgumentOutOfRangeException(nameof(strideC), strideC, "strideC must be >= 0.");
+
+        // Stored shapes: A [k, lda ≥ m] when transA else [m, lda ≥ k]; B [n, ldb ≥ k] when transB else [k, ldb ≥ n].
+        CheckOperand("a", "lda", aLength, transA ? k : m, transA ? m : k, lda, transA ? "m (transA = true)" : "k (transA = false)",
+            strideA, batchCount, m, n, k);
+        CheckOperand("b", "ldb", bLength, transB ? n : k, transB ? k : n, ldb, transB ? "k (transB = true)" : "n (transB = false)",
+            strideB, batchCount, m, n, k);
+        long cItem = CheckOperand("c", "ldc", cLength, m, n, ldc, "n", strideC, batchCount, m, n, k);
+        if (batchCount > 1 && strideC < cItem)
+            throw new ArgumentOutOfRangeException(nameof(strideC), strideC,
+                $"strideC ({strideC}) must be >= {cItem} (one [m={m}, n={n}] item with ldc={ldc}) so batch items of C do not overlap.");
+    }
+
+    /// <summary>Checks ld ≥ max(1, cols) and the span length; returns the elements one item spans.</summary>
+    static long CheckOperand(string name, string ldName, int length, int rows, int cols, int ld, string colsName,
+        long stride, int batchCount, int m, int n, int k)
+    {
+        if (ld < Math.Max(1, cols))
+            throw new ArgumentOutOfRangeException(ldName, ld, $"{ldName} ({ld}) must be >= max(1, {colsName}) = {Math.Max(1, cols)}.");
+        long item = rows == 0 || cols == 0 ? 0 : (long)(rows - 1) * ld + cols;
+        long need = batchCount == 0 || item == 0 ? 0 : (batchCount - 1) * stride + item;
+        if (length < need)
+            throw new ArgumentException(
+                $"{name} has {length} elements but needs {need}: stored [{rows}, {cols}] with {ldName}={ld}" +
+                (batchCount > 1 ? $", {batchCount} items at stride {stride}" : "") + $" (m={m}, n={n}, k={k}).", name);
+        return item;
     }
 }
