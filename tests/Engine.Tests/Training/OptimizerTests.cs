@@ -1,0 +1,65 @@
+using Engine.Core;
+using Engine.Cpu.Ops;
+using Engine.Training;
+using Engine.Tests.Model;
+
+namespace Engine.Tests.Training;
+
+public class OptimizerTests
+{
+    /// <summary>AdamW against a hand-computed double-precision update (PyTorch's formula), two steps.</summary>
+    [Fact]
+    public void AdamWMatchesTheFormula()
+    {
+        float[] p = [0.5f, -1f, 2f], g1 = [0.1f, -0.2f, 0.3f], g2 = [-0.05f, 0.4f, 0.0f];
+        float[] m = new float[3], v = new float[3];
+        double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
+        double[] P = p.Select(x => (double)x).ToArray(), M = new double[3], V = new double[3];
+        int step = 0;
+        foreach (var g in new[] { g1, g2 })
+        {
+            step++;
+            AdamWCpu.Update(p, g, m, v, new AdamWStep((float)lr, (float)b1, (float)b2, (float)eps, (float)wd, step));
+            for (int i = 0; i < 3; i++)
+            {
+                P[i] *= 1 - lr * wd;
+                M[i] = b1 * M[i] + (1 - b1) * g[i];
+                V[i] = b2 * V[i] + (1 - b2) * g[i] * g[i];
+                double mh = M[i] / (1 - Math.Pow(b1, step)), vh = V[i] / (1 - Math.Pow(b2, step));
+                P[i] -= lr * mh / (Math.Sqrt(vh) + eps);
+            }
+        }
+        for (int i = 0; i < 3; i++) Assert.Equal(P[i], p[i], 5);
+    }
+
+    [Fact]
+    public void ClippingScalesToTheGlobalNormAndFrozenParametersStayPut()
+    {
+        using var model = TestModels.Create(TestModels.Tiny(), 3);
+        foreach (var (_, t) in model.Parameters)
+        {
+            t.Grad = CpuBackend.Instance.Zeros(t.Shape).Keep();
+            CpuBackend.Instance.Fill(t.Grad, 1f);
+        }
+        model["model.embed_tokens.weight"].Frozen = true;
+        var before = model["model.embed_tokens.weight"].ToArray();
+        var headBefore = model["lm_head.weight"].ToArray();
+        using var opt = new AdamW(model, new AdamWOptions { ClipNorm = 1.0, Lr = 1e-3 });
+        double expected = Math.Sqrt(model.Parameters.Where(p => !p.Tensor.Frozen).Sum(p => (double)p.Tensor.Numel));
+        double norm = opt.Update(1e-3);
+        Assert.Equal(expected, norm, 6);
+        Assert.Equal(before, model["model.embed_tokens.weight"].ToArray());
+        Assert.NotEqual(headBefore, model["lm_head.weight"].ToArray());
+    }
+
+    [Fact]
+    public void NonFiniteGradientNormRefusesTheUpdate()
+    {
+        using var model = TestModels.Create(TestModels.Tiny(), 3);
+        foreach (var (_, t) in model.Parameters) t.Grad = CpuBackend.Instance.Zeros(t.Shape).Keep();
+        model["model.norm.weight"].Grad!.Span[0] = float.NaN;
+        using var opt = new AdamW(model, new AdamWOptions());
+        var e = Assert.Throws<InvalidOperationException>(() => opt.Update(1e-3));
+        Assert.Contains("NaN", e.Message);
+    }
+}

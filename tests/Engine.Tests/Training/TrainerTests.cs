@@ -1,0 +1,70 @@
+using Engine.Core;
+using Engine.Model.IO;
+using Engine.Training;
+using Engine.Training.Config;
+
+namespace Engine.Tests.Training;
+
+public class TrainerTests
+{
+    /// <summary>The shipped data folder: ../shared/data beside the repository (ENGINE_DATA_DIR overrides).</summary>
+    public static string DataDir()
+    {
+        var env = Environment.GetEnvironmentVariable("ENGINE_DATA_DIR");
+        if (!string.IsNullOrEmpty(env)) return env;
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
+        {
+            var candidate = Path.Combine(d.FullName, "shared", "data");
+            if (Directory.Exists(candidate)) return candidate;
+        }
+        throw new DirectoryNotFoundException("shared/data not found above " + AppContext.BaseDirectory);
+    }
+
+    static TrainConfig Small(string outDir, int steps) => new()
+    {
+        Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
+        Data = new DataSection { Train = [Path.Combine(DataDir(), "general_en", "tinyshakespeare.txt")], ValidFraction = 0.02 },
+        Train = new TrainSection { SeqLen = 32, BatchSize = 4, Steps = steps, Seed = 5, EvalBatches = 2 },
+        Optim = new AdamWOptions { Lr = 1e-2, WeightDecay = 0.01 },
+        Schedule = new ScheduleOptions { Kind = ScheduleKind.Cosine, WarmupSteps = 5, MinLr = 1e-3 },
+        Output = new OutputSection { Dir = outDir },
+    };
+
+    [Fact]
+    public void LossFallsOnShippedEnglishTextAndWeightsAreSaved()
+    {
+        using var dir = new TempDir();
+        var cfg = Small(dir.Path, 60);
+        cfg.Validate();
+        var result = new Trainer(cfg, CpuBackend.Instance).Run(TestContext.Current.CancellationToken);
+        double first = result.Steps.Take(5).Average(s => s.Loss);
+        double last = result.Steps.TakeLast(5).Average(s => s.Loss);
+        Assert.True(first > 5.0, $"initial loss {first} should be near ln(258) = 5.55");
+        Assert.True(last < first - 1.5, $"loss did not fall clearly: {first:F3} → {last:F3}");
+        Assert.NotNull(result.FinalValidLoss);
+        Assert.True(result.FinalValidLoss < first - 1.0);
+        Assert.Equal(60, File.ReadAllLines(Path.Combine(dir.Path, "metrics.jsonl")).Length);
+        using var back = ModelIO.Load(result.WeightsDir, CpuBackend.Instance);
+        Assert.Equal(258, back.Config.VocabSize);
+    }
+
+    [Fact]
+    public void SameSeedSameLosses()
+    {
+        using var a = new TempDir();
+        using var b = new TempDir();
+        var ra = new Trainer(Small(a.Path, 4), CpuBackend.Instance).Run(TestContext.Current.CancellationToken);
+        var rb = new Trainer(Small(b.Path, 4), CpuBackend.Instance).Run(TestContext.Current.CancellationToken);
+        Assert.Equal(ra.Steps.Select(s => s.Loss), rb.Steps.Select(s => s.Loss));
+    }
+
+    [Fact]
+    public void MissingDataFileIsNamed()
+    {
+        using var dir = new TempDir();
+        var cfg = Small(dir.Path, 2);
+        cfg.Data.Train = [Path.Combine(dir.Path, "nope.txt")];
+        var e = Assert.Throws<FileNotFoundException>(() => new Trainer(cfg, CpuBackend.Instance).Run(TestContext.Current.CancellationToken));
+        Assert.Contains("nope.txt", e.Message);
+    }
+}
