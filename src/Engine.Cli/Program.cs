@@ -4,4 +4,5 @@ using Engine.Cli.Commands;
 
 var root = new RootCommand("engine: LLM training engine (CPU reference backend, CUDA kernels) for domain adaptation");
 root.Subcommands.Add(TrainCommand.Create());
+root.Subcommands.Add(BenchCommand.Create());
 return Cli.Run(root, args);

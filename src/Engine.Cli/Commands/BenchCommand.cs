@@ -1,0 +1,39 @@
+using System.CommandLine;
+using System.Text.Json;
+using Engine.Training.Bench;
+
+namespace Engine.Cli.Commands;
+
+public static class BenchCommand
+{
+    public static Command Create()
+    {
+        var cmd = new Command("bench", "benchmarks measured against a reference in the same run");
+        var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
+        var python = new Option<string?>("--python") { Description = "interpreter with torch for the PyTorch peer ('none' to skip)", DefaultValueFactory = _ => "/usr/bin/python3" };
+        var steps = new Option<int>("--steps") { Description = "timed steps (median reported)", DefaultValueFactory = _ => 6 };
+        var output = new Option<string?>("--out") { Description = "results folder", DefaultValueFactory = _ => "benchmarks/results" };
+        var train = new Command("train", "tokens/s of a full training step (~12M-parameter Llama), engine vs PyTorch") { device, python, steps, output };
+        train.SetAction(parse => Cli.Guard(() =>
+        {
+            string? py = parse.GetValue(python);
+            if (py == "none") py = null;
+            var o = new TrainBenchOptions { Steps = parse.GetValue(steps) };
+            var result = TrainBenchmark.Run(Cli.Backend(parse.GetValue(device)!), o, py, Console.WriteLine);
+            string json = result.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+            Console.WriteLine(json);
+            if (result["ratio_engine_over_pytorch"] is { } r)
+                Console.WriteLine($"engine {result["engine"]!["tokens_per_s"]!.GetValue<double>():F0} tok/s vs PyTorch {result["pytorch"]!["tokens_per_s"]!.GetValue<double>():F0} tok/s: ratio {r.GetValue<double>():F2}x");
+            if (parse.GetValue(output) is { } dir)
+            {
+                Directory.CreateDirectory(dir);
+                string path = Path.Combine(dir, $"train-{parse.GetValue(device)}-{DateTime.UtcNow:yyyy-MM-dd}.json");
+                File.WriteAllText(path, json);
+                Console.WriteLine($"wrote {path}");
+            }
+            return 0;
+        }));
+        cmd.Subcommands.Add(train);
+        return cmd;
+    }
+}
