@@ -1,0 +1,296 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Engine.Cpu;
+
+namespace Engine.Benchmarks;
+
+/// <summary>
+/// `gemm` verb: our Gemm.Sgemm / SgemmStridedBatched against OpenBLAS sgemm (numpy, benchmarks/scripts/sgemm_openblas.py)
+/// on the same shapes with the same manual timing method (BenchmarkDotNet's process-per-benchmark runs are too
+/// slow for a 2-core box): 2 warm-up calls, iterations calibrated so one sample lasts ≥ min-sample-s, then
+/// `samples` samples, median per-call time. Each shape's result is spot-checked against double dot products.
+/// Options: --quick (3 samples of ≥ 0.05 s), --samples S, --min-sample-s T, --only name,name, --threads N,
+///          --no-openblas, --out FILE.
+/// </summary>
+public static class GemmBenchmark
+{
+    public sealed record Shape(string Name, bool TransA, bool TransB, int M, int N, int K, int Batch, string Role)
+    {
+        public double Flops => 2.0 * M * N * K * Batch;
+        public string Spec => $"{Name}:{(TransA ? 1 : 0)}:{(TransB ? 1 : 0)}:{M}:{N}:{K}:{Batch}";
+        public string Op => (TransA ? "T" : "N") + (TransB ? "T" : "N");
+    }
+
+    // The 12M-parameter benchmark model: hidden 384, FFN 1024, vocab 8192, 2048 tokens per batch, 6 heads of 64,
+    // sequence 256 (8 sequences). Linear weights W are [out, in] row-major.
+    public static readonly Shape[] Shapes =
+    [
+        new("square512", false, false, 512, 512, 512, 1, "square"),
+        new("square1024", false, false, 1024, 1024, 1024, 1, "square"),
+        new("square2048", false, false, 2048, 2048, 2048, 1, "square"),
+        new("fwd_out384", false, true, 2048, 384, 384, 1, "forward x·Wᵀ, W [384,384] (q/o proj)"),
+        new("fwd_out128", false, true, 2048, 128, 384, 1, "forward x·Wᵀ, W [128,384] (k/v proj)"),
+        new("fwd_out1024", false, true, 2048, 1024, 384, 1, "forward x·Wᵀ, W [1024,384] (FFN up/gate)"),
+        new("fwd_ffn_down", false, true, 2048, 384, 1024, 1, "forward h·Wᵀ, W [384,1024] (FFN down)"),
+        new("fwd_lm_head", false, true, 2048, 8192, 384, 1, "forward x·Wᵀ, W [8192,384] (LM head)"),
+        new("dx_out384", false, false, 2048, 384, 384, 1, "backward dX = dY·W, W [384,384]"),
+        new("dx_out128", false, false, 2048, 384, 128, 1, "backward dX = dY·W, W [128,384]"),
+        new("dx_out1024", false, false, 2048, 384, 1024, 1, "backward dX = dY·W, W [1024,384]"),
+        new("dx_ffn_down", false, false, 2048, 1024, 384, 1, "backward dH = dY·W, W [384,1024]"),
+        new("dx_lm_head", false, false, 2048, 384, 8192, 1, "backward dX = dY·W, W [8192,384]"),
+        new("dw_out384", true, false, 384, 384, 2048, 1, "backward dW = dYᵀ·X, [384,384]"),
+        new("dw_out128", true, false, 128, 384, 2048, 1, "backward dW = dYᵀ·X, [128,384]"),
+        new("dw_out1024", true, false, 1024, 384, 2048, 1, "backward dW = dYᵀ·X, [1024,384]"),
+        new("dw_ffn_down", true, false, 384, 1024, 2048, 1, "backward dW = dYᵀ·H, [384,1024]"),
+        new("dw_lm_head", true, false, 8192, 384, 2048, 1, "backward dW = dYᵀ·X, [8192,384]"),
+        new("attn_qk", false, true, 256, 256, 64, 48, "attention S = Q·Kᵀ per head, 48 x [256,64]·[64,256]"),
+        new("attn_pv", false, false, 256, 64, 256, 48, "attention O = P·V per head, 48 x [256,256]·[256,64]"),
+    ];
+
+    public static int Run(string[] args)
+    {
+        int samples = 7;
+        double minSampleS = 0.1;
+        string? only = null, outPath = null;
+        bool openBlas = true;
+        for (int i = 0; i < args.Length; i++)
+        {
+            switch (args[i])
+            {
+                case "--quick": samples = 3; minSampleS = 0.05; break;
+                case "--samples": samples = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--min-sample-s": minSampleS = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--only": only = args[++i]; break;
+                case "--threads": Gemm.MaxThreads = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
+                case "--no-openblas": openBlas = false; break;
+                case "--out": outPath = args[++i]; break;
+                default: Console.Error.WriteLine($"gemm: unknown option '{args[i]}'"); return 2;
+            }
+        }
+        Shape[] shapes = only is null ? Shapes : Shapes.Where(s => only.Split(',').Contains(s.Name)).ToArray();
+        string root = RepoRoot();
+        string loadBefore = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "";
+        Console.WriteLine($"gemm: {CpuModel()}, {Environment.ProcessorCount} cores, Gemm.MaxThreads={Gemm.MaxThreads}, " +
+            $"AVX-512F={Avx512F.IsSupported}, load avg {loadBefore}");
+        Console.WriteLine($"timing: manual Stopwatch, 2 warm-ups, {samples} samples of >= {minSampleS} s, median per call");
+
+        // Interleaved: ours then OpenBLAS for each shape, so load drift from other processes hits both alike.
+        using var blasProc = openBlas ? OpenBlasServer.TryStart(root, samples, minSampleS) : null;
+        JsonNode? blas = blasProc?.Info;
+        var ours = new Dictionary<string, (double Ms, double Gflops, double MaxErr)>();
+        var theirs = new Dictionary<string, (double Ms, double Gflops)>();
+        foreach (var s in shapes)
+        {
+            var r = TimeOurs(s, samples, minSampleS);
+            ours[s.Name] = r;
+            string line = $"  {s.Name,-14} ours {r.Gflops,7:F1} GFLOP/s ({r.Ms:F3} ms, spot-check rel err {r.MaxErr:E1})";
+            if (blasProc?.Time(s) is { } t)
+            {
+                theirs[s.Name] = t;
+                line += $"   OpenBLAS {t.Gflops,7:F1} GFLOP/s ({t.Ms:F3} ms)";
+            }
+            Console.WriteLine(line);
+        }
+        string loadAfter = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "";
+
+        Console.WriteLine();
+        Console.WriteLine($"| {"shape",-14} | op | {"m",5} | {"n",5} | {"k",5} | batch | ours GFLOP/s | OpenBLAS GFLOP/s | ours/OpenBLAS |");
+        Console.WriteLine("|----------------|----|-------|-------|-------|-------|--------------|------------------|---------------|");
+        var rows = new JsonArray();
+        foreach (var s in shapes)
+        {
+            var o = ours[s.Name];
+            bool has = theirs.TryGetValue(s.Name, out var t);
+            string tb = has ? t.Gflops.ToString("F1", CultureInfo.InvariantCulture) : "-";
+            string ratio = has ? (o.Gflops / t.Gflops).ToString("F2", CultureInfo.InvariantCulture) : "-";
+            Console.WriteLine($"| {s.Name,-14} | {s.Op} | {s.M,5} | {s.N,5} | {s.K,5} | {s.Batch,5} | {o.Gflops,12:F1} | {tb,16} | {ratio,13} |");
+            rows.Add(new JsonObject
+            {
+                ["name"] = s.Name, ["role"] = s.Role, ["transA"] = s.TransA, ["transB"] = s.TransB,
+                ["m"] = s.M, ["n"] = s.N, ["k"] = s.K, ["batch"] = s.Batch,
+                ["ours_ms"] = Math.Round(o.Ms, 4), ["ours_gflops"] = Math.Round(o.Gflops, 2),
+                ["ours_spot_check_max_rel_err"] = o.MaxErr,
+                ["openblas_ms"] = has ? Math.Round(t.Ms, 4) : null,
+                ["openblas_gflops"] = has ? Math.Round(t.Gflops, 2) : null,
+                ["ratio"] = has ? Math.Round(o.Gflops / t.Gflops, 3) : null,
+            });
+        }
+
+        var report = new JsonObject
+        {
+            ["benchmark"] = "gemm",
+            ["date_utc"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
+            ["git_commit"] = Git(root, "rev-parse HEAD"),
+            ["git_dirty_gemm_files"] = Git(root, "status --porcelain -- src/Engine.Cpu/Gemm.cs src/Engine.Cpu/GemmKernels benchmarks") != "",
+            ["command"] = "dotnet run -c Release --project benchmarks/Engine.Benchmarks -- gemm " + string.Join(' ', args),
+            ["machine"] = new JsonObject
+            {
+                ["cpu_model"] = CpuModel(), ["cores"] = Environment.ProcessorCount,
+                ["avx512f"] = Avx512F.IsSupported, ["runtime"] = RuntimeInformation.FrameworkDescription,
+                ["load_avg_before"] = loadBefore, ["load_avg_after"] = loadAfter,
+            },
+            ["timing"] = new JsonObject
+            {
+                ["method"] = "manual Stopwatch / time.perf_counter: 2 warm-ups, calibrated iterations, median of samples",
+                ["samples"] = samples, ["min_sample_s"] = minSampleS, ["gemm_max_threads"] = Gemm.MaxThreads,
+            },
+            ["openblas"] = blas?.DeepClone(),
+            ["results"] = rows,
+        };
+        outPath ??= Path.Combine(root, "benchmarks", "results", $"gemm-{DateTime.UtcNow:yyyy-MM-dd}.json");
+        File.WriteAllText(outPath, report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+        Console.WriteLine($"\nwrote {Path.GetRelativePath(root, outPath)}");
+        return ours.Values.All(o => o.MaxErr < 1e-3) ? 0 : 1;
+    }
+
+    static (double Ms, double Gflops, double MaxErr) TimeOurs(Shape s, int samples, double minSampleS)
+    {
+        var rng = new Random(0);
+        int lda = s.TransA ? s.M : s.K, ldb = s.TransB ? s.K : s.N, ldc = s.N;
+        long sa = (long)s.M * s.K, sb = (long)s.K * s.N, sc = (long)s.M * s.N;
+        float[] a = Fill(rng, sa * s.Batch), b = Fill(rng, sb * s.Batch), c = new float[sc * s.Batch];
+        Action call = s.Batch == 1
+            ? () => Gemm.Sgemm(s.TransA, s.TransB, s.M, s.N, s.K, 1f, a, lda, b, ldb, 0f, c, ldc)
+            : () => Gemm.SgemmStridedBatched(s.TransA, s.TransB, s.M, s.N, s.K, 1f, a, lda, sa, b, ldb, sb, 0f, c, ldc, sc, s.Batch);
+        double sec = TimeCall(call, samples, minSampleS);
+
+        // Spot check: 32 random entries of the last run against double-precision dot products.
+        double maxErr = 0;
+        for (int t = 0; t < 32; t++)
+        {
+            int item = rng.Next(s.Batch), i = rng.Next(s.M), j = rng.Next(s.N);
+            double dot = 0, mag = 0;
+            for (int p = 0; p < s.K; p++)
+            {
+                double av = a[item * sa + (s.TransA ? (long)p * lda + i : (long)i * lda + p)];
+                double bv = b[item * sb + (s.TransB ? (long)j * ldb + p : (long)p * ldb + j)];
+                dot += av * bv; mag += Math.Abs(av * bv);
+            }
+            maxErr = Math.Max(maxErr, Math.Abs(c[item * sc + (long)i * ldc + j] - dot) / Math.Max(mag, 1e-30));
+        }
+        return (sec * 1e3, s.Flops / sec / 1e9, maxErr);
+    }
+
+    /// <summary>2 warm-ups, iterations calibrated to ≥ minSampleS per sample, median of per-call times (seconds).</summary>
+    static double TimeCall(Action call, int samples, double minSampleS)
+    {
+        call(); call();
+        long iters = 1;
+        while (true)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            for (long i = 0; i < iters; i++) call();
+            double dt = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            if (dt >= minSampleS) break;
+            iters = Math.Max(iters * 2, (long)(iters * minSampleS / Math.Max(dt, 1e-9) * 1.2));
+        }
+        var perCall = new double[samples];
+        for (int r = 0; r < samples; r++)
+        {
+            long t0 = Stopwatch.GetTimestamp();
+            for (long i = 0; i < iters; i++) call();
+            perCall[r] = Stopwatch.GetElapsedTime(t0).TotalSeconds / iters;
+        }
+        Array.Sort(perCall);
+        return perCall[samples / 2];
+    }
+
+    static float[] Fill(Random rng, long n)
+    {
+        var x = GC.AllocateUninitializedArray<float>((int)n);
+        for (long i = 0; i < n; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
+        return x;
+    }
+
+    /// <summary>The numpy/OpenBLAS timing script in --serve mode: one spec line in, one JSON result line out.</summary>
+    sealed class OpenBlasServer : IDisposable
+    {
+        readonly Process _p;
+        public JsonNode? Info { get; }
+
+        OpenBlasServer(Process p, JsonNode? info) { _p = p; Info = info; }
+
+        public static OpenBlasServer? TryStart(string root, int samples, double minSampleS)
+        {
+            var psi = new ProcessStartInfo("/usr/bin/python3")
+            {
+                RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false, WorkingDirectory = root,
+            };
+            string threads = Gemm.MaxThreads.ToString(CultureInfo.InvariantCulture);
+            psi.Environment["OMP_NUM_THREADS"] = threads;
+            psi.Environment["OPENBLAS_NUM_THREADS"] = threads;
+            psi.ArgumentList.Add(Path.Combine(root, "benchmarks", "scripts", "sgemm_openblas.py"));
+            psi.ArgumentList.Add("--samples"); psi.ArgumentList.Add(samples.ToString(CultureInfo.InvariantCulture));
+            psi.ArgumentList.Add("--min-sample-s"); psi.ArgumentList.Add(minSampleS.ToString(CultureInfo.InvariantCulture));
+            psi.ArgumentList.Add("--serve");
+            try
+            {
+                var p = Process.Start(psi)!;
+                var info = JsonNode.Parse(p.StandardOutput.ReadLine() ?? "null")?["blas"];
+                var mapped = info?["mapped"]?.AsArray().Select(x => (string?)x).ToArray() ?? [];
+                Console.WriteLine($"OpenBLAS via numpy ({threads} threads), mapped: {string.Join(", ", mapped)}");
+                if (!mapped.Any(x => x is not null && x.Contains("openblas", StringComparison.Ordinal)))
+                    Console.Error.WriteLine("gemm: warning: numpy did not map an OpenBLAS library");
+                return new OpenBlasServer(p, info);
+            }
+            catch (Exception e)
+            {
+                Console.Error.WriteLine($"gemm: could not start the OpenBLAS script: {e.Message}");
+                return null;
+            }
+        }
+
+        public (double Ms, double Gflops)? Time(Shape s)
+        {
+            _p.StandardInput.WriteLine(s.Spec);
+            _p.StandardInput.Flush();
+            string? line = _p.StandardOutput.ReadLine();
+            if (line is null) return null;
+            var r = JsonNode.Parse(line)!;
+            return ((double)r["ms"]!, (double)r["gflops"]!);
+        }
+
+        public void Dispose()
+        {
+            _p.StandardInput.Close();
+            if (!_p.WaitForExit(10_000)) _p.Kill();
+            _p.Dispose();
+        }
+    }
+
+    static string CpuModel()
+    {
+        if (!File.Exists("/proc/cpuinfo")) return RuntimeInformation.ProcessArchitecture.ToString();
+        var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
+        return line is null ? "unknown" : line[(line.IndexOf(':') + 1)..].Trim();
+    }
+
+    static string RepoRoot()
+    {
+        for (var d = new DirectoryInfo(Directory.GetCurrentDirectory()); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "Engine.sln"))) return d.FullName;
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "Engine.sln"))) return d.FullName;
+        return Directory.GetCurrentDirectory();
+    }
+
+    static string Git(string root, string arguments)
+    {
+        try
+        {
+            var psi = new ProcessStartInfo("git", arguments)
+            {
+                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = root,
+            };
+            using var p = Process.Start(psi)!;
+            string o = p.StandardOutput.ReadToEnd().Trim();
+            p.WaitForExit();
+            return o;
+        }
+        catch (Exception) { return ""; }
+    }
+}

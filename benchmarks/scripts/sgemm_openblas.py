@@ -1,0 +1,109 @@
+#!/usr/bin/python3
+"""OpenBLAS sgemm timings through numpy, with the same shapes and timing method as `Engine.Benchmarks gemm`.
+
+Usage: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 /usr/bin/python3 sgemm_openblas.py [--samples S] [--min-sample-s T]
+       [--serve] name:ta:tb:m:n:k:batch ...
+Prints one JSON object: {"blas": {...which library is mapped...}, "results": [{name, ms, gflops}, ...]}.
+--serve: first prints {"blas": ...} as one line, then reads one spec per stdin line and answers each with one
+JSON result line (the C# harness interleaves shapes: ours, OpenBLAS, next shape, so load drift hits both alike).
+
+Timing (identical to the C# harness): 2 warm-up calls, calibrate iterations so one sample takes >= min-sample-s,
+then S samples; report the median per-call time. ta/tb are 0/1: transposed operands are transposed *views* of
+C-contiguous float32 arrays, so numpy hands sgemm the transpose flag (no copy). batch > 1 uses np.matmul on
+stacked arrays, which calls sgemm once per item.
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def blas_info():
+    """Which BLAS shared object this process actually mapped (checks for Debian's openblas-pthread)."""
+    libs = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            if "blas" in path or "lapack" in path:
+                libs.add(os.path.realpath(path))
+    info = {"mapped": sorted(libs), "numpy": np.__version__,
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        import threadpoolctl  # optional
+        info["threadpoolctl"] = threadpoolctl.threadpool_info()
+    except ImportError:
+        pass
+    return info
+
+
+def operands(ta, tb, m, n, k, batch, rng):
+    def mat(rows, cols):
+        shape = (batch, rows, cols) if batch > 1 else (rows, cols)
+        return rng.uniform(-1, 1, size=shape).astype(np.float32)
+
+    def t(x):
+        return np.swapaxes(x, -1, -2)
+
+    a = t(mat(k, m)) if ta else mat(m, k)
+    b = t(mat(n, k)) if tb else mat(k, n)
+    c = np.empty((batch, m, n) if batch > 1 else (m, n), dtype=np.float32)
+    return a, b, c
+
+
+def time_call(fn, samples, min_sample_s):
+    fn()
+    fn()
+    iters = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        dt = time.perf_counter() - t0
+        if dt >= min_sample_s:
+            break
+        iters = max(iters * 2, int(iters * min_sample_s / max(dt, 1e-9) * 1.2))
+    per_call = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        per_call.append((time.perf_counter() - t0) / iters)
+    per_call.sort()
+    return per_call[len(per_call) // 2]
+
+
+def main(argv):
+    samples, min_sample_s, specs = 7, 0.1, []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--samples":
+            samples = int(argv[i + 1]); i += 2
+        elif argv[i] == "--min-sample-s":
+            min_sample_s = float(argv[i + 1]); i += 2
+        else:
+            specs.append(argv[i]); i += 1
+    rng = np.random.default_rng(0)
+    if "--serve" in specs:
+        print(json.dumps({"blas": blas_info()}), flush=True)
+        for line in sys.stdin:
+            if line.strip():
+                print(json.dumps(run_spec(line.strip(), rng, samples, min_sample_s)), flush=True)
+        return
+    results = [run_spec(spec, rng, samples, min_sample_s) for spec in specs]
+    print(json.dumps({"blas": blas_info(), "results": results}))
+
+
+def run_spec(spec, rng, samples, min_sample_s):
+    name, ta, tb, m, n, k, batch = spec.split(":")
+    ta, tb, m, n, k, batch = ta == "1", tb == "1", int(m), int(n), int(k), int(batch)
+    a, b, c = operands(ta, tb, m, n, k, batch, rng)
+    sec = time_call(lambda: np.matmul(a, b, out=c), samples, min_sample_s)
+    flops = 2.0 * m * n * k * batch
+    return {"name": name, "ms": sec * 1e3, "gflops": flops / sec / 1e9}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
