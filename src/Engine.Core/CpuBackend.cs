@@ -132,6 +132,9 @@ public sealed class CpuBackend : IBackend
     public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionCpu.Dims d) =>
         AttentionCpu.Backward(dout.Span, q.Span, k.Span, v.Span, o.Span, lse.Span, dq.Span, dk.Span, dv.Span, d);
 
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset) =>
+        AttentionCpu.Decode(q.Span, kCache.Span, vCache.Span, o.Span, q.Shape[0], heads, kvHeads, headDim, positionOffset);
+
     public void SwiGluForward(Tensor gate, Tensor up, Tensor h) => SwiGluCpu.Forward(gate.Span, up.Span, h.Span);
 
     public void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup) =>

@@ -42,6 +42,9 @@ public interface IBackend
     /// <summary>dq, dk, dv overwritten.</summary>
     void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionCpu.Dims d);
 
+    /// <summary>KV-cache attention of n new queries (positions offset..) against cached k/v [offset+n, Hkv*D].</summary>
+    void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset);
+
     void SwiGluForward(Tensor gate, Tensor up, Tensor h);
     void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup);
 

