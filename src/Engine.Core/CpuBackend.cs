@@ -151,4 +151,19 @@ public sealed class CpuBackend : IBackend
 
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step) =>
         AdamWCpu.Update(param.Span, grad.Span, m.Span, v.Span, step);
+
+    public double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda)
+    {
+        var p = param.Span; var a = anchor.Span; var f = fisher.Span; var g = grad.Span;
+        double penalty = 0;
+        for (int i = 0; i < p.Length; i++)
+        {
+            float d = p[i] - a[i];
+            penalty += (double)f[i] * d * d;
+            g[i] += lambda * f[i] * d;
+        }
+        return 0.5 * lambda * penalty;
+    }
+
+    public void AddSquare(Tensor acc, Tensor x) => TensorPrimitives.FusedMultiplyAdd(x.Span, x.Span, acc.Span, acc.Span);
 }

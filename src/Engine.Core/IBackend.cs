@@ -55,4 +55,10 @@ public interface IBackend
     void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale);
 
     void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step);
+
+    /// <summary>EWC: grad += lambda * fisher * (param - anchor); returns lambda/2 * sum fisher * (param - anchor)^2.</summary>
+    double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda);
+
+    /// <summary>acc += x * x (elementwise; Fisher accumulation).</summary>
+    void AddSquare(Tensor acc, Tensor x);
 }

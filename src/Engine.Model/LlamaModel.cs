@@ -36,7 +36,7 @@ public sealed class LlamaModel : IDisposable
         if (!config.TieWordEmbeddings) Add("lm_head.weight", config.VocabSize, c);
     }
 
-    public LlamaConfig Config { get; }
+    public LlamaConfig Config { get; private set; }
     public IBackend Backend { get; }
 
     /// <summary>Use activation checkpointing per transformer block (recompute in backward, keep only block inputs).</summary>
@@ -84,11 +84,55 @@ public sealed class LlamaModel : IDisposable
     public void Replace(string name, Tensor t)
     {
         if (!parameters.TryGetValue(name, out var old)) throw new KeyNotFoundException($"no parameter named '{name}'");
-        t.Keep(); t.Name = name; t.RequiresGrad = true; t.IsParameter = true; t.Frozen = old.Frozen;
+        t.Keep(); t.Name = name; t.IsParameter = true; t.Frozen = old.Frozen; t.RequiresGrad = !old.Frozen;
         old.Grad?.Dispose();
         old.Dispose();
         parameters[name] = t;
     }
+
+    /// <summary>
+    /// Vocabulary expansion: grows embed_tokens (and an untied lm_head) to newVocab rows; new rows start at the mean
+    /// of the old rows (so new tokens begin as an "average" token rather than noise). Existing rows are unchanged.
+    /// </summary>
+    public void ResizeVocabulary(int newVocab)
+    {
+        int old = Config.VocabSize;
+        if (newVocab < old) throw new ArgumentException($"vocabulary can only grow: {old} → {newVocab}");
+        if (newVocab == old) return;
+        foreach (var name in new[] { "model.embed_tokens.weight", "lm_head.weight" })
+        {
+            if (!HasParameter(name)) continue;
+            var t = this[name];
+            int c = t.Shape[1];
+            var host = t.ToArray();
+            var grown = new float[(long)newVocab * c];
+            host.CopyTo(grown, 0);
+            var mean = new double[c];
+            for (int r = 0; r < old; r++)
+                for (int j = 0; j < c; j++) mean[j] += host[(long)r * c + j];
+            for (int r = old; r < newVocab; r++)
+                for (int j = 0; j < c; j++) grown[(long)r * c + j] = (float)(mean[j] / old);
+            var nt = Backend.Empty([newVocab, c]);
+            Backend.Upload(nt, grown);
+            Replace(name, nt);
+        }
+        Config = Config with { VocabSize = newVocab };
+    }
+
+    /// <summary>Trains only the named parameters (stage 1 of vocabulary expansion: embeddings + LM head); null unfreezes all.</summary>
+    public void SetTrainable(Func<string, bool>? trainable)
+    {
+        foreach (var (name, t) in Parameters)
+        {
+            bool on = trainable == null || trainable(name);
+            t.Frozen = !on;
+            t.RequiresGrad = on;
+            if (!on && t.Grad != null) { t.Grad.Dispose(); t.Grad = null; }
+        }
+    }
+
+    /// <summary>The stage-1 set: token embeddings and the LM head.</summary>
+    public static bool IsEmbeddingOrHead(string name) => name is "model.embed_tokens.weight" or "lm_head.weight";
 
     public void ZeroGrad()
     {
