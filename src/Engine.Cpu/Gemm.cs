@@ -118,10 +118,25 @@ public static unsafe class Gemm
         int units = splitM ? (g.M + GemmTraits.MR - 1) / GemmTraits.MR : (g.N + GemmTraits.NR - 1) / GemmTraits.NR;
         double flops = 2.0 * g.M * g.N * g.K;
         int threads = (int)Math.Min(Math.Min(maxThreads, units), Math.Max(1.0, flops / GemmTraits.MinFlopsPerThread));
-        if (threads > 1)
+        if (threads > 1 && GemmThreads.TryAcquire())
         {
-            var job = new SplitJob { G = g, SplitM = splitM, Units = units, Tasks = threads };
-            if (GemmThreads.TryRun(threads, &SplitTask, &job)) return;
+            try
+            {
+                int kc = GemmDriver.KcNominal(g.K);
+                long shared = splitM
+                    ? (long)GemmDriver.RoundUp(Math.Min(GemmTraits.NC, g.N), GemmTraits.NR) * kc
+                    : (long)GemmDriver.RoundUp(Math.Min(GemmTraits.MC, g.M), GemmTraits.MR) * kc;
+                var job = new GemmParallelJob
+                {
+                    G = g, SplitM = splitM, Units = units, Tasks = threads, KcNominal = kc,
+                    Shared0 = GemmThreads.SharedBuffer(0, shared + GemmPack.Slack),
+                    Shared1 = GemmThreads.SharedBuffer(1, shared + GemmPack.Slack),
+                    BarrierCount = threads,
+                };
+                GemmThreads.Run(threads, &SharedTask, &job);
+            }
+            finally { GemmThreads.Release(); }
+            return;
         }
         GemmDriver.Run(g);
     }
@@ -136,31 +151,7 @@ public static unsafe class Gemm
         }
     }
 
-    struct SplitJob
-    {
-        public GemmProblem G;
-        public bool SplitM;
-        public int Units, Tasks;
-    }
-
-    static void SplitTask(void* ctx, int t)
-    {
-        ref SplitJob job = ref *(SplitJob*)ctx;
-        int u0 = (int)((long)job.Units * t / job.Tasks), u1 = (int)((long)job.Units * (t + 1) / job.Tasks);
-        if (u0 == u1) return;
-        GemmProblem s;
-        if (job.SplitM)
-        {
-            int i0 = u0 * GemmTraits.MR, i1 = Math.Min(job.G.M, u1 * GemmTraits.MR);
-            s = job.G.Slice(i0, i1 - i0, 0, job.G.N);
-        }
-        else
-        {
-            int j0 = u0 * GemmTraits.NR, j1 = Math.Min(job.G.N, u1 * GemmTraits.NR);
-            s = job.G.Slice(0, job.G.M, j0, j1 - j0);
-        }
-        GemmDriver.Run(s);
-    }
+    static void SharedTask(void* ctx, int t) => GemmDriver.RunShared((GemmParallelJob*)ctx, t);
 
     struct BatchJob
     {

@@ -57,9 +57,12 @@ public class GemmTests
         [
             (1, 1, 1), (5, 7, 3), (12, 32, 16), (13, 33, 17), (24, 64, 256), (37, 70, 61),
             (100, 67, 300),   // two k blocks
-            (128, 128, 130),  // threaded, split m
-            (40, 400, 260),   // threaded, split n; two n blocks
-            (1201, 40, 20),   // two m blocks
+            (1201, 40, 20),   // two m blocks (single thread)
+            // 2 threads (2·m·n·k ≥ 8e6): split m / split n, odd unit counts, several shared blocks per k block
+            (200, 160, 130),  // split m, 17 row units
+            (1000, 800, 20),  // split m, B shared in 3 column blocks (double buffer reused)
+            (40, 400, 260),   // split n, two k blocks
+            (1160, 1200, 8),  // split n, A shared in 2 row blocks
             (3, 50, 40), (50, 3, 40), // thin: unpacked path
         ];
         foreach (var (m, n, k) in shapes)
@@ -133,7 +136,7 @@ public class GemmTests
         Parallel.For(0, 6, new ParallelOptions { MaxDegreeOfParallelism = 6 }, i =>
         {
             var rng = new Random(100 + i);
-            Check(rng, i % 2 == 0, i % 3 == 0, 160, 144, 96, 1f, 0.25f);
+            Check(rng, i % 2 == 0, i % 3 == 0, 200, 176, 120, 1f, 0.25f);
         });
     }
 

@@ -27,6 +27,17 @@ internal unsafe struct GemmProblem
     }
 }
 
+/// <summary>A multithreaded GEMM: the problem, the split, the shared packing buffers and the barrier state.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct GemmParallelJob
+{
+    public GemmProblem G;
+    public bool SplitM;                 // tasks own MR-row units of C (B shared) or NR-column units (A shared)
+    public int Units, Tasks, KcNominal; // units of the split dimension, tasks (threads), k block size
+    public float* Shared0, Shared1;     // double-buffered shared panels (B block of NC columns or A block of MC rows)
+    public int BarrierCount, BarrierSense;
+}
+
 /// <summary>
 /// The blocked single-thread driver (loop nest in <see cref="GemmTraits"/>). Packing buffers are per thread,
 /// pinned, 64-byte aligned and grow-only, so a call allocates nothing after the first on a thread.
@@ -39,8 +50,7 @@ internal static unsafe class GemmDriver
     public static void Run(in GemmProblem g)
     {
         int mr = GemmTraits.MR, nr = GemmTraits.NR;
-        int kBlocks = (g.K + GemmTraits.KC - 1) / GemmTraits.KC;
-        int kcNominal = (g.K + kBlocks - 1) / kBlocks;
+        int kcNominal = KcNominal(g.K);
         int mcMax = Math.Min(GemmTraits.MC, RoundUp(g.M, mr));
         int ncMax = Math.Min(GemmTraits.NC, RoundUp(g.N, nr));
         float* bufA = Buffer(ref t_bufA, (long)mcMax * kcNominal + GemmPack.Slack);
@@ -62,6 +72,95 @@ internal static unsafe class GemmDriver
                     Macro(mc, nc, kc, bufA, bufB, g.C + (nint)ic * g.Ldc + jc, g.Ldc, g.Alpha, beta, tile);
                 }
             }
+        }
+    }
+
+    /// <summary>K block size: k split into equal blocks of at most KC.</summary>
+    public static int KcNominal(int k)
+    {
+        int kBlocks = (k + GemmTraits.KC - 1) / GemmTraits.KC;
+        return (k + kBlocks - 1) / kBlocks;
+    }
+
+    /// <summary>
+    /// Multithreaded driver, run as task t of job->Tasks. Each task owns a contiguous range of MR-row units of C
+    /// (SplitM) or NR-column units (split n). Its own operand (A rows or B columns) is packed privately for the
+    /// whole k block; the other operand is packed once, cooperatively (each task packs a share of the panels)
+    /// into one of two shared buffers, then a barrier, then every task multiplies its range by it. Double
+    /// buffering needs one barrier per shared block: passing barrier j means every task finished block j-1,
+    /// whose buffer block j+1 then reuses.
+    /// </summary>
+    public static void RunShared(GemmParallelJob* job, int t)
+    {
+        ref readonly GemmProblem g = ref job->G;
+        int nt = job->Tasks, kcNominal = job->KcNominal;
+        int mrFull = GemmTraits.MR, nrFull = GemmTraits.NR;
+        int u0 = (int)((long)job->Units * t / nt), u1 = (int)((long)job->Units * (t + 1) / nt);
+        float* tile = stackalloc float[mrFull * nrFull];
+        int sense = 0, block = 0;
+        if (job->SplitM)
+        {
+            int i0 = u0 * mrFull, myM = Math.Min(g.M, u1 * mrFull) - i0;
+            float* pa = Buffer(ref t_bufA, (long)RoundUp(myM, mrFull) * kcNominal + GemmPack.Slack);
+            for (int pc = 0; pc < g.K; pc += kcNominal)
+            {
+                int kc = Math.Min(kcNominal, g.K - pc);
+                float beta = pc == 0 ? g.Beta : 1f;
+                GemmPack.PackA(g, i0, myM, pc, kc, pa);
+                for (int jc = 0; jc < g.N; jc += GemmTraits.NC, block++)
+                {
+                    int nc = Math.Min(GemmTraits.NC, g.N - jc);
+                    float* pb = (block & 1) == 0 ? job->Shared0 : job->Shared1;
+                    int panels = (nc + nrFull - 1) / nrFull;
+                    int p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
+                    if (p1 > p0)
+                        GemmPack.PackB(g, pc, kc, jc + p0 * nrFull, Math.Min(nc, p1 * nrFull) - p0 * nrFull, pb + (nint)p0 * nrFull * kc);
+                    Barrier(job, ref sense);
+                    Macro(myM, nc, kc, pa, pb, g.C + (nint)i0 * g.Ldc + jc, g.Ldc, g.Alpha, beta, tile);
+                }
+            }
+        }
+        else
+        {
+            int j0 = u0 * nrFull, myN = Math.Min(g.N, u1 * nrFull) - j0;
+            float* pb = Buffer(ref t_bufB, (long)RoundUp(myN, nrFull) * kcNominal + GemmPack.Slack);
+            for (int pc = 0; pc < g.K; pc += kcNominal)
+            {
+                int kc = Math.Min(kcNominal, g.K - pc);
+                float beta = pc == 0 ? g.Beta : 1f;
+                GemmPack.PackB(g, pc, kc, j0, myN, pb);
+                for (int ic = 0; ic < g.M; ic += GemmTraits.MC, block++)
+                {
+                    int mc = Math.Min(GemmTraits.MC, g.M - ic);
+                    float* pa = (block & 1) == 0 ? job->Shared0 : job->Shared1;
+                    int panels = (mc + mrFull - 1) / mrFull;
+                    int p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
+                    if (p1 > p0)
+                        GemmPack.PackA(g, ic + p0 * mrFull, Math.Min(mc, p1 * mrFull) - p0 * mrFull, pc, kc, pa + (nint)p0 * mrFull * kc);
+                    Barrier(job, ref sense);
+                    for (int jc = 0; jc < myN; jc += GemmTraits.NC)
+                    {
+                        int nc = Math.Min(GemmTraits.NC, myN - jc);
+                        Macro(mc, nc, kc, pa, pb + (nint)jc * kc, g.C + (nint)ic * g.Ldc + j0 + jc, g.Ldc, g.Alpha, beta, tile);
+                    }
+                }
+            }
+        }
+    }
+
+    /// <summary>Sense-reversing barrier over the job's tasks; waiters spin, then yield (never sleep 1 ms).</summary>
+    static void Barrier(GemmParallelJob* job, ref int sense)
+    {
+        sense ^= 1;
+        if (Interlocked.Decrement(ref job->BarrierCount) == 0)
+        {
+            job->BarrierCount = job->Tasks;
+            Volatile.Write(ref job->BarrierSense, sense);
+        }
+        else
+        {
+            SpinWait spin = default;
+            while (Volatile.Read(ref job->BarrierSense) != sense) spin.SpinOnce(sleep1Threshold: -1);
         }
     }
 
@@ -105,10 +204,10 @@ internal static unsafe class GemmDriver
         }
     }
 
-    static int RoundUp(int x, int to) => (x + to - 1) / to * to;
+    internal static int RoundUp(int x, int to) => (x + to - 1) / to * to;
 
     /// <summary>A 64-byte aligned pointer into a pinned, grow-only thread-local array of at least n floats.</summary>
-    static float* Buffer(ref float[]? slot, long n)
+    internal static float* Buffer(ref float[]? slot, long n)
     {
         long need = n + 16;
         if (slot is null || slot.Length < need)

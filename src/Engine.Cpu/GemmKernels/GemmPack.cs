@@ -14,7 +14,7 @@ namespace Engine.Cpu.GemmKernels;
 /// </summary>
 internal static unsafe class GemmPack
 {
-    /// <summary>Floats the packers may write past the last panel (overlapping 16-wide stores).</summary>
+    /// <summary>Spare floats at the end of every packing buffer.</summary>
     public const int Slack = 16;
 
     public static void PackA(in GemmProblem g, int ic, int mc, int pc, int kc, float* dst)
@@ -113,7 +113,8 @@ internal static unsafe class GemmPack
             if (width == 12)
             {
                 // 12 source rows + 4 zero rows; row q of the transpose is 16 floats of which 12 are kept:
-                // ascending overlapping stores leave the correct 12 (the next store overwrites the tail).
+                // ascending overlapping stores leave the correct 12 (the next store overwrites the tail), and the
+                // last row is stored as 8 + 4 so nothing is written past this panel (threads pack neighbours).
                 for (; p + 16 <= kc; p += 16)
                     Transpose16x16(src + p, ld, 12, dst + (nint)p * 12, 12);
             }
@@ -138,7 +139,8 @@ internal static unsafe class GemmPack
 
     /// <summary>
     /// Loads rows 0..rows-1 (16 floats each, rows at src + r·ld; missing rows read as zero), transposes the
-    /// 16x16 block in registers and stores row q (16 floats) at dst + q·dstStride in ascending q.
+    /// 16x16 block in registers and stores row q (16 floats) at dst + q·dstStride in ascending q; with
+    /// dstStride 12 only the first 12 floats of the last row are stored (no write past dst + 16·12).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     static void Transpose16x16(float* src, nint ld, int rows, float* dst, nint dstStride)
@@ -201,6 +203,12 @@ internal static unsafe class GemmPack
         Vector512.Store(Avx512F.Shuffle4x128(t4, t12, 0xDD), dst + 12 * dstStride);
         Vector512.Store(Avx512F.Shuffle4x128(t5, t13, 0xDD), dst + 13 * dstStride);
         Vector512.Store(Avx512F.Shuffle4x128(t6, t14, 0xDD), dst + 14 * dstStride);
-        Vector512.Store(Avx512F.Shuffle4x128(t7, t15, 0xDD), dst + 15 * dstStride);
+        Vector512<float> last = Avx512F.Shuffle4x128(t7, t15, 0xDD);
+        if (dstStride >= 16) Vector512.Store(last, dst + 15 * dstStride);
+        else
+        {
+            Vector256.Store(last.GetLower(), dst + 15 * dstStride);
+            Vector128.Store(last.GetUpper().GetLower(), dst + 15 * dstStride + 8);
+        }
     }
 }
