@@ -16,11 +16,12 @@ public static class F
             throw new ArgumentException($"Linear: x {Shape.Format(x.Shape)} and weight {Shape.Format(w.Shape)} ({w.Name}) do not fit: expected x [N, {(w.Rank == 2 ? w.Shape[1] : -1)}]");
         var be = x.Backend;
         var y = be.Empty([x.Shape[0], w.Shape[0]]);
-        be.MatMul(x, false, w, true, y);
+        using (Profiler.Time("linear.fwd")) be.MatMul(x, false, w, true, y);
         if (Grad.Needs(x, w))
         {
             Grad.Record(new LambdaNode([x, w], [y], () =>
             {
+                using var prof = Profiler.Time("linear.bwd");
                 var dy = y.Grad!;
                 if (x.RequiresGrad)
                 {
@@ -40,9 +41,13 @@ public static class F
         if (table.Rank != 2) throw new ArgumentException($"Embedding: table must be [V, C], got {table.Describe()}");
         var be = table.Backend;
         var y = be.Empty([ids.Shape[0], table.Shape[1]]);
-        be.EmbeddingForward(ids, table, y);
+        using (Profiler.Time("embedding.fwd")) be.EmbeddingForward(ids, table, y);
         if (Grad.Needs(table))
-            Grad.Record(new LambdaNode([table], [y], () => be.EmbeddingBackward(ids, y.Grad!, Grad.GradBuffer(table))));
+            Grad.Record(new LambdaNode([table], [y], () =>
+            {
+                using var prof = Profiler.Time("embedding.bwd");
+                be.EmbeddingBackward(ids, y.Grad!, Grad.GradBuffer(table));
+            }));
         return y;
     }
 
@@ -52,15 +57,16 @@ public static class F
         var be = x.Backend;
         var y = be.Empty(x.Shape);
         var rstd = be.Empty([x.Shape[0]]);
-        be.RmsNormForward(x, w, y, rstd, eps);
+        using (Profiler.Time("rmsnorm.fwd")) be.RmsNormForward(x, w, y, rstd, eps);
         if (Grad.Needs(x, w))
         {
             Grad.Record(new LambdaNode([x, w], [y], () =>
             {
+                using var prof = Profiler.Time("rmsnorm.bwd");
                 var dx = be.Empty(x.Shape);
                 var dw = w.RequiresGrad ? Grad.GradBuffer(w) : be.Zeros(w.Shape);
                 be.RmsNormBackward(y.Grad!, x, w, rstd, dx, dw);
-                Grad.Accumulate(x, dx);
+                Grad.AccumulateOwned(x, dx);
             }));
         }
         return y;
@@ -73,14 +79,15 @@ public static class F
             throw new ArgumentException($"Rope: x {Shape.Format(x.Shape)} is not [B*T={batch * seqLen}, H*D={heads * p.HeadDim}]");
         var be = x.Backend;
         var y = be.Empty(x.Shape);
-        be.Rope(x, y, p, batch, seqLen, heads, positionOffset, inverse: false);
+        using (Profiler.Time("rope.fwd")) be.Rope(x, y, p, batch, seqLen, heads, positionOffset, inverse: false);
         if (Grad.Needs(x))
         {
             Grad.Record(new LambdaNode([x], [y], () =>
             {
+                using var prof = Profiler.Time("rope.bwd");
                 var dx = be.Empty(x.Shape);
                 be.Rope(y.Grad!, dx, p, batch, seqLen, heads, positionOffset, inverse: true);
-                Grad.Accumulate(x, dx);
+                Grad.AccumulateOwned(x, dx);
             }));
         }
         return y;
@@ -97,18 +104,19 @@ public static class F
         var be = q.Backend;
         var o = be.Empty(q.Shape);
         var lse = be.Empty([d.Batch, d.Heads, d.SeqLen]);
-        be.AttentionForward(q, k, v, o, lse, d);
+        using (Profiler.Time("attention.fwd")) be.AttentionForward(q, k, v, o, lse, d);
         if (Grad.Needs(q, k, v))
         {
             Grad.Record(new LambdaNode([q, k, v], [o], () =>
             {
+                using var prof = Profiler.Time("attention.bwd");
                 var dq = be.Empty(q.Shape);
                 var dk = be.Empty(k.Shape);
                 var dv = be.Empty(v.Shape);
                 be.AttentionBackward(o.Grad!, q, k, v, o, lse, dq, dk, dv, d);
-                Grad.Accumulate(q, dq);
-                Grad.Accumulate(k, dk);
-                Grad.Accumulate(v, dv);
+                Grad.AccumulateOwned(q, dq);
+                Grad.AccumulateOwned(k, dk);
+                Grad.AccumulateOwned(v, dv);
             }));
         }
         return o;
@@ -119,16 +127,17 @@ public static class F
         if (!gate.Shape.AsSpan().SequenceEqual(up.Shape)) throw new ArgumentException($"SwiGlu: gate {Shape.Format(gate.Shape)} and up {Shape.Format(up.Shape)} differ");
         var be = gate.Backend;
         var h = be.Empty(gate.Shape);
-        be.SwiGluForward(gate, up, h);
+        using (Profiler.Time("swiglu.fwd")) be.SwiGluForward(gate, up, h);
         if (Grad.Needs(gate, up))
         {
             Grad.Record(new LambdaNode([gate, up], [h], () =>
             {
+                using var prof = Profiler.Time("swiglu.bwd");
                 var dg = be.Empty(gate.Shape);
                 var du = be.Empty(up.Shape);
                 be.SwiGluBackward(h.Grad!, gate, up, dg, du);
-                Grad.Accumulate(gate, dg);
-                Grad.Accumulate(up, du);
+                Grad.AccumulateOwned(gate, dg);
+                Grad.AccumulateOwned(up, du);
             }));
         }
         return h;
@@ -139,12 +148,15 @@ public static class F
         if (!a.Shape.AsSpan().SequenceEqual(b.Shape)) throw new ArgumentException($"Add: shapes {Shape.Format(a.Shape)} and {Shape.Format(b.Shape)} differ");
         var be = a.Backend;
         var y = be.Empty(a.Shape);
-        be.Add(a, b, y);
+        using (Profiler.Time("add.fwd")) be.Add(a, b, y);
         if (Grad.Needs(a, b))
         {
             Grad.Record(new LambdaNode([a, b], [y], () =>
             {
-                Grad.Accumulate(a, y.Grad!);
+                using var prof = Profiler.Time("add.bwd");
+                // y's gradient is read by no one after this node: the first input may take the buffer itself
+                if (a.RequiresGrad && a.Grad == null && !a.IsParameter) a.Grad = y.Grad!;
+                else Grad.Accumulate(a, y.Grad!);
                 Grad.Accumulate(b, y.Grad!);
             }));
         }
@@ -173,6 +185,7 @@ public static class F
         {
             Grad.Record(new LambdaNode([w], [y], () =>
             {
+                using var prof = Profiler.Time("rownorm.bwd");
                 // dW = (dY - Y * rowdot(dY, Y)) / ||W||
                 var dy = y.Grad!.ToArray();
                 var dw = new float[dy.Length];
@@ -187,7 +200,7 @@ public static class F
                 }
                 var g = be.Empty(w.Shape);
                 be.Upload(g, dw);
-                Grad.Accumulate(w, g);
+                Grad.AccumulateOwned(w, g);
             }));
         }
         return y;
@@ -208,13 +221,14 @@ public static class F
         var losses = be.Empty([logits.Shape[0]]);
         var lse = be.Empty([logits.Shape[0]]);
         bool record = Grad.Needs(logits);
-        be.CrossEntropy(logits, targets, losses, lse, zLoss, record, 1f / normalizer);
+        using (Profiler.Time("crossentropy.fwd")) be.CrossEntropy(logits, targets, losses, lse, zLoss, record, 1f / normalizer);
         var loss = be.Empty([1]);
         be.Upload(loss, [(float)(be.Sum(losses) / normalizer)]);
         if (record)
         {
             Grad.Record(new LambdaNode([logits], [loss], () =>
             {
+                using var prof = Profiler.Time("crossentropy.bwd");
                 float dloss = loss.Grad!.Item();
                 if (dloss != 1f) be.Scale(logits, dloss);
                 if (logits.Grad == null) logits.Grad = logits; // the buffer already holds d loss / d logits

@@ -48,6 +48,7 @@ public sealed class AdamW : IDisposable
     /// <summary>Clips by global norm and applies one AdamW update at learning rate lr. Returns the pre-clip norm.</summary>
     public double Update(double lr)
     {
+        using var prof = Profiler.Time("adamw");
         double norm = GradNorm();
         if (!double.IsFinite(norm)) throw new InvalidOperationException($"gradient norm is {norm} at step {Step + 1}: refusing to update the weights");
         float scale = Options.ClipNorm > 0 && norm > Options.ClipNorm ? (float)(Options.ClipNorm / (norm + 1e-6)) : 1f;

@@ -97,6 +97,14 @@ public static class Grad
         else t.Backend.AddInPlace(t.Grad, g, 1f);
     }
 
+    /// <summary>Like <see cref="Accumulate"/> for a freshly computed buffer no one else holds: taken over, not copied.</summary>
+    public static void AccumulateOwned(Tensor t, Tensor g)
+    {
+        if (!t.RequiresGrad) return;
+        if (t.Grad == null && !t.IsParameter) t.Grad = g;
+        else Accumulate(t, g);
+    }
+
     /// <summary>Returns t.Grad, allocating it as zeros first if needed, for ops that accumulate directly.</summary>
     public static Tensor GradBuffer(Tensor t)
     {

@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+
 namespace Engine.Cpu.Ops;
 
 /// <summary>AdamW hyper-parameters for one step; Step counts from 1.</summary>
@@ -27,7 +29,25 @@ public static class AdamWCpu
                 float* P = pp, G = pg, M = pm, V = pv;
                 Parallelism.For(param.Length, 65536, (lo, hi) =>
                 {
-                    for (int i = lo; i < hi; i++)
+                    int i = lo;
+                    if (Vector512.IsHardwareAccelerated)
+                    {
+                        var vb1 = Vector512.Create(b1); var vb1c = Vector512.Create(1f - b1);
+                        var vb2 = Vector512.Create(b2); var vb2c = Vector512.Create(1f - b2);
+                        var vgs = Vector512.Create(gs); var vdec = Vector512.Create(decay);
+                        var vstep = Vector512.Create(stepSize); var vinv = Vector512.Create(1f / bc2Sqrt); var veps = Vector512.Create(eps);
+                        for (; i <= hi - 16; i += 16)
+                        {
+                            var g = Vector512.Load(G + i) * vgs;
+                            var mi = Vector512.FusedMultiplyAdd(vb1, Vector512.Load(M + i), vb1c * g);
+                            var vi = Vector512.FusedMultiplyAdd(vb2, Vector512.Load(V + i), vb2c * g * g);
+                            mi.Store(M + i);
+                            vi.Store(V + i);
+                            var denom = Vector512.FusedMultiplyAdd(Vector512.Sqrt(vi), vinv, veps);
+                            (Vector512.Load(P + i) * vdec - vstep * mi / denom).Store(P + i);
+                        }
+                    }
+                    for (; i < hi; i++)
                     {
                         float g = G[i] * gs;
                         float mi = M[i] = b1 * M[i] + (1f - b1) * g;

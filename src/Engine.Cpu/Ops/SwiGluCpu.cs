@@ -54,12 +54,12 @@ public static class SwiGluCpu
                     // du = dh * g * s
                     TensorPrimitives.Multiply(dhs, gs, dus);
                     TensorPrimitives.Multiply(dus, sig, dus);
-                    // dg = dh * u * s * (1 + g * (1 - s))
-                    for (int i = 0; i < len; i++)
-                    {
-                        float si = sig[i];
-                        dgs[i] = dhs[i] * us[i] * si * (1f + gs[i] * (1f - si));
-                    }
+                    // dg = dh * u * s * (1 + g * (1 - s)), in place in dg
+                    TensorPrimitives.Subtract(1f, sig, dgs);        // 1 - s
+                    TensorPrimitives.FusedMultiplyAdd(gs, dgs, 1f, dgs); // 1 + g (1 - s)
+                    TensorPrimitives.Multiply(dgs, sig, dgs);
+                    TensorPrimitives.Multiply(dgs, us, dgs);
+                    TensorPrimitives.Multiply(dgs, dhs, dgs);
                 });
             }
         }

@@ -64,6 +64,7 @@ public static class TrainBenchmark
             if (step >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
             log?.Invoke($"engine step {step + 1}/{o.Warmup + o.Steps}: {sw.Elapsed.TotalSeconds:F3} s{(step < o.Warmup ? " (warmup)" : "")}");
         }
+        if (Profiler.Enabled) log?.Invoke("per-op time over all steps:\n" + Profiler.Report());
         times.Sort();
         double median = times[times.Count / 2];
         double ours = n / median;
