@@ -56,12 +56,12 @@ public class GemmTests
         (int m, int n, int k)[] shapes =
         [
             (1, 1, 1), (5, 7, 3), (12, 32, 16), (13, 33, 17), (24, 64, 256), (37, 70, 61),
-            (100, 67, 300),   // two k blocks
+            (100, 67, 500),   // two k blocks (KC = 384)
             (1201, 40, 20),   // two m blocks (single thread)
             // 2 threads (2·m·n·k ≥ 8e6): split m / split n, odd unit counts, several shared blocks per k block
             (200, 160, 130),  // split m, 17 row units
             (1000, 800, 20),  // split m, B shared in 3 column blocks (double buffer reused)
-            (40, 400, 260),   // split n, two k blocks
+            (40, 400, 400),   // split n, two k blocks
             (1160, 1200, 8),  // split n, A shared in 2 row blocks
             (3, 50, 40), (50, 3, 40), // thin: unpacked path
         ];

@@ -19,11 +19,11 @@ internal static unsafe class GemmThreads
     }
 
     /// <summary>
-    /// How long a worker (after its task) and the caller (waiting for the join) poll before blocking in the kernel.
+    /// How long a worker (after its task) and the caller (waiting for the join) poll before blocking in the kernel:
     /// Back-to-back GEMMs (a training step issues dozens) then start without a futex wake-up (~20-50 µs on this
     /// VM); polling yields the core (SpinWait without Sleep(1)), so other runnable threads are not starved.
     /// </summary>
-    static readonly long s_pollTicks = System.Diagnostics.Stopwatch.Frequency / 5000; // 200 µs
+    static readonly long s_pollTicks = System.Diagnostics.Stopwatch.Frequency / 10000; // 100 µs
 
     static readonly object s_gate = new();
     static readonly ManualResetEventSlim s_done = new(false, 0);

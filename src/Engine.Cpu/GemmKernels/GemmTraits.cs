@@ -18,9 +18,14 @@ internal enum GemmIsa { Scalar, Avx2, Avx512 }
 ///           jr over NC step NR      micro-kernel: B micro-panel streams from L2
 /// MC is large so that B is packed once per thread for the model's shapes (m = 2048 tokens split over 2 cores).
 ///
-/// Measured on AMD EPYC Zen 4 (2 cores, 32 KiB L1d, 1 MiB L2 per core, AVX-512 double-pumped, 1 zmm FMA/cycle):
-///   12x32 (24 zmm accumulators): chosen.
-///   KC 256: A micro-panel 12 KiB in L1, B block KC·NC·4 = 384 KiB in L2.
+/// Measured on AMD EPYC Zen 4 (2 cores, 32 KiB L1d, 1 MiB L2 per core, AVX-512 double-pumped, 1 zmm FMA/cycle),
+/// one thread, best of 9 (the box is shared, medians drift ±10%):
+///   12x32 (24 zmm accumulators, 2 B loads + 12 broadcasts per 24 FMAs): 102-106 GFLOP/s on 1024³ and 2048³,
+///     OpenBLAS 0.3.21 one thread ~97-100 on the same runs; the JIT keeps all 24 accumulators in zmm2-25.
+///   KC x NC sweep on 1024³, KC in {192, 256, 320, 384, 512}, NC in {256, 384, 512, 768}: all within 99.7-106.1,
+///     i.e. flat. KC 384 chosen so the model's k = 384 GEMMs run as one k block (C read/written once):
+///     2048x384x384 NN 102 vs 93 GFLOP/s with KC 256 (two 192 blocks). A micro-panel 12·384·4 = 18 KiB (L1),
+///     B block KC·NC·4 = 576 KiB (L2).
 /// </summary>
 internal static class GemmTraits
 {
@@ -34,7 +39,7 @@ internal static class GemmTraits
     public static readonly int NR = Isa switch { GemmIsa.Avx512 => 32, GemmIsa.Avx2 => 16, _ => 4 };
 
     /// <summary>Largest k block; k is split into equal blocks no larger than this.</summary>
-    public const int KC = 256;
+    public const int KC = 384;
 
     /// <summary>Largest m block (rows of packed A); a multiple of every MR.</summary>
     public const int MC = 1152;
