@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using Engine.Core;
 using Engine.Core.Autograd;
@@ -8,10 +7,6 @@ using Engine.Model.IO;
 using Engine.Training.Config;
 
 namespace Engine.Training;
-
-/// <summary>What one optimizer step did.</summary>
-public sealed record StepMetrics(int Step, int TotalSteps, double Loss, double Lr, double GradNorm, long Tokens,
-    double TokensPerSecond, double ElapsedSeconds, double? ValidLoss);
 
 /// <summary>Outcome of a run: where the weights went and the loss trajectory.</summary>
 public sealed record TrainResult(string OutputDir, string WeightsDir, IReadOnlyList<StepMetrics> Steps, double? FinalValidLoss,
@@ -64,53 +59,22 @@ public sealed class Trainer
         using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: false);
         using var opt = new AdamW(model, cfg.Optim);
         var rng = new Rng(cfg.Train.Seed);
-        var steps = new List<StepMetrics>();
-        var ids = new int[B * T];
-        var tg = new int[B * T];
-        long tokens = 0;
-        var clock = Stopwatch.StartNew();
-        double? lastValid = null;
-        for (int step = 0; step < cfg.Train.Steps; step++)
+        var options = new LoopOptions
         {
-            cancel.ThrowIfCancellationRequested();
-            double lr = Schedule.LearningRate(cfg.Schedule, cfg.Optim.Lr, step, cfg.Train.Steps);
-            model.ZeroGrad();
-            double lossSum = 0;
-            int accum = cfg.Train.GradAccum;
-            float normalizer = accum * B * T; // every target of a random window is valid
-            for (int micro = 0; micro < accum; micro++)
+            Steps = cfg.Train.Steps, BatchSize = B, SeqLen = T, GradAccum = cfg.Train.GradAccum, Optim = cfg.Optim,
+            Schedule = cfg.Schedule, ZLoss = cfg.Train.ZLoss, EvalEvery = cfg.Train.EvalEvery,
+        };
+        double? lastValid = null;
+        var steps = TrainingLoop.Run(model, new CorpusBatches(corpus, rng), options, opt, ewc: null,
+            onStep: m =>
             {
-                corpus.SampleTrain(rng, B, T, ids, tg);
-                using var scope = new TensorScope();
-                var idT = backend.Empty([B * T], DType.I32);
-                var tgT = backend.Empty([B * T], DType.I32);
-                backend.Upload(idT, ids);
-                backend.Upload(tgT, tg);
-                var (loss, _) = model.Loss(idT, tgT, B, T, normalizer, (float)cfg.Train.ZLoss);
-                lossSum += loss.Item();
-                Grad.Backward(loss);
-            }
-            double norm = opt.Update(lr);
-            tokens += (long)accum * B * T;
-            double elapsed = clock.Elapsed.TotalSeconds;
-            double? valid = null;
-            bool last = step == cfg.Train.Steps - 1;
-            if (last || (cfg.Train.EvalEvery > 0 && (step + 1) % cfg.Train.EvalEvery == 0))
-            {
-                valid = lastValid = ValidationLoss(model, corpus);
-                clock.Stop();
-                clock.Start();
-            }
-            var m = new StepMetrics(step + 1, cfg.Train.Steps, lossSum, lr, norm, tokens, tokens / Math.Max(elapsed, 1e-9), elapsed, valid);
-            steps.Add(m);
-            metrics.WriteLine(JsonSerializer.Serialize(new
-            {
-                step = m.Step, loss = m.Loss, lr = m.Lr, grad_norm = m.GradNorm, tokens = m.Tokens,
-                tokens_per_s = m.TokensPerSecond, elapsed_s = m.ElapsedSeconds, valid_loss = m.ValidLoss,
-            }));
-            metrics.Flush();
-            OnStep?.Invoke(m);
-        }
+                metrics.WriteLine(MetricsJson(m));
+                metrics.Flush();
+                OnStep?.Invoke(m);
+            },
+            validate: () => (lastValid = ValidationLoss(model, corpus)).Value,
+            cancel: cancel);
+        long tokens = steps.Count > 0 ? steps[^1].Tokens : 0;
 
         string weightsDir = Path.Combine(outDir, "final");
         ModelIO.Save(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
@@ -120,6 +84,25 @@ public sealed class Trainer
         });
         OnMessage?.Invoke($"saved {weightsDir}");
         return new TrainResult(outDir, weightsDir, steps, lastValid, model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);
+    }
+
+    /// <summary>One JSON line of metrics.jsonl.</summary>
+    public static string MetricsJson(StepMetrics m) => JsonSerializer.Serialize(new
+    {
+        step = m.Step, loss = m.Loss, lr = m.Lr, grad_norm = m.GradNorm, tokens = m.Tokens,
+        tokens_per_s = m.TokensPerSecond, elapsed_s = m.ElapsedSeconds, valid_loss = m.ValidLoss,
+        source_loss = m.SourceLosses, ewc_penalty = m.EwcPenalty,
+    });
+
+    sealed class CorpusBatches(TokenCorpus corpus, Rng rng) : IBatchSource
+    {
+        public Batch Next(int batch, int seqLen)
+        {
+            var ids = new int[batch * seqLen];
+            var tg = new int[batch * seqLen];
+            corpus.SampleTrain(rng, batch, seqLen, ids, tg);
+            return new Batch(ids, tg, Enumerable.Repeat("train", batch).ToArray());
+        }
     }
 
     LlamaModel CreateModel(int tokenizerVocab)
