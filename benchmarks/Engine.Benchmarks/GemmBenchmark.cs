@@ -11,7 +11,7 @@ namespace Engine.Benchmarks;
 /// <summary>
 /// `gemm` verb: our Gemm.Sgemm / SgemmStridedBatched against OpenBLAS sgemm (numpy, benchmarks/scripts/sgemm_openblas.py)
 /// on the same shapes with the same manual timing method (BenchmarkDotNet's process-per-benchmark runs are too
-/// slow for a 2-core box): 2 warm-up calls, iterations calibrated so one sample lasts ≥ min-sample-s, then
+/// slow for a 2-core box): warm-up (≥ 2 calls, ≥ 0.25 s), iterations calibrated so one sample lasts ≥ min-sample-s, then
 /// `samples` samples, median per-call time. Each shape's result is spot-checked against double dot products.
 /// Options: --quick (3 samples of ≥ 0.05 s), --samples S, --min-sample-s T, --only name,name, --threads N,
 ///          --no-openblas, --out FILE.
@@ -76,7 +76,7 @@ public static class GemmBenchmark
         string loadBefore = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "";
         Console.WriteLine($"gemm: {CpuModel()}, {Environment.ProcessorCount} cores, Gemm.MaxThreads={Gemm.MaxThreads}, " +
             $"AVX-512F={Avx512F.IsSupported}, load avg {loadBefore}");
-        Console.WriteLine($"timing: manual Stopwatch, 2 warm-ups, {samples} samples of >= {minSampleS} s, median per call");
+        Console.WriteLine($"timing: manual Stopwatch, warm-up >= 0.25 s, {samples} samples of >= {minSampleS} s, median per call");
 
         // Interleaved: ours then OpenBLAS for each shape, so load drift from other processes hits both alike.
         using var blasProc = openBlas ? OpenBlasServer.TryStart(root, samples, minSampleS) : null;
@@ -135,7 +135,7 @@ public static class GemmBenchmark
             },
             ["timing"] = new JsonObject
             {
-                ["method"] = "manual Stopwatch / time.perf_counter: 2 warm-ups, calibrated iterations, median of samples",
+                ["method"] = "manual Stopwatch / time.perf_counter: warm-up >= 0.25 s, calibrated iterations, median of samples",
                 ["samples"] = samples, ["min_sample_s"] = minSampleS, ["gemm_max_threads"] = Gemm.MaxThreads,
             },
             ["openblas"] = blas?.DeepClone(),
@@ -175,10 +175,14 @@ public static class GemmBenchmark
         return (sec * 1e3, s.Flops / sec / 1e9, maxErr);
     }
 
-    /// <summary>2 warm-ups, iterations calibrated to ≥ minSampleS per sample, median of per-call times (seconds).</summary>
+    /// <summary>
+    /// Warm-up (≥ 2 calls and ≥ 0.25 s, so tiered JIT and per-thread buffers have settled), iterations calibrated
+    /// to ≥ minSampleS per sample, median of per-call times (seconds).
+    /// </summary>
     static double TimeCall(Action call, int samples, double minSampleS)
     {
-        call(); call();
+        long w0 = Stopwatch.GetTimestamp();
+        for (int i = 0; i < 2 || Stopwatch.GetElapsedTime(w0).TotalSeconds < 0.25; i++) call();
         long iters = 1;
         while (true)
         {

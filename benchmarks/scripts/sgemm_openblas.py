@@ -7,7 +7,7 @@ Prints one JSON object: {"blas": {...which library is mapped...}, "results": [{n
 --serve: first prints {"blas": ...} as one line, then reads one spec per stdin line and answers each with one
 JSON result line (the C# harness interleaves shapes: ours, OpenBLAS, next shape, so load drift hits both alike).
 
-Timing (identical to the C# harness): 2 warm-up calls, calibrate iterations so one sample takes >= min-sample-s,
+Timing (identical to the C# harness): warm-up (>= 2 calls and >= 0.25 s), calibrate iterations so one sample takes >= min-sample-s,
 then S samples; report the median per-call time. ta/tb are 0/1: transposed operands are transposed *views* of
 C-contiguous float32 arrays, so numpy hands sgemm the transpose flag (no copy). batch > 1 uses np.matmul on
 stacked arrays, which calls sgemm once per item.
@@ -54,8 +54,10 @@ def operands(ta, tb, m, n, k, batch, rng):
 
 
 def time_call(fn, samples, min_sample_s):
-    fn()
-    fn()
+    t0, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - t0 < 0.25:
+        fn()
+        calls += 1
     iters = 1
     while True:
         t0 = time.perf_counter()

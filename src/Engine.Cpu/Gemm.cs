@@ -99,7 +99,7 @@ public static unsafe class Gemm
         A = a, Lda = lda, B = b, Ldb = ldb, C = c, Ldc = ldc,
     };
 
-    /// <summary>One GEMM with m, n ≥ 1: degenerate cases, the small path, or the blocked path on ≤ maxThreads.</summary>
+    /// <summary>One GEMM with m, n ≥ 1: degenerate cases, the thin path, or the blocked path on ≤ maxThreads.</summary>
     static void RunOne(in GemmProblem g, int maxThreads)
     {
         if (g.K == 0 || g.Alpha == 0f)
@@ -107,7 +107,9 @@ public static unsafe class Gemm
             ScaleC(g);
             return;
         }
-        if (g.M < 4 || g.N < 4 || (long)g.M * g.N * g.K <= GemmTraits.SmallVolume)
+        // Thin shapes whose long dimension is contiguous for axpy (n) or dot (k) skip the zero-padded tiles.
+        bool thin = (g.M < 4 && (g.TransB ? g.K : g.N) >= 16) || (g.N < 4 && g.TransB && !g.TransA && g.K >= 16);
+        if (thin)
         {
             GemmSmall.Run(g);
             return;

@@ -103,7 +103,9 @@ public class GemmTests
     public void Sgemm_BetaZero_DoesNotReadC(bool ta, bool tb)
     {
         var rng = new Random(7);
-        Check(rng, ta, tb, 2, 3, 4, 1f, 0f, padC: 2, nanC: true);      // unpacked path
+        Check(rng, ta, tb, 2, 3, 4, 1f, 0f, padC: 2, nanC: true);      // tiny, packed
+        Check(rng, ta, tb, 3, 40, 33, 1f, 0f, padC: 2, nanC: true);    // thin m: unpacked path
+        Check(rng, ta, tb, 40, 3, 33, 1f, 0f, padC: 2, nanC: true);    // thin n: unpacked when ta=false, tb=true
         Check(rng, ta, tb, 29, 67, 31, 0.5f, 0f, padC: 3, nanC: true); // packed path with edge tiles
         Check(rng, ta, tb, 29, 67, 0, 0.5f, 0f, padC: 3, nanC: true);  // k = 0
         Check(rng, ta, tb, 29, 67, 31, 0f, 0f, padC: 3, nanC: true);   // alpha = 0
@@ -170,6 +172,24 @@ public class GemmTests
             Gemm.SgemmReference(false, false, m, n, k, 1f, a, k, b.AsSpan(i * k * n), n, 0f, expect.AsSpan(i * m * n), n);
         Gemm.SgemmStridedBatched(false, false, m, n, k, 1f, a, k, 0, b, n, (long)k * n, 0f, c, n, (long)m * n, batch);
         AssertClose(c, expect, k, "shared A");
+    }
+
+    [Fact]
+    public void Sgemm_DoesNotAllocatePerCall()
+    {
+        var rng = new Random(9);
+        float[] a = Random(rng, 300 * 300), b = Random(rng, 300 * 300), c = new float[300 * 300];
+        void Calls()
+        {
+            Gemm.Sgemm(false, true, 200, 160, 130, 1f, a, 130, b, 130, 0f, c, 160);  // threaded when the pool is free
+            Gemm.Sgemm(true, false, 2, 64, 64, 1f, a, 2, b, 64, 1f, c, 64);         // thin path, gathers op(A) rows
+            Gemm.Sgemm(false, false, 37, 45, 29, 0.5f, a, 29, b, 45, 0.25f, c, 45);  // single-thread packed, edges
+            Gemm.SgemmStridedBatched(false, true, 24, 20, 16, 1f, a, 16, 400, b, 16, 400, 0f, c, 20, 500, 8);
+        }
+        for (int i = 0; i < 3; i++) Calls(); // first calls size the per-thread packing buffers
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 5; i++) Calls();
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
 
     [Fact]

@@ -47,6 +47,7 @@ internal static unsafe class GemmDriver
     [ThreadStatic] static float[]? t_bufA;
     [ThreadStatic] static float[]? t_bufB;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no tier-0 intrinsics
     public static void Run(in GemmProblem g)
     {
         int mr = GemmTraits.MR, nr = GemmTraits.NR;
@@ -90,6 +91,7 @@ internal static unsafe class GemmDriver
     /// buffering needs one barrier per shared block: passing barrier j means every task finished block j-1,
     /// whose buffer block j+1 then reuses.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RunShared(GemmParallelJob* job, int t)
     {
         ref readonly GemmProblem g = ref job->G;
@@ -180,6 +182,7 @@ internal static unsafe class GemmDriver
     }
 
     /// <summary>All MR x NR tiles of one packed A block times one packed B block.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Macro(int mc, int nc, int kc, float* pa, float* pb, float* c, nint ldc, float alpha, float beta, float* tile)
     {
         int mrFull = GemmTraits.MR, nrFull = GemmTraits.NR;
@@ -206,6 +209,7 @@ internal static unsafe class GemmDriver
     }
 
     /// <summary>c[0:mr, 0:nr] = alpha·tile + beta·c for a partial edge tile (beta == 0 does not read c).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void MergeEdge(float* tile, int tileLd, int mr, int nr, float* c, nint ldc, float alpha, float beta)
     {
         for (int i = 0; i < mr; i++)

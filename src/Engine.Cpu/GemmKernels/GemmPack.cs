@@ -17,6 +17,7 @@ internal static unsafe class GemmPack
     /// <summary>Spare floats at the end of every packing buffer.</summary>
     public const int Slack = 16;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)] // hot from the first call: no tier-0 intrinsics
     public static void PackA(in GemmProblem g, int ic, int mc, int pc, int kc, float* dst)
     {
         int mrFull = GemmTraits.MR;
@@ -37,6 +38,7 @@ internal static unsafe class GemmPack
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void PackB(in GemmProblem g, int pc, int kc, int jc, int nc, float* dst)
     {
         int nrFull = GemmTraits.NR;
@@ -61,6 +63,7 @@ internal static unsafe class GemmPack
     /// Panel whose w (≤ width) entries per k step are contiguous in the source: source row p holds them at
     /// src + p·ld. Writes kc·width floats, zero-padding columns w..width.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackContiguous(float* src, nint ld, int w, int kc, float* dst, int width)
     {
         if (w == width)
@@ -105,6 +108,7 @@ internal static unsafe class GemmPack
     /// Panel whose w (≤ width) entries per k step come from w different source rows (row r at src + r·ld,
     /// element p at +p): a transpose. Writes kc·width floats, zero-padding entries w..width.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void PackStrided(float* src, nint ld, int w, int kc, float* dst, int width)
     {
         int p = 0;

@@ -49,7 +49,4 @@ internal static class GemmTraits
 
     /// <summary>Problems with 2·m·n·k below this run on one thread (fork/join costs ~10-30 µs).</summary>
     public const long MinFlopsPerThread = 4_000_000;
-
-    /// <summary>Problems with m·n·k below this skip packing.</summary>
-    public const long SmallVolume = 16 * 16 * 16;
 }
