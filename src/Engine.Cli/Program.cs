@@ -5,4 +5,6 @@ using Engine.Cli.Commands;
 var root = new RootCommand("engine: LLM training engine (CPU reference backend, CUDA kernels) for domain adaptation");
 root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
+root.Subcommands.Add(RecipeCommand.Create());
+root.Subcommands.Add(RecipeCommand.CreateDemo());
 return Cli.Run(root, args);

@@ -119,6 +119,12 @@ public sealed class LlamaModel : IDisposable
         Config = Config with { VocabSize = newVocab };
     }
 
+    /// <summary>Context extension: RoPE scaling (linear or NTK) and a longer maximum length from now on.</summary>
+    public void SetRopeScaling(Engine.Cpu.Ops.RopeScalingKind kind, double factor, int maxPositions)
+    {
+        Config = (Config with { RopeScaling = kind, RopeScalingFactor = factor, MaxPositionEmbeddings = maxPositions }).Validate();
+    }
+
     /// <summary>Trains only the named parameters (stage 1 of vocabulary expansion: embeddings + LM head); null unfreezes all.</summary>
     public void SetTrainable(Func<string, bool>? trainable)
     {

@@ -1,0 +1,149 @@
+using Engine.Cpu.Ops;
+using Engine.Training.Config;
+
+namespace Engine.Training.Recipes;
+
+/// <summary>
+/// A domain-adaptation recipe as data: named sources, a tokenizer, a model shape, and stages (base pretraining,
+/// naive or mixed continual pretraining, hybrid-tuning, vocabulary expansion, context extension) each with its own
+/// mixture, optimiser, trainable set and forgetting control. Every stage is evaluated the same way.
+/// </summary>
+public sealed class RecipeConfig
+{
+    public string Name { get; set; } = "recipe";
+    public ulong Seed { get; set; } = 1234;
+    public TokenizerSection Tokenizer { get; set; } = new();
+    public ModelSection Model { get; set; } = new();
+    public Dictionary<string, SourceSection> Sources { get; set; } = new();
+    public StageSection[] Stages { get; set; } = [];
+    public EvalSection Eval { get; set; } = new();
+    public RecipeOutput Output { get; set; } = new();
+
+    public string BaseDirectory { get; set; } = Directory.GetCurrentDirectory();
+    public string Resolve(string path) => Path.IsPathRooted(path) ? path : Path.GetFullPath(Path.Combine(BaseDirectory, path));
+
+    public static RecipeConfig Load(string path, IEnumerable<string>? overrides = null)
+    {
+        var cfg = ConfigBinder.Load<RecipeConfig>(path, overrides);
+        cfg.BaseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        cfg.Validate();
+        return cfg;
+    }
+
+    public void Validate()
+    {
+        var errors = new List<string>();
+        if (Sources.Count == 0) errors.Add("sources: at least one source is needed");
+        foreach (var (name, s) in Sources)
+        {
+            if (s.Files.Length == 0) errors.Add($"sources.{name}.files must name at least one file");
+            if (s.Kind is not ("pretrain" or "instruct" or "sentiment")) errors.Add($"sources.{name}.kind must be pretrain, instruct or sentiment (got {s.Kind})");
+            if (s.HeldOut is < 0 or >= 1) errors.Add($"sources.{name}.held_out must be in [0, 1)");
+        }
+        if (Stages.Length == 0) errors.Add("stages: at least one stage is needed");
+        var seen = new HashSet<string>();
+        foreach (var st in Stages)
+        {
+            string p = $"stages[{st.Name}]";
+            if (string.IsNullOrWhiteSpace(st.Name)) errors.Add("every stage needs a name");
+            else if (!seen.Add(st.Name)) errors.Add($"stage name '{st.Name}' is used twice");
+            if (st.Init != "random" && !seen.Contains(st.Init) && st.Init != st.Name && !st.Init.Contains('/'))
+                errors.Add($"{p}.init '{st.Init}' is neither 'random', an earlier stage nor a model directory");
+            if (st.Weights.Count == 0) errors.Add($"{p}.weights must name at least one source");
+            foreach (var w in st.Weights.Keys.Concat(st.EndWeights?.Keys ?? Enumerable.Empty<string>()))
+                if (!Sources.ContainsKey(w)) errors.Add($"{p}: unknown source '{w}' in weights");
+            if (st.EndWeights != null && st.RampTokens <= 0) errors.Add($"{p}.ramp_tokens must be positive when end_weights is set");
+            if (st.Steps <= 0 || st.BatchSize <= 0 || st.SeqLen <= 1 || st.GradAccum <= 0) errors.Add($"{p}: steps, batch_size, seq_len and grad_accum must be positive");
+            if (st.Trainable is not ("all" or "embeddings_and_head")) errors.Add($"{p}.trainable must be all or embeddings_and_head (got {st.Trainable})");
+            if (st.EwcLambda < 0) errors.Add($"{p}.ewc_lambda must be >= 0");
+            if (st.EwcLambda > 0 && (st.EwcSource == null || !Sources.ContainsKey(st.EwcSource))) errors.Add($"{p}.ewc_source must name a source when ewc_lambda > 0");
+            if (st.SelectTop is < 0 or > 1) errors.Add($"{p}.select_top must be in [0, 1]");
+            if (st.SelectTop > 0 && (st.SelectSource == null || !Sources.ContainsKey(st.SelectSource))) errors.Add($"{p}.select_source must name a source when select_top > 0");
+            if (st.SeqLen > Model.MaxPositionEmbeddings * Math.Max(1, st.RopeScalingFactor)) errors.Add($"{p}.seq_len ({st.SeqLen}) exceeds max_position_embeddings × rope factor");
+        }
+        if (Tokenizer.Kind is not ("byte" or "bpe")) errors.Add($"tokenizer.kind must be byte or bpe (got {Tokenizer.Kind})");
+        if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
+    }
+}
+
+public sealed class TokenizerSection
+{
+    /// <summary>byte (no training) or bpe (trained on the recipe's pretraining sources, or loaded from path).</summary>
+    public string Kind { get; set; } = "byte";
+    /// <summary>A Hugging Face tokenizer.json to load instead of training.</summary>
+    public string? Path { get; set; }
+    public int VocabSize { get; set; } = 4096;
+    /// <summary>Sources whose training documents train the BPE (default: every pretrain source).</summary>
+    public string[] TrainSources { get; set; } = [];
+    public long TrainChars { get; set; } = 3_000_000;
+    /// <summary>Vocabulary expansion: tokens added from expand_sources for stages with expanded_vocab.</summary>
+    public int ExpandBy { get; set; }
+    public string[] ExpandSources { get; set; } = [];
+}
+
+public sealed class SourceSection
+{
+    /// <summary>pretrain (packed text), instruct (instruction/input/output, answer-only loss), sentiment (label,text rendered as instructions).</summary>
+    public string Kind { get; set; } = "pretrain";
+    /// <summary>general or finance: groups sources for per-domain perplexity.</summary>
+    public string Domain { get; set; } = "general";
+    public string Language { get; set; } = "en";
+    public string[] Files { get; set; } = [];
+    /// <summary>Cap on documents read (0 = all), taken in file order.</summary>
+    public int MaxDocs { get; set; }
+    /// <summary>Share of documents held out (seeded) for per-domain perplexity; pretrain sources only.</summary>
+    public double HeldOut { get; set; } = 0.05;
+}
+
+public sealed class StageSection
+{
+    public string Name { get; set; } = "";
+    /// <summary>random, the name of an earlier stage, or a model directory (config.json + model.safetensors).</summary>
+    public string Init { get; set; } = "random";
+    /// <summary>Mixture weights by source name (normalised); end_weights + ramp_tokens make a linear schedule.</summary>
+    public Dictionary<string, double> Weights { get; set; } = new();
+    public Dictionary<string, double>? EndWeights { get; set; }
+    public long RampTokens { get; set; }
+    public int Steps { get; set; } = 100;
+    public int BatchSize { get; set; } = 8;
+    public int SeqLen { get; set; } = 128;
+    public int GradAccum { get; set; } = 1;
+    public AdamWOptions Optim { get; set; } = new();
+    public ScheduleOptions Schedule { get; set; } = new();
+    /// <summary>Baichuan 2 max-z loss coefficient.</summary>
+    public double ZLoss { get; set; }
+    /// <summary>all, or embeddings_and_head (stage 1 of vocabulary expansion).</summary>
+    public string Trainable { get; set; } = "all";
+    /// <summary>EWC penalty weight λ (0 = off); the Fisher comes from the stage's initial model on ewc_source.</summary>
+    public double EwcLambda { get; set; }
+    public string? EwcSource { get; set; }
+    public int EwcBatches { get; set; } = 8;
+    /// <summary>Use the expanded tokenizer; the model's embeddings and head grow (new rows = mean of old rows).</summary>
+    public bool ExpandedVocab { get; set; }
+    /// <summary>Context extension: RoPE scaling applied to the model from this stage on.</summary>
+    public RopeScalingKind RopeScaling { get; set; } = RopeScalingKind.None;
+    public double RopeScalingFactor { get; set; } = 1;
+    /// <summary>ETS-DACP-style selection: keep this fraction of select_source's documents most similar to the task data (0 = off).</summary>
+    public double SelectTop { get; set; }
+    public string? SelectSource { get; set; }
+    /// <summary>Curriculum: order the kept documents from least to most task-similar instead of shuffling.</summary>
+    public bool Curriculum { get; set; }
+}
+
+public sealed class EvalSection
+{
+    public int SeqLen { get; set; } = 128;
+    public int Batch { get; set; } = 8;
+    /// <summary>Held-out tokens per domain for perplexity.</summary>
+    public long PerplexityTokens { get; set; } = 16384;
+    /// <summary>Few-shot classification set (csv label,sentence or jsonl text,label) and the pool its shots come from.</summary>
+    public string? FewShotFile { get; set; }
+    public string? FewShotPool { get; set; }
+    public int Shots { get; set; } = 3;
+    public int MaxExamples { get; set; } = 200;
+}
+
+public sealed class RecipeOutput
+{
+    public string Dir { get; set; } = "runs/recipe";
+}

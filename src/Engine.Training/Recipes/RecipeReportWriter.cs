@@ -1,0 +1,91 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace Engine.Training.Recipes;
+
+/// <summary>The recipe's results: report.md (the table), report.json, and loss curves per source as PNG.</summary>
+public static class RecipeReportWriter
+{
+    static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    public static string Table(IReadOnlyList<StageReport> reports)
+    {
+        var groups = reports.SelectMany(r => r.Perplexity.Keys).Distinct().OrderBy(k => k.Contains('_') ? 1 : 0).ThenBy(k => k, StringComparer.Ordinal).ToList();
+        var sb = new StringBuilder();
+        sb.Append("| model | init |");
+        foreach (var g in groups) sb.Append($" ppl {g} |");
+        sb.Append(" few-shot acc | few-shot macro-F1 | tokens trained | train s | tokens/s | eval s |\n|---|---|");
+        foreach (var _ in groups) sb.Append("---:|");
+        sb.Append("---:|---:|---:|---:|---:|---:|\n");
+        foreach (var r in reports)
+        {
+            sb.Append($"| {r.Name} | {r.Init} |");
+            foreach (var g in groups) sb.Append(r.Perplexity.TryGetValue(g, out var p) ? $" {p.ToString("F2", CultureInfo.InvariantCulture)} |" : " – |");
+            sb.Append(r.FewShotAccuracy is { } a ? $" {(a * 100).ToString("F1", CultureInfo.InvariantCulture)}% |" : " – |");
+            sb.Append(r.FewShotMacroF1 is { } f ? $" {f.ToString("F3", CultureInfo.InvariantCulture)} |" : " – |");
+            sb.Append(CultureInfo.InvariantCulture, $" {r.TokensTrained:N0} | {r.TrainSeconds:F0} | {r.TokensPerSecond:F0} | {r.EvalSeconds:F0} |\n");
+        }
+        return sb.ToString();
+    }
+
+    public static void Write(string outDir, RecipeConfig cfg, IReadOnlyList<StageReport> reports)
+    {
+        var md = new StringBuilder();
+        md.AppendLine($"# {cfg.Name}");
+        md.AppendLine();
+        md.AppendLine($"Measured on {Bench.MachineInfo.CpuModel()} ({Environment.ProcessorCount} cores), {DateTime.UtcNow:yyyy-MM-dd}, commit {Bench.MachineInfo.GitCommit()}.");
+        md.AppendLine("Perplexity is per token of the stage's tokenizer on held-out documents; few-shot = k-shot label likelihood on the evaluation set.");
+        md.AppendLine();
+        md.Append(Table(reports));
+        foreach (var r in reports.Where(r => r.Notes.Count > 0))
+        {
+            md.AppendLine();
+            md.AppendLine($"**{r.Name}**: " + string.Join("; ", r.Notes));
+        }
+        File.WriteAllText(Path.Combine(outDir, "report.md"), md.ToString());
+        File.WriteAllText(Path.Combine(outDir, "report.json"), JsonSerializer.Serialize(new
+        {
+            recipe = cfg.Name,
+            date = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
+            commit = Bench.MachineInfo.GitCommit(),
+            machine = Bench.MachineInfo.Describe(),
+            stages = reports,
+        }, Json));
+        foreach (var r in reports) PlotLosses(Path.Combine(outDir, $"loss_{r.Name}.png"), r);
+    }
+
+    /// <summary>Training loss per source over tokens (a moving average of the per-step means).</summary>
+    public static void PlotLosses(string path, StageReport r)
+    {
+        var plot = new ScottPlot.Plot();
+        var names = r.Steps.SelectMany(s => s.SourceLosses?.Keys ?? []).Distinct().OrderBy(n => n, StringComparer.Ordinal).ToList();
+        foreach (var name in names)
+        {
+            var pts = r.Steps.Where(s => s.SourceLosses?.ContainsKey(name) == true).Select(s => (X: (double)s.Tokens, Y: s.SourceLosses![name])).ToList();
+            if (pts.Count == 0) continue;
+            var ys = Smooth(pts.Select(p => p.Y).ToArray(), 5);
+            var sc = plot.Add.Scatter(pts.Select(p => p.X).ToArray(), ys);
+            sc.LegendText = name;
+            sc.MarkerSize = 0;
+        }
+        plot.Title($"{r.Name}: training loss per source");
+        plot.XLabel("tokens trained");
+        plot.YLabel("mean token loss");
+        plot.ShowLegend();
+        plot.SavePng(path, 800, 500);
+    }
+
+    static double[] Smooth(double[] y, int w)
+    {
+        var o = new double[y.Length];
+        for (int i = 0; i < y.Length; i++)
+        {
+            int lo = Math.Max(0, i - w + 1);
+            double s = 0;
+            for (int j = lo; j <= i; j++) s += y[j];
+            o[i] = s / (i - lo + 1);
+        }
+        return o;
+    }
+}

@@ -1,0 +1,209 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.Json;
+using Engine.Core;
+using Engine.Data;
+using Engine.Model;
+using Engine.Model.IO;
+using Engine.Training.Eval;
+using Engine.Training.Forgetting;
+
+namespace Engine.Training.Recipes;
+
+/// <summary>What one stage produced and how its model scored.</summary>
+public sealed record StageReport
+{
+    public required string Name { get; init; }
+    public required string Init { get; init; }
+    public Dictionary<string, double> Perplexity { get; init; } = new();
+    public double? FewShotAccuracy { get; init; }
+    public double? FewShotMacroF1 { get; init; }
+    public int FewShotCount { get; init; }
+    public long TokensTrained { get; init; }
+    public double TrainSeconds { get; init; }
+    public double EvalSeconds { get; init; }
+    public double TokensPerSecond { get; init; }
+    public int VocabSize { get; init; }
+    public string WeightsDir { get; init; } = "";
+    public List<string> Notes { get; init; } = new();
+    [System.Text.Json.Serialization.JsonIgnore] public List<StepMetrics> Steps { get; init; } = new();
+}
+
+/// <summary>Runs a <see cref="RecipeConfig"/>: stage after stage, each evaluated identically, then the report.</summary>
+public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
+{
+    readonly Dictionary<string, LoadedSource> sources = new(StringComparer.Ordinal);
+    readonly Dictionary<string, string> stageWeights = new(StringComparer.Ordinal);
+    ITokenizer? baseTokenizer, expandedTokenizer;
+
+    public Action<string>? Log { get; set; }
+    public Action<string, StepMetrics>? OnStep { get; set; }
+
+    public List<StageReport> Run(CancellationToken cancel = default)
+    {
+        string outDir = cfg.Resolve(cfg.Output.Dir);
+        Directory.CreateDirectory(outDir);
+        foreach (var (name, s) in cfg.Sources)
+        {
+            var loaded = RecipeSources.Load(name, s, cfg);
+            sources[name] = loaded;
+            Log?.Invoke(loaded.IsPretrain
+                ? $"source {name}: {loaded.TrainDocs.Count} training documents, {loaded.HeldOutDocs.Count} held out"
+                : $"source {name}: {loaded.Examples.Count} instruction examples");
+        }
+        baseTokenizer = RecipeTokenizers.Build(cfg, sources, outDir, Log);
+        if (cfg.Stages.Any(s => s.ExpandedVocab))
+            expandedTokenizer = RecipeTokenizers.Expand(cfg, baseTokenizer, sources, outDir, Log);
+        var evalSet = LoadFewShot();
+        var reports = new List<StageReport>();
+        using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl"));
+        foreach (var stage in cfg.Stages)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var r = RunStage(stage, outDir, evalSet, metrics, cancel);
+            reports.Add(r);
+            RecipeReportWriter.Write(outDir, cfg, reports);
+        }
+        return reports;
+    }
+
+    (List<LabeledExample> Test, List<LabeledExample> Pool)? LoadFewShot()
+    {
+        if (cfg.Eval.FewShotFile == null) return null;
+        var test = LabeledData.Read(cfg.Resolve(cfg.Eval.FewShotFile)).Examples;
+        var pool = cfg.Eval.FewShotPool != null ? LabeledData.Read(cfg.Resolve(cfg.Eval.FewShotPool)).Examples : test;
+        return (test, pool);
+    }
+
+    StageReport RunStage(StageSection st, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet, StreamWriter metrics, CancellationToken cancel)
+    {
+        var notes = new List<string>();
+        var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
+        Log?.Invoke($"stage {st.Name}: init {st.Init}, {st.Steps} steps × {st.BatchSize}×{st.SeqLen} tokens, mixture {string.Join(", ", st.Weights.Select(w => $"{w.Key}={w.Value}"))}");
+        using var model = InitModel(st, tok, notes);
+        if (st.Trainable == "embeddings_and_head") model.SetTrainable(LlamaModel.IsEmbeddingOrHead);
+        else model.SetTrainable(null);
+
+        ulong seed = cfg.Seed ^ RecipeSources.StableHash(st.Name);
+        var streams = new List<(string Name, ISampleStream Stream)>();
+        var names = st.Weights.Keys.Concat(st.EndWeights?.Keys ?? Enumerable.Empty<string>()).Distinct().ToList();
+        foreach (var name in names)
+        {
+            var src = sources[name];
+            var docs = src.TrainDocs;
+            bool shuffle = true;
+            if (st.SelectTop > 0 && name == st.SelectSource)
+            {
+                var task = evalSet?.Pool.Select(e => e.Text).Take(256).ToList() ?? throw new InvalidOperationException("data selection needs eval.few_shot_pool as the task set");
+                var sel = DataSelection.Select(model, tok, docs, task, st.SelectTop, st.Curriculum, Math.Min(128, model.Config.MaxPositionEmbeddings));
+                notes.Add($"selected {sel.Kept.Count}/{sel.Candidates} {name} documents by task similarity: mean cosine {sel.MeanScoreKept:F3} kept vs {sel.MeanScoreAll:F3} all");
+                Log?.Invoke(notes[^1]);
+                docs = sel.Kept;
+                shuffle = !st.Curriculum;
+            }
+            ISampleStream s = src.IsPretrain
+                ? new PackedPretrainStream(InMemoryTokenSource.FromTexts(docs, tok), st.SeqLen, tok.EosId, seed + (ulong)streams.Count, shuffle, name)
+                : new InstructionStream(src.Examples, tok, st.SeqLen, seed + (ulong)streams.Count, name: name);
+            streams.Add((name, s));
+        }
+        double[] start = names.Select(n => st.Weights.GetValueOrDefault(n)).ToArray();
+        var schedule = st.EndWeights == null ? WeightSchedule.Constant(start)
+            : WeightSchedule.Linear(start, names.Select(n => st.EndWeights.GetValueOrDefault(n)).ToArray(), st.RampTokens);
+        var mixture = new MixtureStream(streams, schedule, seed);
+
+        using var ewc = st.EwcLambda > 0 ? EstimateEwc(model, st, tok, seed) : null;
+        using var opt = new AdamW(model, st.Optim);
+        var options = new LoopOptions
+        {
+            Steps = st.Steps, BatchSize = st.BatchSize, SeqLen = st.SeqLen, GradAccum = st.GradAccum,
+            Optim = st.Optim, Schedule = st.Schedule, ZLoss = st.ZLoss,
+        };
+        var steps = TrainingLoop.Run(model, new StreamBatches(mixture), options, opt, ewc, m =>
+        {
+            metrics.WriteLine(JsonSerializer.Serialize(new { stage = st.Name, m.Step, m.Loss, m.Lr, m.GradNorm, m.Tokens, m.TokensPerSecond, source_loss = m.SourceLosses, m.EwcPenalty }));
+            metrics.Flush();
+            OnStep?.Invoke(st.Name, m);
+        }, cancel: cancel);
+        double trainSeconds = steps.Count > 0 ? steps[^1].ElapsedSeconds : 0;
+
+        string weights = Path.Combine(outDir, "stages", st.Name);
+        ModelIO.Save(model, weights);
+        stageWeights[st.Name] = weights;
+
+        var sw = Stopwatch.StartNew();
+        // perplexity per (domain, language) group on its held-out documents; a domain's perplexity is the geometric
+        // mean over its languages (equal weight per language, whatever their token counts)
+        var ppl = new Dictionary<string, double>(StringComparer.Ordinal);
+        var groupNll = new Dictionary<string, (string Domain, double Nll)>(StringComparer.Ordinal);
+        foreach (var g in sources.Values.Where(s => s.IsPretrain && s.HeldOutDocs.Count > 0).GroupBy(s => s.Group).OrderBy(g => g.Key, StringComparer.Ordinal))
+        {
+            var tokens = Evaluator.TokenStream(g.SelectMany(s => s.HeldOutDocs), tok, cfg.Eval.PerplexityTokens + 1);
+            if (tokens.Count <= cfg.Eval.SeqLen) { notes.Add($"{g.Key}: too little held-out text for perplexity"); continue; }
+            var r = Evaluator.Perplexity(model, tokens, cfg.Eval.SeqLen, cfg.Eval.Batch, cfg.Eval.PerplexityTokens);
+            ppl[g.Key] = r.Perplexity;
+            groupNll[g.Key] = (g.First().Section.Domain, r.MeanNll);
+        }
+        foreach (var d in groupNll.Values.GroupBy(v => v.Domain))
+            ppl[d.Key] = Math.Exp(d.Average(v => v.Nll));
+        ClassificationResult? fs = null;
+        if (evalSet is { } es)
+            fs = Evaluator.FewShot(model, tok, es.Test, es.Pool, cfg.Eval.Shots, cfg.Seed, cfg.Eval.MaxExamples);
+        var report = new StageReport
+        {
+            Name = st.Name, Init = st.Init, Perplexity = ppl, FewShotAccuracy = fs?.Accuracy, FewShotMacroF1 = fs?.MacroF1,
+            FewShotCount = fs?.Count ?? 0, TokensTrained = steps.Count > 0 ? steps[^1].Tokens : 0, TrainSeconds = trainSeconds,
+            EvalSeconds = sw.Elapsed.TotalSeconds, TokensPerSecond = steps.Count > 0 ? steps[^1].TokensPerSecond : 0,
+            VocabSize = model.Config.VocabSize, WeightsDir = weights, Notes = notes, Steps = steps,
+        };
+        Log?.Invoke($"stage {st.Name}: " + string.Join(", ", ppl.Select(p => $"ppl[{p.Key}] {p.Value:F2}")) +
+            (fs != null ? $", few-shot acc {fs.Accuracy:P1} F1 {fs.MacroF1:F3}" : "") + $", {report.TokensTrained:N0} tokens in {trainSeconds:F0} s");
+        return report;
+    }
+
+    LlamaModel InitModel(StageSection st, ITokenizer tok, List<string> notes)
+    {
+        LlamaModel model;
+        if (st.Init == "random")
+        {
+            var c = cfg.Model;
+            var llama = new LlamaConfig
+            {
+                VocabSize = tok.VocabSize, HiddenSize = c.HiddenSize, IntermediateSize = c.IntermediateSize, NumLayers = c.NumLayers,
+                NumHeads = c.NumHeads, NumKvHeads = c.NumKvHeads > 0 ? c.NumKvHeads : c.NumHeads, MaxPositionEmbeddings = c.MaxPositionEmbeddings,
+                RmsNormEps = (float)c.RmsNormEps, RopeTheta = c.RopeTheta, TieWordEmbeddings = c.TieWordEmbeddings, NormHead = c.NormHead,
+                InitializerRange = c.InitializerRange,
+            }.Validate();
+            model = new LlamaModel(llama, backend);
+            model.InitializeWeights(cfg.Seed);
+        }
+        else
+        {
+            string dir = stageWeights.TryGetValue(st.Init, out var d) ? d : cfg.Resolve(st.Init);
+            model = ModelIO.Load(dir, backend);
+        }
+        model.CheckpointActivations = cfg.Model.CheckpointActivations;
+        if (tok.VocabSize > model.Config.VocabSize)
+        {
+            notes.Add($"vocabulary expanded {model.Config.VocabSize} → {tok.VocabSize} (new rows = mean of old rows)");
+            model.ResizeVocabulary(tok.VocabSize);
+        }
+        if (st.RopeScaling != Cpu.Ops.RopeScalingKind.None)
+        {
+            model.SetRopeScaling(st.RopeScaling, st.RopeScalingFactor, Math.Max(model.Config.MaxPositionEmbeddings, st.SeqLen));
+            notes.Add($"context extension: RoPE {st.RopeScaling} ×{st.RopeScalingFactor}, seq_len {st.SeqLen}");
+        }
+        return model;
+    }
+
+    Ewc EstimateEwc(LlamaModel model, StageSection st, ITokenizer tok, ulong seed)
+    {
+        var src = sources[st.EwcSource!];
+        ISampleStream s = src.IsPretrain
+            ? new PackedPretrainStream(InMemoryTokenSource.FromTexts(src.TrainDocs, tok), st.SeqLen, tok.EosId, seed ^ 0xE3C, true, src.Name)
+            : new InstructionStream(src.Examples, tok, st.SeqLen, seed ^ 0xE3C, name: src.Name);
+        var batches = new StreamBatches(s);
+        var list = Enumerable.Range(0, st.EwcBatches).Select(_ => batches.Next(st.BatchSize, st.SeqLen)).Select(b => (b.Ids, b.Targets)).ToList();
+        Log?.Invoke($"EWC: Fisher from {st.EwcBatches} batches of {src.Name}, λ = {st.EwcLambda}");
+        return Ewc.Estimate(model, list, st.BatchSize, st.SeqLen, (float)st.EwcLambda);
+    }
+}
