@@ -75,7 +75,7 @@ public static class GemmBenchmark
         string root = RepoRoot();
         string loadBefore = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "";
         Console.WriteLine($"gemm: {CpuModel()}, {Environment.ProcessorCount} cores, Gemm.MaxThreads={Gemm.MaxThreads}, " +
-            $"AVX-512F={Avx512F.IsSupported}, load avg {loadBefore}");
+            $"kernel {Gemm.Kernel}, load avg {loadBefore}");
         Console.WriteLine($"timing: manual Stopwatch, warm-up >= 0.25 s, {samples} samples of >= {minSampleS} s, median per call");
 
         // Interleaved: ours then OpenBLAS for each shape, so load drift from other processes hits both alike.
@@ -130,7 +130,8 @@ public static class GemmBenchmark
             ["machine"] = new JsonObject
             {
                 ["cpu_model"] = CpuModel(), ["cores"] = Environment.ProcessorCount,
-                ["avx512f"] = Avx512F.IsSupported, ["runtime"] = RuntimeInformation.FrameworkDescription,
+                ["avx512f"] = Avx512F.IsSupported, ["gemm_kernel"] = Gemm.Kernel,
+                ["runtime"] = RuntimeInformation.FrameworkDescription,
                 ["load_avg_before"] = loadBefore, ["load_avg_after"] = loadAfter,
             },
             ["timing"] = new JsonObject

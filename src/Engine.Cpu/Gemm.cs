@@ -24,6 +24,14 @@ public static unsafe class Gemm
             : throw new ArgumentOutOfRangeException(nameof(value), value, "Gemm.MaxThreads must be >= 1.");
     }
 
+    /// <summary>The micro-kernel this process runs: "avx512-12x32", "avx2-6x16" or "scalar-4x4" (for logs and benchmarks).</summary>
+    public static string Kernel => GemmTraits.Isa switch
+    {
+        GemmIsa.Avx512 => "avx512-12x32",
+        GemmIsa.Avx2 => "avx2-6x16",
+        _ => "scalar-4x4",
+    };
+
     /// <summary>C = alpha·op(A)·op(B) + beta·C, row-major (see the file header for layouts).</summary>
     public static void Sgemm(bool transA, bool transB, int m, int n, int k, float alpha, ReadOnlySpan<float> a, int lda,
         ReadOnlySpan<float> b, int ldb, float beta, Span<float> c, int ldc)

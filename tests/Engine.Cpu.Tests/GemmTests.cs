@@ -192,6 +192,17 @@ public class GemmTests
         Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
     }
 
+    /// <summary>Set by <see cref="GemmFallbackKernelTests"/> when it reruns this class with AVX-512 or AVX2 disabled.</summary>
+    public const string ExpectedKernelVariable = "ENGINE_TEST_EXPECT_GEMM_KERNEL";
+
+    [Fact]
+    public void Kernel_IsTheExpectedOne()
+    {
+        string? expected = Environment.GetEnvironmentVariable(ExpectedKernelVariable);
+        Assert.Equal(expected ?? Gemm.Kernel, Gemm.Kernel);
+        Assert.Contains(Gemm.Kernel, new[] { "avx512-12x32", "avx2-6x16", "scalar-4x4" });
+    }
+
     [Fact]
     public void Sgemm_InvalidArguments_NameTheArgument()
     {

@@ -29,6 +29,7 @@ internal enum GemmIsa { Scalar, Avx2, Avx512 }
 /// </summary>
 internal static class GemmTraits
 {
+    /// <summary>Must agree with the dispatch in <see cref="GemmMicroKernels.Run"/>.</summary>
     public static readonly GemmIsa Isa =
         Avx512F.IsSupported ? GemmIsa.Avx512 : Fma.IsSupported && Avx2.IsSupported ? GemmIsa.Avx2 : GemmIsa.Scalar;
 
