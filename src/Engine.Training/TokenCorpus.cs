@@ -25,7 +25,7 @@ public sealed class TokenCorpus
         foreach (var path in paths)
         {
             var tokens = new List<int>();
-            foreach (var doc in TextFiles.ReadDocuments(path))
+            foreach (var doc in Documents.Read(path))
             {
                 tokens.AddRange(tokenizer.Encode(doc));
                 tokens.Add(tokenizer.EosId);

@@ -36,7 +36,9 @@ public sealed class Trainer
     public static ITokenizer LoadTokenizer(TrainConfig cfg)
     {
         if (cfg.Data.Tokenizer == "byte") return new ByteTokenizer();
-        throw new ConfigException($"data.tokenizer '{cfg.Data.Tokenizer}': only \"byte\" is available in this build");
+        string path = cfg.Resolve(cfg.Data.Tokenizer);
+        if (!File.Exists(path)) throw new ConfigException($"data.tokenizer: neither \"byte\" nor an existing tokenizer.json: {path}");
+        return BpeTokenizer.Load(path);
     }
 
     public TrainResult Run(CancellationToken cancel = default)
