@@ -11,10 +11,12 @@ namespace Engine.Benchmarks;
 /// <summary>
 /// `gemm` verb: our Gemm.Sgemm / SgemmStridedBatched against OpenBLAS sgemm (numpy, benchmarks/scripts/sgemm_openblas.py)
 /// on the same shapes with the same manual timing method (BenchmarkDotNet's process-per-benchmark runs are too
-/// slow for a 2-core box): warm-up (≥ 2 calls, ≥ 0.25 s), iterations calibrated so one sample lasts ≥ min-sample-s, then
-/// `samples` samples, median per-call time. Each shape's result is spot-checked against double dot products.
-/// Options: --quick (3 samples of ≥ 0.05 s), --samples S, --min-sample-s T, --only name,name, --threads N,
-///          --no-openblas, --out FILE.
+/// slow for a 2-core box). Per shape, `rounds` rounds alternate ours and OpenBLAS (so load drift from other
+/// processes hits both alike); a round is a warm-up (≥ 2 calls, ≥ 0.25 s), iterations calibrated so one sample
+/// lasts ≥ min-sample-s, then `samples` samples; the reported time is the median per-call time over all samples
+/// of all rounds. Each shape's result is spot-checked against double dot products.
+/// Options: --quick (1 round of 3 samples of ≥ 0.05 s), --rounds R (3), --samples S (5), --min-sample-s T (0.1),
+///          --only name,name, --threads N, --no-openblas, --out FILE.
 /// </summary>
 public static class GemmBenchmark
 {
@@ -53,7 +55,7 @@ public static class GemmBenchmark
 
     public static int Run(string[] args)
     {
-        int samples = 7;
+        int samples = 5, rounds = 3;
         double minSampleS = 0.1;
         string? only = null, outPath = null;
         bool openBlas = true;
@@ -61,7 +63,8 @@ public static class GemmBenchmark
         {
             switch (args[i])
             {
-                case "--quick": samples = 3; minSampleS = 0.05; break;
+                case "--quick": rounds = 1; samples = 3; minSampleS = 0.05; break;
+                case "--rounds": rounds = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--samples": samples = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--min-sample-s": minSampleS = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--only": only = args[++i]; break;
@@ -76,22 +79,31 @@ public static class GemmBenchmark
         string loadBefore = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "";
         Console.WriteLine($"gemm: {CpuModel()}, {Environment.ProcessorCount} cores, Gemm.MaxThreads={Gemm.MaxThreads}, " +
             $"kernel {Gemm.Kernel}, load avg {loadBefore}");
-        Console.WriteLine($"timing: manual Stopwatch, warm-up >= 0.25 s, {samples} samples of >= {minSampleS} s, median per call");
+        Console.WriteLine($"timing: manual Stopwatch, {rounds} rounds alternating ours/OpenBLAS, each warm-up >= 0.25 s + " +
+            $"{samples} samples of >= {minSampleS} s; median per call over all samples");
 
-        // Interleaved: ours then OpenBLAS for each shape, so load drift from other processes hits both alike.
         using var blasProc = openBlas ? OpenBlasServer.TryStart(root, samples, minSampleS) : null;
         JsonNode? blas = blasProc?.Info;
         var ours = new Dictionary<string, (double Ms, double Gflops, double MaxErr)>();
         var theirs = new Dictionary<string, (double Ms, double Gflops)>();
         foreach (var s in shapes)
         {
-            var r = TimeOurs(s, samples, minSampleS);
+            var run = new OurRun(s);
+            List<double> oursSec = [], theirsSec = [];
+            for (int round = 0; round < rounds; round++)
+            {
+                oursSec.AddRange(TimeCall(run.Call, samples, minSampleS));
+                if (blasProc?.TimeSamples(s) is { } t) theirsSec.AddRange(t);
+            }
+            double sec = Median(oursSec);
+            var r = (Ms: sec * 1e3, Gflops: s.Flops / sec / 1e9, MaxErr: run.SpotCheck());
             ours[s.Name] = r;
             string line = $"  {s.Name,-14} ours {r.Gflops,7:F1} GFLOP/s ({r.Ms:F3} ms, spot-check rel err {r.MaxErr:E1})";
-            if (blasProc?.Time(s) is { } t)
+            if (theirsSec.Count > 0)
             {
-                theirs[s.Name] = t;
-                line += $"   OpenBLAS {t.Gflops,7:F1} GFLOP/s ({t.Ms:F3} ms)";
+                double tsec = Median(theirsSec);
+                theirs[s.Name] = (tsec * 1e3, s.Flops / tsec / 1e9);
+                line += $"   OpenBLAS {s.Flops / tsec / 1e9,7:F1} GFLOP/s ({tsec * 1e3:F3} ms)";
             }
             Console.WriteLine(line);
         }
@@ -136,8 +148,9 @@ public static class GemmBenchmark
             },
             ["timing"] = new JsonObject
             {
-                ["method"] = "manual Stopwatch / time.perf_counter: warm-up >= 0.25 s, calibrated iterations, median of samples",
-                ["samples"] = samples, ["min_sample_s"] = minSampleS, ["gemm_max_threads"] = Gemm.MaxThreads,
+                ["method"] = "manual Stopwatch / time.perf_counter; rounds alternate ours and OpenBLAS; per round warm-up " +
+                    ">= 0.25 s, calibrated iterations, samples; median per-call time over all samples",
+                ["rounds"] = rounds, ["samples_per_round"] = samples, ["min_sample_s"] = minSampleS, ["gemm_max_threads"] = Gemm.MaxThreads,
             },
             ["openblas"] = blas?.DeepClone(),
             ["results"] = rows,
@@ -148,39 +161,60 @@ public static class GemmBenchmark
         return ours.Values.All(o => o.MaxErr < 1e-3) ? 0 : 1;
     }
 
-    static (double Ms, double Gflops, double MaxErr) TimeOurs(Shape s, int samples, double minSampleS)
+    /// <summary>One shape's operands (uniform [-1, 1], fixed seed) and the call under test.</summary>
+    sealed class OurRun
     {
-        var rng = new Random(0);
-        int lda = s.TransA ? s.M : s.K, ldb = s.TransB ? s.K : s.N, ldc = s.N;
-        long sa = (long)s.M * s.K, sb = (long)s.K * s.N, sc = (long)s.M * s.N;
-        float[] a = Fill(rng, sa * s.Batch), b = Fill(rng, sb * s.Batch), c = new float[sc * s.Batch];
-        Action call = s.Batch == 1
-            ? () => Gemm.Sgemm(s.TransA, s.TransB, s.M, s.N, s.K, 1f, a, lda, b, ldb, 0f, c, ldc)
-            : () => Gemm.SgemmStridedBatched(s.TransA, s.TransB, s.M, s.N, s.K, 1f, a, lda, sa, b, ldb, sb, 0f, c, ldc, sc, s.Batch);
-        double sec = TimeCall(call, samples, minSampleS);
+        readonly Shape _s;
+        readonly float[] _a, _b, _c;
+        readonly int _lda, _ldb, _ldc;
+        readonly long _sa, _sb, _sc;
+        public readonly Action Call;
 
-        // Spot check: 32 random entries of the last run against double-precision dot products.
-        double maxErr = 0;
-        for (int t = 0; t < 32; t++)
+        public OurRun(Shape s)
         {
-            int item = rng.Next(s.Batch), i = rng.Next(s.M), j = rng.Next(s.N);
-            double dot = 0, mag = 0;
-            for (int p = 0; p < s.K; p++)
-            {
-                double av = a[item * sa + (s.TransA ? (long)p * lda + i : (long)i * lda + p)];
-                double bv = b[item * sb + (s.TransB ? (long)j * ldb + p : (long)p * ldb + j)];
-                dot += av * bv; mag += Math.Abs(av * bv);
-            }
-            maxErr = Math.Max(maxErr, Math.Abs(c[item * sc + (long)i * ldc + j] - dot) / Math.Max(mag, 1e-30));
+            _s = s;
+            var rng = new Random(0);
+            _lda = s.TransA ? s.M : s.K; _ldb = s.TransB ? s.K : s.N; _ldc = s.N;
+            _sa = (long)s.M * s.K; _sb = (long)s.K * s.N; _sc = (long)s.M * s.N;
+            _a = Fill(rng, _sa * s.Batch); _b = Fill(rng, _sb * s.Batch); _c = new float[_sc * s.Batch];
+            Call = s.Batch == 1
+                ? () => Gemm.Sgemm(s.TransA, s.TransB, s.M, s.N, s.K, 1f, _a, _lda, _b, _ldb, 0f, _c, _ldc)
+                : () => Gemm.SgemmStridedBatched(s.TransA, s.TransB, s.M, s.N, s.K, 1f, _a, _lda, _sa, _b, _ldb, _sb, 0f,
+                    _c, _ldc, _sc, s.Batch);
         }
-        return (sec * 1e3, s.Flops / sec / 1e9, maxErr);
+
+        /// <summary>Max relative error of 32 random entries of the last result against double dot products.</summary>
+        public double SpotCheck()
+        {
+            var rng = new Random(1);
+            double maxErr = 0;
+            for (int t = 0; t < 32; t++)
+            {
+                int item = rng.Next(_s.Batch), i = rng.Next(_s.M), j = rng.Next(_s.N);
+                double dot = 0, mag = 0;
+                for (int p = 0; p < _s.K; p++)
+                {
+                    double av = _a[item * _sa + (_s.TransA ? (long)p * _lda + i : (long)i * _lda + p)];
+                    double bv = _b[item * _sb + (_s.TransB ? (long)j * _ldb + p : (long)p * _ldb + j)];
+                    dot += av * bv; mag += Math.Abs(av * bv);
+                }
+                maxErr = Math.Max(maxErr, Math.Abs(_c[item * _sc + (long)i * _ldc + j] - dot) / Math.Max(mag, 1e-30));
+            }
+            return maxErr;
+        }
+    }
+
+    static double Median(List<double> x)
+    {
+        var sorted = x.Order().ToArray();
+        return sorted[sorted.Length / 2];
     }
 
     /// <summary>
     /// Warm-up (≥ 2 calls and ≥ 0.25 s, so tiered JIT and per-thread buffers have settled), iterations calibrated
-    /// to ≥ minSampleS per sample, median of per-call times (seconds).
+    /// to ≥ minSampleS per sample; returns the per-call time of each sample (seconds).
     /// </summary>
-    static double TimeCall(Action call, int samples, double minSampleS)
+    static double[] TimeCall(Action call, int samples, double minSampleS)
     {
         long w0 = Stopwatch.GetTimestamp();
         for (int i = 0; i < 2 || Stopwatch.GetElapsedTime(w0).TotalSeconds < 0.25; i++) call();
@@ -200,8 +234,7 @@ public static class GemmBenchmark
             for (long i = 0; i < iters; i++) call();
             perCall[r] = Stopwatch.GetElapsedTime(t0).TotalSeconds / iters;
         }
-        Array.Sort(perCall);
-        return perCall[samples / 2];
+        return perCall;
     }
 
     static float[] Fill(Random rng, long n)
@@ -249,14 +282,14 @@ public static class GemmBenchmark
             }
         }
 
-        public (double Ms, double Gflops)? Time(Shape s)
+        /// <summary>One round for the shape: per-call seconds of each sample, or null if the script died.</summary>
+        public double[]? TimeSamples(Shape s)
         {
             _p.StandardInput.WriteLine(s.Spec);
             _p.StandardInput.Flush();
             string? line = _p.StandardOutput.ReadLine();
             if (line is null) return null;
-            var r = JsonNode.Parse(line)!;
-            return ((double)r["ms"]!, (double)r["gflops"]!);
+            return JsonNode.Parse(line)!["samples_s"]!.AsArray().Select(x => (double)x!).ToArray();
         }
 
         public void Dispose()

@@ -1,15 +1,16 @@
 #!/usr/bin/python3
 """OpenBLAS sgemm timings through numpy, with the same shapes and timing method as `Engine.Benchmarks gemm`.
 
-Usage: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 /usr/bin/python3 sgemm_openblas.py [--samples S] [--min-sample-s T]
-       [--serve] name:ta:tb:m:n:k:batch ...
-Prints one JSON object: {"blas": {...which library is mapped...}, "results": [{name, ms, gflops}, ...]}.
---serve: first prints {"blas": ...} as one line, then reads one spec per stdin line and answers each with one
-JSON result line (the C# harness interleaves shapes: ours, OpenBLAS, next shape, so load drift hits both alike).
+Usage: OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 /usr/bin/python3 sgemm_openblas.py [--samples S]
+       [--min-sample-s T] [--serve] name:ta:tb:m:n:k:batch ...
+Prints one JSON object: {"blas": {...libraries mapped...}, "results": [{name, ms, gflops, samples_s}, ...]}
+(ms/gflops from the median sample; samples_s = per-call seconds of every sample).
+--serve: prints {"blas": ...} as one line, then answers each spec read from stdin with one result line; the C#
+harness alternates rounds of ours and these per shape and takes the median over all samples.
 
-Timing (identical to the C# harness): warm-up (>= 2 calls and >= 0.25 s), calibrate iterations so one sample takes >= min-sample-s,
-then S samples; report the median per-call time. ta/tb are 0/1: transposed operands are transposed *views* of
-C-contiguous float32 arrays, so numpy hands sgemm the transpose flag (no copy). batch > 1 uses np.matmul on
+Timing (identical to the C# harness): warm-up (>= 2 calls and >= 0.25 s), iterations calibrated so one sample
+takes >= min-sample-s, then S samples of per-call time. ta/tb are 0/1: transposed operands are transposed *views*
+of C-contiguous float32 arrays, so numpy hands sgemm the transpose flag (no copy). batch > 1 uses np.matmul on
 stacked arrays, which calls sgemm once per item.
 """
 import json
@@ -73,8 +74,7 @@ def time_call(fn, samples, min_sample_s):
         for _ in range(iters):
             fn()
         per_call.append((time.perf_counter() - t0) / iters)
-    per_call.sort()
-    return per_call[len(per_call) // 2]
+    return per_call
 
 
 def main(argv):
@@ -98,13 +98,20 @@ def main(argv):
     print(json.dumps({"blas": blas_info(), "results": results}))
 
 
+_operands = {}
+
+
 def run_spec(spec, rng, samples, min_sample_s):
     name, ta, tb, m, n, k, batch = spec.split(":")
     ta, tb, m, n, k, batch = ta == "1", tb == "1", int(m), int(n), int(k), int(batch)
-    a, b, c = operands(ta, tb, m, n, k, batch, rng)
-    sec = time_call(lambda: np.matmul(a, b, out=c), samples, min_sample_s)
+    if spec not in _operands:  # rounds of one shape reuse its operands
+        _operands.clear()
+        _operands[spec] = operands(ta, tb, m, n, k, batch, rng)
+    a, b, c = _operands[spec]
+    per_call = time_call(lambda: np.matmul(a, b, out=c), samples, min_sample_s)
+    sec = sorted(per_call)[len(per_call) // 2]
     flops = 2.0 * m * n * k * batch
-    return {"name": name, "ms": sec * 1e3, "gflops": flops / sec / 1e9}
+    return {"name": name, "ms": sec * 1e3, "gflops": flops / sec / 1e9, "samples_s": per_call}
 
 
 if __name__ == "__main__":
