@@ -62,7 +62,7 @@ public class GemmTests
             (200, 160, 130),  // split m, 17 row units
             (1000, 800, 20),  // split m, B shared in 3 column blocks (double buffer reused)
             (40, 400, 400),   // split n, two k blocks
-            (1160, 1200, 8),  // split n, A shared in 2 row blocks
+            (1160, 1280, 8),  // split n (40 column panels divide evenly), A shared in 2 row blocks
             (3, 50, 40), (50, 3, 40), // thin: unpacked path
         ];
         foreach (var (m, n, k) in shapes)
