@@ -7,4 +7,6 @@ root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(RecipeCommand.Create());
 root.Subcommands.Add(RecipeCommand.CreateDemo());
+root.Subcommands.Add(EvalCommand.Create());
+root.Subcommands.Add(EvalCommand.CreateGenerate());
 return Cli.Run(root, args);

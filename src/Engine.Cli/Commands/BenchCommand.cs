@@ -34,6 +34,25 @@ public static class BenchCommand
             return 0;
         }));
         cmd.Subcommands.Add(train);
+
+        var evalOut = new Option<string?>("--out") { Description = "results folder", DefaultValueFactory = _ => "benchmarks/results" };
+        var evalDevice = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
+        var eval = new Command("eval", "evaluation tokens/s (perplexity) and generation tokens/s with and without KV cache") { evalDevice, evalOut };
+        eval.SetAction(parse => Cli.Guard(() =>
+        {
+            var result = EvalBenchmark.Run(Cli.Backend(parse.GetValue(evalDevice)!), Console.WriteLine);
+            string json = result.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+            Console.WriteLine(json);
+            if (parse.GetValue(evalOut) is { } dir)
+            {
+                Directory.CreateDirectory(dir);
+                string path = Path.Combine(dir, $"eval-{parse.GetValue(evalDevice)}-{DateTime.UtcNow:yyyy-MM-dd}.json");
+                File.WriteAllText(path, json);
+                Console.WriteLine($"wrote {path}");
+            }
+            return 0;
+        }));
+        cmd.Subcommands.Add(eval);
         return cmd;
     }
 }

@@ -1,0 +1,87 @@
+using System.CommandLine;
+using System.Text.Json;
+using Engine.Data;
+using Engine.Model;
+using Engine.Model.IO;
+using Engine.Training.Eval;
+
+namespace Engine.Cli.Commands;
+
+/// <summary>`engine eval` (perplexity per text file, few-shot classification) and `engine generate`.</summary>
+public static class EvalCommand
+{
+    static ITokenizer LoadTokenizer(string spec) => spec == "byte" ? new ByteTokenizer()
+        : File.Exists(spec) ? BpeTokenizer.Load(spec) : throw new FileNotFoundException($"--tokenizer: neither \"byte\" nor an existing tokenizer.json: {spec}");
+
+    public static Command Create()
+    {
+        var model = new Option<DirectoryInfo>("--model", "-m") { Description = "model directory (config.json + model.safetensors)", Required = true };
+        var tokenizer = new Option<string>("--tokenizer", "-t") { Description = "tokenizer.json, or byte", Required = true };
+        var text = new Option<string[]>("--text") { Description = "held-out text files for perplexity (.txt, .jsonl, .json, .csv)", AllowMultipleArgumentsPerToken = true };
+        var fewshot = new Option<string[]>("--fewshot") { Description = "labelled sets (csv label,sentence or jsonl text,label)", AllowMultipleArgumentsPerToken = true };
+        var pool = new Option<string?>("--pool") { Description = "where few-shot examples are drawn from (default: the evaluated file)" };
+        var shots = new Option<int>("--shots") { Description = "k in k-shot", DefaultValueFactory = _ => 3 };
+        var maxEx = new Option<int>("--max-examples") { Description = "cap on evaluated examples per set", DefaultValueFactory = _ => 500 };
+        var seqLen = new Option<int>("--seq-len") { Description = "perplexity window", DefaultValueFactory = _ => 256 };
+        var maxTokens = new Option<long>("--max-tokens") { Description = "cap on tokens per text file", DefaultValueFactory = _ => 100_000 };
+        var labels = new Option<string[]>("--label-names") { Description = "names for integer labels 0,1,2,…", AllowMultipleArgumentsPerToken = true };
+        var json = new Option<string?>("--json") { Description = "also write the results to this JSON file" };
+        var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
+        var cmd = new Command("eval", "perplexity on held-out text and few-shot classification by label likelihood")
+            { model, tokenizer, text, fewshot, pool, shots, maxEx, seqLen, maxTokens, labels, json, device };
+        cmd.SetAction(p => Cli.Guard(() =>
+        {
+            var tok = LoadTokenizer(p.GetValue(tokenizer)!);
+            using var m = ModelIO.Load(p.GetValue(model)!.FullName, Cli.Backend(p.GetValue(device)!));
+            if (m.Config.VocabSize < tok.VocabSize) throw new ArgumentException($"the tokenizer has {tok.VocabSize} ids but the model only {m.Config.VocabSize}");
+            int T = Math.Min(p.GetValue(seqLen), m.Config.MaxPositionEmbeddings);
+            var results = new Dictionary<string, object>();
+            foreach (var f in p.GetValue(text) ?? [])
+            {
+                var tokens = Evaluator.TokenStream(Documents.Read(f), tok, p.GetValue(maxTokens) + 1);
+                var r = Evaluator.Perplexity(m, tokens, T, 8, p.GetValue(maxTokens));
+                Console.WriteLine($"{f}: perplexity {r.Perplexity:F3} (mean NLL {r.MeanNll:F4}) over {r.Tokens:N0} tokens, {r.TokensPerSecond:F0} tokens/s");
+                results[f] = r;
+            }
+            var names = p.GetValue(labels) is { Length: > 0 } ln ? ln : null;
+            var poolSet = p.GetValue(pool) is { } pp ? LabeledData.Read(pp, names).Examples : null;
+            foreach (var f in p.GetValue(fewshot) ?? [])
+            {
+                var (test, skipped) = LabeledData.Read(f, names);
+                var r = Evaluator.FewShot(m, tok, test, poolSet ?? test, p.GetValue(shots), 1, p.GetValue(maxEx));
+                Console.WriteLine($"{f}: {p.GetValue(shots)}-shot accuracy {r.Accuracy:P2}, macro-F1 {r.MacroF1:F4} over {r.Count} examples ({skipped} malformed rows skipped), labels {string.Join("/", r.Labels)}, {r.Seconds:F1} s");
+                results[f] = new { r.Accuracy, r.MacroF1, r.Count, r.Labels, skipped };
+            }
+            if (results.Count == 0) throw new ArgumentException("nothing to evaluate: give --text and/or --fewshot files");
+            if (p.GetValue(json) is { } jp) File.WriteAllText(jp, JsonSerializer.Serialize(results, new JsonSerializerOptions { WriteIndented = true }));
+            return 0;
+        }));
+        return cmd;
+    }
+
+    public static Command CreateGenerate()
+    {
+        var model = new Option<DirectoryInfo>("--model", "-m") { Description = "model directory", Required = true };
+        var tokenizer = new Option<string>("--tokenizer", "-t") { Description = "tokenizer.json, or byte", Required = true };
+        var prompt = new Option<string>("--prompt", "-p") { Description = "prompt text", Required = true };
+        var maxNew = new Option<int>("--max-new-tokens") { DefaultValueFactory = _ => 64 };
+        var temperature = new Option<double>("--temperature") { Description = "0 = greedy", DefaultValueFactory = _ => 0.0 };
+        var topP = new Option<double>("--top-p") { DefaultValueFactory = _ => 1.0 };
+        var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 0UL };
+        var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
+        var cmd = new Command("generate", "generate text with a KV cache (greedy, temperature, top-p)") { model, tokenizer, prompt, maxNew, temperature, topP, seed, device };
+        cmd.SetAction(p => Cli.Guard(() =>
+        {
+            var tok = LoadTokenizer(p.GetValue(tokenizer)!);
+            using var m = ModelIO.Load(p.GetValue(model)!.FullName, Cli.Backend(p.GetValue(device)!));
+            var ids = tok.Encode(p.GetValue(prompt)!);
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            var o = new SamplingOptions(p.GetValue(maxNew), p.GetValue(temperature), p.GetValue(topP), p.GetValue(seed), tok.EosId);
+            var outIds = Generator.Generate(m, ids, o);
+            Console.WriteLine(p.GetValue(prompt) + tok.Decode(outIds.ToArray()));
+            Console.Error.WriteLine($"[{outIds.Count} tokens in {sw.Elapsed.TotalSeconds:F2} s, {outIds.Count / sw.Elapsed.TotalSeconds:F1} tokens/s]");
+            return 0;
+        }));
+        return cmd;
+    }
+}
