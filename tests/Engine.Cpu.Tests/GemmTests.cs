@@ -63,6 +63,8 @@ public class GemmTests
             (1000, 800, 20),  // split m, B shared in 3 column blocks (double buffer reused)
             (40, 400, 400),   // split n, two k blocks
             (1160, 1280, 8),  // split n (40 column panels divide evenly), A shared in 2 row blocks
+            (9240, 40, 12),   // split m, 4620 rows per thread packed in 2 pieces (MaxPrivateRows 4608)
+            (40, 9300, 12),   // split n, 4650 columns per thread packed in 2 pieces (MaxPrivateCols 4608)
             (3, 50, 40), (50, 3, 40), // thin: unpacked path
         ];
         foreach (var (m, n, k) in shapes)

@@ -100,50 +100,66 @@ internal static unsafe class GemmDriver
         int u0 = (int)((long)job->Units * t / nt), u1 = (int)((long)job->Units * (t + 1) / nt);
         float* tile = stackalloc float[mrFull * nrFull];
         int sense = 0, block = 0;
+        // The private range is packed in `chunks` pieces of at most MaxPrivate{Rows,Cols}; every task uses the same
+        // chunk count (from the largest range), so all tasks pass the same number of barriers.
+        int maxUnits = (job->Units + nt - 1) / nt;
         if (job->SplitM)
         {
             int i0 = u0 * mrFull, myM = Math.Min(g.M, u1 * mrFull) - i0;
-            float* pa = Buffer(ref t_bufA, (long)RoundUp(myM, mrFull) * kcNominal + GemmPack.Slack);
+            int chunks = (maxUnits * mrFull + GemmTraits.MaxPrivateRows - 1) / GemmTraits.MaxPrivateRows;
+            int chunkRows = RoundUp((myM + chunks - 1) / chunks, mrFull);
+            float* pa = Buffer(ref t_bufA, (long)chunkRows * kcNominal + GemmPack.Slack);
             for (int pc = 0; pc < g.K; pc += kcNominal)
             {
                 int kc = Math.Min(kcNominal, g.K - pc);
                 float beta = pc == 0 ? g.Beta : 1f;
-                GemmPack.PackA(g, i0, myM, pc, kc, pa);
-                for (int jc = 0; jc < g.N; jc += GemmTraits.NC, block++)
+                for (int ch = 0; ch < chunks; ch++)
                 {
-                    int nc = Math.Min(GemmTraits.NC, g.N - jc);
-                    float* pb = (block & 1) == 0 ? job->Shared0 : job->Shared1;
-                    int panels = (nc + nrFull - 1) / nrFull;
-                    int p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
-                    if (p1 > p0)
-                        GemmPack.PackB(g, pc, kc, jc + p0 * nrFull, Math.Min(nc, p1 * nrFull) - p0 * nrFull, pb + (nint)p0 * nrFull * kc);
-                    Barrier(job, ref sense);
-                    Macro(myM, nc, kc, pa, pb, g.C + (nint)i0 * g.Ldc + jc, g.Ldc, g.Alpha, beta, tile);
+                    int r0 = ch * chunkRows, rows = Math.Clamp(myM - r0, 0, chunkRows);
+                    if (rows > 0) GemmPack.PackA(g, i0 + r0, rows, pc, kc, pa);
+                    for (int jc = 0; jc < g.N; jc += GemmTraits.NC, block++)
+                    {
+                        int nc = Math.Min(GemmTraits.NC, g.N - jc);
+                        float* pb = (block & 1) == 0 ? job->Shared0 : job->Shared1;
+                        int panels = (nc + nrFull - 1) / nrFull;
+                        int p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
+                        if (p1 > p0)
+                            GemmPack.PackB(g, pc, kc, jc + p0 * nrFull, Math.Min(nc, p1 * nrFull) - p0 * nrFull, pb + (nint)p0 * nrFull * kc);
+                        Barrier(job, ref sense);
+                        if (rows > 0)
+                            Macro(rows, nc, kc, pa, pb, g.C + (nint)(i0 + r0) * g.Ldc + jc, g.Ldc, g.Alpha, beta, tile);
+                    }
                 }
             }
         }
         else
         {
             int j0 = u0 * nrFull, myN = Math.Min(g.N, u1 * nrFull) - j0;
-            float* pb = Buffer(ref t_bufB, (long)RoundUp(myN, nrFull) * kcNominal + GemmPack.Slack);
+            int chunks = (maxUnits * nrFull + GemmTraits.MaxPrivateCols - 1) / GemmTraits.MaxPrivateCols;
+            int chunkCols = RoundUp((myN + chunks - 1) / chunks, nrFull);
+            float* pb = Buffer(ref t_bufB, (long)chunkCols * kcNominal + GemmPack.Slack);
             for (int pc = 0; pc < g.K; pc += kcNominal)
             {
                 int kc = Math.Min(kcNominal, g.K - pc);
                 float beta = pc == 0 ? g.Beta : 1f;
-                GemmPack.PackB(g, pc, kc, j0, myN, pb);
-                for (int ic = 0; ic < g.M; ic += GemmTraits.MC, block++)
+                for (int ch = 0; ch < chunks; ch++)
                 {
-                    int mc = Math.Min(GemmTraits.MC, g.M - ic);
-                    float* pa = (block & 1) == 0 ? job->Shared0 : job->Shared1;
-                    int panels = (mc + mrFull - 1) / mrFull;
-                    int p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
-                    if (p1 > p0)
-                        GemmPack.PackA(g, ic + p0 * mrFull, Math.Min(mc, p1 * mrFull) - p0 * mrFull, pc, kc, pa + (nint)p0 * mrFull * kc);
-                    Barrier(job, ref sense);
-                    for (int jc = 0; jc < myN; jc += GemmTraits.NC)
+                    int c0 = ch * chunkCols, cols = Math.Clamp(myN - c0, 0, chunkCols);
+                    if (cols > 0) GemmPack.PackB(g, pc, kc, j0 + c0, cols, pb);
+                    for (int ic = 0; ic < g.M; ic += GemmTraits.MC, block++)
                     {
-                        int nc = Math.Min(GemmTraits.NC, myN - jc);
-                        Macro(mc, nc, kc, pa, pb + (nint)jc * kc, g.C + (nint)ic * g.Ldc + j0 + jc, g.Ldc, g.Alpha, beta, tile);
+                        int mc = Math.Min(GemmTraits.MC, g.M - ic);
+                        float* pa = (block & 1) == 0 ? job->Shared0 : job->Shared1;
+                        int panels = (mc + mrFull - 1) / mrFull;
+                        int p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
+                        if (p1 > p0)
+                            GemmPack.PackA(g, ic + p0 * mrFull, Math.Min(mc, p1 * mrFull) - p0 * mrFull, pc, kc, pa + (nint)p0 * mrFull * kc);
+                        Barrier(job, ref sense);
+                        for (int jc = 0; jc < cols; jc += GemmTraits.NC)
+                        {
+                            int nc = Math.Min(GemmTraits.NC, cols - jc);
+                            Macro(mc, nc, kc, pa, pb + (nint)jc * kc, g.C + (nint)ic * g.Ldc + j0 + c0 + jc, g.Ldc, g.Alpha, beta, tile);
+                        }
                     }
                 }
             }

@@ -48,6 +48,12 @@ internal static class GemmTraits
     /// <summary>Largest n block (columns of packed B); a multiple of every NR.</summary>
     public const int NC = 384;
 
+    /// <summary>
+    /// Multithreaded runs pack a thread's own rows (split m) or columns (split n) for a whole k block, in pieces
+    /// of at most this many (4608·384·4 B = 7 MiB, an L3-resident block per core), so buffers stay bounded.
+    /// </summary>
+    public const int MaxPrivateRows = 4 * MC, MaxPrivateCols = 12 * NC;
+
     /// <summary>Problems with 2·m·n·k below this run on one thread (fork/join costs ~10-30 µs).</summary>
     public const long MinFlopsPerThread = 4_000_000;
 }
