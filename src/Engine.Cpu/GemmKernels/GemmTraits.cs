@@ -10,22 +10,26 @@ internal enum GemmIsa { Scalar, Avx2, Avx512 }
 /// the micro-kernel holds an MR x NR tile of C in registers, loads NR floats of a packed B row and broadcasts
 /// MR floats of a packed A column per k step.
 ///
-/// Loop nest (GotoBLAS/BLIS, written for row-major C = A·B):
+/// Loop nest (GotoBLAS/BLIS, written for row-major C = A·B), one thread (GemmDriver.Run):
 ///   pc over k in KC blocks          (alpha·acc + beta·C on the first block, + C after)
 ///     ic over m in MC blocks        pack A[ic:ic+MC, pc:pc+KC] as MR-row panels      (L3 resident)
 ///       jc over n in NC blocks      pack B[pc:pc+KC, jc:jc+NC] as NR-column panels   (L2 resident)
 ///         ir over MC step MR        one A micro-panel MR·KC floats                   (L1 resident)
 ///           jr over NC step NR      micro-kernel: B micro-panel streams from L2
-/// MC is large so that B is packed once per thread for the model's shapes (m = 2048 tokens split over 2 cores).
+/// Several threads (GemmDriver.RunShared): each owns whole MR-row panels (split m) or NR-column panels (split n)
+/// of C, packs its own operand privately per k block, and all pack the other operand's NC (or MC) block
+/// together into a double-buffered shared buffer, one barrier per block.
 ///
 /// Measured on AMD EPYC Zen 4 (2 cores, 32 KiB L1d, 1 MiB L2 per core, AVX-512 double-pumped, 1 zmm FMA/cycle),
-/// one thread, best of 9 (the box is shared, medians drift ±10%):
+/// one thread, best of 9 (the box is shared with builds, medians drift ±10%):
 ///   12x32 (24 zmm accumulators, 2 B loads + 12 broadcasts per 24 FMAs): 102-106 GFLOP/s on 1024³ and 2048³,
 ///     OpenBLAS 0.3.21 one thread ~97-100 on the same runs; the JIT keeps all 24 accumulators in zmm2-25.
+///   AVX2 6x16 (DOTNET_EnableAVX512=0): ~99-101 GFLOP/s on 1024³ too (Zen 4 executes zmm FMAs as two ymm halves),
+///     so the fallback is not a slow path on this CPU; AVX-512 kept for half the instructions per flop.
 ///   KC x NC sweep on 1024³, KC in {192, 256, 320, 384, 512}, NC in {256, 384, 512, 768}: all within 99.7-106.1,
-///     i.e. flat. KC 384 chosen so the model's k = 384 GEMMs run as one k block (C read/written once):
-///     2048x384x384 NN 102 vs 93 GFLOP/s with KC 256 (two 192 blocks). A micro-panel 12·384·4 = 18 KiB (L1),
-///     B block KC·NC·4 = 576 KiB (L2).
+///     i.e. flat. KC 384 chosen so the model's k = 384 GEMMs run as one k block (C read/written once), worth
+///     ~5-10% on 2048x384x384 in two noisy runs. A micro-panel 12·384·4 = 18 KiB (L1), B block KC·NC·4 =
+///     576 KiB (L2).
 /// </summary>
 internal static class GemmTraits
 {
