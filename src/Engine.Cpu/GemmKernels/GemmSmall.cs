@@ -7,8 +7,9 @@ namespace Engine.Cpu.GemmKernels;
 /// Unpacked path for thin problems (m ≤ 3, e.g. one-token decoding, or n ≤ 3 with contiguous dot operands), where
 /// MR x NR tiles would be mostly zero padding: row by row, k axpys of length n over op(B) rows (op(B) not
 /// transposed) or n dot products of length k (B transposed), vectorised by TensorPrimitives, fp32 accumulation.
-/// Not used for small-but-square problems: the packed path wins from 8³ up (measured 2.4 vs 3.1 GFLOP/s at 8³,
-/// 38 vs 3.4 at 32³, 73 vs 14 at 64³), the per-call cost of short TensorPrimitives calls dominating here.
+/// Not used for small-but-square problems, where per-call costs of short TensorPrimitives calls dominate: packed
+/// vs this path, one thread, best of 9: 8³ 2.4 vs 3.1 GFLOP/s (both call-bound), 16³ 7.1 vs 3.6, 32³ 38 vs 3.4,
+/// 64³ 73 vs 14.
 /// </summary>
 internal static unsafe class GemmSmall
 {
