@@ -29,6 +29,9 @@ template <int D> struct AttnTraits {
                                                            // (128 fp32/thread) plus S/dP under 255 registers
     static constexpr int kBwdBlockM = 64;          // query rows per dq block (4 warps x 16)
     static constexpr int kBwdBlockN = D == 64 ? 64 : 32;   // keys per dq inner tile (same register argument)
+    // ptxas 11.8 registers/thread (sm_80 / sm_90): fwd d64 120/-, d128 168/165; dkdv d64 161/168 (4-byte spill),
+    // d128 228/222; dq d64 126/135, d128 136/180. kBwdBlockQ = 64 for D = 128 was not tried: 128 accumulators +
+    // 2 x 32 S/dP values would exceed 255 registers.
     static constexpr int kRow = D + kAttnPad;      // shared-memory row pitch in bf16 elements
     // Dynamic shared memory in bytes (mirrored in C# AttentionKernels.*SmemBytes):
     static constexpr int kFwdSmem = (kFwdBlockM + 2 * kFwdBlockN) * kRow * 2;
