@@ -63,8 +63,14 @@ public sealed class Trainer
         var rng = new Rng(cfg.Train.Seed);
         var options = new LoopOptions
         {
-            Steps = cfg.Train.Steps, BatchSize = B, SeqLen = T, GradAccum = cfg.Train.GradAccum, Optim = cfg.Optim,
-            Schedule = cfg.Schedule, ZLoss = cfg.Train.ZLoss, EvalEvery = cfg.Train.EvalEvery,
+            Steps = cfg.Train.Steps,
+            BatchSize = B,
+            SeqLen = T,
+            GradAccum = cfg.Train.GradAccum,
+            Optim = cfg.Optim,
+            Schedule = cfg.Schedule,
+            ZLoss = cfg.Train.ZLoss,
+            EvalEvery = cfg.Train.EvalEvery,
         };
         double? lastValid = null;
         var steps = TrainingLoop.Run(model, new CorpusBatches(corpus, rng), options, opt, ewc: null,
@@ -91,9 +97,16 @@ public sealed class Trainer
     /// <summary>One JSON line of metrics.jsonl.</summary>
     public static string MetricsJson(StepMetrics m) => JsonSerializer.Serialize(new
     {
-        step = m.Step, loss = m.Loss, lr = m.Lr, grad_norm = m.GradNorm, tokens = m.Tokens,
-        tokens_per_s = m.TokensPerSecond, elapsed_s = m.ElapsedSeconds, valid_loss = m.ValidLoss,
-        source_loss = m.SourceLosses, ewc_penalty = m.EwcPenalty,
+        step = m.Step,
+        loss = m.Loss,
+        lr = m.Lr,
+        grad_norm = m.GradNorm,
+        tokens = m.Tokens,
+        tokens_per_s = m.TokensPerSecond,
+        elapsed_s = m.ElapsedSeconds,
+        valid_loss = m.ValidLoss,
+        source_loss = m.SourceLosses,
+        ewc_penalty = m.EwcPenalty,
     });
 
     sealed class CorpusBatches(TokenCorpus corpus, Rng rng) : IBatchSource

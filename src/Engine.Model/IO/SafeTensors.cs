@@ -24,8 +24,21 @@ public sealed class SafeTensorsFile : IDisposable
 
     static readonly Dictionary<string, int> DTypeSizes = new(StringComparer.Ordinal)
     {
-        ["F64"] = 8, ["F32"] = 4, ["F16"] = 2, ["BF16"] = 2, ["I64"] = 8, ["I32"] = 4, ["I16"] = 2, ["I8"] = 1,
-        ["U8"] = 1, ["BOOL"] = 1, ["U16"] = 2, ["U32"] = 4, ["U64"] = 8, ["F8_E4M3"] = 1, ["F8_E5M2"] = 1,
+        ["F64"] = 8,
+        ["F32"] = 4,
+        ["F16"] = 2,
+        ["BF16"] = 2,
+        ["I64"] = 8,
+        ["I32"] = 4,
+        ["I16"] = 2,
+        ["I8"] = 1,
+        ["U8"] = 1,
+        ["BOOL"] = 1,
+        ["U16"] = 2,
+        ["U32"] = 4,
+        ["U64"] = 8,
+        ["F8_E4M3"] = 1,
+        ["F8_E5M2"] = 1,
     };
 
     readonly FileStream stream;

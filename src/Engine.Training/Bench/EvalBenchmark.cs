@@ -18,8 +18,13 @@ public static class EvalBenchmark
         var o = new TrainBenchOptions();
         var cfg = new LlamaConfig
         {
-            VocabSize = o.Vocab, HiddenSize = o.Hidden, IntermediateSize = o.Ffn, NumLayers = o.Layers,
-            NumHeads = o.Heads, NumKvHeads = o.KvHeads, MaxPositionEmbeddings = 512,
+            VocabSize = o.Vocab,
+            HiddenSize = o.Hidden,
+            IntermediateSize = o.Ffn,
+            NumLayers = o.Layers,
+            NumHeads = o.Heads,
+            NumKvHeads = o.KvHeads,
+            MaxPositionEmbeddings = 512,
         }.Validate();
         using var model = new LlamaModel(cfg, backend);
         model.InitializeWeights(0);

@@ -32,8 +32,13 @@ public static class TrainBenchmark
     {
         var cfg = new LlamaConfig
         {
-            VocabSize = o.Vocab, HiddenSize = o.Hidden, IntermediateSize = o.Ffn, NumLayers = o.Layers,
-            NumHeads = o.Heads, NumKvHeads = o.KvHeads, MaxPositionEmbeddings = o.Seq,
+            VocabSize = o.Vocab,
+            HiddenSize = o.Hidden,
+            IntermediateSize = o.Ffn,
+            NumLayers = o.Layers,
+            NumHeads = o.Heads,
+            NumKvHeads = o.KvHeads,
+            MaxPositionEmbeddings = o.Seq,
         }.Validate();
         using var model = new LlamaModel(cfg, backend);
         model.InitializeWeights(0);

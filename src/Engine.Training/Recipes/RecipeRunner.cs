@@ -115,8 +115,13 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         using var opt = new AdamW(model, st.Optim);
         var options = new LoopOptions
         {
-            Steps = st.Steps, BatchSize = st.BatchSize, SeqLen = st.SeqLen, GradAccum = st.GradAccum,
-            Optim = st.Optim, Schedule = st.Schedule, ZLoss = st.ZLoss,
+            Steps = st.Steps,
+            BatchSize = st.BatchSize,
+            SeqLen = st.SeqLen,
+            GradAccum = st.GradAccum,
+            Optim = st.Optim,
+            Schedule = st.Schedule,
+            ZLoss = st.ZLoss,
         };
         var steps = TrainingLoop.Run(model, new StreamBatches(mixture), options, opt, ewc, m =>
         {
@@ -150,10 +155,20 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             fs = Evaluator.FewShot(model, tok, es.Test, es.Pool, cfg.Eval.Shots, cfg.Seed, cfg.Eval.MaxExamples);
         var report = new StageReport
         {
-            Name = st.Name, Init = st.Init, Perplexity = ppl, FewShotAccuracy = fs?.Accuracy, FewShotMacroF1 = fs?.MacroF1,
-            FewShotCount = fs?.Count ?? 0, TokensTrained = steps.Count > 0 ? steps[^1].Tokens : 0, TrainSeconds = trainSeconds,
-            EvalSeconds = sw.Elapsed.TotalSeconds, TokensPerSecond = steps.Count > 0 ? steps[^1].TokensPerSecond : 0,
-            VocabSize = model.Config.VocabSize, WeightsDir = weights, Notes = notes, Steps = steps,
+            Name = st.Name,
+            Init = st.Init,
+            Perplexity = ppl,
+            FewShotAccuracy = fs?.Accuracy,
+            FewShotMacroF1 = fs?.MacroF1,
+            FewShotCount = fs?.Count ?? 0,
+            TokensTrained = steps.Count > 0 ? steps[^1].Tokens : 0,
+            TrainSeconds = trainSeconds,
+            EvalSeconds = sw.Elapsed.TotalSeconds,
+            TokensPerSecond = steps.Count > 0 ? steps[^1].TokensPerSecond : 0,
+            VocabSize = model.Config.VocabSize,
+            WeightsDir = weights,
+            Notes = notes,
+            Steps = steps,
         };
         Log?.Invoke($"stage {st.Name}: " + string.Join(", ", ppl.Select(p => $"ppl[{p.Key}] {p.Value:F2}")) +
             (fs != null ? $", few-shot acc {fs.Accuracy:P1} F1 {fs.MacroF1:F3}" : "") + $", {report.TokensTrained:N0} tokens in {trainSeconds:F0} s");
@@ -168,9 +183,17 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             var c = cfg.Model;
             var llama = new LlamaConfig
             {
-                VocabSize = tok.VocabSize, HiddenSize = c.HiddenSize, IntermediateSize = c.IntermediateSize, NumLayers = c.NumLayers,
-                NumHeads = c.NumHeads, NumKvHeads = c.NumKvHeads > 0 ? c.NumKvHeads : c.NumHeads, MaxPositionEmbeddings = c.MaxPositionEmbeddings,
-                RmsNormEps = (float)c.RmsNormEps, RopeTheta = c.RopeTheta, TieWordEmbeddings = c.TieWordEmbeddings, NormHead = c.NormHead,
+                VocabSize = tok.VocabSize,
+                HiddenSize = c.HiddenSize,
+                IntermediateSize = c.IntermediateSize,
+                NumLayers = c.NumLayers,
+                NumHeads = c.NumHeads,
+                NumKvHeads = c.NumKvHeads > 0 ? c.NumKvHeads : c.NumHeads,
+                MaxPositionEmbeddings = c.MaxPositionEmbeddings,
+                RmsNormEps = (float)c.RmsNormEps,
+                RopeTheta = c.RopeTheta,
+                TieWordEmbeddings = c.TieWordEmbeddings,
+                NormHead = c.NormHead,
                 InitializerRange = c.InitializerRange,
             }.Validate();
             model = new LlamaModel(llama, backend);

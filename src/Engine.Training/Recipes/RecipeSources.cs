@@ -27,49 +27,50 @@ public static class RecipeSources
         switch (s.Kind)
         {
             case "pretrain":
-            {
-                var docs = new List<string>();
-                foreach (var f in files)
-                    foreach (var d in Documents.Read(f))
-                    {
-                        if (s.MaxDocs > 0 && docs.Count >= s.MaxDocs) break;
-                        docs.Add(d);
-                    }
-                if (docs.Count == 0) throw new InvalidDataException($"sources.{name}: no documents in {string.Join(", ", files)}");
-                int held = s.HeldOut > 0 ? Math.Max(1, (int)Math.Round(docs.Count * s.HeldOut)) : 0;
-                if (held >= docs.Count) held = docs.Count - 1;
-                var order = Permutation(docs.Count, cfg.Seed ^ (ulong)StableHash(name));
-                var heldSet = new HashSet<int>(order.Take(held));
-                return new LoadedSource
                 {
-                    Name = name, Section = s,
-                    TrainDocs = docs.Where((_, i) => !heldSet.Contains(i)).ToList(),
-                    HeldOutDocs = docs.Where((_, i) => heldSet.Contains(i)).ToList(),
-                };
-            }
+                    var docs = new List<string>();
+                    foreach (var f in files)
+                        foreach (var d in Documents.Read(f))
+                        {
+                            if (s.MaxDocs > 0 && docs.Count >= s.MaxDocs) break;
+                            docs.Add(d);
+                        }
+                    if (docs.Count == 0) throw new InvalidDataException($"sources.{name}: no documents in {string.Join(", ", files)}");
+                    int held = s.HeldOut > 0 ? Math.Max(1, (int)Math.Round(docs.Count * s.HeldOut)) : 0;
+                    if (held >= docs.Count) held = docs.Count - 1;
+                    var order = Permutation(docs.Count, cfg.Seed ^ (ulong)StableHash(name));
+                    var heldSet = new HashSet<int>(order.Take(held));
+                    return new LoadedSource
+                    {
+                        Name = name,
+                        Section = s,
+                        TrainDocs = docs.Where((_, i) => !heldSet.Contains(i)).ToList(),
+                        HeldOutDocs = docs.Where((_, i) => heldSet.Contains(i)).ToList(),
+                    };
+                }
             case "instruct":
-            {
-                var ex = new List<InstructionExample>();
-                foreach (var f in files)
-                    foreach (var e in Instructions.Read(f))
-                    {
-                        if (s.MaxDocs > 0 && ex.Count >= s.MaxDocs) break;
-                        ex.Add(e);
-                    }
-                if (ex.Count == 0) throw new InvalidDataException($"sources.{name}: no instruction examples in {string.Join(", ", files)}");
-                return new LoadedSource { Name = name, Section = s, Examples = ex };
-            }
+                {
+                    var ex = new List<InstructionExample>();
+                    foreach (var f in files)
+                        foreach (var e in Instructions.Read(f))
+                        {
+                            if (s.MaxDocs > 0 && ex.Count >= s.MaxDocs) break;
+                            ex.Add(e);
+                        }
+                    if (ex.Count == 0) throw new InvalidDataException($"sources.{name}: no instruction examples in {string.Join(", ", files)}");
+                    return new LoadedSource { Name = name, Section = s, Examples = ex };
+                }
             default: // sentiment
-            {
-                var ex = new List<InstructionExample>();
-                foreach (var f in files)
-                    foreach (var e in LabeledData.Read(f).Examples)
-                    {
-                        if (s.MaxDocs > 0 && ex.Count >= s.MaxDocs) break;
-                        ex.Add(new InstructionExample(SentimentInstruction, e.Text, e.Label));
-                    }
-                return new LoadedSource { Name = name, Section = s, Examples = ex };
-            }
+                {
+                    var ex = new List<InstructionExample>();
+                    foreach (var f in files)
+                        foreach (var e in LabeledData.Read(f).Examples)
+                        {
+                            if (s.MaxDocs > 0 && ex.Count >= s.MaxDocs) break;
+                            ex.Add(new InstructionExample(SentimentInstruction, e.Text, e.Label));
+                        }
+                    return new LoadedSource { Name = name, Section = s, Examples = ex };
+                }
         }
     }
 

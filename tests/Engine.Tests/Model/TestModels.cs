@@ -7,8 +7,16 @@ public static class TestModels
 {
     public static LlamaConfig Tiny(bool tied = false, bool normHead = false) => new()
     {
-        VocabSize = 37, HiddenSize = 16, IntermediateSize = 24, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
-        MaxPositionEmbeddings = 64, TieWordEmbeddings = tied, NormHead = normHead, InitializerRange = 0.2,
+        VocabSize = 37,
+        HiddenSize = 16,
+        IntermediateSize = 24,
+        NumLayers = 2,
+        NumHeads = 4,
+        NumKvHeads = 2,
+        MaxPositionEmbeddings = 64,
+        TieWordEmbeddings = tied,
+        NormHead = normHead,
+        InitializerRange = 0.2,
     };
 
     public static LlamaModel Create(LlamaConfig cfg, ulong seed = 1)

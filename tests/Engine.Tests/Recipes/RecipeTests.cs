@@ -13,13 +13,20 @@ public class RecipeTests
 
     static StageSection Stage(string name, string init, Dictionary<string, double> w, int steps = 3) => new()
     {
-        Name = name, Init = init, Weights = w, Steps = steps, BatchSize = 2, SeqLen = 32,
-        Optim = new AdamWOptions { Lr = 5e-3 }, Schedule = new ScheduleOptions { Kind = ScheduleKind.Constant, MinLr = 0 },
+        Name = name,
+        Init = init,
+        Weights = w,
+        Steps = steps,
+        BatchSize = 2,
+        SeqLen = 32,
+        Optim = new AdamWOptions { Lr = 5e-3 },
+        Schedule = new ScheduleOptions { Kind = ScheduleKind.Constant, MinLr = 0 },
     };
 
     static RecipeConfig Tiny(string outDir, string tokenizer = "byte") => new()
     {
-        Name = "test", Seed = 3,
+        Name = "test",
+        Seed = 3,
         Tokenizer = new TokenizerSection { Kind = tokenizer, VocabSize = 400, TrainChars = 60_000, ExpandBy = 20, ExpandSources = ["fin_zh"] },
         Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 1, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
         Sources = new()
