@@ -123,31 +123,53 @@ public static class Evaluator
     /// the label whose tokens have the highest log-likelihood. Accuracy and macro-F1 over the labels.
     /// </summary>
     public static ClassificationResult FewShot(LlamaModel model, ITokenizer tok, IReadOnlyList<LabeledExample> test,
-        IReadOnlyList<LabeledExample> pool, int k, ulong seed, int maxExamples = int.MaxValue, string instruction = "", int maxPromptTokens = 0)
+        IReadOnlyList<LabeledExample> pool, int k, ulong seed, int maxExamples = int.MaxValue, string instruction = "", int maxPromptTokens = 0) =>
+        FewShotWithCalibration(model, tok, test, pool, k, seed, maxExamples, instruction, maxPromptTokens, calibrate: false).Raw;
+
+    /// <summary>
+    /// As <see cref="FewShot"/>, plus contextual calibration (Zhao et al. 2021): each label's log-likelihood is also
+    /// scored after the same shots with a content-free query ("N/A"), and the calibrated prediction maximises the
+    /// difference — removing the model's prior preference for one label string.
+    /// </summary>
+    public static (ClassificationResult Raw, ClassificationResult? Calibrated) FewShotWithCalibration(LlamaModel model, ITokenizer tok,
+        IReadOnlyList<LabeledExample> test, IReadOnlyList<LabeledExample> pool, int k, ulong seed, int maxExamples = int.MaxValue,
+        string instruction = "", int maxPromptTokens = 0, bool calibrate = true)
     {
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var labels = test.Select(e => e.Label).Concat(pool.Select(e => e.Label)).Distinct().OrderBy(l => l, StringComparer.Ordinal).ToList();
         var contTokens = labels.Select(l => tok.Encode(" " + l)).ToList();
         var rng = new Rng(seed);
         int n = Math.Min(test.Count, maxExamples);
-        var confusion = new int[labels.Count, labels.Count];
+        var raw = new int[labels.Count, labels.Count];
+        var cal = new int[labels.Count, labels.Count];
         int limit = maxPromptTokens > 0 ? maxPromptTokens : model.Config.MaxPositionEmbeddings - contTokens.Max(c => c.Length);
         for (int i = 0; i < n; i++)
         {
             var shots = new List<LabeledExample>();
             for (int s = 0; s < k && pool.Count > 0; s++) shots.Add(pool[rng.NextInt(pool.Count)]);
-            int[] prompt = tok.Encode(Prompt(shots, test[i].Text, instruction));
-            while (prompt.Length > limit && shots.Count > 0)
+            int[] Encode(string text)
             {
-                shots.RemoveAt(0);
-                prompt = tok.Encode(Prompt(shots, test[i].Text, instruction));
+                var sh = new List<LabeledExample>(shots);
+                int[] p = tok.Encode(Prompt(sh, text, instruction));
+                while (p.Length > limit && sh.Count > 0)
+                {
+                    sh.RemoveAt(0);
+                    p = tok.Encode(Prompt(sh, text, instruction));
+                }
+                return p.Length > limit ? p[^limit..] : p;
             }
-            if (prompt.Length > limit) prompt = prompt[^limit..];
-            var ll = ContinuationLogLikelihoods(model, prompt, contTokens);
-            int pred = Array.IndexOf(ll, ll.Max());
-            confusion[labels.IndexOf(test[i].Label), pred]++;
+            var ll = ContinuationLogLikelihoods(model, Encode(test[i].Text), contTokens);
+            int truth = labels.IndexOf(test[i].Label);
+            raw[truth, Array.IndexOf(ll, ll.Max())]++;
+            if (calibrate)
+            {
+                var prior = ContinuationLogLikelihoods(model, Encode("N/A"), contTokens);
+                var adj = ll.Select((x, j) => x - prior[j]).ToArray();
+                cal[truth, Array.IndexOf(adj, adj.Max())]++;
+            }
         }
-        return Score(labels, confusion, n, sw.Elapsed.TotalSeconds);
+        double secs = sw.Elapsed.TotalSeconds;
+        return (Score(labels, raw, n, secs), calibrate ? Score(labels, cal, n, secs) : null);
     }
 
     public static ClassificationResult Score(IReadOnlyList<string> labels, int[,] confusion, int n, double seconds)

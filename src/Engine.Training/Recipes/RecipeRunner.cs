@@ -18,6 +18,8 @@ public sealed record StageReport
     public Dictionary<string, double> Perplexity { get; init; } = new();
     public double? FewShotAccuracy { get; init; }
     public double? FewShotMacroF1 { get; init; }
+    public double? FewShotCalibratedAccuracy { get; init; }
+    public double? FewShotCalibratedMacroF1 { get; init; }
     public int FewShotCount { get; init; }
     public long TokensTrained { get; init; }
     public double TrainSeconds { get; init; }
@@ -150,9 +152,9 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         }
         foreach (var d in groupNll.Values.GroupBy(v => v.Domain))
             ppl[d.Key] = Math.Exp(d.Average(v => v.Nll));
-        ClassificationResult? fs = null;
+        ClassificationResult? fs = null, fsCal = null;
         if (evalSet is { } es)
-            fs = Evaluator.FewShot(model, tok, es.Test, es.Pool, cfg.Eval.Shots, cfg.Seed, cfg.Eval.MaxExamples);
+            (fs, fsCal) = Evaluator.FewShotWithCalibration(model, tok, es.Test, es.Pool, cfg.Eval.Shots, cfg.Seed, cfg.Eval.MaxExamples);
         var report = new StageReport
         {
             Name = st.Name,
@@ -160,6 +162,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             Perplexity = ppl,
             FewShotAccuracy = fs?.Accuracy,
             FewShotMacroF1 = fs?.MacroF1,
+            FewShotCalibratedAccuracy = fsCal?.Accuracy, FewShotCalibratedMacroF1 = fsCal?.MacroF1,
             FewShotCount = fs?.Count ?? 0,
             TokensTrained = steps.Count > 0 ? steps[^1].Tokens : 0,
             TrainSeconds = trainSeconds,
@@ -171,7 +174,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             Steps = steps,
         };
         Log?.Invoke($"stage {st.Name}: " + string.Join(", ", ppl.Select(p => $"ppl[{p.Key}] {p.Value:F2}")) +
-            (fs != null ? $", few-shot acc {fs.Accuracy:P1} F1 {fs.MacroF1:F3}" : "") + $", {report.TokensTrained:N0} tokens in {trainSeconds:F0} s");
+            (fs != null ? $", few-shot acc {fs.Accuracy:P1} F1 {fs.MacroF1:F3} (calibrated {fsCal!.Accuracy:P1} / {fsCal.MacroF1:F3})" : "") + $", {report.TokensTrained:N0} tokens in {trainSeconds:F0} s");
         return report;
     }
 
