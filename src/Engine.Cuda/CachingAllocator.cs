@@ -1,0 +1,169 @@
+using Engine.Cuda.Interop;
+
+namespace Engine.Cuda;
+
+/// <summary>Where the caching allocator gets raw device memory (the driver; a fake in CPU tests).</summary>
+public interface IRawDeviceMemory
+{
+    /// <summary>False when the device is out of memory; other failures throw.</summary>
+    bool TryAllocate(long bytes, out ulong address);
+    void Free(ulong address);
+}
+
+/// <summary>cuMemAlloc_v2 / cuMemFree_v2 in the current context.</summary>
+public sealed class DriverMemory : IRawDeviceMemory
+{
+    public bool TryAllocate(long bytes, out ulong address)
+    {
+        var r = NativeMethods.cuMemAlloc_v2(out address, (nuint)bytes);
+        if (r == CuResult.OutOfMemory) return false;
+        Check.Cu(r, $"cuMemAlloc_v2({bytes} bytes)");
+        return true;
+    }
+    public void Free(ulong address) => Check.Cu(NativeMethods.cuMemFree_v2(address));
+}
+
+/// <summary>Allocator statistics in bytes (class-rounded sizes).</summary>
+public readonly record struct AllocatorStats(long InUseBytes, long CachedBytes, long PeakInUseBytes, long PeakReservedBytes,
+    long RawAllocations, long CacheHits)
+{
+    public long ReservedBytes => InUseBytes + CachedBytes;
+}
+
+/// <summary>
+/// Caching device allocator: sizes are rounded to a size class (512-byte steps up to 1 MiB, then four classes per
+/// power of two, so at most 25% waste), freed blocks go to a per-class free list and are handed out again without a
+/// driver call. When the driver reports out-of-memory, the cache is emptied and the allocation retried once.
+/// Stream semantics: blocks are reused in program order, which is safe while all work runs on one stream (a buffer
+/// freed after enqueuing its last use is next used by work enqueued later on the same stream). Thread-safe.
+/// The allocator owns its raw blocks (by address) and frees them in <see cref="EmptyCache"/> / <see cref="Dispose"/>;
+/// one-off allocations outside it use <see cref="DeviceMemoryHandle"/>.
+/// </summary>
+public sealed class CachingAllocator : IDisposable
+{
+    private readonly IRawDeviceMemory _raw;
+    private readonly Dictionary<long, Stack<ulong>> _free = new();
+    private readonly Dictionary<ulong, long> _live = new();
+    private readonly Lock _gate = new();
+    private long _inUse, _cached, _peakInUse, _peakReserved, _rawAllocs, _hits;
+    private bool _disposed;
+
+    public CachingAllocator(IRawDeviceMemory raw) => _raw = raw;
+    public CachingAllocator() : this(new DriverMemory()) { }
+
+    /// <summary>The size class a request of <paramref name="bytes"/> is served from.</summary>
+    public static long SizeClass(long bytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(bytes);
+        const long Small = 1 << 20;
+        if (bytes <= Small) return (bytes + 511) / 512 * 512;
+        long pow = 1L << (63 - (int)long.LeadingZeroCount(bytes - 1));   // largest power of two < bytes
+        long step = pow / 4;
+        return (bytes + step - 1) / step * step;
+    }
+
+    /// <summary>A buffer of at least <paramref name="bytes"/> bytes (256-byte aligned: the driver's alignment).</summary>
+    public DeviceBuffer Allocate(long bytes)
+    {
+        long size = SizeClass(bytes);
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            ulong addr;
+            if (_free.TryGetValue(size, out var stack) && stack.Count > 0)
+            {
+                addr = stack.Pop();
+                _cached -= size;
+                _hits++;
+            }
+            else
+            {
+                if (!_raw.TryAllocate(size, out addr))
+                {
+                    EmptyCacheLocked();
+                    if (!_raw.TryAllocate(size, out addr))
+                        throw new CudaException("cuMemAlloc_v2", (int)CuResult.OutOfMemory,
+                            $"device out of memory allocating {bytes} bytes (class {size}); in use {_inUse}, peak {_peakInUse}");
+                }
+                _rawAllocs++;
+            }
+            _live[addr] = size;
+            _inUse += size;
+            _peakInUse = Math.Max(_peakInUse, _inUse);
+            _peakReserved = Math.Max(_peakReserved, _inUse + _cached);
+            return new DeviceBuffer(this, new DevicePtr(addr), bytes, size);
+        }
+    }
+
+    internal void Return(DevicePtr ptr)
+    {
+        lock (_gate)
+        {
+            if (!_live.Remove(ptr.Address, out long size))
+                throw new InvalidOperationException($"{ptr} was not allocated by this allocator or was freed twice");
+            _inUse -= size;
+            if (_disposed) { _raw.Free(ptr.Address); return; }
+            if (!_free.TryGetValue(size, out var stack)) _free[size] = stack = new Stack<ulong>();
+            stack.Push(ptr.Address);
+            _cached += size;
+        }
+    }
+
+    /// <summary>Returns every cached (free) block to the driver.</summary>
+    public void EmptyCache()
+    {
+        lock (_gate) EmptyCacheLocked();
+    }
+
+    private void EmptyCacheLocked()
+    {
+        foreach (var stack in _free.Values)
+            while (stack.Count > 0) _raw.Free(stack.Pop());
+        _free.Clear();
+        _cached = 0;
+    }
+
+    public AllocatorStats Stats
+    {
+        get { lock (_gate) return new AllocatorStats(_inUse, _cached, _peakInUse, _peakReserved, _rawAllocs, _hits); }
+    }
+
+    /// <summary>Restarts the peak counters at the current values (e.g. per training step).</summary>
+    public void ResetPeak()
+    {
+        lock (_gate) { _peakInUse = _inUse; _peakReserved = _inUse + _cached; }
+    }
+
+    /// <summary>Frees the cache; buffers still alive are freed to the driver when they are disposed.</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            EmptyCacheLocked();
+        }
+    }
+}
+
+/// <summary>A device buffer from <see cref="CachingAllocator"/>; Dispose returns it to the cache.</summary>
+public sealed class DeviceBuffer : IDisposable
+{
+    private CachingAllocator? _owner;
+    public DevicePtr Ptr { get; }
+    /// <summary>Requested size.</summary>
+    public long Bytes { get; }
+    /// <summary>Size-class size actually reserved.</summary>
+    public long Capacity { get; }
+
+    internal DeviceBuffer(CachingAllocator owner, DevicePtr ptr, long bytes, long capacity)
+    {
+        _owner = owner; Ptr = ptr; Bytes = bytes; Capacity = capacity;
+    }
+
+    public void Dispose()
+    {
+        var owner = Interlocked.Exchange(ref _owner, null);
+        owner?.Return(Ptr);
+    }
+}

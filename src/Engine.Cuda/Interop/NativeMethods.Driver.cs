@@ -1,0 +1,105 @@
+using System.Runtime.InteropServices;
+
+namespace Engine.Cuda.Interop;
+
+/// <summary>CUDA driver API result codes (subset we name; any other value is reported through cuGetErrorName).</summary>
+public enum CuResult
+{
+    Success = 0,
+    InvalidValue = 1,
+    OutOfMemory = 2,
+    NotInitialized = 3,
+    Deinitialized = 4,
+    NoDevice = 100,
+    InvalidDevice = 101,
+    InvalidImage = 200,
+    InvalidContext = 201,
+    NoBinaryForGpu = 209,
+    NotFound = 500,
+    NotReady = 600,
+    LaunchOutOfResources = 701,
+    LaunchFailed = 719,
+}
+
+/// <summary>CUdevice_attribute values used by the engine.</summary>
+public enum CuDeviceAttribute
+{
+    MaxThreadsPerBlock = 1,
+    MaxSharedMemoryPerBlock = 8,
+    WarpSize = 10,
+    MultiprocessorCount = 16,
+    L2CacheSize = 38,
+    ComputeCapabilityMajor = 75,
+    ComputeCapabilityMinor = 76,
+    MaxSharedMemoryPerBlockOptin = 97,
+}
+
+/// <summary>CUfunction_attribute values used by the engine.</summary>
+public enum CuFunctionAttribute
+{
+    MaxThreadsPerBlock = 0,
+    SharedSizeBytes = 1,
+    NumRegs = 4,
+    MaxDynamicSharedSizeBytes = 8,
+}
+
+/// <summary>CUDA driver API (libcuda.so.1). C names unchanged; pointers to device memory are <c>ulong</c> (CUdeviceptr).</summary>
+public static unsafe partial class NativeMethods
+{
+    internal const string LibCuda = "libcuda";
+    internal const string LibCublas = "libcublas";
+    internal const string LibNccl = "libnccl";
+
+    static NativeMethods() => NativeLibraryResolver.Install();
+
+    [LibraryImport(LibCuda)] public static partial CuResult cuInit(uint flags);
+    [LibraryImport(LibCuda)] public static partial CuResult cuDriverGetVersion(out int version);
+    [LibraryImport(LibCuda)] public static partial CuResult cuDeviceGetCount(out int count);
+    [LibraryImport(LibCuda)] public static partial CuResult cuDeviceGet(out int device, int ordinal);
+    [LibraryImport(LibCuda)] public static partial CuResult cuDeviceGetAttribute(out int value, CuDeviceAttribute attribute, int device);
+    [LibraryImport(LibCuda)] public static partial CuResult cuDeviceGetName(byte* name, int length, int device);
+    [LibraryImport(LibCuda)] public static partial CuResult cuDeviceTotalMem_v2(out nuint bytes, int device);
+
+    [LibraryImport(LibCuda)] public static partial CuResult cuCtxCreate_v2(out IntPtr context, uint flags, int device);
+    [LibraryImport(LibCuda)] public static partial CuResult cuCtxDestroy_v2(IntPtr context);
+    [LibraryImport(LibCuda)] public static partial CuResult cuDevicePrimaryCtxRetain(out IntPtr context, int device);
+    [LibraryImport(LibCuda)] public static partial CuResult cuDevicePrimaryCtxRelease_v2(int device);
+    [LibraryImport(LibCuda)] public static partial CuResult cuCtxSetCurrent(IntPtr context);
+    [LibraryImport(LibCuda)] public static partial CuResult cuCtxSynchronize();
+
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemAlloc_v2(out ulong devicePtr, nuint bytes);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemFree_v2(ulong devicePtr);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemGetInfo_v2(out nuint free, out nuint total);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyHtoD_v2(ulong dst, void* src, nuint bytes);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoH_v2(void* dst, ulong src, nuint bytes);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoD_v2(ulong dst, ulong src, nuint bytes);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyHtoDAsync_v2(ulong dst, void* src, nuint bytes, IntPtr stream);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoHAsync_v2(void* dst, ulong src, nuint bytes, IntPtr stream);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoDAsync_v2(ulong dst, ulong src, nuint bytes, IntPtr stream);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemsetD8_v2(ulong dst, byte value, nuint count);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemsetD8Async(ulong dst, byte value, nuint count, IntPtr stream);
+
+    [LibraryImport(LibCuda)] public static partial CuResult cuStreamCreate(out IntPtr stream, uint flags);
+    [LibraryImport(LibCuda)] public static partial CuResult cuStreamDestroy_v2(IntPtr stream);
+    [LibraryImport(LibCuda)] public static partial CuResult cuStreamSynchronize(IntPtr stream);
+    [LibraryImport(LibCuda)] public static partial CuResult cuStreamWaitEvent(IntPtr stream, IntPtr evt, uint flags);
+
+    [LibraryImport(LibCuda)] public static partial CuResult cuEventCreate(out IntPtr evt, uint flags);
+    [LibraryImport(LibCuda)] public static partial CuResult cuEventDestroy_v2(IntPtr evt);
+    [LibraryImport(LibCuda)] public static partial CuResult cuEventRecord(IntPtr evt, IntPtr stream);
+    [LibraryImport(LibCuda)] public static partial CuResult cuEventSynchronize(IntPtr evt);
+    [LibraryImport(LibCuda)] public static partial CuResult cuEventElapsedTime(out float milliseconds, IntPtr start, IntPtr end);
+
+    [LibraryImport(LibCuda)] public static partial CuResult cuModuleLoadData(out IntPtr module, void* image);
+    [LibraryImport(LibCuda)] public static partial CuResult cuModuleUnload(IntPtr module);
+    [LibraryImport(LibCuda, StringMarshalling = StringMarshalling.Utf8)]
+    public static partial CuResult cuModuleGetFunction(out IntPtr function, IntPtr module, string name);
+    [LibraryImport(LibCuda)] public static partial CuResult cuFuncSetAttribute(IntPtr function, CuFunctionAttribute attribute, int value);
+    [LibraryImport(LibCuda)] public static partial CuResult cuFuncGetAttribute(out int value, CuFunctionAttribute attribute, IntPtr function);
+    [LibraryImport(LibCuda)]
+    public static partial CuResult cuLaunchKernel(IntPtr function, uint gridX, uint gridY, uint gridZ, uint blockX, uint blockY,
+        uint blockZ, uint sharedMemBytes, IntPtr stream, void** kernelParams, void** extra);
+
+    [LibraryImport(LibCuda)] public static partial CuResult cuGetErrorName(CuResult error, out IntPtr name);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGetErrorString(CuResult error, out IntPtr text);
+}

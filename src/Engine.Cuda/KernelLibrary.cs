@@ -1,0 +1,156 @@
+using Engine.Cuda.Interop;
+using Engine.Cuda.Kernels;
+
+namespace Engine.Cuda;
+
+/// <summary>Grid dimensions of a launch.</summary>
+public readonly record struct Dim3(uint X, uint Y = 1, uint Z = 1);
+
+/// <summary>One extern "C" __global__ entry point of a loaded fatbin.</summary>
+public sealed class KernelFunction
+{
+    private int _dynamicSmemLimit = 48 * 1024;
+    public string Module { get; }
+    public string Name { get; }
+    public IntPtr Handle { get; }
+
+    internal KernelFunction(string module, string name, IntPtr handle) { Module = module; Name = name; Handle = handle; }
+
+    /// <summary>Raises the function's dynamic shared-memory limit when a launch needs more than the default 48 KiB.</summary>
+    public void EnsureDynamicSharedMemory(int bytes)
+    {
+        if (bytes <= Volatile.Read(ref _dynamicSmemLimit)) return;
+        Check.Cu(NativeMethods.cuFuncSetAttribute(Handle, CuFunctionAttribute.MaxDynamicSharedSizeBytes, bytes),
+            $"cuFuncSetAttribute({Name}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {bytes})");
+        Volatile.Write(ref _dynamicSmemLimit, bytes);
+    }
+
+    /// <summary>Launches with one by-value params struct as the only kernel argument.</summary>
+    public unsafe void Launch<T>(CudaStream stream, Dim3 grid, int block, int sharedBytes, in T args) where T : unmanaged
+    {
+        T copy = args;
+        void* p = &copy;
+        LaunchRaw(stream, grid, block, sharedBytes, &p);
+    }
+
+    /// <summary>Launches with an array of pointers to each argument (cuLaunchKernel's kernelParams).</summary>
+    public unsafe void LaunchRaw(CudaStream stream, Dim3 grid, int block, int sharedBytes, void** args)
+    {
+        if (grid.X == 0 || grid.Y == 0 || grid.Z == 0) return;   // empty problem
+        if (sharedBytes > 48 * 1024) EnsureDynamicSharedMemory(sharedBytes);
+        Check.Cu(NativeMethods.cuLaunchKernel(Handle, grid.X, grid.Y, grid.Z, (uint)block, 1, 1, (uint)sharedBytes, stream.Handle, args, null),
+            $"cuLaunchKernel({Name}, grid {grid.X}x{grid.Y}x{grid.Z}, block {block}, smem {sharedBytes})");
+    }
+}
+
+/// <summary>
+/// The hand-written kernels: one fatbin per native/*.cu file, loaded lazily from the kernels directory
+/// (<see cref="FindKernelsDirectory"/>), with typed launchers named like the .cu files.
+/// </summary>
+public sealed class KernelLibrary : IDisposable
+{
+    /// <summary>The fatbins CMakeLists.txt builds (native/&lt;name&gt;.cu → kernels/&lt;name&gt;.fatbin).</summary>
+    public static readonly IReadOnlyList<string> ModuleNames =
+        ["elementwise", "rmsnorm", "swiglu", "rope", "embedding", "adamw", "crossentropy", "attention"];
+
+    private readonly Dictionary<string, CudaModuleHandle> _modules = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, KernelFunction> _functions = new(StringComparer.Ordinal);
+    private readonly Lock _gate = new();
+
+    public CudaDevice Device { get; }
+    public string Directory { get; }
+
+    public ElementwiseKernels Elementwise { get; }
+    public RmsNormKernels RmsNorm { get; }
+    public SwiGluKernels SwiGlu { get; }
+    public RopeKernels Rope { get; }
+    public EmbeddingKernels Embedding { get; }
+    public AdamWKernels AdamW { get; }
+    public CrossEntropyKernels CrossEntropy { get; }
+    public AttentionKernels Attention { get; }
+
+    private KernelLibrary(CudaDevice device, string directory)
+    {
+        Device = device; Directory = directory;
+        Elementwise = new(this); RmsNorm = new(this); SwiGlu = new(this); Rope = new(this);
+        Embedding = new(this); AdamW = new(this); CrossEntropy = new(this); Attention = new(this);
+    }
+
+    /// <summary>Opens the kernels directory (given, or found by <see cref="FindKernelsDirectory"/>); modules load on first use.</summary>
+    public static KernelLibrary Load(CudaDevice device, string? directory = null)
+    {
+        directory ??= FindKernelsDirectory(Environment.GetEnvironmentVariable, out var tried)
+            ?? throw new DirectoryNotFoundException(
+                $"CUDA kernels (*.fatbin) not found; looked in: {string.Join(", ", tried)}. " +
+                "Build them with `cmake -S . -B build/native && cmake --build build/native` or set ENGINE_KERNELS_DIR.");
+        return new KernelLibrary(device, directory);
+    }
+
+    /// <summary>
+    /// ENGINE_KERNELS_DIR, then build/native/kernels under the first ancestor of AppContext.BaseDirectory that has one
+    /// (the repository root when running from bin/), then a kernels/ folder next to the assembly.
+    /// </summary>
+    public static string? FindKernelsDirectory(Func<string, string?> env, out IReadOnlyList<string> tried)
+    {
+        var list = new List<string>();
+        tried = list;
+        if (env("ENGINE_KERNELS_DIR") is { Length: > 0 } fromEnv)
+        {
+            list.Add(fromEnv + " (ENGINE_KERNELS_DIR)");
+            return HasFatbins(fromEnv) ? Path.GetFullPath(fromEnv) : null;
+        }
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, "build", "native", "kernels");
+            list.Add(candidate);
+            if (HasFatbins(candidate)) return candidate;
+        }
+        string beside = Path.Combine(AppContext.BaseDirectory, "kernels");
+        list.Add(beside);
+        return HasFatbins(beside) ? beside : null;
+    }
+
+    private static bool HasFatbins(string dir) =>
+        System.IO.Directory.Exists(dir) && System.IO.Directory.EnumerateFiles(dir, "*.fatbin").Any();
+
+    /// <summary>The entry point <paramref name="name"/> of kernels/<paramref name="module"/>.fatbin.</summary>
+    public unsafe KernelFunction Function(string module, string name)
+    {
+        string key = module + "/" + name;
+        lock (_gate)
+        {
+            if (_functions.TryGetValue(key, out var f)) return f;
+            if (!_modules.TryGetValue(module, out var mod))
+            {
+                string path = Path.Combine(Directory, module + ".fatbin");
+                if (!File.Exists(path)) throw new FileNotFoundException($"kernel module {path} missing (rebuild build/native)", path);
+                byte[] image = File.ReadAllBytes(path);
+                IntPtr handle;
+                fixed (byte* p = image) Check.Cu(NativeMethods.cuModuleLoadData(out handle, p), $"cuModuleLoadData({path})");
+                _modules[module] = mod = new CudaModuleHandle(handle);
+            }
+            Check.Cu(NativeMethods.cuModuleGetFunction(out IntPtr fn, mod.DangerousGetHandle(), name), $"cuModuleGetFunction({module}.fatbin, {name})");
+            f = new KernelFunction(module, name, fn);
+            _functions[key] = f;
+            return f;
+        }
+    }
+
+    /// <summary>Blocks for a grid-stride kernel: enough to cover <paramref name="work"/> items at
+    /// <paramref name="perBlock"/> each, capped at 32 blocks per SM, at least 1.</summary>
+    internal int GridFor(long work, long perBlock)
+    {
+        long blocks = (work + perBlock - 1) / perBlock;
+        return (int)Math.Clamp(blocks, 1, (long)Device.MultiprocessorCount * 32);
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            foreach (var m in _modules.Values) m.Dispose();
+            _modules.Clear();
+            _functions.Clear();
+        }
+    }
+}

@@ -1,0 +1,121 @@
+using System.Runtime.InteropServices;
+
+namespace Engine.Cuda.Kernels;
+
+// Mirrors of the params structs in native/*.cu, field for field (DevicePtr = 8-byte device address).
+// Sizes are asserted on the native side (static_assert) and on this side (KernelParamsTests, and SizeOf below).
+
+/// <summary>Expected sizes in bytes; equal to the static_asserts in native/*.cu.</summary>
+public static class KernelParamSizes
+{
+    public const int RmsNormForward = 72, RmsNormBackward = 72, RmsNormDwReduce = 40, Rope = 88, EmbeddingForward = 48,
+        EmbeddingBackward = 56, AdamW = 96, GradNorm = 40, CrossEntropy = 80, Attention = 112, AttentionBackward = 184;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct RmsNormForwardParams
+{
+    public DevicePtr Y, Rstd, H, X, Residual, W;
+    public long Rows, Cols;
+    public float Eps;
+    public int Pad;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct RmsNormBackwardParams
+{
+    public DevicePtr Dx, DwPartial, Dy, X, W, Rstd, DResidual;
+    public long Rows, Cols;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct RmsNormDwReduceParams
+{
+    public DevicePtr Dw, DwBf16, Partial;
+    public long Cols;
+    public int NumPartials, Accumulate;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct RopeParams
+{
+    public DevicePtr Out, In, InvFreq;
+    public long Batch, SeqLen, Heads, HeadDim, InRowStride, OutRowStride, PositionOffset;
+    public float LinearFactor;
+    public int Pad;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct EmbeddingForwardParams
+{
+    public DevicePtr Out, Table, Ids;
+    public long Tokens, Vocab, Cols;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct EmbeddingBackwardParams
+{
+    public DevicePtr DTable, DOut, Order, BucketStart, BucketId;
+    public long Buckets, Cols;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct AdamWParams
+{
+    public DevicePtr Master, ParamBf16, M, V, GradF32, GradBf16, GradScalePtr;
+    public long N;
+    public float Lr, Beta1, Beta2, Eps, WeightDecay, StepSize, Bc2Sqrt, GradScale;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct GradNormParams
+{
+    public DevicePtr Partials, GF32, GBf16;
+    public long N;
+    public int Slot, Pad;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct CrossEntropyParams
+{
+    public DevicePtr Logits, Loss, Lse, Targets, DLoss;
+    public long Rows, Vocab, RowStride;
+    public float ZLoss, DLossScale;
+    public int IgnoreIndex, Pad;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct AttentionParams
+{
+    public DevicePtr Q, K, V, O, Lse;
+    public long Batch, SeqLen, Heads, KvHeads, QRowStride, KRowStride, VRowStride, ORowStride;
+    public float SoftmaxScale;
+    public int Causal;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct AttentionBackwardParams
+{
+    public AttentionParams Fwd;
+    public DevicePtr DOut, Dq, Dk, Dv, Delta;
+    public long DoRowStride, DqRowStride, DkRowStride, DvRowStride;
+}
+
+/// <summary>Launch geometry mirrored from native/common/traits.cuh.</summary>
+public static class KernelTraits
+{
+    public const int RowBlock = 256, ElementwiseBlock = 256, ReduceBlock = 512, AttnThreads = 128, AttnPad = 8;
+    /// <summary>Blocks of the deterministic partial-sum passes (fixed, so results are identical on every GPU).</summary>
+    public const int PartialBlocks = 256;
+
+    public static int AttnFwdBlockM(int d) => 64;
+    public static int AttnFwdBlockN(int d) => 64;
+    public static int AttnBwdBlockKV(int d) => 64;
+    public static int AttnBwdBlockQ(int d) => d == 64 ? 64 : 32;
+    public static int AttnBwdBlockM(int d) => 64;
+    public static int AttnBwdBlockN(int d) => d == 64 ? 64 : 32;
+    private static int Row(int d) => d + AttnPad;
+    public static int AttnFwdSmem(int d) => (AttnFwdBlockM(d) + 2 * AttnFwdBlockN(d)) * Row(d) * 2;
+    public static int AttnBwdKVSmem(int d) => (2 * AttnBwdBlockKV(d) + 2 * AttnBwdBlockQ(d)) * Row(d) * 2 + 2 * AttnBwdBlockQ(d) * 4;
+    public static int AttnBwdQSmem(int d) => (2 * AttnBwdBlockM(d) + 2 * AttnBwdBlockN(d)) * Row(d) * 2 + 2 * AttnBwdBlockM(d) * 4;
+}
