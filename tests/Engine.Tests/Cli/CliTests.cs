@@ -1,0 +1,69 @@
+using System.CommandLine;
+using Engine.Cli.Commands;
+
+namespace Engine.Tests.Cli;
+
+[CollectionDefinition("console", DisableParallelization = true)]
+public sealed class ConsoleCollection;
+
+/// <summary>The engine command line: user mistakes give one line on stderr naming the problem and exit code 2.</summary>
+[Collection("console")]
+public class CliTests
+{
+    static (int Code, string Err) Run(params string[] args)
+    {
+        var root = new RootCommand("engine");
+        root.Subcommands.Add(TrainCommand.Create());
+        root.Subcommands.Add(EvalCommand.Create());
+        var err = new StringWriter();
+        var old = Console.Error;
+        Console.SetError(err);
+        try { return (Engine.Cli.Cli.Run(root, args), err.ToString()); }
+        finally { Console.SetError(old); }
+    }
+
+    [Fact]
+    public void UnknownConfigKeyIsOneLineNamingIt()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("c.toml"), "[train]\nsteps = 3\nbatchsize = 4\n[data]\ntrain = [\"a.txt\"]\n");
+        var (code, err) = Run("train", "--config", dir.File("c.toml"));
+        Assert.Equal(2, code);
+        Assert.Equal("error: unknown config key 'train.batchsize' (known keys here: seq_len, batch_size, grad_accum, steps, seed, z_loss, device, log_every, eval_every, eval_batches)", err.Trim());
+    }
+
+    [Fact]
+    public void MissingConfigAndMissingDataAreNamed()
+    {
+        var (code, err) = Run("train", "--config", "/nowhere/run.toml");
+        Assert.Equal(2, code);
+        Assert.Contains("/nowhere/run.toml", err);
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("c.toml"), "[data]\ntrain = [\"missing.txt\"]\n[train]\nsteps = 1\nseq_len = 8\n[model]\nhidden_size = 16\nintermediate_size = 16\nnum_layers = 1\nnum_heads = 2\n");
+        (code, err) = Run("train", "--config", dir.File("c.toml"));
+        Assert.Equal(2, code);
+        Assert.Contains("missing.txt", err);
+        Assert.Single(err.Trim().Split('\n'));
+    }
+
+    [Fact]
+    public void CudaDeviceWithoutTheBackendIsAClearError()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("c.toml"), "[data]\ntrain = [\"a.txt\"]\n");
+        var (code, err) = Run("train", "--config", dir.File("c.toml"), "--device", "cuda");
+        Assert.Equal(2, code);
+        Assert.Contains("cuda", err);
+    }
+
+    [Fact]
+    public void EvalWithNothingToEvaluateSaysSo()
+    {
+        using var dir = new TempDir();
+        using var m = Model.TestModels.Create(Model.TestModels.Tiny() with { VocabSize = 258 });
+        Engine.Model.IO.ModelIO.Save(m, dir.Path);
+        var (code, err) = Run("eval", "--model", dir.Path, "--tokenizer", "byte");
+        Assert.Equal(2, code);
+        Assert.Contains("nothing to evaluate", err);
+    }
+}
