@@ -37,8 +37,9 @@ public sealed class CudaDevice : IDisposable
         try { r = NativeMethods.cuInit(0); }
         catch (DllNotFoundException e) { reason = e.Message.StartsWith("no CUDA driver", StringComparison.Ordinal) ? e.Message : "no CUDA driver (libcuda.so.1 not found): " + e.Message; return false; }
         catch (EntryPointNotFoundException e) { reason = "no usable CUDA driver: " + e.Message; return false; }
-        if (r == CuResult.NoDevice) { reason = "no CUDA device (cuInit: CUDA_ERROR_NO_DEVICE)"; return false; }
-        if (r != CuResult.Success) { reason = "CUDA driver present but cuInit failed: " + Check.Describe(r); return false; }
+        // The driver library can be installed without a GPU (or without the kernel module): cuInit then fails with
+        // NO_DEVICE, UNKNOWN or OPERATING_SYSTEM — for the caller all of these mean "no CUDA device".
+        if (r != CuResult.Success) { reason = $"no CUDA device (cuInit: {Check.Describe(r)})"; return false; }
         if (NativeMethods.cuDeviceGetCount(out int count) != CuResult.Success || count == 0) { reason = "no CUDA device"; return false; }
         if (ordinal < 0 || ordinal >= count) { reason = $"CUDA device {ordinal} does not exist ({count} present)"; return false; }
         try
