@@ -3,6 +3,7 @@ using Engine.Cli;
 using Engine.Cli.Commands;
 
 var root = new RootCommand("engine: LLM training engine (CPU reference backend, CUDA kernels) for domain adaptation");
+root.Subcommands.Add(PrepareCommand.Create());
 root.Subcommands.Add(TrainCommand.Create());
 root.Subcommands.Add(BenchCommand.Create());
 root.Subcommands.Add(RecipeCommand.Create());
