@@ -69,11 +69,7 @@ public static unsafe class Gemm
             // Items spread over threads when that balances (each item then runs single-threaded);
             // otherwise items run one after another, each split across threads.
             bool spread = threads > 1 && (batchCount % threads == 0 || batchCount >= 4 * threads);
-            if (spread)
-            {
-                job.Tasks = threads;
-                if (GemmThreads.TryRun(threads, &BatchTask, &job)) return;
-            }
+            if (spread && GemmThreads.TryRun(threads, &BatchTask, &job)) return;
             for (int i = 0; i < batchCount; i++) RunOne(job.Item(i), spread ? 1 : MaxThreads);
         }
     }
@@ -182,7 +178,7 @@ public static unsafe class Gemm
     {
         public GemmProblem G;
         public long StrideA, StrideB, StrideC;
-        public int Count, Tasks;
+        public int Count, Next;
 
         public readonly GemmProblem Item(int i)
         {
@@ -192,11 +188,11 @@ public static unsafe class Gemm
         }
     }
 
+    /// <summary>Items are claimed one at a time, so a thread slowed by other load simply takes fewer.</summary>
     static void BatchTask(void* ctx, int t)
     {
         ref BatchJob job = ref *(BatchJob*)ctx;
-        int i0 = (int)((long)job.Count * t / job.Tasks), i1 = (int)((long)job.Count * (t + 1) / job.Tasks);
-        for (int i = i0; i < i1; i++) RunOne(job.Item(i), 1);
+        for (int i; (i = Interlocked.Increment(ref job.Next) - 1) < job.Count;) RunOne(job.Item(i), 1);
     }
 
     // ---- validation (public boundary only) --------------------------------------------------------------------
