@@ -1,5 +1,6 @@
 using Engine.Core;
 using Engine.Data;
+using Engine.Data.Shards;
 
 namespace Engine.Training;
 
@@ -25,10 +26,25 @@ public sealed class TokenCorpus
         foreach (var path in paths)
         {
             var tokens = new List<int>();
-            foreach (var doc in Documents.Read(path))
+            if (IsShard(path))
             {
-                tokens.AddRange(tokenizer.Encode(doc));
-                tokens.Add(tokenizer.EosId);
+                // pretokenized by `engine prepare`: documents are already ids of the same tokenizer
+                using var shard = ShardReader.Open(path, verifyChecksums: true);
+                if (shard.VocabSize > tokenizer.VocabSize)
+                    throw new InvalidDataException($"{path}: shard vocabulary {shard.VocabSize} is larger than the tokenizer's {tokenizer.VocabSize}; use the tokenizer.json written by engine prepare");
+                for (int d = 0; d < shard.DocumentCount; d++)
+                {
+                    tokens.AddRange(shard.Document(d));
+                    tokens.Add(tokenizer.EosId);
+                }
+            }
+            else
+            {
+                foreach (var doc in Documents.Read(path))
+                {
+                    tokens.AddRange(tokenizer.Encode(doc));
+                    tokens.Add(tokenizer.EosId);
+                }
             }
             if (tokens.Count < 2) throw new InvalidDataException($"{path}: no text to train on");
             int cut = (int)(tokens.Count * (1 - validFraction));
@@ -37,6 +53,9 @@ public sealed class TokenCorpus
         }
         return new TokenCorpus(tr.ToArray(), va.ToArray());
     }
+
+    /// <summary>A .bin/.idx token shard written by `engine prepare` (either file of the pair may be named).</summary>
+    public static bool IsShard(string path) => path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".idx", StringComparison.OrdinalIgnoreCase);
 
     public static TokenCorpus FromTokens(int[] train, int[] valid) => new(train, valid);
 

@@ -59,6 +59,32 @@ public class TrainerTests
     }
 
     [Fact]
+    public void TrainsFromATokenShardWrittenByPrepare()
+    {
+        using var dir = new TempDir();
+        var tok = new Engine.Data.ByteTokenizer();
+        string basePath = Path.Combine(dir.Path, "shard");
+        using (var w = new Engine.Data.Shards.ShardWriter(basePath, tok.VocabSize))
+        {
+            foreach (var doc in Engine.Data.Documents.Read(Path.Combine(DataDir(), "general_en", "tinyshakespeare.txt")).Take(40))
+                w.Add(tok.Encode(doc));
+            w.Complete();
+        }
+        var cfg = Small(Path.Combine(dir.Path, "out"), 3);
+        cfg.Data.Train = [basePath + ".bin"];
+        var r = new Trainer(cfg, CpuBackend.Instance).Run(TestContext.Current.CancellationToken);
+        Assert.Equal(3, r.Steps.Count);
+        Assert.All(r.Steps, s => Assert.True(double.IsFinite(s.Loss)));
+        // a corrupted shard is refused, naming the file
+        var bin = basePath + ".bin";
+        var bytes = File.ReadAllBytes(bin);
+        bytes[^3] ^= 0x5A;
+        File.WriteAllBytes(bin, bytes);
+        var e = Assert.ThrowsAny<Exception>(() => new Trainer(cfg, CpuBackend.Instance).Run(TestContext.Current.CancellationToken));
+        Assert.Contains("shard", e.Message);
+    }
+
+    [Fact]
     public void MissingDataFileIsNamed()
     {
         using var dir = new TempDir();
