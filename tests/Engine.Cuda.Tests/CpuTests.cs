@@ -216,7 +216,7 @@ public class AllocatorTests
     public void SizeClassesBoundWaste(long bytes, long expected)
     {
         Assert.Equal(expected, CachingAllocator.SizeClass(bytes));
-        Assert.True(CachingAllocator.SizeClass(bytes) <= Math.Max(512, bytes * 1.25 + 1));
+        Assert.True(CachingAllocator.SizeClass(bytes) <= Math.Max(bytes + 511, bytes * 1.25 + 1));
     }
 
     [Fact]

@@ -116,7 +116,7 @@ public sealed class GpuContext
     public float[] DownloadBf16(DevicePtr src, long count) => Bf16.ToFloats(Download<ushort>(src, count));
 }
 
-public static class Gpu
+public static class GpuTest
 {
     private static readonly Lazy<(GpuContext? Ctx, string Reason)> Shared = new(Open);
 

@@ -80,7 +80,9 @@ public static class NativeLibraryResolver
         }
         foreach (var dir in SearchDirectories(env, wheelDir))
         {
-            foreach (var c in CandidatesIn(dir, sonames))
+            var candidates = CandidatesIn(dir, sonames).ToList();
+            if (candidates.Count == 0) tried.Add(dir + "/");
+            foreach (var c in candidates)
             {
                 tried.Add(c);
                 if (TryLoad(library, c, out handle)) return new LibraryProbe(library, c, tried, null);
