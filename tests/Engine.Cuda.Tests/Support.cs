@@ -132,7 +132,7 @@ public static class GpuTest
     public static GpuContext Require()
     {
         var (ctx, reason) = Shared.Value;
-        if (ctx is null) Assert.Skip("no CUDA device: " + reason);
+        if (ctx is null) Assert.Skip(reason.StartsWith("no CUDA", StringComparison.Ordinal) ? reason : "no CUDA device: " + reason);
         ctx.Device.MakeCurrent();
         return ctx;
     }
