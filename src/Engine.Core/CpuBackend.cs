@@ -14,6 +14,8 @@ public sealed class CpuBackend : IBackend
 
     public string Name => "cpu";
 
+    public DType ActivationDType => DType.F32;
+
     public Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32) =>
         new(new CpuStorage(this, dtype, Shape.Numel(shape), zero: false), 0, shape.ToArray(), ownsStorage: true);
 

@@ -15,7 +15,7 @@ public static class F
         if (x.Rank != 2 || w.Rank != 2 || x.Shape[1] != w.Shape[1])
             throw new ArgumentException($"Linear: x {Shape.Format(x.Shape)} and weight {Shape.Format(w.Shape)} ({w.Name}) do not fit: expected x [N, {(w.Rank == 2 ? w.Shape[1] : -1)}]");
         var be = x.Backend;
-        var y = be.Empty([x.Shape[0], w.Shape[0]]);
+        var y = be.Empty([x.Shape[0], w.Shape[0]], x.DType);
         using (Profiler.Time("linear.fwd")) be.MatMul(x, false, w, true, y);
         if (Grad.Needs(x, w))
         {
@@ -25,7 +25,7 @@ public static class F
                 var dy = y.Grad!;
                 if (x.RequiresGrad)
                 {
-                    if (x.Grad == null) { x.Grad = be.Empty(x.Shape); if (x.IsParameter) x.Grad.Keep(); be.MatMul(dy, false, w, false, x.Grad); }
+                    if (x.Grad == null) { x.Grad = be.Empty(x.Shape, x.DType); if (x.IsParameter) x.Grad.Keep(); be.MatMul(dy, false, w, false, x.Grad); }
                     else be.MatMul(dy, false, w, false, x.Grad, 1f, 1f);
                 }
                 if (w.RequiresGrad) be.MatMul(dy, true, x, false, Grad.GradBuffer(w), 1f, 1f);
@@ -40,7 +40,7 @@ public static class F
         if (ids.DType != DType.I32 || ids.Rank != 1) throw new ArgumentException($"Embedding: ids must be int32 [N], got {ids.Describe()}");
         if (table.Rank != 2) throw new ArgumentException($"Embedding: table must be [V, C], got {table.Describe()}");
         var be = table.Backend;
-        var y = be.Empty([ids.Shape[0], table.Shape[1]]);
+        var y = be.Empty([ids.Shape[0], table.Shape[1]], be.ActivationDType);
         using (Profiler.Time("embedding.fwd")) be.EmbeddingForward(ids, table, y);
         if (Grad.Needs(table))
             Grad.Record(new LambdaNode([table], [y], () =>
@@ -55,7 +55,7 @@ public static class F
     {
         if (w.Rank != 1 || x.Rank != 2 || x.Shape[1] != w.Shape[0]) throw new ArgumentException($"RmsNorm: x {Shape.Format(x.Shape)} and weight {Shape.Format(w.Shape)} do not fit");
         var be = x.Backend;
-        var y = be.Empty(x.Shape);
+        var y = be.Empty(x.Shape, x.DType);
         var rstd = be.Empty([x.Shape[0]]);
         using (Profiler.Time("rmsnorm.fwd")) be.RmsNormForward(x, w, y, rstd, eps);
         if (Grad.Needs(x, w))
@@ -63,7 +63,7 @@ public static class F
             Grad.Record(new LambdaNode([x, w], [y], () =>
             {
                 using var prof = Profiler.Time("rmsnorm.bwd");
-                var dx = be.Empty(x.Shape);
+                var dx = be.Empty(x.Shape, x.DType);
                 var dw = w.RequiresGrad ? Grad.GradBuffer(w) : be.Zeros(w.Shape);
                 be.RmsNormBackward(y.Grad!, x, w, rstd, dx, dw);
                 Grad.AccumulateOwned(x, dx);
@@ -78,14 +78,14 @@ public static class F
         if (x.Rank != 2 || x.Shape[0] != batch * seqLen || x.Shape[1] != heads * p.HeadDim)
             throw new ArgumentException($"Rope: x {Shape.Format(x.Shape)} is not [B*T={batch * seqLen}, H*D={heads * p.HeadDim}]");
         var be = x.Backend;
-        var y = be.Empty(x.Shape);
+        var y = be.Empty(x.Shape, x.DType);
         using (Profiler.Time("rope.fwd")) be.Rope(x, y, p, batch, seqLen, heads, positionOffset, inverse: false);
         if (Grad.Needs(x))
         {
             Grad.Record(new LambdaNode([x], [y], () =>
             {
                 using var prof = Profiler.Time("rope.bwd");
-                var dx = be.Empty(x.Shape);
+                var dx = be.Empty(x.Shape, x.DType);
                 be.Rope(y.Grad!, dx, p, batch, seqLen, heads, positionOffset, inverse: true);
                 Grad.AccumulateOwned(x, dx);
             }));
@@ -102,7 +102,7 @@ public static class F
         Shape.Check(k, "k", n, d.KvRow);
         Shape.Check(v, "v", n, d.KvRow);
         var be = q.Backend;
-        var o = be.Empty(q.Shape);
+        var o = be.Empty(q.Shape, q.DType);
         var lse = be.Empty([d.Batch, d.Heads, d.SeqLen]);
         using (Profiler.Time("attention.fwd")) be.AttentionForward(q, k, v, o, lse, d);
         if (Grad.Needs(q, k, v))
@@ -110,9 +110,9 @@ public static class F
             Grad.Record(new LambdaNode([q, k, v], [o], () =>
             {
                 using var prof = Profiler.Time("attention.bwd");
-                var dq = be.Empty(q.Shape);
-                var dk = be.Empty(k.Shape);
-                var dv = be.Empty(v.Shape);
+                var dq = be.Empty(q.Shape, q.DType);
+                var dk = be.Empty(k.Shape, k.DType);
+                var dv = be.Empty(v.Shape, v.DType);
                 be.AttentionBackward(o.Grad!, q, k, v, o, lse, dq, dk, dv, d);
                 Grad.AccumulateOwned(q, dq);
                 Grad.AccumulateOwned(k, dk);
@@ -126,15 +126,15 @@ public static class F
     {
         if (!gate.Shape.AsSpan().SequenceEqual(up.Shape)) throw new ArgumentException($"SwiGlu: gate {Shape.Format(gate.Shape)} and up {Shape.Format(up.Shape)} differ");
         var be = gate.Backend;
-        var h = be.Empty(gate.Shape);
+        var h = be.Empty(gate.Shape, gate.DType);
         using (Profiler.Time("swiglu.fwd")) be.SwiGluForward(gate, up, h);
         if (Grad.Needs(gate, up))
         {
             Grad.Record(new LambdaNode([gate, up], [h], () =>
             {
                 using var prof = Profiler.Time("swiglu.bwd");
-                var dg = be.Empty(gate.Shape);
-                var du = be.Empty(up.Shape);
+                var dg = be.Empty(gate.Shape, gate.DType);
+                var du = be.Empty(up.Shape, up.DType);
                 be.SwiGluBackward(h.Grad!, gate, up, dg, du);
                 Grad.AccumulateOwned(gate, dg);
                 Grad.AccumulateOwned(up, du);
@@ -147,7 +147,7 @@ public static class F
     {
         if (!a.Shape.AsSpan().SequenceEqual(b.Shape)) throw new ArgumentException($"Add: shapes {Shape.Format(a.Shape)} and {Shape.Format(b.Shape)} differ");
         var be = a.Backend;
-        var y = be.Empty(a.Shape);
+        var y = be.Empty(a.Shape, a.DType);
         using (Profiler.Time("add.fwd")) be.Add(a, b, y);
         if (Grad.Needs(a, b))
         {
@@ -253,7 +253,7 @@ public static class F
             var seed = y.Grad!;
             Tensor? xGrad = x.RequiresGrad ? Grad.GradBuffer(x) : null;
             using var inner = new TensorScope();
-            var xi = be.Empty(x.Shape);
+            var xi = be.Empty(x.Shape, x.DType);
             be.Copy(x, xi);
             xi.RequiresGrad = true;
             var yi = fn(xi);

@@ -12,6 +12,12 @@ public interface IBackend
 {
     string Name { get; }
 
+    /// <summary>
+    /// Storage type of activations and their gradients (F32 on the CPU; BF16 on CUDA, where parameters, their
+    /// gradients, optimizer state and statistics such as rstd/lse/losses stay F32). Ops keep their input's dtype.
+    /// </summary>
+    DType ActivationDType { get; }
+
     Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32);
     Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32);
 

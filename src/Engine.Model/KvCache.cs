@@ -14,8 +14,8 @@ public sealed class KvCache : IDisposable
         V = new Tensor[cfg.NumLayers];
         for (int i = 0; i < cfg.NumLayers; i++)
         {
-            K[i] = backend.Zeros([maxLength, kv]).Keep();
-            V[i] = backend.Zeros([maxLength, kv]).Keep();
+            K[i] = backend.Zeros([maxLength, kv], backend.ActivationDType).Keep();
+            V[i] = backend.Zeros([maxLength, kv], backend.ActivationDType).Keep();
         }
     }
 

@@ -203,7 +203,7 @@ public sealed class LlamaModel : IDisposable
             var v = F.Linear(h, this[p + "self_attn.v_proj.weight"]);
             Backend.Copy(k, cache.K[i].Narrow0(offset, n));
             Backend.Copy(v, cache.V[i].Narrow0(offset, n));
-            var a = Backend.Empty(q.Shape);
+            var a = Backend.Empty(q.Shape, q.DType);
             Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset);
             x = F.Add(x, F.Linear(a, this[p + "self_attn.o_proj.weight"]));
             var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);

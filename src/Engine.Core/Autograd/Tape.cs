@@ -90,7 +90,7 @@ public static class Grad
         if (!t.RequiresGrad) return;
         if (t.Grad == null)
         {
-            t.Grad = t.Backend.Empty(t.Shape);
+            t.Grad = t.Backend.Empty(t.Shape, t.IsParameter ? DType.F32 : t.DType);
             if (t.IsParameter) t.Grad.Keep();
             t.Backend.Copy(g, t.Grad);
         }
