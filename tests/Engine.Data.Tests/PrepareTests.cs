@@ -27,7 +27,7 @@ public class PrepareTests
         enabled = true
         threshold = 0.05
         curated = ["data:finance_en/fomc_statements.jsonl"]
-        web = ["data:eval/tfns_test.jsonl"]
+        web = ["data:general_en/c4_demo.jsonl"]
         max_examples = 200
         [dedup]
         permutations = 64
