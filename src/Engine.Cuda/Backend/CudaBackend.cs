@@ -1,0 +1,499 @@
+using Engine.Core;
+using Engine.Cpu;
+using Engine.Cpu.Ops;
+using Engine.Cuda.Interop;
+using Engine.Cuda.Kernels;
+using static Engine.Cuda.Backend.CudaOpChecks;
+using AdamWStep = Engine.Cpu.Ops.AdamWStep;
+using KernelAdamWStep = Engine.Cuda.Kernels.AdamWStep;
+using RopeParams = Engine.Cpu.Ops.RopeParams;
+
+namespace Engine.Cuda.Backend;
+
+/// <summary>
+/// <see cref="IBackend"/> on one NVIDIA GPU: mixed precision on the hand-written kernels of native/ and cuBLAS.
+/// <list type="bullet">
+/// <item>Activations and their gradients are bf16 (<see cref="ActivationDType"/>); statistics (rstd, lse, per-row
+/// losses, the scalar loss), parameters (fp32 masters), their gradients and the AdamW moments are fp32.</item>
+/// <item>fp32 operands of bf16 kernels — parameters in GEMMs, the RMSNorm gain, the embedding table — are read
+/// through the storage's bf16 shadow (rule and lifetime: <see cref="CudaStorage"/>); the fused AdamW kernel refreshes
+/// master and shadow together.</item>
+/// <item>GEMMs: cuBLAS GemmEx, bf16 A/B, fp32 compute, C in c's dtype (weight gradients accumulate in fp32 with
+/// beta = 1).</item>
+/// <item>One stream for everything (the caching allocator's reuse is stream-ordered). Host↔device copies
+/// synchronize; scalar results (Sum, SumOfSquares, Ewc) are fixed-grid fp32 partials summed on the host in double.</item>
+/// <item>Every op runs on the GPU. Host work: bf16 rounding of uploaded floats, the embedding backward's bucket sort
+/// (from the host copy of the ids kept at upload; a download only when the ids were produced on the device).</item>
+/// </list>
+/// Thread use: the context is made current on whichever thread calls (checked per call, cheap); ops are not meant to
+/// run concurrently from several threads (one stream).
+/// </summary>
+public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
+{
+    private static readonly Lazy<(CudaBackend? Backend, string Reason)> SharedInstance = new(OpenShared);
+    [ThreadStatic] private static CudaBackend? _currentOnThread;
+
+    private readonly CublasContext _blas;
+    private readonly ExtrasKernels _extras;
+    private readonly RopeFrequencyCache _rope;
+    private bool _disposed;
+
+    public CudaBackend(CudaDevice device, KernelLibrary kernels)
+    {
+        Device = device;
+        Kernels = kernels;
+        device.MakeCurrent();
+        _currentOnThread = this;
+        Stream = new CudaStream();
+        Allocator = new CachingAllocator();
+        _blas = new CublasContext();
+        _extras = new ExtrasKernels(kernels);
+        _rope = new RopeFrequencyCache(UploadTable);
+    }
+
+    /// <summary>
+    /// The process-wide backend (kernels load once): opens device 0 and the kernel library on first call. False with
+    /// a one-line reason (no driver, no device, compute capability, kernels not built) — the reason is remembered.
+    /// </summary>
+    public static bool TryGetShared(out CudaBackend? backend, out string reason)
+    {
+        (backend, reason) = SharedInstance.Value;
+        return backend != null;
+    }
+
+    private static (CudaBackend?, string) OpenShared()
+    {
+        if (!CudaDevice.TryCreate(out var device, out string reason)) return (null, reason);
+        try
+        {
+            return (new CudaBackend(device!, KernelLibrary.Load(device!)), "");
+        }
+        catch (Exception e) when (e is DirectoryNotFoundException or CudaException or DllNotFoundException)
+        {
+            device!.Dispose();
+            return (null, e.Message);
+        }
+    }
+
+    public CudaDevice Device { get; }
+    public KernelLibrary Kernels { get; }
+    public CudaStream Stream { get; }
+    public CachingAllocator Allocator { get; }
+
+    public string Name => "cuda";
+    public DType ActivationDType => DType.BF16;
+
+    /// <summary>Distinct RoPE inv_freq tables on the device.</summary>
+    public int RopeTables => _rope.Count;
+
+    /// <summary>Waits for all enqueued work (benchmarks, tests).</summary>
+    public void Synchronize()
+    {
+        Enter();
+        Stream.Synchronize();
+    }
+
+    // ---- plumbing -------------------------------------------------------------------------------------------------
+
+    private void Enter()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_currentOnThread == this) return;
+        Device.MakeCurrent();
+        _currentOnThread = this;
+    }
+
+    private CudaStorage St(Tensor t)
+    {
+        if (t.Storage is CudaStorage s && ReferenceEquals(s.Backend, this)) return s;
+        throw new ArgumentException($"{t.Describe()} is not a tensor of this CUDA backend");
+    }
+
+    /// <summary>Address of t's first element, for reading.</summary>
+    private DevicePtr In(Tensor t) => St(t).Ptr.Offset(t.Offset, t.DType.Size());
+
+    /// <summary>Address of t's first element, for writing: records the write (stale shadows, host copies).</summary>
+    private DevicePtr Out(Tensor t)
+    {
+        var s = St(t);
+        s.MarkWritten();
+        return s.Ptr.Offset(t.Offset, t.DType.Size());
+    }
+
+    /// <summary>bf16 view of t for a kernel or GEMM: t itself when bf16, else its storage's shadow (re-cast if stale).</summary>
+    private DevicePtr Bf16In(Tensor t) => t.DType switch
+    {
+        DType.BF16 => In(t),
+        DType.F32 => St(t).Bf16Shadow(this).Offset(t.Offset, 2),
+        _ => throw new ArgumentException($"{t.Describe()} cannot be read as bf16"),
+    };
+
+    void IShadowCaster.CastF32ToBf16(DevicePtr dstBf16, DevicePtr srcF32, long count) => Kernels.Elementwise.CastF32ToBf16(Stream, dstBf16, srcF32, count);
+
+    private DeviceBuffer Scratch(long bytes) => Allocator.Allocate(Math.Max(1, bytes));
+
+    private DeviceBuffer UploadTable(float[] values)
+    {
+        var buf = Scratch((long)values.Length * sizeof(float));
+        Stream.CopyToDevice<float>(buf.Ptr, values);
+        return buf;
+    }
+
+    /// <summary>Sums the fixed-grid fp32 partials in double on the host (synchronizes).</summary>
+    private double SumPartials(DeviceBuffer partials)
+    {
+        Span<float> host = stackalloc float[ExtrasKernels.PartialBlocks];
+        Stream.CopyToHost(host, partials.Ptr);
+        double total = 0;
+        foreach (float x in host) total += x;
+        return total;
+    }
+
+    // ---- creation and transfer ------------------------------------------------------------------------------------
+
+    public Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32)
+    {
+        Enter();
+        return TensorFactory.Owning(new CudaStorage(this, Allocator, dtype, Shape.Numel(shape)), shape);
+    }
+
+    public Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32)
+    {
+        var t = Empty(shape, dtype);
+        if (t.Numel > 0) Stream.Memset(Out(t), 0, t.Numel * dtype.Size());   // 0 bits are 0 in all three dtypes
+        return t;
+    }
+
+    public void Upload(Tensor dst, ReadOnlySpan<float> src)
+    {
+        Enter();
+        if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
+        switch (dst.DType)
+        {
+            case DType.F32:
+                Stream.CopyToDevice(Out(dst), src);
+                break;
+            case DType.BF16:
+                var half = new ushort[src.Length];
+                BFloat16.FromFloat(src, half);
+                Stream.CopyToDevice<ushort>(Out(dst), half);
+                break;
+            default:
+                throw new ArgumentException($"upload of float values into {dst.Describe()}: use the int32 overload");
+        }
+    }
+
+    public void Upload(Tensor dst, ReadOnlySpan<int> src)
+    {
+        Enter();
+        if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
+        Is(dst, "Upload", "dst", DType.I32);
+        var s = St(dst);
+        Stream.CopyToDevice(s.Ptr.Offset(dst.Offset, 4), src);
+        s.UploadInts(dst.Offset, src);
+    }
+
+    public void Download(Tensor src, Span<float> dst)
+    {
+        Enter();
+        if (dst.Length < src.Numel) throw new ArgumentException($"download of {src.Describe()} into {dst.Length} values");
+        int n = checked((int)src.Numel);
+        switch (src.DType)
+        {
+            case DType.F32:
+                Stream.CopyToHost(dst[..n], In(src));
+                break;
+            case DType.BF16:
+                var half = new ushort[n];
+                Stream.CopyToHost<ushort>(half, In(src));
+                BFloat16.ToFloat(half, dst[..n]);
+                break;
+            case DType.I32:
+                var ints = new int[n];
+                Stream.CopyToHost<int>(ints, In(src));
+                for (int i = 0; i < n; i++) dst[i] = ints[i];
+                break;
+        }
+    }
+
+    public void Fill(Tensor t, float value)
+    {
+        Enter();
+        switch (t.DType)
+        {
+            case DType.F32: Kernels.Elementwise.FillF32(Stream, Out(t), value, t.Numel); break;
+            case DType.BF16: Kernels.Elementwise.FillBf16(Stream, Out(t), value, t.Numel); break;
+            case DType.I32: _extras.FillI32(Stream, Out(t), checked((int)value), t.Numel); break;
+        }
+    }
+
+    public void Copy(Tensor src, Tensor dst)
+    {
+        Enter();
+        if (src.Numel != dst.Numel) throw new ArgumentException($"copy {src.Describe()} → {dst.Describe()}: sizes differ");
+        var from = In(src);
+        if (src.DType == dst.DType) Stream.CopyDeviceToDevice(Out(dst), from, src.Numel * src.DType.Size());
+        else if (src.DType == DType.F32 && dst.DType == DType.BF16) Kernels.Elementwise.CastF32ToBf16(Stream, Out(dst), from, src.Numel);
+        else if (src.DType == DType.BF16 && dst.DType == DType.F32) Kernels.Elementwise.CastBf16ToF32(Stream, Out(dst), from, src.Numel);
+        else throw new ArgumentException($"copy {src.Describe()} → {dst.Describe()}: no {src.DType} → {dst.DType} conversion");
+    }
+
+    // ---- GEMM and element-wise ------------------------------------------------------------------------------------
+
+    public void MatMul(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
+    {
+        Enter();
+        var (m, n, k) = CudaOpChecks.MatMul(a, transA, b, transB, c);
+        var pa = Bf16In(a);
+        var pb = Bf16In(b);
+        _blas.Gemm(Stream, transA, transB, m, n, k, pa, pb, Out(c), alpha, beta,
+            c.DType == DType.F32 ? CudaDataType.R32F : CudaDataType.R16BF);
+    }
+
+    public void Add(Tensor a, Tensor b, Tensor y)
+    {
+        Enter();
+        SameNumel(a, b, "Add"); SameNumel(a, y, "Add");
+        if (a.DType != b.DType || a.DType != y.DType || a.DType == DType.I32)
+            throw new ArgumentException($"Add: {a.Describe()}, {b.Describe()} → {y.Describe()} must share one float dtype");
+        if (a.DType == DType.BF16) Kernels.Elementwise.AddBf16(Stream, Out(y), In(a), In(b), a.Numel);
+        else Kernels.Elementwise.AddF32(Stream, Out(y), In(a), In(b), a.Numel);
+    }
+
+    public void AddInPlace(Tensor acc, Tensor x, float alpha)
+    {
+        Enter();
+        SameNumel(acc, x, "AddInPlace");
+        IsFloat(acc, "AddInPlace", "acc"); IsFloat(x, "AddInPlace", "x");
+        var px = In(x);
+        var pacc = Out(acc);
+        long n = acc.Numel;
+        switch (acc.DType, x.DType)
+        {
+            case (DType.F32, DType.F32): Kernels.Elementwise.AxpyF32(Stream, pacc, px, alpha, n); break;
+            case (DType.F32, DType.BF16):
+                if (alpha == 1f) Kernels.Elementwise.AccumulateBf16F32(Stream, pacc, px, n);
+                else _extras.AxpyF32Bf16(Stream, pacc, px, alpha, n);
+                break;
+            case (DType.BF16, DType.BF16):
+                if (alpha == 1f) Kernels.Elementwise.AddBf16(Stream, pacc, pacc, px, n);
+                else _extras.AxpyBf16(Stream, pacc, px, alpha, n);
+                break;
+            default: _extras.AxpyBf16F32(Stream, pacc, px, alpha, n); break;
+        }
+    }
+
+    public void Scale(Tensor t, float s)
+    {
+        Enter();
+        IsFloat(t, "Scale", "t");
+        var p = Out(t);
+        if (t.DType == DType.BF16) Kernels.Elementwise.ScaleBf16(Stream, p, p, s, t.Numel);
+        else Kernels.Elementwise.ScaleF32(Stream, p, p, s, t.Numel);
+    }
+
+    public double SumOfSquares(Tensor t)
+    {
+        Enter();
+        IsFloat(t, "SumOfSquares", "t");
+        using var partials = Scratch(ExtrasKernels.PartialBlocks * sizeof(float));
+        if (t.DType == DType.BF16) Kernels.AdamW.GradNormPartialBf16(Stream, partials.Ptr, 0, In(t), t.Numel);
+        else Kernels.AdamW.GradNormPartialF32(Stream, partials.Ptr, 0, In(t), t.Numel);
+        return SumPartials(partials);
+    }
+
+    public double Sum(Tensor t)
+    {
+        Enter();
+        IsFloat(t, "Sum", "t");
+        using var partials = Scratch(ExtrasKernels.PartialBlocks * sizeof(float));
+        _extras.SumPartial(Stream, partials.Ptr, In(t), t.Numel, t.DType == DType.BF16);
+        return SumPartials(partials);
+    }
+
+    // ---- fused ops ------------------------------------------------------------------------------------------------
+
+    public void RmsNormForward(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps)
+    {
+        Enter();
+        int rows = RmsNormRows(x, w, y, rstd, "RmsNormForward");
+        int cols = checked((int)w.Numel);
+        var pw = Bf16In(w);
+        Kernels.RmsNorm.Forward(Stream, Out(y), Out(rstd), In(x), pw, rows, cols, eps);
+    }
+
+    public void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate)
+    {
+        Enter();
+        int rows = RmsNormRows(x, w, dx, rstd, "RmsNormBackward");
+        Is(dy, "RmsNormBackward", "dy", DType.BF16);
+        SameNumel(dy, x, "RmsNormBackward");
+        Is(dwAccumulate, "RmsNormBackward", "dw", DType.F32);
+        Numel(dwAccumulate, "RmsNormBackward", "dw", w.Numel);
+        int cols = checked((int)w.Numel);
+        var pw = Bf16In(w);
+        using var partial = Scratch(RmsNormKernels.PartialBytes(rows, cols));
+        Kernels.RmsNorm.Backward(Stream, Out(dx), Out(dwAccumulate), In(dy), In(x), pw, In(rstd), rows, cols, partial.Ptr, accumulateDw: true);
+    }
+
+    public void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse)
+    {
+        Enter();
+        CudaOpChecks.Rope(x, y, p, batch, seqLen, heads);
+        var inv = _rope.Get(p);
+        float lin = RopeFrequencyCache.LinearFactor(p);
+        var px = In(x);
+        if (inverse) Kernels.Rope.Backward(Stream, Out(y), px, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin);
+        else Kernels.Rope.Forward(Stream, Out(y), px, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin);
+    }
+
+    private static AttentionShape ShapeOf(AttentionCpu.Dims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
+
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionCpu.Dims d)
+    {
+        Enter();
+        Attention("AttentionForward", d, q, k, v, o, lse);
+        Kernels.Attention.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
+    }
+
+    public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionCpu.Dims d)
+    {
+        Enter();
+        const string op = "AttentionBackward";
+        Attention(op, d, q, k, v, o, lse);
+        Attention(op, d, dq, dk, dv, dout, lse);
+        var shape = ShapeOf(d);
+        using var delta = Scratch(shape.LseBytes);
+        Kernels.Attention.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv), delta.Ptr, causal: true);
+    }
+
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)
+    {
+        Enter();
+        int n = Decode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset);
+        _extras.AttentionDecode(Stream, In(q), In(kCache), In(vCache), Out(o), n, heads, kvHeads, headDim, positionOffset);
+    }
+
+    public void SwiGluForward(Tensor gate, Tensor up, Tensor h)
+    {
+        Enter();
+        foreach (var (t, role) in new[] { (gate, "gate"), (up, "up"), (h, "h") }) Is(t, "SwiGluForward", role, DType.BF16);
+        SameNumel(gate, up, "SwiGluForward"); SameNumel(gate, h, "SwiGluForward");
+        Kernels.SwiGlu.Forward(Stream, Out(h), In(gate), In(up), gate.Numel);
+    }
+
+    public void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup)
+    {
+        Enter();
+        foreach (var (t, role) in new[] { (dh, "dh"), (gate, "gate"), (up, "up"), (dgate, "dgate"), (dup, "dup") }) Is(t, "SwiGluBackward", role, DType.BF16);
+        SameNumel(gate, up, "SwiGluBackward"); SameNumel(gate, dh, "SwiGluBackward");
+        SameNumel(gate, dgate, "SwiGluBackward"); SameNumel(gate, dup, "SwiGluBackward");
+        var (pdh, pg, pu) = (In(dh), In(gate), In(up));
+        Kernels.SwiGlu.Backward(Stream, Out(dgate), Out(dup), pdh, pg, pu, gate.Numel);
+    }
+
+    public void EmbeddingForward(Tensor ids, Tensor table, Tensor y)
+    {
+        Enter();
+        var (tokens, vocab, cols) = Embedding(ids, table, y, "EmbeddingForward", DType.BF16);
+        IsFloat(table, "EmbeddingForward", "table");
+        var pt = Bf16In(table);
+        Kernels.Embedding.Forward(Stream, Out(y), pt, In(ids), tokens, vocab, cols);
+    }
+
+    public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate)
+    {
+        Enter();
+        var (tokens, vocab, cols) = Embedding(ids, dtableAccumulate, dy, "EmbeddingBackward", DType.BF16);
+        Is(dtableAccumulate, "EmbeddingBackward", "dtable", DType.F32);
+        // the bucket sort runs on the host from the ids' host copy (kept at upload); ids computed on the device are
+        // downloaded once here
+        int[]? downloaded = null;
+        if (!St(ids).TryHostInts(ids.Offset, tokens, out var hostIds))
+        {
+            downloaded = new int[tokens];
+            if (tokens > 0) Stream.CopyToHost<int>(downloaded, In(ids));
+            hostIds = downloaded;
+        }
+        var b = EmbeddingKernels.BuildBuckets(hostIds, vocab);
+        if (b.Buckets == 0) return;
+        // one upload: order [N] | bucket_start [U + 1] | bucket_id [U]
+        var packed = new int[b.Order.Length + b.BucketStart.Length + b.BucketId.Length];
+        b.Order.CopyTo(packed, 0);
+        b.BucketStart.CopyTo(packed, b.Order.Length);
+        b.BucketId.CopyTo(packed, b.Order.Length + b.BucketStart.Length);
+        using var dev = Scratch((long)packed.Length * sizeof(int));
+        Stream.CopyToDevice<int>(dev.Ptr, packed);
+        var order = dev.Ptr;
+        var start = order.Offset(b.Order.Length, sizeof(int));
+        var id = start.Offset(b.BucketStart.Length, sizeof(int));
+        Kernels.Embedding.Backward(Stream, Out(dtableAccumulate), In(dy), order, start, id, b.Buckets, cols);
+    }
+
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+    {
+        Enter();
+        var (rows, vocab) = CudaOpChecks.CrossEntropy(logits, targets, losses, lse);
+        var pt = In(targets);
+        if (writeGradient)
+            Kernels.CrossEntropy.ForwardBackward(Stream, Out(logits), Out(losses), Out(lse), pt, DevicePtr.Null, gradScale, rows, vocab, zLoss);
+        else
+            Kernels.CrossEntropy.Forward(Stream, In(logits), Out(losses), Out(lse), pt, rows, vocab, zLoss);
+    }
+
+    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step)
+    {
+        Enter();
+        const string op = "AdamW";
+        Is(param, op, "param", DType.F32); Is(m, op, "m", DType.F32); Is(v, op, "v", DType.F32); IsFloat(grad, op, "grad");
+        SameNumel(param, grad, op); SameNumel(param, m, op); SameNumel(param, v, op);
+        if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), "AdamW step counts from 1");
+        var s = St(param);
+        var master = In(param);
+        var pg = In(grad);
+        var (pm, pv) = (Out(m), Out(v));
+        var shadow = s.BeginFusedUpdate(param.Offset, param.Numel, param.IsParameter);
+        var ks = new KernelAdamWStep(step.Lr, step.Beta1, step.Beta2, step.Eps, step.WeightDecay, step.Step);
+        if (grad.DType == DType.BF16) Kernels.AdamW.UpdateBf16Grad(Stream, master, shadow, pm, pv, pg, param.Numel, ks, step.GradScale);
+        else Kernels.AdamW.UpdateF32(Stream, master, shadow, pm, pv, pg, param.Numel, ks, step.GradScale);
+        s.EndFusedUpdate(shadow);
+    }
+
+    public double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda)
+    {
+        Enter();
+        const string op = "Ewc";
+        foreach (var (t, role) in new[] { (param, "param"), (anchor, "anchor"), (fisher, "fisher"), (grad, "grad") })
+        {
+            Is(t, op, role, DType.F32);
+            SameNumel(param, t, op);
+        }
+        using var partials = Scratch(ExtrasKernels.PartialBlocks * sizeof(float));
+        var (pp, pa, pf) = (In(param), In(anchor), In(fisher));
+        _extras.EwcPartial(Stream, partials.Ptr, Out(grad), pp, pa, pf, lambda, param.Numel);
+        return 0.5 * lambda * SumPartials(partials);
+    }
+
+    public void AddSquare(Tensor acc, Tensor x)
+    {
+        Enter();
+        Is(acc, "AddSquare", "acc", DType.F32); Is(x, "AddSquare", "x", DType.F32);
+        SameNumel(acc, x, "AddSquare");
+        var px = In(x);
+        _extras.AddSquareF32(Stream, Out(acc), px, acc.Numel);
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        Device.MakeCurrent();
+        Stream.Synchronize();
+        _disposed = true;
+        _rope.Dispose();
+        _blas.Dispose();
+        Allocator.Dispose();
+        Stream.Dispose();
+        Kernels.Dispose();
+        if (_currentOnThread == this) _currentOnThread = null;
+    }
+}
