@@ -25,6 +25,10 @@ public static class GradCheck
         Assert.True(bad.Count == 0, $"{what}: mismatch (rtol {rtol}, atol {atol}): {string.Join("; ", bad)}");
     }
 
+    /// <summary>Compares against a JSON array of numbers (an external oracle's output).</summary>
+    public static void AssertCloseTo(float[] got, System.Text.Json.JsonElement expected, string what, double rtol, double atol) =>
+        AssertClose(got, expected.EnumerateArray().Select(e => e.GetDouble()).ToArray(), what, rtol, atol);
+
     public static double[] RandomArray(Rng rng, int n, double scale = 1.0)
     {
         var a = new double[n];
