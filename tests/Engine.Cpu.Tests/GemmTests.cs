@@ -62,7 +62,6 @@ public class GemmTests
             (200, 160, 130),  // split m, 17 row units
             (1000, 800, 20),  // split m, B shared in 3 column blocks (double buffer reused)
             (40, 400, 400),   // split n, two k blocks
-            (1160, 1280, 8),  // split n (40 column panels divide evenly), A shared in 2 row blocks
             (9240, 40, 12),   // split m, 4620 rows per thread packed in 2 pieces (MaxPrivateRows 4608)
             (40, 9300, 12),   // split n, 4650 columns per thread packed in 2 pieces (MaxPrivateCols 4608)
             (3, 50, 40), (50, 3, 40), // thin: unpacked path
@@ -81,6 +80,28 @@ public class GemmTests
         var rng = new Random(m * 7919 + n * 131 + k * 17 + (ta ? 1 : 0) + (tb ? 2 : 0));
         Check(rng, ta, tb, m, n, k, 1f, 0f);
         Check(rng, ta, tb, m, n, k, -0.5f, 1.5f, padA: 3, padB: 5, padC: 7);
+    }
+
+    [Theory]
+    [InlineData(1)] // serial blocked driver on sizes that would otherwise be threaded
+    [InlineData(3)]
+    [InlineData(4)] // 1160 x 1280: split n (40 column panels / 4), A shared in 2 row blocks of MC
+    public void Sgemm_OtherThreadCounts_MatchReference(int threads)
+    {
+        // Gemm.MaxThreads is process-wide; only this class calls Gemm in this test process, one test at a time.
+        int saved = Gemm.MaxThreads;
+        Gemm.MaxThreads = threads;
+        try
+        {
+            var rng = new Random(threads);
+            foreach (bool ta in new[] { false, true })
+                foreach (bool tb in new[] { false, true })
+                {
+                    Check(rng, ta, tb, 1160, 1280, 8, 1f, 0.5f);
+                    Check(rng, ta, tb, 515, 301, 50, -1f, 0f, padA: 1, padC: 2);
+                }
+        }
+        finally { Gemm.MaxThreads = saved; }
     }
 
     [Fact]
