@@ -39,11 +39,16 @@ public static class Cli
     static bool IsUserError(Exception e) => e is ConfigException or FileNotFoundException or DirectoryNotFoundException
         or InvalidDataException or ArgumentException or NotSupportedException;
 
-    /// <summary>The backend for --device / train.device.</summary>
+    /// <summary>
+    /// The backend for --device / train.device. "cuda" is the process-wide CudaBackend (device 0, kernels loaded once);
+    /// without a usable GPU it throws NotSupportedException with the reason (no driver, no device, kernels not built).
+    /// </summary>
     public static IBackend Backend(string device) => device switch
     {
         "cpu" => CpuBackend.Instance,
-        "cuda" => throw new NotSupportedException("device 'cuda': the CUDA backend is not part of this build yet (kernels are in native/; use device = \"cpu\")"),
+        "cuda" => Engine.Cuda.Backend.CudaBackend.TryGetShared(out var cuda, out string reason)
+            ? cuda!
+            : throw new NotSupportedException($"device 'cuda': {reason}: use device = \"cpu\""),
         _ => throw new ArgumentException($"unknown device '{device}' (cpu or cuda)"),
     };
 }
