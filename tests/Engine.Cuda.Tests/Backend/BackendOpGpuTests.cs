@@ -1,0 +1,363 @@
+using Engine.Core;
+using Engine.Cpu.Ops;
+using Engine.Cuda.Backend;
+
+namespace Engine.Cuda.Tests.Backend;
+
+/// <summary>Every IBackend op of CudaBackend against CpuBackend on the same bf16-representable random inputs.</summary>
+[Collection("gpu")]
+public class BackendOpGpuTests
+{
+    private static readonly CpuBackend Cpu = CpuBackend.Instance;
+
+    [Fact]
+    public void TransfersCastsAndFillsAtEveryLength()
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(1);
+        for (int n = 0; n <= 256; n++)
+        {
+            float[] f = Data.Floats(rng, n, 3f);
+            var f32 = be.Empty([n]);
+            be.Upload(f32, f);
+            Assert.Equal(f, f32.Host());                                   // exact
+            var b16 = be.Empty([n], DType.BF16);
+            be.Upload(b16, f);
+            var rounded = f.Select(Bf16.Round).ToArray();
+            Assert.Equal(rounded, b16.Host());                             // host rounding = round to nearest even
+            var cast = be.Empty([n], DType.BF16);
+            be.Copy(f32, cast);                                            // device cast_f32_to_bf16
+            Assert.Equal(rounded, cast.Host());
+            var back = be.Empty([n]);
+            be.Copy(cast, back);
+            Assert.Equal(rounded, back.Host());
+            var ints = Enumerable.Range(0, n).Select(i => i * 7 - 100).ToArray();
+            var i32 = be.Empty([n], DType.I32);
+            be.Upload(i32, ints);
+            Assert.Equal(ints.Select(i => (float)i).ToArray(), i32.Host());
+            be.Fill(f32, -1.25f); be.Fill(b16, 0.1f); be.Fill(i32, 42);
+            Assert.All(f32.Host(), x => Assert.Equal(-1.25f, x));
+            Assert.All(b16.Host(), x => Assert.Equal(Bf16.Round(0.1f), x));
+            Assert.All(i32.Host(), x => Assert.Equal(42f, x));
+            Assert.All(be.Zeros([n], DType.BF16).Host(), x => Assert.Equal(0f, x));
+        }
+        var big = be.Empty([10, 3]);
+        be.Upload(big, Enumerable.Range(0, 30).Select(i => (float)i).ToArray());
+        Assert.Equal(Enumerable.Range(6, 6).Select(i => (float)i).ToArray(), big.Narrow0(2, 2).Host());   // views honour the offset
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(255)]
+    [InlineData(100_003)]
+    public void ElementwiseOpsAndReductions(int n)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(n);
+        float[] a = Data.Bf16Values(rng, n, 2f), b = Data.Bf16Values(rng, n, 2f);
+        var (ga, ca) = be.Pair(a, [n], DType.BF16);
+        var (gb, cb) = be.Pair(b, [n], DType.BF16);
+        var gy = be.Empty([n], DType.BF16); var cy = Cpu.Empty([n]);
+        be.Add(ga, gb, gy); Cpu.Add(ca, cb, cy);
+        BackendTol.Elementwise(gy.Host(), cy.Span.ToArray().Select(Bf16.Round).ToArray(), "add bf16");
+
+        foreach (float alpha in new[] { 1f, -0.5f })
+            foreach (var (accType, xType) in new[] { (DType.F32, DType.F32), (DType.F32, DType.BF16), (DType.BF16, DType.BF16), (DType.BF16, DType.F32) })
+            {
+                var (gacc, cacc) = be.Pair(a, [n], accType);
+                var (gx, cx) = be.Pair(b, [n], xType);
+                be.AddInPlace(gacc, gx, alpha); Cpu.AddInPlace(cacc, cx, alpha);
+                var want = cacc.Span.ToArray();
+                if (accType == DType.BF16) want = want.Select(Bf16.Round).ToArray();
+                if (accType == DType.F32) Tol.Close(gacc.Host(), want, 1e-6f, 1e-6f, $"axpy {accType} += {alpha} {xType}");
+                else BackendTol.Elementwise(gacc.Host(), want, $"axpy {accType} += {alpha} {xType}");
+            }
+
+        foreach (var dt in new[] { DType.F32, DType.BF16 })
+        {
+            var (g, c) = be.Pair(a, [n], dt);
+            Assert.Equal(Cpu.Sum(c), be.Sum(g), Math.Max(1e-3, 1e-5 * n));
+            Assert.Equal(Cpu.SumOfSquares(c), be.SumOfSquares(g), 1e-5 * Cpu.SumOfSquares(c) + 1e-6);
+            Assert.Equal(be.Sum(g), be.Sum(g));                              // fixed grid: bitwise repeatable
+            be.Scale(g, -3f); Cpu.Scale(c, -3f);
+            var want = c.Span.ToArray();
+            if (dt == DType.BF16) want = want.Select(Bf16.Round).ToArray();
+            BackendTol.Elementwise(g.Host(), want, $"scale {dt}");
+        }
+        var (ff, cf) = be.Pair(a, [n], DType.F32);
+        var (fx, cx2) = be.Pair(b, [n], DType.F32);
+        be.AddSquare(ff, fx); Cpu.AddSquare(cf, cx2);
+        Tol.Close(ff.Host(), cf.Span.ToArray(), 1e-6f, 1e-6f, "add square");
+    }
+
+    [Theory]
+    [InlineData(false, false, 128, 256, 128)]
+    [InlineData(false, true, 128, 384, 256)]
+    [InlineData(true, false, 256, 128, 128)]
+    [InlineData(true, true, 64, 64, 96)]
+    [InlineData(false, true, 5, 123, 123)]
+    public void MatMulThroughParameterShadows(bool transA, bool transB, int m, int n, int k)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(m * 7 + n + k);
+        int[] aShape = transA ? [k, m] : [m, k], bShape = transB ? [n, k] : [k, n];
+        var (ga, ca) = be.Pair(Data.Bf16Values(rng, (long)m * k), aShape, DType.BF16);
+        var (gw, cw) = be.Pair(Data.Bf16Values(rng, (long)k * n, 0.5f), bShape, DType.F32);   // an fp32 "parameter"
+        gw.IsParameter = true;
+        var gc = be.Empty([m, n], DType.BF16); var cc = Cpu.Empty([m, n]);
+        be.MatMul(ga, transA, gw, transB, gc); Cpu.MatMul(ca, transA, cw, transB, cc);
+        BackendTol.Tensor(gc.Host(), cc.Span.ToArray(), "matmul bf16 out");
+
+        // fp32 accumulation with beta = 1 (weight gradients)
+        float[] init = Data.Floats(rng, (long)m * n);
+        var (gacc, cacc) = be.Pair(init, [m, n], DType.F32);
+        be.MatMul(ga, transA, gw, transB, gacc, 0.5f, 1f); Cpu.MatMul(ca, transA, cw, transB, cacc, 0.5f, 1f);
+        Tol.Close(gacc.Host(), cacc.Span.ToArray(), BackendTol.StatAtol * k, BackendTol.StatRtol, "matmul fp32 accumulate");
+
+        // a new upload makes the shadow stale: the next GEMM sees the new values
+        float[] w2 = Data.Bf16Values(rng, (long)k * n, 0.5f);
+        be.Upload(gw, w2); Cpu.Upload(cw, w2);
+        be.MatMul(ga, transA, gw, transB, gc); Cpu.MatMul(ca, transA, cw, transB, cc);
+        BackendTol.Tensor(gc.Host(), cc.Span.ToArray(), "matmul after re-upload");
+        Assert.True(((CudaStorage)gw.Storage).ShadowIsCurrent);
+    }
+
+    [Theory]
+    [InlineData(128, 256)]
+    [InlineData(615, 123)]
+    public void RmsNormForwardBackward(int rows, int cols)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(rows + cols);
+        var (gx, cx) = be.Pair(Data.Bf16Values(rng, (long)rows * cols, 2f), [rows, cols], DType.BF16);
+        var (gw, cw) = be.Pair(Data.Bf16Values(rng, cols, 1.5f), [cols], DType.F32);
+        var gy = be.Empty([rows, cols], DType.BF16); var cy = Cpu.Empty([rows, cols]);
+        var gr = be.Empty([rows]); var cr = Cpu.Empty([rows]);
+        be.RmsNormForward(gx, gw, gy, gr, 1e-5f); Cpu.RmsNormForward(cx, cw, cy, cr, 1e-5f);
+        BackendTol.Elementwise(gy.Host(), cy.Span.ToArray(), "rmsnorm y");
+        BackendTol.Stat(gr.Host(), cr.Span.ToArray(), "rmsnorm rstd");
+
+        var (gdy, cdy) = be.Pair(Data.Bf16Values(rng, (long)rows * cols), [rows, cols], DType.BF16);
+        var gdx = be.Empty([rows, cols], DType.BF16); var cdx = Cpu.Empty([rows, cols]);
+        var (gdw, cdw) = be.Pair(Data.Floats(rng, cols), [cols], DType.F32);
+        var rstdRef = Up(be, cr.Span.ToArray());   // both backwards read the same rstd: only the backward's error is measured
+        be.RmsNormBackward(gdy, gx, gw, rstdRef, gdx, gdw);
+        Cpu.RmsNormBackward(cdy, cx, cw, cr, cdx, cdw);
+        BackendTol.Tensor(gdx.Host(), cdx.Span.ToArray(), "rmsnorm dx");
+        BackendTol.Tensor(gdw.Host(), cdw.Span.ToArray(), "rmsnorm dw (accumulated)");
+    }
+
+    private static Tensor Up(CudaBackend be, float[] values)
+    {
+        var t = be.Empty([values.Length]);
+        be.Upload(t, values);
+        return t;
+    }
+
+    [Theory]
+    [InlineData(2, 37, 4, 64, 0, RopeScalingKind.None, 1.0)]
+    [InlineData(1, 16, 2, 128, 16380, RopeScalingKind.Linear, 4.0)]
+    [InlineData(1, 9, 3, 64, 4096, RopeScalingKind.Ntk, 8.0)]
+    public void RopeForwardAndInverse(int batch, int seq, int heads, int d, int offset, RopeScalingKind kind, double factor)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(seq * d);
+        var p = new RopeParams(d, 10000, kind, factor);
+        int[] shape = [batch * seq, heads * d];
+        var (gx, cx) = be.Pair(Data.Bf16Values(rng, (long)batch * seq * heads * d), shape, DType.BF16);
+        foreach (bool inverse in new[] { false, true })
+        {
+            var gy = be.Empty(shape, DType.BF16); var cy = Cpu.Empty(shape);
+            be.Rope(gx, gy, p, batch, seq, heads, offset, inverse); Cpu.Rope(cx, cy, p, batch, seq, heads, offset, inverse);
+            BackendTol.Elementwise(gy.Host(), cy.Span.ToArray(), $"rope inverse={inverse}");
+        }
+        be.Rope(gx, gx, p, batch, seq, heads, offset, false);   // in place
+        var cy2 = Cpu.Empty(shape); Cpu.Rope(cx, cy2, p, batch, seq, heads, offset, false);
+        BackendTol.Elementwise(gx.Host(), cy2.Span.ToArray(), "rope in place");
+    }
+
+    [Theory]
+    [InlineData(2, 100, 4, 2, 64)]
+    [InlineData(1, 64, 8, 8, 128)]
+    [InlineData(3, 17, 8, 1, 64)]
+    public void AttentionForwardBackward(int batch, int seq, int heads, int kvHeads, int d)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(seq * heads + d);
+        var dims = new AttentionCpu.Dims(batch, seq, heads, kvHeads, d);
+        int n = batch * seq;
+        var (gq, cq) = be.Pair(Data.Bf16Values(rng, (long)n * dims.QRow), [n, dims.QRow], DType.BF16);
+        var (gk, ck) = be.Pair(Data.Bf16Values(rng, (long)n * dims.KvRow), [n, dims.KvRow], DType.BF16);
+        var (gv, cv) = be.Pair(Data.Bf16Values(rng, (long)n * dims.KvRow), [n, dims.KvRow], DType.BF16);
+        var go = be.Empty([n, dims.QRow], DType.BF16); var co = Cpu.Empty([n, dims.QRow]);
+        var gl = be.Empty([batch, heads, seq]); var cl = Cpu.Empty([batch, heads, seq]);
+        be.AttentionForward(gq, gk, gv, go, gl, dims); Cpu.AttentionForward(cq, ck, cv, co, cl, dims);
+        BackendTol.Tensor(go.Host(), co.Span.ToArray(), "attention o");
+        BackendTol.Stat(gl.Host(), cl.Span.ToArray(), "attention lse");
+
+        var (gdo, cdo) = be.Pair(Data.Bf16Values(rng, (long)n * dims.QRow), [n, dims.QRow], DType.BF16);
+        var gdq = be.Empty([n, dims.QRow], DType.BF16); var cdq = Cpu.Empty([n, dims.QRow]);
+        var gdk = be.Empty([n, dims.KvRow], DType.BF16); var cdk = Cpu.Empty([n, dims.KvRow]);
+        var gdv = be.Empty([n, dims.KvRow], DType.BF16); var cdv = Cpu.Empty([n, dims.KvRow]);
+        be.AttentionBackward(gdo, gq, gk, gv, go, gl, gdq, gdk, gdv, dims);
+        Cpu.AttentionBackward(cdo, cq, ck, cv, co, cl, cdq, cdk, cdv, dims);
+        BackendTol.Tensor(gdq.Host(), cdq.Span.ToArray(), "attention dq");
+        BackendTol.Tensor(gdk.Host(), cdk.Span.ToArray(), "attention dk");
+        BackendTol.Tensor(gdv.Host(), cdv.Span.ToArray(), "attention dv");
+    }
+
+    [Theory]
+    [InlineData(1, 0, 4, 2, 64)]
+    [InlineData(5, 37, 4, 2, 64)]
+    [InlineData(1, 300, 8, 8, 128)]
+    [InlineData(7, 0, 2, 1, 32)]
+    public void AttentionDecodeAgainstTheCache(int n, int offset, int heads, int kvHeads, int d)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(n + offset + d);
+        int len = offset + n, cap = len + 3;
+        var (gq, cq) = be.Pair(Data.Bf16Values(rng, (long)n * heads * d), [n, heads * d], DType.BF16);
+        var (gk, ck) = be.Pair(Data.Bf16Values(rng, (long)cap * kvHeads * d), [cap, kvHeads * d], DType.BF16);
+        var (gv, cv) = be.Pair(Data.Bf16Values(rng, (long)cap * kvHeads * d), [cap, kvHeads * d], DType.BF16);
+        var go = be.Empty([n, heads * d], DType.BF16); var co = Cpu.Empty([n, heads * d]);
+        be.AttentionDecode(gq, gk.Narrow0(0, len), gv.Narrow0(0, len), go, heads, kvHeads, d, offset);
+        Cpu.AttentionDecode(cq, ck.Narrow0(0, len), cv.Narrow0(0, len), co, heads, kvHeads, d, offset);
+        BackendTol.Tensor(go.Host(), co.Span.ToArray(), "attention decode");
+    }
+
+    [Theory]
+    [InlineData(257)]
+    [InlineData(128 * 344)]
+    public void SwiGluForwardBackward(int n)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(n);
+        var (gg, cg) = be.Pair(Data.Bf16Values(rng, n, 4f), [n], DType.BF16);
+        var (gu, cu) = be.Pair(Data.Bf16Values(rng, n, 2f), [n], DType.BF16);
+        var (gdh, cdh) = be.Pair(Data.Bf16Values(rng, n), [n], DType.BF16);
+        var gh = be.Empty([n], DType.BF16); var ch = Cpu.Empty([n]);
+        be.SwiGluForward(gg, gu, gh); Cpu.SwiGluForward(cg, cu, ch);
+        BackendTol.Elementwise(gh.Host(), ch.Span.ToArray(), "swiglu h");
+        var gdg = be.Empty([n], DType.BF16); var cdg = Cpu.Empty([n]);
+        var gdu = be.Empty([n], DType.BF16); var cdu = Cpu.Empty([n]);
+        be.SwiGluBackward(gdh, gg, gu, gdg, gdu); Cpu.SwiGluBackward(cdh, cg, cu, cdg, cdu);
+        BackendTol.Elementwise(gdg.Host(), cdg.Span.ToArray(), "swiglu dgate");
+        BackendTol.Elementwise(gdu.Host(), cdu.Span.ToArray(), "swiglu dup");
+    }
+
+    [Theory]
+    [InlineData(300, 50, 123)]
+    [InlineData(128, 512, 256)]
+    public void EmbeddingForwardBackward(int tokens, int vocab, int cols)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(tokens + vocab);
+        var ids = Enumerable.Range(0, tokens).Select(_ => rng.Next(vocab / 3)).ToArray();   // many repeats
+        var (gi, ci) = be.PairInts(ids);
+        var (gt, ct) = be.Pair(Data.Bf16Values(rng, (long)vocab * cols), [vocab, cols], DType.F32);
+        gt.IsParameter = true;
+        var gy = be.Empty([tokens, cols], DType.BF16); var cy = Cpu.Empty([tokens, cols]);
+        be.EmbeddingForward(gi, gt, gy); Cpu.EmbeddingForward(ci, ct, cy);
+        Assert.Equal(cy.Span.ToArray(), gy.Host());                     // a gather of bf16-exact values is exact
+
+        var (gdy, cdy) = be.Pair(Data.Bf16Values(rng, (long)tokens * cols), [tokens, cols], DType.BF16);
+        var (gd, cd) = be.Pair(Data.Floats(rng, (long)vocab * cols), [vocab, cols], DType.F32);
+        be.EmbeddingBackward(gi, gdy, gd); Cpu.EmbeddingBackward(ci, cdy, cd);
+        BackendTol.Stat(gd.Host(), cd.Span.ToArray(), "embedding dtable (host ids)");
+
+        // ids written on the device (no current host copy): the backend downloads them
+        var gi2 = be.Empty([tokens], DType.I32);
+        be.Copy(gi, gi2);
+        be.EmbeddingBackward(gi2, gdy, gd); Cpu.EmbeddingBackward(ci, cdy, cd);
+        BackendTol.Stat(gd.Host(), cd.Span.ToArray(), "embedding dtable (downloaded ids)");
+    }
+
+    [Theory]
+    [InlineData(128, 512, 0f)]
+    [InlineData(61, 1000, 1e-4f)]
+    public void CrossEntropyLossesAndInPlaceGradient(int rows, int vocab, float zLoss)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(rows + vocab);
+        var logits = Data.Bf16Values(rng, (long)rows * vocab, 6f);
+        var targets = Enumerable.Range(0, rows).Select(i => i % 7 == 3 ? -100 : rng.Next(vocab)).ToArray();
+        int valid = targets.Count(t => t != -100);
+        var (gt, ct) = be.PairInts(targets);
+        foreach (bool grad in new[] { false, true })
+        {
+            var (gl, cl) = be.Pair(logits, [rows, vocab], DType.BF16);
+            var gloss = be.Empty([rows]); var closs = Cpu.Empty([rows]);
+            var glse = be.Empty([rows]); var clse = Cpu.Empty([rows]);
+            be.CrossEntropy(gl, gt, gloss, glse, zLoss, grad, 1f / valid);
+            Cpu.CrossEntropy(cl, ct, closs, clse, zLoss, grad, 1f / valid);
+            BackendTol.Stat(gloss.Host(), closs.Span.ToArray(), "cross-entropy losses");
+            BackendTol.Stat(glse.Host(), clse.Span.ToArray(), "cross-entropy lse");
+            Assert.Equal(Cpu.Sum(closs), be.Sum(gloss), 1e-3 * Math.Abs(Cpu.Sum(closs)) + 1e-4);
+            if (grad) BackendTol.Tensor(gl.Host(), cl.Span.ToArray(), "cross-entropy dlogits (in place)");
+            else Assert.Equal(logits, gl.Host());                       // forward only: logits untouched
+        }
+    }
+
+    [Theory]
+    [InlineData(1000, false)]
+    [InlineData(12345, true)]
+    public void AdamWUpdatesMasterAndShadowTogether(int n, bool bf16Grad)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(n);
+        int rows = n / 5, cols = 5;
+        var (gp, cp) = be.Pair(Data.Floats(rng, n), [rows, cols], DType.F32);
+        gp.IsParameter = true;
+        var (gg, cg) = be.Pair(Data.Bf16Values(rng, n, 0.01f), [rows, cols], bf16Grad ? DType.BF16 : DType.F32);
+        var (gm, cm) = be.Pair(new float[n], [rows, cols], DType.F32);
+        var (gv, cv) = be.Pair(new float[n], [rows, cols], DType.F32);
+        for (int step = 1; step <= 3; step++)
+        {
+            var s = new AdamWStep(1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, step, 0.7f);
+            be.AdamW(gp, gg, gm, gv, s); Cpu.AdamW(cp, cg, cm, cv, s);
+        }
+        Tol.Close(gp.Host(), cp.Span.ToArray(), 1e-6f, 1e-5f, "adamw master");
+        Tol.Close(gm.Host(), cm.Span.ToArray(), 1e-9f, 1e-5f, "adamw m");
+        Tol.Close(gv.Host(), cv.Span.ToArray(), 1e-12f, 1e-5f, "adamw v");
+
+        // the shadow the GEMMs read is bf16(master): same product as a bf16 upload of the downloaded master, bitwise
+        var st = (CudaStorage)gp.Storage;
+        Assert.True(st.ShadowIsCurrent);
+        var x = be.Empty([3, cols], DType.BF16);
+        be.Upload(x, Data.Bf16Values(rng, 3 * cols));
+        var viaShadow = be.Empty([3, rows], DType.BF16);
+        be.MatMul(x, false, gp, true, viaShadow);
+        var explicitBf16 = be.Empty([rows, cols], DType.BF16);
+        be.Upload(explicitBf16, gp.Host());
+        var viaCopy = be.Empty([3, rows], DType.BF16);
+        be.MatMul(x, false, explicitBf16, true, viaCopy);
+        Assert.Equal(viaCopy.Host(), viaShadow.Host());
+    }
+
+    [Fact]
+    public void EwcPenaltyAndGradient()
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(5);
+        int n = 70_001;
+        var (gp, cp) = be.Pair(Data.Floats(rng, n), [n], DType.F32);
+        var (ga, ca) = be.Pair(Data.Floats(rng, n), [n], DType.F32);
+        var (gf, cf) = be.Pair(Data.Floats(rng, n).Select(Math.Abs).ToArray(), [n], DType.F32);
+        var (gg, cg) = be.Pair(Data.Floats(rng, n), [n], DType.F32);
+        double gpu = be.Ewc(gp, ga, gf, gg, 0.3f), cpu = Cpu.Ewc(cp, ca, cf, cg, 0.3f);
+        Assert.Equal(cpu, gpu, 1e-5 * Math.Abs(cpu));
+        Tol.Close(gg.Host(), cg.Span.ToArray(), 1e-6f, 1e-6f, "ewc grad");
+    }
+}
