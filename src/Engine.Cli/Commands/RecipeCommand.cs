@@ -12,10 +12,11 @@ public static class RecipeCommand
     public static Command Create()
     {
         var config = new Option<FileInfo>("--config", "-c") { Description = "recipe TOML/JSON", Required = true };
-        var set = new Option<string[]>("--set") { Description = "override a key: --set stages[0].steps=50 is not supported; use top-level keys like output.dir=…", AllowMultipleArgumentsPerToken = true };
+        var set = new Option<string[]>("--set") { Description = "override a key, e.g. output.dir=runs/x or eval.max_examples=50 (stage keys: use --scale)", AllowMultipleArgumentsPerToken = true };
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
-        var cmd = new Command("recipe", "run a multi-stage domain-adaptation recipe and its evaluation") { config, set, device };
-        cmd.SetAction(p => Cli.Guard(() => Run(p.GetValue(config)!.FullName, p.GetValue(set) ?? [], p.GetValue(device)!)));
+        var scale = new Option<double>("--scale") { Description = "multiply every stage's steps (e.g. 0.1 for a smoke run)", DefaultValueFactory = _ => 1.0 };
+        var cmd = new Command("recipe", "run a multi-stage domain-adaptation recipe and its evaluation") { config, set, device, scale };
+        cmd.SetAction(p => Cli.Guard(() => Run(p.GetValue(config)!.FullName, p.GetValue(set) ?? [], p.GetValue(device)!, p.GetValue(scale))));
         return cmd;
     }
 

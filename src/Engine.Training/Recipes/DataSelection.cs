@@ -8,7 +8,7 @@ namespace Engine.Training.Recipes;
 /// <summary>
 /// Task-aware data selection in the spirit of FinPythia's ETS-DACP: each candidate document is embedded as the mean
 /// final hidden state of the current model over its first tokens, the task set likewise, and documents are ranked by
-/// cosine similarity to the task centroid. The top fraction is kept (optionally ordered as a curriculum).
+/// cosine similarity to the task centroid (all embeddings centred on the candidates' mean). The top fraction is kept (optionally ordered as a curriculum).
 /// </summary>
 public static class DataSelection
 {
@@ -43,14 +43,21 @@ public static class DataSelection
         double topFraction, bool curriculum, int maxTokens = 128)
     {
         if (task.Count == 0) throw new ArgumentException("data selection needs task examples");
+        if (candidates.Count == 0) throw new ArgumentException("data selection needs candidate documents");
         int c = model.Config.HiddenSize;
+        var emb = candidates.Select(d => Embed(model, tok, d, maxTokens)).ToList();
+        // centre on the candidates' mean: raw mean hidden states share a large common direction (cosines ~0.99),
+        // the deviations carry what distinguishes one document from another
+        var mu = new float[c];
+        foreach (var e in emb)
+            for (int j = 0; j < c; j++) mu[j] += e[j] / emb.Count;
         var centroid = new float[c];
         foreach (var t in task)
         {
             var e = Embed(model, tok, t, maxTokens);
-            for (int j = 0; j < c; j++) centroid[j] += e[j] / task.Count;
+            for (int j = 0; j < c; j++) centroid[j] += (e[j] - mu[j]) / task.Count;
         }
-        var scored = candidates.Select(d => (Doc: d, Score: Cosine(Embed(model, tok, d, maxTokens), centroid))).ToList();
+        var scored = candidates.Select((d, i) => (Doc: d, Score: Cosine(emb[i].Select((x, j) => x - mu[j]).ToArray(), centroid))).ToList();
         int keep = Math.Max(1, (int)Math.Round(candidates.Count * topFraction));
         var top = scored.OrderByDescending(x => x.Score).Take(keep).ToList();
         if (curriculum) top = top.OrderBy(x => x.Score).ToList();

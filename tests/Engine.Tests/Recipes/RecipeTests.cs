@@ -148,6 +148,20 @@ public class RecipeTests
         foreach (var s in cfg.Sources.Values) Assert.All(s.Files, f => Assert.True(File.Exists(cfg.Resolve(f)), f));
     }
 
+    [Fact]
+    public void EveryShippedRecipeConfigIsValid()
+    {
+        string dir = Path.GetDirectoryName(FindUp("configs/demo_finance.toml")!)!;
+        var files = Directory.GetFiles(Path.Combine(dir, "recipes"), "*.toml");
+        Assert.True(files.Length >= 4, "configs/recipes/*.toml");
+        foreach (var f in files)
+        {
+            var cfg = RecipeConfig.Load(f);
+            Assert.True(cfg.Stages.Length >= 2, f);
+            foreach (var s in cfg.Sources.Values) Assert.All(s.Files, x => Assert.True(File.Exists(cfg.Resolve(x)), $"{f}: {x}"));
+        }
+    }
+
     static string? FindUp(string rel)
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
