@@ -168,6 +168,8 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
     {
         Enter();
         if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
+        if (dst.DType == DType.I32) throw new ArgumentException($"upload of float values into {dst.Describe()}: use the int32 overload");
+        if (src.Length == 0) return;
         switch (dst.DType)
         {
             case DType.F32:
@@ -178,8 +180,6 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
                 BFloat16.FromFloat(src, half);
                 Stream.CopyToDevice<ushort>(Out(dst), half);
                 break;
-            default:
-                throw new ArgumentException($"upload of float values into {dst.Describe()}: use the int32 overload");
         }
     }
 
@@ -189,7 +189,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
         Is(dst, "Upload", "dst", DType.I32);
         var s = St(dst);
-        Stream.CopyToDevice(s.Ptr.Offset(dst.Offset, 4), src);
+        if (src.Length > 0) Stream.CopyToDevice(s.Ptr.Offset(dst.Offset, 4), src);
         s.UploadInts(dst.Offset, src);
     }
 
@@ -198,6 +198,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         Enter();
         if (dst.Length < src.Numel) throw new ArgumentException($"download of {src.Describe()} into {dst.Length} values");
         int n = checked((int)src.Numel);
+        if (n == 0) return;
         switch (src.DType)
         {
             case DType.F32:
@@ -232,6 +233,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         Enter();
         if (src.Numel != dst.Numel) throw new ArgumentException($"copy {src.Describe()} → {dst.Describe()}: sizes differ");
         var from = In(src);
+        if (src.DType == dst.DType && src.Numel == 0) return;
         if (src.DType == dst.DType) Stream.CopyDeviceToDevice(Out(dst), from, src.Numel * src.DType.Size());
         else if (src.DType == DType.F32 && dst.DType == DType.BF16) Kernels.Elementwise.CastF32ToBf16(Stream, Out(dst), from, src.Numel);
         else if (src.DType == DType.BF16 && dst.DType == DType.F32) Kernels.Elementwise.CastBf16ToF32(Stream, Out(dst), from, src.Numel);
@@ -397,6 +399,11 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         Enter();
         var (tokens, vocab, cols) = Embedding(ids, table, y, "EmbeddingForward", DType.BF16);
         IsFloat(table, "EmbeddingForward", "table");
+        // the kernel turns an out-of-range id into a zero row; with the ids' host copy at hand, reject it like the CPU
+        if (St(ids).TryHostInts(ids.Offset, tokens, out var hostIds))
+            for (int i = 0; i < hostIds.Length; i++)
+                if ((uint)hostIds[i] >= (uint)vocab)
+                    throw new ArgumentException($"EmbeddingForward: ids {ids.Describe()}[{i}] = {hostIds[i]} is outside the table {table.Describe()}");
         var pt = Bf16In(table);
         Kernels.Embedding.Forward(Stream, Out(y), pt, In(ids), tokens, vocab, cols);
     }
