@@ -66,7 +66,15 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         if (!CudaDevice.TryCreate(out var device, out string reason)) return (null, reason);
         try
         {
-            return (new CudaBackend(device!, KernelLibrary.Load(device!)), "");
+            var kernels = KernelLibrary.Load(device!);
+            string extras = Path.Combine(kernels.Directory, ExtrasKernels.Module + ".fatbin");
+            if (!File.Exists(extras))
+            {
+                kernels.Dispose();
+                device!.Dispose();
+                return (null, $"CUDA kernels in {kernels.Directory} predate the backend: {ExtrasKernels.Module}.fatbin is missing (rebuild: cmake --build build/native)");
+            }
+            return (new CudaBackend(device!, kernels), "");
         }
         catch (Exception e) when (e is DirectoryNotFoundException or CudaException or DllNotFoundException)
         {
