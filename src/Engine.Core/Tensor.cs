@@ -20,6 +20,9 @@ public sealed class Tensor : IDisposable
         TensorScope.Current?.Track(this);
     }
 
+    /// <summary>A tensor that owns a backend's freshly allocated storage (offset 0); backends outside Engine.Core use this.</summary>
+    public static Tensor Create(TensorStorage storage, ReadOnlySpan<int> shape) => new(storage, 0, shape.ToArray(), ownsStorage: true);
+
     public TensorStorage Storage { get; }
     public long Offset { get; }
     public int[] Shape { get; }

@@ -51,7 +51,7 @@ public sealed class KernelLibrary : IDisposable
 {
     /// <summary>The fatbins CMakeLists.txt builds (native/&lt;name&gt;.cu → kernels/&lt;name&gt;.fatbin).</summary>
     public static readonly IReadOnlyList<string> ModuleNames =
-        ["elementwise", "rmsnorm", "swiglu", "rope", "embedding", "adamw", "crossentropy", "attention"];
+        ["elementwise", "rmsnorm", "swiglu", "rope", "embedding", "adamw", "crossentropy", "attention", "backend_extras"];
 
     private readonly Dictionary<string, CudaModuleHandle> _modules = new(StringComparer.Ordinal);
     private readonly Dictionary<string, KernelFunction> _functions = new(StringComparer.Ordinal);

@@ -47,7 +47,7 @@ public class CliTests
     }
 
     [Fact]
-    public void CudaDeviceWithoutTheBackendIsAClearError()
+    public void CudaDeviceWithoutAGpuIsAClearError()
     {
         using var dir = new TempDir();
         File.WriteAllText(dir.File("c.toml"), "[data]\ntrain = [\"a.txt\"]\n");
