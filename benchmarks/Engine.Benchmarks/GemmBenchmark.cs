@@ -16,7 +16,9 @@ namespace Engine.Benchmarks;
 /// lasts ≥ min-sample-s, then `samples` samples; the reported time is the median per-call time over all samples
 /// of all rounds. Each shape's result is spot-checked against double dot products.
 /// Options: --quick (1 round of 3 samples of ≥ 0.05 s), --rounds R (3), --samples S (5), --min-sample-s T (0.1),
-///          --only name,name, --threads N, --no-openblas, --out FILE.
+///          --only name,name, --threads N, --no-openblas, --out FILE,
+///          --wait-idle S: before each round wait (at most S seconds) until the CPUs were ≥ 90% idle for 0.5 s, for
+///          shared machines; the idle fraction seen before each round is recorded.
 /// </summary>
 public static class GemmBenchmark
 {
@@ -59,6 +61,7 @@ public static class GemmBenchmark
         double minSampleS = 0.1;
         string? only = null, outPath = null;
         bool openBlas = true;
+        double waitIdleS = 0;
         for (int i = 0; i < args.Length; i++)
         {
             switch (args[i])
@@ -71,6 +74,7 @@ public static class GemmBenchmark
                 case "--threads": Gemm.MaxThreads = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 case "--no-openblas": openBlas = false; break;
                 case "--out": outPath = args[++i]; break;
+                case "--wait-idle": waitIdleS = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
                 default: Console.Error.WriteLine($"gemm: unknown option '{args[i]}'"); return 2;
             }
         }
@@ -86,18 +90,22 @@ public static class GemmBenchmark
         JsonNode? blas = blasProc?.Info;
         var ours = new Dictionary<string, (double Ms, double Gflops, double MaxErr)>();
         var theirs = new Dictionary<string, (double Ms, double Gflops)>();
+        var idleBefore = new Dictionary<string, double[]>();
         foreach (var s in shapes)
         {
             var run = new OurRun(s);
             List<double> oursSec = [], theirsSec = [];
+            var idle = new List<double>();
             for (int round = 0; round < rounds; round++)
             {
+                if (waitIdleS > 0) idle.Add(WaitIdle(waitIdleS));
                 oursSec.AddRange(TimeCall(run.Call, samples, minSampleS));
                 if (blasProc?.TimeSamples(s) is { } t) theirsSec.AddRange(t);
             }
             double sec = Median(oursSec);
             var r = (Ms: sec * 1e3, Gflops: s.Flops / sec / 1e9, MaxErr: run.SpotCheck());
             ours[s.Name] = r;
+            idleBefore[s.Name] = idle.ToArray();
             string line = $"  {s.Name,-14} ours {r.Gflops,7:F1} GFLOP/s ({r.Ms:F3} ms, spot-check rel err {r.MaxErr:E1})";
             if (theirsSec.Count > 0)
             {
@@ -129,6 +137,7 @@ public static class GemmBenchmark
                 ["openblas_ms"] = has ? Math.Round(t.Ms, 4) : null,
                 ["openblas_gflops"] = has ? Math.Round(t.Gflops, 2) : null,
                 ["ratio"] = has ? Math.Round(o.Gflops / t.Gflops, 3) : null,
+                ["cpu_idle_before_rounds"] = new JsonArray(idleBefore[s.Name].Select(x => (JsonNode?)Math.Round(x, 3)).ToArray()),
             });
         }
 
@@ -150,7 +159,7 @@ public static class GemmBenchmark
             {
                 ["method"] = "manual Stopwatch / time.perf_counter; rounds alternate ours and OpenBLAS; per round warm-up " +
                     ">= 0.25 s, calibrated iterations, samples; median per-call time over all samples",
-                ["rounds"] = rounds, ["samples_per_round"] = samples, ["min_sample_s"] = minSampleS, ["gemm_max_threads"] = Gemm.MaxThreads,
+                ["rounds"] = rounds, ["samples_per_round"] = samples, ["wait_idle_s"] = waitIdleS, ["min_sample_s"] = minSampleS, ["gemm_max_threads"] = Gemm.MaxThreads,
             },
             ["openblas"] = blas?.DeepClone(),
             ["results"] = rows,
@@ -201,6 +210,27 @@ public static class GemmBenchmark
                 maxErr = Math.Max(maxErr, Math.Abs(_c[item * _sc + (long)i * _ldc + j] - dot) / Math.Max(mag, 1e-30));
             }
             return maxErr;
+        }
+    }
+
+    /// <summary>Waits until the CPUs were ≥ 90% idle over 0.5 s (from /proc/stat), at most maxS; returns the last idle fraction.</summary>
+    static double WaitIdle(double maxS)
+    {
+        if (!File.Exists("/proc/stat")) return double.NaN;
+        static (long Idle, long Total) Read()
+        {
+            var f = File.ReadLines("/proc/stat").First().Split(' ', StringSplitOptions.RemoveEmptyEntries)[1..]
+                .Select(x => long.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+            return (f[3] + f[4], f.Take(8).Sum());
+        }
+        long t0 = Stopwatch.GetTimestamp();
+        while (true)
+        {
+            var a = Read();
+            Thread.Sleep(500);
+            var b = Read();
+            double idle = (double)(b.Idle - a.Idle) / Math.Max(1, b.Total - a.Total);
+            if (idle >= 0.9 || Stopwatch.GetElapsedTime(t0).TotalSeconds >= maxS) return idle;
         }
     }
 
