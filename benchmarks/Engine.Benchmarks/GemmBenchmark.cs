@@ -146,7 +146,7 @@ public static class GemmBenchmark
             ["benchmark"] = "gemm",
             ["date_utc"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
             ["git_commit"] = Git(root, "rev-parse HEAD"),
-            ["git_dirty_gemm_files"] = Git(root, "status --porcelain -- src/Engine.Cpu/Gemm.cs src/Engine.Cpu/GemmKernels benchmarks") != "",
+            ["git_dirty_gemm_files"] = Git(root, "status --porcelain -- src/Engine.Cpu/Gemm.cs src/Engine.Cpu/GemmKernels benchmarks/Engine.Benchmarks benchmarks/scripts") != "",
             ["command"] = "dotnet run -c Release --project benchmarks/Engine.Benchmarks -- gemm " + string.Join(' ', args),
             ["machine"] = new JsonObject
             {
