@@ -149,6 +149,7 @@ public static unsafe class Gemm
                     BarrierCount = threads,
                 };
                 GemmThreads.Run(threads, &SharedTask, &job);
+                if (job.Failed != 0) throw new OutOfMemoryException("Gemm: a worker could not allocate its packing buffer.");
             }
             finally { GemmThreads.Release(); }
             return;

@@ -36,6 +36,7 @@ internal unsafe struct GemmParallelJob
     public int Units, Tasks, KcNominal; // units of the split dimension, tasks (threads), k block size
     public float* Shared0, Shared1;     // double-buffered shared panels (B block of NC columns or A block of MC rows)
     public int BarrierCount, BarrierSense;
+    public int Failed;                  // set by a task that could not allocate its private packing buffer
 }
 
 /// <summary>
@@ -108,7 +109,8 @@ internal static unsafe class GemmDriver
             int i0 = u0 * mrFull, myM = Math.Min(g.M, u1 * mrFull) - i0;
             int chunks = (maxUnits * mrFull + GemmTraits.MaxPrivateRows - 1) / GemmTraits.MaxPrivateRows;
             int chunkRows = RoundUp((myM + chunks - 1) / chunks, mrFull);
-            float* pa = Buffer(ref t_bufA, (long)chunkRows * kcNominal + GemmPack.Slack);
+            float* pa = TryBuffer(job, ref t_bufA, (long)chunkRows * kcNominal + GemmPack.Slack);
+            if (pa == null) myM = 0; // allocation failed: keep passing the barriers, the caller throws
             for (int pc = 0; pc < g.K; pc += kcNominal)
             {
                 int kc = Math.Min(kcNominal, g.K - pc);
@@ -137,7 +139,8 @@ internal static unsafe class GemmDriver
             int j0 = u0 * nrFull, myN = Math.Min(g.N, u1 * nrFull) - j0;
             int chunks = (maxUnits * nrFull + GemmTraits.MaxPrivateCols - 1) / GemmTraits.MaxPrivateCols;
             int chunkCols = RoundUp((myN + chunks - 1) / chunks, nrFull);
-            float* pb = Buffer(ref t_bufB, (long)chunkCols * kcNominal + GemmPack.Slack);
+            float* pb = TryBuffer(job, ref t_bufB, (long)chunkCols * kcNominal + GemmPack.Slack);
+            if (pb == null) myN = 0; // allocation failed: keep passing the barriers, the caller throws
             for (int pc = 0; pc < g.K; pc += kcNominal)
             {
                 int kc = Math.Min(kcNominal, g.K - pc);
@@ -163,6 +166,17 @@ internal static unsafe class GemmDriver
                     }
                 }
             }
+        }
+    }
+
+    /// <summary>Buffer, or null with job->Failed set: a task must never leave its peers waiting at a barrier.</summary>
+    static float* TryBuffer(GemmParallelJob* job, ref float[]? slot, long n)
+    {
+        try { return Buffer(ref slot, n); }
+        catch (OutOfMemoryException)
+        {
+            Volatile.Write(ref job->Failed, 1);
+            return null;
         }
     }
 

@@ -7,7 +7,8 @@ namespace Engine.Cpu.GemmKernels;
 /// as long as the process), woken per call, with no allocation per call. Task 0 runs on the caller.
 /// One GEMM uses the pool at a time; a concurrent caller (e.g. GEMMs issued from a Parallel.For) gets false
 /// from <see cref="TryAcquire"/> / <see cref="TryRun"/> and runs its work serially on its own thread instead.
-/// Tasks of one run must not throw past a barrier they share (the GEMM tasks never throw).
+/// Tasks of one run must not throw past a barrier they share (GemmDriver.RunShared reports a failed buffer
+/// allocation through its job instead of throwing).
 /// </summary>
 internal static unsafe class GemmThreads
 {
