@@ -77,11 +77,14 @@ internal static unsafe class GemmDriver
         }
     }
 
-    /// <summary>K block size: k split into equal blocks of at most KC.</summary>
+    /// <summary>
+    /// K block size: k split into near-equal blocks of at most KC, rounded up to a multiple of 16 (KC is one) so
+    /// the 16-wide transposing packers rarely fall back to their scalar tail (k = 1024: 352, 352, 320).
+    /// </summary>
     public static int KcNominal(int k)
     {
         int kBlocks = (k + GemmTraits.KC - 1) / GemmTraits.KC;
-        return (k + kBlocks - 1) / kBlocks;
+        return Math.Min(GemmTraits.KC, RoundUp((k + kBlocks - 1) / kBlocks, 16));
     }
 
     /// <summary>
