@@ -87,14 +87,25 @@ public static class DataBench
             corpus = new { files, documents = docs.Count, bytes },
             tokenizer = new
             {
-                vocab, train_seconds = trainSeconds, tokens, bytes_per_token = bytes / (double)tokens, ids_identical_to_reference = same,
+                vocab,
+                train_seconds = trainSeconds,
+                tokens,
+                bytes_per_token = bytes / (double)tokens,
+                ids_identical_to_reference = same,
                 reference = "Microsoft.ML.Tokenizers 2.0.1 BpeTokenizer (ByteLevel = true, RegexPreTokenizer) built from our tokenizer.json",
                 runs = results,
             },
             dedup = new
             {
-                options = new DedupOptions(), runs = dedupRuns, input = last?.Input, output = last?.Output, exact = last?.ExactDuplicates, near = last?.NearDuplicates,
-                jaccard_mean_abs_error = last?.MeanAbsError, jaccard_max_abs_error = last?.MaxAbsError, jaccard_pairs = last?.Samples.Count,
+                options = new DedupOptions(),
+                runs = dedupRuns,
+                input = last?.Input,
+                output = last?.Output,
+                exact = last?.ExactDuplicates,
+                near = last?.NearDuplicates,
+                jaccard_mean_abs_error = last?.MeanAbsError,
+                jaccard_max_abs_error = last?.MaxAbsError,
+                jaccard_pairs = last?.Samples.Count,
             },
         };
         outDir ??= Path.Combine(RepoRoot(), "benchmarks", "results");
@@ -123,7 +134,9 @@ public static class DataBench
         string pattern = root.GetProperty("pre_tokenizer").GetProperty("pretokenizers")[0].GetProperty("pattern").GetProperty("Regex").GetString()!;
         return Ml.BpeTokenizer.Create(new Ml.BpeOptions(vocab)
         {
-            Merges = merges, ByteLevel = true, SpecialTokens = specials,
+            Merges = merges,
+            ByteLevel = true,
+            SpecialTokens = specials,
             PreTokenizer = new Ml.RegexPreTokenizer(new Regex(pattern, RegexOptions.Compiled), specials),
         });
     }
