@@ -33,6 +33,9 @@ public sealed class Trainer
     /// <summary>Called with one-line status messages.</summary>
     public Action<string>? OnMessage { get; set; }
 
+    /// <summary>Resume from a checkpoint directory, or "latest" under output.dir/checkpoints (null = fresh start).</summary>
+    public string? Resume { get; set; }
+
     public static ITokenizer LoadTokenizer(TrainConfig cfg)
     {
         if (cfg.Data.Tokenizer == "byte") return new ByteTokenizer();
@@ -50,17 +53,43 @@ public sealed class Trainer
         var corpus = TokenCorpus.FromFiles(files, tokenizer, cfg.Data.ValidFraction);
         OnMessage?.Invoke($"{corpus.TrainTokens:N0} training tokens, {corpus.ValidTokens:N0} held out");
 
-        using var model = CreateModel(tokenizer.VocabSize);
+        string outDir = cfg.Resolve(cfg.Output.Dir);
+        string ckptRoot = Path.Combine(outDir, "checkpoints");
+        CheckpointState? resumed = null;
+        List<(string Name, float[] M, float[] V)>? moments = null;
+        LlamaModel created;
+        if (Resume != null)
+        {
+            string dir = Checkpoints.Resolve(Resume, ckptRoot);
+            (created, resumed, moments) = Checkpoints.Load(dir, backend);
+            if (created.Config.VocabSize < tokenizer.VocabSize)
+            {
+                created.Dispose();
+                throw new InvalidDataException($"{dir}: checkpoint vocabulary {created.Config.VocabSize} is smaller than the tokenizer's {tokenizer.VocabSize}");
+            }
+            if (resumed.Step >= cfg.Train.Steps)
+            {
+                created.Dispose();
+                throw new ConfigException($"checkpoint {dir} is at step {resumed.Step}, not before train.steps = {cfg.Train.Steps}: nothing to resume");
+            }
+            OnMessage?.Invoke($"resuming from {dir} at step {resumed.Step}");
+        }
+        else created = CreateModel(tokenizer.VocabSize);
+        using var model = created;
         int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
         CheckFits(model.Config, B, T, cfg.Model.CheckpointActivations);
         model.CheckpointActivations = cfg.Model.CheckpointActivations;
         OnMessage?.Invoke($"model: {model.ParameterCount:N0} parameters on {backend.Name}");
 
-        string outDir = cfg.Resolve(cfg.Output.Dir);
         Directory.CreateDirectory(outDir);
-        using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: false);
+        using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: resumed != null);
         using var opt = new AdamW(model, cfg.Optim);
         var rng = new Rng(cfg.Train.Seed);
+        if (resumed != null)
+        {
+            opt.ImportState(resumed.AdamStep, moments!);
+            rng.State = (resumed.Rng[0], resumed.Rng[1], resumed.Rng[2], resumed.Rng[3]);
+        }
         var options = new LoopOptions
         {
             Steps = cfg.Train.Steps,
@@ -71,6 +100,8 @@ public sealed class Trainer
             Schedule = cfg.Schedule,
             ZLoss = cfg.Train.ZLoss,
             EvalEvery = cfg.Train.EvalEvery,
+            StartStep = resumed?.Step ?? 0,
+            StartTokens = resumed?.Tokens ?? 0,
         };
         double? lastValid = null;
         var steps = TrainingLoop.Run(model, new CorpusBatches(corpus, rng), options, opt, ewc: null,
@@ -78,6 +109,12 @@ public sealed class Trainer
             {
                 metrics.WriteLine(MetricsJson(m));
                 metrics.Flush();
+                if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps)
+                {
+                    var (a, b, c, d) = rng.State;
+                    string dir = Checkpoints.Save(ckptRoot, model, opt, new CheckpointState(m.Step, m.Tokens, [a, b, c, d], opt.Step), cfg.Output.KeepCheckpoints);
+                    OnMessage?.Invoke($"checkpoint {dir}");
+                }
                 OnStep?.Invoke(m);
             },
             validate: () => (lastValid = ValidationLoss(model, corpus)).Value,

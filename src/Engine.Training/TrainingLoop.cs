@@ -26,6 +26,10 @@ public sealed record LoopOptions
     public double ZLoss { get; init; }
     /// <summary>Run the validation callback every N steps (and at the end); 0 = only at the end.</summary>
     public int EvalEvery { get; init; }
+    /// <summary>Steps already done (resuming from a checkpoint): the loop runs StartStep..Steps-1.</summary>
+    public int StartStep { get; init; }
+    /// <summary>Tokens already trained before StartStep (for the metrics).</summary>
+    public long StartTokens { get; init; }
 }
 
 /// <summary>What one optimizer step did; SourceLosses holds the mean token loss per data source in the step.</summary>
@@ -44,10 +48,10 @@ public static class TrainingLoop
     {
         var be = model.Backend;
         var steps = new List<StepMetrics>();
-        long tokens = 0;
+        long tokens = o.StartTokens;
         double evalSeconds = 0;
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        for (int step = 0; step < o.Steps; step++)
+        for (int step = o.StartStep; step < o.Steps; step++)
         {
             cancel.ThrowIfCancellationRequested();
             double lr = Schedule.LearningRate(o.Schedule, o.Optim.Lr, step, o.Steps);
@@ -90,7 +94,7 @@ public static class TrainingLoop
                 evalSeconds += clock.Elapsed.TotalSeconds - t0;
             }
             double trainSeconds = clock.Elapsed.TotalSeconds - evalSeconds;
-            var m = new StepMetrics(step + 1, o.Steps, lossSum, lr, norm, tokens, tokens / Math.Max(trainSeconds, 1e-9), clock.Elapsed.TotalSeconds, v,
+            var m = new StepMetrics(step + 1, o.Steps, lossSum, lr, norm, tokens, (tokens - o.StartTokens) / Math.Max(trainSeconds, 1e-9), clock.Elapsed.TotalSeconds, v,
                 perSource.Where(kv => kv.Value.Count > 0).ToDictionary(kv => kv.Key, kv => kv.Value.Sum / kv.Value.Count), penalty);
             steps.Add(m);
             onStep?.Invoke(m);

@@ -12,13 +12,14 @@ public static class TrainCommand
         var config = new Option<FileInfo>("--config", "-c") { Description = "TOML or JSON run config", Required = true };
         var device = new Option<string?>("--device") { Description = "cpu or cuda (overrides train.device)" };
         var set = new Option<string[]>("--set") { Description = "override a config key: --set train.steps=50 (repeatable)", AllowMultipleArgumentsPerToken = true };
-        var cmd = new Command("train", "train a Llama model from a config") { config, device, set };
+        var resume = new Option<string?>("--resume") { Description = "resume from a checkpoint directory, or 'latest' under output.dir/checkpoints" };
+        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume };
         cmd.SetAction(parse => Cli.Guard(() =>
         {
             var overrides = (parse.GetValue(set) ?? []).ToList();
             if (parse.GetValue(device) is { } d) overrides.Add($"train.device=\"{d}\"");
             var cfg = TrainConfig.Load(parse.GetValue(config)!.FullName, overrides);
-            var trainer = new Trainer(cfg, Cli.Backend(cfg.Train.Device));
+            var trainer = new Trainer(cfg, Cli.Backend(cfg.Train.Device)) { Resume = parse.GetValue(resume) };
             var result = RunWithProgress(trainer, cfg);
             AnsiConsole.MarkupLine($"[green]done[/]: {result.Steps.Count} steps, final train loss {result.Steps[^1].Loss:F4}" +
                 (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s");

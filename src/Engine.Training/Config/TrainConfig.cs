@@ -44,6 +44,8 @@ public sealed class TrainConfig
         if (Data.Train.Length == 0) errors.Add("data.train must name at least one text file");
         if (Data.ValidFraction is < 0 or >= 1) errors.Add($"data.valid_fraction must be in [0, 1) (got {Data.ValidFraction})");
         if (Output.SaveDtype is not ("F32" or "BF16")) errors.Add($"output.save_dtype must be F32 or BF16 (got {Output.SaveDtype})");
+        if (Output.CheckpointEvery < 0) errors.Add($"output.checkpoint_every must be >= 0 (got {Output.CheckpointEvery})");
+        if (Output.KeepCheckpoints < 1) errors.Add($"output.keep_checkpoints must be >= 1 (got {Output.KeepCheckpoints})");
         if (Train.Device is not ("cpu" or "cuda")) errors.Add($"train.device must be cpu or cuda (got {Train.Device})");
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
     }
@@ -123,4 +125,8 @@ public sealed class OutputSection
     public string Dir { get; set; } = "runs/train";
     /// <summary>Weights dtype in model.safetensors: F32 or BF16.</summary>
     public string SaveDtype { get; set; } = "F32";
+    /// <summary>Write a resumable checkpoint every N steps under dir/checkpoints (0 = never).</summary>
+    public int CheckpointEvery { get; set; }
+    /// <summary>How many of the newest checkpoints to keep.</summary>
+    public int KeepCheckpoints { get; set; } = 2;
 }

@@ -85,6 +85,33 @@ public class TrainerTests
     }
 
     [Fact]
+    public void ResumeFromACheckpointIsBitExact()
+    {
+        using var a = new TempDir();
+        var cfg = Small(a.Path, 6);
+        cfg.Output.CheckpointEvery = 3;
+        var straight = new Trainer(cfg, CpuBackend.Instance).Run(TestContext.Current.CancellationToken);
+        var ckpt = Assert.Single(Checkpoints.List(Path.Combine(a.Path, "checkpoints")));
+        Assert.EndsWith("step_00000003", ckpt);
+        var finalStraight = File.ReadAllBytes(Path.Combine(straight.WeightsDir, ModelIO.WeightsFile));
+
+        using var b = new TempDir();
+        var cfg2 = Small(b.Path, 6);
+        var resumed = new Trainer(cfg2, CpuBackend.Instance) { Resume = ckpt }.Run(TestContext.Current.CancellationToken);
+        Assert.Equal(straight.Steps.Skip(3).Select(s => s.Loss), resumed.Steps.Select(s => s.Loss));
+        Assert.Equal([4, 5, 6], resumed.Steps.Select(s => s.Step));
+        Assert.Equal(finalStraight, File.ReadAllBytes(Path.Combine(resumed.WeightsDir, ModelIO.WeightsFile)));
+
+        // a corrupted checkpoint is refused before anything is loaded
+        var opt = Path.Combine(ckpt, "optimizer.safetensors");
+        var bytes = File.ReadAllBytes(opt);
+        bytes[^1] ^= 1;
+        File.WriteAllBytes(opt, bytes);
+        var e = Assert.Throws<InvalidDataException>(() => new Trainer(cfg2, CpuBackend.Instance) { Resume = ckpt }.Run(TestContext.Current.CancellationToken));
+        Assert.Contains("optimizer.safetensors does not match its SHA-256", e.Message);
+    }
+
+    [Fact]
     public void MissingDataFileIsNamed()
     {
         using var dir = new TempDir();
