@@ -6,6 +6,8 @@ var verbs = new Dictionary<string, (string Help, Func<string[], int> Run)>
 {
     ["gemm"] = ("Sgemm vs OpenBLAS (numpy) on square and model shapes; writes benchmarks/results/gemm-<date>.json",
         GemmBenchmark.Run),
+    ["data"] = ("Tokenize MB/s (ours vs Microsoft.ML.Tokenizers, same vocab) and dedup docs/s on the shipped corpus; writes benchmarks/results/data-<date>.json",
+        DataBench.Run),
 };
 
 if (args.Length == 0 || !verbs.TryGetValue(args[0], out var verb))
