@@ -3,12 +3,20 @@
 # run the CUDA test suite (a self-contained published app: the GPU machine has no network for NuGet), and write a
 # JSON summary to $OUT/gpu_summary.json (plus the logs next to it). Documented in docs/KERNELS.md.
 #
+# After the tests it runs the per-kernel microbenchmarks: benchmarks/scripts/sdpa_bench.py (PyTorch SDPA, flash
+# backend) and then `engine bench kernels --sdpa` (ours, with ratio_vs_sdpa), and puts their rows into the summary's
+# "microbenchmarks" list (each row with device, driver, date, commit; run details in "microbenchmarks_meta").
+#
 # Prepare on the build machine (needs the .NET SDK and NuGet):
 #   dotnet publish tests/Engine.Cuda.Tests -c Release -r linux-x64 --self-contained -o .device-carry/cuda-tests
+#   dotnet publish src/Engine.Cli -c Release -r linux-x64 --self-contained -o .device-carry/cuda-tests   # same folder: adds `engine`
 # then on the GPU machine, from the repository root:
 #   OUT=/some/dir benchmarks/scripts/gpu_run.sh
 # Env: OUT (default out/gpu), ENGINE_CUDA_TESTS_APP (default .device-carry/cuda-tests/Engine.Cuda.Tests),
-#      ENGINE_CUDA_ARCHS (passed to CMake when set), JOBS (default nproc).
+#      ENGINE_CUDA_ARCHS (passed to CMake when set), JOBS (default nproc),
+#      ENGINE_CLI (default: `engine` next to the test app), BENCH_PRESET (full | tiny | none to skip; default full),
+#      PYTHON (default python3: the one with PyTorch for sdpa_bench.py).
+# Exit status: build and tests only; the benchmarks' status is in the summary (microbenchmarks_meta).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-out/gpu}
@@ -54,7 +62,37 @@ else
 fi
 echo "[gpu_run] tests rc=$tests_rc: $passed passed, $failed failed, $skipped skipped of $total"
 
-# 3. Summary.
+# 3. Microbenchmarks (docs/KERNELS.md): PyTorch SDPA first, then ours reading its JSON for the ratios.
+PY=${PYTHON:-python3}
+PRESET=${BENCH_PRESET:-full}
+CLI=${ENGINE_CLI:-$(dirname "$APP")/engine}
+sdpa_rc=skipped; bench_rc=skipped
+if [ "$PRESET" != none ] && [ "$kernels_rc" = 0 ]; then
+  sdpa_args=()
+  [ "$PRESET" = tiny ] && sdpa_args=(--tokens 256 --heads 4 --kv-heads 1,4 --seq-lens 128 --head-dims 64,128)   # = AttentionGrid.Tiny
+  if command -v "$PY" >/dev/null 2>&1; then
+    "$PY" benchmarks/scripts/sdpa_bench.py --out "$OUT/sdpa.json" "${sdpa_args[@]}" >"$OUT/sdpa_bench.log" 2>&1
+    sdpa_rc=$?
+  else
+    echo "[gpu_run] no $PY: PyTorch SDPA not measured" | tee "$OUT/sdpa_bench.log"; sdpa_rc=127
+  fi
+  sdpa_opt=()
+  [ "$sdpa_rc" = 0 ] && sdpa_opt=(--sdpa "$OUT/sdpa.json")
+  rm -f "$OUT"/kernels-*.json
+  bench_cmd=()
+  if [ -x "$CLI" ]; then bench_cmd=("$CLI")
+  elif command -v dotnet >/dev/null 2>&1; then bench_cmd=(dotnet run --project src/Engine.Cli -c Release --)
+  fi
+  if [ ${#bench_cmd[@]} -gt 0 ]; then
+    "${bench_cmd[@]}" bench kernels --out "$OUT" --preset "$PRESET" --commit "$commit" "${sdpa_opt[@]}" >"$OUT/kernel_bench.log" 2>&1
+    bench_rc=$?
+  else
+    echo "[gpu_run] no engine CLI at $CLI and no dotnet SDK: publish it first (see the header)" | tee "$OUT/kernel_bench.log"; bench_rc=127
+  fi
+fi
+echo "[gpu_run] microbenchmarks: sdpa rc=$sdpa_rc, engine bench kernels rc=$bench_rc (logs: $OUT/sdpa_bench.log, $OUT/kernel_bench.log)"
+
+# 4. Summary.
 cat >"$OUT/gpu_summary.json" <<JSON
 {
   "commit": "$commit",
@@ -62,9 +100,47 @@ cat >"$OUT/gpu_summary.json" <<JSON
   "nvcc": "${nvcc_version:-missing}",
   "kernels_build_rc": $kernels_rc,
   "tests": {"rc": $tests_rc, "total": ${total:-0}, "passed": ${passed:-0}, "failed": ${failed:-0}, "skipped": ${skipped:-0}},
-  "logs": ["kernels_configure.log", "kernels_build.log", "kernels_files.txt", "cuda_tests.log", "cuda_tests.xml"],
+  "logs": ["kernels_configure.log", "kernels_build.log", "kernels_files.txt", "cuda_tests.log", "cuda_tests.xml", "sdpa_bench.log", "kernel_bench.log"],
   "microbenchmarks": []
 }
 JSON
+# The microbenchmark rows go into the summary with Python (json) when it is there; without it the list stays empty.
+if command -v "$PY" >/dev/null 2>&1; then
+  "$PY" - "$OUT" "$commit" "$gpu" "$sdpa_rc" "$bench_rc" <<'PYEOF' || echo "[gpu_run] could not merge the microbenchmarks into the summary"
+import glob, json, os, sys
+out, commit, gpu, sdpa_rc, bench_rc = sys.argv[1:6]
+fields = [f.strip() for f in gpu.split(",")]
+device, driver = (fields + ["none", "unknown"])[:2] if gpu else ("none", "unknown")
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+files = sorted(glob.glob(os.path.join(out, "kernels-*.json")))
+ours = load(files[-1]) if files else None
+sdpa = load(os.path.join(out, "sdpa.json"))
+date = (ours or {}).get("date") or (sdpa or {}).get("date") or ""
+stamp = {"device": device, "driver": driver, "date": date, "commit": commit}
+rows, merged = [], set()
+for m in (ours or {}).get("measurements", []):
+    rows.append(dict(m, source="engine", **stamp))
+    if "sdpa_tflops" in m:
+        merged.add(m["shape"])
+for m in (sdpa or {}).get("measurements", []):
+    if m.get("shape") not in merged:
+        rows.append(dict(m, source="pytorch", **stamp))
+path = os.path.join(out, "gpu_summary.json")
+summary = load(path)
+summary["microbenchmarks"] = rows
+summary["microbenchmarks_meta"] = dict(stamp, sdpa_rc=sdpa_rc, bench_rc=bench_rc,
+    kernels_json=os.path.basename(files[-1]) if files else None, sdpa_json="sdpa.json" if sdpa else None,
+    copy_gbps=(ours or {}).get("copy_gbps"), torch=(sdpa or {}).get("torch"), preset=(ours or {}).get("preset"))
+with open(path, "w") as f:
+    json.dump(summary, f, indent=2)
+    f.write("\n")
+print(f"[gpu_run] microbenchmarks: {len(rows)} rows in the summary")
+PYEOF
+fi
 echo "[gpu_run] summary: $OUT/gpu_summary.json"
 [ "$kernels_rc" = 0 ] && [ "$tests_rc" = 0 ]
