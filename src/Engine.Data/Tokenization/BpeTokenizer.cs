@@ -187,9 +187,9 @@ public sealed class BpeTokenizer : ITokenizer
     }
 
     /// <summary>
-    /// Merges one piece: symbols in a linked list with the rank of each adjacent pair cached, so a merge costs one scan
-    /// of ints plus two dictionary lookups (its new neighbours) instead of re-looking-up every pair.
-    /// Lowest rank first, leftmost on ties — the same result as Hugging Face's BPE.
+    /// Merges one piece: symbols in a linked list, the rank of each adjacent pair cached, candidate merges in a min-heap
+    /// keyed (rank, position) with lazy invalidation — O(n log n) per piece, so long runs of Han characters (one piece)
+    /// stay cheap. Lowest rank first, leftmost on ties — the same result as Hugging Face's BPE.
     /// </summary>
     int[] Bpe(ReadOnlySpan<char> piece)
     {
@@ -201,16 +201,18 @@ public sealed class BpeTokenizer : ITokenizer
         var prv = new int[n];
         var rank = new int[n];
         var merged = new int[n];
-        for (int i = 0; i < n; i++) { sym[i] = _byteIds[buf[i]]; nxt[i] = i + 1; prv[i] = i - 1; }
+        var alive = new bool[n];
+        var heap = new PriorityQueue<int, long>(n);
+        for (int i = 0; i < n; i++) { sym[i] = _byteIds[buf[i]]; nxt[i] = i + 1; prv[i] = i - 1; alive[i] = true; }
         for (int i = 0; i < n; i++) SetRank(i);
         int count = n;
-        while (count > 1)
+        while (count > 1 && heap.TryDequeue(out int best, out long key))
         {
-            int best = -1, bestRank = int.MaxValue;
-            for (int i = 0; i < n; i = nxt[i]) if (rank[i] < bestRank) { bestRank = rank[i]; best = i; }
-            if (best < 0) break;
+            // stale entry: the symbol was absorbed, or its pair changed rank since it was queued
+            if (!alive[best] || rank[best] != (int)(key >> 32)) continue;
             int j = nxt[best];
             sym[best] = merged[best];
+            alive[j] = false;
             nxt[best] = nxt[j];
             if (nxt[j] < n) prv[nxt[j]] = best;
             count--;
@@ -224,7 +226,12 @@ public sealed class BpeTokenizer : ITokenizer
         void SetRank(int i)
         {
             int j = nxt[i];
-            if (j < n && _merges.TryGetValue(Key(sym[i], sym[j]), out var m)) { rank[i] = m.Rank; merged[i] = m.Id; }
+            if (j < n && _merges.TryGetValue(Key(sym[i], sym[j]), out var m))
+            {
+                rank[i] = m.Rank;
+                merged[i] = m.Id;
+                heap.Enqueue(i, ((long)m.Rank << 32) | (uint)i);
+            }
             else rank[i] = int.MaxValue;
         }
     }
