@@ -53,6 +53,7 @@ public static class BenchCommand
             return 0;
         }));
         cmd.Subcommands.Add(eval);
+        cmd.Subcommands.Add(GpuBenchCommand.Create());
         return cmd;
     }
 }
