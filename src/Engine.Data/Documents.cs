@@ -181,7 +181,7 @@ public static partial class Documents
     }
 
     /// <summary>RFC 4180 rows: quoted fields may hold commas, doubled quotes and newlines; blank lines are skipped.</summary>
-    internal static List<List<string>> CsvRows(string text)
+    public static List<List<string>> CsvRows(string text)
     {
         var rows = new List<List<string>>();
         var row = new List<string>();

@@ -7,7 +7,7 @@ namespace Engine.Training;
 /// <summary>
 /// Tokens of one or more text files, documents joined with EOS, split into a training part and a held-out tail
 /// (valid_fraction of each file). Training windows of T+1 tokens start at seeded random offsets (nanoGPT-style);
-/// validation windows are fixed and evenly spaced, so every evaluation sees the same tokens.
+/// validation reads the held-out tokens in order, so every evaluation sees the same tokens.
 /// </summary>
 public sealed class TokenCorpus
 {
@@ -17,6 +17,9 @@ public sealed class TokenCorpus
     TokenCorpus(int[] train, int[] valid) { this.train = train; this.valid = valid; }
 
     public int TrainTokens => train.Length;
+
+    /// <summary>The held-out tokens, in order.</summary>
+    public IReadOnlyList<int> Valid => valid;
     public int ValidTokens => valid.Length;
 
     public static TokenCorpus FromFiles(IEnumerable<string> paths, ITokenizer tokenizer, double validFraction)
@@ -73,12 +76,4 @@ public sealed class TokenCorpus
 
     /// <summary>Number of disjoint validation windows available.</summary>
     public int ValidWindows(int seqLen) => Math.Max(0, (valid.Length - 1) / seqLen);
-
-    /// <summary>Validation window w (disjoint, in order).</summary>
-    public void ValidWindow(int w, int seqLen, Span<int> ids, Span<int> targets)
-    {
-        int start = w * seqLen;
-        valid.AsSpan(start, seqLen).CopyTo(ids);
-        valid.AsSpan(start + 1, seqLen).CopyTo(targets);
-    }
 }

@@ -181,26 +181,8 @@ public sealed class Trainer
     public double ValidationLoss(LlamaModel model, TokenCorpus corpus)
     {
         int T = cfg.Train.SeqLen, B = cfg.Train.BatchSize;
-        int windows = Math.Min(corpus.ValidWindows(T), cfg.Train.EvalBatches * B);
-        if (windows == 0) return double.NaN;
-        double sum = 0; long count = 0;
-        var ids = new int[B * T];
-        var tg = new int[B * T];
-        using var ng = Grad.NoGrad();
-        for (int w0 = 0; w0 < windows; w0 += B)
-        {
-            int nb = Math.Min(B, windows - w0);
-            for (int b = 0; b < nb; b++) corpus.ValidWindow(w0 + b, T, ids.AsSpan(b * T, T), tg.AsSpan(b * T, T));
-            using var scope = new TensorScope();
-            var idT = backend.Empty([nb * T], DType.I32);
-            var tgT = backend.Empty([nb * T], DType.I32);
-            backend.Upload(idT, ids.AsSpan(0, nb * T));
-            backend.Upload(tgT, tg.AsSpan(0, nb * T));
-            var (loss, _) = model.Loss(idT, tgT, nb, T, 1f);
-            sum += loss.Item();
-            count += nb * T;
-        }
-        return sum / count;
+        if (corpus.ValidWindows(T) == 0) return double.NaN;
+        return Eval.Evaluator.Perplexity(model, corpus.Valid, T, B, (long)cfg.Train.EvalBatches * B * T).MeanNll;
     }
 
     /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory.</summary>

@@ -16,16 +16,7 @@ public static class EvalBenchmark
     public static JsonObject Run(IBackend backend, Action<string>? log = null, int seqLen = 256, int newTokens = 64)
     {
         var o = new TrainBenchOptions();
-        var cfg = new LlamaConfig
-        {
-            VocabSize = o.Vocab,
-            HiddenSize = o.Hidden,
-            IntermediateSize = o.Ffn,
-            NumLayers = o.Layers,
-            NumHeads = o.Heads,
-            NumKvHeads = o.KvHeads,
-            MaxPositionEmbeddings = 512,
-        }.Validate();
+        var cfg = o.ToLlamaConfig(512);
         using var model = new LlamaModel(cfg, backend);
         model.InitializeWeights(0);
         var rng = new Rng(2);

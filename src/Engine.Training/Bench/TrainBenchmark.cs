@@ -20,6 +20,12 @@ public sealed record TrainBenchOptions
     public int Batch { get; init; } = 8;
     public int Steps { get; init; } = 6;
     public int Warmup { get; init; } = 2;
+
+    public LlamaConfig ToLlamaConfig(int maxPositions) => new LlamaConfig
+    {
+        VocabSize = Vocab, HiddenSize = Hidden, IntermediateSize = Ffn, NumLayers = Layers,
+        NumHeads = Heads, NumKvHeads = KvHeads, MaxPositionEmbeddings = maxPositions,
+    }.Validate();
 }
 
 /// <summary>
@@ -30,16 +36,7 @@ public static class TrainBenchmark
 {
     public static JsonObject Run(IBackend backend, TrainBenchOptions o, string? python, Action<string>? log = null)
     {
-        var cfg = new LlamaConfig
-        {
-            VocabSize = o.Vocab,
-            HiddenSize = o.Hidden,
-            IntermediateSize = o.Ffn,
-            NumLayers = o.Layers,
-            NumHeads = o.Heads,
-            NumKvHeads = o.KvHeads,
-            MaxPositionEmbeddings = o.Seq,
-        }.Validate();
+        var cfg = o.ToLlamaConfig(o.Seq);
         using var model = new LlamaModel(cfg, backend);
         model.InitializeWeights(0);
         using var opt = new AdamW(model, new AdamWOptions());

@@ -51,27 +51,30 @@ public sealed class TrainConfig
     }
 
     /// <summary>The model config; vocab_size 0 takes the tokenizer's size.</summary>
-    public LlamaConfig ToLlamaConfig(int tokenizerVocab) => new LlamaConfig
-    {
-        VocabSize = Model.VocabSize > 0 ? Model.VocabSize : tokenizerVocab,
-        HiddenSize = Model.HiddenSize,
-        IntermediateSize = Model.IntermediateSize,
-        NumLayers = Model.NumLayers,
-        NumHeads = Model.NumHeads,
-        NumKvHeads = Model.NumKvHeads > 0 ? Model.NumKvHeads : Model.NumHeads,
-        MaxPositionEmbeddings = Model.MaxPositionEmbeddings,
-        RmsNormEps = (float)Model.RmsNormEps,
-        RopeTheta = Model.RopeTheta,
-        RopeScaling = Model.RopeScaling,
-        RopeScalingFactor = Model.RopeScalingFactor,
-        TieWordEmbeddings = Model.TieWordEmbeddings,
-        NormHead = Model.NormHead,
-        InitializerRange = Model.InitializerRange,
-    }.Validate();
+    public LlamaConfig ToLlamaConfig(int tokenizerVocab) => Model.ToLlamaConfig(tokenizerVocab);
 }
 
 public sealed class ModelSection
 {
+    /// <summary>The model config; vocab_size 0 takes the tokenizer's size.</summary>
+    public LlamaConfig ToLlamaConfig(int tokenizerVocab) => new LlamaConfig
+    {
+        VocabSize = VocabSize > 0 ? VocabSize : tokenizerVocab,
+        HiddenSize = HiddenSize,
+        IntermediateSize = IntermediateSize,
+        NumLayers = NumLayers,
+        NumHeads = NumHeads,
+        NumKvHeads = NumKvHeads > 0 ? NumKvHeads : NumHeads,
+        MaxPositionEmbeddings = MaxPositionEmbeddings,
+        RmsNormEps = (float)RmsNormEps,
+        RopeTheta = RopeTheta,
+        RopeScaling = RopeScaling,
+        RopeScalingFactor = RopeScalingFactor,
+        TieWordEmbeddings = TieWordEmbeddings,
+        NormHead = NormHead,
+        InitializerRange = InitializerRange,
+    }.Validate();
+
     /// <summary>0 = the tokenizer's vocabulary size.</summary>
     public int VocabSize { get; set; }
     public int HiddenSize { get; set; } = 256;

@@ -1,3 +1,4 @@
+using Engine.Data;
 using System.Text.Json;
 
 namespace Engine.Training.Eval;
@@ -21,7 +22,7 @@ public static class LabeledData
         string ext = Path.GetExtension(path).ToLowerInvariant();
         if (ext == ".csv")
         {
-            var rows = Csv.Parse(text);
+            var rows = Documents.CsvRows(text);
             int li = 0, ti = 1, start = 0;
             if (rows.Count > 0)
             {
@@ -32,7 +33,7 @@ public static class LabeledData
             for (int r = start; r < rows.Count; r++)
             {
                 var row = rows[r];
-                if (row.Length <= Math.Max(li, ti) || row[ti].Trim().Length == 0) { skipped++; continue; }
+                if (row.Count <= Math.Max(li, ti) || row[ti].Trim().Length == 0) { skipped++; continue; }
                 list.Add(new LabeledExample(row[ti].Trim(), Normalize(row[li], labelNames)));
             }
         }

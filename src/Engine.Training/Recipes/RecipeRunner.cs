@@ -183,22 +183,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         LlamaModel model;
         if (st.Init == "random")
         {
-            var c = cfg.Model;
-            var llama = new LlamaConfig
-            {
-                VocabSize = tok.VocabSize,
-                HiddenSize = c.HiddenSize,
-                IntermediateSize = c.IntermediateSize,
-                NumLayers = c.NumLayers,
-                NumHeads = c.NumHeads,
-                NumKvHeads = c.NumKvHeads > 0 ? c.NumKvHeads : c.NumHeads,
-                MaxPositionEmbeddings = c.MaxPositionEmbeddings,
-                RmsNormEps = (float)c.RmsNormEps,
-                RopeTheta = c.RopeTheta,
-                TieWordEmbeddings = c.TieWordEmbeddings,
-                NormHead = c.NormHead,
-                InitializerRange = c.InitializerRange,
-            }.Validate();
+            var llama = cfg.Model.ToLlamaConfig(tok.VocabSize);
             model = new LlamaModel(llama, backend);
             model.InitializeWeights(cfg.Seed);
         }
