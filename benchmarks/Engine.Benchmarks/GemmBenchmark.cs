@@ -130,9 +130,16 @@ public static class GemmBenchmark
             Console.WriteLine($"| {s.Name,-14} | {s.Op} | {s.M,5} | {s.N,5} | {s.K,5} | {s.Batch,5} | {o.Gflops,12:F1} | {tb,16} | {ratio,13} |");
             rows.Add(new JsonObject
             {
-                ["name"] = s.Name, ["role"] = s.Role, ["transA"] = s.TransA, ["transB"] = s.TransB,
-                ["m"] = s.M, ["n"] = s.N, ["k"] = s.K, ["batch"] = s.Batch,
-                ["ours_ms"] = Math.Round(o.Ms, 4), ["ours_gflops"] = Math.Round(o.Gflops, 2),
+                ["name"] = s.Name,
+                ["role"] = s.Role,
+                ["transA"] = s.TransA,
+                ["transB"] = s.TransB,
+                ["m"] = s.M,
+                ["n"] = s.N,
+                ["k"] = s.K,
+                ["batch"] = s.Batch,
+                ["ours_ms"] = Math.Round(o.Ms, 4),
+                ["ours_gflops"] = Math.Round(o.Gflops, 2),
                 ["ours_spot_check_max_rel_err"] = o.MaxErr,
                 ["openblas_ms"] = has ? Math.Round(t.Ms, 4) : null,
                 ["openblas_gflops"] = has ? Math.Round(t.Gflops, 2) : null,
@@ -150,16 +157,23 @@ public static class GemmBenchmark
             ["command"] = "dotnet run -c Release --project benchmarks/Engine.Benchmarks -- gemm " + string.Join(' ', args),
             ["machine"] = new JsonObject
             {
-                ["cpu_model"] = CpuModel(), ["cores"] = Environment.ProcessorCount,
-                ["avx512f"] = Avx512F.IsSupported, ["gemm_kernel"] = Gemm.Kernel,
+                ["cpu_model"] = CpuModel(),
+                ["cores"] = Environment.ProcessorCount,
+                ["avx512f"] = Avx512F.IsSupported,
+                ["gemm_kernel"] = Gemm.Kernel,
                 ["runtime"] = RuntimeInformation.FrameworkDescription,
-                ["load_avg_before"] = loadBefore, ["load_avg_after"] = loadAfter,
+                ["load_avg_before"] = loadBefore,
+                ["load_avg_after"] = loadAfter,
             },
             ["timing"] = new JsonObject
             {
                 ["method"] = "manual Stopwatch / time.perf_counter; rounds alternate ours and OpenBLAS; per round warm-up " +
                     ">= 0.25 s, calibrated iterations, samples; median per-call time over all samples",
-                ["rounds"] = rounds, ["samples_per_round"] = samples, ["wait_idle_s"] = waitIdleS, ["min_sample_s"] = minSampleS, ["gemm_max_threads"] = Gemm.MaxThreads,
+                ["rounds"] = rounds,
+                ["samples_per_round"] = samples,
+                ["wait_idle_s"] = waitIdleS,
+                ["min_sample_s"] = minSampleS,
+                ["gemm_max_threads"] = Gemm.MaxThreads,
             },
             ["openblas"] = blas?.DeepClone(),
             ["results"] = rows,
@@ -286,7 +300,10 @@ public static class GemmBenchmark
         {
             var psi = new ProcessStartInfo("/usr/bin/python3")
             {
-                RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false, WorkingDirectory = root,
+                RedirectStandardInput = true,
+                RedirectStandardOutput = true,
+                UseShellExecute = false,
+                WorkingDirectory = root,
             };
             string threads = Gemm.MaxThreads.ToString(CultureInfo.InvariantCulture);
             psi.Environment["OMP_NUM_THREADS"] = threads;
@@ -352,7 +369,10 @@ public static class GemmBenchmark
         {
             var psi = new ProcessStartInfo("git", arguments)
             {
-                RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false, WorkingDirectory = root,
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
+                WorkingDirectory = root,
             };
             using var p = Process.Start(psi)!;
             string o = p.StandardOutput.ReadToEnd().Trim();

@@ -98,10 +98,21 @@ public static unsafe class Gemm
 
     static GemmProblem Problem(bool transA, bool transB, int m, int n, int k, float alpha, float* a, int lda,
         float* b, int ldb, float beta, float* c, int ldc) => new()
-    {
-        TransA = transA, TransB = transB, M = m, N = n, K = k, Alpha = alpha, Beta = beta,
-        A = a, Lda = lda, B = b, Ldb = ldb, C = c, Ldc = ldc,
-    };
+        {
+            TransA = transA,
+            TransB = transB,
+            M = m,
+            N = n,
+            K = k,
+            Alpha = alpha,
+            Beta = beta,
+            A = a,
+            Lda = lda,
+            B = b,
+            Ldb = ldb,
+            C = c,
+            Ldc = ldc,
+        };
 
     /// <summary>One GEMM with m, n ≥ 1: degenerate cases, the thin path, or the blocked path on ≤ maxThreads.</summary>
     static void RunOne(in GemmProblem g, int maxThreads)
@@ -143,7 +154,11 @@ public static unsafe class Gemm
                     : (long)GemmDriver.RoundUp(Math.Min(GemmTraits.MC, g.M), GemmTraits.MR) * kc;
                 var job = new GemmParallelJob
                 {
-                    G = g, SplitM = splitM, Units = units, Tasks = threads, KcNominal = kc,
+                    G = g,
+                    SplitM = splitM,
+                    Units = units,
+                    Tasks = threads,
+                    KcNominal = kc,
                     Shared0 = GemmThreads.SharedBuffer(0, shared + GemmPack.Slack),
                     Shared1 = GemmThreads.SharedBuffer(1, shared + GemmPack.Slack),
                     BarrierCount = threads,

@@ -84,7 +84,15 @@ public sealed class ExtrasKernels
         if (n == 0) return;
         var p = new AttentionDecodeParams
         {
-            Q = q, K = k, V = v, O = o, N = n, Heads = heads, KvHeads = kvHeads, HeadDim = headDim, Offset = offset,
+            Q = q,
+            K = k,
+            V = v,
+            O = o,
+            N = n,
+            Heads = heads,
+            KvHeads = kvHeads,
+            HeadDim = headDim,
+            Offset = offset,
             SoftmaxScale = 1f / MathF.Sqrt(headDim),
         };
         long blocks = (long)n * heads;

@@ -24,22 +24,43 @@ public sealed record ModelShapes
     /// vocab 32000 (Llama 2) and 128256 (Llama 3); AdamW over one layer's MLP weights (3·4096·11008).</summary>
     public static ModelShapes Llama7B => new()
     {
-        Name = "llama7b", Tokens = 16384, Hidden = 4096, Ffn = 11008, Heads = 32, KvHeads = [8, 32], HeadDim = 128,
-        Vocabs = [32000, 128256], AdamWParams = 3L * 4096 * 11008,
+        Name = "llama7b",
+        Tokens = 16384,
+        Hidden = 4096,
+        Ffn = 11008,
+        Heads = 32,
+        KvHeads = [8, 32],
+        HeadDim = 128,
+        Vocabs = [32000, 128256],
+        AdamWParams = 3L * 4096 * 11008,
     };
 
     /// <summary>A small model (launch overhead and L2 matter here): 2048 tokens, hidden 1024, FFN 2816, 8 heads of 128.</summary>
     public static ModelShapes Small => new()
     {
-        Name = "small", Tokens = 2048, Hidden = 1024, Ffn = 2816, Heads = 8, KvHeads = [2, 8], HeadDim = 128,
-        Vocabs = [32000], AdamWParams = 3L * 1024 * 2816,
+        Name = "small",
+        Tokens = 2048,
+        Hidden = 1024,
+        Ffn = 2816,
+        Heads = 8,
+        KvHeads = [2, 8],
+        HeadDim = 128,
+        Vocabs = [32000],
+        AdamWParams = 3L * 1024 * 2816,
     };
 
     /// <summary>Seconds-long smoke configuration for the GPU test.</summary>
     public static ModelShapes Tiny => new()
     {
-        Name = "tiny", Tokens = 64, Hidden = 128, Ffn = 256, Heads = 2, KvHeads = [1, 2], HeadDim = 64,
-        Vocabs = [512], AdamWParams = 4096,
+        Name = "tiny",
+        Tokens = 64,
+        Hidden = 128,
+        Ffn = 256,
+        Heads = 2,
+        KvHeads = [1, 2],
+        HeadDim = 64,
+        Vocabs = [512],
+        AdamWParams = 4096,
     };
 
     public void Validate()
@@ -118,7 +139,11 @@ public sealed record KernelBenchOptions
         "full" => new() { Preset = "full", Shapes = [ModelShapes.Llama7B, ModelShapes.Small], Attention = AttentionGrid.Default },
         "tiny" => new()
         {
-            Preset = "tiny", Shapes = [ModelShapes.Tiny], Attention = AttentionGrid.Tiny, CopyBytes = 16L << 20, GemmSize = 256,
+            Preset = "tiny",
+            Shapes = [ModelShapes.Tiny],
+            Attention = AttentionGrid.Tiny,
+            CopyBytes = 16L << 20,
+            GemmSize = 256,
             Timing = new TimingOptions(Warmup: 1, Repeats: 3, TargetMsPerRepeat: 2, MinIters: 1, MaxIters: 50),
         },
         _ => throw new ArgumentException($"unknown preset '{preset}' (full or tiny)"),

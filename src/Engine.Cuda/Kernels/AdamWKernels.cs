@@ -32,8 +32,19 @@ public sealed class AdamWKernels
         if (n == 0) return;
         var p = new AdamWParams
         {
-            Master = master, ParamBf16 = paramBf16, M = m, V = v, GradF32 = gF32, GradBf16 = gBf16, GradScalePtr = gradScalePtr, N = n,
-            Lr = st.Lr, Beta1 = st.Beta1, Beta2 = st.Beta2, Eps = st.Eps, WeightDecay = st.WeightDecay,
+            Master = master,
+            ParamBf16 = paramBf16,
+            M = m,
+            V = v,
+            GradF32 = gF32,
+            GradBf16 = gBf16,
+            GradScalePtr = gradScalePtr,
+            N = n,
+            Lr = st.Lr,
+            Beta1 = st.Beta1,
+            Beta2 = st.Beta2,
+            Eps = st.Eps,
+            WeightDecay = st.WeightDecay,
             StepSize = st.Lr / (1f - MathF.Pow(st.Beta1, st.Step)),
             Bc2Sqrt = MathF.Sqrt(1f - MathF.Pow(st.Beta2, st.Step)),
             GradScale = gradScale,

@@ -53,9 +53,16 @@ public sealed class AttentionKernels
         int d = shape.HeadDim;
         var p = new AttentionBackwardParams
         {
-            Fwd = f, DOut = dout, Dq = dq, Dk = dk, Dv = dv, Delta = delta,
-            DoRowStride = Stride(doRowStride, shape.Heads, d), DqRowStride = Stride(dqRowStride, shape.Heads, d),
-            DkRowStride = Stride(dkRowStride, shape.KvHeads, d), DvRowStride = Stride(dvRowStride, shape.KvHeads, d),
+            Fwd = f,
+            DOut = dout,
+            Dq = dq,
+            Dk = dk,
+            Dv = dv,
+            Delta = delta,
+            DoRowStride = Stride(doRowStride, shape.Heads, d),
+            DqRowStride = Stride(dqRowStride, shape.Heads, d),
+            DkRowStride = Stride(dkRowStride, shape.KvHeads, d),
+            DvRowStride = Stride(dvRowStride, shape.KvHeads, d),
         };
         CheckOperand(dout, p.DoRowStride, (long)shape.Heads * d, nameof(dout));
         CheckOperand(dq, p.DqRowStride, (long)shape.Heads * d, nameof(dq));
@@ -86,10 +93,21 @@ public sealed class AttentionKernels
         int d = shape.HeadDim;
         var p = new AttentionParams
         {
-            Q = q, K = k, V = v, O = o, Lse = lse, Batch = shape.Batch, SeqLen = shape.SeqLen, Heads = shape.Heads, KvHeads = shape.KvHeads,
-            QRowStride = Stride(qs, shape.Heads, d), KRowStride = Stride(ks, shape.KvHeads, d),
-            VRowStride = Stride(vs, shape.KvHeads, d), ORowStride = Stride(os, shape.Heads, d),
-            SoftmaxScale = 1f / MathF.Sqrt(d), Causal = causal ? 1 : 0,
+            Q = q,
+            K = k,
+            V = v,
+            O = o,
+            Lse = lse,
+            Batch = shape.Batch,
+            SeqLen = shape.SeqLen,
+            Heads = shape.Heads,
+            KvHeads = shape.KvHeads,
+            QRowStride = Stride(qs, shape.Heads, d),
+            KRowStride = Stride(ks, shape.KvHeads, d),
+            VRowStride = Stride(vs, shape.KvHeads, d),
+            ORowStride = Stride(os, shape.Heads, d),
+            SoftmaxScale = 1f / MathF.Sqrt(d),
+            Causal = causal ? 1 : 0,
         };
         CheckOperand(q, p.QRowStride, (long)shape.Heads * d, nameof(q));
         CheckOperand(k, p.KRowStride, (long)shape.KvHeads * d, nameof(k));

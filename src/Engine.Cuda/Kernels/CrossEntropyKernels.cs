@@ -35,8 +35,17 @@ public sealed class CrossEntropyKernels
         if (rows == 0) return;
         var p = new CrossEntropyParams
         {
-            Logits = logits, Loss = loss, Lse = lse, Targets = targets, DLoss = dloss, Rows = rows, Vocab = vocab, RowStride = rowStride,
-            ZLoss = zLoss, DLossScale = dlossScale, IgnoreIndex = ignoreIndex,
+            Logits = logits,
+            Loss = loss,
+            Lse = lse,
+            Targets = targets,
+            DLoss = dloss,
+            Rows = rows,
+            Vocab = vocab,
+            RowStride = rowStride,
+            ZLoss = zLoss,
+            DLossScale = dlossScale,
+            IgnoreIndex = ignoreIndex,
         };
         _lib.Function(Module, name).Launch(s, new Dim3((uint)Math.Min(rows, 65535 * 16)), KernelTraits.RowBlock, 0, p);
     }

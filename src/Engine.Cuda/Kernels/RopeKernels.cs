@@ -45,9 +45,17 @@ public sealed class RopeKernels
         long row = (long)heads * headDim;
         var p = new RopeParams
         {
-            Out = output, In = input, InvFreq = invFreq, Batch = batch, SeqLen = seqLen, Heads = heads, HeadDim = headDim,
-            InRowStride = inRowStride == 0 ? row : inRowStride, OutRowStride = outRowStride == 0 ? row : outRowStride,
-            PositionOffset = positionOffset, LinearFactor = linearFactor,
+            Out = output,
+            In = input,
+            InvFreq = invFreq,
+            Batch = batch,
+            SeqLen = seqLen,
+            Heads = heads,
+            HeadDim = headDim,
+            InRowStride = inRowStride == 0 ? row : inRowStride,
+            OutRowStride = outRowStride == 0 ? row : outRowStride,
+            PositionOffset = positionOffset,
+            LinearFactor = linearFactor,
         };
         if (p.InRowStride < row || p.OutRowStride < row) throw new ArgumentException($"row strides must be >= heads * headDim = {row}");
         long pairs = (long)batch * seqLen * heads * (headDim / 2);

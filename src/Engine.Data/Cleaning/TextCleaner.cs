@@ -246,7 +246,12 @@ public sealed class TextCleaner
             {
                 >= '\uFF01' and <= '\uFF5E' => ((char)(c - 0xFEE0)).ToString(),
                 '\u3000' or '\u00A0' or (>= '\u2000' and <= '\u200A') or '\u202F' or '\u205F' => " ",
-                '\uFB00' => "ff", '\uFB01' => "fi", '\uFB02' => "fl", '\uFB03' => "ffi", '\uFB04' => "ffl", '\uFB05' or '\uFB06' => "st",
+                '\uFB00' => "ff",
+                '\uFB01' => "fi",
+                '\uFB02' => "fl",
+                '\uFB03' => "ffi",
+                '\uFB04' => "ffl",
+                '\uFB05' or '\uFB06' => "st",
                 _ => null,
             };
             if (rep == null) { sb?.Append(c); continue; }

@@ -118,10 +118,17 @@ public sealed record PrepareConfig(
         bool dedupEnabled = d.Bool("enabled", true);
         var dedup = new DedupOptions
         {
-            Exact = d.Bool("exact", dd.Exact), Near = d.Bool("near", dd.Near), Local = d.Bool("local", dd.Local), Global = d.Bool("global", dd.Global),
-            ShingleSize = (int)d.Long("shingle_size", dd.ShingleSize), Permutations = (int)d.Long("permutations", dd.Permutations),
-            Bands = (int)d.Long("bands", dd.Bands), Rows = (int)d.Long("rows", dd.Rows), Threshold = d.Double("threshold", dd.Threshold),
-            SamplePairs = (int)d.Long("sample_pairs", dd.SamplePairs), Seed = seed,
+            Exact = d.Bool("exact", dd.Exact),
+            Near = d.Bool("near", dd.Near),
+            Local = d.Bool("local", dd.Local),
+            Global = d.Bool("global", dd.Global),
+            ShingleSize = (int)d.Long("shingle_size", dd.ShingleSize),
+            Permutations = (int)d.Long("permutations", dd.Permutations),
+            Bands = (int)d.Long("bands", dd.Bands),
+            Rows = (int)d.Long("rows", dd.Rows),
+            Threshold = d.Double("threshold", dd.Threshold),
+            SamplePairs = (int)d.Long("sample_pairs", dd.SamplePairs),
+            Seed = seed,
         };
         d.EnsureConsumed();
         Wrap(source, dedup.Validate);

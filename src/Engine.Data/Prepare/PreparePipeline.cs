@@ -181,7 +181,9 @@ public static class PreparePipeline
             }
             tok = BpeTokenizer.Train(corpus, new BpeTrainOptions
             {
-                VocabSize = cfg.Tokenizer.VocabSize, MinFrequency = cfg.Tokenizer.MinFrequency, MaxTokenBytes = cfg.Tokenizer.MaxTokenBytes,
+                VocabSize = cfg.Tokenizer.VocabSize,
+                MinFrequency = cfg.Tokenizer.MinFrequency,
+                MaxTokenBytes = cfg.Tokenizer.MaxTokenBytes,
                 SpecialTokens = cfg.Tokenizer.SpecialTokens,
             });
             progress?.Report($"tokenizer: trained {tok.VocabSize} ids on {Bytes(corpus) / 1e6:F1} MB in {tokWatch.Elapsed.TotalSeconds:F1} s");

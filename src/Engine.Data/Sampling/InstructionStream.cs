@@ -98,8 +98,13 @@ public sealed class InstructionStream : ISampleStream
         Kind = Kind,
         Values = new()
         {
-            ["epoch"] = _epoch, ["pos"] = _pos, ["samples"] = _samples, ["seed"] = unchecked((long)_seed),
-            ["seq_len"] = _seqLen, ["examples"] = _examples.Count, ["shuffle"] = _shuffle ? 1 : 0,
+            ["epoch"] = _epoch,
+            ["pos"] = _pos,
+            ["samples"] = _samples,
+            ["seed"] = unchecked((long)_seed),
+            ["seq_len"] = _seqLen,
+            ["examples"] = _examples.Count,
+            ["shuffle"] = _shuffle ? 1 : 0,
         },
     };
 

@@ -121,7 +121,9 @@ public sealed class MixtureStream : ISampleStream
             Kind = Kind,
             Values = new()
             {
-                ["rng"] = unchecked((long)_rng.State), ["consumed_tokens"] = ConsumedTokens, ["seed"] = unchecked((long)_seed),
+                ["rng"] = unchecked((long)_rng.State),
+                ["consumed_tokens"] = ConsumedTokens,
+                ["seed"] = unchecked((long)_seed),
                 ["children"] = _children.Length,
             },
         };

@@ -86,9 +86,16 @@ public sealed class PackedPretrainStream : ISampleStream
         Kind = Kind,
         Values = new()
         {
-            ["epoch"] = _epoch, ["doc_pos"] = _docPos, ["offset"] = _offset, ["last_token"] = _last, ["samples"] = _samples,
-            ["seed"] = unchecked((long)_seed), ["seq_len"] = _seqLen, ["documents"] = _source.DocumentCount,
-            ["tokens"] = _source.TokenCount, ["shuffle"] = _shuffle ? 1 : 0,
+            ["epoch"] = _epoch,
+            ["doc_pos"] = _docPos,
+            ["offset"] = _offset,
+            ["last_token"] = _last,
+            ["samples"] = _samples,
+            ["seed"] = unchecked((long)_seed),
+            ["seq_len"] = _seqLen,
+            ["documents"] = _source.DocumentCount,
+            ["tokens"] = _source.TokenCount,
+            ["shuffle"] = _shuffle ? 1 : 0,
         },
     };
 

@@ -23,8 +23,13 @@ public sealed record TrainBenchOptions
 
     public LlamaConfig ToLlamaConfig(int maxPositions) => new LlamaConfig
     {
-        VocabSize = Vocab, HiddenSize = Hidden, IntermediateSize = Ffn, NumLayers = Layers,
-        NumHeads = Heads, NumKvHeads = KvHeads, MaxPositionEmbeddings = maxPositions,
+        VocabSize = Vocab,
+        HiddenSize = Hidden,
+        IntermediateSize = Ffn,
+        NumLayers = Layers,
+        NumHeads = Heads,
+        NumKvHeads = KvHeads,
+        MaxPositionEmbeddings = maxPositions,
     }.Validate();
 }
 

@@ -1,5 +1,5 @@
-using Engine.Data;
 using System.Text.Json;
+using Engine.Data;
 
 namespace Engine.Training.Eval;
 

@@ -19,8 +19,14 @@ public class TrainingStepGpuTests
 
     private static LlamaConfig Config(bool tied) => new()
     {
-        VocabSize = 512, HiddenSize = 256, IntermediateSize = 512, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
-        MaxPositionEmbeddings = 128, TieWordEmbeddings = tied,
+        VocabSize = 512,
+        HiddenSize = 256,
+        IntermediateSize = 512,
+        NumLayers = 2,
+        NumHeads = 4,
+        NumKvHeads = 2,
+        MaxPositionEmbeddings = 128,
+        TieWordEmbeddings = tied,
     };
 
     private static (int[] Ids, int[] Targets) Batch_(int seed)

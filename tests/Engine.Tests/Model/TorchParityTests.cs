@@ -46,8 +46,12 @@ public class TorchParityTests
         {
             ids = Enumerable.Range(0, B).Select(b => idv.Skip(b * T).Take(T)),
             targets = Enumerable.Range(0, B).Select(b => tgv.Skip(b * T).Take(T)),
-            z_loss = (double)z, lr = opts.Lr, betas = new[] { opts.Beta1, opts.Beta2 }, eps = opts.Eps,
-            weight_decay = opts.WeightDecay, clip = opts.ClipNorm,
+            z_loss = (double)z,
+            lr = opts.Lr,
+            betas = new[] { opts.Beta1, opts.Beta2 },
+            eps = opts.Eps,
+            weight_decay = opts.WeightDecay,
+            clip = opts.ClipNorm,
         }));
         string script = Engine.Training.Bench.TrainBenchmark.FindScript("torch_parity.py");
         var (code, stdout, stderr) = Engine.Training.Bench.MachineInfo.Run(Python, $"{script} {dir.Path} {dir.File("input.json")}",

@@ -1,9 +1,9 @@
 using Engine.Core;
 using Engine.Core.Autograd;
 using Engine.Model;
+using Engine.Tests.Model;
 using Engine.Training;
 using Engine.Training.Forgetting;
-using Engine.Tests.Model;
 
 namespace Engine.Tests.Training;
 

@@ -1,7 +1,7 @@
 using Engine.Core;
 using Engine.Cpu.Ops;
-using Engine.Training;
 using Engine.Tests.Model;
+using Engine.Training;
 
 namespace Engine.Tests.Training;
 
