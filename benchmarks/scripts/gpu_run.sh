@@ -66,7 +66,7 @@ echo "[gpu_run] tests rc=$tests_rc: $passed passed, $failed failed, $skipped ski
 PY=${PYTHON:-python3}
 PRESET=${BENCH_PRESET:-full}
 CLI=${ENGINE_CLI:-$(dirname "$APP")/engine}
-sdpa_rc=skipped; bench_rc=skipped
+sdpa_rc=skipped; bench_rc=skipped; bench_cmd=()
 if [ "$PRESET" != none ] && [ "$kernels_rc" = 0 ]; then
   sdpa_args=()
   [ "$PRESET" = tiny ] && sdpa_args=(--tokens 256 --heads 4 --kv-heads 1,4 --seq-lens 128 --head-dims 64,128)   # = AttentionGrid.Tiny
@@ -91,6 +91,14 @@ if [ "$PRESET" != none ] && [ "$kernels_rc" = 0 ]; then
   fi
 fi
 echo "[gpu_run] microbenchmarks: sdpa rc=$sdpa_rc, engine bench kernels rc=$bench_rc (logs: $OUT/sdpa_bench.log, $OUT/kernel_bench.log)"
+
+# 3b. Hugging Face parity (transformers' LlamaForCausalLM vs engine parity on cpu and cuda): $OUT/hf_parity.json.
+hf_rc=skipped
+if [ ${#bench_cmd[@]} -gt 0 ] && command -v "$PY" >/dev/null 2>&1 && "$PY" -c "import transformers" >/dev/null 2>&1; then
+  OUT="$OUT" "$PY" benchmarks/scripts/hf_parity.py "${bench_cmd[*]}" >"$OUT/hf_parity.log" 2>&1
+  hf_rc=$?
+fi
+echo "[gpu_run] Hugging Face parity: rc=$hf_rc (log: $OUT/hf_parity.log)"
 
 # 4. Summary.
 cat >"$OUT/gpu_summary.json" <<JSON

@@ -10,4 +10,5 @@ root.Subcommands.Add(RecipeCommand.Create());
 root.Subcommands.Add(RecipeCommand.CreateDemo());
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(EvalCommand.CreateGenerate());
+root.Subcommands.Add(ParityCommand.Create());
 return Cli.Run(root, args);

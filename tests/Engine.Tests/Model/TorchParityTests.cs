@@ -1,10 +1,8 @@
-using System.Diagnostics;
 using System.Text.Json;
-using Engine.Core;
-using Engine.Core.Autograd;
+using System.Text.Json.Nodes;
 using Engine.Model.IO;
 using Engine.Tests.Ops;
-using Engine.Training;
+using Engine.Training.Parity;
 
 namespace Engine.Tests.Model;
 
@@ -38,21 +36,12 @@ public class TorchParityTests
         ModelIO.Save(m, dir.Path);
         const int B = 2, T = 7;
         var (ids, tg) = TestModels.Batch(B, T, m.Config.VocabSize, 51, ignoreEvery: 4);
-        ids.Keep(); tg.Keep();
         int[] idv = ids.IntSpan.ToArray(), tgv = tg.IntSpan.ToArray();
-        const float z = 1e-3f;
-        var opts = new AdamWOptions { Lr = 1e-2, Beta1 = 0.9, Beta2 = 0.95, Eps = 1e-6, WeightDecay = 0.1, ClipNorm = 0.5 };
-        File.WriteAllText(dir.File("input.json"), JsonSerializer.Serialize(new
-        {
-            ids = Enumerable.Range(0, B).Select(b => idv.Skip(b * T).Take(T)),
-            targets = Enumerable.Range(0, B).Select(b => tgv.Skip(b * T).Take(T)),
-            z_loss = (double)z,
-            lr = opts.Lr,
-            betas = new[] { opts.Beta1, opts.Beta2 },
-            eps = opts.Eps,
-            weight_decay = opts.WeightDecay,
-            clip = opts.ClipNorm,
-        }));
+        var input = new ParityInput(
+            Enumerable.Range(0, B).Select(b => idv.Skip(b * T).Take(T).ToArray()).ToArray(),
+            Enumerable.Range(0, B).Select(b => tgv.Skip(b * T).Take(T).ToArray()).ToArray(),
+            ZLoss: 1e-3, Lr: 1e-2, Betas: [0.9, 0.95], Eps: 1e-6, WeightDecay: 0.1, Clip: 0.5);
+        File.WriteAllText(dir.File("input.json"), input.ToJson());
         string script = Engine.Training.Bench.TrainBenchmark.FindScript("torch_parity.py");
         var (code, stdout, stderr) = Engine.Training.Bench.MachineInfo.Run(Python, $"{script} {dir.Path} {dir.File("input.json")}",
             new Dictionary<string, string> { ["OMP_NUM_THREADS"] = "1" });
@@ -60,26 +49,14 @@ public class TorchParityTests
         using var doc = JsonDocument.Parse(stdout);
         var r = doc.RootElement;
 
-        float valid = tgv.Count(t => t != -100);
-        m.ZeroGrad();
-        double loss;
-        float[] logits;
-        using (var s = new TensorScope())
-        {
-            using (Grad.NoGrad()) logits = m.Logits(ids, B, T).ToArray();
-            var l = m.Loss(ids, tg, B, T, valid, z).Loss;
-            loss = l.Item();
-            Grad.Backward(l);
-        }
-        Assert.Equal(r.GetProperty("loss").GetDouble(), loss, 5);
-        GradCheck.AssertCloseTo(logits, r.GetProperty("logits"), "logits", 1e-4, 1e-5);
-        foreach (var (name, p) in m.Parameters)
-            GradCheck.AssertCloseTo(p.Grad!.ToArray(), r.GetProperty("grads").GetProperty(name), $"d/d {name}", 1e-3, 1e-6);
-
-        using var opt = new AdamW(m, opts);
-        double norm = opt.Update(opts.Lr);
-        Assert.Equal(r.GetProperty("grad_norm").GetDouble(), norm, 5);
-        foreach (var (name, p) in m.Parameters)
-            GradCheck.AssertCloseTo(p.ToArray(), r.GetProperty("updated").GetProperty(name), $"{name} after AdamW", 1e-5, 2e-5);
+        var ours = ParityRun.Run(m, ParityInput.Load(dir.File("input.json")));
+        float[] Arr(JsonNode? n) => n!.AsArray().Select(x => (float)x!.GetValue<double>()).ToArray();
+        Assert.Equal(r.GetProperty("loss").GetDouble(), ours["loss"]!.GetValue<double>(), 5);
+        GradCheck.AssertCloseTo(Arr(ours["logits"]), r.GetProperty("logits"), "logits", 1e-4, 1e-5);
+        foreach (var (name, _) in m.Parameters)
+            GradCheck.AssertCloseTo(Arr(ours["grads"]![name]), r.GetProperty("grads").GetProperty(name), $"d/d {name}", 1e-3, 1e-6);
+        Assert.Equal(r.GetProperty("grad_norm").GetDouble(), ours["grad_norm"]!.GetValue<double>(), 5);
+        foreach (var (name, _) in m.Parameters)
+            GradCheck.AssertCloseTo(Arr(ours["updated"]![name]), r.GetProperty("updated").GetProperty(name), $"{name} after AdamW", 1e-5, 2e-5);
     }
 }
