@@ -60,7 +60,12 @@ public static class ParityRun
         foreach (var (name, p) in model.Parameters) grads[name] = ToJson(p.Grad!.ToArray());
         using var opt = new AdamW(model, new AdamWOptions
         {
-            Lr = input.Lr, Beta1 = input.Betas[0], Beta2 = input.Betas[1], Eps = input.Eps, WeightDecay = input.WeightDecay, ClipNorm = input.Clip,
+            Lr = input.Lr,
+            Beta1 = input.Betas[0],
+            Beta2 = input.Betas[1],
+            Eps = input.Eps,
+            WeightDecay = input.WeightDecay,
+            ClipNorm = input.Clip,
         });
         double norm = opt.Update(input.Lr);
         var updated = new JsonObject();
