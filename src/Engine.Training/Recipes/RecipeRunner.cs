@@ -185,6 +185,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         if (st.Init == "random")
         {
             var llama = cfg.Model.ToLlamaConfig(tok.VocabSize);
+            if (llama.VocabSize < tok.VocabSize)
+                throw new Config.ConfigException($"model.vocab_size ({llama.VocabSize}) is smaller than the tokenizer's vocabulary ({tok.VocabSize})");
             model = new LlamaModel(llama, backend);
             model.InitializeWeights(cfg.Seed);
         }
