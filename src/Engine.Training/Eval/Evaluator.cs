@@ -7,6 +7,9 @@ namespace Engine.Training.Eval;
 
 public sealed record PerplexityResult(double MeanNll, double Perplexity, long Tokens, double Seconds)
 {
+    /// <summary>Bits per UTF-8 byte of the evaluated text (tokenizer-independent), when the tokenizer was given.</summary>
+    public double? BitsPerByte { get; init; }
+
     public double TokensPerSecond => Tokens / Math.Max(Seconds, 1e-9);
 }
 
@@ -19,7 +22,8 @@ public static class Evaluator
     /// exp(mean NLL) over the targets of non-overlapping windows of seqLen+1 tokens from the stream (documents
     /// joined by EOS), at most maxTokens targets. No gradients.
     /// </summary>
-    public static PerplexityResult Perplexity(LlamaModel model, IReadOnlyList<int> tokens, int seqLen, int batch, long maxTokens = long.MaxValue)
+    public static PerplexityResult Perplexity(LlamaModel model, IReadOnlyList<int> tokens, int seqLen, int batch, long maxTokens = long.MaxValue,
+        ITokenizer? tokenizer = null)
     {
         if (seqLen <= 0 || batch <= 0) throw new ArgumentException("seqLen and batch must be positive");
         var be = model.Backend;
@@ -50,7 +54,16 @@ public static class Evaluator
             count += nb * seqLen;
         }
         double mean = nll / count;
-        return new PerplexityResult(mean, Math.Exp(mean), count, sw.Elapsed.TotalSeconds);
+        double? bpb = null;
+        if (tokenizer != null)
+        {
+            // the predicted text is tokens[1 .. count]: its UTF-8 size makes the score comparable across tokenizers
+            var targets = new int[count];
+            for (int i = 0; i < count; i++) targets[i] = tokens[i + 1];
+            long bytes = System.Text.Encoding.UTF8.GetByteCount(tokenizer.Decode(targets));
+            if (bytes > 0) bpb = nll / Math.Log(2) / bytes;
+        }
+        return new PerplexityResult(mean, Math.Exp(mean), count, sw.Elapsed.TotalSeconds) { BitsPerByte = bpb };
     }
 
     /// <summary>Tokens of documents joined by EOS, capped at maxTokens.</summary>

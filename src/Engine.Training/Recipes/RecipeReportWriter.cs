@@ -15,13 +15,16 @@ public static class RecipeReportWriter
         var sb = new StringBuilder();
         sb.Append("| model | init |");
         foreach (var g in groups) sb.Append($" ppl {g} |");
+        sb.Append(" bits/byte general | bits/byte finance |");
         sb.Append(" few-shot acc | few-shot macro-F1 | calibrated acc | calibrated macro-F1 | tokens trained | train s | tokens/s | eval s |\n|---|---|");
         foreach (var _ in groups) sb.Append("---:|");
-        sb.Append("---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        sb.Append("---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         foreach (var r in reports)
         {
             sb.Append($"| {r.Name} | {r.Init} |");
             foreach (var g in groups) sb.Append(r.Perplexity.TryGetValue(g, out var p) ? $" {p.ToString("F2", CultureInfo.InvariantCulture)} |" : " – |");
+            foreach (var d in new[] { "general", "finance" })
+                sb.Append(r.BitsPerByte.TryGetValue(d, out var b) ? $" {b.ToString("F3", CultureInfo.InvariantCulture)} |" : " – |");
             sb.Append(r.FewShotAccuracy is { } a ? $" {(a * 100).ToString("F1", CultureInfo.InvariantCulture)}% |" : " – |");
             sb.Append(r.FewShotMacroF1 is { } f ? $" {f.ToString("F3", CultureInfo.InvariantCulture)} |" : " – |");
             sb.Append(r.FewShotCalibratedAccuracy is { } ca ? $" {(ca * 100).ToString("F1", CultureInfo.InvariantCulture)}% |" : " – |");
@@ -37,7 +40,7 @@ public static class RecipeReportWriter
         md.AppendLine($"# {cfg.Name}");
         md.AppendLine();
         md.AppendLine($"Measured on {Bench.MachineInfo.CpuModel()} ({Environment.ProcessorCount} cores), {DateTime.UtcNow:yyyy-MM-dd}, commit {Bench.MachineInfo.GitCommit()}.");
-        md.AppendLine("Perplexity is per token of the stage's tokenizer on held-out documents; few-shot = k-shot label likelihood on the evaluation set; calibrated = the same with contextual calibration (label log-likelihood minus that after a content-free \"N/A\" query).");
+        md.AppendLine("Perplexity is per token of the stage's tokenizer on held-out documents (bits/byte: the same NLL per UTF-8 byte, comparable across tokenizers); few-shot = k-shot label likelihood on the evaluation set; calibrated = the same with contextual calibration (label log-likelihood minus that after a content-free \"N/A\" query).");
         md.AppendLine();
         md.Append(Table(reports));
         foreach (var r in reports.Where(r => r.Notes.Count > 0))

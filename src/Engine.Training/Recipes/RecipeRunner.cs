@@ -16,6 +16,8 @@ public sealed record StageReport
     public required string Name { get; init; }
     public required string Init { get; init; }
     public Dictionary<string, double> Perplexity { get; init; } = new();
+    /// <summary>Bits per UTF-8 byte per group and domain: comparable across tokenizers (vocabulary expansion).</summary>
+    public Dictionary<string, double> BitsPerByte { get; init; } = new();
     public double? FewShotAccuracy { get; init; }
     public double? FewShotMacroF1 { get; init; }
     public double? FewShotCalibratedAccuracy { get; init; }
@@ -141,17 +143,22 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         // perplexity per (domain, language) group on its held-out documents; a domain's perplexity is the geometric
         // mean over its languages (equal weight per language, whatever their token counts)
         var ppl = new Dictionary<string, double>(StringComparer.Ordinal);
-        var groupNll = new Dictionary<string, (string Domain, double Nll)>(StringComparer.Ordinal);
+        var groupNll = new Dictionary<string, (string Domain, double Nll, double Bpb)>(StringComparer.Ordinal);
+        var bpb = new Dictionary<string, double>(StringComparer.Ordinal);
         foreach (var g in sources.Values.Where(s => s.IsPretrain && s.HeldOutDocs.Count > 0).GroupBy(s => s.Group).OrderBy(g => g.Key, StringComparer.Ordinal))
         {
             var tokens = Evaluator.TokenStream(g.SelectMany(s => s.HeldOutDocs), tok, cfg.Eval.PerplexityTokens + 1);
             if (tokens.Count <= cfg.Eval.SeqLen) { notes.Add($"{g.Key}: too little held-out text for perplexity"); continue; }
-            var r = Evaluator.Perplexity(model, tokens, cfg.Eval.SeqLen, cfg.Eval.Batch, cfg.Eval.PerplexityTokens);
+            var r = Evaluator.Perplexity(model, tokens, cfg.Eval.SeqLen, cfg.Eval.Batch, cfg.Eval.PerplexityTokens, tok);
             ppl[g.Key] = r.Perplexity;
-            groupNll[g.Key] = (g.First().Section.Domain, r.MeanNll);
+            bpb[g.Key] = r.BitsPerByte ?? double.NaN;
+            groupNll[g.Key] = (g.First().Section.Domain, r.MeanNll, bpb[g.Key]);
         }
         foreach (var d in groupNll.Values.GroupBy(v => v.Domain))
+        {
             ppl[d.Key] = Math.Exp(d.Average(v => v.Nll));
+            bpb[d.Key] = d.Average(v => v.Bpb);
+        }
         ClassificationResult? fs = null, fsCal = null;
         if (evalSet is { } es)
             (fs, fsCal) = Evaluator.FewShotWithCalibration(model, tok, es.Test, es.Pool, cfg.Eval.Shots, cfg.Seed, cfg.Eval.MaxExamples);

@@ -42,6 +42,18 @@ public class EvaluatorTests
         Assert.Equal(Math.Exp(nll / count), r.Perplexity, 3);
     }
 
+    [Fact]
+    public void BitsPerByteIsTotalNllOverTheUtf8SizeOfThePredictedText()
+    {
+        var tok = new ByteTokenizer();
+        using var m = TestModels.Create(TestModels.Tiny() with { VocabSize = tok.VocabSize }, 34);
+        var tokens = tok.Encode("Net interest income rose 4% in the quarter, ahead of guidance.").ToList();
+        var r = Evaluator.Perplexity(m, tokens, seqLen: 16, batch: 2, tokenizer: tok);
+        // ASCII under the byte tokenizer: one byte per predicted token
+        Assert.Equal(r.MeanNll / Math.Log(2), r.BitsPerByte!.Value, 9);
+        Assert.Null(Evaluator.Perplexity(m, tokens, 16, 2).BitsPerByte);
+    }
+
     /// <summary>
     /// Crafted model: all-zero weights except unit embeddings and one boosted LM-head row, so every position predicts
     /// the boosted byte. Labels " aa" and " bb" have equal length; the one containing the boosted byte must win.
