@@ -167,6 +167,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             Name = st.Name,
             Init = st.Init,
             Perplexity = ppl,
+            BitsPerByte = bpb,
             FewShotAccuracy = fs?.Accuracy,
             FewShotMacroF1 = fs?.MacroF1,
             FewShotCalibratedAccuracy = fsCal?.Accuracy,

@@ -58,6 +58,7 @@ public class RecipeTests
         foreach (var r in reports)
         {
             Assert.True(r.Perplexity["general"] > 1 && r.Perplexity["finance"] > 1);
+            Assert.True(r.BitsPerByte["general"] > 0 && r.BitsPerByte["finance"] > 0);
             Assert.Equal(4, r.FewShotCount);
             Assert.True(File.Exists(Path.Combine(r.WeightsDir, ModelIO.WeightsFile)));
         }
