@@ -105,10 +105,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 docs = sel.Kept;
                 shuffle = !st.Curriculum;
             }
-            ISampleStream s = src.IsPretrain
-                ? new PackedPretrainStream(InMemoryTokenSource.FromTexts(docs, tok), st.SeqLen, tok.EosId, seed + (ulong)streams.Count, shuffle, name)
-                : new InstructionStream(src.Examples, tok, st.SeqLen, seed + (ulong)streams.Count, name: name);
-            streams.Add((name, s));
+            streams.Add((name, Stream(src, docs, tok, st.SeqLen, seed + (ulong)streams.Count, shuffle)));
         }
         double[] start = names.Select(n => st.Weights.GetValueOrDefault(n)).ToArray();
         var schedule = st.EndWeights == null ? WeightSchedule.Constant(start)
@@ -220,12 +217,15 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     Ewc EstimateEwc(LlamaModel model, StageSection st, ITokenizer tok, ulong seed)
     {
         var src = sources[st.EwcSource!];
-        ISampleStream s = src.IsPretrain
-            ? new PackedPretrainStream(InMemoryTokenSource.FromTexts(src.TrainDocs, tok), st.SeqLen, tok.EosId, seed ^ 0xE3C, true, src.Name)
-            : new InstructionStream(src.Examples, tok, st.SeqLen, seed ^ 0xE3C, name: src.Name);
-        var batches = new StreamBatches(s);
+        var batches = new StreamBatches(Stream(src, src.TrainDocs, tok, st.SeqLen, seed ^ 0xE3C, shuffle: true));
         var list = Enumerable.Range(0, st.EwcBatches).Select(_ => batches.Next(st.BatchSize, st.SeqLen)).Select(b => (b.Ids, b.Targets)).ToList();
         Log?.Invoke($"EWC: Fisher from {st.EwcBatches} batches of {src.Name}, λ = {st.EwcLambda}");
         return Ewc.Estimate(model, list, st.BatchSize, st.SeqLen, (float)st.EwcLambda);
     }
+
+    /// <summary>A source's sample stream: packed documents for pretraining text, rendered examples for instructions.</summary>
+    static ISampleStream Stream(LoadedSource src, IReadOnlyList<string> docs, ITokenizer tok, int seqLen, ulong seed, bool shuffle) =>
+        src.IsPretrain
+            ? new PackedPretrainStream(InMemoryTokenSource.FromTexts(docs, tok), seqLen, tok.EosId, seed, shuffle, src.Name)
+            : new InstructionStream(src.Examples, tok, seqLen, seed, name: src.Name);
 }
