@@ -121,18 +121,20 @@ public sealed class CpuBackend : IBackend
             if (!ropeTables.TryGetValue(key, out tables))
             {
                 if (ropeTables.Count > 64) ropeTables.Clear();
-                tables = RopeCpu.Tables(p, seqLen, positionOffset);
+                tables = RopeCpu.Tables(p.InverseFrequencies(), p.PositionDivisor, seqLen, positionOffset);
                 ropeTables[key] = tables;
             }
         }
         RopeCpu.Apply(x.Span, y.Span, batch, seqLen, heads, p.HeadDim, tables.cos, tables.sin, inverse);
     }
 
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionCpu.Dims d) =>
-        AttentionCpu.Forward(q.Span, k.Span, v.Span, o.Span, lse.Span, d);
+    static AttentionCpu.Dims Kernel(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
 
-    public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionCpu.Dims d) =>
-        AttentionCpu.Backward(dout.Span, q.Span, k.Span, v.Span, o.Span, lse.Span, dq.Span, dk.Span, dv.Span, d);
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d) =>
+        AttentionCpu.Forward(q.Span, k.Span, v.Span, o.Span, lse.Span, Kernel(d));
+
+    public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d) =>
+        AttentionCpu.Backward(dout.Span, q.Span, k.Span, v.Span, o.Span, lse.Span, dq.Span, dk.Span, dv.Span, Kernel(d));
 
     public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset) =>
         AttentionCpu.Decode(q.Span, kCache.Span, vCache.Span, o.Span, q.Shape[0], heads, kvHeads, headDim, positionOffset);
@@ -152,7 +154,7 @@ public sealed class CpuBackend : IBackend
         CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale);
 
     public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step) =>
-        AdamWCpu.Update(param.Span, grad.Span, m.Span, v.Span, step);
+        AdamWCpu.Update(param.Span, grad.Span, m.Span, v.Span, step.Lr, step.Beta1, step.Beta2, step.Eps, step.WeightDecay, step.Step, step.GradScale);
 
     public double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda)
     {

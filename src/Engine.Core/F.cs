@@ -1,5 +1,4 @@
 using Engine.Core.Autograd;
-using Engine.Cpu.Ops;
 
 namespace Engine.Core;
 
@@ -94,7 +93,7 @@ public static class F
     }
 
     /// <summary>Causal GQA attention: q [B*T, H*D], k/v [B*T, Hkv*D] → [B*T, H*D].</summary>
-    public static Tensor Attention(Tensor q, Tensor k, Tensor v, AttentionCpu.Dims d)
+    public static Tensor Attention(Tensor q, Tensor k, Tensor v, AttentionDims d)
     {
         d.Validate();
         int n = d.Batch * d.SeqLen;

@@ -1,4 +1,3 @@
-using Engine.Cpu.Ops;
 
 namespace Engine.Core;
 
@@ -44,9 +43,9 @@ public interface IBackend
     /// <summary>x, y: [B*T, H*D]. inverse=true is the backward rotation. x and y may alias.</summary>
     void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse);
 
-    void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionCpu.Dims d);
+    void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d);
     /// <summary>dq, dk, dv overwritten.</summary>
-    void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionCpu.Dims d);
+    void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d);
 
     /// <summary>KV-cache attention of n new queries (positions offset..) against cached k/v [offset+n, Hkv*D].</summary>
     void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset);

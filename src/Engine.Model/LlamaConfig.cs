@@ -1,6 +1,6 @@
+using Engine.Core;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Engine.Cpu.Ops;
 
 namespace Engine.Model;
 

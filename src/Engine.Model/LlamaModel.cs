@@ -1,5 +1,4 @@
 using Engine.Core;
-using Engine.Cpu.Ops;
 
 namespace Engine.Model;
 
@@ -120,7 +119,7 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>Context extension: RoPE scaling (linear or NTK) and a longer maximum length from now on.</summary>
-    public void SetRopeScaling(Engine.Cpu.Ops.RopeScalingKind kind, double factor, int maxPositions)
+    public void SetRopeScaling(RopeScalingKind kind, double factor, int maxPositions)
     {
         Config = (Config with { RopeScaling = kind, RopeScalingFactor = factor, MaxPositionEmbeddings = maxPositions }).Validate();
     }
@@ -224,7 +223,7 @@ public sealed class LlamaModel : IDisposable
         var v = F.Linear(h, this[p + "self_attn.v_proj.weight"]);
         q = F.Rope(q, cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset);
         k = F.Rope(k, cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset);
-        var a = F.Attention(q, k, v, new AttentionCpu.Dims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
+        var a = F.Attention(q, k, v, new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
         x = F.Add(x, F.Linear(a, this[p + "self_attn.o_proj.weight"]));
         var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
         var m = F.SwiGlu(F.Linear(h2, this[p + "mlp.gate_proj.weight"]), F.Linear(h2, this[p + "mlp.up_proj.weight"]));

@@ -2,9 +2,6 @@ using System.Runtime.Intrinsics;
 
 namespace Engine.Cpu.Ops;
 
-/// <summary>AdamW hyper-parameters for one step; Step counts from 1.</summary>
-public readonly record struct AdamWStep(float Lr, float Beta1, float Beta2, float Eps, float WeightDecay, int Step, float GradScale = 1f);
-
 /*
  * AdamW (Loshchilov & Hutter), exactly PyTorch's torch.optim.AdamW update, fp32 state:
  *   g = grad * gradScale            (gradScale carries global-norm clipping)
@@ -14,14 +11,15 @@ public readonly record struct AdamWStep(float Lr, float Beta1, float Beta2, floa
  */
 public static class AdamWCpu
 {
-    public static void Update(Span<float> param, ReadOnlySpan<float> grad, Span<float> m, Span<float> v, AdamWStep s)
+    public static void Update(Span<float> param, ReadOnlySpan<float> grad, Span<float> m, Span<float> v,
+        float lr, float beta1, float beta2, float eps, float weightDecay, int step, float gradScale = 1f)
     {
-        if (s.Step < 1) throw new ArgumentOutOfRangeException(nameof(s), "AdamW step counts from 1");
-        float bc1 = 1f - MathF.Pow(s.Beta1, s.Step);
-        float bc2Sqrt = MathF.Sqrt(1f - MathF.Pow(s.Beta2, s.Step));
-        float stepSize = s.Lr / bc1;
-        float decay = 1f - s.Lr * s.WeightDecay;
-        float b1 = s.Beta1, b2 = s.Beta2, eps = s.Eps, gs = s.GradScale;
+        if (step < 1) throw new ArgumentOutOfRangeException(nameof(step), "AdamW step counts from 1");
+        float bc1 = 1f - MathF.Pow(beta1, step);
+        float bc2Sqrt = MathF.Sqrt(1f - MathF.Pow(beta2, step));
+        float stepSize = lr / bc1;
+        float decay = 1f - lr * weightDecay;
+        float b1 = beta1, b2 = beta2, gs = gradScale;
         unsafe
         {
             fixed (float* pp = param, pg = grad, pm = m, pv = v)

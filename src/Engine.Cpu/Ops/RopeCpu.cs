@@ -1,23 +1,5 @@
 namespace Engine.Cpu.Ops;
 
-/// <summary>How RoPE positions are scaled for context extension.</summary>
-public enum RopeScalingKind { None, Linear, Ntk }
-
-/// <summary>Rotary embedding parameters (Hugging Face Llama "rotate_half" convention).</summary>
-public readonly record struct RopeParams(int HeadDim, double Theta, RopeScalingKind Scaling = RopeScalingKind.None, double Factor = 1.0)
-{
-    /// <summary>inv_freq[i] = base^(-2i/D), computed in double and stored as fp32; NTK scaling raises the base.</summary>
-    public float[] InverseFrequencies()
-    {
-        if (HeadDim <= 0 || HeadDim % 2 != 0) throw new ArgumentException($"head dim must be even and positive, got {HeadDim}");
-        double b = Theta;
-        if (Scaling == RopeScalingKind.Ntk) b = Theta * Math.Pow(Factor, HeadDim / (HeadDim - 2.0));
-        var inv = new float[HeadDim / 2];
-        for (int i = 0; i < inv.Length; i++) inv[i] = (float)(1.0 / Math.Pow(b, 2.0 * i / HeadDim));
-        return inv;
-    }
-}
-
 /*
  * Rotary embedding on x laid out [B, T, H, D] (row = token). For i < D/2 the pair (x[i], x[i+D/2]) rotates by
  * angle = p * inv_freq[i], p = (t + offset) (divided by the factor for linear scaling), computed in fp32 from the
@@ -28,17 +10,17 @@ public readonly record struct RopeParams(int HeadDim, double Theta, RopeScalingK
  */
 public static class RopeCpu
 {
-    /// <summary>cos/sin tables [T, D/2] for positions offset..offset+T-1.</summary>
-    public static (float[] Cos, float[] Sin) Tables(RopeParams p, int seqLen, int positionOffset)
+    /// <summary>cos/sin tables [T, D/2] for positions offset..offset+T-1 from inv_freq [D/2]; positions are divided
+    /// by positionDivisor (linear scaling; 1 otherwise) in fp32.</summary>
+    public static (float[] Cos, float[] Sin) Tables(float[] inv, float positionDivisor, int seqLen, int positionOffset)
     {
-        float[] inv = p.InverseFrequencies();
-        int half = p.HeadDim / 2;
+        int half = inv.Length;
         var cos = new float[seqLen * half];
         var sin = new float[seqLen * half];
         for (int t = 0; t < seqLen; t++)
         {
             float pos = (float)(t + positionOffset);
-            if (p.Scaling == RopeScalingKind.Linear) pos /= (float)p.Factor;
+            if (positionDivisor != 1f) pos /= positionDivisor;
             for (int i = 0; i < half; i++)
             {
                 float angle = pos * inv[i];

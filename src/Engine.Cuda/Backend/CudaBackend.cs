@@ -4,9 +4,9 @@ using Engine.Cpu.Ops;
 using Engine.Cuda.Interop;
 using Engine.Cuda.Kernels;
 using static Engine.Cuda.Backend.CudaOpChecks;
-using AdamWStep = Engine.Cpu.Ops.AdamWStep;
+using AdamWStep = Engine.Core.AdamWStep;
 using KernelAdamWStep = Engine.Cuda.Kernels.AdamWStep;
-using RopeParams = Engine.Cpu.Ops.RopeParams;
+using RopeParams = Engine.Core.RopeParams;
 
 namespace Engine.Cuda.Backend;
 
@@ -357,16 +357,16 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         else Kernels.Rope.Forward(Stream, Out(y), px, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin);
     }
 
-    private static AttentionShape ShapeOf(AttentionCpu.Dims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
+    private static AttentionShape ShapeOf(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
 
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionCpu.Dims d)
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
         Enter();
         Attention("AttentionForward", d, q, k, v, o, lse);
         Kernels.Attention.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
     }
 
-    public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionCpu.Dims d)
+    public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d)
     {
         Enter();
         const string op = "AttentionBackward";

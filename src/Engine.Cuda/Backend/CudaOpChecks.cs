@@ -61,7 +61,7 @@ public static class CudaOpChecks
         Numel(x, "Rope", "x", n); Numel(y, "Rope", "y", n);
     }
 
-    public static AttentionCpu.Dims Attention(string op, AttentionCpu.Dims d, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse)
+    public static AttentionDims Attention(string op, AttentionDims d, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse)
     {
         d.Validate();
         if (d.HeadDim != 64 && d.HeadDim != 128)

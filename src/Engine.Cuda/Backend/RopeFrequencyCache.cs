@@ -1,4 +1,4 @@
-using Engine.Cpu.Ops;
+using Engine.Core;
 
 namespace Engine.Cuda.Backend;
 

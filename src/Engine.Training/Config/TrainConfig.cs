@@ -1,4 +1,4 @@
-using Engine.Cpu.Ops;
+using Engine.Core;
 using Engine.Model;
 
 namespace Engine.Training.Config;

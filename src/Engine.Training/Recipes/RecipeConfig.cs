@@ -1,4 +1,4 @@
-using Engine.Cpu.Ops;
+using Engine.Core;
 using Engine.Training.Config;
 
 namespace Engine.Training.Recipes;

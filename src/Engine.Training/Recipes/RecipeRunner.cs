@@ -206,7 +206,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             notes.Add($"vocabulary expanded {model.Config.VocabSize} → {tok.VocabSize} (new rows = mean of old rows)");
             model.ResizeVocabulary(tok.VocabSize);
         }
-        if (st.RopeScaling != Cpu.Ops.RopeScalingKind.None)
+        if (st.RopeScaling != RopeScalingKind.None)
         {
             model.SetRopeScaling(st.RopeScaling, st.RopeScalingFactor, Math.Max(model.Config.MaxPositionEmbeddings, st.SeqLen));
             notes.Add($"context extension: RoPE {st.RopeScaling} ×{st.RopeScalingFactor}, seq_len {st.SeqLen}");

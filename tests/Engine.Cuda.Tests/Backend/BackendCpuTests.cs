@@ -4,7 +4,7 @@ using Engine.Core;
 using Engine.Cpu.Ops;
 using Engine.Cuda.Backend;
 using Engine.Cuda.Kernels;
-using RopeParams = Engine.Cpu.Ops.RopeParams;
+using RopeParams = Engine.Core.RopeParams;
 
 namespace Engine.Cuda.Tests.Backend;
 
@@ -229,12 +229,12 @@ public class BoundaryCheckTests
     [Fact]
     public void AttentionRejectsUnsupportedHeadDimsAndWrongDtypes()
     {
-        var d32 = new AttentionCpu.Dims(1, 8, 4, 2, 32);
+        var d32 = new AttentionDims(1, 8, 4, 2, 32);
         var e = Assert.Throws<ArgumentException>(() => CudaOpChecks.Attention("AttentionForward", d32,
             T(DType.BF16, 8, 128), T(DType.BF16, 8, 64), T(DType.BF16, 8, 64), T(DType.BF16, 8, 128), T(DType.F32, 1, 4, 8)));
         Assert.Contains("head dim 32", e.Message);
         Assert.Contains("64 or 128", e.Message);
-        var d = new AttentionCpu.Dims(1, 8, 4, 2, 64);
+        var d = new AttentionDims(1, 8, 4, 2, 64);
         var q = T(DType.F32, 8, 256); q.Name = "q";
         var e2 = Assert.Throws<ArgumentException>(() => CudaOpChecks.Attention("AttentionForward", d,
             q, T(DType.BF16, 8, 128), T(DType.BF16, 8, 128), T(DType.BF16, 8, 256), T(DType.F32, 1, 4, 8)));

@@ -190,7 +190,7 @@ public class BackendOpGpuTests
         var be = GpuBackend.Require();
         using var scope = new TensorScope();
         var rng = new Random(seq * heads + d);
-        var dims = new AttentionCpu.Dims(batch, seq, heads, kvHeads, d);
+        var dims = new AttentionDims(batch, seq, heads, kvHeads, d);
         int n = batch * seq;
         var (gq, cq) = be.Pair(Data.Bf16Values(rng, (long)n * dims.QRow), [n, dims.QRow], DType.BF16);
         var (gk, ck) = be.Pair(Data.Bf16Values(rng, (long)n * dims.KvRow), [n, dims.KvRow], DType.BF16);

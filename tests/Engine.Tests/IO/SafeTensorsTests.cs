@@ -129,7 +129,7 @@ public class SafeTensorsTests
     [Fact]
     public void HuggingFaceConfigRoundTripsAndRejectsOtherModels()
     {
-        var cfg = TestModels.Tiny() with { RopeScaling = Engine.Cpu.Ops.RopeScalingKind.Linear, RopeScalingFactor = 2 };
+        var cfg = TestModels.Tiny() with { RopeScaling = Engine.Core.RopeScalingKind.Linear, RopeScalingFactor = 2 };
         var back = Engine.Model.LlamaConfig.FromHuggingFaceJson(cfg.ToHuggingFaceJson());
         Assert.Equal(cfg, back);
         var e = Assert.Throws<InvalidDataException>(() => Engine.Model.LlamaConfig.FromHuggingFaceJson("{\"model_type\":\"gpt2\"}"));

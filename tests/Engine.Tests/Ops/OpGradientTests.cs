@@ -77,7 +77,7 @@ public class OpGradientTests
     {
         // angles come from integer positions in fp32, never rounded to bf16: at 16k the fp32 rotation must match fp64
         var p = new RopeParams(128, 10000.0);
-        var (cos, sin) = RopeCpu.Tables(p, 4, 16380);
+        var (cos, sin) = RopeCpu.Tables(p.InverseFrequencies(), p.PositionDivisor, 4, 16380);
         for (int t = 0; t < 4; t++)
             for (int i = 0; i < 64; i++)
             {
@@ -94,7 +94,7 @@ public class OpGradientTests
     [InlineData(1, 70, 2, 1, 4)]  // longer than the 64-row query block
     public void Attention(int batch, int seq, int heads, int kvHeads, int dim)
     {
-        var d = new AttentionCpu.Dims(batch, seq, heads, kvHeads, dim);
+        var d = new AttentionDims(batch, seq, heads, kvHeads, dim);
         GradCheck.Check("Attention", t => F.Attention(t[0], t[1], t[2], d),
             x => RefOps.Attention(x[0], x[1], x[2], batch, seq, heads, kvHeads, dim),
             [Rand(11, 1, batch * seq, heads * dim), Rand(12, 1, batch * seq, kvHeads * dim), Rand(13, 1, batch * seq, kvHeads * dim)]);

@@ -82,7 +82,7 @@ public class RecipeTests
         var s2 = Stage("expand_stage2", "expand_stage1", new() { ["fin_zh"] = 1 });
         s2.ExpandedVocab = true;
         var s3 = Stage("long_context", "expand_stage2", new() { ["fin_zh"] = 1 }, steps: 2);
-        s3.ExpandedVocab = true; s3.SeqLen = 96; s3.RopeScaling = Engine.Cpu.Ops.RopeScalingKind.Linear; s3.RopeScalingFactor = 2;
+        s3.ExpandedVocab = true; s3.SeqLen = 96; s3.RopeScaling = Engine.Core.RopeScalingKind.Linear; s3.RopeScalingFactor = 2;
         cfg.Stages = [Stage("base", "random", new() { ["gen_en"] = 1 }, steps: 2), s1, s2, s3];
         cfg.Stages[1].Init = "base";
         cfg.Validate();
@@ -95,7 +95,7 @@ public class RecipeTests
         foreach (var (name, t) in b.Parameters)
             if (!Engine.Model.LlamaModel.IsEmbeddingOrHead(name)) Assert.Equal(t.ToArray(), e[name].ToArray());
         using var l = ModelIO.Load(reports[3].WeightsDir, CpuBackend.Instance);
-        Assert.Equal(Engine.Cpu.Ops.RopeScalingKind.Linear, l.Config.RopeScaling);
+        Assert.Equal(Engine.Core.RopeScalingKind.Linear, l.Config.RopeScaling);
         Assert.Equal(96, l.Config.MaxPositionEmbeddings);
     }
 

@@ -19,7 +19,7 @@ public class OptimizerTests
         foreach (var g in new[] { g1, g2 })
         {
             step++;
-            AdamWCpu.Update(p, g, m, v, new AdamWStep((float)lr, (float)b1, (float)b2, (float)eps, (float)wd, step));
+            AdamWCpu.Update(p, g, m, v, (float)lr, (float)b1, (float)b2, (float)eps, (float)wd, step);
             for (int i = 0; i < 3; i++)
             {
                 P[i] *= 1 - lr * wd;
