@@ -1,6 +1,6 @@
-using Engine.Core;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Engine.Core;
 
 namespace Engine.Model;
 
