@@ -24,8 +24,8 @@ public static class F
                 var dy = y.Grad!;
                 if (x.RequiresGrad)
                 {
-                    if (x.Grad == null) { x.Grad = be.Empty(x.Shape, x.DType); if (x.IsParameter) x.Grad.Keep(); be.MatMul(dy, false, w, false, x.Grad); }
-                    else be.MatMul(dy, false, w, false, x.Grad, 1f, 1f);
+                    if (x.Grad == null && !x.IsParameter) { x.Grad = be.Empty(x.Shape, x.DType); be.MatMul(dy, false, w, false, x.Grad); }
+                    else be.MatMul(dy, false, w, false, Grad.GradBuffer(x), 1f, 1f);
                 }
                 if (w.RequiresGrad) be.MatMul(dy, true, x, false, Grad.GradBuffer(w), 1f, 1f);
             }));
@@ -239,15 +239,16 @@ public static class F
 
     /// <summary>
     /// Activation checkpointing: runs fn without recording, keeps only x, and recomputes fn with a tape of its own
-    /// during backward.
+    /// during backward. <paramref name="parameters"/> are the parameters fn reads: the recorded node names them as
+    /// inputs so a backward observer knows their gradients are complete after it (data-parallel buckets).
     /// </summary>
-    public static Tensor Checkpoint(Func<Tensor, Tensor> fn, Tensor x)
+    public static Tensor Checkpoint(Func<Tensor, Tensor> fn, Tensor x, IReadOnlyList<Tensor>? parameters = null)
     {
         if (!Grad.IsRecording) return fn(x);
         Tensor y;
         using (Grad.NoGrad()) y = fn(x);
         var be = x.Backend;
-        Grad.Record(new LambdaNode([x], [y], () =>
+        Grad.Record(new LambdaNode([x, .. parameters ?? []], [y], () =>
         {
             var seed = y.Grad!;
             Tensor? xGrad = x.RequiresGrad ? Grad.GradBuffer(x) : null;

@@ -39,6 +39,9 @@ public sealed class Tensor : IDisposable
     public Tensor? Grad { get; set; }
     /// <summary>A model parameter: its gradient outlives tensor scopes (accumulates over micro-batches).</summary>
     public bool IsParameter { get; set; }
+    /// <summary>Where a parameter's gradient buffer comes from when <see cref="Grad"/> is null (ZeRO-2 buckets); null =
+    /// a fresh zeroed tensor.</summary>
+    public IGradientSource? GradSource { get; set; }
     /// <summary>Set on parameters that the optimizer must skip (e.g. frozen in stage-1 vocabulary training).</summary>
     public bool Frozen { get; set; }
 
@@ -99,6 +102,20 @@ public sealed class Tensor : IDisposable
         long inner = Shape[0] == 0 ? 0 : Numel / Shape[0];
         return new Tensor(Storage, Offset + start * inner, shape, ownsStorage: false);
     }
+
+    /// <summary>
+    /// A view of <paramref name="shape"/>'s element count starting <paramref name="offset"/> elements into this
+    /// tensor (no copy; flat-buffer ranges such as a parameter inside a <see cref="ParameterStore"/>).
+    /// </summary>
+    public Tensor Slice(long offset, params int[] shape)
+    {
+        long n = Core.Shape.Numel(shape);
+        if (offset < 0 || offset + n > Numel) throw new ArgumentOutOfRangeException(nameof(offset), $"elements [{offset}, {offset + n}) outside {Describe()}");
+        return new Tensor(Storage, Offset + offset, (int[])shape.Clone(), ownsStorage: false);
+    }
+
+    /// <summary>Elements [offset, offset + count) as a 1-D view (shapes are int: a range holds at most 2^31 − 1 elements).</summary>
+    public Tensor Range(long offset, long count) => Slice(offset, checked((int)count));
 
     /// <summary>Removes this tensor from the current scope so it outlives it; returns this.</summary>
     public Tensor Keep()

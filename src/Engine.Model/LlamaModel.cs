@@ -9,14 +9,19 @@ namespace Engine.Model;
 /// </summary>
 public sealed class LlamaModel : IDisposable
 {
-    readonly Dictionary<string, Tensor> parameters = new(StringComparer.Ordinal);
-    readonly List<string> order = new();
-
     public LlamaModel(LlamaConfig config, IBackend backend)
     {
         Config = config.Validate();
         Backend = backend;
+        Store = new ParameterStore(backend, Specs(Config));
+    }
+
+    /// <summary>The parameters in Hugging Face state-dict order with their shapes ([out, in] weights).</summary>
+    public static List<ParameterSpec> Specs(LlamaConfig config)
+    {
         int c = config.HiddenSize, kv = config.NumKvHeads * config.HeadDim, f = config.IntermediateSize;
+        var specs = new List<ParameterSpec>();
+        void Add(string name, params int[] shape) => specs.Add(new ParameterSpec(name, shape));
         Add("model.embed_tokens.weight", config.VocabSize, c);
         for (int i = 0; i < config.NumLayers; i++)
         {
@@ -33,30 +38,26 @@ public sealed class LlamaModel : IDisposable
         }
         Add("model.norm.weight", c);
         if (!config.TieWordEmbeddings) Add("lm_head.weight", config.VocabSize, c);
+        return specs;
     }
 
     public LlamaConfig Config { get; private set; }
     public IBackend Backend { get; }
 
+    /// <summary>The flat store every parameter (and its gradient) is a view of.</summary>
+    public ParameterStore Store { get; }
+
     /// <summary>Use activation checkpointing per transformer block (recompute in backward, keep only block inputs).</summary>
     public bool CheckpointActivations { get; set; }
 
     /// <summary>Parameters in a fixed order (the Hugging Face state-dict order).</summary>
-    public IEnumerable<(string Name, Tensor Tensor)> Parameters => order.Select(n => (n, parameters[n]));
+    public IEnumerable<(string Name, Tensor Tensor)> Parameters => Store.Slots.Select(p => (p.Name, p.Tensor));
 
-    public Tensor this[string name] => parameters.TryGetValue(name, out var t) ? t
-        : throw new KeyNotFoundException($"no parameter named '{name}'");
+    public Tensor this[string name] => Store[name];
 
-    public bool HasParameter(string name) => parameters.ContainsKey(name);
+    public bool HasParameter(string name) => Store.Contains(name);
 
-    public long ParameterCount => parameters.Values.Sum(t => t.Numel);
-
-    void Add(string name, params int[] shape)
-    {
-        var t = Backend.Zeros(shape).Keep();
-        t.Name = name; t.RequiresGrad = true; t.IsParameter = true;
-        parameters[name] = t; order.Add(name);
-    }
+    public long ParameterCount => Store.Slots.Sum(p => p.Numel);
 
     /// <summary>Hugging Face's init: N(0, initializer_range) for linear and embedding weights, ones for norms.</summary>
     public void InitializeWeights(ulong seed)
@@ -79,43 +80,33 @@ public sealed class LlamaModel : IDisposable
         Backend.Upload(t, values);
     }
 
-    /// <summary>Swaps in a resized parameter (vocabulary expansion); the old tensor is disposed.</summary>
-    public void Replace(string name, Tensor t)
-    {
-        if (!parameters.TryGetValue(name, out var old)) throw new KeyNotFoundException($"no parameter named '{name}'");
-        t.Keep(); t.Name = name; t.IsParameter = true; t.Frozen = old.Frozen; t.RequiresGrad = !old.Frozen;
-        old.Grad?.Dispose();
-        old.Dispose();
-        parameters[name] = t;
-    }
-
     /// <summary>
     /// Vocabulary expansion: grows embed_tokens (and an untied lm_head) to newVocab rows; new rows start at the mean
     /// of the old rows (so new tokens begin as an "average" token rather than noise). Existing rows are unchanged.
+    /// The store is laid out anew (parameter tensors are new views: look them up by name afterwards).
     /// </summary>
     public void ResizeVocabulary(int newVocab)
     {
         int old = Config.VocabSize;
         if (newVocab < old) throw new ArgumentException($"vocabulary can only grow: {old} → {newVocab}");
         if (newVocab == old) return;
-        foreach (var name in new[] { "model.embed_tokens.weight", "lm_head.weight" })
+        var grown = Config with { VocabSize = newVocab };
+        Store.Relayout(Specs(grown), fill: (name, before, after) =>
         {
-            if (!HasParameter(name)) continue;
-            var t = this[name];
-            int c = t.Shape[1];
-            var host = t.ToArray();
-            var grown = new float[(long)newVocab * c];
-            host.CopyTo(grown, 0);
+            if (before == null) return;
+            if (!IsEmbeddingOrHead(name)) { Backend.Copy(before, after); return; }
+            int c = before.Shape[1];
+            var host = before.ToArray();
+            var rows = new float[(long)newVocab * c];
+            host.CopyTo(rows, 0);
             var mean = new double[c];
             for (int r = 0; r < old; r++)
                 for (int j = 0; j < c; j++) mean[j] += host[(long)r * c + j];
             for (int r = old; r < newVocab; r++)
-                for (int j = 0; j < c; j++) grown[(long)r * c + j] = (float)(mean[j] / old);
-            var nt = Backend.Empty([newVocab, c]);
-            Backend.Upload(nt, grown);
-            Replace(name, nt);
-        }
-        Config = Config with { VocabSize = newVocab };
+                for (int j = 0; j < c; j++) rows[(long)r * c + j] = (float)(mean[j] / old);
+            Backend.Upload(after, rows);
+        });
+        Config = grown;
     }
 
     /// <summary>Context extension: RoPE scaling (linear or NTK) and a longer maximum length from now on.</summary>
@@ -132,18 +123,14 @@ public sealed class LlamaModel : IDisposable
             bool on = trainable == null || trainable(name);
             t.Frozen = !on;
             t.RequiresGrad = on;
-            if (!on && t.Grad != null) { t.Grad.Dispose(); t.Grad = null; }
         }
     }
 
     /// <summary>The stage-1 set: token embeddings and the LM head.</summary>
     public static bool IsEmbeddingOrHead(string name) => name is "model.embed_tokens.weight" or "lm_head.weight";
 
-    public void ZeroGrad()
-    {
-        foreach (var t in parameters.Values)
-            if (t.Grad != null) Backend.Fill(t.Grad, 0f);
-    }
+    /// <summary>Zeros every gradient (one fill of the store's gradient buffer).</summary>
+    public void ZeroGrad() => Store.ZeroGrads();
 
     /// <summary>Final hidden states [B*T, C] for token ids [B*T] (int32), positions offset..offset+T-1.</summary>
     public Tensor Hidden(Tensor ids, int batch, int seqLen, int positionOffset = 0)
@@ -156,7 +143,7 @@ public sealed class LlamaModel : IDisposable
         {
             int layer = i;
             Tensor Block(Tensor h) => TransformerBlock(h, layer, batch, seqLen, positionOffset);
-            x = CheckpointActivations ? F.Checkpoint(Block, x) : Block(x);
+            x = CheckpointActivations ? F.Checkpoint(Block, x, LayerParameters(layer)) : Block(x);
         }
         return F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps);
     }
@@ -230,9 +217,12 @@ public sealed class LlamaModel : IDisposable
         return F.Add(x, F.Linear(m, this[p + "mlp.down_proj.weight"]));
     }
 
-    public void Dispose()
+    /// <summary>The parameters of transformer block <paramref name="layer"/>.</summary>
+    public List<Tensor> LayerParameters(int layer)
     {
-        foreach (var t in parameters.Values) { t.Grad?.Dispose(); t.Dispose(); }
-        parameters.Clear();
+        string p = $"model.layers.{layer}.";
+        return Store.Slots.Where(s => s.Name.StartsWith(p, StringComparison.Ordinal)).Select(s => s.Tensor).ToList();
     }
+
+    public void Dispose() => Store.Dispose();
 }

@@ -15,6 +15,18 @@ public sealed class LambdaNode(Tensor[] inputs, Tensor[] outputs, Action backwar
     public override void Backward() => backward();
 }
 
+/// <summary>
+/// Watches a backward pass node by node (data parallelism launches a gradient bucket's reduction as soon as the
+/// last node that contributes to it has run).
+/// </summary>
+public interface IBackwardObserver
+{
+    /// <summary>The tape about to run, in recording order (backward visits it from the end).</summary>
+    void BeforeBackward(IReadOnlyList<Node> nodes);
+    /// <summary>Node <paramref name="index"/> (recording order) has run, or was skipped because no gradient reached it.</summary>
+    void AfterNode(int index);
+}
+
 /// <summary>The ordered list of ops recorded in one scope.</summary>
 public sealed class Tape
 {
@@ -24,14 +36,16 @@ public sealed class Tape
     public void Clear() => nodes.Clear();
 
     /// <summary>Runs every node's backward in reverse order of recording, skipping nodes no gradient reached.</summary>
-    public void Backward()
+    public void Backward(IBackwardObserver? observer = null)
     {
+        observer?.BeforeBackward(nodes);
         for (int i = nodes.Count - 1; i >= 0; i--)
         {
             var n = nodes[i];
             bool any = false;
             foreach (var o in n.Outputs) if (o.Grad != null) { any = true; break; }
             if (any) n.Backward();
+            observer?.AfterNode(i);
         }
         nodes.Clear();
     }
@@ -70,7 +84,7 @@ public static class Grad
     }
 
     /// <summary>Backpropagates from a scalar (seed 1) or from an explicit upstream gradient.</summary>
-    public static void Backward(Tensor output, Tensor? seed = null)
+    public static void Backward(Tensor output, Tensor? seed = null, IBackwardObserver? observer = null)
     {
         var scope = TensorScope.Current ?? throw new InvalidOperationException("backward needs the tensor scope in which the forward was recorded");
         if (seed == null)
@@ -81,20 +95,19 @@ public static class Grad
         }
         else if (seed.Numel != output.Numel) throw new ArgumentException($"seed {seed.Describe()} does not match {output.Describe()}");
         output.Grad = seed;
-        scope.Tape.Backward();
+        scope.Tape.Backward(observer);
     }
 
-    /// <summary>Accumulates g into t.Grad (allocating zeros on first use) when t wants a gradient.</summary>
+    /// <summary>Accumulates g into t.Grad (allocating it on first use) when t wants a gradient.</summary>
     public static void Accumulate(Tensor t, Tensor g)
     {
         if (!t.RequiresGrad) return;
-        if (t.Grad == null)
+        if (t.Grad == null && !t.IsParameter)
         {
-            t.Grad = t.Backend.Empty(t.Shape, t.IsParameter ? DType.F32 : t.DType);
-            if (t.IsParameter) t.Grad.Keep();
+            t.Grad = t.Backend.Empty(t.Shape, t.DType);
             t.Backend.Copy(g, t.Grad);
         }
-        else t.Backend.AddInPlace(t.Grad, g, 1f);
+        else t.Backend.AddInPlace(GradBuffer(t), g, 1f);
     }
 
     /// <summary>Like <see cref="Accumulate"/> for a freshly computed buffer no one else holds: taken over, not copied.</summary>
@@ -109,6 +122,7 @@ public static class Grad
     public static Tensor GradBuffer(Tensor t)
     {
         if (t.Grad != null) return t.Grad;
+        if (t.GradSource != null) return t.GradSource.Acquire(t);
         t.Grad = t.Backend.Zeros(t.Shape);
         if (t.IsParameter) t.Grad.Keep();
         return t.Grad;

@@ -1,0 +1,188 @@
+namespace Engine.Core;
+
+/// <summary>A parameter to lay out: its name and shape.</summary>
+public sealed record ParameterSpec(string Name, int[] Shape)
+{
+    public long Numel => Core.Shape.Numel(Shape);
+}
+
+/// <summary>Where one parameter lives in the flat buffers, and its tensor (a view of the master buffer).</summary>
+public sealed record ParameterSlot(string Name, int[] Shape, long Offset, long Numel, Tensor Tensor);
+
+/// <summary>Supplies a parameter's gradient buffer on first use in a backward pass (ZeRO-2's gradient buckets).</summary>
+public interface IGradientSource
+{
+    /// <summary>Returns the (zeroed) gradient view of <paramref name="parameter"/>, assigning it to its Grad.</summary>
+    Tensor Acquire(Tensor parameter);
+}
+
+/// <summary>
+/// The flat parameter store (llm.c's layout): one contiguous fp32 buffer of master weights and one of gradients; every
+/// parameter is a view of the master buffer at a fixed offset and its gradient the view at the same offset of the
+/// gradient buffer. The optimizer, gradient norm, clipping, EWC, checkpoints, data-parallel buckets and ZeRO shards
+/// all work on ranges of these buffers, so one launch or one collective covers many parameters.
+/// <para>
+/// <b>Layout rule (the one place it is stated).</b> Parameters in registration order, each starting at a multiple of
+/// <see cref="Alignment"/> elements (64 fp32 = 256 bytes: aligned for 128-bit vector loads, cuBLAS and NCCL); the
+/// buffers hold <see cref="Capacity"/> elements: the end of the last parameter rounded up to a multiple of the
+/// requested pad (data parallelism asks for world size × shard chunk, so equal shards cut nothing but padding).
+/// Padding and gaps hold zeros in every buffer and stay zero: no parameter covers them, so no op writes them.
+/// </para>
+/// <para>
+/// Re-layout (<see cref="Relayout"/>: vocabulary growth, sharding pad) allocates new buffers and new views: code must
+/// not hold parameter tensors across it (look them up by name). <see cref="Version"/> changes with every layout.
+/// </para>
+/// </summary>
+public sealed class ParameterStore : IDisposable
+{
+    /// <summary>Every parameter starts at a multiple of this many elements.</summary>
+    public const int Alignment = 64;
+
+    readonly Dictionary<string, int> index = new(StringComparer.Ordinal);
+    readonly List<ParameterSlot> slots = new();
+
+    public ParameterStore(IBackend backend, IEnumerable<ParameterSpec> specs, long padMultiple = 1)
+    {
+        Backend = backend;
+        Build(specs.ToList(), padMultiple, fill: null);
+    }
+
+    public IBackend Backend { get; }
+    /// <summary>fp32 master weights [Capacity].</summary>
+    public Tensor Master { get; private set; } = null!;
+    /// <summary>fp32 gradients [Capacity], or null while gradients come from a <see cref="IGradientSource"/> (ZeRO-2).</summary>
+    public Tensor? Grads { get; private set; }
+    /// <summary>End of the last parameter (elements).</summary>
+    public long Used { get; private set; }
+    /// <summary>Elements in each buffer (Used rounded up to the pad multiple).</summary>
+    public long Capacity { get; private set; }
+    /// <summary>The pad multiple the capacity was rounded to.</summary>
+    public long PadMultiple { get; private set; }
+    /// <summary>Changes with every layout (construction and <see cref="Relayout"/>).</summary>
+    public int Version { get; private set; }
+    static int versions;
+
+    public IReadOnlyList<ParameterSlot> Slots => slots;
+    public int Count => slots.Count;
+    public bool Contains(string name) => index.ContainsKey(name);
+
+    public ParameterSlot Slot(string name) => index.TryGetValue(name, out int i) ? slots[i]
+        : throw new KeyNotFoundException($"no parameter named '{name}'");
+
+    public Tensor this[string name] => Slot(name).Tensor;
+
+    public static long AlignUp(long x, long multiple) => multiple <= 1 ? x : (x + multiple - 1) / multiple * multiple;
+
+    /// <summary>Offsets of specs laid out by the rule above (the same function the store uses).</summary>
+    public static (long[] Offsets, long Used) Layout(IReadOnlyList<ParameterSpec> specs)
+    {
+        var offsets = new long[specs.Count];
+        long at = 0;
+        for (int i = 0; i < specs.Count; i++)
+        {
+            at = AlignUp(at, Alignment);
+            offsets[i] = at;
+            at += specs[i].Numel;
+        }
+        return (offsets, at);
+    }
+
+    /// <summary>
+    /// New buffers for a new set of parameters and/or pad multiple. Each new parameter's values come from
+    /// <paramref name="fill"/>(name, its old tensor or null, the new tensor); without fill, a parameter of the same
+    /// name and shape keeps its values and any other starts at zero. Flags (RequiresGrad, Frozen) carry over by name.
+    /// Gradients restart at zero.
+    /// </summary>
+    public void Relayout(IEnumerable<ParameterSpec>? specs = null, long? padMultiple = null, Action<string, Tensor?, Tensor>? fill = null)
+    {
+        var list = (specs ?? slots.Select(s => new ParameterSpec(s.Name, s.Shape))).ToList();
+        var oldMaster = Master;
+        var oldGrads = Grads;
+        var old = slots.ToDictionary(s => s.Name, s => s.Tensor, StringComparer.Ordinal);
+        fill ??= (name, o, n) =>
+        {
+            if (o != null && o.Shape.AsSpan().SequenceEqual(n.Shape)) Backend.Copy(o, n);
+        };
+        Build(list, padMultiple ?? PadMultiple, (name, fresh) =>
+        {
+            old.TryGetValue(name, out var o);
+            if (o != null) { fresh.RequiresGrad = o.RequiresGrad; fresh.Frozen = o.Frozen; }
+            fill(name, o, fresh);
+        });
+        oldGrads?.Dispose();
+        oldMaster.Dispose();
+    }
+
+    void Build(List<ParameterSpec> specs, long padMultiple, Action<string, Tensor>? fill)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(padMultiple, 1);
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var s in specs)
+        {
+            if (!names.Add(s.Name)) throw new ArgumentException($"parameter '{s.Name}' is registered twice");
+            if (s.Shape.Any(d => d <= 0)) throw new ArgumentException($"parameter '{s.Name}' has shape {Core.Shape.Format(s.Shape)}: every dimension must be positive");
+        }
+        var (offsets, used) = Layout(specs);
+        long capacity = Math.Max(AlignUp(Math.Max(used, 1), padMultiple), 1);
+        var master = Backend.Zeros([checked((int)capacity)]).Keep();
+        var grads = Backend.Zeros([checked((int)capacity)]).Keep();
+        index.Clear();
+        slots.Clear();
+        for (int i = 0; i < specs.Count; i++)
+        {
+            var t = master.Slice(offsets[i], specs[i].Shape).Keep();
+            t.Name = specs[i].Name;
+            t.IsParameter = true;
+            t.RequiresGrad = true;
+            t.Grad = grads.Slice(offsets[i], specs[i].Shape).Keep();
+            index[specs[i].Name] = i;
+            slots.Add(new ParameterSlot(specs[i].Name, (int[])specs[i].Shape.Clone(), offsets[i], specs[i].Numel, t));
+            fill?.Invoke(specs[i].Name, t);
+        }
+        Master = master;
+        Grads = grads;
+        Used = used;
+        Capacity = capacity;
+        PadMultiple = padMultiple;
+        Version = Interlocked.Increment(ref versions);
+    }
+
+    /// <summary>Zeros the gradient buffer (one fill) — or does nothing while gradients come from a source.</summary>
+    public void ZeroGrads()
+    {
+        if (Grads != null) Backend.Fill(Grads, 0f);
+    }
+
+    /// <summary>
+    /// Frees the gradient buffer: every parameter's Grad becomes null and is supplied by <paramref name="source"/> on
+    /// first use (ZeRO-2 keeps only gradient buckets and the rank's shard). <see cref="AttachGradients"/> undoes it.
+    /// </summary>
+    public void DetachGradients(IGradientSource source)
+    {
+        foreach (var s in slots) { s.Tensor.Grad = null; s.Tensor.GradSource = source; }
+        Grads?.Dispose();
+        Grads = null;
+    }
+
+    /// <summary>A fresh zeroed gradient buffer with every parameter's Grad a view of it again.</summary>
+    public void AttachGradients()
+    {
+        if (Grads != null) return;
+        var grads = Backend.Zeros([checked((int)Capacity)]).Keep();
+        foreach (var s in slots)
+        {
+            s.Tensor.GradSource = null;
+            s.Tensor.Grad = grads.Slice(s.Offset, s.Shape).Keep();
+        }
+        Grads = grads;
+    }
+
+    public void Dispose()
+    {
+        Grads?.Dispose();
+        Master?.Dispose();
+        Grads = null;
+        slots.Clear();
+        index.Clear();
+    }
+}
