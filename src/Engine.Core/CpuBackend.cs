@@ -153,8 +153,59 @@ public sealed class CpuBackend : IBackend
     public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale) =>
         CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale);
 
-    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step) =>
-        AdamWCpu.Update(param.Span, grad.Span, m.Span, v.Span, step.Lr, step.Beta1, step.Beta2, step.Eps, step.WeightDecay, step.Step, step.GradScale);
+    public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(chunk, 1);
+        var xs = x.Span;
+        var ps = partials.Span;
+        long chunks = (xs.Length + (long)chunk - 1) / chunk;
+        if (ps.Length < chunks) throw new ArgumentException($"ChunkSumOfSquares: {partials.Describe()} holds fewer than {chunks} partials");
+        unsafe
+        {
+            fixed (float* px = xs, pp = ps)
+            {
+                float* a = px, b = pp;
+                int n = xs.Length;
+                Parallelism.For((int)chunks, 8, (lo, hi) =>
+                {
+                    for (int c = lo; c < hi; c++)
+                    {
+                        int start = c * chunk, len = Math.Min(chunk, n - start);
+                        b[c] = TensorPrimitives.SumOfSquares(new ReadOnlySpan<float>(a + start, len));
+                    }
+                });
+            }
+        }
+    }
+
+    public void GradNormFinalize(Tensor partials, float maxNorm, Tensor result)
+    {
+        double s = 0;
+        foreach (float p in partials.Span) s += p;
+        float sum = (float)s, norm = (float)Math.Sqrt(s);
+        var r = result.Span;
+        r[0] = sum;
+        r[1] = norm;
+        r[2] = !float.IsFinite(sum) ? float.NaN : maxNorm > 0 ? MathF.Min(1f, maxNorm / (norm + 1e-6f)) : 1f;
+    }
+
+    public void AdamW(Tensor master, Tensor grad, Tensor m, Tensor v, ReadOnlySpan<AdamWRun> runs, AdamWStep step, Tensor? gradScale = null)
+    {
+        float scale = step.GradScale;
+        if (gradScale != null)
+        {
+            float s = gradScale.Span[0];
+            if (!float.IsFinite(s)) return;
+            scale *= s;
+        }
+        Span<float> pw = master.Span, pg = grad.Span, pm = m.Span, pv = v.Span;
+        foreach (var r in runs)
+        {
+            int n = checked((int)r.Count);
+            AdamWCpu.Update(pw.Slice((int)r.Master, n), pg.Slice((int)r.Grad, n), pm.Slice((int)r.State, n), pv.Slice((int)r.State, n),
+                step.Lr, step.Beta1, step.Beta2, step.Eps, r.WeightDecay, step.Step, scale);
+        }
+    }
 
     public double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda)
     {

@@ -59,7 +59,24 @@ public interface IBackend
     /// <summary>Per-row loss and logsumexp; with writeGradient the logits are replaced by gradScale * dloss/dlogits.</summary>
     void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale);
 
-    void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step);
+    /// <summary>
+    /// partials[i] (fp32) = Σ x² over elements [i·chunk, (i+1)·chunk) of x; the last chunk may be shorter. A chunk's
+    /// value depends only on its elements (fixed order), so norms over flat buffers are layout-independent.
+    /// </summary>
+    void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials);
+
+    /// <summary>
+    /// result (fp32 [3]) = [s, √s, clip] for s = Σ partials summed in a fixed order; clip = min(1, maxNorm / (√s + 1e-6))
+    /// when maxNorm &gt; 0, else 1; clip is NaN when s is not finite. On a device nothing is read back.
+    /// </summary>
+    void GradNormFinalize(Tensor partials, float maxNorm, Tensor result);
+
+    /// <summary>
+    /// Multi-tensor AdamW over runs of flat fp32 buffers (PyTorch's formula; see AdamWCpu): each run updates
+    /// master, m and v in place from grad. <paramref name="gradScale"/> (an fp32 scalar tensor, e.g. the clip factor
+    /// of <see cref="GradNormFinalize"/>) multiplies step.GradScale; when it is not finite nothing is written.
+    /// </summary>
+    void AdamW(Tensor master, Tensor grad, Tensor m, Tensor v, ReadOnlySpan<AdamWRun> runs, AdamWStep step, Tensor? gradScale = null);
 
     /// <summary>EWC: grad += lambda * fisher * (param - anchor); returns lambda/2 * sum fisher * (param - anchor)^2.</summary>
     double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda);

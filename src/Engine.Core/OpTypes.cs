@@ -45,3 +45,7 @@ public readonly record struct AttentionDims(int Batch, int SeqLen, int Heads, in
 /// <summary>AdamW hyper-parameters for one step; Step counts from 1; GradScale multiplies the gradient (global-norm
 /// clipping, loss normalization).</summary>
 public readonly record struct AdamWStep(float Lr, float Beta1, float Beta2, float Eps, float WeightDecay, int Step, float GradScale = 1f);
+
+/// <summary>One contiguous run of a multi-tensor AdamW over flat buffers: master[Master, Master + Count) updated from
+/// grad[Grad ..] and the moments m/v[State ..] (element offsets), with its own weight decay.</summary>
+public readonly record struct AdamWRun(long Master, long Grad, long State, long Count, float WeightDecay);

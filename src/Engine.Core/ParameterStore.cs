@@ -1,7 +1,9 @@
 namespace Engine.Core;
 
-/// <summary>A parameter to lay out: its name and shape.</summary>
-public sealed record ParameterSpec(string Name, int[] Shape)
+/// <summary>A parameter to lay out: its name and shape; StartAlign (elements, a multiple of
+/// <see cref="ParameterStore.Alignment"/>) when it must start on a coarser boundary (a data-parallel bucket's first
+/// parameter).</summary>
+public sealed record ParameterSpec(string Name, int[] Shape, long StartAlign = 0)
 {
     public long Numel => Core.Shape.Numel(Shape);
 }
@@ -63,6 +65,8 @@ public sealed class ParameterStore : IDisposable
     static int versions;
 
     public IReadOnlyList<ParameterSlot> Slots => slots;
+    /// <summary>The specs of the current layout (with their start alignments), in slot order.</summary>
+    public IReadOnlyList<ParameterSpec> LayoutSpecs { get; private set; } = [];
     public int Count => slots.Count;
     public bool Contains(string name) => index.ContainsKey(name);
 
@@ -80,7 +84,7 @@ public sealed class ParameterStore : IDisposable
         long at = 0;
         for (int i = 0; i < specs.Count; i++)
         {
-            at = AlignUp(at, Alignment);
+            at = AlignUp(at, Math.Max(Alignment, specs[i].StartAlign));
             offsets[i] = at;
             at += specs[i].Numel;
         }
@@ -95,7 +99,7 @@ public sealed class ParameterStore : IDisposable
     /// </summary>
     public void Relayout(IEnumerable<ParameterSpec>? specs = null, long? padMultiple = null, Action<string, Tensor?, Tensor>? fill = null)
     {
-        var list = (specs ?? slots.Select(s => new ParameterSpec(s.Name, s.Shape))).ToList();
+        var list = (specs ?? Specs()).ToList();
         var oldMaster = Master;
         var oldGrads = Grads;
         var old = slots.ToDictionary(s => s.Name, s => s.Tensor, StringComparer.Ordinal);
@@ -121,6 +125,7 @@ public sealed class ParameterStore : IDisposable
         {
             if (!names.Add(s.Name)) throw new ArgumentException($"parameter '{s.Name}' is registered twice");
             if (s.Shape.Any(d => d <= 0)) throw new ArgumentException($"parameter '{s.Name}' has shape {Core.Shape.Format(s.Shape)}: every dimension must be positive");
+            if (s.StartAlign < 0 || s.StartAlign % Alignment != 0) throw new ArgumentException($"parameter '{s.Name}': start alignment {s.StartAlign} is not a multiple of {Alignment}");
         }
         var (offsets, used) = Layout(specs);
         long capacity = Math.Max(AlignUp(Math.Max(used, 1), padMultiple), 1);
@@ -141,11 +146,15 @@ public sealed class ParameterStore : IDisposable
         }
         Master = master;
         Grads = grads;
+        LayoutSpecs = specs.ToList();
         Used = used;
         Capacity = capacity;
         PadMultiple = padMultiple;
         Version = Interlocked.Increment(ref versions);
     }
+
+    /// <summary>The current parameters as specs (names, shapes; no start alignment).</summary>
+    public List<ParameterSpec> Specs() => slots.Select(s => new ParameterSpec(s.Name, s.Shape)).ToList();
 
     /// <summary>Zeros the gradient buffer (one fill) — or does nothing while gradients come from a source.</summary>
     public void ZeroGrads()

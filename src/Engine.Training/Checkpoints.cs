@@ -1,45 +1,130 @@
 using System.Security.Cryptography;
 using System.Text.Json;
 using Engine.Core;
+using Engine.Core.Distributed;
 using Engine.Model;
 using Engine.Model.IO;
+using Engine.Training.Parallel;
 
 namespace Engine.Training;
 
 /// <summary>What a checkpoint records besides weights and optimizer moments: enough for a bit-exact resume.</summary>
 public sealed record CheckpointState(int Step, long Tokens, ulong[] Rng, int AdamStep);
 
+/// <summary>One parameter of the flat layout a checkpoint was written with.</summary>
+public sealed record CheckpointParameter(string Name, int[] Shape, long Offset);
+
+/// <summary>A range of the flat buffers one rank wrote: flat [Start, Start + Length) at element Compact of its file.</summary>
+public sealed record CheckpointSlice(long Start, long Length, long Compact);
+
+/// <summary>manifest.json: the global layout and every file with its SHA-256; written last, by rank 0.</summary>
+public sealed record CheckpointManifest
+{
+    public int Format { get; init; } = Checkpoints.FormatVersion;
+    public int WorldSize { get; init; } = 1;
+    public int Zero { get; init; }
+    public long Capacity { get; init; }
+    public List<CheckpointParameter> Parameters { get; init; } = [];
+    /// <summary>Per rank, the slices of the AdamW moments its file holds (in file order).</summary>
+    public List<List<CheckpointSlice>> Shards { get; init; } = [];
+    public Dictionary<string, string> Files { get; init; } = [];
+}
+
 /// <summary>
-/// Training checkpoints: one directory per step (`step_00000123/`) holding config.json + model.safetensors (HF
-/// layout), optimizer.safetensors (fp32 m and v per parameter), state.json (step, tokens, sampler RNG, AdamW step) and
-/// manifest.json (SHA-256 of every file). Written under a temporary name and renamed, so a crash never leaves a
-/// half-written checkpoint; only the newest `keep` are kept. Loading verifies the manifest first.
+/// Training checkpoints: one directory per step (`step_00000123/`) holding config.json + model.safetensors (the full
+/// fp32 master weights in Hugging Face layout, by rank 0 — every rank holds them), optimizer/rankNNNNN.safetensors
+/// (each rank's slices of the AdamW moments: under ZeRO the slices it owns, without ZeRO the same partition so the
+/// ranks write in parallel), state.json (step, tokens, sampler RNG, AdamW step) and manifest.json (format, world size,
+/// ZeRO stage, the flat layout, each rank's slices, SHA-256 of every file), written last. The directory is built under
+/// a temporary name and renamed, so a crash never leaves a half-written checkpoint; only the newest `keep` are kept.
+/// <para>
+/// Loading verifies the manifest, then maps moments by parameter name and element, so a checkpoint loads at any
+/// data-parallel size and ZeRO stage (resharding after losing nodes); at the same layout it is bit-exact.
+/// All ranks call <see cref="Save"/> and <see cref="Load"/> together; the directory must be on a filesystem every rank
+/// sees.
+/// </para>
 /// </summary>
 public static class Checkpoints
 {
-    const string StateFile = "state.json", OptimizerFile = "optimizer.safetensors", ManifestFile = "manifest.json";
+    public const int FormatVersion = 2;
+    const string StateFile = "state.json", ManifestFile = "manifest.json", OptimizerDir = "optimizer";
+    static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
+
+    static string ShardFile(int rank) => Path.Combine(OptimizerDir, $"rank{rank:D5}.safetensors");
+
+    /// <summary>The slices rank <paramref name="rank"/> writes and where its compact moments hold them.</summary>
+    static List<(OwnedSlice Source, CheckpointSlice Written)> WriteSlices(DataParallel dp, int rank)
+    {
+        var layout = dp.Layout;
+        var result = new List<(OwnedSlice, CheckpointSlice)>();
+        if (layout.Stage > 0 || layout.WorldSize == 1)
+        {
+            long at = 0;
+            foreach (var s in layout.Owned) { result.Add((s, new CheckpointSlice(s.Start, s.Length, at))); at += s.Length; }
+            return result;
+        }
+        // stage 0: every rank holds everything (compact = flat); rank r writes the r-th share of each bucket
+        var shares = ShardLayout.For(dp.Store, layout.WorldSize, rank, 1).Owned;
+        long pos = 0;
+        foreach (var s in shares)
+        {
+            result.Add((s with { Compact = s.Start }, new CheckpointSlice(s.Start, s.Length, pos)));
+            pos += s.Length;
+        }
+        return result;
+    }
 
     public static string Save(string root, LlamaModel model, AdamW opt, CheckpointState state, int keep)
     {
-        Directory.CreateDirectory(root);
+        var dp = opt.Parallel;
+        var comm = dp.Comm;
         string name = $"step_{state.Step:D8}";
         string final = Path.Combine(root, name), tmp = Path.Combine(root, $".{name}.tmp");
-        if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
-        Directory.CreateDirectory(tmp);
-        ModelIO.Save(model, tmp);
-        SafeTensorsWriter.Write(Path.Combine(tmp, OptimizerFile), opt.ExportState()
-            .SelectMany(e => new[]
+        if (comm.Rank == 0)
+        {
+            Directory.CreateDirectory(root);
+            if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
+            Directory.CreateDirectory(Path.Combine(tmp, OptimizerDir));
+        }
+        comm.Barrier();
+
+        // every rank: its slices of the moments
+        var (m, v) = opt.ExportState();
+        var slices = WriteSlices(dp, comm.Rank);
+        long total = slices.Sum(s => s.Written.Length);
+        var fm = new float[total];
+        var fv = new float[total];
+        foreach (var (src, w) in slices)
+        {
+            Array.Copy(m, src.Compact, fm, w.Compact, w.Length);
+            Array.Copy(v, src.Compact, fv, w.Compact, w.Length);
+        }
+        SafeTensorsWriter.Write(Path.Combine(tmp, ShardFile(comm.Rank)),
+            [new SafeTensorWrite("exp_avg", [total], fm), new SafeTensorWrite("exp_avg_sq", [total], fv)],
+            new Dictionary<string, string> { ["rank"] = comm.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        comm.Barrier();
+
+        if (comm.Rank == 0)
+        {
+            ModelIO.Save(model, tmp);
+            File.WriteAllText(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state));
+            var manifest = new CheckpointManifest
             {
-                new SafeTensorWrite("m." + e.Name, model[e.Name].Shape.Select(d => (long)d).ToArray(), e.M),
-                new SafeTensorWrite("v." + e.Name, model[e.Name].Shape.Select(d => (long)d).ToArray(), e.V),
-            }));
-        File.WriteAllText(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state));
-        var manifest = Directory.GetFiles(tmp).Select(Path.GetFileName).Order(StringComparer.Ordinal)
-            .ToDictionary(f => f!, f => Sha256(Path.Combine(tmp, f!)));
-        File.WriteAllText(Path.Combine(tmp, ManifestFile), JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true }));
-        if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
-        Directory.Move(tmp, final);
-        foreach (var old in List(root).SkipLast(Math.Max(1, keep))) Directory.Delete(old, recursive: true);
+                WorldSize = comm.WorldSize,
+                Zero = dp.Stage,
+                Capacity = dp.Store.Capacity,
+                Parameters = dp.Store.Slots.Select(s => new CheckpointParameter(s.Name, s.Shape, s.Offset)).ToList(),
+                Shards = Enumerable.Range(0, comm.WorldSize).Select(r => WriteSlices(dp, r).Select(x => x.Written).ToList()).ToList(),
+                Files = Directory.GetFiles(tmp, "*", SearchOption.AllDirectories)
+                    .Select(f => Path.GetRelativePath(tmp, f).Replace('\\', '/')).Order(StringComparer.Ordinal)
+                    .ToDictionary(f => f, f => Sha256(Path.Combine(tmp, f))),
+            };
+            File.WriteAllText(Path.Combine(tmp, ManifestFile), JsonSerializer.Serialize(manifest, Json));
+            if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
+            Directory.Move(tmp, final);
+            foreach (var old in List(root).SkipLast(Math.Max(1, keep))) Directory.Delete(old, recursive: true);
+        }
+        comm.Barrier();
         return final;
     }
 
@@ -56,28 +141,118 @@ public static class Checkpoints
         return spec;
     }
 
-    /// <summary>Verifies the manifest, loads weights into a new model and the optimizer state; returns the state.</summary>
-    public static (LlamaModel Model, CheckpointState State, List<(string Name, float[] M, float[] V)> Moments) Load(string dir, IBackend backend)
+    /// <summary>A verified checkpoint: its manifest and state; the weights load into a new model, the moments into an
+    /// optimizer of any layout.</summary>
+    public sealed class Loaded(string dir, CheckpointManifest manifest, CheckpointState state)
+    {
+        public string Directory { get; } = dir;
+        public CheckpointManifest Manifest { get; } = manifest;
+        public CheckpointState State { get; } = state;
+
+        public LlamaModel LoadModel(IBackend backend) => ModelIO.Load(Directory, backend);
+
+        /// <summary>Fills <paramref name="opt"/>'s moments for its rank and layout (mapped by parameter name and element;
+        /// parameters the checkpoint lacks start at zero) and its step.</summary>
+        public void LoadOptimizer(AdamW opt)
+        {
+            var dp = opt.Parallel;
+            var old = Manifest.Parameters.ToDictionary(p => p.Name, StringComparer.Ordinal);
+            var files = new Dictionary<int, (float[] M, float[] V)>();
+            (float[] M, float[] V) File(int rank)
+            {
+                if (!files.TryGetValue(rank, out var f))
+                {
+                    using var st = SafeTensorsFile.Open(Path.Combine(Directory, ShardFile(rank)));
+                    f = (st.ReadFloat32("exp_avg"), st.ReadFloat32("exp_avg_sq"));
+                    long expect = Manifest.Shards[rank].Sum(s => s.Length);
+                    if (f.M.Length != expect || f.V.Length != expect)
+                        throw new InvalidDataException($"{Directory}: {ShardFile(rank)} holds {f.M.Length} moments, the manifest lists {expect}");
+                    files[rank] = f;
+                }
+                return f;
+            }
+            // old flat element → (rank, index in its file)
+            var owners = Manifest.Shards.SelectMany((slices, r) => slices.Select(s => (Rank: r, Slice: s))).OrderBy(x => x.Slice.Start).ToList();
+            var m = new float[dp.Layout.OwnedElements];
+            var v = new float[dp.Layout.OwnedElements];
+            foreach (var slice in dp.Layout.Owned)
+            {
+                long end = slice.Start + slice.Length;
+                foreach (var p in dp.Store.Slots)
+                {
+                    long lo = Math.Max(p.Offset, slice.Start), hi = Math.Min(p.Offset + p.Numel, end);
+                    if (lo >= hi || !old.TryGetValue(p.Name, out var op)) continue;
+                    if (!op.Shape.AsSpan().SequenceEqual(p.Shape))
+                        throw new InvalidDataException($"{Directory}: parameter {p.Name} has shape {Shape.Format(op.Shape)} in the checkpoint, {Shape.Format(p.Shape)} in this model");
+                    long from = op.Offset + (lo - p.Offset), count = hi - lo, to = slice.Compact + (lo - slice.Start);
+                    while (count > 0)
+                    {
+                        var (rank, s) = Owner(owners, from) ?? throw new InvalidDataException($"{Directory}: no rank's file holds element {from} of the moments ({p.Name})");
+                        long n = Math.Min(count, s.Start + s.Length - from);
+                        var f = File(rank);
+                        long at = s.Compact + (from - s.Start);
+                        Array.Copy(f.M, at, m, to, n);
+                        Array.Copy(f.V, at, v, to, n);
+                        from += n; to += n; count -= n;
+                    }
+                }
+            }
+            opt.ImportState(State.AdamStep, m, v);
+        }
+
+        static (int Rank, CheckpointSlice Slice)? Owner(List<(int Rank, CheckpointSlice Slice)> owners, long element)
+        {
+            int lo = 0, hi = owners.Count - 1;
+            while (lo <= hi)
+            {
+                int mid = (lo + hi) / 2;
+                var s = owners[mid].Slice;
+                if (element < s.Start) hi = mid - 1;
+                else if (element >= s.Start + s.Length) lo = mid + 1;
+                else return owners[mid];
+            }
+            return null;
+        }
+    }
+
+    /// <summary>Verifies the manifest (every file present with its SHA-256) and reads the state.</summary>
+    public static Loaded Open(string dir)
     {
         string manifestPath = Path.Combine(dir, ManifestFile);
         if (!File.Exists(manifestPath)) throw new InvalidDataException($"{dir}: not a checkpoint (no {ManifestFile})");
-        var manifest = JsonSerializer.Deserialize<Dictionary<string, string>>(File.ReadAllText(manifestPath))
-            ?? throw new InvalidDataException($"{manifestPath}: empty manifest");
-        foreach (var (file, hash) in manifest)
+        CheckpointManifest manifest;
+        try
         {
-            string p = Path.Combine(dir, file);
+            manifest = JsonSerializer.Deserialize<CheckpointManifest>(File.ReadAllText(manifestPath), Json)
+                ?? throw new InvalidDataException($"{manifestPath}: empty manifest");
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{manifestPath}: not a checkpoint manifest ({e.Message})"); }
+        if (manifest.Format != FormatVersion)
+            throw new InvalidDataException($"{manifestPath}: checkpoint format {manifest.Format}, this engine reads format {FormatVersion}");
+        if (manifest.Files.Count == 0 || manifest.Shards.Count != manifest.WorldSize || manifest.WorldSize < 1)
+            throw new InvalidDataException($"{manifestPath}: the manifest lists no files or its shards do not match its world size {manifest.WorldSize}");
+        string root = Path.GetFullPath(dir);
+        foreach (var (file, hash) in manifest.Files)
+        {
+            string p = Path.GetFullPath(Path.Combine(dir, file));
+            if (!p.StartsWith(root + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+                throw new InvalidDataException($"{manifestPath}: file '{file}' lies outside the checkpoint directory");
             if (!File.Exists(p)) throw new InvalidDataException($"{dir}: {file} listed in the manifest is missing");
             if (Sha256(p) != hash) throw new InvalidDataException($"{dir}: {file} does not match its SHA-256 in the manifest (corrupted checkpoint)");
         }
-        var state = JsonSerializer.Deserialize<CheckpointState>(File.ReadAllText(Path.Combine(dir, StateFile)))
-            ?? throw new InvalidDataException($"{dir}: empty {StateFile}");
+        for (int r = 0; r < manifest.WorldSize; r++)
+            if (!manifest.Files.ContainsKey(ShardFile(r).Replace('\\', '/')))
+                throw new InvalidDataException($"{dir}: the manifest lists no optimizer file for rank {r}");
+        CheckpointState state;
+        try
+        {
+            state = JsonSerializer.Deserialize<CheckpointState>(File.ReadAllText(Path.Combine(dir, StateFile)))
+                ?? throw new InvalidDataException($"{dir}: empty {StateFile}");
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{dir}: {StateFile} is not valid ({e.Message})"); }
         if (state.Rng is not { Length: 4 }) throw new InvalidDataException($"{dir}: {StateFile} has no sampler RNG state");
-        var model = ModelIO.Load(dir, backend);
-        var moments = new List<(string, float[], float[])>();
-        using (var f = SafeTensorsFile.Open(Path.Combine(dir, OptimizerFile)))
-            foreach (var (name, _) in model.Parameters)
-                if (f.Contains("m." + name)) moments.Add((name, f.ReadFloat32("m." + name), f.ReadFloat32("v." + name)));
-        return (model, state, moments);
+        if (state.Step < 0 || state.AdamStep < 0 || state.Tokens < 0) throw new InvalidDataException($"{dir}: {StateFile} has a negative step or token count");
+        return new Loaded(dir, manifest, state);
     }
 
     static string Sha256(string path)

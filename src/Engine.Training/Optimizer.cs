@@ -1,5 +1,6 @@
 using Engine.Core;
 using Engine.Model;
+using Engine.Training.Parallel;
 
 namespace Engine.Training;
 
@@ -18,83 +19,154 @@ public sealed record AdamWOptions
 }
 
 /// <summary>
-/// AdamW with fp32 state over a model's parameters, global-norm clipping folded into the update as a gradient
-/// scale, and frozen parameters skipped (stage-1 vocabulary training).
+/// AdamW with fp32 moments over the flat parameter store: one multi-tensor launch over runs of the store (a run per
+/// stretch of consecutive trainable parameters with the same weight decay — norms undecayed — so frozen parameters
+/// are skipped, stage-1 vocabulary training), global-norm clipping computed on the device from chunk partials (the
+/// clip factor never visits the host before the update), and, under ZeRO, moments only for this rank's slices
+/// (<see cref="DataParallel"/>). A step whose gradient norm is not finite writes nothing and throws.
 /// </summary>
 public sealed class AdamW : IDisposable
 {
-    readonly LlamaModel model;
-    readonly Dictionary<string, (Tensor M, Tensor V)> state = new(StringComparer.Ordinal);
+    readonly ParameterStore store;
+    readonly bool ownsParallel;
+    Tensor? m, v, partials, result;
+    AdamWRun[] runs = [];
+    int runsVersion = -1;
+    string frozenKey = "";
 
-    public AdamW(LlamaModel model, AdamWOptions options)
+    /// <param name="parallel">The data-parallel set-up (null: one process, the store as it is).</param>
+    public AdamW(LlamaModel model, AdamWOptions options, DataParallel? parallel = null)
     {
-        this.model = model;
+        store = model.Store;
         Options = options;
+        Parallel = parallel ?? DataParallel.Local(store);
+        ownsParallel = parallel == null;
+        if (!ReferenceEquals(Parallel.Store, store)) throw new ArgumentException("the data-parallel set-up belongs to another model");
     }
 
     public AdamWOptions Options { get; }
+    public DataParallel Parallel { get; }
     public int Step { get; private set; }
 
-    /// <summary>sqrt(sum of squared gradients) over trainable parameters.</summary>
-    public double GradNorm()
+    /// <summary>Bytes of AdamW moments this rank holds (m and v; 1/N of the single-rank figure under ZeRO).</summary>
+    public long StateBytes => ((m?.Numel ?? 0) + (v?.Numel ?? 0)) * sizeof(float);
+
+    IBackend Be => store.Backend;
+
+    void EnsureState()
     {
-        double ss = 0;
-        foreach (var (_, p) in model.Parameters)
-            if (!p.Frozen && p.Grad != null) ss += p.Backend.SumOfSquares(p.Grad);
-        return Math.Sqrt(ss);
+        if (m != null) return;
+        int n = checked((int)Parallel.Layout.OwnedElements);
+        m = Be.Zeros([n]).Keep();
+        v = Be.Zeros([n]).Keep();
+        partials = Be.Zeros([checked((int)((store.Capacity + ShardLayout.Chunk - 1) / ShardLayout.Chunk))]).Keep();
+        result = Be.Zeros([3]).Keep();
     }
 
-    /// <summary>Clips by global norm and applies one AdamW update at learning rate lr. Returns the pre-clip norm.</summary>
+    /// <summary>The runs of this rank's slices over trainable parameters, rebuilt when the trainable set changes.</summary>
+    AdamWRun[] Runs()
+    {
+        string key = string.Concat(store.Slots.Select(s => s.Tensor.Frozen ? '0' : '1'));
+        if (runsVersion == store.Version && key == frozenKey) return runs;
+        var list = new List<AdamWRun>();
+        foreach (var slice in Parallel.Layout.Owned)
+        {
+            long sliceEnd = slice.Start + slice.Length;
+            AdamWRun? open = null;
+            foreach (var s in store.Slots)
+            {
+                long lo = Math.Max(s.Offset, slice.Start), hi = Math.Min(s.Offset + s.Numel, sliceEnd);
+                if (lo >= hi) continue;
+                if (s.Tensor.Frozen) { if (open != null) { list.Add(open.Value); open = null; } continue; }
+                float wd = Options.NoDecayOnNorms && s.Shape.Length == 1 ? 0f : (float)Options.WeightDecay;
+                long grad = Parallel.GradientOffset(slice) + (lo - slice.Start);
+                long state = slice.Compact + (lo - slice.Start);
+                // extend the open run across the alignment gap (gaps are zero and stay zero under AdamW) when the
+                // weight decay agrees; otherwise start a new run
+                if (open is { } o && o.WeightDecay == wd) open = o with { Count = hi - o.Master };
+                else
+                {
+                    if (open != null) list.Add(open.Value);
+                    open = new AdamWRun(lo, grad, state, hi - lo, wd);
+                }
+            }
+            if (open != null) list.Add(open.Value);
+        }
+        runs = list.ToArray();
+        runsVersion = store.Version;
+        frozenKey = key;
+        return runs;
+    }
+
+    /// <summary>sqrt(sum of squared gradients) over trainable parameters (frozen ones hold zero gradients), written on
+    /// the device as [Σg², norm, clip factor]; one download. Waits for the gradient reductions.</summary>
+    public double GradNorm()
+    {
+        LaunchNorm();
+        return result!.ToArray()[1];
+    }
+
+    /// <summary>Enqueues the norm: chunk partials of the (reduced) gradients → [Σg², norm, clip factor] in result.</summary>
+    void LaunchNorm()
+    {
+        EnsureState();
+        Parallel.FinishGradients();
+        if (Parallel.Stage == 2)
+        {
+            Be.Fill(partials!, 0f);
+            foreach (var s in Parallel.Layout.Owned)
+                Be.ChunkSumOfSquares(Parallel.OwnedGradient(s), ShardLayout.Chunk, partials!.Range(s.Start / ShardLayout.Chunk, s.Length / ShardLayout.Chunk));
+            // each chunk's partial is non-zero on its owner alone: the sum is exact, the same value on every rank
+            Parallel.Comm.AllReduce(partials!).Wait();
+        }
+        else Be.ChunkSumOfSquares(store.Grads!, ShardLayout.Chunk, partials!);
+        Be.GradNormFinalize(partials!, (float)Options.ClipNorm, result!);
+    }
+
+    /// <summary>Clips by global norm and applies one AdamW update at learning rate lr (this rank's slices; the master
+    /// weights are then all-gathered under ZeRO). Returns the pre-clip norm. One host read per step (after the update
+    /// is enqueued).</summary>
     public double Update(double lr)
     {
         using var prof = Profiler.Time("adamw");
-        double norm = GradNorm();
-        if (!double.IsFinite(norm)) throw new InvalidOperationException($"gradient norm is {norm} at step {Step + 1}: refusing to update the weights");
-        float scale = Options.ClipNorm > 0 && norm > Options.ClipNorm ? (float)(Options.ClipNorm / (norm + 1e-6)) : 1f;
+        LaunchNorm();
         Step++;
-        foreach (var (name, p) in model.Parameters)
+        var step = new AdamWStep((float)lr, (float)Options.Beta1, (float)Options.Beta2, (float)Options.Eps, 0f, Step);
+        // the clip factor is read on the device; a non-finite one makes the kernel write nothing
+        Be.AdamW(store.Master, Parallel.GradientBuffer, m!, v!, Runs(), step, result!.Range(2, 1));
+        var r = result!.ToArray();
+        if (!float.IsFinite(r[2]))
         {
-            if (p.Frozen || p.Grad == null) continue;
-            if (!state.TryGetValue(name, out var s))
-            {
-                s = (p.Backend.Zeros(p.Shape).Keep(), p.Backend.Zeros(p.Shape).Keep());
-                state[name] = s;
-            }
-            // after a vocabulary resize the state no longer matches: restart it for that tensor
-            if (s.M.Numel != p.Numel)
-            {
-                s.M.Dispose(); s.V.Dispose();
-                s = (p.Backend.Zeros(p.Shape).Keep(), p.Backend.Zeros(p.Shape).Keep());
-                state[name] = s;
-            }
-            float wd = Options.NoDecayOnNorms && p.Rank == 1 ? 0f : (float)Options.WeightDecay;
-            p.Backend.AdamW(p, p.Grad, s.M, s.V, new AdamWStep((float)lr, (float)Options.Beta1, (float)Options.Beta2, (float)Options.Eps, wd, Step, scale));
+            Step--;
+            throw new InvalidOperationException($"gradient norm is {r[1]} at step {Step + 1}: refusing to update the weights");
         }
-        return norm;
+        Parallel.GatherParameters();
+        return r[1];
     }
 
-    /// <summary>Optimizer state for checkpoints: (name, m, v) on the host.</summary>
-    public IEnumerable<(string Name, float[] M, float[] V)> ExportState() =>
-        state.Select(kv => (kv.Key, kv.Value.M.ToArray(), kv.Value.V.ToArray()));
-
-    public void ImportState(int step, IEnumerable<(string Name, float[] M, float[] V)> entries)
+    /// <summary>This rank's moments for checkpoints: the compact buffers and the owned slices they cover.</summary>
+    public (float[] M, float[] V) ExportState()
     {
+        EnsureState();
+        return (m!.ToArray(), v!.ToArray());
+    }
+
+    /// <summary>Restores this rank's moments (compact, as <see cref="ExportState"/> returned them for this layout).</summary>
+    public void ImportState(int step, float[] mValues, float[] vValues)
+    {
+        EnsureState();
+        if (mValues.Length != m!.Numel || vValues.Length != v!.Numel)
+            throw new InvalidDataException($"optimizer state holds {mValues.Length}/{vValues.Length} values, this rank's layout needs {m.Numel}");
         Step = step;
-        foreach (var (name, m, v) in entries)
-        {
-            var p = model[name];
-            var mt = p.Backend.Empty(p.Shape).Keep();
-            var vt = p.Backend.Empty(p.Shape).Keep();
-            p.Backend.Upload(mt, m);
-            p.Backend.Upload(vt, v);
-            state[name] = (mt, vt);
-        }
+        Be.Upload(m, mValues);
+        Be.Upload(v!, vValues);
     }
 
     public void Dispose()
     {
-        foreach (var (m, v) in state.Values) { m.Dispose(); v.Dispose(); }
-        state.Clear();
+        m?.Dispose(); v?.Dispose(); partials?.Dispose(); result?.Dispose();
+        m = v = partials = result = null;
+        if (ownsParallel) Parallel.Dispose();
     }
 }
 

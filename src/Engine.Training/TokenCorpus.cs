@@ -74,6 +74,13 @@ public sealed class TokenCorpus
         }
     }
 
+    /// <summary>Advances rng exactly as <see cref="SampleTrain"/> would, without copying (another rank's micro-batch).</summary>
+    public void SkipTrain(Rng rng, int batch, int seqLen)
+    {
+        if (train.Length < seqLen + 1) throw new InvalidDataException($"training text has {train.Length} tokens, fewer than seq_len + 1 = {seqLen + 1}");
+        for (int b = 0; b < batch; b++) rng.NextInt(train.Length - seqLen);
+    }
+
     /// <summary>Number of disjoint validation windows available.</summary>
     public int ValidWindows(int seqLen) => Math.Max(0, (valid.Length - 1) / seqLen);
 }

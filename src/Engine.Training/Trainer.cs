@@ -1,10 +1,12 @@
 using System.Text.Json;
 using Engine.Core;
 using Engine.Core.Autograd;
+using Engine.Core.Distributed;
 using Engine.Data;
 using Engine.Model;
 using Engine.Model.IO;
 using Engine.Training.Config;
+using Engine.Training.Parallel;
 
 namespace Engine.Training;
 
@@ -36,6 +38,9 @@ public sealed class Trainer
     /// <summary>Resume from a checkpoint directory, or "latest" under output.dir/checkpoints (null = fresh start).</summary>
     public string? Resume { get; set; }
 
+    /// <summary>The job's ranks (null = this process alone). Rank 0 writes metrics, weights and messages.</summary>
+    public ICommunicator? Communicator { get; set; }
+
     public static ITokenizer LoadTokenizer(TrainConfig cfg)
     {
         if (cfg.Data.Tokenizer == "byte") return new ByteTokenizer();
@@ -46,49 +51,54 @@ public sealed class Trainer
 
     public TrainResult Run(CancellationToken cancel = default)
     {
+        var comm = Communicator ?? new LocalCommunicator(backend);
+        bool lead = comm.Rank == 0;
+        void Say(string m) { if (lead) OnMessage?.Invoke(m); }
+        cfg.Parallel.Validate(comm.WorldSize);
         var tokenizer = LoadTokenizer(cfg);
         var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
         foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
-        OnMessage?.Invoke($"tokenizing {files.Count} file(s)");
+        Say($"tokenizing {files.Count} file(s)");
         var corpus = TokenCorpus.FromFiles(files, tokenizer, cfg.Data.ValidFraction);
-        OnMessage?.Invoke($"{corpus.TrainTokens:N0} training tokens, {corpus.ValidTokens:N0} held out");
+        Say($"{corpus.TrainTokens:N0} training tokens, {corpus.ValidTokens:N0} held out");
 
         string outDir = cfg.Resolve(cfg.Output.Dir);
         string ckptRoot = Path.Combine(outDir, "checkpoints");
-        CheckpointState? resumed = null;
-        List<(string Name, float[] M, float[] V)>? moments = null;
+        Checkpoints.Loaded? resumed = null;
         LlamaModel created;
         if (Resume != null)
         {
             string dir = Checkpoints.Resolve(Resume, ckptRoot);
-            (created, resumed, moments) = Checkpoints.Load(dir, backend);
+            resumed = Checkpoints.Open(dir);
+            if (resumed.State.Step >= cfg.Train.Steps)
+                throw new ConfigException($"checkpoint {dir} is at step {resumed.State.Step}, not before train.steps = {cfg.Train.Steps}: nothing to resume");
+            created = resumed.LoadModel(backend);
             if (created.Config.VocabSize < tokenizer.VocabSize)
             {
                 created.Dispose();
                 throw new InvalidDataException($"{dir}: checkpoint vocabulary {created.Config.VocabSize} is smaller than the tokenizer's {tokenizer.VocabSize}");
             }
-            if (resumed.Step >= cfg.Train.Steps)
-            {
-                created.Dispose();
-                throw new ConfigException($"checkpoint {dir} is at step {resumed.Step}, not before train.steps = {cfg.Train.Steps}: nothing to resume");
-            }
-            OnMessage?.Invoke($"resuming from {dir} at step {resumed.Step}");
+            Say($"resuming from {dir} at step {resumed.State.Step}" + (resumed.Manifest.WorldSize != comm.WorldSize || resumed.Manifest.Zero != cfg.Parallel.Zero
+                ? $" (written by {resumed.Manifest.WorldSize} rank(s) at ZeRO-{resumed.Manifest.Zero}, resharded to {comm.WorldSize} at ZeRO-{cfg.Parallel.Zero})" : ""));
         }
         else created = CreateModel(tokenizer.VocabSize);
         using var model = created;
         int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
-        CheckFits(model.Config, B, T, cfg.Model.CheckpointActivations);
+        CheckFits(model.Config, B, T, cfg.Model.CheckpointActivations, zero: cfg.Parallel.Zero, dp: comm.WorldSize);
         model.CheckpointActivations = cfg.Model.CheckpointActivations;
-        OnMessage?.Invoke($"model: {model.ParameterCount:N0} parameters on {backend.Name}");
+        Say($"model: {model.ParameterCount:N0} parameters on {backend.Name}" + (comm.WorldSize > 1 ? $", {comm.WorldSize} data-parallel ranks ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}" : ""));
 
-        Directory.CreateDirectory(outDir);
-        using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: resumed != null);
-        using var opt = new AdamW(model, cfg.Optim);
+        if (lead) Directory.CreateDirectory(outDir);
+        comm.Barrier();
+        using var metrics = lead ? new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: resumed != null) : null;
+        using var dp = DataParallel.Create(model.Store, comm, cfg.Parallel);
+        using var opt = new AdamW(model, cfg.Optim, dp);
         var rng = new Rng(cfg.Train.Seed);
         if (resumed != null)
         {
-            opt.ImportState(resumed.AdamStep, moments!);
-            rng.State = (resumed.Rng[0], resumed.Rng[1], resumed.Rng[2], resumed.Rng[3]);
+            resumed.LoadOptimizer(opt);
+            var r = resumed.State.Rng;
+            rng.State = (r[0], r[1], r[2], r[3]);
         }
         var options = new LoopOptions
         {
@@ -100,34 +110,38 @@ public sealed class Trainer
             Schedule = cfg.Schedule,
             ZLoss = cfg.Train.ZLoss,
             EvalEvery = cfg.Train.EvalEvery,
-            StartStep = resumed?.Step ?? 0,
-            StartTokens = resumed?.Tokens ?? 0,
+            StartStep = resumed?.State.Step ?? 0,
+            StartTokens = resumed?.State.Tokens ?? 0,
         };
         double? lastValid = null;
         var steps = TrainingLoop.Run(model, new CorpusBatches(corpus, rng), options, opt, ewc: null,
             onStep: m =>
             {
-                metrics.WriteLine(MetricsJson(m));
-                metrics.Flush();
+                metrics?.WriteLine(MetricsJson(m));
+                metrics?.Flush();
                 if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps)
                 {
                     var (a, b, c, d) = rng.State;
                     string dir = Checkpoints.Save(ckptRoot, model, opt, new CheckpointState(m.Step, m.Tokens, [a, b, c, d], opt.Step), cfg.Output.KeepCheckpoints);
-                    OnMessage?.Invoke($"checkpoint {dir}");
+                    Say($"checkpoint {dir}");
                 }
-                OnStep?.Invoke(m);
+                if (lead) OnStep?.Invoke(m);
             },
             validate: () => (lastValid = ValidationLoss(model, corpus)).Value,
             cancel: cancel);
         long tokens = steps.Count > 0 ? steps[^1].Tokens : 0;
 
         string weightsDir = Path.Combine(outDir, "final");
-        ModelIO.Save(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
+        if (lead)
         {
-            ["engine.steps"] = cfg.Train.Steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            ["engine.tokens"] = tokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
-        });
-        OnMessage?.Invoke($"saved {weightsDir}");
+            ModelIO.Save(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
+            {
+                ["engine.steps"] = cfg.Train.Steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                ["engine.tokens"] = tokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            });
+            Say($"saved {weightsDir}");
+        }
+        comm.Barrier();
         return new TrainResult(outDir, weightsDir, steps, lastValid, model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);
     }
 
@@ -154,6 +168,13 @@ public sealed class Trainer
             var tg = new int[batch * seqLen];
             corpus.SampleTrain(rng, batch, seqLen, ids, tg);
             return new Batch(ids, tg, Enumerable.Repeat("train", batch).ToArray());
+        }
+
+        /// <summary>Draws the window starts without copying: every target of a window is valid.</summary>
+        public int Skip(int batch, int seqLen)
+        {
+            corpus.SkipTrain(rng, batch, seqLen);
+            return batch * seqLen;
         }
     }
 
@@ -185,15 +206,17 @@ public sealed class Trainer
         return Eval.Evaluator.Perplexity(model, corpus.Valid, T, B, (long)cfg.Train.EvalBatches * B * T).MeanNll;
     }
 
-    /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory.</summary>
-    public static void CheckFits(LlamaConfig c, int batch, int seqLen, bool checkpoint, long? availableBytes = null)
+    /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory
+    /// (per rank: ZeRO-1 divides the moments by the data-parallel size, ZeRO-2 also the gradients).</summary>
+    public static void CheckFits(LlamaConfig c, int batch, int seqLen, bool checkpoint, long? availableBytes = null, int zero = 0, int dp = 1)
     {
         long available = availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        double state = c.ParameterCount() * 4.0 * 4; // weights, grads, m, v in fp32
-        long n = (long)batch * seqLen;
+        double n = c.ParameterCount() * 4.0;
+        double state = n + (zero >= 2 ? n / dp : n) + (zero >= 1 ? 2 * n / dp : 2 * n); // weights, grads, m, v in fp32
+        long tok = (long)batch * seqLen;
         int kv = c.NumKvHeads * c.HeadDim;
-        double perLayer = n * (8.0 * c.HiddenSize + 4.0 * kv + 4.0 * c.IntermediateSize) * 4 + (double)batch * c.NumHeads * seqLen * 4;
-        double acts = (checkpoint ? n * c.HiddenSize * 4.0 * c.NumLayers + perLayer : perLayer * c.NumLayers) + n * (double)c.VocabSize * 4 * 2;
+        double perLayer = tok * (8.0 * c.HiddenSize + 4.0 * kv + 4.0 * c.IntermediateSize) * 4 + (double)batch * c.NumHeads * seqLen * 4;
+        double acts = (checkpoint ? tok * c.HiddenSize * 4.0 * c.NumLayers + perLayer : perLayer * c.NumLayers) + tok * (double)c.VocabSize * 4 * 2;
         double need = state + acts;
         if (need > available * 0.9)
             throw new ConfigException($"model does not fit: needs about {need / (1 << 30):F1} GiB (weights+grads+AdamW {state / (1 << 30):F1} GiB, activations {acts / (1 << 30):F1} GiB) but {available / (double)(1 << 30):F1} GiB are available; reduce train.batch_size or train.seq_len, the model size, or set model.checkpoint_activations = true");

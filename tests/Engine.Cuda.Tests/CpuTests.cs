@@ -21,6 +21,9 @@ public class KernelParamsTests
         Assert.Equal(KernelParamSizes.CrossEntropy, Marshal.SizeOf<CrossEntropyParams>());
         Assert.Equal(KernelParamSizes.Attention, Marshal.SizeOf<AttentionParams>());
         Assert.Equal(KernelParamSizes.AttentionBackward, Marshal.SizeOf<AttentionBackwardParams>());
+        Assert.Equal(KernelParamSizes.ChunkNorm, Marshal.SizeOf<ChunkNormParams>());
+        Assert.Equal(KernelParamSizes.AdamWRun, Marshal.SizeOf<AdamWRun>());
+        Assert.Equal(KernelParamSizes.AdamWRuns, Marshal.SizeOf<AdamWRunsParams>());
         Assert.Equal(8, Marshal.SizeOf<DevicePtr>());
     }
 
@@ -41,7 +44,7 @@ public class KernelParamsTests
                 checkedCount++;
             }
         }
-        Assert.Equal(11, checkedCount);
+        Assert.Equal(14, checkedCount);
     }
 
     [Fact]

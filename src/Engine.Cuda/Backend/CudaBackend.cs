@@ -4,7 +4,9 @@ using Engine.Cpu.Ops;
 using Engine.Cuda.Interop;
 using Engine.Cuda.Kernels;
 using static Engine.Cuda.Backend.CudaOpChecks;
+using AdamWRun = Engine.Core.AdamWRun;
 using AdamWStep = Engine.Core.AdamWStep;
+using KernelAdamWRun = Engine.Cuda.Kernels.AdamWRun;
 using KernelAdamWStep = Engine.Cuda.Kernels.AdamWStep;
 using RopeParams = Engine.Core.RopeParams;
 
@@ -456,22 +458,73 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
             Kernels.CrossEntropy.Forward(Stream, In(logits), Out(losses), Out(lse), pt, rows, vocab, zLoss);
     }
 
-    public void AdamW(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStep step)
+    public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)
+    {
+        Enter();
+        IsFloat(x, "ChunkSumOfSquares", "x");
+        Is(partials, "ChunkSumOfSquares", "partials", DType.F32);
+        long chunks = (x.Numel + chunk - 1) / Math.Max(1, chunk);
+        if (partials.Numel < chunks) throw new ArgumentException($"ChunkSumOfSquares: {partials.Describe()} holds fewer than {chunks} partials");
+        Kernels.AdamW.ChunkSumOfSquares(Stream, Out(partials), In(x), x.DType == DType.BF16, x.Numel, chunk);
+    }
+
+    public void GradNormFinalize(Tensor partials, float maxNorm, Tensor result)
+    {
+        Enter();
+        Is(partials, "GradNormFinalize", "partials", DType.F32);
+        Is(result, "GradNormFinalize", "result", DType.F32);
+        Numel(result, "GradNormFinalize", "result", 3);
+        Kernels.AdamW.GradNormFinalize(Stream, Out(result), In(partials), checked((int)partials.Numel), maxNorm);
+    }
+
+    public void AdamW(Tensor master, Tensor grad, Tensor m, Tensor v, ReadOnlySpan<AdamWRun> runs, AdamWStep step, Tensor? gradScale = null)
     {
         Enter();
         const string op = "AdamW";
-        Is(param, op, "param", DType.F32); Is(m, op, "m", DType.F32); Is(v, op, "v", DType.F32); IsFloat(grad, op, "grad");
-        SameNumel(param, grad, op); SameNumel(param, m, op); SameNumel(param, v, op);
+        Is(master, op, "master", DType.F32); Is(m, op, "m", DType.F32); Is(v, op, "v", DType.F32); IsFloat(grad, op, "grad");
         if (step.Step < 1) throw new ArgumentOutOfRangeException(nameof(step), "AdamW step counts from 1");
-        var s = St(param);
-        var master = In(param);
+        foreach (var r in runs)
+            if (r.Count < 0 || r.Master < 0 || r.Grad < 0 || r.State < 0 || r.Master + r.Count > master.Numel || r.Grad + r.Count > grad.Numel
+                || r.State + r.Count > m.Numel || r.State + r.Count > v.Numel)
+                throw new ArgumentException($"AdamW: run {r} is outside master {master.Describe()}, grad {grad.Describe()} or moments {m.Describe()}");
+        if (gradScale != null) { Is(gradScale, op, "gradScale", DType.F32); Numel(gradScale, op, "gradScale", 1); }
+        var (table, count, longest) = RunTable(runs);
+        if (count == 0) return;
+        var s = St(master);
+        var pmaster = In(master);
         var pg = In(grad);
         var (pm, pv) = (Out(m), Out(v));
-        var shadow = s.BeginFusedUpdate(param.Offset, param.Numel, param.IsParameter);
-        var ks = new KernelAdamWStep(step.Lr, step.Beta1, step.Beta2, step.Eps, step.WeightDecay, step.Step);
-        if (grad.DType == DType.BF16) Kernels.AdamW.UpdateBf16Grad(Stream, master, shadow, pm, pv, pg, param.Numel, ks, step.GradScale);
-        else Kernels.AdamW.UpdateF32(Stream, master, shadow, pm, pv, pg, param.Numel, ks, step.GradScale);
+        // the master is a parameter buffer the GEMMs read through its bf16 shadow: bring the shadow up to date (a no-op
+        // in steady state) and let the fused update rewrite it at every offset it updates, so it stays current
+        var shadow = s.Bf16Shadow(this).Offset(master.Offset, 2);
+        var ks = new KernelAdamWStep(step.Lr, step.Beta1, step.Beta2, step.Eps, 0f, step.Step);
+        Kernels.AdamW.UpdateRuns(Stream, pmaster, shadow, pm, pv, pg, grad.DType == DType.BF16, table, count, longest, ks, step.GradScale,
+            gradScale != null ? In(gradScale) : DevicePtr.Null);
         s.EndFusedUpdate(shadow);
+    }
+
+    private DeviceBuffer? _runTable;
+    private KernelAdamWRun[] _runTableHost = [];
+
+    /// <summary>The runs as a device table; re-uploaded only when they change (the optimizer's runs are fixed per layout).</summary>
+    private (DevicePtr Table, int Count, long Longest) RunTable(ReadOnlySpan<AdamWRun> runs)
+    {
+        var host = new KernelAdamWRun[runs.Length];
+        long longest = 0;
+        for (int i = 0; i < runs.Length; i++)
+        {
+            var r = runs[i];
+            host[i] = new KernelAdamWRun { Master = r.Master, Grad = r.Grad, State = r.State, Count = r.Count, WeightDecay = r.WeightDecay };
+            longest = Math.Max(longest, r.Count);
+        }
+        if (_runTable == null || !host.AsSpan().SequenceEqual(_runTableHost))
+        {
+            _runTable?.Dispose();
+            _runTable = Scratch((long)Math.Max(1, host.Length) * System.Runtime.InteropServices.Marshal.SizeOf<KernelAdamWRun>());
+            if (host.Length > 0) Stream.CopyToDevice<KernelAdamWRun>(_runTable.Ptr, host);
+            _runTableHost = host;
+        }
+        return (_runTable.Ptr, host.Length, longest);
     }
 
     public double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda)
@@ -505,6 +558,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         Stream.Synchronize();
         _disposed = true;
         _rope.Dispose();
+        _runTable?.Dispose();
         _blas.Dispose();
         Allocator.Dispose();
         Stream.Dispose();

@@ -67,12 +67,65 @@ public sealed class AdamWKernels
         _lib.Function(Module, name).Launch(s, new Dim3(GradNormBlocks), KernelTraits.ReduceBlock, 0, p);
     }
 
-    /// <summary>output[0] = sum of squares of partials[0..count), output[1] = norm, output[2] = clip factor
-    /// min(1, maxNorm / (norm + 1e-6)) (1 when maxNorm &lt;= 0). Pass output + 8 bytes as AdamW's gradScalePtr.</summary>
+    /// <summary>output[0] = sum of partials[0..count) (a sum of squares), output[1] = norm, output[2] = clip factor
+    /// min(1, maxNorm / (norm + 1e-6)) (1 when maxNorm &lt;= 0; NaN when the sum is not finite). Pass output + 8 bytes
+    /// as AdamW's gradScalePtr: a NaN there makes the update write nothing.</summary>
     public unsafe void GradNormFinalize(CudaStream s, DevicePtr output, DevicePtr partials, int count, float maxNorm)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(count);
         void** args = stackalloc void*[4] { &output, &partials, &count, &maxNorm };
         _lib.Function(Module, "grad_norm_finalize").LaunchRaw(s, new Dim3(1), 1024, 0, args);
+    }
+
+    /// <summary>partials[c] = sum of x^2 over elements [c*chunk, (c+1)*chunk) of x (one block per chunk; fixed order).</summary>
+    public void ChunkSumOfSquares(CudaStream s, DevicePtr partials, DevicePtr x, bool bf16, long n, long chunk)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(n);
+        ArgumentOutOfRangeException.ThrowIfLessThan(chunk, 1);
+        long chunks = (n + chunk - 1) / chunk;
+        if (chunks == 0) return;
+        if (chunks > int.MaxValue) throw new ArgumentOutOfRangeException(nameof(n), $"{chunks} chunks exceed one launch's grid");
+        var p = new ChunkNormParams { Partials = partials, XF32 = bf16 ? DevicePtr.Null : x, XBf16 = bf16 ? x : DevicePtr.Null, N = n, Chunk = chunk };
+        _lib.Function(Module, bf16 ? "grad_norm_chunks_bf16" : "grad_norm_chunks_f32").Launch(s, new Dim3((uint)chunks), KernelTraits.ReduceBlock, 0, p);
+    }
+
+    /// <summary>
+    /// One launch over <paramref name="runCount"/> runs (the table at <paramref name="runs"/> on the device): each run
+    /// updates master[run.Master ..) (and the bf16 shadow at the same offsets when given) from grad[run.Grad ..] and
+    /// m/v[run.State ..] at its weight decay. <paramref name="maxRunLength"/> sizes the grid.
+    /// </summary>
+    public void UpdateRuns(CudaStream s, DevicePtr master, DevicePtr shadow, DevicePtr m, DevicePtr v, DevicePtr grad, bool bf16Grad,
+        DevicePtr runs, int runCount, long maxRunLength, AdamWStep st, float gradScale, DevicePtr gradScalePtr)
+    {
+        if (st.Step < 1) throw new ArgumentOutOfRangeException(nameof(st), "AdamW step counts from 1");
+        if (runCount == 0 || maxRunLength == 0) return;
+        if (runCount > 65535) throw new ArgumentOutOfRangeException(nameof(runCount), $"{runCount} runs exceed one launch's grid (65535)");
+        var p = new AdamWRunsParams
+        {
+            Base = new AdamWParams
+            {
+                Master = master,
+                ParamBf16 = shadow,
+                M = m,
+                V = v,
+                GradF32 = bf16Grad ? DevicePtr.Null : grad,
+                GradBf16 = bf16Grad ? grad : DevicePtr.Null,
+                GradScalePtr = gradScalePtr,
+                Lr = st.Lr,
+                Beta1 = st.Beta1,
+                Beta2 = st.Beta2,
+                Eps = st.Eps,
+                StepSize = st.Lr / (1f - MathF.Pow(st.Beta1, st.Step)),
+                Bc2Sqrt = MathF.Sqrt(1f - MathF.Pow(st.Beta2, st.Step)),
+                GradScale = gradScale,
+            },
+            Runs = runs,
+            NRuns = runCount,
+        };
+        // the grid's x extent is shared by every run: enough blocks for the longest run to stream (16 elements per
+        // thread per pass), capped at 4 per SM so the blocks of short runs (norm gains) that exit at once stay few
+        long perRun = (maxRunLength + KernelTraits.ElementwiseBlock * 16L - 1) / (KernelTraits.ElementwiseBlock * 16L);
+        uint blocksPerRun = (uint)Math.Clamp(perRun, 1, Math.Max(1, _lib.Device.MultiprocessorCount * 4));
+        _lib.Function(Module, bf16Grad ? "adamw_runs_bf16grad" : "adamw_runs_f32").Launch(s, new Dim3(blocksPerRun, (uint)runCount), KernelTraits.ElementwiseBlock, 0, p);
     }
 }

@@ -9,7 +9,8 @@ namespace Engine.Cuda.Kernels;
 public static class KernelParamSizes
 {
     public const int RmsNormForward = 72, RmsNormBackward = 72, RmsNormDwReduce = 40, Rope = 88, EmbeddingForward = 48,
-        EmbeddingBackward = 56, AdamW = 96, GradNorm = 40, CrossEntropy = 80, Attention = 112, AttentionBackward = 184;
+        EmbeddingBackward = 56, AdamW = 96, GradNorm = 40, CrossEntropy = 80, Attention = 112, AttentionBackward = 184,
+        ChunkNorm = 40, AdamWRun = 40, AdamWRuns = 112;
 }
 
 [StructLayout(LayoutKind.Sequential)]
@@ -73,6 +74,30 @@ public struct GradNormParams
     public DevicePtr Partials, GF32, GBf16;
     public long N;
     public int Slot, Pad;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct ChunkNormParams
+{
+    public DevicePtr Partials, XF32, XBf16;
+    public long N, Chunk;
+}
+
+/// <summary>One run of adamw_runs (element offsets into master/shadow, grad, and m/v).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct AdamWRun
+{
+    public long Master, Grad, State, Count;
+    public float WeightDecay;
+    public int Pad;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+public struct AdamWRunsParams
+{
+    public AdamWParams Base;
+    public DevicePtr Runs;
+    public long NRuns;
 }
 
 [StructLayout(LayoutKind.Sequential)]

@@ -95,9 +95,12 @@ public static class RecipeSources
     }
 }
 
-/// <summary>Micro-batches from an endless sample stream: masked targets become -100.</summary>
-public sealed class StreamBatches(ISampleStream stream) : IBatchSource
+/// <summary>Micro-batches from an endless sample stream: masked targets become -100. Row sources are the stream's
+/// sample sources: <paramref name="sourceNames"/> lists them (a mixture's children by default).</summary>
+public sealed class StreamBatches(ISampleStream stream, IReadOnlyList<string>? sourceNames = null) : IBatchSource
 {
+    public IReadOnlyList<string> SourceNames { get; } = sourceNames ?? (stream as MixtureStream)?.Names ?? ["train"];
+
     public Batch Next(int batch, int seqLen)
     {
         var ids = new int[batch * seqLen];

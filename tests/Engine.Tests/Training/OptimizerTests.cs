@@ -36,18 +36,16 @@ public class OptimizerTests
     public void ClippingScalesToTheGlobalNormAndFrozenParametersStayPut()
     {
         using var model = TestModels.Create(TestModels.Tiny(), 3);
-        foreach (var (_, t) in model.Parameters)
-        {
-            t.Grad = CpuBackend.Instance.Zeros(t.Shape).Keep();
-            CpuBackend.Instance.Fill(t.Grad, 1f);
-        }
+        foreach (var (_, t) in model.Parameters) CpuBackend.Instance.Fill(t.Grad!, 1f);
+        // a frozen parameter receives no gradient in backward: its (zero) gradient must not move it either
+        CpuBackend.Instance.Fill(model["model.embed_tokens.weight"].Grad!, 0f);
         model["model.embed_tokens.weight"].Frozen = true;
         var before = model["model.embed_tokens.weight"].ToArray();
         var headBefore = model["lm_head.weight"].ToArray();
         using var opt = new AdamW(model, new AdamWOptions { ClipNorm = 1.0, Lr = 1e-3 });
         double expected = Math.Sqrt(model.Parameters.Where(p => !p.Tensor.Frozen).Sum(p => (double)p.Tensor.Numel));
         double norm = opt.Update(1e-3);
-        Assert.Equal(expected, norm, 6);
+        Assert.Equal(expected, norm, expected * 1e-6);   // the norm is an fp32 result (computed where the gradients live)
         Assert.Equal(before, model["model.embed_tokens.weight"].ToArray());
         Assert.NotEqual(headBefore, model["lm_head.weight"].ToArray());
     }
@@ -56,10 +54,13 @@ public class OptimizerTests
     public void NonFiniteGradientNormRefusesTheUpdate()
     {
         using var model = TestModels.Create(TestModels.Tiny(), 3);
-        foreach (var (_, t) in model.Parameters) t.Grad = CpuBackend.Instance.Zeros(t.Shape).Keep();
+        model.ZeroGrad();
         model["model.norm.weight"].Grad!.Span[0] = float.NaN;
+        var before = model["model.norm.weight"].ToArray();
         using var opt = new AdamW(model, new AdamWOptions());
         var e = Assert.Throws<InvalidOperationException>(() => opt.Update(1e-3));
         Assert.Contains("NaN", e.Message);
+        Assert.Equal(before, model["model.norm.weight"].ToArray());
+        Assert.Equal(0, opt.Step);
     }
 }

@@ -103,12 +103,12 @@ public class TrainerTests
         Assert.Equal(finalStraight, File.ReadAllBytes(Path.Combine(resumed.WeightsDir, ModelIO.WeightsFile)));
 
         // a corrupted checkpoint is refused before anything is loaded
-        var opt = Path.Combine(ckpt, "optimizer.safetensors");
+        var opt = Path.Combine(ckpt, "optimizer", "rank00000.safetensors");
         var bytes = File.ReadAllBytes(opt);
         bytes[^1] ^= 1;
         File.WriteAllBytes(opt, bytes);
         var e = Assert.Throws<InvalidDataException>(() => new Trainer(cfg2, CpuBackend.Instance) { Resume = ckpt }.Run(TestContext.Current.CancellationToken));
-        Assert.Contains("optimizer.safetensors does not match its SHA-256", e.Message);
+        Assert.Contains("optimizer/rank00000.safetensors does not match its SHA-256", e.Message);
     }
 
     [Fact]
