@@ -95,11 +95,12 @@ public sealed class CommWatchdog : IDisposable
 
     void Loop()
     {
-        while (!stop.Wait(options.HeartbeatInterval))
+        do
         {
             try { Tick(); }
             catch (Exception e) when (e is CommException or ObjectDisposedException) { }   // the store is unreachable: diagnosed on timeout
         }
+        while (!stop.Wait(options.HeartbeatInterval));
     }
 
     /// <summary>One round: heartbeats, remote faults, timeouts. Public so tests can drive it.</summary>
