@@ -12,7 +12,7 @@ public sealed class TrainConfig
     public AdamWOptions Optim { get; set; } = new();
     public ScheduleOptions Schedule { get; set; } = new();
     public OutputSection Output { get; set; } = new();
-    public Parallel.ParallelOptions Parallel { get; set; } = new();
+    public Parallel.ParallelSection Parallel { get; set; } = new();
 
     public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
     {

@@ -68,9 +68,9 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     /// bucket boundaries (look parameters up by name afterwards) and, at stage 2, its gradient buffer is replaced by
     /// buckets. Every rank must call this with the same store shapes and options.
     /// </summary>
-    public static DataParallel Create(ParameterStore store, ICommunicator comm, ParallelOptions? options = null)
+    public static DataParallel Create(ParameterStore store, ICommunicator comm, ParallelSection? options = null)
     {
-        options ??= new ParallelOptions();
+        options ??= new ParallelSection();
         options.Validate(comm.WorldSize);
         if (comm.Backend.Name != store.Backend.Name)
             throw new ArgumentException($"the communicator ({comm.Kind}) takes {comm.Backend.Name} tensors but the model is on {store.Backend.Name}");

@@ -3,7 +3,7 @@ using Engine.Core;
 namespace Engine.Training.Parallel;
 
 /// <summary>The [parallel] section: data-parallel size, ZeRO stage, gradient bucket size.</summary>
-public sealed record ParallelOptions
+public sealed record ParallelSection
 {
     /// <summary>Data-parallel ranks; 0 = the job's world size (the only layout until pipeline parallelism).</summary>
     public int Dp { get; init; }
