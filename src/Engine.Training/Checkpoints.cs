@@ -55,7 +55,7 @@ public static class Checkpoints
     /// <summary>The slices rank <paramref name="rank"/> writes and where its compact moments hold them.</summary>
     static List<(OwnedSlice Source, CheckpointSlice Written)> WriteSlices(DataParallel dp, int rank)
     {
-        var layout = dp.Layout;
+        var layout = rank == dp.Layout.Rank ? dp.Layout : ShardLayout.For(dp.Store, dp.Layout.WorldSize, rank, dp.Layout.Stage);
         var result = new List<(OwnedSlice, CheckpointSlice)>();
         if (layout.Stage > 0 || layout.WorldSize == 1)
         {
