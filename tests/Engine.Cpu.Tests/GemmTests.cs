@@ -158,7 +158,7 @@ public class GemmTests
     public void Sgemm_ConcurrentCallers_AllCorrect()
     {
         // Several threads at once: one owns the worker pool, the others run serially on their own thread.
-        Parallel.For(0, 6, new ParallelSection { MaxDegreeOfParallelism = 6 }, i =>
+        Parallel.For(0, 6, new ParallelOptions { MaxDegreeOfParallelism = 6 }, i =>
         {
             var rng = new Random(100 + i);
             Check(rng, i % 2 == 0, i % 3 == 0, 200, 176, 120, 1f, 0.25f);

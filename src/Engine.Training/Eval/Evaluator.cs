@@ -1,4 +1,5 @@
 using Engine.Core;
+using Engine.Core.Distributed;
 using Engine.Core.Autograd;
 using Engine.Data;
 using Engine.Model;
@@ -23,8 +24,9 @@ public static class Evaluator
     /// joined by EOS), at most maxTokens targets. No gradients.
     /// </summary>
     public static PerplexityResult Perplexity(LlamaModel model, IReadOnlyList<int> tokens, int seqLen, int batch, long maxTokens = long.MaxValue,
-        ITokenizer? tokenizer = null)
+        ITokenizer? tokenizer = null, ICommunicator? comm = null)
     {
+        int world = comm?.WorldSize ?? 1, rank = comm?.Rank ?? 0;
         if (seqLen <= 0 || batch <= 0) throw new ArgumentException("seqLen and batch must be positive");
         var be = model.Backend;
         var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -34,9 +36,10 @@ public static class Evaluator
         var ids = new int[batch * seqLen];
         var tg = new int[batch * seqLen];
         using var ng = Grad.NoGrad();
-        for (int w0 = 0; w0 < windows; w0 += batch)
+        for (int w0 = 0, part = 0; w0 < windows; w0 += batch, part++)
         {
             int nb = Math.Min(batch, windows - w0);
+            if (part % world != rank) continue;          // data parallel: every rank scores every world-th batch
             for (int b = 0; b < nb; b++)
                 for (int t = 0; t < seqLen; t++)
                 {
@@ -52,6 +55,12 @@ public static class Evaluator
             var (_, rows) = model.Loss(idT, tgT, nb, seqLen, 1f);
             nll += be.Sum(rows);
             count += nb * seqLen;
+        }
+        if (world > 1)
+        {
+            Span<double> sums = [nll, count];
+            comm!.AllReduce(sums);
+            (nll, count) = (sums[0], (long)sums[1]);
         }
         double mean = nll / count;
         double? bpb = null;
@@ -146,8 +155,9 @@ public static class Evaluator
     /// </summary>
     public static (ClassificationResult Raw, ClassificationResult? Calibrated) FewShotWithCalibration(LlamaModel model, ITokenizer tok,
         IReadOnlyList<LabeledExample> test, IReadOnlyList<LabeledExample> pool, int k, ulong seed, int maxExamples = int.MaxValue,
-        string instruction = "", int maxPromptTokens = 0, bool calibrate = true)
+        string instruction = "", int maxPromptTokens = 0, bool calibrate = true, ICommunicator? comm = null)
     {
+        int world = comm?.WorldSize ?? 1, rank = comm?.Rank ?? 0;
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var labels = test.Select(e => e.Label).Concat(pool.Select(e => e.Label)).Distinct().OrderBy(l => l, StringComparer.Ordinal).ToList();
         var contTokens = labels.Select(l => tok.Encode(" " + l)).ToList();
@@ -160,6 +170,7 @@ public static class Evaluator
         {
             var shots = new List<LabeledExample>();
             for (int s = 0; s < k && pool.Count > 0; s++) shots.Add(pool[rng.NextInt(pool.Count)]);
+            if (i % world != rank) continue;             // data parallel: shots are drawn for every example, scored once
             int[] Encode(string text)
             {
                 var sh = new List<LabeledExample>(shots);
@@ -180,6 +191,16 @@ public static class Evaluator
                 var adj = ll.Select((x, j) => x - prior[j]).ToArray();
                 cal[truth, Array.IndexOf(adj, adj.Max())]++;
             }
+        }
+        if (world > 1)
+        {
+            int L = labels.Count;
+            var counts = new double[2 * L * L];
+            for (int a = 0; a < L; a++)
+                for (int b = 0; b < L; b++) { counts[a * L + b] = raw[a, b]; counts[L * L + a * L + b] = cal[a, b]; }
+            comm!.AllReduce(counts);
+            for (int a = 0; a < L; a++)
+                for (int b = 0; b < L; b++) { raw[a, b] = (int)counts[a * L + b]; cal[a, b] = (int)counts[L * L + a * L + b]; }
         }
         double secs = sw.Elapsed.TotalSeconds;
         return (Score(labels, raw, n, secs), calibrate ? Score(labels, cal, n, secs) : null);

@@ -18,6 +18,7 @@ public sealed class RecipeConfig
     public StageSection[] Stages { get; set; } = [];
     public EvalSection Eval { get; set; } = new();
     public RecipeOutput Output { get; set; } = new();
+    public Parallel.ParallelSection Parallel { get; set; } = new();
 
     public string BaseDirectory { get; set; } = Directory.GetCurrentDirectory();
     public string Resolve(string path) => Path.IsPathRooted(path) ? path : Path.GetFullPath(Path.Combine(BaseDirectory, path));

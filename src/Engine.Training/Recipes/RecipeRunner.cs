@@ -2,11 +2,13 @@ using System.Diagnostics;
 using System.Text;
 using System.Text.Json;
 using Engine.Core;
+using Engine.Core.Distributed;
 using Engine.Data;
 using Engine.Model;
 using Engine.Model.IO;
 using Engine.Training.Eval;
 using Engine.Training.Forgetting;
+using Engine.Training.Parallel;
 
 namespace Engine.Training.Recipes;
 
@@ -40,35 +42,63 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     readonly Dictionary<string, string> stageWeights = new(StringComparer.Ordinal);
     ITokenizer? baseTokenizer, expandedTokenizer;
 
+    /// <summary>Messages about the whole run (rank 0 only).</summary>
     public Action<string>? Log { get; set; }
+    /// <summary>Every training step (rank 0 only).</summary>
     public Action<string, StepMetrics>? OnStep { get; set; }
+
+    /// <summary>The job's ranks (null = this process alone): each stage trains data-parallel over them
+    /// ([parallel] section), evaluation is split across them, rank 0 writes weights, reports and metrics.</summary>
+    public ICommunicator? Communicator { get; set; }
+
+    ICommunicator comm = null!;
+    bool Lead => comm.Rank == 0;
+
+    void Say(string message) { if (Lead) Log?.Invoke(message); }
 
     public List<StageReport> Run(CancellationToken cancel = default)
     {
+        comm = Communicator ?? new LocalCommunicator(backend);
+        cfg.Parallel.Validate(comm.WorldSize);
         string outDir = cfg.Resolve(cfg.Output.Dir);
-        Directory.CreateDirectory(outDir);
+        if (Lead) Directory.CreateDirectory(outDir);
+        comm.Barrier();
         foreach (var (name, s) in cfg.Sources)
         {
             var loaded = RecipeSources.Load(name, s, cfg);
             sources[name] = loaded;
-            Log?.Invoke(loaded.IsPretrain
+            Say(loaded.IsPretrain
                 ? $"source {name}: {loaded.TrainDocs.Count} training documents, {loaded.HeldOutDocs.Count} held out"
                 : $"source {name}: {loaded.Examples.Count} instruction examples");
         }
-        baseTokenizer = RecipeTokenizers.Build(cfg, sources, outDir, Log);
+        // a trained tokenizer is trained and saved by rank 0; the other ranks load the file it wrote
+        baseTokenizer = OnLead(() => RecipeTokenizers.Build(cfg, sources, outDir, Log),
+            () => cfg.Tokenizer.Kind == "byte" || cfg.Tokenizer.Path != null ? RecipeTokenizers.Build(cfg, sources, outDir, null)
+                : BpeTokenizer.Load(Path.Combine(outDir, "tokenizer.json")));
         if (cfg.Stages.Any(s => s.ExpandedVocab))
-            expandedTokenizer = RecipeTokenizers.Expand(cfg, baseTokenizer, sources, outDir, Log);
+            expandedTokenizer = OnLead(() => RecipeTokenizers.Expand(cfg, baseTokenizer, sources, outDir, Log),
+                () => BpeTokenizer.Load(Path.Combine(outDir, "tokenizer_expanded.json")));
         var evalSet = LoadFewShot();
         var reports = new List<StageReport>();
-        using var metrics = new StreamWriter(Path.Combine(outDir, "metrics.jsonl"));
+        using var metrics = Lead ? new StreamWriter(Path.Combine(outDir, "metrics.jsonl")) : null;
         foreach (var stage in cfg.Stages)
         {
             cancel.ThrowIfCancellationRequested();
             var r = RunStage(stage, outDir, evalSet, metrics, cancel);
             reports.Add(r);
-            RecipeReportWriter.Write(outDir, cfg, reports);
+            if (Lead) RecipeReportWriter.Write(outDir, cfg, reports);
         }
+        comm.Barrier();
         return reports;
+    }
+
+    /// <summary>Runs lead on rank 0, then (after a barrier) follow on the other ranks.</summary>
+    T OnLead<T>(Func<T> lead, Func<T> follow)
+    {
+        if (comm.WorldSize == 1) return lead();
+        T result = Lead ? lead() : default!;
+        comm.Barrier();
+        return Lead ? result : follow();
     }
 
     (List<LabeledExample> Test, List<LabeledExample> Pool)? LoadFewShot()
@@ -79,11 +109,11 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         return (test, pool);
     }
 
-    StageReport RunStage(StageSection st, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet, StreamWriter metrics, CancellationToken cancel)
+    StageReport RunStage(StageSection st, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet, StreamWriter? metrics, CancellationToken cancel)
     {
         var notes = new List<string>();
         var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
-        Log?.Invoke($"stage {st.Name}: init {st.Init}, {st.Steps} steps × {st.BatchSize}×{st.SeqLen} tokens, mixture {string.Join(", ", st.Weights.Select(w => $"{w.Key}={w.Value}"))}");
+        Say($"stage {st.Name}: init {st.Init}, {st.Steps} steps × {st.BatchSize}×{st.SeqLen} tokens, mixture {string.Join(", ", st.Weights.Select(w => $"{w.Key}={w.Value}"))}");
         using var model = InitModel(st, tok, notes);
         if (st.Trainable == "embeddings_and_head") model.SetTrainable(LlamaModel.IsEmbeddingOrHead);
         else model.SetTrainable(null);
@@ -101,7 +131,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 var task = evalSet?.Pool.Select(e => e.Text).Take(256).ToList() ?? throw new InvalidOperationException("data selection needs eval.few_shot_pool as the task set");
                 var sel = DataSelection.Select(model, tok, docs, task, st.SelectTop, st.Curriculum, Math.Min(128, model.Config.MaxPositionEmbeddings));
                 notes.Add($"selected {sel.Kept.Count}/{sel.Candidates} {name} documents by task similarity: mean cosine {sel.MeanScoreKept:F3} kept vs {sel.MeanScoreAll:F3} all");
-                Log?.Invoke(notes[^1]);
+                Say(notes[^1]);
                 docs = sel.Kept;
                 shuffle = !st.Curriculum;
             }
@@ -112,8 +142,10 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             : WeightSchedule.Linear(start, names.Select(n => st.EndWeights.GetValueOrDefault(n)).ToArray(), st.RampTokens);
         var mixture = new MixtureStream(streams, schedule, seed);
 
-        using var ewc = st.EwcLambda > 0 ? EstimateEwc(model, st, tok, seed) : null;
-        using var opt = new AdamW(model, st.Optim);
+        // data parallelism lays the store out anew: everything after this looks parameters up by name
+        using var dp = DataParallel.Create(model.Store, comm, cfg.Parallel);
+        using var ewc = st.EwcLambda > 0 ? EstimateEwc(model, st, tok, seed, dp) : null;
+        using var opt = new AdamW(model, st.Optim, dp);
         var options = new LoopOptions
         {
             Steps = st.Steps,
@@ -126,14 +158,16 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         };
         var steps = TrainingLoop.Run(model, new StreamBatches(mixture), options, opt, ewc, m =>
         {
-            metrics.WriteLine(JsonSerializer.Serialize(new { stage = st.Name, m.Step, m.Loss, m.Lr, m.GradNorm, m.Tokens, m.TokensPerSecond, source_loss = m.SourceLosses, m.EwcPenalty }));
-            metrics.Flush();
+            if (!Lead) return;
+            metrics?.WriteLine(JsonSerializer.Serialize(new { stage = st.Name, m.Step, m.Loss, m.Lr, m.GradNorm, m.Tokens, m.TokensPerSecond, source_loss = m.SourceLosses, m.EwcPenalty }));
+            metrics?.Flush();
             OnStep?.Invoke(st.Name, m);
         }, cancel: cancel);
         double trainSeconds = steps.Count > 0 ? steps[^1].ElapsedSeconds : 0;
 
         string weights = Path.Combine(outDir, "stages", st.Name);
-        ModelIO.Save(model, weights);
+        if (Lead) ModelIO.Save(model, weights);
+        comm.Barrier();
         stageWeights[st.Name] = weights;
 
         var sw = Stopwatch.StartNew();
@@ -146,7 +180,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         {
             var tokens = Evaluator.TokenStream(g.SelectMany(s => s.HeldOutDocs), tok, cfg.Eval.PerplexityTokens + 1);
             if (tokens.Count <= cfg.Eval.SeqLen) { notes.Add($"{g.Key}: too little held-out text for perplexity"); continue; }
-            var r = Evaluator.Perplexity(model, tokens, cfg.Eval.SeqLen, cfg.Eval.Batch, cfg.Eval.PerplexityTokens, tok);
+            var r = Evaluator.Perplexity(model, tokens, cfg.Eval.SeqLen, cfg.Eval.Batch, cfg.Eval.PerplexityTokens, tok, comm);
             ppl[g.Key] = r.Perplexity;
             bpb[g.Key] = r.BitsPerByte ?? double.NaN;
             groupNll[g.Key] = (g.First().Section.Domain, r.MeanNll, bpb[g.Key]);
@@ -158,7 +192,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         }
         ClassificationResult? fs = null, fsCal = null;
         if (evalSet is { } es)
-            (fs, fsCal) = Evaluator.FewShotWithCalibration(model, tok, es.Test, es.Pool, cfg.Eval.Shots, cfg.Seed, cfg.Eval.MaxExamples);
+            (fs, fsCal) = Evaluator.FewShotWithCalibration(model, tok, es.Test, es.Pool, cfg.Eval.Shots, cfg.Seed, cfg.Eval.MaxExamples, comm: comm);
         var report = new StageReport
         {
             Name = st.Name,
@@ -179,7 +213,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             Notes = notes,
             Steps = steps,
         };
-        Log?.Invoke($"stage {st.Name}: " + string.Join(", ", ppl.Select(p => $"ppl[{p.Key}] {p.Value:F2}")) +
+        Say($"stage {st.Name}: " + string.Join(", ", ppl.Select(p => $"ppl[{p.Key}] {p.Value:F2}")) +
             (fs != null ? $", few-shot acc {fs.Accuracy:P1} F1 {fs.MacroF1:F3} (calibrated {fsCal!.Accuracy:P1} / {fsCal.MacroF1:F3})" : "") + $", {report.TokensTrained:N0} tokens in {trainSeconds:F0} s");
         return report;
     }
@@ -214,13 +248,13 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         return model;
     }
 
-    Ewc EstimateEwc(LlamaModel model, StageSection st, ITokenizer tok, ulong seed)
+    Ewc EstimateEwc(LlamaModel model, StageSection st, ITokenizer tok, ulong seed, DataParallel dp)
     {
         var src = sources[st.EwcSource!];
         var batches = new StreamBatches(Stream(src, src.TrainDocs, tok, st.SeqLen, seed ^ 0xE3C, shuffle: true));
         var list = Enumerable.Range(0, st.EwcBatches).Select(_ => batches.Next(st.BatchSize, st.SeqLen)).Select(b => (b.Ids, b.Targets)).ToList();
-        Log?.Invoke($"EWC: Fisher from {st.EwcBatches} batches of {src.Name}, λ = {st.EwcLambda}");
-        return Ewc.Estimate(model, list, st.BatchSize, st.SeqLen, (float)st.EwcLambda);
+        Say($"EWC: Fisher from {st.EwcBatches} batches of {src.Name}, λ = {st.EwcLambda}");
+        return Ewc.Estimate(model, list, st.BatchSize, st.SeqLen, (float)st.EwcLambda, dp);
     }
 
     /// <summary>A source's sample stream: packed documents for pretraining text, rendered examples for instructions.</summary>
