@@ -361,4 +361,78 @@ public class BackendOpGpuTests
         Assert.Equal(cpu, gpu, 1e-5 * Math.Abs(cpu));
         Tol.Close(gg.Host(), cg.Span.ToArray(), 1e-6f, 1e-6f, "ewc grad");
     }
+
+    /// <summary>Chunk partials of the flat-store gradient norm: fp32 sums in another order than the CPU's SIMD lanes
+    /// (relative 1e-5), and bitwise the same on a second launch and for any slice of whole chunks.</summary>
+    [Theory]
+    [InlineData(70_001, false)]
+    [InlineData(4096 * 3, true)]
+    public void ChunkSumOfSquaresAndNormFinalize(int n, bool bf16)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(n);
+        const int chunk = 4096;
+        int chunks = (n + chunk - 1) / chunk;
+        var (gx, cx) = be.Pair(Data.Bf16Values(rng, n), [n], bf16 ? DType.BF16 : DType.F32);
+        var gp = be.Empty([chunks]); var cp = Cpu.Empty([chunks]);
+        be.ChunkSumOfSquares(gx, chunk, gp);
+        var cIn = Cpu.Empty([n]); Cpu.Upload(cIn, gx.Host());   // the bf16-rounded values the GPU read
+        Cpu.ChunkSumOfSquares(cIn, chunk, cp);
+        Tol.Close(gp.Host(), cp.Span.ToArray(), 1e-6f, 1e-5f, "chunk partials");
+        var again = be.Empty([chunks]);
+        be.ChunkSumOfSquares(gx, chunk, again);
+        Assert.Equal(gp.Host(), again.Host());                                  // deterministic
+        if (n >= 2 * chunk)
+        {
+            var tail = be.Empty([chunks - 1]);
+            be.ChunkSumOfSquares(gx.Range(chunk, n - chunk), chunk, tail);
+            Assert.Equal(gp.Host()[1..], tail.Host());                          // layout-independent per chunk
+        }
+        foreach (float maxNorm in new[] { 0f, 1f, 1e9f })
+        {
+            var gr = be.Empty([3]); var cr = Cpu.Empty([3]);
+            be.GradNormFinalize(gp, maxNorm, gr); Cpu.GradNormFinalize(cp, maxNorm, cr);
+            Tol.Close(gr.Host(), cr.Span.ToArray(), 1e-6f, 1e-5f, $"norm finalize (max {maxNorm})");
+        }
+        // a non-finite partial makes the clip factor NaN, which makes the AdamW kernel write nothing
+        be.Upload(gp.Range(0, 1), [float.PositiveInfinity]);
+        var bad = be.Empty([3]);
+        be.GradNormFinalize(gp, 1f, bad);
+        Assert.True(float.IsNaN(bad.Host()[2]));
+        var w = be.Empty([8]); be.Upload(w, Enumerable.Range(0, 8).Select(i => (float)i).ToArray());
+        var g = be.Zeros([8]); var m = be.Zeros([8]); var v = be.Zeros([8]);
+        be.AdamW(w, g, m, v, [new AdamWRun(0, 0, 0, 8, 0.1f)], new AdamWStep(1e-2f, 0.9f, 0.95f, 1e-8f, 0f, 1), bad.Range(2, 1));
+        Assert.Equal(Enumerable.Range(0, 8).Select(i => (float)i).ToArray(), w.Host());
+    }
+
+    /// <summary>One multi-run launch: runs at offsets of three buffers with their own weight decay, a gap left alone,
+    /// the clip factor read from the device; equal to the CPU reference run by run.</summary>
+    [Fact]
+    public void AdamWOverRunsOfFlatBuffers()
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(11);
+        const int n = 20_000;
+        var (gw, cw) = be.Pair(Data.Floats(rng, n), [n], DType.F32);
+        var (gg, cg) = be.Pair(Data.Floats(rng, n, 0.01f), [n], DType.F32);
+        var (gm, cm) = be.Pair(new float[n], [n], DType.F32);
+        var (gv, cv) = be.Pair(new float[n], [n], DType.F32);
+        var (gs, cs) = be.Pair([0.5f], [1], DType.F32);
+        // master [0, 6000) decayed, [6400, 9000) not, [12000, 20000) decayed; gradients and moments at other offsets
+        AdamWRun[] runs = [new(0, 1000, 0, 6000, 0.1f), new(6400, 7400, 6000, 2600, 0f), new(12000, 11000, 8600, 8000, 0.1f)];
+        var before = gw.Host();
+        for (int step = 1; step <= 3; step++)
+        {
+            var s = new AdamWStep(1e-3f, 0.9f, 0.95f, 1e-8f, 0f, step, 0.7f);
+            be.AdamW(gw, gg, gm, gv, runs, s, gs); Cpu.AdamW(cw, cg, cm, cv, runs, s, cs);
+        }
+        var after = gw.Host();
+        Tol.Close(after, cw.Span.ToArray(), 1e-6f, 1e-5f, "adamw runs master");
+        Tol.Close(gm.Host(), cm.Span.ToArray(), 1e-9f, 1e-5f, "adamw runs m");
+        Tol.Close(gv.Host(), cv.Span.ToArray(), 1e-12f, 1e-5f, "adamw runs v");
+        Assert.Equal(before[6000..6400], after[6000..6400]);                     // the gap is not written
+        Assert.Equal(before[9000..12000], after[9000..12000]);
+    }
 }
