@@ -1,0 +1,120 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Engine.Observability.Results;
+
+namespace Engine.Observability.Dashboard;
+
+/// <summary>A results file read into the schema.</summary>
+public sealed record LoadedRun(string File, BenchResult Result);
+
+/// <summary>A JSON file in the results folder that is no benchmark result (shown on the page, not dropped silently).</summary>
+public sealed record SkippedFile(string File, string Reason);
+
+/// <summary>The newest demo-*.md, as text.</summary>
+public sealed record DemoTable(string File, string Markdown);
+
+/// <summary>Training loss per step, one series per stage (a plain `engine train` run has one, named "train").</summary>
+public sealed record LossCurves(string File, IReadOnlyList<(string Stage, IReadOnlyList<(double Step, double Loss)> Points)> Stages);
+
+/// <summary>Everything the page is drawn from.</summary>
+public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList<SkippedFile> Skipped, DemoTable? Demo, LossCurves? Loss,
+    string? LossAbsent)
+{
+    /// <summary>
+    /// Reads every *.json in <paramref name="resultsDir"/> (engine.bench/1 or a legacy shape; a file of no known shape is
+    /// listed as skipped, a broken one is an error), the newest demo-*.md, and the loss curves: <paramref name="metricsPath"/>
+    /// when given, else demo-&lt;date&gt;-metrics.jsonl beside the table, else metrics.jsonl of the run the demo's
+    /// report names (stages/&lt;name&gt; → its parent folder).
+    /// </summary>
+    public static DashboardInput Load(string resultsDir, string? metricsPath = null)
+    {
+        if (!Directory.Exists(resultsDir)) throw new DirectoryNotFoundException($"results folder {resultsDir} not found");
+        var runs = new List<LoadedRun>();
+        var skipped = new List<SkippedFile>();
+        foreach (string file in Directory.EnumerateFiles(resultsDir, "*.json").Order(StringComparer.Ordinal))
+        {
+            string json = File.ReadAllText(file);
+            JsonObject root;
+            try { root = JsonNode.Parse(json) as JsonObject ?? throw new InvalidDataException($"{file}: expected a JSON object"); }
+            catch (JsonException e) { throw new InvalidDataException($"{file}: not JSON: {e.Message}", e); }
+            if (!BenchResultIO.IsSchemaFile(root) && LegacyResults.ShapeOf(root) is null)
+            {
+                skipped.Add(new SkippedFile(Path.GetFileName(file), "not an engine.bench result nor a known legacy shape"));
+                continue;
+            }
+            runs.Add(new LoadedRun(Path.GetFileName(file), BenchResultIO.IsSchemaFile(root) ? BenchResultIO.Parse(json, file) : LegacyResults.Convert(root, file)));
+        }
+        runs.Sort((a, b) => a.Result.Date != b.Result.Date ? a.Result.Date.CompareTo(b.Result.Date) : string.CompareOrdinal(a.File, b.File));
+
+        string? demoMd = Directory.EnumerateFiles(resultsDir, "demo-*.md").Order(StringComparer.Ordinal).LastOrDefault();
+        var demo = demoMd is null ? null : new DemoTable(Path.GetFileName(demoMd), File.ReadAllText(demoMd));
+
+        var looked = new List<string>();
+        string? metrics = metricsPath;
+        if (metrics is not null && !File.Exists(metrics)) throw new FileNotFoundException($"metrics file {metrics} not found", metrics);
+        if (metrics is null && demoMd is not null)
+        {
+            string stem = Path.Combine(Path.GetDirectoryName(demoMd)!, Path.GetFileNameWithoutExtension(demoMd));
+            foreach (string candidate in new[] { stem + "-metrics.jsonl" }.Concat(RunMetricsFromReport(stem + ".json")))
+            {
+                looked.Add(candidate);
+                if (File.Exists(candidate)) { metrics = candidate; break; }
+            }
+        }
+        string? absent = metrics is not null ? null
+            : demoMd is null ? "no demo-*.md in the results folder, and no --metrics file given"
+            : $"absent: no metrics.jsonl for {Path.GetFileName(demoMd)} (looked at {string.Join(", ", looked)}; pass --metrics FILE)";
+        return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent);
+    }
+
+    /// <summary>metrics.jsonl of the run a recipe report came from: stages[*].weights_dir = RUN/stages/NAME.</summary>
+    static IEnumerable<string> RunMetricsFromReport(string reportJson)
+    {
+        if (!File.Exists(reportJson)) yield break;
+        JsonNode? root;
+        try { root = JsonNode.Parse(File.ReadAllText(reportJson)); }
+        catch (JsonException) { yield break; }
+        if (root?["stages"] is not JsonArray stages) yield break;
+        foreach (var s in stages)
+            if ((s?["weights_dir"] as JsonValue)?.TryGetValue(out string? dir) == true && Path.GetDirectoryName(Path.GetDirectoryName(dir)) is { Length: > 0 } run)
+            {
+                yield return Path.Combine(run, "metrics.jsonl");
+                yield break;
+            }
+    }
+
+    /// <summary>Reads step and loss (and stage, when present) from each line; `train` and `recipe` spell keys differently, so keys match case-insensitively.</summary>
+    public static LossCurves ReadLoss(string path)
+    {
+        var byStage = new Dictionary<string, List<(double, double)>>();
+        var order = new List<string>();
+        int lineNo = 0;
+        foreach (string line in File.ReadLines(path))
+        {
+            lineNo++;
+            if (line.Trim().Length == 0) continue;
+            JsonObject o;
+            try { o = JsonNode.Parse(line) as JsonObject ?? throw new InvalidDataException($"{path}:{lineNo}: expected a JSON object"); }
+            catch (JsonException e) { throw new InvalidDataException($"{path}:{lineNo}: not JSON: {e.Message}", e); }
+            double? step = Field(o, "step"), loss = Field(o, "loss");
+            if (step is null || loss is null) throw new InvalidDataException($"{path}:{lineNo}: a metrics line needs numeric \"step\" and \"loss\"");
+            string stage = o.FirstOrDefault(kv => kv.Key.Equals("stage", StringComparison.OrdinalIgnoreCase)).Value is JsonValue sv &&
+                sv.TryGetValue(out string? s) ? s : "train";
+            if (!byStage.TryGetValue(stage, out var list)) { byStage[stage] = list = []; order.Add(stage); }
+            list.Add((step.Value, loss.Value));
+        }
+        if (order.Count == 0) throw new InvalidDataException($"{path}: no metrics lines");
+        return new LossCurves(path, order.Select(s => (s, (IReadOnlyList<(double, double)>)byStage[s])).ToList());
+    }
+
+    static double? Field(JsonObject o, string name)
+    {
+        foreach (var (k, v) in o)
+            if (k.Equals(name, StringComparison.OrdinalIgnoreCase) && v is JsonValue jv && jv.GetValueKind() == JsonValueKind.Number)
+                return LegacyResults.AsDouble(jv);
+        return null;
+    }
+
+    internal static string Date(DateTimeOffset d) => d.ToUniversalTime().ToString("yyyy-MM-dd", CultureInfo.InvariantCulture);
+}

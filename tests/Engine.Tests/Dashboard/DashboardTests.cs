@@ -1,0 +1,150 @@
+using System.Diagnostics;
+using System.Text.RegularExpressions;
+using Engine.Cli.Commands;
+using Engine.Observability.Dashboard;
+using SkiaSharp;
+
+namespace Engine.Tests.Dashboard;
+
+/// <summary>
+/// `engine dashboard` from the checked-in fixture (Fixtures/results: engine.bench/1 files for two commits on a CPU and
+/// an H100, a legacy train file, a legacy kernel-bench report, a file of no known shape, a demo table and its
+/// metrics.jsonl), then the page in headless Chromium: no console message, and every chart has drawn pixels.
+/// </summary>
+public class DashboardTests
+{
+    static readonly DateTimeOffset Generated = new(2026, 12, 1, 0, 0, 0, TimeSpan.Zero);
+    static readonly string[] ExpectedCharts = ["throughput", "mfu", "ratios", "roofline-fixture-cpu-4-cores", "roofline-nvidia-h100-80gb-hbm3", "loss"];
+
+    static string FixturePage() => DashboardPage.Render(DashboardInput.Load(RepoFiles.Fixtures), Generated);
+
+    [Fact]
+    public void FixturePageHasEveryChartAndTheHandComputedMfu()
+    {
+        string html = FixturePage();
+        Assert.Equal(ExpectedCharts, DashboardPage.ChartIds(html));
+        string text = System.Net.WebUtility.HtmlDecode(html);
+        // CPU: 1,000 tokens/s × 82,605,312 FLOP/token ÷ the measured SGEMM roof (square1024: 2·1024³ FLOP in 8 ms = 268.435456 GFLOP/s) = 30.77 %
+        Assert.Contains("MFU 30.8% (1000 tokens/s × 82.6M FLOP/token ÷ 268GFLOP/s)", text);
+        // H100: 40,000 tokens/s × 7.5e9 FLOP/token ÷ 989 TFLOP/s = 30.33 %
+        Assert.Contains("MFU 30.3%", html);
+        Assert.Contains("No peak known for AMD EPYC (2 cores)", html);          // the legacy CPU has no SGEMM result in the fixture
+        Assert.Contains("measured memory roof 2.68TB/s", html);                  // 2 GiB copied in 0.8 ms (kernel-bench copy_dtod)
+        Assert.Contains("skipped: not an engine.bench result nor a known legacy shape", html);
+        Assert.Contains("<td>hybrid</td>", html);                                // the demo table
+        Assert.Contains("demo-2026-11-30-metrics.jsonl", html);                  // loss curves found beside the table
+        Assert.DoesNotMatch(new Regex(@"\b(src|href)\s*=|@import|url\(", RegexOptions.IgnoreCase), html);   // no external asset
+        Assert.Equal(html, FixturePage());                                       // deterministic
+    }
+
+    [Fact]
+    public void MissingInputsSaySoInsteadOfDrawing()
+    {
+        using var dir = new TempDir();
+        File.Copy(Path.Combine(RepoFiles.Fixtures, "demo-2026-11-30.md"), dir.File("demo-2026-11-30.md"));
+        var input = DashboardInput.Load(dir.Path);
+        string html = DashboardPage.Render(input, Generated);
+        Assert.Empty(DashboardPage.ChartIds(html));
+        Assert.Contains("absent: no train-suite result with tokens/s", html);
+        Assert.Contains("absent: no metrics.jsonl for demo-2026-11-30.md", html);
+        File.WriteAllText(dir.File("m.jsonl"), "{\"step\": 1, \"loss\": 2.5}\n{\"step\": 2}\n");
+        var e = Assert.Throws<InvalidDataException>(() => DashboardInput.Load(dir.Path, dir.File("m.jsonl")));
+        Assert.Equal($"{dir.File("m.jsonl")}:2: a metrics line needs numeric \"step\" and \"loss\"", e.Message);
+    }
+
+    [Fact]
+    public void CommandWritesThePageAndBadFoldersAreOneLine()
+    {
+        using var dir = new TempDir();
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        Assert.Equal(0, DashboardCommand.Execute(RepoFiles.Fixtures, dir.File("d.html"), null, stdout, stderr));
+        Assert.Contains("6 chart(s)", stdout.ToString());
+        Assert.Contains("skipped", stderr.ToString());
+        Assert.Equal(ExpectedCharts, DashboardPage.ChartIds(File.ReadAllText(dir.File("d.html"))));
+        var e = Assert.Throws<DirectoryNotFoundException>(() => DashboardCommand.Execute("/nowhere/results", dir.File("x.html"), null, stdout, stderr));
+        Assert.Equal("results folder /nowhere/results not found", e.Message);
+        File.WriteAllText(dir.File("broken.json"), "{\"schema\": \"engine.bench/1\", \"suite\": \"gemm\"}");
+        var bad = Assert.Throws<InvalidDataException>(() => DashboardInput.Load(dir.Path));
+        Assert.StartsWith(dir.File("broken.json"), bad.Message);
+    }
+
+    [Fact]
+    public void RendersInChromiumWithoutConsoleMessagesAndNoBlankChart()
+    {
+        string chromium = Tools.Find("chromium") ?? Tools.Find("chromium-browser") ?? "";
+        if (chromium.Length == 0) Assert.Skip("chromium is not installed (Debian package chromium; .ci/run installs it): the page was not rendered");
+        using var dir = new TempDir();
+
+        // Control: a page with one blank chart and a console.error must be caught by both checks.
+        string control = "<!DOCTYPE html><html><body><svg class=\"plot\" id=\"blank\" width=\"640\" height=\"320\"></svg>" +
+            "<svg class=\"plot\" id=\"drawn\" width=\"640\" height=\"320\"><circle cx=\"320\" cy=\"160\" r=\"40\" fill=\"#1f77b4\"/></svg>" +
+            "<script>console.error('control error')</script></body></html>";
+        var c = Render(chromium, dir, "control", control);
+        Assert.Contains(c.Console, l => l.Contains("control error", StringComparison.Ordinal));
+        Assert.Equal(["blank"], c.Blank);
+
+        string html = FixturePage();
+        var r = Render(chromium, dir, "dashboard", html);
+        Assert.True(r.Console.Count == 0, "console messages:\n" + string.Join("\n", r.Console));
+        Assert.Equal(ExpectedCharts, r.Charts);
+        Assert.True(r.Blank.Count == 0, "blank charts: " + string.Join(", ", r.Blank));
+    }
+
+    sealed record Rendered(List<string> Console, List<string> Charts, List<string> Blank);
+
+    /// <summary>
+    /// Loads <paramref name="html"/> (plus a script that records each svg.plot's page box) with --dump-dom to get the boxes,
+    /// screenshots the whole page at the same width, and counts saturated pixels (data marks; axes and text are grey) in each box.
+    /// </summary>
+    static Rendered Render(string chromium, TempDir dir, string name, string html)
+    {
+        const int width = 1400;
+        const string probe = "<script>document.querySelectorAll('svg.plot').forEach(function (s) { var r = s.getBoundingClientRect();" +
+            " s.setAttribute('data-box', [r.left + scrollX, r.top + scrollY, r.width, r.height].map(Math.round).join(',')); });" +
+            " document.body.setAttribute('data-page-height', document.documentElement.scrollHeight);</script>";
+        int at = html.LastIndexOf("</body>", StringComparison.Ordinal);
+        File.WriteAllText(dir.File(name + ".html"), html[..at] + probe + html[at..]);
+        string url = new Uri(dir.File(name + ".html")).AbsoluteUri;
+
+        var (dom, err1) = Chromium(chromium, dir, $"--window-size={width},1000", "--dump-dom", url);
+        int height = int.Parse(Regex.Match(dom, "data-page-height=\"(\\d+)\"").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        string png = dir.File(name + ".png");
+        var (_, err2) = Chromium(chromium, dir, $"--window-size={width},{height}", "--hide-scrollbars", $"--screenshot={png}", url);
+        var console = (err1 + "\n" + err2).Split('\n').Where(l => l.Contains(":CONSOLE", StringComparison.Ordinal)).ToList();
+
+        using var bmp = SKBitmap.Decode(png) ?? throw new InvalidDataException($"{png}: Chromium wrote no PNG");
+        var charts = new List<string>();
+        var blank = new List<string>();
+        foreach (Match m in Regex.Matches(dom, "<svg class=\"plot\" id=\"([^\"]+)\"[^>]*data-box=\"(\\d+),(\\d+),(\\d+),(\\d+)\""))
+        {
+            string id = m.Groups[1].Value;
+            int x = int.Parse(m.Groups[2].Value), y = int.Parse(m.Groups[3].Value), w = int.Parse(m.Groups[4].Value), h = int.Parse(m.Groups[5].Value);
+            charts.Add(id);
+            Assert.True(x + w <= bmp.Width && y + h <= bmp.Height, $"chart {id} at {x},{y} {w}x{h} lies outside the {bmp.Width}x{bmp.Height} screenshot");
+            int marks = 0;
+            for (int yy = y; yy < y + h; yy++)
+                for (int xx = x; xx < x + w; xx++)
+                {
+                    var p = bmp.GetPixel(xx, yy);
+                    if (Math.Max(p.Red, Math.Max(p.Green, p.Blue)) - Math.Min(p.Red, Math.Min(p.Green, p.Blue)) > 80) marks++;
+                }
+            if (marks < 50) blank.Add(id);
+        }
+        return new Rendered(console, charts, blank);
+    }
+
+    static (string Out, string Err) Chromium(string chromium, TempDir dir, params string[] args)
+    {
+        var psi = new ProcessStartInfo(chromium) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string a in (string[])["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                     $"--user-data-dir={dir.File("profile")}", "--enable-logging=stderr", "--v=0", .. args])
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var so = p.StandardOutput.ReadToEndAsync();
+        var se = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(120_000)) { p.Kill(true); throw new TimeoutException($"chromium {string.Join(' ', args)} did not finish in 120 s"); }
+        Assert.True(p.ExitCode == 0, $"chromium exited {p.ExitCode}: {se.Result}");
+        return (so.Result, se.Result);
+    }
+}
