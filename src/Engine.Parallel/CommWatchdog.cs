@@ -90,7 +90,8 @@ public sealed class CommWatchdog : IDisposable
                 Thread.Sleep(options.ExitGrace);
                 options.Write($"error: {message}");
                 Environment.Exit(CommOptions.FaultExitCode);
-            }) { IsBackground = true, Name = "comm-fault-exit" }.Start();
+            })
+            { IsBackground = true, Name = "comm-fault-exit" }.Start();
     }
 
     void Loop()

@@ -1,6 +1,6 @@
 using Engine.Core;
-using Engine.Core.Distributed;
 using Engine.Core.Autograd;
+using Engine.Core.Distributed;
 using Engine.Data;
 using Engine.Model;
 
