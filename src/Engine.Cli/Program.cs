@@ -11,4 +11,5 @@ root.Subcommands.Add(RecipeCommand.CreateDemo());
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(EvalCommand.CreateGenerate());
 root.Subcommands.Add(ParityCommand.Create());
+root.Subcommands.Add(ExportCommand.Create());
 return Cli.Run(root, args);
