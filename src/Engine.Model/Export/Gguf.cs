@@ -261,7 +261,7 @@ public sealed class GgufFile : IDisposable
         string ReadStr(string what)
         {
             ulong n = r.ReadUInt64();
-            if (n > MaxStringBytes || (long)n > len - fs.Position) throw Bad(path, $"{what}: string of {n} bytes runs past the end of the file");
+            if (n > MaxStringBytes || (long)n > len - fs.Position) throw Bad(path, $"{what}: string of {n} bytes runs past the end of the file (truncated?)");
             return Encoding.UTF8.GetString(r.ReadBytes((int)n));
         }
         object Scalar(GgufValueType t, string key) => t switch
@@ -292,7 +292,7 @@ public sealed class GgufFile : IDisposable
                 var et = (GgufValueType)r.ReadUInt32();
                 ulong n = r.ReadUInt64();
                 if (et == GgufValueType.Array) throw Bad(path, $"key '{key}': nested arrays are not read");
-                if (n > (ulong)(len - fs.Position)) throw Bad(path, $"key '{key}': array of {n} elements runs past the end of the file");
+                if (n > (ulong)(len - fs.Position) || n > int.MaxValue) throw Bad(path, $"key '{key}': array of {n} elements runs past the end of the file (truncated?)");
                 value = et switch
                 {
                     GgufValueType.String => new GgufValue(type, Enumerable.Range(0, (int)n).Select(j => ReadStr($"key '{key}'[{j}]")).ToList(), et),
