@@ -36,11 +36,24 @@ public static class LlamaCpp
         {
             var script = FindScript();
             if (script == null) return "tools/llamacpp-check/logits.mjs not found above the test binaries";
-            if (FindNode() == null) return "node is not on PATH (the llama.cpp check needs Node.js; .ci/run installs node-llama-cpp with npm)";
+            if (FindNode() is not { } node) return "node is not on PATH (the llama.cpp check needs Node.js >= 20; .ci/run installs node-llama-cpp with npm)";
+            if (NodeMajorVersion(node) is var major && major < 20) return $"node-llama-cpp 3.21.1 needs Node.js >= 20, this node is version {major}";
             string pkg = Path.Combine(Path.GetDirectoryName(script)!, "node_modules", "node-llama-cpp", "package.json");
             if (!File.Exists(pkg)) return "node-llama-cpp is not installed in tools/llamacpp-check (run .ci/run, or `npm ci --omit=optional --ignore-scripts` there)";
             return null;
         }
+    }
+
+    static int NodeMajorVersion(string node)
+    {
+        try
+        {
+            using var p = Process.Start(new ProcessStartInfo(node, ["--version"]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+            string v = p.StandardOutput.ReadToEnd().Trim();
+            p.WaitForExit(10_000);
+            return int.TryParse(v.TrimStart('v').Split('.')[0], out int major) ? major : 0;
+        }
+        catch (System.ComponentModel.Win32Exception) { return 0; }
     }
 
     /// <summary>Runs the script on a request object; returns the parsed result.</summary>
