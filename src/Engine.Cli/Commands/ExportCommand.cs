@@ -37,44 +37,44 @@ public static class ExportCommand
             }
             switch (fmt)
             {
-                case "gguf":
-                {
-                    var q = (p.GetValue(type) ?? "f16") switch
-                    {
-                        "f32" => GgufQuant.F32,
-                        "f16" => GgufQuant.F16,
-                        "q8_0" => GgufQuant.Q8_0,
-                        "q4_0" => GgufQuant.Q4_0,
-                        var t => throw new ArgumentException($"--type {t}: gguf takes f32, f16, q8_0 or q4_0"),
-                    };
-                    if (vocab == null) throw new ArgumentException($"a GGUF file needs the tokenizer: {dir} has no tokenizer.json, give --tokenizer tokenizer.json or --tokenizer byte");
-                    var r = GgufExport.Write(m, vocab, outPath, q, p.GetValue(name) ?? Path.GetFileName(dir.TrimEnd(Path.DirectorySeparatorChar)));
-                    var counts = r.Tensors.GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}");
-                    Console.WriteLine($"wrote {r.Path}: {r.Bytes / 1048576.0:F2} MiB, {r.Tensors.Count} tensors ({string.Join(", ", counts)}), tokenizer {vocab.Model}/{vocab.Pre} with {m.Config.VocabSize} tokens");
-                    foreach (var t in r.Tensors.Where(t => t.Note != null)) Console.WriteLine($"  {t.Name}: {t.Note}");
-                    if (vocab.Pre == "default" && vocab.Merges.Count > 0) Console.WriteLine($"  note: {r.PreNote}");
-                    break;
-                }
-                case "safetensors":
-                {
-                    string dtype = (p.GetValue(type) ?? "bf16") switch
-                    {
-                        "bf16" => "BF16",
-                        "f16" => "F16",
-                        "f32" => "F32",
-                        var t => throw new ArgumentException($"--type {t}: safetensors takes bf16, f16 or f32"),
-                    };
-                    long max = SafeTensorsIndex.ParseSize(p.GetValue(shard)!);
-                    HfExport.Write(m, outPath, dtype, max, tokJson, vocab);
-                    var files = Directory.GetFiles(outPath).Select(Path.GetFileName).Order(StringComparer.Ordinal);
-                    Console.WriteLine($"wrote {outPath} ({dtype}): {string.Join(", ", files)}");
-                    break;
-                }
-                default:
-                    throw new ArgumentException($"--format {fmt}: gguf or safetensors");
+                case "gguf": WriteGguf(m, vocab, outPath, p.GetValue(type), p.GetValue(name) ?? Path.GetFileName(dir.TrimEnd(Path.DirectorySeparatorChar)), dir); break;
+                case "safetensors": WriteSafetensors(m, vocab, tokJson, outPath, p.GetValue(type), p.GetValue(shard)!); break;
+                default: throw new ArgumentException($"--format {fmt}: gguf or safetensors");
             }
             return 0;
         }));
         return cmd;
+    }
+
+    static void WriteGguf(Engine.Model.LlamaModel m, GgufVocab? vocab, string outPath, string? type, string name, string dir)
+    {
+        var q = (type ?? "f16") switch
+        {
+            "f32" => GgufQuant.F32,
+            "f16" => GgufQuant.F16,
+            "q8_0" => GgufQuant.Q8_0,
+            "q4_0" => GgufQuant.Q4_0,
+            var t => throw new ArgumentException($"--type {t}: gguf takes f32, f16, q8_0 or q4_0"),
+        };
+        if (vocab == null) throw new ArgumentException($"a GGUF file needs the tokenizer: {dir} has no tokenizer.json, give --tokenizer tokenizer.json or --tokenizer byte");
+        var r = GgufExport.Write(m, vocab, outPath, q, name);
+        var counts = r.Tensors.GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}");
+        Console.WriteLine($"wrote {r.Path}: {r.Bytes / 1048576.0:F2} MiB, {r.Tensors.Count} tensors ({string.Join(", ", counts)}), tokenizer {vocab.Model}/{vocab.Pre} with {m.Config.VocabSize} tokens");
+        foreach (var t in r.Tensors.Where(t => t.Note != null)) Console.WriteLine($"  {t.Name}: {t.Note}");
+        if (vocab.Pre == "default" && vocab.Merges.Count > 0) Console.WriteLine($"  note: {r.PreNote}");
+    }
+
+    static void WriteSafetensors(Engine.Model.LlamaModel m, GgufVocab? vocab, string? tokJson, string outPath, string? type, string shard)
+    {
+        string dtype = (type ?? "bf16") switch
+        {
+            "bf16" => "BF16",
+            "f16" => "F16",
+            "f32" => "F32",
+            var t => throw new ArgumentException($"--type {t}: safetensors takes bf16, f16 or f32"),
+        };
+        HfExport.Write(m, outPath, dtype, SafeTensorsIndex.ParseSize(shard), tokJson, vocab);
+        var files = Directory.GetFiles(outPath).Select(Path.GetFileName).Order(StringComparer.Ordinal);
+        Console.WriteLine($"wrote {outPath} ({dtype}): {string.Join(", ", files)}");
     }
 }

@@ -28,13 +28,21 @@ public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType E
     /// <summary>A scalar integer of any width as long.</summary>
     public long AsInteger => Value switch
     {
-        byte b => b, sbyte sb => sb, ushort us => us, short s => s, uint u => u, int i => i, ulong ul => (long)ul, long l => l,
+        byte b => b,
+        sbyte sb => sb,
+        ushort us => us,
+        short s => s,
+        uint u => u,
+        int i => i,
+        ulong ul => (long)ul,
+        long l => l,
         _ => throw new InvalidDataException($"GGUF value is {Type}, not an integer"),
     };
 
     public double AsReal => Value switch
     {
-        float f => f, double d => d,
+        float f => f,
+        double d => d,
         _ => throw new InvalidDataException($"GGUF value is {Type}, not a float"),
     };
 }

@@ -77,8 +77,13 @@ public static class HfExport
         for (int b = 0; b < 256; b++) vocab[GgufVocab.ByteChar((byte)b).ToString()] = b;
         JsonObject Added(int id, string content) => new()
         {
-            ["id"] = id, ["content"] = content, ["single_word"] = false, ["lstrip"] = false, ["rstrip"] = false,
-            ["normalized"] = false, ["special"] = true,
+            ["id"] = id,
+            ["content"] = content,
+            ["single_word"] = false,
+            ["lstrip"] = false,
+            ["rstrip"] = false,
+            ["normalized"] = false,
+            ["special"] = true,
         };
         var o = new JsonObject
         {
@@ -92,9 +97,16 @@ public static class HfExport
             ["decoder"] = new JsonObject { ["type"] = "ByteLevel", ["add_prefix_space"] = false, ["trim_offsets"] = true, ["use_regex"] = false },
             ["model"] = new JsonObject
             {
-                ["type"] = "BPE", ["dropout"] = null, ["unk_token"] = null, ["continuing_subword_prefix"] = null,
-                ["end_of_word_suffix"] = null, ["fuse_unk"] = false, ["byte_fallback"] = false, ["ignore_merges"] = false,
-                ["vocab"] = vocab, ["merges"] = new JsonArray(),
+                ["type"] = "BPE",
+                ["dropout"] = null,
+                ["unk_token"] = null,
+                ["continuing_subword_prefix"] = null,
+                ["end_of_word_suffix"] = null,
+                ["fuse_unk"] = false,
+                ["byte_fallback"] = false,
+                ["ignore_merges"] = false,
+                ["vocab"] = vocab,
+                ["merges"] = new JsonArray(),
             },
         };
         return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });

@@ -27,8 +27,15 @@ public class ExportCliTests
 
     static LlamaModel ByteModel(bool normHead = false) => TestModels.Create(new LlamaConfig
     {
-        VocabSize = 258, HiddenSize = 32, IntermediateSize = 64, NumLayers = 1, NumHeads = 2, NumKvHeads = 1,
-        MaxPositionEmbeddings = 32, InitializerRange = 0.1, NormHead = normHead,
+        VocabSize = 258,
+        HiddenSize = 32,
+        IntermediateSize = 64,
+        NumLayers = 1,
+        NumHeads = 2,
+        NumKvHeads = 1,
+        MaxPositionEmbeddings = 32,
+        InitializerRange = 0.1,
+        NormHead = normHead,
     }, 21);
 
     [Fact]

@@ -299,7 +299,13 @@ public class HfCheckpointTests
         using var run = new TempDir();
         var cfg = new LlamaConfig
         {
-            VocabSize = 258, HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64,
+            VocabSize = 258,
+            HiddenSize = 32,
+            IntermediateSize = 64,
+            NumLayers = 2,
+            NumHeads = 4,
+            NumKvHeads = 2,
+            MaxPositionEmbeddings = 64,
             TieWordEmbeddings = true,
         };
         using var source = TestModels.Create(cfg, 8);

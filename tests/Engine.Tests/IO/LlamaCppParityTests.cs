@@ -127,9 +127,17 @@ public class LlamaCppParityTests
         using var dir = new TempDir();
         var cfg = new LlamaConfig
         {
-            VocabSize = 258, HiddenSize = 64, IntermediateSize = 128, NumLayers = 2, NumHeads = 4, NumKvHeads = 2,
-            MaxPositionEmbeddings = 32, InitializerRange = 0.1, NormHead = true,
-            RopeScaling = Engine.Cpu.Ops.RopeScalingKind.Ntk, RopeScalingFactor = 2,
+            VocabSize = 258,
+            HiddenSize = 64,
+            IntermediateSize = 128,
+            NumLayers = 2,
+            NumHeads = 4,
+            NumKvHeads = 2,
+            MaxPositionEmbeddings = 32,
+            InitializerRange = 0.1,
+            NormHead = true,
+            RopeScaling = Engine.Cpu.Ops.RopeScalingKind.Ntk,
+            RopeScalingFactor = 2,
         };
         using var model = TestModels.Create(cfg, 11);
         var tok = new ByteTokenizer();
@@ -155,9 +163,17 @@ public class LlamaCppParityTests
         Assert.Equal(bpe.MergeCount, vocab.Merges.Count);
         var cfg = new LlamaConfig
         {
-            VocabSize = bpe.VocabSize + 6, HiddenSize = 64, IntermediateSize = 96, NumLayers = 2, NumHeads = 2, NumKvHeads = 1,
-            MaxPositionEmbeddings = 16, InitializerRange = 0.1, TieWordEmbeddings = true,
-            RopeScaling = Engine.Cpu.Ops.RopeScalingKind.Linear, RopeScalingFactor = 2,
+            VocabSize = bpe.VocabSize + 6,
+            HiddenSize = 64,
+            IntermediateSize = 96,
+            NumLayers = 2,
+            NumHeads = 2,
+            NumKvHeads = 1,
+            MaxPositionEmbeddings = 16,
+            InitializerRange = 0.1,
+            TieWordEmbeddings = true,
+            RopeScaling = Engine.Cpu.Ops.RopeScalingKind.Linear,
+            RopeScalingFactor = 2,
         };
         using var model = TestModels.Create(cfg, 12);
         string text = Sample(2000);
