@@ -169,6 +169,12 @@ public sealed record GgufVocab
                 _ => null,
             };
             var (pre, note) = PreName(root);
+            int? bos = Special("bos_token", BosNames), eos = Special("eos_token", EosNames);
+            // add_bos/add_eos: tokenizer_config.json, else what the post-processor template puts around a single text
+            var template1 = FindTemplate(root["post_processor"])?["single"] as JsonArray;
+            string? TemplateEdge(bool last) => (last ? template1?.LastOrDefault() : template1?.FirstOrDefault())?["SpecialToken"]?["id"]?.GetValue<string>();
+            bool addBos = tc?["add_bos_token"]?.GetValue<bool>() ?? (bos is { } b && TemplateEdge(false) == tokens[b]);
+            bool addEos = tc?["add_eos_token"]?.GetValue<bool>() ?? (eos is { } e2 && TemplateEdge(true) == tokens[e2]);
             return new GgufVocab
             {
                 Model = "gpt2",
@@ -177,12 +183,12 @@ public sealed record GgufVocab
                 Tokens = tokens,
                 TokenTypes = types,
                 Merges = merges,
-                EosId = Special("eos_token", EosNames),
-                BosId = Special("bos_token", BosNames),
+                EosId = eos,
+                BosId = bos,
                 UnkId = Special("unk_token", []),
                 PadId = Special("pad_token", []),
-                AddBos = tc?["add_bos_token"]?.GetValue<bool>() ?? false,
-                AddEos = tc?["add_eos_token"]?.GetValue<bool>() ?? false,
+                AddBos = addBos,
+                AddEos = addEos,
                 ChatTemplate = template,
             };
         }
@@ -191,6 +197,14 @@ public sealed record GgufVocab
             throw Bad($"unexpected structure ({e.Message})");
         }
     }
+
+    /// <summary>The TemplateProcessing post-processor, alone or inside a Sequence.</summary>
+    static JsonObject? FindTemplate(JsonNode? node) => node switch
+    {
+        JsonObject o when o["type"]?.GetValue<string>() == "TemplateProcessing" => o,
+        JsonObject o when o["processors"] is JsonArray list => list.Select(FindTemplate).FirstOrDefault(t => t != null),
+        _ => null,
+    };
 
     static bool Mentions(JsonNode? node, string type) => node switch
     {

@@ -61,8 +61,9 @@ public sealed record HfExtras
 /// </list>
 /// The engine's own context extension, static NTK (base θ·f^(d/(d−2)) at every length), is NOT transformers'
 /// "dynamic". It is exported as what it exactly is: plain RoPE with rope_theta = θ·f^(d/(d−2)) (the same double the
-/// engine computes its frequencies from) and max_position_embeddings = ⌊L₀·f⌋, plus an "engine_rope_scaling" record
-/// (ignored by transformers) from which the engine restores the NTK setting.
+/// engine computes its frequencies from; transformers then takes base^(2i/d) in fp32 as it does for any rope_theta, the
+/// same last-bit difference as for unscaled RoPE) and max_position_embeddings = ⌊L₀·f⌋, plus an "engine_rope_scaling"
+/// record (ignored by transformers) from which the engine restores the NTK setting.
 /// </summary>
 public static class HfConfig
 {

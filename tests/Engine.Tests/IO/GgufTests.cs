@@ -327,6 +327,18 @@ public class GgufTests
         var withCfg = GgufVocab.FromTokenizerJson(path, "{\"eos_token\": \"<|assistant|>\", \"chat_template\": \"{{ x }}\", \"add_bos_token\": false}");
         Assert.Equal(bpe.TokenToId("<|assistant|>"), withCfg.EosId);
         Assert.Equal("{{ x }}", withCfg.ChatTemplate);
+        Assert.False(withCfg.AddBos);
+        // without add_bos_token, a post-processor template that starts with the BOS token means llama.cpp should add it
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+        json["post_processor"] = System.Text.Json.Nodes.JsonNode.Parse("""
+            {"type": "Sequence", "processors": [{"type": "ByteLevel"}, {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": "<|user|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]}]}
+            """);
+        File.WriteAllText(dir.File("templ.json"), json.ToJsonString());
+        var templ = GgufVocab.FromTokenizerJson(dir.File("templ.json"), "{\"bos_token\": \"<|user|>\"}");
+        Assert.Equal(bpe.TokenToId("<|user|>"), templ.BosId);
+        Assert.True(templ.AddBos);
+        Assert.False(templ.AddEos);
 
         File.WriteAllText(dir.File("spm.json"), "{\"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"vocab\": {}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Metaspace\"}}");
         Assert.Contains("SentencePiece", Assert.Throws<NotSupportedException>(() => GgufVocab.FromTokenizerJson(dir.File("spm.json"))).Message);
