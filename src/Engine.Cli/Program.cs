@@ -12,4 +12,5 @@ root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(EvalCommand.CreateGenerate());
 root.Subcommands.Add(ParityCommand.Create());
 root.Subcommands.Add(DashboardCommand.Create());
+root.Subcommands.Add(ExportCommand.Create());
 return Cli.Run(root, args);

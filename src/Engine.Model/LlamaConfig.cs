@@ -1,5 +1,3 @@
-using System.Text.Json;
-using System.Text.Json.Nodes;
 using Engine.Core;
 
 namespace Engine.Model;
@@ -26,6 +24,9 @@ public sealed record LlamaConfig
     public double InitializerRange { get; init; } = 0.02;
     public int BosTokenId { get; init; } = 1;
     public int EosTokenId { get; init; } = 2;
+
+    /// <summary>What a loaded Hugging Face directory held beyond the architecture (carried to the next save); null for engine-made models.</summary>
+    public IO.HfExtras? Hf { get; init; }
 
     public int HeadDim => HiddenSize / NumHeads;
 
@@ -64,97 +65,9 @@ public sealed record LlamaConfig
     public double TrainingFlopsPerToken(int seqLen) =>
         6.0 * (NonEmbeddingParameterCount() + (long)VocabSize * HiddenSize) + 12.0 * NumLayers * NumHeads * HeadDim * seqLen;
 
-    public string ToHuggingFaceJson()
-    {
-        var o = new JsonObject
-        {
-            ["architectures"] = new JsonArray("LlamaForCausalLM"),
-            ["model_type"] = "llama",
-            ["vocab_size"] = VocabSize,
-            ["hidden_size"] = HiddenSize,
-            ["intermediate_size"] = IntermediateSize,
-            ["num_hidden_layers"] = NumLayers,
-            ["num_attention_heads"] = NumHeads,
-            ["num_key_value_heads"] = NumKvHeads,
-            ["head_dim"] = HeadDim,
-            ["max_position_embeddings"] = MaxPositionEmbeddings,
-            ["rms_norm_eps"] = RmsNormEps,
-            ["rope_theta"] = RopeTheta,
-            ["rope_scaling"] = RopeScaling switch
-            {
-                RopeScalingKind.Linear => new JsonObject { ["rope_type"] = "linear", ["type"] = "linear", ["factor"] = RopeScalingFactor },
-                RopeScalingKind.Ntk => new JsonObject { ["rope_type"] = "dynamic", ["type"] = "dynamic", ["factor"] = RopeScalingFactor },
-                _ => null,
-            },
-            ["tie_word_embeddings"] = TieWordEmbeddings,
-            ["initializer_range"] = InitializerRange,
-            ["hidden_act"] = "silu",
-            ["attention_bias"] = false,
-            ["mlp_bias"] = false,
-            ["bos_token_id"] = BosTokenId,
-            ["eos_token_id"] = EosTokenId,
-            ["torch_dtype"] = "float32",
-        };
-        if (NormHead) o["norm_head"] = true;
-        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
-    }
+    /// <summary>config.json text (see <see cref="IO.HfConfig"/> for the field and RoPE-scaling rules).</summary>
+    public string ToHuggingFaceJson(string torchDtype = "float32") => IO.HfConfig.ToJson(this, torchDtype);
 
-    /// <summary>Reads a Hugging Face config.json; refuses models that are not Llama-shaped, naming the field.</summary>
-    public static LlamaConfig FromHuggingFaceJson(string json, string source = "config.json")
-    {
-        JsonNode root;
-        try { root = JsonNode.Parse(json) ?? throw new JsonException("empty document"); }
-        catch (JsonException e) { throw new InvalidDataException($"{source}: not valid JSON ({e.Message})", e); }
-        string? type = root["model_type"]?.GetValue<string>();
-        if (type != null && type != "llama" && type != "mistral")
-            throw new InvalidDataException($"{source}: model_type '{type}' is not supported (llama only)");
-        int Int(string name, int? dflt = null)
-        {
-            var n = root[name];
-            if (n == null) return dflt ?? throw new InvalidDataException($"{source}: missing required field '{name}'");
-            return n.GetValue<int>();
-        }
-        foreach (var flag in new[] { "attention_bias", "mlp_bias" })
-            if (root[flag]?.GetValue<bool>() == true) throw new InvalidDataException($"{source}: '{flag}: true' is not supported");
-        string? act = root["hidden_act"]?.GetValue<string>();
-        if (act != null && act != "silu") throw new InvalidDataException($"{source}: hidden_act '{act}' is not supported (silu only)");
-        int heads = Int("num_attention_heads");
-        int hidden = Int("hidden_size");
-        var headDimNode = root["head_dim"];
-        if (headDimNode != null && headDimNode.GetValue<int>() != hidden / heads)
-            throw new InvalidDataException($"{source}: head_dim {headDimNode.GetValue<int>()} != hidden_size / num_attention_heads is not supported");
-        var scaling = RopeScalingKind.None; double factor = 1;
-        if (root["rope_scaling"] is JsonObject rs)
-        {
-            string kind = (rs["rope_type"] ?? rs["type"])?.GetValue<string>() ?? "default";
-            scaling = kind switch
-            {
-                "linear" => RopeScalingKind.Linear,
-                "dynamic" or "ntk" => RopeScalingKind.Ntk,
-                "default" => RopeScalingKind.None,
-                _ => throw new InvalidDataException($"{source}: rope_scaling type '{kind}' is not supported (linear, dynamic)"),
-            };
-            factor = rs["factor"]?.GetValue<double>() ?? 1.0;
-        }
-        int Token(string name, int d) => root[name] is JsonValue v && v.TryGetValue<int>(out int x) ? x : d;
-        return new LlamaConfig
-        {
-            VocabSize = Int("vocab_size"),
-            HiddenSize = hidden,
-            IntermediateSize = Int("intermediate_size"),
-            NumLayers = Int("num_hidden_layers"),
-            NumHeads = heads,
-            NumKvHeads = Int("num_key_value_heads", heads),
-            MaxPositionEmbeddings = Int("max_position_embeddings", 2048),
-            RmsNormEps = (float)(root["rms_norm_eps"]?.GetValue<double>() ?? 1e-6),
-            RopeTheta = root["rope_theta"]?.GetValue<double>() ?? 10000.0,
-            RopeScaling = scaling,
-            RopeScalingFactor = factor,
-            TieWordEmbeddings = root["tie_word_embeddings"]?.GetValue<bool>() ?? false,
-            NormHead = root["norm_head"]?.GetValue<bool>() ?? false,
-            InitializerRange = root["initializer_range"]?.GetValue<double>() ?? 0.02,
-            BosTokenId = Token("bos_token_id", 1),
-            EosTokenId = Token("eos_token_id", 2),
-        }.Validate();
-    }
+    /// <summary>Reads a Hugging Face config.json; refuses models the engine cannot run exactly, naming the field.</summary>
+    public static LlamaConfig FromHuggingFaceJson(string json, string source = "config.json") => IO.HfConfig.FromJson(json, source);
 }

@@ -1,6 +1,5 @@
 using Engine.Core;
 using Engine.Cpu;
-using Engine.Cpu.Ops;
 using Engine.Cuda.Interop;
 using Engine.Cuda.Kernels;
 using static Engine.Cuda.Backend.CudaOpChecks;

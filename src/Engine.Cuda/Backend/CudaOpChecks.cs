@@ -1,5 +1,4 @@
 using Engine.Core;
-using Engine.Cpu.Ops;
 
 namespace Engine.Cuda.Backend;
 

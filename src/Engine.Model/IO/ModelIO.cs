@@ -2,36 +2,96 @@ using Engine.Core;
 
 namespace Engine.Model.IO;
 
-/// <summary>Saves and loads a Llama in the Hugging Face layout: config.json + model.safetensors in one directory.</summary>
+/// <summary>
+/// Saves and loads a Llama in the Hugging Face layout: config.json + model.safetensors, or shards +
+/// model.safetensors.index.json (see <see cref="SafeTensorsIndex"/>), plus generation_config.json,
+/// tokenizer_config.json and chat_template.jinja when the model came from a directory that had them.
+/// F32, BF16 and F16 tensors are read (widened exactly to the fp32 masters) and written.
+/// </summary>
 public static class ModelIO
 {
     public const string WeightsFile = "model.safetensors";
     public const string ConfigFile = "config.json";
+    public const string GenerationConfigFile = "generation_config.json";
+    public const string TokenizerConfigFile = "tokenizer_config.json";
+    public const string ChatTemplateFile = "chat_template.jinja";
 
-    /// <summary>Writes weights (F32 or BF16) and config.json. Existing files are replaced atomically.</summary>
-    public static void Save(LlamaModel model, string directory, string dtype = "F32", IReadOnlyDictionary<string, string>? metadata = null)
+    /// <summary>One tensor to save: its name, shape, and a function producing its fp32 values when its shard is written.</summary>
+    public sealed record TensorSource(string Name, long[] Shape, Func<float[]> Values)
     {
+        public long Numel => Shape.Aggregate(1L, (a, b) => a * b);
+    }
+
+    /// <summary>
+    /// Writes weights (F32, BF16 or F16) and config.json; weights go to shards of at most maxShardBytes (transformers'
+    /// default 5 GB) with an index when they do not fit one file. Each file is replaced atomically; shards and index
+    /// files of an earlier save that the new one does not use are removed.
+    /// </summary>
+    public static void Save(LlamaModel model, string directory, string dtype = "F32", IReadOnlyDictionary<string, string>? metadata = null,
+        long maxShardBytes = SafeTensorsIndex.DefaultMaxShardBytes)
+    {
+        var tensors = model.Parameters.Select(p => new TensorSource(p.Name, p.Tensor.Shape.Select(d => (long)d).ToArray(), () => p.Tensor.ToArray())).ToList();
+        Save(model.Config, tensors, directory, dtype, metadata, maxShardBytes);
+    }
+
+    /// <summary>Writes the given tensors and config (used by export, which transforms tensors on the way out).</summary>
+    public static void Save(LlamaConfig config, IReadOnlyList<TensorSource> tensors, string directory, string dtype = "F32",
+        IReadOnlyDictionary<string, string>? metadata = null, long maxShardBytes = SafeTensorsIndex.DefaultMaxShardBytes)
+    {
+        int elem = SafeTensorsWriter.ElementSize(dtype);
         Directory.CreateDirectory(directory);
         var meta = new Dictionary<string, string> { ["format"] = "pt" };
         if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
-        SafeTensorsWriter.Write(Path.Combine(directory, WeightsFile),
-            model.Parameters.Select(p => new SafeTensorWrite(p.Name, p.Tensor.Shape.Select(d => (long)d).ToArray(), p.Tensor.ToArray(), dtype)),
-            meta);
-        string cfgPath = Path.Combine(directory, ConfigFile);
-        File.WriteAllText(cfgPath + ".tmp", model.Config.ToHuggingFaceJson());
-        File.Move(cfgPath + ".tmp", cfgPath, overwrite: true);
+
+        var bytes = tensors.Select(t => t.Numel * elem).ToList();
+        var shards = SafeTensorsIndex.Plan(bytes, maxShardBytes);
+        var written = new HashSet<string>(StringComparer.Ordinal);
+        var map = new List<(string, string)>();
+        for (int s = 0; s < shards.Count; s++)
+        {
+            string file = SafeTensorsIndex.ShardFileName(s, shards.Count);
+            SafeTensorsWriter.Write(Path.Combine(directory, file),
+                shards[s].Select(i => new SafeTensorWrite(tensors[i].Name, tensors[i].Shape, tensors[i].Values(), dtype)), meta);
+            written.Add(file);
+            foreach (int i in shards[s]) map.Add((tensors[i].Name, file));
+        }
+        string indexPath = Path.Combine(directory, SafeTensorsIndex.IndexFile);
+        if (shards.Count > 1) WriteText(indexPath, SafeTensorsIndex.IndexJson(bytes.Sum(), map));
+        else File.Delete(indexPath);
+        foreach (var f in Directory.EnumerateFiles(directory))
+        {
+            string name = Path.GetFileName(f);
+            if ((SafeTensorsIndex.IsShardName(name) || name == WeightsFile) && !written.Contains(name)) File.Delete(f);
+        }
+
+        string torchDtype = dtype switch { "BF16" => "bfloat16", "F16" => "float16", _ => "float32" };
+        WriteText(Path.Combine(directory, ConfigFile), config.ToHuggingFaceJson(torchDtype));
+        var hf = config.Hf;
+        if (hf?.GenerationConfig is { } gen) WriteText(Path.Combine(directory, GenerationConfigFile), gen);
+        if (hf?.TokenizerConfig is { } tc) WriteText(Path.Combine(directory, TokenizerConfigFile), tc);
+        if (hf?.ChatTemplateJinja is { } jinja) WriteText(Path.Combine(directory, ChatTemplateFile), jinja);
     }
 
-    /// <summary>Loads config.json + model.safetensors; every model parameter must be present with its shape.</summary>
+    static void WriteText(string path, string text)
+    {
+        File.WriteAllText(path + ".tmp", text);
+        File.Move(path + ".tmp", path, overwrite: true);
+    }
+
+    /// <summary>
+    /// Loads config.json and the weights (model.safetensors, or the shards named by model.safetensors.index.json);
+    /// every model parameter must be present with its shape. generation_config.json, tokenizer_config.json and
+    /// chat_template.jinja, when present, ride along in <see cref="LlamaConfig.Hf"/> to the next save.
+    /// </summary>
     public static LlamaModel Load(string directory, IBackend backend)
     {
-        string cfgPath = Path.Combine(directory, ConfigFile);
-        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"model directory {directory} has no {ConfigFile}", cfgPath);
-        var cfg = LlamaConfig.FromHuggingFaceJson(File.ReadAllText(cfgPath), cfgPath);
+        if (!Directory.Exists(directory)) throw new DirectoryNotFoundException($"model directory not found: {directory}");
+        var cfg = LoadConfig(directory);
+        var files = WeightFiles(directory);
         var model = new LlamaModel(cfg, backend);
         try
         {
-            LoadWeights(model, Path.Combine(directory, WeightsFile));
+            LoadWeights(model, files.Index, files.Shards);
             return model;
         }
         catch
@@ -41,18 +101,94 @@ public static class ModelIO
         }
     }
 
-    public static void LoadWeights(LlamaModel model, string path)
+    /// <summary>config.json of a model directory, with the Hugging Face side files it holds.</summary>
+    public static LlamaConfig LoadConfig(string directory)
     {
-        using var f = SafeTensorsFile.Open(path);
-        foreach (var (name, t) in model.Parameters)
+        string cfgPath = Path.Combine(directory, ConfigFile);
+        if (!File.Exists(cfgPath)) throw new FileNotFoundException($"model directory {directory} has no {ConfigFile}", cfgPath);
+        var cfg = LlamaConfig.FromHuggingFaceJson(File.ReadAllText(cfgPath), cfgPath);
+        string? Side(string name)
         {
-            if (!f.Contains(name)) throw new InvalidDataException($"{path}: missing tensor '{name}'");
-            var e = f[name];
-            if (!e.Shape.SequenceEqual(t.Shape.Select(d => (long)d)))
-                throw new InvalidDataException($"{path}: tensor '{name}' has shape [{string.Join(", ", e.Shape)}], the model expects {Shape.Format(t.Shape)}");
-            model.Load(name, f.ReadFloat32(name));
+            string p = Path.Combine(directory, name);
+            return File.Exists(p) ? File.ReadAllText(p) : null;
         }
-        var unknown = f.Entries.Select(e => e.Name).Where(n => !model.HasParameter(n) && !n.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)).ToList();
-        if (unknown.Count > 0) throw new InvalidDataException($"{path}: tensors the model does not have: {string.Join(", ", unknown.Take(5))}{(unknown.Count > 5 ? ", …" : "")}");
+        string? gen = Side(GenerationConfigFile), tc = Side(TokenizerConfigFile), jinja = Side(ChatTemplateFile);
+        if (gen == null && tc == null && jinja == null) return cfg;
+        return cfg with { Hf = (cfg.Hf ?? new HfExtras()) with { GenerationConfig = gen, TokenizerConfig = tc, ChatTemplateJinja = jinja } };
+    }
+
+    /// <summary>
+    /// The weight files of a directory: model.safetensors alone, or the index and its shards. Both at once, pickle
+    /// checkpoints (.bin) only, or nothing, are refused with the reason.
+    /// </summary>
+    public static (string? Index, IReadOnlyList<string> Shards) WeightFiles(string directory)
+    {
+        string single = Path.Combine(directory, WeightsFile);
+        string index = Path.Combine(directory, SafeTensorsIndex.IndexFile);
+        bool hasSingle = File.Exists(single), hasIndex = File.Exists(index);
+        if (hasSingle && hasIndex)
+            throw new InvalidDataException($"{directory} holds both {WeightsFile} and {SafeTensorsIndex.IndexFile}: remove the stale one");
+        if (hasSingle) return (null, [single]);
+        if (hasIndex)
+        {
+            var map = SafeTensorsIndex.Read(index);
+            var shards = map.Values.Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).Select(s => Path.Combine(directory, s)).ToList();
+            foreach (var s in shards)
+                if (!File.Exists(s)) throw new FileNotFoundException($"{index}: shard {Path.GetFileName(s)} listed in the index is missing", s);
+            return (index, shards);
+        }
+        if (File.Exists(Path.Combine(directory, "pytorch_model.bin")) || File.Exists(Path.Combine(directory, "pytorch_model.bin.index.json")))
+            throw new InvalidDataException($"{directory}: only PyTorch pickle weights (pytorch_model*.bin), which the engine does not read: convert them to safetensors");
+        throw new FileNotFoundException($"model directory {directory} has no {WeightsFile} or {SafeTensorsIndex.IndexFile}", single);
+    }
+
+    /// <summary>Loads one safetensors file's weights into the model (every parameter must be there).</summary>
+    public static void LoadWeights(LlamaModel model, string path) => LoadWeights(model, null, [path]);
+
+    /// <summary>
+    /// Loads weights from shards (and checks them against the index when given): every parameter exactly once with
+    /// its shape, F32/BF16/F16; no unknown tensor (rotary inv_freq buffers, and lm_head.weight of a tied model, are
+    /// skipped as transformers skips them); with an index, each tensor in the shard it names and none unlisted.
+    /// </summary>
+    public static void LoadWeights(LlamaModel model, string? indexPath, IReadOnlyList<string> shards)
+    {
+        var map = indexPath != null ? SafeTensorsIndex.Read(indexPath) : null;
+        var seen = new Dictionary<string, string>(StringComparer.Ordinal);
+        var unknown = new List<string>();
+        foreach (var path in shards)
+        {
+            using var f = SafeTensorsFile.Open(path);
+            string file = Path.GetFileName(path);
+            foreach (var e in f.Entries)
+            {
+                if (map != null)
+                {
+                    if (!map.TryGetValue(e.Name, out var listed))
+                        throw new InvalidDataException($"{indexPath}: shard {file} holds tensor '{e.Name}', which the index does not list");
+                    if (listed != file)
+                        throw new InvalidDataException($"{indexPath}: the index puts tensor '{e.Name}' in {listed} but it is in {file}");
+                }
+                if (!seen.TryAdd(e.Name, file))
+                    throw new InvalidDataException($"{path}: tensor '{e.Name}' is also in {seen[e.Name]}");
+                if (!model.HasParameter(e.Name))
+                {
+                    bool skipped = e.Name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)
+                        || (e.Name == "lm_head.weight" && model.Config.TieWordEmbeddings);
+                    if (!skipped) unknown.Add(e.Name);
+                    continue;
+                }
+                var t = model[e.Name];
+                if (!e.Shape.SequenceEqual(t.Shape.Select(d => (long)d)))
+                    throw new InvalidDataException($"{path}: tensor '{e.Name}' has shape [{string.Join(", ", e.Shape)}], the model expects {Shape.Format(t.Shape)}");
+                model.Load(e.Name, f.ReadFloat32(e.Name));
+            }
+        }
+        string where = indexPath ?? shards[0];
+        if (map != null)
+            foreach (var (name, shard) in map)
+                if (!seen.ContainsKey(name)) throw new InvalidDataException($"{indexPath}: the index puts tensor '{name}' in {shard}, which has no such tensor");
+        if (unknown.Count > 0) throw new InvalidDataException($"{where}: tensors the model does not have: {string.Join(", ", unknown.Take(5))}{(unknown.Count > 5 ? ", …" : "")}");
+        foreach (var (name, _) in model.Parameters)
+            if (!seen.ContainsKey(name)) throw new InvalidDataException($"{where}: missing tensor '{name}'");
     }
 }

@@ -190,11 +190,34 @@ public sealed class SafeTensorsFile : IDisposable
     public void Dispose() => stream.Dispose();
 }
 
-/// <summary>One tensor to write: fp32 values stored as F32 or rounded (nearest-even) to BF16.</summary>
+/// <summary>One tensor to write: fp32 values stored as F32 or rounded (nearest-even) to BF16 or F16.</summary>
 public sealed record SafeTensorWrite(string Name, long[] Shape, ReadOnlyMemory<float> Values, string DType = "F32");
 
 public static class SafeTensorsWriter
 {
+    /// <summary>Bytes per element of a writable dtype.</summary>
+    public static int ElementSize(string dtype) => dtype switch
+    {
+        "F32" => 4,
+        "BF16" or "F16" => 2,
+        _ => throw new ArgumentException($"cannot write dtype {dtype} (F32, BF16, F16)"),
+    };
+
+    static int SizeOf(SafeTensorWrite t)
+    {
+        try { return ElementSize(t.DType); }
+        catch (ArgumentException e) { throw new ArgumentException($"tensor '{t.Name}': {e.Message}"); }
+    }
+
+    /// <summary>fp32 → fp16, round to nearest even; a finite value beyond fp16's range (±65504) is refused rather than written as infinity.</summary>
+    public static Half ToHalfChecked(float v, string tensor)
+    {
+        var h = (Half)v;
+        if (Half.IsInfinity(h) && float.IsFinite(v))
+            throw new ArgumentException($"tensor '{tensor}' holds {v}, beyond fp16's range (±65504): save it as BF16 or F32");
+        return h;
+    }
+
     /// <summary>
     /// Writes a safetensors file: header padded with spaces to 8-byte alignment, tensors in the given order.
     /// The file is written to a temporary name and renamed, so an existing file is never left half-written.
@@ -218,7 +241,7 @@ public static class SafeTensorsWriter
             {
                 if (!names.Add(t.Name)) throw new ArgumentException($"duplicate tensor name '{t.Name}'");
                 if (t.Name == "__metadata__") throw new ArgumentException("'__metadata__' is reserved");
-                int size = t.DType switch { "F32" => 4, "BF16" => 2, _ => throw new ArgumentException($"tensor '{t.Name}': cannot write dtype {t.DType} (F32, BF16)") };
+                int size = SizeOf(t);
                 long numel = t.Shape.Aggregate(1L, (a, b) => a * b);
                 if (numel != t.Values.Length) throw new ArgumentException($"tensor '{t.Name}': shape [{string.Join(", ", t.Shape)}] holds {numel} values, got {t.Values.Length}");
                 w.WriteStartObject(t.Name);
@@ -253,15 +276,17 @@ public static class SafeTensorsWriter
                 foreach (var t in list)
                 {
                     var vals = t.Values.Span;
-                    int size = t.DType == "F32" ? 4 : 2;
+                    int size = SizeOf(t);
                     int per = chunk.Length / size;
                     for (int i = 0; i < vals.Length; i += per)
                     {
                         int n = Math.Min(per, vals.Length - i);
                         for (int j = 0; j < n; j++)
                         {
-                            if (size == 4) BinaryPrimitives.WriteSingleLittleEndian(chunk.AsSpan(j * 4), vals[i + j]);
-                            else BinaryPrimitives.WriteUInt16LittleEndian(chunk.AsSpan(j * 2), BFloat16.FromFloat(vals[i + j]));
+                            float v = vals[i + j];
+                            if (size == 4) BinaryPrimitives.WriteSingleLittleEndian(chunk.AsSpan(j * 4), v);
+                            else if (t.DType == "BF16") BinaryPrimitives.WriteUInt16LittleEndian(chunk.AsSpan(j * 2), BFloat16.FromFloat(v));
+                            else BinaryPrimitives.WriteHalfLittleEndian(chunk.AsSpan(j * 2), ToHalfChecked(v, t.Name));
                         }
                         fs.Write(chunk, 0, n * size);
                     }

@@ -1,7 +1,6 @@
 using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
 using Engine.Core;
-using Engine.Cpu.Ops;
 using Engine.Cuda.Backend;
 using Engine.Cuda.Kernels;
 using RopeParams = Engine.Core.RopeParams;

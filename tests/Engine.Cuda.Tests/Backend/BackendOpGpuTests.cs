@@ -1,5 +1,4 @@
 using Engine.Core;
-using Engine.Cpu.Ops;
 using Engine.Cuda.Backend;
 
 namespace Engine.Cuda.Tests.Backend;

@@ -1,0 +1,272 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Engine.Core;
+
+namespace Engine.Model.IO;
+
+/// <summary>
+/// What a Hugging Face model directory holds beyond the architecture, carried from load to save so a model that
+/// came from the Hub goes back out with the same generation defaults, chat template and config fields.
+/// Null on <see cref="LlamaConfig.Hf"/> for models the engine created.
+/// </summary>
+public sealed record HfExtras
+{
+    /// <summary>config.json fields the engine does not model (pad_token_id, transformers_version, a dynamic rope_scaling, …) as one JSON object.</summary>
+    public string? ConfigFields { get; init; }
+
+    /// <summary>generation_config.json, verbatim.</summary>
+    public string? GenerationConfig { get; init; }
+
+    /// <summary>tokenizer_config.json, verbatim (special-token names, chat_template, …).</summary>
+    public string? TokenizerConfig { get; init; }
+
+    /// <summary>chat_template.jinja (newer transformers save the template beside tokenizer_config.json), verbatim.</summary>
+    public string? ChatTemplateJinja { get; init; }
+
+    /// <summary>The default chat template: chat_template.jinja, else tokenizer_config.json's chat_template (a string, or the entry named "default" of a list).</summary>
+    public string? ChatTemplate
+    {
+        get
+        {
+            if (ChatTemplateJinja != null) return ChatTemplateJinja;
+            if (TokenizerConfig == null) return null;
+            try
+            {
+                var node = JsonNode.Parse(TokenizerConfig)?["chat_template"];
+                if (node is JsonValue v && v.TryGetValue<string>(out var s)) return s;
+                if (node is JsonArray list)
+                    foreach (var e in list)
+                        if (e?["name"]?.GetValue<string>() == "default") return e["template"]?.GetValue<string>();
+            }
+            catch (JsonException) { }
+            catch (InvalidOperationException) { }
+            return null;
+        }
+    }
+}
+
+/// <summary>
+/// config.json as transformers reads it for Llama-family models (LlamaConfig / MistralConfig), to and from
+/// <see cref="LlamaConfig"/>.
+///
+/// RoPE scaling, matched to transformers' <c>modeling_rope_utils</c>:
+/// <list type="bullet">
+/// <item>"linear": inv_freq / factor — the engine divides positions by the factor, the same angles.</item>
+/// <item>"dynamic" (dynamic NTK): the base becomes θ·((f·L/L₀) − (f − 1))^(d/(d−2)) only when the running
+/// sequence length L exceeds max_position_embeddings L₀; up to L₀ it is plain RoPE. The engine runs it as plain RoPE
+/// and refuses positions past L₀ (its position check), so every sequence it accepts gets transformers' exact angles;
+/// the rope_scaling entry is kept and written back.</item>
+/// <item>"llama3", "yarn", "longrope" and anything else are refused by name: they need per-frequency factors (and
+/// for yarn an attention factor on cos/sin) that the engine's RoPE kernels do not compute.</item>
+/// </list>
+/// The engine's own context extension, static NTK (base θ·f^(d/(d−2)) at every length), is NOT transformers'
+/// "dynamic". It is exported as what it exactly is: plain RoPE with rope_theta = θ·f^(d/(d−2)) (the same double the
+/// engine computes its frequencies from; transformers then takes base^(2i/d) in fp32 as it does for any rope_theta, the
+/// same last-bit difference as for unscaled RoPE) and max_position_embeddings = ⌊L₀·f⌋, plus an "engine_rope_scaling"
+/// record (ignored by transformers) from which the engine restores the NTK setting.
+/// </summary>
+public static class HfConfig
+{
+    /// <summary>The key of the engine's static-NTK record in config.json.</summary>
+    public const string EngineRopeKey = "engine_rope_scaling";
+
+    /// <summary>Fields this reader consumes or checks; every other field is carried in <see cref="HfExtras.ConfigFields"/>.</summary>
+    static readonly HashSet<string> Known = new(StringComparer.Ordinal)
+    {
+        "architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
+        "rope_theta", "rope_scaling", "rope_parameters", "tie_word_embeddings", "norm_head", "initializer_range",
+        "hidden_act", "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id", "torch_dtype", "dtype",
+        "sliding_window", "use_sliding_window", EngineRopeKey,
+    };
+
+    /// <summary>The rope base that static NTK scaling amounts to (the expression RopeParams.InverseFrequencies uses).</summary>
+    public static double NtkTheta(double theta, double factor, int headDim) => theta * Math.Pow(factor, headDim / (headDim - 2.0));
+
+    /// <summary>config.json text; torchDtype names the dtype the weights are saved in ("float32", "bfloat16", "float16").</summary>
+    public static string ToJson(LlamaConfig c, string torchDtype = "float32")
+    {
+        var extra = c.Hf?.ConfigFields is { } ef ? JsonNode.Parse(ef) as JsonObject : null;
+        JsonNode? eos = c.EosTokenId;
+        if (extra?["eos_token_id"] is JsonArray list && list.Count > 0 && list[0] is JsonValue first
+            && first.TryGetValue<int>(out int e0) && e0 == c.EosTokenId)
+            eos = list.DeepClone();
+        double theta = c.RopeTheta;
+        int maxPos = c.MaxPositionEmbeddings;
+        JsonNode? scaling = null;
+        JsonObject? engineRope = null;
+        switch (c.RopeScaling)
+        {
+            case RopeScalingKind.Linear:
+                scaling = new JsonObject { ["rope_type"] = "linear", ["type"] = "linear", ["factor"] = c.RopeScalingFactor };
+                break;
+            case RopeScalingKind.Ntk:
+                theta = NtkTheta(c.RopeTheta, c.RopeScalingFactor, c.HeadDim);
+                maxPos = (int)Math.Floor(c.MaxPositionEmbeddings * c.RopeScalingFactor);
+                engineRope = new JsonObject
+                {
+                    ["type"] = "ntk",
+                    ["factor"] = c.RopeScalingFactor,
+                    ["rope_theta"] = c.RopeTheta,
+                    ["max_position_embeddings"] = c.MaxPositionEmbeddings,
+                };
+                break;
+            default:
+                scaling = extra?["rope_scaling"]?.DeepClone(); // a carried "dynamic": plain RoPE up to max_position_embeddings
+                break;
+        }
+        var o = new JsonObject
+        {
+            ["architectures"] = new JsonArray("LlamaForCausalLM"),
+            ["model_type"] = "llama",
+            ["vocab_size"] = c.VocabSize,
+            ["hidden_size"] = c.HiddenSize,
+            ["intermediate_size"] = c.IntermediateSize,
+            ["num_hidden_layers"] = c.NumLayers,
+            ["num_attention_heads"] = c.NumHeads,
+            ["num_key_value_heads"] = c.NumKvHeads,
+            ["head_dim"] = c.HeadDim,
+            ["max_position_embeddings"] = maxPos,
+            ["rms_norm_eps"] = c.RmsNormEps,
+            ["rope_theta"] = theta,
+            ["rope_scaling"] = scaling,
+            ["tie_word_embeddings"] = c.TieWordEmbeddings,
+            ["initializer_range"] = c.InitializerRange,
+            ["hidden_act"] = "silu",
+            ["attention_bias"] = false,
+            ["mlp_bias"] = false,
+            ["bos_token_id"] = c.BosTokenId,
+            ["eos_token_id"] = eos,
+            ["torch_dtype"] = torchDtype,
+        };
+        if (c.NormHead) o["norm_head"] = true;
+        if (engineRope != null) o[EngineRopeKey] = engineRope;
+        if (extra != null)
+            foreach (var (k, v) in extra)
+                if (!o.ContainsKey(k) && !Known.Contains(k)) o[k] = v?.DeepClone();
+        return o.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
+    }
+
+    /// <summary>Reads config.json; refuses what the engine cannot run exactly, naming the field.</summary>
+    public static LlamaConfig FromJson(string json, string source = "config.json")
+    {
+        JsonObject root;
+        try { root = JsonNode.Parse(json) as JsonObject ?? throw new JsonException("not a JSON object"); }
+        catch (JsonException e) { throw new InvalidDataException($"{source}: not valid JSON ({e.Message})", e); }
+        try { return Read(root, source); }
+        catch (Exception e) when (e is InvalidOperationException or FormatException)
+        {
+            throw new InvalidDataException($"{source}: a field has the wrong JSON type ({e.Message})", e);
+        }
+    }
+
+    static LlamaConfig Read(JsonObject root, string source)
+    {
+        InvalidDataException Bad(string why) => new($"{source}: {why}");
+        string? type = root["model_type"]?.GetValue<string>();
+        if (type != null && type != "llama" && type != "mistral")
+            throw Bad($"model_type '{type}' is not supported (llama and mistral only)");
+        if (root["quantization_config"] is JsonObject q)
+            throw Bad($"quantization_config ({q["quant_method"]?.ToString() ?? "unknown method"}): quantized checkpoints are not read; load the unquantized weights");
+        int Int(string name, int? dflt = null)
+        {
+            var n = root[name];
+            if (n == null) return dflt ?? throw Bad($"missing required field '{name}'");
+            return n.GetValue<int>();
+        }
+        foreach (var flag in new[] { "attention_bias", "mlp_bias" })
+            if (root[flag]?.GetValue<bool>() == true) throw Bad($"'{flag}: true' is not supported");
+        string? act = root["hidden_act"]?.GetValue<string>();
+        if (act != null && act != "silu") throw Bad($"hidden_act '{act}' is not supported (silu only)");
+        int heads = Int("num_attention_heads");
+        int hidden = Int("hidden_size");
+        int maxPos = Int("max_position_embeddings", 2048);
+        var headDimNode = root["head_dim"];
+        if (headDimNode != null && heads > 0 && headDimNode.GetValue<int>() != hidden / heads)
+            throw Bad($"head_dim {headDimNode.GetValue<int>()} != hidden_size / num_attention_heads ({hidden / Math.Max(heads, 1)}) is not supported");
+        if (root["sliding_window"] is JsonValue sw && sw.TryGetValue<int>(out int window) && window < maxPos
+            && root["use_sliding_window"]?.GetValue<bool>() != false)
+            throw Bad($"sliding_window {window} < max_position_embeddings {maxPos}: sliding-window attention is not supported (the engine attends to every earlier position)");
+
+        var extra = new JsonObject();
+        foreach (var (k, v) in root)
+            if (!Known.Contains(k)) extra[k] = v?.DeepClone();
+        if (root["eos_token_id"] is JsonArray eosList) extra["eos_token_id"] = eosList.DeepClone();
+
+        // rope: legacy rope_theta + rope_scaling, or transformers 5's rope_parameters
+        var ropeParams = root["rope_parameters"] as JsonObject;
+        double theta = root["rope_theta"]?.GetValue<double>() ?? ropeParams?["rope_theta"]?.GetValue<double>() ?? 10000.0;
+        var scalingObj = root["rope_scaling"] as JsonObject ?? ropeParams;
+        var scaling = RopeScalingKind.None; double factor = 1;
+        if (scalingObj != null)
+        {
+            string kind = (scalingObj["rope_type"] ?? scalingObj["type"])?.GetValue<string>() ?? "default";
+            double Factor()
+            {
+                double f = scalingObj["factor"]?.GetValue<double>() ?? throw Bad($"rope_scaling '{kind}' has no factor");
+                if (!(f >= 1)) throw Bad($"rope_scaling.factor must be >= 1 (got {f})");
+                return f;
+            }
+            switch (kind)
+            {
+                case "default":
+                    break;
+                case "linear":
+                    scaling = RopeScalingKind.Linear; factor = Factor();
+                    break;
+                case "dynamic":
+                    Factor();
+                    var kept = (JsonObject)scalingObj.DeepClone();
+                    kept.Remove("rope_theta");
+                    extra["rope_scaling"] = kept;
+                    break;
+                case "llama3" or "yarn" or "longrope" or "su" or "mrope":
+                    throw Bad($"rope_scaling type '{kind}' is not supported: it scales each frequency separately{(kind == "yarn" ? " and scales cos/sin by an attention factor" : "")}, which the engine's RoPE kernels do not compute (supported: default, linear, dynamic)");
+                default:
+                    throw Bad($"rope_scaling type '{kind}' is not supported (supported: default, linear, dynamic)");
+            }
+        }
+        if (root[EngineRopeKey] is JsonObject ntk)
+        {
+            if (scaling != RopeScalingKind.None || extra.ContainsKey("rope_scaling"))
+                throw Bad($"both rope_scaling and {EngineRopeKey} are set; keep one");
+            if (ntk["type"]?.GetValue<string>() != "ntk") throw Bad($"{EngineRopeKey}.type must be \"ntk\"");
+            double f = ntk["factor"]?.GetValue<double>() ?? throw Bad($"{EngineRopeKey} has no factor");
+            double baseTheta = ntk["rope_theta"]?.GetValue<double>() ?? throw Bad($"{EngineRopeKey} has no rope_theta");
+            int baseMax = ntk["max_position_embeddings"]?.GetValue<int>() ?? throw Bad($"{EngineRopeKey} has no max_position_embeddings");
+            int headDim = hidden / Math.Max(heads, 1);
+            if (NtkTheta(baseTheta, f, headDim) != theta || (int)Math.Floor(baseMax * f) != maxPos)
+                throw Bad($"{EngineRopeKey} (NTK ×{f} on rope_theta {baseTheta}, max_position_embeddings {baseMax}) does not match rope_theta {theta} / max_position_embeddings {maxPos}; remove {EngineRopeKey} to load it as plain RoPE at rope_theta {theta}");
+            scaling = RopeScalingKind.Ntk; factor = f; theta = baseTheta; maxPos = baseMax;
+        }
+
+        int Token(string name, int d) => root[name] switch
+        {
+            JsonValue v when v.TryGetValue<int>(out int x) => x,
+            JsonArray a when a.Count > 0 && a[0] is JsonValue v0 && v0.TryGetValue<int>(out int x0) => x0,
+            _ => d,
+        };
+        var cfg = new LlamaConfig
+        {
+            VocabSize = Int("vocab_size"),
+            HiddenSize = hidden,
+            IntermediateSize = Int("intermediate_size"),
+            NumLayers = Int("num_hidden_layers"),
+            NumHeads = heads,
+            NumKvHeads = Int("num_key_value_heads", heads),
+            MaxPositionEmbeddings = maxPos,
+            RmsNormEps = (float)(root["rms_norm_eps"]?.GetValue<double>() ?? 1e-6),
+            RopeTheta = theta,
+            RopeScaling = scaling,
+            RopeScalingFactor = factor,
+            TieWordEmbeddings = root["tie_word_embeddings"]?.GetValue<bool>() ?? false,
+            NormHead = root["norm_head"]?.GetValue<bool>() ?? false,
+            InitializerRange = root["initializer_range"]?.GetValue<double>() ?? 0.02,
+            BosTokenId = Token("bos_token_id", 1),
+            EosTokenId = Token("eos_token_id", 2),
+            Hf = extra.Count > 0 ? new HfExtras { ConfigFields = extra.ToJsonString() } : null,
+        };
+        try { return cfg.Validate(); }
+        catch (ArgumentException e) { throw Bad(e.Message); }
+    }
+}
