@@ -11,4 +11,6 @@ root.Subcommands.Add(RecipeCommand.CreateDemo());
 root.Subcommands.Add(EvalCommand.Create());
 root.Subcommands.Add(EvalCommand.CreateGenerate());
 root.Subcommands.Add(ParityCommand.Create());
+root.Subcommands.Add(LaunchCommand.Create());
+root.Subcommands.Add(CommBenchCommand.CreateSelfTest());
 return Cli.Run(root, args);

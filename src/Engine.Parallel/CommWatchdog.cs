@@ -90,7 +90,8 @@ public sealed class CommWatchdog : IDisposable
                 Thread.Sleep(options.ExitGrace);
                 options.Write($"error: {message}");
                 Environment.Exit(CommOptions.FaultExitCode);
-            }) { IsBackground = true, Name = "comm-fault-exit" }.Start();
+            })
+            { IsBackground = true, Name = "comm-fault-exit" }.Start();
     }
 
     void Loop()
@@ -111,6 +112,11 @@ public sealed class CommWatchdog : IDisposable
         if (Fault is null)
             foreach (var c in targets)
             {
+                if (c.PollHealth() is { } broken)
+                {
+                    Report(broken);
+                    return;
+                }
                 var pending = c.OldestPending();
                 if (pending?.RunningFor is { } running && running > options.Timeout)
                 {

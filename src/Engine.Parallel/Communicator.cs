@@ -157,6 +157,10 @@ public abstract class Communicator : ICommunicator
     /// <summary>Wakes whatever this implementation may be blocked in (the thread rendezvous, ncclCommAbort).</summary>
     protected virtual void OnAbort(string message) { }
 
+    /// <summary>An asynchronous failure the library reports (NCCL's ncclCommGetAsyncError), polled by the watchdog
+    /// every heartbeat; null while healthy.</summary>
+    public virtual string? PollHealth() => null;
+
     /// <summary>Releases the implementation's resources (after the watchdog let go of this communicator).</summary>
     protected virtual void DisposeCore() { }
 

@@ -1,8 +1,8 @@
 using System.Numerics.Tensors;
-using Tensor = Engine.Core.Tensor;
 using Engine.Core;
 using Engine.Core.Distributed;
 using Engine.Cpu;
+using Tensor = Engine.Core.Tensor;
 
 namespace Engine.Parallel;
 

@@ -75,7 +75,8 @@ public sealed class ThreadCommunicator : Communicator
                     failures[rank] = (Interlocked.Increment(ref order), e);
                     comms[rank].Abort($"rank {rank} failed: {e.Message}");
                 }
-            }) { IsBackground = true, Name = $"rank{rank}" };
+            })
+            { IsBackground = true, Name = $"rank{rank}" };
             threads[r].Start();
         }
         var deadline = DateTime.UtcNow + (limit ?? options.Timeout * 2 + TimeSpan.FromMinutes(1));
