@@ -149,8 +149,12 @@ public sealed unsafe class MpiCommunicator : Communicator
         {
             // MPI_Finalize synchronizes with every rank; after a fault a rank may be gone, so it is skipped (the process
             // is ending with an error anyway) and the MPI thread, perhaps stuck in a call to a dead rank, is left behind.
-            if (Fault is null && Watchdog?.Fault is null) mpi.Finalize(Watchdog?.Options.Timeout ?? TimeSpan.FromMinutes(5));
-            mpi.Dispose();
+            if (Fault is null && Watchdog?.Fault is null)
+            {
+                mpi.Finalize(Watchdog?.Options.Timeout ?? TimeSpan.FromMinutes(5));
+                mpi.Dispose();
+            }
+            else mpi.Abandon();
         }
         else if (Fault is null && !mpi.Finalized)
         {

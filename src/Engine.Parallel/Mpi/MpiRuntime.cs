@@ -157,4 +157,7 @@ public sealed unsafe class MpiRuntime : IDisposable
     }
 
     public void Dispose() => Worker.Stop(TimeSpan.FromSeconds(5));
+
+    /// <summary>Stops taking work without waiting long for the MPI thread (stuck in a call to a rank that is gone).</summary>
+    public void Abandon() => Worker.Stop(TimeSpan.FromSeconds(1));
 }

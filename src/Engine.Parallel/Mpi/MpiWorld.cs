@@ -56,7 +56,7 @@ public static class MpiWorld
         {
             client?.Dispose();
             server?.Dispose();
-            mpi.Dispose();
+            mpi.Abandon();
             throw;
         }
     }
@@ -95,7 +95,7 @@ public static class MpiWorld
                 catch (Exception e) { error = e; }
                 finally { formed.Set(); }
             });
-            if (!formed.Wait(options.Timeout + TimeSpan.FromSeconds(10)))
+            if (!formed.Wait(options.Timeout + TimeSpan.FromSeconds(2)))
                 throw new CommException($"the MPI world did not form within {options.Timeout.TotalSeconds:F0} s: {JoinState(client, info.WorldSize)}");
             if (error is not null) throw error is CommException c ? new CommException($"forming the MPI world: {c.Message}", c) : error;
             return Assemble(mpi, world, info.Rank, info.WorldSize, options, server, client, ompi);
@@ -105,7 +105,7 @@ public static class MpiWorld
             client?.Dispose();
             server?.Dispose();
             ompi?.Dispose();
-            mpi?.Dispose();
+            mpi?.Abandon();
             throw;
         }
     }
