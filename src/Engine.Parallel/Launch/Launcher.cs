@@ -153,6 +153,7 @@ public static partial class Launcher
             token = Convert.ToHexString(RandomNumberGenerator.GetBytes(16));
         }
         int world = o.Nnodes * o.NprocPerNode;
+        if (o.Device == "cuda") VisibleDevice(Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES"), o.NprocPerNode - 1);
         var gate = new Lock();
         var children = new Process[o.NprocPerNode];
         var ranks = new int[o.NprocPerNode];
@@ -174,6 +175,7 @@ public static partial class Launcher
                 psi.Environment["MASTER_ADDR"] = o.MasterAddr;
                 psi.Environment["MASTER_PORT"] = o.MasterPort.ToString(CultureInfo.InvariantCulture);
                 psi.Environment[LaunchEnvironment.TokenVariable] = token;
+                if (o.Device == "cuda") psi.Environment["CUDA_VISIBLE_DEVICES"] = VisibleDevice(Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES"), local);
                 var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start rank {rank}");
                 children[local] = p;
                 string prefix = rank == 0 ? "" : $"[rank {rank}] ";
@@ -213,6 +215,19 @@ public static partial class Launcher
             return child.ExitCode;
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The one GPU a CUDA rank sees (its device 0): the local rank's entry of the launcher's own CUDA_VISIBLE_DEVICES
+    /// when that is set, else the local rank itself.
+    /// </summary>
+    public static string VisibleDevice(string? visible, int localRank)
+    {
+        if (string.IsNullOrWhiteSpace(visible)) return localRank.ToString(CultureInfo.InvariantCulture);
+        var list = visible.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        if (localRank >= list.Length)
+            throw new ArgumentException($"CUDA_VISIBLE_DEVICES={visible} lists {list.Length} GPU(s), fewer than --nproc-per-node needs (local rank {localRank})");
+        return list[localRank];
     }
 
     /// <summary>"exited with code 2" or "was killed by signal 9 (SIGKILL)" (.NET reports a signal as 128 + its number).</summary>
