@@ -38,14 +38,19 @@ public sealed unsafe class MpiRuntime : IDisposable
     public string Version { get; private set; } = "";
     public bool Finalized { get; private set; }
 
-    /// <summary>Loads libmpi, starts the MPI thread and runs MPI_Init_thread on it.</summary>
-    public static MpiRuntime Start()
+    /// <summary>Loads libmpi, starts the MPI thread and runs MPI_Init_thread on it (CommException after
+    /// <paramref name="timeout"/>: a singleton that cannot reach ompi-server may wait forever).</summary>
+    public static MpiRuntime Start(TimeSpan timeout)
     {
         MpiLibrary.Load();
         if (Interlocked.Exchange(ref started, 1) != 0)
             throw new InvalidOperationException("MPI was already started in this process (Open MPI cannot be initialized twice)");
         var rt = new MpiRuntime(new CommWorker("mpi"));
-        try { rt.Worker.Invoke(rt.Init); }
+        try
+        {
+            rt.Worker.Invoke(rt.Init, timeout, () => $"MPI_Init_thread did not return within {timeout.TotalSeconds:F0} s" +
+                (Environment.GetEnvironmentVariable("OMPI_MCA_pmix_server_uri") is { } uri ? $" (ompi-server at {uri} unreachable?)" : ""));
+        }
         catch
         {
             rt.Worker.Stop(TimeSpan.FromSeconds(1));

@@ -28,7 +28,7 @@ public static class MpiWorld
 {
     public static MpiCommunicator Launched(CommOptions options)
     {
-        var mpi = MpiRuntime.Start();
+        var mpi = MpiRuntime.Start(options.Timeout);
         var (world, rank, size, sameHost) = mpi.Worker.Invoke(() =>
         {
             Check(NativeMethods.MPI_Comm_dup(mpi.CommWorld, out IntPtr w));
@@ -83,7 +83,7 @@ public static class MpiWorld
             }
             else uri = client.GetString("mpi/server_uri", options.Timeout, () => "rank 0 did not start ompi-server");
             NativeMethods.SetNativeEnvironment("OMPI_MCA_pmix_server_uri", uri);
-            mpi = MpiRuntime.Start();
+            mpi = MpiRuntime.Start(options.Timeout);
 
             IntPtr world = IntPtr.Zero;
             Exception? error = null;
