@@ -13,4 +13,6 @@ root.Subcommands.Add(EvalCommand.CreateGenerate());
 root.Subcommands.Add(ParityCommand.Create());
 root.Subcommands.Add(DashboardCommand.Create());
 root.Subcommands.Add(ExportCommand.Create());
+root.Subcommands.Add(LaunchCommand.Create());
+root.Subcommands.Add(CommBenchCommand.CreateSelfTest());
 return Cli.Run(root, args);

@@ -112,6 +112,11 @@ public sealed class CommWatchdog : IDisposable
         if (Fault is null)
             foreach (var c in targets)
             {
+                if (c.PollHealth() is { } broken)
+                {
+                    Report(broken);
+                    return;
+                }
                 var pending = c.OldestPending();
                 if (pending?.RunningFor is { } running && running > options.Timeout)
                 {

@@ -98,19 +98,23 @@ public sealed class CommWorker : IDisposable
     }
 
     /// <summary>Runs <paramref name="f"/> on the worker and returns its result (blocking; exceptions rethrown).</summary>
-    public T Invoke<T>(Func<T> f)
+    public T Invoke<T>(Func<T> f) => Invoke(f, Timeout.InfiniteTimeSpan, () => "");
+
+    /// <summary>As <see cref="Invoke{T}(Func{T})"/>, but a CommException with <paramref name="onTimeout"/>'s text when
+    /// <paramref name="f"/> has not returned within <paramref name="timeout"/> (the worker is then left behind).</summary>
+    public T Invoke<T>(Func<T> f, TimeSpan timeout, Func<string> onTimeout)
     {
         if (OnWorkerThread) return f();
         T result = default!;
         Exception? error = null;
-        using var done = new ManualResetEventSlim(false);
+        var done = new ManualResetEventSlim(false);   // not disposed: a timed-out call may still set it
         Post(() =>
         {
             try { result = f(); }
             catch (Exception e) { error = e; }
             finally { done.Set(); }
         });
-        done.Wait();
+        if (!done.Wait(timeout)) throw new CommException(onTimeout());
         if (error is not null) throw error is CommException c ? new CommException(c.Message, c) : error;
         return result;
     }

@@ -11,6 +11,8 @@ namespace Engine.Parallel;
 public abstract class Communicator : ICommunicator
 {
     readonly Lock gate = new();
+    // Numbering and enqueueing are one step: callers on several threads of one rank cannot reorder the queue.
+    readonly Lock issue = new();
     readonly Queue<CommWork> inFlight = new();
     readonly List<IDisposable> owned = [];
     long collectives, pointToPoint;
@@ -57,7 +59,7 @@ public abstract class Communicator : ICommunicator
         CheckBuffer(buffer, nameof(buffer));
         CheckOp(op);
         long bytes = Bytes(buffer);
-        return StartAllReduce(Issue("all_reduce", -1, bytes), buffer, op);
+        lock (issue) return StartAllReduce(Issue("all_reduce", -1, bytes), buffer, op);
     }
 
     public ICommWork ReduceScatter(Tensor input, Tensor output, ReduceOp op = ReduceOp.Sum)
@@ -72,7 +74,7 @@ public abstract class Communicator : ICommunicator
         if (!inPlace && Overlap(input, output))
             throw new ArgumentException($"reduce_scatter: output {output.Describe()} overlaps input {input.Describe()} but is not its slice {Rank}");
         long bytes = Bytes(input);
-        return StartReduceScatter(Issue("reduce_scatter", -1, bytes), input, output, op, inPlace);
+        lock (issue) return StartReduceScatter(Issue("reduce_scatter", -1, bytes), input, output, op, inPlace);
     }
 
     public ICommWork AllGather(Tensor input, Tensor output)
@@ -86,50 +88,53 @@ public abstract class Communicator : ICommunicator
         if (!inPlace && Overlap(input, output))
             throw new ArgumentException($"all_gather: input {input.Describe()} overlaps output {output.Describe()} but is not its slice {Rank}");
         long bytes = Bytes(output);
-        return StartAllGather(Issue("all_gather", -1, bytes), input, output, inPlace);
+        lock (issue) return StartAllGather(Issue("all_gather", -1, bytes), input, output, inPlace);
     }
 
     public ICommWork Broadcast(Tensor buffer, int root)
     {
         CheckBuffer(buffer, nameof(buffer));
         CheckRank(root, nameof(root));
-        return StartBroadcast(Issue("broadcast", -1, Bytes(buffer)), buffer, root);
+        lock (issue) return StartBroadcast(Issue("broadcast", -1, Bytes(buffer)), buffer, root);
     }
 
     public ICommWork Send(Tensor buffer, int peer)
     {
         CheckBuffer(buffer, nameof(buffer));
         CheckPeer(peer);
-        return StartSend(Issue("send", peer, Bytes(buffer)), buffer, peer);
+        lock (issue) return StartSend(Issue("send", peer, Bytes(buffer)), buffer, peer);
     }
 
     public ICommWork Recv(Tensor buffer, int peer)
     {
         CheckBuffer(buffer, nameof(buffer));
         CheckPeer(peer);
-        return StartRecv(Issue("recv", peer, Bytes(buffer)), buffer, peer);
+        lock (issue) return StartRecv(Issue("recv", peer, Bytes(buffer)), buffer, peer);
     }
 
-    public void Barrier() => RunBarrier(Issue("barrier", -1, 0));
+    public void Barrier()
+    {
+        lock (issue) RunBarrier(Issue("barrier", -1, 0));
+    }
 
     public void AllReduce(Span<double> values, ReduceOp op = ReduceOp.Sum)
     {
         CheckOp(op);
         var copy = values.ToArray();
-        RunAllReduce(Issue("all_reduce_host", -1, 8L * values.Length), copy, op);
+        lock (issue) RunAllReduce(Issue("all_reduce_host", -1, 8L * values.Length), copy, op);
         copy.CopyTo(values);
     }
 
     public byte[] Broadcast(ReadOnlySpan<byte> data, int root)
     {
         CheckRank(root, nameof(root));
-        return RunBroadcast(Issue("broadcast_host", -1, data.Length), data.ToArray(), root);
+        lock (issue) return RunBroadcast(Issue("broadcast_host", -1, data.Length), data.ToArray(), root);
     }
 
     public ICommunicator Split(int color, int key)
     {
         if (color < 0) throw new ArgumentOutOfRangeException(nameof(color), $"split color must be ≥ 0, got {color}");
-        return RunSplit(Issue("split", -1, 0), color, key);
+        lock (issue) return RunSplit(Issue("split", -1, 0), color, key);
     }
 
     /// <summary>Stops this rank: the fault goes to the store (other ranks stop at their next watchdog tick) and every
@@ -156,6 +161,10 @@ public abstract class Communicator : ICommunicator
 
     /// <summary>Wakes whatever this implementation may be blocked in (the thread rendezvous, ncclCommAbort).</summary>
     protected virtual void OnAbort(string message) { }
+
+    /// <summary>An asynchronous failure the library reports (NCCL's ncclCommGetAsyncError), polled by the watchdog
+    /// every heartbeat; null while healthy.</summary>
+    public virtual string? PollHealth() => null;
 
     /// <summary>Releases the implementation's resources (after the watchdog let go of this communicator).</summary>
     protected virtual void DisposeCore() { }

@@ -99,3 +99,35 @@ public class LaunchEnvironmentTests
         Assert.Contains("ENGINE_COMM_TIMEOUT=-1", Assert.Throws<ArgumentException>(() => CommOptions.FromEnvironment(n => n == "ENGINE_COMM_TIMEOUT" ? "-1" : null)).Message);
     }
 }
+
+public class LauncherTests
+{
+    [Theory]
+    [InlineData(null, 0, "0")]
+    [InlineData(null, 3, "3")]
+    [InlineData("4,5,6,7", 2, "6")]
+    [InlineData(" GPU-aa , GPU-bb ", 1, "GPU-bb")]
+    public void Each_CUDA_rank_sees_its_local_rank_s_GPU(string? visible, int local, string expected) =>
+        Assert.Equal(expected, Launch.Launcher.VisibleDevice(visible, local));
+
+    [Fact]
+    public void Too_few_visible_GPUs_is_named() =>
+        Assert.Contains("lists 2 GPU(s), fewer than --nproc-per-node needs", Assert.Throws<ArgumentException>(() => Launch.Launcher.VisibleDevice("0,1", 2)).Message);
+
+    [Theory]
+    [InlineData(0, "exited with code 0")]
+    [InlineData(2, "exited with code 2")]
+    [InlineData(137, "was killed by signal 9 (SIGKILL)")]
+    [InlineData(143, "was killed by signal 15 (SIGTERM)")]
+    public void Exit_codes_read_as_codes_or_signals(int code, string text) => Assert.Equal(text, Launch.Launcher.Describe(code));
+
+    [Fact]
+    public void Options_are_validated()
+    {
+        var ok = new Launch.LaunchOptions { NprocPerNode = 2, Command = ["train"] };
+        ok.Validate();
+        Assert.Contains("--node-rank 2 outside 0..1", Assert.Throws<ArgumentException>(() => (ok with { Nnodes = 2, NodeRank = 2 }).Validate()).Message);
+        Assert.Contains("cpu or cuda", Assert.Throws<ArgumentException>(() => (ok with { Device = "tpu" }).Validate()).Message);
+        Assert.Contains("cannot launch itself", Assert.Throws<ArgumentException>(() => (ok with { Command = ["launch"] }).Validate()).Message);
+    }
+}

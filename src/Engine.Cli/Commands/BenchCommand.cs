@@ -54,6 +54,7 @@ public static class BenchCommand
         }));
         cmd.Subcommands.Add(eval);
         cmd.Subcommands.Add(GpuBenchCommand.Create());
+        cmd.Subcommands.Add(CommBenchCommand.Create());
         return cmd;
     }
 }

@@ -27,7 +27,7 @@ public interface ICommunicator : IDisposable
 {
     int Rank { get; }
     int WorldSize { get; }
-    /// <summary>"threads", "mpi" or "nccl".</summary>
+    /// <summary>"threads", "mpi" or "nccl" ("single" for a world of one).</summary>
     string Kind { get; }
     /// <summary>The backend whose tensors the collectives take.</summary>
     IBackend Backend { get; }

@@ -88,6 +88,7 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCuda)] public static partial CuResult cuEventDestroy_v2(IntPtr evt);
     [LibraryImport(LibCuda)] public static partial CuResult cuEventRecord(IntPtr evt, IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuEventSynchronize(IntPtr evt);
+    [LibraryImport(LibCuda)] public static partial CuResult cuEventQuery(IntPtr evt);
     [LibraryImport(LibCuda)] public static partial CuResult cuEventElapsedTime(out float milliseconds, IntPtr start, IntPtr end);
 
     [LibraryImport(LibCuda)] public static partial CuResult cuModuleLoadData(out IntPtr module, void* image);

@@ -35,4 +35,19 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibNccl)]
     public static partial NcclResult ncclBroadcast(ulong sendbuff, ulong recvbuff, nuint count, NcclDataType dataType, int root, IntPtr comm, IntPtr stream);
     [LibraryImport(LibNccl)] public static partial IntPtr ncclGetErrorString(NcclResult result);
+    [LibraryImport(LibNccl)]
+    public static partial NcclResult ncclSend(ulong sendbuff, nuint count, NcclDataType dataType, int peer, IntPtr comm, IntPtr stream);
+    [LibraryImport(LibNccl)]
+    public static partial NcclResult ncclRecv(ulong recvbuff, nuint count, NcclDataType dataType, int peer, IntPtr comm, IntPtr stream);
+    [LibraryImport(LibNccl)] public static partial NcclResult ncclCommCount(IntPtr comm, out int count);
+    [LibraryImport(LibNccl)] public static partial NcclResult ncclCommUserRank(IntPtr comm, out int rank);
+    [LibraryImport(LibNccl)] public static partial NcclResult ncclGroupStart();
+    [LibraryImport(LibNccl)] public static partial NcclResult ncclGroupEnd();
+    /// <summary>Stops the communicator's pending work and frees it (instead of ncclCommDestroy) after an error.</summary>
+    [LibraryImport(LibNccl)] public static partial NcclResult ncclCommAbort(IntPtr comm);
+    [LibraryImport(LibNccl)] public static partial NcclResult ncclCommGetAsyncError(IntPtr comm, out NcclResult asyncError);
+    /// <summary>NCCL ≥ 2.18; <paramref name="config"/> null inherits the parent's.</summary>
+    [LibraryImport(LibNccl)] public static partial NcclResult ncclCommSplit(IntPtr comm, int color, int key, out IntPtr newcomm, IntPtr config);
+    /// <summary>NCCL ≥ 2.13: the last error's text for this communicator.</summary>
+    [LibraryImport(LibNccl)] public static partial IntPtr ncclGetLastError(IntPtr comm);
 }

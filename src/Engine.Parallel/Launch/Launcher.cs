@@ -1,0 +1,291 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
+using Engine.Parallel.Interop;
+
+namespace Engine.Parallel.Launch;
+
+/// <summary>`engine launch` settings (torchrun's flags).</summary>
+public sealed record LaunchOptions
+{
+    public required int NprocPerNode { get; init; }
+    public int Nnodes { get; init; } = 1;
+    public int NodeRank { get; init; }
+    public string MasterAddr { get; init; } = "127.0.0.1";
+    public int MasterPort { get; init; } = 29500;
+    /// <summary>"cpu": mpirun on one node; "cuda": one child per GPU (CUDA device = local rank).</summary>
+    public string Device { get; init; } = "cpu";
+    /// <summary>Start CPU ranks as children with torchrun-style variables instead of through mpirun (their MPI world
+    /// then forms through ompi-server); always so for several CPU nodes.</summary>
+    public bool Spawn { get; init; }
+    /// <summary>The engine verb and its arguments, run by every rank.</summary>
+    public required IReadOnlyList<string> Command { get; init; }
+
+    public void Validate()
+    {
+        if (NprocPerNode < 1) throw new ArgumentException($"--nproc-per-node must be ≥ 1, got {NprocPerNode}");
+        if (Nnodes < 1) throw new ArgumentException($"--nnodes must be ≥ 1, got {Nnodes}");
+        if (NodeRank < 0 || NodeRank >= Nnodes) throw new ArgumentException($"--node-rank {NodeRank} outside 0..{Nnodes - 1}");
+        if (MasterPort is < 1 or > 65535) throw new ArgumentException($"--master-port {MasterPort} outside 1..65535");
+        if (Device is not ("cpu" or "cuda")) throw new ArgumentException($"--device must be cpu or cuda, got '{Device}'");
+        if (Command.Count == 0) throw new ArgumentException("nothing to launch: give the engine verb after --, e.g. engine launch --nproc-per-node 2 -- train --config run.toml");
+        if (Command[0] == "launch") throw new ArgumentException("engine launch cannot launch itself");
+    }
+}
+
+/// <summary>
+/// Starts one process per rank and supervises them. CPU ranks on one node go through mpirun (-np N, --bind-to none,
+/// --oversubscribe beyond the core count, the run-as-root variables when root); otherwise the launcher spawns the
+/// children itself with torchrun-style variables and a random ENGINE_JOB_TOKEN (several nodes: the caller's, the
+/// same on every node). Rank 0's output passes through; every line of another rank is prefixed with "[rank N] ".
+/// When a rank exits non-zero the others are stopped (SIGTERM, then SIGKILL) and one line names it; the launcher's
+/// exit code is that rank's. SIGINT/SIGTERM to the launcher stop every rank.
+/// </summary>
+public static partial class Launcher
+{
+    /// <summary>Variables that would make a child believe another launcher started it.</summary>
+    static readonly string[] ForeignPrefixes = ["OMPI_", "PMIX_", "PMI_"];
+    static readonly string[] TorchrunVariables = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"];
+
+    /// <param name="engine">The engine executable and its leading arguments (the apphost, or dotnet + engine.dll).</param>
+    public static int Run(LaunchOptions o, IReadOnlyList<string> engine, TextWriter stdout, TextWriter stderr)
+    {
+        o.Validate();
+        bool viaMpirun = o.Device == "cpu" && o.Nnodes == 1 && !o.Spawn;
+        return viaMpirun ? RunMpirun(o, engine, stdout, stderr) : RunChildren(o, engine, stdout, stderr);
+    }
+
+    // ---- mpirun ---------------------------------------------------------------------------------------------------
+
+    [GeneratedRegex(@"^\[\d+,(\d+)\]<(stdout|stderr|stddiag)>:(.*)$")]
+    private static partial Regex TaggedLine();
+
+    /// <summary>Terminal escapes (.NET's console switches the keypad mode on the pty mpirun gives each rank).</summary>
+    [GeneratedRegex(@"\x1B(\[[0-?]*[ -/]*[@-~]|[0-~])")]
+    private static partial Regex Escape();
+
+    [GeneratedRegex(@"process rank (\d+) with PID \d+ on node \S+ exited on signal (\d+) \(([^)]*)\)")]
+    private static partial Regex MpirunSignal();
+
+    [GeneratedRegex(@"Process name:\s*\[\[\d+,\d+\],(\d+)\][\s\S]*?Exit code:\s*(\d+)")]
+    private static partial Regex MpirunExitCode();
+
+    static int RunMpirun(LaunchOptions o, IReadOnlyList<string> engine, TextWriter stdout, TextWriter stderr)
+    {
+        string mpirun = FindOnPath("mpirun") ?? throw new NotSupportedException(
+            "mpirun not found on PATH: CPU ranks run under Open MPI (install Debian's openmpi-bin), or use --device cuda");
+        var psi = new ProcessStartInfo(mpirun) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        var args = new List<string> { "-np", o.NprocPerNode.ToString(CultureInfo.InvariantCulture), "--bind-to", "none", "--tag-output" };
+        if (o.NprocPerNode > Environment.ProcessorCount)
+        {
+            // More ranks than cores: Open MPI must yield while it waits instead of spinning against the other ranks.
+            args.AddRange(["--oversubscribe", "--mca", "mpi_yield_when_idle", "1"]);
+        }
+        args.AddRange(engine);
+        args.AddRange(o.Command);
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var v in TorchrunVariables) psi.Environment.Remove(v);
+        if (NativeMethods.IsRoot)
+        {
+            psi.Environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1";
+            psi.Environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1";
+        }
+        var gate = new Lock();
+        var mpirunLines = new List<string>();
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("could not start mpirun");
+        void OnLine(string? line, TextWriter untaggedTo)
+        {
+            if (line is null) return;
+            string clean = Escape().Replace(line, "");
+            var m = TaggedLine().Match(clean);
+            lock (gate)
+            {
+                if (!m.Success) { mpirunLines.Add(clean); return; }
+                // A write without a newline (the escape) and the next line share one line, each tagged.
+                string text = m.Groups[3].Value;
+                while (TaggedLine().Match(text) is { Success: true } again) text = again.Groups[3].Value;
+                if (text.Length == 0 && clean.Length != line.Length) return;   // only terminal escapes
+                var to = m.Groups[2].Value == "stdout" ? stdout : stderr;
+                to.WriteLine(m.Groups[1].Value == "0" ? text : $"[rank {m.Groups[1].Value}] {text}");
+                to.Flush();
+            }
+        }
+        p.OutputDataReceived += (_, e) => OnLine(e.Data, stdout);
+        p.ErrorDataReceived += (_, e) => OnLine(e.Data, stderr);
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        using var signals = ForwardSignals(() => [p]);
+        p.WaitForExit();
+        int code = p.ExitCode;
+        string text = string.Join("\n", mpirunLines);
+        lock (gate)
+        {
+            if (code == 0)
+            {
+                if (text.Trim().Length > 0) stderr.WriteLine(text);
+                return 0;
+            }
+            if (MpirunSignal().Match(text) is { Success: true } s)
+                stderr.WriteLine($"engine launch: rank {s.Groups[1].Value} was killed by signal {s.Groups[2].Value} ({SignalName(int.Parse(s.Groups[2].Value, CultureInfo.InvariantCulture))}); mpirun stopped the other ranks");
+            else if (MpirunExitCode().Match(text) is { Success: true } x)
+                stderr.WriteLine($"engine launch: rank {x.Groups[1].Value} exited with code {x.Groups[2].Value}; mpirun stopped the other ranks");
+            else
+            {
+                if (text.Trim().Length > 0) stderr.WriteLine(text);
+                stderr.WriteLine($"engine launch: mpirun exited with code {code}");
+            }
+            stderr.Flush();
+        }
+        return code;
+    }
+
+    // ---- children -------------------------------------------------------------------------------------------------
+
+    static int RunChildren(LaunchOptions o, IReadOnlyList<string> engine, TextWriter stdout, TextWriter stderr)
+    {
+        string? token = Environment.GetEnvironmentVariable(LaunchEnvironment.TokenVariable);
+        if (string.IsNullOrEmpty(token))
+        {
+            if (o.Nnodes > 1)
+                throw new ArgumentException($"{LaunchEnvironment.TokenVariable} is not set: with several nodes every node's launcher must give its ranks the same secret (export {LaunchEnvironment.TokenVariable}=$(openssl rand -hex 16) on all of them)");
+            token = Convert.ToHexString(RandomNumberGenerator.GetBytes(16));
+        }
+        int world = o.Nnodes * o.NprocPerNode;
+        if (o.Device == "cuda") VisibleDevice(Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES"), o.NprocPerNode - 1);
+        var gate = new Lock();
+        var children = new Process[o.NprocPerNode];
+        var ranks = new int[o.NprocPerNode];
+        try
+        {
+            for (int local = 0; local < o.NprocPerNode; local++)
+            {
+                int rank = o.NodeRank * o.NprocPerNode + local;
+                ranks[local] = rank;
+                var psi = new ProcessStartInfo(engine[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+                foreach (var a in engine.Skip(1).Concat(o.Command)) psi.ArgumentList.Add(a);
+                foreach (var key in psi.Environment.Keys.Where(k => ForeignPrefixes.Any(f => k.StartsWith(f, StringComparison.Ordinal))).ToList())
+                    psi.Environment.Remove(key);
+                psi.Environment["RANK"] = rank.ToString(CultureInfo.InvariantCulture);
+                psi.Environment["WORLD_SIZE"] = world.ToString(CultureInfo.InvariantCulture);
+                psi.Environment["LOCAL_RANK"] = local.ToString(CultureInfo.InvariantCulture);
+                psi.Environment["LOCAL_WORLD_SIZE"] = o.NprocPerNode.ToString(CultureInfo.InvariantCulture);
+                psi.Environment["GROUP_RANK"] = o.NodeRank.ToString(CultureInfo.InvariantCulture);
+                psi.Environment["MASTER_ADDR"] = o.MasterAddr;
+                psi.Environment["MASTER_PORT"] = o.MasterPort.ToString(CultureInfo.InvariantCulture);
+                psi.Environment[LaunchEnvironment.TokenVariable] = token;
+                if (o.Device == "cuda") psi.Environment["CUDA_VISIBLE_DEVICES"] = VisibleDevice(Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES"), local);
+                var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start rank {rank}");
+                children[local] = p;
+                string prefix = rank == 0 ? "" : $"[rank {rank}] ";
+                p.OutputDataReceived += (_, e) => { if (e.Data is { } l) lock (gate) { stdout.WriteLine(prefix + l); stdout.Flush(); } };
+                p.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lock (gate) { stderr.WriteLine(prefix + l); stderr.Flush(); } };
+                p.BeginOutputReadLine();
+                p.BeginErrorReadLine();
+            }
+        }
+        catch
+        {
+            Terminate(children.Where(c => c is not null));
+            throw;
+        }
+
+        using var signals = ForwardSignals(() => children);
+        var running = Enumerable.Range(0, children.Length).ToHashSet();
+        while (running.Count > 0)
+        {
+            int done = running.FirstOrDefault(i => children[i].WaitForExit(0), -1);
+            if (done < 0)
+            {
+                Thread.Sleep(50);
+                continue;
+            }
+            var child = children[done];
+            child.WaitForExit();   // drains its output
+            running.Remove(done);
+            if (child.ExitCode == 0) continue;
+            Terminate(running.Select(i => children[i]));
+            foreach (var i in running) children[i].WaitForExit();
+            lock (gate)
+            {
+                stderr.WriteLine($"engine launch: rank {ranks[done]} (pid {child.Id}) {Describe(child.ExitCode)}; stopped the other ranks");
+                stderr.Flush();
+            }
+            return child.ExitCode;
+        }
+        return 0;
+    }
+
+    /// <summary>
+    /// The one GPU a CUDA rank sees (its device 0): the local rank's entry of the launcher's own CUDA_VISIBLE_DEVICES
+    /// when that is set, else the local rank itself.
+    /// </summary>
+    public static string VisibleDevice(string? visible, int localRank)
+    {
+        if (string.IsNullOrWhiteSpace(visible)) return localRank.ToString(CultureInfo.InvariantCulture);
+        var list = visible.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        if (localRank >= list.Length)
+            throw new ArgumentException($"CUDA_VISIBLE_DEVICES={visible} lists {list.Length} GPU(s), fewer than --nproc-per-node needs (local rank {localRank})");
+        return list[localRank];
+    }
+
+    /// <summary>"exited with code 2" or "was killed by signal 9 (SIGKILL)" (.NET reports a signal as 128 + its number).</summary>
+    public static string Describe(int exitCode) =>
+        exitCode is > 128 and < 160 ? $"was killed by signal {exitCode - 128} ({SignalName(exitCode - 128)})" : $"exited with code {exitCode}";
+
+    static string SignalName(int signal) => signal switch
+    {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => $"signal {signal}",
+    };
+
+    /// <summary>SIGTERM to every live process, SIGKILL to those still alive after 10 s.</summary>
+    static void Terminate(IEnumerable<Process> processes)
+    {
+        var live = processes.Where(p => !p.HasExited).ToList();
+        foreach (var p in live) NativeMethods.kill(p.Id, NativeMethods.SIGTERM);
+        var clock = Stopwatch.StartNew();
+        foreach (var p in live)
+            if (!p.WaitForExit(Math.Max(0, 10_000 - (int)clock.ElapsedMilliseconds)))
+                p.Kill(entireProcessTree: true);
+    }
+
+    static IDisposable ForwardSignals(Func<IEnumerable<Process>> processes)
+    {
+        void Handler(PosixSignalContext ctx)
+        {
+            ctx.Cancel = true;
+            Terminate(processes().Where(p => p is not null));
+        }
+        return new Registrations([PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler), PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler)]);
+    }
+
+    sealed class Registrations(PosixSignalRegistration[] all) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var r in all) r.Dispose();
+        }
+    }
+
+    static string? FindOnPath(string name)
+    {
+        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':'))
+        {
+            string p = Path.Combine(dir, name);
+            if (File.Exists(p)) return p;
+        }
+        return null;
+    }
+}
