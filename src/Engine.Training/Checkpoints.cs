@@ -4,6 +4,7 @@ using Engine.Core;
 using Engine.Core.Distributed;
 using Engine.Model;
 using Engine.Model.IO;
+using Engine.Parallel;
 using Engine.Training.Parallel;
 
 namespace Engine.Training;

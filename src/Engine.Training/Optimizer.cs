@@ -1,5 +1,6 @@
 using Engine.Core;
 using Engine.Model;
+using Engine.Parallel;
 using Engine.Training.Parallel;
 
 namespace Engine.Training;

@@ -5,6 +5,7 @@ using Engine.Core.Distributed;
 using Engine.Data;
 using Engine.Model;
 using Engine.Model.IO;
+using Engine.Parallel;
 using Engine.Training.Config;
 using Engine.Training.Parallel;
 
@@ -51,7 +52,7 @@ public sealed class Trainer
 
     public TrainResult Run(CancellationToken cancel = default)
     {
-        var comm = Communicator ?? new LocalCommunicator(backend);
+        var comm = Communicator ?? new SingleRankCommunicator(backend);
         bool lead = comm.Rank == 0;
         void Say(string m) { if (lead) OnMessage?.Invoke(m); }
         cfg.Parallel.Validate(comm.WorldSize);
@@ -91,7 +92,7 @@ public sealed class Trainer
         if (lead) Directory.CreateDirectory(outDir);
         comm.Barrier();
         using var metrics = lead ? new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: resumed != null) : null;
-        using var dp = DataParallel.Create(model.Store, comm, cfg.Parallel);
+        using var dp = ParallelSetup.Create(model, comm, cfg.Parallel);
         using var opt = new AdamW(model, cfg.Optim, dp);
         var rng = new Rng(cfg.Train.Seed);
         if (resumed != null)

@@ -1,6 +1,7 @@
 using Engine.Core;
 using Engine.Core.Autograd;
 using Engine.Model;
+using Engine.Parallel;
 using Engine.Training.Forgetting;
 using Engine.Training.Parallel;
 

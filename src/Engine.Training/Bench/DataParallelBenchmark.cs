@@ -4,6 +4,7 @@ using Engine.Core;
 using Engine.Core.Distributed;
 using Engine.Model;
 using Engine.Observability.Results;
+using Engine.Parallel;
 using Engine.Training.Parallel;
 
 namespace Engine.Training.Bench;
@@ -112,7 +113,7 @@ public static class DataParallelBenchmark
             using var model = new LlamaModel(cfg, backend);
             model.InitializeWeights(0);
             parameters = model.ParameterCount;
-            using var dp = DataParallel.Create(model.Store, comm, new ParallelSection { Zero = stage, BucketMb = o.BucketMb });
+            using var dp = DataParallel.Create(model.Store, comm, stage, o.BucketMb);
             var optim = new AdamWOptions { Lr = 1e-4 };
             using var opt = new AdamW(model, optim, dp);
             var data = new RandomTokens(o.Vocab, 1);

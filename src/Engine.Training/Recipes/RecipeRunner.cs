@@ -6,6 +6,7 @@ using Engine.Core.Distributed;
 using Engine.Data;
 using Engine.Model;
 using Engine.Model.IO;
+using Engine.Parallel;
 using Engine.Training.Eval;
 using Engine.Training.Forgetting;
 using Engine.Training.Parallel;
@@ -58,7 +59,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
 
     public List<StageReport> Run(CancellationToken cancel = default)
     {
-        comm = Communicator ?? new LocalCommunicator(backend);
+        comm = Communicator ?? new SingleRankCommunicator(backend);
         cfg.Parallel.Validate(comm.WorldSize);
         string outDir = cfg.Resolve(cfg.Output.Dir);
         if (Lead) Directory.CreateDirectory(outDir);
@@ -143,7 +144,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         var mixture = new MixtureStream(streams, schedule, seed);
 
         // data parallelism lays the store out anew: everything after this looks parameters up by name
-        using var dp = DataParallel.Create(model.Store, comm, cfg.Parallel);
+        using var dp = ParallelSetup.Create(model, comm, cfg.Parallel);
         using var ewc = st.EwcLambda > 0 ? EstimateEwc(model, st, tok, seed, dp) : null;
         using var opt = new AdamW(model, st.Optim, dp);
         var options = new LoopOptions

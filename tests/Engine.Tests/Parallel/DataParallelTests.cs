@@ -67,8 +67,8 @@ public class DataParallelTests
     {
         using var model = TestModels.Create(Cfg(tied, layers), 5);
         prepare?.Invoke(model);
-        comm ??= new LocalCommunicator(CpuBackend.Instance);
-        using var dp = DataParallel.Create(model.Store, comm, new ParallelSection { Zero = zero, BucketMb = bucketMb });
+        comm ??= new SingleRankCommunicator(CpuBackend.Instance);
+        using var dp = DataParallel.Create(model.Store, comm, zero, bucketMb);
         using var opt = new AdamW(model, Loop(accum).Optim, dp);
         using var e = ewc?.Invoke(model, dp);
         comm.Stats.Reset();
@@ -228,7 +228,7 @@ public class DataParallelTests
         {
             using var model = TestModels.Create(Cfg(), 5);
             var probe = new RecordingCommunicator(c, c.Rank == 0 ? order : null);
-            using var dp = DataParallel.Create(model.Store, probe, new ParallelSection { BucketMb = 0.004 });
+            using var dp = DataParallel.Create(model.Store, probe, bucketMb: 0.004);
             using var opt = new AdamW(model, Loop(1).Optim, dp);
             TrainingLoop.Run(model, new RandomTokens(40, 7), Loop(1, steps: 1), opt);
             var buckets = dp.Layout.Buckets;

@@ -146,7 +146,7 @@ public class ShardedCheckpointTests
         using var dir = new TempDir();
         var cfg = Config(dir.Path, 2, 0, 1);
         cfg.Parallel = new ParallelSection { Dp = 4 };
-        var e = Assert.Throws<ConfigException>(() => new Trainer(cfg, CpuBackend.Instance) { Communicator = new LocalCommunicator(CpuBackend.Instance) }.Run(TestContext.Current.CancellationToken));
+        var e = Assert.Throws<ConfigException>(() => new Trainer(cfg, CpuBackend.Instance) { Communicator = new SingleRankCommunicator(CpuBackend.Instance) }.Run(TestContext.Current.CancellationToken));
         Assert.Contains("parallel.dp = 4 but the job has 1 rank", e.Message);
     }
 }

@@ -1,6 +1,7 @@
 using Engine.Core;
 using Engine.Data;
 using Engine.Model.IO;
+using Engine.Parallel;
 using Engine.Training;
 using Engine.Training.Config;
 using Engine.Training.Recipes;

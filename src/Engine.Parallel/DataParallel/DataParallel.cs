@@ -2,7 +2,7 @@ using Engine.Core;
 using Engine.Core.Autograd;
 using Engine.Core.Distributed;
 
-namespace Engine.Training.Parallel;
+namespace Engine.Parallel;
 
 /// <summary>
 /// Data parallelism and ZeRO-1/2 over a model's flat <see cref="ParameterStore"/> (DDP's bucketed all-reduce,
@@ -68,22 +68,22 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     /// bucket boundaries (look parameters up by name afterwards) and, at stage 2, its gradient buffer is replaced by
     /// buckets. Every rank must call this with the same store shapes and options.
     /// </summary>
-    public static DataParallel Create(ParameterStore store, ICommunicator comm, ParallelSection? options = null)
+    public static DataParallel Create(ParameterStore store, ICommunicator comm, int zero = 0, double bucketMb = 25)
     {
-        options ??= new ParallelSection();
-        options.Validate(comm.WorldSize);
+        if (zero is < 0 or > 2) throw new ArgumentOutOfRangeException(nameof(zero), $"ZeRO stage must be 0, 1 or 2 (got {zero})");
+        if (!(bucketMb > 0)) throw new ArgumentOutOfRangeException(nameof(bucketMb), $"bucket size must be positive (got {bucketMb} MB)");
         if (comm.Backend.Name != store.Backend.Name)
             throw new ArgumentException($"the communicator ({comm.Kind}) takes {comm.Backend.Name} tensors but the model is on {store.Backend.Name}");
         if (comm.WorldSize > 1)
         {
-            long bucketElements = Math.Max(1, (long)(options.BucketMb * 1024 * 1024 / sizeof(float)));
+            long bucketElements = Math.Max(1, (long)(bucketMb * 1024 * 1024 / sizeof(float)));
             store.Relayout(ShardLayout.BucketedSpecs(store.Specs(), bucketElements, comm.WorldSize), ShardLayout.Unit(comm.WorldSize));
         }
-        return new DataParallel(store, comm, ShardLayout.For(store, comm.WorldSize, comm.Rank, options.Zero));
+        return new DataParallel(store, comm, ShardLayout.For(store, comm.WorldSize, comm.Rank, zero));
     }
 
     /// <summary>A world of one: no communication, the store as it is.</summary>
-    public static DataParallel Local(ParameterStore store) => new(store, new LocalCommunicator(store.Backend), ShardLayout.For(store, 1, 0, 0));
+    public static DataParallel Local(ParameterStore store) => new(store, new SingleRankCommunicator(store.Backend), ShardLayout.For(store, 1, 0, 0));
 
     public ParameterStore Store { get; }
     public ICommunicator Comm { get; }

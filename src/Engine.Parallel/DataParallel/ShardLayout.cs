@@ -1,28 +1,6 @@
 using Engine.Core;
 
-namespace Engine.Training.Parallel;
-
-/// <summary>The [parallel] section: data-parallel size, ZeRO stage, gradient bucket size.</summary>
-public sealed record ParallelSection
-{
-    /// <summary>Data-parallel ranks; 0 = the job's world size (the only layout until pipeline parallelism).</summary>
-    public int Dp { get; init; }
-    /// <summary>0: plain data parallel (all-reduce); 1: AdamW moments sharded (ZeRO-1); 2: moments and gradients
-    /// sharded, gradients reduce-scattered (ZeRO-2).</summary>
-    public int Zero { get; init; }
-    /// <summary>Gradient bucket size in MB (fp32 elements × 4 bytes); DDP's default is 25.</summary>
-    public double BucketMb { get; init; } = 25;
-
-    public void Validate(int worldSize)
-    {
-        var errors = new List<string>();
-        if (Dp < 0) errors.Add($"parallel.dp must be >= 0 (got {Dp}; 0 = every rank of the job)");
-        else if (Dp != 0 && Dp != worldSize) errors.Add($"parallel.dp = {Dp} but the job has {worldSize} rank(s): launch {Dp} ranks (engine launch --nproc-per-node {Dp} -- ...) or set parallel.dp = {worldSize}");
-        if (Zero is < 0 or > 2) errors.Add($"parallel.zero must be 0, 1 or 2 (got {Zero})");
-        if (!(BucketMb > 0) || double.IsInfinity(BucketMb)) errors.Add($"parallel.bucket_mb must be positive (got {BucketMb})");
-        if (errors.Count > 0) throw new Config.ConfigException(string.Join("; ", errors));
-    }
-}
+namespace Engine.Parallel;
 
 /// <summary>A gradient bucket: flat elements [Start, Start + Length) holding parameters FirstParam..LastParam (slot
 /// indices) and the padding after them.</summary>
