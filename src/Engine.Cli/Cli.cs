@@ -37,7 +37,49 @@ public static class Cli
     }
 
     static bool IsUserError(Exception e) => e is ConfigException or FileNotFoundException or DirectoryNotFoundException
-        or InvalidDataException or ArgumentException or NotSupportedException;
+        or InvalidDataException or ArgumentException or NotSupportedException or Engine.Core.Distributed.CommException;
+
+    /// <summary>
+    /// This process's place in the job and its communicator (one rank without a launcher; Open MPI under mpirun,
+    /// srun --mpi=pmix or torchrun-style variables on the CPU; NCCL on CUDA, the GPU = the local rank). Rank 0 alone
+    /// prints progress; a rank that is not rank 0 prefixes its own lines with "[rank N]" unless `engine launch`
+    /// started it (the launcher prefixes them).
+    /// </summary>
+    public static (IBackend Backend, Engine.Core.Distributed.ICommunicator Comm) Distributed(string device)
+    {
+        var info = Engine.Parallel.Launch.LaunchEnvironment.Detect();
+        if (device == "cuda" && info.WorldSize > 1) Engine.Cuda.Backend.CudaBackend.PreferDevice(info.LocalRank);
+        var backend = Backend(device);
+        var comm = Engine.Parallel.DistributedContext.FromEnvironment(backend, Engine.Cuda.NcclCommunicator.Create);
+        if (comm.Rank != 0 && Environment.GetEnvironmentVariable(Engine.Parallel.Launch.LaunchEnvironment.LauncherVariable) != "1")
+        {
+            Console.SetOut(new RankPrefixWriter(Console.Out, comm.Rank));
+            Console.SetError(new RankPrefixWriter(Console.Error, comm.Rank));
+        }
+        return (backend, comm);
+    }
+
+    /// <summary>Prefixes every line written through it with "[rank N] ".</summary>
+    sealed class RankPrefixWriter(TextWriter inner, int rank) : TextWriter
+    {
+        bool lineStart = true;
+        public override System.Text.Encoding Encoding => inner.Encoding;
+
+        public override void Write(char value)
+        {
+            if (lineStart) inner.Write($"[rank {rank}] ");
+            inner.Write(value);
+            lineStart = value == '\n';
+        }
+
+        public override void Write(string? value)
+        {
+            if (string.IsNullOrEmpty(value)) return;
+            foreach (char c in value) Write(c);
+        }
+
+        public override void Flush() => inner.Flush();
+    }
 
     /// <summary>
     /// The backend for --device / train.device. "cuda" is the process-wide CudaBackend (device 0, kernels loaded once);

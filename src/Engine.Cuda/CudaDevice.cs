@@ -58,6 +58,18 @@ public sealed class CudaDevice : IDisposable
         return true;
     }
 
+    /// <summary>Visible devices (0 without a driver or device).</summary>
+    public static int Count()
+    {
+        try
+        {
+            if (NativeMethods.cuInit(0) != CuResult.Success) return 0;
+            return NativeMethods.cuDeviceGetCount(out int n) == CuResult.Success ? n : 0;
+        }
+        catch (DllNotFoundException) { return 0; }
+        catch (EntryPointNotFoundException) { return 0; }
+    }
+
     private static unsafe CudaDevice Open(int ordinal)
     {
         Check.Cu(NativeMethods.cuDeviceGet(out int dev, ordinal));

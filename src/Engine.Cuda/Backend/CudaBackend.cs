@@ -62,9 +62,28 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         return backend != null;
     }
 
+    private static int _preferredOrdinal = -1;
+
+    /// <summary>
+    /// Before the shared backend opens: use GPU <paramref name="localRank"/> when this process sees more than one
+    /// (torchrun or srun started several ranks per node without restricting CUDA_VISIBLE_DEVICES; `engine launch`
+    /// restricts it, so each rank sees one GPU and takes device 0).
+    /// </summary>
+    public static void PreferDevice(int localRank)
+    {
+        if (SharedInstance.IsValueCreated) throw new InvalidOperationException("the shared CUDA backend is already open");
+        _preferredOrdinal = localRank;
+    }
+
     private static (CudaBackend?, string) OpenShared()
     {
-        if (!CudaDevice.TryCreate(out var device, out string reason)) return (null, reason);
+        int ordinal = 0;
+        if (_preferredOrdinal > 0 && CudaDevice.Count() is int visible && visible > 1)
+        {
+            if (_preferredOrdinal >= visible) return (null, $"local rank {_preferredOrdinal} has no GPU: this node shows {visible}");
+            ordinal = _preferredOrdinal;
+        }
+        if (!CudaDevice.TryCreate(out var device, out string reason, ordinal)) return (null, reason);
         try
         {
             var kernels = KernelLibrary.Load(device!);

@@ -51,6 +51,8 @@ public sealed record RankInfo(
 public static class LaunchEnvironment
 {
     public const string TokenVariable = "ENGINE_JOB_TOKEN";
+    /// <summary>Set to 1 by `engine launch` in every rank's environment: the launcher prefixes other ranks' lines.</summary>
+    public const string LauncherVariable = "ENGINE_LAUNCHER";
 
     public static RankInfo Detect() => Detect(Environment.GetEnvironmentVariable);
 

@@ -87,6 +87,7 @@ public static partial class Launcher
         args.AddRange(o.Command);
         foreach (var a in args) psi.ArgumentList.Add(a);
         foreach (var v in TorchrunVariables) psi.Environment.Remove(v);
+        psi.Environment[LaunchEnvironment.LauncherVariable] = "1";   // mpirun passes it to every rank
         if (NativeMethods.IsRoot)
         {
             psi.Environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1";
@@ -175,6 +176,7 @@ public static partial class Launcher
                 psi.Environment["MASTER_ADDR"] = o.MasterAddr;
                 psi.Environment["MASTER_PORT"] = o.MasterPort.ToString(CultureInfo.InvariantCulture);
                 psi.Environment[LaunchEnvironment.TokenVariable] = token;
+                psi.Environment[LaunchEnvironment.LauncherVariable] = "1";
                 if (o.Device == "cuda") psi.Environment["CUDA_VISIBLE_DEVICES"] = VisibleDevice(Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES"), local);
                 var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start rank {rank}");
                 children[local] = p;
