@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
 
@@ -117,15 +118,7 @@ internal sealed class PreTokenizer
                 break;
             case SplitStep sp:
                 var events = new List<(int Start, int End, bool Match)>();
-                int pos = 0;
-                foreach (var m in sp.Regex.EnumerateMatches(piece))
-                {
-                    if (m.Length == 0) continue;
-                    if (m.Index > pos) events.Add((pos, m.Index, false));
-                    events.Add((m.Index, m.Index + m.Length, true));
-                    pos = m.Index + m.Length;
-                }
-                if (pos < piece.Length) events.Add((pos, piece.Length, false));
+                RegexEvents(sp.Regex, piece, events);
                 Fold(events, offset, sp.Behavior, sp.Invert, output);
                 break;
             case ByteLevelStep { UseRegex: true } bl:
@@ -143,6 +136,13 @@ internal sealed class PreTokenizer
     /// <summary>Regex split keeping the gaps (Isolated) or dropping the matches (Removed); the hot path, no event list.</summary>
     static void MatchSplit(Regex regex, ReadOnlySpan<char> piece, int offset, List<(int, int)> output, bool keepMatches)
     {
+        if (piece.ContainsAnyInRange('\uD800', '\uDFFF'))
+        {
+            var events = new List<(int Start, int End, bool Match)>();
+            SurrogateSafeMatches(regex, piece, events);
+            Fold(events, offset, keepMatches ? Behavior.Isolated : Behavior.Removed, false, output);
+            return;
+        }
         int pos = 0;
         foreach (var m in regex.EnumerateMatches(piece))
         {
@@ -153,6 +153,83 @@ internal sealed class PreTokenizer
         }
         if (pos < piece.Length) output.Add((offset + pos, piece.Length - pos));
     }
+
+    /// <summary>Matches and gaps of a regex over a piece, as (start, end, is match).</summary>
+    static void RegexEvents(Regex regex, ReadOnlySpan<char> piece, List<(int Start, int End, bool Match)> events)
+    {
+        if (piece.ContainsAnyInRange('\uD800', '\uDFFF')) { SurrogateSafeMatches(regex, piece, events); return; }
+        int pos = 0;
+        foreach (var m in regex.EnumerateMatches(piece))
+        {
+            if (m.Length == 0) continue;
+            if (m.Index > pos) events.Add((pos, m.Index, false));
+            events.Add((m.Index, m.Index + m.Length, true));
+            pos = m.Index + m.Length;
+        }
+        if (pos < piece.Length) events.Add((pos, piece.Length, false));
+    }
+
+    /// <summary>
+    /// .NET regexes see UTF-16 units, Hugging Face's (Oniguruma) code points: an emoji or a CJK Extension B character
+    /// is two surrogates to .NET, neither a letter nor one character, so <c>[^\p{L}]?\p{L}+</c> splits differently.
+    /// The regex runs on a stand-in where each supplementary code point is one BMP character of the same Unicode
+    /// category (a lone surrogate reads as U+FFFD, as in UTF-8), and the matches are mapped back.
+    /// </summary>
+    static void SurrogateSafeMatches(Regex regex, ReadOnlySpan<char> piece, List<(int Start, int End, bool Match)> events)
+    {
+        var stand = new StringBuilder(piece.Length);
+        var map = new List<int>(piece.Length + 1);   // stand-in index → piece index
+        for (int i = 0; i < piece.Length;)
+        {
+            map.Add(i);
+            if (!char.IsSurrogate(piece[i])) { stand.Append(piece[i]); i++; continue; }
+            if (Rune.DecodeFromUtf16(piece[i..], out var r, out int used) != System.Buffers.OperationStatus.Done) { r = Rune.ReplacementChar; used = 1; }
+            stand.Append(StandIn(Rune.GetUnicodeCategory(r)));
+            i += used;
+        }
+        map.Add(piece.Length);
+        string text = stand.ToString();
+        int pos = 0;
+        foreach (var m in regex.EnumerateMatches(text))
+        {
+            if (m.Length == 0) continue;
+            if (m.Index > pos) events.Add((map[pos], map[m.Index], false));
+            events.Add((map[m.Index], map[m.Index + m.Length], true));
+            pos = m.Index + m.Length;
+        }
+        if (pos < text.Length) events.Add((map[pos], piece.Length, false));
+    }
+
+    /// <summary>A BMP character of the given category, outside ASCII and the CJK ranges patterns name explicitly.</summary>
+    static char StandIn(UnicodeCategory c) => c switch
+    {
+        UnicodeCategory.UppercaseLetter => '\u0181',
+        UnicodeCategory.LowercaseLetter => '\u0180',
+        UnicodeCategory.TitlecaseLetter => '\u01C5',
+        UnicodeCategory.ModifierLetter => '\u02B0',
+        UnicodeCategory.OtherLetter => '\u01BB',
+        UnicodeCategory.NonSpacingMark => '\u0300',
+        UnicodeCategory.SpacingCombiningMark => '\u0903',
+        UnicodeCategory.EnclosingMark => '\u0488',
+        UnicodeCategory.DecimalDigitNumber => '\u0660',
+        UnicodeCategory.LetterNumber => '\u16EE',
+        UnicodeCategory.OtherNumber => '\u00B2',
+        UnicodeCategory.ConnectorPunctuation => '\u203F',
+        UnicodeCategory.DashPunctuation => '\u2010',
+        UnicodeCategory.OpenPunctuation => '\u2045',
+        UnicodeCategory.ClosePunctuation => '\u2046',
+        UnicodeCategory.InitialQuotePunctuation => '\u00AB',
+        UnicodeCategory.FinalQuotePunctuation => '\u00BB',
+        UnicodeCategory.OtherPunctuation => '\u00B7',
+        UnicodeCategory.MathSymbol => '\u00AC',
+        UnicodeCategory.CurrencySymbol => '\u00A2',
+        UnicodeCategory.ModifierSymbol => '\u02C2',
+        UnicodeCategory.OtherSymbol => '\u00A6',
+        UnicodeCategory.SpaceSeparator => '\u2007',
+        UnicodeCategory.Format => '\u00AD',
+        UnicodeCategory.PrivateUse => '\uE000',
+        _ => '\u0378',   // unassigned
+    };
 
     /// <summary>A character pattern: every matching character is one match (as Hugging Face's <c>Fn(char) -> bool</c> pattern).</summary>
     static void SplitChars(ReadOnlySpan<char> piece, int offset, Func<Rune, bool> isMatch, Behavior behavior, bool invert, List<(int, int)> output)
