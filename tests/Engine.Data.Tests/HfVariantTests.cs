@@ -34,14 +34,16 @@ public class HfVariantTests
         {
             t["normalizer"] = null;
             t["pre_tokenizer"] = Obj("""{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":false}""");
-        }),
+        }
+        ),
         // Metaspace "always" with splitting, decoded by the Metaspace decoder
         "metaspace_always_split" => ("llama2", t =>
         {
             t["normalizer"] = null;
             t["pre_tokenizer"] = Obj("""{"type":"Metaspace","replacement":"▁","prepend_scheme":"always","split":true}""");
             t["decoder"] = Obj("""{"type":"Sequence","decoders":[{"type":"ByteFallback"},{"type":"Metaspace","replacement":"▁","prepend_scheme":"always","split":true}]}""");
-        }),
+        }
+        ),
         // Baichuan-like: no dummy prefix, digits split one by one, punctuation isolated, words merged with the ▁ before them
         "split_behaviors" => ("llama2", t =>
         {
@@ -54,13 +56,15 @@ public class HfVariantTests
                   {"type":"Split","pattern":{"Regex":"[0-9]"},"behavior":"Contiguous","invert":true},
                   {"type":"Split","pattern":{"Regex":"\\s+"},"behavior":"Removed","invert":false}]}
                 """);
-        }),
+        }
+        ),
         // unknown characters become <unk> (fused runs), no byte fallback
         "unk_fused" => ("llama2", t =>
         {
             t["model"]!["byte_fallback"] = false;
             t["model"]!["fuse_unk"] = true;
-        }),
+        }
+        ),
         // added tokens with every flag, raw and normalized, on the SentencePiece file
         "added_flags" => ("llama2", t => AddTokens(t, 32000,
             """{"content":"[NEWS]","single_word":false,"lstrip":true,"rstrip":true,"normalized":false,"special":false}""",
@@ -76,7 +80,8 @@ public class HfVariantTests
                 """{"content":"[NEWS]","single_word":false,"lstrip":true,"rstrip":true,"normalized":false,"special":false}""",
                 """{"content":"Fed","single_word":true,"lstrip":false,"rstrip":false,"normalized":true,"special":false}""",
                 """{"content":"市盈率","single_word":false,"lstrip":false,"rstrip":false,"normalized":true,"special":false}""");
-        }),
+        }
+        ),
         _ => throw new ArgumentException(name),
     };
 
