@@ -14,9 +14,9 @@ namespace Engine.Data.Tokenization;
 /// </summary>
 internal sealed class BpeModel
 {
-    public const int CacheMaxChars = 64;
+    public const int CacheMaxChars = 24;
     const int MaxCacheEntries = 1 << 20;
-    const int SmallPiece = 48;   // up to this many symbols: array scan (cheaper than a heap for words)
+    const int SmallPiece = 32;   // up to this many symbols: array scan (measured: no slower than the heap for words)
 
     public Dictionary<string, int> Vocab { get; }
     public List<(int A, int B)> Merges { get; }
@@ -34,6 +34,7 @@ internal sealed class BpeModel
     readonly Dictionary<string, int>.AlternateLookup<ReadOnlySpan<char>> _vocabLookup;
     string?[] _tokens;                          // id → model token (null where the id is not a model token)
     readonly ConcurrentDictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+    int _cacheCount;
 
     public BpeModel(Dictionary<string, int> vocab, List<(int A, int B)> merges, bool byteLevel, string? unkToken, bool byteFallback, bool fuseUnk, bool ignoreMerges)
     {
@@ -106,7 +107,8 @@ internal sealed class BpeModel
             var lookup = _cache.GetAlternateLookup<ReadOnlySpan<char>>();
             if (lookup.TryGetValue(piece, out var hit)) { ids.AddRange(hit); return; }
             var result = TokenizeUncached(piece);
-            if (_cache.Count < MaxCacheEntries) lookup.TryAdd(piece, result);
+            // (ConcurrentDictionary.Count takes every lock: keep a count of our own)
+            if (_cacheCount < MaxCacheEntries && lookup.TryAdd(piece, result)) Interlocked.Increment(ref _cacheCount);
             ids.AddRange(result);
             return;
         }
@@ -346,7 +348,7 @@ internal sealed class BpeModel
         _tokens[id] = token;
         Vocab[token] = id;
         if (!IsByteLevel) IndexCharacter(token, id);
-        _cache.Clear();
+        ClearCache();
     }
 
     /// <summary>Appends a merge (lowest priority); the merged token must already be in the vocabulary.</summary>
@@ -356,7 +358,13 @@ internal sealed class BpeModel
         if (!Vocab.TryGetValue(merged, out int id)) throw new InvalidOperationException($"merge makes '{merged}', which is not in the vocabulary");
         _table.Set(a, b, Merges.Count, id);
         Merges.Add((a, b));
+        ClearCache();
+    }
+
+    void ClearCache()
+    {
         _cache.Clear();
+        _cacheCount = 0;
     }
 
     public bool HasMerge(int a, int b) => _table.TryGet(a, b, out _, out _);
