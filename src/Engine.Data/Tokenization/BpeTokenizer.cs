@@ -49,7 +49,7 @@ public sealed record AddedToken(int Id, string Content, bool Special)
 /// </list>
 /// Loaded files encode and decode as Hugging Face's Rust tokenizers do (checked id for id on the shipped data against
 /// the real Llama-2-family, Llama 3 and Qwen3 files); see <see cref="Load"/> for what is refused.
-/// Encoding is thread-safe (per-thread scratch; pieces of up to 24 characters are cached); <see cref="AddTokens"/> is not.
+/// Encoding is thread-safe (per-thread scratch; pieces of up to 32 characters are cached); <see cref="AddTokens"/> is not.
 /// </summary>
 public sealed partial class BpeTokenizer : ITokenizer
 {
