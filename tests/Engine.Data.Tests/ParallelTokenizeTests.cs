@@ -28,6 +28,19 @@ public class ParallelTokenizeTests
         Assert.Throws<ArgumentOutOfRangeException>(() => BatchEncoder.EncodeAll(tok, docs, -1, TestContext.Current.CancellationToken));
     }
 
+    [Fact]
+    public void A_document_of_over_a_million_tokens_encodes_the_same_twice()
+    {
+        // the per-thread id buffer is released after a huge document; the next call must not see stale ids
+        var tok = TestData.SmallTokenizer;
+        string digits = string.Concat(Enumerable.Repeat("0123456789", 120_000));
+        var a = tok.Encode(digits);
+        Assert.Equal(1_200_000, a.Length);
+        Assert.Equal(tok.Encode("42"), tok.Encode("42"));
+        Assert.Equal(a, tok.Encode(digits));
+        Assert.Equal(digits, tok.Decode(a));
+    }
+
     static string SaveCopy(BpeTokenizer t)
     {
         string p = Path.Combine(TestData.TempDir(), "tok.json");

@@ -171,14 +171,16 @@ public sealed partial class BpeTokenizer : ITokenizer
         [ThreadStatic] static EncodeScratch? t_current;
         public readonly List<(int Start, int End, int Id)> Raw = [], Normalized = [];
         public readonly List<(int Start, int Length)> Pieces = [];
+        public readonly List<int> Ids = [];
         public static EncodeScratch Get() => t_current ??= new EncodeScratch();
     }
 
     public int[] Encode(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        var ids = new List<int>(text.Length / 3 + 4);
         var scratch = EncodeScratch.Get();
+        var ids = scratch.Ids;
+        ids.Clear();
         if (!_added.HasRaw) EncodeSegment(text, 0, text.Length, ids, scratch);
         else
         {
@@ -189,7 +191,9 @@ public sealed partial class BpeTokenizer : ITokenizer
                 else EncodeSegment(text, s, e - s, ids, scratch);
             }
         }
-        return [.. ids];
+        int[] result = [.. ids];
+        if (ids.Capacity > 1 << 20) { ids.Clear(); ids.Capacity = 1 << 16; }   // do not keep a huge document's buffer per thread
+        return result;
     }
 
     /// <summary>A stretch between raw-matched added tokens: normalize, split out normalized added tokens, pre-tokenize, BPE.</summary>
