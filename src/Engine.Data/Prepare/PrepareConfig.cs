@@ -26,6 +26,9 @@ public sealed record PrepareConfig(
     string OutputDir, ulong Seed, InvalidUtf8Policy InvalidUtf8, int MaxDocumentsPerFile, IReadOnlyList<PrepareSource> Sources,
     bool CleaningEnabled, CleaningOptions Cleaning, QualityOptions Quality, bool DedupEnabled, DedupOptions Dedup, TokenizerOptions Tokenizer)
 {
+    /// <summary>Threads that tokenize (<c>threads</c>; 0 = every core). The shards are the same whatever the count.</summary>
+    public int Threads { get; init; }
+
     public static PrepareConfig Load(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
@@ -141,8 +144,10 @@ public sealed record PrepareConfig(
         t.EnsureConsumed();
         if (tok.Path == null && tok.VocabSize < 256 + tok.SpecialTokens.Count) throw new PrepareConfigException($"{source}: tokenizer.vocab_size must be at least 256 + the special tokens (got {tok.VocabSize})");
         if (tok.TrainMaxBytes < 1) throw new PrepareConfigException($"{source}: tokenizer.train_max_bytes must be positive");
+        int threads = (int)root.Long("threads", 0);
+        if (threads < 0) throw new PrepareConfigException($"{source}: threads must be >= 0 (0 = every core; got {threads})");
         root.EnsureConsumed();
-        return new PrepareConfig(output, seed, policy, maxDocs, sources, cleaningEnabled, cleaning, quality, dedupEnabled, dedup, tok);
+        return new PrepareConfig(output, seed, policy, maxDocs, sources, cleaningEnabled, cleaning, quality, dedupEnabled, dedup, tok) { Threads = threads };
     }
 
     static void Wrap(string source, Action validate)

@@ -23,7 +23,8 @@ public sealed record PrepareReport(
 /// <summary>
 /// <c>engine prepare</c>: read → clean (pretrain sources) → quality filter → dedup (local, then global) → tokenizer
 /// (train or load, then vocabulary expansion) → shards (.bin/.idx per pretrain source, validated) and cleaned
-/// instruction JSONL per instruction source → report.json.
+/// instruction JSONL per instruction source → report.json. Tokenization runs on every core (config <c>threads</c>)
+/// with results placed by document index, so the shards do not depend on the thread count.
 /// A file that cannot be read is skipped and listed; a config error stops before any work.
 /// </summary>
 public static class PreparePipeline
@@ -200,10 +201,11 @@ public static class PreparePipeline
         foreach (var sd in data)
         {
             cancel.ThrowIfCancellationRequested();
+            var encodeWatch = Stopwatch.StartNew();
             if (sd.Source.Kind == "pretrain")
             {
-                var encoded = new int[sd.Docs.Count][];
-                Parallel.For(0, sd.Docs.Count, i => encoded[i] = tok.Encode(sd.Docs[i]));
+                var encoded = BatchEncoder.EncodeAll(tok, sd.Docs, cfg.Threads, cancel);
+                double encodeSeconds = encodeWatch.Elapsed.TotalSeconds;
                 string basePath = Path.Combine(cfg.OutputDir, sd.Source.Name);
                 using (var w = new ShardWriter(basePath, tok.VocabSize))
                 {
@@ -214,19 +216,21 @@ public static class PreparePipeline
                 outputs.Add(new OutputFile(sd.Source.Name, basePath + ".bin", "shard", v.Documents, v.Tokens, v.Ok, v.Problems));
                 totalTokens += v.Tokens;
                 stages.Add(new StageCount("tokenize", sd.Source.Name, sd.Docs.Count, v.Documents, Bytes(sd.Docs), new FileInfo(basePath + ".bin").Length));
-                progress?.Report($"shard {sd.Source.Name}: {v.Documents} documents, {v.Tokens} tokens, {(v.Ok ? "valid" : "INVALID: " + string.Join("; ", v.Problems))}");
+                progress?.Report($"shard {sd.Source.Name}: {v.Documents} documents, {v.Tokens} tokens (encoded in {encodeSeconds:F1} s on {BatchEncoder.Degree(cfg.Threads)} threads), " +
+                    $"{(v.Ok ? "valid" : "INVALID: " + string.Join("; ", v.Problems))}");
             }
             else
             {
                 string path = Path.Combine(cfg.OutputDir, sd.Source.Name + ".jsonl");
-                long tokens = 0;
+                var counts = new long[sd.Examples.Count];
+                var examples = sd.Examples;
+                BatchEncoder.Run(examples.Count, cfg.Threads, cancel, i =>
+                    counts[i] = ChatTemplate.Default.EncodePrompt(tok, examples[i].Instruction, examples[i].Input).Length + tok.Encode(examples[i].Output).Length + 1);
+                long tokens = counts.Sum();
                 using (var wr = new StreamWriter(path, false, new UTF8Encoding(false)))
                 {
                     foreach (var ex in sd.Examples)
-                    {
                         wr.WriteLine(JsonSerializer.Serialize(new { instruction = ex.Instruction, input = ex.Input, output = ex.Output }, JsonLine));
-                        tokens += ChatTemplate.Default.EncodePrompt(tok, ex.Instruction, ex.Input).Length + tok.Encode(ex.Output).Length + 1;
-                    }
                 }
                 outputs.Add(new OutputFile(sd.Source.Name, path, "instructions", sd.Examples.Count, tokens, true, []));
                 totalTokens += tokens;

@@ -56,11 +56,13 @@ public static partial class RecipeTokenizers
                 foreach (Match m in Candidates().Matches(doc))
                     counts[m.Value] = counts.GetValueOrDefault(m.Value) + 1;
         }
-        var chosen = counts.Where(kv => kv.Value >= 2)
+        // a character the vocabulary already has is no candidate (a SentencePiece tokenizer encodes it alone as "▁" + it)
+        var chosen = counts.Where(kv => kv.Value >= 2 && bpe.TokenToId(kv.Key) == null)
             .Select(kv => (Piece: kv.Key, Gain: kv.Value * (baseTok.Encode(kv.Key).Length - 1)))
             .Where(x => x.Gain > 0).OrderByDescending(x => x.Gain).ThenBy(x => x.Piece, StringComparer.Ordinal)
             .Take(cfg.Tokenizer.ExpandBy).Select(x => x.Piece).ToList();
-        var expanded = BpeTokenizer.Load(Path.Combine(outDir, "tokenizer.json"));
+        // a fresh copy of the base tokenizer: the file it was loaded from, or the one Build trained and saved
+        var expanded = BpeTokenizer.Load(cfg.Tokenizer.Path != null ? cfg.Resolve(cfg.Tokenizer.Path) : Path.Combine(outDir, "tokenizer.json"));
         int before = expanded.VocabSize;
         expanded.AddTokens(chosen);
         expanded.Save(Path.Combine(outDir, "tokenizer_expanded.json"));
