@@ -53,9 +53,12 @@ public static class RecipeCommand
             if (!(scale > 0)) throw new ArgumentException($"--scale must be positive (got {scale})");
             foreach (var s in cfg.Stages) s.Steps = Math.Max(1, (int)Math.Round(s.Steps * scale));
         }
-        var runner = new RecipeRunner(cfg, Cli.Backend(device))
+        var (backend, comm) = Cli.Distributed(device);
+        using var _ = comm;
+        var runner = new RecipeRunner(cfg, backend)
         {
             Log = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]"),
+            Communicator = comm,
         };
         runner.OnStep = (stage, m) =>
         {
@@ -64,6 +67,7 @@ public static class RecipeCommand
                     (m.SourceLosses is { Count: > 0 } sl ? "  " + string.Join(" ", sl.OrderBy(k => k.Key).Select(k => $"{k.Key}:{k.Value:F2}")) : ""));
         };
         var reports = runner.Run();
+        if (comm.Rank != 0) return 0;
         Console.WriteLine();
         Console.WriteLine(RecipeReportWriter.Table(reports));
         foreach (var r in reports.Where(r => r.Notes.Count > 0)) Console.WriteLine($"{r.Name}: {string.Join("; ", r.Notes)}");

@@ -19,8 +19,11 @@ public static class TrainCommand
             var overrides = (parse.GetValue(set) ?? []).ToList();
             if (parse.GetValue(device) is { } d) overrides.Add($"train.device=\"{d}\"");
             var cfg = TrainConfig.Load(parse.GetValue(config)!.FullName, overrides);
-            var trainer = new Trainer(cfg, Cli.Backend(cfg.Train.Device)) { Resume = parse.GetValue(resume) };
-            var result = RunWithProgress(trainer, cfg);
+            var (backend, comm) = Cli.Distributed(cfg.Train.Device);
+            using var _ = comm;
+            var trainer = new Trainer(cfg, backend) { Resume = parse.GetValue(resume), Communicator = comm };
+            var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0);
+            if (comm.Rank != 0) return 0;
             AnsiConsole.MarkupLine($"[green]done[/]: {result.Steps.Count} steps, final train loss {result.Steps[^1].Loss:F4}" +
                 (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s");
             AnsiConsole.MarkupLine($"weights: [blue]{Markup.Escape(result.WeightsDir)}[/]  metrics: [blue]{Markup.Escape(Path.Combine(result.OutputDir, "metrics.jsonl"))}[/]");
@@ -30,10 +33,10 @@ public static class TrainCommand
     }
 
     /// <summary>A live progress bar (loss, tokens/s, ETA) on a terminal; plain log lines when output is redirected.</summary>
-    public static TrainResult RunWithProgress(Trainer trainer, TrainConfig cfg)
+    public static TrainResult RunWithProgress(Trainer trainer, TrainConfig cfg, bool interactive = true)
     {
         trainer.OnMessage = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]");
-        if (Console.IsOutputRedirected || !AnsiConsole.Profile.Capabilities.Interactive)
+        if (!interactive || Console.IsOutputRedirected || !AnsiConsole.Profile.Capabilities.Interactive)
         {
             trainer.OnStep = m =>
             {

@@ -63,6 +63,9 @@ public static partial class Launcher
     private static partial Regex TaggedLine();
 
     /// <summary>Terminal escapes (.NET's console switches the keypad mode on the pty mpirun gives each rank).</summary>
+    [GeneratedRegex(@"\[\d+,\d+\]<(stdout|stderr|stddiag)>:")]
+    private static partial Regex AnyTag();
+
     [GeneratedRegex(@"\x1B(\[[0-?]*[ -/]*[@-~]|[0-~])")]
     private static partial Regex Escape();
 
@@ -107,6 +110,7 @@ public static partial class Launcher
                 // A write without a newline (the escape) and the next line share one line, each tagged.
                 string text = m.Groups[3].Value;
                 while (TaggedLine().Match(text) is { Success: true } again) text = again.Groups[3].Value;
+                text = AnyTag().Replace(text, "");   // a tag inside the line: the rest of a partial write
                 if (text.Length == 0 && clean.Length != line.Length) return;   // only terminal escapes
                 var to = m.Groups[2].Value == "stdout" ? stdout : stderr;
                 to.WriteLine(m.Groups[1].Value == "0" ? text : $"[rank {m.Groups[1].Value}] {text}");
