@@ -86,13 +86,18 @@ public static class DistributedContext
                 if (id is not null)
                 {
                     client.Set("nccl/id", id);
+                    // Rank 0 hosts the store: it stays until every rank has the id.
+                    client.WaitCount("nccl/id_taken", info.WorldSize - 1, options.Timeout, () => "not every rank fetched the NCCL unique id");
                     return id;
                 }
-                return client.Get("nccl/id", options.Timeout, () => "rank 0 did not publish the NCCL unique id");
+                var got = client.Get("nccl/id", options.Timeout, () => "rank 0 did not publish the NCCL unique id");
+                client.Add("nccl/id_taken", 1);
+                return got;
             }
             // Every rank shows up in the store before NCCL's init, which would otherwise wait forever for a missing rank.
             client.Add("nccl/present", 1);
             client.WaitCount("nccl/present", info.WorldSize, options.Timeout, () => "not every rank reached the store (one did not start)");
+            resources.Add(new Departure(client, watchdog, info.Rank == 0 ? info.WorldSize : 0, options.Timeout));
             return nccl(new NcclBootstrap(backend, info, Share, watchdog, options, resources));
         }
         catch
@@ -100,5 +105,24 @@ public static class DistributedContext
             for (int i = resources.Count - 1; i >= 0; i--) resources[i].Dispose();
             throw;
         }
+    }
+}
+
+/// <summary>
+/// Disposed first among a store-based world's resources: every rank signs off, and rank 0 — which hosts the store —
+/// waits (bounded) for all of them before the store goes, so a rank still finishing its last operation never finds
+/// the store gone and mistakes rank 0 for dead. Skipped after a fault.
+/// </summary>
+sealed class Departure(IStore store, CommWatchdog watchdog, int waitFor, TimeSpan timeout) : IDisposable
+{
+    public void Dispose()
+    {
+        if (watchdog.Fault is not null) return;
+        try
+        {
+            store.Add("departed", 1);
+            if (waitFor > 0) store.WaitCount("departed", waitFor, timeout < TimeSpan.FromMinutes(1) ? timeout : TimeSpan.FromMinutes(1));
+        }
+        catch (CommException) { }   // a rank that left without signing off: nothing more to wait for
     }
 }
