@@ -148,7 +148,7 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
         WaitAll();
         if (Stage == 2)
             foreach (var b in Layout.Buckets)
-                if (live[b.Index] is { } stray) Release(b, stray);
+                if (live[b.Index] is { } stray) { Detach(b); Return(stray); }
     }
 
     /// <summary>Stage 1/2: every rank's updated slices of the master weights to every rank (in-place all-gather per
@@ -205,12 +205,15 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
             return;
         }
         var buffer = live[b.Index] ?? Acquire(b);
+        // the bucket is complete for this micro-batch: its buffer now belongs to the reduction in flight, and the next
+        // micro-batch's backward must take a fresh one (it would otherwise add into a buffer being reduced)
+        Detach(b);
         var slice = Layout.Owned[b.Index];
         var shard = ShardGrads!.Range(slice.Compact, slice.Length);
         if (!reducedThisStep[b.Index])
         {
             reducedThisStep[b.Index] = true;
-            pending.Enqueue((Comm.ReduceScatter(buffer, shard), () => Release(b, buffer)));
+            pending.Enqueue((Comm.ReduceScatter(buffer, shard), () => Return(buffer)));
         }
         else
         {
@@ -219,7 +222,7 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
             {
                 Be.AddInPlace(shard, partial, 1f);
                 Return(partial);
-                Release(b, buffer);
+                Return(buffer);
             }
             ));
         }
@@ -248,11 +251,10 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
         return buffer;
     }
 
-    void Release(GradBucket b, Tensor buffer)
+    void Detach(GradBucket b)
     {
         for (int i = b.FirstParam; i <= b.LastParam; i++) Store.Slots[i].Tensor.Grad = null;
         live[b.Index] = null;
-        Return(buffer);
     }
 
     Tensor Rent(long length)
@@ -298,6 +300,11 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
         bool done;
         public void Dispose() { if (!done) { done = true; end?.Invoke(); } }
     }
+
+    /// <summary>The most gradient memory this rank may hold (bytes): stage 0/1 the store's buffer; stage 2 the shard
+    /// plus, per reduction in flight and the bucket being filled, one bucket buffer and one slice-sized partial.</summary>
+    public long GradientBoundBytes => Stage != 2 ? Store.Capacity * 4
+        : (Layout.OwnedElements + (MaxInFlight + 1) * Layout.Buckets.Max(b => b.Length + b.Length / Layout.WorldSize)) * 4;
 
     /// <summary>Bytes of gradient memory this rank holds: the store's buffer, or (stage 2) the shard plus pooled buckets.</summary>
     public long GradientBytes => (Store.Grads?.Numel ?? 0) * 4 + (ShardGrads?.Numel ?? 0) * 4 + pool.Values.Sum(s => s.Sum(t => t.Numel)) * 4;

@@ -50,7 +50,7 @@ public class DataParallelTests
         }
     }
 
-    sealed record Run(List<StepMetrics> Steps, Dictionary<string, float[]> Weights, long StateBytes, long GradientBytes, CommStats? Stats);
+    sealed record Run(List<StepMetrics> Steps, Dictionary<string, float[]> Weights, long StateBytes, long GradientBytes, CommStats? Stats, long GradientBound = 0);
 
     static LoopOptions Loop(int accum, int steps = Steps) => new()
     {
@@ -73,7 +73,7 @@ public class DataParallelTests
         using var e = ewc?.Invoke(model, dp);
         comm.Stats.Reset();
         var steps = TrainingLoop.Run(model, new RandomTokens(40, dataSeed), Loop(accum), opt, e);
-        return new Run(steps, model.Parameters.ToDictionary(p => p.Name, p => p.Tensor.ToArray()), opt.StateBytes, dp.GradientBytes, comm.Stats);
+        return new Run(steps, model.Parameters.ToDictionary(p => p.Name, p => p.Tensor.ToArray()), opt.StateBytes, dp.GradientBytes, comm.Stats, dp.GradientBoundBytes);
     }
 
     static Run[] TrainRanks(int world, int zero, int accum, double bucketMb = 25, bool tied = false,
@@ -109,11 +109,16 @@ public class DataParallelTests
     [InlineData(4, 1, 2)]
     [InlineData(4, 2, 2)]
     [InlineData(2, 2, 3)]
-    public void RanksEqualOneProcessOnTheSameGlobalBatch(int world, int zero, int accum)
+    [InlineData(2, 2, 3, 25)]     // one bucket: its reduction of micro-batch k is still in flight when k + 1 starts
+    [InlineData(4, 1, 2, 25)]
+    public void RanksEqualOneProcessOnTheSameGlobalBatch(int world, int zero, int accum, double bucketMb = 0.004)
     {
         var single = Train(null, 0, world * accum);
-        var ranks = TrainRanks(world, zero, accum, bucketMb: 0.004);   // ~1000-element buckets: several per model
+        var ranks = TrainRanks(world, zero, accum, bucketMb);           // 0.004 MB: ~1000-element buckets, several per model
         foreach (var r in ranks) AssertClose(single, r, $"dp {world} zero {zero} accum {accum}");
+        // stage 2 holds a shard and at most MaxInFlight + 1 recycled bucket buffers, not a growing pool
+        if (zero == 2) Assert.True(ranks[0].GradientBytes <= ranks[0].GradientBound,
+            $"ZeRO-2 holds {ranks[0].GradientBytes} B of gradients, more than its bound {ranks[0].GradientBound} B");
         // every rank ends with the same weights, bitwise (all-gathered or identically updated)
         for (int r = 1; r < world; r++) AssertBitwise(ranks[0], ranks[r], $"rank {r} vs rank 0");
         // the global loss and token count, not rank 0's share
