@@ -65,10 +65,11 @@ public static class BenchCommand
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var steps = new Option<int>("--steps") { Description = "timed steps per ZeRO stage", DefaultValueFactory = _ => 6 };
         var stages = new Option<string>("--stages") { Description = "ZeRO stages to run, comma-separated", DefaultValueFactory = _ => "0,1,2" };
+        var bucket = new Option<double>("--bucket-mb") { Description = "gradient bucket size", DefaultValueFactory = _ => 25 };
         var baseline = new Option<string?>("--baseline") { Description = "a one-rank dp result file of the same shape: scaling efficiency against it" };
         var output = new Option<string?>("--out") { Description = "results folder", DefaultValueFactory = _ => "benchmarks/results" };
         var cmd = new Command("dp", "data parallelism / ZeRO-1 / ZeRO-2: step time, tokens/s, bytes per rank per step vs analytic, scaling efficiency (run under engine launch)")
-            { device, steps, stages, baseline, output };
+            { device, steps, stages, bucket, baseline, output };
         cmd.SetAction(parse => Cli.Guard(() =>
         {
             var (backend, comm) = Cli.Distributed(parse.GetValue(device)!);
@@ -76,7 +77,7 @@ public static class BenchCommand
             int[] st;
             try { st = parse.GetValue(stages)!.Split(',', StringSplitOptions.RemoveEmptyEntries).Select(x => int.Parse(x.Trim(), System.Globalization.CultureInfo.InvariantCulture)).ToArray(); }
             catch (FormatException) { throw new ArgumentException($"--stages must be comma-separated integers, got '{parse.GetValue(stages)}'"); }
-            var o = new DataParallelBenchOptions { Steps = parse.GetValue(steps), Stages = st };
+            var o = new DataParallelBenchOptions { Steps = parse.GetValue(steps), Stages = st, BucketMb = parse.GetValue(bucket) };
             var result = DataParallelBenchmark.Run(backend, comm, o, parse.GetValue(baseline), comm.Rank == 0 ? Console.WriteLine : null);
             if (result != null && parse.GetValue(output) is { } dir)
                 Console.WriteLine($"wrote {Engine.Observability.Results.BenchResultIO.Write(result, dir)}");
