@@ -59,12 +59,14 @@ public sealed class LlamaModel : IDisposable
 
     public long ParameterCount => Store.Slots.Sum(p => p.Numel);
 
-    /// <summary>Hugging Face's init: N(0, initializer_range) for linear and embedding weights, ones for norms.</summary>
+    /// <summary>Hugging Face's init: N(0, initializer_range) for linear and embedding weights, ones for norms. Each
+    /// parameter draws from its own generator (the seed and its name), so a pipeline stage holding some of the
+    /// parameters initializes them exactly as the whole model would.</summary>
     public void InitializeWeights(ulong seed)
     {
-        var rng = new Rng(seed);
         foreach (var (name, t) in Parameters)
         {
+            var rng = Rng.For(seed, name);
             var host = new float[t.Numel];
             if (name.EndsWith("norm.weight", StringComparison.Ordinal) || name.EndsWith("layernorm.weight", StringComparison.Ordinal)) host.AsSpan().Fill(1f);
             else rng.FillNormal(host, 0, Config.InitializerRange);
