@@ -134,8 +134,13 @@ public sealed class ThreadCommunicator : Communicator
         group.Barrier();
     });
 
-    protected override ICommWork StartSend(OpInfo op, Tensor buffer, int peer) =>
-        Post(worker, op, () => group.Send(Rank, peer, buffer));
+    protected override ICommWork StartSend(OpInfo op, Tensor buffer, int peer)
+    {
+        // buffered: copied now, on the caller's thread (the caller may free or reuse its buffer once Send returned)
+        var copy = CpuBackend.Instance.Empty([checked((int)buffer.Numel)], buffer.DType).Keep();
+        HostReduce.CopyRange(buffer, 0, copy, 0, buffer.Numel);
+        return Post(worker, op, () => group.Send(Rank, peer, copy));
+    }
 
     protected override ICommWork StartRecv(OpInfo op, Tensor buffer, int peer) =>
         Post(worker, op, () => group.Recv(peer, Rank, buffer));
@@ -273,13 +278,12 @@ sealed class ThreadGroup(int size)
         }
     }
 
-    /// <summary>A buffered send: <paramref name="data"/> is copied into <paramref name="dst"/>'s mailbox and the sender
-    /// goes on (as MPI_Isend of a private copy), so ranks that send to each other before receiving cannot deadlock.</summary>
+    /// <summary>A buffered send: <paramref name="data"/> (a private copy) goes into <paramref name="dst"/>'s mailbox and
+    /// the sender goes on (as MPI_Isend of a private copy), so ranks that send to each other before receiving cannot
+    /// deadlock.</summary>
     public void Send(int src, int dst, Tensor data)
     {
-        var copy = CpuBackend.Instance.Empty([checked((int)data.Numel)], data.DType).Keep();
-        HostReduce.CopyRange(data, 0, copy, 0, data.Numel);
-        var mail = new Mail(copy);
+        var mail = new Mail(data);   // the sender's private copy, freed by the receiver
         lock (gate)
         {
             if (abort is { } a) throw new CommException(a);
