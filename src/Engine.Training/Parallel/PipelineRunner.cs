@@ -131,4 +131,46 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
     /// <summary>The parameter whose gradient another stage already counts in the global norm (the last stage's tied
     /// embedding copy), or null.</summary>
     public string? NormDuplicate => Grid.IsLast && !Grid.IsFirst && model.Config.TieWordEmbeddings ? "model.embed_tokens.weight" : null;
+
+    /// <summary>
+    /// Forward only (no tapes), for validation: the token-summed NLL and the number of scored targets of
+    /// <paramref name="batches"/> (ids, targets; <paramref name="rows"/> rows each), summed over the stages so every
+    /// stage of the replica returns the same figures. Every stage passes the same batches.
+    /// </summary>
+    public (double Nll, long Count) Evaluate(IReadOnlyList<(int[] Ids, int[] Targets)> batches, int rows)
+    {
+        var be = model.Backend;
+        int stage = Grid.Stage;
+        double nll = 0;
+        long count = 0;
+        using (Grad.NoGrad())
+            foreach (var (ids, targets) in batches)
+            {
+                using var scope = new TensorScope();
+                int n = ids.Length, T = n / rows;
+                Tensor x;
+                if (Grid.IsFirst)
+                {
+                    x = be.Empty([n], DType.I32);
+                    be.Upload(x, ids);
+                }
+                else
+                {
+                    x = be.Empty([n, model.Config.HiddenSize], be.ActivationDType);
+                    Grid.Pipe.Recv(x, stage - 1).Wait();
+                }
+                if (Grid.IsLast)
+                {
+                    var tg = be.Empty([n], DType.I32);
+                    be.Upload(tg, targets);
+                    var (_, rowLosses) = model.StageLoss(x, tg, rows, T, 1f);
+                    nll += be.Sum(rowLosses);
+                    count += targets.Count(t => t != -100);
+                }
+                else Grid.Pipe.Send(model.StageForward(x, rows, T), stage + 1).Wait();
+            }
+        Span<double> sums = [nll, count];
+        Grid.Pipe.AllReduce(sums);
+        return (sums[0], (long)sums[1]);
+    }
 }

@@ -61,13 +61,13 @@ public class ShardedCheckpointTests
         Assert.Equal(2, loaded.Manifest.WorldSize);
         Assert.Equal(2, loaded.Manifest.Zero);
         // the two ranks' slices cover the flat buffer once, without overlap
-        var slices = loaded.Manifest.Shards.SelectMany(s => s).OrderBy(s => s.Start).ToList();
+        var slices = loaded.Manifest.Stages.Single().Shards.SelectMany(s => s.Slices).OrderBy(s => s.Start).ToList();
         Assert.Equal(0, slices[0].Start);
         for (int i = 1; i < slices.Count; i++) Assert.Equal(slices[i - 1].Start + slices[i - 1].Length, slices[i].Start);
-        Assert.Equal(loaded.Manifest.Capacity, slices[^1].Start + slices[^1].Length);
+        Assert.Equal(loaded.Manifest.Stages.Single().Capacity, slices[^1].Start + slices[^1].Length);
         // each rank file holds half of the moments
         using var f0 = SafeTensorsFile.Open(Path.Combine(ckpt, "optimizer", "rank00000.safetensors"));
-        Assert.Equal(loaded.Manifest.Capacity / 2, f0["exp_avg"].Numel);
+        Assert.Equal(loaded.Manifest.Stages.Single().Capacity / 2, f0["exp_avg"].Numel);
     }
 
     [Theory]
