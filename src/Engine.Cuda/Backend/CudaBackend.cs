@@ -182,7 +182,19 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
     public Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32)
     {
         Enter();
-        return TensorFactory.Owning(new CudaStorage(this, Allocator, dtype, Shape.Numel(shape)), shape);
+        CudaStorage storage;
+        try { storage = new CudaStorage(this, Allocator, dtype, Shape.Numel(shape)); }
+        catch (DeviceOutOfMemoryException e) { throw e.For($"tensor {dtype}{Shape.Format(shape)}"); }
+        return TensorFactory.Owning(storage, shape);
+    }
+
+    /// <summary>The device's free memory plus what this backend's allocator already holds (in use and cached): the
+    /// budget the fit check compares a model's estimate with, since the model's own weights are already allocated.</summary>
+    public long AvailableMemoryBytes()
+    {
+        Enter();
+        var (free, _) = Device.MemoryInfo();
+        return free + Allocator.Stats.ReservedBytes;
     }
 
     public Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32)

@@ -64,7 +64,7 @@ public static class KernelBenchmarks
                     : $"{KernelCosts.Tflops(cost.Flops, t.MedianMs):F1} TFLOP/s";
                 log?.Invoke($"{cost.Kernel} [{cost.Shape}] {t.MedianMs:F4} ms ({t.MinMs:F4}..{t.MaxMs:F4}, {t.Iters} x {t.Repeats}): {rate}");
             }
-            catch (Exception e) when (e is CudaException or ArgumentException or DllNotFoundException or EntryPointNotFoundException
+            catch (Exception e) when (e is CudaException or Engine.Core.DeviceOutOfMemoryException or ArgumentException or DllNotFoundException or EntryPointNotFoundException
                 or FileNotFoundException or InvalidOperationException)
             {
                 m = new Measurement(group, cost, null, $"{e.GetType().Name}: {e.Message}");
