@@ -38,7 +38,11 @@ public static class KernelBenchmarks
             var r = new Runner(lib, stream, allocator, random, timer, results, log);
             r.Copy(options.CopyBytes);
             foreach (var shapes in options.Shapes) r.MemoryBound(shapes, options.Seed);
-            if (options.Attention is { } grid) r.Attention(grid);
+            if (options.Attention is { } grid)
+            {
+                r.Attention(grid);
+                r.AttentionV2(grid);
+            }
             if (options.GemmSize > 0) r.Gemm(options.GemmSize);
         }
         return BenchReport.Build(info, options, results, DateTime.UtcNow);
@@ -188,6 +192,7 @@ public static class KernelBenchmarks
         {
             foreach (var (b, t, kv, d) in grid.Cases())
             {
+                if (Array.IndexOf(AttentionShape.V1HeadDims, d) < 0) continue;   // v1 lacks this head dim: v2 rows only
                 var shape = new AttentionShape(b, t, grid.Heads, kv, d);
                 long nq = (long)b * t * grid.Heads * d, nk = (long)b * t * kv * d;
                 Measure("attention", KernelCosts.Attention(false, b, t, grid.Heads, kv, d, grid.Causal), s =>
@@ -201,6 +206,30 @@ public static class KernelBenchmarks
                     DevicePtr dout = s.Bf16(nq), dq = s.Output(2 * nq), dk = s.Output(2 * nk), dv = s.Output(2 * nk), delta = s.Output(shape.LseBytes);
                     lib.Attention.Forward(stream, shape, q, k, v, o, lse, grid.Causal);   // o and lse the backward reads
                     return () => lib.Attention.Backward(stream, shape, q, k, v, o, lse, dout, dq, dk, dv, delta, grid.Causal);
+                });
+            }
+        }
+
+        /// <summary>attention_v2.cu on the same grid (its own rows, "attention_v2_fwd" / "attention_v2_bwd"); the backward
+        /// time includes zeroing the sync array and the delta pass, as the backend runs it.</summary>
+        public void AttentionV2(AttentionGrid grid)
+        {
+            foreach (var (b, t, kv, d) in grid.Cases())
+            {
+                var shape = new AttentionShape(b, t, grid.Heads, kv, d);
+                long nq = (long)b * t * grid.Heads * d, nk = (long)b * t * kv * d;
+                Measure("attention", KernelCosts.Attention(false, b, t, grid.Heads, kv, d, grid.Causal, "attention_v2"), s =>
+                {
+                    DevicePtr q = s.Bf16(nq), k = s.Bf16(nk), v = s.Bf16(nk), o = s.Output(2 * nq), lse = s.Output(shape.LseBytes);
+                    return () => lib.AttentionV2.Forward(stream, shape, q, k, v, o, lse, grid.Causal);
+                });
+                Measure("attention", KernelCosts.Attention(true, b, t, grid.Heads, kv, d, grid.Causal, "attention_v2"), s =>
+                {
+                    DevicePtr q = s.Bf16(nq), k = s.Bf16(nk), v = s.Bf16(nk), o = s.Output(2 * nq), lse = s.Output(shape.LseBytes);
+                    DevicePtr dout = s.Bf16(nq), dq = s.Output(2 * nq), dk = s.Output(2 * nk), dv = s.Output(2 * nk), delta = s.Output(shape.LseBytes);
+                    DevicePtr acc = s.Output(AttentionV2Kernels.DqAccumBytes(shape)), sync = s.Output(AttentionV2Kernels.SyncBytes(shape));
+                    lib.AttentionV2.Forward(stream, shape, q, k, v, o, lse, grid.Causal);
+                    return () => lib.AttentionV2.Backward(stream, shape, q, k, v, o, lse, dout, dq, dk, dv, delta, acc, sync, grid.Causal);
                 });
             }
         }
