@@ -41,6 +41,15 @@ if cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release -DENGINE_PTXAS_VERBOSE=
   kernels_rc=$?
 fi
 echo "[gpu_run] kernels build rc=$kernels_rc (log: $OUT/kernels_build.log)"
+# 1b. The Hopper-only attention forward (native/attention_sm90.cu: wgmma + TMA), its own target outside ALL so that a
+#     failure here stops nothing else; nvcc >= 12 only. Never compiled before the first GPU session that reaches this
+#     (nvcc 11.8 cannot assemble sm_90a). Without its fatbin the forward runs attention_v2.cu's mma.sync kernel.
+sm90_rc=skipped
+if [ "$kernels_rc" = 0 ] && [ "${nvcc_version%%.*}" -ge 12 ] 2>/dev/null; then
+  cmake --build build/native --target engine_kernels_sm90 >"$OUT/kernels_sm90_build.log" 2>&1
+  sm90_rc=$?
+fi
+echo "[gpu_run] sm_90a attention build rc=$sm90_rc (log: $OUT/kernels_sm90_build.log)"
 ls -la build/native/kernels >"$OUT/kernels_files.txt" 2>&1
 
 # 2. Tests: the published app runs xunit v3's in-process console runner; -xml gives per-assembly counts.
@@ -143,10 +152,11 @@ cat >"$OUT/gpu_summary.json" <<JSON
   "nvcc": "${nvcc_version:-missing}",
   "kernels_build_rc": $kernels_rc,
   "tests": {"rc": $tests_rc, "total": ${total:-0}, "passed": ${passed:-0}, "failed": ${failed:-0}, "skipped": ${skipped:-0}},
+  "attention_sm90_build_rc": "$sm90_rc",
   "attention_v2": {"tests": {"rc": "$v2_rc", "total": ${v2_total:-0}, "passed": ${v2_passed:-0}, "failed": ${v2_failed:-0}, "skipped": ${v2_skipped:-0}},
                    "memcheck_rc": "$memcheck_rc", "racecheck_rc": "$racecheck_rc",
                    "backend_v2": {"rc": "$v2_backend_rc", "total": ${v2b_total:-0}, "passed": ${v2b_passed:-0}, "failed": ${v2b_failed:-0}, "skipped": ${v2b_skipped:-0}}},
-  "logs": ["kernels_configure.log", "kernels_build.log", "kernels_files.txt", "cuda_tests.log", "cuda_tests.xml", "sdpa_bench.log", "kernel_bench.log",
+  "logs": ["kernels_configure.log", "kernels_build.log", "kernels_sm90_build.log", "kernels_files.txt", "cuda_tests.log", "cuda_tests.xml", "sdpa_bench.log", "kernel_bench.log",
            "attention_v2_tests.log", "attention_v2_memcheck.log", "attention_v2_racecheck.log", "attention_v2_backend.log"],
   "microbenchmarks": []
 }

@@ -72,3 +72,17 @@ template <int D> struct AttnV2Traits {
     static constexpr int kBwdSmem = (2 * kBwdBlockN + 2 * 2 * kBwdBlockM) * kRow * 2 + kBwdBlockN * kDsRow * 2 + 2 * 2 * kBwdBlockM * 4;
     static_assert(kBwdDqCols % 16 == 0, "dQ columns per warp come in ldmatrix pairs of n-tiles");
 };
+
+// ---- flash attention forward for sm_90a (attention_sm90.cu: wgmma + TMA, FlashAttention-3's structure) ------------
+// One producer warpgroup (one thread issues the TMA loads) and two consumer warpgroups of 64 query rows each;
+// K/V tiles in a two-stage mbarrier ring. Registers by setmaxnreg: producer 24, consumers 240 (128 x 24 + 256 x 240
+// = 64512 <= 65536). Shared memory: Q [D/64][128][64], K and V [2][D/64][128][64] (128-byte swizzled, 1024-byte
+// aligned), 9 mbarriers, 1 KiB of alignment slack. Not compiled with nvcc 11.8 (needs sm_90a): no measured counts.
+template <int D> struct Sm90Traits {
+    static_assert(D == 64 || D == 128, "the sm_90a forward takes head dims 64 and 128");
+    static constexpr int kThreads = 384;
+    static constexpr int kBlockM = 128;
+    static constexpr int kBlockN = 128;
+    static constexpr int kStages = 2;
+    static constexpr int kSmem = (kBlockM + 2 * kStages * kBlockN) * D * 2 + 1024 + 1024;
+};

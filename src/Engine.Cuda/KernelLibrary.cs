@@ -137,6 +137,30 @@ public sealed class KernelLibrary : IDisposable
         }
     }
 
+    /// <summary>The entry point, or false when its fatbin is absent or holds no code for this device (optional modules
+    /// such as attention_sm90, built only with nvcc &gt;= 12 for sm_90a). The answer is remembered.</summary>
+    public bool TryFunction(string module, string name, out KernelFunction? function)
+    {
+        string key = module + "/" + name;
+        lock (_gate)
+        {
+            if (_missing.Contains(key)) { function = null; return false; }
+        }
+        try
+        {
+            function = Function(module, name);
+            return true;
+        }
+        catch (Exception e) when (e is FileNotFoundException or CudaException)
+        {
+            lock (_gate) _missing.Add(key);
+            function = null;
+            return false;
+        }
+    }
+
+    private readonly HashSet<string> _missing = new(StringComparer.Ordinal);
+
     /// <summary>Blocks for a grid-stride kernel: enough to cover <paramref name="work"/> items at
     /// <paramref name="perBlock"/> each, capped at 32 blocks per SM, at least 1.</summary>
     internal int GridFor(long work, long perBlock)

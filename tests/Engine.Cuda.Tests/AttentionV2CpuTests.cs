@@ -377,6 +377,37 @@ public class AttentionV2CpuTests
     }
 
     [Fact]
+    public void HopperKernelMirrorsAndTensorMapShapes()
+    {
+        string root = Repo.Root() ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
+        string src = File.ReadAllText(Path.Combine(root, "native", "attention_sm90.cu"));
+        var asserts = Regex.Matches(src, @"static_assert\(Sm90Traits<(\d+)>::kSmem == (\d+)");
+        Assert.Equal(2, asserts.Count);
+        foreach (Match m in asserts)
+        {
+            int d = int.Parse(m.Groups[1].Value), bytes = int.Parse(m.Groups[2].Value);
+            Assert.Equal(bytes, KernelTraits.AttnSm90Smem(d));
+            Assert.True(bytes <= 227 * 1024, $"d{d}: {bytes} bytes exceed Hopper's 227 KiB per block");
+        }
+        Assert.Contains($"__launch_bounds__({KernelTraits.AttnSm90Threads}, 1) attention_sm90_forward_d128(", src);
+        // built only by its own sm_90a target, never with the portable archs (a failure there cannot stop them)
+        string cmake = File.ReadAllText(Path.Combine(root, "CMakeLists.txt"));
+        Assert.Contains("list(FILTER ENGINE_KERNEL_SOURCES EXCLUDE REGEX \"/attention_sm90\\\\.cu$\")", cmake);
+        Assert.Contains("add_custom_target(engine_kernels_sm90 DEPENDS", cmake);
+        Assert.DoesNotContain("attention_sm90", string.Join(",", KernelLibrary.ModuleNames));
+
+        // q of a fused QKV buffer: [B=2, T=100, (H=8 + 2 x Hkv=2) x D=128] rows, heads 8 of them
+        var spec = TensorMaps.Spec(new DevicePtr(0x10000), heads: 8, seqLen: 100, batch: 2, rowStride: 12 * 128, headDim: 128, boxRows: 128);
+        Assert.Equal([128UL, 8, 100, 2], spec.Dims);                       // (D, heads, T, B), innermost first
+        Assert.Equal([256UL, 12 * 128 * 2, 100UL * 12 * 128 * 2], spec.StridesBytes);   // bytes of dims 1..3
+        Assert.Equal([64U, 1, 128, 1], spec.Box);                           // 64 columns = one 128-byte swizzle row
+        Assert.All(spec.StridesBytes, st => Assert.Equal(0UL, st % 16));   // TMA needs 16-byte strides
+        Assert.Throws<ArgumentException>(() => TensorMaps.Spec(new DevicePtr(0x10000), 8, 100, 2, 12 * 96, 96, 128));
+        Assert.Throws<ArgumentException>(() => TensorMaps.Spec(new DevicePtr(0x10008), 8, 100, 2, 1024, 128, 128));
+        Assert.Equal(512, System.Runtime.InteropServices.Marshal.SizeOf<AttentionSm90Params>());
+    }
+
+    [Fact]
     public void SharedMemoryMirrorsTheNativeAssertsAndFitsTheDevices()
     {
         string root = Repo.Root() ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);

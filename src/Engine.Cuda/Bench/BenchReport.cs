@@ -95,7 +95,7 @@ public static class BenchReport
             o["tflops"] = Round(tflops, 2);
             bool? backward = c.Kernel switch
             {
-                "attention_fwd" or "attention_v2_fwd" => false,
+                "attention_fwd" or "attention_v2_fwd" or "attention_sm90_fwd" => false,
                 "attention_bwd" or "attention_v2_bwd" => true,
                 _ => null,
             };

@@ -211,11 +211,31 @@ public static class KernelBenchmarks
         }
 
         /// <summary>attention_v2.cu on the same grid (its own rows, "attention_v2_fwd" / "attention_v2_bwd"); the backward
-        /// time includes zeroing the sync array and the delta pass, as the backend runs it.</summary>
+        /// time includes zeroing the sync array and the delta pass, as the backend runs it. On Hopper with the sm_90a
+        /// fatbin built, also attention_sm90.cu's forward ("attention_sm90_fwd"); the v2 rows then stay on mma.sync.</summary>
         public void AttentionV2(AttentionGrid grid)
+        {
+            bool hopper = lib.AttentionV2.HopperPath;
+            try { AttentionV2Rows(grid); }
+            finally { lib.AttentionV2.HopperPath = hopper; }
+        }
+
+        private void AttentionV2Rows(AttentionGrid grid)
         {
             foreach (var (b, t, kv, d) in grid.Cases())
             {
+                lib.AttentionV2.HopperPath = true;
+                if (lib.AttentionV2.UsesHopperPath(d))
+                {
+                    var hs = new AttentionShape(b, t, grid.Heads, kv, d);
+                    long hq = (long)b * t * grid.Heads * d, hk = (long)b * t * kv * d;
+                    Measure("attention", KernelCosts.Attention(false, b, t, grid.Heads, kv, d, grid.Causal, "attention_sm90"), s =>
+                    {
+                        DevicePtr q = s.Bf16(hq), k = s.Bf16(hk), v = s.Bf16(hk), o = s.Output(2 * hq), lse = s.Output(hs.LseBytes);
+                        return () => lib.AttentionV2.Forward(stream, hs, q, k, v, o, lse, grid.Causal);
+                    });
+                }
+                lib.AttentionV2.HopperPath = false;
                 var shape = new AttentionShape(b, t, grid.Heads, kv, d);
                 long nq = (long)b * t * grid.Heads * d, nk = (long)b * t * kv * d;
                 Measure("attention", KernelCosts.Attention(false, b, t, grid.Heads, kv, d, grid.Causal, "attention_v2"), s =>

@@ -67,10 +67,22 @@ public static class AttentionSchedule
 /// </summary>
 public sealed class AttentionV2Kernels
 {
-    private const string Module = "attention_v2";
+    private const string Module = "attention_v2", HopperModule = "attention_sm90";
+    /// <summary>ENGINE_ATTENTION_SM90=0 keeps the forward on the mma.sync kernel on Hopper too.</summary>
+    public const string HopperVariable = "ENGINE_ATTENTION_SM90";
     private readonly KernelLibrary _lib;
     private long _l2Bytes = -1;
     internal AttentionV2Kernels(KernelLibrary lib) => _lib = lib;
+
+    /// <summary>Run the forward on attention_sm90.cu (wgmma + TMA) where it applies (<see cref="UsesHopperPath"/>);
+    /// default on unless ENGINE_ATTENTION_SM90=0.</summary>
+    public bool HopperPath { get; set; } = Environment.GetEnvironmentVariable(HopperVariable) != "0";
+
+    /// <summary>Whether <see cref="Forward"/> runs attention_sm90.cu for head dim <paramref name="d"/>: Hopper (compute
+    /// capability 9.x), a CUDA 12 driver (tensor maps), head dim 64 or 128, the sm_90a fatbin built (CMake target
+    /// engine_kernels_sm90, nvcc &gt;= 12).</summary>
+    public bool UsesHopperPath(int d) => HopperPath && _lib.Device.ComputeMajor == 9 && _lib.Device.DriverVersion >= 12000
+        && Array.IndexOf(KernelTraits.AttnSm90HeadDims, d) >= 0 && _lib.TryFunction(HopperModule, $"attention_sm90_forward_d{d}", out _);
 
     /// <summary>Bytes of the fp32 dQ sum [B, H, T, D].</summary>
     public static long DqAccumBytes(AttentionShape s) => (long)s.Batch * s.Heads * s.SeqLen * s.HeadDim * sizeof(float);
@@ -109,8 +121,25 @@ public sealed class AttentionV2Kernels
         if (shape.Batch == 0 || shape.SeqLen == 0) return;
         p.Sched = AttentionSchedule.Forward(shape, causal, L2Bytes());
         int d = shape.HeadDim;
+        if (UsesHopperPath(d))
+        {
+            LaunchHopper(s, shape, p);
+            return;
+        }
         _lib.Function(Module, $"attention_v2_forward_d{d}").Launch(s, new Dim3((uint)AttentionSchedule.Tiles(p.Sched)),
             KernelTraits.AttnV2FwdThreads, KernelTraits.AttnV2FwdSmem(d), p);
+    }
+
+    private unsafe void LaunchHopper(CudaStream s, AttentionShape shape, AttentionV2Params p)
+    {
+        var sp = new AttentionSm90Params { Base = p.Base, Sched = p.Sched };
+        int box = KernelTraits.AttnSm90BlockM;   // = BlockN: one box shape serves Q, K and V
+        TensorMaps.Encode(TensorMaps.Spec(p.Base.Q, shape.Heads, shape.SeqLen, shape.Batch, p.Base.QRowStride, shape.HeadDim, box), sp.Q);
+        TensorMaps.Encode(TensorMaps.Spec(p.Base.K, shape.KvHeads, shape.SeqLen, shape.Batch, p.Base.KRowStride, shape.HeadDim, box), sp.K);
+        TensorMaps.Encode(TensorMaps.Spec(p.Base.V, shape.KvHeads, shape.SeqLen, shape.Batch, p.Base.VRowStride, shape.HeadDim, box), sp.V);
+        int d = shape.HeadDim;
+        _lib.Function(HopperModule, $"attention_sm90_forward_d{d}").Launch(s, new Dim3((uint)AttentionSchedule.Tiles(sp.Sched)),
+            KernelTraits.AttnSm90Threads, KernelTraits.AttnSm90Smem(d), sp);
     }
 
     /// <summary>dq, dk, dv from dout and the forward's o and lse. Scratch: <paramref name="delta"/> fp32
@@ -158,6 +187,43 @@ public sealed class AttentionV2Kernels
         }
         _lib.Function(Module, $"attention_v2_backward_d{d}").Launch(s, new Dim3((uint)AttentionSchedule.Tiles(p.Sched)),
             KernelTraits.AttnV2BwdThreads(d), KernelTraits.AttnV2BwdSmem(d), p);
+    }
+}
+
+/// <summary>A 4-D TMA tensor map over q, k or v viewed as (D, heads, T, B): element strides 1, heads D apart, tokens a
+/// row stride apart, batches T row strides apart; box (64, 1, rows, 1) of bf16 with 128-byte swizzle (attention_sm90.cu
+/// reads 64-column blocks); rows past T read as zeros.</summary>
+public readonly record struct TensorMapSpec(ulong Address, ulong[] Dims, ulong[] StridesBytes, uint[] Box);
+
+public static class TensorMaps
+{
+    public const int Bf16 = 9, InterleaveNone = 0, Swizzle128B = 3, L2Promotion128B = 2, OobFillZeros = 0;
+
+    public static TensorMapSpec Spec(DevicePtr tensor, int heads, int seqLen, int batch, long rowStride, int headDim, int boxRows)
+    {
+        if (headDim % 64 != 0) throw new ArgumentException($"TMA boxes are 64 columns wide: head dim {headDim} is not a multiple of 64");
+        if (!tensor.IsAligned(16) || rowStride % 8 != 0) throw new ArgumentException($"TMA needs 16-byte aligned addresses and row strides ({tensor}, stride {rowStride})");
+        return new TensorMapSpec(tensor.Address,
+            [(ulong)headDim, (ulong)heads, (ulong)seqLen, (ulong)batch],
+            [(ulong)headDim * 2, (ulong)rowStride * 2, (ulong)seqLen * (ulong)rowStride * 2],
+            [64, 1, (uint)boxRows, 1]);
+    }
+
+    /// <summary>cuTensorMapEncodeTiled into <paramref name="dst"/> (128 bytes), through a 64-byte aligned buffer.</summary>
+    public static unsafe void Encode(TensorMapSpec spec, byte* dst)
+    {
+        void* map = System.Runtime.InteropServices.NativeMemory.AlignedAlloc(128, 64);
+        try
+        {
+            uint* elem = stackalloc uint[4] { 1, 1, 1, 1 };
+            fixed (ulong* dims = spec.Dims)
+            fixed (ulong* strides = spec.StridesBytes)
+            fixed (uint* box = spec.Box)
+                Check.Cu(NativeMethods.cuTensorMapEncodeTiled(map, Bf16, 4, spec.Address, dims, strides, box, elem,
+                    InterleaveNone, Swizzle128B, L2Promotion128B, OobFillZeros), "cuTensorMapEncodeTiled");
+            Buffer.MemoryCopy(map, dst, 128, 128);
+        }
+        finally { System.Runtime.InteropServices.NativeMemory.AlignedFree(map); }
     }
 }
 

@@ -7,7 +7,8 @@ namespace Engine.Cuda.Tests.Gpu;
 /// attention_v2.cu against the fp64 reference at every head dim (32, 64, 96, 128), sequence lengths that are not
 /// multiples of any tile (1, 37, 130, 257, 300, 1000), GQA ratios 1, 2, 4, 8, causal and full; outputs poisoned
 /// with NaN first (an element the kernels miss fails), and dq/dk/dv bitwise identical on a second backward (the
-/// ordered dQ sum). Skipped without a GPU.
+/// ordered dQ sum). attention_sm90.cu's forward likewise where it runs (Hopper, sm_90a fatbin built). Skipped
+/// without a GPU.
 /// </summary>
 [Collection("gpu")]
 public class AttentionV2GpuTests
@@ -51,7 +52,9 @@ public class AttentionV2GpuTests
         using var dk = Poisoned(g, 2 * nk);
         using var dv = Poisoned(g, 2 * nk);
         var att = g.Kernels.AttentionV2;
-        att.Forward(g.Stream, shape, dQ.Ptr, dK.Ptr, dV.Ptr, o.Ptr, lse.Ptr, causal);
+        att.HopperPath = false;   // the mma.sync kernels (HopperForwardMatchesFp64Reference covers attention_sm90.cu)
+        try { att.Forward(g.Stream, shape, dQ.Ptr, dK.Ptr, dV.Ptr, o.Ptr, lse.Ptr, causal); }
+        finally { att.HopperPath = true; }
         var r = AttentionReference.Compute(q, k, v, dout, B, T, H, Hkv, D, causal);
         Tol.RelMax(g.DownloadBf16(o.Ptr, nq), r.O, Tol.AttentionRelMax, 1e-3f, $"v2 o d{D}");
         Tol.Close(g.Download<float>(lse.Ptr, (long)B * H * T), r.Lse.F(), 1e-3f, 1e-3f, $"v2 lse d{D}");
@@ -68,6 +71,34 @@ public class AttentionV2GpuTests
         Assert.Equal(first.Item1, g.Download<ushort>(dq.Ptr, nq));
         Assert.Equal(first.Item2, g.Download<ushort>(dk.Ptr, nk));
         Assert.Equal(first.Item3, g.Download<ushort>(dv.Ptr, nk));
+    }
+
+    [Theory]
+    [InlineData(1, 1, 1, 1, 64, true)]
+    [InlineData(2, 130, 4, 1, 64, true)]
+    [InlineData(1, 300, 8, 2, 128, true)]
+    [InlineData(2, 257, 4, 4, 128, false)]
+    [InlineData(1, 128, 2, 2, 128, true)]    // exactly one tile
+    public void HopperForwardMatchesFp64Reference(int B, int T, int H, int Hkv, int D, bool causal)
+    {
+        var g = GpuTest.Require();
+        var att = g.Kernels.AttentionV2;
+        if (!att.UsesHopperPath(D))
+            Assert.Skip($"attention_sm90.cu not used here: {g.Device} (needs compute capability 9.x, a CUDA 12 driver and " +
+                "build/native/kernels/attention_sm90.fatbin from `cmake --build build/native --target engine_kernels_sm90` with nvcc >= 12)");
+        var rng = new Random(B * 131 + T + D);
+        long nq = (long)B * T * H * D, nk = (long)B * T * Hkv * D;
+        float[] q = Data.Bf16Values(rng, nq, 2f), k = Data.Bf16Values(rng, nk, 2f), v = Data.Bf16Values(rng, nk);
+        var shape = new AttentionShape(B, T, H, Hkv, D);
+        using var dQ = g.UploadBf16(q);
+        using var dK = g.UploadBf16(k);
+        using var dV = g.UploadBf16(v);
+        using var o = Poisoned(g, 2 * nq);
+        using var lse = Poisoned(g, shape.LseBytes);
+        att.Forward(g.Stream, shape, dQ.Ptr, dK.Ptr, dV.Ptr, o.Ptr, lse.Ptr, causal);
+        var r = AttentionReference.Compute(q, k, v, new float[nq], B, T, H, Hkv, D, causal);
+        Tol.RelMax(g.DownloadBf16(o.Ptr, nq), r.O, Tol.AttentionRelMax, 1e-3f, $"sm90 o d{D}");
+        Tol.Close(g.Download<float>(lse.Ptr, (long)B * H * T), r.Lse.F(), 1e-3f, 1e-3f, $"sm90 lse d{D}");
     }
 
     [Theory]
