@@ -89,7 +89,8 @@ public sealed class KernelLibrary : IDisposable
 
     /// <summary>
     /// ENGINE_KERNELS_DIR, then build/native/kernels under the first ancestor of AppContext.BaseDirectory that has one
-    /// (the repository root when running from bin/), then a kernels/ folder next to the assembly.
+    /// (the repository root when running from bin/), then a kernels/ folder next to the assembly, then the fatbins
+    /// embedded in a single-file binary (extracted once to a cache folder).
     /// </summary>
     public static string? FindKernelsDirectory(Func<string, string?> env, out IReadOnlyList<string> tried)
     {
@@ -108,7 +109,78 @@ public sealed class KernelLibrary : IDisposable
         }
         string beside = Path.Combine(AppContext.BaseDirectory, "kernels");
         list.Add(beside);
-        return HasFatbins(beside) ? beside : null;
+        if (HasFatbins(beside)) return beside;
+        list.Add("fatbins embedded in the binary");
+        return ExtractEmbedded(env);
+    }
+
+    /// <summary>Names of the fatbins embedded in this assembly (a single-file `engine` built by tools/publish.sh).</summary>
+    public static IReadOnlyList<string> EmbeddedModules() => typeof(KernelLibrary).Assembly.GetManifestResourceNames()
+        .Where(n => n.StartsWith("kernels/", StringComparison.Ordinal) && n.EndsWith(".fatbin", StringComparison.Ordinal))
+        .Select(n => n["kernels/".Length..^".fatbin".Length]).Order(StringComparer.Ordinal).ToList();
+
+    /// <summary>
+    /// Writes the embedded fatbins once to a folder named by their content hash under $XDG_CACHE_HOME/engine (or
+    /// ~/.cache/engine, else the temp folder) and returns it; null when none are embedded. Written to a temporary name
+    /// and renamed, so ranks starting together never read half a file.
+    /// </summary>
+    static string? ExtractEmbedded(Func<string, string?> env)
+    {
+        var asm = typeof(KernelLibrary).Assembly;
+        var names = EmbeddedModules();
+        if (names.Count == 0) return null;
+        var blobs = names.Select(n =>
+        {
+            using var s = asm.GetManifestResourceStream("kernels/" + n + ".fatbin")!;
+            using var ms = new MemoryStream();
+            s.CopyTo(ms);
+            return (Name: n, Bytes: ms.ToArray());
+        }).ToList();
+        using var sha = System.Security.Cryptography.SHA256.Create();
+        foreach (var (n, b) in blobs) { var nb = System.Text.Encoding.UTF8.GetBytes(n); sha.TransformBlock(nb, 0, nb.Length, null, 0); sha.TransformBlock(b, 0, b.Length, null, 0); }
+        sha.TransformFinalBlock([], 0, 0);
+        string hash = Convert.ToHexString(sha.Hash!)[..16].ToLowerInvariant();
+        string root = env("XDG_CACHE_HOME") is { Length: > 0 } x ? x
+            : env("HOME") is { Length: > 0 } h ? Path.Combine(h, ".cache") : Path.GetTempPath();
+        string dir = Path.Combine(root, "engine", "kernels-" + hash);
+        System.IO.Directory.CreateDirectory(dir);
+        foreach (var (n, b) in blobs)
+        {
+            string path = Path.Combine(dir, n + ".fatbin");
+            if (File.Exists(path) && new FileInfo(path).Length == b.Length) continue;
+            string tmp = path + "." + Environment.ProcessId + ".tmp";
+            File.WriteAllBytes(tmp, b);
+            File.Move(tmp, path, overwrite: true);
+        }
+        return dir;
+    }
+
+    /// <summary>The GPU architectures (sm_XX) of a fatbin's ELF entries and whether it carries PTX, read from the fatbin
+    /// container header (magic 0xBA55ED50; per entry: kind 1 = PTX, 2 = ELF, the arch as major·10 + minor at byte 28).</summary>
+    public static (IReadOnlyList<int> Sass, IReadOnlyList<int> Ptx) FatbinArchitectures(byte[] image)
+    {
+        var sass = new SortedSet<int>();
+        var ptx = new SortedSet<int>();
+        int pos = 0;
+        while (pos + 16 <= image.Length && BitConverter.ToUInt32(image, pos) == 0xBA55ED50)
+        {
+            int header = BitConverter.ToUInt16(image, pos + 6);
+            long size = BitConverter.ToInt64(image, pos + 8);
+            long e = pos + header, end = Math.Min(image.Length, pos + header + size);
+            while (e + 32 <= end)
+            {
+                int kind = BitConverter.ToUInt16(image, (int)e);
+                int eh = BitConverter.ToInt32(image, (int)e + 4);
+                long payload = BitConverter.ToInt64(image, (int)e + 8);
+                int arch = BitConverter.ToInt32(image, (int)e + 28);
+                if (kind == 2) sass.Add(arch); else if (kind == 1) ptx.Add(arch);
+                if (eh <= 0) break;
+                e += eh + payload;
+            }
+            pos = (int)Math.Min(int.MaxValue, pos + header + size);
+            pos = (pos + 7) & ~7;
+        }
+        return (sass.ToList(), ptx.ToList());
     }
 
     private static bool HasFatbins(string dir) =>

@@ -146,6 +146,16 @@ public sealed class Trainer
             cancel: cancel,
             pipeline: runner);
         long tokens = steps.Count > 0 ? steps[^1].Tokens : 0;
+        if (runner != null)
+        {
+            // every stage's idle share of its pipelined steps, averaged over the world (all stages, all replicas)
+            Span<double> idle = [runner.StepSeconds > 0 ? runner.WaitSeconds / runner.StepSeconds : 0, runner.TimedSteps > 0 ? 1 : 0];
+            comm.AllReduce(idle);
+            int M = layout.MicroBatches(cfg.Train.GradAccum);
+            if (idle[1] > 0)
+                Say($"pipeline: stages idle {idle[0] / idle[1]:P1} of each step on average (measured: bubble + transfers, {runner.TimedSteps} step(s) after the first); " +
+                    $"theory (P−1)/(M+P−1) = {PipelineRunner.TheoreticalBubble(cfg.Parallel.Pp, M):P1} for P = {cfg.Parallel.Pp}, M = {M}");
+        }
 
         string weightsDir = Path.Combine(outDir, "final");
         layout.SaveModel(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>

@@ -41,6 +41,6 @@ public static class LaunchCommand
     static string[] Self()
     {
         string host = Environment.ProcessPath ?? throw new NotSupportedException("cannot tell which executable this is");
-        return Path.GetFileNameWithoutExtension(host) == "dotnet" ? [host, typeof(LaunchCommand).Assembly.Location] : [host];
+        return Path.GetFileNameWithoutExtension(host) == "dotnet" ? [host, Path.Combine(AppContext.BaseDirectory, "engine.dll")] : [host];
     }
 }

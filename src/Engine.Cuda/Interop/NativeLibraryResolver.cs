@@ -15,7 +15,7 @@ public sealed record LibraryProbe(CudaLibrary Library, string? LoadedFrom, IRead
 /// <summary>
 /// Finds libcuda.so.1, libcublas.so.* (with libcublasLt beside it) and libnccl.so.* for the [LibraryImport] bindings:
 /// an explicit override (ENGINE_LIBCUDA / ENGINE_LIBCUBLAS / ENGINE_LIBNCCL: a file, or a directory to search), then
-/// the dynamic loader's own search by soname (ld.so.cache, LD_LIBRARY_PATH), then CUDA_HOME/CUDA_PATH, /usr/local/cuda,
+/// the dynamic loader's own search by soname (ld.so.cache, LD_LIBRARY_PATH), then the binary's directory, CUDA_HOME/CUDA_PATH, /usr/local/cuda,
 /// the distribution's library directories, and NVIDIA's Python wheels (site-packages/nvidia/{cublas,nccl}/lib of
 /// every Python found under /usr, /usr/local, ~/.local, VIRTUAL_ENV, CONDA_PREFIX), newest soname version first.
 /// The driver offers only libcuda.so.1 on most systems (libcuda.so comes with the toolkit's dev package), and the
@@ -131,6 +131,9 @@ public static class NativeLibraryResolver
     private static IEnumerable<string> SearchDirectories(Func<string, string?> env, string? wheelDir)
     {
         var dirs = new List<string>();
+        // beside the binary (a self-contained engine shipped with its libraries), then the usual places
+        if (Path.GetDirectoryName(Environment.ProcessPath) is { Length: > 0 } exeDir) dirs.Add(exeDir);
+        dirs.Add(AppContext.BaseDirectory.TrimEnd('/'));
         foreach (var v in new[] { "CUDA_HOME", "CUDA_PATH" })
             if (env(v) is { Length: > 0 } root) { dirs.Add(Path.Combine(root, "lib64")); dirs.Add(Path.Combine(root, "lib")); }
         dirs.AddRange(["/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",

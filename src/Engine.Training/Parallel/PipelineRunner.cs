@@ -20,10 +20,31 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
     public PipelineGrid Grid { get; } = grid;
     public string Schedule { get; } = schedule;
 
+    /// <summary>Steps timed so far (the first step, which compiles and warms caches, is not), their wall time inside
+    /// <see cref="RunStep"/> and the part of it this stage waited for a neighbour (the measured bubble plus transfers).</summary>
+    public int TimedSteps { get; private set; }
+    public double StepSeconds { get; private set; }
+    public double WaitSeconds { get; private set; }
+    int stepsRun;
+
+    /// <summary>(P − 1)/(M + P − 1): the idle share of every stage under GPipe and 1F1B with equal slot times.</summary>
+    public static double TheoreticalBubble(int stages, int microBatches) => (stages - 1.0) / (microBatches + stages - 1);
+
+    System.Diagnostics.Stopwatch? waitClock;
+    void Wait(Engine.Core.Distributed.ICommWork w)
+    {
+        waitClock ??= new System.Diagnostics.Stopwatch();
+        waitClock.Start();
+        try { w.Wait(); }
+        finally { waitClock.Stop(); }
+    }
+
     /// <summary>The step's (loss sum, per-source sums) on the last stage; zeros elsewhere.</summary>
     public (double Loss, Dictionary<string, (double Sum, long Count)> PerSource) RunStep(IReadOnlyList<Batch> batches, long valid, float zLoss)
     {
         var be = model.Backend;
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        waitClock?.Reset();
         int M = batches.Count, stage = Grid.Stage;
         bool first = Grid.IsFirst, last = Grid.IsLast;
         var actions = PipelineSchedule.For(Schedule, Grid.Stages, stage, M);
@@ -55,7 +76,7 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
                         else
                         {
                             x = be.Empty([n, model.Config.HiddenSize], be.ActivationDType);
-                            Grid.Pipe.Recv(x, stage - 1).Wait();
+                            Wait(Grid.Pipe.Recv(x, stage - 1));
                             x.RequiresGrad = true;
                         }
                         inputs[m] = x;
@@ -95,7 +116,7 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
                         {
                             var y = outputs[m]!;
                             var dy = be.Empty(y.Shape, y.DType);
-                            Grid.Pipe.Recv(dy, stage + 1).Wait();
+                            Wait(Grid.Pipe.Recv(dy, stage + 1));
                             Grad.Backward(y, dy, dp);
                         }
                         if (!first)
@@ -110,11 +131,17 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
                     inputs[m] = outputs[m] = null;
                 }
             }
-            foreach (var s in sends) s.Wait();
+            foreach (var s in sends) Wait(s);
         }
         finally
         {
             foreach (var s in scopes) s?.Dispose();
+        }
+        if (stepsRun++ > 0)
+        {
+            TimedSteps++;
+            StepSeconds += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            WaitSeconds += waitClock?.Elapsed.TotalSeconds ?? 0;
         }
         return (lossSum, perSource);
     }
@@ -157,7 +184,7 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
                 else
                 {
                     x = be.Empty([n, model.Config.HiddenSize], be.ActivationDType);
-                    Grid.Pipe.Recv(x, stage - 1).Wait();
+                    Wait(Grid.Pipe.Recv(x, stage - 1));
                 }
                 if (Grid.IsLast)
                 {
