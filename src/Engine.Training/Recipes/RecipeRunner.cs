@@ -111,7 +111,13 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         {
             for (int i = 0; i < first; i++)
             {
-                var rec = JsonSerializer.Deserialize<StageRecord>(File.ReadAllText(StageRecordPath(outDir, cfg.Stages[i].Name)), RecordJson)!;
+                string path = StageRecordPath(outDir, cfg.Stages[i].Name);
+                StageRecord rec;
+                try { rec = JsonSerializer.Deserialize<StageRecord>(File.ReadAllText(path), RecordJson) ?? throw new InvalidDataException($"{path}: empty"); }
+                catch (JsonException e) { throw new InvalidDataException($"{path}: not a stage record ({e.Message})"); }
+                // the finished stage must have run with today's settings (its selection is not recomputed here)
+                var saved = rec.Exact.Where(kv => !kv.Key.EndsWith(".selection", StringComparison.Ordinal)).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+                ResumeCheck.Check(path, saved, ExactSettings(cfg.Stages[i], null), null, new Dictionary<string, string>());
                 reports.Add(rec.Report with { Steps = rec.Steps });
                 stageWeights[rec.Report.Name] = rec.Report.WeightsDir;
                 Say($"stage {rec.Report.Name}: finished in the earlier run (stages/{rec.Report.Name}/stage.json)");
