@@ -284,4 +284,21 @@ public class ResumeTests
         Assert.False(steps[0].Skipped);
         Assert.Contains(steps, s => s.Skipped);
     }
+
+    /// <summary>A stop requested on one rank (its SIGTERM) stops every rank after the same step.</summary>
+    [Fact]
+    public void EveryRankAgreesToStopWhenOneIsSignalled()
+    {
+        var decisions = Engine.Parallel.ThreadCommunicator.Run(3, c =>
+        {
+            using var control = new RunControl();
+            bool first = control.ShouldStop(1, c);
+            if (c.Rank == 2) control.RequestStop();
+            return (first, control.ShouldStop(2, c), control.StopReason);
+        });
+        Assert.All(decisions, d => Assert.False(d.first));
+        Assert.All(decisions, d => Assert.True(d.Item2));
+        Assert.Equal("stop requested by signal", decisions[2].StopReason);
+        Assert.Equal("another rank stopped", decisions[0].StopReason);
+    }
 }
