@@ -303,8 +303,19 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             {
                 metrics?.WriteLine(JsonSerializer.Serialize(new
                 {
-                    stage = st.Name, m.Step, m.TotalSteps, Loss = Finite(m.Loss), m.Lr, GradNorm = Finite(m.GradNorm), m.Tokens, m.TokensPerSecond,
-                    m.ElapsedSeconds, source_loss = m.SourceLosses, m.EwcPenalty, Skipped = m.Skipped ? true : (bool?)null, m.SkippedSteps,
+                    stage = st.Name,
+                    m.Step,
+                    m.TotalSteps,
+                    Loss = Finite(m.Loss),
+                    m.Lr,
+                    GradNorm = Finite(m.GradNorm),
+                    m.Tokens,
+                    m.TokensPerSecond,
+                    m.ElapsedSeconds,
+                    source_loss = m.SourceLosses,
+                    m.EwcPenalty,
+                    Skipped = m.Skipped ? true : (bool?)null,
+                    m.SkippedSteps,
                 }));
                 metrics?.Flush();
             }
@@ -399,15 +410,35 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             ["sources"] = Json(cfg.Sources.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new
             {
                 kv.Key,
-                kv.Value.Kind, kv.Value.Domain, kv.Value.Language, kv.Value.MaxDocs, kv.Value.HeldOut,
+                kv.Value.Kind,
+                kv.Value.Domain,
+                kv.Value.Language,
+                kv.Value.MaxDocs,
+                kv.Value.HeldOut,
                 Files = kv.Value.Files.Select(f => $"{cfg.Resolve(f)} ({(File.Exists(cfg.Resolve(f)) ? new FileInfo(cfg.Resolve(f)).Length : -1)} bytes)"),
             })),
             ["eval"] = Json(cfg.Eval),
             [$"stages.{st.Name}"] = Json(new
             {
-                st.Init, st.Weights, st.EndWeights, st.RampTokens, st.SeqLen, st.ZLoss, st.Trainable, st.EwcLambda, st.EwcSource, st.EwcBatches,
-                st.ExpandedVocab, st.RopeScaling, st.RopeScalingFactor, st.SelectTop, st.SelectSource, st.Curriculum, st.Schedule,
-                st.Optim.WeightDecay, st.Optim.Eps,
+                st.Init,
+                st.Weights,
+                st.EndWeights,
+                st.RampTokens,
+                st.SeqLen,
+                st.ZLoss,
+                st.Trainable,
+                st.EwcLambda,
+                st.EwcSource,
+                st.EwcBatches,
+                st.ExpandedVocab,
+                st.RopeScaling,
+                st.RopeScalingFactor,
+                st.SelectTop,
+                st.SelectSource,
+                st.Curriculum,
+                st.Schedule,
+                st.Optim.WeightDecay,
+                st.Optim.Eps,
             }),
             [$"stages.{st.Name}.sequences_per_step"] = ((long)st.BatchSize * st.GradAccum * comm.WorldSize).ToString(inv),
         };

@@ -235,8 +235,12 @@ public class ResumeTests
 
     static LoopOptions Options(string guard = "fail", (int, int)? skip = null) => new()
     {
-        Steps = 6, BatchSize = 2, SeqLen = 8, Optim = new AdamWOptions { Lr = 1e-2 },
-        Guard = new GuardOptions { Mode = guard }, SkipBatches = skip,
+        Steps = 6,
+        BatchSize = 2,
+        SeqLen = 8,
+        Optim = new AdamWOptions { Lr = 1e-2 },
+        Guard = new GuardOptions { Mode = guard },
+        SkipBatches = skip,
     };
 
     /// <summary>A non-finite loss at step 3 (the final norm poisoned after step 2, restored after step 3): "fail" stops
