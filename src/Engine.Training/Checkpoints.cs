@@ -10,7 +10,20 @@ using Engine.Training.Parallel;
 namespace Engine.Training;
 
 /// <summary>What a checkpoint records besides weights and optimizer moments: enough for a bit-exact resume.</summary>
-public sealed record CheckpointState(int Step, long Tokens, ulong[] Rng, int AdamStep);
+public sealed record CheckpointState(int Step, long Tokens, ulong[] Rng, int AdamStep)
+{
+    /// <summary>Recipes: the stage's index and name (null for `engine train`).</summary>
+    public int StageIndex { get; init; }
+    public string? Stage { get; init; }
+    /// <summary>Recipes: the mixture's sampler state (SamplerState JSON: every stream's position and RNG).</summary>
+    public string? Sampler { get; init; }
+    /// <summary>Steps the guard or --skip-batches skipped so far.</summary>
+    public int SkippedSteps { get; init; }
+    /// <summary>The settings a bit-exact resume needs unchanged (<see cref="ResumeCheck"/>), by config key.</summary>
+    public Dictionary<string, string>? Exact { get; init; }
+    /// <summary>The settings a resume may change (learning rate, betas, clip, steps), as they were.</summary>
+    public Dictionary<string, string>? Overridable { get; init; }
+}
 
 /// <summary>One parameter of the flat layout a checkpoint was written with.</summary>
 public sealed record CheckpointParameter(string Name, int[] Shape, long Offset);
@@ -39,6 +52,12 @@ public sealed record CheckpointManifest
     public int Zero { get; init; }
     public List<CheckpointStage> Stages { get; init; } = [];
     public Dictionary<string, string> Files { get; init; } = [];
+    /// <summary>SHA-256 of the exactness settings (<see cref="CheckpointState.Exact"/>), for a quick comparison.</summary>
+    public string? ConfigHash { get; init; }
+    /// <summary>"dp N × pp P, ZeRO-Z": the parallel layout that wrote the checkpoint (it reshards on load).</summary>
+    public string? Layout { get; init; }
+    /// <summary>Byte size of every file (checked before the hashes).</summary>
+    public Dictionary<string, long>? Sizes { get; init; }
 }
 
 /// <summary>
@@ -117,6 +136,7 @@ public static class Checkpoints
         SafeTensorsWriter.Write(Path.Combine(tmp, ShardFile(world.Rank)),
             [new SafeTensorWrite("exp_avg", [total], fm), new SafeTensorWrite("exp_avg_sq", [total], fv)],
             new Dictionary<string, string> { ["rank"] = world.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        Durable.SyncFile(Path.Combine(tmp, ShardFile(world.Rank)));
         // every stage's first rank: the stage's layout and which world rank holds which slices
         if (group.Rank == 0)
         {
@@ -136,7 +156,9 @@ public static class Checkpoints
 
         if (world.Rank == 0)
         {
-            File.WriteAllText(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state));
+            Durable.WriteAllText(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state));
+            // every file durable before the manifest that vouches for them
+            foreach (var f in Directory.GetFiles(tmp, "*", SearchOption.AllDirectories)) Durable.SyncFile(f);
             int stages = layout?.Grid?.Stages ?? 1;
             var stageRecords = Enumerable.Range(0, stages).Select(i =>
             {
@@ -145,19 +167,26 @@ public static class Checkpoints
                 File.Delete(f);
                 return r;
             }).ToList();
+            var names = Directory.GetFiles(tmp, "*", SearchOption.AllDirectories)
+                .Select(f => Path.GetRelativePath(tmp, f).Replace('\\', '/')).Order(StringComparer.Ordinal).ToList();
             var manifest = new CheckpointManifest
             {
                 WorldSize = world.WorldSize,
                 Pp = stages,
                 Zero = dp.Stage,
                 Stages = stageRecords,
-                Files = Directory.GetFiles(tmp, "*", SearchOption.AllDirectories)
-                    .Select(f => Path.GetRelativePath(tmp, f).Replace('\\', '/')).Order(StringComparer.Ordinal)
-                    .ToDictionary(f => f, f => Sha256(Path.Combine(tmp, f))),
+                Files = names.ToDictionary(f => f, f => Sha256(Path.Combine(tmp, f))),
+                Sizes = names.ToDictionary(f => f, f => new FileInfo(Path.Combine(tmp, f)).Length),
+                ConfigHash = state.Exact is { } exact ? ResumeCheck.Hash(exact) : null,
+                Layout = $"dp {world.WorldSize / stages} × pp {stages}, ZeRO-{dp.Stage}",
             };
-            File.WriteAllText(Path.Combine(tmp, ManifestFile), JsonSerializer.Serialize(manifest, Json));
+            // the manifest last, then the directory entries, then the rename, then the parent's entry
+            Durable.WriteAllText(Path.Combine(tmp, ManifestFile), JsonSerializer.Serialize(manifest, Json));
+            Durable.SyncDirectory(Path.Combine(tmp, OptimizerDir));
+            Durable.SyncDirectory(tmp);
             if (Directory.Exists(final)) Directory.Delete(final, recursive: true);
             Directory.Move(tmp, final);
+            Durable.SyncDirectory(root);
             foreach (var old in List(root).SkipLast(Math.Max(1, keep))) Directory.Delete(old, recursive: true);
         }
         world.Barrier();
@@ -177,6 +206,22 @@ public static class Checkpoints
             return List(root).LastOrDefault() ?? throw new DirectoryNotFoundException($"--resume latest: no checkpoint under {root}");
         if (!Directory.Exists(spec)) throw new DirectoryNotFoundException($"--resume: checkpoint directory not found: {spec}");
         return spec;
+    }
+
+    /// <summary>
+    /// The checkpoint <paramref name="spec"/> names, verified: "latest" (the newest under root; refused when it is
+    /// damaged), "auto" (the newest that validates, each damaged one skipped with a warning; null when there is none,
+    /// i.e. a fresh start) or a directory.
+    /// </summary>
+    public static Loaded? OpenForResume(string spec, string root, Action<string>? warn = null)
+    {
+        if (spec != "auto") return Open(Resolve(spec, root));
+        foreach (var dir in Enumerable.Reverse(List(root)))
+        {
+            try { return Open(dir); }
+            catch (InvalidDataException e) { warn?.Invoke($"warning: skipping damaged checkpoint: {e.Message}"); }
+        }
+        return null;
     }
 
     /// <summary>A verified checkpoint: its manifest and state; the weights load into a new model, the moments into an
@@ -283,7 +328,34 @@ public static class Checkpoints
             if (!p.StartsWith(root + Path.DirectorySeparatorChar, StringComparison.Ordinal))
                 throw new InvalidDataException($"{manifestPath}: file '{file}' lies outside the checkpoint directory");
             if (!File.Exists(p)) throw new InvalidDataException($"{dir}: {file} listed in the manifest is missing");
+            if (manifest.Sizes?.GetValueOrDefault(file, -1) is long size and >= 0 && new FileInfo(p).Length != size)
+                throw new InvalidDataException($"{dir}: {file} holds {new FileInfo(p).Length} bytes, the manifest lists {size} (truncated or corrupted checkpoint)");
             if (Sha256(p) != hash) throw new InvalidDataException($"{dir}: {file} does not match its SHA-256 in the manifest (corrupted checkpoint)");
+        }
+        foreach (var required in new[] { StateFile, "config.json" })
+            if (!manifest.Files.ContainsKey(required)) throw new InvalidDataException($"{manifestPath}: the manifest lists no {required}");
+        // every optimizer file must hold both AdamW moments, as many as the manifest gives its rank
+        foreach (var sh in manifest.Stages.SelectMany(st => st.Shards))
+        {
+            string rel = ShardFile(sh.Rank).Replace('\\', '/');
+            if (!manifest.Files.ContainsKey(rel)) continue;   // reported below
+            string path = Path.Combine(dir, ShardFile(sh.Rank));
+            long expect = sh.Slices.Sum(x => x.Length);
+            try
+            {
+                using var st = SafeTensorsFile.Open(path);
+                foreach (var moment in new[] { "exp_avg", "exp_avg_sq" })
+                {
+                    var e = st.Entries.FirstOrDefault(x => x.Name == moment)
+                        ?? throw new InvalidDataException($"{dir}: {rel} has no {moment} (AdamW moments missing)");
+                    if (e.Shape.Aggregate(1L, (a, b) => a * b) != expect)
+                        throw new InvalidDataException($"{dir}: {rel}: {moment} holds {e.Shape.Aggregate(1L, (a, b) => a * b)} values, the manifest lists {expect}");
+                }
+            }
+            catch (InvalidDataException e) when (!e.Message.Contains(rel, StringComparison.Ordinal))
+            {
+                throw new InvalidDataException($"{dir}: {rel} is not a valid optimizer file ({e.Message})");
+            }
         }
         foreach (var sh in manifest.Stages.SelectMany(st => st.Shards))
             if (!manifest.Files.ContainsKey(ShardFile(sh.Rank).Replace('\\', '/')))

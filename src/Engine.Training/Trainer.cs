@@ -15,7 +15,13 @@ namespace Engine.Training;
 
 /// <summary>Outcome of a run: where the weights went and the loss trajectory.</summary>
 public sealed record TrainResult(string OutputDir, string WeightsDir, IReadOnlyList<StepMetrics> Steps, double? FinalValidLoss,
-    long Parameters, double TokensPerSecond);
+    long Parameters, double TokensPerSecond)
+{
+    /// <summary>Why the run stopped before train.steps (signal, time limit, --stop-after); null when it finished.</summary>
+    public string? StoppedReason { get; init; }
+    /// <summary>The checkpoint saved when it stopped early.</summary>
+    public string? Checkpoint { get; init; }
+}
 
 /// <summary>
 /// The training loop (TorchTitan shape): zero-grad → micro-batches (loss summed ÷ global valid tokens) → clip →
@@ -38,8 +44,15 @@ public sealed class Trainer
     /// <summary>Called with one-line status messages.</summary>
     public Action<string>? OnMessage { get; set; }
 
-    /// <summary>Resume from a checkpoint directory, or "latest" under output.dir/checkpoints (null = fresh start).</summary>
+    /// <summary>Resume from a checkpoint directory, "latest" (the newest under output.dir/checkpoints) or "auto" (the
+    /// newest that validates; a fresh start when there is none); null = fresh start.</summary>
     public string? Resume { get; set; }
+
+    /// <summary>Early stops (signals, time limit, step count) and the injected test fault; null = none.</summary>
+    public RunControl? Control { get; set; }
+
+    /// <summary>Steps (1-based, inclusive) whose batches are drawn but not trained (--skip-batches).</summary>
+    public (int First, int Last)? SkipBatches { get; set; }
 
     /// <summary>The job's ranks (null = this process alone). Rank 0 writes metrics, weights and messages.</summary>
     public ICommunicator? Communicator { get; set; }
@@ -70,10 +83,10 @@ public sealed class Trainer
         Checkpoints.Loaded? resumed = null;
         if (Resume != null)
         {
-            string dir = Checkpoints.Resolve(Resume, ckptRoot);
-            resumed = Checkpoints.Open(dir);
-            if (resumed.State.Step >= cfg.Train.Steps)
-                throw new ConfigException($"checkpoint {dir} is at step {resumed.State.Step}, not before train.steps = {cfg.Train.Steps}: nothing to resume");
+            resumed = Checkpoints.OpenForResume(Resume, ckptRoot, Say);
+            if (resumed == null) Say($"--resume auto: no valid checkpoint under {ckptRoot}: starting from step 0");
+            else if (resumed.State.Step >= cfg.Train.Steps)
+                throw new ConfigException($"checkpoint {resumed.Directory} is at step {resumed.State.Step}, not before train.steps = {cfg.Train.Steps}: nothing to resume");
         }
         // the layout needs the model's depth before any weights are built: from the checkpoint, init_from or the config
         var shape = resumed != null ? ModelIO.LoadConfig(resumed.Directory)
@@ -102,12 +115,27 @@ public sealed class Trainer
             ? layout.Pipelined ? $" on stage 0 of {cfg.Parallel.Pp} ({cfg.Parallel.Schedule}, {layout.MicroBatches(cfg.Train.GradAccum)} micro-batches), {layout.DataGroup.WorldSize} data-parallel replica(s) ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}"
             : $", {comm.WorldSize} data-parallel ranks ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}" : ""));
 
-        if (lead) Directory.CreateDirectory(outDir);
-        comm.Barrier();
-        using var metrics = lead ? new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: resumed != null) : null;
         using var dp = layout.CreateDataParallel(model);
         var runner = layout.CreateRunner(model, dp);
         using var opt = layout.CreateOptimizer(model, cfg.Optim, dp, runner);
+        int replicas = runner?.Grid.Replicas ?? dp.Comm.WorldSize, microBatches = layout.MicroBatches(cfg.Train.GradAccum);
+        var exact = ExactSettings(files, (long)replicas * microBatches * B);
+        var overridable = ResumeCheck.Overridable("", cfg.Optim, cfg.Train.Steps);
+        if (resumed != null)
+        {
+            var effective = ResumeCheck.Check(resumed.Directory, resumed.State.Exact, exact, resumed.State.Overridable, overridable);
+            Say("resume: settings in effect: " + string.Join(", ", effective) + (SkipBatches is { } sb ? $", skipping the batches of steps {sb.First}-{sb.Last}" : ""));
+        }
+
+        string metricsPath = Path.Combine(outDir, "metrics.jsonl");
+        if (lead)
+        {
+            Directory.CreateDirectory(outDir);
+            // steps after the checkpoint are trained again: their lines from the lost run go
+            if (resumed != null) ResumeCheck.TruncateMetrics(metricsPath, e => e.GetProperty("step").GetInt32() <= resumed.State.Step);
+        }
+        comm.Barrier();
+        using var metrics = lead ? new StreamWriter(metricsPath, append: resumed != null) : null;
         var rng = new Rng(cfg.Train.Seed);
         if (resumed != null)
         {
@@ -127,24 +155,43 @@ public sealed class Trainer
             EvalEvery = cfg.Train.EvalEvery,
             StartStep = resumed?.State.Step ?? 0,
             StartTokens = resumed?.State.Tokens ?? 0,
+            StartSkipped = resumed?.State.SkippedSteps ?? 0,
+            Guard = new GuardOptions { Mode = cfg.Train.Guard, ZScore = cfg.Train.GuardZ, Window = cfg.Train.GuardWindow },
+            SkipBatches = SkipBatches,
         };
+        if (Control != null && resumed != null) Control.LastCheckpoint = resumed.Directory;
         double? lastValid = null;
+        int savedStep = resumed?.State.Step ?? -1;
+        string? saved = null;
+        void Save(StepMetrics m)
+        {
+            // a step that failed the finite check never reaches here (guard "fail" throws; "skip" left the weights as they were)
+            if (!(m.Skipped || double.IsFinite(m.Loss))) throw new InvalidOperationException($"step {m.Step} is not finite: not checkpointed");
+            var clock = System.Diagnostics.Stopwatch.StartNew();
+            var (a, b, c, d) = rng.State;
+            saved = Checkpoints.Save(ckptRoot, model, opt, new CheckpointState(m.Step, m.Tokens, [a, b, c, d], opt.Step)
+            {
+                SkippedSteps = m.SkippedSteps,
+                Exact = exact,
+                Overridable = overridable,
+            }, cfg.Output.KeepCheckpoints, layout);
+            savedStep = m.Step;
+            Control?.SaveDone(clock.Elapsed.TotalSeconds);
+            if (Control != null) Control.LastCheckpoint = saved;
+            Say($"checkpoint {saved}");
+        }
         var steps = TrainingLoop.Run(model, new CorpusBatches(corpus, rng), options, opt, ewc: null,
             onStep: m =>
             {
                 metrics?.WriteLine(MetricsJson(m));
                 metrics?.Flush();
-                if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps)
-                {
-                    var (a, b, c, d) = rng.State;
-                    string dir = Checkpoints.Save(ckptRoot, model, opt, new CheckpointState(m.Step, m.Tokens, [a, b, c, d], opt.Step), cfg.Output.KeepCheckpoints, layout);
-                    Say($"checkpoint {dir}");
-                }
+                if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps) Save(m);
                 if (lead) OnStep?.Invoke(m);
             },
             validate: () => (lastValid = runner != null ? PipelineValidationLoss(runner, corpus) : ValidationLoss(model, corpus)).Value,
             cancel: cancel,
-            pipeline: runner);
+            pipeline: runner,
+            control: Control);
         long tokens = steps.Count > 0 ? steps[^1].Tokens : 0;
         if (runner != null)
         {
@@ -155,6 +202,16 @@ public sealed class Trainer
             if (idle[1] > 0)
                 Say($"pipeline: stages idle {idle[0] / idle[1]:P1} of each step on average (measured: bubble + transfers, {runner.TimedSteps} step(s) after the first); " +
                     $"theory (P−1)/(M+P−1) = {PipelineRunner.TheoreticalBubble(cfg.Parallel.Pp, M):P1} for P = {cfg.Parallel.Pp}, M = {M}");
+        }
+        if (Control?.Stopped == true && steps.Count > 0 && steps[^1].Step < cfg.Train.Steps)
+        {
+            if (savedStep != steps[^1].Step) Save(steps[^1]);
+            Say($"{Control.StopReason}: stopped after step {steps[^1].Step} of {cfg.Train.Steps}; resume with --resume latest");
+            return new TrainResult(outDir, "", steps, lastValid, model.ParameterCount, steps[^1].TokensPerSecond)
+            {
+                StoppedReason = Control.StopReason,
+                Checkpoint = saved,
+            };
         }
 
         string weightsDir = Path.Combine(outDir, "final");
@@ -167,13 +224,45 @@ public sealed class Trainer
         return new TrainResult(outDir, weightsDir, steps, lastValid, model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);
     }
 
-    /// <summary>One JSON line of metrics.jsonl.</summary>
+    /// <summary>The settings an exact resume needs unchanged (see <see cref="ResumeCheck"/>).</summary>
+    Dictionary<string, string> ExactSettings(List<string> files, long sequencesPerStep)
+    {
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        var d = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["model"] = cfg.Model.InitFrom is { } init ? $"init_from {cfg.Resolve(init)}"
+                : ModelShape(cfg.Model),
+            ["data.train"] = string.Join("; ", files.Select(f => $"{Path.GetFullPath(f)} ({new FileInfo(f).Length} bytes)")),
+            ["data.tokenizer"] = cfg.Data.Tokenizer == "byte" ? "byte" : cfg.Resolve(cfg.Data.Tokenizer),
+            ["data.valid_fraction"] = ResumeCheck.Format(cfg.Data.ValidFraction),
+            ["train.seq_len"] = cfg.Train.SeqLen.ToString(inv),
+            ["train.sequences_per_step"] = sequencesPerStep.ToString(inv),
+            ["train.seed"] = cfg.Train.Seed.ToString(inv),
+            ["train.z_loss"] = ResumeCheck.Format(cfg.Train.ZLoss),
+            ["optim.weight_decay"] = ResumeCheck.Format(cfg.Optim.WeightDecay),
+            ["optim.eps"] = ResumeCheck.Format(cfg.Optim.Eps),
+            ["schedule"] = ResumeCheck.Json(cfg.Schedule),
+        };
+        return d;
+    }
+
+    /// <summary>The model section without what does not change the math (activation checkpointing).</summary>
+    static string ModelShape(ModelSection m)
+    {
+        var node = System.Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(m))!.AsObject();
+        node.Remove(nameof(ModelSection.CheckpointActivations));
+        return node.ToJsonString();
+    }
+
+    /// <summary>One JSON line of metrics.jsonl (a skipped step has no loss or norm: null).</summary>
     public static string MetricsJson(StepMetrics m) => JsonSerializer.Serialize(new
     {
         step = m.Step,
-        loss = m.Loss,
+        loss = Finite(m.Loss),
         lr = m.Lr,
-        grad_norm = m.GradNorm,
+        grad_norm = Finite(m.GradNorm),
+        skipped = m.Skipped ? true : (bool?)null,
+        skipped_steps = m.SkippedSteps,
         tokens = m.Tokens,
         tokens_per_s = m.TokensPerSecond,
         elapsed_s = m.ElapsedSeconds,
@@ -181,6 +270,8 @@ public sealed class Trainer
         source_loss = m.SourceLosses,
         ewc_penalty = m.EwcPenalty,
     });
+
+    static double? Finite(double v) => double.IsFinite(v) ? v : null;
 
     sealed class CorpusBatches(TokenCorpus corpus, Rng rng) : IBatchSource
     {

@@ -44,12 +44,33 @@ public sealed record LoopOptions
     public int StartStep { get; init; }
     /// <summary>Tokens already trained before StartStep (for the metrics).</summary>
     public long StartTokens { get; init; }
+    /// <summary>Numeric guard: what a non-finite loss or gradient norm (or, with "skip", a loss spike) does.</summary>
+    public GuardOptions Guard { get; init; } = new();
+    /// <summary>Steps (1-based, inclusive) whose batches are drawn but not trained (`--skip-batches A-B`: bad data).</summary>
+    public (int First, int Last)? SkipBatches { get; init; }
+    /// <summary>Steps skipped before StartStep (the metrics' running count).</summary>
+    public int StartSkipped { get; init; }
 }
+
+/// <summary>
+/// The numeric guard (llm.c's rule for spikes): "fail" stops the run at a step whose loss or gradient norm is not finite
+/// (both are global values, so every rank agrees) naming the step, the tensor and the last good checkpoint; "skip"
+/// leaves weights and moments untouched at such a step, and also at a loss whose z-score over the last
+/// <see cref="Window"/> losses exceeds <see cref="ZScore"/> (the window must be full; 0 = no spike rule).
+/// </summary>
+public sealed record GuardOptions
+{
+    public string Mode { get; init; } = "fail";
+    public double ZScore { get; init; } = 5;
+    public int Window { get; init; } = 128;
+    public bool Skip => Mode == "skip";
+}
+
 
 /// <summary>What one optimizer step did; SourceLosses holds the mean token loss per data source in the step.</summary>
 public sealed record StepMetrics(int Step, int TotalSteps, double Loss, double Lr, double GradNorm, long Tokens,
     double TokensPerSecond, double ElapsedSeconds, double? ValidLoss, IReadOnlyDictionary<string, double>? SourceLosses = null,
-    double EwcPenalty = 0);
+    double EwcPenalty = 0, bool Skipped = false, int SkippedSteps = 0);
 
 /// <summary>
 /// The training loop (TorchTitan shape, ~one screen): the global batch (world size × grad_accum micro-batches of the
@@ -62,7 +83,7 @@ public static class TrainingLoop
 {
     public static List<StepMetrics> Run(LlamaModel model, IBatchSource data, LoopOptions o, AdamW opt, Ewc? ewc = null,
         Action<StepMetrics>? onStep = null, Func<double>? validate = null, CancellationToken cancel = default,
-        PipelineRunner? pipeline = null)
+        PipelineRunner? pipeline = null, RunControl? control = null)
     {
         var be = model.Backend;
         var dp = opt.Parallel;
@@ -73,11 +94,27 @@ public static class TrainingLoop
         var steps = new List<StepMetrics>();
         long tokens = o.StartTokens;
         double evalSeconds = 0;
+        int skipped = o.StartSkipped;
+        var spikes = new SpikeDetector(o.Guard.Window);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         for (int step = o.StartStep; step < o.Steps; step++)
         {
             cancel.ThrowIfCancellationRequested();
+            double stepStart = clock.Elapsed.TotalSeconds;
             double lr = Schedule.LearningRate(o.Schedule, o.Optim.Lr, step, o.Steps);
+            if (o.SkipBatches is { } sk && step + 1 >= sk.First && step + 1 <= sk.Last)
+            {
+                // bad data: draw the step's batches (the stream moves on as in any step) and train on none of them
+                for (int i = 0; i < world * A; i++) data.Skip(o.BatchSize, o.SeqLen);
+                tokens += (long)world * A * o.BatchSize * o.SeqLen;
+                skipped++;
+                var sm = new StepMetrics(step + 1, o.Steps, double.NaN, lr, double.NaN, tokens, 0, clock.Elapsed.TotalSeconds, null,
+                    Skipped: true, SkippedSteps: skipped);
+                steps.Add(sm);
+                onStep?.Invoke(sm);
+                if (control?.ShouldStop(step + 1, metricsComm) == true) break;
+                continue;
+            }
             var mine = new List<Batch>(A);
             long valid = 0;
             for (int i = 0; i < world * A; i++)
@@ -127,8 +164,27 @@ public static class TrainingLoop
             dp.FinishGradients();
             pipeline?.SyncTiedEmbedding();
             double penalty = ewc?.Apply(model, dp) ?? 0;
-            double norm = opt.Update(lr);
+            // the loss is reduced before the update: its finite flag (and the spike rule) is then the same on every rank
             if (metricsComm.WorldSize > 1) (lossSum, perSourceSums) = ReduceMetrics(metricsComm, lossSum, perSourceSums, sources);
+            bool skip = false;
+            double norm = double.NaN;
+            if (!double.IsFinite(lossSum))
+            {
+                if (!o.Guard.Skip) throw Guard(step + 1, $"the loss is {lossSum}", control);
+                skip = true;
+            }
+            else if (o.Guard.Skip && o.Guard.ZScore > 0 && spikes.Add(lossSum) is var z && z > o.Guard.ZScore) skip = true;
+            if (!skip)
+            {
+                try { norm = opt.Update(lr); }
+                catch (InvalidOperationException e) when (e.Message.StartsWith("gradient norm is", StringComparison.Ordinal))
+                {
+                    // the norm is global (all-reduced), so every rank is here; AdamW wrote nothing
+                    if (!o.Guard.Skip) throw Guard(step + 1, $"the gradient norm is not finite{FirstNonFinite(dp)}", control);
+                    skip = true;
+                }
+            }
+            if (skip) skipped++;
             tokens += (long)world * A * o.BatchSize * o.SeqLen;
             double? v = null;
             if (validate != null && (step == o.Steps - 1 || (o.EvalEvery > 0 && (step + 1) % o.EvalEvery == 0)))
@@ -140,11 +196,52 @@ public static class TrainingLoop
             double trainSeconds = clock.Elapsed.TotalSeconds - evalSeconds;
             var perSource = perSourceSums.Where(kv => kv.Value.Count > 0).ToDictionary(kv => kv.Key, kv => kv.Value.Sum / kv.Value.Count, StringComparer.Ordinal);
             var m = new StepMetrics(step + 1, o.Steps, lossSum, lr, norm, tokens, (tokens - o.StartTokens) / Math.Max(trainSeconds, 1e-9),
-                clock.Elapsed.TotalSeconds, v, perSource, penalty);
+                clock.Elapsed.TotalSeconds, v, perSource, penalty, skip, skipped);
             steps.Add(m);
+            control?.StepDone(clock.Elapsed.TotalSeconds - stepStart);
             onStep?.Invoke(m);
+            if (control?.ShouldStop(step + 1, metricsComm) == true) break;
         }
         return steps;
+    }
+
+    /// <summary>The guard's stop (InvalidDataException: one line from the CLI): the step, the tensor, the last good checkpoint.</summary>
+    static InvalidDataException Guard(int step, string what, RunControl? control) => new(
+        $"step {step}: {what}; stopped (train.guard = \"fail\"). Last good checkpoint: " +
+        (control?.LastCheckpoint is { } c ? $"{c} (resume with --resume {c} --skip-batches {step}-{step} to step over this batch, or set train.guard = \"skip\")" : "none"));
+
+    /// <summary>", first in parameter NAME" when this rank holds the whole flat gradient buffer and one is not finite.</summary>
+    static string FirstNonFinite(DataParallel dp)
+    {
+        var grads = dp.Store.Grads;
+        if (grads == null) return "";
+        var g = grads.ToArray();
+        foreach (var s in dp.Store.Slots)
+            for (long i = s.Offset; i < s.Offset + s.Numel && i < g.Length; i++)
+                if (!float.IsFinite(g[i])) return $" (first non-finite gradient: {s.Name})";
+        return "";
+    }
+
+    /// <summary>llm.c's outlier detector: the z-score of the newest loss over a window that includes it (NaN until the
+    /// window is full).</summary>
+    sealed class SpikeDetector(int window)
+    {
+        readonly Queue<double> values = new();
+        double sum, sumSq;
+
+        public double Add(double x)
+        {
+            values.Enqueue(x);
+            sum += x; sumSq += x * x;
+            if (values.Count > window)
+            {
+                double old = values.Dequeue();
+                sum -= old; sumSq -= old * old;
+            }
+            if (values.Count < window || window < 2) return double.NaN;
+            double mean = sum / window, sd = Math.Sqrt(Math.Max(0, sumSq / window - mean * mean));
+            return sd == 0 ? 0 : (x - mean) / sd;
+        }
     }
 
     /// <summary>Sums the loss and the per-source (loss sum, count) over ranks in one collective, in the order of the

@@ -18,10 +18,11 @@ public static class LaunchCommand
         var masterPort = new Option<int>("--master-port") { Description = "a free port on node 0", DefaultValueFactory = _ => 29500 };
         var device = new Option<string>("--device") { Description = "cpu (ranks under mpirun) or cuda (one child per GPU, device = local rank)", DefaultValueFactory = _ => "cpu" };
         var spawn = new Option<bool>("--spawn") { Description = "CPU ranks as children with torchrun-style variables instead of mpirun" };
+        var restarts = new Option<int>("--max-restarts") { Description = "when a rank dies, restart every rank up to R times (train, recipe, demo: from the last good checkpoint, --resume auto)", DefaultValueFactory = _ => 0 };
         var command = new Argument<string[]>("command") { Description = "the engine verb and its arguments, after --", Arity = ArgumentArity.ZeroOrMore };
         var cmd = new Command("launch", "start one process per rank (torchrun-style): rank 0's output as is, other ranks' lines prefixed [rank N]")
         {
-            nproc, nnodes, nodeRank, masterAddr, masterPort, device, spawn, command,
+            nproc, nnodes, nodeRank, masterAddr, masterPort, device, spawn, restarts, command,
         };
         cmd.SetAction(parse => Cli.Guard(() => Launcher.Run(new LaunchOptions
         {
@@ -32,6 +33,7 @@ public static class LaunchCommand
             MasterPort = parse.GetValue(masterPort),
             Device = parse.GetValue(device)!,
             Spawn = parse.GetValue(spawn),
+            MaxRestarts = parse.GetValue(restarts),
             Command = parse.GetValue(command) ?? [],
         }, Self(), Console.Out, Console.Error)));
         return cmd;

@@ -15,8 +15,11 @@ public static class RecipeCommand
         var set = new Option<string[]>("--set") { Description = "override a key, e.g. output.dir=runs/x or eval.max_examples=50 (stage keys: use --scale)", AllowMultipleArgumentsPerToken = true };
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var scale = new Option<double>("--scale") { Description = "multiply every stage's steps (e.g. 0.1 for a smoke run)", DefaultValueFactory = _ => 1.0 };
-        var cmd = new Command("recipe", "run a multi-stage domain-adaptation recipe and its evaluation") { config, set, device, scale };
-        cmd.SetAction(p => Cli.Guard(() => Run(p.GetValue(config)!.FullName, p.GetValue(set) ?? [], p.GetValue(device)!, p.GetValue(scale))));
+        var resume = ResumeOption();
+        var stop = StopOptions.Create();
+        var cmd = new Command("recipe", "run a multi-stage domain-adaptation recipe and its evaluation") { config, set, device, scale, resume };
+        stop.AddTo(cmd);
+        cmd.SetAction(p => Cli.Guard(() => Run(p.GetValue(config)!.FullName, p.GetValue(set) ?? [], p.GetValue(device)!, p.GetValue(scale), p.GetValue(resume), stop, p)));
         return cmd;
     }
 
@@ -25,14 +28,22 @@ public static class RecipeCommand
         var set = new Option<string[]>("--set") { Description = "override a key of the demo recipe (e.g. output.dir=runs/x)", AllowMultipleArgumentsPerToken = true };
         var scale = new Option<double>("--scale") { Description = "multiply every stage's steps (e.g. 0.1 for a smoke run)", DefaultValueFactory = _ => 1.0 };
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
-        var cmd = new Command("demo", "the finance demo: base → naive → mixed → hybrid-tuning on the shipped data, one comparison table") { set, scale, device };
+        var resume = ResumeOption();
+        var stop = StopOptions.Create();
+        var cmd = new Command("demo", "the finance demo: base → naive → mixed → hybrid-tuning on the shipped data, one comparison table") { set, scale, device, resume };
+        stop.AddTo(cmd);
         cmd.SetAction(p => Cli.Guard(() =>
         {
             string path = FindDemo();
-            return Run(path, p.GetValue(set) ?? [], p.GetValue(device)!, p.GetValue(scale));
+            return Run(path, p.GetValue(set) ?? [], p.GetValue(device)!, p.GetValue(scale), p.GetValue(resume), stop, p);
         }));
         return cmd;
     }
+
+    static Option<string?> ResumeOption() => new("--resume")
+    {
+        Description = "continue a stopped run exactly: 'latest' or 'auto' (finished stages kept, the current one from its newest checkpoint — auto skips damaged ones) or a stage checkpoint directory",
+    };
 
     static string FindDemo()
     {
@@ -45,7 +56,7 @@ public static class RecipeCommand
         throw new FileNotFoundException($"{DemoConfig} not found above {Directory.GetCurrentDirectory()}");
     }
 
-    static int Run(string path, IEnumerable<string> overrides, string device, double scale = 1.0)
+    static int Run(string path, IEnumerable<string> overrides, string device, double scale, string? resume, StopOptions stop, ParseResult parse)
     {
         var cfg = RecipeConfig.Load(path, overrides);
         if (scale != 1.0)
@@ -55,10 +66,13 @@ public static class RecipeCommand
         }
         var (backend, comm) = Cli.Distributed(device);
         using var _ = comm;
+        using var control = stop.Control(parse, comm.Rank == 0);
         var runner = new RecipeRunner(cfg, backend)
         {
             Log = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]"),
             Communicator = comm,
+            Resume = resume,
+            Control = control,
         };
         runner.OnStep = (stage, m) =>
         {
@@ -68,6 +82,11 @@ public static class RecipeCommand
         };
         var reports = runner.Run();
         if (comm.Rank != 0) return 0;
+        if (runner.StoppedReason != null)
+        {
+            Console.WriteLine($"stopped: {runner.StoppedReason}; checkpoint {control.LastCheckpoint} (continue with --resume latest)");
+            return 0;
+        }
         Console.WriteLine();
         Console.WriteLine(RecipeReportWriter.Table(reports));
         foreach (var r in reports.Where(r => r.Notes.Count > 0)) Console.WriteLine($"{r.Name}: {string.Join("; ", r.Notes)}");

@@ -12,17 +12,29 @@ public static class TrainCommand
         var config = new Option<FileInfo>("--config", "-c") { Description = "TOML or JSON run config", Required = true };
         var device = new Option<string?>("--device") { Description = "cpu or cuda (overrides train.device)" };
         var set = new Option<string[]>("--set") { Description = "override a config key: --set train.steps=50 (repeatable)", AllowMultipleArgumentsPerToken = true };
-        var resume = new Option<string?>("--resume") { Description = "resume from a checkpoint directory, or 'latest' under output.dir/checkpoints" };
         var dryRun = new Option<bool>("--dry-run") { Description = "print the per-device memory estimate of the configured layout and exit (refuses one that cannot fit)" };
-        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, dryRun };
+        var resume = new Option<string?>("--resume") { Description = "continue exactly from a checkpoint: a directory, 'latest' (the newest under output.dir/checkpoints) or 'auto' (the newest that validates; a fresh start when none)" };
+        var initFrom = new Option<string?>("--init-from") { Description = "start a new run from these weights only (a checkpoint or Hugging Face directory): fresh optimizer, schedule and data" };
+        var stop = StopOptions.Create();
+        var skip = new Option<string?>("--skip-batches") { Description = "A-B: draw but do not train on the batches of steps A..B (bad data found after a crash)" };
+        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, initFrom, skip, dryRun };
+        stop.AddTo(cmd);
         cmd.SetAction(parse => Cli.Guard(() =>
         {
             var overrides = (parse.GetValue(set) ?? []).ToList();
             if (parse.GetValue(device) is { } d) overrides.Add($"train.device=\"{d}\"");
+            if (parse.GetValue(initFrom) is { } from)
+            {
+                // --resume auto may join it (a restarted job: the checkpoint wins when there is one)
+                if (parse.GetValue(resume) is { } r && r != "auto") throw new ArgumentException("--init-from and --resume exclude each other: --resume continues a run, --init-from starts a new one from its weights");
+                if (!Directory.Exists(from)) throw new DirectoryNotFoundException($"--init-from: directory not found: {from}");
+                overrides.Add($"model.init_from={System.Text.Json.JsonSerializer.Serialize(Path.GetFullPath(from))}");
+            }
             var cfg = TrainConfig.Load(parse.GetValue(config)!.FullName, overrides);
             var (backend, comm) = Cli.Distributed(cfg.Train.Device);
             using var _ = comm;
-            var trainer = new Trainer(cfg, backend) { Resume = parse.GetValue(resume), Communicator = comm };
+            using var control = stop.Control(parse, comm.Rank == 0);
+            var trainer = new Trainer(cfg, backend) { Resume = parse.GetValue(resume), Communicator = comm, Control = control, SkipBatches = ParseRange(parse.GetValue(skip)) };
             if (parse.GetValue(dryRun))
             {
                 string plan = trainer.DryRun(comm.WorldSize);
@@ -31,12 +43,26 @@ public static class TrainCommand
             }
             var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0);
             if (comm.Rank != 0) return 0;
+            if (result.StoppedReason != null)
+            {
+                AnsiConsole.MarkupLine($"[yellow]stopped[/]: {Markup.Escape(result.StoppedReason)} after step {result.Steps[^1].Step}; checkpoint: [blue]{Markup.Escape(result.Checkpoint ?? "")}[/] (continue with --resume latest)");
+                return 0;
+            }
             AnsiConsole.MarkupLine($"[green]done[/]: {result.Steps.Count} steps, final train loss {result.Steps[^1].Loss:F4}" +
                 (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s");
             AnsiConsole.MarkupLine($"weights: [blue]{Markup.Escape(result.WeightsDir)}[/]  metrics: [blue]{Markup.Escape(Path.Combine(result.OutputDir, "metrics.jsonl"))}[/]");
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>"A-B" or "A" (1-based steps, inclusive).</summary>
+    static (int, int)? ParseRange(string? text)
+    {
+        if (text == null) return null;
+        var parts = text.Split('-');
+        if (parts.Length is 1 or 2 && int.TryParse(parts[0], out int a) && int.TryParse(parts[^1], out int b) && a >= 1 && b >= a) return (a, b);
+        throw new ArgumentException($"--skip-batches '{text}': expected A-B with 1 <= A <= B (steps, 1-based)");
     }
 
     /// <summary>A live progress bar (loss, tokens/s, ETA) on a terminal; plain log lines when output is redirected.</summary>

@@ -22,6 +22,9 @@ public sealed record LaunchOptions
     public bool Spawn { get; init; }
     /// <summary>The engine verb and its arguments, run by every rank.</summary>
     public required IReadOnlyList<string> Command { get; init; }
+    /// <summary>When a rank dies, restart every rank up to this many times — train, recipe and demo with
+    /// `--resume auto`, so they continue from the last good checkpoint.</summary>
+    public int MaxRestarts { get; init; }
 
     public void Validate()
     {
@@ -32,6 +35,7 @@ public sealed record LaunchOptions
         if (Device is not ("cpu" or "cuda")) throw new ArgumentException($"--device must be cpu or cuda, got '{Device}'");
         if (Command.Count == 0) throw new ArgumentException("nothing to launch: give the engine verb after --, e.g. engine launch --nproc-per-node 2 -- train --config run.toml");
         if (Command[0] == "launch") throw new ArgumentException("engine launch cannot launch itself");
+        if (MaxRestarts < 0) throw new ArgumentException($"--max-restarts must be >= 0, got {MaxRestarts}");
     }
 }
 
@@ -49,12 +53,44 @@ public static partial class Launcher
     static readonly string[] ForeignPrefixes = ["OMPI_", "PMIX_", "PMI_"];
     static readonly string[] TorchrunVariables = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"];
 
+    /// <summary>The restart count the launcher gives every rank (0 on the first attempt).</summary>
+    public const string RestartAttemptVariable = "ENGINE_RESTART_ATTEMPT";
+
+    /// <summary>Verbs that checkpoint and accept `--resume auto`.</summary>
+    static readonly string[] Resumable = ["train", "recipe", "demo"];
+
+    static volatile bool signalled;
+
     /// <param name="engine">The engine executable and its leading arguments (the apphost, or dotnet + engine.dll).</param>
     public static int Run(LaunchOptions o, IReadOnlyList<string> engine, TextWriter stdout, TextWriter stderr)
     {
         o.Validate();
         bool viaMpirun = o.Device == "cpu" && o.Nnodes == 1 && !o.Spawn;
-        return viaMpirun ? RunMpirun(o, engine, stdout, stderr) : RunChildren(o, engine, stdout, stderr);
+        signalled = false;
+        for (int attempt = 0; ; attempt++)
+        {
+            var run = attempt == 0 ? o : o with { Command = WithResumeAuto(o.Command) };
+            int code = viaMpirun ? RunMpirun(run, engine, stdout, stderr, attempt) : RunChildren(run, engine, stdout, stderr, attempt);
+            if (code == 0 || attempt >= o.MaxRestarts || signalled) return code;
+            stderr.WriteLine($"engine launch: restarting every rank (restart {attempt + 1} of {o.MaxRestarts})" +
+                (Resumable.Contains(o.Command[0]) ? " from the last good checkpoint (--resume auto)" : ""));
+            stderr.Flush();
+        }
+    }
+
+    /// <summary>The command with `--resume auto` (replacing any --resume value) for train, recipe and demo.</summary>
+    public static IReadOnlyList<string> WithResumeAuto(IReadOnlyList<string> command)
+    {
+        if (command.Count == 0 || !Resumable.Contains(command[0])) return command;
+        var result = new List<string>();
+        for (int i = 0; i < command.Count; i++)
+        {
+            if (command[i] == "--resume") { i++; continue; }
+            if (command[i].StartsWith("--resume=", StringComparison.Ordinal)) continue;
+            result.Add(command[i]);
+        }
+        result.AddRange(["--resume", "auto"]);
+        return result;
     }
 
     // ---- mpirun ---------------------------------------------------------------------------------------------------
@@ -75,7 +111,7 @@ public static partial class Launcher
     [GeneratedRegex(@"Process name:\s*\[\[\d+,\d+\],(\d+)\][\s\S]*?Exit code:\s*(\d+)")]
     private static partial Regex MpirunExitCode();
 
-    static int RunMpirun(LaunchOptions o, IReadOnlyList<string> engine, TextWriter stdout, TextWriter stderr)
+    static int RunMpirun(LaunchOptions o, IReadOnlyList<string> engine, TextWriter stdout, TextWriter stderr, int attempt)
     {
         string mpirun = FindOnPath("mpirun") ?? throw new NotSupportedException(
             "mpirun not found on PATH: CPU ranks run under Open MPI (install Debian's openmpi-bin), or use --device cuda");
@@ -91,6 +127,7 @@ public static partial class Launcher
         foreach (var a in args) psi.ArgumentList.Add(a);
         foreach (var v in TorchrunVariables) psi.Environment.Remove(v);
         psi.Environment[LaunchEnvironment.LauncherVariable] = "1";   // mpirun passes it to every rank
+        psi.Environment[RestartAttemptVariable] = attempt.ToString(CultureInfo.InvariantCulture);
         if (NativeMethods.IsRoot)
         {
             psi.Environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1";
@@ -148,7 +185,7 @@ public static partial class Launcher
 
     // ---- children -------------------------------------------------------------------------------------------------
 
-    static int RunChildren(LaunchOptions o, IReadOnlyList<string> engine, TextWriter stdout, TextWriter stderr)
+    static int RunChildren(LaunchOptions o, IReadOnlyList<string> engine, TextWriter stdout, TextWriter stderr, int attempt)
     {
         string? token = Environment.GetEnvironmentVariable(LaunchEnvironment.TokenVariable);
         if (string.IsNullOrEmpty(token))
@@ -181,6 +218,7 @@ public static partial class Launcher
                 psi.Environment["MASTER_PORT"] = o.MasterPort.ToString(CultureInfo.InvariantCulture);
                 psi.Environment[LaunchEnvironment.TokenVariable] = token;
                 psi.Environment[LaunchEnvironment.LauncherVariable] = "1";
+                psi.Environment[RestartAttemptVariable] = attempt.ToString(CultureInfo.InvariantCulture);
                 if (o.Device == "cuda") psi.Environment["CUDA_VISIBLE_DEVICES"] = VisibleDevice(Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES"), local);
                 var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start rank {rank}");
                 children[local] = p;
@@ -272,6 +310,7 @@ public static partial class Launcher
         void Handler(PosixSignalContext ctx)
         {
             ctx.Cancel = true;
+            signalled = true;   // the user stops the job: no restart
             Terminate(processes().Where(p => p is not null));
         }
         return new Registrations([PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler), PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler)]);

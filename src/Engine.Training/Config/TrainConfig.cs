@@ -47,6 +47,8 @@ public sealed class TrainConfig
         if (Output.SaveDtype is not ("F32" or "BF16")) errors.Add($"output.save_dtype must be F32 or BF16 (got {Output.SaveDtype})");
         if (Output.CheckpointEvery < 0) errors.Add($"output.checkpoint_every must be >= 0 (got {Output.CheckpointEvery})");
         if (Output.KeepCheckpoints < 1) errors.Add($"output.keep_checkpoints must be >= 1 (got {Output.KeepCheckpoints})");
+        if (Train.Guard is not ("fail" or "skip")) errors.Add($"train.guard must be fail or skip (got {Train.Guard})");
+        if (Train.GuardZ < 0 || Train.GuardWindow < 2) errors.Add($"train.guard_z must be >= 0 and train.guard_window >= 2 (got {Train.GuardZ}, {Train.GuardWindow})");
         if (Train.Device is not ("cpu" or "cuda")) errors.Add($"train.device must be cpu or cuda (got {Train.Device})");
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
     }
@@ -122,6 +124,11 @@ public sealed class TrainSection
     /// <summary>Validation every N steps (0 = only at the end).</summary>
     public int EvalEvery { get; set; }
     public int EvalBatches { get; set; } = 4;
+    /// <summary>Numeric guard: "fail" stops at a non-finite loss or gradient norm; "skip" skips such a step, and a loss
+    /// spike above guard_z standard deviations of the last guard_window losses (llm.c's rule; 0 = no spike rule).</summary>
+    public string Guard { get; set; } = "fail";
+    public double GuardZ { get; set; } = 5;
+    public int GuardWindow { get; set; } = 128;
 }
 
 public sealed class OutputSection

@@ -147,4 +147,7 @@ public sealed class EvalSection
 public sealed class RecipeOutput
 {
     public string Dir { get; set; } = "runs/recipe";
+    /// <summary>A checkpoint every N steps of a stage (checkpoints/NN_stage/step_…; 0 = only when stopped early).</summary>
+    public int CheckpointEvery { get; set; } = 50;
+    public int KeepCheckpoints { get; set; } = 2;
 }

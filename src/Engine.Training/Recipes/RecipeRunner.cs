@@ -57,6 +57,24 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
 
     void Say(string message) { if (Lead) Log?.Invoke(message); }
 
+    /// <summary>Resume a stopped run: "latest" or "auto" (the first stage without a finished record, from its newest
+    /// checkpoint — auto skips damaged ones — or from its start), or a stage checkpoint directory; null = fresh run.</summary>
+    public string? Resume { get; set; }
+
+    /// <summary>Early stops (signals, time limit, step count) and the injected test fault; null = none.</summary>
+    public RunControl? Control { get; set; }
+
+    /// <summary>Why the run stopped before its last stage finished (a checkpoint was saved); null when it finished.</summary>
+    public string? StoppedReason { get; private set; }
+
+    /// <summary>stages/NAME/stage.json: a finished stage's report and steps, and the settings it ran with.</summary>
+    sealed record StageRecord(StageReport Report, List<StepMetrics> Steps, Dictionary<string, string> Exact);
+
+    static readonly JsonSerializerOptions RecordJson = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
+    static string StageRecordPath(string outDir, string stage) => Path.Combine(outDir, "stages", stage, "stage.json");
+    string StageCheckpoints(string outDir, int index) => Path.Combine(outDir, "checkpoints", $"{index:D2}_{cfg.Stages[index].Name}");
+
     public List<StageReport> Run(CancellationToken cancel = default)
     {
         comm = Communicator ?? new SingleRankCommunicator(backend);
@@ -74,25 +92,105 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 ? $"source {name}: {loaded.TrainDocs.Count} training documents, {loaded.HeldOutDocs.Count} held out"
                 : $"source {name}: {loaded.Examples.Count} instruction examples");
         }
-        // a trained tokenizer is trained and saved by rank 0; the other ranks load the file it wrote
-        baseTokenizer = OnLead(() => RecipeTokenizers.Build(cfg, sources, outDir, Log),
-            () => cfg.Tokenizer.Kind == "byte" || cfg.Tokenizer.Path != null ? RecipeTokenizers.Build(cfg, sources, outDir, null)
-                : BpeTokenizer.Load(Path.Combine(outDir, "tokenizer.json")));
+        // a trained tokenizer is trained and saved by rank 0; the other ranks load the file it wrote (a resumed run
+        // loads the one its first run trained)
+        string baseFile = Path.Combine(outDir, "tokenizer.json"), expandedFile = Path.Combine(outDir, "tokenizer_expanded.json");
+        bool trained = cfg.Tokenizer.Kind != "byte" && cfg.Tokenizer.Path == null;
+        baseTokenizer = Resume != null && trained && File.Exists(baseFile) ? BpeTokenizer.Load(baseFile)
+            : OnLead(() => RecipeTokenizers.Build(cfg, sources, outDir, Log),
+                () => !trained ? RecipeTokenizers.Build(cfg, sources, outDir, null) : BpeTokenizer.Load(baseFile));
         if (cfg.Stages.Any(s => s.ExpandedVocab))
-            expandedTokenizer = OnLead(() => RecipeTokenizers.Expand(cfg, baseTokenizer, sources, outDir, Log),
-                () => BpeTokenizer.Load(Path.Combine(outDir, "tokenizer_expanded.json")));
+            expandedTokenizer = Resume != null && File.Exists(expandedFile) ? BpeTokenizer.Load(expandedFile)
+                : OnLead(() => RecipeTokenizers.Expand(cfg, baseTokenizer, sources, outDir, Log), () => BpeTokenizer.Load(expandedFile));
         var evalSet = LoadFewShot();
         var reports = new List<StageReport>();
-        using var metrics = Lead ? new StreamWriter(Path.Combine(outDir, "metrics.jsonl")) : null;
-        foreach (var stage in cfg.Stages)
+        var (first, resumed) = Resume != null ? ResumePoint(outDir) : (0, null);
+        string metricsPath = Path.Combine(outDir, "metrics.jsonl");
+        var earlier = new List<StepMetrics>();
+        if (Resume != null)
+        {
+            for (int i = 0; i < first; i++)
+            {
+                string path = StageRecordPath(outDir, cfg.Stages[i].Name);
+                StageRecord rec;
+                try { rec = JsonSerializer.Deserialize<StageRecord>(File.ReadAllText(path), RecordJson) ?? throw new InvalidDataException($"{path}: empty"); }
+                catch (JsonException e) { throw new InvalidDataException($"{path}: not a stage record ({e.Message})"); }
+                // the finished stage must have run with today's settings (its selection is not recomputed here)
+                var saved = rec.Exact.Where(kv => !kv.Key.EndsWith(".selection", StringComparison.Ordinal)).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
+                ResumeCheck.Check(path, saved, ExactSettings(cfg.Stages[i], null), null, new Dictionary<string, string>());
+                reports.Add(rec.Report with { Steps = rec.Steps });
+                stageWeights[rec.Report.Name] = rec.Report.WeightsDir;
+                Say($"stage {rec.Report.Name}: finished in the earlier run (stages/{rec.Report.Name}/stage.json)");
+            }
+            int keepStep = resumed?.State.Step ?? 0;
+            string? current = first < cfg.Stages.Length ? cfg.Stages[first].Name : null;
+            var index = cfg.Stages.Select((st, i) => (st.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
+            bool Keep(JsonElement e)
+            {
+                string name = e.GetProperty("stage").GetString() ?? "";
+                return index.TryGetValue(name, out int i) && (i < first || (name == current && e.GetProperty("Step").GetInt32() <= keepStep));
+            }
+            if (Lead) ResumeCheck.TruncateMetrics(metricsPath, Keep);
+            // the resumed stage's steps before its checkpoint, for its report and loss plot
+            if (current != null && resumed != null && File.Exists(metricsPath))
+                foreach (var line in File.ReadLines(metricsPath))
+                {
+                    using var doc = JsonDocument.Parse(line);
+                    var e = doc.RootElement;
+                    if (e.GetProperty("stage").GetString() == current && e.GetProperty("Step").GetInt32() <= keepStep) earlier.Add(FromMetricsLine(e));
+                }
+            comm.Barrier();
+        }
+        using var metrics = Lead ? new StreamWriter(metricsPath, append: Resume != null) : null;
+        for (int i = first; i < cfg.Stages.Length; i++)
         {
             cancel.ThrowIfCancellationRequested();
-            var r = RunStage(stage, outDir, evalSet, metrics, cancel);
+            var r = RunStage(cfg.Stages[i], i, outDir, evalSet, metrics, cancel, i == first ? resumed : null, i == first ? earlier : []);
+            if (r == null) break;   // stopped early: a checkpoint of the stage was saved
             reports.Add(r);
             if (Lead) RecipeReportWriter.Write(outDir, cfg, reports);
         }
+        if (Lead && first == cfg.Stages.Length && reports.Count > 0) RecipeReportWriter.Write(outDir, cfg, reports);
         comm.Barrier();
         return reports;
+    }
+
+    /// <summary>The first stage to run and the checkpoint to continue it from (null: from its start).</summary>
+    (int First, Checkpoints.Loaded? Checkpoint) ResumePoint(string outDir)
+    {
+        int first = 0;
+        while (first < cfg.Stages.Length && File.Exists(StageRecordPath(outDir, cfg.Stages[first].Name))) first++;
+        Checkpoints.Loaded? ckpt;
+        if (Resume is "latest" or "auto")
+        {
+            if (first == cfg.Stages.Length) { Say("--resume: every stage has finished; rewriting the report"); return (first, null); }
+            string root = StageCheckpoints(outDir, first);
+            ckpt = Checkpoints.List(root).Count == 0 ? null : Checkpoints.OpenForResume(Resume, root, Say);
+        }
+        else
+        {
+            ckpt = Checkpoints.Open(Checkpoints.Resolve(Resume!, outDir));
+            int at = ckpt.State.StageIndex;
+            if (ckpt.State.Stage == null || at < 0 || at >= cfg.Stages.Length || cfg.Stages[at].Name != ckpt.State.Stage)
+                throw new InvalidDataException($"{ckpt.Directory}: not a checkpoint of a stage of this recipe (stage '{ckpt.State.Stage}' at index {at})");
+            if (at > first)
+                throw new InvalidDataException($"{ckpt.Directory}: a checkpoint of stage {ckpt.State.Stage}, but stage {cfg.Stages[first].Name} before it has not finished ({StageRecordPath(outDir, cfg.Stages[first].Name)} is missing)");
+            first = at;
+        }
+        Say(ckpt != null ? $"resuming stage {cfg.Stages[first].Name} from {ckpt.Directory} at step {ckpt.State.Step}"
+            : $"resuming at the start of stage {cfg.Stages[first].Name}" + (Resume == "auto" ? " (no valid checkpoint of it)" : ""));
+        return (first, ckpt);
+    }
+
+    static StepMetrics FromMetricsLine(JsonElement e)
+    {
+        static double D(JsonElement e, string name) => e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.Number ? v.GetDouble() : double.NaN;
+        Dictionary<string, double>? sl = null;
+        if (e.TryGetProperty("source_loss", out var s) && s.ValueKind == JsonValueKind.Object)
+            sl = s.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetDouble(), StringComparer.Ordinal);
+        return new StepMetrics(e.GetProperty("Step").GetInt32(), e.GetProperty("TotalSteps").GetInt32(), D(e, "Loss"), D(e, "Lr"), D(e, "GradNorm"),
+            e.GetProperty("Tokens").GetInt64(), D(e, "TokensPerSecond"), D(e, "ElapsedSeconds"), null, sl, D(e, "EwcPenalty"),
+            e.TryGetProperty("Skipped", out var sk) && sk.ValueKind == JsonValueKind.True, e.TryGetProperty("SkippedSteps", out var n) ? n.GetInt32() : 0);
     }
 
     /// <summary>Runs lead on rank 0, then (after a barrier) follow on the other ranks.</summary>
@@ -112,7 +210,10 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         return (test, pool);
     }
 
-    StageReport RunStage(StageSection st, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet, StreamWriter? metrics, CancellationToken cancel)
+    /// <summary>Trains and evaluates one stage (from <paramref name="resumed"/> when given); null when the run
+    /// stopped early (a checkpoint of the stage was saved).</summary>
+    StageReport? RunStage(StageSection st, int stageIndex, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet,
+        StreamWriter? metrics, CancellationToken cancel, Checkpoints.Loaded? resumed, List<StepMetrics> earlier)
     {
         var notes = new List<string>();
         var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
@@ -123,6 +224,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
 
         ulong seed = cfg.Seed ^ RecipeSources.StableHash(st.Name);
         var streams = new List<(string Name, ISampleStream Stream)>();
+        string? selection = null;
         var names = st.Weights.Keys.Concat(st.EndWeights?.Keys ?? Enumerable.Empty<string>()).Distinct().ToList();
         foreach (var name in names)
         {
@@ -137,6 +239,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 Say(notes[^1]);
                 docs = sel.Kept;
                 shuffle = !st.Curriculum;
+                selection = $"{sel.Kept.Count}/{sel.Candidates} documents, SHA-256 {Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(string.Join("\u0000", sel.Kept))))}";
             }
             streams.Add((name, Stream(src, docs, tok, st.SeqLen, seed + (ulong)streams.Count, shuffle)));
         }
@@ -159,14 +262,75 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             Schedule = st.Schedule,
             ZLoss = st.ZLoss,
         };
+        var exact = ExactSettings(st, selection);
+        var overridable = ResumeCheck.Overridable("", st.Optim, st.Steps);
+        if (resumed != null)
+        {
+            var effective = ResumeCheck.Check(resumed.Directory, resumed.State.Exact, exact, resumed.State.Overridable, overridable);
+            Say($"stage {st.Name}: resume settings in effect: {string.Join(", ", effective)}");
+            // selection and the EWC Fisher came from the stage's initial weights, as in the first run; now its state
+            var files = ModelIO.WeightFiles(resumed.Directory);
+            ModelIO.LoadWeights(model, files.Index, files.Shards);
+            resumed.LoadOptimizer(opt);
+            mixture.LoadState(SamplerState.FromJson(resumed.State.Sampler
+                ?? throw new InvalidDataException($"{resumed.Directory}: state.json has no sampler state (not a recipe checkpoint)")));
+            options = options with { StartStep = resumed.State.Step, StartTokens = resumed.State.Tokens, StartSkipped = resumed.State.SkippedSteps };
+            if (Control != null) Control.LastCheckpoint = resumed.Directory;
+        }
+        string ckptRoot = StageCheckpoints(outDir, stageIndex);
+        int savedStep = resumed?.State.Step ?? -1;
+        void Save(StepMetrics m)
+        {
+            if (!(m.Skipped || double.IsFinite(m.Loss))) throw new InvalidOperationException($"step {m.Step} is not finite: not checkpointed");
+            var clock = Stopwatch.StartNew();
+            string dir = Checkpoints.Save(ckptRoot, model, opt, new CheckpointState(m.Step, m.Tokens, [0, 0, 0, 0], opt.Step)
+            {
+                StageIndex = stageIndex,
+                Stage = st.Name,
+                Sampler = mixture.SaveState().ToJson(),
+                SkippedSteps = m.SkippedSteps,
+                Exact = exact,
+                Overridable = overridable,
+            }, cfg.Output.KeepCheckpoints);
+            savedStep = m.Step;
+            Control?.SaveDone(clock.Elapsed.TotalSeconds);
+            if (Control != null) Control.LastCheckpoint = dir;
+            Say($"checkpoint {dir}");
+        }
         var steps = TrainingLoop.Run(model, new StreamBatches(mixture), options, opt, ewc, m =>
         {
-            if (!Lead) return;
-            metrics?.WriteLine(JsonSerializer.Serialize(new { stage = st.Name, m.Step, m.Loss, m.Lr, m.GradNorm, m.Tokens, m.TokensPerSecond, source_loss = m.SourceLosses, m.EwcPenalty }));
-            metrics?.Flush();
-            OnStep?.Invoke(st.Name, m);
-        }, cancel: cancel);
+            if (Lead)
+            {
+                metrics?.WriteLine(JsonSerializer.Serialize(new
+                {
+                    stage = st.Name,
+                    m.Step,
+                    m.TotalSteps,
+                    Loss = Finite(m.Loss),
+                    m.Lr,
+                    GradNorm = Finite(m.GradNorm),
+                    m.Tokens,
+                    m.TokensPerSecond,
+                    m.ElapsedSeconds,
+                    source_loss = m.SourceLosses,
+                    m.EwcPenalty,
+                    Skipped = m.Skipped ? true : (bool?)null,
+                    m.SkippedSteps,
+                }));
+                metrics?.Flush();
+            }
+            if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps) Save(m);
+            if (Lead) OnStep?.Invoke(st.Name, m);
+        }, cancel: cancel, control: Control);
+        if (Control?.Stopped == true && steps.Count > 0 && steps[^1].Step < st.Steps)
+        {
+            if (savedStep != steps[^1].Step) Save(steps[^1]);
+            StoppedReason = Control.StopReason;
+            Say($"{Control.StopReason}: stopped in stage {st.Name} after step {steps[^1].Step} of {st.Steps}; resume with --resume latest");
+            return null;
+        }
         double trainSeconds = steps.Count > 0 ? steps[^1].ElapsedSeconds : 0;
+        steps.InsertRange(0, earlier);
 
         string weights = Path.Combine(outDir, "stages", st.Name);
         if (Lead) ModelIO.Save(model, weights);
@@ -218,7 +382,68 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         };
         Say($"stage {st.Name}: " + string.Join(", ", ppl.Select(p => $"ppl[{p.Key}] {p.Value:F2}")) +
             (fs != null ? $", few-shot acc {fs.Accuracy:P1} F1 {fs.MacroF1:F3} (calibrated {fsCal!.Accuracy:P1} / {fsCal.MacroF1:F3})" : "") + $", {report.TokensTrained:N0} tokens in {trainSeconds:F0} s");
+        if (Lead)
+        {
+            // the stage is finished: its record lets a resumed run skip it; its checkpoints are no longer needed
+            Durable.WriteAllText(StageRecordPath(outDir, st.Name), JsonSerializer.Serialize(new StageRecord(report, steps, exact), RecordJson));
+            if (Directory.Exists(ckptRoot)) Directory.Delete(ckptRoot, recursive: true);
+        }
+        comm.Barrier();
         return report;
+    }
+
+    static double? Finite(double v) => double.IsFinite(v) ? v : null;
+
+    /// <summary>The settings a stage's exact resume needs unchanged (see <see cref="ResumeCheck"/>): the recipe's
+    /// data, tokenizer, model and evaluation, and the stage's own except steps and the optimizer's lr, betas and clip.</summary>
+    Dictionary<string, string> ExactSettings(StageSection st, string? selection)
+    {
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        string Json(object o) => JsonSerializer.Serialize(o, RecordJson);
+        var model = System.Text.Json.Nodes.JsonNode.Parse(Json(cfg.Model))!.AsObject();
+        model.Remove(nameof(cfg.Model.CheckpointActivations));
+        var d = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            ["seed"] = cfg.Seed.ToString(inv),
+            ["model"] = model.ToJsonString(),
+            ["tokenizer"] = Json(cfg.Tokenizer),
+            ["sources"] = Json(cfg.Sources.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new
+            {
+                kv.Key,
+                kv.Value.Kind,
+                kv.Value.Domain,
+                kv.Value.Language,
+                kv.Value.MaxDocs,
+                kv.Value.HeldOut,
+                Files = kv.Value.Files.Select(f => $"{cfg.Resolve(f)} ({(File.Exists(cfg.Resolve(f)) ? new FileInfo(cfg.Resolve(f)).Length : -1)} bytes)"),
+            })),
+            ["eval"] = Json(cfg.Eval),
+            [$"stages.{st.Name}"] = Json(new
+            {
+                st.Init,
+                st.Weights,
+                st.EndWeights,
+                st.RampTokens,
+                st.SeqLen,
+                st.ZLoss,
+                st.Trainable,
+                st.EwcLambda,
+                st.EwcSource,
+                st.EwcBatches,
+                st.ExpandedVocab,
+                st.RopeScaling,
+                st.RopeScalingFactor,
+                st.SelectTop,
+                st.SelectSource,
+                st.Curriculum,
+                st.Schedule,
+                st.Optim.WeightDecay,
+                st.Optim.Eps,
+            }),
+            [$"stages.{st.Name}.sequences_per_step"] = ((long)st.BatchSize * st.GradAccum * comm.WorldSize).ToString(inv),
+        };
+        if (selection != null) d[$"stages.{st.Name}.selection"] = selection;
+        return d;
     }
 
     LlamaModel InitModel(StageSection st, ITokenizer tok, List<string> notes)

@@ -29,7 +29,7 @@ public class CliTests
         File.WriteAllText(dir.File("c.toml"), "[train]\nsteps = 3\nbatchsize = 4\n[data]\ntrain = [\"a.txt\"]\n");
         var (code, err) = Run("train", "--config", dir.File("c.toml"));
         Assert.Equal(2, code);
-        Assert.Equal("error: unknown config key 'train.batchsize' (known keys here: seq_len, batch_size, grad_accum, steps, seed, z_loss, device, log_every, eval_every, eval_batches)", err.Trim());
+        Assert.Equal("error: unknown config key 'train.batchsize' (known keys here: seq_len, batch_size, grad_accum, steps, seed, z_loss, device, log_every, eval_every, eval_batches, guard, guard_z, guard_window)", err.Trim());
     }
 
     [Fact]
@@ -65,5 +65,24 @@ public class CliTests
         var (code, err) = Run("eval", "--model", dir.Path, "--tokenizer", "byte");
         Assert.Equal(2, code);
         Assert.Contains("nothing to evaluate", err);
+    }
+
+    [Fact]
+    public void ResumeAndStopOptionsRefuseBadValuesInOneLine()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("c.toml"), $"[train]\nsteps = 3\n[data]\ntrain = [\"a.txt\"]\n[output]\ndir = \"{dir.Path}\"\n");
+        var (code, err) = Run("train", "--config", dir.File("c.toml"), "--init-from", dir.Path, "--resume", "latest");
+        Assert.Equal(2, code);
+        Assert.Equal("error: --init-from and --resume exclude each other: --resume continues a run, --init-from starts a new one from its weights", err.Trim());
+        (code, err) = Run("train", "--config", dir.File("c.toml"), "--time-limit", "1:xx");
+        Assert.Equal(2, code);
+        Assert.Equal("error: --time-limit '1:xx': expected HH:MM:SS or a number of seconds > 0", err.Trim());
+        (code, err) = Run("train", "--config", dir.File("c.toml"), "--skip-batches", "5-2");
+        Assert.Equal(2, code);
+        Assert.Equal("error: --skip-batches '5-2': expected A-B with 1 <= A <= B (steps, 1-based)", err.Trim());
+        (code, err) = Run("train", "--config", dir.File("c.toml"), "--init-from", dir.File("nope"));
+        Assert.Equal(2, code);
+        Assert.Contains("--init-from: directory not found", err);
     }
 }

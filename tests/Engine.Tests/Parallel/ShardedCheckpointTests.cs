@@ -133,6 +133,7 @@ public class ShardedCheckpointTests
         foreach (var key in files.Keys.ToList())
             files[key] = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(Path.Combine(step3, key))));
         json["files"] = JsonSerializer.SerializeToElement(files);
+        json["sizes"] = JsonSerializer.SerializeToElement(files.Keys.ToDictionary(k => k, k => new FileInfo(Path.Combine(step3, k)).Length));
         File.WriteAllText(manifestPath, JsonSerializer.Serialize(json));
         using var b = new TempDir();
         var resumed = Train(2, Config(b.Path, 6, 1, accum: 2), resume: step3);

@@ -1,0 +1,151 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.RegularExpressions;
+using Engine.Model.IO;
+
+namespace Engine.Parallel.Tests;
+
+/// <summary>
+/// What survives a crash, as separate processes: SIGTERM to `engine train` saves a checkpoint at the next step boundary
+/// and exits 0, and `--resume latest` then ends with the uninterrupted run's weights bit for bit; `engine launch
+/// --max-restarts 1` with rank 1 killed after step 3 (ENGINE_FAULT_AT_STEP, first attempt only) restarts both ranks
+/// from the step-2 checkpoint and ends with the uninterrupted 2-rank run's losses and weights.
+/// </summary>
+public class ResilienceProcessTests
+{
+    static readonly TimeSpan Limit = TimeSpan.FromMinutes(4);
+
+    static string DataDir()
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
+        {
+            var candidate = Path.Combine(d.FullName, "shared", "data");
+            if (Directory.Exists(candidate)) return candidate;
+        }
+        throw new DirectoryNotFoundException("shared/data not found above " + AppContext.BaseDirectory);
+    }
+
+    static string Config(string dir, string name, int steps, int every)
+    {
+        string path = Path.Combine(dir, name + ".toml");
+        File.WriteAllText(path, $"""
+            [model]
+            hidden_size = 32
+            intermediate_size = 64
+            num_layers = 2
+            num_heads = 4
+            num_kv_heads = 2
+            max_position_embeddings = 64
+            [data]
+            train = ["{Path.Combine(DataDir(), "general_en", "tinyshakespeare.txt")}"]
+            valid_fraction = 0.02
+            [train]
+            seq_len = 32
+            batch_size = 2
+            steps = {steps}
+            seed = 9
+            log_every = 1
+            eval_batches = 1
+            [optim]
+            lr = 3e-3
+            [output]
+            dir = "{Path.Combine(dir, "out_" + name)}"
+            checkpoint_every = {every}
+            """);
+        return path;
+    }
+
+    static byte[] FinalWeights(string dir, string name) => File.ReadAllBytes(Path.Combine(dir, "out_" + name, "final", ModelIO.WeightsFile));
+
+    static double[] Losses(string stdout) => Regex.Matches(stdout, @"step +\d+/\d+ loss (\d+\.\d+)")
+        .Select(m => double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).ToArray();
+
+    [Fact]
+    public async Task Sigterm_saves_at_a_step_boundary_exits_zero_and_resume_equals_the_uninterrupted_run()
+    {
+        using var dir = new TempFolder();
+        var straight = await EngineProcess.RunEngine(["train", "--config", Config(dir.Path, "straight", 12, 0)], EngineProcess.BaseEnvironment(), Limit);
+        Assert.True(straight.ExitCode == 0, straight.All);
+
+        string cfg = Config(dir.Path, "signalled", 12, 0);
+        var psi = new ProcessStartInfo(EngineProcess.Engine[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in EngineProcess.Engine.Skip(1).Concat(["train", "--config", cfg])) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in EngineProcess.BaseEnvironment()) psi.Environment[k] = v;
+        using var p = Process.Start(psi)!;
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        var third = new TaskCompletionSource();
+        p.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is not { } l) return;
+            lock (stdout) stdout.AppendLine(l);
+            if (Regex.IsMatch(l, @"step +3/12")) third.TrySetResult();
+        };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lock (stderr) stderr.AppendLine(l); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        await third.Task.WaitAsync(Limit, TestContext.Current.CancellationToken);
+        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(CultureInfo.InvariantCulture)])!) await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
+        await p.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(Limit, TestContext.Current.CancellationToken);
+        p.WaitForExit();
+        string all;
+        lock (stdout) lock (stderr) all = $"exit {p.ExitCode}\n{stdout}\n--- stderr\n{stderr}";
+        Assert.True(p.ExitCode == 0, all);
+        var stopped = Regex.Match(all, @"stopped after step (\d+) of 12");
+        Assert.True(stopped.Success, all);
+        int at = int.Parse(stopped.Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.InRange(at, 3, 11);
+        Assert.True(Directory.Exists(Path.Combine(dir.Path, "out_signalled", "checkpoints", $"step_{at:D8}")), all);
+
+        var resumed = await EngineProcess.RunEngine(["train", "--config", cfg, "--resume", "latest"], EngineProcess.BaseEnvironment(), Limit);
+        Assert.True(resumed.ExitCode == 0, resumed.All);
+        Assert.Contains($"at step {at}", resumed.Stdout);
+        Assert.Equal(Losses(straight.Stdout).Skip(at), Losses(resumed.Stdout));
+        Assert.Equal(FinalWeights(dir.Path, "straight"), FinalWeights(dir.Path, "signalled"));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]   // torchrun-style children
+    public async Task Launch_restarts_every_rank_from_the_last_checkpoint_when_one_dies(bool spawn)
+    {
+        EngineProcess.RequireMpi();
+        using var dir = new TempFolder();
+        string[] Launch(string name, params string[] extra) => ["launch", "--nproc-per-node", "2",
+            .. spawn ? new[] { "--spawn", "--master-port", StoreTests.FreePort().ToString(CultureInfo.InvariantCulture) } : [],
+            .. extra, "--", "train", "--config", Config(dir.Path, name, 6, 2)];
+        var straight = await EngineProcess.RunEngine(Launch("straight"), EngineProcess.BaseEnvironment(), Limit);
+        Assert.True(straight.ExitCode == 0, straight.All);
+
+        var env = EngineProcess.BaseEnvironment();
+        env["ENGINE_FAULT_AT_STEP"] = "3";
+        env["ENGINE_FAULT_RANK"] = "1";
+        var faulty = await EngineProcess.RunEngine(Launch("faulty", "--max-restarts", "1"), env, Limit);
+        Assert.True(faulty.ExitCode == 0, faulty.All);
+        Assert.Contains("rank 1 dies after step 3 (injected fault)", faulty.Stderr);
+        Assert.Contains("engine launch: restarting every rank (restart 1 of 1) from the last good checkpoint (--resume auto)", faulty.Stderr);
+        // (rank 0's console lines are wrapped at the terminal width)
+        Assert.True(Regex.IsMatch(faulty.Stdout, @"resuming from\s+\S*step_00000002\s+at\s+step\s+2\b"), faulty.All);
+        var a = Losses(straight.Stdout);
+        var b = Losses(faulty.Stdout);
+        Assert.Equal(6, a.Length);
+        Assert.Equal(a[^1], b[^1]);
+        Assert.Equal(a.Skip(2), b.TakeLast(4));
+        Assert.Equal(FinalWeights(dir.Path, "straight"), FinalWeights(dir.Path, "faulty"));
+
+        // without restarts the launcher reports the dead rank and fails
+        var env2 = EngineProcess.BaseEnvironment();
+        env2["ENGINE_FAULT_AT_STEP"] = "3";
+        var failed = await EngineProcess.RunEngine(Launch("nore"), env2, Limit);
+        Assert.NotEqual(0, failed.ExitCode);
+        Assert.Contains("rank 1", failed.Stderr);
+        Assert.DoesNotContain("restarting", failed.Stderr);
+    }
+
+    sealed class TempFolder : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("engine-resilience-").FullName;
+        public void Dispose() { try { Directory.Delete(Path, true); } catch (IOException) { } }
+    }
+}

@@ -1,0 +1,114 @@
+using System.Text.Json;
+using Engine.Core;
+using Engine.Model.IO;
+using Engine.Training;
+using Engine.Training.Config;
+using Engine.Training.Recipes;
+
+namespace Engine.Tests.Recipes;
+
+/// <summary>
+/// A recipe stopped inside a stage (after a step count, as SIGTERM or --time-limit would stop it) and resumed equals
+/// the uninterrupted run: the same weights bit for bit, the same report numbers, every metrics line once. The resumed
+/// stage uses EWC and data selection, both recomputed from the stage's initial weights and checked against the
+/// checkpoint's record; its mixture, sampler and optimizer state come from the checkpoint.
+/// </summary>
+public class RecipeResumeTests
+{
+    static string Data(string rel) => Path.Combine(Training.TrainerTests.DataDir(), rel);
+
+    static StageSection Stage(string name, string init, Dictionary<string, double> w, int steps) => new()
+    {
+        Name = name,
+        Init = init,
+        Weights = w,
+        Steps = steps,
+        BatchSize = 2,
+        SeqLen = 32,
+        Optim = new AdamWOptions { Lr = 5e-3 },
+        Schedule = new ScheduleOptions { Kind = ScheduleKind.Cosine, WarmupSteps = 1, MinLr = 1e-4 },
+    };
+
+    static RecipeConfig Recipe(string outDir)
+    {
+        var cfg = new RecipeConfig
+        {
+            Name = "resume",
+            Seed = 3,
+            Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 1, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
+            Sources = new()
+            {
+                ["gen_en"] = new SourceSection { Files = [Data("general_en/wikitext2_test_a.txt")], Domain = "general", Language = "en" },
+                ["fin_zh"] = new SourceSection { Files = [Data("finance_zh/cnews_finance.jsonl")], Domain = "finance", Language = "zh", MaxDocs = 60 },
+                ["fin_inst"] = new SourceSection { Kind = "instruct", Files = [Data("instruct/fin_en_formula.jsonl")], MaxDocs = 50 },
+            },
+            Stages =
+            [
+                Stage("base", "random", new() { ["gen_en"] = 1 }, 4),
+                Stage("hybrid", "base", new() { ["gen_en"] = 0.4, ["fin_zh"] = 0.3, ["fin_inst"] = 0.3 }, 5),
+            ],
+            Eval = new EvalSection { SeqLen = 32, Batch = 4, PerplexityTokens = 256, FewShotFile = Data("eval/fpb_test.csv"), FewShotPool = Data("eval/fpb_train.csv"), Shots = 1, MaxExamples = 4 },
+            Output = new RecipeOutput { Dir = outDir, CheckpointEvery = 2, KeepCheckpoints = 3 },
+        };
+        var h = cfg.Stages[1];
+        h.EwcLambda = 10; h.EwcSource = "gen_en"; h.EwcBatches = 2;
+        h.SelectTop = 0.5; h.SelectSource = "fin_zh";
+        cfg.Validate();
+        return cfg;
+    }
+
+    static byte[] Weights(string dir, string stage) => File.ReadAllBytes(Path.Combine(dir, "stages", stage, ModelIO.WeightsFile));
+
+    static (string, int)[] MetricKeys(string dir) => File.ReadAllLines(Path.Combine(dir, "metrics.jsonl"))
+        .Select(l => JsonDocument.Parse(l).RootElement).Select(e => (e.GetProperty("stage").GetString()!, e.GetProperty("Step").GetInt32())).ToArray();
+
+    static void AssertSameReports(List<StageReport> a, List<StageReport> b)
+    {
+        Assert.Equal(a.Select(r => r.Name), b.Select(r => r.Name));
+        for (int i = 0; i < a.Count; i++)
+        {
+            Assert.Equal(a[i].Perplexity, b[i].Perplexity);
+            Assert.Equal(a[i].BitsPerByte, b[i].BitsPerByte);
+            Assert.Equal(a[i].FewShotAccuracy, b[i].FewShotAccuracy);
+            Assert.Equal(a[i].FewShotCalibratedMacroF1, b[i].FewShotCalibratedMacroF1);
+            Assert.Equal(a[i].TokensTrained, b[i].TokensTrained);
+            Assert.Equal(a[i].Notes, b[i].Notes);
+            Assert.Equal(a[i].Steps.Select(s => (s.Step, s.Loss)), b[i].Steps.Select(s => (s.Step, s.Loss)));
+        }
+    }
+
+    [Fact]
+    public void StoppedInsideAStageAndResumedEqualsTheUninterruptedRun()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var a = new TempDir();
+        var straight = new RecipeRunner(Recipe(a.Path), CpuBackend.Instance).Run(ct);
+
+        using var b = new TempDir();
+        // 4 base steps + 3 hybrid steps: stops inside hybrid after its step 3 (checkpoints at hybrid steps 2 and 3)
+        using (var control = new RunControl { MaxSteps = 7 })
+        {
+            var runner = new RecipeRunner(Recipe(b.Path), CpuBackend.Instance) { Control = control };
+            var partial = runner.Run(ct);
+            Assert.NotNull(runner.StoppedReason);
+            Assert.Equal(["base"], partial.Select(r => r.Name));
+            Assert.EndsWith(Path.Combine("01_hybrid", "step_00000003"), control.LastCheckpoint);
+        }
+        Assert.False(Directory.Exists(Path.Combine(b.Path, "checkpoints", "00_base")));   // a finished stage's checkpoints go
+        // as if it had crashed after hybrid step 3 before that checkpoint: resume from step 2; step 3's line goes
+        Directory.Delete(Path.Combine(b.Path, "checkpoints", "01_hybrid", "step_00000003"), recursive: true);
+        var messages = new List<string>();
+        var resumed = new RecipeRunner(Recipe(b.Path), CpuBackend.Instance) { Resume = "auto", Log = messages.Add }.Run(ct);
+        Assert.Contains(messages, m => m.Contains("resuming stage hybrid from") && m.Contains("at step 2"));
+        AssertSameReports(straight, resumed);
+        Assert.Equal(Weights(a.Path, "hybrid"), Weights(b.Path, "hybrid"));
+        Assert.Equal(MetricKeys(a.Path), MetricKeys(b.Path));
+
+        // a changed stage setting is refused by name
+        var changed = Recipe(b.Path);
+        changed.Stages[0].SeqLen = 16;
+        Directory.Delete(Path.Combine(b.Path, "stages", "hybrid"), recursive: true);
+        var e = Assert.ThrowsAny<Exception>(() => new RecipeRunner(changed, CpuBackend.Instance) { Resume = "latest" }.Run(ct));
+        Assert.Contains("stages.base", e.Message);
+    }
+}
