@@ -18,7 +18,8 @@ public sealed record TrainResult(string OutputDir, string WeightsDir, IReadOnlyL
 /// <summary>
 /// The training loop (TorchTitan shape): zero-grad → micro-batches (loss summed ÷ global valid tokens) → clip →
 /// AdamW → schedule → log. Metrics go to metrics.jsonl in the output folder; final weights to final/ as
-/// Hugging Face config.json + model.safetensors.
+/// Hugging Face config.json + model.safetensors (with [lora]: the adapter as PEFT's adapter_config.json +
+/// adapter_model.safetensors).
 /// </summary>
 public sealed class Trainer
 {
@@ -67,6 +68,7 @@ public sealed class Trainer
         string ckptRoot = Path.Combine(outDir, "checkpoints");
         Checkpoints.Loaded? resumed = null;
         LlamaModel created;
+        if (Resume != null && cfg.Lora != null) throw new ConfigException("--resume is not supported with [lora] yet: the adapters are saved at the end of the run");
         if (Resume != null)
         {
             string dir = Checkpoints.Resolve(Resume, ckptRoot);
@@ -92,8 +94,11 @@ public sealed class Trainer
         if (lead) Directory.CreateDirectory(outDir);
         comm.Barrier();
         using var metrics = lead ? new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: resumed != null) : null;
-        using var dp = ParallelSetup.Create(model, comm, cfg.Parallel);
-        using var opt = new AdamW(model, cfg.Optim, dp);
+        // LoRA: the base is frozen; the optimizer and data parallelism work on the adapters' store alone
+        using var lora = cfg.Lora != null ? LoraSetup.Attach(model, cfg.Lora, cfg.Train.Seed, cfg.Resolve) : null;
+        if (lora != null) Say(LoraSetup.Describe(lora, model));
+        using var dp = ParallelSetup.Create(lora?.Store ?? model.Store, comm, cfg.Parallel);
+        using var opt = new AdamW(lora?.Store ?? model.Store, cfg.Optim, dp);
         var rng = new Rng(cfg.Train.Seed);
         if (resumed != null)
         {
@@ -133,7 +138,12 @@ public sealed class Trainer
         long tokens = steps.Count > 0 ? steps[^1].Tokens : 0;
 
         string weightsDir = Path.Combine(outDir, "final");
-        if (lead)
+        if (lead && lora != null)
+        {
+            lora.Save(weightsDir, cfg.Model.InitFrom is { } b ? cfg.Resolve(b) : null);
+            Say($"saved the adapter (PEFT layout) to {weightsDir}");
+        }
+        else if (lead)
         {
             ModelIO.Save(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
             {

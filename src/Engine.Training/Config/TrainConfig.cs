@@ -13,6 +13,8 @@ public sealed class TrainConfig
     public ScheduleOptions Schedule { get; set; } = new();
     public OutputSection Output { get; set; } = new();
     public Parallel.ParallelSection Parallel { get; set; } = new();
+    /// <summary>LoRA fine-tuning of model.init_from (null: every parameter is trained).</summary>
+    public LoraSection? Lora { get; set; }
 
     public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
     {
@@ -48,6 +50,12 @@ public sealed class TrainConfig
         if (Output.CheckpointEvery < 0) errors.Add($"output.checkpoint_every must be >= 0 (got {Output.CheckpointEvery})");
         if (Output.KeepCheckpoints < 1) errors.Add($"output.keep_checkpoints must be >= 1 (got {Output.KeepCheckpoints})");
         if (Train.Device is not ("cpu" or "cuda")) errors.Add($"train.device must be cpu or cuda (got {Train.Device})");
+        if (Lora != null)
+        {
+            Lora.Validate("lora", Model.CheckpointActivations, errors);
+            if (Model.InitFrom == null && Lora.InitFrom == null) errors.Add("lora needs model.init_from: the base model the adapters adapt");
+            if (Output.CheckpointEvery > 0) errors.Add("output.checkpoint_every is not supported with [lora] yet: the adapters are saved at the end of the run");
+        }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
     }
 

@@ -29,10 +29,14 @@ public sealed record ParallelSection
 /// <summary>Data parallelism for a model as the [parallel] section asks.</summary>
 public static class ParallelSetup
 {
-    public static Engine.Parallel.DataParallel Create(Engine.Model.LlamaModel model, Engine.Core.Distributed.ICommunicator comm, ParallelSection? section = null)
+    public static Engine.Parallel.DataParallel Create(Engine.Model.LlamaModel model, Engine.Core.Distributed.ICommunicator comm, ParallelSection? section = null) =>
+        Create(model.Store, comm, section);
+
+    /// <summary>Over any store (LoRA: the adapters' store; the frozen base is not reduced).</summary>
+    public static Engine.Parallel.DataParallel Create(Engine.Core.ParameterStore store, Engine.Core.Distributed.ICommunicator comm, ParallelSection? section = null)
     {
         section ??= new ParallelSection();
         section.Validate(comm.WorldSize);
-        return Engine.Parallel.DataParallel.Create(model.Store, comm, section.Zero, section.BucketMb);
+        return Engine.Parallel.DataParallel.Create(store, comm, section.Zero, section.BucketMb);
     }
 }
