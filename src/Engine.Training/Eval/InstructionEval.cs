@@ -37,8 +37,8 @@ public static class InstructionEval
     public static int[] Answer(ITokenizer tok, string label) => [.. tok.Encode(label), tok.EosId];
 
     /// <summary>
-    /// Zero-shot instruction-format classification of up to maxExamples examples over the given labels (default: the
-    /// set's labels, sorted). With a communicator, examples are split across ranks and the confusion matrices summed.
+    /// Zero-shot instruction-format classification of up to maxExamples examples (evenly spread over the set, <see cref="Pick"/>)
+    /// over the given labels (default: the set's labels, sorted). With a communicator, examples are split across ranks and the confusion matrices summed.
     /// </summary>
     public static (ClassificationResult Raw, ClassificationResult? Calibrated) ZeroShot(LlamaModel model, ITokenizer tok,
         IReadOnlyList<LabeledExample> test, string instruction, ChatTemplate? template = null, int maxExamples = int.MaxValue,
@@ -57,9 +57,10 @@ public static class InstructionEval
         int n = Math.Min(test.Count, maxExamples), L = labelList.Count;
         var raw = new int[L, L];
         var cal = new int[L, L];
-        for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++)
         {
-            if (i % world != rank) continue;
+            if (j % world != rank) continue;
+            int i = Pick(j, n, test.Count);
             int truth = labelList.IndexOf(test[i].Label);
             if (truth < 0) throw new ArgumentException($"example {i} has label '{test[i].Label}', not one of {string.Join(", ", labelList)}");
             var ll = Evaluator.ContinuationLogLikelihoods(model, Prompt(tok, template, instruction, test[i].Text, limit), answers);
@@ -91,6 +92,10 @@ public static class InstructionEval
         }
         return new InstructionEvalScore(raw.Accuracy, raw.MacroF1, calibrated?.Accuracy, calibrated?.MacroF1, raw.Count, predicted);
     }
+
+    /// <summary>The j-th of n examples evenly spread over a set of count (all of them, in order, when n = count): sets
+    /// sorted by label (TFNS is) are then sampled across every label rather than cut to the first.</summary>
+    public static int Pick(int j, int n, int count) => (int)((long)j * count / n);
 
     /// <summary>First index of the largest value (ties go to the earlier label, as Array.IndexOf(Max) does in few-shot).</summary>
     static int ArgMax(double[] v)

@@ -153,7 +153,9 @@ public sealed class EvalSection
     public string? FewShotPool { get; set; }
     public int Shots { get; set; } = 3;
     public int MaxExamples { get; set; } = 200;
-    /// <summary>Labelled sets (csv label,sentence or jsonl text,label) scored zero-shot in instruction format: the chat
+    /// <summary>Also score few_shot_file zero-shot in instruction format (<see cref="Eval.InstructionEval"/>), beside k-shot.</summary>
+    public bool Instruction { get; set; } = true;
+    /// <summary>Further labelled sets (csv label,sentence or jsonl text,label) scored zero-shot in instruction format: the chat
     /// template sentiment sources train with, label likelihood after the answer marker (raw and calibrated).</summary>
     public string[] InstructionFiles { get; set; } = [];
     /// <summary>Examples per instruction-format set (0 = max_examples).</summary>

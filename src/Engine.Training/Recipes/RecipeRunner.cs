@@ -90,6 +90,9 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             expandedTokenizer = OnLead(() => RecipeTokenizers.Expand(cfg, baseTokenizer, sources, outDir, Log),
                 () => BpeTokenizer.Load(Path.Combine(outDir, "tokenizer_expanded.json")));
         var evalSet = LoadFewShot();
+        // zero-shot instruction format: the few-shot set itself (beside its k-shot score), then any further sets
+        if (cfg.Eval.Instruction && cfg.Eval.FewShotFile is { } fsf && evalSet is { } es0)
+            instructionSets.Add((Path.GetFileNameWithoutExtension(fsf), es0.Test));
         foreach (var f in cfg.Eval.InstructionFiles)
             instructionSets.Add((Path.GetFileNameWithoutExtension(f), LabeledData.Read(cfg.Resolve(f)).Examples));
         var reports = new List<StageReport>();
