@@ -96,7 +96,7 @@ public sealed class Trainer
         else created = CreateModel(tokenizer.VocabSize, stage);
         using var model = created;
         int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
-        CheckFits(model.Config, B, T, cfg.Model.CheckpointActivations, zero: cfg.Parallel.Zero, dp: layout.DataGroup.WorldSize,
+        CheckFits(model.Config, B, T, cfg.Model.CheckpointActivations, backend.AvailableMemoryBytes(), cfg.Parallel.Zero, layout.DataGroup.WorldSize,
             parameters: model.ParameterCount, layers: model.Stage.Layers);
         model.CheckpointActivations = cfg.Model.CheckpointActivations;
         Say($"model: {model.ParameterCount:N0} parameters on {backend.Name}" + (comm.WorldSize > 1
@@ -252,7 +252,8 @@ public sealed class Trainer
     }
 
     /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory
-    /// (per rank: ZeRO-1 divides the moments by the data-parallel size, ZeRO-2 also the gradients).</summary>
+    /// (per rank: ZeRO-1 divides the moments by the data-parallel size, ZeRO-2 also the gradients). The training run
+    /// passes <see cref="IBackend.AvailableMemoryBytes"/> (the GPU's memory on cuda); null: host memory.</summary>
     public static void CheckFits(LlamaConfig c, int batch, int seqLen, bool checkpoint, long? availableBytes = null, int zero = 0, int dp = 1,
         long? parameters = null, int? layers = null)
     {
