@@ -110,3 +110,62 @@ public class PlannerTests(ITestOutputHelper output)
         for (int s = 0; s < 2; s++) Check($"{schedule} stage {s}", est[s], measured[s]);
     }
 }
+
+/// <summary>The step-time model against hand computations.</summary>
+public class PlannerStepTimeTests
+{
+    static readonly LlamaConfig Seven = new() { VocabSize = 32000, HiddenSize = 4096, IntermediateSize = 11008, NumLayers = 32, NumHeads = 32, NumKvHeads = 32 };
+
+    [Fact]
+    public void RingCollectiveMovesTwiceTheBufferTimesDMinusOneOverD()
+    {
+        // 1 GB over 8 ranks at 100 GB/s and 5 µs: 2·7/8·1e9/1e11 + 14·5e-6
+        Assert.Equal(2.0 * 7 / 8 * 1e9 / 1e11 + 14 * 5e-6, Planner.RingSeconds(1e9, 8, 1e11, 5e-6), 12);
+        Assert.Equal(0, Planner.RingSeconds(1e9, 1, 1e11, 5e-6));
+    }
+
+    [Theory]
+    [InlineData(2, 4)]
+    [InlineData(4, 8)]
+    [InlineData(4, 16)]
+    public void PipelineBubbleIsPMinusOneOverMPlusPMinusOneWithoutCommunication(int pp, int m)
+    {
+        var free = new LinkModel(8, 1e9, 0, 1e9, 0);       // links too fast to matter
+        var l = new PlanLayout(1, pp, 0, 1, m, 1024, false);
+        var r = Planner.Evaluate(Seven, l, DeviceSpec.H100, free, 400);
+        // balanced 32 layers: every stage but the last (which adds the head) has 32/pp layers; the slowest sets t_mb
+        double theory = (pp - 1.0) / (m + pp - 1);
+        Assert.Equal(theory, r.BubbleSeconds / (r.ComputeSeconds + r.BubbleSeconds), 9);
+        Assert.Equal(r.ComputeSeconds + r.BubbleSeconds + r.P2pSeconds + r.GradientSeconds + r.OptimizerSeconds, r.StepSeconds, 12);
+        Assert.True(r.BubbleFraction < theory, "the AdamW step dilutes the bubble's share of the whole step");
+    }
+
+    [Fact]
+    public void MfuAndTokensPerDeviceFollowFromTheStepTime()
+    {
+        var l = new PlanLayout(8, 1, 1, 1, 4, 2048, false);
+        var r = Planner.Evaluate(Seven, l, DeviceSpec.H100, LinkModel.DgxH100, 400);
+        double tokens = 8.0 * 4 * 2048;
+        Assert.Equal(tokens / r.StepSeconds / 8, r.TokensPerSecondPerDevice, 6);
+        Assert.Equal(r.TokensPerSecondPerDevice * Seven.TrainingFlopsPerToken(2048) / 989e12, r.Mfu, 9);
+        // one stage: compute = M micro-batches of 2048 tokens at 400 TFLOP/s of the model's FLOPs (no recompute; the
+        // planner leaves out the RMSNorm gains, 0.01% of N, which PaLM's N counts)
+        double hand = 4 * 2048 * Seven.TrainingFlopsPerToken(2048) / 400e12;
+        Assert.True(Math.Abs(r.ComputeSeconds / hand - 1) < 1e-4, $"{r.ComputeSeconds} vs {hand}");
+    }
+
+    [Fact]
+    public void ZeroStagesShrinkTheOptimizerAndGradientsByTheDataParallelSize()
+    {
+        var plain = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 0, 1, 1, 2048, false, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
+        var z1 = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 1, 1, 1, 2048, false, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
+        var z2 = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 2, 1, 1, 2048, false, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
+        long n = Seven.ParameterCount();
+        Assert.Equal(n, plain.Parameters);
+        Assert.Equal(6.0 * n, plain.Weights);                 // fp32 master + bf16 shadow
+        Assert.Equal(8.0 * n, plain.Optimizer);
+        Assert.Equal(8.0 * n / 8, z1.Optimizer);
+        Assert.Equal(4.0 * n, z1.Gradients);
+        Assert.Equal(4.0 * n / 8 + 2 * 25.0 * (1 << 20), z2.Gradients);
+    }
+}
