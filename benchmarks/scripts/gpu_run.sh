@@ -6,6 +6,8 @@
 # After the tests it runs the per-kernel microbenchmarks: benchmarks/scripts/sdpa_bench.py (PyTorch SDPA, flash
 # backend) and then `engine bench kernels --sdpa` (ours, with ratio_vs_sdpa), and puts their rows into the summary's
 # "microbenchmarks" list (each row with device, driver, date, commit; run details in "microbenchmarks_meta").
+# Then Hugging Face parity (3b) and PEFT parity for LoRA adapters (3c, benchmarks/scripts/peft_parity.py: PEFT loads
+# the engine's adapter and the engine PEFT's, logits compared on cpu and cuda).
 #
 # Prepare on the build machine (needs the .NET SDK and NuGet):
 #   dotnet publish tests/Engine.Cuda.Tests -c Release -r linux-x64 --self-contained -o .device-carry/cuda-tests
@@ -144,6 +146,15 @@ if [ ${#bench_cmd[@]} -gt 0 ] && command -v "$PY" >/dev/null 2>&1 && "$PY" -c "i
 fi
 echo "[gpu_run] Hugging Face parity: rc=$hf_rc (log: $OUT/hf_parity.log)"
 
+# 3c. PEFT parity for LoRA adapters (peft + transformers load the engine's adapter and the engine PEFT's; logits
+#     compared on cpu and cuda): $OUT/peft_parity.json. Skipped without peft.
+peft_rc=skipped
+if [ ${#bench_cmd[@]} -gt 0 ] && command -v "$PY" >/dev/null 2>&1 && "$PY" -c "import peft, transformers" >/dev/null 2>&1; then
+  OUT="$OUT" timeout 600 "$PY" benchmarks/scripts/peft_parity.py "${bench_cmd[*]}" >"$OUT/peft_parity.log" 2>&1
+  peft_rc=$?
+fi
+echo "[gpu_run] PEFT parity: rc=$peft_rc (log: $OUT/peft_parity.log)"
+
 # 4. Summary.
 cat >"$OUT/gpu_summary.json" <<JSON
 {
@@ -156,8 +167,9 @@ cat >"$OUT/gpu_summary.json" <<JSON
   "attention_v2": {"tests": {"rc": "$v2_rc", "total": ${v2_total:-0}, "passed": ${v2_passed:-0}, "failed": ${v2_failed:-0}, "skipped": ${v2_skipped:-0}},
                    "memcheck_rc": "$memcheck_rc", "racecheck_rc": "$racecheck_rc",
                    "backend_v2": {"rc": "$v2_backend_rc", "total": ${v2b_total:-0}, "passed": ${v2b_passed:-0}, "failed": ${v2b_failed:-0}, "skipped": ${v2b_skipped:-0}}},
+  "peft_parity_rc": "$peft_rc",
   "logs": ["kernels_configure.log", "kernels_build.log", "kernels_sm90_build.log", "kernels_files.txt", "cuda_tests.log", "cuda_tests.xml", "sdpa_bench.log", "kernel_bench.log",
-           "attention_v2_tests.log", "attention_v2_memcheck.log", "attention_v2_racecheck.log", "attention_v2_backend.log"],
+           "attention_v2_tests.log", "attention_v2_memcheck.log", "attention_v2_racecheck.log", "attention_v2_backend.log", "peft_parity.log"],
   "microbenchmarks": []
 }
 JSON

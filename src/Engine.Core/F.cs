@@ -6,7 +6,7 @@ namespace Engine.Core;
 /// Differentiable functions: validate shapes once, run the backend's forward, record a node whose backward uses
 /// exactly what the forward saved. Names follow the op families (rmsnorm, rope, attention, swiglu, crossentropy).
 /// </summary>
-public static class F
+public static partial class F
 {
     /// <summary>y = x W^T for x [N, in], W [out, in] (the Hugging Face / PyTorch Linear layout).</summary>
     public static Tensor Linear(Tensor x, Tensor w)

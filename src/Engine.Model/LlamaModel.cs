@@ -69,6 +69,16 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Use activation checkpointing per transformer block (recompute in backward, keep only block inputs).</summary>
     public bool CheckpointActivations { get; set; }
 
+    /// <summary>Adds to the output of the Linear layers it targets (LoRA, <see cref="Lora.LoraAdapters"/>); null = none.</summary>
+    public ILinearAdapter? Adapter { get; set; }
+
+    /// <summary>x Wᵀ for the weight named <paramref name="weight"/>, plus the adapter's term where one targets it.</summary>
+    Tensor Linear(Tensor x, string weight, Tensor? w = null)
+    {
+        var y = F.Linear(x, w ?? this[weight]);
+        return Adapter?.Apply(weight, x, y) ?? y;
+    }
+
     /// <summary>Parameters in a fixed order (the Hugging Face state-dict order).</summary>
     public IEnumerable<(string Name, Tensor Tensor)> Parameters => Store.Slots.Select(p => (p.Name, p.Tensor));
 
@@ -195,7 +205,7 @@ public sealed class LlamaModel : IDisposable
     {
         if (!Stage.IsLast) throw new InvalidOperationException($"pipeline stage {Stage.Index} of {Stage.Count} has no head");
         var x = Blocks(Stage.IsFirst ? Embed(input, batch, seqLen, 0) : input, batch, seqLen);
-        var logits = F.Linear(F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps), HeadWeight());
+        var logits = Linear(F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps), "lm_head.weight", HeadWeight());
         return F.CrossEntropy(logits, targets, normalizer, zLoss);
     }
 
@@ -208,7 +218,7 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>Logits [B*T, V].</summary>
     public Tensor Logits(Tensor ids, int batch, int seqLen, int positionOffset = 0) =>
-        F.Linear(Hidden(ids, batch, seqLen, positionOffset), HeadWeight());
+        Linear(Hidden(ids, batch, seqLen, positionOffset), "lm_head.weight", HeadWeight());
 
     /// <summary>
     /// Loss over targets [B*T] (int32, -100 = ignored) divided by normalizer (the global count of valid targets
@@ -236,20 +246,20 @@ public sealed class LlamaModel : IDisposable
         {
             string p = $"model.layers.{i}.";
             var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
-            var q = F.Rope(F.Linear(h, this[p + "self_attn.q_proj.weight"]), cfg.Rope, 1, n, cfg.NumHeads, offset);
-            var k = F.Rope(F.Linear(h, this[p + "self_attn.k_proj.weight"]), cfg.Rope, 1, n, cfg.NumKvHeads, offset);
-            var v = F.Linear(h, this[p + "self_attn.v_proj.weight"]);
+            var q = F.Rope(Linear(h, p + "self_attn.q_proj.weight"), cfg.Rope, 1, n, cfg.NumHeads, offset);
+            var k = F.Rope(Linear(h, p + "self_attn.k_proj.weight"), cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+            var v = Linear(h, p + "self_attn.v_proj.weight");
             Backend.Copy(k, cache.K[i].Narrow0(offset, n));
             Backend.Copy(v, cache.V[i].Narrow0(offset, n));
             var a = Backend.Empty(q.Shape, q.DType);
             Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset);
-            x = F.Add(x, F.Linear(a, this[p + "self_attn.o_proj.weight"]));
+            x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
             var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
-            var m = F.SwiGlu(F.Linear(h2, this[p + "mlp.gate_proj.weight"]), F.Linear(h2, this[p + "mlp.up_proj.weight"]));
-            x = F.Add(x, F.Linear(m, this[p + "mlp.down_proj.weight"]));
+            var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
+            x = F.Add(x, Linear(m, p + "mlp.down_proj.weight"));
         }
         cache.Length = offset + n;
-        return F.Linear(F.RmsNorm(x, this["model.norm.weight"], cfg.RmsNormEps), HeadWeight());
+        return Linear(F.RmsNorm(x, this["model.norm.weight"], cfg.RmsNormEps), "lm_head.weight", HeadWeight());
     }
 
     Tensor TransformerBlock(Tensor x, int i, int batch, int seqLen, int positionOffset)
@@ -257,23 +267,25 @@ public sealed class LlamaModel : IDisposable
         string p = $"model.layers.{i}.";
         var cfg = Config;
         var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
-        var q = F.Linear(h, this[p + "self_attn.q_proj.weight"]);
-        var k = F.Linear(h, this[p + "self_attn.k_proj.weight"]);
-        var v = F.Linear(h, this[p + "self_attn.v_proj.weight"]);
+        var q = Linear(h, p + "self_attn.q_proj.weight");
+        var k = Linear(h, p + "self_attn.k_proj.weight");
+        var v = Linear(h, p + "self_attn.v_proj.weight");
         q = F.Rope(q, cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset);
         k = F.Rope(k, cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset);
         var a = F.Attention(q, k, v, new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
-        x = F.Add(x, F.Linear(a, this[p + "self_attn.o_proj.weight"]));
+        x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
         var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
-        var m = F.SwiGlu(F.Linear(h2, this[p + "mlp.gate_proj.weight"]), F.Linear(h2, this[p + "mlp.up_proj.weight"]));
-        return F.Add(x, F.Linear(m, this[p + "mlp.down_proj.weight"]));
+        var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
+        return F.Add(x, Linear(m, p + "mlp.down_proj.weight"));
     }
 
     /// <summary>The parameters of transformer block <paramref name="layer"/>.</summary>
     public List<Tensor> LayerParameters(int layer)
     {
         string p = $"model.layers.{layer}.";
-        return Store.Slots.Where(s => s.Name.StartsWith(p, StringComparison.Ordinal)).Select(s => s.Tensor).ToList();
+        var list = Store.Slots.Where(s => s.Name.StartsWith(p, StringComparison.Ordinal)).Select(s => s.Tensor).ToList();
+        if (Adapter != null) list.AddRange(Adapter.LayerParameters(layer));
+        return list;
     }
 
     public void Dispose() => Store.Dispose();

@@ -26,7 +26,8 @@ public sealed record TrainResult(string OutputDir, string WeightsDir, IReadOnlyL
 /// <summary>
 /// The training loop (TorchTitan shape): zero-grad → micro-batches (loss summed ÷ global valid tokens) → clip →
 /// AdamW → schedule → log. Metrics go to metrics.jsonl in the output folder; final weights to final/ as
-/// Hugging Face config.json + model.safetensors.
+/// Hugging Face config.json + model.safetensors (with [lora]: the adapter as PEFT's adapter_config.json +
+/// adapter_model.safetensors).
 /// </summary>
 public sealed class Trainer
 {
@@ -81,6 +82,7 @@ public sealed class Trainer
         string outDir = cfg.Resolve(cfg.Output.Dir);
         string ckptRoot = Path.Combine(outDir, "checkpoints");
         Checkpoints.Loaded? resumed = null;
+        if (Resume != null && cfg.Lora != null) throw new ConfigException("--resume is not supported with [lora] yet: the adapters are saved at the end of the run");
         if (Resume != null)
         {
             resumed = Checkpoints.OpenForResume(Resume, ckptRoot, Say);
@@ -115,9 +117,12 @@ public sealed class Trainer
             ? layout.Pipelined ? $" on stage 0 of {cfg.Parallel.Pp} ({cfg.Parallel.Schedule}, {layout.MicroBatches(cfg.Train.GradAccum)} micro-batches), {layout.DataGroup.WorldSize} data-parallel replica(s) ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}"
             : $", {comm.WorldSize} data-parallel ranks ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}" : ""));
 
-        using var dp = layout.CreateDataParallel(model);
+        // LoRA: the base is frozen; the optimizer and data parallelism work on the adapters' store alone
+        using var lora = cfg.Lora != null ? LoraSetup.Attach(model, cfg.Lora, cfg.Train.Seed, cfg.Resolve) : null;
+        if (lora != null) Say(LoraSetup.Describe(lora, model));
+        using var dp = lora != null ? layout.CreateDataParallel(lora.Store) : layout.CreateDataParallel(model);
         var runner = layout.CreateRunner(model, dp);
-        using var opt = layout.CreateOptimizer(model, cfg.Optim, dp, runner);
+        using var opt = lora != null ? new AdamW(lora.Store, cfg.Optim, dp) : layout.CreateOptimizer(model, cfg.Optim, dp, runner);
         int replicas = runner?.Grid.Replicas ?? dp.Comm.WorldSize, microBatches = layout.MicroBatches(cfg.Train.GradAccum);
         var exact = ExactSettings(files, (long)replicas * microBatches * B);
         var overridable = ResumeCheck.Overridable("", cfg.Optim, cfg.Train.Steps);
@@ -215,12 +220,21 @@ public sealed class Trainer
         }
 
         string weightsDir = Path.Combine(outDir, "final");
-        layout.SaveModel(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
+        if (lora != null)
         {
-            ["engine.steps"] = cfg.Train.Steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            ["engine.tokens"] = tokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
-        });
-        Say($"saved {weightsDir}");
+            if (lead) lora.Save(weightsDir, cfg.Model.InitFrom is { } b ? cfg.Resolve(b) : null);
+            comm.Barrier();
+            Say($"saved the adapter (PEFT layout) to {weightsDir}");
+        }
+        else
+        {
+            layout.SaveModel(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
+            {
+                ["engine.steps"] = cfg.Train.Steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                ["engine.tokens"] = tokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            });
+            Say($"saved {weightsDir}");
+        }
         return new TrainResult(outDir, weightsDir, steps, lastValid, model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);
     }
 

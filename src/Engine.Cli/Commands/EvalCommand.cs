@@ -27,13 +27,18 @@ public static class EvalCommand
         var labels = new Option<string[]>("--label-names") { Description = "names for integer labels 0,1,2,…", AllowMultipleArgumentsPerToken = true };
         var json = new Option<string?>("--json") { Description = "also write the results to this JSON file" };
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
-        var cmd = new Command("eval", "perplexity on held-out text and few-shot classification by label likelihood")
-            { model, tokenizer, text, fewshot, pool, shots, maxEx, seqLen, maxTokens, labels, json, device };
+        var instruction = new Option<string[]>("--instruction") { Description = "labelled sets scored zero-shot in instruction format (the chat template sentiment sources train with; label likelihood after the answer marker)", AllowMultipleArgumentsPerToken = true };
+        var calibrate = new Option<bool>("--calibrate") { Description = "also report contextual calibration (label log-likelihood minus that after the content-free input \"N/A\") for --fewshot and --instruction" };
+        var adapter = new Option<DirectoryInfo?>("--adapter") { Description = "a LoRA adapter in PEFT's layout applied to the model" };
+        var cmd = new Command("eval", "perplexity on held-out text, few-shot and zero-shot instruction-format classification by label likelihood")
+            { model, tokenizer, text, fewshot, pool, shots, maxEx, seqLen, maxTokens, labels, json, device, instruction, calibrate, adapter };
         cmd.SetAction(p => Cli.Guard(() =>
         {
             var tok = LoadTokenizer(p.GetValue(tokenizer)!);
             using var m = ModelIO.Load(p.GetValue(model)!.FullName, Cli.Backend(p.GetValue(device)!));
             if (m.Config.VocabSize < tok.VocabSize) throw new ArgumentException($"the tokenizer has {tok.VocabSize} ids but the model only {m.Config.VocabSize}");
+            using var lora = p.GetValue(adapter) is { } ad ? Engine.Model.Lora.LoraAdapters.Load(m, ad.FullName) : null;
+            bool cal = p.GetValue(calibrate);
             int T = Math.Min(p.GetValue(seqLen), m.Config.MaxPositionEmbeddings);
             var results = new Dictionary<string, object>();
             foreach (var f in p.GetValue(text) ?? [])
@@ -48,11 +53,23 @@ public static class EvalCommand
             foreach (var f in p.GetValue(fewshot) ?? [])
             {
                 var (test, skipped) = LabeledData.Read(f, names);
-                var r = Evaluator.FewShot(m, tok, test, poolSet ?? test, p.GetValue(shots), 1, p.GetValue(maxEx));
-                Console.WriteLine($"{f}: {p.GetValue(shots)}-shot accuracy {r.Accuracy:P2}, macro-F1 {r.MacroF1:F4} over {r.Count} examples ({skipped} malformed rows skipped), labels {string.Join("/", r.Labels)}, {r.Seconds:F1} s");
-                results[f] = new { r.Accuracy, r.MacroF1, r.Count, r.Labels, skipped };
+                var (r, c) = Evaluator.FewShotWithCalibration(m, tok, test, poolSet ?? test, p.GetValue(shots), 1, p.GetValue(maxEx), calibrate: cal);
+                Console.WriteLine($"{f}: {p.GetValue(shots)}-shot accuracy {r.Accuracy:P2}, macro-F1 {r.MacroF1:F4}" +
+                    (c != null ? $" (calibrated {c.Accuracy:P2}, {c.MacroF1:F4})" : "") +
+                    $" over {r.Count} examples ({skipped} malformed rows skipped), labels {string.Join("/", r.Labels)}, {r.Seconds:F1} s");
+                results[f] = new { r.Accuracy, r.MacroF1, r.Count, r.Labels, skipped, CalibratedAccuracy = c?.Accuracy, CalibratedMacroF1 = c?.MacroF1 };
             }
-            if (results.Count == 0) throw new ArgumentException("nothing to evaluate: give --text and/or --fewshot files");
+            foreach (var f in p.GetValue(instruction) ?? [])
+            {
+                var (test, skipped) = LabeledData.Read(f, names);
+                var (r, c) = InstructionEval.ZeroShot(m, tok, test, Engine.Training.Recipes.RecipeSources.SentimentInstruction, maxExamples: p.GetValue(maxEx), calibrate: cal);
+                var s = InstructionEval.Summary(r, c);
+                Console.WriteLine($"{f}: zero-shot instruction accuracy {r.Accuracy:P2}, macro-F1 {r.MacroF1:F4}" +
+                    (c != null ? $" (calibrated {c.Accuracy:P2}, {c.MacroF1:F4})" : "") +
+                    $" over {r.Count} examples ({skipped} malformed rows skipped), predicted {string.Join(" ", s.Predicted.Select(kv => $"{kv.Key} {kv.Value}"))}, {r.Seconds:F1} s");
+                results["instruction:" + f] = s;
+            }
+            if (results.Count == 0) throw new ArgumentException("nothing to evaluate: give --text, --fewshot and/or --instruction files");
             if (p.GetValue(json) is { } jp) File.WriteAllText(jp, JsonSerializer.Serialize(results, new JsonSerializerOptions { WriteIndented = true }));
             return 0;
         }));

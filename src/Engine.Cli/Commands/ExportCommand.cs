@@ -17,13 +17,20 @@ public static class ExportCommand
         var tokenizer = new Option<string?>("--tokenizer", "-t") { Description = "tokenizer.json or byte (default: the model directory's tokenizer.json)" };
         var shard = new Option<string>("--max-shard-size") { Description = "safetensors shard limit, as transformers' max_shard_size (5GB, 500MB, 2GiB, bytes)", DefaultValueFactory = _ => "5GB" };
         var name = new Option<string?>("--name") { Description = "general.name in the GGUF file (default: the model directory's name)" };
+        var adapter = new Option<DirectoryInfo?>("--adapter") { Description = "a LoRA adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors) merged into the model before export" };
         var cmd = new Command("export", "export a model for serving: llama.cpp GGUF (f32/f16/q8_0/q4_0) or Hugging Face safetensors (bf16/f16, sharded)")
-            { model, output, format, type, tokenizer, shard, name };
+            { model, output, format, type, tokenizer, shard, name, adapter };
         cmd.SetAction(p => Cli.Guard(() =>
         {
             string dir = p.GetValue(model)!.FullName, outPath = p.GetValue(output)!;
             string fmt = p.GetValue(format)!;
             using var m = ModelIO.Load(dir, CpuBackend.Instance);
+            if (p.GetValue(adapter) is { } ad)
+            {
+                using var lora = Engine.Model.Lora.LoraAdapters.Load(m, ad.FullName);
+                lora.Merge();
+                Console.WriteLine($"merged the LoRA adapter {ad.FullName} (r = {lora.Config.R}, {lora.Modules.Count} layers) into {dir}");
+            }
             string? tokSpec = p.GetValue(tokenizer) ?? (File.Exists(Path.Combine(dir, "tokenizer.json")) ? Path.Combine(dir, "tokenizer.json") : null);
             string? tokJson = tokSpec is null or "byte" ? null : tokSpec;
             GgufVocab? vocab = null;

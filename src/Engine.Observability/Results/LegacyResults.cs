@@ -260,6 +260,11 @@ public static class LegacyResults
                     if (v is JsonValue jv && jv.GetValueKind() == JsonValueKind.Number) entries.Add(One($"ppl_{domain}", "perplexity", BenchSchema.Lower, AsDouble(jv)));
             foreach (string f in new[] { "few_shot_accuracy", "few_shot_macro_f1", "few_shot_calibrated_accuracy", "few_shot_calibrated_macro_f1" })
                 if (r.OptNum(st, f) is { } v) entries.Add(One(f, f.EndsWith("f1", StringComparison.Ordinal) ? "f1" : "accuracy", BenchSchema.Higher, v));
+            // zero-shot instruction format per evaluated set (recipes from 2026-11-27 on)
+            if (st["instruction"] is JsonObject instr)
+                foreach (var (set, e) in instr)
+                    foreach (string f in new[] { "accuracy", "macro_f1" })
+                        if (e is JsonObject eo && r.OptNum(eo, f) is { } v) entries.Add(One($"instruction_{set}_{f}", f == "accuracy" ? "accuracy" : "f1", BenchSchema.Higher, v));
         }
         return new BenchResult
         {

@@ -13,6 +13,8 @@ public sealed class TrainConfig
     public ScheduleOptions Schedule { get; set; } = new();
     public OutputSection Output { get; set; } = new();
     public Parallel.ParallelSection Parallel { get; set; } = new();
+    /// <summary>LoRA fine-tuning of model.init_from (null: every parameter is trained).</summary>
+    public LoraSection? Lora { get; set; }
 
     public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
     {
@@ -50,6 +52,13 @@ public sealed class TrainConfig
         if (Train.Guard is not ("fail" or "skip")) errors.Add($"train.guard must be fail or skip (got {Train.Guard})");
         if (Train.GuardZ < 0 || Train.GuardWindow < 2) errors.Add($"train.guard_z must be >= 0 and train.guard_window >= 2 (got {Train.GuardZ}, {Train.GuardWindow})");
         if (Train.Device is not ("cpu" or "cuda")) errors.Add($"train.device must be cpu or cuda (got {Train.Device})");
+        if (Lora != null)
+        {
+            Lora.Validate("lora", Model.CheckpointActivations, errors);
+            if (Model.InitFrom == null) errors.Add("lora needs model.init_from: the base model the adapters adapt");
+            if (Parallel.Pp > 1) errors.Add("lora is not supported with pipeline stages (parallel.pp > 1) yet: use data parallelism");
+            if (Output.CheckpointEvery > 0) errors.Add("output.checkpoint_every is not supported with [lora] yet: the adapters are saved at the end of the run");
+        }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
     }
 

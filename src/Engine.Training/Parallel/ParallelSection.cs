@@ -79,7 +79,10 @@ public sealed class ParallelLayout : IDisposable
     public PipelineStage? Stage(int layers) =>
         Grid is { } g ? PipelineStage.Split(layers, g.Stages, Section.Layers.Length > 0 ? Section.Layers : null)[g.Stage] : null;
 
-    public DataParallel CreateDataParallel(LlamaModel model) => DataParallel.Create(model.Store, DataGroup, Section.Zero, Section.BucketMb);
+    public DataParallel CreateDataParallel(LlamaModel model) => CreateDataParallel(model.Store);
+
+    /// <summary>Over any store (LoRA: the adapters' store; the frozen base is not reduced).</summary>
+    public DataParallel CreateDataParallel(Engine.Core.ParameterStore store) => DataParallel.Create(store, DataGroup, Section.Zero, Section.BucketMb);
 
     public PipelineRunner? CreateRunner(LlamaModel model, DataParallel dp) => Grid is { } g ? new PipelineRunner(model, g, dp, Section.Schedule) : null;
 

@@ -81,6 +81,18 @@ public static class ParityRun
         };
     }
 
+    /// <summary>Logits only (a model with a LoRA adapter attached: its base has no gradients), keys as <see cref="Run"/>.</summary>
+    public static JsonObject Logits(LlamaModel model, ParityInput input)
+    {
+        int B = input.Ids.Length, T = input.Ids[0].Length;
+        var be = model.Backend;
+        using var scope = new TensorScope();
+        using var ng = Grad.NoGrad();
+        var idT = be.Empty([B * T], DType.I32);
+        be.Upload(idT, input.Ids.SelectMany(r => r).ToArray());
+        return new JsonObject { ["backend"] = be.Name, ["logits"] = ToJson(model.Logits(idT, B, T).ToArray()) };
+    }
+
     static JsonArray ToJson(float[] a)
     {
         var arr = new JsonArray();

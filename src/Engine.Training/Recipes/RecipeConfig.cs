@@ -61,6 +61,14 @@ public sealed class RecipeConfig
             if (st.SelectTop is < 0 or > 1) errors.Add($"{p}.select_top must be in [0, 1]");
             if (st.SelectTop > 0 && (st.SelectSource == null || !Sources.ContainsKey(st.SelectSource))) errors.Add($"{p}.select_source must name a source when select_top > 0");
             if (st.SeqLen > Model.MaxPositionEmbeddings * Math.Max(1, st.RopeScalingFactor)) errors.Add($"{p}.seq_len ({st.SeqLen}) exceeds max_position_embeddings × rope factor");
+            if (st.Lora != null)
+            {
+                st.Lora.Validate($"{p}.lora", Model.CheckpointActivations, errors);
+                if (st.Init == "random") errors.Add($"{p}.lora adapts a trained model: init must be an earlier stage or a model directory, not random");
+                if (st.Trainable != "all") errors.Add($"{p}.lora trains the adapters alone: leave trainable = all");
+                if (st.EwcLambda > 0) errors.Add($"{p}.lora cannot be combined with ewc_lambda (the base is frozen)");
+                if (st.ExpandedVocab) errors.Add($"{p}.lora cannot be combined with expanded_vocab (the new embedding rows would stay untrained)");
+            }
         }
         if (Tokenizer.Kind is not ("byte" or "bpe")) errors.Add($"tokenizer.kind must be byte or bpe (got {Tokenizer.Kind})");
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
@@ -129,6 +137,9 @@ public sealed class StageSection
     public string? SelectSource { get; set; }
     /// <summary>Curriculum: order the kept documents from least to most task-similar instead of shuffling.</summary>
     public bool Curriculum { get; set; }
+    /// <summary>LoRA: train low-rank adapters on the frozen init model (PEFT layout); the stage saves the adapter to
+    /// stages/NAME_adapter and the merged model to stages/NAME. Null: every trainable parameter is trained.</summary>
+    public Config.LoraSection? Lora { get; set; }
 }
 
 public sealed class EvalSection
@@ -142,6 +153,13 @@ public sealed class EvalSection
     public string? FewShotPool { get; set; }
     public int Shots { get; set; } = 3;
     public int MaxExamples { get; set; } = 200;
+    /// <summary>Also score few_shot_file zero-shot in instruction format (<see cref="Eval.InstructionEval"/>), beside k-shot.</summary>
+    public bool Instruction { get; set; } = true;
+    /// <summary>Further labelled sets (csv label,sentence or jsonl text,label) scored zero-shot in instruction format: the chat
+    /// template sentiment sources train with, label likelihood after the answer marker (raw and calibrated).</summary>
+    public string[] InstructionFiles { get; set; } = [];
+    /// <summary>Examples per instruction-format set (0 = max_examples).</summary>
+    public int InstructionMaxExamples { get; set; }
 }
 
 public sealed class RecipeOutput

@@ -26,6 +26,13 @@ public sealed record StageReport
     public double? FewShotCalibratedAccuracy { get; init; }
     public double? FewShotCalibratedMacroF1 { get; init; }
     public int FewShotCount { get; init; }
+    /// <summary>Zero-shot instruction-format classification per eval.instruction_files set (file name without extension).</summary>
+    public Dictionary<string, InstructionEvalScore> Instruction { get; init; } = new();
+    /// <summary>Parameters the stage trained (LoRA: the adapters alone) and this rank's AdamW moment bytes.</summary>
+    public long TrainableParameters { get; init; }
+    public long OptimizerStateBytes { get; init; }
+    /// <summary>LoRA stages: the adapter directory (PEFT layout); the stage's weights are the merged model.</summary>
+    public string? AdapterDir { get; init; }
     public long TokensTrained { get; init; }
     public double TrainSeconds { get; init; }
     public double EvalSeconds { get; init; }
@@ -41,6 +48,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
 {
     readonly Dictionary<string, LoadedSource> sources = new(StringComparer.Ordinal);
     readonly Dictionary<string, string> stageWeights = new(StringComparer.Ordinal);
+    readonly List<(string Name, List<LabeledExample> Examples)> instructionSets = [];
     ITokenizer? baseTokenizer, expandedTokenizer;
 
     /// <summary>Messages about the whole run (rank 0 only).</summary>
@@ -103,6 +111,11 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             expandedTokenizer = Resume != null && File.Exists(expandedFile) ? BpeTokenizer.Load(expandedFile)
                 : OnLead(() => RecipeTokenizers.Expand(cfg, baseTokenizer, sources, outDir, Log), () => BpeTokenizer.Load(expandedFile));
         var evalSet = LoadFewShot();
+        // zero-shot instruction format: the few-shot set itself (beside its k-shot score), then any further sets
+        if (cfg.Eval.Instruction && cfg.Eval.FewShotFile is { } fsf && evalSet is { } es0)
+            instructionSets.Add((Path.GetFileNameWithoutExtension(fsf), es0.Test));
+        foreach (var f in cfg.Eval.InstructionFiles)
+            instructionSets.Add((Path.GetFileNameWithoutExtension(f), LabeledData.Read(cfg.Resolve(f)).Examples));
         var reports = new List<StageReport>();
         var (first, resumed) = Resume != null ? ResumePoint(outDir) : (0, null);
         string metricsPath = Path.Combine(outDir, "metrics.jsonl");
@@ -223,6 +236,11 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         else model.SetTrainable(null);
 
         ulong seed = cfg.Seed ^ RecipeSources.StableHash(st.Name);
+        // LoRA: the base is frozen; the optimizer and data parallelism work on the adapters' store alone
+        using var lora = st.Lora != null ? Config.LoraSetup.Attach(model, st.Lora, seed, cfg.Resolve) : null;
+        if (lora != null) { notes.Add(Config.LoraSetup.Describe(lora, model)); Say(notes[^1]); }
+        var trainStore = lora?.Store ?? model.Store;
+        long trainable = lora?.ParameterCount ?? model.Store.Slots.Where(s => !s.Tensor.Frozen).Sum(s => s.Numel);
         var streams = new List<(string Name, ISampleStream Stream)>();
         string? selection = null;
         var names = st.Weights.Keys.Concat(st.EndWeights?.Keys ?? Enumerable.Empty<string>()).Distinct().ToList();
@@ -249,9 +267,9 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         var mixture = new MixtureStream(streams, schedule, seed);
 
         // data parallelism lays the store out anew: everything after this looks parameters up by name
-        using var dp = DataParallel.Create(model.Store, comm, cfg.Parallel.Zero, cfg.Parallel.BucketMb);
+        using var dp = DataParallel.Create(trainStore, comm, cfg.Parallel.Zero, cfg.Parallel.BucketMb);
         using var ewc = st.EwcLambda > 0 ? EstimateEwc(model, st, tok, seed, dp) : null;
-        using var opt = new AdamW(model, st.Optim, dp);
+        using var opt = new AdamW(trainStore, st.Optim, dp);
         var options = new LoopOptions
         {
             Steps = st.Steps,
@@ -333,6 +351,15 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         steps.InsertRange(0, earlier);
 
         string weights = Path.Combine(outDir, "stages", st.Name);
+        string? adapterDir = null;
+        if (lora != null)
+        {
+            // the adapter in PEFT's layout, then merged: later stages, evaluation and export see one plain model
+            adapterDir = Path.Combine(outDir, "stages", st.Name + "_adapter");
+            if (Lead) lora.Save(adapterDir, stageWeights.TryGetValue(st.Init, out var b) ? b : cfg.Resolve(st.Init));
+            lora.Merge();
+            notes.Add($"adapter saved to {adapterDir} (PEFT layout) and merged into the stage's weights; AdamW state {opt.StateBytes:N0} bytes");
+        }
         if (Lead) ModelIO.Save(model, weights);
         comm.Barrier();
         stageWeights[st.Name] = weights;
@@ -360,6 +387,13 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         ClassificationResult? fs = null, fsCal = null;
         if (evalSet is { } es)
             (fs, fsCal) = Evaluator.FewShotWithCalibration(model, tok, es.Test, es.Pool, cfg.Eval.Shots, cfg.Seed, cfg.Eval.MaxExamples, comm: comm);
+        var instruction = new Dictionary<string, InstructionEvalScore>(StringComparer.Ordinal);
+        foreach (var (setName, examples) in instructionSets)
+        {
+            var (raw, cal) = InstructionEval.ZeroShot(model, tok, examples, RecipeSources.SentimentInstruction,
+                maxExamples: cfg.Eval.InstructionMaxExamples > 0 ? cfg.Eval.InstructionMaxExamples : cfg.Eval.MaxExamples, comm: comm);
+            instruction[setName] = InstructionEval.Summary(raw, cal);
+        }
         var report = new StageReport
         {
             Name = st.Name,
@@ -371,6 +405,10 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             FewShotCalibratedAccuracy = fsCal?.Accuracy,
             FewShotCalibratedMacroF1 = fsCal?.MacroF1,
             FewShotCount = fs?.Count ?? 0,
+            Instruction = instruction,
+            TrainableParameters = trainable,
+            OptimizerStateBytes = opt.StateBytes,
+            AdapterDir = adapterDir,
             TokensTrained = steps.Count > 0 ? steps[^1].Tokens : 0,
             TrainSeconds = trainSeconds,
             EvalSeconds = sw.Elapsed.TotalSeconds,
@@ -381,7 +419,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             Steps = steps,
         };
         Say($"stage {st.Name}: " + string.Join(", ", ppl.Select(p => $"ppl[{p.Key}] {p.Value:F2}")) +
-            (fs != null ? $", few-shot acc {fs.Accuracy:P1} F1 {fs.MacroF1:F3} (calibrated {fsCal!.Accuracy:P1} / {fsCal.MacroF1:F3})" : "") + $", {report.TokensTrained:N0} tokens in {trainSeconds:F0} s");
+            (fs != null ? $", few-shot acc {fs.Accuracy:P1} F1 {fs.MacroF1:F3} (calibrated {fsCal!.Accuracy:P1} / {fsCal.MacroF1:F3})" : "") +
+            string.Concat(instruction.Select(i => $", 0-shot instruction {i.Key} acc {i.Value.Accuracy:P1} F1 {i.Value.MacroF1:F3}")) + $", {report.TokensTrained:N0} tokens in {trainSeconds:F0} s");
         if (Lead)
         {
             // the stage is finished: its record lets a resumed run skip it; its checkpoints are no longer needed
