@@ -37,9 +37,12 @@ public sealed class AdamW : IDisposable
     string frozenKey = "";
 
     /// <param name="parallel">The data-parallel set-up (null: one process, the store as it is).</param>
-    public AdamW(LlamaModel model, AdamWOptions options, DataParallel? parallel = null)
+    public AdamW(LlamaModel model, AdamWOptions options, DataParallel? parallel = null) : this(model.Store, options, parallel) { }
+
+    /// <summary>AdamW over any parameter store (e.g. a reward or value head beside a model's store).</summary>
+    public AdamW(ParameterStore store, AdamWOptions options, DataParallel? parallel = null)
     {
-        store = model.Store;
+        this.store = store;
         Options = options;
         Parallel = parallel ?? DataParallel.Local(store);
         ownsParallel = parallel == null;
