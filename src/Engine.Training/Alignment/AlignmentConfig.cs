@@ -25,6 +25,8 @@ public sealed class AlignmentSection
     public double Temperature { get; set; } = 1.0;
     public double TopP { get; set; } = 0.9;
     public int MaxPairsPerPrompt { get; set; } = 3;
+    /// <summary>Add rule-made negatives (an empty answer, a corrupted reference) to each prompt's candidates.</summary>
+    public bool RuleNegatives { get; set; } = true;
     public RewardSection Reward { get; set; } = new();
     public PpoSection Ppo { get; set; } = new();
     public DpoSection Dpo { get; set; } = new();

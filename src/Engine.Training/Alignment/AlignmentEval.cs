@@ -10,6 +10,9 @@ public sealed record PolicyEval
     public required string Name { get; init; }
     /// <summary>Mean reward-model score of the greedy answers to the held-out prompts.</summary>
     public double MeanReward { get; init; }
+    /// <summary>Mean reward-model score of the sampled answers (temperature 1, the ones the KL is measured on): the
+    /// policy's expected reward, which PPO maximises and which moves before the greedy answers flip.</summary>
+    public double MeanRewardSampled { get; init; }
     /// <summary>Mean rule score (<see cref="AnswerRule"/>) of those answers.</summary>
     public double RuleScore { get; init; }
     /// <summary>Share of held-out prompts where the rule scores this policy's answer above the tuned model's (ties ½).</summary>
@@ -50,6 +53,7 @@ public static class AlignmentEval
         }
         // KL(π ‖ ref) needs answers sampled from π itself
         var sampled = ids.Select((p, i) => new PromptResponse(p, Generator.Generate(policy, p, new SamplingOptions(maxNew, 1.0, 1.0, seed ^ (ulong)i, tok.EosId)).ToArray())).ToList();
+        double sampledReward = PolicyOps.Scores(rm, sampled, tok.EosId).Average();
         double kl = 0;
         for (int s = 0; s < sampled.Count; s += 16)
         {
@@ -72,6 +76,7 @@ public static class AlignmentEval
         {
             Name = name,
             MeanReward = rewards.Average(),
+            MeanRewardSampled = sampledReward,
             RuleScore = rule / prompts.Count,
             WinRate = win / prompts.Count,
             Kl = kl / sampled.Count,

@@ -68,8 +68,8 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
             var samplers = new List<PreferenceData.Sampler> { new("tuned", tuned) };
             samplers.AddRange(compare.Select(c => new PreferenceData.Sampler(c.Name, c.Model)));
             var sampling = new SamplingOptions(a.MaxNewTokens, a.Temperature, a.TopP, seed, tok.EosId);
-            trainPairs = PreferenceData.Build(split.Train, tok, samplers, a.SamplesPerModel, sampling, a.MaxPairsPerPrompt);
-            heldPairs = PreferenceData.Build(split.HeldOut, tok, samplers, a.SamplesPerModel, sampling with { Seed = seed ^ 0x4E1D }, a.MaxPairsPerPrompt);
+            trainPairs = PreferenceData.Build(split.Train, tok, samplers, a.SamplesPerModel, sampling, a.MaxPairsPerPrompt, a.RuleNegatives);
+            heldPairs = PreferenceData.Build(split.HeldOut, tok, samplers, a.SamplesPerModel, sampling with { Seed = seed ^ 0x4E1D }, a.MaxPairsPerPrompt, a.RuleNegatives);
         }
         finally { foreach (var c in compare) c.Model.Dispose(); }
         var origins = trainPairs.Concat(heldPairs).GroupBy(p => p.Origin).OrderBy(g => g.Key, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.Count());
@@ -132,7 +132,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         {
             var r = AlignmentEval.Evaluate(name, m, tuned, rm, held, baseline, tok, sentiment, Perplexity, a.MaxNewTokens, seed ^ 0xE7A1);
             policies[name] = r;
-            Say($"{name}: reward {r.MeanReward:F3}, rule {r.RuleScore:F3}, win rate vs tuned {r.WinRate:P1}, KL {r.Kl:F3}, sentiment {r.SentimentAccuracy:P1}, " +
+            Say($"{name}: reward {r.MeanReward:F3} (sampled {r.MeanRewardSampled:F3}), rule {r.RuleScore:F3}, win rate vs tuned {r.WinRate:P1}, KL {r.Kl:F3}, sentiment {r.SentimentAccuracy:P1}, " +
                 string.Join(", ", r.Perplexity.Where(p => !p.Key.Contains('_')).Select(p => $"ppl[{p.Key}] {p.Value:F2}")));
         }
         Lap("eval");
@@ -186,15 +186,15 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
     {
         var domains = r.Policies.Values.SelectMany(p => p.Perplexity.Keys).Where(k => !k.Contains('_')).Distinct().OrderBy(k => k, StringComparer.Ordinal).ToList();
         var sb = new StringBuilder();
-        sb.Append("| policy | held-out reward | rule score | win rate vs tuned | KL from reference | sentiment acc |");
+        sb.Append("| policy | held-out reward (greedy) | (sampled) | rule score | win rate vs tuned | KL from reference | sentiment acc |");
         foreach (var d in domains) sb.Append($" ppl {d} |");
-        sb.Append(" answer tokens |\n|---|---:|---:|---:|---:|---:|");
+        sb.Append(" answer tokens |\n|---|---:|---:|---:|---:|---:|---:|");
         foreach (var _ in domains) sb.Append("---:|");
         sb.Append("---:|\n");
         var inv = CultureInfo.InvariantCulture;
         foreach (var p in r.Policies.Values)
         {
-            sb.Append(inv, $"| {p.Name} | {p.MeanReward:F3} | {p.RuleScore:F3} | {p.WinRate * 100:F1}% | {p.Kl:F3} | ");
+            sb.Append(inv, $"| {p.Name} | {p.MeanReward:F3} | {p.MeanRewardSampled:F3} | {p.RuleScore:F3} | {p.WinRate * 100:F1}% | {p.Kl:F3} | ");
             sb.Append(p.SentimentAccuracy is { } s ? string.Create(inv, $"{s * 100:F1}% ({p.SentimentCount}) |") : "– |");
             foreach (var d in domains) sb.Append(p.Perplexity.TryGetValue(d, out var v) ? string.Create(inv, $" {v:F2} |") : " – |");
             sb.Append(inv, $" {p.MeanResponseLength:F1} |\n");

@@ -35,6 +35,37 @@ public static partial class AnswerRule
         _ => TextScore(reference, answer),
     };
 
+    /// <summary>
+    /// A rule-made wrong answer to set against the reference (a hard negative beside the sampled ones): another label;
+    /// the reference's number moved by 10–50% (same decimals); the first half of a text answer.
+    /// </summary>
+    public static string Corrupt(AnswerKind kind, string reference, Core.Rng rng)
+    {
+        switch (kind)
+        {
+            case AnswerKind.Label:
+                {
+                    var others = SentimentLabels.Where(l => l != reference.Trim().ToLowerInvariant()).ToArray();
+                    return others[rng.NextInt(others.Length)];
+                }
+            case AnswerKind.Number:
+                {
+                    var m = NumberPattern().Match(reference);
+                    if (!m.Success || ParseNumber(reference) is not { } r) goto default;
+                    int dot = m.Value.IndexOf('.', StringComparison.Ordinal);
+                    int decimals = dot < 0 ? 0 : m.Value.Length - dot - 1;
+                    double f = 1 + (0.1 + 0.4 * rng.NextDouble()) * (rng.NextInt(2) == 0 ? -1 : 1);
+                    double v = r == 0 ? 1 + rng.NextInt(9) : r * f;
+                    return reference[..m.Index] + v.ToString("F" + decimals, CultureInfo.InvariantCulture) + reference[(m.Index + m.Length)..];
+                }
+            default:
+                {
+                    var s = reference.Trim();
+                    return s[..(s.Length / 2)];
+                }
+        }
+    }
+
     /// <summary>The label an answer gives: its leading letters, lower-cased ("Positive." → "positive").</summary>
     public static string LeadingWord(string answer)
     {

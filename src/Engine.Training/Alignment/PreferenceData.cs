@@ -22,8 +22,10 @@ public sealed record PromptSplit(List<AlignmentPrompt> Train, List<AlignmentProm
 /// Preference pairs the shipped files support without human raters: for each prompt, the data set's reference answer
 /// and answers sampled from the tuned model and from the other named models (earlier stages, other sizes) are scored
 /// by <see cref="AnswerRule"/>; every pair of distinct answers whose scores differ becomes a candidate (higher =
-/// chosen), the widest gaps first, at most maxPairs per prompt. A sampled answer the rule scores as high as the
-/// reference makes no pair with it.
+/// chosen), the widest gaps first and one per origin pair before a second, at most maxPairs per prompt. A sampled answer the rule scores as high as the
+/// reference makes no pair with it. With rule negatives, two rule-made answers join the candidates: an empty answer
+/// (EOS only) and a corrupted reference (<see cref="AnswerRule.Corrupt"/>: another label, a moved number, half a text),
+/// so the reward model sees wrong content and not only the sampled models' style.
 /// </summary>
 public static class PreferenceData
 {
@@ -59,7 +61,7 @@ public static class PreferenceData
 
     /// <summary>Scored candidates for each prompt, then the pairs (see the class remarks).</summary>
     public static List<Preference> Build(IReadOnlyList<AlignmentPrompt> prompts, ITokenizer tok, IReadOnlyList<Sampler> samplers,
-        int samplesPerModel, SamplingOptions sampling, int maxPairs)
+        int samplesPerModel, SamplingOptions sampling, int maxPairs, bool ruleNegatives = false)
     {
         var pairs = new List<Preference>();
         foreach (var p in prompts)
@@ -67,6 +69,13 @@ public static class PreferenceData
             var cands = new List<(string Origin, int[] Ids, double Score)>();
             int[] reference = [.. tok.Encode(p.Example.Output), tok.EosId];
             cands.Add(("reference", reference, AnswerRule.Score(p.Kind, p.Example.Output, p.Example.Output)));
+            if (ruleNegatives)
+            {
+                var rng = new Core.Rng(sampling.Seed ^ (ulong)p.Index * 0xD1B54A32D192ED03UL);
+                string wrong = AnswerRule.Corrupt(p.Kind, p.Example.Output, rng);
+                cands.Add(("corrupted", [.. tok.Encode(wrong), tok.EosId], AnswerRule.Score(p.Kind, p.Example.Output, wrong)));
+                cands.Add(("empty", [tok.EosId], 0));
+            }
             foreach (var s in samplers)
                 for (int k = 0; k < samplesPerModel; k++)
                 {
@@ -82,13 +91,18 @@ public static class PreferenceData
                     if (a.Score <= b.Score + 1e-9 || a.Ids.AsSpan().SequenceEqual(b.Ids)) continue;
                     list.Add(new Preference(p, a.Ids, b.Ids, a.Score, b.Score, $"{a.Origin}>{b.Origin}"));
                 }
-            // widest gaps first; equal pairs of texts (the same answer sampled twice) once
+            // widest gaps first, one pair per origin before a second of any; the same pair of texts (an answer sampled
+            // twice) once
+            var ordered = list.OrderByDescending(x => x.ChosenScore - x.RejectedScore).ThenBy(x => x.Origin, StringComparer.Ordinal).ToList();
             var taken = new HashSet<string>(StringComparer.Ordinal);
-            foreach (var pr in list.OrderByDescending(x => x.ChosenScore - x.RejectedScore).ThenBy(x => x.Origin, StringComparer.Ordinal))
-            {
-                if (taken.Count >= maxPairs) break;
-                if (taken.Add(string.Join(',', pr.Chosen) + "|" + string.Join(',', pr.Rejected))) pairs.Add(pr);
-            }
+            var origins = new HashSet<string>(StringComparer.Ordinal);
+            foreach (bool firstPass in new[] { true, false })
+                foreach (var pr in ordered)
+                {
+                    if (taken.Count >= maxPairs) break;
+                    if (firstPass && !origins.Add(pr.Origin)) continue;
+                    if (taken.Add(string.Join(',', pr.Chosen) + "|" + string.Join(',', pr.Rejected))) pairs.Add(pr);
+                }
         }
         return pairs;
     }
