@@ -100,8 +100,22 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         {
             ppo.Train(split.Train.Select(p => p.Ids).ToList(), l =>
             {
-                Metric(new { phase = "ppo", step = l.Step, reward = l.Reward, kl = l.Kl, kl_coef = l.KlCoef, entropy = l.Entropy, clip_fraction = l.ClipFraction,
-                    value_clip_fraction = l.ValueClipFraction, approx_kl = l.ApproxKl, policy_loss = l.PolicyLoss, value_loss = l.ValueLoss, response_length = l.ResponseLength, seconds = l.Seconds });
+                Metric(new
+                {
+                    phase = "ppo",
+                    step = l.Step,
+                    reward = l.Reward,
+                    kl = l.Kl,
+                    kl_coef = l.KlCoef,
+                    entropy = l.Entropy,
+                    clip_fraction = l.ClipFraction,
+                    value_clip_fraction = l.ValueClipFraction,
+                    approx_kl = l.ApproxKl,
+                    policy_loss = l.PolicyLoss,
+                    value_loss = l.ValueLoss,
+                    response_length = l.ResponseLength,
+                    seconds = l.Seconds
+                });
                 Say($"[ppo] step {l.Step}/{a.Ppo.Steps} reward {l.Reward:F3} kl {l.Kl:F3} (β {l.KlCoef:F4}) entropy {l.Entropy:F2} clipfrac {l.ClipFraction:F3} len {l.ResponseLength:F1} {l.Seconds:F1} s");
             });
         }

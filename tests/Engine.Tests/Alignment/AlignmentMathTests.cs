@@ -1,6 +1,6 @@
 using Engine.Core;
-using Engine.Training.Alignment;
 using Engine.Tests.Ops;
+using Engine.Training.Alignment;
 
 namespace Engine.Tests.Alignment;
 

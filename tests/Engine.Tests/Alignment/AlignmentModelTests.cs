@@ -2,10 +2,10 @@ using Engine.Core;
 using Engine.Core.Autograd;
 using Engine.Data;
 using Engine.Model;
-using Engine.Training;
-using Engine.Training.Alignment;
 using Engine.Tests.Model;
 using Engine.Tests.Ops;
+using Engine.Training;
+using Engine.Training.Alignment;
 
 namespace Engine.Tests.Alignment;
 
