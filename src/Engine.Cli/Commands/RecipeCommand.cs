@@ -63,6 +63,8 @@ public static class RecipeCommand
         {
             if (!(scale > 0)) throw new ArgumentException($"--scale must be positive (got {scale})");
             foreach (var s in cfg.Stages) s.Steps = Math.Max(1, (int)Math.Round(s.Steps * scale));
+            if (cfg.Alignment is { } al)
+                (al.Reward.Steps, al.Ppo.Steps, al.Dpo.Steps) = (Math.Max(1, (int)Math.Round(al.Reward.Steps * scale)), Math.Max(1, (int)Math.Round(al.Ppo.Steps * scale)), Math.Max(1, (int)Math.Round(al.Dpo.Steps * scale)));
         }
         var (backend, comm) = Cli.Distributed(device);
         using var _ = comm;
@@ -90,6 +92,7 @@ public static class RecipeCommand
         Console.WriteLine();
         Console.WriteLine(RecipeReportWriter.Table(reports));
         foreach (var r in reports.Where(r => r.Notes.Count > 0)) Console.WriteLine($"{r.Name}: {string.Join("; ", r.Notes)}");
+        if (runner.Alignment is { } alignment) Console.WriteLine(Engine.Training.Alignment.AlignmentRunner.Table(alignment));
         Console.WriteLine($"report, loss curves and weights: {cfg.Resolve(cfg.Output.Dir)}");
         return 0;
     }

@@ -19,6 +19,8 @@ public sealed class RecipeConfig
     public EvalSection Eval { get; set; } = new();
     public RecipeOutput Output { get; set; } = new();
     public Parallel.ParallelSection Parallel { get; set; } = new();
+    /// <summary>Optional: align the tuned model after the stages (reward model, PPO, DPO; Alignment/).</summary>
+    public Alignment.AlignmentSection? Alignment { get; set; }
 
     public string BaseDirectory { get; set; } = Directory.GetCurrentDirectory();
     public string Resolve(string path) => Path.IsPathRooted(path) ? path : Path.GetFullPath(Path.Combine(BaseDirectory, path));
@@ -41,7 +43,7 @@ public sealed class RecipeConfig
             if (s.Kind is not ("pretrain" or "instruct" or "sentiment")) errors.Add($"sources.{name}.kind must be pretrain, instruct or sentiment (got {s.Kind})");
             if (s.HeldOut is < 0 or >= 1) errors.Add($"sources.{name}.held_out must be in [0, 1)");
         }
-        if (Stages.Length == 0) errors.Add("stages: at least one stage is needed");
+        if (Stages.Length == 0 && Alignment == null) errors.Add("stages: at least one stage is needed");
         var seen = new HashSet<string>();
         foreach (var st in Stages)
         {
@@ -70,8 +72,11 @@ public sealed class RecipeConfig
                 if (st.ExpandedVocab) errors.Add($"{p}.lora cannot be combined with expanded_vocab (the new embedding rows would stay untrained)");
             }
         }
+        if (Alignment != null && !seen.Contains(Alignment.Policy) && !Alignment.Policy.Contains('/'))
+            errors.Add($"alignment.policy '{Alignment.Policy}' is neither a stage nor a model directory");
         if (Tokenizer.Kind is not ("byte" or "bpe")) errors.Add($"tokenizer.kind must be byte or bpe (got {Tokenizer.Kind})");
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
+        Alignment?.Validate(Sources.ContainsKey, s => Sources[s].Kind != "pretrain");
     }
 }
 

@@ -64,7 +64,7 @@ public static class RecipeReportWriter
         return sb.ToString();
     }
 
-    public static void Write(string outDir, RecipeConfig cfg, IReadOnlyList<StageReport> reports)
+    public static void Write(string outDir, RecipeConfig cfg, IReadOnlyList<StageReport> reports, Alignment.AlignmentReport? alignment = null)
     {
         var md = new StringBuilder();
         md.AppendLine($"# {cfg.Name}");
@@ -86,15 +86,34 @@ public static class RecipeReportWriter
             md.AppendLine();
             md.AppendLine($"**{r.Name}**: " + string.Join("; ", r.Notes));
         }
+        if (alignment != null)
+        {
+            md.AppendLine();
+            md.AppendLine($"## Alignment of {alignment.Policy}");
+            md.AppendLine();
+            md.Append(Alignment.AlignmentRunner.Table(alignment));
+            if (alignment.Notes.Count > 0) md.AppendLine(string.Join("; ", alignment.Notes));
+        }
         File.WriteAllText(Path.Combine(outDir, "report.md"), md.ToString());
-        File.WriteAllText(Path.Combine(outDir, "report.json"), JsonSerializer.Serialize(new
+        object json = new
         {
             recipe = cfg.Name,
             date = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
             commit = Bench.MachineInfo.GitCommit(),
             machine = Bench.MachineInfo.Describe(),
             stages = reports,
-        }, Json));
+        };
+        if (alignment != null)
+            json = new
+            {
+                recipe = cfg.Name,
+                date = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture),
+                commit = Bench.MachineInfo.GitCommit(),
+                machine = Bench.MachineInfo.Describe(),
+                stages = reports,
+                alignment,
+            };
+        File.WriteAllText(Path.Combine(outDir, "report.json"), JsonSerializer.Serialize(json, Json));
         foreach (var r in reports) PlotLosses(Path.Combine(outDir, $"loss_{r.Name}.png"), r);
     }
 

@@ -60,6 +60,9 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     /// ([parallel] section), evaluation is split across them, rank 0 writes weights, reports and metrics.</summary>
     public ICommunicator? Communicator { get; set; }
 
+    /// <summary>The alignment phase's report (null when the recipe has no [alignment] section).</summary>
+    public Alignment.AlignmentReport? Alignment { get; private set; }
+
     ICommunicator comm = null!;
     bool Lead => comm.Rank == 0;
 
@@ -89,6 +92,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         cfg.Parallel.Validate(comm.WorldSize);
         if (cfg.Parallel.Pp > 1)
             throw new Config.ConfigException("parallel.pp > 1: recipes train data-parallel only (pipeline stages are for engine train); set parallel.pp = 1");
+        if (cfg.Alignment != null && comm.WorldSize > 1)
+            throw new Config.ConfigException("[alignment] runs in one process: launch the recipe without data parallelism");
         string outDir = cfg.Resolve(cfg.Output.Dir);
         if (Lead) Directory.CreateDirectory(outDir);
         comm.Barrier();
@@ -163,7 +168,12 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             reports.Add(r);
             if (Lead) RecipeReportWriter.Write(outDir, cfg, reports);
         }
-        if (Lead && first == cfg.Stages.Length && reports.Count > 0) RecipeReportWriter.Write(outDir, cfg, reports);
+        if (cfg.Alignment is { } al)
+        {
+            Alignment = new Alignment.AlignmentRunner(cfg, al, backend, sources, n => stageWeights.TryGetValue(n, out var d) ? d : cfg.Resolve(n), baseTokenizer!) { Log = Log }.Run(outDir);
+            RecipeReportWriter.Write(outDir, cfg, reports, Alignment);
+        }
+        else if (Lead && first == cfg.Stages.Length && reports.Count > 0) RecipeReportWriter.Write(outDir, cfg, reports);
         comm.Barrier();
         return reports;
     }
