@@ -60,18 +60,26 @@ public static class RecipeCommand
             Log = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]"),
             Communicator = comm,
         };
+        // the whole run's progress: every stage's planned steps, seconds per step and per evaluation measured so far
+        var progress = new RecipeProgress(cfg);
+        runner.OnStageDone = r => progress.StageFinished(r.TrainSeconds, r.EvalSeconds);
         runner.OnStep = (stage, m) =>
         {
             if (m.Step % 25 == 0 || m.Step == m.TotalSteps)
-                Console.WriteLine($"[{stage}] " + TrainCommand.FormatStep(m) +
+                Console.WriteLine($"[{stage}] " + TrainCommand.FormatStep(m) + " | " + progress.Describe(m.Step, m.ElapsedSeconds) +
                     (m.SourceLosses is { Count: > 0 } sl ? "  " + string.Join(" ", sl.OrderBy(k => k.Key).Select(k => $"{k.Key}:{k.Value:F2}")) : ""));
         };
+        var wall = System.Diagnostics.Stopwatch.StartNew();
+        if (comm.Rank == 0)
+            Console.WriteLine(Engine.Data.DataPaths.TryFind() is { } data ? $"data: names resolve under {data}"
+                : $"data: names have no data folder (no data/{Engine.Data.DataPaths.SourcesFile} above the binary or here, {Engine.Data.DataPaths.EnvironmentVariable} unset or missing)");
         var reports = runner.Run();
         if (comm.Rank != 0) return 0;
         Console.WriteLine();
         Console.WriteLine(RecipeReportWriter.Table(reports));
         foreach (var r in reports.Where(r => r.Notes.Count > 0)) Console.WriteLine($"{r.Name}: {string.Join("; ", r.Notes)}");
         Console.WriteLine($"report, loss curves and weights: {cfg.Resolve(cfg.Output.Dir)}");
+        Console.WriteLine($"wall time: {RecipeProgress.Clock(wall.Elapsed.TotalSeconds)} ({wall.Elapsed.TotalSeconds:F0} s: data, tokenizer, every stage's training and evaluation)");
         return 0;
     }
 }

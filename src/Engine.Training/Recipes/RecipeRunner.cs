@@ -47,6 +47,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     public Action<string>? Log { get; set; }
     /// <summary>Every training step (rank 0 only).</summary>
     public Action<string, StepMetrics>? OnStep { get; set; }
+    /// <summary>Each stage once trained and evaluated (rank 0 only): with <see cref="RecipeProgress"/>, the whole run's ETA.</summary>
+    public Action<StageReport>? OnStageDone { get; set; }
 
     /// <summary>The job's ranks (null = this process alone): each stage trains data-parallel over them
     /// ([parallel] section), evaluation is split across them, rank 0 writes weights, reports and metrics.</summary>
@@ -88,6 +90,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             var r = RunStage(stage, outDir, evalSet, metrics, cancel);
             reports.Add(r);
             if (Lead) RecipeReportWriter.Write(outDir, cfg, reports);
+            if (Lead) OnStageDone?.Invoke(r);
         }
         comm.Barrier();
         return reports;
