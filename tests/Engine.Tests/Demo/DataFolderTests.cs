@@ -64,7 +64,7 @@ public partial class DataFolderTests
     [Fact]
     public void NothingNamesTheOldDataFolderBesideTheCheckout()
     {
-        // split so this file does not match itself: the path as text, and as Path.Combine(…, "shared", "data") builds it
+        // split so this file does not match itself: the path as text, and as Path.Combine arguments
         string[] old = ["shared" + "/data", "\"shared\"" + ", \"data\""];
         var roots = new[] { "src", "tests", "configs", "benchmarks", "tools", "docs", ".ci" }.Select(d => RepoFiles.Path(d));
         var hits = roots.Where(Directory.Exists)
