@@ -13,7 +13,8 @@ public static class TrainCommand
         var device = new Option<string?>("--device") { Description = "cpu or cuda (overrides train.device)" };
         var set = new Option<string[]>("--set") { Description = "override a config key: --set train.steps=50 (repeatable)", AllowMultipleArgumentsPerToken = true };
         var resume = new Option<string?>("--resume") { Description = "resume from a checkpoint directory, or 'latest' under output.dir/checkpoints" };
-        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume };
+        var dryRun = new Option<bool>("--dry-run") { Description = "print the per-device memory estimate of the configured layout and exit (refuses one that cannot fit)" };
+        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, dryRun };
         cmd.SetAction(parse => Cli.Guard(() =>
         {
             var overrides = (parse.GetValue(set) ?? []).ToList();
@@ -22,6 +23,12 @@ public static class TrainCommand
             var (backend, comm) = Cli.Distributed(cfg.Train.Device);
             using var _ = comm;
             var trainer = new Trainer(cfg, backend) { Resume = parse.GetValue(resume), Communicator = comm };
+            if (parse.GetValue(dryRun))
+            {
+                string plan = trainer.DryRun(comm.WorldSize);
+                if (comm.Rank == 0) Console.WriteLine(plan);
+                return 0;
+            }
             var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0);
             if (comm.Rank != 0) return 0;
             AnsiConsole.MarkupLine($"[green]done[/]: {result.Steps.Count} steps, final train loss {result.Steps[^1].Loss:F4}" +
