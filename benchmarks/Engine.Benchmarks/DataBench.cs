@@ -33,13 +33,12 @@ public static class DataBench
                 default: Console.Error.WriteLine($"data: unknown option '{args[i]}' (--vocab N, --repeats N, --out DIR)"); return 2;
             }
         }
-        string dataDir = DataPaths.Find();
         var files = new[]
         {
             "general_en/wikitext2_valid.txt", "general_en/c4_demo.jsonl", "general_zh/cnews_general.jsonl", "finance_en/fomc_minutes.jsonl",
             "finance_en/tatqa_reports.jsonl", "finance_zh/finna_news.jsonl", "finance_zh/finnl_news.jsonl", "instruct/alpaca_zh_demo.json",
         };
-        var docs = files.SelectMany(f => Documents.Read(Path.Combine(dataDir, f))).ToList();
+        var docs = files.SelectMany(f => Documents.Read(DataPaths.File(f))).ToList();
         long bytes = docs.Sum(d => (long)Encoding.UTF8.GetByteCount(d));
         Console.WriteLine($"corpus: {docs.Count} documents, {bytes / 1e6:F2} MB from {files.Length} files");
 
@@ -115,7 +114,7 @@ public static class DataBench
         string load1 = LoadAverage();
 
         var dedupRuns = new List<object>();
-        var sources = files.Select(f => new DedupSource(f, Documents.Read(Path.Combine(dataDir, f)).ToList())).ToList();
+        var sources = files.Select(f => new DedupSource(f, Documents.Read(DataPaths.File(f)).ToList())).ToList();
         DedupReport? last = null;
         for (int r = 0; r < repeats; r++)
         {

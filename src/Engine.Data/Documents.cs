@@ -5,7 +5,7 @@ using System.Text.RegularExpressions;
 namespace Engine.Data;
 
 /// <summary>
-/// Reads the documents of any shipped format, chosen by extension:
+/// Reads the documents of any shipped format, chosen by extension (before a trailing .gz: gzip, see <see cref="DataFile"/>):
 /// <list type="bullet">
 /// <item>.txt — WikiText (first non-blank line is a top-level <c> = Title = </c> heading): one document per article;
 /// other text: blank-line separated blocks merged up to <see cref="DocumentReadOptions.TargetBlockChars"/>.</item>
@@ -26,7 +26,7 @@ public static partial class Documents
         options ??= new DocumentReadOptions();
         if (options.TargetBlockChars < 1) throw new ArgumentOutOfRangeException(nameof(options), "TargetBlockChars must be positive");
         string text = TextDecoding.ReadFile(path, options.InvalidUtf8, stats);
-        string ext = Path.GetExtension(path).ToLowerInvariant();
+        string ext = DataFile.Extension(path);
         List<string> docs;
         long skipped = 0;
         switch (ext)

@@ -19,7 +19,7 @@ public static class Instructions
         ArgumentException.ThrowIfNullOrEmpty(path);
         options ??= new DocumentReadOptions();
         string text = TextDecoding.ReadFile(path, options.InvalidUtf8, stats);
-        string ext = Path.GetExtension(path).ToLowerInvariant();
+        string ext = DataFile.Extension(path);
         var list = new List<InstructionExample>();
         long skipped = 0;
         if (ext == ".jsonl")

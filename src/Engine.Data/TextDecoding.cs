@@ -42,12 +42,13 @@ public static class TextDecoding
 {
     static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
-    /// <summary>Reads a whole file as text; throws <see cref="InvalidDataException"/> naming the file for binary or (policy Error) invalid content.</summary>
+    /// <summary>Reads a whole file as text (gzip-compressed when named .gz); throws <see cref="InvalidDataException"/> naming the file for binary or (policy Error) invalid content.</summary>
     public static string ReadFile(string path, InvalidUtf8Policy policy, DocumentReadStats? stats = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (!File.Exists(path)) throw new FileNotFoundException($"data file not found: {path}", path);
         byte[] bytes = File.ReadAllBytes(path);
+        if (DataFile.IsGzip(path)) bytes = DataFile.Gunzip(bytes, path);   // x.jsonl.gz: the shipped data folder's form
         if (stats != null) { stats.Files++; stats.Bytes += bytes.Length; }
         if (bytes.Length == 0) { if (stats != null) stats.EmptyFiles++; return ""; }
         return Decode(bytes, path, policy, stats);

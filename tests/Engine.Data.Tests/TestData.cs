@@ -5,15 +5,14 @@ namespace Engine.Data.Tests;
 /// <summary>Shipped data files and a small shared tokenizer trained once per test run.</summary>
 public static class TestData
 {
-    public static string Dir => DataPaths.TryFind() ?? throw new DirectoryNotFoundException(
-        $"shared/data not found above {AppContext.BaseDirectory}; set {DataPaths.EnvironmentVariable}");
+    public static string Dir => DataPaths.Find();
 
-    public static string File(string relative) => Path.Combine(Dir, relative);
+    public static string File(string relative) => DataPaths.File(relative);
 
-    /// <summary>Every shipped data file (all formats), relative to the data folder.</summary>
+    /// <summary>Every shipped data file (all formats), relative to the data folder, named without a trailing .gz.</summary>
     public static IEnumerable<string> AllFiles() => Directory.EnumerateFiles(Dir, "*", SearchOption.AllDirectories)
-        .Where(f => Path.GetExtension(f) is ".txt" or ".jsonl" or ".json" or ".csv")
-        .Select(f => Path.GetRelativePath(Dir, f)).OrderBy(f => f, StringComparer.Ordinal);
+        .Where(f => DataFile.Extension(f) is ".txt" or ".jsonl" or ".json" or ".csv")
+        .Select(f => Path.GetRelativePath(Dir, DataFile.IsGzip(f) ? f[..^DataFile.GzipSuffix.Length] : f)).OrderBy(f => f, StringComparer.Ordinal);
 
     static readonly Lazy<BpeTokenizer> Small = new(() =>
     {

@@ -24,7 +24,7 @@ public class TokenizerTests
         foreach (var rel in TestData.AllFiles())
         {
             // A 64 KB prefix of each file, read as raw text (all formats, English and Chinese), plus its documents.
-            string raw = File.ReadAllText(TestData.File(rel));
+            string raw = TextDecoding.ReadFile(TestData.File(rel), InvalidUtf8Policy.Error);
             string text = raw[..Math.Min(raw.Length, 64_000)];
             Assert.True(tok.Decode(tok.Encode(text)) == text, $"{rel}: decode(encode(x)) != x");
             foreach (var doc in Documents.Read(TestData.File(rel)).Take(50))

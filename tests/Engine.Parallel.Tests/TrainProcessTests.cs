@@ -16,16 +16,6 @@ public class TrainProcessTests
     static readonly TimeSpan Limit = TimeSpan.FromMinutes(4);
     const double WeightTol = 5e-5;
 
-    static string DataDir()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
-        {
-            var candidate = Path.Combine(d.FullName, "shared", "data");
-            if (Directory.Exists(candidate)) return candidate;
-        }
-        throw new DirectoryNotFoundException("shared/data not found above " + AppContext.BaseDirectory);
-    }
-
     static string TrainConfig(string dir, int accum, int zero, int pp = 1)
     {
         string path = Path.Combine(dir, $"run_{accum}_{zero}.toml");
@@ -38,7 +28,7 @@ public class TrainProcessTests
             num_kv_heads = 2
             max_position_embeddings = 64
             [data]
-            train = ["{Path.Combine(DataDir(), "general_en", "tinyshakespeare.txt")}"]
+            train = ["{Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")}"]
             valid_fraction = 0.02
             [train]
             seq_len = 64
@@ -164,7 +154,6 @@ public class TrainProcessTests
         string Recipe(int accum)
         {
             string path = Path.Combine(dir.Path, $"recipe_{accum}.toml");
-            string data = DataDir();
             File.WriteAllText(path, $$"""
                 name = "dp-recipe"
                 seed = 4
@@ -178,11 +167,11 @@ public class TrainProcessTests
                 num_kv_heads = 2
                 max_position_embeddings = 64
                 [sources.gen]
-                files = ["{{Path.Combine(data, "general_en", "wikitext2_test_a.txt")}}"]
+                files = ["{{Engine.Data.DataPaths.File("general_en/wikitext2_test_a.txt")}}"]
                 domain = "general"
                 language = "en"
                 [sources.fin]
-                files = ["{{Path.Combine(data, "finance_zh", "cnews_finance.jsonl")}}"]
+                files = ["{{Engine.Data.DataPaths.File("finance_zh/cnews_finance.jsonl")}}"]
                 domain = "finance"
                 language = "zh"
                 max_docs = 40
@@ -200,8 +189,8 @@ public class TrainProcessTests
                 seq_len = 32
                 batch = 2
                 perplexity_tokens = 256
-                few_shot_file = "{{Path.Combine(data, "eval", "fpb_test.csv")}}"
-                few_shot_pool = "{{Path.Combine(data, "eval", "fpb_train.csv")}}"
+                few_shot_file = "{{Engine.Data.DataPaths.File("eval/fpb_test.csv")}}"
+                few_shot_pool = "{{Engine.Data.DataPaths.File("eval/fpb_train.csv")}}"
                 shots = 1
                 max_examples = 6
                 [output]

@@ -25,7 +25,7 @@ string script = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(AppContext.G
 
 ITokenizer tok = tokSpec == "byte" ? new ByteTokenizer() : BpeTokenizer.Load(tokSpec);
 GgufVocab vocab = tokSpec == "byte" ? GgufVocab.EngineBytes() : GgufVocab.FromTokenizerJson(tokSpec);
-int[] ids = tok.Encode(File.ReadAllText(textFile));
+int[] ids = tok.Encode(TextDecoding.ReadFile(DataPaths.WithCompressedTwin(textFile), InvalidUtf8Policy.Error));   // data/x.txt: its .gz twin
 int cut = (int)(ids.Length * (1 - validFraction));
 int[] valid = ids[cut..];
 int windows = Math.Min((valid.Length - 1) / T, args.Length > 5 ? int.Parse(args[5], System.Globalization.CultureInfo.InvariantCulture) : int.MaxValue);

@@ -76,12 +76,19 @@ public static class RecipeCommand
             Resume = resume,
             Control = control,
         };
+        // the whole run's progress: every stage's planned steps, seconds per step and per evaluation measured so far
+        var progress = new RecipeProgress(cfg);
+        runner.OnStageDone = r => progress.StageFinished(r.TrainSeconds, r.EvalSeconds);
         runner.OnStep = (stage, m) =>
         {
             if (m.Step % 25 == 0 || m.Step == m.TotalSteps)
-                Console.WriteLine($"[{stage}] " + TrainCommand.FormatStep(m) +
+                Console.WriteLine($"[{stage}] " + TrainCommand.FormatStep(m) + " | " + progress.Describe(m.Step, m.ElapsedSeconds) +
                     (m.SourceLosses is { Count: > 0 } sl ? "  " + string.Join(" ", sl.OrderBy(k => k.Key).Select(k => $"{k.Key}:{k.Value:F2}")) : ""));
         };
+        var wall = System.Diagnostics.Stopwatch.StartNew();
+        if (comm.Rank == 0)
+            Console.WriteLine(Engine.Data.DataPaths.TryFind() is { } data ? $"data: names resolve under {data}"
+                : $"data: names have no data folder (no data/{Engine.Data.DataPaths.SourcesFile} above the binary or here, {Engine.Data.DataPaths.EnvironmentVariable} unset or missing)");
         var reports = runner.Run();
         if (comm.Rank != 0) return 0;
         if (runner.StoppedReason != null)
@@ -94,6 +101,7 @@ public static class RecipeCommand
         foreach (var r in reports.Where(r => r.Notes.Count > 0)) Console.WriteLine($"{r.Name}: {string.Join("; ", r.Notes)}");
         if (runner.Alignment is { } alignment) Console.WriteLine(Engine.Training.Alignment.AlignmentRunner.Table(alignment));
         Console.WriteLine($"report, loss curves and weights: {cfg.Resolve(cfg.Output.Dir)}");
+        Console.WriteLine($"wall time: {RecipeProgress.Clock(wall.Elapsed.TotalSeconds)} ({wall.Elapsed.TotalSeconds:F0} s: data, tokenizer, every stage's training and evaluation)");
         return 0;
     }
 }

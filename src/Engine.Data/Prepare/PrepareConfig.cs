@@ -54,8 +54,7 @@ public sealed record PrepareConfig(
         catch (TomlException e) { throw new PrepareConfigException($"{source}: invalid TOML: {e.Message}"); }
 
         var root = new Section(tree, "", source);
-        string Resolve(string p) => p.StartsWith("data:", StringComparison.Ordinal) ? System.IO.Path.Combine(DataPaths.Find(), p[5..])
-            : System.IO.Path.IsPathRooted(p) ? p : System.IO.Path.GetFullPath(System.IO.Path.Combine(baseDir, p));
+        string Resolve(string p) => DataPaths.Resolve(p, baseDir);
 
         string output = Resolve(root.Str("output_dir", "prepared"));
         ulong seed = (ulong)root.Long("seed", 1234);

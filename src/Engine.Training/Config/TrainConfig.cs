@@ -27,7 +27,7 @@ public sealed class TrainConfig
     /// <summary>Relative data/output paths resolve against the config file's folder.</summary>
     public string BaseDirectory { get; set; } = Directory.GetCurrentDirectory();
 
-    public string Resolve(string path) => Path.IsPathRooted(path) ? path : Path.GetFullPath(Path.Combine(BaseDirectory, path));
+    public string Resolve(string path) => Engine.Data.DataPaths.Resolve(path, BaseDirectory);
 
     public void Validate()
     {

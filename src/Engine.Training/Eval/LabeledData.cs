@@ -16,10 +16,10 @@ public static class LabeledData
     public static (List<LabeledExample> Examples, int Skipped) Read(string path, IReadOnlyList<string>? labelNames = null)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"evaluation file not found: {path}", path);
-        string text = File.ReadAllText(path);
+        string text = TextDecoding.ReadFile(path, InvalidUtf8Policy.Error);   // binary or mis-encoded files are refused, not read as U+FFFD
         var list = new List<LabeledExample>();
         int skipped = 0;
-        string ext = Path.GetExtension(path).ToLowerInvariant();
+        string ext = DataFile.Extension(path);
         if (ext == ".csv")
         {
             var rows = Documents.CsvRows(text);

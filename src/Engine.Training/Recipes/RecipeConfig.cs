@@ -23,7 +23,8 @@ public sealed class RecipeConfig
     public Alignment.AlignmentSection? Alignment { get; set; }
 
     public string BaseDirectory { get; set; } = Directory.GetCurrentDirectory();
-    public string Resolve(string path) => Path.IsPathRooted(path) ? path : Path.GetFullPath(Path.Combine(BaseDirectory, path));
+    /// <summary>A config path: <c>data:…</c> under the data folder, else relative to the config's folder (<see cref="Engine.Data.DataPaths.Resolve"/>).</summary>
+    public string Resolve(string path) => Engine.Data.DataPaths.Resolve(path, BaseDirectory);
 
     public static RecipeConfig Load(string path, IEnumerable<string>? overrides = null)
     {

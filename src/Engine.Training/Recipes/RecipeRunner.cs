@@ -55,6 +55,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     public Action<string>? Log { get; set; }
     /// <summary>Every training step (rank 0 only).</summary>
     public Action<string, StepMetrics>? OnStep { get; set; }
+    /// <summary>Each stage once trained and evaluated (rank 0 only): with <see cref="RecipeProgress"/>, the whole run's ETA.</summary>
+    public Action<StageReport>? OnStageDone { get; set; }
 
     /// <summary>The job's ranks (null = this process alone): each stage trains data-parallel over them
     /// ([parallel] section), evaluation is split across them, rank 0 writes weights, reports and metrics.</summary>
@@ -167,6 +169,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             if (r == null) break;   // stopped early: a checkpoint of the stage was saved
             reports.Add(r);
             if (Lead) RecipeReportWriter.Write(outDir, cfg, reports);
+            if (Lead) OnStageDone?.Invoke(r);
         }
         if (cfg.Alignment is { } al)
         {

@@ -138,14 +138,13 @@ public class EvaluatorTests
     [Fact]
     public void ReadsEveryShippedSentimentFormat()
     {
-        string dir = Path.Combine(Training.TrainerTests.DataDir(), "eval");
-        var (fpb, _) = LabeledData.Read(Path.Combine(dir, "fpb_test.csv"));
+        var (fpb, _) = LabeledData.Read(Engine.Data.DataPaths.File("eval/fpb_test.csv"));
         Assert.Equal(969, fpb.Count);
         Assert.Equal(["negative", "neutral", "positive"], fpb.Select(e => e.Label).Distinct().Order());
         Assert.Contains(fpb, e => e.Text.Contains(',')); // quoted commas survive
         foreach (var f in new[] { "fiqa_sa_test.jsonl", "tfns_test.jsonl", "finfe_zh_sentiment.jsonl" })
         {
-            var (ex, skipped) = LabeledData.Read(Path.Combine(dir, f));
+            var (ex, skipped) = LabeledData.Read(Engine.Data.DataPaths.File("eval/" + f));
             Assert.True(ex.Count > 100, f);
             Assert.Equal(0, skipped);
             Assert.All(ex, e => Assert.Contains(e.Label, new[] { "negative", "neutral", "positive" }));

@@ -306,7 +306,7 @@ public class GgufTests
     public void TokenizerJsonBecomesAGpt2VocabularyAndSentencePieceStyleIsRefused()
     {
         using var dir = new TempDir();
-        var corpus = Documents.Read(Path.Combine(Training.TrainerTests.DataDir(), "general_en", "tinyshakespeare.txt")).Take(1).Select(d => d[..Math.Min(d.Length, 20_000)]).ToList();
+        var corpus = Documents.Read(Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")).Take(1).Select(d => d[..Math.Min(d.Length, 20_000)]).ToList();
         var bpe = BpeTokenizer.Train(corpus, new BpeTrainOptions { VocabSize = 400 });
         string path = dir.File("tokenizer.json");
         bpe.Save(path);

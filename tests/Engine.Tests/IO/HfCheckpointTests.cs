@@ -312,7 +312,7 @@ public class HfCheckpointTests
         var tc = new TrainConfig
         {
             Model = new ModelSection { InitFrom = src.Path },
-            Data = new DataSection { Train = [Path.Combine(TrainerTests.DataDir(), "general_en", "tinyshakespeare.txt")], ValidFraction = 0.02 },
+            Data = new DataSection { Train = [Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")], ValidFraction = 0.02 },
             Train = new TrainSection { SeqLen = 32, BatchSize = 2, Steps = 2, Seed = 5, EvalBatches = 1 },
             Output = new OutputSection { Dir = run.Path },
         };

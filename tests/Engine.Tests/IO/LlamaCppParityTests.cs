@@ -29,7 +29,7 @@ public class LlamaCppParityTests
 {
     const double TolF32 = 1e-4, TolF16 = 0.02, TolQuant = 0.25;
 
-    static string Sample(int chars) => File.ReadAllText(Path.Combine(TrainerTests.DataDir(), "general_en", "tinyshakespeare.txt"))[..chars];
+    static string Sample(int chars) => TextDecoding.ReadFile(DataPaths.File("general_en/tinyshakespeare.txt"), InvalidUtf8Policy.Error)[..chars];
 
     /// <summary>Next-token log-probabilities [T][V] of the engine on one sequence.</summary>
     static double[][] EngineLogProbs(LlamaModel m, int[] ids)
@@ -152,9 +152,8 @@ public class LlamaCppParityTests
     {
         if (LlamaCpp.Unavailable is { } why) Assert.Skip(why);
         using var dir = new TempDir();
-        string data = TrainerTests.DataDir();
-        var corpus = Documents.Read(Path.Combine(data, "general_en", "tinyshakespeare.txt")).Take(1).Select(d => d[..Math.Min(d.Length, 40_000)])
-            .Concat(Documents.Read(Path.Combine(data, "general_zh", "cnews_general.jsonl")).Take(40)).ToList();
+        var corpus = Documents.Read(DataPaths.File("general_en/tinyshakespeare.txt")).Take(1).Select(d => d[..Math.Min(d.Length, 40_000)])
+            .Concat(Documents.Read(DataPaths.File("general_zh/cnews_general.jsonl")).Take(40)).ToList();
         var bpe = BpeTokenizer.Train(corpus, new BpeTrainOptions { VocabSize = 600 });
         string tokPath = dir.File("tokenizer.json");
         bpe.Save(tokPath);

@@ -23,7 +23,7 @@ public class ShardedCheckpointTests
     static TrainConfig Config(string outDir, int steps, int zero, int accum) => new()
     {
         Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
-        Data = new DataSection { Train = [Path.Combine(TrainerTests.DataDir(), "general_en", "tinyshakespeare.txt")], ValidFraction = 0.02 },
+        Data = new DataSection { Train = [Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")], ValidFraction = 0.02 },
         Train = new TrainSection { SeqLen = 32, BatchSize = 2, GradAccum = accum, Steps = steps, Seed = 5, EvalBatches = 1 },
         Optim = new AdamWOptions { Lr = 5e-3, WeightDecay = 0.01 },
         Schedule = new ScheduleOptions { Kind = ScheduleKind.Cosine, WarmupSteps = 2, MinLr = 1e-3 },
@@ -162,7 +162,7 @@ public class PipelineTrainTests
     static TrainConfig Config(string outDir, int accum, int pp = 1, string schedule = "1f1b", int zero = 0, bool tied = false) => new()
     {
         Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 4, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64, TieWordEmbeddings = tied },
-        Data = new DataSection { Train = [Path.Combine(TrainerTests.DataDir(), "general_en", "tinyshakespeare.txt")], ValidFraction = 0.02 },
+        Data = new DataSection { Train = [Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")], ValidFraction = 0.02 },
         Train = new TrainSection { SeqLen = 32, BatchSize = 2, GradAccum = accum, Steps = 6, Seed = 5, EvalBatches = 2 },
         Optim = new AdamWOptions { Lr = 5e-3, WeightDecay = 0.01 },
         Schedule = new ScheduleOptions { Kind = ScheduleKind.Cosine, WarmupSteps = 2, MinLr = 1e-3 },

@@ -10,7 +10,7 @@ namespace Engine.Tests.Recipes;
 
 public class RecipeTests
 {
-    static string Data(string rel) => Path.Combine(Training.TrainerTests.DataDir(), rel);
+    static string Data(string rel) => DataPaths.File(rel);
 
     static StageSection Stage(string name, string init, Dictionary<string, double> w, int steps = 3) => new()
     {

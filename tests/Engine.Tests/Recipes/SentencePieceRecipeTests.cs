@@ -12,7 +12,7 @@ namespace Engine.Tests.Recipes;
 /// </summary>
 public class SentencePieceRecipeTests
 {
-    static string Data(string rel) => Path.Combine(Training.TrainerTests.DataDir(), rel);
+    static string Data(string rel) => Engine.Data.DataPaths.File(rel);
 
     static string? Llama2Tokenizer()
     {

@@ -7,23 +7,10 @@ namespace Engine.Tests.Training;
 
 public class TrainerTests
 {
-    /// <summary>The shipped data folder: ../shared/data beside the repository (ENGINE_DATA_DIR overrides).</summary>
-    public static string DataDir()
-    {
-        var env = Environment.GetEnvironmentVariable("ENGINE_DATA_DIR");
-        if (!string.IsNullOrEmpty(env)) return env;
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
-        {
-            var candidate = Path.Combine(d.FullName, "shared", "data");
-            if (Directory.Exists(candidate)) return candidate;
-        }
-        throw new DirectoryNotFoundException("shared/data not found above " + AppContext.BaseDirectory);
-    }
-
     static TrainConfig Small(string outDir, int steps) => new()
     {
         Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
-        Data = new DataSection { Train = [Path.Combine(DataDir(), "general_en", "tinyshakespeare.txt")], ValidFraction = 0.02 },
+        Data = new DataSection { Train = [Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")], ValidFraction = 0.02 },
         Train = new TrainSection { SeqLen = 32, BatchSize = 4, Steps = steps, Seed = 5, EvalBatches = 2 },
         Optim = new AdamWOptions { Lr = 1e-2, WeightDecay = 0.01 },
         Schedule = new ScheduleOptions { Kind = ScheduleKind.Cosine, WarmupSteps = 5, MinLr = 1e-3 },
@@ -66,7 +53,7 @@ public class TrainerTests
         string basePath = Path.Combine(dir.Path, "shard");
         using (var w = new Engine.Data.Shards.ShardWriter(basePath, tok.VocabSize))
         {
-            foreach (var doc in Engine.Data.Documents.Read(Path.Combine(DataDir(), "general_en", "tinyshakespeare.txt")).Take(40))
+            foreach (var doc in Engine.Data.Documents.Read(Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")).Take(40))
                 w.Add(tok.Encode(doc));
             w.Complete();
         }
