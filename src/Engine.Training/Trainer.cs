@@ -31,8 +31,8 @@ public sealed class Trainer
         this.backend = backend;
     }
 
-    /// <summary>Called after every step (progress display).</summary>
-    public Action<StepMetrics>? OnStep { get; set; }
+    /// <summary>Called after every step on the lead rank with its metrics.jsonl record (progress display).</summary>
+    public Action<Metrics.StepRecord>? OnStep { get; set; }
     /// <summary>Called with one-line status messages.</summary>
     public Action<string>? OnMessage { get; set; }
 
@@ -103,7 +103,12 @@ public sealed class Trainer
 
         if (lead) Directory.CreateDirectory(outDir);
         comm.Barrier();
-        using var metrics = lead ? new StreamWriter(Path.Combine(outDir, "metrics.jsonl"), append: resumed != null) : null;
+        var launch = Engine.Parallel.Launch.LaunchEnvironment.Detect();
+        var throughput = Metrics.Throughput.For(backend, model.Config, T, comm.WorldSize, nodes: launch.WorldSize > 1 ? Math.Max(1, launch.WorldSize / launch.LocalWorldSize) : 1);
+        Say($"MFU peak: {throughput.PeakSource}");
+        using var metrics = new Metrics.MetricsLog(comm, backend, throughput, Path.Combine(outDir, "metrics.jsonl"), append: resumed != null,
+            tensorBoardDir: cfg.Output.Tensorboard ? Path.Combine(outDir, "tensorboard") : null);
+        if (metrics.TensorBoardFile is { } tb) Say($"TensorBoard events: {tb}");
         using var dp = layout.CreateDataParallel(model);
         var runner = layout.CreateRunner(model, dp);
         using var opt = layout.CreateOptimizer(model, cfg.Optim, dp, runner);
@@ -131,15 +136,14 @@ public sealed class Trainer
         var steps = TrainingLoop.Run(model, new CorpusBatches(corpus, rng), options, opt, ewc: null,
             onStep: m =>
             {
-                metrics?.WriteLine(MetricsJson(m));
-                metrics?.Flush();
+                var record = metrics.Record(m);
                 if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps)
                 {
                     var (a, b, c, d) = rng.State;
                     string dir = Checkpoints.Save(ckptRoot, model, opt, new CheckpointState(m.Step, m.Tokens, [a, b, c, d], opt.Step), cfg.Output.KeepCheckpoints, layout);
                     Say($"checkpoint {dir}");
                 }
-                if (lead) OnStep?.Invoke(m);
+                if (lead) OnStep?.Invoke(record);
             },
             validate: () => (lastValid = runner != null ? PipelineValidationLoss(runner, corpus) : ValidationLoss(model, corpus)).Value,
             cancel: cancel,
@@ -155,21 +159,6 @@ public sealed class Trainer
         Say($"saved {weightsDir}");
         return new TrainResult(outDir, weightsDir, steps, lastValid, model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);
     }
-
-    /// <summary>One JSON line of metrics.jsonl.</summary>
-    public static string MetricsJson(StepMetrics m) => JsonSerializer.Serialize(new
-    {
-        step = m.Step,
-        loss = m.Loss,
-        lr = m.Lr,
-        grad_norm = m.GradNorm,
-        tokens = m.Tokens,
-        tokens_per_s = m.TokensPerSecond,
-        elapsed_s = m.ElapsedSeconds,
-        valid_loss = m.ValidLoss,
-        source_loss = m.SourceLosses,
-        ewc_penalty = m.EwcPenalty,
-    });
 
     sealed class CorpusBatches(TokenCorpus corpus, Rng rng) : IBatchSource
     {

@@ -64,7 +64,7 @@ public static class RecipeCommand
         {
             if (m.Step % 25 == 0 || m.Step == m.TotalSteps)
                 Console.WriteLine($"[{stage}] " + TrainCommand.FormatStep(m) +
-                    (m.SourceLosses is { Count: > 0 } sl ? "  " + string.Join(" ", sl.OrderBy(k => k.Key).Select(k => $"{k.Key}:{k.Value:F2}")) : ""));
+                    (m.SourceLoss is { Count: > 0 } sl ? "  " + string.Join(" ", sl.OrderBy(k => k.Key).Select(k => $"{k.Key}:{k.Value:F2}")) : ""));
         };
         var reports = runner.Run();
         if (comm.Rank != 0) return 0;

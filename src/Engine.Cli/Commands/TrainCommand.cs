@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Engine.Training;
 using Engine.Training.Config;
+using Engine.Training.Metrics;
 using Spectre.Console;
 
 namespace Engine.Cli.Commands;
@@ -53,7 +54,8 @@ public static class TrainCommand
                 var task = ctx.AddTask("training", maxValue: cfg.Train.Steps);
                 trainer.OnStep = m =>
                 {
-                    task.Description = $"step {m.Step}/{m.TotalSteps} loss {m.Loss:F3} {m.TokensPerSecond:F0} tok/s";
+                    task.Description = FormattableString.Invariant($"step {m.Step}/{m.TotalSteps} loss {m.Loss:F3} {m.TokensPerS:F0} tok/s") +
+                        (m.Mfu is { } mfu ? FormattableString.Invariant($" MFU {mfu * 100:F1}%") : "");
                     task.Value = m.Step;
                     if (m.ValidLoss != null) AnsiConsole.MarkupLine(Markup.Escape(FormatStep(m)));
                 };
@@ -62,10 +64,19 @@ public static class TrainCommand
         return result!;
     }
 
-    public static string FormatStep(StepMetrics m)
+    /// <summary>One console line of a step: the metrics.jsonl record's figures (MFU, memory, rank spread, skips, ETA).</summary>
+    public static string FormatStep(StepRecord m)
     {
-        double eta = m.Step > 0 ? m.ElapsedSeconds / m.Step * (m.TotalSteps - m.Step) : 0;
-        return $"step {m.Step,5}/{m.TotalSteps} loss {m.Loss:F4} lr {m.Lr:E2} gnorm {m.GradNorm:F3} {m.TokensPerSecond,7:F0} tok/s eta {TimeSpan.FromSeconds(eta):mm\\:ss}" +
-            (m.ValidLoss is { } v ? $" valid {v:F4}" : "");
+        var line = new System.Text.StringBuilder(FormattableString.Invariant(
+            $"step {m.Step,5}/{m.TotalSteps} loss {m.Loss:F4} lr {m.Lr:E2} gnorm {m.GradNorm:F3} {m.TokensPerS,7:F0} tok/s"));
+        if (m.TokensPerSPerDevice != m.TokensPerS) line.Append(FormattableString.Invariant($" ({m.TokensPerSPerDevice:F0}/device)"));
+        if (m.Mfu is { } mfu) line.Append(FormattableString.Invariant($" MFU {mfu * 100:F1}%"));
+        line.Append(FormattableString.Invariant($" host {m.HostMemBytes / (double)(1 << 30):F2} GiB"));
+        if (m.DeviceMemBytes is { } dm) line.Append(FormattableString.Invariant($" dev {dm / (double)(1 << 30):F2} GiB"));
+        if (m.ComputeSMin is { } cmin && m.ComputeSMax is { } cmax) line.Append(FormattableString.Invariant($" ranks {cmin:F3}-{cmax:F3} s"));
+        if (m.SkippedSteps > 0) line.Append(FormattableString.Invariant($" skipped {m.SkippedSteps}"));
+        line.Append($" eta {TimeSpan.FromSeconds(m.EtaS):hh\\:mm\\:ss}");
+        if (m.ValidLoss is { } v) line.Append(FormattableString.Invariant($" valid {v:F4}"));
+        return line.ToString();
     }
 }

@@ -29,7 +29,7 @@ namespace Engine.Cuda.Backend;
 /// Thread use: the context is made current on whichever thread calls (checked per call, cheap); ops are not meant to
 /// run concurrently from several threads (one stream).
 /// </summary>
-public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
+public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDisposable
 {
     private static readonly Lazy<(CudaBackend? Backend, string Reason)> SharedInstance = new(OpenShared);
     [ThreadStatic] private static CudaBackend? _currentOnThread;
@@ -109,6 +109,9 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
     public CachingAllocator Allocator { get; }
 
     public string Name => "cuda";
+    public string DeviceName => Device.Name;
+    public long DeviceBytesInUse => Allocator.Stats.InUseBytes;
+    public long DevicePeakBytes => Allocator.Stats.PeakInUseBytes;
     public DType ActivationDType => DType.BF16;
 
     /// <summary>Distinct RoPE inv_freq tables on the device.</summary>

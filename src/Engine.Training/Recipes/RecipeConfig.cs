@@ -147,4 +147,6 @@ public sealed class EvalSection
 public sealed class RecipeOutput
 {
     public string Dir { get; set; } = "runs/recipe";
+    /// <summary>Also write the step metrics as TensorBoard event files under dir/tensorboard (tags per stage).</summary>
+    public bool Tensorboard { get; set; }
 }

@@ -45,8 +45,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
 
     /// <summary>Messages about the whole run (rank 0 only).</summary>
     public Action<string>? Log { get; set; }
-    /// <summary>Every training step (rank 0 only).</summary>
-    public Action<string, StepMetrics>? OnStep { get; set; }
+    /// <summary>Every training step (rank 0 only): the stage and its metrics.jsonl record.</summary>
+    public Action<string, Metrics.StepRecord>? OnStep { get; set; }
 
     /// <summary>The job's ranks (null = this process alone): each stage trains data-parallel over them
     /// ([parallel] section), evaluation is split across them, rank 0 writes weights, reports and metrics.</summary>
@@ -83,7 +83,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 () => BpeTokenizer.Load(Path.Combine(outDir, "tokenizer_expanded.json")));
         var evalSet = LoadFewShot();
         var reports = new List<StageReport>();
-        using var metrics = Lead ? new StreamWriter(Path.Combine(outDir, "metrics.jsonl")) : null;
+        using var metrics = new Metrics.MetricsLog(comm, backend, new Metrics.Throughput(1, null, 1, "set per stage"), Path.Combine(outDir, "metrics.jsonl"),
+            tensorBoardDir: cfg.Output.Tensorboard ? Path.Combine(outDir, "tensorboard") : null);
         foreach (var stage in cfg.Stages)
         {
             cancel.ThrowIfCancellationRequested();
@@ -112,7 +113,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         return (test, pool);
     }
 
-    StageReport RunStage(StageSection st, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet, StreamWriter? metrics, CancellationToken cancel)
+    StageReport RunStage(StageSection st, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet, Metrics.MetricsLog metrics, CancellationToken cancel)
     {
         var notes = new List<string>();
         var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
@@ -159,12 +160,11 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             Schedule = st.Schedule,
             ZLoss = st.ZLoss,
         };
+        metrics.BeginStage(st.Name, Metrics.Throughput.For(backend, model.Config, st.SeqLen, comm.WorldSize));
         var steps = TrainingLoop.Run(model, new StreamBatches(mixture), options, opt, ewc, m =>
         {
-            if (!Lead) return;
-            metrics?.WriteLine(JsonSerializer.Serialize(new { stage = st.Name, m.Step, m.Loss, m.Lr, m.GradNorm, m.Tokens, m.TokensPerSecond, source_loss = m.SourceLosses, m.EwcPenalty }));
-            metrics?.Flush();
-            OnStep?.Invoke(st.Name, m);
+            var record = metrics.Record(m);
+            if (Lead) OnStep?.Invoke(st.Name, record);
         }, cancel: cancel);
         double trainSeconds = steps.Count > 0 ? steps[^1].ElapsedSeconds : 0;
 
