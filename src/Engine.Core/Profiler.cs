@@ -23,17 +23,21 @@ public interface IOpClock
     int Begin();
 
     /// <summary>Marks the end of the op begun with <paramref name="token"/>.</summary>
-    void End(int token, string region, string op, long bytes);
+    void End(int token, Profiler.OpKey key, long bytes);
 
-    /// <summary>Waits for the device and reports every finished op (region, op, seconds, bytes) once.</summary>
-    void Drain(Action<string, string, double, long> record);
+    /// <summary>Waits for the device and reports every finished op (key, seconds, bytes) once.</summary>
+    void Drain(Action<Profiler.OpKey, double, long> record);
 }
 
 /// <summary>Per-op and per-region time, calls and bytes while <see cref="Enabled"/> (ENGINE_PROFILE=1, `--profile`).</summary>
 public static class Profiler
 {
-    /// <summary>One aggregated row: backend op <see cref="Op"/> called inside region <see cref="Region"/> ("" = none).</summary>
-    public readonly record struct OpRow(string Region, string Op, double Seconds, long Calls, long Bytes);
+    /// <summary>One aggregated row: backend op <see cref="Op"/> called inside region <see cref="Region"/> ("" = none),
+    /// whose outermost region was <see cref="Root"/> ("step" for the training steps).</summary>
+    public readonly record struct OpRow(string Root, string Region, string Op, double Seconds, long Calls, long Bytes);
+
+    /// <summary>Where an op ran: outermost region, innermost region, op name.</summary>
+    public sealed record OpKey(string Root, string Region, string Op);
 
     sealed class Acc
     {
@@ -41,10 +45,11 @@ public static class Profiler
         public double DeviceSeconds;
     }
 
-    static readonly ConcurrentDictionary<(string Region, string Op), Acc> OpTotals = new();
+    static readonly ConcurrentDictionary<OpKey, Acc> OpTotals = new();
     static readonly ConcurrentDictionary<string, (long Ticks, long Calls)> RegionTotals = new();
     static readonly ConcurrentDictionary<IOpClock, byte> Clocks = new();
     [ThreadStatic] static string? currentRegion;
+    [ThreadStatic] static string? rootRegion;
 
     public static bool Enabled { get; set; } = Environment.GetEnvironmentVariable("ENGINE_PROFILE") == "1";
 
@@ -54,17 +59,20 @@ public static class Profiler
         if (!Enabled) return default;
         Nvtx.Push(name);
         var previous = currentRegion;
+        bool root = rootRegion == null;
         currentRegion = name;
-        return new Scope(name, previous, Stopwatch.GetTimestamp());
+        if (root) rootRegion = name;
+        return new Scope(name, previous, root, Stopwatch.GetTimestamp());
     }
 
-    public readonly struct Scope(string? name, string? previous, long start) : IDisposable
+    public readonly struct Scope(string? name, string? previous, bool root, long start) : IDisposable
     {
         public void Dispose()
         {
             if (name == null) return;
             long dt = Stopwatch.GetTimestamp() - start;
             currentRegion = previous;
+            if (root) rootRegion = null;
             Nvtx.Pop();
             RegionTotals.AddOrUpdate(name, (dt, 1), (_, v) => (v.Ticks + dt, v.Calls + 1));
         }
@@ -87,26 +95,27 @@ public static class Profiler
 
     static OpScope Start(string op, long bytes, IOpClock? clock)
     {
+        var key = new OpKey(rootRegion ?? "", currentRegion ?? "", op);
         if (clock != null)
         {
             Clocks.TryAdd(clock, 0);
-            return new OpScope(op, currentRegion ?? "", bytes, clock, clock.Begin());
+            return new OpScope(key, bytes, clock, clock.Begin());
         }
-        return new OpScope(op, currentRegion ?? "", bytes, null, Stopwatch.GetTimestamp());
+        return new OpScope(key, bytes, null, Stopwatch.GetTimestamp());
     }
 
-    public readonly struct OpScope(string? op, string region, long bytes, IOpClock? clock, long startOrToken) : IDisposable
+    public readonly struct OpScope(OpKey? key, long bytes, IOpClock? clock, long startOrToken) : IDisposable
     {
         public void Dispose()
         {
-            if (op == null) return;
+            if (key == null) return;
             if (clock != null)
             {
-                clock.End((int)startOrToken, region, op, bytes);
+                clock.End((int)startOrToken, key, bytes);
                 return;
             }
             long dt = Stopwatch.GetTimestamp() - startOrToken;
-            var acc = OpTotals.GetOrAdd((region, op), _ => new Acc());
+            var acc = OpTotals.GetOrAdd(key, _ => new Acc());
             Interlocked.Add(ref acc.Ticks, dt);
             Interlocked.Increment(ref acc.Calls);
             Interlocked.Add(ref acc.Bytes, bytes);
@@ -117,9 +126,9 @@ public static class Profiler
     public static void Flush()
     {
         foreach (var clock in Clocks.Keys)
-            clock.Drain((region, op, seconds, bytes) =>
+            clock.Drain((key, seconds, bytes) =>
             {
-                var acc = OpTotals.GetOrAdd((region, op), _ => new Acc());
+                var acc = OpTotals.GetOrAdd(key, _ => new Acc());
                 lock (acc)
                 {
                     acc.DeviceSeconds += seconds;
@@ -140,7 +149,7 @@ public static class Profiler
     public static List<OpRow> OpRows()
     {
         Flush();
-        return OpTotals.Select(kv => new OpRow(kv.Key.Region, kv.Key.Op,
+        return OpTotals.Select(kv => new OpRow(kv.Key.Root, kv.Key.Region, kv.Key.Op,
                 kv.Value.Ticks / (double)Stopwatch.Frequency + kv.Value.DeviceSeconds, kv.Value.Calls, kv.Value.Bytes))
             .OrderByDescending(r => r.Seconds).ThenBy(r => r.Op, StringComparer.Ordinal).ToList();
     }
@@ -148,11 +157,11 @@ public static class Profiler
     /// <summary>Rows summed per op name over regions, largest first.</summary>
     public static List<OpRow> ByOp() =>
         OpRows().GroupBy(r => r.Op, StringComparer.Ordinal)
-            .Select(g => new OpRow("", g.Key, g.Sum(r => r.Seconds), g.Sum(r => r.Calls), g.Sum(r => r.Bytes)))
+            .Select(g => new OpRow("", "", g.Key, g.Sum(r => r.Seconds), g.Sum(r => r.Calls), g.Sum(r => r.Bytes)))
             .OrderByDescending(r => r.Seconds).ThenBy(r => r.Op, StringComparer.Ordinal).ToList();
 
-    /// <summary>Total seconds of all backend ops.</summary>
-    public static double TotalOpSeconds() => OpRows().Sum(r => r.Seconds);
+    /// <summary>Total seconds of the backend ops, all of them or only those inside regions rooted at <paramref name="root"/>.</summary>
+    public static double TotalOpSeconds(string? root = null) => OpRows().Where(r => root == null || r.Root == root).Sum(r => r.Seconds);
 
     /// <summary>(region, inclusive seconds, calls), largest first.</summary>
     public static List<(string Region, double Seconds, long Calls)> Snapshot() =>

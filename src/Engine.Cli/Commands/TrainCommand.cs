@@ -14,7 +14,8 @@ public static class TrainCommand
         var device = new Option<string?>("--device") { Description = "cpu or cuda (overrides train.device)" };
         var set = new Option<string[]>("--set") { Description = "override a config key: --set train.steps=50 (repeatable)", AllowMultipleArgumentsPerToken = true };
         var resume = new Option<string?>("--resume") { Description = "resume from a checkpoint directory, or 'latest' under output.dir/checkpoints" };
-        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume };
+        var profile = new Option<bool>("--profile") { Description = "per-op time, calls and bytes (CPU: Stopwatch per backend op; CUDA: event pairs), NVTX ranges when libnvToolsExt is present; printed at the end and written to output.dir/profile.txt" };
+        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, profile };
         cmd.SetAction(parse => Cli.Guard(() =>
         {
             var overrides = (parse.GetValue(set) ?? []).ToList();
@@ -23,10 +24,19 @@ public static class TrainCommand
             var (backend, comm) = Cli.Distributed(cfg.Train.Device);
             using var _ = comm;
             var trainer = new Trainer(cfg, backend) { Resume = parse.GetValue(resume), Communicator = comm };
-            var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0);
+            if (parse.GetValue(profile)) Engine.Core.Profiler.Enabled = true;
+            StepRecord? last = null;
+            var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0, onRecord: r => last = r);
             if (comm.Rank != 0) return 0;
             AnsiConsole.MarkupLine($"[green]done[/]: {result.Steps.Count} steps, final train loss {result.Steps[^1].Loss:F4}" +
-                (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s");
+                (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s" +
+                (last?.Mfu is { } mfu ? FormattableString.Invariant($", MFU {mfu * 100:F1}%") : ""));
+            if (Engine.Core.Profiler.Enabled)
+            {
+                string report = ProfileSummary(result.Steps.Sum(s => s.StepSeconds));
+                Console.WriteLine(report);
+                File.WriteAllText(Path.Combine(result.OutputDir, "profile.txt"), report);
+            }
             AnsiConsole.MarkupLine($"weights: [blue]{Markup.Escape(result.WeightsDir)}[/]  metrics: [blue]{Markup.Escape(Path.Combine(result.OutputDir, "metrics.jsonl"))}[/]");
             return 0;
         }));
@@ -34,13 +44,14 @@ public static class TrainCommand
     }
 
     /// <summary>A live progress bar (loss, tokens/s, ETA) on a terminal; plain log lines when output is redirected.</summary>
-    public static TrainResult RunWithProgress(Trainer trainer, TrainConfig cfg, bool interactive = true)
+    public static TrainResult RunWithProgress(Trainer trainer, TrainConfig cfg, bool interactive = true, Action<StepRecord>? onRecord = null)
     {
         trainer.OnMessage = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]");
         if (!interactive || Console.IsOutputRedirected || !AnsiConsole.Profile.Capabilities.Interactive)
         {
             trainer.OnStep = m =>
             {
+                onRecord?.Invoke(m);
                 if (m.Step % Math.Max(1, cfg.Train.LogEvery) == 0 || m.Step == m.TotalSteps || m.ValidLoss != null)
                     Console.WriteLine(FormatStep(m));
             };
@@ -54,6 +65,7 @@ public static class TrainCommand
                 var task = ctx.AddTask("training", maxValue: cfg.Train.Steps);
                 trainer.OnStep = m =>
                 {
+                    onRecord?.Invoke(m);
                     task.Description = FormattableString.Invariant($"step {m.Step}/{m.TotalSteps} loss {m.Loss:F3} {m.TokensPerS:F0} tok/s") +
                         (m.Mfu is { } mfu ? FormattableString.Invariant($" MFU {mfu * 100:F1}%") : "");
                     task.Value = m.Step;
@@ -62,6 +74,15 @@ public static class TrainCommand
                 result = trainer.Run();
             });
         return result!;
+    }
+
+    /// <summary>The profiler's per-op table and how much of the steps' wall time the ops account for.</summary>
+    public static string ProfileSummary(double stepSeconds)
+    {
+        double ops = Engine.Core.Profiler.TotalOpSeconds("step"), all = Engine.Core.Profiler.TotalOpSeconds();
+        return Engine.Core.Profiler.Report() + FormattableString.Invariant(
+            $"backend ops inside the steps {ops:F3} s of {stepSeconds:F3} s step wall time ({ops / Math.Max(stepSeconds, 1e-12):P1}; the rest is host work between ops); {all - ops:F3} s outside the steps (setup, validation, saving)\n") +
+            $"NVTX ranges: {(Engine.Core.Nvtx.Available ? "on" : "off (libnvToolsExt.so.1 not found)")}\n";
     }
 
     /// <summary>One console line of a step: the metrics.jsonl record's figures (MFU, memory, rank spread, skips, ETA).</summary>

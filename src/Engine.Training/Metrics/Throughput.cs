@@ -16,18 +16,22 @@ public sealed record Throughput(double FlopsPerToken, double? PeakFlops, int Dev
         PeakFlops is { } p && tokensPerSecond >= 0 ? Observability.Mfu.Compute(tokensPerSecond, FlopsPerToken, p) : null;
 
     /// <summary>The run's figures: <paramref name="ranks"/> data-parallel/pipeline ranks, <paramref name="nodes"/> machines.</summary>
-    public static Throughput For(IBackend backend, LlamaConfig cfg, int seqLen, int ranks = 1, int nodes = 1)
+    public static Throughput For(IBackend backend, LlamaConfig cfg, int seqLen, int ranks = 1, int nodes = 1) =>
+        ForDevice((backend as IDeviceStats)?.DeviceName, cfg, seqLen, ranks, nodes);
+
+    /// <summary>As <see cref="For"/> for a GPU named <paramref name="gpuName"/>, or the CPU when it is null.</summary>
+    public static Throughput ForDevice(string? gpuName, LlamaConfig cfg, int seqLen, int ranks = 1, int nodes = 1)
     {
         double flops = Observability.Mfu.FlopsPerToken(cfg.NonEmbeddingParameterCount() + (long)cfg.VocabSize * cfg.HiddenSize,
             cfg.NumLayers, cfg.NumHeads, cfg.HeadDim, seqLen);
-        if (backend is IDeviceStats gpu)
+        if (gpuName != null)
         {
-            double? tflops = Observability.Mfu.PeakBf16Tflops(gpu.DeviceName);
+            double? tflops = Observability.Mfu.PeakBf16Tflops(gpuName);
             return tflops is { } t
-                ? new Throughput(flops, t * 1e12 * ranks, ranks, $"{gpu.DeviceName} dense bf16 {t:F0} TFLOP/s × {ranks}")
-                : new Throughput(flops, null, ranks, $"no bf16 peak known for '{gpu.DeviceName}': MFU not computed");
+                ? new Throughput(flops, t * 1e12 * ranks, ranks, FormattableString.Invariant($"{gpuName} dense bf16 {t:F0} TFLOP/s × {ranks}"))
+                : new Throughput(flops, null, ranks, $"no bf16 peak known for '{gpuName}': MFU not computed");
         }
         var roof = CpuRoof.Get();
-        return new Throughput(flops, roof.FlopsPerSecond * nodes, nodes, $"CPU {roof.FlopsPerSecond / 1e9:F1} GFLOP/s ({roof.Source}) × {nodes} machine(s)");
+        return new Throughput(flops, roof.FlopsPerSecond * nodes, nodes, FormattableString.Invariant($"CPU {roof.FlopsPerSecond / 1e9:F1} GFLOP/s ({roof.Source}) × {nodes} machine(s)"));
     }
 }
