@@ -198,6 +198,8 @@ public static class BenchCommand
         return cmd;
     }
 
+    static double Num(JsonNode? n) => double.Parse((n ?? throw new InvalidDataException("comm report row lacks a field")).ToJsonString(), CultureInfo.InvariantCulture);
+
     /// <summary>The comm suite's entries from CommBenchmark's rows: bus bandwidth per operation and size.</summary>
     public static SuiteOutput CommEntries(JsonObject report, string device)
     {
@@ -205,12 +207,12 @@ public static class BenchCommand
         foreach (var row in report["results"]!.AsArray())
         {
             string op = (string)row!["op"]!;
-            long bytes = (long)row["bytes"]!;
-            double busbw = (double)row["busbw_gbps"]!;
+            long bytes = (long)Num(row["bytes"]);
+            double busbw = Num(row["busbw_gbps"]);
             var e = BenchEntries.FromSamples($"{op}_{bytes}", device, "GB/s", BenchSchema.Higher, [busbw]) with
             {
                 Group = "comm",
-                Repeats = (int)row["iters"]!,
+                Repeats = (int)Num(row["iters"]),
                 Params = new JsonObject { ["op"] = op, ["bytes"] = bytes, ["time_us"] = row["time_us"]!.DeepClone(), ["algbw_gbps"] = row["algbw_gbps"]!.DeepClone() },
             };
             if ((string?)row["check"] != "ok") e = e with { Error = $"result check failed: {(string?)row["check"]}" };

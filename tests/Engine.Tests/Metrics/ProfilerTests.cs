@@ -41,12 +41,12 @@ public class ProfilerTests
         model.InitializeWeights(1);
         using var opt = new AdamW(model, new AdamWOptions());
         var options = new LoopOptions { Steps = 4, BatchSize = 4, SeqLen = 64 };
-        TrainingLoop.Run(model, new RandomBatches(512), options with { Steps = 1 }, opt);   // warm-up (JIT, pools)
+        TrainingLoop.Run(model, new RandomBatches(512), options with { Steps = 1 }, opt, cancel: TestContext.Current.CancellationToken);   // warm-up (JIT, pools)
         Profiler.Enabled = true;
         try
         {
             Profiler.Reset();
-            var steps = TrainingLoop.Run(model, new RandomBatches(512), options with { StartStep = 1 }, opt);
+            var steps = TrainingLoop.Run(model, new RandomBatches(512), options with { StartStep = 1 }, opt, cancel: TestContext.Current.CancellationToken);
             double wall = steps.Sum(s => s.StepSeconds), ops = Profiler.TotalOpSeconds("step");
             Assert.True(ops <= wall * 1.001, $"ops {ops:F4} s exceed the steps' wall time {wall:F4} s: double counting");
             Assert.True(ops >= MinShare * wall, $"ops {ops:F4} s are only {ops / wall:P1} of the steps' wall time {wall:F4} s\n{Profiler.Report()}");
