@@ -179,11 +179,11 @@ public static class Profiler
         sb.AppendLine(FormattableString.Invariant($"{"total",-26} {total,9:F3}"));
         sb.AppendLine();
         sb.AppendLine(FormattableString.Invariant($"{"region/op",-40} {"seconds",9} {"share",6} {"calls",8}"));
-        foreach (var r in rows.Take(regionRows))
-        {
-            string key = r.Region.Length == 0 ? r.Op : r.Region + "/" + r.Op;
-            sb.AppendLine(FormattableString.Invariant($"{key,-40} {r.Seconds,9:F3} {r.Seconds / Math.Max(total, 1e-12),6:P0} {r.Calls,8}"));
-        }
+        var byRegion = rows.GroupBy(r => r.Region.Length == 0 ? r.Op : r.Region + "/" + r.Op, StringComparer.Ordinal)
+            .Select(g => (Key: g.Key, Seconds: g.Sum(r => r.Seconds), Calls: g.Sum(r => r.Calls)))
+            .OrderByDescending(r => r.Seconds).ThenBy(r => r.Key, StringComparer.Ordinal);
+        foreach (var (key, seconds, calls) in byRegion.Take(regionRows))
+            sb.AppendLine(FormattableString.Invariant($"{key,-40} {seconds,9:F3} {seconds / Math.Max(total, 1e-12),6:P0} {calls,8}"));
         return sb.ToString();
     }
 

@@ -28,8 +28,10 @@ public static class CpuRoof
         Path.Combine(Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x ? x
             : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "engine", "cpu_sgemm_roof.json");
 
-    /// <summary>The override, else the cache entry for this machine, else a fresh measurement (then cached).</summary>
-    public static Figure Get(string? cacheFile = null)
+    /// <summary>The override, else the cache entry for this machine, else a fresh measurement — cached only when the
+    /// 1-minute load average was at most <paramref name="maxLoadPerCore"/> × cores (default 1): a roof measured on a
+    /// busy machine is too low and would overstate every MFU after it, so it serves this process only, and says so.</summary>
+    public static Figure Get(string? cacheFile = null, double maxLoadPerCore = 1.0)
     {
         if (Environment.GetEnvironmentVariable(Variable) is { Length: > 0 } s)
         {
@@ -45,7 +47,11 @@ public static class CpuRoof
             var root = ReadCache(file);
             if (root[key] is JsonObject e && e["gflops"] is JsonValue v && v.TryGetValue(out double gf) && gf > 0)
                 return Remember(new Figure(gf * 1e9, $"SGEMM roof measured {(string?)e["date"]} ({(string?)e["how"] ?? $"{N}³"}), cached in {file}"), cacheFile);
+            double? load = Observability.Results.BenchRun.LoadAverage();
             double flops = Measure();
+            if (load > maxLoadPerCore * Environment.ProcessorCount)
+                return Remember(new Figure(flops, FormattableString.Invariant(
+                    $"SGEMM {N}³ roof measured now under load average {load:F1} on {Environment.ProcessorCount} cores: too busy to cache, MFU overstated; set {Variable} or run engine bench gemm on a quiet machine")), cacheFile);
             root[key] = new JsonObject { ["gflops"] = flops / 1e9, ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd", CultureInfo.InvariantCulture), ["how"] = $"best of 5 {N}³ Gemm.Sgemm" };
             string source = $"SGEMM {N}³ roof measured now";
             try
