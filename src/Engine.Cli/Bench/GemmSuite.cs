@@ -130,7 +130,13 @@ public static class GemmSuite
                 Roof = "compute",
                 Params = new JsonObject
                 {
-                    ["role"] = s.Role, ["trans_a"] = s.TransA, ["trans_b"] = s.TransB, ["m"] = s.M, ["n"] = s.N, ["k"] = s.K, ["batch"] = s.Batch,
+                    ["role"] = s.Role,
+                    ["trans_a"] = s.TransA,
+                    ["trans_b"] = s.TransB,
+                    ["m"] = s.M,
+                    ["n"] = s.N,
+                    ["k"] = s.K,
+                    ["batch"] = s.Batch,
                     ["spot_check_max_rel_err"] = o2.MaxErr,
                     ["cpu_idle_before_rounds"] = new JsonArray(idleBefore[s.Name].Select(x => (JsonNode?)Math.Round(x, 3)).ToArray()),
                 },
@@ -141,8 +147,13 @@ public static class GemmSuite
         }
         var config = new JsonObject
         {
-            ["rounds"] = rounds, ["samples_per_round"] = samples, ["min_sample_s"] = minSampleS, ["wait_idle_s"] = waitIdleS,
-            ["gemm_max_threads"] = Gemm.MaxThreads, ["gemm_kernel"] = Gemm.Kernel.ToString(), ["only"] = only,
+            ["rounds"] = rounds,
+            ["samples_per_round"] = samples,
+            ["min_sample_s"] = minSampleS,
+            ["wait_idle_s"] = waitIdleS,
+            ["gemm_max_threads"] = Gemm.MaxThreads,
+            ["gemm_kernel"] = Gemm.Kernel.ToString(),
+            ["only"] = only,
         };
         return new SuiteOutput(entries, config,
             "Stopwatch / time.perf_counter; rounds alternate ours and OpenBLAS; per round a warm-up >= 0.25 s (dropped), iterations calibrated to >= min_sample_s, then samples; per-call ms per sample, median over all samples of all rounds",

@@ -62,7 +62,11 @@ public class BenchHarnessTests
     {
         var report = new JsonObject
         {
-            ["kind"] = "threads", ["world_size"] = 2, ["backend"] = "cpu", ["dtype"] = "F32", ["definitions"] = "nccl-tests",
+            ["kind"] = "threads",
+            ["world_size"] = 2,
+            ["backend"] = "cpu",
+            ["dtype"] = "F32",
+            ["definitions"] = "nccl-tests",
             ["results"] = new JsonArray(
                 new JsonObject { ["op"] = "all_reduce", ["bytes"] = 4096, ["iters"] = 50, ["time_us"] = 10.0, ["algbw_gbps"] = 0.4096, ["busbw_gbps"] = 0.4096, ["check"] = "ok" },
                 new JsonObject { ["op"] = "all_gather", ["bytes"] = 4096, ["iters"] = 50, ["time_us"] = 20.0, ["algbw_gbps"] = 0.2048, ["busbw_gbps"] = 0.1024, ["check"] = "rank 1 differs" }),

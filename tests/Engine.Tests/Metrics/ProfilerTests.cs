@@ -31,7 +31,13 @@ public class ProfilerTests
 
     static LlamaModel Model() => new(new LlamaConfig
     {
-        VocabSize = 512, HiddenSize = 128, IntermediateSize = 256, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64,
+        VocabSize = 512,
+        HiddenSize = 128,
+        IntermediateSize = 256,
+        NumLayers = 2,
+        NumHeads = 4,
+        NumKvHeads = 2,
+        MaxPositionEmbeddings = 64,
     }.Validate(), CpuBackend.Instance);
 
     [Fact]
