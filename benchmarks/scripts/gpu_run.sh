@@ -15,7 +15,8 @@
 # Env: OUT (default out/gpu), ENGINE_CUDA_TESTS_APP (default .device-carry/cuda-tests/Engine.Cuda.Tests),
 #      ENGINE_CUDA_ARCHS (passed to CMake when set), JOBS (default nproc),
 #      ENGINE_CLI (default: `engine` next to the test app), BENCH_PRESET (full | tiny | none to skip; default full),
-#      PYTHON (default python3: the one with PyTorch for sdpa_bench.py).
+#      PYTHON (default python3: the one with PyTorch for sdpa_bench.py), ATTN_V2 (0 skips step 2b),
+#      SANITIZER_TIMEOUT (seconds per compute-sanitizer run in step 2b, default 240).
 # Exit status: build and tests only; the benchmarks' status is in the summary (microbenchmarks_meta).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,6 +41,15 @@ if cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release -DENGINE_PTXAS_VERBOSE=
   kernels_rc=$?
 fi
 echo "[gpu_run] kernels build rc=$kernels_rc (log: $OUT/kernels_build.log)"
+# 1b. The Hopper-only attention forward (native/attention_sm90.cu: wgmma + TMA), its own target outside ALL so that a
+#     failure here stops nothing else; nvcc >= 12 only. Never compiled before the first GPU session that reaches this
+#     (nvcc 11.8 cannot assemble sm_90a). Without its fatbin the forward runs attention_v2.cu's mma.sync kernel.
+sm90_rc=skipped
+if [ "$kernels_rc" = 0 ] && [ "${nvcc_version%%.*}" -ge 12 ] 2>/dev/null; then
+  cmake --build build/native --target engine_kernels_sm90 >"$OUT/kernels_sm90_build.log" 2>&1
+  sm90_rc=$?
+fi
+echo "[gpu_run] sm_90a attention build rc=$sm90_rc (log: $OUT/kernels_sm90_build.log)"
 ls -la build/native/kernels >"$OUT/kernels_files.txt" 2>&1
 
 # 2. Tests: the published app runs xunit v3's in-process console runner; -xml gives per-assembly counts.
@@ -61,6 +71,40 @@ else
   echo "[gpu_run] no test app at $APP and no dotnet SDK: publish it first (see the header)" | tee "$OUT/cuda_tests.log"
 fi
 echo "[gpu_run] tests rc=$tests_rc: $passed passed, $failed failed, $skipped skipped of $total"
+
+# 2b. Flash attention v2 (issue 12 item 5: native/attention_v2.cu, built but never run before this step first runs).
+#     Its tests again on their own (own XML and counts in the summary), then under compute-sanitizer memcheck and
+#     racecheck (needs the H100 machine: the H200's runtime refuses the sanitizer; each run capped by
+#     SANITIZER_TIMEOUT seconds), then the backend op and training-step tests with ENGINE_ATTENTION=v2 (every
+#     attention call on v2). Timings of v2 come with step 3 (attention_v2_fwd/bwd rows beside attention_fwd/bwd and
+#     SDPA). Skip with ATTN_V2=0. Exit status: unchanged (build and step 2 only); the results are in the summary.
+xml_counts() {   # file -> "total passed failed skipped" of the first <assembly>
+  local a; a=$(grep -o "<assembly [^>]*" "$1" 2>/dev/null | head -1)
+  for k in total passed failed skipped; do v=$(sed -n "s/.* $k=\"\([0-9]*\)\".*/\1/p" <<<"$a"); printf '%s ' "${v:-0}"; done
+}
+v2_classes=(-class Engine.Cuda.Tests.Gpu.AttentionV2GpuTests -class Engine.Cuda.Tests.AttentionV2CpuTests)
+v2_rc=skipped; v2_counts="0 0 0 0"; memcheck_rc=skipped; racecheck_rc=skipped; v2_backend_rc=skipped; v2_backend_counts="0 0 0 0"
+if [ "${ATTN_V2:-1}" != 0 ] && [ "$kernels_rc" = 0 ] && [ -x "$APP" ]; then
+  "$APP" "${v2_classes[@]}" -xml "$OUT/attention_v2_tests.xml" >"$OUT/attention_v2_tests.log" 2>&1
+  v2_rc=$?; v2_counts=$(xml_counts "$OUT/attention_v2_tests.xml")
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    for tool in memcheck racecheck; do
+      timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+        "$APP" -class Engine.Cuda.Tests.Gpu.AttentionV2GpuTests >"$OUT/attention_v2_$tool.log" 2>&1
+      rc=$?
+      if [ "$tool" = memcheck ]; then memcheck_rc=$rc; else racecheck_rc=$rc; fi
+    done
+  else
+    echo "[gpu_run] no compute-sanitizer on PATH" | tee "$OUT/attention_v2_memcheck.log"; memcheck_rc=127; racecheck_rc=127
+  fi
+  ENGINE_ATTENTION=v2 "$APP" -class Engine.Cuda.Tests.Backend.BackendOpGpuTests -class Engine.Cuda.Tests.Backend.TrainingStepGpuTests \
+    -xml "$OUT/attention_v2_backend.xml" >"$OUT/attention_v2_backend.log" 2>&1
+  v2_backend_rc=$?; v2_backend_counts=$(xml_counts "$OUT/attention_v2_backend.xml")
+fi
+read -r v2_total v2_passed v2_failed v2_skipped <<<"$v2_counts"
+read -r v2b_total v2b_passed v2b_failed v2b_skipped <<<"$v2_backend_counts"
+echo "[gpu_run] attention v2: tests rc=$v2_rc ($v2_passed/$v2_total passed, $v2_failed failed), memcheck rc=$memcheck_rc," \
+  "racecheck rc=$racecheck_rc, backend with ENGINE_ATTENTION=v2 rc=$v2_backend_rc ($v2b_passed/$v2b_total passed)"
 
 # 3. Microbenchmarks (docs/KERNELS.md): PyTorch SDPA first, then ours reading its JSON for the ratios.
 PY=${PYTHON:-python3}
@@ -108,7 +152,12 @@ cat >"$OUT/gpu_summary.json" <<JSON
   "nvcc": "${nvcc_version:-missing}",
   "kernels_build_rc": $kernels_rc,
   "tests": {"rc": $tests_rc, "total": ${total:-0}, "passed": ${passed:-0}, "failed": ${failed:-0}, "skipped": ${skipped:-0}},
-  "logs": ["kernels_configure.log", "kernels_build.log", "kernels_files.txt", "cuda_tests.log", "cuda_tests.xml", "sdpa_bench.log", "kernel_bench.log"],
+  "attention_sm90_build_rc": "$sm90_rc",
+  "attention_v2": {"tests": {"rc": "$v2_rc", "total": ${v2_total:-0}, "passed": ${v2_passed:-0}, "failed": ${v2_failed:-0}, "skipped": ${v2_skipped:-0}},
+                   "memcheck_rc": "$memcheck_rc", "racecheck_rc": "$racecheck_rc",
+                   "backend_v2": {"rc": "$v2_backend_rc", "total": ${v2b_total:-0}, "passed": ${v2b_passed:-0}, "failed": ${v2b_failed:-0}, "skipped": ${v2b_skipped:-0}}},
+  "logs": ["kernels_configure.log", "kernels_build.log", "kernels_sm90_build.log", "kernels_files.txt", "cuda_tests.log", "cuda_tests.xml", "sdpa_bench.log", "kernel_bench.log",
+           "attention_v2_tests.log", "attention_v2_memcheck.log", "attention_v2_racecheck.log", "attention_v2_backend.log"],
   "microbenchmarks": []
 }
 JSON

@@ -37,7 +37,8 @@ public static class Cli
     }
 
     static bool IsUserError(Exception e) => e is ConfigException or FileNotFoundException or DirectoryNotFoundException
-        or InvalidDataException or ArgumentException or NotSupportedException or Engine.Core.Distributed.CommException;
+        or InvalidDataException or ArgumentException or NotSupportedException or Engine.Core.Distributed.CommException
+        or DeviceOutOfMemoryException;
 
     /// <summary>
     /// This process's place in the job and its communicator (one rank without a launcher; Open MPI under mpirun,

@@ -14,5 +14,6 @@ root.Subcommands.Add(ParityCommand.Create());
 root.Subcommands.Add(DashboardCommand.Create());
 root.Subcommands.Add(ExportCommand.Create());
 root.Subcommands.Add(LaunchCommand.Create());
+root.Subcommands.Add(PlanCommand.Create());
 root.Subcommands.Add(CommBenchCommand.CreateSelfTest());
 return Cli.Run(root, args);

@@ -245,9 +245,23 @@ public static class F
     public static Tensor Checkpoint(Func<Tensor, Tensor> fn, Tensor x, IReadOnlyList<Tensor>? parameters = null)
     {
         if (!Grad.IsRecording) return fn(x);
-        Tensor y;
-        using (Grad.NoGrad()) y = fn(x);
         var be = x.Backend;
+        var outer = TensorScope.Current!;
+        Tensor y;
+        // The forward's intermediates live in a scope of their own and are freed at once: only x and y are kept
+        // (that is what checkpointing saves); y moves to the caller's scope, copied if fn returned a view.
+        using (var temporaries = new TensorScope())
+        using (Grad.NoGrad())
+        {
+            var r = fn(x);
+            if (r.OwnsStorage && !ReferenceEquals(r, x)) y = r.Keep();
+            else
+            {
+                y = be.Empty(r.Shape, r.DType).Keep();
+                be.Copy(r, y);
+            }
+        }
+        outer.Track(y);
         Grad.Record(new LambdaNode([x, .. parameters ?? []], [y], () =>
         {
             var seed = y.Grad!;

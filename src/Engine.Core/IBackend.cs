@@ -83,4 +83,11 @@ public interface IBackend
 
     /// <summary>acc += x * x (elementwise; Fisher accumulation).</summary>
     void AddSquare(Tensor acc, Tensor x);
+
+    /// <summary>
+    /// Bytes this backend's tensors could occupy in total, for the fit check before training
+    /// (Trainer.CheckFits): host memory available to the process on the CPU; on a GPU the device's free memory plus
+    /// what this process's allocator already holds (the model's own weights are allocated before the check).
+    /// </summary>
+    long AvailableMemoryBytes() => GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
 }

@@ -29,6 +29,8 @@ public abstract class TensorStorage : IDisposable
 /// <summary>Host memory from an exact-length pool: shapes repeat every step, so buffers are reused, not re-allocated.</summary>
 public sealed class CpuStorage : TensorStorage
 {
+    readonly MemoryCounter counter = MemoryCounter.Current;
+
     static readonly ConcurrentDictionary<long, ConcurrentBag<float[]>> FloatPool = new();
     static readonly ConcurrentDictionary<long, ConcurrentBag<int[]>> IntPool = new();
 
@@ -51,6 +53,7 @@ public sealed class CpuStorage : TensorStorage
                 H = new ushort[length];
                 break;
         }
+        counter.Add(length * dtype.Size());
     }
 
     static T[] Rent<T>(ConcurrentDictionary<long, ConcurrentBag<T[]>> pool, long length, bool zero)
@@ -65,6 +68,7 @@ public sealed class CpuStorage : TensorStorage
 
     protected override void Release()
     {
+        counter.Add(-Length * DType.Size());
         if (F is { Length: >= 1024 }) FloatPool.GetOrAdd(F.LongLength, _ => new()).Add(F);
         if (I is { Length: >= 1024 }) IntPool.GetOrAdd(I.LongLength, _ => new()).Add(I);
         F = null; I = null; H = null;
@@ -75,5 +79,46 @@ public sealed class CpuStorage : TensorStorage
     {
         FloatPool.Clear();
         IntPool.Clear();
+    }
+}
+
+/// <summary>
+/// Bytes of live host tensor storage and their peak (what PyTorch calls allocated memory: pooled free buffers are not
+/// counted). A storage is charged to the counter current on the thread that created it; each rank of a thread world
+/// installs its own with <see cref="Use"/>, everything else shares <see cref="Process"/>.
+/// </summary>
+public sealed class MemoryCounter
+{
+    [ThreadStatic] static MemoryCounter? current;
+    long live, peak;
+
+    /// <summary>The counter of every thread that installed none.</summary>
+    public static MemoryCounter Process { get; } = new();
+    public static MemoryCounter Current => current ?? Process;
+
+    public long LiveBytes => Interlocked.Read(ref live);
+    public long PeakBytes => Interlocked.Read(ref peak);
+
+    /// <summary>Starts a new peak from what is live now.</summary>
+    public void ResetPeak() => Interlocked.Exchange(ref peak, Interlocked.Read(ref live));
+
+    internal void Add(long bytes)
+    {
+        long now = Interlocked.Add(ref live, bytes);
+        long p;
+        while (now > (p = Interlocked.Read(ref peak)) && Interlocked.CompareExchange(ref peak, now, p) != p) { }
+    }
+
+    /// <summary>Makes this the calling thread's counter until the handle is disposed.</summary>
+    public IDisposable Use()
+    {
+        var previous = current;
+        current = this;
+        return new Restore(previous);
+    }
+
+    sealed class Restore(MemoryCounter? previous) : IDisposable
+    {
+        public void Dispose() => current = previous;
     }
 }

@@ -11,6 +11,9 @@ public sealed class Tensor : IDisposable
 {
     readonly bool ownsStorage;
 
+    /// <summary>False for a view (reshape, slice, range) of another tensor's storage.</summary>
+    public bool OwnsStorage => ownsStorage;
+
     internal Tensor(TensorStorage storage, long offset, int[] shape, bool ownsStorage)
     {
         Storage = storage; Offset = offset; Shape = shape; this.ownsStorage = ownsStorage;

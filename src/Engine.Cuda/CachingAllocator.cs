@@ -1,3 +1,4 @@
+using Engine.Core;
 using Engine.Cuda.Interop;
 
 namespace Engine.Cuda;
@@ -8,6 +9,12 @@ public interface IRawDeviceMemory
     /// <summary>False when the device is out of memory; other failures throw.</summary>
     bool TryAllocate(long bytes, out ulong address);
     void Free(ulong address);
+    /// <summary>Free and total device memory in bytes, for error messages and the fit check; false when unknown.</summary>
+    bool TryGetMemoryInfo(out long free, out long total)
+    {
+        free = total = 0;
+        return false;
+    }
 }
 
 /// <summary>cuMemAlloc_v2 / cuMemFree_v2 in the current context.</summary>
@@ -21,6 +28,13 @@ public sealed class DriverMemory : IRawDeviceMemory
         return true;
     }
     public void Free(ulong address) => Check.Cu(NativeMethods.cuMemFree_v2(address));
+    public bool TryGetMemoryInfo(out long free, out long total)
+    {
+        free = total = 0;
+        if (NativeMethods.cuMemGetInfo_v2(out nuint f, out nuint t) != CuResult.Success) return false;
+        (free, total) = ((long)f, (long)t);
+        return true;
+    }
 }
 
 /// <summary>Allocator statistics in bytes (class-rounded sizes).</summary>
@@ -33,7 +47,9 @@ public readonly record struct AllocatorStats(long InUseBytes, long CachedBytes, 
 /// <summary>
 /// Caching device allocator: sizes are rounded to a size class (512-byte steps up to 1 MiB, then four classes per
 /// power of two, so at most 25% waste), freed blocks go to a per-class free list and are handed out again without a
-/// driver call. When the driver reports out-of-memory, the cache is emptied and the allocation retried once.
+/// driver call. When the driver reports out-of-memory, the cache is emptied and the allocation retried once; if that
+/// fails too, <see cref="DeviceOutOfMemoryException"/> names the request and the device's free/total memory (callers
+/// that know the tensor rethrow it with <see cref="DeviceOutOfMemoryException.For"/>).
 /// Stream semantics: blocks are reused in program order, which is safe while all work runs on one stream (a buffer
 /// freed after enqueuing its last use is next used by work enqueued later on the same stream). Thread-safe.
 /// The allocator owns its raw blocks (by address) and frees them in <see cref="EmptyCache"/> / <see cref="Dispose"/>;
@@ -82,8 +98,10 @@ public sealed class CachingAllocator : IDisposable
                 {
                     EmptyCacheLocked();
                     if (!_raw.TryAllocate(size, out addr))
-                        throw new CudaException("cuMemAlloc_v2", (int)CuResult.OutOfMemory,
-                            $"device out of memory allocating {bytes} bytes (class {size}); in use {_inUse}, peak {_peakInUse}");
+                    {
+                        bool known = _raw.TryGetMemoryInfo(out long free, out long total);
+                        throw new DeviceOutOfMemoryException(bytes, known ? free : null, known ? total : null, _inUse);
+                    }
                 }
                 _rawAllocs++;
             }
@@ -121,6 +139,16 @@ public sealed class CachingAllocator : IDisposable
             while (stack.Count > 0) _raw.Free(stack.Pop());
         _free.Clear();
         _cached = 0;
+    }
+
+    /// <summary>
+    /// Bytes a new allocation could still get: the device's free memory plus this allocator's cached blocks (which an
+    /// allocation that misses the cache releases and retries with); null when the device cannot say.
+    /// </summary>
+    public long? AvailableBytes()
+    {
+        if (!_raw.TryGetMemoryInfo(out long free, out _)) return null;
+        lock (_gate) return free + _cached;
     }
 
     public AllocatorStats Stats

@@ -51,7 +51,7 @@ public sealed class KernelLibrary : IDisposable
 {
     /// <summary>The fatbins CMakeLists.txt builds (native/&lt;name&gt;.cu → kernels/&lt;name&gt;.fatbin).</summary>
     public static readonly IReadOnlyList<string> ModuleNames =
-        ["elementwise", "rmsnorm", "swiglu", "rope", "embedding", "adamw", "crossentropy", "attention", "backend_extras"];
+        ["elementwise", "rmsnorm", "swiglu", "rope", "embedding", "adamw", "crossentropy", "attention", "backend_extras", "attention_v2"];
 
     private readonly Dictionary<string, CudaModuleHandle> _modules = new(StringComparer.Ordinal);
     private readonly Dictionary<string, KernelFunction> _functions = new(StringComparer.Ordinal);
@@ -68,12 +68,13 @@ public sealed class KernelLibrary : IDisposable
     public AdamWKernels AdamW { get; }
     public CrossEntropyKernels CrossEntropy { get; }
     public AttentionKernels Attention { get; }
+    public AttentionV2Kernels AttentionV2 { get; }
 
     private KernelLibrary(CudaDevice device, string directory)
     {
         Device = device; Directory = directory;
         Elementwise = new(this); RmsNorm = new(this); SwiGlu = new(this); Rope = new(this);
-        Embedding = new(this); AdamW = new(this); CrossEntropy = new(this); Attention = new(this);
+        Embedding = new(this); AdamW = new(this); CrossEntropy = new(this); Attention = new(this); AttentionV2 = new(this);
     }
 
     /// <summary>Opens the kernels directory (given, or found by <see cref="FindKernelsDirectory"/>); modules load on first use.</summary>
@@ -135,6 +136,30 @@ public sealed class KernelLibrary : IDisposable
             return f;
         }
     }
+
+    /// <summary>The entry point, or false when its fatbin is absent or holds no code for this device (optional modules
+    /// such as attention_sm90, built only with nvcc &gt;= 12 for sm_90a). The answer is remembered.</summary>
+    public bool TryFunction(string module, string name, out KernelFunction? function)
+    {
+        string key = module + "/" + name;
+        lock (_gate)
+        {
+            if (_missing.Contains(key)) { function = null; return false; }
+        }
+        try
+        {
+            function = Function(module, name);
+            return true;
+        }
+        catch (Exception e) when (e is FileNotFoundException or CudaException)
+        {
+            lock (_gate) _missing.Add(key);
+            function = null;
+            return false;
+        }
+    }
+
+    private readonly HashSet<string> _missing = new(StringComparer.Ordinal);
 
     /// <summary>Blocks for a grid-stride kernel: enough to cover <paramref name="work"/> items at
     /// <paramref name="perBlock"/> each, capped at 32 blocks per SM, at least 1.</summary>

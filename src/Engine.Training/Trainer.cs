@@ -9,6 +9,8 @@ using Engine.Parallel;
 using Engine.Training.Config;
 using Engine.Training.Parallel;
 
+using Engine.Training.Planning;
+
 namespace Engine.Training;
 
 /// <summary>Outcome of a run: where the weights went and the loss trajectory.</summary>
@@ -94,8 +96,7 @@ public sealed class Trainer
         else created = CreateModel(tokenizer.VocabSize, stage);
         using var model = created;
         int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
-        CheckFits(model.Config, B, T, cfg.Model.CheckpointActivations, zero: cfg.Parallel.Zero, dp: layout.DataGroup.WorldSize,
-            parameters: model.ParameterCount, layers: model.Stage.Layers);
+        CheckFits(shape, PlanLayout(comm.WorldSize), stage, backend.AvailableMemoryBytes(), gpu: backend.Name != "cpu");
         model.CheckpointActivations = cfg.Model.CheckpointActivations;
         Say($"model: {model.ParameterCount:N0} parameters on {backend.Name}" + (comm.WorldSize > 1
             ? layout.Pipelined ? $" on stage 0 of {cfg.Parallel.Pp} ({cfg.Parallel.Schedule}, {layout.MicroBatches(cfg.Train.GradAccum)} micro-batches), {layout.DataGroup.WorldSize} data-parallel replica(s) ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}"
@@ -226,21 +227,51 @@ public sealed class Trainer
         return Eval.Evaluator.Perplexity(model, corpus.Valid, T, B, (long)cfg.Train.EvalBatches * B * T).MeanNll;
     }
 
-    /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory
-    /// (per rank: ZeRO-1 divides the moments by the data-parallel size, ZeRO-2 also the gradients).</summary>
-    public static void CheckFits(LlamaConfig c, int batch, int seqLen, bool checkpoint, long? availableBytes = null, int zero = 0, int dp = 1,
-        long? parameters = null, int? layers = null)
+    /// <summary>The layout this run's config describes, for the memory model (micro-batch = train.batch_size; micro-batches
+    /// per step = parallel.micro_batches under a pipeline, else train.grad_accum).</summary>
+    public PlanLayout PlanLayout(int worldSize)
     {
-        long available = availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
-        double n = (parameters ?? c.ParameterCount()) * 4.0;
-        int depth = layers ?? c.NumLayers;
-        double state = n + (zero >= 2 ? n / dp : n) + (zero >= 1 ? 2 * n / dp : 2 * n); // weights, grads, m, v in fp32
-        long tok = (long)batch * seqLen;
-        int kv = c.NumKvHeads * c.HeadDim;
-        double perLayer = tok * (8.0 * c.HiddenSize + 4.0 * kv + 4.0 * c.IntermediateSize) * 4 + (double)batch * c.NumHeads * seqLen * 4;
-        double acts = (checkpoint ? tok * c.HiddenSize * 4.0 * depth + perLayer : perLayer * depth) + tok * (double)c.VocabSize * 4 * 2;
-        double need = state + acts;
-        if (need > available * 0.9)
-            throw new ConfigException($"model does not fit: needs about {need / (1 << 30):F1} GiB (weights+grads+AdamW {state / (1 << 30):F1} GiB, activations {acts / (1 << 30):F1} GiB) but {available / (double)(1 << 30):F1} GiB are available; reduce train.batch_size or train.seq_len, the model size, or set model.checkpoint_activations = true");
+        var p = cfg.Parallel;
+        int micro = p.Pp > 1 && p.MicroBatches > 0 ? p.MicroBatches : cfg.Train.GradAccum;
+        return new PlanLayout(Math.Max(1, worldSize / Math.Max(1, p.Pp)), p.Pp, p.Zero, cfg.Train.BatchSize, micro, cfg.Train.SeqLen,
+            cfg.Model.CheckpointActivations, p.Schedule, p.BucketMb);
     }
+
+    /// <summary>
+    /// <c>engine train --dry-run</c>: the per-device memory estimate of every stage of the configured layout, from the
+    /// config alone (the tokenizer is read for the vocabulary; no weights are built), against the backend's memory.
+    /// Throws <see cref="ConfigException"/> when the largest stage cannot fit.
+    /// </summary>
+    public string DryRun(int worldSize)
+    {
+        cfg.Parallel.Validate(worldSize);
+        var tokenizer = LoadTokenizer(cfg);
+        var shape = Resume != null ? ModelIO.LoadConfig(Checkpoints.Resolve(Resume, Path.Combine(cfg.Resolve(cfg.Output.Dir), "checkpoints")))
+            : cfg.Model.InitFrom is { } init ? ModelIO.LoadConfig(cfg.Resolve(init)) : cfg.ToLlamaConfig(tokenizer.VocabSize);
+        var l = PlanLayout(worldSize);
+        bool gpu = backend.Name != "cpu";
+        var stages = MemoryModel.Stages(shape, l, gpu, cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null);
+        long available = backend.AvailableMemoryBytes();
+        var sb = new System.Text.StringBuilder();
+        sb.AppendLine($"model: {shape.ParameterCount():N0} parameters; layout: {l.Describe()}, {worldSize} rank(s) on {backend.Name}");
+        foreach (var e in stages)
+            sb.AppendLine($"  stage {e.Stage}: {e.Parameters:N0} parameters, {e.Describe()}");
+        var worst = stages.MaxBy(e => e.Total)!;
+        sb.Append($"per device: {MemoryEstimate.Gib(worst.Total)} of {MemoryEstimate.Gib(available)} available ({(backend.Name == "cpu" ? "host memory" : "device memory")})");
+        Fit(worst, available);
+        return sb.ToString();
+    }
+
+    /// <summary>Refuses a layout whose largest stage needs more than 90% of <paramref name="available"/> bytes.</summary>
+    static void Fit(MemoryEstimate e, long available)
+    {
+        if (e.Total > available * 0.9)
+            throw new ConfigException($"model does not fit: stage {e.Stage} needs about {e.Describe()} but {MemoryEstimate.Gib(available)} are available; " +
+                "reduce train.batch_size or train.seq_len, the model size, set model.checkpoint_activations = true, raise parallel.zero, or add pipeline stages (engine plan ranks the layouts)");
+    }
+
+    /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory, by
+    /// <see cref="MemoryModel"/> (the estimate of <c>engine plan</c> and <c>--dry-run</c>); null memory: this host's.</summary>
+    public static void CheckFits(LlamaConfig c, PlanLayout layout, PipelineStage? stage = null, long? availableBytes = null, bool gpu = false) =>
+        Fit(MemoryModel.ForStage(c, layout, stage ?? PipelineStage.Whole(c.NumLayers), gpu), availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
 }

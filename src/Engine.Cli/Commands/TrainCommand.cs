@@ -14,8 +14,9 @@ public static class TrainCommand
         var device = new Option<string?>("--device") { Description = "cpu or cuda (overrides train.device)" };
         var set = new Option<string[]>("--set") { Description = "override a config key: --set train.steps=50 (repeatable)", AllowMultipleArgumentsPerToken = true };
         var resume = new Option<string?>("--resume") { Description = "resume from a checkpoint directory, or 'latest' under output.dir/checkpoints" };
+        var dryRun = new Option<bool>("--dry-run") { Description = "print the per-device memory estimate of the configured layout and exit (refuses one that cannot fit)" };
         var profile = new Option<bool>("--profile") { Description = "per-op time, calls and bytes (CPU: Stopwatch per backend op; CUDA: event pairs), NVTX ranges when libnvToolsExt is present; printed at the end and written to output.dir/profile.txt" };
-        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, profile };
+        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, dryRun, profile };
         cmd.SetAction(parse => Cli.Guard(() =>
         {
             var overrides = (parse.GetValue(set) ?? []).ToList();
@@ -24,6 +25,12 @@ public static class TrainCommand
             var (backend, comm) = Cli.Distributed(cfg.Train.Device);
             using var _ = comm;
             var trainer = new Trainer(cfg, backend) { Resume = parse.GetValue(resume), Communicator = comm };
+            if (parse.GetValue(dryRun))
+            {
+                string plan = trainer.DryRun(comm.WorldSize);
+                if (comm.Rank == 0) Console.WriteLine(plan);
+                return 0;
+            }
             if (parse.GetValue(profile)) Engine.Core.Profiler.Enabled = true;
             StepRecord? last = null;
             var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0, onRecord: r => last = r);

@@ -58,10 +58,36 @@ public sealed class Tape
             var n = nodes[i];
             bool any = false;
             foreach (var o in n.Outputs) if (o.Grad != null) { any = true; break; }
-            if (any) n.Backward();
+            if (any)
+            {
+                n.Backward();
+                FreeOutputGradients(n);
+            }
             observer?.AfterNode(i);
         }
         Clear();
+    }
+
+    /// <summary>
+    /// Once a node's backward has run, its outputs' gradients are complete and read by no one (nodes run in reverse
+    /// recording order, so every consumer of an output has already run): they are freed now rather than at the end of
+    /// the scope, as PyTorch's autograd does, so a step's peak holds the activations plus a few layers' gradients, not
+    /// every activation's gradient. A buffer handed on to an input (Add passes its gradient through, a reshape's is a
+    /// view of it; cross-entropy's logits are their own gradient) and parameters' gradients (the flat store) are left alone.
+    /// </summary>
+    static void FreeOutputGradients(Node n)
+    {
+        foreach (var o in n.Outputs)
+        {
+            var g = o.Grad;
+            if (g == null || o.IsParameter || ReferenceEquals(g.Storage, o.Storage)) continue;
+            bool handedOn = false;
+            foreach (var x in n.Inputs)
+                if (ReferenceEquals(x.Grad?.Storage, g.Storage) || ReferenceEquals(x.Storage, g.Storage)) { handedOn = true; break; }
+            if (handedOn) continue;
+            o.Grad = null;
+            g.Dispose();
+        }
     }
 }
 

@@ -50,7 +50,12 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         _blas = new CublasContext();
         _extras = new ExtrasKernels(kernels);
         _rope = new RopeFrequencyCache(UploadTable);
+        AttentionPreference = AttentionSelection.FromEnvironment();
     }
+
+    /// <summary>Preferred flash-attention kernels: ENGINE_ATTENTION=v1 (default: attention.cu) or v2 (attention_v2.cu).
+    /// Head dims v1 does not have (32, 96) run v2 whatever the preference (<see cref="AttentionSelection.For"/>).</summary>
+    public AttentionImpl AttentionPreference { get; set; }
 
     /// <summary>
     /// The process-wide backend (kernels load once): opens device 0 and the kernel library on first call. False with
@@ -96,7 +101,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
             }
             return (new CudaBackend(device!, kernels), "");
         }
-        catch (Exception e) when (e is DirectoryNotFoundException or CudaException or DllNotFoundException)
+        catch (Exception e) when (e is DirectoryNotFoundException or CudaException or DllNotFoundException or ArgumentException)
         {
             device!.Dispose();
             return (null, e.Message);
@@ -204,7 +209,19 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
     public Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32)
     {
         Enter();
-        return TensorFactory.Owning(new CudaStorage(this, Allocator, dtype, Shape.Numel(shape)), shape);
+        CudaStorage storage;
+        try { storage = new CudaStorage(this, Allocator, dtype, Shape.Numel(shape)); }
+        catch (DeviceOutOfMemoryException e) { throw e.For($"tensor {dtype}{Shape.Format(shape)}"); }
+        return TensorFactory.Owning(storage, shape);
+    }
+
+    /// <summary>The device's free memory plus what this backend's allocator already holds (in use and cached): the
+    /// budget the fit check compares a model's estimate with, since the model's own weights are already allocated.</summary>
+    public long AvailableMemoryBytes()
+    {
+        Enter();
+        var (free, _) = Device.MemoryInfo();
+        return free + Allocator.Stats.ReservedBytes;
     }
 
     public Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32)
@@ -421,7 +438,10 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         using var _p = Prof("attention_forward", q, k, v, o, lse);
         Enter();
         Attention("AttentionForward", d, q, k, v, o, lse);
-        Kernels.Attention.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
+        if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
+            Kernels.AttentionV2.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
+        else
+            Kernels.Attention.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
     }
 
     public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d)
@@ -433,7 +453,17 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Attention(op, d, dq, dk, dv, dout, lse);
         var shape = ShapeOf(d);
         using var delta = Scratch(shape.LseBytes);
-        Kernels.Attention.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv), delta.Ptr, causal: true);
+        if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
+        {
+            using var dqAccum = Scratch(AttentionV2Kernels.DqAccumBytes(shape));
+            using var sync = Scratch(AttentionV2Kernels.SyncBytes(shape));
+            Kernels.AttentionV2.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv),
+                delta.Ptr, dqAccum.Ptr, sync.Ptr, causal: true);
+        }
+        else
+        {
+            Kernels.Attention.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv), delta.Ptr, causal: true);
+        }
     }
 
     public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)

@@ -63,8 +63,8 @@ public static class CudaOpChecks
     public static AttentionDims Attention(string op, AttentionDims d, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse)
     {
         d.Validate();
-        if (d.HeadDim != 64 && d.HeadDim != 128)
-            throw new ArgumentException($"{op}: head dim {d.HeadDim} is not supported by the flash-attention kernels (64 or 128); choose hidden_size / num_attention_heads = 64 or 128 for device cuda");
+        try { Kernels.AttentionSelection.For(Kernels.AttentionImpl.V2, d.HeadDim); }
+        catch (ArgumentException e) { throw new ArgumentException($"{op}: {e.Message}"); }
         long n = (long)d.Batch * d.SeqLen;
         foreach (var (t, role, row) in new[] { (q, "q", d.QRow), (k, "k", d.KvRow), (v, "v", d.KvRow), (o, "o", d.QRow) })
         {

@@ -62,7 +62,7 @@ public sealed class CudaStorage : TensorStorage
     {
         if (DType != DType.F32) throw new InvalidOperationException($"only fp32 storages have a bf16 shadow, this one is {DType}");
         if (ShadowIsCurrent) return _shadow!.Ptr;
-        _shadow ??= _allocator.Allocate(Math.Max(1, Length) * 2);
+        _shadow ??= AllocateShadow();
         caster.CastF32ToBf16(_shadow.Ptr, Ptr, Length);
         _shadowVersion = Version;
         return _shadow.Ptr;
@@ -80,8 +80,14 @@ public sealed class CudaStorage : TensorStorage
         if (ShadowIsCurrent) return _shadow!.Ptr.Offset(offset, 2);
         bool whole = offset == 0 && count == Length;
         if (!whole || !(wantShadow || _shadow != null)) return DevicePtr.Null;
-        _shadow ??= _allocator.Allocate(Math.Max(1, Length) * 2);
+        _shadow ??= AllocateShadow();
         return _shadow.Ptr;
+    }
+
+    private DeviceBuffer AllocateShadow()
+    {
+        try { return _allocator.Allocate(Math.Max(1, Length) * 2); }
+        catch (DeviceOutOfMemoryException e) { throw e.For($"the bf16 copy of an F32 tensor of {Length} elements"); }
     }
 
     /// <summary>Records the fused update: a write, and the shadow current when it was written alongside.</summary>

@@ -93,7 +93,12 @@ public static class BenchReport
             double tflops = KernelCosts.Tflops(c.Flops, t.MedianMs);
             o["flops"] = c.Flops;
             o["tflops"] = Round(tflops, 2);
-            bool? backward = c.Kernel switch { "attention_fwd" => false, "attention_bwd" => true, _ => null };
+            bool? backward = c.Kernel switch
+            {
+                "attention_fwd" or "attention_v2_fwd" or "attention_sm90_fwd" => false,
+                "attention_bwd" or "attention_v2_bwd" => true,
+                _ => null,
+            };
             if (backward is { } b)
             {
                 if (sdpa is not null && sdpa.TryGet(b, c.Shape, out var s))

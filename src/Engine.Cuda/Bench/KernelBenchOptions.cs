@@ -1,3 +1,5 @@
+using Engine.Cuda.Kernels;
+
 namespace Engine.Cuda.Bench;
 
 /// <summary>Shapes of the memory-bound kernels for one model size (one row per token: tokens = batch × sequence).</summary>
@@ -78,7 +80,8 @@ public sealed record ModelShapes
 /// <summary>
 /// Attention benchmark grid: for every T and D, batch = TokensPerBatch / T (the FlashAttention-2 benchmark's fixed
 /// token count), Heads query heads and each of KvHeads. Must match benchmarks/scripts/sdpa_bench.py's defaults for the
-/// ratio against PyTorch to be filled in (a CPU test compares them).
+/// ratio against PyTorch to be filled in (a CPU test compares them). Every case is timed with both kernel families
+/// (attention.cu where it has the head dim, attention_v2.cu always), each row beside the same SDPA number.
 /// </summary>
 public sealed record AttentionGrid(int TokensPerBatch, int Heads, int[] KvHeads, int[] SeqLens, int[] HeadDims, bool Causal = true)
 {
@@ -98,7 +101,8 @@ public sealed record AttentionGrid(int TokensPerBatch, int Heads, int[] KvHeads,
         if (TokensPerBatch <= 0 || Heads <= 0) throw new ArgumentException("attention grid: tokens per batch and heads must be positive");
         if (KvHeads.Any(k => k <= 0 || Heads % k != 0)) throw new ArgumentException($"attention grid: kv heads must divide heads {Heads}");
         if (SeqLens.Any(t => t <= 0)) throw new ArgumentException("attention grid: sequence lengths must be positive");
-        if (HeadDims.Any(d => d != 64 && d != 128)) throw new ArgumentException("attention grid: the kernels take head dims 64 and 128");
+        if (HeadDims.Any(d => Array.IndexOf(KernelTraits.AttnV2HeadDims, d) < 0))
+            throw new ArgumentException("attention grid: the kernels take head dims 32, 64, 96 and 128 (attention.cu: 64 and 128)");
     }
 }
 

@@ -38,7 +38,11 @@ public static class KernelBenchmarks
             var r = new Runner(lib, stream, allocator, random, timer, results, log);
             r.Copy(options.CopyBytes);
             foreach (var shapes in options.Shapes) r.MemoryBound(shapes, options.Seed);
-            if (options.Attention is { } grid) r.Attention(grid);
+            if (options.Attention is { } grid)
+            {
+                r.Attention(grid);
+                r.AttentionV2(grid);
+            }
             if (options.GemmSize > 0) r.Gemm(options.GemmSize);
         }
         return BenchReport.Build(info, options, results, DateTime.UtcNow);
@@ -64,7 +68,7 @@ public static class KernelBenchmarks
                     : $"{KernelCosts.Tflops(cost.Flops, t.MedianMs):F1} TFLOP/s";
                 log?.Invoke($"{cost.Kernel} [{cost.Shape}] {t.MedianMs:F4} ms ({t.MinMs:F4}..{t.MaxMs:F4}, {t.Iters} x {t.Repeats}): {rate}");
             }
-            catch (Exception e) when (e is CudaException or ArgumentException or DllNotFoundException or EntryPointNotFoundException
+            catch (Exception e) when (e is CudaException or Engine.Core.DeviceOutOfMemoryException or ArgumentException or DllNotFoundException or EntryPointNotFoundException
                 or FileNotFoundException or InvalidOperationException)
             {
                 m = new Measurement(group, cost, null, $"{e.GetType().Name}: {e.Message}");
@@ -188,6 +192,7 @@ public static class KernelBenchmarks
         {
             foreach (var (b, t, kv, d) in grid.Cases())
             {
+                if (Array.IndexOf(AttentionShape.V1HeadDims, d) < 0) continue;   // v1 lacks this head dim: v2 rows only
                 var shape = new AttentionShape(b, t, grid.Heads, kv, d);
                 long nq = (long)b * t * grid.Heads * d, nk = (long)b * t * kv * d;
                 Measure("attention", KernelCosts.Attention(false, b, t, grid.Heads, kv, d, grid.Causal), s =>
@@ -201,6 +206,50 @@ public static class KernelBenchmarks
                     DevicePtr dout = s.Bf16(nq), dq = s.Output(2 * nq), dk = s.Output(2 * nk), dv = s.Output(2 * nk), delta = s.Output(shape.LseBytes);
                     lib.Attention.Forward(stream, shape, q, k, v, o, lse, grid.Causal);   // o and lse the backward reads
                     return () => lib.Attention.Backward(stream, shape, q, k, v, o, lse, dout, dq, dk, dv, delta, grid.Causal);
+                });
+            }
+        }
+
+        /// <summary>attention_v2.cu on the same grid (its own rows, "attention_v2_fwd" / "attention_v2_bwd"); the backward
+        /// time includes zeroing the sync array and the delta pass, as the backend runs it. On Hopper with the sm_90a
+        /// fatbin built, also attention_sm90.cu's forward ("attention_sm90_fwd"); the v2 rows then stay on mma.sync.</summary>
+        public void AttentionV2(AttentionGrid grid)
+        {
+            bool hopper = lib.AttentionV2.HopperPath;
+            try { AttentionV2Rows(grid); }
+            finally { lib.AttentionV2.HopperPath = hopper; }
+        }
+
+        private void AttentionV2Rows(AttentionGrid grid)
+        {
+            foreach (var (b, t, kv, d) in grid.Cases())
+            {
+                lib.AttentionV2.HopperPath = true;
+                if (lib.AttentionV2.UsesHopperPath(d))
+                {
+                    var hs = new AttentionShape(b, t, grid.Heads, kv, d);
+                    long hq = (long)b * t * grid.Heads * d, hk = (long)b * t * kv * d;
+                    Measure("attention", KernelCosts.Attention(false, b, t, grid.Heads, kv, d, grid.Causal, "attention_sm90"), s =>
+                    {
+                        DevicePtr q = s.Bf16(hq), k = s.Bf16(hk), v = s.Bf16(hk), o = s.Output(2 * hq), lse = s.Output(hs.LseBytes);
+                        return () => lib.AttentionV2.Forward(stream, hs, q, k, v, o, lse, grid.Causal);
+                    });
+                }
+                lib.AttentionV2.HopperPath = false;
+                var shape = new AttentionShape(b, t, grid.Heads, kv, d);
+                long nq = (long)b * t * grid.Heads * d, nk = (long)b * t * kv * d;
+                Measure("attention", KernelCosts.Attention(false, b, t, grid.Heads, kv, d, grid.Causal, "attention_v2"), s =>
+                {
+                    DevicePtr q = s.Bf16(nq), k = s.Bf16(nk), v = s.Bf16(nk), o = s.Output(2 * nq), lse = s.Output(shape.LseBytes);
+                    return () => lib.AttentionV2.Forward(stream, shape, q, k, v, o, lse, grid.Causal);
+                });
+                Measure("attention", KernelCosts.Attention(true, b, t, grid.Heads, kv, d, grid.Causal, "attention_v2"), s =>
+                {
+                    DevicePtr q = s.Bf16(nq), k = s.Bf16(nk), v = s.Bf16(nk), o = s.Output(2 * nq), lse = s.Output(shape.LseBytes);
+                    DevicePtr dout = s.Bf16(nq), dq = s.Output(2 * nq), dk = s.Output(2 * nk), dv = s.Output(2 * nk), delta = s.Output(shape.LseBytes);
+                    DevicePtr acc = s.Output(AttentionV2Kernels.DqAccumBytes(shape)), sync = s.Output(AttentionV2Kernels.SyncBytes(shape));
+                    lib.AttentionV2.Forward(stream, shape, q, k, v, o, lse, grid.Causal);
+                    return () => lib.AttentionV2.Backward(stream, shape, q, k, v, o, lse, dout, dq, dk, dv, delta, acc, sync, grid.Causal);
                 });
             }
         }

@@ -115,8 +115,10 @@ public static class KernelCosts
     public static string AttentionShapeKey(int batch, int seqLen, int heads, int kvHeads, int headDim, bool causal) =>
         $"B={batch} T={seqLen} H={heads} Hkv={kvHeads} D={headDim} {(causal ? "causal" : "full")}";
 
-    public static KernelCost Attention(bool backward, int batch, int seqLen, int heads, int kvHeads, int headDim, bool causal) =>
-        new(backward ? "attention_bwd" : "attention_fwd", AttentionShapeKey(batch, seqLen, heads, kvHeads, headDim, causal), 0,
+    /// <summary>One attention pass; <paramref name="family"/> "attention" (attention.cu) or "attention_v2" names the kernels.</summary>
+    public static KernelCost Attention(bool backward, int batch, int seqLen, int heads, int kvHeads, int headDim, bool causal,
+        string family = "attention") =>
+        new(family + (backward ? "_bwd" : "_fwd"), AttentionShapeKey(batch, seqLen, heads, kvHeads, headDim, causal), 0,
             AttentionFlops(batch, seqLen, heads, headDim, causal, backward),
             backward ? "2.5 * 4*B*H*T^2*D" + (causal ? " * 0.5" : "") : "4*B*H*T^2*D" + (causal ? " * 0.5" : ""));
 

@@ -70,6 +70,12 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCuda)] public static partial CuResult cuMemAlloc_v2(out ulong devicePtr, nuint bytes);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemFree_v2(ulong devicePtr);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemGetInfo_v2(out nuint free, out nuint total);
+    /// <summary>CUDA 12 driver API: a TMA tensor map (128 bytes; <paramref name="tensorMap"/> 64-byte aligned). The enums
+    /// are passed as int: data type bf16 = 9, interleave none = 0, swizzle 128B = 3, L2 promotion 128B = 2, OOB fill none = 0
+    /// (zeros). Older drivers lack the symbol (EntryPointNotFoundException).</summary>
+    [LibraryImport(LibCuda)]
+    public static partial CuResult cuTensorMapEncodeTiled(void* tensorMap, int dataType, uint rank, ulong globalAddress, ulong* globalDim,
+        ulong* globalStrides, uint* boxDim, uint* elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyHtoD_v2(ulong dst, void* src, nuint bytes);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoH_v2(void* dst, ulong src, nuint bytes);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoD_v2(ulong dst, ulong src, nuint bytes);

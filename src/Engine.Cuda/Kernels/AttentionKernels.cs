@@ -1,14 +1,22 @@
 namespace Engine.Cuda.Kernels;
 
-/// <summary>Attention problem size: q/o [B, T, H, D], k/v [B, T, Hkv, D], H % Hkv == 0, D 64 or 128.</summary>
+/// <summary>Attention problem size: q/o [B, T, H, D], k/v [B, T, Hkv, D], H % Hkv == 0; D 64 or 128 (attention.cu),
+/// 32, 64, 96 or 128 (attention_v2.cu).</summary>
 public readonly record struct AttentionShape(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim)
 {
-    public void Validate()
+    /// <summary>Head dims of the v1 kernels (attention.cu).</summary>
+    public static readonly int[] V1HeadDims = [64, 128];
+
+    public void Validate() => Validate(V1HeadDims, "attention.cu");
+
+    /// <summary>Sizes, and the head dim among <paramref name="headDims"/> (the kernel family named by <paramref name="kernels"/>).</summary>
+    public void Validate(int[] headDims, string kernels)
     {
         if (Batch < 0 || SeqLen < 0) throw new ArgumentException($"batch {Batch} and seq_len {SeqLen} must be >= 0");
         if (Heads <= 0 || KvHeads <= 0 || Heads % KvHeads != 0)
             throw new ArgumentException($"heads {Heads} must be a positive multiple of kv_heads {KvHeads}");
-        if (HeadDim != 64 && HeadDim != 128) throw new ArgumentException($"head dim {HeadDim} unsupported: the kernels take 64 or 128");
+        if (Array.IndexOf(headDims, HeadDim) < 0)
+            throw new ArgumentException($"head dim {HeadDim} unsupported: the {kernels} kernels take {string.Join(", ", headDims)}");
     }
     /// <summary>Bytes of the fp32 lse [B, H, T] (forward output) and of the backward's delta scratch (same size).</summary>
     public long LseBytes => (long)Batch * Heads * SeqLen * sizeof(float);
@@ -21,9 +29,9 @@ public sealed class AttentionKernels
     private readonly KernelLibrary _lib;
     internal AttentionKernels(KernelLibrary lib) => _lib = lib;
 
-    private static long Stride(long given, int heads, int d) => given == 0 ? (long)heads * d : given;
+    internal static long Stride(long given, int heads, int d) => given == 0 ? (long)heads * d : given;
 
-    private static void CheckOperand(DevicePtr p, long rowStride, long minStride, string name)
+    internal static void CheckOperand(DevicePtr p, long rowStride, long minStride, string name)
     {
         if (p.IsNull) throw new ArgumentException($"{name} is null", name);
         if (!p.IsAligned(16)) throw new ArgumentException($"{name} ({p}) must be 16-byte aligned", name);
@@ -90,6 +98,13 @@ public sealed class AttentionKernels
         long qs, long ks, long vs, long os)
     {
         shape.Validate();
+        return CommonParams(shape, q, k, v, o, lse, causal, qs, ks, vs, os);
+    }
+
+    /// <summary>The params struct both kernel families take, its operands checked (the shape is validated by the caller).</summary>
+    internal static AttentionParams CommonParams(AttentionShape shape, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o, DevicePtr lse, bool causal,
+        long qs, long ks, long vs, long os)
+    {
         int d = shape.HeadDim;
         var p = new AttentionParams
         {

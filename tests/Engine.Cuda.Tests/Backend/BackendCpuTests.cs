@@ -7,19 +7,115 @@ using RopeParams = Engine.Core.RopeParams;
 
 namespace Engine.Cuda.Tests.Backend;
 
-/// <summary>Raw device memory that hands out fake addresses (no GPU): the allocator and storages run on it unchanged.</summary>
+/// <summary>Raw device memory that hands out fake addresses (no GPU): the allocator and storages run on it unchanged.
+/// With <see cref="Total"/> set it behaves like a device of that size: allocations beyond it fail (out of memory)
+/// and it reports free/total memory like cuMemGetInfo.</summary>
 internal sealed class FakeDeviceMemory : IRawDeviceMemory
 {
     private ulong _next = 0x100000;
+    private readonly Dictionary<ulong, long> _sizes = new();
     public long Live;
+    public long? Total;
     public bool TryAllocate(long bytes, out ulong address)
     {
+        address = 0;
+        if (Total is { } t && Live + bytes > t) return false;
         address = _next;
         _next += (ulong)((bytes + 255) / 256 * 256) + 256;
         Live += bytes;
+        _sizes[address] = bytes;
         return true;
     }
-    public void Free(ulong address) { }
+    public void Free(ulong address)
+    {
+        Live -= _sizes[address];
+        _sizes.Remove(address);
+    }
+    public bool TryGetMemoryInfo(out long free, out long total)
+    {
+        (free, total) = Total is { } t ? (t - Live, t) : (0L, 0L);
+        return Total is not null;
+    }
+}
+
+public class DeviceMemoryTests
+{
+    [Fact]
+    public void OutOfMemoryNamesTheRequestAndTheDevicesFreeAndTotalMemory()
+    {
+        var raw = new FakeDeviceMemory { Total = 8L << 20 };
+        using var alloc = new CachingAllocator(raw);
+        using var held = alloc.Allocate(6L << 20);
+        alloc.Allocate(1L << 20).Dispose();               // cached: released and retried before giving up
+        var e = Assert.Throws<DeviceOutOfMemoryException>(() => alloc.Allocate(3_000_000));
+        Assert.Equal(0, alloc.Stats.CachedBytes);
+        Assert.Equal(3_000_000, e.RequestedBytes);
+        Assert.Equal(2L << 20, e.FreeBytes);              // 8 MiB device, 6 MiB held
+        Assert.Equal(8L << 20, e.TotalBytes);
+        Assert.Equal(6L << 20, e.InUseBytes);
+        Assert.Null(e.What);
+        Assert.Contains("allocating 2.9 MiB (3000000 bytes)", e.Message);
+        Assert.Contains("2.0 MiB (2097152 bytes) free of 8.0 MiB (8388608 bytes)", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+
+        var named = e.For("tensor BF16[4, 375000]");
+        Assert.Equal(e.RequestedBytes, named.RequestedBytes);
+        Assert.Contains("allocating 2.9 MiB (3000000 bytes) for tensor BF16[4, 375000]: the device has", named.Message);
+
+        var blind = new CachingAllocator(new OomWithoutInfo());
+        var u = Assert.Throws<DeviceOutOfMemoryException>(() => blind.Allocate(100));
+        Assert.Null(u.FreeBytes);
+        Assert.Contains("free memory is unknown", u.Message);
+    }
+
+    private sealed class OomWithoutInfo : IRawDeviceMemory
+    {
+        public bool TryAllocate(long bytes, out ulong address) { address = 0; return false; }
+        public void Free(ulong address) { }
+    }
+
+    [Fact]
+    public void ShadowAllocationFailureNamesTheTensorItCopies()
+    {
+        var raw = new FakeDeviceMemory { Total = 5000 };
+        using var alloc = new CachingAllocator(raw);
+        using var s = new CudaStorage(CpuBackend.Instance, alloc, DType.F32, 1000);   // 4000 bytes, the shadow needs 2048 more
+        var e = Assert.Throws<DeviceOutOfMemoryException>(() => s.Bf16Shadow(new RecordingCaster()));
+        Assert.Equal(2000, e.RequestedBytes);
+        Assert.Contains("for the bf16 copy of an F32 tensor of 1000 elements", e.Message);
+        Assert.Throws<DeviceOutOfMemoryException>(() => s.BeginFusedUpdate(0, 1000, wantShadow: true));
+    }
+
+    [Fact]
+    public void AvailableBytesCountsFreeMemoryAndTheCache()
+    {
+        var raw = new FakeDeviceMemory { Total = 1L << 20 };
+        using var alloc = new CachingAllocator(raw);
+        var a = alloc.Allocate(100_000);
+        Assert.Equal((1L << 20) - CachingAllocator.SizeClass(100_000), alloc.AvailableBytes());
+        a.Dispose();                                       // cached, not freed: still available to us
+        Assert.Equal(1L << 20, alloc.AvailableBytes());
+        Assert.Null(new CachingAllocator(new FakeDeviceMemory()).AvailableBytes());   // a device that cannot say
+    }
+
+    [Fact]
+    public void TheCliPrintsADeviceOutOfMemoryAsOneLine()
+    {
+        var err = new StringWriter();
+        var saved = Console.Error;
+        Console.SetError(err);
+        int rc;
+        try { rc = Engine.Cli.Cli.Guard(() => throw new DeviceOutOfMemoryException(1L << 30, 1L << 28, 80L << 30, 70L << 30, "tensor BF16[8, 65536]")); }
+        finally { Console.SetError(saved); }
+        Assert.Equal(2, rc);
+        string text = err.ToString().TrimEnd('\n', '\r');
+        Assert.DoesNotContain('\n', text);
+        Assert.StartsWith("error: device out of memory allocating 1.00 GiB (1073741824 bytes) for tensor BF16[8, 65536]: the device has 256.0 MiB", text);
+    }
+
+    [Fact]
+    public void TheCpuBackendsBudgetIsHostMemory() =>
+        Assert.Equal(GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, ((IBackend)CpuBackend.Instance).AvailableMemoryBytes());
 }
 
 /// <summary>Records the casts a storage asks for instead of launching a kernel.</summary>
@@ -228,11 +324,14 @@ public class BoundaryCheckTests
     [Fact]
     public void AttentionRejectsUnsupportedHeadDimsAndWrongDtypes()
     {
+        var d48 = new AttentionDims(1, 8, 4, 2, 48);
+        var e = Assert.Throws<ArgumentException>(() => CudaOpChecks.Attention("AttentionForward", d48,
+            T(DType.BF16, 8, 192), T(DType.BF16, 8, 96), T(DType.BF16, 8, 96), T(DType.BF16, 8, 192), T(DType.F32, 1, 4, 8)));
+        Assert.Contains("AttentionForward: head dim 48", e.Message);
+        Assert.Contains("32, 64, 96 or 128", e.Message);
+        // head dim 32 (every shipped config) is accepted: attention_v2.cu runs it
         var d32 = new AttentionDims(1, 8, 4, 2, 32);
-        var e = Assert.Throws<ArgumentException>(() => CudaOpChecks.Attention("AttentionForward", d32,
-            T(DType.BF16, 8, 128), T(DType.BF16, 8, 64), T(DType.BF16, 8, 64), T(DType.BF16, 8, 128), T(DType.F32, 1, 4, 8)));
-        Assert.Contains("head dim 32", e.Message);
-        Assert.Contains("64 or 128", e.Message);
+        CudaOpChecks.Attention("AttentionForward", d32, T(DType.BF16, 8, 128), T(DType.BF16, 8, 64), T(DType.BF16, 8, 64), T(DType.BF16, 8, 128), T(DType.F32, 1, 4, 8));
         var d = new AttentionDims(1, 8, 4, 2, 64);
         var q = T(DType.F32, 8, 256); q.Name = "q";
         var e2 = Assert.Throws<ArgumentException>(() => CudaOpChecks.Attention("AttentionForward", d,

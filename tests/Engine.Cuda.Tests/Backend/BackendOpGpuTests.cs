@@ -1,5 +1,6 @@
 using Engine.Core;
 using Engine.Cuda.Backend;
+using AttentionImpl = Engine.Cuda.Kernels.AttentionImpl;
 
 namespace Engine.Cuda.Tests.Backend;
 
@@ -181,12 +182,24 @@ public class BackendOpGpuTests
     }
 
     [Theory]
-    [InlineData(2, 100, 4, 2, 64)]
-    [InlineData(1, 64, 8, 8, 128)]
-    [InlineData(3, 17, 8, 1, 64)]
-    public void AttentionForwardBackward(int batch, int seq, int heads, int kvHeads, int d)
+    [InlineData(2, 100, 4, 2, 64, false)]
+    [InlineData(1, 64, 8, 8, 128, false)]
+    [InlineData(3, 17, 8, 1, 64, false)]
+    [InlineData(2, 100, 4, 2, 64, true)]     // ENGINE_ATTENTION=v2
+    [InlineData(1, 64, 8, 8, 128, true)]
+    [InlineData(2, 129, 4, 1, 32, false)]    // head dim 32 (every shipped config): v2 whatever the switch
+    [InlineData(1, 70, 4, 2, 96, false)]
+    public void AttentionForwardBackward(int batch, int seq, int heads, int kvHeads, int d, bool v2)
     {
         var be = GpuBackend.Require();
+        var saved = be.AttentionPreference;
+        be.AttentionPreference = v2 ? AttentionImpl.V2 : AttentionImpl.V1;
+        try { AttentionAgainstCpu(be, batch, seq, heads, kvHeads, d); }
+        finally { be.AttentionPreference = saved; }
+    }
+
+    private static void AttentionAgainstCpu(CudaBackend be, int batch, int seq, int heads, int kvHeads, int d)
+    {
         using var scope = new TensorScope();
         var rng = new Random(seq * heads + d);
         var dims = new AttentionDims(batch, seq, heads, kvHeads, d);

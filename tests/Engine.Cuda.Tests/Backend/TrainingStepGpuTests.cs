@@ -17,13 +17,13 @@ public class TrainingStepGpuTests
 {
     private const int Batch = 2, SeqLen = 64;
 
-    private static LlamaConfig Config(bool tied) => new()
+    private static LlamaConfig Config(bool tied, int heads = 4) => new()
     {
         VocabSize = 512,
         HiddenSize = 256,
         IntermediateSize = 512,
         NumLayers = 2,
-        NumHeads = 4,
+        NumHeads = heads,   // 4: head dim 64; 8: head dim 32 like every shipped config (attention_v2.cu)
         NumKvHeads = 2,
         MaxPositionEmbeddings = 128,
         TieWordEmbeddings = tied,
@@ -53,13 +53,14 @@ public class TrainingStepGpuTests
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void OneStepMatchesTheCpuBackend(bool tied)
+    [InlineData(false, 4)]
+    [InlineData(true, 4)]
+    [InlineData(false, 8)]
+    public void OneStepMatchesTheCpuBackend(bool tied, int heads)
     {
         var be = GpuBackend.Require();
-        using var cpu = new LlamaModel(Config(tied), CpuBackend.Instance);
-        using var gpu = new LlamaModel(Config(tied), be);
+        using var cpu = new LlamaModel(Config(tied, heads), CpuBackend.Instance);
+        using var gpu = new LlamaModel(Config(tied, heads), be);
         cpu.InitializeWeights(1234);
         gpu.InitializeWeights(1234);
         foreach (var ((name, c), (_, g)) in cpu.Parameters.Zip(gpu.Parameters))

@@ -209,7 +209,7 @@ public class KernelBenchCpuTests
         KernelBenchOptions.ForPreset("tiny").Validate();
         Assert.Throws<ArgumentException>(() => KernelBenchOptions.ForPreset("huge"));
         Assert.Throws<ArgumentException>(() => (ModelShapes.Tiny with { KvHeads = [3] }).Validate());
-        Assert.Throws<ArgumentException>(() => (AttentionGrid.Tiny with { HeadDims = [96] }).Validate());
+        Assert.Throws<ArgumentException>(() => (AttentionGrid.Tiny with { HeadDims = [48] }).Validate());
         Assert.Throws<ArgumentException>(() => new TimingOptions(Repeats: 0).Validate());
     }
 

@@ -32,7 +32,7 @@ public class KernelBenchGpuTests
         }
         string[] expected = ["copy_dtod", "rmsnorm_fwd", "rmsnorm_bwd", "swiglu_fwd", "swiglu_bwd", "rope_fwd", "rope_bwd",
             "embedding_fwd", "embedding_bwd", "crossentropy_fwd_bwd", "adamw_update_f32", "cast_f32_to_bf16", "cast_bf16_to_f32",
-            "add_bf16", "accumulate_bf16_f32", "attention_fwd", "attention_bwd", "cublas_gemm_bf16"];
+            "add_bf16", "accumulate_bf16_f32", "attention_fwd", "attention_bwd", "attention_v2_fwd", "attention_v2_bwd", "cublas_gemm_bf16"];
         Assert.Empty(expected.Except(kernels));
     }
 }

@@ -1,0 +1,171 @@
+using System.Globalization;
+using System.Text;
+using Engine.Model;
+
+namespace Engine.Training.Planning;
+
+/*
+ * Step time of a layout (all times per optimizer step, balanced stages, stated assumptions):
+ *
+ *   compute     FLOPs per token = 6N + 12·L·H·Q·T (PaLM; + 2N + 4·L·H·Q·T for the recomputed forward when
+ *               checkpointing), split over stages by their share of the FLOPs, at the achieved FLOP/s (measured by
+ *               the engine, or given); one micro-batch on the slowest stage takes t_mb = its FLOPs / achieved
+ *   pipeline    (M + P − 1) · (t_mb + 2 · t_p2p): every schedule with one forward and one backward slot per
+ *               micro-batch fills and drains P − 1 slots (bubble (P − 1)/(M + P − 1)); t_p2p sends one micro-batch's
+ *               activations [mb·T, C] in the activation dtype over the link between neighbouring stages
+ *   gradients   ring all-reduce (ZeRO-0) or reduce-scatter + all-gather (ZeRO-1/2): 2 (D − 1)/D · bytes / bandwidth
+ *               + 2 (D − 1) · latency; gradients fp32 (4 bytes per parameter of the stage). Buckets are launched during
+ *               the last micro-batch's backward, so what shows is max(all-reduce − that backward, one bucket's share)
+ *   optimizer   AdamW streams master, gradient, m, v (+ the bf16 shadow) once: ~30 bytes per owned parameter at the
+ *               device's memory bandwidth
+ *
+ * Links: a group whose ranks sit on one node uses NVLink; otherwise InfiniBand per GPU. Ranks are laid out as the
+ * engine's PipelineGrid does (rank = stage · dp + replica): a data-parallel group is consecutive ranks, a pipeline
+ * group strides by dp. Tensor parallelism is not implemented by the engine and is not planned.
+ *
+ *   pipeline efficiency = compute / step time: the share of a step spent in model FLOPs at the achieved rate
+ *   (tokens/s per device relative to one device running the same micro-batches with no communication and no bubble)
+ *   scaling efficiency = step time without the data-parallel gradient exchange / step time: tokens/s per device of
+ *   dp replicas relative to one replica of the same pipeline (weak scaling, the figure clusters report: XuanYuan's
+ *   96.8% on 100 nodes)
+ */
+
+/// <summary>One kind of accelerator: dense bf16 peak, memory, memory bandwidth.</summary>
+public sealed record DeviceSpec(string Name, double PeakTflops, double MemoryGiB, double MemoryGBps, bool Gpu)
+{
+    /// <summary>H100 SXM: 989 dense bf16 TFLOP/s, 80 GB HBM3 at 3.35 TB/s (NVIDIA datasheet).</summary>
+    public static DeviceSpec H100 => new("H100 SXM", 989, 80, 3350, true);
+    public static DeviceSpec H200 => new("H200 SXM", 989, 141, 4800, true);
+    public static DeviceSpec A100 => new("A100 SXM 80GB", 312, 80, 2039, true);
+
+    public static DeviceSpec ByName(string name) => name.ToLowerInvariant() switch
+    {
+        "h100" => H100,
+        "h200" => H200,
+        "a100" => A100,
+        _ => throw new ArgumentException($"unknown --gpu '{name}' (known: h100, h200, a100; or give --gpu-memory and --tflops)"),
+    };
+}
+
+/// <summary>Bandwidth (GB/s per device, one direction) and latency of the links inside and between nodes.</summary>
+public sealed record LinkModel(int GpusPerNode, double NvlinkGBps, double NvlinkLatencyUs, double IbGBps, double IbLatencyUs)
+{
+    /// <summary>DGX H100: NVLink 4 (NCCL all-reduce bus bandwidth ~360 GB/s measured by nccl-tests on 8 GPUs, of the
+    /// 450 GB/s per direction), 8 × 400 Gb/s NDR InfiniBand (50 GB/s per GPU; ~40 achieved), latencies of a few µs.</summary>
+    public static LinkModel DgxH100 => new(8, 360, 3, 40, 8);
+
+    public double Bandwidth(bool intraNode) => (intraNode ? NvlinkGBps : IbGBps) * 1e9;
+    public double Latency(bool intraNode) => (intraNode ? NvlinkLatencyUs : IbLatencyUs) * 1e-6;
+
+    public string Describe() =>
+        $"{GpusPerNode} GPUs per node; NVLink {NvlinkGBps:F0} GB/s, {NvlinkLatencyUs:F0} µs; InfiniBand {IbGBps:F0} GB/s per GPU, {IbLatencyUs:F0} µs";
+}
+
+/// <summary>A layout with its predicted memory and speed.</summary>
+public sealed record PlanResult(PlanLayout Layout, MemoryEstimate Memory, bool Fits, double ComputeSeconds, double BubbleSeconds,
+    double P2pSeconds, double GradientSeconds, double OptimizerSeconds, double StepSeconds, double TokensPerSecondPerDevice,
+    double Mfu, double PipelineEfficiency, double ScalingEfficiency)
+{
+    public double BubbleFraction => BubbleSeconds / StepSeconds;
+}
+
+public static class Planner
+{
+    /// <summary>Training FLOPs of one token through layers [a, b) plus the stage's embedding/head share.</summary>
+    static double StageFlopsPerToken(LlamaConfig c, PipelineStage s, int seqLen, bool checkpoint)
+    {
+        long h = c.HiddenSize, kv = (long)c.NumKvHeads * c.HeadDim;
+        double layerN = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * c.IntermediateSize;
+        double attn = 12.0 * c.NumHeads * c.HeadDim * seqLen;
+        double perLayer = 6 * layerN + attn + (checkpoint ? 2 * layerN + attn / 3 : 0);
+        double f = s.Layers * perLayer;
+        if (s.IsLast) f += 6.0 * c.VocabSize * h;
+        return f;
+    }
+
+    public static double FlopsPerToken(LlamaConfig c, int seqLen) => c.TrainingFlopsPerToken(seqLen);
+
+    /// <summary>Time of one ring collective moving 2(D − 1)/D of <paramref name="bytes"/>.</summary>
+    public static double RingSeconds(double bytes, int ranks, double bandwidth, double latency) =>
+        ranks <= 1 ? 0 : 2.0 * (ranks - 1) / ranks * bytes / bandwidth + 2.0 * (ranks - 1) * latency;
+
+    public static PlanResult Evaluate(LlamaConfig c, PlanLayout l, DeviceSpec device, LinkModel link, double achievedTflops,
+        IReadOnlyList<int>? split = null)
+    {
+        var stages = PipelineStage.Split(c.NumLayers, l.Pp, split);
+        var mem = stages.Select(s => MemoryModel.ForStage(c, l, s, device.Gpu)).MaxBy(e => e.Total)!;
+        bool fits = mem.Total <= device.MemoryGiB * (1L << 30) * 0.9;
+
+        double achieved = achievedTflops * 1e12;
+        double tokMb = (double)l.MicroBatch * l.SeqLen;
+        var slowest = stages.MaxBy(s => StageFlopsPerToken(c, s, l.SeqLen, l.Checkpoint))!;
+        double tMb = tokMb * StageFlopsPerToken(c, slowest, l.SeqLen, l.Checkpoint) / achieved;
+        double tBwdMb = tMb * (l.Checkpoint ? 0.5 : 2.0 / 3);
+
+        bool dpIntra = l.Dp <= link.GpusPerNode;
+        bool ppIntra = l.Dp * l.Pp <= link.GpusPerNode;
+        double actBytes = tokMb * c.HiddenSize * (device.Gpu ? 2 : 4);
+        double tP2p = l.Pp > 1 ? actBytes / link.Bandwidth(ppIntra) + link.Latency(ppIntra) : 0;
+
+        double compute = l.MicroBatches * tMb;
+        double bubble = (l.Pp - 1) * tMb;
+        double p2p = l.Pp > 1 ? (l.MicroBatches + l.Pp - 1) * 2 * tP2p : 0;
+
+        long n = MemoryModel.StageParameters(c, slowest);
+        double gradBytes = 4.0 * n;
+        double ring = RingSeconds(gradBytes, l.Dp, link.Bandwidth(dpIntra), link.Latency(dpIntra));
+        double buckets = Math.Max(1, gradBytes / (l.BucketMb * (1 << 20)));
+        double grads = l.Dp > 1 ? Math.Max(ring - tBwdMb, ring / buckets) : 0;
+        double owned = l.Zero >= 1 ? (double)n / l.Dp : n;
+        double opt = owned * (device.Gpu ? 30.0 : 28.0) / (device.MemoryGBps * 1e9);
+
+        double step = compute + bubble + p2p + grads + opt;
+        double tokensPerStep = (double)l.GlobalBatch * l.SeqLen;
+        double perDevice = tokensPerStep / step / l.Devices;
+        double mfu = perDevice * FlopsPerToken(c, l.SeqLen) / (device.PeakTflops * 1e12);
+        return new PlanResult(l, mem, fits, compute, bubble, p2p, grads, opt, step, perDevice, mfu, compute / step, (step - grads) / step);
+    }
+
+    /// <summary>Every (pp, dp, zero, micro-batch, checkpointing) layout of <paramref name="devices"/> devices with about the
+    /// given global batch (micro-batches per replica rounded to the nearest whole number), fitting first, fastest first.</summary>
+    public static List<PlanResult> Rank(LlamaConfig c, int devices, int globalBatch, int seqLen, DeviceSpec device, LinkModel link,
+        double achievedTflops, string schedule = "1f1b")
+    {
+        var results = new List<PlanResult>();
+        for (int pp = 1; pp <= Math.Min(devices, c.NumLayers); pp++)
+        {
+            if (devices % pp != 0) continue;
+            int dp = devices / pp;
+            foreach (int mb in new[] { 1, 2, 4, 8, 16 })
+            {
+                if (dp * mb > globalBatch) continue;
+                int m = (int)Math.Max(1, Math.Round((double)globalBatch / (dp * mb)));
+                foreach (int zero in new[] { 0, 1, 2 })
+                {
+                    if (zero > 0 && dp == 1) continue;
+                    foreach (bool ckpt in new[] { false, true })
+                        results.Add(Evaluate(c, new PlanLayout(dp, pp, zero, mb, m, seqLen, ckpt, schedule), device, link, achievedTflops));
+                }
+            }
+        }
+        return results.OrderByDescending(r => r.Fits).ThenByDescending(r => r.TokensPerSecondPerDevice).ToList();
+    }
+
+    /// <summary>The ranked table as text (the first <paramref name="top"/> rows).</summary>
+    public static string Format(IReadOnlyList<PlanResult> results, int top)
+    {
+        var sb = new StringBuilder();
+        var inv = CultureInfo.InvariantCulture;
+        sb.AppendLine("  #  dp   pp  zero  mb×M      batch  ckpt  memory/GPU  fits  step s   bubble  comm s   tok/s/GPU  MFU    pipeline  scaling");
+        int i = 0;
+        foreach (var r in results.Take(top))
+        {
+            var l = r.Layout;
+            sb.AppendLine(string.Format(inv, "{0,3}  {1,-4} {2,-3} {3,-5} {4,-9} {5,5}  {6,-5} {7,10}  {8,-4}  {9,7:F2}  {10,5:P0}  {11,7:F3}  {12,9:N0}  {13,5:P0}  {14,7:P1}  {15,7:P1}",
+                ++i, l.Dp, l.Pp, l.Zero, $"{l.MicroBatch}×{l.MicroBatches}", l.GlobalBatch, l.Checkpoint ? "yes" : "no", MemoryEstimate.Gib(r.Memory.Total),
+                r.Fits ? "yes" : "NO", r.StepSeconds, r.BubbleFraction, r.P2pSeconds + r.GradientSeconds, r.TokensPerSecondPerDevice, r.Mfu,
+                r.PipelineEfficiency, r.ScalingEfficiency));
+        }
+        return sb.ToString();
+    }
+}

@@ -1,0 +1,68 @@
+using System.CommandLine;
+using Engine.Cli.Commands;
+
+namespace Engine.Tests.Cli;
+
+/// <summary>`engine plan` and `engine train --dry-run`: ranked layouts, the memory estimate before anything is allocated,
+/// a layout that cannot fit refused in one line.</summary>
+[Collection("console")]
+public class PlanCliTests
+{
+    static (int Code, string Out, string Err) Run(params string[] args)
+    {
+        var root = new RootCommand("engine");
+        root.Subcommands.Add(PlanCommand.Create());
+        root.Subcommands.Add(TrainCommand.Create());
+        var (err, output) = (new StringWriter(), new StringWriter());
+        var (oldErr, oldOut) = (Console.Error, Console.Out);
+        Console.SetError(err);
+        Console.SetOut(output);
+        try { return (Engine.Cli.Cli.Run(root, args), output.ToString(), err.ToString()); }
+        finally { Console.SetError(oldErr); Console.SetOut(oldOut); }
+    }
+
+    static string Config(string name)
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
+            if (File.Exists(Path.Combine(d.FullName, "configs", name))) return Path.Combine(d.FullName, "configs", name);
+        throw new FileNotFoundException(name);
+    }
+
+    [Fact]
+    public void PlanRanksLayoutsOfA7BModelOnOneNode()
+    {
+        var (code, output, err) = Run("plan", "--model", "llama2-7b", "--gpus", "8", "--seq-len", "4096", "--global-batch", "256");
+        Assert.True(code == 0, err);
+        Assert.Contains("6.74B parameters", output);
+        Assert.Contains("best: dp ", output);
+        // a whole 7B replica without ZeRO needs 16 bytes per parameter before activations: over 80 GB, never first
+        var first = output.Split('\n').First(l => l.TrimStart().StartsWith("1 "));
+        Assert.DoesNotContain("NO", first);
+    }
+
+    [Fact]
+    public void PlanRefusesBadArguments()
+    {
+        var (code, _, err) = Run("plan", "--model", "llama9-1t", "--gpus", "8");
+        Assert.Equal(2, code);
+        Assert.Contains("neither a preset", err);
+        (code, _, err) = Run("plan", "--model", "llama2-7b", "--gpus", "12", "--nodes", "5");
+        Assert.Equal(2, code);
+        Assert.Contains("does not divide", err);
+    }
+
+    [Fact]
+    public void DryRunPrintsTheEstimateAndRefusesALayoutThatCannotFit()
+    {
+        var cfg = Config("tiny_shakespeare.toml");
+        var (code, output, err) = Run("train", "--config", cfg, "--dry-run");
+        Assert.True(code == 0, err);
+        Assert.Contains("stage 0:", output);
+        Assert.Contains("per device:", output);
+        (code, _, err) = Run("train", "--config", cfg, "--dry-run", "--set", "model.hidden_size=8192", "--set", "model.num_layers=48",
+            "--set", "model.intermediate_size=22016", "--set", "model.num_heads=64", "--set", "model.num_kv_heads=64");
+        Assert.Equal(2, code);
+        Assert.Contains("model does not fit", err);
+        Assert.DoesNotContain("   at ", err);
+    }
+}
