@@ -4,6 +4,11 @@ with AdamW + global-norm clipping on random tokens, fp32, eager mode (PyTorch 1.
 attention is the explicit causal softmax that HF's eager LlamaAttention uses). Prints one JSON object.
 
 Run with Debian's interpreter: OMP_NUM_THREADS=2 /usr/bin/python3 torch_llama_train.py --hidden 384 ...
+With --weights DIR (`engine bench train` passes the engine's own export: config.json + model.safetensors, F32) the
+shape comes from config.json and the weights from the safetensors file, read here without the safetensors package
+(Debian has none): 8-byte little-endian header length, JSON header, raw tensors. With --tokens FILE (int32 LE,
+(warmup + steps) x 2 x batch x seq: ids then targets per step) every step trains on the engine's own batch, so the
+first step's loss must equal the engine's (the script reports it; the harness compares).
 """
 import argparse, json, math, os, time
 import torch
@@ -57,15 +62,54 @@ class Block(nn.Module):
         return x + self.down(F.silu(self.gate(h2)) * self.up(h2))
 
 
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        if t["dtype"] != "F32":
+            raise SystemExit(f"{path}: {name} is {t['dtype']}, this peer reads F32 exports only")
+        b, e = t["data_offsets"]
+        out[name] = torch.frombuffer(bytearray(data[b:e]), dtype=torch.float32).reshape(t["shape"])
+    return out
+
+
+def load_engine_export(model, directory):
+    """Copies the engine's Hugging Face names into this module's parameters (every tensor used, every parameter set)."""
+    w = read_safetensors(os.path.join(directory, "model.safetensors"))
+    names = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "head.weight": "lm_head.weight" if "lm_head.weight" in w else "model.embed_tokens.weight"}
+    hf = {"ln1": "input_layernorm", "ln2": "post_attention_layernorm", "q": "self_attn.q_proj", "k": "self_attn.k_proj",
+          "v": "self_attn.v_proj", "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    for i in range(len(model.layers)):
+        for ours, theirs in hf.items():
+            names[f"layers.{i}.{ours}.weight"] = f"model.layers.{i}.{theirs}.weight"
+    used = set()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            src = w[names[pname]]
+            if tuple(src.shape) != tuple(p.shape):
+                raise SystemExit(f"{directory}: {names[pname]} has shape {tuple(src.shape)}, the peer expects {tuple(p.shape)}")
+            p.copy_(src)
+            used.add(names[pname])
+    unused = set(w) - used
+    if unused:
+        raise SystemExit(f"{directory}: tensors the peer did not use: {sorted(unused)[:5]}")
+
+
 class Llama(nn.Module):
     def __init__(self, a):
         super().__init__()
         self.embed = nn.Embedding(a.vocab, a.hidden)
-        self.layers = nn.ModuleList([Block(a.hidden, a.heads, a.kv_heads, a.ffn, 1e-5) for _ in range(a.layers)])
-        self.norm = RMSNorm(a.hidden, 1e-5)
+        self.layers = nn.ModuleList([Block(a.hidden, a.heads, a.kv_heads, a.ffn, a.eps) for _ in range(a.layers)])
+        self.norm = RMSNorm(a.hidden, a.eps)
         self.head = nn.Linear(a.hidden, a.vocab, bias=False)
         d = a.hidden // a.heads
-        inv = 1.0 / (10000.0 ** (torch.arange(0, d, 2).float() / d))
+        inv = 1.0 / (a.rope_theta ** (torch.arange(0, d, 2).float() / d))
         f = torch.outer(torch.arange(a.seq).float(), inv)
         emb = torch.cat((f, f), dim=-1)
         self.register_buffer("cos", emb.cos()[None, None])
@@ -87,15 +131,34 @@ def main():
     p = argparse.ArgumentParser()
     for k, v in dict(hidden=384, layers=6, heads=6, kv_heads=2, ffn=1024, vocab=8192, seq=256, batch=8, steps=6, warmup=2).items():
         p.add_argument("--" + k.replace("_", "-"), type=int, default=v, dest=k)
+    p.add_argument("--weights", help="the engine's export (config.json + model.safetensors, F32)")
+    p.add_argument("--tokens", help="int32 batches written by the engine")
+    p.add_argument("--lr", type=float, default=1e-4)
     a = p.parse_args()
+    a.eps, a.rope_theta = 1e-5, 10000.0
+    if a.weights:
+        with open(os.path.join(a.weights, "config.json")) as f:
+            c = json.load(f)
+        a.hidden, a.layers, a.heads = c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"]
+        a.kv_heads, a.ffn, a.vocab = c.get("num_key_value_heads", a.heads), c["intermediate_size"], c["vocab_size"]
+        a.eps, a.rope_theta = c.get("rms_norm_eps", 1e-5), c.get("rope_theta", 10000.0)
     torch.manual_seed(0)
     model = Llama(a)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    if a.weights:
+        load_engine_export(model, a.weights)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
     g = torch.Generator().manual_seed(1)
-    times = []
+    batches = None
+    if a.tokens:
+        raw = torch.frombuffer(bytearray(open(a.tokens, "rb").read()), dtype=torch.int32).long()
+        batches = raw.reshape(a.warmup + a.steps, 2, a.batch, a.seq)
+    times, losses = [], []
     for step in range(a.warmup + a.steps):
-        ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
-        tg = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
+        if batches is not None:
+            ids, tg = batches[step, 0], batches[step, 1]
+        else:
+            ids = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
+            tg = torch.randint(0, a.vocab, (a.batch, a.seq), generator=g)
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = model(ids, tg)
@@ -103,8 +166,10 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         dt = time.perf_counter() - t0
+        losses.append(float(loss))
         if step >= a.warmup:
             times.append(dt)
+    step_seconds = list(times)
     times.sort()
     median = times[len(times) // 2]
     print(json.dumps({
@@ -115,6 +180,9 @@ def main():
         "step_seconds_median": median,
         "tokens_per_s": a.batch * a.seq / median,
         "final_loss": float(loss),
+        "first_loss": losses[0],
+        "step_seconds": step_seconds,
+        "weights": a.weights,
     }))
 
 

@@ -16,14 +16,21 @@ public sealed class CpuBackend : IBackend
 
     public DType ActivationDType => DType.F32;
 
-    public Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32) =>
-        new(new CpuStorage(this, dtype, Shape.Numel(shape), zero: false), 0, shape.ToArray(), ownsStorage: true);
+    public Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32)
+    {
+        using var _p = Profiler.Op("empty", 0);
+        return new(new CpuStorage(this, dtype, Shape.Numel(shape), zero: false), 0, shape.ToArray(), ownsStorage: true);
+    }
 
-    public Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32) =>
-        new(new CpuStorage(this, dtype, Shape.Numel(shape), zero: true), 0, shape.ToArray(), ownsStorage: true);
+    public Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32)
+    {
+        using var _p = Profiler.Op("zeros", Shape.Numel(shape) * dtype.Size());
+        return new(new CpuStorage(this, dtype, Shape.Numel(shape), zero: true), 0, shape.ToArray(), ownsStorage: true);
+    }
 
     public void Upload(Tensor dst, ReadOnlySpan<float> src)
     {
+        using var _p = Profiler.Op("upload", dst);
         if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
         if (dst.DType == DType.BF16) BFloat16.FromFloat(src, dst.HalfSpan);
         else src.CopyTo(dst.Span);
@@ -31,12 +38,14 @@ public sealed class CpuBackend : IBackend
 
     public void Upload(Tensor dst, ReadOnlySpan<int> src)
     {
+        using var _p = Profiler.Op("upload", dst);
         if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
         src.CopyTo(dst.IntSpan);
     }
 
     public void Download(Tensor src, Span<float> dst)
     {
+        using var _p = Profiler.Op("download", src);
         switch (src.DType)
         {
             case DType.F32: src.Span.CopyTo(dst); break;
@@ -50,6 +59,7 @@ public sealed class CpuBackend : IBackend
 
     public void Fill(Tensor t, float value)
     {
+        using var _p = Profiler.Op("fill", t);
         switch (t.DType)
         {
             case DType.F32: t.Span.Fill(value); break;
@@ -60,6 +70,7 @@ public sealed class CpuBackend : IBackend
 
     public void Copy(Tensor src, Tensor dst)
     {
+        using var _p = Profiler.Op("copy", src, dst);
         if (src.Numel != dst.Numel) throw new ArgumentException($"copy {src.Describe()} → {dst.Describe()}: sizes differ");
         if (src.DType == dst.DType)
         {
@@ -77,6 +88,7 @@ public sealed class CpuBackend : IBackend
 
     public void MatMul(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
     {
+        using var _p = Profiler.Op("matmul", a, b, c);
         if (a.Rank != 2 || b.Rank != 2 || c.Rank != 2) throw new ArgumentException($"MatMul takes 2-D tensors: {a.Describe()}, {b.Describe()}, {c.Describe()}");
         int m = transA ? a.Shape[1] : a.Shape[0], k = transA ? a.Shape[0] : a.Shape[1];
         int kb = transB ? b.Shape[1] : b.Shape[0], n = transB ? b.Shape[0] : b.Shape[1];
@@ -85,18 +97,28 @@ public sealed class CpuBackend : IBackend
         Gemm.Sgemm(transA, transB, m, n, k, alpha, a.Span, a.Shape[1], b.Span, b.Shape[1], beta, c.Span, n);
     }
 
-    public void Add(Tensor a, Tensor b, Tensor y) => TensorPrimitives.Add(a.Span, b.Span, y.Span);
+    public void Add(Tensor a, Tensor b, Tensor y)
+    {
+        using var _p = Profiler.Op("add", a, b, y);
+        TensorPrimitives.Add(a.Span, b.Span, y.Span);
+    }
 
     public void AddInPlace(Tensor acc, Tensor x, float alpha)
     {
+        using var _p = Profiler.Op("add_in_place", acc, x);
         if (alpha == 1f) TensorPrimitives.Add(acc.Span, x.Span, acc.Span);
         else TensorPrimitives.MultiplyAdd(x.Span, alpha, acc.Span, acc.Span);
     }
 
-    public void Scale(Tensor t, float s) => TensorPrimitives.Multiply(t.Span, s, t.Span);
+    public void Scale(Tensor t, float s)
+    {
+        using var _p = Profiler.Op("scale", t);
+        TensorPrimitives.Multiply(t.Span, s, t.Span);
+    }
 
     public double SumOfSquares(Tensor t)
     {
+        using var _p = Profiler.Op("sum_of_squares", t);
         // chunked fp32 partials summed in double: accurate and deterministic
         var s = t.Span;
         double total = 0;
@@ -107,6 +129,7 @@ public sealed class CpuBackend : IBackend
 
     public double Sum(Tensor t)
     {
+        using var _p = Profiler.Op("sum", t);
         var s = t.Span;
         double total = 0;
         for (int i = 0; i < s.Length; i += 65536)
@@ -114,14 +137,21 @@ public sealed class CpuBackend : IBackend
         return total;
     }
 
-    public void RmsNormForward(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps) =>
+    public void RmsNormForward(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps)
+    {
+        using var _p = Profiler.Op("rmsnorm_forward", x, w, y, rstd);
         RmsNormCpu.Forward(x.Span, w.Span, y.Span, rstd.Span, (int)(x.Numel / w.Numel), (int)w.Numel, eps);
+    }
 
-    public void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate) =>
+    public void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate)
+    {
+        using var _p = Profiler.Op("rmsnorm_backward", dy, x, w, rstd, dx, dwAccumulate);
         RmsNormCpu.Backward(dy.Span, x.Span, w.Span, rstd.Span, dx.Span, dwAccumulate.Span, (int)(x.Numel / w.Numel), (int)w.Numel);
+    }
 
     public void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse)
     {
+        using var _p = Profiler.Op("rope", x, y);
         (float[] cos, float[] sin) tables;
         lock (ropeLock)
         {
@@ -138,31 +168,57 @@ public sealed class CpuBackend : IBackend
 
     static AttentionCpu.Dims Kernel(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
 
-    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d) =>
+    public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
+    {
+        using var _p = Profiler.Op("attention_forward", q, k, v, o, lse);
         AttentionCpu.Forward(q.Span, k.Span, v.Span, o.Span, lse.Span, Kernel(d));
+    }
 
-    public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d) =>
+    public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d)
+    {
+        using var _p = Profiler.Op("attention_backward", dout, q, k, v, o, lse, dq, dk, dv);
         AttentionCpu.Backward(dout.Span, q.Span, k.Span, v.Span, o.Span, lse.Span, dq.Span, dk.Span, dv.Span, Kernel(d));
+    }
 
-    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset) =>
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)
+    {
+        using var _p = Profiler.Op("attention_decode", q, kCache, vCache, o);
         AttentionCpu.Decode(q.Span, kCache.Span, vCache.Span, o.Span, q.Shape[0], heads, kvHeads, headDim, positionOffset);
+    }
 
-    public void SwiGluForward(Tensor gate, Tensor up, Tensor h) => SwiGluCpu.Forward(gate.Span, up.Span, h.Span);
+    public void SwiGluForward(Tensor gate, Tensor up, Tensor h)
+    {
+        using var _p = Profiler.Op("swiglu_forward", gate, up, h);
+        SwiGluCpu.Forward(gate.Span, up.Span, h.Span);
+    }
 
-    public void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup) =>
+    public void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup)
+    {
+        using var _p = Profiler.Op("swiglu_backward", dh, gate, up, dgate, dup);
         SwiGluCpu.Backward(dh.Span, gate.Span, up.Span, dgate.Span, dup.Span);
+    }
 
-    public void EmbeddingForward(Tensor ids, Tensor table, Tensor y) =>
+    public void EmbeddingForward(Tensor ids, Tensor table, Tensor y)
+    {
+        using var _p = Profiler.Op("embedding_forward", ids, table, y);
         EmbeddingCpu.Forward(ids.IntSpan, table.Span, y.Span, table.Shape[0], table.Shape[1]);
+    }
 
-    public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate) =>
+    public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate)
+    {
+        using var _p = Profiler.Op("embedding_backward", ids, dy, dtableAccumulate);
         EmbeddingCpu.Backward(ids.IntSpan, dy.Span, dtableAccumulate.Span, dtableAccumulate.Shape[1]);
+    }
 
-    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale) =>
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+    {
+        using var _p = Profiler.Op("cross_entropy", logits, targets, losses, lse);
         CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale);
+    }
 
     public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)
     {
+        using var _p = Profiler.Op("chunk_sum_of_squares", x, partials);
         ArgumentOutOfRangeException.ThrowIfLessThan(chunk, 1);
         var xs = x.Span;
         var ps = partials.Span;
@@ -188,6 +244,7 @@ public sealed class CpuBackend : IBackend
 
     public void GradNormFinalize(Tensor partials, float maxNorm, Tensor result)
     {
+        using var _p = Profiler.Op("grad_norm_finalize", partials, result);
         double s = 0;
         foreach (float p in partials.Span) s += p;
         float sum = (float)s, norm = (float)Math.Sqrt(s);
@@ -199,6 +256,7 @@ public sealed class CpuBackend : IBackend
 
     public void AdamW(Tensor master, Tensor grad, Tensor m, Tensor v, ReadOnlySpan<AdamWRun> runs, AdamWStep step, Tensor? gradScale = null)
     {
+        using var _p = Profiler.Op("adamw", AdamWBytes(runs));
         float scale = step.GradScale;
         if (gradScale != null)
         {
@@ -217,6 +275,7 @@ public sealed class CpuBackend : IBackend
 
     public double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda)
     {
+        using var _p = Profiler.Op("ewc", param, anchor, fisher, grad);
         var p = param.Span; var a = anchor.Span; var f = fisher.Span; var g = grad.Span;
         double penalty = 0;
         for (int i = 0; i < p.Length; i++)
@@ -228,5 +287,17 @@ public sealed class CpuBackend : IBackend
         return 0.5 * lambda * penalty;
     }
 
-    public void AddSquare(Tensor acc, Tensor x) => TensorPrimitives.FusedMultiplyAdd(x.Span, x.Span, acc.Span, acc.Span);
+    public void AddSquare(Tensor acc, Tensor x)
+    {
+        using var _p = Profiler.Op("add_square", acc, x);
+        TensorPrimitives.FusedMultiplyAdd(x.Span, x.Span, acc.Span, acc.Span);
+    }
+
+    /// <summary>Bytes an AdamW launch touches: master, gradient, m and v (fp32) of every run.</summary>
+    static long AdamWBytes(ReadOnlySpan<AdamWRun> runs)
+    {
+        long n = 0;
+        foreach (var r in runs) n += r.Count;
+        return 16 * n;
+    }
 }

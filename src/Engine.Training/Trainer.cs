@@ -40,8 +40,8 @@ public sealed class Trainer
         this.backend = backend;
     }
 
-    /// <summary>Called after every step (progress display).</summary>
-    public Action<StepMetrics>? OnStep { get; set; }
+    /// <summary>Called after every step on the lead rank with its metrics.jsonl record (progress display).</summary>
+    public Action<Metrics.StepRecord>? OnStep { get; set; }
     /// <summary>Called with one-line status messages.</summary>
     public Action<string>? OnMessage { get; set; }
 
@@ -140,7 +140,12 @@ public sealed class Trainer
             if (resumed != null) ResumeCheck.TruncateMetrics(metricsPath, e => e.GetProperty("step").GetInt32() <= resumed.State.Step);
         }
         comm.Barrier();
-        using var metrics = lead ? new StreamWriter(metricsPath, append: resumed != null) : null;
+        var launch = Engine.Parallel.Launch.LaunchEnvironment.Detect();
+        var throughput = Metrics.Throughput.For(backend, model.Config, T, comm.WorldSize, nodes: launch.WorldSize > 1 ? Math.Max(1, launch.WorldSize / launch.LocalWorldSize) : 1);
+        Say($"MFU peak: {throughput.PeakSource}");
+        using var metrics = new Metrics.MetricsLog(comm, backend, throughput, metricsPath, append: resumed != null,
+            tensorBoardDir: cfg.Output.Tensorboard ? Path.Combine(outDir, "tensorboard") : null);
+        if (metrics.TensorBoardFile is { } tb) Say($"TensorBoard events: {tb}");
         var rng = new Rng(cfg.Train.Seed);
         if (resumed != null)
         {
@@ -188,10 +193,9 @@ public sealed class Trainer
         var steps = TrainingLoop.Run(model, new CorpusBatches(corpus, rng), options, opt, ewc: null,
             onStep: m =>
             {
-                metrics?.WriteLine(MetricsJson(m));
-                metrics?.Flush();
+                var record = metrics.Record(m);
                 if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps) Save(m);
-                if (lead) OnStep?.Invoke(m);
+                if (lead) OnStep?.Invoke(record);
             },
             validate: () => (lastValid = runner != null ? PipelineValidationLoss(runner, corpus) : ValidationLoss(model, corpus)).Value,
             cancel: cancel,
@@ -267,25 +271,6 @@ public sealed class Trainer
         node.Remove(nameof(ModelSection.CheckpointActivations));
         return node.ToJsonString();
     }
-
-    /// <summary>One JSON line of metrics.jsonl (a skipped step has no loss or norm: null).</summary>
-    public static string MetricsJson(StepMetrics m) => JsonSerializer.Serialize(new
-    {
-        step = m.Step,
-        loss = Finite(m.Loss),
-        lr = m.Lr,
-        grad_norm = Finite(m.GradNorm),
-        skipped = m.Skipped ? true : (bool?)null,
-        skipped_steps = m.SkippedSteps,
-        tokens = m.Tokens,
-        tokens_per_s = m.TokensPerSecond,
-        elapsed_s = m.ElapsedSeconds,
-        valid_loss = m.ValidLoss,
-        source_loss = m.SourceLosses,
-        ewc_penalty = m.EwcPenalty,
-    });
-
-    static double? Finite(double v) => double.IsFinite(v) ? v : null;
 
     sealed class CorpusBatches(TokenCorpus corpus, Rng rng) : IBatchSource
     {

@@ -67,10 +67,12 @@ public sealed record GuardOptions
 }
 
 
-/// <summary>What one optimizer step did; SourceLosses holds the mean token loss per data source in the step.</summary>
+/// <summary>What one optimizer step did; SourceLosses holds the mean token loss per data source in the step.
+/// StepSeconds: this rank's wall time of the step (validation excluded); ComputeSeconds: its time up to the gradient
+/// wait (batches, forward, backward), whose spread over ranks shows stragglers.</summary>
 public sealed record StepMetrics(int Step, int TotalSteps, double Loss, double Lr, double GradNorm, long Tokens,
     double TokensPerSecond, double ElapsedSeconds, double? ValidLoss, IReadOnlyDictionary<string, double>? SourceLosses = null,
-    double EwcPenalty = 0, bool Skipped = false, int SkippedSteps = 0);
+    double EwcPenalty = 0, bool Skipped = false, int SkippedSteps = 0, double StepSeconds = 0, double ComputeSeconds = 0);
 
 /// <summary>
 /// The training loop (TorchTitan shape, ~one screen): the global batch (world size × grad_accum micro-batches of the
@@ -101,6 +103,8 @@ public static class TrainingLoop
         {
             cancel.ThrowIfCancellationRequested();
             double stepStart = clock.Elapsed.TotalSeconds;
+            long stepTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
+            var stepRegion = Profiler.Time("step");
             double lr = Schedule.LearningRate(o.Schedule, o.Optim.Lr, step, o.Steps);
             if (o.SkipBatches is { } sk && step + 1 >= sk.First && step + 1 <= sk.Last)
             {
@@ -161,6 +165,7 @@ public static class TrainingLoop
                     dp.EndMicroBatch();
                 }
             }
+            double compute = System.Diagnostics.Stopwatch.GetElapsedTime(stepTimestamp).TotalSeconds;
             dp.FinishGradients();
             pipeline?.SyncTiedEmbedding();
             double penalty = ewc?.Apply(model, dp) ?? 0;
@@ -186,6 +191,8 @@ public static class TrainingLoop
             }
             if (skip) skipped++;
             tokens += (long)world * A * o.BatchSize * o.SeqLen;
+            stepRegion.Dispose();
+            double stepSeconds = System.Diagnostics.Stopwatch.GetElapsedTime(stepTimestamp).TotalSeconds;
             double? v = null;
             if (validate != null && (step == o.Steps - 1 || (o.EvalEvery > 0 && (step + 1) % o.EvalEvery == 0)))
             {
@@ -196,7 +203,7 @@ public static class TrainingLoop
             double trainSeconds = clock.Elapsed.TotalSeconds - evalSeconds;
             var perSource = perSourceSums.Where(kv => kv.Value.Count > 0).ToDictionary(kv => kv.Key, kv => kv.Value.Sum / kv.Value.Count, StringComparer.Ordinal);
             var m = new StepMetrics(step + 1, o.Steps, lossSum, lr, norm, tokens, (tokens - o.StartTokens) / Math.Max(trainSeconds, 1e-9),
-                clock.Elapsed.TotalSeconds, v, perSource, penalty, skip, skipped);
+                clock.Elapsed.TotalSeconds, v, perSource, penalty, skip, skipped, stepSeconds, compute);
             steps.Add(m);
             control?.StepDone(clock.Elapsed.TotalSeconds - stepStart);
             onStep?.Invoke(m);

@@ -58,16 +58,18 @@ public class MpiProcessTests
                 EngineProcess.BaseEnvironment(), Limit);
             Assert.True(r.ExitCode == 0, r.All);
             Assert.Contains("bench comm: every result checked OK", r.Stdout);
-            var json = JsonNode.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(dir, "comm-mpi-2ranks-*.json"))))!;
-            Assert.Equal(2, json["world_size"]!.GetValue<int>());
-            var results = json["results"]!.AsArray();
+            // one engine.bench/1 file (the writer every suite uses): an entry per operation and size, median = busbw
+            var json = JsonNode.Parse(File.ReadAllText(Assert.Single(Directory.GetFiles(dir, "comm-*.json"))))!;
+            Assert.Equal("engine.bench/1", json["schema"]!.GetValue<string>());
+            Assert.Equal(2, json["config"]!["world_size"]!.GetValue<int>());
+            var results = json["benchmarks"]!.AsArray();
             Assert.Equal(4 * 5, results.Count);   // 4 operations × 4, 8, 16, 32, 64 KiB
             foreach (var m in results)
             {
-                Assert.Equal("ok", m!["check"]!.GetValue<string>());
-                double alg = m["algbw_gbps"]!.GetValue<double>(), bus = m["busbw_gbps"]!.GetValue<double>();
-                double factor = m["op"]!.GetValue<string>() switch { "all_reduce" => 1.0, "broadcast" => 1.0, _ => 0.5 };
-                Assert.True(Math.Abs(bus - alg * factor) <= 1e-3 + 1e-3 * alg, $"busbw {bus} vs algbw {alg} for {m["op"]}");
+                Assert.Null(m!["error"]);
+                double alg = m["params"]!["algbw_gbps"]!.GetValue<double>(), bus = m["median"]!.GetValue<double>();
+                double factor = m["params"]!["op"]!.GetValue<string>() switch { "all_reduce" => 1.0, "broadcast" => 1.0, _ => 0.5 };
+                Assert.True(Math.Abs(bus - alg * factor) <= 1e-3 + 1e-3 * alg, $"busbw {bus} vs algbw {alg} for {m["name"]}");
             }
         }
         finally { Directory.Delete(dir, recursive: true); }

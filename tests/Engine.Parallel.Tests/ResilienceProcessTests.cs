@@ -16,16 +16,6 @@ public class ResilienceProcessTests
 {
     static readonly TimeSpan Limit = TimeSpan.FromMinutes(4);
 
-    static string DataDir()
-    {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
-        {
-            var candidate = Path.Combine(d.FullName, "shared", "data");
-            if (Directory.Exists(candidate)) return candidate;
-        }
-        throw new DirectoryNotFoundException("shared/data not found above " + AppContext.BaseDirectory);
-    }
-
     static string Config(string dir, string name, int steps, int every)
     {
         string path = Path.Combine(dir, name + ".toml");
@@ -38,7 +28,7 @@ public class ResilienceProcessTests
             num_kv_heads = 2
             max_position_embeddings = 64
             [data]
-            train = ["{Path.Combine(DataDir(), "general_en", "tinyshakespeare.txt")}"]
+            train = ["{Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")}"]
             valid_fraction = 0.02
             [train]
             seq_len = 32

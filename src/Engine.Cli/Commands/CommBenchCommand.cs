@@ -1,6 +1,4 @@
 using System.CommandLine;
-using System.Globalization;
-using System.Text.Json;
 using Engine.Core;
 using Engine.Core.Distributed;
 using Engine.Parallel;
@@ -46,10 +44,11 @@ public static class CommBenchCommand
         var dtype = new Option<string>("--dtype") { Description = "f32 or bf16", DefaultValueFactory = _ => "f32" };
         var iters = new Option<int?>("--iters") { Description = "timed iterations per size (default: ~256 MiB of payload, 3..100)" };
         var warmup = new Option<int>("--warmup") { Description = "untimed iterations per size", DefaultValueFactory = _ => 2 };
-        var output = new Option<string?>("--out") { Description = "results folder: rank 0 writes comm-<kind>-<N>ranks-<date>.json there" };
+        var output = new Option<string?>("--out") { Description = "results folder: rank 0 writes an engine.bench/1 comm-<date>.json there ('-' prints it)", DefaultValueFactory = _ => "benchmarks/results" };
+        var shared = new Option<bool>("--shared") { Description = "record that the machine was shared while measuring" };
         var cmd = new Command("comm", "bus bandwidth of all_reduce, reduce_scatter, all_gather and broadcast (nccl-tests' algbw/busbw), every result checked")
         {
-            device, minBytes, maxBytes, dtype, iters, warmup, output,
+            device, minBytes, maxBytes, dtype, iters, warmup, output, shared,
         };
         cmd.SetAction(parse => WithCommunicator(parse.GetValue(device)!, comm =>
         {
@@ -62,17 +61,14 @@ public static class CommBenchCommand
                 Warmup = parse.GetValue(warmup),
             };
             if (comm.Rank == 0) Console.WriteLine($"bench comm: {comm.Kind}, {comm.WorldSize} rank(s), {comm.Backend.Name}, {o.DType}, {Environment.ProcessorCount} cores");
+            var start = DateTimeOffset.UtcNow;
             var result = CommBenchmark.Run(comm, o, Console.WriteLine);
             bool ok = result["all_checks_ok"]!.GetValue<bool>();
             if (comm.Rank == 0)
             {
-                if (parse.GetValue(output) is { } dir)
-                {
-                    Directory.CreateDirectory(dir);
-                    string path = Path.Combine(dir, string.Create(CultureInfo.InvariantCulture, $"comm-{comm.Kind}-{comm.WorldSize}ranks-{DateTime.UtcNow:yyyy-MM-dd}.json"));
-                    File.WriteAllText(path, result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
-                    Console.WriteLine($"wrote {path}");
-                }
+                bool gpu = comm.Backend is IDeviceStats;
+                BenchCommand.RunSuite("comm", () => BenchCommand.CommEntries(result, gpu ? "cuda:0" : "cpu"), parse.GetValue(output), parse.GetValue(shared),
+                    Console.Out, Engine.Observability.Results.MachineProbe.Describe(probeGpus: gpu), start);
                 Console.WriteLine(ok ? "bench comm: every result checked OK" : "bench comm: CHECK FAILED (see the check column)");
             }
             return ok ? 0 : 1;

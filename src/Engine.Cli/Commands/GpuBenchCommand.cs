@@ -1,7 +1,7 @@
 using System.CommandLine;
-using System.Text.Json;
 using Engine.Cuda;
 using Engine.Cuda.Bench;
+using Engine.Observability.Results;
 
 namespace Engine.Cli.Commands;
 
@@ -13,7 +13,7 @@ public static class GpuBenchCommand
 
     public static Command Create()
     {
-        var output = new Option<string?>("--out") { Description = "results folder: writes kernels-<device>-<date>.json there (- prints the JSON instead)", DefaultValueFactory = _ => "benchmarks/results" };
+        var output = new Option<string?>("--out") { Description = "results folder: writes an engine.bench/1 kernels-<date>.json there (- prints the JSON instead)", DefaultValueFactory = _ => "benchmarks/results" };
         var sdpa = new Option<string?>("--sdpa") { Description = "JSON from benchmarks/scripts/sdpa_bench.py, same GPU and run: adds ratio_vs_sdpa to attention" };
         var preset = new Option<string>("--preset") { Description = "full (7B-step + small shapes, attention grid, 1 GiB copy, 8192^3 GEMM) or tiny (seconds)", DefaultValueFactory = _ => "full" };
         var commit = new Option<string>("--commit") { Description = "commit recorded in the JSON", DefaultValueFactory = _ => "unknown" };
@@ -47,18 +47,19 @@ public static class GpuBenchCommand
             stdout.WriteLine($"device: {device}; preset {options.Preset}; SDPA results: {(options.Sdpa is { } s ? $"{s.Count} timings" : "none")}");
             var report = KernelBenchmarks.Run(device!, lib, options, stdout.WriteLine);
             foreach (string line in BenchReport.Table(report)) stdout.WriteLine(line);
-            string json = report.ToJsonString(new JsonSerializerOptions { WriteIndented = true });
-            if (args.OutDir is { Length: > 0 } dir && dir != "-")
+            // one writer for every suite: the kernel report read as engine.bench/1 (LegacyResults' kernel-bench mapping)
+            var (commit, dirty) = MachineProbe.Git();
+            var result = LegacyResults.Convert(report, "kernels") with
             {
-                Directory.CreateDirectory(dir);
-                string file = Path.Combine(dir, BenchReport.FileName(device!.Name, DateTime.UtcNow));
-                File.WriteAllText(file, json + "\n");
-                stdout.WriteLine($"wrote {file}");
-            }
-            else
-            {
-                stdout.WriteLine(json);
-            }
+                Suite = "kernels",
+                Commit = args.Commit != "unknown" ? args.Commit : commit,
+                Dirty = dirty,
+                Command = "engine " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)),
+                ConvertedFrom = null,
+                Extra = new System.Text.Json.Nodes.JsonObject { ["kernel_report"] = report.DeepClone() },
+            };
+            if (args.OutDir is { Length: > 0 } dir && dir != "-") stdout.WriteLine($"wrote {BenchResultIO.Write(result, dir)}");
+            else stdout.Write(BenchResultIO.ToJson(result));
             int failed = report["measurements"]!.AsArray().Count(m => m?["error"] is not null);
             if (failed > 0) stderr.WriteLine($"{failed} measurement(s) failed: see their \"error\" fields");
             return failed > 0 ? 1 : 0;

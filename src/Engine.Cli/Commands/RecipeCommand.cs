@@ -82,8 +82,8 @@ public static class RecipeCommand
         runner.OnStep = (stage, m) =>
         {
             if (m.Step % 25 == 0 || m.Step == m.TotalSteps)
-                Console.WriteLine($"[{stage}] " + TrainCommand.FormatStep(m) + " | " + progress.Describe(m.Step, m.ElapsedSeconds) +
-                    (m.SourceLosses is { Count: > 0 } sl ? "  " + string.Join(" ", sl.OrderBy(k => k.Key).Select(k => $"{k.Key}:{k.Value:F2}")) : ""));
+                Console.WriteLine($"[{stage}] " + TrainCommand.FormatStep(m) + " | " + progress.Describe(m.Step, m.ElapsedS) +
+                    (m.SourceLoss is { Count: > 0 } sl ? "  " + string.Join(" ", sl.OrderBy(k => k.Key).Select(k => $"{k.Key}:{k.Value:F2}")) : ""));
         };
         var wall = System.Diagnostics.Stopwatch.StartNew();
         if (comm.Rank == 0)

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using Engine.Training;
 using Engine.Training.Config;
+using Engine.Training.Metrics;
 using Spectre.Console;
 
 namespace Engine.Cli.Commands;
@@ -13,11 +14,12 @@ public static class TrainCommand
         var device = new Option<string?>("--device") { Description = "cpu or cuda (overrides train.device)" };
         var set = new Option<string[]>("--set") { Description = "override a config key: --set train.steps=50 (repeatable)", AllowMultipleArgumentsPerToken = true };
         var dryRun = new Option<bool>("--dry-run") { Description = "print the per-device memory estimate of the configured layout and exit (refuses one that cannot fit)" };
+        var profile = new Option<bool>("--profile") { Description = "per-op time, calls and bytes (CPU: Stopwatch per backend op; CUDA: event pairs), NVTX ranges when libnvToolsExt is present; printed at the end and written to output.dir/profile.txt" };
         var resume = new Option<string?>("--resume") { Description = "continue exactly from a checkpoint: a directory, 'latest' (the newest under output.dir/checkpoints) or 'auto' (the newest that validates; a fresh start when none)" };
         var initFrom = new Option<string?>("--init-from") { Description = "start a new run from these weights only (a checkpoint or Hugging Face directory): fresh optimizer, schedule and data" };
         var stop = StopOptions.Create();
         var skip = new Option<string?>("--skip-batches") { Description = "A-B: draw but do not train on the batches of steps A..B (bad data found after a crash)" };
-        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, initFrom, skip, dryRun };
+        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, initFrom, skip, dryRun, profile };
         stop.AddTo(cmd);
         cmd.SetAction(parse => Cli.Guard(() =>
         {
@@ -41,7 +43,9 @@ public static class TrainCommand
                 if (comm.Rank == 0) Console.WriteLine(plan);
                 return 0;
             }
-            var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0);
+            if (parse.GetValue(profile)) Engine.Core.Profiler.Enabled = true;
+            StepRecord? last = null;
+            var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0, onRecord: r => last = r);
             if (comm.Rank != 0) return 0;
             if (result.StoppedReason != null)
             {
@@ -49,7 +53,14 @@ public static class TrainCommand
                 return 0;
             }
             AnsiConsole.MarkupLine($"[green]done[/]: {result.Steps.Count} steps, final train loss {result.Steps[^1].Loss:F4}" +
-                (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s");
+                (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s" +
+                (last?.Mfu is { } mfu ? FormattableString.Invariant($", MFU {mfu * 100:F1}%") : ""));
+            if (Engine.Core.Profiler.Enabled)
+            {
+                string report = ProfileSummary(result.Steps.Sum(s => s.StepSeconds));
+                Console.WriteLine(report);
+                File.WriteAllText(Path.Combine(result.OutputDir, "profile.txt"), report);
+            }
             AnsiConsole.MarkupLine($"weights: [blue]{Markup.Escape(result.WeightsDir)}[/]  metrics: [blue]{Markup.Escape(Path.Combine(result.OutputDir, "metrics.jsonl"))}[/]");
             return 0;
         }));
@@ -66,13 +77,14 @@ public static class TrainCommand
     }
 
     /// <summary>A live progress bar (loss, tokens/s, ETA) on a terminal; plain log lines when output is redirected.</summary>
-    public static TrainResult RunWithProgress(Trainer trainer, TrainConfig cfg, bool interactive = true)
+    public static TrainResult RunWithProgress(Trainer trainer, TrainConfig cfg, bool interactive = true, Action<StepRecord>? onRecord = null)
     {
         trainer.OnMessage = m => AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]");
         if (!interactive || Console.IsOutputRedirected || !AnsiConsole.Profile.Capabilities.Interactive)
         {
             trainer.OnStep = m =>
             {
+                onRecord?.Invoke(m);
                 if (m.Step % Math.Max(1, cfg.Train.LogEvery) == 0 || m.Step == m.TotalSteps || m.ValidLoss != null)
                     Console.WriteLine(FormatStep(m));
             };
@@ -86,7 +98,9 @@ public static class TrainCommand
                 var task = ctx.AddTask("training", maxValue: cfg.Train.Steps);
                 trainer.OnStep = m =>
                 {
-                    task.Description = $"step {m.Step}/{m.TotalSteps} loss {m.Loss:F3} {m.TokensPerSecond:F0} tok/s";
+                    onRecord?.Invoke(m);
+                    task.Description = FormattableString.Invariant($"step {m.Step}/{m.TotalSteps} loss {m.Loss:F3} {m.TokensPerS:F0} tok/s") +
+                        (m.Mfu is { } mfu ? FormattableString.Invariant($" MFU {mfu * 100:F1}%") : "");
                     task.Value = m.Step;
                     if (m.ValidLoss != null) AnsiConsole.MarkupLine(Markup.Escape(FormatStep(m)));
                 };
@@ -95,10 +109,28 @@ public static class TrainCommand
         return result!;
     }
 
-    public static string FormatStep(StepMetrics m)
+    /// <summary>The profiler's per-op table and how much of the steps' wall time the ops account for.</summary>
+    public static string ProfileSummary(double stepSeconds)
     {
-        double eta = m.Step > 0 ? m.ElapsedSeconds / m.Step * (m.TotalSteps - m.Step) : 0;
-        return $"step {m.Step,5}/{m.TotalSteps} loss {m.Loss:F4} lr {m.Lr:E2} gnorm {m.GradNorm:F3} {m.TokensPerSecond,7:F0} tok/s eta {TimeSpan.FromSeconds(eta):mm\\:ss}" +
-            (m.ValidLoss is { } v ? $" valid {v:F4}" : "");
+        double ops = Engine.Core.Profiler.TotalOpSeconds("step"), all = Engine.Core.Profiler.TotalOpSeconds();
+        return Engine.Core.Profiler.Report() + FormattableString.Invariant(
+            $"backend ops inside the steps {ops:F3} s of {stepSeconds:F3} s step wall time ({ops / Math.Max(stepSeconds, 1e-12):P1}; the rest is host work between ops); {all - ops:F3} s outside the steps (setup, validation, saving)\n") +
+            $"NVTX ranges: {(Engine.Core.Nvtx.Available ? "on" : "off (libnvToolsExt.so.1 not found)")}\n";
+    }
+
+    /// <summary>One console line of a step: the metrics.jsonl record's figures (MFU, memory, rank spread, skips, ETA).</summary>
+    public static string FormatStep(StepRecord m)
+    {
+        var line = new System.Text.StringBuilder(FormattableString.Invariant(
+            $"step {m.Step,5}/{m.TotalSteps} loss {m.Loss:F4} lr {m.Lr:E2} gnorm {m.GradNorm:F3} {m.TokensPerS,7:F0} tok/s"));
+        if (m.TokensPerSPerDevice != m.TokensPerS) line.Append(FormattableString.Invariant($" ({m.TokensPerSPerDevice:F0}/device)"));
+        if (m.Mfu is { } mfu) line.Append(FormattableString.Invariant($" MFU {mfu * 100:F1}%"));
+        line.Append(FormattableString.Invariant($" host {m.HostMemBytes / (double)(1 << 30):F2} GiB"));
+        if (m.DeviceMemBytes is { } dm) line.Append(FormattableString.Invariant($" dev {dm / (double)(1 << 30):F2} GiB"));
+        if (m.ComputeSMin is { } cmin && m.ComputeSMax is { } cmax) line.Append(FormattableString.Invariant($" ranks {cmin:F3}-{cmax:F3} s"));
+        if (m.SkippedSteps > 0) line.Append(FormattableString.Invariant($" skipped {m.SkippedSteps}"));
+        line.Append($" eta {TimeSpan.FromSeconds(m.EtaS):hh\\:mm\\:ss}");
+        if (m.ValidLoss is { } v) line.Append(FormattableString.Invariant($" valid {v:F4}"));
+        return line.ToString();
     }
 }

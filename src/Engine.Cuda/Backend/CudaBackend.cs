@@ -29,7 +29,7 @@ namespace Engine.Cuda.Backend;
 /// Thread use: the context is made current on whichever thread calls (checked per call, cheap); ops are not meant to
 /// run concurrently from several threads (one stream).
 /// </summary>
-public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
+public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDisposable
 {
     private static readonly Lazy<(CudaBackend? Backend, string Reason)> SharedInstance = new(OpenShared);
     [ThreadStatic] private static CudaBackend? _currentOnThread;
@@ -114,6 +114,9 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
     public CachingAllocator Allocator { get; }
 
     public string Name => "cuda";
+    public string DeviceName => Device.Name;
+    public long DeviceBytesInUse => Allocator.Stats.InUseBytes;
+    public long DevicePeakBytes => Allocator.Stats.PeakInUseBytes;
     public DType ActivationDType => DType.BF16;
 
     /// <summary>Distinct RoPE inv_freq tables on the device.</summary>
@@ -127,6 +130,25 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
     }
 
     // ---- plumbing -------------------------------------------------------------------------------------------------
+
+    private CudaEventClock? _clock;
+
+    /// <summary>A profiled op (Profiler.Enabled): an event pair on the stream around it; one branch when disabled.</summary>
+    private Profiler.OpScope Prof(string op, params ReadOnlySpan<Tensor?> tensors) => Profiler.Enabled ? Prof(op, Profiler.Bytes(tensors)) : default;
+
+    private Profiler.OpScope Prof(string op, long bytes)
+    {
+        if (!Profiler.Enabled) return default;
+        Enter();
+        return Profiler.Op(op, bytes, _clock ??= new CudaEventClock(Stream));
+    }
+
+    private static long AdamWBytes(ReadOnlySpan<AdamWRun> runs)
+    {
+        long n = 0;
+        foreach (var r in runs) n += r.Count;
+        return 16 * n;
+    }
 
     private void Enter()
     {
@@ -204,6 +226,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32)
     {
+        using var _p = Prof("zeros", Shape.Numel(shape) * dtype.Size());
         var t = Empty(shape, dtype);
         if (t.Numel > 0) Stream.Memset(Out(t), 0, t.Numel * dtype.Size());   // 0 bits are 0 in all three dtypes
         return t;
@@ -211,6 +234,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void Upload(Tensor dst, ReadOnlySpan<float> src)
     {
+        using var _p = Prof("upload", dst);
         Enter();
         if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
         if (dst.DType == DType.I32) throw new ArgumentException($"upload of float values into {dst.Describe()}: use the int32 overload");
@@ -230,6 +254,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void Upload(Tensor dst, ReadOnlySpan<int> src)
     {
+        using var _p = Prof("upload", dst);
         Enter();
         if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
         Is(dst, "Upload", "dst", DType.I32);
@@ -240,6 +265,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void Download(Tensor src, Span<float> dst)
     {
+        using var _p = Prof("download", src);
         Enter();
         if (dst.Length < src.Numel) throw new ArgumentException($"download of {src.Describe()} into {dst.Length} values");
         int n = checked((int)src.Numel);
@@ -264,6 +290,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void Fill(Tensor t, float value)
     {
+        using var _p = Prof("fill", t);
         Enter();
         switch (t.DType)
         {
@@ -275,6 +302,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void Copy(Tensor src, Tensor dst)
     {
+        using var _p = Prof("copy", src, dst);
         Enter();
         if (src.Numel != dst.Numel) throw new ArgumentException($"copy {src.Describe()} → {dst.Describe()}: sizes differ");
         var from = In(src);
@@ -289,6 +317,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void MatMul(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f)
     {
+        using var _p = Prof("matmul", a, b, c);
         Enter();
         var (m, n, k) = CudaOpChecks.MatMul(a, transA, b, transB, c);
         var pa = Bf16In(a);
@@ -299,6 +328,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void Add(Tensor a, Tensor b, Tensor y)
     {
+        using var _p = Prof("add", a, b, y);
         Enter();
         SameNumel(a, b, "Add"); SameNumel(a, y, "Add");
         if (a.DType != b.DType || a.DType != y.DType || a.DType == DType.I32)
@@ -309,6 +339,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void AddInPlace(Tensor acc, Tensor x, float alpha)
     {
+        using var _p = Prof("add_in_place", acc, x);
         Enter();
         SameNumel(acc, x, "AddInPlace");
         IsFloat(acc, "AddInPlace", "acc"); IsFloat(x, "AddInPlace", "x");
@@ -332,6 +363,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void Scale(Tensor t, float s)
     {
+        using var _p = Prof("scale", t);
         Enter();
         IsFloat(t, "Scale", "t");
         var p = Out(t);
@@ -341,6 +373,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public double SumOfSquares(Tensor t)
     {
+        using var _p = Prof("sum_of_squares", t);
         Enter();
         IsFloat(t, "SumOfSquares", "t");
         using var partials = Scratch(ExtrasKernels.PartialBlocks * sizeof(float));
@@ -351,6 +384,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public double Sum(Tensor t)
     {
+        using var _p = Prof("sum", t);
         Enter();
         IsFloat(t, "Sum", "t");
         using var partials = Scratch(ExtrasKernels.PartialBlocks * sizeof(float));
@@ -362,6 +396,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void RmsNormForward(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps)
     {
+        using var _p = Prof("rmsnorm_forward", x, w, y, rstd);
         Enter();
         int rows = RmsNormRows(x, w, y, rstd, "RmsNormForward");
         int cols = checked((int)w.Numel);
@@ -371,6 +406,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate)
     {
+        using var _p = Prof("rmsnorm_backward", dy, x, w, rstd, dx, dwAccumulate);
         Enter();
         int rows = RmsNormRows(x, w, dx, rstd, "RmsNormBackward");
         Is(dy, "RmsNormBackward", "dy", DType.BF16);
@@ -385,6 +421,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse)
     {
+        using var _p = Prof("rope", x, y);
         Enter();
         CudaOpChecks.Rope(x, y, p, batch, seqLen, heads);
         var inv = _rope.Get(p);
@@ -398,6 +435,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
+        using var _p = Prof("attention_forward", q, k, v, o, lse);
         Enter();
         Attention("AttentionForward", d, q, k, v, o, lse);
         if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
@@ -408,6 +446,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d)
     {
+        using var _p = Prof("attention_backward", dout, q, k, v, o, lse, dq, dk, dv);
         Enter();
         const string op = "AttentionBackward";
         Attention(op, d, q, k, v, o, lse);
@@ -429,6 +468,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)
     {
+        using var _p = Prof("attention_decode", q, kCache, vCache, o);
         Enter();
         int n = Decode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset);
         _extras.AttentionDecode(Stream, In(q), In(kCache), In(vCache), Out(o), n, heads, kvHeads, headDim, positionOffset);
@@ -436,6 +476,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void SwiGluForward(Tensor gate, Tensor up, Tensor h)
     {
+        using var _p = Prof("swiglu_forward", gate, up, h);
         Enter();
         foreach (var (t, role) in new[] { (gate, "gate"), (up, "up"), (h, "h") }) Is(t, "SwiGluForward", role, DType.BF16);
         SameNumel(gate, up, "SwiGluForward"); SameNumel(gate, h, "SwiGluForward");
@@ -444,6 +485,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup)
     {
+        using var _p = Prof("swiglu_backward", dh, gate, up, dgate, dup);
         Enter();
         foreach (var (t, role) in new[] { (dh, "dh"), (gate, "gate"), (up, "up"), (dgate, "dgate"), (dup, "dup") }) Is(t, "SwiGluBackward", role, DType.BF16);
         SameNumel(gate, up, "SwiGluBackward"); SameNumel(gate, dh, "SwiGluBackward");
@@ -454,6 +496,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void EmbeddingForward(Tensor ids, Tensor table, Tensor y)
     {
+        using var _p = Prof("embedding_forward", ids, table, y);
         Enter();
         var (tokens, vocab, cols) = Embedding(ids, table, y, "EmbeddingForward", DType.BF16);
         IsFloat(table, "EmbeddingForward", "table");
@@ -468,6 +511,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate)
     {
+        using var _p = Prof("embedding_backward", ids, dy, dtableAccumulate);
         Enter();
         var (tokens, vocab, cols) = Embedding(ids, dtableAccumulate, dy, "EmbeddingBackward", DType.BF16);
         Is(dtableAccumulate, "EmbeddingBackward", "dtable", DType.F32);
@@ -497,6 +541,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
     {
+        using var _p = Prof("cross_entropy", logits, targets, losses, lse);
         Enter();
         var (rows, vocab) = CudaOpChecks.CrossEntropy(logits, targets, losses, lse);
         var pt = In(targets);
@@ -508,6 +553,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)
     {
+        using var _p = Prof("chunk_sum_of_squares", x, partials);
         Enter();
         IsFloat(x, "ChunkSumOfSquares", "x");
         Is(partials, "ChunkSumOfSquares", "partials", DType.F32);
@@ -518,6 +564,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void GradNormFinalize(Tensor partials, float maxNorm, Tensor result)
     {
+        using var _p = Prof("grad_norm_finalize", partials, result);
         Enter();
         Is(partials, "GradNormFinalize", "partials", DType.F32);
         Is(result, "GradNormFinalize", "result", DType.F32);
@@ -527,6 +574,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void AdamW(Tensor master, Tensor grad, Tensor m, Tensor v, ReadOnlySpan<AdamWRun> runs, AdamWStep step, Tensor? gradScale = null)
     {
+        using var _p = Prof("adamw", AdamWBytes(runs));
         Enter();
         const string op = "AdamW";
         Is(master, op, "master", DType.F32); Is(m, op, "m", DType.F32); Is(v, op, "v", DType.F32); IsFloat(grad, op, "grad");
@@ -577,6 +625,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda)
     {
+        using var _p = Prof("ewc", param, anchor, fisher, grad);
         Enter();
         const string op = "Ewc";
         foreach (var (t, role) in new[] { (param, "param"), (anchor, "anchor"), (fisher, "fisher"), (grad, "grad") })
@@ -592,6 +641,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
 
     public void AddSquare(Tensor acc, Tensor x)
     {
+        using var _p = Prof("add_square", acc, x);
         Enter();
         Is(acc, "AddSquare", "acc", DType.F32); Is(x, "AddSquare", "x", DType.F32);
         SameNumel(acc, x, "AddSquare");
@@ -608,6 +658,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDisposable
         _rope.Dispose();
         _runTable?.Dispose();
         _blas.Dispose();
+        _clock?.Dispose();
         Allocator.Dispose();
         Stream.Dispose();
         Kernels.Dispose();

@@ -4,6 +4,8 @@ using System.Text.Json.Nodes;
 using Engine.Core;
 using Engine.Core.Autograd;
 using Engine.Model;
+using Engine.Model.IO;
+using Engine.Observability.Results;
 
 namespace Engine.Training.Bench;
 
@@ -34,82 +36,108 @@ public sealed record TrainBenchOptions
 }
 
 /// <summary>
-/// Tokens/s of full training steps (forward, backward, clip, AdamW) on random tokens, median over steps, and the same
-/// model in PyTorch (Debian's python3-torch, OMP_NUM_THREADS = cores) measured in the same run.
+/// `engine bench train`: tokens/s of full training steps (forward, backward, clip, AdamW) on random tokens, and the
+/// identical Llama in PyTorch (Debian's python3-torch, eager, OMP_NUM_THREADS = cores) measured in the same run: the
+/// engine initializes the model, exports it (config.json + model.safetensors, F32) and writes its token batches; the
+/// peer loads both, so the two train the same weights on the same batches and the first step's losses must agree
+/// (recorded, and a disagreement above 1e-3 becomes the entry's error). MFU uses <see cref="Metrics.Throughput"/>.
 /// </summary>
 public static class TrainBenchmark
 {
-    public static JsonObject Run(IBackend backend, TrainBenchOptions o, string? python, Action<string>? log = null)
+    public static SuiteOutput Run(IBackend backend, TrainBenchOptions o, string? python, Action<string>? log = null)
     {
         var cfg = o.ToLlamaConfig(o.Seq);
         using var model = new LlamaModel(cfg, backend);
         model.InitializeWeights(0);
-        using var opt = new AdamW(model, new AdamWOptions());
-        var rng = new Rng(1);
-        int n = o.Batch * o.Seq;
-        var ids = new int[n];
-        var tg = new int[n];
-        var times = new List<double>();
-        double loss = 0;
-        for (int step = 0; step < o.Warmup + o.Steps; step++)
+        string work = Directory.CreateTempSubdirectory("engine-bench-train-").FullName;
+        try
         {
-            for (int i = 0; i < n; i++) { ids[i] = rng.NextInt(o.Vocab); tg[i] = rng.NextInt(o.Vocab); }
-            var sw = Stopwatch.StartNew();
-            model.ZeroGrad();
-            using (var scope = new TensorScope())
+            ModelIO.Save(model, work);   // before any step: the peer starts from these weights
+            using var opt = new AdamW(model, new AdamWOptions { Lr = 1e-4 });
+            var rng = new Rng(1);
+            int n = o.Batch * o.Seq, total = o.Warmup + o.Steps;
+            var all = new int[total * 2 * n];
+            for (int i = 0; i < all.Length; i++) all[i] = rng.NextInt(o.Vocab);
+            string tokens = Path.Combine(work, "tokens.i32");
+            File.WriteAllBytes(tokens, System.Runtime.InteropServices.MemoryMarshal.AsBytes(all.AsSpan()).ToArray());
+            var rates = new List<double>();
+            double firstLoss = double.NaN, loss = 0;
+            for (int step = 0; step < total; step++)
             {
-                var idT = backend.Empty([n], DType.I32);
-                var tgT = backend.Empty([n], DType.I32);
-                backend.Upload(idT, ids);
-                backend.Upload(tgT, tg);
-                var (l, _) = model.Loss(idT, tgT, o.Batch, o.Seq, n);
-                loss = l.Item();
-                Grad.Backward(l);
+                var sw = Stopwatch.StartNew();
+                model.ZeroGrad();
+                using (var scope = new TensorScope())
+                {
+                    var idT = backend.Empty([n], DType.I32);
+                    var tgT = backend.Empty([n], DType.I32);
+                    backend.Upload(idT, all.AsSpan(step * 2 * n, n));
+                    backend.Upload(tgT, all.AsSpan(step * 2 * n + n, n));
+                    var (l, _) = model.Loss(idT, tgT, o.Batch, o.Seq, n);
+                    loss = l.Item();
+                    Grad.Backward(l);
+                }
+                opt.Update(1e-4);
+                sw.Stop();
+                if (step == 0) firstLoss = loss;
+                if (step >= o.Warmup) rates.Add(n / sw.Elapsed.TotalSeconds);
+                log?.Invoke($"engine step {step + 1}/{total}: {sw.Elapsed.TotalSeconds:F3} s, loss {loss:F4}{(step < o.Warmup ? " (warmup)" : "")}");
             }
-            opt.Update(1e-4);
-            sw.Stop();
-            if (step >= o.Warmup) times.Add(sw.Elapsed.TotalSeconds);
-            log?.Invoke($"engine step {step + 1}/{o.Warmup + o.Steps}: {sw.Elapsed.TotalSeconds:F3} s{(step < o.Warmup ? " (warmup)" : "")}");
-        }
-        if (Profiler.Enabled) log?.Invoke("per-op time over all steps:\n" + Profiler.Report());
-        times.Sort();
-        double median = times[times.Count / 2];
-        double ours = n / median;
-        double flops = cfg.TrainingFlopsPerToken(o.Seq);
-        var result = new JsonObject
-        {
-            ["benchmark"] = "cpu-train-step",
-            ["date"] = DateTime.UtcNow.ToString("yyyy-MM-dd"),
-            ["commit"] = MachineInfo.GitCommit(),
-            ["machine"] = JsonSerializer.SerializeToNode(MachineInfo.Describe()),
-            ["config"] = JsonSerializer.SerializeToNode(o),
-            ["parameters"] = model.ParameterCount,
-            ["engine"] = new JsonObject
+            if (Profiler.Enabled) log?.Invoke("per-op time over all steps:\n" + Profiler.Report());
+            var throughput = Metrics.Throughput.For(backend, cfg, o.Seq);
+            string device = backend is IDeviceStats ? "cuda:0" : "cpu";
+            var entry = BenchEntries.FromSamples("train_step", device, "tokens/s", BenchSchema.Higher, rates, o.Warmup) with
             {
-                ["backend"] = backend.Name,
-                ["step_seconds_median"] = median,
-                ["tokens_per_s"] = ours,
-                ["achieved_gflops"] = ours * flops / 1e9,
-                ["final_loss"] = loss,
-            },
-        };
-        if (python != null)
-        {
-            string script = FindScript("torch_llama_train.py");
-            string args = $"{script} --hidden {o.Hidden} --layers {o.Layers} --heads {o.Heads} --kv-heads {o.KvHeads} --ffn {o.Ffn} --vocab {o.Vocab} --seq {o.Seq} --batch {o.Batch} --steps {o.Steps} --warmup {o.Warmup}";
-            log?.Invoke($"running PyTorch peer: {python} {args}");
-            var threads = Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture);
-            var (code, stdout, stderr) = MachineInfo.Run(python, args, new Dictionary<string, string> { ["OMP_NUM_THREADS"] = threads, ["MKL_NUM_THREADS"] = threads });
-            if (code != 0) result["pytorch_error"] = $"exit {code}: {stderr.Trim().Split('\n').LastOrDefault()}";
-            else
+                Group = "train",
+                Flops = throughput.FlopsPerToken,
+                Params = new JsonObject
+                {
+                    ["parameters"] = model.ParameterCount,
+                    ["backend"] = backend.Name,
+                    ["engine_first_loss"] = firstLoss,
+                    ["engine_final_loss"] = loss,
+                    ["mfu"] = throughput.Mfu(BenchStats.Of(rates).Median),
+                    ["mfu_peak"] = throughput.PeakSource,
+                },
+            };
+            log?.Invoke(FormattableString.Invariant($"engine: {entry.Median:F0} tokens/s (median of {rates.Count}), MFU {Pct(entry.Params!["mfu"])} of {throughput.PeakSource}"));
+            var notes = new List<string>();
+            if (python != null)
             {
-                var peer = JsonNode.Parse(stdout.Trim().Split('\n').Last())!.AsObject();
-                result["pytorch"] = peer;
-                result["ratio_engine_over_pytorch"] = ours / peer["tokens_per_s"]!.GetValue<double>();
+                string script = FindScript("torch_llama_train.py");
+                string args = $"{script} --weights {work} --tokens {tokens} --seq {o.Seq} --batch {o.Batch} --steps {o.Steps} --warmup {o.Warmup}";
+                log?.Invoke($"running PyTorch peer: {python} {args}");
+                var threads = Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture);
+                var (code, stdout, stderr) = MachineInfo.Run(python, args, new Dictionary<string, string> { ["OMP_NUM_THREADS"] = threads, ["MKL_NUM_THREADS"] = threads });
+                if (code != 0) notes.Add($"PyTorch peer failed: exit {code}: {stderr.Trim().Split('\n').LastOrDefault()}");
+                else
+                {
+                    var peer = JsonNode.Parse(stdout.Trim().Split('\n').Last())!.AsObject();
+                    var seconds = peer["step_seconds"]!.AsArray().Select(x => x!.GetValue<double>()).ToList();
+                    double peerFirst = peer["first_loss"]!.GetValue<double>();
+                    entry = entry.WithPeer(BenchEntries.Peer("pytorch", seconds.Select(t => n / t).ToList(), version: (string?)peer["framework"]));
+                    entry.Params!["pytorch_first_loss"] = peerFirst;
+                    entry.Params!["pytorch_threads"] = peer["threads"]?.DeepClone();
+                    entry.Params!["peer_mfu"] = throughput.Mfu(entry.Peer!.Median);
+                    if (!(Math.Abs(peerFirst - firstLoss) <= 1e-3 * Math.Max(1, Math.Abs(firstLoss))))
+                        entry = entry with { Error = FormattableString.Invariant($"first-step losses differ: engine {firstLoss:F6}, pytorch {peerFirst:F6}: not the same model") };
+                    log?.Invoke(FormattableString.Invariant($"pytorch: {entry.Peer.Median:F0} tokens/s, first loss {peerFirst:F6} vs engine {firstLoss:F6}; ratio {entry.Ratio:F2}"));
+                }
             }
+            else notes.Add("no PyTorch peer (--python none)");
+            var config = JsonSerializer.SerializeToNode(o)!.AsObject();
+            config["threads"] = Environment.ProcessorCount;
+            return new SuiteOutput([entry], config,
+                $"{o.Warmup} warm-up + {o.Steps} timed steps each side (Stopwatch / time.perf_counter around zero-grad, forward, backward, clip, AdamW); tokens/s per step, median over the timed steps; peer trains the engine's exported weights on the same batches",
+                notes);
         }
-        return result;
+        finally
+        {
+            try { Directory.Delete(work, recursive: true); }
+            catch (IOException) { }
+        }
     }
+
+    static string Pct(JsonNode? mfu) => mfu is null ? "n/a" : FormattableString.Invariant($"{mfu.GetValue<double>() * 100:F1}%");
 
     /// <summary>benchmarks/scripts/NAME, searched upwards from the working directory and the binary.</summary>
     public static string FindScript(string name)

@@ -149,4 +149,6 @@ public sealed class OutputSection
     public int CheckpointEvery { get; set; }
     /// <summary>How many of the newest checkpoints to keep.</summary>
     public int KeepCheckpoints { get; set; } = 2;
+    /// <summary>Also write the step metrics as TensorBoard event files under dir/tensorboard.</summary>
+    public bool Tensorboard { get; set; }
 }

@@ -174,4 +174,6 @@ public sealed class RecipeOutput
     /// <summary>A checkpoint every N steps of a stage (checkpoints/NN_stage/step_…; 0 = only when stopped early).</summary>
     public int CheckpointEvery { get; set; } = 50;
     public int KeepCheckpoints { get; set; } = 2;
+    /// <summary>Also write the step metrics as TensorBoard event files under dir/tensorboard (tags per stage).</summary>
+    public bool Tensorboard { get; set; }
 }

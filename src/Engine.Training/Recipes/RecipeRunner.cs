@@ -53,8 +53,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
 
     /// <summary>Messages about the whole run (rank 0 only).</summary>
     public Action<string>? Log { get; set; }
-    /// <summary>Every training step (rank 0 only).</summary>
-    public Action<string, StepMetrics>? OnStep { get; set; }
+    /// <summary>Every training step (rank 0 only): the stage and its metrics.jsonl record.</summary>
+    public Action<string, Metrics.StepRecord>? OnStep { get; set; }
     /// <summary>Each stage once trained and evaluated (rank 0 only): with <see cref="RecipeProgress"/>, the whole run's ETA.</summary>
     public Action<StageReport>? OnStageDone { get; set; }
 
@@ -148,7 +148,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             bool Keep(JsonElement e)
             {
                 string name = e.GetProperty("stage").GetString() ?? "";
-                return index.TryGetValue(name, out int i) && (i < first || (name == current && e.GetProperty("Step").GetInt32() <= keepStep));
+                return index.TryGetValue(name, out int i) && (i < first || (name == current && e.GetProperty("step").GetInt32() <= keepStep));
             }
             if (Lead) ResumeCheck.TruncateMetrics(metricsPath, Keep);
             // the resumed stage's steps before its checkpoint, for its report and loss plot
@@ -157,11 +157,12 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 {
                     using var doc = JsonDocument.Parse(line);
                     var e = doc.RootElement;
-                    if (e.GetProperty("stage").GetString() == current && e.GetProperty("Step").GetInt32() <= keepStep) earlier.Add(FromMetricsLine(e));
+                    if (e.GetProperty("stage").GetString() == current && e.GetProperty("step").GetInt32() <= keepStep) earlier.Add(FromMetricsLine(e));
                 }
             comm.Barrier();
         }
-        using var metrics = Lead ? new StreamWriter(metricsPath, append: Resume != null) : null;
+        using var metrics = new Metrics.MetricsLog(comm, backend, new Metrics.Throughput(1, null, 1, "set per stage"), metricsPath, append: Resume != null,
+            tensorBoardDir: cfg.Output.Tensorboard ? Path.Combine(outDir, "tensorboard") : null);
         for (int i = first; i < cfg.Stages.Length; i++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -214,9 +215,10 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         Dictionary<string, double>? sl = null;
         if (e.TryGetProperty("source_loss", out var s) && s.ValueKind == JsonValueKind.Object)
             sl = s.EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetDouble(), StringComparer.Ordinal);
-        return new StepMetrics(e.GetProperty("Step").GetInt32(), e.GetProperty("TotalSteps").GetInt32(), D(e, "Loss"), D(e, "Lr"), D(e, "GradNorm"),
-            e.GetProperty("Tokens").GetInt64(), D(e, "TokensPerSecond"), D(e, "ElapsedSeconds"), null, sl, D(e, "EwcPenalty"),
-            e.TryGetProperty("Skipped", out var sk) && sk.ValueKind == JsonValueKind.True, e.TryGetProperty("SkippedSteps", out var n) ? n.GetInt32() : 0);
+        // a metrics.jsonl line (Metrics.StepRecord, snake_case)
+        return new StepMetrics(e.GetProperty("step").GetInt32(), e.GetProperty("total_steps").GetInt32(), D(e, "loss"), D(e, "lr"), D(e, "grad_norm"),
+            e.GetProperty("tokens").GetInt64(), D(e, "tokens_per_s"), D(e, "elapsed_s"), null, sl, e.TryGetProperty("ewc_penalty", out var ep) && ep.ValueKind == JsonValueKind.Number ? ep.GetDouble() : 0,
+            e.TryGetProperty("skipped", out var sk) && sk.ValueKind == JsonValueKind.True, e.TryGetProperty("skipped_steps", out var n) ? n.GetInt32() : 0);
     }
 
     /// <summary>Runs lead on rank 0, then (after a barrier) follow on the other ranks.</summary>
@@ -239,7 +241,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     /// <summary>Trains and evaluates one stage (from <paramref name="resumed"/> when given); null when the run
     /// stopped early (a checkpoint of the stage was saved).</summary>
     StageReport? RunStage(StageSection st, int stageIndex, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet,
-        StreamWriter? metrics, CancellationToken cancel, Checkpoints.Loaded? resumed, List<StepMetrics> earlier)
+        Metrics.MetricsLog metrics, CancellationToken cancel, Checkpoints.Loaded? resumed, List<StepMetrics> earlier)
     {
         var notes = new List<string>();
         var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
@@ -328,30 +330,12 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             if (Control != null) Control.LastCheckpoint = dir;
             Say($"checkpoint {dir}");
         }
+        metrics.BeginStage(st.Name, Metrics.Throughput.For(backend, model.Config, st.SeqLen, comm.WorldSize));
         var steps = TrainingLoop.Run(model, new StreamBatches(mixture), options, opt, ewc, m =>
         {
-            if (Lead)
-            {
-                metrics?.WriteLine(JsonSerializer.Serialize(new
-                {
-                    stage = st.Name,
-                    m.Step,
-                    m.TotalSteps,
-                    Loss = Finite(m.Loss),
-                    m.Lr,
-                    GradNorm = Finite(m.GradNorm),
-                    m.Tokens,
-                    m.TokensPerSecond,
-                    m.ElapsedSeconds,
-                    source_loss = m.SourceLosses,
-                    m.EwcPenalty,
-                    Skipped = m.Skipped ? true : (bool?)null,
-                    m.SkippedSteps,
-                }));
-                metrics?.Flush();
-            }
+            var record = metrics.Record(m);
             if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps) Save(m);
-            if (Lead) OnStep?.Invoke(st.Name, m);
+            if (Lead) OnStep?.Invoke(st.Name, record);
         }, cancel: cancel, control: Control);
         if (Control?.Stopped == true && steps.Count > 0 && steps[^1].Step < st.Steps)
         {

@@ -13,7 +13,7 @@ namespace Engine.Tests.Alignment;
 /// <summary>The alignment phase of a recipe end to end, on a task whose rule is learnable by a tiny model.</summary>
 public class AlignmentRecipeTests
 {
-    static string Data(string rel) => Path.Combine(Training.TrainerTests.DataDir(), rel);
+    static string Data(string rel) => Engine.Data.DataPaths.File(rel);
 
     static readonly string[] Companies = ["Acme", "Nokia", "Kone", "Fortum", "Elisa", "Wartsila", "Orion", "Sampo", "Neste", "Stora"];
 

@@ -83,7 +83,7 @@ public class TensorBoardTests
         Assert.Contains("data CRC mismatch", err);
     }
 
-    static List<JsonObject> Read(string node, string path)
+    internal static List<JsonObject> Read(string node, string path)
     {
         var (code, stdout, stderr) = RunNode(node, path);
         Assert.True(code == 0, $"read_tfevents.js failed ({code}): {stderr}");
@@ -102,7 +102,7 @@ public class TensorBoardTests
         return (p.ExitCode, so.Result, se.Result);
     }
 
-    static string SkipUnlessReader()
+    internal static string SkipUnlessReader()
     {
         string? node = Tools.Find("node");
         if (node is null) Assert.Skip("node is not installed: the independent TensorBoard reader (TfEventsReader/read_tfevents.js) needs it (.ci/run installs it)");

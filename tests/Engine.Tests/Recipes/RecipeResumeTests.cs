@@ -15,7 +15,7 @@ namespace Engine.Tests.Recipes;
 /// </summary>
 public class RecipeResumeTests
 {
-    static string Data(string rel) => Path.Combine(Training.TrainerTests.DataDir(), rel);
+    static string Data(string rel) => Engine.Data.DataPaths.File(rel);
 
     static StageSection Stage(string name, string init, Dictionary<string, double> w, int steps) => new()
     {

@@ -82,6 +82,12 @@ public class RecipeTests
             }
         Assert.True(File.Exists(Path.Combine(two.Path, "report.md")));
         Assert.Equal(File.ReadAllLines(Path.Combine(one.Path, "metrics.jsonl")).Length, File.ReadAllLines(Path.Combine(two.Path, "metrics.jsonl")).Length);
+        // the record `engine train` writes too, with the stage, and over two ranks their step-time spread
+        var oneRank = File.ReadAllLines(Path.Combine(one.Path, "metrics.jsonl")).Select(l => Engine.Training.Metrics.StepRecord.Parse(l, "one")).ToList();
+        var twoRanks = File.ReadAllLines(Path.Combine(two.Path, "metrics.jsonl")).Select(l => Engine.Training.Metrics.StepRecord.Parse(l, "two")).ToList();
+        Assert.Equal(single.SelectMany(s => s.Steps.Select(_ => s.Name)), oneRank.Select(r => r.Stage));
+        Assert.All(oneRank, r => Assert.True(r.StepSMax is null && r.Mfu > 0 && r.TokensPerSPerDevice == r.TokensPerS));
+        Assert.All(twoRanks, r => Assert.True(r.StepSMin <= r.StepSMax && r.ComputeSMin <= r.ComputeSMax && r.TokensPerSPerDevice * 2 == r.TokensPerS, $"{r}"));
     }
 
     [Fact]

@@ -27,7 +27,7 @@ public class LoraTrainTests
         var cfg = new TrainConfig
         {
             Model = new ModelSection { InitFrom = baseDir, MaxPositionEmbeddings = 64 },
-            Data = new DataSection { Train = [Path.Combine(TrainerTests.DataDir(), "general_en", "tinyshakespeare.txt")], ValidFraction = 0.02 },
+            Data = new DataSection { Train = [Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")], ValidFraction = 0.02 },
             Train = new TrainSection { SeqLen = 32, BatchSize = 4, Steps = 25, Seed = 5, EvalBatches = 2 },
             Optim = new AdamWOptions { Lr = 1e-2, WeightDecay = 0 },
             Schedule = new ScheduleOptions { Kind = ScheduleKind.Constant },

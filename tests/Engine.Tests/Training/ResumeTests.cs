@@ -20,7 +20,7 @@ public class ResumeTests
     static TrainConfig Small(string outDir, int steps, int every = 2) => new()
     {
         Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
-        Data = new DataSection { Train = [Path.Combine(TrainerTests.DataDir(), "general_en", "tinyshakespeare.txt")], ValidFraction = 0.02 },
+        Data = new DataSection { Train = [Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")], ValidFraction = 0.02 },
         Train = new TrainSection { SeqLen = 32, BatchSize = 4, Steps = steps, Seed = 5, EvalBatches = 2 },
         Optim = new AdamWOptions { Lr = 1e-2, WeightDecay = 0.01 },
         Schedule = new ScheduleOptions { Kind = ScheduleKind.Cosine, WarmupSteps = 2, MinLr = 1e-3 },

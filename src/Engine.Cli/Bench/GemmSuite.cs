@@ -6,10 +6,26 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Engine.Cpu;
 
-namespace Engine.Benchmarks;
+using Engine.Observability.Results;
+
+namespace Engine.Cli.Bench;
+
+/// <summary>Options of `engine bench gemm` (defaults: 3 rounds of 5 samples of at least 0.1 s).</summary>
+public sealed record GemmOptions
+{
+    public int Rounds { get; init; } = 3;
+    public int Samples { get; init; } = 5;
+    public double MinSampleS { get; init; } = 0.1;
+    public string? Only { get; init; }
+    public bool OpenBlas { get; init; } = true;
+    public double WaitIdleS { get; init; }
+
+    public static GemmOptions Quick => new() { Rounds = 1, Samples = 3, MinSampleS = 0.05 };
+}
+
 
 /// <summary>
-/// `gemm` verb: our Gemm.Sgemm / SgemmStridedBatched against OpenBLAS sgemm (numpy, benchmarks/scripts/sgemm_openblas.py)
+/// `engine bench gemm`: our Gemm.Sgemm / SgemmStridedBatched against OpenBLAS sgemm (numpy, benchmarks/scripts/sgemm_openblas.py)
 /// on the same shapes with the same manual timing method (BenchmarkDotNet's process-per-benchmark runs are too
 /// slow for a 2-core box). Per shape, `rounds` rounds alternate ours and OpenBLAS (so load drift from other
 /// processes hits both alike); a round is a warm-up (≥ 2 calls, ≥ 0.25 s), iterations calibrated so one sample
@@ -20,7 +36,7 @@ namespace Engine.Benchmarks;
 ///          --wait-idle S: before each round wait (at most S seconds) until the CPUs were ≥ 90% idle for 0.5 s, for
 ///          shared machines; the idle fraction seen before each round is recorded.
 /// </summary>
-public static class GemmBenchmark
+public static class GemmSuite
 {
     public sealed record Shape(string Name, bool TransA, bool TransB, int M, int N, int K, int Batch, string Role)
     {
@@ -55,29 +71,12 @@ public static class GemmBenchmark
         new("attn_pv", false, false, 256, 64, 256, 48, "attention O = P·V per head, 48 x [256,256]·[256,64]"),
     ];
 
-    public static int Run(string[] args)
+    public static SuiteOutput Run(GemmOptions o)
     {
-        int samples = 5, rounds = 3;
-        double minSampleS = 0.1;
-        string? only = null, outPath = null;
-        bool openBlas = true;
-        double waitIdleS = 0;
-        for (int i = 0; i < args.Length; i++)
-        {
-            switch (args[i])
-            {
-                case "--quick": rounds = 1; samples = 3; minSampleS = 0.05; break;
-                case "--rounds": rounds = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
-                case "--samples": samples = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
-                case "--min-sample-s": minSampleS = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
-                case "--only": only = args[++i]; break;
-                case "--threads": Gemm.MaxThreads = int.Parse(args[++i], CultureInfo.InvariantCulture); break;
-                case "--no-openblas": openBlas = false; break;
-                case "--out": outPath = args[++i]; break;
-                case "--wait-idle": waitIdleS = double.Parse(args[++i], CultureInfo.InvariantCulture); break;
-                default: Console.Error.WriteLine($"gemm: unknown option '{args[i]}'"); return 2;
-            }
-        }
+        int samples = o.Samples, rounds = o.Rounds;
+        double minSampleS = o.MinSampleS, waitIdleS = o.WaitIdleS;
+        string? only = o.Only;
+        bool openBlas = o.OpenBlas;
         Shape[] shapes = only is null ? Shapes : Shapes.Where(s => only.Split(',').Contains(s.Name)).ToArray();
         string root = RepoRoot();
         string loadBefore = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "";
@@ -89,6 +88,8 @@ public static class GemmBenchmark
         using var blasProc = openBlas ? OpenBlasServer.TryStart(root, samples, minSampleS) : null;
         JsonNode? blas = blasProc?.Info;
         var ours = new Dictionary<string, (double Ms, double Gflops, double MaxErr)>();
+        var oursMs = new Dictionary<string, List<double>>();
+        var theirsMs = new Dictionary<string, List<double>>();
         var theirs = new Dictionary<string, (double Ms, double Gflops)>();
         var idleBefore = new Dictionary<string, double[]>();
         foreach (var s in shapes)
@@ -103,6 +104,8 @@ public static class GemmBenchmark
                 if (blasProc?.TimeSamples(s) is { } t) theirsSec.AddRange(t);
             }
             double sec = Median(oursSec);
+            oursMs[s.Name] = oursSec.Select(x => x * 1e3).ToList();
+            if (theirsSec.Count > 0) theirsMs[s.Name] = theirsSec.Select(x => x * 1e3).ToList();
             var r = (Ms: sec * 1e3, Gflops: s.Flops / sec / 1e9, MaxErr: run.SpotCheck());
             ours[s.Name] = r;
             idleBefore[s.Name] = idle.ToArray();
@@ -115,73 +118,46 @@ public static class GemmBenchmark
             }
             Console.WriteLine(line);
         }
-        string loadAfter = File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "";
-
-        Console.WriteLine();
-        Console.WriteLine($"| {"shape",-14} | op | {"m",5} | {"n",5} | {"k",5} | batch | ours GFLOP/s | OpenBLAS GFLOP/s | ours/OpenBLAS |");
-        Console.WriteLine("|----------------|----|-------|-------|-------|-------|--------------|------------------|---------------|");
-        var rows = new JsonArray();
+        var entries = new List<BenchEntry>();
         foreach (var s in shapes)
         {
-            var o = ours[s.Name];
-            bool has = theirs.TryGetValue(s.Name, out var t);
-            string tb = has ? t.Gflops.ToString("F1", CultureInfo.InvariantCulture) : "-";
-            string ratio = has ? (o.Gflops / t.Gflops).ToString("F2", CultureInfo.InvariantCulture) : "-";
-            Console.WriteLine($"| {s.Name,-14} | {s.Op} | {s.M,5} | {s.N,5} | {s.K,5} | {s.Batch,5} | {o.Gflops,12:F1} | {tb,16} | {ratio,13} |");
-            rows.Add(new JsonObject
+            var o2 = ours[s.Name];
+            var e = BenchEntries.FromSamples(s.Name, "cpu", "ms", BenchSchema.Lower, oursMs[s.Name], warmup: 0) with
             {
-                ["name"] = s.Name,
-                ["role"] = s.Role,
-                ["transA"] = s.TransA,
-                ["transB"] = s.TransB,
-                ["m"] = s.M,
-                ["n"] = s.N,
-                ["k"] = s.K,
-                ["batch"] = s.Batch,
-                ["ours_ms"] = Math.Round(o.Ms, 4),
-                ["ours_gflops"] = Math.Round(o.Gflops, 2),
-                ["ours_spot_check_max_rel_err"] = o.MaxErr,
-                ["openblas_ms"] = has ? Math.Round(t.Ms, 4) : null,
-                ["openblas_gflops"] = has ? Math.Round(t.Gflops, 2) : null,
-                ["ratio"] = has ? Math.Round(o.Gflops / t.Gflops, 3) : null,
-                ["cpu_idle_before_rounds"] = new JsonArray(idleBefore[s.Name].Select(x => (JsonNode?)Math.Round(x, 3)).ToArray()),
-            });
+                Group = "gemm",
+                Flops = s.Flops,
+                Bytes = 4.0 * s.Batch * ((double)s.M * s.K + (double)s.K * s.N + (double)s.M * s.N),
+                Roof = "compute",
+                Params = new JsonObject
+                {
+                    ["role"] = s.Role,
+                    ["trans_a"] = s.TransA,
+                    ["trans_b"] = s.TransB,
+                    ["m"] = s.M,
+                    ["n"] = s.N,
+                    ["k"] = s.K,
+                    ["batch"] = s.Batch,
+                    ["spot_check_max_rel_err"] = o2.MaxErr,
+                    ["cpu_idle_before_rounds"] = new JsonArray(idleBefore[s.Name].Select(x => (JsonNode?)Math.Round(x, 3)).ToArray()),
+                },
+            };
+            if (theirsMs.TryGetValue(s.Name, out var t)) e = e.WithPeer(BenchEntries.Peer("openblas", t, version: blas?["numpy"] is { } np ? $"numpy {np}, {string.Join(", ", blas?["mapped"]?.AsArray().Select(x => Path.GetFileName((string?)x)) ?? [])}" : null));
+            if (!(o2.MaxErr < 1e-3)) e = e with { Error = $"spot check failed: max relative error {o2.MaxErr:E2}" };
+            entries.Add(e);
         }
-
-        var report = new JsonObject
+        var config = new JsonObject
         {
-            ["benchmark"] = "gemm",
-            ["date_utc"] = DateTime.UtcNow.ToString("yyyy-MM-ddTHH:mm:ssZ", CultureInfo.InvariantCulture),
-            ["git_commit"] = Git(root, "rev-parse HEAD"),
-            ["git_dirty_gemm_files"] = Git(root, "status --porcelain -- src/Engine.Cpu/Gemm.cs src/Engine.Cpu/GemmKernels benchmarks/Engine.Benchmarks benchmarks/scripts") != "",
-            ["command"] = "dotnet run -c Release --project benchmarks/Engine.Benchmarks -- gemm " + string.Join(' ', args),
-            ["machine"] = new JsonObject
-            {
-                ["cpu_model"] = CpuModel(),
-                ["cores"] = Environment.ProcessorCount,
-                ["avx512f"] = Avx512F.IsSupported,
-                ["gemm_kernel"] = Gemm.Kernel,
-                ["runtime"] = RuntimeInformation.FrameworkDescription,
-                ["load_avg_before"] = loadBefore,
-                ["load_avg_after"] = loadAfter,
-            },
-            ["timing"] = new JsonObject
-            {
-                ["method"] = "manual Stopwatch / time.perf_counter; rounds alternate ours and OpenBLAS; per round warm-up " +
-                    ">= 0.25 s, calibrated iterations, samples; median per-call time over all samples",
-                ["rounds"] = rounds,
-                ["samples_per_round"] = samples,
-                ["wait_idle_s"] = waitIdleS,
-                ["min_sample_s"] = minSampleS,
-                ["gemm_max_threads"] = Gemm.MaxThreads,
-            },
-            ["openblas"] = blas?.DeepClone(),
-            ["results"] = rows,
+            ["rounds"] = rounds,
+            ["samples_per_round"] = samples,
+            ["min_sample_s"] = minSampleS,
+            ["wait_idle_s"] = waitIdleS,
+            ["gemm_max_threads"] = Gemm.MaxThreads,
+            ["gemm_kernel"] = Gemm.Kernel.ToString(),
+            ["only"] = only,
         };
-        outPath ??= Path.Combine(root, "benchmarks", "results", $"gemm-{DateTime.UtcNow:yyyy-MM-dd}.json");
-        File.WriteAllText(outPath, report.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
-        Console.WriteLine($"\nwrote {Path.GetRelativePath(root, outPath)}");
-        return ours.Values.All(o => o.MaxErr < 1e-3) ? 0 : 1;
+        return new SuiteOutput(entries, config,
+            "Stopwatch / time.perf_counter; rounds alternate ours and OpenBLAS; per round a warm-up >= 0.25 s (dropped), iterations calibrated to >= min_sample_s, then samples; per-call ms per sample, median over all samples of all rounds",
+            Extra: new JsonObject { ["openblas"] = blas?.DeepClone() });
     }
 
     /// <summary>One shape's operands (uniform [-1, 1], fixed seed) and the call under test.</summary>
@@ -361,24 +337,5 @@ public static class GemmBenchmark
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d is not null; d = d.Parent)
             if (File.Exists(Path.Combine(d.FullName, "Engine.sln"))) return d.FullName;
         return Directory.GetCurrentDirectory();
-    }
-
-    static string Git(string root, string arguments)
-    {
-        try
-        {
-            var psi = new ProcessStartInfo("git", arguments)
-            {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                UseShellExecute = false,
-                WorkingDirectory = root,
-            };
-            using var p = Process.Start(psi)!;
-            string o = p.StandardOutput.ReadToEnd().Trim();
-            p.WaitForExit();
-            return o;
-        }
-        catch (Exception) { return ""; }
     }
 }
