@@ -57,6 +57,8 @@ public sealed class Trainer
         void Say(string m) { if (lead) OnMessage?.Invoke(m); }
         cfg.Parallel.Validate(comm.WorldSize);
         var tokenizer = LoadTokenizer(cfg);
+        if (Resume == null && cfg.Model.InitFrom == null) // a fresh model that cannot fit is refused before any data is read or memory taken
+            CheckFits(cfg.ToLlamaConfig(tokenizer.VocabSize), cfg.Train.BatchSize, cfg.Train.SeqLen, cfg.Model.CheckpointActivations, zero: cfg.Parallel.Zero, dp: comm.WorldSize);
         var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
         foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
         Say($"tokenizing {files.Count} file(s)");

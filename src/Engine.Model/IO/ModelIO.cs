@@ -85,9 +85,18 @@ public static class ModelIO
     /// </summary>
     public static LlamaModel Load(string directory, IBackend backend)
     {
+        // names from the files (tensor and shard names) end up in messages: keep each message one line
+        try { return LoadCore(directory, backend); }
+        catch (InvalidDataException e) { throw new InvalidDataException(ErrorText.OneLine(e.Message), e); }
+        catch (FileNotFoundException e) { throw new FileNotFoundException(ErrorText.OneLine(e.Message), e.FileName, e); }
+    }
+
+    static LlamaModel LoadCore(string directory, IBackend backend)
+    {
         if (!Directory.Exists(directory)) throw new DirectoryNotFoundException($"model directory not found: {directory}");
         var cfg = LoadConfig(directory);
         var files = WeightFiles(directory);
+        CheckConfigAgainstWeights(cfg, Path.Combine(directory, ConfigFile), files.Shards);
         var model = new LlamaModel(cfg, backend);
         try
         {
@@ -99,6 +108,24 @@ public static class ModelIO
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Refuses, before the model is allocated, a config.json that describes more parameters than the weight files
+    /// hold values: the allocation is then bounded by the files' size, whatever the config claims.
+    /// </summary>
+    static void CheckConfigAgainstWeights(LlamaConfig cfg, string configPath, IReadOnlyList<string> shards)
+    {
+        long values = 0;
+        foreach (var path in shards)
+        {
+            using var f = SafeTensorsFile.Open(path);
+            foreach (var e in f.Entries) values += e.Numel;   // each bounded by its file's size
+        }
+        double need = cfg.ParameterCountEstimate();
+        if (need > values)
+            throw new InvalidDataException($"{configPath}: describes a model of {need:N0} parameters but the weight files hold only {values:N0} values " +
+                $"(vocab_size {cfg.VocabSize}, hidden_size {cfg.HiddenSize}, intermediate_size {cfg.IntermediateSize}, num_hidden_layers {cfg.NumLayers}): config.json and the weights disagree");
     }
 
     /// <summary>config.json of a model directory, with the Hugging Face side files it holds.</summary>

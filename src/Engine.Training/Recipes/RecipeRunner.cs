@@ -227,6 +227,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             var llama = cfg.Model.ToLlamaConfig(tok.VocabSize);
             if (llama.VocabSize < tok.VocabSize)
                 throw new Config.ConfigException($"model.vocab_size ({llama.VocabSize}) is smaller than the tokenizer's vocabulary ({tok.VocabSize})");
+            Trainer.CheckFits(llama, st.BatchSize, st.SeqLen, cfg.Model.CheckpointActivations, zero: cfg.Parallel.Zero, dp: comm.WorldSize);
             model = new LlamaModel(llama, backend);
             model.InitializeWeights(cfg.Seed);
         }

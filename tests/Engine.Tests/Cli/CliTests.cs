@@ -29,7 +29,7 @@ public class CliTests
         File.WriteAllText(dir.File("c.toml"), "[train]\nsteps = 3\nbatchsize = 4\n[data]\ntrain = [\"a.txt\"]\n");
         var (code, err) = Run("train", "--config", dir.File("c.toml"));
         Assert.Equal(2, code);
-        Assert.Equal("error: unknown config key 'train.batchsize' (known keys here: seq_len, batch_size, grad_accum, steps, seed, z_loss, device, log_every, eval_every, eval_batches)", err.Trim());
+        Assert.Equal($"error: {dir.File("c.toml")}: unknown config key 'train.batchsize' (known keys here: seq_len, batch_size, grad_accum, steps, seed, z_loss, device, log_every, eval_every, eval_batches)", err.Trim());
     }
 
     [Fact]
