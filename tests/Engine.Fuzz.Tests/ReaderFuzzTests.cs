@@ -73,7 +73,7 @@ public class TextReaderFuzzTests
         var again = Enumerable.Range(0, 200).Select(i => m.Mutate(13, i)).ToList();
         Assert.Equal(first.Select(x => Convert.ToHexString(x.Data)), again.Select(x => Convert.ToHexString(x.Data)));
         Assert.True(first.Select(x => Convert.ToHexString(x.Data)).Distinct().Count() > 150);
-        Assert.Contains(first, x => x.How.StartsWith("json:", StringComparison.Ordinal));     // structure-aware changes happen
+        Assert.Contains(first, x => x.How.Contains(", json:", StringComparison.Ordinal));     // structure-aware changes happen
         Assert.Contains(first, x => x.How.Contains("truncate", StringComparison.Ordinal));
         Assert.Contains(first, x => x.How.Contains("bit flips", StringComparison.Ordinal));
     }

@@ -7,11 +7,12 @@ using Engine.Fuzz;
 //   mutate TARGET [--count N] [--seed S] [--from I] [--keep DIR]
 //                                          the CI test's deterministic run (seeds, then inputs I..I+N-1); exit 1 on a failure
 //   repro TARGET FILE                      run one input and print the outcome (a crash shows its stack trace)
-//   afl TARGET                             the afl++ entry point (SharpFuzz): stdin/file input from afl-fuzz, a crash = a
-//                                          non-user exception; user errors are the reader's correct refusals
+//   prepare TARGET DIR                     lay the target's fixed files (weights beside a fuzzed config.json, …) in DIR
+//   afl TARGET DIR                         the afl++ entry point (SharpFuzz) over a prepared DIR: a crash = an exception
+//                                          that is not a one-line user error naming the file; those are correct refusals
 static int Usage()
 {
-    Console.Error.WriteLine("usage: engine-fuzz list | seeds DIR [TARGET] | mutate TARGET [--count N] [--seed S] [--from I] [--keep DIR] | repro TARGET FILE | afl TARGET");
+    Console.Error.WriteLine("usage: engine-fuzz list | seeds DIR [TARGET] | mutate TARGET [--count N] [--seed S] [--from I] [--keep DIR] | repro TARGET FILE | prepare TARGET DIR | afl TARGET DIR");
     return 2;
 }
 
@@ -74,11 +75,19 @@ switch (args[0])
             finally { Directory.Delete(dir, recursive: true); }
         }
 
-    case "afl" when args.Length >= 2:
+    case "prepare" when args.Length >= 3:
         {
             var target = FuzzTargets.Get(args[1]);
-            string dir = FuzzPaths.NewTempDir("afl");
-            target.Prepare?.Invoke(dir, SeedCorpus.Locate());
+            Directory.CreateDirectory(args[2]);
+            target.Prepare?.Invoke(args[2], SeedCorpus.Locate());
+            return 0;
+        }
+
+    case "afl" when args.Length >= 3:
+        {
+            // the directory was laid by `prepare` with the uninstrumented build: no instrumented code runs before the fuzzer starts
+            var target = FuzzTargets.Get(args[1]);
+            string dir = Path.GetFullPath(args[2]);
             // OutOfProcess: the target runs in a child process, so a stack overflow or a fatal error is reported as a crash too
             SharpFuzz.Fuzzer.OutOfProcess.Run(stream =>
             {
