@@ -48,7 +48,15 @@ public sealed class CpuBackend : IBackend
         }
     }
 
-    public void Fill(Tensor t, float value) => t.Span.Fill(value);
+    public void Fill(Tensor t, float value)
+    {
+        switch (t.DType)
+        {
+            case DType.F32: t.Span.Fill(value); break;
+            case DType.BF16: t.HalfSpan.Fill(BFloat16.FromFloat(value)); break;
+            default: t.IntSpan.Fill(checked((int)value)); break;
+        }
+    }
 
     public void Copy(Tensor src, Tensor dst)
     {

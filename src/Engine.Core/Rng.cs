@@ -14,6 +14,15 @@ public sealed class Rng
         s0 = SplitMix(ref x); s1 = SplitMix(ref x); s2 = SplitMix(ref x); s3 = SplitMix(ref x);
     }
 
+    /// <summary>A generator for one named purpose under a run's seed (e.g. one parameter's initial values), the same
+    /// whatever else the process creates: FNV-1a of the name mixed into the seed.</summary>
+    public static Rng For(ulong seed, string name)
+    {
+        ulong h = 14695981039346656037UL;
+        foreach (char c in name) { h ^= c; h *= 1099511628211UL; }
+        return new Rng(seed ^ h);
+    }
+
     public (ulong, ulong, ulong, ulong) State { get => (s0, s1, s2, s3); set => (s0, s1, s2, s3) = value; }
 
     static ulong SplitMix(ref ulong x)

@@ -9,21 +9,29 @@ namespace Engine.Model;
 /// </summary>
 public sealed class LlamaModel : IDisposable
 {
-    public LlamaModel(LlamaConfig config, IBackend backend)
+    /// <param name="stage">A pipeline stage (its layers, the embedding on the first, norm + head on the last); null = the
+    /// whole model.</param>
+    public LlamaModel(LlamaConfig config, IBackend backend, PipelineStage? stage = null)
     {
         Config = config.Validate();
         Backend = backend;
-        Store = new ParameterStore(backend, Specs(Config));
+        Stage = stage ?? PipelineStage.Whole(Config.NumLayers);
+        if (Stage.EndLayer > Config.NumLayers || Stage.FirstLayer < 0 || Stage.FirstLayer > Stage.EndLayer)
+            throw new ArgumentException($"pipeline stage {Stage} does not fit a model of {Config.NumLayers} layers");
+        Store = new ParameterStore(backend, Specs(Config, Stage));
     }
 
-    /// <summary>The parameters in Hugging Face state-dict order with their shapes ([out, in] weights).</summary>
-    public static List<ParameterSpec> Specs(LlamaConfig config)
+    /// <summary>The parameters in Hugging Face state-dict order with their shapes ([out, in] weights); for a pipeline
+    /// stage only its own (a tied head on the last stage holds its own copy of model.embed_tokens.weight, kept equal to
+    /// the first stage's by an all-reduce of their gradients).</summary>
+    public static List<ParameterSpec> Specs(LlamaConfig config, PipelineStage? stage = null)
     {
+        stage ??= PipelineStage.Whole(config.NumLayers);
         int c = config.HiddenSize, kv = config.NumKvHeads * config.HeadDim, f = config.IntermediateSize;
         var specs = new List<ParameterSpec>();
         void Add(string name, params int[] shape) => specs.Add(new ParameterSpec(name, shape));
-        Add("model.embed_tokens.weight", config.VocabSize, c);
-        for (int i = 0; i < config.NumLayers; i++)
+        if (stage.IsFirst || (stage.IsLast && config.TieWordEmbeddings)) Add("model.embed_tokens.weight", config.VocabSize, c);
+        for (int i = stage.FirstLayer; i < stage.EndLayer; i++)
         {
             string p = $"model.layers.{i}.";
             Add(p + "input_layernorm.weight", c);
@@ -36,9 +44,20 @@ public sealed class LlamaModel : IDisposable
             Add(p + "mlp.up_proj.weight", f, c);
             Add(p + "mlp.down_proj.weight", c, f);
         }
-        Add("model.norm.weight", c);
-        if (!config.TieWordEmbeddings) Add("lm_head.weight", config.VocabSize, c);
+        if (stage.IsLast)
+        {
+            Add("model.norm.weight", c);
+            if (!config.TieWordEmbeddings) Add("lm_head.weight", config.VocabSize, c);
+        }
         return specs;
+    }
+
+    /// <summary>Which part of the model this object holds (the whole model unless built for a pipeline stage).</summary>
+    public PipelineStage Stage { get; }
+
+    void RequireWhole(string what)
+    {
+        if (Stage.Count != 1) throw new InvalidOperationException($"{what} needs the whole model; this is pipeline stage {Stage.Index} of {Stage.Count}");
     }
 
     public LlamaConfig Config { get; private set; }
@@ -59,12 +78,14 @@ public sealed class LlamaModel : IDisposable
 
     public long ParameterCount => Store.Slots.Sum(p => p.Numel);
 
-    /// <summary>Hugging Face's init: N(0, initializer_range) for linear and embedding weights, ones for norms.</summary>
+    /// <summary>Hugging Face's init: N(0, initializer_range) for linear and embedding weights, ones for norms. Each
+    /// parameter draws from its own generator (the seed and its name), so a pipeline stage holding some of the
+    /// parameters initializes them exactly as the whole model would.</summary>
     public void InitializeWeights(ulong seed)
     {
-        var rng = new Rng(seed);
         foreach (var (name, t) in Parameters)
         {
+            var rng = Rng.For(seed, name);
             var host = new float[t.Numel];
             if (name.EndsWith("norm.weight", StringComparison.Ordinal) || name.EndsWith("layernorm.weight", StringComparison.Ordinal)) host.AsSpan().Fill(1f);
             else rng.FillNormal(host, 0, Config.InitializerRange);
@@ -91,7 +112,7 @@ public sealed class LlamaModel : IDisposable
         if (newVocab < old) throw new ArgumentException($"vocabulary can only grow: {old} → {newVocab}");
         if (newVocab == old) return;
         var grown = Config with { VocabSize = newVocab };
-        Store.Relayout(Specs(grown), fill: (name, before, after) =>
+        Store.Relayout(Specs(grown, Stage), fill: (name, before, after) =>
         {
             if (before == null) return;
             if (!IsEmbeddingOrHead(name)) { Backend.Copy(before, after); return; }
@@ -135,17 +156,47 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Final hidden states [B*T, C] for token ids [B*T] (int32), positions offset..offset+T-1.</summary>
     public Tensor Hidden(Tensor ids, int batch, int seqLen, int positionOffset = 0)
     {
+        RequireWhole("Hidden");
+        return F.RmsNorm(Blocks(Embed(ids, batch, seqLen, positionOffset), batch, seqLen, positionOffset), this["model.norm.weight"], Config.RmsNormEps);
+    }
+
+    Tensor Embed(Tensor ids, int batch, int seqLen, int positionOffset)
+    {
         if (ids.Numel != (long)batch * seqLen) throw new ArgumentException($"ids hold {ids.Numel} tokens, expected batch {batch} × seq {seqLen}");
         if (seqLen + positionOffset > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
             throw new ArgumentException($"sequence of {seqLen + positionOffset} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
-        var x = F.Embedding(ids, this["model.embed_tokens.weight"]);
-        for (int i = 0; i < Config.NumLayers; i++)
+        return F.Embedding(ids, this["model.embed_tokens.weight"]);
+    }
+
+    /// <summary>This model's (or stage's) transformer blocks over hidden states x [B*T, C].</summary>
+    public Tensor Blocks(Tensor x, int batch, int seqLen, int positionOffset = 0)
+    {
+        for (int i = Stage.FirstLayer; i < Stage.EndLayer; i++)
         {
             int layer = i;
             Tensor Block(Tensor h) => TransformerBlock(h, layer, batch, seqLen, positionOffset);
             x = CheckpointActivations ? F.Checkpoint(Block, x, LayerParameters(layer)) : Block(x);
         }
-        return F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps);
+        return x;
+    }
+
+    /// <summary>
+    /// A pipeline stage's forward: token ids [B*T] on the first stage, the previous stage's hidden states [B*T, C]
+    /// otherwise → hidden states [B*T, C] for the next stage. The last stage uses <see cref="StageLoss"/>.
+    /// </summary>
+    public Tensor StageForward(Tensor input, int batch, int seqLen)
+    {
+        if (Stage.IsLast) throw new InvalidOperationException("the last pipeline stage ends in the loss: use StageLoss");
+        return Blocks(Stage.IsFirst ? Embed(input, batch, seqLen, 0) : input, batch, seqLen);
+    }
+
+    /// <summary>The last stage's forward: its blocks, the final norm, the head and the loss (as <see cref="Loss"/>).</summary>
+    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f)
+    {
+        if (!Stage.IsLast) throw new InvalidOperationException($"pipeline stage {Stage.Index} of {Stage.Count} has no head");
+        var x = Blocks(Stage.IsFirst ? Embed(input, batch, seqLen, 0) : input, batch, seqLen);
+        var logits = F.Linear(F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps), HeadWeight());
+        return F.CrossEntropy(logits, targets, normalizer, zLoss);
     }
 
     /// <summary>The LM head weight as used (tied embeddings, NormHead-normalised rows, or lm_head).</summary>
@@ -165,8 +216,8 @@ public sealed class LlamaModel : IDisposable
     /// </summary>
     public (Tensor Loss, Tensor TokenLosses) Loss(Tensor ids, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f)
     {
-        var logits = Logits(ids, batch, seqLen);
-        return F.CrossEntropy(logits, targets, normalizer, zLoss);
+        RequireWhole("Loss");
+        return StageLoss(ids, targets, batch, seqLen, normalizer, zLoss);
     }
 
     /// <summary>
@@ -175,6 +226,7 @@ public sealed class LlamaModel : IDisposable
     /// </summary>
     public Tensor LogitsWithCache(Tensor ids, KvCache cache)
     {
+        RequireWhole("generation");
         int n = (int)ids.Numel, offset = cache.Length;
         if (offset + n > cache.MaxLength) throw new ArgumentException($"KV cache full: {offset} + {n} tokens exceed its {cache.MaxLength} positions");
         var cfg = Config;
@@ -225,4 +277,44 @@ public sealed class LlamaModel : IDisposable
     }
 
     public void Dispose() => Store.Dispose();
+}
+
+/// <summary>
+/// One stage of a pipeline-parallel model: transformer blocks [FirstLayer, EndLayer), the embedding on the first
+/// stage, the final norm, head and loss on the last. <see cref="Whole"/> is the model in one piece.
+/// </summary>
+public sealed record PipelineStage(int Index, int Count, int FirstLayer, int EndLayer)
+{
+    public bool IsFirst => Index == 0;
+    public bool IsLast => Index == Count - 1;
+    public int Layers => EndLayer - FirstLayer;
+
+    public static PipelineStage Whole(int layers) => new(0, 1, 0, layers);
+
+    /// <summary>
+    /// The stages of a layers-deep model over <paramref name="stages"/> stages: an explicit layer count per stage, or a
+    /// balanced split (equal counts; the remainder goes to the earliest stages, so the last one — which also runs the
+    /// head and the loss — gets the fewest).
+    /// </summary>
+    public static List<PipelineStage> Split(int layers, int stages, IReadOnlyList<int>? perStage = null)
+    {
+        if (stages < 1) throw new ArgumentException($"pipeline stages must be >= 1 (got {stages})");
+        int[] counts;
+        if (perStage is { Count: > 0 })
+        {
+            if (perStage.Count != stages) throw new ArgumentException($"the layer split names {perStage.Count} stages, the pipeline has {stages}");
+            if (perStage.Any(c => c < 1) || perStage.Sum() != layers)
+                throw new ArgumentException($"the layer split [{string.Join(", ", perStage)}] must give every stage at least one layer and sum to the model's {layers}");
+            counts = perStage.ToArray();
+        }
+        else
+        {
+            if (layers < stages) throw new ArgumentException($"{stages} pipeline stages need at least {stages} layers, the model has {layers}");
+            counts = Enumerable.Range(0, stages).Select(i => layers / stages + (i < layers % stages ? 1 : 0)).ToArray();
+        }
+        var result = new List<PipelineStage>();
+        int at = 0;
+        for (int i = 0; i < stages; i++) { result.Add(new PipelineStage(i, stages, at, at + counts[i])); at += counts[i]; }
+        return result;
+    }
 }

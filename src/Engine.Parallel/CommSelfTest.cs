@@ -105,8 +105,8 @@ public static class CommSelfTest
                 using var mine = Input(4097, dtype, me, salt: 1);
                 using var got = cpu.Empty([4097], dtype);
                 ICommWork s, r;
-                if (me % 2 == 0) { s = comm.Send(mine, next); r = comm.Recv(got, prev); }
-                else { r = comm.Recv(got, prev); s = comm.Send(mine, next); }
+                s = comm.Send(mine, next);   // buffered: every rank sends first, then receives (no deadlock)
+                r = comm.Recv(got, prev);
                 s.Wait();
                 r.Wait();
                 Expect(got, i => Value(prev, i, dtype, 1), $"recv {dtype} from rank {prev}");

@@ -134,8 +134,13 @@ public sealed class ThreadCommunicator : Communicator
         group.Barrier();
     });
 
-    protected override ICommWork StartSend(OpInfo op, Tensor buffer, int peer) =>
-        Post(worker, op, () => group.Send(Rank, peer, buffer));
+    protected override ICommWork StartSend(OpInfo op, Tensor buffer, int peer)
+    {
+        // buffered: copied now, on the caller's thread (the caller may free or reuse its buffer once Send returned)
+        var copy = CpuBackend.Instance.Empty([checked((int)buffer.Numel)], buffer.DType).Keep();
+        HostReduce.CopyRange(buffer, 0, copy, 0, buffer.Numel);
+        return Post(worker, op, () => group.Send(Rank, peer, copy));
+    }
 
     protected override ICommWork StartRecv(OpInfo op, Tensor buffer, int peer) =>
         Post(worker, op, () => group.Recv(peer, Rank, buffer));
@@ -224,8 +229,6 @@ sealed class ThreadGroup(int size)
     sealed class Mail(Tensor data)
     {
         public Tensor Data { get; } = data;
-        public bool Done;
-        public string? Error;
     }
 
     readonly object gate = new();   // Monitor.Wait/PulseAll need a monitor object
@@ -275,22 +278,18 @@ sealed class ThreadGroup(int size)
         }
     }
 
-    /// <summary>Blocks until <paramref name="dst"/> received <paramref name="data"/> (a rendezvous send).</summary>
+    /// <summary>A buffered send: <paramref name="data"/> (a private copy) goes into <paramref name="dst"/>'s mailbox and
+    /// the sender goes on (as MPI_Isend of a private copy), so ranks that send to each other before receiving cannot
+    /// deadlock.</summary>
     public void Send(int src, int dst, Tensor data)
     {
-        var mail = new Mail(data);
+        var mail = new Mail(data);   // the sender's private copy, freed by the receiver
         lock (gate)
         {
             if (abort is { } a) throw new CommException(a);
             if (!mailboxes.TryGetValue((src, dst), out var box)) mailboxes[(src, dst)] = box = new Queue<Mail>();
             box.Enqueue(mail);
             Monitor.PulseAll(gate);
-            while (!mail.Done)
-            {
-                if (abort is { } reason) throw new CommException(reason);
-                Monitor.Wait(gate);
-            }
-            if (mail.Error is { } e) throw new CommException(e);
         }
     }
 
@@ -310,12 +309,7 @@ sealed class ThreadGroup(int size)
             ? $"send/recv mismatch: rank {src} sent {mail.Data.Numel} × {mail.Data.DType}, rank {dst} expected {into.Numel} × {into.DType}"
             : null;
         if (error is null) HostReduce.CopyRange(mail.Data, 0, into, 0, into.Numel);
-        lock (gate)
-        {
-            mail.Error = error;
-            mail.Done = true;
-            Monitor.PulseAll(gate);
-        }
+        mail.Data.Dispose();
         if (error is not null) throw new CommException(error);
     }
 

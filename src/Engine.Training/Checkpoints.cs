@@ -18,16 +18,26 @@ public sealed record CheckpointParameter(string Name, int[] Shape, long Offset);
 /// <summary>A range of the flat buffers one rank wrote: flat [Start, Start + Length) at element Compact of its file.</summary>
 public sealed record CheckpointSlice(long Start, long Length, long Compact);
 
+/// <summary>One rank's moments file: the world rank that wrote it and the flat slices it holds (in file order).</summary>
+public sealed record CheckpointShard(int Rank, List<CheckpointSlice> Slices);
+
+/// <summary>One pipeline stage's flat layout (the whole model without a pipeline) and its ranks' moment files.</summary>
+public sealed record CheckpointStage
+{
+    public int Index { get; init; }
+    public long Capacity { get; init; }
+    public List<CheckpointParameter> Parameters { get; init; } = [];
+    public List<CheckpointShard> Shards { get; init; } = [];
+}
+
 /// <summary>manifest.json: the global layout and every file with its SHA-256; written last, by rank 0.</summary>
 public sealed record CheckpointManifest
 {
     public int Format { get; init; } = Checkpoints.FormatVersion;
     public int WorldSize { get; init; } = 1;
+    public int Pp { get; init; } = 1;
     public int Zero { get; init; }
-    public long Capacity { get; init; }
-    public List<CheckpointParameter> Parameters { get; init; } = [];
-    /// <summary>Per rank, the slices of the AdamW moments its file holds (in file order).</summary>
-    public List<List<CheckpointSlice>> Shards { get; init; } = [];
+    public List<CheckpointStage> Stages { get; init; } = [];
     public Dictionary<string, string> Files { get; init; } = [];
 }
 
@@ -75,23 +85,27 @@ public static class Checkpoints
         return result;
     }
 
-    public static string Save(string root, LlamaModel model, AdamW opt, CheckpointState state, int keep)
+    /// <param name="layout">The job's layout when it has pipeline stages (null: data parallelism over the optimizer's
+    /// group only).</param>
+    public static string Save(string root, LlamaModel model, AdamW opt, CheckpointState state, int keep, ParallelLayout? layout = null)
     {
         var dp = opt.Parallel;
-        var comm = dp.Comm;
+        var world = layout?.World ?? dp.Comm;
+        var group = dp.Comm;   // the ranks holding this rank's stage
+        int stage = layout?.Grid?.Stage ?? 0;
         string name = $"step_{state.Step:D8}";
         string final = Path.Combine(root, name), tmp = Path.Combine(root, $".{name}.tmp");
-        if (comm.Rank == 0)
+        if (world.Rank == 0)
         {
             Directory.CreateDirectory(root);
             if (Directory.Exists(tmp)) Directory.Delete(tmp, recursive: true);
             Directory.CreateDirectory(Path.Combine(tmp, OptimizerDir));
         }
-        comm.Barrier();
+        world.Barrier();
 
-        // every rank: its slices of the moments
+        // every rank: its slices of the moments, in a file named by its world rank
         var (m, v) = opt.ExportState();
-        var slices = WriteSlices(dp, comm.Rank);
+        var slices = WriteSlices(dp, group.Rank);
         long total = slices.Sum(s => s.Written.Length);
         var fm = new float[total];
         var fv = new float[total];
@@ -100,22 +114,43 @@ public static class Checkpoints
             Array.Copy(m, src.Compact, fm, w.Compact, w.Length);
             Array.Copy(v, src.Compact, fv, w.Compact, w.Length);
         }
-        SafeTensorsWriter.Write(Path.Combine(tmp, ShardFile(comm.Rank)),
+        SafeTensorsWriter.Write(Path.Combine(tmp, ShardFile(world.Rank)),
             [new SafeTensorWrite("exp_avg", [total], fm), new SafeTensorWrite("exp_avg_sq", [total], fv)],
-            new Dictionary<string, string> { ["rank"] = comm.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture) });
-        comm.Barrier();
-
-        if (comm.Rank == 0)
+            new Dictionary<string, string> { ["rank"] = world.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        // every stage's first rank: the stage's layout and which world rank holds which slices
+        if (group.Rank == 0)
         {
-            ModelIO.Save(model, tmp);
-            File.WriteAllText(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state));
-            var manifest = new CheckpointManifest
+            var firstRank = world.Rank;   // data groups are consecutive world ranks (Megatron's order)
+            var layoutRecord = new CheckpointStage
             {
-                WorldSize = comm.WorldSize,
-                Zero = dp.Stage,
+                Index = stage,
                 Capacity = dp.Store.Capacity,
                 Parameters = dp.Store.Slots.Select(s => new CheckpointParameter(s.Name, s.Shape, s.Offset)).ToList(),
-                Shards = Enumerable.Range(0, comm.WorldSize).Select(r => WriteSlices(dp, r).Select(x => x.Written).ToList()).ToList(),
+                Shards = Enumerable.Range(0, group.WorldSize).Select(r => new CheckpointShard(firstRank + r, WriteSlices(dp, r).Select(x => x.Written).ToList())).ToList(),
+            };
+            File.WriteAllText(Path.Combine(tmp, StageFile(stage)), JsonSerializer.Serialize(layoutRecord, Json));
+        }
+        world.Barrier();
+        if (layout?.Pipelined == true) layout.SaveModel(model, tmp);
+        else if (world.Rank == 0) ModelIO.Save(model, tmp);
+
+        if (world.Rank == 0)
+        {
+            File.WriteAllText(Path.Combine(tmp, StateFile), JsonSerializer.Serialize(state));
+            int stages = layout?.Grid?.Stages ?? 1;
+            var stageRecords = Enumerable.Range(0, stages).Select(i =>
+            {
+                string f = Path.Combine(tmp, StageFile(i));
+                var r = JsonSerializer.Deserialize<CheckpointStage>(File.ReadAllText(f), Json)!;
+                File.Delete(f);
+                return r;
+            }).ToList();
+            var manifest = new CheckpointManifest
+            {
+                WorldSize = world.WorldSize,
+                Pp = stages,
+                Zero = dp.Stage,
+                Stages = stageRecords,
                 Files = Directory.GetFiles(tmp, "*", SearchOption.AllDirectories)
                     .Select(f => Path.GetRelativePath(tmp, f).Replace('\\', '/')).Order(StringComparer.Ordinal)
                     .ToDictionary(f => f, f => Sha256(Path.Combine(tmp, f))),
@@ -125,9 +160,11 @@ public static class Checkpoints
             Directory.Move(tmp, final);
             foreach (var old in List(root).SkipLast(Math.Max(1, keep))) Directory.Delete(old, recursive: true);
         }
-        comm.Barrier();
+        world.Barrier();
         return final;
     }
+
+    static string StageFile(int stage) => $"stage{stage:D3}.json";
 
     /// <summary>Checkpoint directories under root, oldest first.</summary>
     public static List<string> List(string root) => !Directory.Exists(root) ? []
@@ -150,14 +187,21 @@ public static class Checkpoints
         public CheckpointManifest Manifest { get; } = manifest;
         public CheckpointState State { get; } = state;
 
-        public LlamaModel LoadModel(IBackend backend) => ModelIO.Load(Directory, backend);
+        /// <summary>The weights, for the whole model or one pipeline stage (only its parameters are read).</summary>
+        public LlamaModel LoadModel(IBackend backend, Func<LlamaConfig, PipelineStage?>? stage = null) =>
+            ModelIO.Load(Directory, backend, stage == null ? null : c => stage(c) ?? PipelineStage.Whole(c.NumLayers));
 
-        /// <summary>Fills <paramref name="opt"/>'s moments for its rank and layout (mapped by parameter name and element;
-        /// parameters the checkpoint lacks start at zero) and its step.</summary>
+        /// <summary>Fills <paramref name="opt"/>'s moments for its rank, layout and stage (mapped by parameter name and
+        /// element from whichever stage and rank wrote them; parameters the checkpoint lacks start at zero) and its step.</summary>
         public void LoadOptimizer(AdamW opt)
         {
             var dp = opt.Parallel;
-            var old = Manifest.Parameters.ToDictionary(p => p.Name, StringComparer.Ordinal);
+            // parameter name → (its stage's layout, the parameter there); a tied copy on two stages has equal moments
+            var old = new Dictionary<string, (CheckpointStage Stage, CheckpointParameter Param)>(StringComparer.Ordinal);
+            foreach (var st in Manifest.Stages)
+                foreach (var p in st.Parameters) old.TryAdd(p.Name, (st, p));
+            var owners = Manifest.Stages.ToDictionary(st => st.Index,
+                st => st.Shards.SelectMany(sh => sh.Slices.Select(sl => (sh.Rank, Slice: sl))).OrderBy(x => x.Slice.Start).ToList());
             var files = new Dictionary<int, (float[] M, float[] V)>();
             (float[] M, float[] V) File(int rank)
             {
@@ -165,15 +209,13 @@ public static class Checkpoints
                 {
                     using var st = SafeTensorsFile.Open(Path.Combine(Directory, ShardFile(rank)));
                     f = (st.ReadFloat32("exp_avg"), st.ReadFloat32("exp_avg_sq"));
-                    long expect = Manifest.Shards[rank].Sum(s => s.Length);
+                    long expect = Manifest.Stages.SelectMany(x => x.Shards).Where(x => x.Rank == rank).Sum(x => x.Slices.Sum(y => y.Length));
                     if (f.M.Length != expect || f.V.Length != expect)
                         throw new InvalidDataException($"{Directory}: {ShardFile(rank)} holds {f.M.Length} moments, the manifest lists {expect}");
                     files[rank] = f;
                 }
                 return f;
             }
-            // old flat element → (rank, index in its file)
-            var owners = Manifest.Shards.SelectMany((slices, r) => slices.Select(s => (Rank: r, Slice: s))).OrderBy(x => x.Slice.Start).ToList();
             var m = new float[dp.Layout.OwnedElements];
             var v = new float[dp.Layout.OwnedElements];
             foreach (var slice in dp.Layout.Owned)
@@ -182,13 +224,14 @@ public static class Checkpoints
                 foreach (var p in dp.Store.Slots)
                 {
                     long lo = Math.Max(p.Offset, slice.Start), hi = Math.Min(p.Offset + p.Numel, end);
-                    if (lo >= hi || !old.TryGetValue(p.Name, out var op)) continue;
+                    if (lo >= hi || !old.TryGetValue(p.Name, out var found)) continue;
+                    var (ost, op) = found;
                     if (!op.Shape.AsSpan().SequenceEqual(p.Shape))
                         throw new InvalidDataException($"{Directory}: parameter {p.Name} has shape {Shape.Format(op.Shape)} in the checkpoint, {Shape.Format(p.Shape)} in this model");
                     long from = op.Offset + (lo - p.Offset), count = hi - lo, to = slice.Compact + (lo - slice.Start);
                     while (count > 0)
                     {
-                        var (rank, s) = Owner(owners, from) ?? throw new InvalidDataException($"{Directory}: no rank's file holds element {from} of the moments ({p.Name})");
+                        var (rank, s) = Owner(owners[ost.Index], from) ?? throw new InvalidDataException($"{Directory}: no rank's file holds element {from} of stage {ost.Index}'s moments ({p.Name})");
                         long n = Math.Min(count, s.Start + s.Length - from);
                         var f = File(rank);
                         long at = s.Compact + (from - s.Start);
@@ -230,8 +273,9 @@ public static class Checkpoints
         catch (JsonException e) { throw new InvalidDataException($"{manifestPath}: not a checkpoint manifest ({e.Message})"); }
         if (manifest.Format != FormatVersion)
             throw new InvalidDataException($"{manifestPath}: checkpoint format {manifest.Format}, this engine reads format {FormatVersion}");
-        if (manifest.Files.Count == 0 || manifest.Shards.Count != manifest.WorldSize || manifest.WorldSize < 1)
-            throw new InvalidDataException($"{manifestPath}: the manifest lists no files or its shards do not match its world size {manifest.WorldSize}");
+        if (manifest.Files.Count == 0 || manifest.WorldSize < 1 || manifest.Stages.Count != manifest.Pp
+            || manifest.Stages.Sum(st => st.Shards.Count) != manifest.WorldSize)
+            throw new InvalidDataException($"{manifestPath}: the manifest lists no files, or its stages and shards do not match its world size {manifest.WorldSize}");
         string root = Path.GetFullPath(dir);
         foreach (var (file, hash) in manifest.Files)
         {
@@ -241,9 +285,9 @@ public static class Checkpoints
             if (!File.Exists(p)) throw new InvalidDataException($"{dir}: {file} listed in the manifest is missing");
             if (Sha256(p) != hash) throw new InvalidDataException($"{dir}: {file} does not match its SHA-256 in the manifest (corrupted checkpoint)");
         }
-        for (int r = 0; r < manifest.WorldSize; r++)
-            if (!manifest.Files.ContainsKey(ShardFile(r).Replace('\\', '/')))
-                throw new InvalidDataException($"{dir}: the manifest lists no optimizer file for rank {r}");
+        foreach (var sh in manifest.Stages.SelectMany(st => st.Shards))
+            if (!manifest.Files.ContainsKey(ShardFile(sh.Rank).Replace('\\', '/')))
+                throw new InvalidDataException($"{dir}: the manifest lists no optimizer file for rank {sh.Rank}");
         CheckpointState state;
         try
         {

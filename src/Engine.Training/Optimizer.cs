@@ -1,4 +1,5 @@
 using Engine.Core;
+using Engine.Core.Distributed;
 using Engine.Model;
 using Engine.Parallel;
 using Engine.Training.Parallel;
@@ -47,6 +48,12 @@ public sealed class AdamW : IDisposable
 
     public AdamWOptions Options { get; }
     public DataParallel Parallel { get; }
+
+    /// <summary>The other pipeline stages (null: none): the gradient norm and clip factor are over the whole model,
+    /// so every stage's sum of squares is added across this group.</summary>
+    public ICommunicator? NormGroup { get; set; }
+    /// <summary>A parameter whose gradient another stage already counts (the last stage's tied-embedding copy).</summary>
+    public string? NormExclude { get; set; }
     public int Step { get; private set; }
 
     /// <summary>Bytes of AdamW moments this rank holds (m and v; 1/N of the single-rank figure under ZeRO).</summary>
@@ -122,6 +129,28 @@ public sealed class AdamW : IDisposable
         }
         else Be.ChunkSumOfSquares(store.Grads!, ShardLayout.Chunk, partials!);
         Be.GradNormFinalize(partials!, (float)Options.ClipNorm, result!);
+        if (NormGroup is { WorldSize: > 1 } group) CombineAcrossStages(group);
+    }
+
+    /// <summary>Pipeline parallelism: the global Σg² is the sum over stages (without a duplicated copy); norm and
+    /// clip factor recomputed on the host and written back (one read and one write of three floats).</summary>
+    void CombineAcrossStages(ICommunicator group)
+    {
+        double s = result!.ToArray()[0];
+        if (NormExclude is { } name)
+        {
+            var slot = store.Slot(name);
+            using var p = Be.Zeros([(int)((slot.Numel + ShardLayout.Chunk - 1) / ShardLayout.Chunk)]).Keep();
+            using var r = Be.Zeros([3]).Keep();
+            Be.ChunkSumOfSquares(store.Grads!.Range(slot.Offset, slot.Numel), ShardLayout.Chunk, p);
+            Be.GradNormFinalize(p, 0f, r);
+            s -= r.ToArray()[0];
+        }
+        Span<double> total = [s];
+        group.AllReduce(total);
+        double norm = Math.Sqrt(Math.Max(0, total[0]));
+        float clip = !double.IsFinite(total[0]) ? float.NaN : Options.ClipNorm > 0 ? (float)Math.Min(1, Options.ClipNorm / (norm + 1e-6)) : 1f;
+        Be.Upload(result!, [(float)total[0], (float)norm, clip]);
     }
 
     /// <summary>Clips by global norm and applies one AdamW update at learning rate lr (this rank's slices; the master

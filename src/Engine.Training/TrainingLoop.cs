@@ -1,5 +1,6 @@
 using Engine.Core;
 using Engine.Core.Autograd;
+using Engine.Core.Distributed;
 using Engine.Model;
 using Engine.Parallel;
 using Engine.Training.Forgetting;
@@ -60,11 +61,14 @@ public sealed record StepMetrics(int Step, int TotalSteps, double Loss, double L
 public static class TrainingLoop
 {
     public static List<StepMetrics> Run(LlamaModel model, IBatchSource data, LoopOptions o, AdamW opt, Ewc? ewc = null,
-        Action<StepMetrics>? onStep = null, Func<double>? validate = null, CancellationToken cancel = default)
+        Action<StepMetrics>? onStep = null, Func<double>? validate = null, CancellationToken cancel = default,
+        PipelineRunner? pipeline = null)
     {
         var be = model.Backend;
         var dp = opt.Parallel;
-        int world = dp.Comm.WorldSize, rank = dp.Comm.Rank, A = o.GradAccum;
+        // data-parallel replicas: the ranks (or, with a pipeline, the pipelines) that each train A micro-batches
+        int world = pipeline?.Grid.Replicas ?? dp.Comm.WorldSize, rank = pipeline?.Grid.Replica ?? dp.Comm.Rank, A = o.GradAccum;
+        var metricsComm = pipeline?.Grid.World ?? dp.Comm;
         var sources = data.SourceNames;
         var steps = new List<StepMetrics>();
         long tokens = o.StartTokens;
@@ -89,7 +93,9 @@ public static class TrainingLoop
             dp.BeginStep();
             double lossSum = 0;
             var perSourceSums = new Dictionary<string, (double Sum, long Count)>(StringComparer.Ordinal);
-            if (valid > 0)
+            if (valid > 0 && pipeline != null)
+                (lossSum, perSourceSums) = pipeline.RunStep(mine, valid, (float)o.ZLoss);
+            else if (valid > 0)
             {
                 for (int j = 0; j < mine.Count; j++)
                 {
@@ -119,9 +125,10 @@ public static class TrainingLoop
                 }
             }
             dp.FinishGradients();
+            pipeline?.SyncTiedEmbedding();
             double penalty = ewc?.Apply(model, dp) ?? 0;
             double norm = opt.Update(lr);
-            if (world > 1) (lossSum, perSourceSums) = ReduceMetrics(dp, lossSum, perSourceSums, sources);
+            if (metricsComm.WorldSize > 1) (lossSum, perSourceSums) = ReduceMetrics(metricsComm, lossSum, perSourceSums, sources);
             tokens += (long)world * A * o.BatchSize * o.SeqLen;
             double? v = null;
             if (validate != null && (step == o.Steps - 1 || (o.EvalEvery > 0 && (step + 1) % o.EvalEvery == 0)))
@@ -142,7 +149,7 @@ public static class TrainingLoop
 
     /// <summary>Sums the loss and the per-source (loss sum, count) over ranks in one collective, in the order of the
     /// batch source's names (every rank has the same list).</summary>
-    static (double, Dictionary<string, (double Sum, long Count)>) ReduceMetrics(DataParallel dp, double loss,
+    static (double, Dictionary<string, (double Sum, long Count)>) ReduceMetrics(ICommunicator comm, double loss,
         Dictionary<string, (double Sum, long Count)> perSource, IReadOnlyList<string> sources)
     {
         foreach (var name in perSource.Keys)
@@ -156,7 +163,7 @@ public static class TrainingLoop
             v[1 + 2 * k] = acc.Sum;
             v[2 + 2 * k] = acc.Count;
         }
-        dp.Comm.AllReduce(v);
+        comm.AllReduce(v);
         var result = new Dictionary<string, (double, long)>(StringComparer.Ordinal);
         for (int k = 0; k < sources.Count; k++) result[sources[k]] = (v[1 + 2 * k], (long)v[2 + 2 * k]);
         return (v[0], result);

@@ -103,13 +103,13 @@ public class ThreadCommunicatorTests
         {
             using var mine = Reference.Tensor(Reference.Input(comm.Rank, 1001, dtype), dtype);
             using var got = CpuBackend.Instance.Empty([1001], dtype);
-            // Operations run one at a time in call order and a send completes when the peer received it (as with
-            // blocking MPI), so a ring pairs up: even ranks send first, odd ranks receive first. Both are issued
-            // before either is waited on.
-            ICommWork s, r;
-            if (comm.Rank % 2 == 0) { s = comm.Send(mine, next); r = comm.Recv(got, prev); }
-            else { r = comm.Recv(got, prev); s = comm.Send(mine, next); }
+            // Sends are buffered (the data is copied when Send is called), so every rank may send before it receives —
+            // the order a pipeline's stages use (activations one way, gradients the other) — without a deadlock;
+            // the buffer may change right after Send returned.
+            var s = comm.Send(mine, next);
+            var r = comm.Recv(got, prev);
             s.Wait();
+            CpuBackend.Instance.Fill(mine, 0f);
             r.Wait();
             Reference.Bitwise(Reference.Input(prev, 1001, dtype), got.ToArray(), $"recv {dtype} from {prev}");
         }

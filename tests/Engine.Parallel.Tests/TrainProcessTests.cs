@@ -26,7 +26,7 @@ public class TrainProcessTests
         throw new DirectoryNotFoundException("shared/data not found above " + AppContext.BaseDirectory);
     }
 
-    static string TrainConfig(string dir, int accum, int zero)
+    static string TrainConfig(string dir, int accum, int zero, int pp = 1)
     {
         string path = Path.Combine(dir, $"run_{accum}_{zero}.toml");
         File.WriteAllText(path, $"""
@@ -56,6 +56,7 @@ public class TrainProcessTests
             dir = "{Path.Combine(dir, $"out_{accum}_{zero}_{Guid.NewGuid():N}")}"
             [parallel]
             zero = {zero}
+            pp = {pp}
             bucket_mb = 0.05
             """);
         return path;
@@ -65,8 +66,15 @@ public class TrainProcessTests
     {
         var m = Regex.Match(stdout, @"weights: (\S+)\s");
         Assert.True(m.Success, "no weights line in:\n" + stdout);
-        using var f = SafeTensorsFile.Open(Path.Combine(m.Groups[1].Value, ModelIO.WeightsFile));
-        return f.Entries.ToDictionary(e => e.Name, e => f.ReadFloat32(e.Name));
+        // One model.safetensors, or one shard per pipeline stage named by the index.
+        var all = new Dictionary<string, float[]>();
+        foreach (var file in Directory.GetFiles(m.Groups[1].Value, "*.safetensors"))
+        {
+            using var f = SafeTensorsFile.Open(file);
+            foreach (var e in f.Entries) all.Add(e.Name, f.ReadFloat32(e.Name));
+        }
+        Assert.NotEmpty(all);
+        return all;
     }
 
     static double[] Losses(string stdout) => Regex.Matches(stdout, @"step +\d+/\d+ loss (\d+\.\d+)")
@@ -104,6 +112,18 @@ public class TrainProcessTests
         var multi = await EngineProcess.RunEngine(launch, EngineProcess.BaseEnvironment(), Limit);
         AssertSameRun(single, multi, $"{ranks} ranks ZeRO-{zero}{(spawn ? " (torchrun-style)" : "")}");
         Assert.Contains($"{ranks} data-parallel ranks (mpi), ZeRO-{zero}", multi.Stdout);
+    }
+
+    [Fact]
+    public async Task Launched_pipeline_times_data_parallel_equals_one_process()
+    {
+        EngineProcess.RequireMpi();
+        using var dir = new TempFolder();
+        var single = await Single(dir.Path);
+        var multi = await EngineProcess.RunEngine(["launch", "--nproc-per-node", "4", "--", "train", "--config", TrainConfig(dir.Path, 2, 1, pp: 2)],
+            EngineProcess.BaseEnvironment(), Limit);
+        AssertSameRun(single, multi, "pp 2 × dp 2 over MPI, 1F1B, ZeRO-1");
+        Assert.True(Regex.Replace(multi.Stdout, @"\s+", " ").Contains("on stage 0 of 2 (1f1b, 2 micro-batches), 2 data-parallel replica(s) (mpi), ZeRO-1"), multi.Stdout);
     }
 
     [Fact]

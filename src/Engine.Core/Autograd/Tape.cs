@@ -27,13 +27,27 @@ public interface IBackwardObserver
     void AfterNode(int index);
 }
 
-/// <summary>The ordered list of ops recorded in one scope.</summary>
+/// <summary>The ordered list of ops recorded in one scope (one micro-batch).</summary>
 public sealed class Tape
 {
     readonly List<Node> nodes = new();
+    readonly TensorScope owner;
+
+    internal Tape(TensorScope owner) => this.owner = owner;
+
     public int Count => nodes.Count;
-    internal void Add(Node n) => nodes.Add(n);
-    public void Clear() => nodes.Clear();
+
+    internal void Add(Node n)
+    {
+        if (nodes.Count == 0) owner.TapeStarted();
+        nodes.Add(n);
+    }
+
+    public void Clear()
+    {
+        nodes.Clear();
+        owner.TapeEnded();
+    }
 
     /// <summary>Runs every node's backward in reverse order of recording, skipping nodes no gradient reached.</summary>
     public void Backward(IBackwardObserver? observer = null)
@@ -47,7 +61,7 @@ public sealed class Tape
             if (any) n.Backward();
             observer?.AfterNode(i);
         }
-        nodes.Clear();
+        Clear();
     }
 }
 

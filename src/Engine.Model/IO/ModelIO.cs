@@ -83,21 +83,25 @@ public static class ModelIO
     /// every model parameter must be present with its shape. generation_config.json, tokenizer_config.json and
     /// chat_template.jinja, when present, ride along in <see cref="LlamaConfig.Hf"/> to the next save.
     /// </summary>
-    public static LlamaModel Load(string directory, IBackend backend)
+    public static LlamaModel Load(string directory, IBackend backend) => Load(directory, backend, null);
+
+    /// <summary>As <see cref="Load(string, IBackend)"/>, for one pipeline stage (only its parameters are read), the
+    /// stage given by a function of the config (its layer count).</summary>
+    public static LlamaModel Load(string directory, IBackend backend, Func<LlamaConfig, PipelineStage>? stage)
     {
         // names from the files (tensor and shard names) end up in messages: keep each message one line
-        try { return LoadCore(directory, backend); }
+        try { return LoadCore(directory, backend, stage); }
         catch (InvalidDataException e) { throw new InvalidDataException(ErrorText.OneLine(e.Message), e); }
         catch (FileNotFoundException e) { throw new FileNotFoundException(ErrorText.OneLine(e.Message), e.FileName, e); }
     }
 
-    static LlamaModel LoadCore(string directory, IBackend backend)
+    static LlamaModel LoadCore(string directory, IBackend backend, Func<LlamaConfig, PipelineStage>? stage)
     {
         if (!Directory.Exists(directory)) throw new DirectoryNotFoundException($"model directory not found: {directory}");
         var cfg = LoadConfig(directory);
         var files = WeightFiles(directory);
         CheckConfigAgainstWeights(cfg, Path.Combine(directory, ConfigFile), files.Shards);
-        var model = new LlamaModel(cfg, backend);
+        var model = new LlamaModel(cfg, backend, stage?.Invoke(cfg));
         try
         {
             LoadWeights(model, files.Index, files.Shards);
@@ -180,6 +184,7 @@ public static class ModelIO
     public static void LoadWeights(LlamaModel model, string? indexPath, IReadOnlyList<string> shards)
     {
         var map = indexPath != null ? SafeTensorsIndex.Read(indexPath) : null;
+        var otherStages = model.Stage.Count > 1 ? LlamaModel.Specs(model.Config).Select(p => p.Name).ToHashSet(StringComparer.Ordinal) : null;
         var seen = new Dictionary<string, string>(StringComparer.Ordinal);
         var unknown = new List<string>();
         foreach (var path in shards)
@@ -200,7 +205,8 @@ public static class ModelIO
                 if (!model.HasParameter(e.Name))
                 {
                     bool skipped = e.Name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)
-                        || (e.Name == "lm_head.weight" && model.Config.TieWordEmbeddings);
+                        || (e.Name == "lm_head.weight" && model.Config.TieWordEmbeddings)
+                        || (otherStages?.Contains(e.Name) ?? false);   // a pipeline stage reads only its own
                     if (!skipped) unknown.Add(e.Name);
                     continue;
                 }

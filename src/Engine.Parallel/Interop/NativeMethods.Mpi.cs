@@ -40,6 +40,10 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibMpi)] public static partial int MPI_Allgather(void* sendbuf, int sendcount, IntPtr sendtype, void* recvbuf, int recvcount, IntPtr recvtype, IntPtr comm);
     [LibraryImport(LibMpi)] public static partial int MPI_Bcast(void* buffer, int count, IntPtr datatype, int root, IntPtr comm);
     [LibraryImport(LibMpi)] public static partial int MPI_Send(void* buf, int count, IntPtr datatype, int dest, int tag, IntPtr comm);
+    /// <summary>MPI_Request is a pointer in Open MPI.</summary>
+    [LibraryImport(LibMpi)] public static partial int MPI_Isend(void* buf, int count, IntPtr datatype, int dest, int tag, IntPtr comm, out IntPtr request);
+    [LibraryImport(LibMpi)] public static partial int MPI_Test(ref IntPtr request, out int flag, void* status);
+    [LibraryImport(LibMpi)] public static partial int MPI_Wait(ref IntPtr request, void* status);
     /// <summary><paramref name="status"/>: an MPI_Status (Open MPI: 24 bytes) or null for MPI_STATUS_IGNORE.</summary>
     [LibraryImport(LibMpi)] public static partial int MPI_Recv(void* buf, int count, IntPtr datatype, int source, int tag, IntPtr comm, void* status);
     [LibraryImport(LibMpi)] public static partial int MPI_Get_count(void* status, IntPtr datatype, out int count);

@@ -14,7 +14,10 @@ namespace Engine.Parallel.Mpi;
 /// step to nearest even. Avg: the sum divided by the world size afterwards (bf16: rounded again).</item>
 /// <item>In-place reduce-scatter (output = input's slice Rank) receives into a scratch buffer: MPI's own in-place
 /// convention puts the result at the front of the buffer instead.</item>
-/// <item>Send/Recv are blocking MPI calls on the MPI thread: pair them as with blocking MPI (one side sends first).</item>
+/// <item>Sends are buffered: the data is copied when Send is called and handed to MPI_Isend, so the send completes at
+/// once and two ranks that send to each other before receiving (a pipeline's activations one way, gradients the
+/// other) cannot deadlock; completed sends are reaped by later sends and all are waited for at dispose. Receives are
+/// blocking MPI_Recv calls on the MPI thread (which also progress the outstanding sends).</item>
 /// </list>
 /// Create a world with <see cref="MpiWorld"/>.
 /// </summary>
@@ -78,11 +81,37 @@ public sealed unsafe class MpiCommunicator : Communicator
         Check(NativeMethods.MPI_Bcast(p.Ptr, (int)buffer.Numel, mpi.Type(buffer.DType), root, comm));
     });
 
-    protected override ICommWork StartSend(OpInfo op, Tensor buffer, int peer) => Post(mpi.Worker, op, () =>
+    readonly List<(IntPtr Request, byte[] Data)> sends = new();   // touched on the MPI thread only
+
+    protected override ICommWork StartSend(OpInfo op, Tensor buffer, int peer)
     {
-        using var p = MpiRuntime.PinTensor(buffer);
-        Check(NativeMethods.MPI_Send(p.Ptr, (int)buffer.Numel, mpi.Type(buffer.DType), peer, 0, comm));
-    });
+        // copy now, on the caller's thread: the caller may reuse its buffer as soon as Send returns work
+        int size = buffer.DType.Size();
+        var copy = GC.AllocateUninitializedArray<byte>(checked((int)(buffer.Numel * size)), pinned: true);
+        using (var p = MpiRuntime.PinTensor(buffer))
+            new ReadOnlySpan<byte>(p.Ptr, copy.Length).CopyTo(copy);
+        return Post(mpi.Worker, op, () =>
+        {
+            ReapSends(wait: false);
+            IntPtr request;
+            fixed (byte* data = copy)
+                Check(NativeMethods.MPI_Isend(data, (int)buffer.Numel, mpi.Type(buffer.DType), peer, 0, comm, out request));
+            sends.Add((request, copy));   // the array is pinned (pinned object heap) until the request completes
+        });
+    }
+
+    /// <summary>Frees the buffers of completed sends (all of them, waiting, when <paramref name="wait"/>). MPI thread only.</summary>
+    void ReapSends(bool wait)
+    {
+        for (int i = sends.Count - 1; i >= 0; i--)
+        {
+            var r = sends[i].Request;
+            int done = 1;
+            if (wait) Check(NativeMethods.MPI_Wait(ref r, null));
+            else Check(NativeMethods.MPI_Test(ref r, out done, null));
+            if (done != 0) sends.RemoveAt(i);
+        }
+    }
 
     protected override ICommWork StartRecv(OpInfo op, Tensor buffer, int peer) => Post(mpi.Worker, op, () =>
     {
@@ -145,6 +174,8 @@ public sealed unsafe class MpiCommunicator : Communicator
 
     protected override void DisposeCore()
     {
+        if (sends.Count > 0 && Fault is null && Watchdog?.Fault is null)
+            Post(mpi.Worker, new OpInfo(0, "send_drain", -1, 0), () => ReapSends(wait: true)).Wait();
         if (isWorld)
         {
             // MPI_Finalize synchronizes with every rank; after a fault a rank may be gone, so it is skipped (the process

@@ -61,6 +61,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     {
         comm = Communicator ?? new SingleRankCommunicator(backend);
         cfg.Parallel.Validate(comm.WorldSize);
+        if (cfg.Parallel.Pp > 1)
+            throw new Config.ConfigException("parallel.pp > 1: recipes train data-parallel only (pipeline stages are for engine train); set parallel.pp = 1");
         string outDir = cfg.Resolve(cfg.Output.Dir);
         if (Lead) Directory.CreateDirectory(outDir);
         comm.Barrier();
@@ -144,7 +146,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         var mixture = new MixtureStream(streams, schedule, seed);
 
         // data parallelism lays the store out anew: everything after this looks parameters up by name
-        using var dp = ParallelSetup.Create(model, comm, cfg.Parallel);
+        using var dp = DataParallel.Create(model.Store, comm, cfg.Parallel.Zero, cfg.Parallel.BucketMb);
         using var ewc = st.EwcLambda > 0 ? EstimateEwc(model, st, tok, seed, dp) : null;
         using var opt = new AdamW(model, st.Optim, dp);
         var options = new LoopOptions

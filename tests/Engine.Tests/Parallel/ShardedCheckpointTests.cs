@@ -61,13 +61,13 @@ public class ShardedCheckpointTests
         Assert.Equal(2, loaded.Manifest.WorldSize);
         Assert.Equal(2, loaded.Manifest.Zero);
         // the two ranks' slices cover the flat buffer once, without overlap
-        var slices = loaded.Manifest.Shards.SelectMany(s => s).OrderBy(s => s.Start).ToList();
+        var slices = loaded.Manifest.Stages.Single().Shards.SelectMany(s => s.Slices).OrderBy(s => s.Start).ToList();
         Assert.Equal(0, slices[0].Start);
         for (int i = 1; i < slices.Count; i++) Assert.Equal(slices[i - 1].Start + slices[i - 1].Length, slices[i].Start);
-        Assert.Equal(loaded.Manifest.Capacity, slices[^1].Start + slices[^1].Length);
+        Assert.Equal(loaded.Manifest.Stages.Single().Capacity, slices[^1].Start + slices[^1].Length);
         // each rank file holds half of the moments
         using var f0 = SafeTensorsFile.Open(Path.Combine(ckpt, "optimizer", "rank00000.safetensors"));
-        Assert.Equal(loaded.Manifest.Capacity / 2, f0["exp_avg"].Numel);
+        Assert.Equal(loaded.Manifest.Stages.Single().Capacity / 2, f0["exp_avg"].Numel);
     }
 
     [Theory]
@@ -148,5 +148,92 @@ public class ShardedCheckpointTests
         cfg.Parallel = new ParallelSection { Dp = 4 };
         var e = Assert.Throws<ConfigException>(() => new Trainer(cfg, CpuBackend.Instance) { Communicator = new SingleRankCommunicator(CpuBackend.Instance) }.Run(TestContext.Current.CancellationToken));
         Assert.Contains("parallel.dp = 4 but the job has 1 rank", e.Message);
+    }
+}
+
+/// <summary>`engine train` with pipeline stages on thread ranks: equal to one process, saved as one Hugging Face
+/// directory (a shard per stage + index), checkpoints that resume bit-exactly at the same layout and reshard to another
+/// (pp 2 × dp 2 → one process).</summary>
+public class PipelineTrainTests
+{
+    const double WeightTol = 5e-5;
+
+    static TrainConfig Config(string outDir, int accum, int pp = 1, string schedule = "1f1b", int zero = 0, bool tied = false) => new()
+    {
+        Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 4, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64, TieWordEmbeddings = tied },
+        Data = new DataSection { Train = [Path.Combine(TrainerTests.DataDir(), "general_en", "tinyshakespeare.txt")], ValidFraction = 0.02 },
+        Train = new TrainSection { SeqLen = 32, BatchSize = 2, GradAccum = accum, Steps = 6, Seed = 5, EvalBatches = 2 },
+        Optim = new AdamWOptions { Lr = 5e-3, WeightDecay = 0.01 },
+        Schedule = new ScheduleOptions { Kind = ScheduleKind.Cosine, WarmupSteps = 2, MinLr = 1e-3 },
+        Output = new OutputSection { Dir = outDir, CheckpointEvery = 3, KeepCheckpoints = 5 },
+        Parallel = new ParallelSection { Pp = pp, Zero = zero, Schedule = schedule, BucketMb = 0.01 },
+    };
+
+    static TrainResult Train(int world, TrainConfig cfg, string? resume = null)
+    {
+        cfg.Validate();
+        return ThreadCommunicator.Run(world, c =>
+            new Trainer(cfg, CpuBackend.Instance) { Communicator = c, Resume = resume }.Run(TestContext.Current.CancellationToken))[0];
+    }
+
+    static Dictionary<string, float[]> Weights(TrainResult r)
+    {
+        using var m = ModelIO.Load(r.WeightsDir, CpuBackend.Instance);
+        return m.Parameters.ToDictionary(p => p.Name, p => p.Tensor.ToArray());
+    }
+
+    static double MaxDiff(Dictionary<string, float[]> a, Dictionary<string, float[]> b) =>
+        a.Max(kv => kv.Value.Zip(b[kv.Key], (x, y) => Math.Abs((double)x - y)).Max());
+
+    [Theory]
+    [InlineData(2, 1, "1f1b", false)]
+    [InlineData(2, 2, "gpipe", true)]
+    [InlineData(4, 1, "1f1b", true)]
+    public void PipelinedTrainingEqualsOneProcess(int pp, int dp, string schedule, bool tied)
+    {
+        using var a = new TempDir();
+        using var b = new TempDir();
+        var single = Train(1, Config(a.Path, 4, tied: tied));
+        var piped = Train(pp * dp, Config(b.Path, 4 / dp, pp, schedule, zero: dp > 1 ? 1 : 0, tied: tied));
+        for (int i = 0; i < 6; i++) Assert.Equal(single.Steps[i].Loss, piped.Steps[i].Loss, 1e-4);
+        Assert.Equal(single.FinalValidLoss!.Value, piped.FinalValidLoss!.Value, 1e-4);
+        Assert.True(File.Exists(Path.Combine(piped.WeightsDir, "model.safetensors.index.json")), "a pipelined run saves one shard per stage with an index");
+        double diff = MaxDiff(Weights(single), Weights(piped));
+        Assert.True(diff <= WeightTol, $"pp {pp} × dp {dp}: final weights differ by {diff:E2}");
+    }
+
+    [Fact]
+    public void PipelineCheckpointsResumeExactlyAndReshardToOneProcess()
+    {
+        using var a = new TempDir();
+        var straight = Train(4, Config(a.Path, 2, pp: 2, zero: 1, tied: true));
+        string step3 = Checkpoints.List(Path.Combine(a.Path, "checkpoints")).First(d => d.EndsWith("step_00000003", StringComparison.Ordinal));
+        var manifest = Checkpoints.Open(step3).Manifest;
+        Assert.Equal(2, manifest.Pp);
+        Assert.Equal(4, manifest.Stages.Sum(s => s.Shards.Count));
+        // same layout: bit-exact
+        using var b = new TempDir();
+        var same = Train(4, Config(b.Path, 2, pp: 2, zero: 1, tied: true), resume: step3);
+        Assert.Equal(straight.Steps.Skip(3).Select(s => s.Loss), same.Steps.Select(s => s.Loss));
+        Assert.Equal(0, MaxDiff(Weights(straight), Weights(same)));
+        // one process with the same global batch (grad_accum 2 × 2 replicas): within tolerance
+        using var c = new TempDir();
+        var one = Train(1, Config(c.Path, 4, tied: true), resume: step3);
+        double diff = MaxDiff(Weights(straight), Weights(one));
+        Assert.True(diff <= WeightTol, $"pp 2 × dp 2 → one process: final weights differ by {diff:E2}");
+    }
+
+    [Fact]
+    public void LayoutsThatDoNotFitAreRefusedByName()
+    {
+        using var dir = new TempDir();
+        var e = Assert.Throws<ConfigException>(() => Train(4, Config(dir.Path, 1, pp: 3)));
+        Assert.Contains("parallel.pp = 3 does not divide the job's 4 rank(s)", e.Message);
+        e = Assert.Throws<ConfigException>(() => Train(2, Config(dir.Path, 1, pp: 2, zero: 2)));
+        Assert.Contains("parallel.zero = 2 is not supported with pipeline stages", e.Message);
+        var cfg = Config(dir.Path, 1, pp: 2);
+        cfg.Parallel = cfg.Parallel with { Layers = [3, 2] };
+        e = Assert.Throws<ConfigException>(() => Train(2, cfg));
+        Assert.Contains("must give every stage at least one layer and sum to the model's 4", e.Message);
     }
 }

@@ -1,0 +1,176 @@
+using Engine.Core;
+using Engine.Core.Autograd;
+using Engine.Model;
+using Engine.Parallel;
+
+namespace Engine.Training.Parallel;
+
+/// <summary>
+/// Runs one optimizer step's micro-batches through this rank's pipeline stage by a schedule
+/// (<see cref="PipelineSchedule"/>): a forward receives the previous stage's activations (or embeds the token ids on the
+/// first stage) and sends its output on (or computes the loss on the last); a backward receives the gradient of its
+/// output from the next stage (or starts from the loss) and sends the gradient of its input back. Each micro-batch is
+/// a detached <see cref="TensorScope"/> holding its activations and its tape from its forward to its backward, so 1F1B
+/// keeps at most P − stage of them alive, GPipe all M. Gradient buckets of the stage's data-parallel group are reduced
+/// during the step's last backward (<see cref="DataParallel"/>), then the tied embedding's two copies (first and last
+/// stage) are summed.
+/// </summary>
+public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataParallel dp, string schedule)
+{
+    public PipelineGrid Grid { get; } = grid;
+    public string Schedule { get; } = schedule;
+
+    /// <summary>The step's (loss sum, per-source sums) on the last stage; zeros elsewhere.</summary>
+    public (double Loss, Dictionary<string, (double Sum, long Count)> PerSource) RunStep(IReadOnlyList<Batch> batches, long valid, float zLoss)
+    {
+        var be = model.Backend;
+        int M = batches.Count, stage = Grid.Stage;
+        bool first = Grid.IsFirst, last = Grid.IsLast;
+        var actions = PipelineSchedule.For(Schedule, Grid.Stages, stage, M);
+        int lastBackward = actions.Select((a, i) => (a, i)).Last(x => x.a.Op == PipeOp.Backward).i;
+        var scopes = new TensorScope?[M];
+        var inputs = new Tensor?[M];
+        var outputs = new Tensor?[M];
+        var sends = new List<Engine.Core.Distributed.ICommWork>();
+        double lossSum = 0;
+        var perSource = new Dictionary<string, (double Sum, long Count)>(StringComparer.Ordinal);
+        try
+        {
+            for (int k = 0; k < actions.Count; k++)
+            {
+                var (op, m) = (actions[k].Op, actions[k].MicroBatch);
+                var b = batches[m];
+                int rows = b.RowSources.Length, n = b.Ids.Length, T = n / rows;
+                if (op == PipeOp.Forward)
+                {
+                    var scope = scopes[m] = TensorScope.Detached();
+                    using (scope.Activate())
+                    {
+                        Tensor x;
+                        if (first)
+                        {
+                            x = be.Empty([n], DType.I32);
+                            be.Upload(x, b.Ids);
+                        }
+                        else
+                        {
+                            x = be.Empty([n, model.Config.HiddenSize], be.ActivationDType);
+                            Grid.Pipe.Recv(x, stage - 1).Wait();
+                            x.RequiresGrad = true;
+                        }
+                        inputs[m] = x;
+                        if (last)
+                        {
+                            var tg = be.Empty([n], DType.I32);
+                            be.Upload(tg, b.Targets);
+                            var (loss, tokenLosses) = model.StageLoss(x, tg, rows, T, valid, zLoss);
+                            outputs[m] = loss;
+                            lossSum += loss.Item();
+                            var tl = tokenLosses.ToArray();
+                            for (int r = 0; r < rows; r++)
+                            {
+                                double sum = 0; long count = 0;
+                                for (int t = 0; t < T; t++)
+                                    if (b.Targets[r * T + t] != -100) { sum += tl[r * T + t]; count++; }
+                                var acc = perSource.GetValueOrDefault(b.RowSources[r]);
+                                perSource[b.RowSources[r]] = (acc.Sum + sum, acc.Count + count);
+                            }
+                        }
+                        else
+                        {
+                            var y = model.StageForward(x, rows, T);
+                            outputs[m] = y;
+                            sends.Add(Grid.Pipe.Send(y, stage + 1));   // buffered: the copy is taken now
+                        }
+                    }
+                }
+                else
+                {
+                    dp.BeginMicroBatch(last: k == lastBackward);
+                    var scope = scopes[m] ?? throw new InvalidOperationException($"backward of micro-batch {m} before its forward");
+                    using (scope.Activate())
+                    {
+                        if (last) Grad.Backward(outputs[m]!, observer: dp);
+                        else
+                        {
+                            var y = outputs[m]!;
+                            var dy = be.Empty(y.Shape, y.DType);
+                            Grid.Pipe.Recv(dy, stage + 1).Wait();
+                            Grad.Backward(y, dy, dp);
+                        }
+                        if (!first)
+                        {
+                            var dx = inputs[m]!.Grad ?? throw new InvalidOperationException($"stage {stage}: no gradient reached the input of micro-batch {m}");
+                            sends.Add(Grid.Pipe.Send(dx, stage - 1));
+                        }
+                    }
+                    dp.EndMicroBatch();
+                    scope.Dispose();
+                    scopes[m] = null;
+                    inputs[m] = outputs[m] = null;
+                }
+            }
+            foreach (var s in sends) s.Wait();
+        }
+        finally
+        {
+            foreach (var s in scopes) s?.Dispose();
+        }
+        return (lossSum, perSource);
+    }
+
+    /// <summary>After the gradients are reduced: the tied embedding's copies on the first and last stage get the sum of
+    /// both gradients (Megatron's embedding all-reduce), so both copies take the same update.</summary>
+    public void SyncTiedEmbedding()
+    {
+        if (Grid.Embedding is not { } group || !model.Config.TieWordEmbeddings) return;
+        var g = model["model.embed_tokens.weight"].Grad ?? throw new InvalidOperationException("the tied embedding has no gradient buffer");
+        group.AllReduce(g).Wait();
+    }
+
+    /// <summary>The parameter whose gradient another stage already counts in the global norm (the last stage's tied
+    /// embedding copy), or null.</summary>
+    public string? NormDuplicate => Grid.IsLast && !Grid.IsFirst && model.Config.TieWordEmbeddings ? "model.embed_tokens.weight" : null;
+
+    /// <summary>
+    /// Forward only (no tapes), for validation: the token-summed NLL and the number of scored targets of
+    /// <paramref name="batches"/> (ids, targets; <paramref name="rows"/> rows each), summed over the stages so every
+    /// stage of the replica returns the same figures. Every stage passes the same batches.
+    /// </summary>
+    public (double Nll, long Count) Evaluate(IReadOnlyList<(int[] Ids, int[] Targets)> batches, int rows)
+    {
+        var be = model.Backend;
+        int stage = Grid.Stage;
+        double nll = 0;
+        long count = 0;
+        using (Grad.NoGrad())
+            foreach (var (ids, targets) in batches)
+            {
+                using var scope = new TensorScope();
+                int n = ids.Length, T = n / rows;
+                Tensor x;
+                if (Grid.IsFirst)
+                {
+                    x = be.Empty([n], DType.I32);
+                    be.Upload(x, ids);
+                }
+                else
+                {
+                    x = be.Empty([n, model.Config.HiddenSize], be.ActivationDType);
+                    Grid.Pipe.Recv(x, stage - 1).Wait();
+                }
+                if (Grid.IsLast)
+                {
+                    var tg = be.Empty([n], DType.I32);
+                    be.Upload(tg, targets);
+                    var (_, rowLosses) = model.StageLoss(x, tg, rows, T, 1f);
+                    nll += be.Sum(rowLosses);
+                    count += targets.Count(t => t != -100);
+                }
+                else Grid.Pipe.Send(model.StageForward(x, rows, T), stage + 1).Wait();
+            }
+        Span<double> sums = [nll, count];
+        Grid.Pipe.AllReduce(sums);
+        return (sums[0], (long)sums[1]);
+    }
+}
