@@ -39,7 +39,7 @@ public static class ReaderFuzz
         Assert.True(stats.Refused > 0, $"{target}: no input was refused ({stats})");
     }
 
-    public static TheoryData<string> Binary => ["safetensors", "safetensors-index", "model-config", "gguf", "shard", "tokenizer", "labeled"];
+    public static TheoryData<string> Binary => ["safetensors", "safetensors-index", "model-config", "gguf", "shard", "tokenizer", "labeled", "checkpoint"];
 
     public static TheoryData<string> Text => ["train-config", "train-config-json", "recipe-config", "prepare-config", "prepare-config-json",
         "documents-txt", "documents-jsonl", "documents-json", "documents-csv", "instructions"];

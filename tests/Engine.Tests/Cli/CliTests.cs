@@ -51,9 +51,14 @@ public class CliTests
     {
         using var dir = new TempDir();
         File.WriteAllText(dir.File("c.toml"), "[data]\ntrain = [\"a.txt\"]\n");
+        if (Engine.Cuda.Backend.CudaBackend.TryGetShared(out _, out _))
+            Assert.Skip("a usable GPU is present: this test checks the message given without one");
         var (code, err) = Run("train", "--config", dir.File("c.toml"), "--device", "cuda");
         Assert.Equal(2, code);
-        Assert.Contains("cuda", err);
+        // the device error itself, on one line, before anything else is tried (a.txt does not exist either)
+        Assert.StartsWith("error: device 'cuda': ", err.Trim());
+        Assert.EndsWith("use device = \"cpu\"", err.Trim());
+        Assert.Single(err.Trim().Split('\n'));
     }
 
     [Fact]

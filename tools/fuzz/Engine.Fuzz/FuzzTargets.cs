@@ -5,6 +5,8 @@ using Engine.Data.Prepare;
 using Engine.Data.Shards;
 using Engine.Model.Export;
 using Engine.Model.IO;
+using Engine.Parallel;
+using Engine.Training;
 using Engine.Training.Config;
 using Engine.Training.Eval;
 using Engine.Training.Recipes;
@@ -105,6 +107,26 @@ public static class FuzzTargets
             if (!again.Encode(SampleText).SequenceEqual(ids))
                 throw new FuzzInvariantException($"{path}: the saved tokenizer encodes differently from the loaded one");
         }),
+
+        new("checkpoint", "Checkpoints.Open of a checkpoint with a fuzzed manifest.json + its weights and AdamW moments loaded",
+            s => [s.Checkpoint()["manifest.json"]], (input, dir) =>
+            {
+                Write(dir, "manifest.json", input);
+                var loaded = Checkpoints.Open(dir);
+                using var model = loaded.LoadModel(CpuBackend.Instance);
+                using var dp = DataParallel.Create(model.Store, new SingleRankCommunicator(CpuBackend.Instance));
+                using var opt = new AdamW(model, new AdamWOptions(), dp);
+                loaded.LoadOptimizer(opt);
+            }, Prepare: (dir, s) =>
+            {
+                foreach (var (name, bytes) in s.Checkpoint())
+                    if (name != "manifest.json")
+                    {
+                        string path = Path.Combine(dir, name);
+                        Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+                        File.WriteAllBytes(path, bytes);
+                    }
+            }),
 
         new("train-config", "TrainConfig.Load (TOML)", s => s.TrainConfigs(), (input, dir) => TrainConfig.Load(Write(dir, "run.toml", input))),
         new("train-config-json", "TrainConfig.Load (JSON)", s => s.TrainConfigsJson(), (input, dir) => TrainConfig.Load(Write(dir, "run.json", input))),

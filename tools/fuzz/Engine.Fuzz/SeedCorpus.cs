@@ -6,6 +6,10 @@ using Engine.Data.Shards;
 using Engine.Model;
 using Engine.Model.Export;
 using Engine.Model.IO;
+using Engine.Parallel;
+using Engine.Training;
+using Engine.Training.Config;
+using Engine.Training.Parallel;
 
 namespace Engine.Fuzz;
 
@@ -295,6 +299,43 @@ public sealed class SeedCorpus
             ["special"] = true,
         };
     }
+
+    // ------------------------------------------------------------------ checkpoints
+
+    /// <summary>
+    /// A training checkpoint's files by relative path: a tiny Llama trained 2 steps on 4 thread ranks as 2 pipeline
+    /// stages × 2 data-parallel replicas with ZeRO-1 (so its manifest has stages, per-rank moment slices and a staged
+    /// weight save), checkpointed after step 1. Deterministic: the manifest's hashes match the files in every process.
+    /// </summary>
+    public IReadOnlyDictionary<string, byte[]> Checkpoint()
+    {
+        lock (gate)
+        {
+            if (checkpoint != null) return checkpoint;
+            string dir = FuzzPaths.NewTempDir("seed-checkpoint");
+            try
+            {
+                string text = Path.Combine(dir, "train.txt");
+                File.WriteAllBytes(text, Head("general_en/tinyshakespeare.txt", 20_000));
+                var cfg = new TrainConfig
+                {
+                    Model = new ModelSection { HiddenSize = 16, IntermediateSize = 32, NumLayers = 2, NumHeads = 2, NumKvHeads = 1, MaxPositionEmbeddings = 32 },
+                    Data = new DataSection { Train = [text], ValidFraction = 0.05 },
+                    Train = new TrainSection { SeqLen = 16, BatchSize = 2, GradAccum = 2, Steps = 2, Seed = 3, EvalBatches = 1 },
+                    Output = new OutputSection { Dir = Path.Combine(dir, "out"), CheckpointEvery = 1 },
+                    Parallel = new ParallelSection { Pp = 2, Zero = 1, BucketMb = 0.001 },
+                };
+                cfg.Validate();
+                ThreadCommunicator.Run(4, c => new Trainer(cfg, CpuBackend.Instance) { Communicator = c }.Run());
+                string ckpt = Checkpoints.List(Path.Combine(dir, "out", "checkpoints")).Single();
+                return checkpoint = Directory.GetFiles(ckpt, "*", SearchOption.AllDirectories)
+                    .ToDictionary(f => Path.GetRelativePath(ckpt, f).Replace('\\', '/'), File.ReadAllBytes, StringComparer.Ordinal);
+            }
+            finally { Directory.Delete(dir, recursive: true); }
+        }
+    }
+
+    Dictionary<string, byte[]>? checkpoint;
 
     // ------------------------------------------------------------------ configs
 
