@@ -120,27 +120,34 @@ public class RestartReplayTests
     public async Task KillNineDuringACheckpointSaveLeavesThePreviousCheckpointLoadable()
     {
         using var dir = new TempDir();
-        string outDir = Path.Combine(dir.Path, "run"), root = Path.Combine(outDir, "checkpoints");
         // a ~2.6M-parameter model (10 MB of weights, 20 MB of moments, all hashed): a save long enough to be caught
-        // mid-write; a checkpoint every step, keep 3
-        string cfg = Config(dir.Path, "run", steps: 40, checkpointEvery: 1, hidden: 256, layers: 4, keep: 3);
-
-        // kill as soon as a save after step 3 has started writing its temporary directory
+        // mid-write; a checkpoint every step, keep 3. Kill as soon as a save after step 3 has started writing its
+        // temporary directory; should the save finish between seeing it and the kill, run again (3 tries).
+        string outDir = "", root = "", cfg = "";
         string? caught = null;
-        var killed = await ChildEngine.RunAndKill(["train", "-c", cfg], null, Limit, poll: () =>
+        for (int attempt = 0; attempt < 3 && caught == null; attempt++)
         {
-            if (!Directory.Exists(root)) return false;
-            foreach (var tmp in Directory.GetDirectories(root, ".step_*.tmp"))
-                if (string.CompareOrdinal(Path.GetFileName(tmp), ".step_00000004.tmp") >= 0
-                    && Directory.EnumerateFiles(tmp, "*", SearchOption.AllDirectories).Any())
-                {
-                    caught = tmp;
-                    return true;
-                }
-            return false;
-        });
-        Assert.True(killed.Killed && caught != null, "the run finished before a save could be caught: " + killed.All);
-        Assert.True(Directory.Exists(caught), $"the kill landed after the save of {caught} completed (its directory was renamed): retry the test");
+            string name = $"run{attempt}";
+            outDir = Path.Combine(dir.Path, name);
+            root = Path.Combine(outDir, "checkpoints");
+            cfg = Config(dir.Path, name, steps: 40, checkpointEvery: 1, hidden: 256, layers: 4, keep: 3);
+            string? seen = null;
+            var killed = await ChildEngine.RunAndKill(["train", "-c", cfg], null, Limit, poll: () =>
+            {
+                if (!Directory.Exists(root)) return false;
+                foreach (var tmp in Directory.GetDirectories(root, ".step_*.tmp"))
+                    if (string.CompareOrdinal(Path.GetFileName(tmp), ".step_00000004.tmp") >= 0
+                        && Directory.EnumerateFiles(tmp, "*", SearchOption.AllDirectories).Any())
+                    {
+                        seen = tmp;
+                        return true;
+                    }
+                return false;
+            });
+            Assert.True(killed.Killed && seen != null, "the run finished before a save could be caught: " + killed.All);
+            if (Directory.Exists(seen)) caught = seen;   // else the save completed (renamed) before the kill
+        }
+        Assert.True(caught != null, "three kills all landed after the save they aimed at had completed");
         int cutStep = int.Parse(Path.GetFileName(caught)[6..14], System.Globalization.CultureInfo.InvariantCulture);
 
         // the half-written directory is not a checkpoint; the newest one is the step before, and it verifies
@@ -158,7 +165,7 @@ public class RestartReplayTests
         // an explicit directory and `latest` both continue from it; the replayed step is bit-identical
         foreach (var spec in new[] { previous, "latest" })
         {
-            string resumeCfg = Config(dir.Path, "run", steps: cutStep + 1, checkpointEvery: 0, hidden: 256, layers: 4);
+            string resumeCfg = Config(dir.Path, Path.GetFileName(outDir), steps: cutStep + 1, checkpointEvery: 0, hidden: 256, layers: 4);
             int before = Metrics(outDir).Count;
             var resumed = await ChildEngine.Run(["train", "-c", resumeCfg, "--resume", spec], Limit);
             Assert.True(resumed.ExitCode == 0, $"--resume {spec}: " + resumed.All);
