@@ -15,7 +15,7 @@ public static class Cli
         }
         catch (Exception e) when (IsUserError(e))
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {ErrorText.OneLine(e.Message, 4000)}");
             return 2;
         }
     }
@@ -26,7 +26,7 @@ public static class Cli
         try { return body(); }
         catch (Exception e) when (IsUserError(e))
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {ErrorText.OneLine(e.Message, 4000)}");   // one line whatever the message holds
             return 2;
         }
         catch (OperationCanceledException)

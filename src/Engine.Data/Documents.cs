@@ -39,8 +39,7 @@ public static partial class Documents
                     using (doc)
                     {
                         int before = docs.Count;
-                        FromElement(doc!.RootElement, docs);
-                        if (docs.Count == before) skipped++;
+                        if (!TryFromElement(doc!.RootElement, docs) || docs.Count == before) skipped++;
                     }
                 }
                 break;
@@ -54,8 +53,7 @@ public static partial class Documents
                     foreach (var e in arr.RootElement.EnumerateArray())
                     {
                         int before = docs.Count;
-                        FromElement(e, docs);
-                        if (docs.Count == before) skipped++;
+                        if (!TryFromElement(e, docs) || docs.Count == before) skipped++;
                     }
                 }
                 break;
@@ -73,6 +71,14 @@ public static partial class Documents
         if (stats != null) { stats.MalformedRecordsSkipped += skipped; stats.Documents += docs.Count; }
         if (docs.Count == 0 && skipped > 0) throw new InvalidDataException($"{path}: no readable documents ({skipped} malformed records)");
         return docs;
+    }
+
+    /// <summary>As <see cref="FromElement"/>; false (nothing added) for a record holding a string .NET cannot represent (an escaped lone surrogate).</summary>
+    static bool TryFromElement(JsonElement e, List<string> into)
+    {
+        int before = into.Count;
+        try { FromElement(e, into); return true; }
+        catch (InvalidOperationException) { into.RemoveRange(before, into.Count - before); return false; }
     }
 
     static void FromElement(JsonElement e, List<string> into)

@@ -30,8 +30,7 @@ public static class Instructions
                 using (doc)
                 {
                     int before = list.Count;
-                    FromElement(doc!.RootElement, list);
-                    if (list.Count == before) skipped++;
+                    if (!TryFromElement(doc!.RootElement, list) || list.Count == before) skipped++;
                 }
             }
         }
@@ -45,8 +44,7 @@ public static class Instructions
                 foreach (var e in doc.RootElement.EnumerateArray())
                 {
                     int before = list.Count;
-                    FromElement(e, list);
-                    if (list.Count == before) skipped++;
+                    if (!TryFromElement(e, list) || list.Count == before) skipped++;
                 }
             }
         }
@@ -76,6 +74,14 @@ public static class Instructions
 
     static string? Str(JsonElement e, string name) =>
         e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
+
+    /// <summary>As <see cref="FromElement"/>; false (nothing added) for a record holding a string .NET cannot represent (an escaped lone surrogate).</summary>
+    internal static bool TryFromElement(JsonElement e, List<InstructionExample> into)
+    {
+        int before = into.Count;
+        try { FromElement(e, into); return true; }
+        catch (InvalidOperationException) { into.RemoveRange(before, into.Count - before); return false; }
+    }
 
     /// <summary>Appends the examples one JSON object holds (0, 1, or one per Self-Instruct instance).</summary>
     internal static void FromElement(JsonElement e, List<InstructionExample> into)

@@ -42,11 +42,17 @@ public static class TextDecoding
 {
     static readonly UTF8Encoding Strict = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
+    /// <summary>Largest text file read whole: its characters must fit one .NET string (about 1 G UTF-16 units).</summary>
+    public const long MaxFileBytes = 1L << 30;
+
     /// <summary>Reads a whole file as text (gzip-compressed when named .gz); throws <see cref="InvalidDataException"/> naming the file for binary or (policy Error) invalid content.</summary>
     public static string ReadFile(string path, InvalidUtf8Policy policy, DocumentReadStats? stats = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         if (!File.Exists(path)) throw new FileNotFoundException($"data file not found: {path}", path);
+        long length = new FileInfo(path).Length;
+        if (length > MaxFileBytes)
+            throw new InvalidDataException($"{path}: {length:N0} bytes, more than the {MaxFileBytes:N0} one text file may hold (a .NET string): split it into several files");
         byte[] bytes = File.ReadAllBytes(path);
         if (DataFile.IsGzip(path)) bytes = DataFile.Gunzip(bytes, path);   // x.jsonl.gz: the shipped data folder's form
         if (stats != null) { stats.Files++; stats.Bytes += bytes.Length; }

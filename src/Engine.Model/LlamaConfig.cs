@@ -32,11 +32,21 @@ public sealed record LlamaConfig
 
     public RopeParams Rope => new(HeadDim, RopeTheta, RopeScaling, RopeScalingFactor);
 
+    /// <summary>
+    /// Most parameters one model may have: the flat <c>ParameterStore</c> is one fp32 buffer with an int index (its
+    /// master and gradient buffers are allocated with checked int sizes).
+    /// </summary>
+    public const long MaxParameters = int.MaxValue;
+
     /// <summary>Throws with every problem found, each naming its field.</summary>
     public LlamaConfig Validate()
     {
         var errors = new List<string>();
-        void Pos(string name, double v) { if (!(v > 0)) errors.Add($"{name} must be positive (got {v})"); }
+        void Pos(string name, double v)
+        {
+            if (!(v > 0)) errors.Add($"{name} must be positive (got {v})");
+            else if (double.IsInfinity(v)) errors.Add($"{name} must be finite (got {v})");
+        }
         Pos("vocab_size", VocabSize); Pos("hidden_size", HiddenSize); Pos("intermediate_size", IntermediateSize);
         Pos("num_hidden_layers", NumLayers); Pos("num_attention_heads", NumHeads); Pos("num_key_value_heads", NumKvHeads);
         Pos("max_position_embeddings", MaxPositionEmbeddings); Pos("rms_norm_eps", RmsNormEps); Pos("rope_theta", RopeTheta);
@@ -46,8 +56,20 @@ public sealed record LlamaConfig
         if (NumHeads > 0 && HiddenSize % NumHeads == 0 && HeadDim % 2 != 0) errors.Add($"head dim ({HeadDim}) must be even for rotary embeddings");
         if (RopeScaling != RopeScalingKind.None && !(RopeScalingFactor >= 1)) errors.Add($"rope_scaling.factor must be >= 1 (got {RopeScalingFactor})");
         if (TieWordEmbeddings && NormHead) errors.Add("norm_head cannot be combined with tie_word_embeddings");
+        if (RopeScaling != RopeScalingKind.None && double.IsInfinity(RopeScalingFactor)) errors.Add("rope_scaling.factor must be finite");
+        if (errors.Count == 0 && ParameterCountEstimate() > MaxParameters)
+            errors.Add($"the model would have {ParameterCountEstimate():G4} parameters (vocab_size {VocabSize}, hidden_size {HiddenSize}, intermediate_size {IntermediateSize}, " +
+                $"num_hidden_layers {NumLayers}); the engine holds at most {MaxParameters:N0} in its flat parameter store");
         if (errors.Count > 0) throw new ArgumentException("invalid Llama config: " + string.Join("; ", errors));
         return this;
+    }
+
+    /// <summary>The parameter count in floating point: never overflows, for size checks before anything is allocated.</summary>
+    public double ParameterCountEstimate()
+    {
+        double c = HiddenSize, kv = (double)NumKvHeads * (NumHeads > 0 ? HiddenSize / NumHeads : 0);
+        double perLayer = 2 * c + c * c * 2 + 2 * c * kv + 3 * c * IntermediateSize;
+        return VocabSize * c * (TieWordEmbeddings ? 1 : 2) + NumLayers * perLayer + c;
     }
 
     /// <summary>Parameters in the model, embeddings and head included.</summary>

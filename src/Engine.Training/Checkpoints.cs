@@ -307,6 +307,13 @@ public static class Checkpoints
     /// <summary>Verifies the manifest (every file present with its SHA-256) and reads the state.</summary>
     public static Loaded Open(string dir)
     {
+        // names and JSON literals from the files end up in messages: keep each message one line
+        try { return OpenCore(dir); }
+        catch (InvalidDataException e) { throw new InvalidDataException(ErrorText.OneLine(e.Message), e); }
+    }
+
+    static Loaded OpenCore(string dir)
+    {
         string manifestPath = Path.Combine(dir, ManifestFile);
         if (!File.Exists(manifestPath)) throw new InvalidDataException($"{dir}: not a checkpoint (no {ManifestFile})");
         CheckpointManifest manifest;
@@ -318,12 +325,14 @@ public static class Checkpoints
         catch (JsonException e) { throw new InvalidDataException($"{manifestPath}: not a checkpoint manifest ({e.Message})"); }
         if (manifest.Format != FormatVersion)
             throw new InvalidDataException($"{manifestPath}: checkpoint format {manifest.Format}, this engine reads format {FormatVersion}");
+        CheckLayout(manifest, manifestPath);
         if (manifest.Files.Count == 0 || manifest.WorldSize < 1 || manifest.Stages.Count != manifest.Pp
             || manifest.Stages.Sum(st => st.Shards.Count) != manifest.WorldSize)
             throw new InvalidDataException($"{manifestPath}: the manifest lists no files, or its stages and shards do not match its world size {manifest.WorldSize}");
         string root = Path.GetFullPath(dir);
         foreach (var (file, hash) in manifest.Files)
         {
+            if (file.Length == 0 || file.Contains('\0')) throw new InvalidDataException($"{manifestPath}: file name '{file}' is empty or holds a NUL");
             string p = Path.GetFullPath(Path.Combine(dir, file));
             if (!p.StartsWith(root + Path.DirectorySeparatorChar, StringComparison.Ordinal))
                 throw new InvalidDataException($"{manifestPath}: file '{file}' lies outside the checkpoint directory");
@@ -370,6 +379,57 @@ public static class Checkpoints
         if (state.Rng is not { Length: 4 }) throw new InvalidDataException($"{dir}: {StateFile} has no sampler RNG state");
         if (state.Step < 0 || state.AdamStep < 0 || state.Tokens < 0) throw new InvalidDataException($"{dir}: {StateFile} has a negative step or token count");
         return new Loaded(dir, manifest, state);
+    }
+
+    /// <summary>
+    /// The manifest's layout as loading relies on it, checked before anything is read (the fuzz target `checkpoint` in
+    /// tools/fuzz found each of these as a crash): every list present, parameters with non-negative shapes whose flat
+    /// ranges lie inside their stage's capacity, distinct stage indexes below pp, distinct ranks below the world size,
+    /// and slices inside the capacity and their rank's file, not overlapping within a stage.
+    /// </summary>
+    static void CheckLayout(CheckpointManifest manifest, string path)
+    {
+        InvalidDataException Bad(string what) => new($"{path}: {what}");
+        if (manifest.Files == null || manifest.Stages == null) throw Bad("'files' or 'stages' is missing");
+        if (manifest.WorldSize < 1 || manifest.Pp < 1) throw Bad($"world_size {manifest.WorldSize} and pp {manifest.Pp} must be >= 1");
+        var stageIndexes = new HashSet<int>();
+        var ranks = new HashSet<int>();
+        var fileLength = new Dictionary<int, long>();
+        foreach (var st in manifest.Stages)
+        {
+            if (st?.Parameters == null || st.Shards == null) throw Bad("a stage without 'parameters' or 'shards'");
+            if (st.Index < 0 || st.Index >= manifest.Pp || !stageIndexes.Add(st.Index)) throw Bad($"stage index {st.Index} is repeated or outside 0..{manifest.Pp - 1}");
+            if (st.Capacity < 0) throw Bad($"stage {st.Index} has capacity {st.Capacity}");
+            var names = new HashSet<string>(StringComparer.Ordinal);
+            foreach (var p in st.Parameters)
+            {
+                if (p?.Name == null || p.Shape == null || !names.Add(p.Name)) throw Bad($"stage {st.Index}: a parameter without a name or shape, or named twice");
+                long numel = 1;
+                foreach (int d in p.Shape)
+                    numel = d >= 0 && (d == 0 || numel <= long.MaxValue / d) ? numel * d : throw Bad($"parameter {p.Name}: shape {Shape.Format(p.Shape)} is negative or overflows");
+                if (p.Offset < 0 || p.Offset > st.Capacity - numel) throw Bad($"parameter {p.Name}: elements {p.Offset}+{numel} lie outside stage {st.Index}'s capacity {st.Capacity}");
+            }
+            var slices = new List<CheckpointSlice>();
+            foreach (var sh in st.Shards)
+            {
+                if (sh?.Slices == null) throw Bad($"stage {st.Index}: a shard without 'slices'");
+                if (sh.Rank < 0 || sh.Rank >= manifest.WorldSize || !ranks.Add(sh.Rank)) throw Bad($"rank {sh.Rank} is repeated or outside 0..{manifest.WorldSize - 1}");
+                long total = 0;
+                foreach (var sl in sh.Slices)
+                {
+                    if (sl == null || sl.Start < 0 || sl.Length < 0 || sl.Start > st.Capacity - sl.Length || sl.Compact < 0 || total > long.MaxValue - sl.Length)
+                        throw Bad($"rank {sh.Rank}: slice {sl} lies outside stage {st.Index}'s capacity {st.Capacity}");
+                    total += sl.Length;
+                    slices.Add(sl);
+                }
+                fileLength[sh.Rank] = total;
+                foreach (var sl in sh.Slices)
+                    if (sl.Compact > total - sl.Length) throw Bad($"rank {sh.Rank}: slice {sl} lies outside its file's {total} moments");
+            }
+            slices.Sort((a, b) => a.Start.CompareTo(b.Start));
+            for (int i = 1; i < slices.Count; i++)
+                if (slices[i].Start < slices[i - 1].Start + slices[i - 1].Length) throw Bad($"stage {st.Index}: slices {slices[i - 1]} and {slices[i]} overlap");
+        }
     }
 
     static string Sha256(string path)

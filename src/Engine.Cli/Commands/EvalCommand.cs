@@ -34,6 +34,10 @@ public static class EvalCommand
             { model, tokenizer, text, fewshot, pool, shots, maxEx, seqLen, maxTokens, labels, json, device, instruction, calibrate, adapter };
         cmd.SetAction(p => Cli.Guard(() =>
         {
+            if (p.GetValue(shots) < 0) throw new ArgumentException($"--shots must be >= 0 (got {p.GetValue(shots)})");
+            if (p.GetValue(maxEx) < 1) throw new ArgumentException($"--max-examples must be >= 1 (got {p.GetValue(maxEx)})");
+            if (p.GetValue(seqLen) < 1) throw new ArgumentException($"--seq-len must be >= 1 (got {p.GetValue(seqLen)})");
+            if (p.GetValue(maxTokens) < 1) throw new ArgumentException($"--max-tokens must be >= 1 (got {p.GetValue(maxTokens)})");
             var tok = LoadTokenizer(p.GetValue(tokenizer)!);
             using var m = ModelIO.Load(p.GetValue(model)!.FullName, Cli.Backend(p.GetValue(device)!));
             if (m.Config.VocabSize < tok.VocabSize) throw new ArgumentException($"the tokenizer has {tok.VocabSize} ids but the model only {m.Config.VocabSize}");
@@ -53,6 +57,9 @@ public static class EvalCommand
             foreach (var f in p.GetValue(fewshot) ?? [])
             {
                 var (test, skipped) = LabeledData.Read(f, names);
+                var distinct = test.Concat(poolSet ?? []).Select(e => e.Label).Distinct().Count();
+                if (distinct < 2)
+                    throw new InvalidDataException($"{f}: all {test.Count} readable examples ({skipped} malformed rows skipped) have the label '{test[0].Label}': accuracy over one label is 100% whatever the model does");
                 var (r, c) = Evaluator.FewShotWithCalibration(m, tok, test, poolSet ?? test, p.GetValue(shots), 1, p.GetValue(maxEx), calibrate: cal);
                 Console.WriteLine($"{f}: {p.GetValue(shots)}-shot accuracy {r.Accuracy:P2}, macro-F1 {r.MacroF1:F4}" +
                     (c != null ? $" (calibrated {c.Accuracy:P2}, {c.MacroF1:F4})" : "") +
@@ -89,11 +96,14 @@ public static class EvalCommand
         var cmd = new Command("generate", "generate text with a KV cache (greedy, temperature, top-p)") { model, tokenizer, prompt, maxNew, temperature, topP, seed, device };
         cmd.SetAction(p => Cli.Guard(() =>
         {
+            // options first: a bad one is refused before the model is read
+            var o = new SamplingOptions(p.GetValue(maxNew), p.GetValue(temperature), p.GetValue(topP), p.GetValue(seed)).Validate();
             var tok = LoadTokenizer(p.GetValue(tokenizer)!);
             using var m = ModelIO.Load(p.GetValue(model)!.FullName, Cli.Backend(p.GetValue(device)!));
+            if (m.Config.VocabSize < tok.VocabSize) throw new ArgumentException($"the tokenizer has {tok.VocabSize} ids but the model only {m.Config.VocabSize}");
             var ids = tok.Encode(p.GetValue(prompt)!);
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            var o = new SamplingOptions(p.GetValue(maxNew), p.GetValue(temperature), p.GetValue(topP), p.GetValue(seed), tok.EosId);
+            o = o with { StopToken = tok.EosId };
             var outIds = Generator.Generate(m, ids, o);
             Console.WriteLine(p.GetValue(prompt) + tok.Decode(outIds.ToArray()));
             Console.Error.WriteLine($"[{outIds.Count} tokens in {sw.Elapsed.TotalSeconds:F2} s, {outIds.Count / sw.Elapsed.TotalSeconds:F1} tokens/s]");

@@ -22,13 +22,16 @@ public sealed record DedupOptions
     /// <summary>Candidate pairs whose exact Jaccard is computed for the estimate-vs-truth report.</summary>
     public int SamplePairs { get; init; } = 200;
 
+    /// <summary>Most MinHash permutations (each costs a hash per shingle per document; 128-256 is usual).</summary>
+    public const int MaxPermutations = 4096;
+
     public void Validate()
     {
         if (ShingleSize < 1) throw new ArgumentException($"dedup.shingle_size must be >= 1 (got {ShingleSize})");
-        if (Permutations < 1) throw new ArgumentException($"dedup.permutations must be >= 1 (got {Permutations})");
-        if (Bands < 1 || Rows < 1 || Bands * Rows != Permutations)
+        if (Permutations is < 1 or > MaxPermutations) throw new ArgumentException($"dedup.permutations must be in [1, {MaxPermutations}] (got {Permutations})");
+        if (Bands < 1 || Rows < 1 || (long)Bands * Rows != Permutations)
             throw new ArgumentException($"dedup.bands × dedup.rows must equal dedup.permutations (got {Bands} × {Rows} vs {Permutations})");
-        if (Threshold is <= 0 or > 1) throw new ArgumentException($"dedup.threshold must be in (0, 1] (got {Threshold})");
+        if (!(Threshold > 0 && Threshold <= 1)) throw new ArgumentException($"dedup.threshold must be in (0, 1] (got {Threshold})");
         if (SamplePairs < 0) throw new ArgumentException($"dedup.sample_pairs must be >= 0 (got {SamplePairs})");
     }
 }

@@ -39,6 +39,13 @@ public sealed record PrepareConfig(
 
     public static PrepareConfig Parse(string text, string source, string baseDir)
     {
+        // strings from the file end up in messages: keep each one line
+        try { return ParseCore(text, source, baseDir); }
+        catch (PrepareConfigException e) { throw new PrepareConfigException(ErrorText.OneLine(e.Message)); }
+    }
+
+    static PrepareConfig ParseCore(string text, string source, string baseDir)
+    {
         Dictionary<string, object?> tree;
         bool json = source.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || text.TrimStart().StartsWith('{');
         try
@@ -50,14 +57,18 @@ public sealed record PrepareConfig(
             }
             else tree = (Dictionary<string, object?>)FromToml(TomlSerializer.Deserialize<TomlTable>(text) ?? new TomlTable())!;
         }
-        catch (JsonException e) { throw new PrepareConfigException($"{source}: invalid JSON: {e.Message}"); }
-        catch (TomlException e) { throw new PrepareConfigException($"{source}: invalid TOML: {e.Message}"); }
+        catch (JsonException e) { throw new PrepareConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
+        catch (TomlException e) { throw new PrepareConfigException($"{source}: invalid TOML: {ErrorText.FirstOfLines(e.Message)}"); }
+        catch (InvalidOperationException e) { throw new PrepareConfigException($"{source}: invalid JSON string ({ErrorText.OneLine(e.Message)})"); }
 
         var root = new Section(tree, "", source);
-        string Resolve(string p) => DataPaths.Resolve(p, baseDir);
+        string Resolve(string p) => p.Contains('\0') ? throw new PrepareConfigException($"{source}: path '{p}' holds a NUL character, which no path can")
+            : DataPaths.Resolve(p, baseDir);
 
         string output = Resolve(root.Str("output_dir", "prepared"));
-        ulong seed = (ulong)root.Long("seed", 1234);
+        long seedValue = root.Long("seed", 1234);
+        if (seedValue < 0) throw new PrepareConfigException($"{source}: seed must be >= 0 (got {seedValue})");
+        ulong seed = (ulong)seedValue;
         var policy = root.Str("invalid_utf8", "repair") switch
         {
             "error" => InvalidUtf8Policy.Error,
@@ -65,7 +76,7 @@ public sealed record PrepareConfig(
             "drop" => InvalidUtf8Policy.Drop,
             var v => throw new PrepareConfigException($"{source}: invalid_utf8 must be error, repair or drop (got '{v}')"),
         };
-        int maxDocs = (int)root.Long("max_documents_per_file", 0);
+        int maxDocs = root.Int("max_documents_per_file", 0);
         if (maxDocs < 0) throw new PrepareConfigException($"{source}: max_documents_per_file must be >= 0");
 
         var sources = new List<PrepareSource>();
@@ -93,9 +104,9 @@ public sealed record PrepareConfig(
             RemoveControl = c.Bool("remove_control", defaults.RemoveControl),
             Boilerplate = c.Bool("boilerplate", defaults.Boilerplate),
             BoilerplatePatterns = [.. c.Strs("boilerplate_patterns", defaults.BoilerplatePatterns)],
-            BoilerplateMaxLineChars = (int)c.Long("boilerplate_max_line_chars", defaults.BoilerplateMaxLineChars),
-            MinChars = (int)c.Long("min_chars", defaults.MinChars),
-            MaxChars = (int)c.Long("max_chars", defaults.MaxChars),
+            BoilerplateMaxLineChars = c.Int("boilerplate_max_line_chars", defaults.BoilerplateMaxLineChars),
+            MinChars = c.Int("min_chars", defaults.MinChars),
+            MaxChars = c.Int("max_chars", defaults.MaxChars),
             Repetition = c.Bool("repetition", defaults.Repetition),
             MaxDuplicateLineFraction = c.Double("max_duplicate_line_fraction", defaults.MaxDuplicateLineFraction),
             MaxDuplicateLineCharFraction = c.Double("max_duplicate_line_char_fraction", defaults.MaxDuplicateLineCharFraction),
@@ -109,7 +120,7 @@ public sealed record PrepareConfig(
 
         var q = root.Table("quality");
         var quality = new QualityOptions(q.Bool("enabled", false), q.Double("threshold", 0.5),
-            q.Strs("curated", []).Select(Resolve).ToList(), q.Strs("web", []).Select(Resolve).ToList(), (int)q.Long("max_examples", 2000));
+            q.Strs("curated", []).Select(Resolve).ToList(), q.Strs("web", []).Select(Resolve).ToList(), q.Int("max_examples", 2000));
         q.EnsureConsumed();
         if (quality.Enabled && (quality.Curated.Count == 0 || quality.Web.Count == 0)) throw new PrepareConfigException($"{source}: quality.curated and quality.web must list files when quality.enabled = true");
         if (quality.Threshold is < 0 or > 1) throw new PrepareConfigException($"{source}: quality.threshold must be in [0, 1] (got {quality.Threshold})");
@@ -124,12 +135,12 @@ public sealed record PrepareConfig(
             Near = d.Bool("near", dd.Near),
             Local = d.Bool("local", dd.Local),
             Global = d.Bool("global", dd.Global),
-            ShingleSize = (int)d.Long("shingle_size", dd.ShingleSize),
-            Permutations = (int)d.Long("permutations", dd.Permutations),
-            Bands = (int)d.Long("bands", dd.Bands),
-            Rows = (int)d.Long("rows", dd.Rows),
+            ShingleSize = d.Int("shingle_size", dd.ShingleSize),
+            Permutations = d.Int("permutations", dd.Permutations),
+            Bands = d.Int("bands", dd.Bands),
+            Rows = d.Int("rows", dd.Rows),
             Threshold = d.Double("threshold", dd.Threshold),
-            SamplePairs = (int)d.Long("sample_pairs", dd.SamplePairs),
+            SamplePairs = d.Int("sample_pairs", dd.SamplePairs),
             Seed = seed,
         };
         d.EnsureConsumed();
@@ -138,12 +149,12 @@ public sealed record PrepareConfig(
         var t = root.Table("tokenizer");
         var bt = new BpeTrainOptions();
         string? tokPath = t.Str("path", "") is { Length: > 0 } tp ? Resolve(tp) : null;
-        var tok = new TokenizerOptions(tokPath, (int)t.Long("vocab_size", bt.VocabSize), (int)t.Long("min_frequency", bt.MinFrequency),
-            (int)t.Long("max_token_bytes", bt.MaxTokenBytes), t.Long("train_max_bytes", 8_000_000), t.Strs("special_tokens", bt.SpecialTokens), t.Strs("add_tokens", []));
+        var tok = new TokenizerOptions(tokPath, t.Int("vocab_size", bt.VocabSize), t.Int("min_frequency", bt.MinFrequency),
+            t.Int("max_token_bytes", bt.MaxTokenBytes), t.Long("train_max_bytes", 8_000_000), t.Strs("special_tokens", bt.SpecialTokens), t.Strs("add_tokens", []));
         t.EnsureConsumed();
         if (tok.Path == null && tok.VocabSize < 256 + tok.SpecialTokens.Count) throw new PrepareConfigException($"{source}: tokenizer.vocab_size must be at least 256 + the special tokens (got {tok.VocabSize})");
         if (tok.TrainMaxBytes < 1) throw new PrepareConfigException($"{source}: tokenizer.train_max_bytes must be positive");
-        int threads = (int)root.Long("threads", 0);
+        int threads = root.Int("threads", 0);
         if (threads < 0) throw new PrepareConfigException($"{source}: threads must be >= 0 (0 = every core; got {threads})");
         root.EnsureConsumed();
         return new PrepareConfig(output, seed, policy, maxDocs, sources, cleaningEnabled, cleaning, quality, dedupEnabled, dedup, tok) { Threads = threads };
@@ -152,19 +163,28 @@ public sealed record PrepareConfig(
     static void Wrap(string source, Action validate)
     {
         try { validate(); }
-        catch (ArgumentException e) when (e is not PrepareConfigException) { throw new PrepareConfigException($"{source}: {e.Message}"); }
+        catch (ArgumentException e) when (e is not PrepareConfigException) { throw new PrepareConfigException($"{source}: {ErrorText.OneLine(e.Message)}"); }
     }
 
     static object? FromJson(JsonElement e) => e.ValueKind switch
     {
-        JsonValueKind.Object => e.EnumerateObject().ToDictionary(p => p.Name, p => FromJson(p.Value)),
+        JsonValueKind.Object => JsonObject(e),
         JsonValueKind.Array => e.EnumerateArray().Select(FromJson).ToList(),
         JsonValueKind.String => e.GetString(),
-        JsonValueKind.Number => e.TryGetInt64(out long l) ? l : e.GetDouble(),
+        JsonValueKind.Number => e.TryGetInt64(out long l) ? (object)l   // a long stays a long; a number past double's range is refused
+            : e.TryGetDouble(out double d) ? d : throw new JsonException($"number {e.GetRawText()} is out of range"),
         JsonValueKind.True => true,
         JsonValueKind.False => false,
         _ => null,
     };
+
+    static Dictionary<string, object?> JsonObject(JsonElement e)
+    {
+        var d = new Dictionary<string, object?>();
+        foreach (var p in e.EnumerateObject())
+            if (!d.TryAdd(p.Name, FromJson(p.Value))) throw new JsonException($"key '{p.Name}' appears twice in one object");
+        return d;
+    }
 
     static object? FromToml(object? v) => v switch
     {
@@ -180,7 +200,7 @@ public sealed record PrepareConfig(
         readonly HashSet<string> _used = [];
 
         string Key(string k) => prefix.Length == 0 ? k : $"{prefix}.{k}";
-        PrepareConfigException Error(string k, string what) => new($"{source}: key '{Key(k)}' {what}");
+        PrepareConfigException Error(string k, string what) => new($"{source}: key '{ErrorText.OneLine(Key(k))}' {ErrorText.OneLine(what)}");
 
         object? Get(string k) { _used.Add(k); return values.GetValueOrDefault(k); }
 
@@ -206,10 +226,17 @@ public sealed record PrepareConfig(
             var v => throw Error(k, $"must be an integer (got {v})"),
         };
 
+        public int Int(string k, int def)
+        {
+            long v = Long(k, def);
+            return v is >= int.MinValue and <= int.MaxValue ? (int)v : throw Error(k, $"= {v} is out of range (a 32-bit integer)");
+        }
+
         public double Double(string k, double def) => Get(k) switch
         {
             null => def,
-            double d => d,
+            double d when double.IsFinite(d) => d,
+            double d => throw Error(k, $"must be a finite number (got {d})"),
             long l => l,
             int i => i,
             var v => throw Error(k, $"must be a number (got {v})"),
@@ -227,7 +254,7 @@ public sealed record PrepareConfig(
             null => def,
             List<object?> list => list.Select(x => x switch
             {
-                double d => d,
+                double d when double.IsFinite(d) => d,
                 long l => (double)l,
                 _ => throw Error(k, "must be a list of numbers"),
             }).ToArray(),
@@ -251,7 +278,7 @@ public sealed record PrepareConfig(
         public void EnsureConsumed()
         {
             foreach (var k in values.Keys)
-                if (!_used.Contains(k)) throw new PrepareConfigException($"{source}: unknown key '{Key(k)}'");
+                if (!_used.Contains(k)) throw new PrepareConfigException($"{source}: unknown key '{ErrorText.OneLine(Key(k))}'");
         }
     }
 }

@@ -243,8 +243,8 @@ public sealed unsafe class ShardReader : ITokenSource, IDisposable
         long idxTokens = BinaryPrimitives.ReadInt64LittleEndian(ih[24..]);
         ulong idxDataSum = BinaryPrimitives.ReadUInt64LittleEndian(ih[32..]);
         int elem = ShardFormat.ElementSize(dtype);
-        if (tokens < 0 || ShardFormat.HeaderBytes + tokens * elem != binLen)
-            throw new InvalidDataException($"{bin}: header says {tokens} tokens ({ShardFormat.HeaderBytes + tokens * elem} bytes) but the file has {binLen} bytes (truncated or corrupted)");
+        if (tokens < 0 || tokens > (binLen - ShardFormat.HeaderBytes) / elem || ShardFormat.HeaderBytes + tokens * elem != binLen)
+            throw new InvalidDataException($"{bin}: header says {tokens} tokens ({(decimal)ShardFormat.HeaderBytes + (decimal)tokens * elem} bytes) but the file has {binLen} bytes (truncated or corrupted)");
         if (docs < 0 || docs > int.MaxValue - 1 || ShardFormat.HeaderBytes + (docs + 1) * 8 != idxLen)
             throw new InvalidDataException($"{idx}: header says {docs} documents but the file has {idxLen} bytes (truncated or corrupted)");
         if (idxTokens != tokens) throw new InvalidDataException($"{idx}: index counts {idxTokens} tokens but {bin} holds {tokens}");
@@ -262,7 +262,10 @@ public sealed unsafe class ShardReader : ITokenSource, IDisposable
         return (dtype, tokens, dataSum, vocab, docs);
     }
 
-    /// <summary>Opens <c>base.bin</c> + <c>base.idx</c> (either path or the base name).</summary>
+    /// <summary>
+    /// Opens <c>base.bin</c> + <c>base.idx</c> (either path or the base name). <paramref name="verifyChecksums"/> also
+    /// hashes both files and checks every token id against the vocabulary size (a full read).
+    /// </summary>
     public static ShardReader Open(string path, bool verifyChecksums = false)
     {
         var (bin, idx) = ShardFormat.Paths(path);
@@ -273,7 +276,7 @@ public sealed unsafe class ShardReader : ITokenSource, IDisposable
         catch (IOException e) when (e is not FileNotFoundException) { throw new InvalidDataException($"{bin}: cannot be mapped ({e.Message})", e); }
         if (verifyChecksums)
         {
-            try { r.VerifyChecksums(); }
+            try { r.VerifyChecksums(); r.VerifyTokenIds(); }
             catch { r.Dispose(); throw; }
         }
         return r;
@@ -294,6 +297,28 @@ public sealed unsafe class ShardReader : ITokenSource, IDisposable
         ulong stored = BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(_idxPtr + 40, 8));
         if (ShardFormat.Finish(ShardFormat.Checksum(new ReadOnlySpan<byte>(_idxPtr + ShardFormat.HeaderBytes, (int)idxBytes)), idxBytes) != stored)
             throw new InvalidDataException($"{Path.ChangeExtension(BinPath, ".idx")}: offsets checksum mismatch (corrupted)");
+    }
+
+    /// <summary>
+    /// Refuses a shard holding a token id at or above its vocabulary size (a checksum-valid shard written for another
+    /// tokenizer, or by another tool), naming the shard, the document and the id.
+    /// </summary>
+    public void VerifyTokenIds()
+    {
+        long start = 0;
+        for (long d = 0; d < _docs; d++)
+        {
+            long end = Offset(d + 1);
+            for (long i = start; i < end; i++)
+            {
+                int t = DType == TokenDType.UInt16
+                    ? BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(_binPtr + ShardFormat.HeaderBytes + i * 2, 2))
+                    : BinaryPrimitives.ReadInt32LittleEndian(new ReadOnlySpan<byte>(_binPtr + ShardFormat.HeaderBytes + i * 4, 4));
+                if ((uint)t >= (uint)VocabSize)
+                    throw new InvalidDataException($"{BinPath}: document {d} holds token id {t} at position {i - start}, outside the shard's vocabulary of {VocabSize}");
+            }
+            start = end;
+        }
     }
 
     public int DocumentLength(int index)
@@ -347,7 +372,8 @@ public static class ShardValidator
         var problems = new List<string>();
         try
         {
-            using var r = ShardReader.Open(path, verifyChecksums: true);
+            using var r = ShardReader.Open(path);
+            r.VerifyChecksums();
             var buf = new int[4096];
             long bad = 0;
             for (int d = 0; d < r.DocumentCount; d++)

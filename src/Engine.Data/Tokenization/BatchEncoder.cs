@@ -36,7 +36,15 @@ public static class BatchEncoder
         }
         // small chunks balance long and short documents; 16 per thread at least, 256 indices at most
         int chunk = Math.Clamp(count / (degree * 16), 1, 256);
-        Parallel.ForEach(Partitioner.Create(0, count, chunk), new ParallelOptions { MaxDegreeOfParallelism = degree, CancellationToken = cancel },
-            range => { for (int i = range.Item1; i < range.Item2; i++) body(i); });
+        try
+        {
+            Parallel.ForEach(Partitioner.Create(0, count, chunk), new ParallelOptions { MaxDegreeOfParallelism = degree, CancellationToken = cancel },
+                range => { for (int i = range.Item1; i < range.Item2; i++) body(i); });
+        }
+        catch (AggregateException e) when (e.Flatten().InnerExceptions is [var first, ..])
+        {
+            // the first failure as itself (e.g. a tokenizer regex past its time limit, naming the file), not wrapped
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(first);
+        }
     }
 }

@@ -16,7 +16,9 @@ internal sealed class BpeModel
 {
     public const int CacheMaxChars = 32;   // longer pieces (Han runs) rarely repeat: caching them made cold and warm encoding slower (measured 12-64)
     const int MaxCacheEntries = 1 << 20;
-    const int SmallPiece = 16;   // up to this many symbols: array scan, beyond it a heap (16-64 measured alike)
+    const int SmallPiece = 16;
+    /// <summary>Unused ids tolerated in model.vocab beyond its entry count (the id table is sized by the largest id).</summary>
+    public const int MaxIdGap = 65536;   // up to this many symbols: array scan, beyond it a heap (16-64 measured alike)
 
     public Dictionary<string, int> Vocab { get; }
     public List<(int A, int B)> Merges { get; }
@@ -50,6 +52,9 @@ internal sealed class BpeModel
         foreach (var (tok, id) in vocab)
         {
             if (id < 0) throw new InvalidDataException($"vocabulary id {id} of '{tok}' is negative");
+            // ids may leave gaps, but the id table is allocated up to the largest: bound it by the entries the file holds
+            if (id >= (long)vocab.Count + MaxIdGap)
+                throw new InvalidDataException($"vocabulary id {id} of '{tok}' is far beyond the vocabulary's {vocab.Count} entries (ids must be below entries + {MaxIdGap})");
             max = Math.Max(max, id);
         }
         _tokens = new string?[max + 1];

@@ -149,17 +149,27 @@ public sealed partial class BpeTokenizer
         if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer file not found: {path}", path);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
-        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({e.Message})", e); }
+        catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({ErrorText.OneLine(e.Message)})", e); }
         using (doc)
         {
-            try { return FromJson(doc.RootElement, path, eosToken, bosToken); }
-            catch (InvalidDataException e) when (!e.Message.StartsWith(path, StringComparison.Ordinal))
+            try
             {
-                throw new InvalidDataException($"{path}: {e.Message}", e);
+                var tokenizer = FromJson(doc.RootElement, path, eosToken, bosToken);
+                tokenizer.SourcePath = path;
+                return tokenizer;
+            }
+            catch (InvalidDataException e)
+            {
+                // every message names the file, on one line (token strings from the file end up in messages)
+                throw new InvalidDataException(e.Message.StartsWith(path, StringComparison.Ordinal) ? ErrorText.OneLine(e.Message) : $"{path}: {ErrorText.OneLine(e.Message)}", e);
+            }
+            catch (NotSupportedException e)
+            {
+                throw new NotSupportedException(e.Message.StartsWith(path, StringComparison.Ordinal) ? ErrorText.OneLine(e.Message) : $"{path}: {ErrorText.OneLine(e.Message)}", e);
             }
             catch (InvalidOperationException e)
             {
-                throw new InvalidDataException($"{path}: a field has the wrong JSON type ({e.Message})", e);
+                throw new InvalidDataException($"{path}: a field has the wrong JSON type ({ErrorText.OneLine(e.Message)})", e);
             }
         }
     }
@@ -176,8 +186,8 @@ public sealed partial class BpeTokenizer
         foreach (var opt in new[] { "continuing_subword_prefix", "end_of_word_suffix" })
             if (model.TryGetProperty(opt, out var v) && v.ValueKind == JsonValueKind.String && v.GetString()!.Length > 0)
                 throw new NotSupportedException($"{path}: model.{opt} is set; only BPE without subword affixes is supported");
-        if (model.TryGetProperty("dropout", out var dr) && dr.ValueKind == JsonValueKind.Number && dr.GetDouble() > 0)
-            throw new NotSupportedException($"{path}: model.dropout is {dr.GetDouble()}; BPE dropout (random merges) is not supported");
+        if (model.TryGetProperty("dropout", out var dr) && dr.ValueKind == JsonValueKind.Number && !(dr.TryGetDouble(out double dropout) && dropout <= 0))
+            throw new NotSupportedException($"{path}: model.dropout is {dr.GetRawText()}; BPE dropout (random merges) is not supported");
         if (!model.TryGetProperty("vocab", out var vocabEl) || vocabEl.ValueKind != JsonValueKind.Object)
             throw new InvalidDataException($"{path}: model.vocab missing or not an object");
         var vocab = new Dictionary<string, int>(StringComparer.Ordinal);
@@ -198,7 +208,7 @@ public sealed partial class BpeTokenizer
                 if (m.ValueKind == JsonValueKind.String)
                 {
                     var s = m.GetString()!;
-                    int sp = s.IndexOf(' ', 1);
+                    int sp = s.Length > 1 ? s.IndexOf(' ', 1) : -1;
                     if (sp < 0) throw new InvalidDataException($"{path}: merge {r} '{s}' is not 'a b'");
                     a = s[..sp]; b = s[(sp + 1)..];
                 }
@@ -288,7 +298,7 @@ public sealed partial class BpeTokenizer
                 if (source == null) throw new InvalidDataException($"{path}: Split pattern has neither 'Regex' nor 'String'");
                 Regex regex;
                 try { regex = PreTokenizer.Compile(isRegex ? source : Regex.Escape(source)); }
-                catch (ArgumentException ex) { throw new NotSupportedException($"{path}: Split regex is not valid in .NET ({ex.Message})", ex); }
+                catch (ArgumentException ex) { throw new NotSupportedException($"{path}: Split regex is not valid in .NET ({ErrorText.OneLine(ex.Message)})", ex); }
                 steps.Add(new PreTokenizer.SplitStep(regex, source, isRegex, b, invert));
                 break;
             default:

@@ -1,4 +1,5 @@
 using System.Text;
+using System.Text.RegularExpressions;
 using Engine.Data.Tokenization;
 
 namespace Engine.Data;
@@ -175,7 +176,21 @@ public sealed partial class BpeTokenizer : ITokenizer
         public static EncodeScratch Get() => t_current ??= new EncodeScratch();
     }
 
+    /// <summary>The tokenizer.json this tokenizer was loaded from (null when trained or built in memory).</summary>
+    public string? SourcePath { get; private set; }
+
+    /// <summary>A regex of the file that ran past <see cref="PreTokenizer.MatchTimeout"/>: the file is unusable, say which.</summary>
+    InvalidDataException RegexTimeout(RegexMatchTimeoutException e) =>
+        new($"{SourcePath ?? "tokenizer"}: regex '{e.Pattern}' ran past its {e.MatchTimeout.TotalSeconds:0.#} s match limit on a {e.Input.Length}-character input " +
+            "(catastrophic backtracking): fix the pattern in the tokenizer.json", e);
+
     public int[] Encode(string text)
+    {
+        try { return EncodeCore(text); }
+        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e); }
+    }
+
+    int[] EncodeCore(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
         var scratch = EncodeScratch.Get();
@@ -226,6 +241,12 @@ public sealed partial class BpeTokenizer : ITokenizer
 
     /// <summary>Hugging Face's decode(ids, skip_special_tokens = true); an id outside the vocabulary is an error.</summary>
     public string Decode(ReadOnlySpan<int> ids)
+    {
+        try { return DecodeCore(ids); }
+        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e); }
+    }
+
+    string DecodeCore(ReadOnlySpan<int> ids)
     {
         foreach (int id in ids)
             if ((uint)id >= (uint)VocabSize) throw new ArgumentOutOfRangeException(nameof(ids), id, $"token id outside the vocabulary (size {VocabSize})");

@@ -57,7 +57,7 @@ internal abstract class Normalizer
         if (pat.TryGetProperty("Regex", out var r) && r.ValueKind == JsonValueKind.String)
         {
             try { return (null, PreTokenizer.Compile(r.GetString()!)); }
-            catch (ArgumentException ex) { throw new NotSupportedException($"{path}: {where} Replace regex is not valid in .NET ({ex.Message})", ex); }
+            catch (ArgumentException ex) { throw new NotSupportedException($"{path}: {where} Replace regex is not valid in .NET ({ErrorText.OneLine(ex.Message)})", ex); }
         }
         throw new InvalidDataException($"{path}: {where} Replace pattern has neither 'String' nor 'Regex'");
     }

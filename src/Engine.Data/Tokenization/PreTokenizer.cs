@@ -34,7 +34,25 @@ internal sealed class PreTokenizer
         _exec = steps.Where(s => s is not ByteLevelStep { UseRegex: false, AddPrefixSpace: false }).ToArray();
     }
 
-    public static Regex Compile(string pattern) => new(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant);
+    /// <summary>
+    /// Time limit of one regex match. A tokenizer.json regex can backtrack catastrophically (e.g. <c>(a+)+$</c> on a run of
+    /// a's): past the limit .NET throws <see cref="RegexMatchTimeoutException"/>, which <see cref="BpeTokenizer"/> turns
+    /// into an error naming the file. Pre-tokenizer patterns match a few characters at a time; 2 s is far beyond any
+    /// legitimate match (the NonBacktracking engine is not used: it lacks the lookarounds GPT-2-style patterns need).
+    /// </summary>
+    public static readonly TimeSpan MatchTimeout = TimeSpan.FromSeconds(2);
+
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, Regex> Compiled = new(StringComparer.Ordinal);
+
+    /// <summary>A compiled, culture-invariant regex with <see cref="MatchTimeout"/> (cached by pattern: loading a tokenizer again does not recompile).</summary>
+    public static Regex Compile(string pattern)
+    {
+        if (Compiled.TryGetValue(pattern, out var cached)) return cached;
+        var regex = new Regex(pattern, RegexOptions.Compiled | RegexOptions.CultureInvariant, MatchTimeout);
+        if (Compiled.Count >= 64) Compiled.Clear();   // a bound: few distinct patterns exist in practice
+        Compiled.TryAdd(pattern, regex);
+        return regex;
+    }
 
     static bool Rewrites(Step s) => s is MetaspaceStep or ByteLevelStep { AddPrefixSpace: true };
 

@@ -35,7 +35,10 @@ internal abstract class TokenDecoder
             case "Strip":
                 string content = e.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString()! : " ";
                 if (content.Length != 1) throw new NotSupportedException($"{path}: decoder Strip content '{content}' is not one UTF-16 character");
-                return new StripDecoder(content[0], e.TryGetProperty("start", out var s) ? s.GetInt32() : 0, e.TryGetProperty("stop", out var st) ? st.GetInt32() : 0);
+                int Count(string name) => !e.TryGetProperty(name, out var n) ? 0
+                    : n.ValueKind == JsonValueKind.Number && n.TryGetInt32(out int v) && v >= 0 ? v
+                    : throw new InvalidDataException($"{path}: decoder Strip '{name}' = {n.GetRawText()} is not a count (an integer >= 0)");
+                return new StripDecoder(content[0], Count("start"), Count("stop"));
             case "Metaspace":
                 var (rep, scheme, _) = MetaspaceOptions(e, path, "decoder");
                 return new MetaspaceDecoder(rep, scheme);

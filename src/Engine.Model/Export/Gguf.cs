@@ -51,6 +51,9 @@ public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType E
 public sealed record GgufTensorInfo(string Name, long[] Dims, GgmlType Type, long Offset)
 {
     public long Numel => Dims.Aggregate(1L, (a, b) => a * b);
+
+    /// <summary>Numel with overflow checked (the reader's bound before <see cref="Numel"/> is trusted).</summary>
+    internal long CheckedNumel() => Dims.Aggregate(1L, (a, b) => checked(a * b));
     public long Bytes => Numel / GgmlQuants.BlockElements(Type) * GgmlQuants.BlockBytes(Type);
 }
 
@@ -253,7 +256,7 @@ public sealed class GgufFile : IDisposable
         catch { fs.Dispose(); throw; }
     }
 
-    static InvalidDataException Bad(string path, string why) => new($"{path}: invalid GGUF file: {why}");
+    static InvalidDataException Bad(string path, string why) => new($"{path}: invalid GGUF file: {Engine.Core.ErrorText.OneLine(why)}");
 
     static GgufFile Parse(string path, FileStream fs)
     {
@@ -338,9 +341,13 @@ public sealed class GgufFile : IDisposable
             if (!Enum.IsDefined(type)) throw Bad(path, $"tensor '{name}' has ggml type {(uint)type}, which this reader does not know (F32, F16, BF16, Q8_0, Q4_0)");
             if (dims[0] % GgmlQuants.BlockElements(type) != 0) throw Bad(path, $"tensor '{name}': row length {dims[0]} is not a multiple of {type}'s block of {GgmlQuants.BlockElements(type)}");
             ulong off = r.ReadUInt64();
+            if (off > (ulong)len) throw Bad(path, $"tensor '{name}' offset {off} lies past the end of the {len}-byte file");
             if (off % (ulong)alignment != 0) throw Bad(path, $"tensor '{name}' offset {off} is not a multiple of the alignment {alignment}");
             if (!names.Add(name)) throw Bad(path, $"duplicate tensor '{name}'");
-            tensors.Add(new GgufTensorInfo(name, dims, type, (long)off));
+            var info = new GgufTensorInfo(name, dims, type, (long)off);
+            try { _ = checked(info.CheckedNumel() / GgmlQuants.BlockElements(type) * GgmlQuants.BlockBytes(type)); }
+            catch (OverflowException) { throw Bad(path, $"tensor '{name}' dims [{string.Join(", ", dims)}] overflow 64 bits, more than any file holds"); }
+            tensors.Add(info);
         }
         long dataStart = (fs.Position + alignment - 1) / alignment * alignment;
         long dataLen = len - dataStart;
@@ -348,6 +355,8 @@ public sealed class GgufFile : IDisposable
         foreach (var t in tensors.OrderBy(t => t.Offset))
         {
             if (t.Offset < end) throw Bad(path, $"tensor '{t.Name}' at offset {t.Offset} overlaps the previous tensor (ends at {end})");
+            if (t.Bytes > dataLen - t.Offset)
+                throw Bad(path, $"tensor '{t.Name}' ({t.Bytes} bytes at offset {t.Offset}) runs past the end of the data section ({dataLen} bytes; truncated?)");
             end = t.Offset + t.Bytes;
             if (end > dataLen) throw Bad(path, $"tensor '{t.Name}' ({t.Bytes} bytes at offset {t.Offset}) runs past the end of the data section ({dataLen} bytes; truncated?)");
         }
@@ -358,6 +367,8 @@ public sealed class GgufFile : IDisposable
     public byte[] ReadBytes(string name)
     {
         var t = this[name];
+        if (t.Bytes > Array.MaxLength)
+            throw new NotSupportedException($"{Path}: tensor '{name}' is {t.Bytes:N0} bytes, more than one .NET array holds ({Array.MaxLength:N0})");
         var buf = new byte[t.Bytes];
         stream.Position = DataStart + t.Offset;
         stream.ReadExactly(buf);
@@ -368,6 +379,8 @@ public sealed class GgufFile : IDisposable
     public float[] ReadFloat32(string name)
     {
         var t = this[name];
+        if (t.Numel > Array.MaxLength)
+            throw new NotSupportedException($"{Path}: tensor '{name}' has {t.Numel:N0} elements, more than one .NET array holds ({Array.MaxLength:N0})");
         var y = new float[t.Numel];
         GgmlQuants.Dequantize(t.Type, ReadBytes(name), y);
         return y;

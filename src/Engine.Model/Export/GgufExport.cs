@@ -193,29 +193,15 @@ public static class GgufExport
     public static LlamaModel Load(string path, IBackend backend)
     {
         using var f = GgufFile.Open(path);
-        string arch = f.Get("general.architecture").AsString;
-        if (arch != Arch) throw new InvalidDataException($"{path}: architecture '{arch}' (only '{Arch}' is read)");
-        int U(string key) => checked((int)f.Get($"{Arch}.{key}").AsInteger);
-        var emb = f["token_embd.weight"];
-        if (f.Metadata.ContainsKey($"{Arch}.rope.scaling.type") && f.Get($"{Arch}.rope.scaling.type").AsString is var st && st is not ("linear" or "none"))
-            throw new InvalidDataException($"{path}: rope scaling '{st}' is not supported");
-        bool linear = f.Metadata.TryGetValue($"{Arch}.rope.scaling.type", out var sv) && sv.AsString == "linear";
-        int heads = U("attention.head_count");
-        var cfg = new LlamaConfig
-        {
-            VocabSize = checked((int)emb.Dims[1]),
-            HiddenSize = U("embedding_length"),
-            IntermediateSize = U("feed_forward_length"),
-            NumLayers = U("block_count"),
-            NumHeads = heads,
-            NumKvHeads = f.Metadata.ContainsKey($"{Arch}.attention.head_count_kv") ? U("attention.head_count_kv") : heads,
-            MaxPositionEmbeddings = U("context_length"),
-            RmsNormEps = (float)f.Get($"{Arch}.attention.layer_norm_rms_epsilon").AsReal,
-            RopeTheta = f.Metadata.TryGetValue($"{Arch}.rope.freq_base", out var fb) ? fb.AsReal : 10000.0,
-            RopeScaling = linear ? RopeScalingKind.Linear : RopeScalingKind.None,
-            RopeScalingFactor = linear ? f.Get($"{Arch}.rope.scaling.factor").AsReal : 1.0,
-            TieWordEmbeddings = !f.Contains("output.weight"),
-        };
+        LlamaConfig cfg;
+        try { cfg = ReadConfig(f, path); }
+        catch (OverflowException) { throw new InvalidDataException($"{path}: a {Arch}.* size does not fit a 32-bit integer"); }
+        catch (ArgumentException e) { throw new InvalidDataException($"{path}: {ErrorText.OneLine(e.Message)}", e); }
+        catch (InvalidDataException e) when (!e.Message.StartsWith(path, StringComparison.Ordinal)) { throw new InvalidDataException($"{path}: {ErrorText.OneLine(e.Message)}", e); }
+        // the model is allocated only when the file holds at least as many values as the metadata describes
+        long values = f.Tensors.Sum(t => t.Numel);
+        if (cfg.ParameterCountEstimate() > values)
+            throw new InvalidDataException($"{path}: metadata describes {cfg.ParameterCountEstimate():N0} parameters but the tensors hold only {values:N0} values");
         var model = new LlamaModel(cfg, backend);
         try
         {
@@ -238,5 +224,35 @@ public static class GgufExport
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>The model config a "llama" GGUF's metadata and token_embd.weight describe (validated).</summary>
+    static LlamaConfig ReadConfig(GgufFile f, string path)
+    {
+        string arch = f.Get("general.architecture").AsString;
+        if (arch != Arch) throw new InvalidDataException($"{path}: architecture '{arch}' (only '{Arch}' is read)");
+        int U(string key) => checked((int)f.Get($"{Arch}.{key}").AsInteger);
+        var emb = f["token_embd.weight"];
+        if (emb.Dims.Length != 2) throw new InvalidDataException($"{path}: token_embd.weight has {emb.Dims.Length} dimensions, expected 2");
+        if (f.Metadata.ContainsKey($"{Arch}.rope.scaling.type") && f.Get($"{Arch}.rope.scaling.type").AsString is var st && st is not ("linear" or "none"))
+            throw new InvalidDataException($"{path}: rope scaling '{st}' is not supported");
+        bool linear = f.Metadata.TryGetValue($"{Arch}.rope.scaling.type", out var sv) && sv.AsString == "linear";
+        int heads = U("attention.head_count");
+        var cfg = new LlamaConfig
+        {
+            VocabSize = checked((int)emb.Dims[1]),
+            HiddenSize = U("embedding_length"),
+            IntermediateSize = U("feed_forward_length"),
+            NumLayers = U("block_count"),
+            NumHeads = heads,
+            NumKvHeads = f.Metadata.ContainsKey($"{Arch}.attention.head_count_kv") ? U("attention.head_count_kv") : heads,
+            MaxPositionEmbeddings = U("context_length"),
+            RmsNormEps = (float)f.Get($"{Arch}.attention.layer_norm_rms_epsilon").AsReal,
+            RopeTheta = f.Metadata.TryGetValue($"{Arch}.rope.freq_base", out var fb) ? fb.AsReal : 10000.0,
+            RopeScaling = linear ? RopeScalingKind.Linear : RopeScalingKind.None,
+            RopeScalingFactor = linear ? f.Get($"{Arch}.rope.scaling.factor").AsReal : 1.0,
+            TieWordEmbeddings = !f.Contains("output.weight"),
+        };
+        return cfg.Validate();
     }
 }

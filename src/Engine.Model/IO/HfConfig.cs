@@ -152,18 +152,42 @@ public static class HfConfig
     {
         JsonObject root;
         try { root = JsonNode.Parse(json) as JsonObject ?? throw new JsonException("not a JSON object"); }
-        catch (JsonException e) { throw new InvalidDataException($"{source}: not valid JSON ({e.Message})", e); }
+        catch (JsonException e) { throw new InvalidDataException($"{source}: not valid JSON ({ErrorText.OneLine(e.Message)})", e); }
         try { return Read(root, source); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException)
+        catch (Exception e) when (e is InvalidOperationException or FormatException or OverflowException)
         {
-            throw new InvalidDataException($"{source}: a field has the wrong JSON type ({e.Message})", e);
+            throw new InvalidDataException($"{source}: a field has the wrong JSON type ({ErrorText.OneLine(e.Message)})", e);
+        }
+        catch (ArgumentException e) // JsonObject refuses a key that appears twice when it is first read
+        {
+            throw new InvalidDataException($"{source}: {ErrorText.OneLine(e.Message)}", e);
         }
     }
 
     static LlamaConfig Read(JsonObject root, string source)
     {
-        InvalidDataException Bad(string why) => new($"{source}: {why}");
-        string? type = root["model_type"]?.GetValue<string>();
+        InvalidDataException Bad(string why) => new($"{source}: {ErrorText.OneLine(why)}");
+        // typed reads: a field of the wrong JSON type, or a number outside its range, is refused naming the field
+        string Where(JsonNode n) => n.GetPath().TrimStart('$', '.');
+        int? IntOf(JsonNode? n)
+        {
+            if (n == null) return null;
+            if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number)
+                return v.TryGetValue<int>(out int x) ? x : throw Bad($"'{Where(n)}' = {n.ToJsonString()} is not a 32-bit integer");
+            throw Bad($"'{Where(n)}' must be an integer (got {n.ToJsonString()})");
+        }
+        double? DoubleOf(JsonNode? n)
+        {
+            if (n == null) return null;
+            if (n is JsonValue v && v.GetValueKind() == JsonValueKind.Number)
+                return v.TryGetValue<double>(out double x) && double.IsFinite(x) ? x : throw Bad($"'{Where(n)}' = {n.ToJsonString()} is not a finite number");
+            throw Bad($"'{Where(n)}' must be a number (got {n.ToJsonString()})");
+        }
+        bool? BoolOf(JsonNode? n) => n == null ? null
+            : n.GetValueKind() switch { JsonValueKind.True => true, JsonValueKind.False => false, _ => throw Bad($"'{Where(n)}' must be true or false (got {n.ToJsonString()})") };
+        string? StrOf(JsonNode? n) => n == null ? null
+            : n.GetValueKind() == JsonValueKind.String ? n.GetValue<string>() : throw Bad($"'{Where(n)}' must be a string (got {n.ToJsonString()})");
+        string? type = StrOf(root["model_type"]);
         if (type != null && type != "llama" && type != "mistral")
             throw Bad($"model_type '{type}' is not supported (llama and mistral only)");
         if (root["quantization_config"] is JsonObject q)
@@ -172,20 +196,20 @@ public static class HfConfig
         {
             var n = root[name];
             if (n == null) return dflt ?? throw Bad($"missing required field '{name}'");
-            return n.GetValue<int>();
+            return IntOf(n)!.Value;
         }
         foreach (var flag in new[] { "attention_bias", "mlp_bias" })
-            if (root[flag]?.GetValue<bool>() == true) throw Bad($"'{flag}: true' is not supported");
-        string? act = root["hidden_act"]?.GetValue<string>();
+            if (BoolOf(root[flag]) == true) throw Bad($"'{flag}: true' is not supported");
+        string? act = StrOf(root["hidden_act"]);
         if (act != null && act != "silu") throw Bad($"hidden_act '{act}' is not supported (silu only)");
         int heads = Int("num_attention_heads");
         int hidden = Int("hidden_size");
         int maxPos = Int("max_position_embeddings", 2048);
-        var headDimNode = root["head_dim"];
-        if (headDimNode != null && heads > 0 && headDimNode.GetValue<int>() != hidden / heads)
-            throw Bad($"head_dim {headDimNode.GetValue<int>()} != hidden_size / num_attention_heads ({hidden / Math.Max(heads, 1)}) is not supported");
+        int? headDimField = IntOf(root["head_dim"]);
+        if (headDimField != null && heads > 0 && headDimField != hidden / heads)
+            throw Bad($"head_dim {headDimField} != hidden_size / num_attention_heads ({hidden / Math.Max(heads, 1)}) is not supported");
         if (root["sliding_window"] is JsonValue sw && sw.TryGetValue<int>(out int window) && window < maxPos
-            && root["use_sliding_window"]?.GetValue<bool>() != false)
+            && BoolOf(root["use_sliding_window"]) != false)
             throw Bad($"sliding_window {window} < max_position_embeddings {maxPos}: sliding-window attention is not supported (the engine attends to every earlier position)");
 
         var extra = new JsonObject();
@@ -195,15 +219,15 @@ public static class HfConfig
 
         // rope: legacy rope_theta + rope_scaling, or transformers 5's rope_parameters
         var ropeParams = root["rope_parameters"] as JsonObject;
-        double theta = root["rope_theta"]?.GetValue<double>() ?? ropeParams?["rope_theta"]?.GetValue<double>() ?? 10000.0;
+        double theta = DoubleOf(root["rope_theta"]) ?? DoubleOf(ropeParams?["rope_theta"]) ?? 10000.0;
         var scalingObj = root["rope_scaling"] as JsonObject ?? ropeParams;
         var scaling = RopeScalingKind.None; double factor = 1;
         if (scalingObj != null)
         {
-            string kind = (scalingObj["rope_type"] ?? scalingObj["type"])?.GetValue<string>() ?? "default";
+            string kind = StrOf(scalingObj["rope_type"] ?? scalingObj["type"]) ?? "default";
             double Factor()
             {
-                double f = scalingObj["factor"]?.GetValue<double>() ?? throw Bad($"rope_scaling '{kind}' has no factor");
+                double f = DoubleOf(scalingObj["factor"]) ?? throw Bad($"rope_scaling '{kind}' has no factor");
                 if (!(f >= 1)) throw Bad($"rope_scaling.factor must be >= 1 (got {f})");
                 return f;
             }
@@ -230,10 +254,10 @@ public static class HfConfig
         {
             if (scaling != RopeScalingKind.None || extra.ContainsKey("rope_scaling"))
                 throw Bad($"both rope_scaling and {EngineRopeKey} are set; keep one");
-            if (ntk["type"]?.GetValue<string>() != "ntk") throw Bad($"{EngineRopeKey}.type must be \"ntk\"");
-            double f = ntk["factor"]?.GetValue<double>() ?? throw Bad($"{EngineRopeKey} has no factor");
-            double baseTheta = ntk["rope_theta"]?.GetValue<double>() ?? throw Bad($"{EngineRopeKey} has no rope_theta");
-            int baseMax = ntk["max_position_embeddings"]?.GetValue<int>() ?? throw Bad($"{EngineRopeKey} has no max_position_embeddings");
+            if (StrOf(ntk["type"]) != "ntk") throw Bad($"{EngineRopeKey}.type must be \"ntk\"");
+            double f = DoubleOf(ntk["factor"]) ?? throw Bad($"{EngineRopeKey} has no factor");
+            double baseTheta = DoubleOf(ntk["rope_theta"]) ?? throw Bad($"{EngineRopeKey} has no rope_theta");
+            int baseMax = IntOf(ntk["max_position_embeddings"]) ?? throw Bad($"{EngineRopeKey} has no max_position_embeddings");
             int headDim = hidden / Math.Max(heads, 1);
             if (NtkTheta(baseTheta, f, headDim) != theta || (int)Math.Floor(baseMax * f) != maxPos)
                 throw Bad($"{EngineRopeKey} (NTK ×{f} on rope_theta {baseTheta}, max_position_embeddings {baseMax}) does not match rope_theta {theta} / max_position_embeddings {maxPos}; remove {EngineRopeKey} to load it as plain RoPE at rope_theta {theta}");
@@ -255,13 +279,13 @@ public static class HfConfig
             NumHeads = heads,
             NumKvHeads = Int("num_key_value_heads", heads),
             MaxPositionEmbeddings = maxPos,
-            RmsNormEps = (float)(root["rms_norm_eps"]?.GetValue<double>() ?? 1e-6),
+            RmsNormEps = (float)(DoubleOf(root["rms_norm_eps"]) ?? 1e-6),
             RopeTheta = theta,
             RopeScaling = scaling,
             RopeScalingFactor = factor,
-            TieWordEmbeddings = root["tie_word_embeddings"]?.GetValue<bool>() ?? false,
-            NormHead = root["norm_head"]?.GetValue<bool>() ?? false,
-            InitializerRange = root["initializer_range"]?.GetValue<double>() ?? 0.02,
+            TieWordEmbeddings = BoolOf(root["tie_word_embeddings"]) ?? false,
+            NormHead = BoolOf(root["norm_head"]) ?? false,
+            InitializerRange = DoubleOf(root["initializer_range"]) ?? 0.02,
             BosTokenId = Token("bos_token_id", 1),
             EosTokenId = Token("eos_token_id", 2),
             Hf = extra.Count > 0 ? new HfExtras { ConfigFields = extra.ToJsonString() } : null,

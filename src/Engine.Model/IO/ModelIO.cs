@@ -89,9 +89,18 @@ public static class ModelIO
     /// stage given by a function of the config (its layer count).</summary>
     public static LlamaModel Load(string directory, IBackend backend, Func<LlamaConfig, PipelineStage>? stage)
     {
+        // names from the files (tensor and shard names) end up in messages: keep each message one line
+        try { return LoadCore(directory, backend, stage); }
+        catch (InvalidDataException e) { throw new InvalidDataException(ErrorText.OneLine(e.Message), e); }
+        catch (FileNotFoundException e) { throw new FileNotFoundException(ErrorText.OneLine(e.Message), e.FileName, e); }
+    }
+
+    static LlamaModel LoadCore(string directory, IBackend backend, Func<LlamaConfig, PipelineStage>? stage)
+    {
         if (!Directory.Exists(directory)) throw new DirectoryNotFoundException($"model directory not found: {directory}");
         var cfg = LoadConfig(directory);
         var files = WeightFiles(directory);
+        CheckConfigAgainstWeights(cfg, Path.Combine(directory, ConfigFile), files.Shards);
         var model = new LlamaModel(cfg, backend, stage?.Invoke(cfg));
         try
         {
@@ -103,6 +112,47 @@ public static class ModelIO
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Refuses, before the model is allocated, a config.json that describes more parameters than the weight files
+    /// hold values: the allocation is then bounded by the files' size, whatever the config claims.
+    /// </summary>
+    static void CheckConfigAgainstWeights(LlamaConfig cfg, string configPath, IReadOnlyList<string> shards)
+    {
+        long values = 0;
+        var shapes = new Dictionary<string, long[]>(StringComparer.Ordinal);
+        foreach (var path in shards)
+        {
+            using var f = SafeTensorsFile.Open(path);
+            foreach (var e in f.Entries) { values += e.Numel; shapes.TryAdd(e.Name, e.Shape); }   // each bounded by its file's size
+        }
+        double need = cfg.ParameterCountEstimate();
+        if (need > values)
+            throw new InvalidDataException($"{configPath}: describes a model of {need:N0} parameters but the weight files hold only {values:N0} values " +
+                $"(vocab_size {cfg.VocabSize}, hidden_size {cfg.HiddenSize}, intermediate_size {cfg.IntermediateSize}, num_hidden_layers {cfg.NumLayers}): " +
+                $"config.json and the weights disagree{FirstDisagreement(cfg, shapes)}");
+    }
+
+    /// <summary>The first tensor of the first and last layer whose shape in the files differs from the config's, as
+    /// "; tensor NAME …" (empty when those agree): the refusal above then names what differs.</summary>
+    static string FirstDisagreement(LlamaConfig cfg, Dictionary<string, long[]> shapes)
+    {
+        long h = cfg.HiddenSize, i = cfg.IntermediateSize, q = (long)cfg.NumHeads * cfg.HeadDim, kv = (long)cfg.NumKvHeads * cfg.HeadDim;
+        var expect = new List<(string Name, long[] Shape)> { ("model.embed_tokens.weight", [cfg.VocabSize, h]) };
+        foreach (int layer in new[] { 0, cfg.NumLayers - 1 }.Distinct())
+        {
+            string l = $"model.layers.{layer}.";
+            expect.AddRange([(l + "self_attn.q_proj.weight", [q, h]), (l + "self_attn.k_proj.weight", [kv, h]), (l + "self_attn.v_proj.weight", [kv, h]),
+                (l + "self_attn.o_proj.weight", [h, q]), (l + "mlp.gate_proj.weight", [i, h]), (l + "mlp.up_proj.weight", [i, h]), (l + "mlp.down_proj.weight", [h, i])]);
+        }
+        foreach (var (name, shape) in expect)
+        {
+            if (!shapes.TryGetValue(name, out var got)) return $"; tensor {name} is missing from the weights";
+            if (!got.AsSpan().SequenceEqual(shape))
+                return $"; tensor {name} is [{string.Join(", ", got)}] in the weights, the config gives [{string.Join(", ", shape)}]";
+        }
+        return "";
     }
 
     /// <summary>config.json of a model directory, with the Hugging Face side files it holds.</summary>

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using System.Text.Json;
+using Engine.Core;
 using Engine.Cpu;
 
 namespace Engine.Model.IO;
@@ -77,7 +78,7 @@ public sealed class SafeTensorsFile : IDisposable
         }
     }
 
-    static InvalidDataException Bad(string path, string why) => new($"{path}: invalid safetensors file: {why}");
+    static InvalidDataException Bad(string path, string why) => new($"{path}: invalid safetensors file: {ErrorText.OneLine(why)}");
 
     static (long, List<SafeTensorEntry>, Dictionary<string, string>) ReadHeader(FileStream fs, string path)
     {
@@ -91,30 +92,39 @@ public sealed class SafeTensorsFile : IDisposable
         var header = new byte[headerLen];
         fs.ReadExactly(header);
         if (headerLen == 0 || header[0] != (byte)'{') throw Bad(path, "header does not start with '{'");
+        int badUtf8 = FirstInvalidUtf8(header);
+        if (badUtf8 >= 0) throw Bad(path, $"header is not valid UTF-8 (byte {badUtf8} of the header)");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header); }
         catch (JsonException e) { throw Bad(path, $"header is not valid JSON ({e.Message})"); }
         long dataLen = fileLen - 8 - (long)headerLen;
         var entries = new List<SafeTensorEntry>();
         var meta = new Dictionary<string, string>(StringComparer.Ordinal);
+        var names = new HashSet<string>(StringComparer.Ordinal);
         using (doc)
-        {
-            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw Bad(path, "header is not a JSON object");
-            foreach (var prop in doc.RootElement.EnumerateObject())
+            try
             {
-                if (prop.Name == "__metadata__")
+                if (doc.RootElement.ValueKind != JsonValueKind.Object) throw Bad(path, "header is not a JSON object");
+                foreach (var prop in doc.RootElement.EnumerateObject())
                 {
-                    if (prop.Value.ValueKind != JsonValueKind.Object) throw Bad(path, "__metadata__ is not an object");
-                    foreach (var m in prop.Value.EnumerateObject())
+                    if (!names.Add(prop.Name)) throw Bad(path, $"key '{prop.Name}' appears twice in the header");
+                    if (prop.Name == "__metadata__")
                     {
-                        if (m.Value.ValueKind != JsonValueKind.String) throw Bad(path, $"__metadata__ value '{m.Name}' is not a string");
-                        meta[m.Name] = m.Value.GetString()!;
+                        if (prop.Value.ValueKind != JsonValueKind.Object) throw Bad(path, "__metadata__ is not an object");
+                        foreach (var m in prop.Value.EnumerateObject())
+                        {
+                            if (m.Value.ValueKind != JsonValueKind.String) throw Bad(path, $"__metadata__ value '{m.Name}' is not a string");
+                            meta[m.Name] = m.Value.GetString()!;
+                        }
+                        continue;
                     }
-                    continue;
+                    entries.Add(ParseEntry(path, prop));
                 }
-                entries.Add(ParseEntry(path, prop));
             }
-        }
+            catch (InvalidOperationException e) // a string holding an escaped lone surrogate cannot become a .NET string
+            {
+                throw Bad(path, $"header holds an invalid string ({e.Message})");
+            }
         // spans must tile the data section exactly: sorted by begin, contiguous, ending at its end
         var sorted = entries.OrderBy(e => e.Begin).ThenBy(e => e.End).ToList();
         long expect = 0;
@@ -138,26 +148,45 @@ public sealed class SafeTensorsFile : IDisposable
         if (!DTypeSizes.TryGetValue(dtype, out int size)) throw Bad(path, $"tensor '{name}' has unknown dtype '{dtype}'");
         if (!v.TryGetProperty("shape", out var sh) || sh.ValueKind != JsonValueKind.Array) throw Bad(path, $"tensor '{name}' has no shape array");
         var shape = new List<long>();
-        long numel = 1;
         foreach (var d in sh.EnumerateArray())
         {
             if (d.ValueKind != JsonValueKind.Number || !d.TryGetInt64(out long x) || x < 0) throw Bad(path, $"tensor '{name}' has an invalid dimension {d}");
             shape.Add(x);
-            numel = checked(numel * x);
         }
         if (!v.TryGetProperty("data_offsets", out var off) || off.ValueKind != JsonValueKind.Array || off.GetArrayLength() != 2)
             throw Bad(path, $"tensor '{name}' has no [begin, end] data_offsets");
-        if (!off[0].TryGetInt64(out long b) || !off[1].TryGetInt64(out long e) || b < 0 || e < b)
+        if (off[0].ValueKind != JsonValueKind.Number || off[1].ValueKind != JsonValueKind.Number
+            || !off[0].TryGetInt64(out long b) || !off[1].TryGetInt64(out long e) || b < 0 || e < b)
             throw Bad(path, $"tensor '{name}' has invalid data_offsets {off}");
-        long bytes = checked(numel * size);
+        // shape × dtype size must equal the span; a product that overflows 64 bits cannot (the span is a long)
+        long bytes = 0;
+        if (!shape.Contains(0))
+        {
+            try { bytes = shape.Aggregate((long)size, (p, x) => checked(p * x)); }
+            catch (OverflowException) { throw Bad(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] × {dtype} overflows 64 bits, more than any file holds"); }
+        }
         if (e - b != bytes) throw Bad(path, $"tensor '{name}': shape [{string.Join(", ", shape)}] × {dtype} is {bytes} bytes but data_offsets span {e - b}");
         return new SafeTensorEntry(name, dtype, shape.ToArray(), b, e);
+    }
+
+    /// <summary>Offset of the first invalid UTF-8 byte, or -1.</summary>
+    static int FirstInvalidUtf8(ReadOnlySpan<byte> bytes)
+    {
+        if (System.Text.Unicode.Utf8.IsValid(bytes)) return -1;
+        for (int i = 0; i < bytes.Length;)
+        {
+            if (Rune.DecodeFromUtf8(bytes[i..], out _, out int used) != System.Buffers.OperationStatus.Done) return i;
+            i += used;
+        }
+        return -1;
     }
 
     /// <summary>The raw bytes of one tensor.</summary>
     public byte[] ReadBytes(string name)
     {
         var e = this[name];
+        if (e.End - e.Begin > Array.MaxLength)
+            throw new NotSupportedException($"{Path}: tensor '{name}' is {e.End - e.Begin:N0} bytes, more than one .NET array holds ({Array.MaxLength:N0})");
         var buf = new byte[e.End - e.Begin];
         stream.Position = dataStart + e.Begin;
         stream.ReadExactly(buf);
@@ -168,6 +197,8 @@ public sealed class SafeTensorsFile : IDisposable
     public float[] ReadFloat32(string name)
     {
         var e = this[name];
+        if (e.Numel > Array.MaxLength)
+            throw new NotSupportedException($"{Path}: tensor '{name}' has {e.Numel:N0} elements, more than one .NET array holds ({Array.MaxLength:N0})");
         byte[] raw = ReadBytes(name);
         var dst = new float[e.Numel];
         switch (e.DType)

@@ -16,6 +16,9 @@ public static partial class SafeTensorsIndex
 {
     public const string IndexFile = "model.safetensors.index.json";
 
+    /// <summary>Largest index file read, as for a safetensors header (Llama 3.1 405B's index is ~60 KB).</summary>
+    public const long MaxIndexBytes = 100_000_000;
+
     /// <summary>transformers' default max_shard_size ("5GB").</summary>
     public const long DefaultMaxShardBytes = 5_000_000_000;
 
@@ -83,29 +86,37 @@ public static partial class SafeTensorsIndex
     /// </summary>
     public static Dictionary<string, string> Read(string path)
     {
-        InvalidDataException Bad(string why) => new($"{path}: invalid safetensors index: {why}");
+        InvalidDataException Bad(string why) => new($"{path}: invalid safetensors index: {Engine.Core.ErrorText.OneLine(why)}");
+        if (!File.Exists(path)) throw new FileNotFoundException($"safetensors index not found: {path}", path);
+        long length = new FileInfo(path).Length;
+        if (length > MaxIndexBytes) throw Bad($"{length:N0} bytes, more than the {MaxIndexBytes:N0}-byte bound (an index lists names only)");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
         catch (JsonException e) { throw Bad($"not valid JSON ({e.Message})"); }
         using (doc)
-        {
-            var root = doc.RootElement;
-            if (root.ValueKind != JsonValueKind.Object) throw Bad("not a JSON object");
-            if (root.TryGetProperty("metadata", out var meta) && meta.ValueKind == JsonValueKind.Object
-                && meta.TryGetProperty("total_size", out var ts) && (ts.ValueKind != JsonValueKind.Number || !ts.TryGetInt64(out long t) || t < 0))
-                throw Bad($"metadata.total_size {ts} is not a byte count");
-            if (!root.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object) throw Bad("no weight_map object");
-            var map = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (var p in wm.EnumerateObject())
+            try
             {
-                if (p.Value.ValueKind != JsonValueKind.String) throw Bad($"weight_map['{p.Name}'] is not a file name");
-                string shard = p.Value.GetString()!;
-                if (shard.Length == 0 || shard != Path.GetFileName(shard) || shard is "." or ".." || shard.Contains('/') || shard.Contains('\\'))
-                    throw Bad($"weight_map['{p.Name}'] = '{shard}' is not a file in the model directory");
-                if (!map.TryAdd(p.Name, shard)) throw Bad($"tensor '{p.Name}' is listed twice");
+                var root = doc.RootElement;
+                if (root.ValueKind != JsonValueKind.Object) throw Bad("not a JSON object");
+                if (root.TryGetProperty("metadata", out var meta) && meta.ValueKind == JsonValueKind.Object
+                    && meta.TryGetProperty("total_size", out var ts) && (ts.ValueKind != JsonValueKind.Number || !ts.TryGetInt64(out long t) || t < 0))
+                    throw Bad($"metadata.total_size {ts} is not a byte count");
+                if (!root.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object) throw Bad("no weight_map object");
+                var map = new Dictionary<string, string>(StringComparer.Ordinal);
+                foreach (var p in wm.EnumerateObject())
+                {
+                    if (p.Value.ValueKind != JsonValueKind.String) throw Bad($"weight_map['{p.Name}'] is not a file name");
+                    string shard = p.Value.GetString()!;
+                    if (shard.Length == 0 || shard != Path.GetFileName(shard) || shard is "." or ".." || shard.Contains('/') || shard.Contains('\\'))
+                        throw Bad($"weight_map['{p.Name}'] = '{shard}' is not a file in the model directory");
+                    if (!map.TryAdd(p.Name, shard)) throw Bad($"tensor '{p.Name}' is listed twice");
+                }
+                if (map.Count == 0) throw Bad("weight_map is empty");
+                return map;
             }
-            if (map.Count == 0) throw Bad("weight_map is empty");
-            return map;
-        }
+            catch (InvalidOperationException e) // a name holding an escaped lone surrogate cannot become a .NET string
+            {
+                throw Bad($"holds an invalid string ({e.Message})");
+            }
     }
 }

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
+using Engine.Core;
 using Tomlyn;
 using Tomlyn.Model;
 
@@ -20,11 +21,17 @@ public static class ConfigBinder
     public static T Load<T>(string path, IEnumerable<string>? overrides = null) where T : new()
     {
         if (!File.Exists(path)) throw new ConfigException($"config file not found: {path}");
+        long length = new FileInfo(path).Length;
+        if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
         string text = File.ReadAllText(path);
         var tree = Parse(text, path);
         foreach (var o in overrides ?? []) ApplyOverride(tree, o);
-        return Bind<T>(tree, "");
+        try { return Bind<T>(tree, ""); }
+        catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
     }
+
+    /// <summary>Largest config file read (shipped configs are a few KB).</summary>
+    public const long MaxConfigBytes = 10_000_000;
 
     public static Dictionary<string, object?> Parse(string text, string source)
     {
@@ -40,20 +47,31 @@ public static class ConfigBinder
             var table = TomlSerializer.Deserialize<TomlTable>(text) ?? throw new ConfigException($"{source}: empty TOML document");
             return (Dictionary<string, object?>)FromToml(table)!;
         }
-        catch (JsonException e) { throw new ConfigException($"{source}: invalid JSON: {e.Message}"); }
-        catch (TomlException e) { throw new ConfigException($"{source}: invalid TOML: {e.Message}"); }
+        catch (JsonException e) { throw new ConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
+        catch (TomlException e) { throw new ConfigException($"{source}: invalid TOML: {ErrorText.FirstOfLines(e.Message)}"); }
+        catch (InvalidOperationException e) { throw new ConfigException($"{source}: invalid JSON string ({ErrorText.OneLine(e.Message)})"); }
+        catch (ConfigException e) when (!e.Message.StartsWith(source, StringComparison.Ordinal)) { throw new ConfigException($"{source}: {ErrorText.OneLine(e.Message)}"); }
     }
 
     static object? FromJson(JsonElement e) => e.ValueKind switch
     {
-        JsonValueKind.Object => e.EnumerateObject().ToDictionary(p => p.Name, p => FromJson(p.Value)),
+        JsonValueKind.Object => JsonObject(e),
         JsonValueKind.Array => e.EnumerateArray().Select(FromJson).ToList(),
         JsonValueKind.String => e.GetString(),
-        JsonValueKind.Number => e.TryGetInt64(out long l) ? l : e.GetDouble(),
+        JsonValueKind.Number => e.TryGetInt64(out long l) ? (object)l   // a long stays a long; a number past double's range is refused
+            : e.TryGetDouble(out double d) ? d : throw new JsonException($"number {e.GetRawText()} is out of range"),
         JsonValueKind.True => true,
         JsonValueKind.False => false,
         _ => null,
     };
+
+    static Dictionary<string, object?> JsonObject(JsonElement e)
+    {
+        var d = new Dictionary<string, object?>();
+        foreach (var p in e.EnumerateObject())
+            if (!d.TryAdd(p.Name, FromJson(p.Value))) throw new ConfigException($"key '{p.Name}' appears twice in one object");
+        return d;
+    }
 
     static object? FromToml(object? v) => v switch
     {
@@ -143,10 +161,10 @@ public static class ConfigBinder
             if (t == typeof(string)) return v as string ?? throw Type("a string");
             if (t == typeof(int)) return checked((int)AsLong(v));
             if (t == typeof(long)) return AsLong(v);
-            if (t == typeof(double)) return AsDouble(v);
-            if (t == typeof(float)) return (float)AsDouble(v);
+            if (t == typeof(double)) return Finite(AsDouble(v));
+            if (t == typeof(float)) return (float)Finite(AsDouble(v)) is var f && float.IsFinite(f) ? f : throw new OverflowException();
             if (t == typeof(bool)) return v is bool b ? b : throw Type("true or false");
-            if (t == typeof(ulong)) return (ulong)AsLong(v);
+            if (t == typeof(ulong)) return checked((ulong)AsLong(v));
             if (t.IsEnum)
             {
                 if (v is string s)
@@ -182,7 +200,15 @@ public static class ConfigBinder
         throw new ConfigException($"config key '{key}': unsupported type {t.Name}");
 
         ConfigException Type(string expected) => new($"config key '{key}': expected {expected}, got {Describe(v)}");
-        long AsLong(object? x) => x switch { long l => l, double d when d == Math.Floor(d) => (long)d, _ => throw Type("an integer") };
+        // a float with an integral value is taken (1e3 = 1000); beyond ±2^63 it is out of range, not saturated
+        long AsLong(object? x) => x switch
+        {
+            long l => l,
+            double d when d == Math.Floor(d) && d >= -9.2233720368547758E18 && d < 9.2233720368547758E18 => (long)d,
+            double d when d == Math.Floor(d) => throw new OverflowException(),
+            _ => throw Type("an integer"),
+        };
+        double Finite(double d) => double.IsFinite(d) ? d : throw new ConfigException($"config key '{key}': {Describe(d)} is not a finite number");
         double AsDouble(object? x) => x switch { long l => l, double d => d, string s when double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out double p) => p, _ => throw Type("a number") };
     }
 

@@ -20,7 +20,8 @@ public sealed class TrainConfig
     {
         var cfg = ConfigBinder.Load<TrainConfig>(path, overrides);
         cfg.BaseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        cfg.Validate();
+        try { cfg.Validate(); }
+        catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
         return cfg;
     }
 
@@ -37,13 +38,11 @@ public sealed class TrainConfig
         if (Train.GradAccum <= 0) errors.Add($"train.grad_accum must be positive (got {Train.GradAccum})");
         if (Train.Steps <= 0) errors.Add($"train.steps must be positive (got {Train.Steps})");
         if (Train.SeqLen > Model.MaxPositionEmbeddings) errors.Add($"train.seq_len ({Train.SeqLen}) exceeds model.max_position_embeddings ({Model.MaxPositionEmbeddings})");
-        if (!(Optim.Lr > 0)) errors.Add($"optim.lr must be positive (got {Optim.Lr})");
-        if (Optim.Beta1 is < 0 or >= 1) errors.Add($"optim.beta1 must be in [0, 1) (got {Optim.Beta1})");
-        if (Optim.Beta2 is < 0 or >= 1) errors.Add($"optim.beta2 must be in [0, 1) (got {Optim.Beta2})");
-        if (Optim.WeightDecay < 0) errors.Add($"optim.weight_decay must be >= 0 (got {Optim.WeightDecay})");
-        if (Optim.ClipNorm < 0) errors.Add($"optim.clip_norm must be >= 0 (got {Optim.ClipNorm})");
-        if (Schedule.WarmupSteps < 0) errors.Add($"schedule.warmup_steps must be >= 0 (got {Schedule.WarmupSteps})");
-        if (Schedule.MinLr < 0 || Schedule.MinLr > Optim.Lr) errors.Add($"schedule.min_lr must be in [0, optim.lr] (got {Schedule.MinLr})");
+        CheckOptim(Optim, Schedule, "optim", "schedule", errors);
+        if (Train.ZLoss is < 0 || !double.IsFinite(Train.ZLoss)) errors.Add($"train.z_loss must be a finite number >= 0 (got {Train.ZLoss})");
+        if (Train.EvalEvery < 0) errors.Add($"train.eval_every must be >= 0 (got {Train.EvalEvery})");
+        if (Train.EvalBatches < 1) errors.Add($"train.eval_batches must be >= 1 (got {Train.EvalBatches})");
+        if (Train.LogEvery < 1) errors.Add($"train.log_every must be >= 1 (got {Train.LogEvery})");
         if (Data.Train.Length == 0) errors.Add("data.train must name at least one text file");
         if (Data.ValidFraction is < 0 or >= 1) errors.Add($"data.valid_fraction must be in [0, 1) (got {Data.ValidFraction})");
         if (Output.SaveDtype is not ("F32" or "BF16")) errors.Add($"output.save_dtype must be F32 or BF16 (got {Output.SaveDtype})");
@@ -52,6 +51,17 @@ public sealed class TrainConfig
         if (Train.Guard is not ("fail" or "skip")) errors.Add($"train.guard must be fail or skip (got {Train.Guard})");
         if (Train.GuardZ < 0 || Train.GuardWindow < 2) errors.Add($"train.guard_z must be >= 0 and train.guard_window >= 2 (got {Train.GuardZ}, {Train.GuardWindow})");
         if (Train.Device is not ("cpu" or "cuda")) errors.Add($"train.device must be cpu or cuda (got {Train.Device})");
+        // paths: no NUL (the one character a Linux path cannot hold), and output.dir not an existing file
+        foreach (var (key, value) in Data.Train.Select((f, i) => ($"data.train[{i}]", f))
+            .Append(("data.tokenizer", Data.Tokenizer)).Append(("output.dir", Output.Dir)).Append(("model.init_from", Model.InitFrom ?? "")))
+            if (value.Contains('\0')) errors.Add($"{key} holds a NUL character, which no path can");
+        if (!Output.Dir.Contains('\0') && File.Exists(Resolve(Output.Dir))) errors.Add($"output.dir names a file, not a directory: {Resolve(Output.Dir)}");
+        // the model's shape, before any data is read (the tokenizer's vocabulary is not known yet: 1 stands in for 0)
+        if (Model.InitFrom == null)
+        {
+            try { Model.ToLlamaConfig(Math.Max(Model.VocabSize, 1)); }
+            catch (ArgumentException e) { errors.Add("model: " + e.Message); }
+        }
         if (Lora != null)
         {
             Lora.Validate("lora", Model.CheckpointActivations, errors);
@@ -60,6 +70,23 @@ public sealed class TrainConfig
             if (Output.CheckpointEvery > 0) errors.Add("output.checkpoint_every is not supported with [lora] yet: the adapters are saved at the end of the run");
         }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
+    }
+
+    /// <summary>
+    /// AdamW and schedule values a run can use, each error naming its key: lr finite in (0, 1] (AdamW rates are
+    /// ~1e-5..1e-2; a larger one only diverges), betas in [0, 1), eps, weight decay and clip finite and not negative
+    /// (eps positive), warmup >= 0, min_lr in [0, lr].
+    /// </summary>
+    public static void CheckOptim(AdamWOptions o, ScheduleOptions s, string optim, string schedule, List<string> errors)
+    {
+        if (!(o.Lr > 0) || !(o.Lr <= 1)) errors.Add($"{optim}.lr must be positive and at most 1 (got {o.Lr})");
+        if (!(o.Beta1 >= 0 && o.Beta1 < 1)) errors.Add($"{optim}.beta1 must be in [0, 1) (got {o.Beta1})");
+        if (!(o.Beta2 >= 0 && o.Beta2 < 1)) errors.Add($"{optim}.beta2 must be in [0, 1) (got {o.Beta2})");
+        if (!(o.Eps > 0) || !double.IsFinite(o.Eps)) errors.Add($"{optim}.eps must be a positive finite number (got {o.Eps})");
+        if (!(o.WeightDecay >= 0) || !double.IsFinite(o.WeightDecay)) errors.Add($"{optim}.weight_decay must be >= 0 (got {o.WeightDecay})");
+        if (!(o.ClipNorm >= 0) || !double.IsFinite(o.ClipNorm)) errors.Add($"{optim}.clip_norm must be >= 0 (got {o.ClipNorm})");
+        if (s.WarmupSteps < 0) errors.Add($"{schedule}.warmup_steps must be >= 0 (got {s.WarmupSteps})");
+        if (!(s.MinLr >= 0 && s.MinLr <= o.Lr)) errors.Add($"{schedule}.min_lr must be in [0, {optim}.lr] (got {s.MinLr})");
     }
 
     /// <summary>The model config; vocab_size 0 takes the tokenizer's size.</summary>

@@ -160,6 +160,9 @@ public static class Evaluator
         int world = comm?.WorldSize ?? 1, rank = comm?.Rank ?? 0;
         var sw = System.Diagnostics.Stopwatch.StartNew();
         var labels = test.Select(e => e.Label).Concat(pool.Select(e => e.Label)).Distinct().OrderBy(l => l, StringComparer.Ordinal).ToList();
+        if (test.Count == 0) throw new ArgumentException("few-shot: no test examples");
+        if (labels.Count < 2)
+            throw new ArgumentException($"few-shot: every example has the label '{labels[0]}' ({test.Count} test examples): with one label the accuracy is 100% whatever the model does");
         var contTokens = labels.Select(l => tok.Encode(" " + l)).ToList();
         var rng = new Rng(seed);
         int n = Math.Min(test.Count, maxExamples);
@@ -168,8 +171,7 @@ public static class Evaluator
         int limit = maxPromptTokens > 0 ? maxPromptTokens : model.Config.MaxPositionEmbeddings - contTokens.Max(c => c.Length);
         for (int i = 0; i < n; i++)
         {
-            var shots = new List<LabeledExample>();
-            for (int s = 0; s < k && pool.Count > 0; s++) shots.Add(pool[rng.NextInt(pool.Count)]);
+            var shots = DrawShots(pool, k, rng, test[i]);
             if (i % world != rank) continue;             // data parallel: shots are drawn for every example, scored once
             int[] Encode(string text)
             {
@@ -204,6 +206,21 @@ public static class Evaluator
         }
         double secs = sw.Elapsed.TotalSeconds;
         return (Score(labels, raw, n, secs), calibrate ? Score(labels, cal, n, secs) : null);
+    }
+
+    /// <summary>
+    /// k shots drawn with replacement (seeded) from the pool; a draw that is the query itself is dropped (its label
+    /// would be in the prompt), so the query gets fewer shots rather than its own answer.
+    /// </summary>
+    public static List<LabeledExample> DrawShots(IReadOnlyList<LabeledExample> pool, int k, Rng rng, LabeledExample query)
+    {
+        var shots = new List<LabeledExample>(k);
+        for (int s = 0; s < k && pool.Count > 0; s++)
+        {
+            var shot = pool[rng.NextInt(pool.Count)];
+            if (!ReferenceEquals(shot, query)) shots.Add(shot);
+        }
+        return shots;
     }
 
     public static ClassificationResult Score(IReadOnlyList<string> labels, int[,] confusion, int n, double seconds)

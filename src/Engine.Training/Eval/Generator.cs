@@ -5,7 +5,18 @@ using Engine.Model;
 namespace Engine.Training.Eval;
 
 /// <summary>Decoding settings: temperature 0 is greedy; top-p keeps the smallest set of tokens with mass ≥ p.</summary>
-public sealed record SamplingOptions(int MaxNewTokens = 64, double Temperature = 0, double TopP = 1.0, ulong Seed = 0, int StopToken = -1);
+public sealed record SamplingOptions(int MaxNewTokens = 64, double Temperature = 0, double TopP = 1.0, ulong Seed = 0, int StopToken = -1)
+{
+    /// <summary>Refuses settings that cannot sample (one line naming the option): max new tokens at least 1, temperature
+    /// finite and >= 0, top-p in (0, 1] — what transformers' generate and llama.cpp refuse or clamp.</summary>
+    public SamplingOptions Validate()
+    {
+        if (MaxNewTokens < 1) throw new ArgumentException($"max new tokens must be at least 1 (got {MaxNewTokens})");
+        if (!(Temperature >= 0) || double.IsInfinity(Temperature)) throw new ArgumentException($"temperature must be a finite number >= 0 (0 = greedy; got {Temperature})");
+        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"top-p must be in (0, 1] (got {TopP})");
+        return this;
+    }
+}
 
 public static class Generator
 {
@@ -13,6 +24,12 @@ public static class Generator
     public static List<int> Generate(LlamaModel model, IReadOnlyList<int> prompt, SamplingOptions o, bool useCache = true)
     {
         if (prompt.Count == 0) throw new ArgumentException("prompt is empty");
+        o.Validate();
+        int context = model.Config.MaxPositionEmbeddings;
+        if (prompt.Count >= context)
+            throw new ArgumentException($"the prompt is {prompt.Count} tokens but the model's context is {context} positions: no room to generate (shorten the prompt)");
+        foreach (int id in prompt)
+            if ((uint)id >= (uint)model.Config.VocabSize) throw new ArgumentException($"prompt token id {id} is outside the model's vocabulary of {model.Config.VocabSize}");
         var be = model.Backend;
         var rng = new Rng(o.Seed);
         var seq = new List<int>(prompt);

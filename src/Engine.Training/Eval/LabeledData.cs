@@ -46,17 +46,19 @@ public static class LabeledData
                 {
                     using var doc = JsonDocument.Parse(line);
                     var e = doc.RootElement;
+                    if (e.ValueKind != JsonValueKind.Object) { skipped++; continue; }
                     if (!e.TryGetProperty("text", out var t) || t.ValueKind != JsonValueKind.String || !e.TryGetProperty("label", out var l)) { skipped++; continue; }
                     string label = l.ValueKind switch
                     {
                         JsonValueKind.String => Normalize(l.GetString()!, labelNames),
-                        JsonValueKind.Number when labelNames != null && l.GetInt32() >= 0 && l.GetInt32() < labelNames.Count => labelNames[l.GetInt32()],
+                        JsonValueKind.Number when labelNames != null && l.TryGetInt32(out int li) && li >= 0 && li < labelNames.Count => labelNames[li],
                         _ => "",
                     };
                     if (label.Length == 0) { skipped++; continue; }
                     list.Add(new LabeledExample(t.GetString()!.Trim(), label));
                 }
                 catch (JsonException) { skipped++; }
+                catch (InvalidOperationException) { skipped++; }   // a string with an escaped lone surrogate
             }
         }
         else throw new InvalidDataException($"{path}: unsupported evaluation format '{ext}' (csv with label,sentence or jsonl with text,label)");

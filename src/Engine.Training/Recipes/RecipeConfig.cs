@@ -30,7 +30,8 @@ public sealed class RecipeConfig
     {
         var cfg = ConfigBinder.Load<RecipeConfig>(path, overrides);
         cfg.BaseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        cfg.Validate();
+        try { cfg.Validate(); }
+        catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
         return cfg;
     }
 
@@ -54,6 +55,13 @@ public sealed class RecipeConfig
             if (st.Init != "random" && !seen.Contains(st.Init) && st.Init != st.Name && !st.Init.Contains('/'))
                 errors.Add($"{p}.init '{st.Init}' is neither 'random', an earlier stage nor a model directory");
             if (st.Weights.Count == 0) errors.Add($"{p}.weights must name at least one source");
+            foreach (var (w, x) in st.Weights.Concat(st.EndWeights ?? []))
+                if (!(x >= 0)) errors.Add($"{p}: weight of '{w}' must be >= 0 (got {x})");
+            if (st.Weights.Count > 0 && !(st.Weights.Values.Sum() > 0)) errors.Add($"{p}.weights must not all be 0");
+            TrainConfig.CheckOptim(st.Optim, st.Schedule, $"{p}.optim", $"{p}.schedule", errors);
+            if (!(st.ZLoss >= 0)) errors.Add($"{p}.z_loss must be >= 0 (got {st.ZLoss})");
+            if (st.EwcBatches < 1) errors.Add($"{p}.ewc_batches must be >= 1 (got {st.EwcBatches})");
+            if (st.RopeScaling != RopeScalingKind.None && !(st.RopeScalingFactor >= 1)) errors.Add($"{p}.rope_scaling_factor must be >= 1 (got {st.RopeScalingFactor})");
             foreach (var w in st.Weights.Keys.Concat(st.EndWeights?.Keys ?? Enumerable.Empty<string>()))
                 if (!Sources.ContainsKey(w)) errors.Add($"{p}: unknown source '{w}' in weights");
             if (st.EndWeights != null && st.RampTokens <= 0) errors.Add($"{p}.ramp_tokens must be positive when end_weights is set");
@@ -76,6 +84,13 @@ public sealed class RecipeConfig
         if (Alignment != null && !seen.Contains(Alignment.Policy) && !Alignment.Policy.Contains('/'))
             errors.Add($"alignment.policy '{Alignment.Policy}' is neither a stage nor a model directory");
         if (Tokenizer.Kind is not ("byte" or "bpe")) errors.Add($"tokenizer.kind must be byte or bpe (got {Tokenizer.Kind})");
+        if (Tokenizer.VocabSize < 1 || Tokenizer.TrainChars < 1 || Tokenizer.ExpandBy < 0) errors.Add("tokenizer: vocab_size and train_chars must be positive, expand_by >= 0");
+        if (Eval.SeqLen < 2 || Eval.Batch < 1 || Eval.PerplexityTokens < 1 || Eval.Shots < 0 || Eval.MaxExamples < 1)
+            errors.Add("eval: seq_len must be >= 2, batch, perplexity_tokens and max_examples >= 1, shots >= 0");
+        foreach (var (name, src) in Sources)
+            if (src.MaxDocs < 0) errors.Add($"sources.{name}.max_docs must be >= 0 (got {src.MaxDocs})");
+        try { Model.ToLlamaConfig(Math.Max(Model.VocabSize, 1)); }
+        catch (ArgumentException e) { errors.Add("model: " + e.Message); }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
         Alignment?.Validate(Sources.ContainsKey, s => Sources[s].Kind != "pretrain");
     }

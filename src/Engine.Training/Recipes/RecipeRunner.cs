@@ -490,6 +490,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             var llama = cfg.Model.ToLlamaConfig(tok.VocabSize);
             if (llama.VocabSize < tok.VocabSize)
                 throw new Config.ConfigException($"model.vocab_size ({llama.VocabSize}) is smaller than the tokenizer's vocabulary ({tok.VocabSize})");
+            Trainer.CheckFits(llama, new Planning.PlanLayout(comm.WorldSize, 1, cfg.Parallel.Zero, st.BatchSize, 1, st.SeqLen, cfg.Model.CheckpointActivations), null,
+                backend.AvailableMemoryBytes(), backend.Name != "cpu");
             model = new LlamaModel(llama, backend);
             model.InitializeWeights(cfg.Seed);
         }

@@ -29,7 +29,7 @@ public class CliTests
         File.WriteAllText(dir.File("c.toml"), "[train]\nsteps = 3\nbatchsize = 4\n[data]\ntrain = [\"a.txt\"]\n");
         var (code, err) = Run("train", "--config", dir.File("c.toml"));
         Assert.Equal(2, code);
-        Assert.Equal("error: unknown config key 'train.batchsize' (known keys here: seq_len, batch_size, grad_accum, steps, seed, z_loss, device, log_every, eval_every, eval_batches, guard, guard_z, guard_window)", err.Trim());
+        Assert.Equal($"error: {dir.File("c.toml")}: unknown config key 'train.batchsize' (known keys here: seq_len, batch_size, grad_accum, steps, seed, z_loss, device, log_every, eval_every, eval_batches, guard, guard_z, guard_window)", err.Trim());
     }
 
     [Fact]
@@ -51,9 +51,14 @@ public class CliTests
     {
         using var dir = new TempDir();
         File.WriteAllText(dir.File("c.toml"), "[data]\ntrain = [\"a.txt\"]\n");
+        if (Engine.Cuda.Backend.CudaBackend.TryGetShared(out _, out _))
+            Assert.Skip("a usable GPU is present: this test checks the message given without one");
         var (code, err) = Run("train", "--config", dir.File("c.toml"), "--device", "cuda");
         Assert.Equal(2, code);
-        Assert.Contains("cuda", err);
+        // the device error itself, on one line, before anything else is tried (a.txt does not exist either)
+        Assert.StartsWith("error: device 'cuda': ", err.Trim());
+        Assert.EndsWith("use device = \"cpu\"", err.Trim());
+        Assert.Single(err.Trim().Split('\n'));
     }
 
     [Fact]

@@ -42,12 +42,21 @@ public class OptimizerTests
         model["model.embed_tokens.weight"].Frozen = true;
         var before = model["model.embed_tokens.weight"].ToArray();
         var headBefore = model["lm_head.weight"].ToArray();
-        using var opt = new AdamW(model, new AdamWOptions { ClipNorm = 1.0, Lr = 1e-3 });
+        // a large eps makes Adam's first step depend on the gradient's scale: from zero moments each weight moves by
+        // lr·c/(c + eps) with c the clipped gradient (1 × clip factor); unclipped it would move by lr/(1 + eps)
+        const double lr = 1e-3, eps = 1e-2;
+        using var opt = new AdamW(model, new AdamWOptions { ClipNorm = 1.0, Lr = lr, Eps = eps, WeightDecay = 0 });
         double expected = Math.Sqrt(model.Parameters.Where(p => !p.Tensor.Frozen).Sum(p => (double)p.Tensor.Numel));
-        double norm = opt.Update(1e-3);
+        double norm = opt.Update(lr);
         Assert.Equal(expected, norm, expected * 1e-6);   // the norm is an fp32 result (computed where the gradients live)
         Assert.Equal(before, model["model.embed_tokens.weight"].ToArray());
-        Assert.NotEqual(headBefore, model["lm_head.weight"].ToArray());
+        double clip = 1.0 / (norm + 1e-6);
+        Assert.True(clip < 0.1, $"the test needs a norm well above clip_norm (got {norm})");
+        double step = lr * clip / (clip + eps);
+        var head = model["lm_head.weight"].ToArray();
+        for (int i = 0; i < head.Length; i++)
+            Assert.True(Math.Abs(headBefore[i] - head[i] - step) <= 1e-3 * step + 1e-7,
+                $"lm_head[{i}] moved by {headBefore[i] - head[i]:E4}; with the gradient clipped by {clip:E4} it should move by {step:E4} (unclipped: {lr / (1 + eps):E4})");
     }
 
     [Fact]

@@ -67,8 +67,10 @@ public class TrainerTests
         var bytes = File.ReadAllBytes(bin);
         bytes[^3] ^= 0x5A;
         File.WriteAllBytes(bin, bytes);
-        var e = Assert.ThrowsAny<Exception>(() => new Trainer(cfg, CpuBackend.Instance).Run(TestContext.Current.CancellationToken));
-        Assert.Contains("shard", e.Message);
+        // (the file itself is named …/shard.bin: the message must say what is wrong, not just mention the path)
+        var e = Assert.Throws<InvalidDataException>(() => new Trainer(cfg, CpuBackend.Instance).Run(TestContext.Current.CancellationToken));
+        Assert.Contains(bin, e.Message);
+        Assert.Contains("checksum mismatch", e.Message);
     }
 
     [Fact]

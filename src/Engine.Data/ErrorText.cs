@@ -1,0 +1,44 @@
+using System.Text;
+
+namespace Engine.Data;
+
+/// <summary>
+/// Error messages the CLI prints as one line: text taken from a file (a tensor name, a JSON literal a parser quotes) or a
+/// parser's multi-line report is made one line — line breaks and other control characters shown as escapes, the length
+/// capped — so a hostile file cannot spread an error over the terminal. (The copy of Engine.Core.ErrorText for Engine.Data, which
+/// depends on nothing.)
+/// </summary>
+internal static class ErrorText
+{
+    /// <summary>Longest message piece kept.</summary>
+    public const int MaxChars = 600;
+
+    /// <summary><paramref name="text"/> on one line: \n, \r, \t and other control characters escaped, cut at <paramref name="max"/> characters.</summary>
+    public static string OneLine(string text, int max = MaxChars)
+    {
+        var sb = new StringBuilder(Math.Min(text.Length, max) + 8);
+        foreach (char c in text)
+        {
+            if (sb.Length >= max) { sb.Append('…'); break; }
+            switch (c)
+            {
+                case '\n': sb.Append("\\n"); break;
+                case '\r': sb.Append("\\r"); break;
+                case '\t': sb.Append("\\t"); break;
+                default:
+                    if (char.IsControl(c) || c is '\u2028' or '\u2029') sb.Append($"\\u{(int)c:X4}");
+                    else sb.Append(c);
+                    break;
+            }
+        }
+        return sb.ToString();
+    }
+
+    /// <summary>A parser report of one error per line (Tomlyn's): the first error, then how many more there were.</summary>
+    public static string FirstOfLines(string text)
+    {
+        var lines = text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (lines.Length == 0) return "";
+        return OneLine(lines[0]) + (lines.Length > 1 ? $" (and {lines.Length - 1} more error{(lines.Length > 2 ? "s" : "")})" : "");
+    }
+}
