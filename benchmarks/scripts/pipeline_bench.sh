@@ -28,15 +28,23 @@ for P in 2 4; do
     rows+=("{\"pp\": $P, \"micro_batches\": $M, \"measured_idle\": $(awk "BEGIN{print $measured/100}"), \"theory\": $(awk "BEGIN{print $theory/100}"), \"tokens_per_s\": ${tps:-0}}")
   done
 done
-date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 file=benchmarks/results/pipeline-$(date -u +%Y-%m-%d-%H%M).json
-{
-  echo "{\"schema\": \"engine.pipeline-bubble/1\", \"date\": \"$date\", \"commit\": \"$(git rev-parse --short HEAD)\","
-  echo " \"machine\": {\"cpu\": \"$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)\", \"cores\": $(nproc)},"
-  echo " \"config\": {\"model\": \"configs/tiny_shakespeare.toml, 8 layers\", \"batch\": \"micro-batch 2 × 128 tokens\", \"schedule\": \"1f1b\", \"steps\": $steps, \"ranks\": \"Open MPI, one core each (DOTNET_PROCESSOR_COUNT=1)\"},"
-  echo " \"note\": \"measured idle = time a stage waits in receive/send completion inside a step / step wall time, averaged over all ranks, steps after the first; P=4 on $(nproc) cores oversubscribes\","
-  echo " \"results\": ["
-  (IFS=,; echo "  ${rows[*]}")
-  echo " ]}"
-} >"$file"
-python3 -m json.tool "$file" >/dev/null && echo "wrote $file"
+ROWS="$(printf '%s\n' "${rows[@]}")" STEPS="$steps" COMMIT="$(git rev-parse HEAD)" FILE="$file" python3 - <<'PY'
+import json, os, datetime, platform
+rows = [json.loads(l) for l in os.environ["ROWS"].splitlines() if l.strip()]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+run = {"schema": "engine.bench/1", "suite": "pipeline", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+       "commit": os.environ["COMMIT"], "command": "bash benchmarks/scripts/pipeline_bench.sh " + os.environ["STEPS"],
+       "machine": {"cpu_model": cpu, "cores": os.cpu_count(), "os": platform.platform(), "gpus": []},
+       "config": {"model": "configs/tiny_shakespeare.toml, 8 layers", "batch": "micro-batch 2 x 128 tokens", "schedule": "1f1b",
+                  "steps": int(os.environ["STEPS"]), "ranks": "Open MPI, one core each (DOTNET_PROCESSOR_COUNT=1)"},
+       "method": "the first step is not timed; per stage: time waiting in receives and send completions inside RunStep / RunStep wall time, averaged over all ranks; peer = the theoretical bubble (P-1)/(M+P-1)",
+       "notes": ["P=4 on %d cores oversubscribes" % os.cpu_count()], "benchmarks": []}
+for r in rows:
+    run["benchmarks"].append({"name": f"pp{r['pp']}_m{r['micro_batches']}_idle", "group": "pipeline", "device": "cpu", "unit": "fraction",
+        "better": "lower", "median": r["measured_idle"], "repeats": 1, "warmup": 1, "peer": {"name": "theory (P-1)/(M+P-1)", "median": r["theory"]},
+        "ratio": r["theory"] / r["measured_idle"] if r["measured_idle"] > 0 else None,
+        "params": {"pp": r["pp"], "micro_batches": r["micro_batches"], "tokens_per_s": r["tokens_per_s"]}})
+json.dump(run, open(os.environ["FILE"], "w"), indent=1)
+print("wrote " + os.environ["FILE"])
+PY

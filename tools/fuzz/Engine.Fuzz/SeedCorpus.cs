@@ -15,7 +15,7 @@ namespace Engine.Fuzz;
 
 /// <summary>
 /// The seed inputs of every target, built deterministically from what the project ships: slices of the text files
-/// under shared/data (each format), the configs under configs/, and the binary files the engine's own writers make from
+/// under the shipped data/ folder (each format), the configs under configs/, and the binary files the engine's own writers make from
 /// them — a tiny Llama saved as safetensors (F32/BF16/F16, single and sharded) and GGUF (F16/Q8_0/Q4_0), token shards of
 /// shipped text, a BPE tokenizer trained on shipped text and a hand-written SentencePiece-style tokenizer.json. Small
 /// on purpose (a few KB each): a mutation run parses each input once.
@@ -346,7 +346,7 @@ public sealed class SeedCorpus
     [
         Encoding.UTF8.GetBytes("""
         {"model": {"hidden_size": 128, "intermediate_size": 344, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2, "max_position_embeddings": 256},
-         "data": {"train": ["../../shared/data/general_en/tinyshakespeare.txt"], "tokenizer": "byte", "valid_fraction": 0.05},
+         "data": {"train": ["data:general_en/tinyshakespeare.txt"], "tokenizer": "byte", "valid_fraction": 0.05},
          "train": {"seq_len": 128, "batch_size": 8, "steps": 300, "seed": 1234, "log_every": 20, "eval_every": 100, "eval_batches": 4},
          "optim": {"lr": 3e-3, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1, "clip_norm": 1.0},
          "schedule": {"kind": "cosine", "warmup_steps": 20, "min_lr": 3e-4},
