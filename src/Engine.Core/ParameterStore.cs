@@ -129,6 +129,9 @@ public sealed class ParameterStore : IDisposable
         }
         var (offsets, used) = Layout(specs);
         long capacity = Math.Max(AlignUp(Math.Max(used, 1), padMultiple), 1);
+        if (capacity > int.MaxValue)
+            throw new ArgumentException($"{capacity:N0} parameters in one flat store: a process holds at most {int.MaxValue:N0} (tensor shapes are int); " +
+                "split the model into pipeline stages (parallel.pp) so that each stage's parameters fit");
         var master = Backend.Zeros([checked((int)capacity)]).Keep();
         var grads = Backend.Zeros([checked((int)capacity)]).Keep();
         index.Clear();

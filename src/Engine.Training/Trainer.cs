@@ -74,7 +74,11 @@ public sealed class Trainer
         cfg.Parallel.Validate(comm.WorldSize);
         var tokenizer = LoadTokenizer(cfg);
         if (Resume == null && cfg.Model.InitFrom == null) // a fresh model that cannot fit is refused before any data is read or memory taken
-            Fit(MemoryModel.Worst(cfg.ToLlamaConfig(tokenizer.VocabSize), PlanLayout(comm.WorldSize), backend.Name != "cpu", cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null), backend.AvailableMemoryBytes());
+        {
+            var fresh = cfg.ToLlamaConfig(tokenizer.VocabSize);
+            cfg.Parallel.Validate(comm.WorldSize, fresh.NumLayers);   // a bad layer split is named before it is estimated
+            Fit(MemoryModel.Worst(fresh, PlanLayout(comm.WorldSize), backend.Name != "cpu", cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null), backend.AvailableMemoryBytes());
+        }
         var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
         foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
         Say($"tokenizing {files.Count} file(s)");

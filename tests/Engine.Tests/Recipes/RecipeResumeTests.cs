@@ -60,7 +60,7 @@ public class RecipeResumeTests
     static byte[] Weights(string dir, string stage) => File.ReadAllBytes(Path.Combine(dir, "stages", stage, ModelIO.WeightsFile));
 
     static (string, int)[] MetricKeys(string dir) => File.ReadAllLines(Path.Combine(dir, "metrics.jsonl"))
-        .Select(l => JsonDocument.Parse(l).RootElement).Select(e => (e.GetProperty("stage").GetString()!, e.GetProperty("Step").GetInt32())).ToArray();
+        .Select(l => JsonDocument.Parse(l).RootElement).Select(e => (e.GetProperty("stage").GetString()!, e.GetProperty("step").GetInt32())).ToArray();
 
     static void AssertSameReports(List<StageReport> a, List<StageReport> b)
     {

@@ -56,11 +56,30 @@ public sealed class SeedCorpus
 
     // ------------------------------------------------------------------ text slices of the shipped data
 
+    /// <summary>A shipped file: NAME, or NAME.gz (data/ ships gzip; the readers open either).</summary>
+    string Shipped(string relative)
+    {
+        string path = Path.Combine(DataDir, relative);
+        return File.Exists(path) || !File.Exists(path + ".gz") ? path : path + ".gz";
+    }
+
+    static byte[] ReadAll(string path)
+    {
+        if (!path.EndsWith(".gz", StringComparison.Ordinal)) return File.ReadAllBytes(path);
+        using var gz = new System.IO.Compression.GZipStream(File.OpenRead(path), System.IO.Compression.CompressionMode.Decompress);
+        using var ms = new MemoryStream();
+        gz.CopyTo(ms);
+        return ms.ToArray();
+    }
+
+    static IEnumerable<string> ReadLines(string path) =>
+        path.EndsWith(".gz", StringComparison.Ordinal) ? Encoding.UTF8.GetString(ReadAll(path)).Split('\n') : File.ReadLines(path);
+
     /// <summary>The first lines of a shipped file, up to about <paramref name="maxBytes"/> bytes (whole lines).</summary>
     public byte[] Head(string relative, int maxBytes = 3000)
     {
         var sb = new StringBuilder();
-        foreach (var line in File.ReadLines(Path.Combine(DataDir, relative)))
+        foreach (var line in ReadLines(Shipped(relative)))
         {
             if (sb.Length > 0 && Encoding.UTF8.GetByteCount(sb.ToString()) + line.Length > maxBytes) break;
             sb.Append(line).Append('\n');
@@ -71,7 +90,7 @@ public sealed class SeedCorpus
     /// <summary>The first <paramref name="records"/> elements of a shipped JSON array, as a JSON array.</summary>
     public byte[] JsonArrayHead(string relative, int records = 3)
     {
-        using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(DataDir, relative)));
+        using var doc = JsonDocument.Parse(ReadAll(Shipped(relative)));
         var ms = new MemoryStream();
         using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
         {
@@ -91,7 +110,7 @@ public sealed class SeedCorpus
         foreach (var f in new[] { "general_en/tinyshakespeare.txt", "general_zh/cnews_general.jsonl", "finance_en/fomc_statements.jsonl" })
         {
             int n = 0;
-            foreach (var d in Documents.Read(Path.Combine(DataDir, f)))
+            foreach (var d in Documents.Read(Shipped(f)))
             {
                 string s = d.Length > 2000 ? d[..2000] : d;
                 docs.Add(s);
