@@ -73,11 +73,14 @@ public sealed record LlamaConfig
     }
 
     /// <summary>Parameters in the model, embeddings and head included.</summary>
-    public long ParameterCount()
+    public long ParameterCount() =>
+        VocabSize * (long)HiddenSize * (TieWordEmbeddings ? 1 : 2) + NumLayers * LayerParameterCount() + HiddenSize;
+
+    /// <summary>One transformer block: two RMSNorm gains, q/o [C, C], k/v [KV, C], gate/up/down [F, C].</summary>
+    public long LayerParameterCount()
     {
         long c = HiddenSize, kv = (long)NumKvHeads * HeadDim;
-        long perLayer = 2 * c + c * c * 2 + 2 * c * kv + 3 * c * IntermediateSize;
-        return VocabSize * c * (TieWordEmbeddings ? 1 : 2) + NumLayers * perLayer + c;
+        return 2 * c + c * c * 2 + 2 * c * kv + 3 * c * IntermediateSize;
     }
 
     /// <summary>Parameters outside embeddings and head (N in the PaLM MFU formula).</summary>

@@ -216,7 +216,7 @@ public sealed class Trainer
             int M = layout.MicroBatches(cfg.Train.GradAccum);
             if (idle[1] > 0)
                 Say($"pipeline: stages idle {idle[0] / idle[1]:P1} of each step on average (measured: bubble + transfers, {runner.TimedSteps} step(s) after the first); " +
-                    $"theory (P−1)/(M+P−1) = {PipelineRunner.TheoreticalBubble(cfg.Parallel.Pp, M):P1} for P = {cfg.Parallel.Pp}, M = {M}");
+                    $"theory (P−1)/(M+P−1) = {PipelineSchedule.Bubble(cfg.Parallel.Pp, M):P1} for P = {cfg.Parallel.Pp}, M = {M}");
         }
         if (Control?.Stopped == true && steps.Count > 0 && steps[^1].Step < cfg.Train.Steps)
         {

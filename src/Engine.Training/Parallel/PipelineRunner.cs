@@ -27,9 +27,6 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
     public double WaitSeconds { get; private set; }
     int stepsRun;
 
-    /// <summary>(P − 1)/(M + P − 1): the idle share of every stage under GPipe and 1F1B with equal slot times.</summary>
-    public static double TheoreticalBubble(int stages, int microBatches) => (stages - 1.0) / (microBatches + stages - 1);
-
     System.Diagnostics.Stopwatch? waitClock;
     void Wait(Engine.Core.Distributed.ICommWork w)
     {

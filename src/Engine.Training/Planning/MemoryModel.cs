@@ -1,4 +1,5 @@
 using Engine.Model;
+using Engine.Parallel;
 
 namespace Engine.Training.Planning;
 
@@ -58,12 +59,10 @@ public static class MemoryModel
     /// copy of the embedding, as <see cref="LlamaModel"/> does).</summary>
     public static long StageParameters(LlamaConfig c, PipelineStage s)
     {
-        long h = c.HiddenSize, kv = (long)c.NumKvHeads * c.HeadDim;
-        long perLayer = 2 * h + 2 * h * h + 2 * h * kv + 3 * h * c.IntermediateSize;
-        long n = s.Layers * perLayer;
-        long emb = (long)c.VocabSize * h;
+        long n = s.Layers * c.LayerParameterCount();
+        long emb = (long)c.VocabSize * c.HiddenSize;
         if (s.IsFirst) n += emb;
-        if (s.IsLast) n += h + (c.TieWordEmbeddings && s.IsFirst ? 0 : emb);
+        if (s.IsLast) n += c.HiddenSize + (c.TieWordEmbeddings && s.IsFirst ? 0 : emb);
         return n;
     }
 
@@ -74,9 +73,10 @@ public static class MemoryModel
         return checkpoint ? (c.HiddenSize, 0) : (9.0 * c.HiddenSize + 3 * kv + 3.0 * c.IntermediateSize, 2 + c.NumHeads);
     }
 
-    /// <summary>Live micro-batches of a stage: 1F1B min(M, P − s), GPipe M, no pipeline 1.</summary>
+    /// <summary>Live micro-batches of a stage, read off the schedule the runner executes (1F1B min(M, P − s), GPipe M);
+    /// no pipeline: 1 (each micro-batch's scope ends after its backward).</summary>
     public static int LiveMicroBatches(string schedule, int pp, int stage, int microBatches) =>
-        pp == 1 ? 1 : schedule == "gpipe" ? microBatches : Math.Min(microBatches, pp - stage);
+        pp == 1 ? 1 : PipelineSchedule.PeakInFlight(PipelineSchedule.For(schedule, pp, stage, microBatches));
 
     /// <summary>The estimate for every stage of <paramref name="l"/> (balanced split unless given).</summary>
     public static List<MemoryEstimate> Stages(LlamaConfig c, PlanLayout l, bool gpu, IReadOnlyList<int>? split = null)

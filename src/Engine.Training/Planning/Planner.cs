@@ -74,8 +74,8 @@ public static class Planner
     /// <summary>Training FLOPs of one token through layers [a, b) plus the stage's embedding/head share.</summary>
     static double StageFlopsPerToken(LlamaConfig c, PipelineStage s, int seqLen, bool checkpoint)
     {
-        long h = c.HiddenSize, kv = (long)c.NumKvHeads * c.HeadDim;
-        double layerN = 2.0 * h * h + 2.0 * h * kv + 3.0 * h * c.IntermediateSize;
+        long h = c.HiddenSize;
+        double layerN = c.LayerParameterCount() - 2.0 * h;        // the block's matmul weights (not the RMSNorm gains)
         double attn = 12.0 * c.NumHeads * c.HeadDim * seqLen;
         double perLayer = 6 * layerN + attn + (checkpoint ? 2 * layerN + attn / 3 : 0);
         double f = s.Layers * perLayer;
