@@ -1,14 +1,22 @@
 using System.Text;
 
+#if ENGINE_DATA
+namespace Engine.Data;
+#else
 namespace Engine.Core;
+#endif
 
 /// <summary>
 /// Error messages the CLI prints as one line: text taken from a file (a tensor name, a JSON literal a parser quotes) or a
 /// parser's multi-line report is made one line — line breaks and other control characters shown as escapes, the length
-/// capped — so a hostile file cannot spread an error over the terminal. (Engine.Data, which depends on nothing, keeps an
-/// internal copy.)
+/// capped — so a hostile file cannot spread an error over the terminal. Engine.Data, which depends on nothing, compiles
+/// this same file as its internal <c>Engine.Data.ErrorText</c> (ENGINE_DATA, see Engine.Data.csproj).
 /// </summary>
+#if ENGINE_DATA
+internal static class ErrorText
+#else
 public static class ErrorText
+#endif
 {
     /// <summary>Longest message piece kept.</summary>
     public const int MaxChars = 600;

@@ -4,6 +4,7 @@ using Engine.Core;
 using Engine.Core.Distributed;
 using Engine.Model;
 using Engine.Model.IO;
+using Engine.Model.Lora;
 using Engine.Parallel;
 using Engine.Training.Parallel;
 
@@ -23,6 +24,8 @@ public sealed record CheckpointState(int Step, long Tokens, ulong[] Rng, int Ada
     public Dictionary<string, string>? Exact { get; init; }
     /// <summary>The settings a resume may change (learning rate, betas, clip, steps), as they were.</summary>
     public Dictionary<string, string>? Overridable { get; init; }
+    /// <summary>LoRA runs: the adapters' dropout generator (<see cref="LoraAdapters.DropoutRngState"/>).</summary>
+    public ulong[]? AdapterRng { get; init; }
 }
 
 /// <summary>One parameter of the flat layout a checkpoint was written with.</summary>
@@ -78,6 +81,8 @@ public static class Checkpoints
 {
     public const int FormatVersion = 2;
     const string StateFile = "state.json", ManifestFile = "manifest.json", OptimizerDir = "optimizer";
+    /// <summary>A LoRA run's checkpoint holds its adapter here (PEFT layout) and config.json, not the frozen base.</summary>
+    public const string AdapterDir = "adapter";
     static readonly JsonSerializerOptions Json = new() { WriteIndented = true, PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower };
 
     static string ShardFile(int rank) => Path.Combine(OptimizerDir, $"rank{rank:D5}.safetensors");
@@ -106,8 +111,14 @@ public static class Checkpoints
 
     /// <param name="layout">The job's layout when it has pipeline stages (null: data parallelism over the optimizer's
     /// group only).</param>
-    public static string Save(string root, LlamaModel model, AdamW opt, CheckpointState state, int keep, ParallelLayout? layout = null)
+    /// <param name="adapter">A LoRA run's adapters (the optimizer works on their store): the checkpoint holds them in
+    /// <see cref="AdapterDir"/>, their dropout generator, and the base's config.json; the frozen base is not copied (the
+    /// run rebuilds it from init_from, or the earlier stage, as it did at its start).</param>
+    public static string Save(string root, LlamaModel model, AdamW opt, CheckpointState state, int keep, ParallelLayout? layout = null,
+        LoraAdapters? adapter = null)
     {
+        if (adapter != null && layout?.Pipelined == true) throw new NotSupportedException("LoRA checkpoints with pipeline stages are not supported");
+        if (adapter != null) state = state with { AdapterRng = [adapter.DropoutRngState.Item1, adapter.DropoutRngState.Item2, adapter.DropoutRngState.Item3, adapter.DropoutRngState.Item4] };
         var dp = opt.Parallel;
         var world = layout?.World ?? dp.Comm;
         var group = dp.Comm;   // the ranks holding this rank's stage
@@ -151,7 +162,15 @@ public static class Checkpoints
             File.WriteAllText(Path.Combine(tmp, StageFile(stage)), JsonSerializer.Serialize(layoutRecord, Json));
         }
         world.Barrier();
-        if (layout?.Pipelined == true) layout.SaveModel(model, tmp);
+        if (adapter != null)
+        {
+            if (world.Rank == 0)
+            {
+                adapter.Save(Path.Combine(tmp, AdapterDir));
+                Durable.WriteAllText(Path.Combine(tmp, "config.json"), model.Config.ToHuggingFaceJson("float32"));
+            }
+        }
+        else if (layout?.Pipelined == true) layout.SaveModel(model, tmp);
         else if (world.Rank == 0) ModelIO.Save(model, tmp);
 
         if (world.Rank == 0)
@@ -231,6 +250,28 @@ public static class Checkpoints
         public string Directory { get; } = dir;
         public CheckpointManifest Manifest { get; } = manifest;
         public CheckpointState State { get; } = state;
+
+        /// <summary>Whether this is a LoRA run's checkpoint (the adapter and config.json, no base weights).</summary>
+        public bool HasAdapter => Manifest.Files.ContainsKey($"{AdapterDir}/{PeftAdapter.ConfigFile}");
+
+        /// <summary>Refuses a checkpoint of the other kind: full weights for a [lora] run, or an adapter for a full one.</summary>
+        public void RequireKind(bool lora)
+        {
+            if (lora && !HasAdapter)
+                throw new InvalidDataException($"{Directory}: a checkpoint of the full model, but this run trains a [lora] adapter (resume without [lora], or start the LoRA run afresh with model.init_from)");
+            if (!lora && HasAdapter)
+                throw new InvalidDataException($"{Directory}: a checkpoint of a LoRA adapter (its run had [lora]), but this run trains the full model");
+        }
+
+        /// <summary>The adapter's weights and dropout generator into <paramref name="adapter"/> (attached as at the
+        /// run's start, so the config must match).</summary>
+        public void LoadAdapter(LoraAdapters adapter)
+        {
+            RequireKind(lora: true);
+            adapter.LoadWeights(Path.Combine(Directory, AdapterDir));
+            if (State.AdapterRng is { Length: 4 } r) adapter.DropoutRngState = (r[0], r[1], r[2], r[3]);
+            else throw new InvalidDataException($"{Directory}: {StateFile} has no adapter dropout RNG state");
+        }
 
         /// <summary>The weights, for the whole model or one pipeline stage (only its parameters are read).</summary>
         public LlamaModel LoadModel(IBackend backend, Func<LlamaConfig, PipelineStage?>? stage = null) =>

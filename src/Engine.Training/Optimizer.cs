@@ -21,6 +21,17 @@ public sealed record AdamWOptions
 }
 
 /// <summary>
+/// A step whose global gradient norm is not finite: <see cref="AdamW.Update"/> wrote nothing (weights, moments and
+/// step count are as before the call). The norm is all-reduced, so every data-parallel rank throws it at the same step.
+/// </summary>
+public sealed class NonFiniteGradientException(double norm, int step)
+    : InvalidOperationException($"gradient norm is {norm} at step {step}: refusing to update the weights")
+{
+    public double Norm { get; } = norm;
+    public int Step { get; } = step;
+}
+
+/// <summary>
 /// AdamW with fp32 moments over the flat parameter store: one multi-tensor launch over runs of the store (a run per
 /// stretch of consecutive trainable parameters with the same weight decay — norms undecayed — so frozen parameters
 /// are skipped, stage-1 vocabulary training), global-norm clipping computed on the device from chunk partials (the
@@ -171,7 +182,7 @@ public sealed class AdamW : IDisposable
         if (!float.IsFinite(r[2]))
         {
             Step--;
-            throw new InvalidOperationException($"gradient norm is {r[1]} at step {Step + 1}: refusing to update the weights");
+            throw new NonFiniteGradientException(r[1], Step + 1);
         }
         Parallel.GatherParameters();
         return r[1];

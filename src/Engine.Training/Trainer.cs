@@ -88,13 +88,13 @@ public sealed class Trainer
         string outDir = cfg.Resolve(cfg.Output.Dir);
         string ckptRoot = Path.Combine(outDir, "checkpoints");
         Checkpoints.Loaded? resumed = null;
-        if (Resume != null && cfg.Lora != null) throw new ConfigException("--resume is not supported with [lora] yet: the adapters are saved at the end of the run");
         if (Resume != null)
         {
             resumed = Checkpoints.OpenForResume(Resume, ckptRoot, Say);
             if (resumed == null) Say($"--resume auto: no valid checkpoint under {ckptRoot}: starting from step 0");
             else if (resumed.State.Step >= cfg.Train.Steps)
                 throw new ConfigException($"checkpoint {resumed.Directory} is at step {resumed.State.Step}, not before train.steps = {cfg.Train.Steps}: nothing to resume");
+            resumed?.RequireKind(lora: cfg.Lora != null);
         }
         // the layout needs the model's depth before any weights are built: from the checkpoint, init_from or the config
         var shape = resumed != null ? ModelIO.LoadConfig(resumed.Directory)
@@ -102,7 +102,7 @@ public sealed class Trainer
         using var layout = ParallelLayout.Create(comm, cfg.Parallel, shape.NumLayers);
         var stage = layout.Stage(shape.NumLayers);
         LlamaModel created;
-        if (resumed != null)
+        if (resumed != null && !resumed.HasAdapter)
         {
             created = resumed.LoadModel(backend, _ => stage);
             if (created.Config.VocabSize < tokenizer.VocabSize)
@@ -110,11 +110,15 @@ public sealed class Trainer
                 created.Dispose();
                 throw new InvalidDataException($"{resumed.Directory}: checkpoint vocabulary {created.Config.VocabSize} is smaller than the tokenizer's {tokenizer.VocabSize}");
             }
+        }
+        else created = CreateModel(tokenizer.VocabSize, stage);   // a LoRA run's frozen base: rebuilt as at its start
+        if (resumed != null)
+        {
             var mf = resumed.Manifest;
-            Say($"resuming from {resumed.Directory} at step {resumed.State.Step}" + (mf.WorldSize != comm.WorldSize || mf.Zero != cfg.Parallel.Zero || mf.Pp != cfg.Parallel.Pp
+            Say($"resuming from {resumed.Directory} at step {resumed.State.Step}" + (resumed.HasAdapter ? " (LoRA adapter; base from model.init_from)" : "")
+                + (mf.WorldSize != comm.WorldSize || mf.Zero != cfg.Parallel.Zero || mf.Pp != cfg.Parallel.Pp
                 ? $" (written by {mf.WorldSize} rank(s), pp {mf.Pp}, ZeRO-{mf.Zero}; resharded to {comm.WorldSize}, pp {cfg.Parallel.Pp}, ZeRO-{cfg.Parallel.Zero})" : ""));
         }
-        else created = CreateModel(tokenizer.VocabSize, stage);
         using var model = created;
         int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
         CheckFits(shape, PlanLayout(comm.WorldSize), stage, backend.AvailableMemoryBytes(), gpu: backend.Name != "cpu");
@@ -155,6 +159,7 @@ public sealed class Trainer
         var rng = new Rng(cfg.Train.Seed);
         if (resumed != null)
         {
+            if (lora != null) resumed.LoadAdapter(lora);
             resumed.LoadOptimizer(opt);
             var r = resumed.State.Rng;
             rng.State = (r[0], r[1], r[2], r[3]);
@@ -190,7 +195,7 @@ public sealed class Trainer
                 SkippedSteps = m.SkippedSteps,
                 Exact = exact,
                 Overridable = overridable,
-            }, cfg.Output.KeepCheckpoints, layout);
+            }, cfg.Output.KeepCheckpoints, layout, lora);
             savedStep = m.Step;
             Control?.SaveDone(clock.Elapsed.TotalSeconds);
             if (Control != null) Control.LastCheckpoint = saved;
@@ -267,6 +272,14 @@ public sealed class Trainer
             ["optim.eps"] = ResumeCheck.Format(cfg.Optim.Eps),
             ["schedule"] = ResumeCheck.Json(cfg.Schedule),
         };
+        if (cfg.Lora != null)
+        {
+            d["lora"] = ResumeCheck.Json(cfg.Lora);
+            // a LoRA checkpoint holds the adapter only: the frozen base is read again from init_from, so it must not have changed
+            string baseDir = cfg.Resolve(cfg.Model.InitFrom!);
+            d["lora.base_weights"] = string.Join("; ", Directory.GetFiles(baseDir, "*.safetensors").Order(StringComparer.Ordinal)
+                .Select(f => $"{Path.GetFileName(f)} ({new FileInfo(f).Length} bytes)"));
+        }
         return d;
     }
 

@@ -103,7 +103,6 @@ public static class TrainingLoop
         {
             cancel.ThrowIfCancellationRequested();
             double stepStart = clock.Elapsed.TotalSeconds;
-            long stepTimestamp = System.Diagnostics.Stopwatch.GetTimestamp();
             var stepRegion = Profiler.Time("step");
             double lr = Schedule.LearningRate(o.Schedule, o.Optim.Lr, step, o.Steps);
             if (o.SkipBatches is { } sk && step + 1 >= sk.First && step + 1 <= sk.Last)
@@ -165,7 +164,7 @@ public static class TrainingLoop
                     dp.EndMicroBatch();
                 }
             }
-            double compute = System.Diagnostics.Stopwatch.GetElapsedTime(stepTimestamp).TotalSeconds;
+            double compute = clock.Elapsed.TotalSeconds - stepStart;
             dp.FinishGradients();
             pipeline?.SyncTiedEmbedding();
             double penalty = ewc?.Apply(model, dp) ?? 0;
@@ -182,7 +181,7 @@ public static class TrainingLoop
             if (!skip)
             {
                 try { norm = opt.Update(lr); }
-                catch (InvalidOperationException e) when (e.Message.StartsWith("gradient norm is", StringComparison.Ordinal))
+                catch (NonFiniteGradientException)
                 {
                     // the norm is global (all-reduced), so every rank is here; AdamW wrote nothing
                     if (!o.Guard.Skip) throw Guard(step + 1, $"the gradient norm is not finite{FirstNonFinite(dp)}", control);
@@ -192,7 +191,7 @@ public static class TrainingLoop
             if (skip) skipped++;
             tokens += (long)world * A * o.BatchSize * o.SeqLen;
             stepRegion.Dispose();
-            double stepSeconds = System.Diagnostics.Stopwatch.GetElapsedTime(stepTimestamp).TotalSeconds;
+            double stepSeconds = clock.Elapsed.TotalSeconds - stepStart;
             double? v = null;
             if (validate != null && (step == o.Steps - 1 || (o.EvalEvery > 0 && (step + 1) % o.EvalEvery == 0)))
             {

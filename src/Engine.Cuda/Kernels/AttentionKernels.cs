@@ -59,24 +59,7 @@ public sealed class AttentionKernels
     {
         var f = Params(shape, q, k, v, o, lse, causal, qRowStride, kRowStride, vRowStride, oRowStride);
         int d = shape.HeadDim;
-        var p = new AttentionBackwardParams
-        {
-            Fwd = f,
-            DOut = dout,
-            Dq = dq,
-            Dk = dk,
-            Dv = dv,
-            Delta = delta,
-            DoRowStride = Stride(doRowStride, shape.Heads, d),
-            DqRowStride = Stride(dqRowStride, shape.Heads, d),
-            DkRowStride = Stride(dkRowStride, shape.KvHeads, d),
-            DvRowStride = Stride(dvRowStride, shape.KvHeads, d),
-        };
-        CheckOperand(dout, p.DoRowStride, (long)shape.Heads * d, nameof(dout));
-        CheckOperand(dq, p.DqRowStride, (long)shape.Heads * d, nameof(dq));
-        CheckOperand(dk, p.DkRowStride, (long)shape.KvHeads * d, nameof(dk));
-        CheckOperand(dv, p.DvRowStride, (long)shape.KvHeads * d, nameof(dv));
-        if (delta.IsNull) throw new ArgumentException("delta scratch is null", nameof(delta));
+        var p = BackwardParams(shape, f, dout, dq, dk, dv, delta, doRowStride, dqRowStride, dkRowStride, dvRowStride);
         if (shape.Batch == 0 || shape.SeqLen == 0) return;
 
         long rows = (long)shape.Batch * shape.SeqLen * shape.Heads;
@@ -99,6 +82,33 @@ public sealed class AttentionKernels
     {
         shape.Validate();
         return CommonParams(shape, q, k, v, o, lse, causal, qs, ks, vs, os);
+    }
+
+    /// <summary>The backward params both kernel families take (the forward's <paramref name="f"/> plus the gradients and
+    /// delta scratch), the gradient operands checked.</summary>
+    internal static AttentionBackwardParams BackwardParams(AttentionShape shape, AttentionParams f, DevicePtr dout, DevicePtr dq, DevicePtr dk,
+        DevicePtr dv, DevicePtr delta, long dos, long dqs, long dks, long dvs)
+    {
+        int d = shape.HeadDim;
+        var p = new AttentionBackwardParams
+        {
+            Fwd = f,
+            DOut = dout,
+            Dq = dq,
+            Dk = dk,
+            Dv = dv,
+            Delta = delta,
+            DoRowStride = Stride(dos, shape.Heads, d),
+            DqRowStride = Stride(dqs, shape.Heads, d),
+            DkRowStride = Stride(dks, shape.KvHeads, d),
+            DvRowStride = Stride(dvs, shape.KvHeads, d),
+        };
+        CheckOperand(dout, p.DoRowStride, (long)shape.Heads * d, nameof(dout));
+        CheckOperand(dq, p.DqRowStride, (long)shape.Heads * d, nameof(dq));
+        CheckOperand(dk, p.DkRowStride, (long)shape.KvHeads * d, nameof(dk));
+        CheckOperand(dv, p.DvRowStride, (long)shape.KvHeads * d, nameof(dv));
+        if (delta.IsNull) throw new ArgumentException("delta scratch is null", nameof(delta));
+        return p;
     }
 
     /// <summary>The params struct both kernel families take, its operands checked (the shape is validated by the caller).</summary>

@@ -153,24 +153,7 @@ public sealed class AttentionV2Kernels
     {
         var f = Params(shape, q, k, v, o, lse, causal, qRowStride, kRowStride, vRowStride, oRowStride);
         int d = shape.HeadDim;
-        var b = new AttentionBackwardParams
-        {
-            Fwd = f,
-            DOut = dout,
-            Dq = dq,
-            Dk = dk,
-            Dv = dv,
-            Delta = delta,
-            DoRowStride = AttentionKernels.Stride(doRowStride, shape.Heads, d),
-            DqRowStride = AttentionKernels.Stride(dqRowStride, shape.Heads, d),
-            DkRowStride = AttentionKernels.Stride(dkRowStride, shape.KvHeads, d),
-            DvRowStride = AttentionKernels.Stride(dvRowStride, shape.KvHeads, d),
-        };
-        AttentionKernels.CheckOperand(dout, b.DoRowStride, (long)shape.Heads * d, nameof(dout));
-        AttentionKernels.CheckOperand(dq, b.DqRowStride, (long)shape.Heads * d, nameof(dq));
-        AttentionKernels.CheckOperand(dk, b.DkRowStride, (long)shape.KvHeads * d, nameof(dk));
-        AttentionKernels.CheckOperand(dv, b.DvRowStride, (long)shape.KvHeads * d, nameof(dv));
-        if (delta.IsNull) throw new ArgumentException("delta scratch is null", nameof(delta));
+        var b = AttentionKernels.BackwardParams(shape, f, dout, dq, dk, dv, delta, doRowStride, dqRowStride, dkRowStride, dvRowStride);
         if (dqAccum.IsNull || !dqAccum.IsAligned(16)) throw new ArgumentException("dq accumulation scratch must be a 16-byte aligned buffer", nameof(dqAccum));
         if (sync.IsNull || !sync.IsAligned(4)) throw new ArgumentException("sync scratch must be a 4-byte aligned buffer", nameof(sync));
         if (shape.Batch == 0 || shape.SeqLen == 0) return;

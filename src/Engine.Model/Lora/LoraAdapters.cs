@@ -169,6 +169,25 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
     /// <summary>Writes adapter_config.json and adapter_model.safetensors as PEFT's save_pretrained does.</summary>
     public void Save(string directory, string? baseModel = null) => PeftAdapter.Write(directory, this, baseModel);
 
+    /// <summary>Replaces the adapters' weights with those of a saved adapter directory of the same config (a checkpoint
+    /// of this run): a different rank, alpha, dropout or target set is refused naming the directory.</summary>
+    public void LoadWeights(string directory)
+    {
+        var saved = PeftAdapter.ReadConfig(directory);
+        if (saved.R != Config.R || saved.Alpha != Config.Alpha || saved.Dropout != Config.Dropout || saved.UseRslora != Config.UseRslora
+            || !saved.Resolve(model.Config).Select(m => m.Module).SequenceEqual(Modules.Select(m => m.Module)))
+            throw new InvalidDataException($"{directory}: the saved adapter (r = {saved.R}, alpha = {saved.Alpha}, dropout = {saved.Dropout}, target_modules {saved.Describe()}) " +
+                $"is not the one configured (r = {Config.R}, alpha = {Config.Alpha}, dropout = {Config.Dropout}, target_modules {Config.Describe()})");
+        PeftAdapter.ReadWeights(directory, this);
+    }
+
+    /// <summary>The dropout masks' generator state (saved in checkpoints so that a resumed run draws the same masks).</summary>
+    public (ulong, ulong, ulong, ulong) DropoutRngState
+    {
+        get => dropoutRng.State;
+        set => dropoutRng.State = value;
+    }
+
     public void Dispose()
     {
         Detach();

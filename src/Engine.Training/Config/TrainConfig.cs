@@ -67,7 +67,6 @@ public sealed class TrainConfig
             Lora.Validate("lora", Model.CheckpointActivations, errors);
             if (Model.InitFrom == null) errors.Add("lora needs model.init_from: the base model the adapters adapt");
             if (Parallel.Pp > 1) errors.Add("lora is not supported with pipeline stages (parallel.pp > 1) yet: use data parallelism");
-            if (Output.CheckpointEvery > 0) errors.Add("output.checkpoint_every is not supported with [lora] yet: the adapters are saved at the end of the run");
         }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
     }

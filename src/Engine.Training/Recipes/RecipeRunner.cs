@@ -302,8 +302,13 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             var effective = ResumeCheck.Check(resumed.Directory, resumed.State.Exact, exact, resumed.State.Overridable, overridable);
             Say($"stage {st.Name}: resume settings in effect: {string.Join(", ", effective)}");
             // selection and the EWC Fisher came from the stage's initial weights, as in the first run; now its state
-            var files = ModelIO.WeightFiles(resumed.Directory);
-            ModelIO.LoadWeights(model, files.Index, files.Shards);
+            resumed.RequireKind(lora: lora != null);
+            if (lora != null) resumed.LoadAdapter(lora);   // the frozen base is the stage's init, rebuilt above as in the first run
+            else
+            {
+                var files = ModelIO.WeightFiles(resumed.Directory);
+                ModelIO.LoadWeights(model, files.Index, files.Shards);
+            }
             resumed.LoadOptimizer(opt);
             mixture.LoadState(SamplerState.FromJson(resumed.State.Sampler
                 ?? throw new InvalidDataException($"{resumed.Directory}: state.json has no sampler state (not a recipe checkpoint)")));
@@ -324,7 +329,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 SkippedSteps = m.SkippedSteps,
                 Exact = exact,
                 Overridable = overridable,
-            }, cfg.Output.KeepCheckpoints);
+            }, cfg.Output.KeepCheckpoints, adapter: lora);
             savedStep = m.Step;
             Control?.SaveDone(clock.Elapsed.TotalSeconds);
             if (Control != null) Control.LastCheckpoint = dir;
@@ -475,6 +480,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 st.Schedule,
                 st.Optim.WeightDecay,
                 st.Optim.Eps,
+                st.Lora,
             }),
             [$"stages.{st.Name}.sequences_per_step"] = ((long)st.BatchSize * st.GradAccum * comm.WorldSize).ToString(inv),
         };

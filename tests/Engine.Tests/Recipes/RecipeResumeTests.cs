@@ -62,7 +62,8 @@ public class RecipeResumeTests
     static (string, int)[] MetricKeys(string dir) => File.ReadAllLines(Path.Combine(dir, "metrics.jsonl"))
         .Select(l => JsonDocument.Parse(l).RootElement).Select(e => (e.GetProperty("stage").GetString()!, e.GetProperty("step").GetInt32())).ToArray();
 
-    static void AssertSameReports(List<StageReport> a, List<StageReport> b)
+    /// <param name="dirs">The two runs' output folders, when notes name paths under them.</param>
+    static void AssertSameReports(List<StageReport> a, List<StageReport> b, (string A, string B)? dirs = null)
     {
         Assert.Equal(a.Select(r => r.Name), b.Select(r => r.Name));
         for (int i = 0; i < a.Count; i++)
@@ -72,7 +73,7 @@ public class RecipeResumeTests
             Assert.Equal(a[i].FewShotAccuracy, b[i].FewShotAccuracy);
             Assert.Equal(a[i].FewShotCalibratedMacroF1, b[i].FewShotCalibratedMacroF1);
             Assert.Equal(a[i].TokensTrained, b[i].TokensTrained);
-            Assert.Equal(a[i].Notes, b[i].Notes);
+            Assert.Equal(dirs is { } d ? a[i].Notes.Select(n => n.Replace(d.A, d.B, StringComparison.Ordinal)) : a[i].Notes, b[i].Notes);
             Assert.Equal(a[i].Steps.Select(s => (s.Step, s.Loss)), b[i].Steps.Select(s => (s.Step, s.Loss)));
         }
     }
@@ -110,5 +111,41 @@ public class RecipeResumeTests
         Directory.Delete(Path.Combine(b.Path, "stages", "hybrid"), recursive: true);
         var e = Assert.ThrowsAny<Exception>(() => new RecipeRunner(changed, CpuBackend.Instance) { Resume = "latest" }.Run(ct));
         Assert.Contains("stages.base", e.Message);
+    }
+
+    /// <summary>A LoRA stage stopped and resumed: its checkpoint holds the adapter and the dropout generator (not the
+    /// frozen base, which is the earlier stage's output), and the resumed stage ends with the uninterrupted run's adapter
+    /// and merged weights bit for bit. (Before, the checkpoint held the base alone: a resumed LoRA stage restarted its
+    /// adapter from initialisation under the checkpoint's moments.)</summary>
+    [Fact]
+    public void StoppedInsideALoraStageAndResumedEqualsTheUninterruptedRun()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        RecipeConfig LoraRecipe(string outDir)
+        {
+            var cfg = Recipe(outDir);
+            var h = cfg.Stages[1];
+            h.EwcLambda = 0; h.EwcSource = null;
+            h.Lora = new LoraSection { R = 4, Alpha = 8, Dropout = 0.1, TargetModules = ["q_proj", "v_proj", "down_proj"] };
+            cfg.Validate();
+            return cfg;
+        }
+        using var a = new TempDir();
+        var straight = new RecipeRunner(LoraRecipe(a.Path), CpuBackend.Instance).Run(ct);
+
+        using var b = new TempDir();
+        using (var control = new RunControl { MaxSteps = 7 })
+        {
+            var runner = new RecipeRunner(LoraRecipe(b.Path), CpuBackend.Instance) { Control = control };
+            runner.Run(ct);
+            Assert.EndsWith(Path.Combine("01_hybrid", "step_00000003"), control.LastCheckpoint);
+            Assert.True(File.Exists(Path.Combine(control.LastCheckpoint!, Checkpoints.AdapterDir, Engine.Model.Lora.PeftAdapter.WeightsFile)));
+        }
+        Directory.Delete(Path.Combine(b.Path, "checkpoints", "01_hybrid", "step_00000003"), recursive: true);
+        var resumed = new RecipeRunner(LoraRecipe(b.Path), CpuBackend.Instance) { Resume = "auto" }.Run(ct);
+        AssertSameReports(straight, resumed, (a.Path, b.Path));
+        Assert.Equal(Weights(a.Path, "hybrid"), Weights(b.Path, "hybrid"));
+        string adapter = Path.Combine("stages", "hybrid_adapter", Engine.Model.Lora.PeftAdapter.WeightsFile);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(a.Path, adapter)), File.ReadAllBytes(Path.Combine(b.Path, adapter)));
     }
 }

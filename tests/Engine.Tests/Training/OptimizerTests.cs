@@ -67,8 +67,10 @@ public class OptimizerTests
         model["model.norm.weight"].Grad!.Span[0] = float.NaN;
         var before = model["model.norm.weight"].ToArray();
         using var opt = new AdamW(model, new AdamWOptions());
-        var e = Assert.Throws<InvalidOperationException>(() => opt.Update(1e-3));
+        var e = Assert.Throws<NonFiniteGradientException>(() => opt.Update(1e-3));
         Assert.Contains("NaN", e.Message);
+        Assert.True(double.IsNaN(e.Norm));
+        Assert.Equal(1, e.Step);
         Assert.Equal(before, model["model.norm.weight"].ToArray());
         Assert.Equal(0, opt.Step);
     }
