@@ -43,8 +43,18 @@ dotnet build -c Release src/Engine.Cli -v quiet -nologo >/dev/null
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# CPU seconds every process on the machine spent (/proc/stat, USER_HZ = 100) and those of this script's children (bash's
+# `times`): what others used during the run is the difference; the load averages alone cannot tell (the 5- and 15-minute
+# figures remember work that ended before the demo started)
+busy() { awk '/^cpu / { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / 100 }' /proc/stat 2>/dev/null || echo 0; }
+# (`times` runs in this shell, not in a $(...) subshell, which would have no children of its own)
+tms=$(mktemp)
+children() { tail -1 "$tms" | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } printf "%.2f\n", s }'; }
 load_before=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
+times >"$tms"; busy_before=$(busy); mine_before=$(children); start=$(date +%s.%N)
 dotnet run -c Release --no-build --project src/Engine.Cli -- demo "${demo_args[@]}" | tee "$log"
+times >"$tms"; busy_after=$(busy); mine_after=$(children); end=$(date +%s.%N)
+rm -f "$tms"
 load_after=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo "?")
 
 out=runs/demo
@@ -57,8 +67,10 @@ cp "$out/report.md" "$dst.md"
 cp "$out/report.json" "$dst.json"
 [ -f "$out/loss_hybrid.png" ] && cp "$out/loss_hybrid.png" "$dst-loss_hybrid.png"
 
-# the demo itself keeps about one runnable thread per core busy: well above that, other work shared the machine
-verdict=$(echo "$load_after" | awk -v c="$(nproc)" '{ print ($3 > 1.25 * c) ? "the machine was shared with other work, so timings are indicative" : "no other significant load" }')
+# other processes' share of the machine's CPU time during the run: above 10 %, the timings are indicative only
+verdict=$(awk -v b0="$busy_before" -v b1="$busy_after" -v m0="$mine_before" -v m1="$mine_after" -v t0="$start" -v t1="$end" -v c="$(nproc)" 'BEGIN {
+  other = (b1 - b0) - (m1 - m0); if (other < 0) other = 0; share = other / ((t1 - t0) * c)
+  printf "%s (other processes used %.0f%% of the %d cores during the run)", share > 0.10 ? "the machine was shared with other work, so timings are indicative" : "no other significant load", 100 * share, c }')
 cmd="dotnet run -c Release --project src/Engine.Cli -- demo"
 [ ${#demo_args[@]} -gt 0 ] && cmd="$cmd ${demo_args[*]}"
 block=$(mktemp)
@@ -70,7 +82,8 @@ block=$(mktemp)
   echo "\`benchmarks/results/demo-$date.md\`, \`.json\`, \`-loss_hybrid.png\`."
   [ -n "$note" ] && echo "$note"
   echo
-  grep '^|' "$out/report.md"
+  # the report's tables, a blank line between two (adjacent rows would merge them in Markdown)
+  awk '/^\|/ { if (gap && seen) print ""; print; seen = 1; gap = 0; next } { gap = 1 }' "$out/report.md"
   echo "<!-- demo-table:end -->"
 } >"$block"
 

@@ -52,7 +52,13 @@ public sealed class RunControl : IDisposable
         };
     }
 
-    /// <summary>The first SIGTERM or SIGINT requests a stop at the next step boundary (a second one is not intercepted).</summary>
+    /// <summary>SIGUSR1 on Linux: what `engine launch` sends mpirun to stop the ranks, which mpirun forwards to every rank
+    /// (SIGTERM to mpirun itself would abort the job: it stops relaying the ranks' output, so a rank blocks on its next
+    /// console write and never reaches the step boundary).</summary>
+    public const int SigUsr1 = 10;
+
+    /// <summary>The first SIGTERM, SIGINT or (Linux) SIGUSR1 requests a stop at the next step boundary (a second one is
+    /// not intercepted).</summary>
     public void InstallSignalHandlers(Action<string>? say = null)
     {
         void Handler(PosixSignalContext ctx)
@@ -60,10 +66,12 @@ public sealed class RunControl : IDisposable
             if (signalled) return;   // the default action: terminate
             ctx.Cancel = true;
             signalled = true;
-            say?.Invoke($"{ctx.Signal}: saving a checkpoint at the next step boundary, then exiting");
+            string name = (int)ctx.Signal == SigUsr1 ? "SIGUSR1 (engine launch)" : ctx.Signal.ToString();
+            say?.Invoke($"{name}: saving a checkpoint at the next step boundary, then exiting");
         }
         signals.Add(PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler));
         signals.Add(PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler));
+        if (OperatingSystem.IsLinux()) signals.Add(PosixSignalRegistration.Create((PosixSignal)SigUsr1, Handler));
     }
 
     /// <summary>Requests a stop at the next step boundary (what a signal does).</summary>

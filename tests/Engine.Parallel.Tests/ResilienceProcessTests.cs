@@ -95,6 +95,60 @@ public class ResilienceProcessTests
         Assert.Equal(FinalWeights(dir.Path, "straight"), FinalWeights(dir.Path, "signalled"));
     }
 
+    /// <summary>SIGTERM to `engine launch` (as Slurm's scancel or a preemption sends it): every rank finishes the same
+    /// step, the job saves one checkpoint and exits 0 within the grace period (under mpirun too, whose own SIGKILL
+    /// would otherwise follow after 1 s), and a launched resume ends with the uninterrupted 2-rank run's weights.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]   // torchrun-style children
+    public async Task Sigterm_to_the_launcher_saves_every_rank_at_one_step_boundary_and_resume_equals_the_uninterrupted_run(bool spawn)
+    {
+        EngineProcess.RequireMpi();
+        using var dir = new TempFolder();
+        string[] Launch(string cfg, params string[] extra) => ["launch", "--nproc-per-node", "2",
+            .. spawn ? new[] { "--spawn", "--master-port", StoreTests.FreePort().ToString(CultureInfo.InvariantCulture) } : [],
+            "--", "train", "--config", cfg, .. extra];
+        var straight = await EngineProcess.RunEngine(Launch(Config(dir.Path, "straight", 12, 0)), EngineProcess.BaseEnvironment(), Limit);
+        Assert.True(straight.ExitCode == 0, straight.All);
+
+        string cfg = Config(dir.Path, "signalled", 12, 0);
+        var psi = new ProcessStartInfo(EngineProcess.Engine[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in EngineProcess.Engine.Skip(1).Concat(Launch(cfg))) psi.ArgumentList.Add(a);
+        foreach (var (k, v) in EngineProcess.BaseEnvironment()) psi.Environment[k] = v;
+        using var p = Process.Start(psi)!;
+        var stdout = new StringBuilder();
+        var stderr = new StringBuilder();
+        var third = new TaskCompletionSource();
+        p.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is not { } l) return;
+            lock (stdout) stdout.AppendLine(l);
+            if (Regex.IsMatch(l, @"step +3/12")) third.TrySetResult();
+        };
+        p.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lock (stderr) stderr.AppendLine(l); };
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        await third.Task.WaitAsync(Limit, TestContext.Current.CancellationToken);
+        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(CultureInfo.InvariantCulture)])!) await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
+        await p.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(Limit, TestContext.Current.CancellationToken);
+        p.WaitForExit();
+        string all;
+        lock (stdout) lock (stderr) all = $"exit {p.ExitCode}\n{stdout}\n--- stderr\n{stderr}";
+        Assert.True(p.ExitCode == 0, all);
+        var stopped = Regex.Match(all, @"stopped\s+after\s+step\s+(\d+)\s+of\s+12");
+        Assert.True(stopped.Success, all);
+        int at = int.Parse(stopped.Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.InRange(at, 3, 11);
+        string ckpt = Path.Combine(dir.Path, "out_signalled", "checkpoints", $"step_{at:D8}");
+        Assert.True(File.Exists(Path.Combine(ckpt, "manifest.json")), all);
+        Assert.Equal(2, Directory.GetFiles(Path.Combine(ckpt, "optimizer")).Length);   // both ranks wrote their shard
+
+        var resumed = await EngineProcess.RunEngine(Launch(cfg, "--resume", "latest"), EngineProcess.BaseEnvironment(), Limit);
+        Assert.True(resumed.ExitCode == 0, resumed.All);
+        Assert.Equal(Losses(straight.Stdout).Skip(at), Losses(resumed.Stdout));
+        Assert.Equal(FinalWeights(dir.Path, "straight"), FinalWeights(dir.Path, "signalled"));
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]   // torchrun-style children

@@ -19,10 +19,11 @@ public static class LaunchCommand
         var device = new Option<string>("--device") { Description = "cpu (ranks under mpirun) or cuda (one child per GPU, device = local rank)", DefaultValueFactory = _ => "cpu" };
         var spawn = new Option<bool>("--spawn") { Description = "CPU ranks as children with torchrun-style variables instead of mpirun" };
         var restarts = new Option<int>("--max-restarts") { Description = "when a rank dies, restart every rank up to R times (train, recipe, demo: from the last good checkpoint, --resume auto)", DefaultValueFactory = _ => 0 };
+        var termTimeout = new Option<int>("--term-timeout") { Description = "seconds a rank has after SIGTERM (to the launcher, or when another rank died) to save at a step boundary before SIGKILL", DefaultValueFactory = _ => 30 };
         var command = new Argument<string[]>("command") { Description = "the engine verb and its arguments, after --", Arity = ArgumentArity.ZeroOrMore };
         var cmd = new Command("launch", "start one process per rank (torchrun-style): rank 0's output as is, other ranks' lines prefixed [rank N]")
         {
-            nproc, nnodes, nodeRank, masterAddr, masterPort, device, spawn, restarts, command,
+            nproc, nnodes, nodeRank, masterAddr, masterPort, device, spawn, restarts, termTimeout, command,
         };
         cmd.SetAction(parse => Cli.Guard(() => Launcher.Run(new LaunchOptions
         {
@@ -34,6 +35,7 @@ public static class LaunchCommand
             Device = parse.GetValue(device)!,
             Spawn = parse.GetValue(spawn),
             MaxRestarts = parse.GetValue(restarts),
+            TermTimeoutSeconds = parse.GetValue(termTimeout),
             Command = parse.GetValue(command) ?? [],
         }, Self(), Console.Out, Console.Error)));
         return cmd;

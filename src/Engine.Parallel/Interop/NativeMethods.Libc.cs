@@ -9,7 +9,7 @@ public static partial class NativeMethods
 {
     const string LibC = "libc";
 
-    public const int SIGKILL = 9, SIGTERM = 15;
+    public const int SIGKILL = 9, SIGTERM = 15, SIGUSR1 = 10;   // Linux numbers
     public const int RTLD_NOW = 2, RTLD_GLOBAL = 0x100;
 
     [LibraryImport(LibC, StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]

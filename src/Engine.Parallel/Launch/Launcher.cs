@@ -25,6 +25,10 @@ public sealed record LaunchOptions
     /// <summary>When a rank dies, restart every rank up to this many times — train, recipe and demo with
     /// `--resume auto`, so they continue from the last good checkpoint.</summary>
     public int MaxRestarts { get; init; }
+    /// <summary>Seconds a rank has between SIGTERM (the launcher signalled, or another rank died) and SIGKILL: long
+    /// enough for train/recipe/demo to finish the step and save a checkpoint (torchrun's default is 30 s too). Under
+    /// mpirun it is also Open MPI's odls_base_sigkill_timeout, which is 1 s by default.</summary>
+    public int TermTimeoutSeconds { get; init; } = 30;
 
     public void Validate()
     {
@@ -36,6 +40,7 @@ public sealed record LaunchOptions
         if (Command.Count == 0) throw new ArgumentException("nothing to launch: give the engine verb after --, e.g. engine launch --nproc-per-node 2 -- train --config run.toml");
         if (Command[0] == "launch") throw new ArgumentException("engine launch cannot launch itself");
         if (MaxRestarts < 0) throw new ArgumentException($"--max-restarts must be >= 0, got {MaxRestarts}");
+        if (TermTimeoutSeconds < 0) throw new ArgumentException($"--term-timeout must be >= 0 seconds, got {TermTimeoutSeconds}");
     }
 }
 
@@ -115,8 +120,14 @@ public static partial class Launcher
     {
         string mpirun = FindOnPath("mpirun") ?? throw new NotSupportedException(
             "mpirun not found on PATH: CPU ranks run under Open MPI (install Debian's openmpi-bin), or use --device cuda");
-        var psi = new ProcessStartInfo(mpirun) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        var args = new List<string> { "-np", o.NprocPerNode.ToString(CultureInfo.InvariantCulture), "--bind-to", "none", "--tag-output" };
+        // mpirun in a session of its own (setsid execs in place: this child is no group leader, so the pid stays
+        // mpirun's): a terminal's Ctrl-C reaches the launcher only, which stops the ranks through mpirun (below)
+        string? setsid = FindOnPath("setsid");
+        var psi = new ProcessStartInfo(setsid ?? mpirun) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        var args = new List<string> { "-np", o.NprocPerNode.ToString(CultureInfo.InvariantCulture), "--bind-to", "none", "--tag-output",
+            // if mpirun aborts the job itself, its ranks still get the grace period before its SIGKILL (default 1 s)
+            "--mca", "odls_base_sigkill_timeout", Math.Max(1, o.TermTimeoutSeconds).ToString(CultureInfo.InvariantCulture) };
+        if (setsid != null) args.Insert(0, mpirun);
         if (o.NprocPerNode > Environment.ProcessorCount)
         {
             // More ranks than cores: Open MPI must yield while it waits instead of spinning against the other ranks.
@@ -158,7 +169,7 @@ public static partial class Launcher
         p.ErrorDataReceived += (_, e) => OnLine(e.Data, stderr);
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
-        using var signals = ForwardSignals(() => [p]);
+        using var signals = StopViaMpirun(p, o.TermTimeoutSeconds);
         p.WaitForExit();
         int code = p.ExitCode;
         string text = string.Join("\n", mpirunLines);
@@ -231,11 +242,11 @@ public static partial class Launcher
         }
         catch
         {
-            Terminate(children.Where(c => c is not null));
+            Terminate(children.Where(c => c is not null), o.TermTimeoutSeconds);
             throw;
         }
 
-        using var signals = ForwardSignals(() => children);
+        using var signals = ForwardSignals(() => children, o.TermTimeoutSeconds);
         var running = Enumerable.Range(0, children.Length).ToHashSet();
         while (running.Count > 0)
         {
@@ -249,7 +260,7 @@ public static partial class Launcher
             child.WaitForExit();   // drains its output
             running.Remove(done);
             if (child.ExitCode == 0) continue;
-            Terminate(running.Select(i => children[i]));
+            Terminate(running.Select(i => children[i]), o.TermTimeoutSeconds);
             foreach (var i in running) children[i].WaitForExit();
             lock (gate)
             {
@@ -294,24 +305,46 @@ public static partial class Launcher
         _ => $"signal {signal}",
     };
 
-    /// <summary>SIGTERM to every live process, SIGKILL to those still alive after 10 s.</summary>
-    static void Terminate(IEnumerable<Process> processes)
+    /// <summary>SIGTERM to every live process, SIGKILL to those still alive after <paramref name="graceSeconds"/>.</summary>
+    static void Terminate(IEnumerable<Process> processes, int graceSeconds)
     {
         var live = processes.Where(p => !p.HasExited).ToList();
         foreach (var p in live) NativeMethods.kill(p.Id, NativeMethods.SIGTERM);
         var clock = Stopwatch.StartNew();
+        long grace = graceSeconds * 1000L;
         foreach (var p in live)
-            if (!p.WaitForExit(Math.Max(0, 10_000 - (int)clock.ElapsedMilliseconds)))
+            if (!p.WaitForExit((int)Math.Clamp(grace - clock.ElapsedMilliseconds, 0, int.MaxValue)))
                 p.Kill(entireProcessTree: true);
     }
 
-    static IDisposable ForwardSignals(Func<IEnumerable<Process>> processes)
+    /// <summary>SIGINT/SIGTERM to the launcher under mpirun: SIGUSR1 to mpirun, which forwards it to every rank (a rank
+    /// stops at the next step boundary, saves and exits 0, so mpirun ends normally); mpirun still alive after the grace
+    /// period: SIGTERM, then SIGKILL 5 s later.</summary>
+    static IDisposable StopViaMpirun(Process mpirun, int graceSeconds)
     {
         void Handler(PosixSignalContext ctx)
         {
             ctx.Cancel = true;
             signalled = true;   // the user stops the job: no restart
-            Terminate(processes().Where(p => p is not null));
+            if (mpirun.HasExited) return;
+            NativeMethods.kill(mpirun.Id, NativeMethods.SIGUSR1);
+            Task.Run(() =>
+            {
+                if (!mpirun.WaitForExit(graceSeconds * 1000)) Terminate([mpirun], 5);
+            });
+        }
+        return new Registrations([PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler), PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler)]);
+    }
+
+    static IDisposable ForwardSignals(Func<IEnumerable<Process>> processes, int graceSeconds)
+    {
+        void Handler(PosixSignalContext ctx)
+        {
+            ctx.Cancel = true;
+            signalled = true;   // the user stops the job: no restart
+            // off the signal thread: the ranks' exits are awaited by the supervising loop, which then returns their code
+            var targets = processes().Where(p => p is not null).ToList();
+            Task.Run(() => Terminate(targets, graceSeconds));
         }
         return new Registrations([PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler), PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler)]);
     }
