@@ -70,7 +70,8 @@ cp "$out/report.json" "$dst.json"
 # other processes' share of the machine's CPU time during the run: above 10 %, the timings are indicative only
 verdict=$(awk -v b0="$busy_before" -v b1="$busy_after" -v m0="$mine_before" -v m1="$mine_after" -v t0="$start" -v t1="$end" -v c="$(nproc)" 'BEGIN {
   other = (b1 - b0) - (m1 - m0); if (other < 0) other = 0; share = other / ((t1 - t0) * c)
-  printf "%s (other processes used %.0f%% of the %d cores during the run)", share > 0.10 ? "the machine was shared with other work, so timings are indicative" : "no other significant load", 100 * share, c }')
+  verdict = (share > 0.10) ? "the machine was shared with other work, so timings are indicative" : "no other significant load"
+  printf "%s (other processes used %.0f%% of the %d cores during the run)", verdict, 100 * share, c }')
 cmd="dotnet run -c Release --project src/Engine.Cli -- demo"
 [ ${#demo_args[@]} -gt 0 ] && cmd="$cmd ${demo_args[*]}"
 block=$(mktemp)
