@@ -5,7 +5,7 @@ namespace Engine.Observability.Results;
 /*
  * engine.bench/1: one JSON file per benchmark run (docs/BENCHMARKS.md is the field-by-field description).
  *   run     = { schema, suite, date (UTC), commit, dirty?, command?, machine, config, method?, notes, benchmarks, extra?, converted_from? }
- *   machine = { cpu_model, cores, cpu_mhz_max?, os?, runtime?, avx512?, host?, gpus: [{ name, driver?, ..., peak_bf16_tflops? }] }
+ *   machine = { cpu_model, cpu_id?, cores, cpu_mhz_max?, os?, runtime?, avx512?, host?, gpus: [{ name, driver?, ..., peak_bf16_tflops? }] }
  *   entry   = { name, group?, device ("cpu" | "cuda:N"), unit, better ("lower" | "higher"),
  *               median, min?, max?, repeats, warmup?, samples?,            ← ours, after warm-up
  *               peer? { name, version?, median, min?, max?, repeats? },    ← measured in the same run
@@ -47,6 +47,8 @@ public sealed record BenchResult
 public sealed record MachineRecord
 {
     public required string CpuModel { get; init; }
+    /// <summary>Vendor, family, model and stepping (x86 /proc/cpuinfo), e.g. "AuthenticAMD family 26 model 2 stepping 1".</summary>
+    public string? CpuId { get; init; }
     /// <summary>Logical cores the run could use (null only in converted files that did not record them).</summary>
     public int? Cores { get; init; }
     /// <summary>Highest CPU clock (cpufreq's cpuinfo_max_freq), MHz.</summary>

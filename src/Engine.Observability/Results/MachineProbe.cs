@@ -14,6 +14,7 @@ public static class MachineProbe
     public static MachineRecord Describe(bool probeGpus = true) => new()
     {
         CpuModel = CpuModel(),
+        CpuId = CpuId(File.Exists("/proc/cpuinfo") ? File.ReadLines("/proc/cpuinfo").Take(64) : []),
         Cores = Environment.ProcessorCount,
         CpuMhzMax = CpuMhzMax(),
         Os = RuntimeInformation.OSDescription,
@@ -33,6 +34,35 @@ public static class MachineProbe
         catch (IOException) { }
         catch (UnauthorizedAccessException) { }
         return RuntimeInformation.ProcessArchitecture.ToString();
+    }
+
+    /// <summary>"vendor family F model M stepping S" from /proc/cpuinfo's first processor (null where it lacks them): a
+    /// VM's "AMD EPYC" model name hides the generation, and SGEMM ratios against a library's kernels depend on it
+    /// (family 26 is Zen 5, whose 512-bit units run AVX-512 at full width; Zen 4, family 25, splits them).</summary>
+    public static string? CpuId(IEnumerable<string> cpuinfo)
+    {
+        string? vendor = null, family = null, model = null, stepping = null;
+        try
+        {
+            foreach (var line in cpuinfo)
+            {
+                if (line.Length == 0) break;   // the first processor's block ends
+                int colon = line.IndexOf(':');
+                if (colon < 0) continue;
+                string key = line[..colon].Trim(), value = line[(colon + 1)..].Trim();
+                switch (key)
+                {
+                    case "vendor_id": vendor = value; break;
+                    case "cpu family": family = value; break;
+                    case "model": model = value; break;
+                    case "stepping": stepping = value; break;
+                }
+            }
+        }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+        return family == null || model == null ? null
+            : $"{vendor ?? "cpu"} family {family} model {model}" + (stepping != null ? $" stepping {stepping}" : "");
     }
 
     static double? CpuMhzMax()

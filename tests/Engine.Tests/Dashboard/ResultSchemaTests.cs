@@ -148,5 +148,8 @@ public class ResultSchemaTests
         var here = MachineProbe.Describe(probeGpus: false);
         Assert.True(here.Cores > 0);
         Assert.False(string.IsNullOrWhiteSpace(here.CpuModel));
+        Assert.Equal("AuthenticAMD family 26 model 2 stepping 0", MachineProbe.CpuId(
+            ["processor	: 0", "vendor_id	: AuthenticAMD", "cpu family	: 26", "model		: 2", "model name	: AMD EPYC", "stepping	: 0", "", "processor	: 1", "cpu family	: 99"]));
+        Assert.Null(MachineProbe.CpuId(["processor	: 0", "model name	: ARMv8"]));
     }
 }
