@@ -118,7 +118,11 @@ public static class Checkpoints
         LoraAdapters? adapter = null)
     {
         if (adapter != null && layout?.Pipelined == true) throw new NotSupportedException("LoRA checkpoints with pipeline stages are not supported");
-        if (adapter != null) state = state with { AdapterRng = [adapter.DropoutRngState.Item1, adapter.DropoutRngState.Item2, adapter.DropoutRngState.Item3, adapter.DropoutRngState.Item4] };
+        if (adapter != null)
+        {
+            var (r0, r1, r2, r3) = adapter.DropoutRngState;
+            state = state with { AdapterRng = [r0, r1, r2, r3] };
+        }
         var dp = opt.Parallel;
         var world = layout?.World ?? dp.Comm;
         var group = dp.Comm;   // the ranks holding this rank's stage

@@ -52,13 +52,9 @@ public sealed class RunControl : IDisposable
         };
     }
 
-    /// <summary>SIGUSR1 on Linux: what `engine launch` sends mpirun to stop the ranks, which mpirun forwards to every rank
-    /// (SIGTERM to mpirun itself would abort the job: it stops relaying the ranks' output, so a rank blocks on its next
-    /// console write and never reaches the step boundary).</summary>
-    public const int SigUsr1 = 10;
-
-    /// <summary>The first SIGTERM, SIGINT or (Linux) SIGUSR1 requests a stop at the next step boundary (a second one is
-    /// not intercepted).</summary>
+    /// <summary>The first SIGTERM, SIGINT or (Linux) the launcher's stop signal
+    /// (<see cref="Engine.Parallel.Launch.Launcher.StopSignal"/>, forwarded by mpirun) requests a stop at the next step
+    /// boundary (a second one is not intercepted).</summary>
     public void InstallSignalHandlers(Action<string>? say = null)
     {
         void Handler(PosixSignalContext ctx)
@@ -66,12 +62,12 @@ public sealed class RunControl : IDisposable
             if (signalled) return;   // the default action: terminate
             ctx.Cancel = true;
             signalled = true;
-            string name = (int)ctx.Signal == SigUsr1 ? "SIGUSR1 (engine launch)" : ctx.Signal.ToString();
+            string name = (int)ctx.Signal == Engine.Parallel.Launch.Launcher.StopSignal ? "SIGUSR1 (engine launch)" : ctx.Signal.ToString();
             say?.Invoke($"{name}: saving a checkpoint at the next step boundary, then exiting");
         }
         signals.Add(PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler));
         signals.Add(PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler));
-        if (OperatingSystem.IsLinux()) signals.Add(PosixSignalRegistration.Create((PosixSignal)SigUsr1, Handler));
+        if (OperatingSystem.IsLinux()) signals.Add(PosixSignalRegistration.Create((PosixSignal)Engine.Parallel.Launch.Launcher.StopSignal, Handler));
     }
 
     /// <summary>Requests a stop at the next step boundary (what a signal does).</summary>

@@ -51,16 +51,12 @@ public class ResilienceProcessTests
     static double[] Losses(string stdout) => Regex.Matches(stdout, @"step +\d+/\d+ loss (\d+\.\d+)")
         .Select(m => double.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)).ToArray();
 
-    [Fact]
-    public async Task Sigterm_saves_at_a_step_boundary_exits_zero_and_resume_equals_the_uninterrupted_run()
+    /// <summary>Runs engine with <paramref name="args"/> (a 12-step run), sends it SIGTERM once its console shows step 3,
+    /// and returns its exit code and everything it printed.</summary>
+    static async Task<(int ExitCode, string All)> RunAndSigterm(IEnumerable<string> args)
     {
-        using var dir = new TempFolder();
-        var straight = await EngineProcess.RunEngine(["train", "--config", Config(dir.Path, "straight", 12, 0)], EngineProcess.BaseEnvironment(), Limit);
-        Assert.True(straight.ExitCode == 0, straight.All);
-
-        string cfg = Config(dir.Path, "signalled", 12, 0);
         var psi = new ProcessStartInfo(EngineProcess.Engine[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in EngineProcess.Engine.Skip(1).Concat(["train", "--config", cfg])) psi.ArgumentList.Add(a);
+        foreach (var a in EngineProcess.Engine.Skip(1).Concat(args)) psi.ArgumentList.Add(a);
         foreach (var (k, v) in EngineProcess.BaseEnvironment()) psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         var stdout = new StringBuilder();
@@ -81,7 +77,19 @@ public class ResilienceProcessTests
         p.WaitForExit();
         string all;
         lock (stdout) lock (stderr) all = $"exit {p.ExitCode}\n{stdout}\n--- stderr\n{stderr}";
-        Assert.True(p.ExitCode == 0, all);
+        return (p.ExitCode, all);
+    }
+
+    [Fact]
+    public async Task Sigterm_saves_at_a_step_boundary_exits_zero_and_resume_equals_the_uninterrupted_run()
+    {
+        using var dir = new TempFolder();
+        var straight = await EngineProcess.RunEngine(["train", "--config", Config(dir.Path, "straight", 12, 0)], EngineProcess.BaseEnvironment(), Limit);
+        Assert.True(straight.ExitCode == 0, straight.All);
+
+        string cfg = Config(dir.Path, "signalled", 12, 0);
+        var (code, all) = await RunAndSigterm(["train", "--config", cfg]);
+        Assert.True(code == 0, all);
         var stopped = Regex.Match(all, @"stopped after step (\d+) of 12");
         Assert.True(stopped.Success, all);
         int at = int.Parse(stopped.Groups[1].Value, CultureInfo.InvariantCulture);
@@ -112,29 +120,8 @@ public class ResilienceProcessTests
         Assert.True(straight.ExitCode == 0, straight.All);
 
         string cfg = Config(dir.Path, "signalled", 12, 0);
-        var psi = new ProcessStartInfo(EngineProcess.Engine[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in EngineProcess.Engine.Skip(1).Concat(Launch(cfg))) psi.ArgumentList.Add(a);
-        foreach (var (k, v) in EngineProcess.BaseEnvironment()) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var stdout = new StringBuilder();
-        var stderr = new StringBuilder();
-        var third = new TaskCompletionSource();
-        p.OutputDataReceived += (_, e) =>
-        {
-            if (e.Data is not { } l) return;
-            lock (stdout) stdout.AppendLine(l);
-            if (Regex.IsMatch(l, @"step +3/12")) third.TrySetResult();
-        };
-        p.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lock (stderr) stderr.AppendLine(l); };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        await third.Task.WaitAsync(Limit, TestContext.Current.CancellationToken);
-        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(CultureInfo.InvariantCulture)])!) await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
-        await p.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(Limit, TestContext.Current.CancellationToken);
-        p.WaitForExit();
-        string all;
-        lock (stdout) lock (stderr) all = $"exit {p.ExitCode}\n{stdout}\n--- stderr\n{stderr}";
-        Assert.True(p.ExitCode == 0, all);
+        var (code, all) = await RunAndSigterm(Launch(cfg));
+        Assert.True(code == 0, all);
         var stopped = Regex.Match(all, @"stopped\s+after\s+step\s+(\d+)\s+of\s+12");
         Assert.True(stopped.Success, all);
         int at = int.Parse(stopped.Groups[1].Value, CultureInfo.InvariantCulture);

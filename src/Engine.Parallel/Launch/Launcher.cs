@@ -61,6 +61,11 @@ public static partial class Launcher
     /// <summary>The restart count the launcher gives every rank (0 on the first attempt).</summary>
     public const string RestartAttemptVariable = "ENGINE_RESTART_ATTEMPT";
 
+    /// <summary>The signal (SIGUSR1, Linux) the launcher sends mpirun to stop the job, which mpirun forwards to every rank;
+    /// ranks treat it as SIGTERM (RunControl). SIGTERM to mpirun itself aborts the job: it stops relaying the ranks'
+    /// output, so a rank blocks on its next console write and never reaches the step boundary.</summary>
+    public const int StopSignal = NativeMethods.SIGUSR1;
+
     /// <summary>Verbs that checkpoint and accept `--resume auto`.</summary>
     static readonly string[] Resumable = ["train", "recipe", "demo"];
 
@@ -317,34 +322,29 @@ public static partial class Launcher
                 p.Kill(entireProcessTree: true);
     }
 
-    /// <summary>SIGINT/SIGTERM to the launcher under mpirun: SIGUSR1 to mpirun, which forwards it to every rank (a rank
-    /// stops at the next step boundary, saves and exits 0, so mpirun ends normally); mpirun still alive after the grace
-    /// period: SIGTERM, then SIGKILL 5 s later.</summary>
-    static IDisposable StopViaMpirun(Process mpirun, int graceSeconds)
+    /// <summary>SIGINT/SIGTERM to the launcher under mpirun: <see cref="StopSignal"/> to mpirun, which forwards it to
+    /// every rank (a rank stops at the next step boundary, saves and exits 0, so mpirun ends normally); mpirun still
+    /// alive after the grace period: SIGTERM, then SIGKILL 5 s later.</summary>
+    static IDisposable StopViaMpirun(Process mpirun, int graceSeconds) => OnStop(() =>
     {
-        void Handler(PosixSignalContext ctx)
-        {
-            ctx.Cancel = true;
-            signalled = true;   // the user stops the job: no restart
-            if (mpirun.HasExited) return;
-            NativeMethods.kill(mpirun.Id, NativeMethods.SIGUSR1);
-            Task.Run(() =>
-            {
-                if (!mpirun.WaitForExit(graceSeconds * 1000)) Terminate([mpirun], 5);
-            });
-        }
-        return new Registrations([PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler), PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler)]);
-    }
+        if (mpirun.HasExited) return;
+        NativeMethods.kill(mpirun.Id, StopSignal);
+        if (!mpirun.WaitForExit(graceSeconds * 1000)) Terminate([mpirun], 5);
+    });
 
-    static IDisposable ForwardSignals(Func<IEnumerable<Process>> processes, int graceSeconds)
+    /// <summary>SIGINT/SIGTERM to the launcher with spawned ranks: SIGTERM to each, SIGKILL after the grace period.</summary>
+    static IDisposable ForwardSignals(Func<IEnumerable<Process>> processes, int graceSeconds) =>
+        OnStop(() => Terminate(processes().Where(p => p is not null).ToList(), graceSeconds));
+
+    /// <summary>SIGINT/SIGTERM to the launcher: the user stops the job (no restart follows); <paramref name="stop"/> runs
+    /// off the signal thread, while the supervising loop awaits the ranks' exits and returns their code.</summary>
+    static IDisposable OnStop(Action stop)
     {
         void Handler(PosixSignalContext ctx)
         {
             ctx.Cancel = true;
-            signalled = true;   // the user stops the job: no restart
-            // off the signal thread: the ranks' exits are awaited by the supervising loop, which then returns their code
-            var targets = processes().Where(p => p is not null).ToList();
-            Task.Run(() => Terminate(targets, graceSeconds));
+            signalled = true;
+            Task.Run(stop);
         }
         return new Registrations([PosixSignalRegistration.Create(PosixSignal.SIGINT, Handler), PosixSignalRegistration.Create(PosixSignal.SIGTERM, Handler)]);
     }

@@ -16,13 +16,7 @@ public class LoraTrainTests
     public void TrainWithLoraWritesAPeftAdapterThatChangesTheBase()
     {
         using var dir = new TempDir();
-        string baseDir = Path.Combine(dir.Path, "base");
-        var shape = new LlamaConfig { VocabSize = 258, HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64, InitializerRange = 0.05 };
-        using (var b = new LlamaModel(shape, CpuBackend.Instance))
-        {
-            b.InitializeWeights(3);
-            ModelIO.Save(b, baseDir);
-        }
+        string baseDir = SaveBase(dir.Path);
         var baseBytes = File.ReadAllBytes(Path.Combine(baseDir, ModelIO.WeightsFile));
         var cfg = new TrainConfig
         {
