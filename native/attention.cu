@@ -25,42 +25,7 @@
 #include "common/common.cuh"
 #include "common/mma.cuh"
 #include "common/traits.cuh"
-
-struct AttentionParams {
-    const bf16* q;           // [B, T, H, D]
-    const bf16* k;           // [B, T, Hkv, D]
-    const bf16* v;           // [B, T, Hkv, D]
-    bf16* o;                 // [B, T, H, D] output (forward) / saved output (backward)
-    float* lse;              // [B, H, T] log-sum-exp of the scaled scores (natural log)
-    int64_t batch;           // B
-    int64_t seq_len;         // T
-    int64_t heads;           // H
-    int64_t kv_heads;        // Hkv, divides H
-    int64_t q_row_stride;    // elements between tokens of q
-    int64_t k_row_stride;
-    int64_t v_row_stride;
-    int64_t o_row_stride;
-    float softmax_scale;     // usually 1/sqrt(D)
-    int32_t causal;          // 1: key j attends only to queries i >= j
-};
-static_assert(sizeof(AttentionParams) == 112, "mirrored in C# AttentionParams");
-
-struct AttentionBackwardParams {
-    AttentionParams fwd;     // the forward's inputs, its output o and its lse
-    const bf16* dout;        // [B, T, H, D] upstream gradient
-    bf16* dq;                // [B, T, H, D]
-    bf16* dk;                // [B, T, Hkv, D]
-    bf16* dv;                // [B, T, Hkv, D]
-    float* delta;            // [B, H, T] fp32 scratch: D_i = rowsum(dO_i * O_i) (written by the preprocess kernel)
-    int64_t do_row_stride;
-    int64_t dq_row_stride;
-    int64_t dk_row_stride;
-    int64_t dv_row_stride;
-};
-static_assert(sizeof(AttentionBackwardParams) == 184, "mirrored in C# AttentionBackwardParams");
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
+#include "common/attention.cuh"
 
 // Rows [t0, t0 + R) of one head into a shared tile (pitch AttnTraits<D>::kRow); rows >= T are zero-filled.
 // `base` points at token 0 of the head; 16-byte chunks, consecutive threads take consecutive chunks of a row.

@@ -18,33 +18,7 @@
 #include "common/mma.cuh"
 #include "common/traits.cuh"
 #include "common/wgmma.cuh"
-
-struct AttentionParams {
-    const bf16* q;           // [B, T, H, D]
-    const bf16* k;           // [B, T, Hkv, D]
-    const bf16* v;           // [B, T, Hkv, D]
-    bf16* o;                 // [B, T, H, D]
-    float* lse;              // [B, H, T]
-    int64_t batch;
-    int64_t seq_len;
-    int64_t heads;
-    int64_t kv_heads;
-    int64_t q_row_stride;
-    int64_t k_row_stride;
-    int64_t v_row_stride;
-    int64_t o_row_stride;
-    float softmax_scale;
-    int32_t causal;
-};
-static_assert(sizeof(AttentionParams) == 112, "same layout as attention.cu, mirrored in C# AttentionParams");
-
-struct AttnSchedule {        // as attention_v2.cu (attn_tile)
-    int32_t blocks;
-    int32_t heads;
-    int32_t group;
-    int32_t descending;
-};
-static_assert(sizeof(AttnSchedule) == 16, "mirrored in C# AttnSchedule");
+#include "common/attention.cuh"
 
 struct AttentionSm90Params {
     TmaDesc q, k, v;         // tensor maps over q, k, v: dims (D, heads, T, B), box (64, 1, 128, 1), SWIZZLE_128B
@@ -61,14 +35,6 @@ static_assert(Sm90Traits<128>::kSmem == 165888, "AttnSm90Smem(128)");
 #endif
 
 #ifdef ENGINE_SM90A_DEVICE
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
 
 __device__ __forceinline__ void attn_tile(int64_t t, const AttnSchedule& s, int64_t& block, int64_t& head) {
     const int64_t per_group = (int64_t)s.group * s.blocks;

@@ -28,50 +28,7 @@
 #include "common/common.cuh"
 #include "common/mma.cuh"
 #include "common/traits.cuh"
-
-struct AttentionParams {
-    const bf16* q;           // [B, T, H, D]
-    const bf16* k;           // [B, T, Hkv, D]
-    const bf16* v;           // [B, T, Hkv, D]
-    bf16* o;                 // [B, T, H, D] output (forward) / saved output (backward)
-    float* lse;              // [B, H, T] log-sum-exp of the scaled scores (natural log)
-    int64_t batch;           // B
-    int64_t seq_len;         // T
-    int64_t heads;           // H
-    int64_t kv_heads;        // Hkv, divides H
-    int64_t q_row_stride;    // elements between tokens of q
-    int64_t k_row_stride;
-    int64_t v_row_stride;
-    int64_t o_row_stride;
-    float softmax_scale;     // usually 1/sqrt(D)
-    int32_t causal;          // 1: key j attends only to queries i >= j
-};
-static_assert(sizeof(AttentionParams) == 112, "same layout as attention.cu, mirrored in C# AttentionParams");
-
-struct AttentionBackwardParams {
-    AttentionParams fwd;     // the forward's inputs, its output o and its lse
-    const bf16* dout;        // [B, T, H, D] upstream gradient
-    bf16* dq;                // [B, T, H, D]
-    bf16* dk;                // [B, T, Hkv, D]
-    bf16* dv;                // [B, T, Hkv, D]
-    float* delta;            // [B, H, T] fp32 scratch: D_i = rowsum(dO_i * O_i) (attention_v2_backward_preprocess)
-    int64_t do_row_stride;
-    int64_t dq_row_stride;
-    int64_t dk_row_stride;
-    int64_t dv_row_stride;
-};
-static_assert(sizeof(AttentionBackwardParams) == 184, "same layout as attention.cu, mirrored in C# AttentionBackwardParams");
-
-// Linear tile index -> (block, head): heads in groups of `group` (chosen by the host so a group's K/V fit in L2),
-// within a group the block index is the slow one, so all heads of the group advance together; `descending` runs the
-// blocks from the last one (causal forward: the last query tile has the most keys). Mirrored in C# AttentionSchedule.
-struct AttnSchedule {
-    int32_t blocks;          // tiles per head (query tiles forward, key tiles backward)
-    int32_t heads;           // independent heads: B * H forward, B * Hkv backward
-    int32_t group;           // heads per L2 group, >= 1
-    int32_t descending;      // 1: block index blocks-1 first (forward, causal); the backward requires 0
-};
-static_assert(sizeof(AttnSchedule) == 16, "mirrored in C# AttnSchedule");
+#include "common/attention.cuh"
 
 struct AttentionV2Params {
     AttentionParams base;
@@ -96,17 +53,6 @@ static_assert(AttnV2Traits<32>::kBwdSmem == 60416, "AttnV2BwdSmem(32)");
 static_assert(AttnV2Traits<64>::kBwdSmem == 93184, "AttnV2BwdSmem(64)");
 static_assert(AttnV2Traits<96>::kBwdSmem == 58880, "AttnV2BwdSmem(96)");
 static_assert(AttnV2Traits<128>::kBwdSmem == 75264, "AttnV2BwdSmem(128)");
-
-constexpr float kLog2e = 1.4426950408889634f;
-
-// 2^x by the SFU (ex2.approx.ftz: ~2 ulp, results below 2^-126 flushed to 0 — weights that small do not move a
-// softmax). exp2f would add the denormal rescaling around the same instruction (measured: 44 spilled bytes in d32).
-__device__ __forceinline__ float ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-constexpr float kLn2 = 0.6931471805599453f;
 
 struct AttnTile {
     int64_t block;
