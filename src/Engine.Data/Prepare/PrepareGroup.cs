@@ -10,8 +10,29 @@ public interface IPrepareGroup
     int Rank { get; }
     int Size { get; }
 
-    /// <summary>Waits for every rank; false when any rank passed <paramref name="ok"/> = false. <paramref name="phaseDone"/> says whether every task of the phase has its manifest.</summary>
-    bool Barrier(bool ok, Func<bool> phaseDone);
+    /// <summary>Waits for every rank at the end of a phase; false when any rank failed (this one: <paramref name="ok"/> = false).</summary>
+    bool Barrier(bool ok, PhaseState phase);
+}
+
+/// <summary>What a rank waiting at the end of a phase can see in the work folder.</summary>
+public sealed class PhaseState(Func<bool> done, Func<string?> failure)
+{
+    /// <summary>Every task of the phase has its manifest.</summary>
+    public bool Done => done();
+
+    /// <summary>A failure some rank recorded during this run, or null.</summary>
+    public string? Failure => failure();
+
+    /// <summary>Polls until the phase is done (null) or a rank recorded a failure (its text). Phases can take hours: no time limit.</summary>
+    public string? Wait(TimeSpan poll)
+    {
+        while (!Done)
+        {
+            if (Failure is { } f) return f;
+            Thread.Sleep(poll);
+        }
+        return null;
+    }
 }
 
 /// <summary>One process does every task.</summary>
@@ -20,29 +41,19 @@ public sealed class SingleGroup : IPrepareGroup
     public static readonly SingleGroup Instance = new();
     public int Rank => 0;
     public int Size => 1;
-    public bool Barrier(bool ok, Func<bool> phaseDone) => ok;
+    public bool Barrier(bool ok, PhaseState phase) => ok;
 }
 
 /// <summary>
 /// Ranks that share nothing but the work folder (<c>engine prepare --shard i/N</c> under srun, or separate jobs): the
 /// barrier polls the manifests until every task of the phase is finished, and stops when a rank records a failure
-/// (<see cref="WorkDir.MarkFailed"/>) after this one started. A rank killed without a trace (kill -9, a lost node)
-/// leaves the others waiting: run under srun --kill-on-bad-exit, or use MPI ranks, which abort together.
+/// after this run started. A rank killed without a trace (kill -9, a lost node) leaves the others waiting: run under
+/// <c>srun --kill-on-bad-exit=1</c>, or use MPI ranks (<c>--mpi=pmix</c>), which stop together.
 /// </summary>
-public sealed class FileGroup(WorkDir work, int rank, int size, TimeSpan poll) : IPrepareGroup
+public sealed class FileGroup(int rank, int size) : IPrepareGroup
 {
-    readonly DateTime _started = DateTime.UtcNow;
+    public static readonly TimeSpan Poll = TimeSpan.FromMilliseconds(250);
     public int Rank => rank;
     public int Size => size;
-
-    public bool Barrier(bool ok, Func<bool> phaseDone)
-    {
-        if (!ok) { work.MarkFailed(rank, "failed"); return false; }
-        while (!phaseDone())
-        {
-            if (work.FailureSince(_started) is { } f) throw new InvalidOperationException($"another rank failed ({ErrorText.OneLine(f)})");
-            Thread.Sleep(poll);
-        }
-        return true;
-    }
+    public bool Barrier(bool ok, PhaseState phase) => ok && phase.Wait(Poll) == null;
 }

@@ -18,6 +18,7 @@ sealed partial class PrepareRun
     readonly WorkPlan _plan;
     readonly IPrepareGroup _group;
     readonly int _threads;
+    readonly DateTime _started = DateTime.UtcNow.AddSeconds(-1);
     readonly Lazy<QualityClassifier?> _quality;
     readonly Lazy<HashSet<ulong>> _frequentLines;
     readonly Lazy<BpeTokenizer> _tokenizer;
@@ -113,9 +114,9 @@ sealed partial class PrepareRun
         catch (Exception e) { error = e; }
         WriteRankTiming(p.Name, clock.Elapsed.TotalSeconds, ran);
         if (error != null) _work.MarkFailed(_group.Rank, $"{p.Name}: {ErrorText.OneLine(error.Message)}");
-        bool ok = _group.Barrier(error == null, () => Enumerable.Range(0, p.Tasks).All(t => _work.IsFinished(p.Name, t)));
+        bool ok = _group.Barrier(error == null, new PhaseState(() => Enumerable.Range(0, p.Tasks).All(t => _work.IsFinished(p.Name, t)), () => _work.FailureSince(_started)));
         if (error != null) ExceptionDispatchInfo.Capture(error).Throw();
-        if (!ok) throw new InvalidOperationException($"prepare stopped in phase '{p.Name}': another rank failed (see its output)");
+        if (!ok) throw new InvalidOperationException($"prepare stopped in phase '{p.Name}': another rank failed ({_work.FailureSince(_started) ?? "see its output"})");
     }
 
     void WriteRankTiming(string phase, double seconds, int tasks)
