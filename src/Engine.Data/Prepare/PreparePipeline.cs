@@ -42,6 +42,8 @@ public sealed record PrepareRunOptions
     public int Threads { get; init; }
     public IProgress<string>? Progress { get; init; }
     public CancellationToken Cancel { get; init; }
+    /// <summary>When set, this rank starts its tasks in an order shuffled by this seed (tests: outputs must not depend on it).</summary>
+    public ulong? TaskOrderSeed { get; init; }
     /// <summary>Called after a task wrote its files and before its manifest (tests inject a kill -9 here).</summary>
     public Action<string, int>? BeforeCommit { get; init; }
 }

@@ -93,6 +93,7 @@ sealed partial class PrepareRun
     {
         _o.Cancel.ThrowIfCancellationRequested();
         var mine = Enumerable.Range(0, p.Tasks).Where(t => t % _group.Size == _group.Rank).ToList();
+        if (_o.TaskOrderSeed is { } order) mine = SplitMix64.Permutation(mine.Count, order ^ (ulong)p.Name.Length).Select(i => mine[i]).ToList();
         var progress = new PhaseProgress(p.Name, mine.Count, mine.Sum(p.Weight), _o.Progress, _group.Rank);
         var clock = Stopwatch.StartNew();
         int ran = 0;
