@@ -33,9 +33,12 @@ public static class HtmlExtractor
     {
         ArgumentNullException.ThrowIfNull(html);
         string? article = null;
+        int formulas = 0;
         try
         {
-            var reader = new SmartReader.Reader("https://localhost/", Parser.ParseDocument(html)) { Debug = false, LoggerDelegate = _ => { } };
+            var page = Parser.ParseDocument(html);
+            formulas = FormulasToTex(page);   // before Readability, which drops MathML and scripts
+            var reader = new SmartReader.Reader("https://localhost/", page) { Debug = false, LoggerDelegate = _ => { } };
             var a = reader.GetArticle();
             if (a.IsReadable && !string.IsNullOrWhiteSpace(a.Content)) article = a.Content;
         }
@@ -48,19 +51,36 @@ public static class HtmlExtractor
         else
         {
             var doc = Parser.ParseDocument(html);
+            formulas = FormulasToTex(doc);
             foreach (var e in doc.QuerySelectorAll("script, style, noscript, template, nav, header, footer, aside, form, iframe, svg").ToList()) e.Remove();
             root = doc.Body;
         }
         var w = new Renderer();
         if (root != null) w.Block(root);
-        return new HtmlExtraction(w.Text(), article != null, w.Tables, w.Formulas);
+        return new HtmlExtraction(w.Text(), article != null, w.Tables, formulas);
+    }
+
+    /// <summary>MathML with a TeX form (<c>alttext</c>, a TeX annotation) and <c>script type="math/tex"</c> become <c>$…$</c> text.</summary>
+    static int FormulasToTex(AngleSharp.Html.Dom.IHtmlDocument doc)
+    {
+        int n = 0;
+        foreach (var e in doc.QuerySelectorAll("math, script").ToList())
+        {
+            string? tex = e.LocalName == "math"
+                ? e.GetAttribute("alttext") ?? e.QuerySelector("annotation[encoding='application/x-tex']")?.TextContent
+                : e.GetAttribute("type") is { } ty && ty.StartsWith("math/tex", StringComparison.OrdinalIgnoreCase) ? e.TextContent : null;
+            if (string.IsNullOrWhiteSpace(tex)) continue;
+            e.Replace(doc.CreateTextNode($" ${tex.Trim()}$ "));
+            n++;
+        }
+        return n;
     }
 
     sealed class Renderer
     {
         readonly StringBuilder _out = new();
         readonly StringBuilder _line = new();
-        public int Tables, Formulas;
+        public int Tables;
 
         public string Text()
         {
@@ -104,19 +124,10 @@ public static class HtmlExtractor
             string tag = e.TagName;
             switch (tag)
             {
-                case "SCRIPT" when e.GetAttribute("type") is { } ty && ty.StartsWith("math/tex", StringComparison.OrdinalIgnoreCase):
-                    Inline($" ${e.TextContent.Trim()}$ ");
-                    Formulas++;
-                    return;
                 case "SCRIPT" or "STYLE" or "NOSCRIPT" or "TEMPLATE":
                     return;
                 case "BR":
                     _line.Append('\n');
-                    return;
-                case "MATH":
-                    string? tex = e.GetAttribute("alttext") ?? e.QuerySelector("annotation[encoding='application/x-tex']")?.TextContent;
-                    if (!string.IsNullOrWhiteSpace(tex)) { Inline($" ${tex.Trim()}$ "); Formulas++; }
-                    else Inline(e.TextContent);
                     return;
                 case "TABLE":
                     EndBlock();

@@ -35,7 +35,7 @@ public static class ParquetInput
             var fields = reader.Schema.GetDataFields();
             field = fields.FirstOrDefault(f => f.Name == options.Field)
                 ?? throw new InvalidDataException($"{part.Path}: no column '{ErrorText.OneLine(options.Field)}' (columns: {ErrorText.OneLine(string.Join(", ", fields.Select(f => f.Name)))})");
-            if (field.ClrType != typeof(string)) throw new InvalidDataException($"{part.Path}: column '{field.Name}' holds {field.ClrType.Name}, not strings");
+            if (field.ClrType != typeof(string) && field.ClrType != typeof(ReadOnlyMemory<char>)) throw new InvalidDataException($"{part.Path}: column '{field.Name}' holds {field.ClrType.Name}, not strings");
         }
         catch (Exception e) when (IsFormatError(e)) { throw Bad(part.Path, e); }
         try
