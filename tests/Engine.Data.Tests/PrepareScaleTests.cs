@@ -14,37 +14,8 @@ public class PrepareScaleTests
     internal static (string Config, SyntheticCorpus Corpus) Setup(string dir, string extra = "", int docs = 400, string outDir = "out")
     {
         var corpus = SyntheticCorpusGenerator.Generate(Path.Combine(dir, "corpus"), new SyntheticCorpusOptions { Documents = docs, FilesPerSource = 3, BoilerplateFraction = 0.3, Seed = 5 });
-        string F(string p) => p.Replace("\\", "/");
-        string cfg = $$"""
-            output_dir = "{{outDir}}"
-            seed = 3
-            unit_bytes = 40000
-            merge_tasks = 3
-            [[sources]]
-            name = "web"
-            files = ["{{F(Path.Combine(dir, "corpus"))}}/s0_*.jsonl"]
-            [[sources]]
-            name = "books"
-            files = ["{{F(Path.Combine(dir, "corpus"))}}/s1_*.jsonl", "data:general_en/wikitext2_valid.txt"]
-            [[sources]]
-            name = "sft"
-            kind = "instruction"
-            files = ["data:instruct/fin_en_formula.jsonl"]
-            [cleaning]
-            languages = []
-            repetition = false
-            [line_dedup]
-            min_documents = 5
-            [dedup]
-            permutations = 64
-            bands = 8
-            rows = 8
-            threshold = 0.8
-            [tokenizer]
-            vocab_size = 400
-            train_max_bytes = 300000
-            {{extra}}
-            """;
+        string cfg = SyntheticCorpusGenerator.Config(Path.Combine(dir, "corpus"), outDir, extraBooks: [DataPaths.File("general_en/wikitext2_valid.txt")],
+            instructions: DataPaths.File("instruct/fin_en_formula.jsonl"), extra: extra);
         string path = Path.Combine(dir, outDir + ".toml");
         File.WriteAllText(path, cfg);
         return (path, corpus);

@@ -118,4 +118,27 @@ public static class SyntheticCorpusGenerator
         }
         return new SyntheticCorpus(files, copies, bytes, originals.Count + copies.Count);
     }
+
+    /// <summary>
+    /// A prepare config over a generated corpus in <paramref name="corpusDir"/>: sources "web" (s0) and "books" (s1, plus
+    /// <paramref name="extraBooks"/>), and "sft" (instructions) when <paramref name="instructions"/> is given; small units so
+    /// even a small corpus makes several; <paramref name="extra"/> is appended (more tables).
+    /// </summary>
+    public static string Config(string corpusDir, string outputDir, long unitBytes = 40000, int mergeTasks = 3, int vocab = 400,
+        IEnumerable<string>? extraBooks = null, string? instructions = null, string extra = "")
+    {
+        static string Q(string p) => "\"" + p.Replace("\\", "/") + "\"";
+        string c = corpusDir.Replace("\\", "/");
+        var books = new[] { Q(c + "/s1_*.jsonl") }.Concat((extraBooks ?? []).Select(Q));
+        var sb = new StringBuilder();
+        sb.Append($"output_dir = {Q(outputDir)}\nseed = 3\nunit_bytes = {unitBytes}\nmerge_tasks = {mergeTasks}\n");
+        sb.Append($"[[sources]]\nname = \"web\"\nfiles = [{Q(c + "/s0_*.jsonl")}]\n");
+        sb.Append($"[[sources]]\nname = \"books\"\nfiles = [{string.Join(", ", books)}]\n");
+        if (instructions != null) sb.Append($"[[sources]]\nname = \"sft\"\nkind = \"instruction\"\nfiles = [{Q(instructions)}]\n");
+        sb.Append("[cleaning]\nlanguages = []\nrepetition = false\n[line_dedup]\nmin_documents = 5\n");
+        sb.Append("[dedup]\npermutations = 64\nbands = 8\nrows = 8\nthreshold = 0.8\n");
+        sb.Append($"[tokenizer]\nvocab_size = {vocab}\ntrain_max_bytes = 300000\n");
+        sb.Append(extra);
+        return sb.ToString();
+    }
 }
