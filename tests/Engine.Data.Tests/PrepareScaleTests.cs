@@ -102,7 +102,7 @@ public class PrepareScaleTests
         var cfg = PrepareConfig.Load(path);
         Assert.Throws<IOException>(() => PreparePipeline.Run(cfg, new PrepareRunOptions { BeforeCommit = (_, _) => throw new IOException("crash") }));
         var changed = cfg with { Dedup = cfg.Dedup with { Threshold = 0.7 } };
-        var e = Assert.Throws<InvalidOperationException>(() => PreparePipeline.Run(changed, null, TestContext.Current.CancellationToken));
+        var e = Assert.Throws<PrepareException>(() => PreparePipeline.Run(changed, null, TestContext.Current.CancellationToken));
         Assert.Contains("another prepare config", e.Message);
     }
 

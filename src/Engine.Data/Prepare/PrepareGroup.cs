@@ -1,5 +1,8 @@
 namespace Engine.Data.Prepare;
 
+/// <summary>A prepare run that cannot go on as asked (a work folder of another config, a phase run before the one it needs, another rank failed): one line for the user.</summary>
+public sealed class PrepareException(string message) : Exception(message);
+
 /// <summary>
 /// The ranks of one prepare run. Data moves between ranks only as files in the shared work folder; the group only
 /// says which tasks are this rank's (task t belongs to rank t mod size) and waits at the end of each phase until every

@@ -64,7 +64,7 @@ sealed partial class PrepareRun
             {
                 var prev = phases[i - 1];
                 int missing = Enumerable.Range(0, prev.Tasks).Count(t => !_work.IsFinished(prev.Name, t));
-                if (missing > 0) throw new InvalidOperationException($"phase '{p.Name}' needs phase '{prev.Name}' finished: {missing} of its {prev.Tasks} tasks are not (run it first)");
+                if (missing > 0) throw new PrepareException($"phase '{p.Name}' needs phase '{prev.Name}' finished: {missing} of its {prev.Tasks} tasks are not (run it first)");
             }
             RunPhase(p);
         }
@@ -115,9 +115,15 @@ sealed partial class PrepareRun
         catch (Exception e) { error = e; }
         WriteRankTiming(p.Name, clock.Elapsed.TotalSeconds, ran);
         if (error != null) _work.MarkFailed(_group.Rank, $"{p.Name}: {ErrorText.OneLine(error.Message)}");
+        if (_o.Phase != null)
+        {
+            // one phase alone (a job array's task): no waiting for the others; the next phase checks they all finished
+            if (error != null) ExceptionDispatchInfo.Capture(error).Throw();
+            return;
+        }
         bool ok = _group.Barrier(error == null, new PhaseState(() => Enumerable.Range(0, p.Tasks).All(t => _work.IsFinished(p.Name, t)), () => _work.FailureSince(_started)));
         if (error != null) ExceptionDispatchInfo.Capture(error).Throw();
-        if (!ok) throw new InvalidOperationException($"prepare stopped in phase '{p.Name}': another rank failed ({_work.FailureSince(_started) ?? "see its output"})");
+        if (!ok) throw new PrepareException($"prepare stopped in phase '{p.Name}': another rank failed ({_work.FailureSince(_started) ?? "see its output"})");
     }
 
     void WriteRankTiming(string phase, double seconds, int tasks)
@@ -143,7 +149,7 @@ sealed partial class PrepareRun
         {
             var old = JsonNode.Parse(File.ReadAllText(path))?["fingerprint"]?.GetValue<string>();
             if (old != fp)
-                throw new InvalidOperationException($"{_work.Root}: this work folder was made by another prepare config or other input files (fingerprint {old?[..12]} vs {fp[..12]}); use a new output_dir/work_dir or delete it");
+                throw new PrepareException($"{_work.Root}: this work folder was made by another prepare config or other input files (fingerprint {old?[..12]} vs {fp[..12]}); use a new output_dir/work_dir or delete it");
             return;
         }
         string tmp = path + $".{Environment.ProcessId}.{_group.Rank}";

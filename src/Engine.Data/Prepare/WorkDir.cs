@@ -80,7 +80,7 @@ public sealed class WorkDir(string root)
     public JsonObject Manifest(string phase, int task)
     {
         string mp = ManifestPath(phase, task);
-        if (!System.IO.File.Exists(mp)) throw new InvalidOperationException($"{mp}: phase '{phase}' task {task} has not finished");
+        if (!System.IO.File.Exists(mp)) throw new PrepareException($"{mp}: phase '{phase}' task {task} has not finished");
         return (JsonObject)JsonNode.Parse(System.IO.File.ReadAllText(mp))!;
     }
 
