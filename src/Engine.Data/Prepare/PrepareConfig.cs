@@ -1,8 +1,5 @@
-using System.Text.Json;
 using Engine.Data.Cleaning;
 using Engine.Data.Dedup;
-using Tomlyn;
-using Tomlyn.Model;
 
 namespace Engine.Data.Prepare;
 
@@ -39,7 +36,8 @@ public sealed record QualityOptions(bool Enabled, double Threshold, IReadOnlyLis
 public sealed record TokenizerOptions(string? Path, int VocabSize, int MinFrequency, int MaxTokenBytes, long TrainMaxBytes, IReadOnlyList<string> SpecialTokens, IReadOnlyList<string> AddTokens);
 
 /// <summary>
-/// The config of <c>engine prepare</c>, TOML or JSON. Paths starting with <c>data:</c> resolve under the shipped data
+/// The config of <c>engine prepare</c>, TOML or JSON, read into a tree by the one config reader (<see cref="ConfigBinder.Parse"/>)
+/// and bound here key by key with prepare's own checks. Paths starting with <c>data:</c> resolve under the shipped data
 /// folder (<see cref="DataPaths"/>); other relative paths against the config file's folder. Unknown keys are errors.
 /// </summary>
 public sealed record PrepareConfig(
@@ -81,19 +79,8 @@ public sealed record PrepareConfig(
     static PrepareConfig ParseCore(string text, string source, string baseDir)
     {
         Dictionary<string, object?> tree;
-        bool json = source.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || text.TrimStart().StartsWith('{');
-        try
-        {
-            if (json)
-            {
-                using var doc = JsonDocument.Parse(text, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
-                tree = FromJson(doc.RootElement) as Dictionary<string, object?> ?? throw new PrepareConfigException($"{source}: the top level must be an object");
-            }
-            else tree = (Dictionary<string, object?>)FromToml(TomlSerializer.Deserialize<TomlTable>(text) ?? new TomlTable())!;
-        }
-        catch (JsonException e) { throw new PrepareConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
-        catch (TomlException e) { throw new PrepareConfigException($"{source}: invalid TOML: {ErrorText.FirstOfLines(e.Message)}"); }
-        catch (InvalidOperationException e) { throw new PrepareConfigException($"{source}: invalid JSON string ({ErrorText.OneLine(e.Message)})"); }
+        try { tree = ConfigBinder.Parse(text, source); }
+        catch (ConfigException e) { throw new PrepareConfigException(e.Message); }
 
         var root = new Section(tree, "", source);
         string Resolve(string p) => p.Contains('\0') ? throw new PrepareConfigException($"{source}: path '{p}' holds a NUL character, which no path can")
@@ -246,34 +233,6 @@ public sealed record PrepareConfig(
         try { validate(); }
         catch (ArgumentException e) when (e is not PrepareConfigException) { throw new PrepareConfigException($"{source}: {ErrorText.OneLine(e.Message)}"); }
     }
-
-    static object? FromJson(JsonElement e) => e.ValueKind switch
-    {
-        JsonValueKind.Object => JsonObject(e),
-        JsonValueKind.Array => e.EnumerateArray().Select(FromJson).ToList(),
-        JsonValueKind.String => e.GetString(),
-        JsonValueKind.Number => e.TryGetInt64(out long l) ? (object)l   // a long stays a long; a number past double's range is refused
-            : e.TryGetDouble(out double d) ? d : throw new JsonException($"number {e.GetRawText()} is out of range"),
-        JsonValueKind.True => true,
-        JsonValueKind.False => false,
-        _ => null,
-    };
-
-    static Dictionary<string, object?> JsonObject(JsonElement e)
-    {
-        var d = new Dictionary<string, object?>();
-        foreach (var p in e.EnumerateObject())
-            if (!d.TryAdd(p.Name, FromJson(p.Value))) throw new JsonException($"key '{p.Name}' appears twice in one object");
-        return d;
-    }
-
-    static object? FromToml(object? v) => v switch
-    {
-        TomlTable t => t.ToDictionary(kv => kv.Key, kv => FromToml(kv.Value)),
-        TomlTableArray a => a.Select(x => FromToml(x)).ToList(),
-        TomlArray a => a.Select(FromToml).ToList(),
-        _ => v,
-    };
 
     /// <summary>A table being bound: typed getters record the keys read; <see cref="EnsureConsumed"/> rejects the rest.</summary>
     sealed class Section(Dictionary<string, object?> values, string prefix, string source)
