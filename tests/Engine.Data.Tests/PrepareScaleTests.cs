@@ -115,7 +115,11 @@ public class PrepareScaleTests
         string dir = TestData.TempDir();
         var corpus = SyntheticCorpusGenerator.Generate(Path.Combine(dir, "corpus"), new SyntheticCorpusOptions
         {
-            Documents = 1500, ExactFraction = 0.1, NearFraction = 0.4, EditRates = [0.003, 0.01, 0.02, 0.03, 0.15, 0.2, 0.25], Seed = 21,
+            Documents = 1500,
+            ExactFraction = 0.1,
+            NearFraction = 0.4,
+            EditRates = [0.003, 0.01, 0.02, 0.03, 0.15, 0.2, 0.25],
+            Seed = 21,
         });
         string F(string p) => p.Replace("\\", "/");
         File.WriteAllText(Path.Combine(dir, "p.toml"), $$"""

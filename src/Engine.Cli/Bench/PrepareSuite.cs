@@ -25,7 +25,10 @@ public static class PrepareSuite
         var sw = Stopwatch.StartNew();
         var corpus = SyntheticCorpusGenerator.Generate(Path.Combine(dir, "corpus"), new SyntheticCorpusOptions
         {
-            Documents = docs, FilesPerSource = Math.Max(2, (int)(mb / 64)), BoilerplateFraction = 0.2, Seed = 11,
+            Documents = docs,
+            FilesPerSource = Math.Max(2, (int)(mb / 64)),
+            BoilerplateFraction = 0.2,
+            Seed = 11,
         });
         Console.WriteLine($"corpus: {corpus.Documents} documents, {corpus.Bytes / 1e6:F1} MB of JSONL in {sw.Elapsed.TotalSeconds:F1} s ({dir})");
         long unit = Math.Max(1 << 20, corpus.Bytes / 16);

@@ -97,8 +97,16 @@ sealed partial class PrepareRun
         foreach (var (k, v) in cleaning.Languages) counts.Add("language_" + k, v);
         var stats = new JsonObject
         {
-            ["source"] = src.Name, ["documents_in"] = docsIn, ["documents_out"] = docsOut, ["bytes_in"] = bytesIn, ["bytes_out"] = bytesOut,
-            ["input_bytes"] = unit.Bytes, ["work_bytes"] = unit.Bytes, ["work_documents"] = docsIn, ["counts"] = Counts(counts.Values), ["skipped"] = skipped,
+            ["source"] = src.Name,
+            ["documents_in"] = docsIn,
+            ["documents_out"] = docsOut,
+            ["bytes_in"] = bytesIn,
+            ["bytes_out"] = bytesOut,
+            ["input_bytes"] = unit.Bytes,
+            ["work_bytes"] = unit.Bytes,
+            ["work_documents"] = docsIn,
+            ["counts"] = Counts(counts.Values),
+            ["skipped"] = skipped,
         };
         return new TaskResult([d0, exactPath, linePath], stats);
     }
@@ -144,7 +152,8 @@ sealed partial class PrepareRun
         RecordFile.WriteSorted(WorkDir.Begin(outPath), removed, 1);
         var stats = new JsonObject
         {
-            ["clusters"] = clusters, ["work_documents"] = records,
+            ["clusters"] = clusters,
+            ["work_documents"] = records,
             ["exact_local"] = new JsonArray(local.Select(x => (JsonNode)x).ToArray()),
             ["exact_global"] = new JsonArray(global.Select(x => (JsonNode)x).ToArray()),
         };
@@ -255,9 +264,18 @@ sealed partial class PrepareRun
         }
         var stats = new JsonObject
         {
-            ["source"] = src.Name, ["documents_in"] = docsIn, ["documents_out"] = docsOut, ["bytes_in"] = bytesIn, ["bytes_out"] = bytesOut,
-            ["exact_removed"] = exactDropped, ["lines_removed"] = linesRemoved, ["documents_with_lines_removed"] = touched,
-            ["documents_emptied"] = emptied, ["sampled"] = sampled, ["work_bytes"] = bytesIn, ["work_documents"] = docsIn,
+            ["source"] = src.Name,
+            ["documents_in"] = docsIn,
+            ["documents_out"] = docsOut,
+            ["bytes_in"] = bytesIn,
+            ["bytes_out"] = bytesOut,
+            ["exact_removed"] = exactDropped,
+            ["lines_removed"] = linesRemoved,
+            ["documents_with_lines_removed"] = touched,
+            ["documents_emptied"] = emptied,
+            ["sampled"] = sampled,
+            ["work_bytes"] = bytesIn,
+            ["work_documents"] = docsIn,
         };
         return new TaskResult(outputs, stats);
     }
@@ -378,7 +396,9 @@ sealed partial class PrepareRun
         RecordFile.WriteSorted(WorkDir.Begin(outPath), removed, 1);
         var stats = new JsonObject
         {
-            ["pairs"] = edges, ["largest_cluster"] = sizes.Count == 0 ? 0 : sizes.Values.Max(), ["work_documents"] = edges,
+            ["pairs"] = edges,
+            ["largest_cluster"] = sizes.Count == 0 ? 0 : sizes.Values.Max(),
+            ["work_documents"] = edges,
             ["removed"] = new JsonArray(perSource.Select(x => (JsonNode)x).ToArray()),
             ["clusters"] = new JsonArray(clusters.Select(x => (JsonNode)x).ToArray()),
         };

@@ -53,8 +53,13 @@ sealed partial class PrepareRun
         tok.Save(tmp);
         var stats = new JsonObject
         {
-            ["vocab_size"] = tok.VocabSize, ["added_token_ids"] = new JsonArray(added.Select(x => (JsonNode)x).ToArray()),
-            ["trained"] = _cfg.Tokenizer.Path == null, ["train_bytes"] = trainBytes, ["train_documents"] = trainDocs, ["work_bytes"] = trainBytes, ["work_documents"] = trainDocs,
+            ["vocab_size"] = tok.VocabSize,
+            ["added_token_ids"] = new JsonArray(added.Select(x => (JsonNode)x).ToArray()),
+            ["trained"] = _cfg.Tokenizer.Path == null,
+            ["train_bytes"] = trainBytes,
+            ["train_documents"] = trainDocs,
+            ["work_bytes"] = trainBytes,
+            ["work_documents"] = trainDocs,
         };
         return new TaskResult([TokenizerPath], stats);
     }
@@ -204,8 +209,10 @@ sealed partial class PrepareRun
                     if (st[k] is JsonNode n) counts[k] = counts.GetValueOrDefault(k) + n.GetValue<long>();
                 per[s] = c with
                 {
-                    DocumentsIn = c.DocumentsIn + L(st, "documents_in"), DocumentsOut = c.DocumentsOut + L(st, "documents_out"),
-                    BytesIn = c.BytesIn + L(st, "bytes_in"), BytesOut = c.BytesOut + (st["bytes_out"] is JsonNode bo ? bo.GetValue<long>() : L(st, "bytes_in")),
+                    DocumentsIn = c.DocumentsIn + L(st, "documents_in"),
+                    DocumentsOut = c.DocumentsOut + L(st, "documents_out"),
+                    BytesIn = c.BytesIn + L(st, "bytes_in"),
+                    BytesOut = c.BytesOut + (st["bytes_out"] is JsonNode bo ? bo.GetValue<long>() : L(st, "bytes_in")),
                 };
                 if (phase == "extract")
                 {
@@ -262,8 +269,13 @@ sealed partial class PrepareRun
                 foreach (var f in Directory.GetFiles(dir, "rank*.json").Order(StringComparer.Ordinal)) ranks.Add(JsonNode.Parse(File.ReadAllText(f)));
             phases[p.Name] = new JsonObject
             {
-                ["tasks"] = p.Tasks, ["task_seconds"] = secs, ["bytes"] = bytes, ["documents"] = docs,
-                ["mb_per_core_second"] = secs > 0 ? bytes / 1e6 / secs : 0, ["documents_per_core_second"] = secs > 0 ? docs / secs : 0, ["ranks"] = ranks,
+                ["tasks"] = p.Tasks,
+                ["task_seconds"] = secs,
+                ["bytes"] = bytes,
+                ["documents"] = docs,
+                ["mb_per_core_second"] = secs > 0 ? bytes / 1e6 / secs : 0,
+                ["documents_per_core_second"] = secs > 0 ? docs / secs : 0,
+                ["ranks"] = ranks,
             };
         }
         return new JsonObject { ["units"] = Units, ["phases"] = phases };

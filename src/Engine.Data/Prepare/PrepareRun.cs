@@ -132,8 +132,12 @@ sealed partial class PrepareRun
         Directory.CreateDirectory(Path.GetDirectoryName(path)!);
         var o = new JsonObject
         {
-            ["rank"] = _group.Rank, ["ranks"] = _group.Size, ["wall_seconds"] = seconds, ["tasks_run"] = tasks,
-            ["peak_rss_bytes"] = Process.GetCurrentProcess().PeakWorkingSet64, ["threads"] = _threads,
+            ["rank"] = _group.Rank,
+            ["ranks"] = _group.Size,
+            ["wall_seconds"] = seconds,
+            ["tasks_run"] = tasks,
+            ["peak_rss_bytes"] = Process.GetCurrentProcess().PeakWorkingSet64,
+            ["threads"] = _threads,
         };
         File.WriteAllText(path + $".{Environment.ProcessId}", o.ToJsonString());
         File.Move(path + $".{Environment.ProcessId}", path, overwrite: true);
