@@ -10,14 +10,29 @@ namespace Engine.Data.Prepare;
 /// <summary>The phases up to dedup: extract, exact, lines, minhash, the near-duplicate buckets and clusters.</summary>
 sealed partial class PrepareRun
 {
-    /// <summary>Per unit: read its parts, extract, clean, filter; write the kept documents and their exact/line hash records.</summary>
-    TaskResult Extract(int u)
+    /// <summary>A unit, its source, whether it holds pretraining text, whether line dedup applies, and whether by paragraph.</summary>
+    (WorkUnit Unit, PrepareSource Source, bool Pretrain, bool LineDedup, bool Paragraphs) UnitSettings(int u)
     {
         var unit = _plan.Units[u];
         var src = _cfg.Sources[unit.Source];
         bool pretrain = src.Kind == "pretrain";
-        bool lineDedup = pretrain && src.LineDedup && _cfg.LineDedup.Enabled;
-        bool paragraphs = _cfg.LineDedup.Granularity == "paragraph";
+        return (unit, src, pretrain, pretrain && src.LineDedup && _cfg.LineDedup.Enabled, _cfg.LineDedup.Granularity == "paragraph");
+    }
+
+    /// <summary>The counts every unit task records: its source, documents and bytes in and out.</summary>
+    static JsonObject FlowStats(PrepareSource src, long docsIn, long docsOut, long bytesIn, long bytesOut) => new()
+    {
+        ["source"] = src.Name,
+        ["documents_in"] = docsIn,
+        ["documents_out"] = docsOut,
+        ["bytes_in"] = bytesIn,
+        ["bytes_out"] = bytesOut,
+    };
+
+    /// <summary>Per unit: read its parts, extract, clean, filter; write the kept documents and their exact/line hash records.</summary>
+    TaskResult Extract(int u)
+    {
+        var (unit, src, pretrain, lineDedup, paragraphs) = UnitSettings(u);
         var cleaner = pretrain && _cfg.CleaningEnabled ? new TextCleaner(_cfg.Cleaning) : null;
         var quality = pretrain && src.QualityFilter ? _quality.Value : null;
         var input = new InputOptions { InvalidUtf8 = _cfg.InvalidUtf8, Field = src.Field, Html = src.Html, MaxRecordBytes = _cfg.MaxRecordBytes };
@@ -95,19 +110,12 @@ sealed partial class PrepareRun
         counts.Add("clean_control_chars_removed", cleaning.ControlCharsRemoved);
         counts.Add("clean_boilerplate_lines_removed", cleaning.BoilerplateLinesRemoved);
         foreach (var (k, v) in cleaning.Languages) counts.Add("language_" + k, v);
-        var stats = new JsonObject
-        {
-            ["source"] = src.Name,
-            ["documents_in"] = docsIn,
-            ["documents_out"] = docsOut,
-            ["bytes_in"] = bytesIn,
-            ["bytes_out"] = bytesOut,
-            ["input_bytes"] = unit.Bytes,
-            ["work_bytes"] = unit.Bytes,
-            ["work_documents"] = docsIn,
-            ["counts"] = Counts(counts.Values),
-            ["skipped"] = skipped,
-        };
+        var stats = FlowStats(src, docsIn, docsOut, bytesIn, bytesOut);
+        stats["input_bytes"] = unit.Bytes;
+        stats["work_bytes"] = unit.Bytes;
+        stats["work_documents"] = docsIn;
+        stats["counts"] = Counts(counts.Values);
+        stats["skipped"] = skipped;
         return new TaskResult([d0, exactPath, linePath], stats);
     }
 
@@ -203,11 +211,7 @@ sealed partial class PrepareRun
     /// </summary>
     TaskResult MinHash(int u)
     {
-        var unit = _plan.Units[u];
-        var src = _cfg.Sources[unit.Source];
-        bool pretrain = src.Kind == "pretrain";
-        bool lineDedup = pretrain && src.LineDedup && _cfg.LineDedup.Enabled;
-        bool paragraphs = _cfg.LineDedup.Granularity == "paragraph";
+        var (unit, src, pretrain, lineDedup, paragraphs) = UnitSettings(u);
         var exactRemoved = RemovedIn(Enumerable.Range(0, _cfg.MergeTasks).Select(ExactRemovedPath), u);
         var frequent = lineDedup ? _frequentLines.Value : null;
         var hasher = Near ? new MinHasher(_cfg.Dedup.ShingleSize, _cfg.Dedup.Permutations, _cfg.Seed) : null;
@@ -262,21 +266,14 @@ sealed partial class PrepareRun
             RecordFile.WriteSorted(WorkDir.Begin(p), Near ? bands[b] : [], 2);
             outputs.Add(p);
         }
-        var stats = new JsonObject
-        {
-            ["source"] = src.Name,
-            ["documents_in"] = docsIn,
-            ["documents_out"] = docsOut,
-            ["bytes_in"] = bytesIn,
-            ["bytes_out"] = bytesOut,
-            ["exact_removed"] = exactDropped,
-            ["lines_removed"] = linesRemoved,
-            ["documents_with_lines_removed"] = touched,
-            ["documents_emptied"] = emptied,
-            ["sampled"] = sampled,
-            ["work_bytes"] = bytesIn,
-            ["work_documents"] = docsIn,
-        };
+        var stats = FlowStats(src, docsIn, docsOut, bytesIn, bytesOut);
+        stats["exact_removed"] = exactDropped;
+        stats["lines_removed"] = linesRemoved;
+        stats["documents_with_lines_removed"] = touched;
+        stats["documents_emptied"] = emptied;
+        stats["sampled"] = sampled;
+        stats["work_bytes"] = bytesIn;
+        stats["work_documents"] = docsIn;
         return new TaskResult(outputs, stats);
     }
 
