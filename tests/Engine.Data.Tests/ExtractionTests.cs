@@ -122,6 +122,21 @@ public class ExtractionTests
         Assert.StartsWith(cut + ": not a readable Parquet file", e.Message);
     }
 
+    [Fact]
+    public void A_Parquet_file_that_makes_the_reader_loop_is_refused_after_the_timeout()
+    {
+        string path = Path.Combine(AppContext.BaseDirectory, "Fixtures", "parquet-loop.parquet");
+        var saved = ParquetInput.Timeout;
+        ParquetInput.Timeout = TimeSpan.FromSeconds(3);
+        try
+        {
+            var e = Assert.Throws<InvalidDataException>(() => InputReader.Read(new InputPart(path), InputFormat.Parquet, new InputOptions(), new Counters()).ToList());
+            Assert.StartsWith(path + ":", e.Message);
+            Assert.DoesNotContain('\n', e.Message);
+        }
+        finally { ParquetInput.Timeout = saved; }
+    }
+
     static readonly string Jsonl = string.Concat(Enumerable.Range(0, 200).Select(i => $"{{\"text\": \"document number {i} with some words\"}}\n"));
 
     [Fact]

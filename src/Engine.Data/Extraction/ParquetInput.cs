@@ -9,13 +9,40 @@ namespace Engine.Data.Extraction;
 /// </summary>
 public static class ParquetInput
 {
+    /// <summary>
+    /// Longest one footer read or one row group's decoding may take. Fuzzing found mutated files that make Parquet.Net
+    /// 6.1.0 loop for many minutes; past this the file is refused (skipped and counted) and the stuck read is left
+    /// behind on a pool thread until the process ends.
+    /// </summary>
+    public static TimeSpan Timeout { get; set; } = TimeSpan.FromMinutes(5);
+
+    static T Bounded<T>(string path, string what, Func<CancellationToken, T> read)
+    {
+        using var cts = new CancellationTokenSource();
+        var task = Task.Run(() => read(cts.Token));
+        try
+        {
+            if (!task.Wait(Timeout))
+            {
+                cts.Cancel();   // Parquet.Net checks the token between pages; a loop inside one page goes on until the process ends
+                throw new InvalidDataException($"{path}: reading the Parquet {what} took more than {Timeout.TotalSeconds:F0} s (a damaged file can make the Parquet reader loop)");
+            }
+            return task.Result;
+        }
+        catch (AggregateException e) when (e.InnerException != null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerException).Throw();
+            throw;
+        }
+    }
+
     /// <summary>Row groups in the file (read from its footer), for cutting large files into units.</summary>
     public static int RowGroups(string path)
     {
         try
         {
             using var fs = File.OpenRead(path);
-            var reader = ParquetReader.CreateAsync(fs).GetAwaiter().GetResult();
+            var reader = Bounded(path, "footer", ct => ParquetReader.CreateAsync(fs, null, false, ct).GetAwaiter().GetResult());
             try { return reader.RowGroupCount; }
             finally { reader.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
         }
@@ -31,7 +58,7 @@ public static class ParquetInput
         DataField field;
         try
         {
-            reader = ParquetReader.CreateAsync(fs).GetAwaiter().GetResult();
+            reader = Bounded(part.Path, "footer", ct => ParquetReader.CreateAsync(fs, null, false, ct).GetAwaiter().GetResult());
             var fields = reader.Schema.GetDataFields();
             field = fields.FirstOrDefault(f => f.Name == options.Field)
                 ?? throw new InvalidDataException($"{part.Path}: no column '{ErrorText.OneLine(options.Field)}' (columns: {ErrorText.OneLine(string.Join(", ", fields.Select(f => f.Name)))})");
@@ -46,10 +73,15 @@ public static class ParquetInput
                 string?[] values;
                 try
                 {
-                    using var rg = reader.OpenRowGroupReader(g);
-                    if (rg.RowCount > int.MaxValue) throw new InvalidDataException($"{part.Path}: row group {g} holds {rg.RowCount} rows");
-                    values = new string?[rg.RowCount];
-                    rg.ReadAsync(field, values.AsMemory()!, null, CancellationToken.None).GetAwaiter().GetResult();
+                    int group = g;
+                    values = Bounded(part.Path, $"row group {g}", ct =>
+                    {
+                        using var rg = reader.OpenRowGroupReader(group);
+                        if (rg.RowCount > int.MaxValue) throw new InvalidDataException($"{part.Path}: row group {group} holds {rg.RowCount} rows");
+                        var v = new string?[rg.RowCount];
+                        rg.ReadAsync(field, v.AsMemory()!, null, ct).GetAwaiter().GetResult();
+                        return v;
+                    });
                 }
                 catch (Exception e) when (IsFormatError(e)) { throw Bad(part.Path, e); }
                 counts.Add("parquet_row_groups");
