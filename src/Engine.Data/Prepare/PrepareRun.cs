@@ -68,7 +68,8 @@ sealed partial class PrepareRun
             }
             RunPhase(p);
         }
-        if (_o.Phase != null && _o.Phase != "report") return null;
+        // one phase alone: the report exists once the report task ran (on whichever array task had it)
+        if (_o.Phase != null && !(_o.Phase == "report" && _work.IsFinished("report", 0))) return null;
         if (_group.Rank == 0 && !_cfg.KeepWork) RemoveSpills();
         return LoadReport();
     }
