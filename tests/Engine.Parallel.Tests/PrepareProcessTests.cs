@@ -167,6 +167,7 @@ public class PrepareProcessTests
         Assert.True(wait.ExitCode == 0, wait.All);
         string log = string.Join("\n", Directory.GetFiles(s.Dir, "array-*.out").Order().Select(File.ReadAllText));
         Assert.True(File.Exists(Path.Combine(s.Out("array"), "report.json")), submit.All + "\n--- job output\n" + log);
+        Assert.DoesNotContain("error", log);   // every array task of every phase ended cleanly
         AssertSame(reference, s.Out("array"), "a job array per phase");
     }
 }
