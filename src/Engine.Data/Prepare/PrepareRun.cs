@@ -52,6 +52,7 @@ sealed partial class PrepareRun
         Directory.CreateDirectory(_cfg.OutputDir);
         Directory.CreateDirectory(_work.Root);
         CheckFingerprint();
+        _work.ClearFailed(_group.Rank);
         if (_o.Phase == null && _work.Finished("report", 0, verifyHashes: true) != null) return LoadReport();
         var phases = Specs();
         if (_o.Phase != null && phases.All(p => p.Name != _o.Phase))

@@ -98,6 +98,13 @@ public sealed class WorkDir(string root)
         System.IO.File.WriteAllText(p, message);
     }
 
+    /// <summary>Removes this rank's failure record of an earlier run (at the start of a run).</summary>
+    public void ClearFailed(int rank)
+    {
+        string p = File(Path.Combine("failed", $"rank{rank:D5}.txt"));
+        if (System.IO.File.Exists(p)) System.IO.File.Delete(p);
+    }
+
     /// <summary>A failure recorded after <paramref name="since"/> by any rank, or null.</summary>
     public string? FailureSince(DateTime since)
     {
