@@ -38,7 +38,7 @@ public static class Cli
 
     static bool IsUserError(Exception e) => e is ConfigException or FileNotFoundException or DirectoryNotFoundException
         or InvalidDataException or ArgumentException or NotSupportedException or Engine.Core.Distributed.CommException
-        or DeviceOutOfMemoryException;
+        or DeviceOutOfMemoryException or Engine.Data.Prepare.PrepareException;
 
     /// <summary>
     /// This process's place in the job and its communicator (one rank without a launcher; Open MPI under mpirun,

@@ -28,6 +28,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(CreateTrain());
         cmd.Subcommands.Add(CreateEval());
         cmd.Subcommands.Add(CreateData());
+        cmd.Subcommands.Add(CreatePrepare());
         cmd.Subcommands.Add(GpuBenchCommand.Create());
         cmd.Subcommands.Add(CreateDataParallel());
         cmd.Subcommands.Add(CommBenchCommand.Create());
@@ -136,6 +137,24 @@ public static class BenchCommand
         {
             if (p.GetValue(repeats) < 1 || p.GetValue(vocab) < 300) throw new ArgumentException("--repeats must be >= 1 and --vocab >= 300");
             return RunSuite("data", () => DataSuite.Run(p.GetValue(vocab), p.GetValue(repeats)), p.GetValue(output), p.GetValue(shared), Console.Out,
+                MachineProbe.Describe(probeGpus: false));
+        }));
+        return cmd;
+    }
+
+    static Command CreatePrepare()
+    {
+        var mb = new Option<double>("--mb") { Description = "size of the generated corpus in MB (about 2000 for the real run; 20 for a smoke run)", DefaultValueFactory = _ => 20 };
+        var ranks = new Option<int>("--ranks") { Description = "largest rank count (1, 2, 4, … up to it)", DefaultValueFactory = _ => 2 };
+        var work = new Option<string?>("--work") { Description = "folder for the corpus and the runs (kept); default a temporary folder, removed after" };
+        var output = Out();
+        var shared = Shared();
+        var cmd = new Command("prepare", "engine prepare on a generated corpus: MB per core-second of each phase, 1 → N ranks wall time and speed-up, peak memory per rank")
+            { mb, ranks, work, output, shared };
+        cmd.SetAction(p => Cli.Guard(() =>
+        {
+            if (p.GetValue(mb) <= 0 || p.GetValue(ranks) < 1) throw new ArgumentException("--mb must be positive and --ranks >= 1");
+            return RunSuite("prepare", () => PrepareSuite.Run(p.GetValue(mb), p.GetValue(ranks), p.GetValue(work)), p.GetValue(output), p.GetValue(shared), Console.Out,
                 MachineProbe.Describe(probeGpus: false));
         }));
         return cmd;

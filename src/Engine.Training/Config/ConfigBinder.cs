@@ -2,21 +2,35 @@ using System.Globalization;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
-using Engine.Core;
 using Tomlyn;
 using Tomlyn.Model;
+#if ENGINE_DATA
+namespace Engine.Data;
+#else
+using Engine.Core;
 
 namespace Engine.Training.Config;
+#endif
 
 /// <summary>A configuration problem: names the key and what is wrong, for a one-line CLI error.</summary>
+#if ENGINE_DATA
+internal sealed class ConfigException(string message) : Exception(message);
+#else
 public sealed class ConfigException(string message) : Exception(message);
+#endif
 
 /// <summary>
 /// Strict binding of TOML or JSON into typed records: snake_case keys map to PascalCase init properties, nested
 /// tables to nested records; an unknown key, a wrong type or an invalid value is an error naming its full key.
-/// Command-line overrides `section.key=value` are applied on the parsed tree before binding.
+/// Command-line overrides `section.key=value` are applied on the parsed tree before binding. Engine.Data, which depends
+/// on nothing, compiles this same file as its internal <c>Engine.Data.ConfigBinder</c> (ENGINE_DATA): engine prepare's
+/// config reads its tree through <see cref="Parse"/>.
 /// </summary>
+#if ENGINE_DATA
+internal static class ConfigBinder
+#else
 public static class ConfigBinder
+#endif
 {
     public static T Load<T>(string path, IEnumerable<string>? overrides = null) where T : new()
     {
