@@ -97,6 +97,7 @@ public static class TrainBenchmark
                     ["engine_final_loss"] = loss,
                     ["mfu"] = throughput.Mfu(BenchStats.Of(rates).Median),
                     ["mfu_peak"] = throughput.PeakSource,
+                    ["mfu_peak_flops"] = throughput.PeakFlops,
                 },
             };
             log?.Invoke(FormattableString.Invariant($"engine: {entry.Median:F0} tokens/s (median of {rates.Count}), MFU {Pct(entry.Params!["mfu"])} of {throughput.PeakSource}"));
