@@ -24,8 +24,8 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
     /// <summary>
     /// Reads every *.json in <paramref name="resultsDir"/> (engine.bench/1 or a legacy shape; a file of no known shape is
     /// listed as skipped, a broken one is an error), the newest demo-*.md, and the loss curves: <paramref name="metricsPath"/>
-    /// when given, else demo-&lt;date&gt;-metrics.jsonl beside the table, else metrics.jsonl of the run the demo's
-    /// report names (stages/&lt;name&gt; → its parent folder).
+    /// when given, else demo-&lt;date&gt;-metrics.jsonl beside the newest table, else the newest demo-*-metrics.jsonl in the
+    /// folder. Only the results folder is read: the page is the same on a fresh clone as on the machine that ran the demo.
     /// </summary>
     public static DashboardInput Load(string resultsDir, string? metricsPath = null)
     {
@@ -50,38 +50,14 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
         string? demoMd = Directory.EnumerateFiles(resultsDir, "demo-*.md").Order(StringComparer.Ordinal).LastOrDefault();
         var demo = demoMd is null ? null : new DemoTable(Path.GetFileName(demoMd), File.ReadAllText(demoMd));
 
-        var looked = new List<string>();
         string? metrics = metricsPath;
         if (metrics is not null && !File.Exists(metrics)) throw new FileNotFoundException($"metrics file {metrics} not found", metrics);
-        if (metrics is null && demoMd is not null)
-        {
-            string stem = Path.Combine(Path.GetDirectoryName(demoMd)!, Path.GetFileNameWithoutExtension(demoMd));
-            foreach (string candidate in new[] { stem + "-metrics.jsonl" }.Concat(RunMetricsFromReport(stem + ".json")))
-            {
-                looked.Add(candidate);
-                if (File.Exists(candidate)) { metrics = candidate; break; }
-            }
-        }
+        string? beside = demoMd is null ? null : Path.Combine(Path.GetDirectoryName(demoMd)!, Path.GetFileNameWithoutExtension(demoMd) + "-metrics.jsonl");
+        metrics ??= beside is not null && File.Exists(beside) ? beside
+            : Directory.EnumerateFiles(resultsDir, "demo-*-metrics.jsonl").Order(StringComparer.Ordinal).LastOrDefault();
         string? absent = metrics is not null ? null
-            : demoMd is null ? "no demo-*.md in the results folder, and no --metrics file given"
-            : $"absent: no metrics.jsonl for {Path.GetFileName(demoMd)} (looked at {string.Join(", ", looked)}; pass --metrics FILE)";
+            : $"absent: no demo-*-metrics.jsonl in {resultsDir} (benchmarks/scripts/regen_readme.sh ships one with each demo table; or pass --metrics FILE)";
         return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent);
-    }
-
-    /// <summary>metrics.jsonl of the run a recipe report came from: stages[*].weights_dir = RUN/stages/NAME.</summary>
-    static IEnumerable<string> RunMetricsFromReport(string reportJson)
-    {
-        if (!File.Exists(reportJson)) yield break;
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(reportJson)); }
-        catch (JsonException) { yield break; }
-        if (root?["stages"] is not JsonArray stages) yield break;
-        foreach (var s in stages)
-            if ((s?["weights_dir"] as JsonValue)?.TryGetValue(out string? dir) == true && Path.GetDirectoryName(Path.GetDirectoryName(dir)) is { Length: > 0 } run)
-            {
-                yield return Path.Combine(run, "metrics.jsonl");
-                yield break;
-            }
     }
 
     /// <summary>Reads step and loss (and stage, when present) from each line; `train` and `recipe` spell keys differently, so keys match case-insensitively.</summary>
