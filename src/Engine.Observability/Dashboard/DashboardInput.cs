@@ -21,6 +21,9 @@ public sealed record LossCurves(string File, IReadOnlyList<(string Stage, IReadO
 public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList<SkippedFile> Skipped, DemoTable? Demo, LossCurves? Loss,
     string? LossAbsent)
 {
+    /// <summary>The Markdown reports in the results folder (demo-*.md, recipe-*.md), file names in order.</summary>
+    public IReadOnlyList<string> Reports { get; init; } = [];
+
     /// <summary>
     /// Reads every *.json in <paramref name="resultsDir"/> (engine.bench/1 or a legacy shape; a file of no known shape is
     /// listed as skipped, a broken one is an error), the newest demo-*.md, and the loss curves: <paramref name="metricsPath"/>
@@ -56,8 +59,11 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
         metrics ??= beside is not null && File.Exists(beside) ? beside
             : Directory.EnumerateFiles(resultsDir, "demo-*-metrics.jsonl").Order(StringComparer.Ordinal).LastOrDefault();
         string? absent = metrics is not null ? null
-            : $"absent: no demo-*-metrics.jsonl in {resultsDir} (benchmarks/scripts/regen_readme.sh ships one with each demo table; or pass --metrics FILE)";
-        return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent);
+            : $"absent: no demo-*-metrics.jsonl in {resultsDir} (benchmarks/scripts/regen_demo.sh ships one with each demo table; or pass --metrics FILE)";
+        return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent)
+        {
+            Reports = Directory.EnumerateFiles(resultsDir, "*.md").Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList(),
+        };
     }
 
     /// <summary>Reads step and loss (and stage, when present) from each line; `train` and `recipe` spell keys differently, so keys match case-insensitively.</summary>

@@ -145,25 +145,36 @@ public static class DashboardPage
         return found.OrderByDescending(r => r.To.Date).ThenBy(r => r.Change).ToList();
     }
 
+    /// <summary>Regressions of one suite on one device between one pair of commits: how many fell, the geometric mean of
+    /// their speed changes, the worst.</summary>
+    public sealed record RegressionGroup(string Suite, string Device, IReadOnlyList<Regression> Members, Regression Worst, double MeanChange)
+    {
+        public int Count => Members.Count;
+    }
+
+    /// <summary><paramref name="regressions"/> grouped by (suite, device, commit pair), in their order.</summary>
+    public static List<RegressionGroup> GroupRegressions(IEnumerable<Regression> regressions) =>
+        regressions.GroupBy(r => (r.Key.Suite, r.Key.Device, From: r.From.Commit, To: r.To.Commit))
+            .Select(g => new RegressionGroup(g.Key.Suite, g.Key.Device, g.ToList(), g.MinBy(r => r.Change)!, Math.Exp(g.Average(r => Math.Log(1 + r.Change))) - 1))
+            .ToList();
+
     /// <summary>The regressions, one row per (suite, device, commit pair): how many benchmarks fell, by how much (geometric
     /// mean of their speed changes, the worst one), and whether the runs' min–max ranges overlap (noise).</summary>
     static string RegressionTable(List<Regression> regressions)
     {
         if (regressions.Count == 0)
             return $"<p class=\"ok\">No benchmark's speed fell by more than {RegressionThreshold:P0} between consecutive commits on one device.</p>";
-        var groups = regressions.GroupBy(r => (r.Key.Suite, r.Key.Device, From: r.From.Commit, To: r.To.Commit)).ToList();
+
         var sb = new StringBuilder(string.Create(CultureInfo.InvariantCulture,
             $"<p class=\"regress\">{regressions.Count} benchmark(s) fell by more than {RegressionThreshold:P0} between consecutive commits on one device (ringed red in the charts):</p>"));
         sb.Append("<table class=\"regressions\"><thead><tr><th>suite</th><th>device</th><th>from</th><th>to</th><th class=\"num\">fell</th><th class=\"num\">mean change</th><th>worst</th><th>spread</th></tr></thead><tbody>");
-        foreach (var g in groups)
+        foreach (var g in GroupRegressions(regressions))
         {
-            var rs = g.ToList();
-            var worst = rs.MinBy(r => r.Change)!;
-            double mean = Math.Exp(rs.Average(r => Math.Log(1 + r.Change))) - 1;
+            var (rs, worst, mean) = (g.Members, g.Worst, g.MeanChange);
             int overlapping = rs.Count(r => r.Overlaps);
             string names = string.Join(", ", rs.Select(r => $"{r.Key.Name} {r.Change:+0.0%;-0.0%}"));
             sb.Append(CultureInfo.InvariantCulture,
-                $"<tr title=\"{Esc(names)}\"><td>{Esc(g.Key.Suite)}</td><td>{Esc(g.Key.Device)}</td><td><code>{Esc(At(worst.From))}</code></td><td><code>{Esc(At(worst.To))}</code></td>" +
+                $"<tr title=\"{Esc(names)}\"><td>{Esc(g.Suite)}</td><td>{Esc(g.Device)}</td><td><code>{Esc(At(worst.From))}</code></td><td><code>{Esc(At(worst.To))}</code></td>" +
                 $"<td class=\"num\">{rs.Count}</td><td class=\"num\">{mean:+0.0%;-0.0%}</td>" +
                 $"<td>{Esc(worst.Key.Name)}: {Num(worst.Before.Median)} → {Num(worst.After.Median)} {Esc(worst.Key.Unit)} ({worst.Change:+0.0%;-0.0%})</td>" +
                 $"<td>{(overlapping == rs.Count ? "min–max ranges overlap" : overlapping > 0 ? $"{rs.Count - overlapping} of {rs.Count} ranges apart" : rs.All(r => r.Before.Min is null || r.After.Min is null) ? "no spread recorded" : "ranges apart")}</td></tr>");
@@ -497,12 +508,16 @@ public static class DashboardPage
             string file = lr.File + (r.ConvertedFrom is { } c ? $" (converted {c.Shape})" : "");
             sb.Append(CultureInfo.InvariantCulture,
                 $"<tr><td>{Esc(file)}</td><td>{Esc(r.Suite)}</td><td>{r.Date.ToUniversalTime():yyyy-MM-dd HH:mm}</td><td><code>{Esc(Short(r.Commit))}</code></td>" +
-                $"<td>{Esc(machine)}</td><td>{Esc(sw.Dotnet)}</td><td>{Esc(sw.Blas)}</td><td>{Esc(sw.Cuda)}</td><td class=\"num\">{r.Benchmarks.Count}</td><td class=\"notes\">{Esc(string.Join(" ", r.Notes))}</td></tr>");
+                $"<td>{Esc(machine)}</td><td>{Esc(sw.Dotnet)}</td><td>{Esc(sw.Blas)}</td><td>{Esc(sw.Cuda)}</td><td class=\"num\">{r.Benchmarks.Count}</td><td class=\"notes\" title=\"{Esc(string.Join(" ", r.Notes))}\">{Esc(Abbreviate(r.Notes))}</td></tr>");
         }
         foreach (var s in input.Skipped)
             sb.Append(CultureInfo.InvariantCulture, $"<tr class=\"skipped\"><td>{Esc(s.File)}</td><td colspan=\"9\">skipped: {Esc(s.Reason)}</td></tr>");
         return sb.Append("</tbody></table>").ToString();
     }
+
+    /// <summary>The notes of a run, each cut to its first 140 characters (the whole text is the cell's hover title).</summary>
+    static string Abbreviate(IReadOnlyList<string> notes) =>
+        string.Join(" ", notes.Select(n => n.Length <= 140 ? n : n[..140].TrimEnd() + "…"));
 
     /// <summary>The software a run measured with: the .NET runtime, the peer's BLAS with the kernels it ran (what the
     /// peer reported from its own process: the gemm peer's extra.openblas, the train peer's params.pytorch_blas, or the
@@ -560,21 +575,12 @@ public static class DashboardPage
             else if (line.StartsWith('|'))
             {
                 var rows = new List<string[]>();
-                for (; i < lines.Length && lines[i].TrimStart().StartsWith('|'); i++)
-                    rows.Add(lines[i].Trim().Trim('|').Split('|').Select(c => c.Trim()).ToArray());
+                for (; i < lines.Length && lines[i].TrimStart().StartsWith('|'); i++) rows.Add(MarkdownTables.Cells(lines[i]));
                 i--;
                 bool header = rows.Count > 1 && rows[1].All(c => Regex.IsMatch(c, "^:?-+:?$"));
                 var align = header ? rows[1].Select(c => c.EndsWith(':')).ToArray() : [];
                 // a wide table (the demo's has 20 columns) becomes several that fit the page, each repeating the key columns
-                int width = rows.Max(r => r.Length);
-                var chunks = new List<int[]>();
-                if (width <= MaxTableColumns || !header) chunks.Add(Enumerable.Range(0, width).ToArray());
-                else
-                {
-                    int keys = Math.Min(KeyColumns, width - 1), per = MaxTableColumns - keys;
-                    for (int c0 = keys; c0 < width; c0 += per)
-                        chunks.Add([.. Enumerable.Range(0, keys), .. Enumerable.Range(c0, Math.Min(per, width - c0))]);
-                }
+                var chunks = MarkdownTables.Chunks(rows, MaxTableColumns, KeyColumns);
                 foreach (var cols in chunks)
                 {
                     sb.Append("<table class=\"md\">");
