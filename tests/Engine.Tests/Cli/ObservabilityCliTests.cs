@@ -36,14 +36,7 @@ public class ObservabilityCliTests
         }
     }
 
-    static string TinyModel(TempDir dir)
-    {
-        string path = dir.File("model");
-        using var m = new LlamaModel(new LlamaConfig { VocabSize = 258, HiddenSize = 16, IntermediateSize = 32, NumLayers = 1, NumHeads = 2, NumKvHeads = 1, MaxPositionEmbeddings = 256 }, CpuBackend.Instance);
-        m.InitializeWeights(4);
-        ModelIO.Save(m, path);
-        return path;
-    }
+    static string TinyModel(TempDir dir) => LoraCliTests.TinyModel(dir);
 
     [Theory]
     [InlineData(new[] { "train", "--bogus" }, "Unrecognized command or argument '--bogus'", "engine train --help")]
