@@ -3,7 +3,7 @@
 #   benchmarks/results/demo-<date>.md             the tables as report.md writes them, plus one paragraph on the run
 #                                                 (command, commit, machine, wall time, the CPU time other processes used)
 #   benchmarks/results/demo-<date>.json           report.json (per-stage figures; the dashboard reads it)
-#   benchmarks/results/demo-<date>-metrics.jsonl  every step's metrics: the dashboard's loss curves on a fresh clone
+#   benchmarks/results/demo-<date>-metrics.jsonl.gz  every step's metrics: the dashboard's loss curves on a fresh clone
 #   benchmarks/results/demo-<date>-loss_hybrid.png
 #   docs/results/*.md                             `engine dashboard --docs docs/results`
 # Then commit the results and docs together; the paragraph names the commit of the code that produced them.
@@ -66,7 +66,7 @@ date=$(date -u +%F)
 dst=benchmarks/results/demo-$date
 cp "$out/report.md" "$dst.md"
 cp "$out/report.json" "$dst.json"
-cp "$out/metrics.jsonl" "$dst-metrics.jsonl"
+gzip -9 -n -c "$out/metrics.jsonl" >"$dst-metrics.jsonl.gz"
 [ -f "$out/loss_hybrid.png" ] && cp "$out/loss_hybrid.png" "$dst-loss_hybrid.png"
 
 # other processes' share of the machine's CPU time during the run: above 10 %, the timings are indicative only
@@ -84,4 +84,4 @@ cmd="engine demo"
 } >>"$dst.md"
 
 dotnet run -c Release --no-build --project src/Engine.Cli -- dashboard --docs docs/results
-echo "regen_demo.sh: wrote $dst.md, .json, -metrics.jsonl and docs/results (commit $commit, wall $wall)"
+echo "regen_demo.sh: wrote $dst.md, .json, -metrics.jsonl.gz and docs/results (commit $commit, wall $wall)"

@@ -55,24 +55,29 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
 
         string? metrics = metricsPath;
         if (metrics is not null && !File.Exists(metrics)) throw new FileNotFoundException($"metrics file {metrics} not found", metrics);
-        string? beside = demoMd is null ? null : Path.Combine(Path.GetDirectoryName(demoMd)!, Path.GetFileNameWithoutExtension(demoMd) + "-metrics.jsonl");
-        metrics ??= beside is not null && File.Exists(beside) ? beside
-            : Directory.EnumerateFiles(resultsDir, "demo-*-metrics.jsonl").Order(StringComparer.Ordinal).LastOrDefault();
+        // the demo's metrics ship gzip-compressed (demo-<date>-metrics.jsonl.gz, regen_demo.sh) or plain
+        string? beside = demoMd is null ? null : new[] { ".jsonl.gz", ".jsonl" }
+            .Select(ext => Path.Combine(Path.GetDirectoryName(demoMd)!, Path.GetFileNameWithoutExtension(demoMd) + "-metrics" + ext)).FirstOrDefault(File.Exists);
+        metrics ??= beside ?? Directory.EnumerateFiles(resultsDir, "demo-*-metrics.jsonl*")
+            .Where(f => f.EndsWith(".jsonl", StringComparison.Ordinal) || f.EndsWith(".jsonl.gz", StringComparison.Ordinal)).Order(StringComparer.Ordinal).LastOrDefault();
         string? absent = metrics is not null ? null
-            : $"absent: no demo-*-metrics.jsonl in {resultsDir} (benchmarks/scripts/regen_demo.sh ships one with each demo table; or pass --metrics FILE)";
+            : $"absent: no demo-*-metrics.jsonl(.gz) in {resultsDir} (benchmarks/scripts/regen_demo.sh ships one with each demo table; or pass --metrics FILE)";
         return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent)
         {
             Reports = Directory.EnumerateFiles(resultsDir, "*.md").Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList(),
         };
     }
 
-    /// <summary>Reads step and loss (and stage, when present) from each line; `train` and `recipe` spell keys differently, so keys match case-insensitively.</summary>
+    /// <summary>Reads step and loss (and stage, when present) from each line of a metrics.jsonl (or .jsonl.gz); `train`
+    /// and `recipe` once spelled keys differently, so keys match case-insensitively.</summary>
     public static LossCurves ReadLoss(string path)
     {
         var byStage = new Dictionary<string, List<(double, double)>>();
         var order = new List<string>();
         int lineNo = 0;
-        foreach (string line in File.ReadLines(path))
+        using var stream = File.OpenRead(path);
+        using var reader = new StreamReader(path.EndsWith(".gz", StringComparison.Ordinal) ? new System.IO.Compression.GZipStream(stream, System.IO.Compression.CompressionMode.Decompress) : stream);
+        while (NextLine(reader, path) is { } line)
         {
             lineNo++;
             if (line.Trim().Length == 0) continue;
@@ -88,6 +93,13 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
         }
         if (order.Count == 0) throw new InvalidDataException($"{path}: no metrics lines");
         return new LossCurves(path, order.Select(s => (s, (IReadOnlyList<(double, double)>)byStage[s])).ToList());
+    }
+
+    /// <summary>The next line, or null at the end; a damaged gzip stream is one error naming the file.</summary>
+    static string? NextLine(StreamReader reader, string path)
+    {
+        try { return reader.ReadLine(); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"{path}: not a readable gzip file: {e.Message}", e); }
     }
 
     static double? Field(JsonObject o, string name)

@@ -89,7 +89,7 @@ public sealed class MetricsLog : IDisposable
             Mfu = Throughput.Mfu(m.TokensPerSecond),
             MfuCurrent = Throughput.Mfu(current),
             MfuPeakFlops = Throughput.PeakFlops,
-            MfuPeak = Throughput.PeakSource,
+            MfuPeak = m.Step == firstStep ? Throughput.PeakSource : null,   // the description once per run or stage
             ElapsedS = m.ElapsedSeconds,
             EtaS = m.ElapsedSeconds / done * (m.TotalSteps - m.Step),
             StepS = m.StepSeconds,

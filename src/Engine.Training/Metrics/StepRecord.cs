@@ -7,8 +7,8 @@ namespace Engine.Training.Metrics;
 /// One line of metrics.jsonl, the same for `engine train` and `engine recipe` (docs/BENCHMARKS.md, "metrics.jsonl"):
 /// snake_case keys, absent = not applicable. Tokens/s exclude validation time; tokens_per_s is the average since the
 /// run (or stage) started and counts every rank, tokens_per_s_per_device divides it by the ranks, tokens_per_s_current
-/// is over the last <see cref="MetricsLog.CurrentWindow"/> steps. MFU is against mfu_peak_flops, the pinned peak
-/// (<see cref="CpuRoof"/>) that mfu_peak describes. step_s/compute_s min and max are over the ranks (compute = up to the
+/// is over the last <see cref="MetricsLog.CurrentWindow"/> steps. MFU is against mfu_peak_flops (every line), the pinned
+/// peak (<see cref="CpuRoof"/>) that mfu_peak describes on the first line of a run or stage. step_s/compute_s min and max are over the ranks (compute = up to the
 /// gradient wait: the slowest rank is the straggler the others wait for).
 /// </summary>
 public sealed record StepRecord
@@ -33,7 +33,8 @@ public sealed record StepRecord
     public double? MfuCurrent { get; init; }
     /// <summary>The peak FLOP/s of all devices the MFU divides by (null: none pinned).</summary>
     public double? MfuPeakFlops { get; init; }
-    /// <summary>Where that peak comes from (datasheet, the CPU calibration with its date and machine, --peak).</summary>
+    /// <summary>Where that peak comes from (datasheet, the CPU calibration with its date and machine, --peak, or why
+    /// there is none): on the first line of a run (or of a resumed run) and of each recipe stage.</summary>
     public string? MfuPeak { get; init; }
     public double ElapsedS { get; init; }
     /// <summary>Estimated seconds to the last step at this run's mean pace so far.</summary>

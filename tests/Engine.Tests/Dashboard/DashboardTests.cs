@@ -110,6 +110,12 @@ public class DashboardTests
         Assert.Equal(dir.File("demo-2026-11-30-metrics.jsonl"), input.Loss!.File);     // the newest shipped metrics, though older than the table
         File.Copy(Path.Combine(RepoFiles.Fixtures, "demo-2026-11-30-metrics.jsonl"), dir.File("demo-2026-12-01-metrics.jsonl"));
         Assert.Equal(dir.File("demo-2026-12-01-metrics.jsonl"), DashboardInput.Load(dir.Path).Loss!.File);   // the table's own, when shipped
+        // as regen_demo.sh ships it: gzip-compressed, the same curves
+        using (var gz = new System.IO.Compression.GZipStream(File.Create(dir.File("demo-2026-12-01-metrics.jsonl.gz")), System.IO.Compression.CompressionLevel.Optimal))
+            gz.Write(File.ReadAllBytes(dir.File("demo-2026-12-01-metrics.jsonl")));
+        var fromGz = DashboardInput.Load(dir.Path).Loss!;
+        Assert.Equal(dir.File("demo-2026-12-01-metrics.jsonl.gz"), fromGz.File);
+        Assert.Equal(input.Loss.Stages.SelectMany(s => s.Points), fromGz.Stages.SelectMany(s => s.Points));
     }
 
     [Fact]
@@ -121,7 +127,7 @@ public class DashboardTests
         string html = DashboardPage.Render(input, Generated);
         Assert.Empty(DashboardPage.ChartIds(html));
         Assert.Contains("absent: no train-suite result with tokens/s", html);
-        Assert.Contains("absent: no demo-*-metrics.jsonl in", html);
+        Assert.Contains("absent: no demo-*-metrics.jsonl(.gz) in", html);
         File.WriteAllText(dir.File("m.jsonl"), "{\"step\": 1, \"loss\": 2.5}\n{\"step\": 2}\n");
         var e = Assert.Throws<InvalidDataException>(() => DashboardInput.Load(dir.Path, dir.File("m.jsonl")));
         Assert.Equal($"{dir.File("m.jsonl")}:2: a metrics line needs numeric \"step\" and \"loss\"", e.Message);

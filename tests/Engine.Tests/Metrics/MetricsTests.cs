@@ -46,7 +46,7 @@ public class MetricsTests
         {
             var raw = JsonNode.Parse(lines[i])!.AsObject();
             foreach (string key in new[] { "step", "total_steps", "loss", "grad_norm", "lr", "tokens", "tokens_per_s", "tokens_per_s_per_device", "tokens_per_s_current", "mfu", "mfu_current",
-                "mfu_peak_flops", "mfu_peak", "elapsed_s", "eta_s", "step_s", "host_mem_bytes", "skipped_steps" })
+                "mfu_peak_flops", "elapsed_s", "eta_s", "step_s", "host_mem_bytes", "skipped_steps" })
                 Assert.True(raw.ContainsKey(key), $"metrics.jsonl line {i + 1} lacks \"{key}\": {lines[i]}");
             Assert.False(raw.ContainsKey("stage"));         // engine train: no stage
             Assert.False(raw.ContainsKey("step_s_max"));    // one rank: no spread
@@ -59,9 +59,10 @@ public class MetricsTests
             Assert.Equal((i + 1) * 4 * 32, r.Tokens);
             Assert.Equal(r.TokensPerS, r.TokensPerSPerDevice);
             Assert.Equal(m.TokensPerSecond * 185_664 / 50e9, r.Mfu!.Value, 12);
-            // the peak is in every line: the figure MFU divides by and where it comes from
+            // the peak MFU divides by is in every line, where it comes from in the run's first
             Assert.Equal(50e9, r.MfuPeakFlops);
-            Assert.Contains("pinned by --peak / ENGINE_PEAK_GFLOPS=50", r.MfuPeak);
+            if (i == 0) Assert.Contains("pinned by --peak / ENGINE_PEAK_GFLOPS=50", r.MfuPeak);
+            else Assert.False(raw.ContainsKey("mfu_peak"));
             // current tokens/s: the steps since the first (the window of 10 is not full here) over their own wall times
             double current = i == 0 ? m.TokensPerSecond : i * 4 * 32 / result.Steps.Skip(1).Take(i).Sum(x => x.StepSeconds);
             Assert.Equal(current, r.TokensPerSCurrent, 9);
@@ -139,7 +140,8 @@ public class MetricsTests
         Assert.Equal(10 * 1000 / Enumerable.Range(6, 10).Sum(k => k / 100.0), recs[14].TokensPerSCurrent, 9);   // steps 6..15
         Assert.True(recs[14].TokensPerSCurrent < recs[14].TokensPerS);                       // slowing down: below the average
         Assert.Equal(recs[14].TokensPerSCurrent * 1000 / 1e9, recs[14].MfuCurrent!.Value, 12);
-        Assert.Equal((1e9, "stated"), (recs[14].MfuPeakFlops!.Value, recs[14].MfuPeak));
+        Assert.Equal((1e9, "stated"), (recs[0].MfuPeakFlops!.Value, recs[0].MfuPeak));
+        Assert.Equal((1e9, null), (recs[14].MfuPeakFlops!.Value, recs[14].MfuPeak));          // described once per run or stage
         log.BeginStage("next", new Throughput(1000, null, 1, "no peak"));
         var first = log.Record(new StepMetrics(1, 3, 1, 1e-3, 1, 500, 123, 4, null, StepSeconds: 1));
         Assert.Equal(123, first.TokensPerSCurrent);                                        // a stage starts its own window
