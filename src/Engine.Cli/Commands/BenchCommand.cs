@@ -92,12 +92,14 @@ public static class BenchCommand
         var python = new Option<string?>("--python") { Description = "interpreter with torch for the PyTorch peer ('none' to skip)", DefaultValueFactory = _ => "/usr/bin/python3" };
         var steps = new Option<int>("--steps") { Description = "timed steps (median reported)", DefaultValueFactory = _ => 6 };
         var profile = new Option<bool>("--profile") { Description = "print per-op time, calls and bytes over the steps" };
+        var peak = PeakOption.Create();
         var output = Out();
         var shared = Shared();
         var cmd = new Command("train", "tokens/s and MFU of a full training step (~12M-parameter Llama), engine vs PyTorch on the same exported weights and batches")
-            { device, python, steps, profile, output, shared };
+            { device, python, steps, profile, peak, output, shared };
         cmd.SetAction(p => Cli.Guard(() =>
         {
+            PeakOption.Apply(p, peak);
             string? py = p.GetValue(python);
             if (py == "none") py = null;
             if (p.GetValue(steps) < 1) throw new ArgumentException("--steps must be at least 1");
@@ -164,12 +166,14 @@ public static class BenchCommand
     {
         var device = new Option<string>("--device") { Description = "cpu or cuda (train and eval)", DefaultValueFactory = _ => "cpu" };
         var quick = new Option<bool>("--quick") { Description = "short versions (gemm --quick, 3 train steps, 1 data repeat)" };
+        var peak = PeakOption.Create();
         var output = Out();
         var shared = Shared();
         var cmd = new Command("all", "gemm, data, train, eval and (with a GPU) kernels, one result file each; comm and dp run under engine launch")
-            { device, quick, output, shared };
+            { device, quick, peak, output, shared };
         cmd.SetAction(p => Cli.Guard(() =>
         {
+            PeakOption.Apply(p, peak);
             string? dir = p.GetValue(output);
             bool sh = p.GetValue(shared), q = p.GetValue(quick);
             int rc = 0;

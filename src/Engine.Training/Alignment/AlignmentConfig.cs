@@ -11,8 +11,10 @@ namespace Engine.Training.Alignment;
 public sealed class AlignmentSection
 {
     /// <summary>The tuned model: a stage name or a model directory.</summary>
+    [ConfigPath(NameOrPath = true)]
     public string Policy { get; set; } = "";
     /// <summary>Other models (stages or directories) whose sampled answers are ranked into pairs too.</summary>
+    [ConfigPath(NameOrPath = true)]
     public string[] Compare { get; set; } = [];
     /// <summary>Instruction or sentiment sources of the recipe whose examples are the prompts.</summary>
     public string[] Sources { get; set; } = [];
@@ -106,6 +108,7 @@ public sealed class AlignmentEvalSection
     /// <summary>Held-out prompts evaluated per policy (greedy answers; one sampled answer each for the KL).</summary>
     public int MaxPrompts { get; set; } = 64;
     /// <summary>Sentiment rows (csv label,sentence or jsonl) asked in the instruction format; default eval.few_shot_file.</summary>
+    [ConfigPath]
     public string? SentimentFile { get; set; }
     public int SentimentExamples { get; set; } = 100;
 }

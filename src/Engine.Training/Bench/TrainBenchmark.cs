@@ -97,6 +97,7 @@ public static class TrainBenchmark
                     ["engine_final_loss"] = loss,
                     ["mfu"] = throughput.Mfu(BenchStats.Of(rates).Median),
                     ["mfu_peak"] = throughput.PeakSource,
+                    ["mfu_peak_flops"] = throughput.PeakFlops,
                 },
             };
             log?.Invoke(FormattableString.Invariant($"engine: {entry.Median:F0} tokens/s (median of {rates.Count}), MFU {Pct(entry.Params!["mfu"])} of {throughput.PeakSource}"));
@@ -107,14 +108,21 @@ public static class TrainBenchmark
                 string args = $"{script} --weights {work} --tokens {tokens} --seq {o.Seq} --batch {o.Batch} --steps {o.Steps} --warmup {o.Warmup}";
                 log?.Invoke($"running PyTorch peer: {python} {args}");
                 var threads = Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture);
-                var (code, stdout, stderr) = MachineInfo.Run(python, args, new Dictionary<string, string> { ["OMP_NUM_THREADS"] = threads, ["MKL_NUM_THREADS"] = threads });
+                var (code, stdout, stderr) = MachineInfo.Run(python, args, new Dictionary<string, string> { ["OMP_NUM_THREADS"] = threads, ["MKL_NUM_THREADS"] = threads }, peer: true);
+                notes.Add(MachineInfo.UnpinNote("the PyTorch peer"));
                 if (code != 0) notes.Add($"PyTorch peer failed: exit {code}: {stderr.Trim().Split('\n').LastOrDefault()}");
                 else
                 {
                     var peer = JsonNode.Parse(stdout.Trim().Split('\n').Last())!.AsObject();
                     var seconds = peer["step_seconds"]!.AsArray().Select(x => x!.GetValue<double>()).ToList();
                     double peerFirst = peer["first_loss"]!.GetValue<double>();
-                    entry = entry.WithPeer(BenchEntries.Peer("pytorch", seconds.Select(t => n / t).ToList(), version: (string?)peer["framework"]));
+                    // the peer's BLAS and kernels, as its own process reports them (benchmarks/scripts/blas_kernel.py)
+                    var kernel = peer["blas"]?["openblas"];
+                    string version = (string?)peer["framework"] + (kernel != null ? $", OpenBLAS {(string?)kernel["corename"]} kernels" : "") +
+                        (peer["cpu_capability"] is { } cap ? $", ATen {(string?)cap}" : "");
+                    entry = entry.WithPeer(BenchEntries.Peer("pytorch", seconds.Select(t => n / t).ToList(), version: version));
+                    entry.Params!["pytorch_blas"] = peer["blas"]?.DeepClone();
+                    entry.Params!["pytorch_cpu_capability"] = peer["cpu_capability"]?.DeepClone();
                     entry.Params!["pytorch_first_loss"] = peerFirst;
                     entry.Params!["pytorch_threads"] = peer["threads"]?.DeepClone();
                     entry.Params!["peer_mfu"] = throughput.Mfu(entry.Peer!.Median);

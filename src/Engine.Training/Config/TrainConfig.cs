@@ -16,9 +16,11 @@ public sealed class TrainConfig
     /// <summary>LoRA fine-tuning of model.init_from (null: every parameter is trained).</summary>
     public LoraSection? Lora { get; set; }
 
-    public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
+    /// <summary>Reads <paramref name="path"/>: its relative paths against its folder, those of <paramref name="overrides"/>
+    /// (--set) against <paramref name="workingDirectory"/> (default: the current directory).</summary>
+    public static TrainConfig Load(string path, IEnumerable<string>? overrides = null, string? workingDirectory = null)
     {
-        var cfg = ConfigBinder.Load<TrainConfig>(path, overrides);
+        var cfg = ConfigBinder.Load<TrainConfig>(path, overrides, workingDirectory);
         cfg.BaseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
         try { cfg.Validate(); }
         catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
@@ -131,14 +133,17 @@ public sealed class ModelSection
     public double InitializerRange { get; set; } = 0.02;
     public bool CheckpointActivations { get; set; }
     /// <summary>Start from a Hugging Face-layout directory (config.json + model.safetensors) instead of random init.</summary>
+    [ConfigPath]
     public string? InitFrom { get; set; }
 }
 
 public sealed class DataSection
 {
     /// <summary>Text files (.txt, .jsonl with "text", FPB .csv, instruction .json/.jsonl) to train on.</summary>
+    [ConfigPath]
     public string[] Train { get; set; } = [];
     /// <summary>"byte" for the byte-level tokenizer, or the path of a Hugging Face tokenizer.json.</summary>
+    [ConfigPath(Words = ["byte"])]
     public string Tokenizer { get; set; } = "byte";
     /// <summary>Share of the tokens held out (from the end of each file) for validation loss.</summary>
     public double ValidFraction { get; set; } = 0.05;
@@ -168,6 +173,7 @@ public sealed class TrainSection
 
 public sealed class OutputSection
 {
+    [ConfigPath]
     public string Dir { get; set; } = "runs/train";
     /// <summary>Weights dtype in model.safetensors: F32 or BF16.</summary>
     public string SaveDtype { get; set; } = "F32";

@@ -26,9 +26,11 @@ public sealed class RecipeConfig
     /// <summary>A config path: <c>data:…</c> under the data folder, else relative to the config's folder (<see cref="Engine.Data.DataPaths.Resolve"/>).</summary>
     public string Resolve(string path) => Engine.Data.DataPaths.Resolve(path, BaseDirectory);
 
-    public static RecipeConfig Load(string path, IEnumerable<string>? overrides = null)
+    /// <summary>Reads <paramref name="path"/>: its relative paths against its folder, those of <paramref name="overrides"/>
+    /// (--set) against <paramref name="workingDirectory"/> (default: the current directory).</summary>
+    public static RecipeConfig Load(string path, IEnumerable<string>? overrides = null, string? workingDirectory = null)
     {
-        var cfg = ConfigBinder.Load<RecipeConfig>(path, overrides);
+        var cfg = ConfigBinder.Load<RecipeConfig>(path, overrides, workingDirectory);
         cfg.BaseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
         try { cfg.Validate(); }
         catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
@@ -101,6 +103,7 @@ public sealed class TokenizerSection
     /// <summary>byte (no training) or bpe (trained on the recipe's pretraining sources, or loaded from path).</summary>
     public string Kind { get; set; } = "byte";
     /// <summary>A Hugging Face tokenizer.json to load instead of training.</summary>
+    [ConfigPath]
     public string? Path { get; set; }
     public int VocabSize { get; set; } = 4096;
     /// <summary>Sources whose training documents train the BPE (default: every pretrain source).</summary>
@@ -118,6 +121,7 @@ public sealed class SourceSection
     /// <summary>general or finance: groups sources for per-domain perplexity.</summary>
     public string Domain { get; set; } = "general";
     public string Language { get; set; } = "en";
+    [ConfigPath]
     public string[] Files { get; set; } = [];
     /// <summary>Cap on documents read (0 = all), taken in file order.</summary>
     public int MaxDocs { get; set; }
@@ -129,6 +133,7 @@ public sealed class StageSection
 {
     public string Name { get; set; } = "";
     /// <summary>random, the name of an earlier stage, or a model directory (config.json + model.safetensors).</summary>
+    [ConfigPath(NameOrPath = true, Words = ["random"])]
     public string Init { get; set; } = "random";
     /// <summary>Mixture weights by source name (normalised); end_weights + ramp_tokens make a linear schedule.</summary>
     public Dictionary<string, double> Weights { get; set; } = new();
@@ -170,7 +175,9 @@ public sealed class EvalSection
     /// <summary>Held-out tokens per domain for perplexity.</summary>
     public long PerplexityTokens { get; set; } = 16384;
     /// <summary>Few-shot classification set (csv label,sentence or jsonl text,label) and the pool its shots come from.</summary>
+    [ConfigPath]
     public string? FewShotFile { get; set; }
+    [ConfigPath]
     public string? FewShotPool { get; set; }
     public int Shots { get; set; } = 3;
     public int MaxExamples { get; set; } = 200;
@@ -178,6 +185,7 @@ public sealed class EvalSection
     public bool Instruction { get; set; } = true;
     /// <summary>Further labelled sets (csv label,sentence or jsonl text,label) scored zero-shot in instruction format: the chat
     /// template sentiment sources train with, label likelihood after the answer marker (raw and calibrated).</summary>
+    [ConfigPath]
     public string[] InstructionFiles { get; set; } = [];
     /// <summary>Examples per instruction-format set (0 = max_examples).</summary>
     public int InstructionMaxExamples { get; set; }
@@ -185,6 +193,7 @@ public sealed class EvalSection
 
 public sealed class RecipeOutput
 {
+    [ConfigPath]
     public string Dir { get; set; } = "runs/recipe";
     /// <summary>A checkpoint every N steps of a stage (checkpoints/NN_stage/step_…; 0 = only when stopped early).</summary>
     public int CheckpointEvery { get; set; } = 50;
