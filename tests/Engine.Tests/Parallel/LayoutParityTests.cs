@@ -1,0 +1,165 @@
+using Engine.Core;
+using Engine.Core.Distributed;
+using Engine.Data;
+using Engine.Model.IO;
+using Engine.Parallel;
+using Engine.Training;
+using Engine.Training.Config;
+using Engine.Training.Parallel;
+using Engine.Training.Recipes;
+
+namespace Engine.Tests.Parallel;
+
+/// <summary>
+/// Every run kind goes through the one assembler, so every run kind accepts every layout: `engine train` and a recipe
+/// stage (a mixture ramp with hybrid-tuning's answer-only instruction rows) on 2 thread ranks at ZeRO 0/1/2, on 2
+/// pipeline stages (1F1B) and on 2 stages × 2 replicas each equal one process on the same global batch (replicas ×
+/// micro-batches) — the losses of every step and the final weights within 1e-5 relative (of the loss; of each tensor's
+/// largest magnitude), the per-source losses too.
+/// <para>
+/// Why 1e-5 holds: the ranks compute the same sums in another order (the data-parallel reduction sums replicas' partial
+/// gradients, the pipeline's gradient norm sums stages), so gradients differ in the last fp32 bits (~1e-7 relative) and
+/// AdamW carries that into the weights at a similar size; at lr 1e-3 over three steps that stays two orders below the
+/// bound (see <see cref="DataParallelTests"/> for the same argument at a larger rate).
+/// </para>
+/// </summary>
+public class LayoutParityTests
+{
+    const double Rel = 1e-5;
+    const int Steps = 3, MicroPerReplica = 2;
+
+    /// <summary>(ranks, pipeline stages, ZeRO stage).</summary>
+    public static TheoryData<int, int, int> Layouts => new() { { 2, 1, 0 }, { 2, 1, 1 }, { 2, 1, 2 }, { 2, 2, 0 }, { 4, 2, 1 } };
+
+    public sealed record Outcome(IReadOnlyList<StepMetrics> Steps, Dictionary<string, float[]> Weights);
+
+    /// <summary>Every tensor of every safetensors file in a model directory (one file, or one shard per stage).</summary>
+    internal static Dictionary<string, float[]> Weights(string dir)
+    {
+        var all = new Dictionary<string, float[]>(StringComparer.Ordinal);
+        foreach (var file in Directory.GetFiles(dir, "*.safetensors"))
+        {
+            using var f = Engine.Model.IO.SafeTensorsFile.Open(file);
+            foreach (var e in f.Entries) all.Add(e.Name, f.ReadFloat32(e.Name));
+        }
+        Assert.NotEmpty(all);
+        return all;
+    }
+
+    /// <summary>Losses per step (and per source) within <see cref="Rel"/> of the loss; every tensor within Rel of its
+    /// largest magnitude; the same set of tensors.</summary>
+    internal static void AssertSame(Outcome single, Outcome multi, string what)
+    {
+        Assert.Equal(single.Steps.Count, multi.Steps.Count);
+        for (int i = 0; i < single.Steps.Count; i++)
+        {
+            var (a, b) = (single.Steps[i], multi.Steps[i]);
+            Assert.True(Math.Abs(a.Loss - b.Loss) <= Rel * Math.Abs(a.Loss), $"{what}: step {i + 1} loss {b.Loss} vs {a.Loss}");
+            foreach (var (source, loss) in a.SourceLosses ?? new Dictionary<string, double>())
+                Assert.True(Math.Abs(loss - b.SourceLosses![source]) <= Rel * Math.Abs(loss), $"{what}: step {i + 1} {source} loss {b.SourceLosses[source]} vs {loss}");
+            Assert.Equal(a.Tokens, b.Tokens);
+        }
+        Assert.Equal(single.Weights.Keys.Order(StringComparer.Ordinal), multi.Weights.Keys.Order(StringComparer.Ordinal));
+        foreach (var (name, w) in single.Weights)
+        {
+            var got = multi.Weights[name];
+            double scale = w.Max(x => Math.Abs((double)x)), worst = 0;
+            for (int i = 0; i < w.Length; i++) worst = Math.Max(worst, Math.Abs(w[i] - (double)got[i]));
+            Assert.True(worst <= Rel * scale, $"{what}: {name} differs by {worst:E2}, more than {Rel:E0} of its largest magnitude {scale:E2}");
+        }
+    }
+
+    // ---- engine train ------------------------------------------------------------------------------------------------
+
+    static TrainConfig Train(string dir, int accum, ParallelSection parallel) => new()
+    {
+        BaseDirectory = dir,
+        Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 4, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
+        Data = new DataSection { Train = [DataPaths.File("general_en/tinyshakespeare.txt")], ValidFraction = 0.01 },
+        Train = new TrainSection { SeqLen = 32, BatchSize = 2, GradAccum = accum, Steps = Steps, Seed = 9, EvalBatches = 1 },
+        Optim = new AdamWOptions { Lr = 1e-3 },
+        Schedule = new ScheduleOptions { Kind = ScheduleKind.Constant },
+        Output = new OutputSection { Dir = Path.Combine(dir, "out") },
+        Parallel = parallel,
+    };
+
+    static Outcome RunTrain(TrainConfig cfg, ICommunicator? comm)
+    {
+        cfg.Validate();
+        var r = new Trainer(cfg, CpuBackend.Instance) { Communicator = comm }.Run(TestContext.Current.CancellationToken);
+        return new Outcome(r.Steps, comm is { Rank: not 0 } ? [] : Weights(r.WeightsDir));
+    }
+
+    [Theory]
+    [MemberData(nameof(Layouts))]
+    public void TrainEqualsOneProcess(int world, int pp, int zero)
+    {
+        int replicas = world / pp;
+        using var one = new TempDir();
+        using var many = new TempDir();
+        var single = RunTrain(Train(one.Path, replicas * MicroPerReplica, new ParallelSection()), null);
+        var ranks = ThreadCommunicator.Run(world, c => RunTrain(Train(many.Path, MicroPerReplica, new ParallelSection { Pp = pp, Zero = zero, BucketMb = 0.01 }), c));
+        AssertSame(single, ranks[0], $"train on {world} ranks, pp {pp}, ZeRO-{zero}");
+        foreach (var r in ranks.Skip(1)) Assert.Equal(ranks[0].Steps.Select(s => s.Loss), r.Steps.Select(s => s.Loss));
+    }
+
+    // ---- a recipe stage: mixture ramp + hybrid-tuning ----------------------------------------------------------------
+
+    internal static RecipeConfig Recipe(string dir, int accum, ParallelSection parallel, LoraSection? lora = null) => new()
+    {
+        Name = "layouts",
+        Seed = 11,
+        BaseDirectory = dir,
+        Tokenizer = new TokenizerSection { Kind = "byte" },
+        Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
+        Sources = new()
+        {
+            ["gen"] = new SourceSection { Files = [DataPaths.File("general_en/wikitext2_test_a.txt")], Domain = "general", Language = "en", MaxDocs = 60 },
+            ["inst"] = new SourceSection { Kind = "instruct", Files = [DataPaths.File("instruct/fin_en_formula.jsonl")], MaxDocs = 40 },
+        },
+        Stages = lora == null
+            ? [HybridStage("hybrid", "random", accum)]
+            : [HybridStage("base", "random", accum), HybridStage("lora", "base", accum, lora)],
+        Eval = new EvalSection { SeqLen = 32, Batch = 2, PerplexityTokens = 64 },
+        Output = new RecipeOutput { Dir = Path.Combine(dir, "out"), CheckpointEvery = 0 },
+        Parallel = parallel,
+    };
+
+    /// <summary>Pretraining text ramped down as instruction rows (answer-only loss) ramp up, over the stage's tokens.</summary>
+    static StageSection HybridStage(string name, string init, int accum, LoraSection? lora = null) => new()
+    {
+        Lora = lora,
+        Name = name,
+        Init = init,
+        Weights = new() { ["gen"] = 0.8, ["inst"] = 0.2 },
+        EndWeights = new() { ["gen"] = 0.3, ["inst"] = 0.7 },
+        RampTokens = 256,
+        Steps = Steps,
+        BatchSize = 2,
+        SeqLen = 32,
+        GradAccum = accum,
+        Optim = new AdamWOptions { Lr = 1e-3 },
+        Schedule = new ScheduleOptions { Kind = ScheduleKind.Constant },
+    };
+
+    internal static Outcome RunRecipe(RecipeConfig cfg, ICommunicator? comm)
+    {
+        cfg.Validate();
+        var reports = new RecipeRunner(cfg, CpuBackend.Instance) { Communicator = comm }.Run(TestContext.Current.CancellationToken);
+        var last = reports[^1];
+        return new Outcome(last.Steps, Weights(last.WeightsDir));
+    }
+
+    [Theory]
+    [MemberData(nameof(Layouts))]
+    public void RecipeStageEqualsOneProcess(int world, int pp, int zero)
+    {
+        int replicas = world / pp;
+        using var one = new TempDir();
+        using var many = new TempDir();
+        var single = RunRecipe(Recipe(one.Path, replicas * MicroPerReplica, new ParallelSection()), null);
+        Assert.Contains(single.Steps, s => s.SourceLosses!.ContainsKey("inst"));   // the ramp reached the instruction rows
+        var ranks = ThreadCommunicator.Run(world, c => RunRecipe(Recipe(many.Path, MicroPerReplica, new ParallelSection { Pp = pp, Zero = zero, BucketMb = 0.01 }), c));
+        AssertSame(single, ranks[0], $"recipe stage on {world} ranks, pp {pp}, ZeRO-{zero}");
+    }
+}
