@@ -62,7 +62,18 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, Gradient
             {
                 var (op, m) = (actions[k].Op, actions[k].MicroBatch);
                 var b = batches[m];
-                int rows = b.RowSources.Length, n = b.Ids.Length, T = n / rows;
+                int rows = b.RowSources.Length, n = b.Ids.Length, T = rows == 0 ? 0 : n / rows;
+                if (rows == 0)
+                {
+                    // this replica's share of a small global batch is empty, on every stage alike: nothing crosses the
+                    // stages, but the stage's gradient buckets still reduce with the other replicas'
+                    if (op == PipeOp.Backward)
+                    {
+                        sync.BeginMicroBatch(last: k == lastBackward);
+                        sync.EndMicroBatch();
+                    }
+                    continue;
+                }
                 if (op == PipeOp.Forward)
                 {
                     var scope = scopes[m] = TensorScope.Detached();

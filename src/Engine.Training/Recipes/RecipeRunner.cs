@@ -173,8 +173,9 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         }
         if (cfg.Alignment is { } al)
         {
-            Alignment = new Alignment.AlignmentRunner(cfg, al, backend, sources, n => stageWeights.TryGetValue(n, out var d) ? d : cfg.Resolve(n), baseTokenizer!) { Log = Log }.Run(outDir);
-            RecipeReportWriter.Write(outDir, cfg, reports, Alignment);
+            Alignment = new Alignment.AlignmentRunner(cfg, al, backend, sources, n => stageWeights.TryGetValue(n, out var d) ? d : cfg.Resolve(n), baseTokenizer!)
+            { Log = Log, Communicator = comm }.Run(outDir);
+            if (Lead) RecipeReportWriter.Write(outDir, cfg, reports, Alignment);
         }
         else if (Lead && first == cfg.Stages.Length && reports.Count > 0) RecipeReportWriter.Write(outDir, cfg, reports);
         comm.Barrier();

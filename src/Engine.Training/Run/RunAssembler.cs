@@ -75,7 +75,8 @@ public sealed class AssembledRun : IDisposable
     public LoraAdapters? Lora { get; private set; }
     public PipelineRunner? Pipeline { get; private set; }
     public OptimizerSet Optimizers { get; private set; } = null!;
-    public IBatchSource Data { get; private set; } = null!;
+    /// <summary>The spec's batch source; null for a run trained in rounds (<see cref="Loop"/>).</summary>
+    public IBatchSource? Data { get; private set; }
     public ITrainingLoss Loss { get; private set; } = null!;
     public Ewc? Ewc { get; private set; }
     /// <summary>The step the loop starts from (the resumed checkpoint's, else 0).</summary>
@@ -115,9 +116,9 @@ public sealed class AssembledRun : IDisposable
     {
         Model = Spec.Model.Build(Layout.Stage(Spec.Model.Shape.NumLayers));
         Model.CheckpointActivations = Spec.Layout.Recompute == "full";
-        if (Spec.ScalarHead is { } seed)
+        if (Spec.ScalarHead is { } head)
         {
-            Head = new ScalarHeadModel(Model, seed);
+            Head = head(Model);
             // the head reads the last stage's hidden states: elsewhere it is not trained
             if (!Model.Stage.IsLast)
             {
@@ -162,8 +163,8 @@ public sealed class AssembledRun : IDisposable
     /// <summary>The batch source, the loss and EWC (each may read the assembled model).</summary>
     internal void BuildData()
     {
-        Data = Spec.Data(this);
-        Loss = Spec.Loss?.Invoke(this) ?? new LanguageModelLoss(Model, Data.SourceNames, Spec.ZLoss);
+        Data = Spec.Data?.Invoke(this);
+        Loss = Spec.Loss?.Invoke(this) ?? new LanguageModelLoss(Model, (Data ?? throw new InvalidOperationException($"{Spec.Name}: the language-model loss needs the spec's data")).SourceNames, Spec.ZLoss);
         Ewc = Spec.Ewc?.Invoke(this);
     }
 
@@ -246,7 +247,8 @@ public sealed class AssembledRun : IDisposable
             Say($"checkpoint {saved}");
         }
         var validate = Spec.Validate?.Invoke(this);
-        var steps = TrainingLoop.Run(Target, Data, LoopOptions, m =>
+        var data = Data ?? throw new InvalidOperationException($"{Spec.Name} has no data of its own: it trains in rounds (Loop)");
+        var steps = TrainingLoop.Run(Target, data, LoopOptions, m =>
         {
             var record = metrics?.Record(m);
             if (ck != null && ck.Every > 0 && m.Step % ck.Every == 0 && m.Step < m.TotalSteps) Save(m);

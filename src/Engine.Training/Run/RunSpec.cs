@@ -59,9 +59,12 @@ public sealed record RunSpec
 
     // ---- model -----------------------------------------------------------------------------------------------------
     public required ModelSource Model { get; init; }
-    /// <summary>A scalar head (reward model, PPO critic: <see cref="ScalarHeadModel"/>) on the last stage, with this
-    /// seed for its initialisation; null = none.</summary>
-    public ulong? ScalarHead { get; init; }
+    /// <summary>A scalar head (reward model, PPO critic: <see cref="ScalarHeadModel"/>) around the built body, trained
+    /// on the last stage; null = none. <see cref="NewHead"/> makes a fresh one.</summary>
+    public Func<LlamaModel, ScalarHeadModel>? ScalarHead { get; init; }
+
+    /// <summary>A fresh scalar head (transformers' init of score.weight from <paramref name="seed"/>).</summary>
+    public static Func<LlamaModel, ScalarHeadModel> NewHead(ulong seed) => body => new ScalarHeadModel(body, seed);
 
     // ---- adapters --------------------------------------------------------------------------------------------------
     public LoraSection? Lora { get; init; }
@@ -76,8 +79,9 @@ public sealed record RunSpec
     public ScheduleOptions Schedule { get; init; } = new() { Kind = ScheduleKind.Constant };
 
     // ---- data and batch --------------------------------------------------------------------------------------------
-    /// <summary>The global stream of micro-batches (every rank builds the same one and trains on its share).</summary>
-    public required Func<AssembledRun, IBatchSource> Data { get; init; }
+    /// <summary>The global stream of micro-batches (every rank builds the same one and trains on its share); null for a
+    /// run driven in rounds, each with its own data (<see cref="AssembledRun.Loop"/>: PPO).</summary>
+    public Func<AssembledRun, IBatchSource>? Data { get; init; }
     /// <summary>Rows per micro-batch (sequences, pairs, rollouts).</summary>
     public required int MicroBatchRows { get; init; }
     public required int SeqLen { get; init; }
