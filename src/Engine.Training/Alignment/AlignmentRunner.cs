@@ -93,7 +93,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
 
         // reward model: the tuned model's weights (or fresh ones) and a new head, trained on the recipe's layout
         string rmDir = Path.Combine(dir, "reward_model");
-        var rmBody = a.Reward.Init == "policy" ? FromDirectory(policyDir) : Fresh(tuned.Config, seed);
+        var rmBody = a.Reward.Init == "policy" ? ModelSource.Load(policyDir, backend) : ModelSource.Fresh(tuned.Config, backend, seed);
         using (var run = RunAssembler.Assemble(RewardModelTrainer.Spec(rmBody, seed ^ 0x5C0, trainPairs, a.Reward, tok.EosId, seed, layout, l =>
         {
             Metric(new { phase = "reward", step = l.Step, loss = l.Loss, accuracy = l.Accuracy, grad_norm = l.GradNorm });
@@ -101,7 +101,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         }, Log), comm, backend))
         {
             run.Train();
-            SaveScalarHead(run, rmDir);
+            RewardModelTrainer.Save(run, rmDir);
         }
         using var rm = ScalarHeadModel.Load(rmDir, backend);
         rm.SetTrainable(false);
@@ -150,7 +150,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         var refC = PolicyOps.SequenceLogProbs(tuned, trainPairs.Select(p => p.ChosenSequence).ToList(), tok.EosId);
         var refR = PolicyOps.SequenceLogProbs(tuned, trainPairs.Select(p => p.RejectedSequence).ToList(), tok.EosId);
         string dpoDir = Path.Combine(dir, "dpo");
-        using (var run = RunAssembler.Assemble(DpoTrainer.Spec(FromDirectory(policyDir), trainPairs, refC, refR, a.Dpo, tok.EosId, seed ^ 0xD90, layout, l =>
+        using (var run = RunAssembler.Assemble(DpoTrainer.Spec(ModelSource.Load(policyDir, backend), trainPairs, refC, refR, a.Dpo, tok.EosId, seed ^ 0xD90, layout, l =>
         {
             Metric(new { phase = "dpo", step = l.Step, loss = l.Loss, accuracy = l.Accuracy, margin = l.Margin, grad_norm = l.GradNorm });
             if (l.Step % 10 == 0 || l.Step == a.Dpo.Steps) Say($"[dpo] step {l.Step}/{a.Dpo.Steps} loss {l.Loss:F4} reward acc {l.Accuracy:P0} margin {l.Margin:F3}");
@@ -196,28 +196,6 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
             Notes = notes,
         };
     }
-
-    /// <summary>A model directory as a run's model source (a pipeline stage reads only its own parameters).</summary>
-    ModelSource FromDirectory(string directory) =>
-        new(ModelIO.LoadConfig(directory), stage => ModelIO.Load(directory, backend, stage == null ? null : _ => stage));
-
-    /// <summary>A fresh model of the tuned model's shape (each parameter seeded by its name: a stage holds the same values).</summary>
-    ModelSource Fresh(LlamaConfig config, ulong seed) => new(config, stage =>
-    {
-        var m = new LlamaModel(config, backend, stage);
-        m.InitializeWeights(seed);
-        return m;
-    });
-
-    /// <summary>A trained reward model as <see cref="ScalarHeadModel.Save"/> writes it, from however many stages hold
-    /// it: the body in Hugging Face layout, the head by the last stage's writer (collective).</summary>
-    static void SaveScalarHead(AssembledRun run, string directory)
-    {
-        run.SaveWeights(directory);
-        if (run.Model.Stage.IsLast && run.Layout.WritesWeights) run.Head!.SaveHead(directory);
-        run.World.Barrier();
-    }
-
 
     /// <summary>Held-out perplexity per (domain, language) group and per domain (geometric mean over its languages),
     /// as the recipe's stages are scored.</summary>

@@ -38,6 +38,15 @@ public static class RewardModelTrainer
         };
     }
 
+    /// <summary>A trained reward model as <see cref="ScalarHeadModel.Save"/> writes it, from however many stages hold
+    /// it: the body in Hugging Face layout, the head by the last stage's writer (collective).</summary>
+    public static void Save(AssembledRun run, string directory)
+    {
+        run.SaveWeights(directory);
+        if (run.Model.Stage.IsLast && run.Layout.WritesWeights) run.Head!.SaveHead(directory);
+        run.World.Barrier();
+    }
+
     /// <summary>The longest prompt + answer of any pair.</summary>
     public static int MaxLength(IReadOnlyList<Preference> pairs) => pairs.Max(p => p.Prompt.Ids.Length + Math.Max(p.Chosen.Length, p.Rejected.Length));
 

@@ -1,4 +1,6 @@
+using Engine.Core;
 using Engine.Model;
+using Engine.Model.IO;
 using Engine.Training.Config;
 using Engine.Training.Forgetting;
 using Engine.Training.Metrics;
@@ -17,6 +19,19 @@ public sealed record ModelSource(LlamaConfig Shape, Func<PipelineStage?, LlamaMo
     public bool ReadsCheckpoint { get; init; }
     /// <summary>The model belongs to the caller: the run does not dispose it.</summary>
     public bool Borrowed { get; init; }
+
+    /// <summary>A Hugging Face model directory (a pipeline stage reads only its own parameters).</summary>
+    public static ModelSource Load(string directory, IBackend backend) =>
+        new(ModelIO.LoadConfig(directory), stage => ModelIO.Load(directory, backend, stage == null ? null : _ => stage));
+
+    /// <summary>A new model of <paramref name="config"/>'s shape (each parameter seeded by its name, so a stage holds
+    /// what the whole model would).</summary>
+    public static ModelSource Fresh(LlamaConfig config, IBackend backend, ulong seed) => new(config, stage =>
+    {
+        var m = new LlamaModel(config, backend, stage);
+        m.InitializeWeights(seed);
+        return m;
+    });
 
     /// <summary>A whole model built by the caller (one pipeline stage only: there is nothing to split).</summary>
     public static ModelSource Existing(LlamaModel model) => new(model.Config, stage => stage == null ? model
