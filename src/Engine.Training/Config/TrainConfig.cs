@@ -94,7 +94,7 @@ public sealed class TrainConfig
     public LlamaConfig ToLlamaConfig(int tokenizerVocab) => Model.ToLlamaConfig(tokenizerVocab);
 
     /// <summary>What `engine train` asks of its layout.</summary>
-    public Run.RunNeeds Needs => new("train") { Lora = Lora != null };
+    public Run.RunNeeds Needs => new("train") { Lora = Lora };
 }
 
 public sealed class ModelSection

@@ -129,12 +129,34 @@ public sealed class ParallelLayout : IDisposable
 
     sealed record ParameterSpecOwned(string Name, int[] Shape);
 
-    /// <summary>A LoRA adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors), written by rank 0.
-    /// Collective.</summary>
+    /// <summary>
+    /// A LoRA adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors). Without a pipeline rank 0
+    /// writes it; with one, every stage's writer writes its layers' adapters beside it and rank 0 joins them into one
+    /// file in stage (= state-dict) order, as one process writes it. Collective.
+    /// </summary>
     public void SaveAdapter(Engine.Model.Lora.LoraAdapters adapter, string directory, string? baseModel)
     {
-        if (Grid != null) throw new NotSupportedException("LoRA adapters with pipeline stages are not supported");
-        if (World.Rank == 0) adapter.Save(directory, baseModel);
+        if (Grid is not { } g)
+        {
+            if (World.Rank == 0) adapter.Save(directory, baseModel);
+            World.Barrier();
+            return;
+        }
+        string Part(int s) => Path.Combine(directory, $".stage{s:D3}");
+        if (WritesWeights) adapter.Save(Part(g.Stage), baseModel);
+        World.Barrier();
+        if (World.Rank == 0)
+        {
+            var tensors = new List<SafeTensorWrite>();
+            for (int s = 0; s < g.Stages; s++)
+            {
+                using var f = SafeTensorsFile.Open(Path.Combine(Part(s), Engine.Model.Lora.PeftAdapter.WeightsFile));
+                tensors.AddRange(f.Entries.Select(e => new SafeTensorWrite(e.Name, e.Shape, f.ReadFloat32(e.Name))));
+            }
+            SafeTensorsWriter.Write(Path.Combine(directory, Engine.Model.Lora.PeftAdapter.WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+            System.IO.File.Copy(Path.Combine(Part(0), Engine.Model.Lora.PeftAdapter.ConfigFile), Path.Combine(directory, Engine.Model.Lora.PeftAdapter.ConfigFile), overwrite: true);
+            for (int s = 0; s < g.Stages; s++) Directory.Delete(Part(s), recursive: true);
+        }
         World.Barrier();
     }
 

@@ -103,7 +103,7 @@ public sealed class RecipeConfig
     public Run.RunLayout Layout => Run.RunLayout.From(Parallel, Model);
 
     /// <summary>What a stage asks of the layout.</summary>
-    public static Run.RunNeeds StageNeeds(StageSection st) => new($"stage {st.Name}") { Lora = st.Lora != null };
+    public static Run.RunNeeds StageNeeds(StageSection st) => new($"stage {st.Name}") { Lora = st.Lora };
 }
 
 public sealed class TokenizerSection

@@ -30,7 +30,7 @@ public static class RunAssembler
 {
     public static AssembledRun Assemble(RunSpec spec, ICommunicator world, IBackend backend)
     {
-        var needs = new RunNeeds(spec.Name) { Lora = spec.Lora != null, Sampling = spec.Sampling };
+        var needs = new RunNeeds(spec.Name) { Lora = spec.Lora, Sampling = spec.Sampling };
         var layout = ParallelLayout.Create(world, spec.Layout, spec.Model.Shape.NumLayers, spec.GradAccum, needs);
         var run = new AssembledRun(spec, world, backend, layout);
         try

@@ -8,8 +8,8 @@ namespace Engine.Training.Run;
 /// layout refuses, naming the run, what it cannot do for it.</summary>
 public sealed record RunNeeds(string What)
 {
-    /// <summary>LoRA adapters on a frozen base.</summary>
-    public bool Lora { get; init; }
+    /// <summary>LoRA adapters on a frozen base (null: none).</summary>
+    public LoraSection? Lora { get; init; }
     /// <summary>Token-by-token sampling from the trained model inside the run (PPO's rollouts).</summary>
     public bool Sampling { get; init; }
 }
@@ -75,8 +75,8 @@ public sealed record RunLayout(ParallelSection Parallel, string Recompute = "non
             errors.Add("model.recompute = \"selective\" (recompute the attention core and SwiGLU, keep the GEMM outputs) is not available in this build: use \"full\" or \"none\"");
         else if (LegacyCheckpointFlag && Recompute == "none")
             errors.Add("model.checkpoint_activations = true contradicts model.recompute = \"none\": set model.recompute alone");
-        if (needs?.Lora == true && p.Pp > 1)
-            errors.Add($"{who}lora is not supported with pipeline stages (parallel.pp = {p.Pp}) yet: use data parallelism");
+        if (needs?.Lora is { Dropout: > 0 } lora && p.Pp > 1)
+            errors.Add($"{who}lora.dropout = {lora.Dropout} with pipeline stages (parallel.pp = {p.Pp}): each stage would draw its own dropout masks, not the whole model's; use dropout = 0 or pp = 1");
         if (needs?.Sampling == true && p.Pp > 1)
             errors.Add($"{who}parallel.pp = {p.Pp}: PPO samples its rollouts token by token with a KV cache through the whole actor, which pipeline stages split (every new token would cross all stages); " +
                 "run the alignment with parallel.pp = 1 (PPO is data-parallel over the ranks), or set alignment.ppo.steps = 0 to align with the reward model and DPO only");
