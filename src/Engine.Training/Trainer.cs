@@ -323,12 +323,12 @@ public sealed class Trainer
         long available = backend.AvailableMemoryBytes();
         var sb = new System.Text.StringBuilder();
         sb.AppendLine($"model: {shape.ParameterCount():N0} parameters; layout: {l.Describe()}, {worldSize} rank(s) on {backend.Name}");
-        sb.AppendLine($"global batch: {l.GlobalBatch} sequences × {cfg.Train.SeqLen} tokens per step");
+        sb.AppendLine($"global batch: {l.GlobalBatch} sequences × {l.SeqLen} tokens per step");
         foreach (var e in stages)
             sb.AppendLine($"  stage {e.Stage}: {e.Parameters:N0} parameters, {e.Describe()}");
         var worst = stages.MaxBy(e => e.Total)!;
         sb.Append($"per device: {MemoryEstimate.Gib(worst.Total)} of {MemoryEstimate.Gib(available)} available ({(backend.Name == "cpu" ? "host memory" : "device memory")})");
-        FitCheck.Require(worst, available);
+        FitCheck.Require(worst, available, l);
         return sb.ToString();
     }
 }

@@ -18,12 +18,13 @@ public static class FitCheck
     /// <summary>Refuses a run whose largest stage needs more than 90% of <paramref name="availableBytes"/> (null: this
     /// host's memory), naming what to change.</summary>
     public static void Require(LlamaConfig shape, RunLayout layout, PlanLayout plan, bool gpu, long? availableBytes) =>
-        Require(Stages(shape, layout, plan, gpu).MaxBy(e => e.Total)!, availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+        Require(Stages(shape, layout, plan, gpu).MaxBy(e => e.Total)!, availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, plan);
 
-    public static void Require(MemoryEstimate worst, long available)
+    /// <summary>Refuses <paramref name="worst"/> (the largest stage of <paramref name="plan"/>) above 90% of <paramref name="available"/>.</summary>
+    public static void Require(MemoryEstimate worst, long available, PlanLayout plan)
     {
         if (worst.Total > available * 0.9)
-            throw new ConfigException($"model does not fit: stage {worst.Stage} needs about {worst.Describe()} but {MemoryEstimate.Gib(available)} are available; " +
+            throw new ConfigException($"model does not fit: on {plan.Describe()}, stage {worst.Stage} needs about {worst.Describe()} but {MemoryEstimate.Gib(available)} are available; " +
                 "reduce the batch size or sequence length, the model size, set model.recompute = \"full\", raise parallel.zero, or add pipeline stages (engine plan ranks the layouts)");
     }
 }
