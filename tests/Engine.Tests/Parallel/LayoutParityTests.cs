@@ -114,13 +114,13 @@ public class LayoutParityTests
 
     /// <summary>One stage from random weights, or (with <paramref name="lora"/>) a LoRA stage on the model in
     /// <paramref name="baseModel"/>.</summary>
-    internal static RecipeConfig Recipe(string dir, int accum, ParallelSection parallel, LoraSection? lora = null, string? baseModel = null) => new()
+    internal static RecipeConfig Recipe(string dir, int accum, ParallelSection parallel, LoraSection? lora = null, string? baseModel = null, int layers = 2) => new()
     {
         Name = "layouts",
         Seed = 11,
         BaseDirectory = dir,
         Tokenizer = new TokenizerSection { Kind = "byte" },
-        Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
+        Model = new ModelSection { HiddenSize = 32, IntermediateSize = 64, NumLayers = layers, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64 },
         Sources = new()
         {
             ["gen"] = new SourceSection { Files = [DataPaths.File("general_en/wikitext2_test_a.txt")], Domain = "general", Language = "en", MaxDocs = 60 },
@@ -169,6 +169,19 @@ public class LayoutParityTests
         var ranks = ThreadCommunicator.Run(world, c => RunRecipe(Recipe(many.Path, MicroPerReplica, new ParallelSection { Pp = pp, Zero = zero, BucketMb = 0.01 }), c));
         AssertSame(single, ranks[0], $"recipe stage on {world} ranks, pp {pp}, ZeRO-{zero}");
         Assert.Equal(pp, ranks[0].Stages);
+    }
+
+    /// <summary>A recipe takes the whole [parallel] section as train does: GPipe, an uneven layer split and
+    /// parallel.micro_batches in place of the stage's grad_accum.</summary>
+    [Fact]
+    public void RecipeStageTakesTheScheduleLayerSplitAndMicroBatches()
+    {
+        using var one = new TempDir();
+        using var many = new TempDir();
+        var single = RunRecipe(Recipe(one.Path, 3, new ParallelSection(), layers: 3), null);
+        var ranks = ThreadCommunicator.Run(2, c => RunRecipe(Recipe(many.Path, 1, new ParallelSection { Pp = 2, Schedule = "gpipe", Layers = [1, 2], MicroBatches = 3 }, layers: 3), c));
+        AssertSame(single, ranks[0], "recipe stage on 2 stages (GPipe, layers [1, 2], 3 micro-batches)");
+        Assert.Equal(2, ranks[0].Stages);
     }
 
     // ---- a LoRA stage: adapters per pipeline stage -------------------------------------------------------------------
