@@ -1,5 +1,3 @@
-using System.CommandLine;
-using Engine.Cli.Commands;
 using Engine.Core;
 using Engine.Parallel;
 using Engine.Training;
@@ -49,18 +47,6 @@ public class MicroBatchRuleTests
         return path;
     }
 
-    static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(PlanCommand.Create());
-        var (err, output) = (new StringWriter(), new StringWriter());
-        var (oldErr, oldOut) = (Console.Error, Console.Out);
-        Console.SetError(err);
-        Console.SetOut(output);
-        try { return (Engine.Cli.Cli.Run(root, args), output.ToString(), err.ToString()); }
-        finally { Console.SetError(oldErr); Console.SetOut(oldOut); }
-    }
-
     [Theory]
     [InlineData(1, 1, 0, 2)]
     [InlineData(1, 1, 3, 1)]    // micro_batches at pp = 1: what used to be described as one micro-batch
@@ -82,7 +68,7 @@ public class MicroBatchRuleTests
         Assert.Contains($"layout: {described}, {world} rank(s)", dry);
         Assert.Contains($"global batch: {plan.GlobalBatch} sequences × 16 tokens per step", dry);
 
-        var (code, output, err) = Cli("plan", "--model", path, "--gpus", world.ToString(System.Globalization.CultureInfo.InvariantCulture), "--top", "1");
+        var (code, output, err) = PlanCliTests.Run("plan", "--model", path, "--gpus", world.ToString(System.Globalization.CultureInfo.InvariantCulture), "--top", "1");
         Assert.True(code == 0, err);
         Assert.Contains($"configured layout ({Path.GetFileName(path)} on {world} ranks): {described}; global batch: {plan.GlobalBatch} sequences", output);
 
