@@ -149,10 +149,10 @@ public class LayoutParityTests
         Schedule = new ScheduleOptions { Kind = ScheduleKind.Constant },
     };
 
-    internal static Outcome RunRecipe(RecipeConfig cfg, ICommunicator? comm)
+    internal static Outcome RunRecipe(RecipeConfig cfg, ICommunicator? comm, string? resume = null)
     {
         cfg.Validate();
-        var reports = new RecipeRunner(cfg, CpuBackend.Instance) { Communicator = comm }.Run(TestContext.Current.CancellationToken);
+        var reports = new RecipeRunner(cfg, CpuBackend.Instance) { Communicator = comm, Resume = resume }.Run(TestContext.Current.CancellationToken);
         var last = reports[^1];
         return Read(last.Steps, last.WeightsDir);
     }
@@ -197,13 +197,7 @@ public class LayoutParityTests
         // the frozen base both runs adapt, written once: a base trained at each layout would differ in its last bits, and
         // Adam's first steps turn absolute noise in a gradient element near zero (|g| ≲ eps) into an update difference of
         // up to lr·eps/(|g| + eps)² times it — once seen at 2e-4 of lora_B's scale; the stage itself stays within 1e-5
-        string baseModel = one.File("base");
-        var shape = Recipe(one.Path, 1, new ParallelSection()).Model.ToLlamaConfig(new ByteTokenizer().VocabSize);
-        using (var m = new Engine.Model.LlamaModel(shape, CpuBackend.Instance))
-        {
-            m.InitializeWeights(21);
-            ModelIO.Save(m, baseModel);
-        }
+        string baseModel = BaseModel(one.Path);
         var single = RunRecipe(Recipe(one.Path, replicas * MicroPerReplica, new ParallelSection(), lora, baseModel), null);
         var ranks = ThreadCommunicator.Run(world, c => RunRecipe(Recipe(many.Path, MicroPerReplica, new ParallelSection { Pp = pp, Zero = zero, BucketMb = 0.01 }, lora, baseModel), c));
         string what = $"LoRA stage on {world} ranks, pp {pp}, ZeRO-{zero}";
@@ -217,5 +211,45 @@ public class LayoutParityTests
         AssertSame(a, b, what + ", adapter");
         Assert.Equal(File.ReadAllText(Path.Combine(one.Path, adapter, Engine.Model.Lora.PeftAdapter.ConfigFile)),
             File.ReadAllText(Path.Combine(many.Path, adapter, Engine.Model.Lora.PeftAdapter.ConfigFile)));
+    }
+
+    /// <summary>A random model of the recipes' shape in DIR/base.</summary>
+    static string BaseModel(string dir)
+    {
+        string path = Path.Combine(dir, "base");
+        var shape = Recipe(dir, 1, new ParallelSection()).Model.ToLlamaConfig(new ByteTokenizer().VocabSize);
+        using var m = new Engine.Model.LlamaModel(shape, CpuBackend.Instance);
+        m.InitializeWeights(21);
+        ModelIO.Save(m, path);
+        return path;
+    }
+
+    /// <summary>A LoRA stage on 2 pipeline stages stopped after step 2 checkpoints its adapter joined from the stages;
+    /// resumed, it ends with the uninterrupted run's losses, adapter and merged weights, bit for bit.</summary>
+    [Fact]
+    public void PipelinedLoraStageStoppedAndResumedEqualsTheUninterruptedRun()
+    {
+        var lora = new LoraSection { R = 4, Alpha = 8, TargetModules = ["q_proj", "down_proj"] };
+        var layout = new ParallelSection { Pp = 2, BucketMb = 0.01 };
+        using var a = new TempDir();
+        using var b = new TempDir();
+        string baseModel = BaseModel(a.Path);
+        var straight = ThreadCommunicator.Run(2, c => RunRecipe(Recipe(a.Path, 2, layout, lora, baseModel), c));
+        var checkpoints = ThreadCommunicator.Run(2, c =>
+        {
+            var cfg = Recipe(b.Path, 2, layout, lora, baseModel);
+            cfg.Validate();
+            using var control = new RunControl { MaxSteps = 2 };
+            new RecipeRunner(cfg, CpuBackend.Instance) { Communicator = c, Control = control }.Run(TestContext.Current.CancellationToken);
+            return control.LastCheckpoint!;
+        });
+        Assert.EndsWith(Path.Combine("00_lora", "step_00000002"), checkpoints[0]);
+        var saved = Weights(Path.Combine(checkpoints[0], Checkpoints.AdapterDir));
+        Assert.Equal(2 * 2 * 2, saved.Count);   // both stages' adapters in the one file
+        var resumed = ThreadCommunicator.Run(2, c => RunRecipe(Recipe(b.Path, 2, layout, lora, baseModel), c, resume: "latest"));
+        Assert.Equal(straight[0].Steps.Select(s => s.Loss), resumed[0].Steps.Select(s => s.Loss));
+        foreach (var (name, w) in straight[0].Weights) Assert.True(w.AsSpan().SequenceEqual(resumed[0].Weights[name]), $"{name} differs after the resume");
+        string adapter = Path.Combine("out", "stages", "lora_adapter", Engine.Model.Lora.PeftAdapter.WeightsFile);
+        Assert.Equal(File.ReadAllBytes(Path.Combine(a.Path, adapter)), File.ReadAllBytes(Path.Combine(b.Path, adapter)));
     }
 }
