@@ -150,6 +150,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 return index.TryGetValue(name, out int i) && (i < first || (name == current && e.GetProperty("step").GetInt32() <= keepStep));
             }
             if (Lead) ResumeCheck.TruncateMetrics(metricsPath, Keep);
+            comm.Barrier();   // every rank reads the truncated file
             // the resumed stage's steps before its checkpoint, for its report and loss plot
             if (current != null && resumed != null && File.Exists(metricsPath))
                 foreach (var line in File.ReadLines(metricsPath))
