@@ -71,7 +71,7 @@ public static class RecipeCommand
             if (!(scale > 0)) throw new ArgumentException($"--scale must be positive (got {scale})");
             foreach (var s in cfg.Stages) s.Steps = Math.Max(1, (int)Math.Round(s.Steps * scale));
             if (cfg.Alignment is { } al)
-                (al.Reward.Steps, al.Ppo.Steps, al.Dpo.Steps) = (Math.Max(1, (int)Math.Round(al.Reward.Steps * scale)), Math.Max(1, (int)Math.Round(al.Ppo.Steps * scale)), Math.Max(1, (int)Math.Round(al.Dpo.Steps * scale)));
+                (al.Reward.Steps, al.Ppo.Steps, al.Dpo.Steps) = (Math.Max(1, (int)Math.Round(al.Reward.Steps * scale)), al.Ppo.Steps == 0 ? 0 : Math.Max(1, (int)Math.Round(al.Ppo.Steps * scale)), Math.Max(1, (int)Math.Round(al.Dpo.Steps * scale)));
         }
         var (backend, comm) = Cli.Distributed(device);
         using var _ = comm;

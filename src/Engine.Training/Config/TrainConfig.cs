@@ -64,13 +64,15 @@ public sealed class TrainConfig
             try { Model.ToLlamaConfig(Math.Max(Model.VocabSize, 1)); }
             catch (ArgumentException e) { errors.Add("model: " + e.Message); }
         }
+        var layout = Run.RunLayout.From(Parallel, Model);
         if (Lora != null)
         {
-            Lora.Validate("lora", Model.CheckpointActivations, errors);
+            Lora.Validate("lora", layout.Recomputes, errors);
             if (Model.InitFrom == null) errors.Add("lora needs model.init_from: the base model the adapters adapt");
-            if (Parallel.Pp > 1) errors.Add("lora is not supported with pipeline stages (parallel.pp > 1) yet: use data parallelism");
         }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
+        // the layout's own checks that need no job (its ranks are known when the run starts)
+        layout.Validate(gradAccum: Train.GradAccum, needs: Needs);
     }
 
     /// <summary>
@@ -92,6 +94,9 @@ public sealed class TrainConfig
 
     /// <summary>The model config; vocab_size 0 takes the tokenizer's size.</summary>
     public LlamaConfig ToLlamaConfig(int tokenizerVocab) => Model.ToLlamaConfig(tokenizerVocab);
+
+    /// <summary>What `engine train` asks of its layout.</summary>
+    public Run.RunNeeds Needs => new("train") { Lora = Lora };
 }
 
 public sealed class ModelSection
@@ -131,6 +136,10 @@ public sealed class ModelSection
     public bool TieWordEmbeddings { get; set; }
     public bool NormHead { get; set; }
     public double InitializerRange { get; set; } = 0.02;
+    /// <summary>Activation recompute in backward: "none", "full" (each block keeps only its input) or "selective";
+    /// empty = from checkpoint_activations (see <see cref="Run.RunLayout.From"/>).</summary>
+    public string Recompute { get; set; } = "";
+    /// <summary>The older switch for recompute = "full" (still read).</summary>
     public bool CheckpointActivations { get; set; }
     /// <summary>Start from a Hugging Face-layout directory (config.json + model.safetensors) instead of random init.</summary>
     [ConfigPath]

@@ -49,6 +49,7 @@ public sealed class RecipeConfig
         }
         if (Stages.Length == 0 && Alignment == null) errors.Add("stages: at least one stage is needed");
         var seen = new HashSet<string>();
+        var layout = Layout;
         foreach (var st in Stages)
         {
             string p = $"stages[{st.Name}]";
@@ -76,7 +77,7 @@ public sealed class RecipeConfig
             if (st.SeqLen > Model.MaxPositionEmbeddings * Math.Max(1, st.RopeScalingFactor)) errors.Add($"{p}.seq_len ({st.SeqLen}) exceeds max_position_embeddings × rope factor");
             if (st.Lora != null)
             {
-                st.Lora.Validate($"{p}.lora", Model.CheckpointActivations, errors);
+                st.Lora.Validate($"{p}.lora", layout.Recomputes, errors);
                 if (st.Init == "random") errors.Add($"{p}.lora adapts a trained model: init must be an earlier stage or a model directory, not random");
                 if (st.Trainable != "all") errors.Add($"{p}.lora trains the adapters alone: leave trainable = all");
                 if (st.EwcLambda > 0) errors.Add($"{p}.lora cannot be combined with ewc_lambda (the base is frozen)");
@@ -95,7 +96,16 @@ public sealed class RecipeConfig
         catch (ArgumentException e) { errors.Add("model: " + e.Message); }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
         Alignment?.Validate(Sources.ContainsKey, s => Sources[s].Kind != "pretrain");
+        // the layout's own checks that need no job, for every stage and alignment phase (a refusal before any training)
+        foreach (var st in Stages) layout.Validate(gradAccum: st.GradAccum, needs: StageNeeds(st));
+        if (Alignment != null) foreach (var needs in Alignment.Needs) layout.Validate(needs: needs);
     }
+
+    /// <summary>The layout every stage and alignment phase runs on: [parallel] and the model's recompute mode.</summary>
+    public Run.RunLayout Layout => Run.RunLayout.From(Parallel, Model);
+
+    /// <summary>What a stage asks of the layout.</summary>
+    public static Run.RunNeeds StageNeeds(StageSection st) => new($"stage {st.Name}") { Lora = st.Lora };
 }
 
 public sealed class TokenizerSection
