@@ -122,7 +122,7 @@ public sealed class Trainer
         using var model = created;
         int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
         CheckFits(shape, PlanLayout(comm.WorldSize), stage, backend.AvailableMemoryBytes(), gpu: backend.Name != "cpu");
-        model.CheckpointActivations = cfg.Model.CheckpointActivations;
+        model.Recompute = cfg.Model.RecomputeMode();
         Say($"model: {model.ParameterCount:N0} parameters on {backend.Name}" + (comm.WorldSize > 1
             ? layout.Pipelined ? $" on stage 0 of {cfg.Parallel.Pp} ({cfg.Parallel.Schedule}, {layout.MicroBatches(cfg.Train.GradAccum)} micro-batches), {layout.DataGroup.WorldSize} data-parallel replica(s) ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}"
             : $", {comm.WorldSize} data-parallel ranks ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}" : ""));
@@ -130,7 +130,7 @@ public sealed class Trainer
         // LoRA: the base is frozen; the optimizer and data parallelism work on the adapters' store alone
         using var lora = cfg.Lora != null ? LoraSetup.Attach(model, cfg.Lora, cfg.Train.Seed, cfg.Resolve) : null;
         if (lora != null) Say(LoraSetup.Describe(lora, model));
-        using var dp = lora != null ? layout.CreateDataParallel(lora.Store) : layout.CreateDataParallel(model);
+        using var dp = layout.CreateDataParallel(model, lora);
         var runner = layout.CreateRunner(model, dp);
         using var opt = lora != null ? new AdamW(lora.Store, cfg.Optim, dp) : layout.CreateOptimizer(model, cfg.Optim, dp, runner);
         int replicas = runner?.Grid.Replicas ?? dp.Comm.WorldSize, microBatches = layout.MicroBatches(cfg.Train.GradAccum);
@@ -243,6 +243,7 @@ public sealed class Trainer
         }
         else
         {
+            using var whole = dp.Gathered();   // ZeRO-3: every unit gathered while the weights are written
             layout.SaveModel(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
             {
                 ["engine.steps"] = cfg.Train.Steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
@@ -283,11 +284,12 @@ public sealed class Trainer
         return d;
     }
 
-    /// <summary>The model section without what does not change the math (activation checkpointing).</summary>
+    /// <summary>The model section without what does not change the math (activation recompute).</summary>
     static string ModelShape(ModelSection m)
     {
         var node = System.Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(m))!.AsObject();
         node.Remove(nameof(ModelSection.CheckpointActivations));
+        node.Remove(nameof(ModelSection.Recompute));
         return node.ToJsonString();
     }
 
@@ -364,7 +366,7 @@ public sealed class Trainer
         var p = cfg.Parallel;
         int micro = p.Pp > 1 && p.MicroBatches > 0 ? p.MicroBatches : cfg.Train.GradAccum;
         return new PlanLayout(Math.Max(1, worldSize / Math.Max(1, p.Pp)), p.Pp, p.Zero, cfg.Train.BatchSize, micro, cfg.Train.SeqLen,
-            cfg.Model.CheckpointActivations, p.Schedule, p.BucketMb);
+            cfg.Model.RecomputeMode(), p.Schedule, p.BucketMb);
     }
 
     /// <summary>

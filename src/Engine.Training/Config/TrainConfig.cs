@@ -62,9 +62,10 @@ public sealed class TrainConfig
             try { Model.ToLlamaConfig(Math.Max(Model.VocabSize, 1)); }
             catch (ArgumentException e) { errors.Add("model: " + e.Message); }
         }
+        Model.ValidateRecompute("model", errors);
         if (Lora != null)
         {
-            Lora.Validate("lora", Model.CheckpointActivations, errors);
+            Lora.Validate("lora", Model.RecomputeMode() == RecomputeMode.Full, errors);
             if (Model.InitFrom == null) errors.Add("lora needs model.init_from: the base model the adapters adapt");
             if (Parallel.Pp > 1) errors.Add("lora is not supported with pipeline stages (parallel.pp > 1) yet: use data parallelism");
         }
@@ -129,7 +130,30 @@ public sealed class ModelSection
     public bool TieWordEmbeddings { get; set; }
     public bool NormHead { get; set; }
     public double InitializerRange { get; set; } = 0.02;
+    /// <summary>The older switch for activation recompute: true = recompute "full".</summary>
     public bool CheckpointActivations { get; set; }
+    /// <summary>Activation recompute per transformer block: "none", "full" (keep each block's input, recompute the
+    /// block in backward) or "selective" (keep the GEMM outputs, recompute the attention core and the SwiGLU product:
+    /// Megatron-LM's selective recompute); empty = from checkpoint_activations.</summary>
+    public string Recompute { get; set; } = "";
+
+    /// <summary>The recompute in effect (<see cref="Recompute"/>, else <see cref="CheckpointActivations"/>).</summary>
+    public RecomputeMode RecomputeMode() => Recompute switch
+    {
+        "full" => Engine.Model.RecomputeMode.Full,
+        "selective" => Engine.Model.RecomputeMode.Selective,
+        "none" => Engine.Model.RecomputeMode.None,
+        _ => CheckpointActivations ? Engine.Model.RecomputeMode.Full : Engine.Model.RecomputeMode.None,
+    };
+
+    /// <summary>Errors of the recompute keys (an unknown value; the two keys disagreeing).</summary>
+    public void ValidateRecompute(string prefix, List<string> errors)
+    {
+        if (Recompute is not ("" or "none" or "full" or "selective"))
+            errors.Add($"{prefix}.recompute must be \"none\", \"full\" or \"selective\" (got \"{Recompute}\")");
+        else if (CheckpointActivations && Recompute is "none" or "selective")
+            errors.Add($"{prefix}.checkpoint_activations = true (full recompute) disagrees with {prefix}.recompute = \"{Recompute}\": set {prefix}.recompute alone");
+    }
     /// <summary>Start from a Hugging Face-layout directory (config.json + model.safetensors) instead of random init.</summary>
     public string? InitFrom { get; set; }
 }

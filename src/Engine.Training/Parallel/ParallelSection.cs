@@ -14,9 +14,12 @@ public sealed record ParallelSection
     /// <summary>Pipeline stages (1 = no pipeline).</summary>
     public int Pp { get; init; } = 1;
     /// <summary>0: plain data parallel (all-reduce); 1: AdamW moments sharded (ZeRO-1); 2: moments and gradients
-    /// sharded, gradients reduce-scattered (ZeRO-2; not with a pipeline).</summary>
+    /// sharded, gradients reduce-scattered (ZeRO-2; not with a pipeline); 3: weights too (ZeRO-3 / FSDP: each unit of
+    /// the model all-gathered around its forward and its backward; with a pipeline, inside each stage's data-parallel
+    /// group).</summary>
     public int Zero { get; init; }
-    /// <summary>Gradient bucket size in MB (fp32 elements × 4 bytes); DDP's default is 25.</summary>
+    /// <summary>Gradient bucket size in MB (fp32 elements × 4 bytes); DDP's default is 25. ZeRO-3 buckets by unit (a
+    /// transformer block, the embedding, the head) and ignores it.</summary>
     public double BucketMb { get; init; } = 25;
     /// <summary>Micro-batches per replica per step through the pipeline (0 = train.grad_accum).</summary>
     public int MicroBatches { get; init; }
@@ -34,8 +37,8 @@ public sealed record ParallelSection
         else if (Dp < 0) errors.Add($"parallel.dp must be >= 0 (got {Dp}; 0 = the job's ranks ÷ pp)");
         else if (Dp != 0 && Dp * Pp != worldSize)
             errors.Add($"parallel.dp = {Dp} but the job has {worldSize} rank(s){(Pp > 1 ? $" for {Pp} pipeline stages" : "")}: launch {Dp * Pp} ranks (engine launch --nproc-per-node {Dp * Pp} -- ...) or set parallel.dp = {worldSize / Math.Max(1, Pp)}");
-        if (Zero is < 0 or > 2) errors.Add($"parallel.zero must be 0, 1 or 2 (got {Zero})");
-        if (Zero == 2 && Pp > 1) errors.Add("parallel.zero = 2 is not supported with pipeline stages (pp > 1): use zero = 1, as Megatron does inside each data-parallel group");
+        if (Zero is < 0 or > 3) errors.Add($"parallel.zero must be 0, 1, 2 or 3 (got {Zero})");
+        if (Zero == 2 && Pp > 1) errors.Add("parallel.zero = 2 is not supported with pipeline stages (pp > 1): use zero = 1, as Megatron does inside each data-parallel group, or zero = 3");
         if (!(BucketMb > 0) || double.IsInfinity(BucketMb)) errors.Add($"parallel.bucket_mb must be positive (got {BucketMb})");
         if (MicroBatches < 0) errors.Add($"parallel.micro_batches must be >= 0 (got {MicroBatches}; 0 = train.grad_accum)");
         if (Schedule is not ("1f1b" or "gpipe")) errors.Add($"parallel.schedule must be \"1f1b\" or \"gpipe\" (got \"{Schedule}\")");
@@ -83,6 +86,30 @@ public sealed class ParallelLayout : IDisposable
 
     /// <summary>Over any store (LoRA: the adapters' store; the frozen base is not reduced).</summary>
     public DataParallel CreateDataParallel(Engine.Core.ParameterStore store) => DataParallel.Create(store, DataGroup, Section.Zero, Section.BucketMb);
+
+    /// <summary>
+    /// Data parallelism / ZeRO over what the run trains: the model's store, or with LoRA the adapters' store (the
+    /// frozen base is not reduced). At ZeRO-3 a LoRA run's frozen base is sharded alongside — gathered unit by unit like
+    /// a trained model's weights — while the adapters, a fraction of a percent of the weights, keep whole copies with
+    /// ZeRO-2's sharded gradients and moments.
+    /// </summary>
+    public DataParallel CreateDataParallel(LlamaModel model, Engine.Model.Lora.LoraAdapters? adapters)
+    {
+        if (adapters == null) return CreateDataParallel(model);
+        if (Section.Zero < 3) return CreateDataParallel(adapters.Store);
+        var frozen = DataParallel.Create(model.Store, DataGroup, 3);
+        try
+        {
+            var dp = DataParallel.Create(adapters.Store, DataGroup, 2, Section.BucketMb);
+            dp.Alongside = frozen;
+            return dp;
+        }
+        catch
+        {
+            frozen.Dispose();
+            throw;
+        }
+    }
 
     public PipelineRunner? CreateRunner(LlamaModel model, DataParallel dp) => Grid is { } g ? new PipelineRunner(model, g, dp, Section.Schedule) : null;
 

@@ -148,8 +148,8 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
     public void SyncTiedEmbedding()
     {
         if (Grid.Embedding is not { } group || !model.Config.TieWordEmbeddings) return;
-        var g = model["model.embed_tokens.weight"].Grad ?? throw new InvalidOperationException("the tied embedding has no gradient buffer");
-        group.AllReduce(g).Wait();
+        // ZeRO-3: each replica rank holds the same slice of the embedding on both stages (its unit alone, cut alike)
+        group.AllReduce(dp.GradientOf("model.embed_tokens.weight")).Wait();
     }
 
     /// <summary>The parameter whose gradient another stage already counts in the global norm (the last stage's tied

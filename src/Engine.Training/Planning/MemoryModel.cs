@@ -28,16 +28,19 @@ namespace Engine.Training.Planning;
  */
 
 /// <summary>How a model is laid out on the devices of one training run.</summary>
-public sealed record PlanLayout(int Dp, int Pp, int Zero, int MicroBatch, int MicroBatches, int SeqLen, bool Checkpoint,
+public sealed record PlanLayout(int Dp, int Pp, int Zero, int MicroBatch, int MicroBatches, int SeqLen, RecomputeMode Recompute,
     string Schedule = "1f1b", double BucketMb = 25)
 {
+    /// <summary>Full recompute (activation checkpointing per block).</summary>
+    public bool Checkpoint => Recompute == RecomputeMode.Full;
+
     public int Devices => Dp * Pp;
     /// <summary>Sequences per optimizer step over the whole run.</summary>
     public long GlobalBatch => (long)Dp * MicroBatch * MicroBatches;
 
     public string Describe() =>
         $"dp {Dp} × pp {Pp}, ZeRO-{Zero}, micro-batch {MicroBatch} × {MicroBatches}" + (Pp > 1 ? $" ({Schedule})" : "") +
-        (Checkpoint ? ", checkpointed" : "");
+        (Recompute == RecomputeMode.None ? "" : $", {Recompute.ToString().ToLowerInvariant()} recompute");
 }
 
 /// <summary>Bytes per device of one pipeline stage (the largest stage is what must fit).</summary>

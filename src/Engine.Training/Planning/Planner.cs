@@ -144,7 +144,7 @@ public static class Planner
                 {
                     if (zero > 0 && dp == 1) continue;
                     foreach (bool ckpt in new[] { false, true })
-                        results.Add(Evaluate(c, new PlanLayout(dp, pp, zero, mb, m, seqLen, ckpt, schedule), device, link, achievedTflops));
+                        results.Add(Evaluate(c, new PlanLayout(dp, pp, zero, mb, m, seqLen, ckpt ? RecomputeMode.Full : RecomputeMode.None, schedule), device, link, achievedTflops));
                 }
             }
         }

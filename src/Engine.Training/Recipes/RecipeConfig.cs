@@ -39,6 +39,7 @@ public sealed class RecipeConfig
     {
         var errors = new List<string>();
         if (Sources.Count == 0) errors.Add("sources: at least one source is needed");
+        Model.ValidateRecompute("model", errors);
         foreach (var (name, s) in Sources)
         {
             if (s.Files.Length == 0) errors.Add($"sources.{name}.files must name at least one file");
@@ -74,7 +75,7 @@ public sealed class RecipeConfig
             if (st.SeqLen > Model.MaxPositionEmbeddings * Math.Max(1, st.RopeScalingFactor)) errors.Add($"{p}.seq_len ({st.SeqLen}) exceeds max_position_embeddings × rope factor");
             if (st.Lora != null)
             {
-                st.Lora.Validate($"{p}.lora", Model.CheckpointActivations, errors);
+                st.Lora.Validate($"{p}.lora", Model.RecomputeMode() == Engine.Model.RecomputeMode.Full, errors);
                 if (st.Init == "random") errors.Add($"{p}.lora adapts a trained model: init must be an earlier stage or a model directory, not random");
                 if (st.Trainable != "all") errors.Add($"{p}.lora trains the adapters alone: leave trainable = all");
                 if (st.EwcLambda > 0) errors.Add($"{p}.lora cannot be combined with ewc_lambda (the base is frozen)");

@@ -443,6 +443,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         string Json(object o) => JsonSerializer.Serialize(o, RecordJson);
         var model = System.Text.Json.Nodes.JsonNode.Parse(Json(cfg.Model))!.AsObject();
         model.Remove(nameof(cfg.Model.CheckpointActivations));
+        model.Remove(nameof(cfg.Model.Recompute));
         var d = new Dictionary<string, string>(StringComparer.Ordinal)
         {
             ["seed"] = cfg.Seed.ToString(inv),
@@ -496,7 +497,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             var llama = cfg.Model.ToLlamaConfig(tok.VocabSize);
             if (llama.VocabSize < tok.VocabSize)
                 throw new Config.ConfigException($"model.vocab_size ({llama.VocabSize}) is smaller than the tokenizer's vocabulary ({tok.VocabSize})");
-            Trainer.CheckFits(llama, new Planning.PlanLayout(comm.WorldSize, 1, cfg.Parallel.Zero, st.BatchSize, 1, st.SeqLen, cfg.Model.CheckpointActivations), null,
+            Trainer.CheckFits(llama, new Planning.PlanLayout(comm.WorldSize, 1, cfg.Parallel.Zero, st.BatchSize, 1, st.SeqLen, cfg.Model.RecomputeMode()), null,
                 backend.AvailableMemoryBytes(), backend.Name != "cpu");
             model = new LlamaModel(llama, backend);
             model.InitializeWeights(cfg.Seed);
@@ -506,7 +507,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             string dir = stageWeights.TryGetValue(st.Init, out var d) ? d : cfg.Resolve(st.Init);
             model = ModelIO.Load(dir, backend);
         }
-        model.CheckpointActivations = cfg.Model.CheckpointActivations;
+        model.Recompute = cfg.Model.RecomputeMode();
         if (tok.VocabSize > model.Config.VocabSize)
         {
             notes.Add($"vocabulary expanded {model.Config.VocabSize} → {tok.VocabSize} (new rows = mean of old rows)");

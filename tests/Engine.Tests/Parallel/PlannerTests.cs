@@ -95,7 +95,7 @@ public class PlannerTests(ITestOutputHelper output)
     public void OneProcessEstimateIsWithinTenPercentOfTheMeasuredPeak(bool checkpoint)
     {
         long measured = MeasureSingle(checkpoint);
-        var l = new PlanLayout(1, 1, 0, Batch, 2, Seq, checkpoint);
+        var l = new PlanLayout(1, 1, 0, Batch, 2, Seq, checkpoint ? RecomputeMode.Full : RecomputeMode.None);
         Check(checkpoint ? "checkpointed" : "plain", MemoryModel.Worst(Cfg, l, gpu: false), measured);
     }
 
@@ -105,7 +105,7 @@ public class PlannerTests(ITestOutputHelper output)
     public void PipelineStageEstimatesAreWithinTenPercentOfEachStagesMeasuredPeak(string schedule)
     {
         var measured = MeasurePipeline(2, schedule);
-        var l = new PlanLayout(1, 2, 0, Batch, Micro, Seq, false, schedule);
+        var l = new PlanLayout(1, 2, 0, Batch, Micro, Seq, RecomputeMode.None, schedule);
         var est = MemoryModel.Stages(Cfg, l, gpu: false);
         for (int s = 0; s < 2; s++) Check($"{schedule} stage {s}", est[s], measured[s]);
     }
@@ -131,7 +131,7 @@ public class PlannerStepTimeTests
     public void PipelineBubbleIsPMinusOneOverMPlusPMinusOneWithoutCommunication(int pp, int m)
     {
         var free = new LinkModel(8, 1e9, 0, 1e9, 0);       // links too fast to matter
-        var l = new PlanLayout(1, pp, 0, 1, m, 1024, false);
+        var l = new PlanLayout(1, pp, 0, 1, m, 1024, RecomputeMode.None);
         var r = Planner.Evaluate(Seven, l, DeviceSpec.H100, free, 400);
         // balanced 32 layers: every stage but the last (which adds the head) has 32/pp layers; the slowest sets t_mb
         double theory = (pp - 1.0) / (m + pp - 1);
@@ -143,7 +143,7 @@ public class PlannerStepTimeTests
     [Fact]
     public void MfuAndTokensPerDeviceFollowFromTheStepTime()
     {
-        var l = new PlanLayout(8, 1, 1, 1, 4, 2048, false);
+        var l = new PlanLayout(8, 1, 1, 1, 4, 2048, RecomputeMode.None);
         var r = Planner.Evaluate(Seven, l, DeviceSpec.H100, LinkModel.DgxH100, 400);
         double tokens = 8.0 * 4 * 2048;
         Assert.Equal(tokens / r.StepSeconds / 8, r.TokensPerSecondPerDevice, 6);
@@ -157,9 +157,9 @@ public class PlannerStepTimeTests
     [Fact]
     public void ZeroStagesShrinkTheOptimizerAndGradientsByTheDataParallelSize()
     {
-        var plain = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 0, 1, 1, 2048, false, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
-        var z1 = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 1, 1, 1, 2048, false, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
-        var z2 = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 2, 1, 1, 2048, false, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
+        var plain = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 0, 1, 1, 2048, RecomputeMode.None, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
+        var z1 = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 1, 1, 1, 2048, RecomputeMode.None, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
+        var z2 = MemoryModel.ForStage(Seven, new PlanLayout(8, 1, 2, 1, 1, 2048, RecomputeMode.None, BucketMb: 25), PipelineStage.Whole(32), gpu: true);
         long n = Seven.ParameterCount();
         Assert.Equal(n, plain.Parameters);
         Assert.Equal(6.0 * n, plain.Weights);                 // fp32 master + bf16 shadow

@@ -93,7 +93,7 @@ public class ConfigTests
     public void ModelThatDoesNotFitIsRefused()
     {
         var big = new Engine.Model.LlamaConfig { VocabSize = 32000, HiddenSize = 4096, IntermediateSize = 11008, NumLayers = 32, NumHeads = 32, NumKvHeads = 32 };
-        var e = Assert.Throws<ConfigException>(() => Engine.Training.Trainer.CheckFits(big, new Engine.Training.Planning.PlanLayout(1, 1, 0, 8, 1, 2048, false), availableBytes: 24L << 30));
+        var e = Assert.Throws<ConfigException>(() => Engine.Training.Trainer.CheckFits(big, new Engine.Training.Planning.PlanLayout(1, 1, 0, 8, 1, 2048, Engine.Model.RecomputeMode.None), availableBytes: 24L << 30));
         Assert.Contains("does not fit", e.Message);
     }
 }
