@@ -399,7 +399,7 @@ public sealed class Trainer
     {
         if (e.Total > available * 0.9)
             throw new ConfigException($"model does not fit: stage {e.Stage} needs about {e.Describe()} but {MemoryEstimate.Gib(available)} are available; " +
-                "reduce train.batch_size or train.seq_len, the model size, set model.checkpoint_activations = true, raise parallel.zero, or add pipeline stages (engine plan ranks the layouts)");
+                "reduce train.batch_size or train.seq_len, the model size, set model.recompute = \"selective\" or \"full\", raise parallel.zero (3 shards the weights too), or add pipeline stages (engine plan ranks the layouts)");
     }
 
     /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory, by

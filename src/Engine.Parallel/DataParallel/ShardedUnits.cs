@@ -83,6 +83,9 @@ public sealed class ShardedUnits : IUnitHooks, IDisposable
     /// <summary>Units whose weights are gathered (or being gathered) now.</summary>
     public int GatheredUnits => working.Count(w => w.Storage.IsResident);
 
+    /// <summary>Whether unit <paramref name="unit"/>'s weights are gathered or their all-gather is in flight.</summary>
+    public bool IsGathered(int unit) => Resident(unit);
+
     /// <summary>Elements of the largest unit (the memory one gathered unit takes, in the working dtype).</summary>
     public long LargestUnitElements => layout.Buckets.Max(b => b.Length);
 

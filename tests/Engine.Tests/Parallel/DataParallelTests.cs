@@ -199,6 +199,60 @@ public class DataParallelTests
         Assert.Equal(Steps * capacity * 4 * 2 * (2 - 1) / 2, z0["all_reduce"].BusBytes);
     }
 
+    /// <summary>
+    /// ZeRO-3's collectives per step, counted: every unit (embedding, 2 blocks, final norm, head) all-gathered before its
+    /// forward and again before its backward — except the forward's last unit, kept for its backward once the order is
+    /// known (after the first micro-batch) — and its gradients reduce-scattered once per micro-batch; nothing gathered
+    /// after the optimizer step. And the next unit's all-gather is in flight before the current unit computes, with at
+    /// most three units gathered at once (in use, prefetched, kept).
+    /// </summary>
+    [Fact]
+    public void Zero3GathersEachUnitAroundItsUsesAndPrefetchesTheNext()
+    {
+        const int accum = 2, units = 5;
+        ThreadCommunicator.Run(2, c =>
+        {
+            using var model = TestModels.Create(Cfg(), 5);
+            using var dp = DataParallel.Create(model.Store, c, 3);
+            Assert.Equal(units, dp.Layout.Buckets.Count);
+            var probe = new PrefetchProbe(dp.Units!);
+            model.Store.Hooks = probe;
+            using var opt = new AdamW(model, Loop(accum).Optim, dp);
+            c.Stats.Reset();
+            TrainingLoop.Run(model, new RandomTokens(40, 7), Loop(accum), opt);
+            var stats = c.Stats.Snapshot();
+            int microBatches = Steps * accum;
+            Assert.Equal(2 * units + (microBatches - 1) * (2 * units - 1), stats["all_gather"].Calls);
+            Assert.Equal(units * microBatches, stats["reduce_scatter"].Calls);
+            Assert.Equal(dp.Units!.GatheredBytes, stats["all_gather"].PayloadBytes);
+            Assert.Equal(0, dp.Units.GatheredUnits);
+            Assert.True(probe.Checked >= 2 * (units - 1) * (microBatches - 1), $"{probe.Checked} prefetches checked");
+            Assert.InRange(probe.MostGathered, 2, 3);
+        });
+    }
+
+    /// <summary>Sits between the model and ZeRO-3's hooks: after each use begins, the unit that comes next (the next
+    /// block in forward, the previous in backward) must already be gathered or in flight.</summary>
+    sealed class PrefetchProbe(ShardedUnits inner) : IUnitHooks
+    {
+        public int Checked { get; private set; }
+        public int MostGathered { get; private set; }
+        bool learned;
+
+        void Check(int next)
+        {
+            MostGathered = Math.Max(MostGathered, inner.GatheredUnits);
+            if (!learned || next < 0 || next >= 5) return;
+            Assert.True(inner.IsGathered(next), $"unit {next} was not prefetched");
+            Checked++;
+        }
+
+        public void BeforeForward(int unit) { inner.BeforeForward(unit); Check(unit + 1); }
+        public void AfterForward(int unit) => inner.AfterForward(unit);
+        public void BeforeBackward(int unit) { inner.BeforeBackward(unit); Check(unit - 1); }
+        public void AfterBackward(int unit) { inner.AfterBackward(unit); if (unit == 0) learned = true; }
+    }
+
     [Fact]
     public void FrozenParametersStayPutUnderZero2()
     {
