@@ -304,11 +304,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             // selection and the EWC Fisher came from the stage's initial weights, as in the first run; now its state
             resumed.RequireKind(lora: lora != null);
             if (lora != null) resumed.LoadAdapter(lora);   // the frozen base is the stage's init, rebuilt above as in the first run
-            else
-            {
-                var files = ModelIO.WeightFiles(resumed.Directory);
-                ModelIO.LoadWeights(model, files.Index, files.Shards);
-            }
+            else resumed.LoadWeights(model, dp);   // into the model, or at ZeRO-3 into this rank's master slices
             resumed.LoadOptimizer(opt);
             mixture.LoadState(SamplerState.FromJson(resumed.State.Sampler
                 ?? throw new InvalidDataException($"{resumed.Directory}: state.json has no sampler state (not a recipe checkpoint)")));

@@ -145,3 +145,94 @@ public class Zero3Tests
         Assert.True(File.Exists(Path.Combine(sharded.WeightsDir, Engine.Model.Lora.PeftAdapter.WeightsFile)));
     }
 }
+
+/// <summary>
+/// ZeRO-3 checkpoints: every rank writes its slices of the fp32 master weights with its moments (no rank holds whole
+/// weights), and a checkpoint reshards by parameter name and element between any ZeRO stage, data-parallel size and
+/// pipeline split, in both directions.
+/// </summary>
+public class Zero3CheckpointTests
+{
+    static TrainConfig Config(string outDir, int accum, int zero, int pp = 1, int steps = 6, bool tied = false, ScheduleKind schedule = ScheduleKind.Cosine)
+    {
+        var cfg = Zero3Tests.Config(outDir, accum, zero, pp, tied, steps: steps);
+        cfg.Output = new OutputSection { Dir = outDir, CheckpointEvery = 3, KeepCheckpoints = 5 };
+        cfg.Schedule = cfg.Schedule with { Kind = schedule };
+        return cfg;
+    }
+
+    static string Step(string outDir, int step) =>
+        Checkpoints.List(Path.Combine(outDir, "checkpoints")).Single(d => d.EndsWith($"step_{step:D8}", StringComparison.Ordinal));
+
+    [Fact]
+    public void RanksWriteTheirWeightSlicesAndTheCheckpointReassemblesTheModel()
+    {
+        // constant learning rate: a 3-step run ends where the 6-step run's step-3 checkpoint is
+        using var a = new TempDir();
+        using var b = new TempDir();
+        Zero3Tests.Train(2, Config(a.Path, 2, zero: 3, schedule: ScheduleKind.Constant));
+        var three = Zero3Tests.Train(2, Config(b.Path, 2, zero: 3, steps: 3, schedule: ScheduleKind.Constant));
+        string ckpt = Step(a.Path, 3);
+        var loaded = Checkpoints.Open(ckpt);
+        Assert.True(loaded.Manifest.ShardedWeights);
+        Assert.Equal(Checkpoints.ShardedWeightsFormat, loaded.Manifest.Format);
+        Assert.False(File.Exists(Path.Combine(ckpt, ModelIO.WeightsFile)), "no rank holds whole weights to write");
+        using (var f = SafeTensorsFile.Open(Path.Combine(ckpt, "optimizer", "rank00001.safetensors")))
+            Assert.Equal(f["exp_avg"].Numel, f["master"].Numel);
+        using var model = loaded.LoadModel(CpuBackend.Instance);
+        var final = Zero3Tests.Weights(three.WeightsDir);
+        foreach (var (name, t) in model.Parameters) Assert.True(t.ToArray().AsSpan().SequenceEqual(final[name]), $"{name} reassembled differs");
+    }
+
+    [Fact]
+    public void ResumeAtTheSameLayoutIsBitExact()
+    {
+        using var a = new TempDir();
+        using var b = new TempDir();
+        var straight = Zero3Tests.Train(2, Config(a.Path, 2, zero: 3));
+        var resumed = Zero3Tests.Train(2, Config(b.Path, 2, zero: 3), resume: Step(a.Path, 3));
+        Assert.Equal(straight.Steps.Skip(3).Select(s => s.Loss), resumed.Steps.Select(s => s.Loss));
+        Assert.Equal(straight.Steps.Skip(3).Select(s => s.GradNorm), resumed.Steps.Select(s => s.GradNorm));
+        Assert.Equal(File.ReadAllBytes(Path.Combine(straight.WeightsDir, ModelIO.WeightsFile)), File.ReadAllBytes(Path.Combine(resumed.WeightsDir, ModelIO.WeightsFile)));
+    }
+
+    [Fact]
+    public void Zero3ToOneProcessAndBackContinuesTheUninterruptedRun()
+    {
+        // dp 2 ZeRO-3 (steps 1-3) → one process (4-6) → dp 2 ZeRO-3 (7-9), the global batch kept (4 micro-batches)
+        using var a = new TempDir();
+        using var c = new TempDir();
+        using var d = new TempDir();
+        var straight = Zero3Tests.Train(2, Config(a.Path, 2, zero: 3, steps: 9));
+        var one = Zero3Tests.Train(1, Config(c.Path, 4, zero: 0, steps: 9), resume: Step(a.Path, 3));
+        Assert.False(Checkpoints.Open(Step(c.Path, 6)).Manifest.ShardedWeights);
+        var back = Zero3Tests.Train(2, Config(d.Path, 2, zero: 3, steps: 9), resume: Step(c.Path, 6));
+        Assert.Equal([7, 8, 9], back.Steps.Select(s => s.Step));
+        var expected = straight.Steps.Skip(6).ToList();
+        for (int i = 0; i < 3; i++) Assert.Equal(expected[i].Loss, back.Steps[i].Loss, 1e-5 * expected[i].Loss);
+        for (int i = 0; i < 3; i++) Assert.Equal(straight.Steps[3 + i].Loss, one.Steps[i].Loss, 1e-5 * one.Steps[i].Loss);
+        var wa = Zero3Tests.Weights(straight.WeightsDir);
+        foreach (var (name, w) in Zero3Tests.Weights(back.WeightsDir))
+            Assert.True(Zero3Tests.RelativeDifference(wa[name], w) <= 1e-5, $"{name}: {Zero3Tests.RelativeDifference(wa[name], w):E2}");
+    }
+
+    [Theory]
+    [InlineData(4, 2, 3, 1, 1, 0, true)]    // pp 2 × dp 2 ZeRO-3 → one process
+    [InlineData(1, 1, 0, 4, 2, 3, true)]    // one process → pp 2 × dp 2 ZeRO-3
+    [InlineData(2, 1, 3, 4, 1, 1, false)]   // dp 2 ZeRO-3 → dp 4 ZeRO-1
+    [InlineData(4, 1, 2, 2, 1, 3, false)]   // dp 4 ZeRO-2 → dp 2 ZeRO-3
+    [InlineData(4, 2, 3, 4, 4, 1, false)]   // pp 2 × dp 2 ZeRO-3 → pp 4 ZeRO-1
+    public void ReshardsBetweenStagesSizesAndSplits(int worldA, int ppA, int zeroA, int worldB, int ppB, int zeroB, bool tied)
+    {
+        const int globalMicroBatches = 4;
+        using var a = new TempDir();
+        using var b = new TempDir();
+        var straight = Zero3Tests.Train(worldA, Config(a.Path, globalMicroBatches / (worldA / ppA), zeroA, ppA, tied: tied));
+        var resumed = Zero3Tests.Train(worldB, Config(b.Path, globalMicroBatches / (worldB / ppB), zeroB, ppB, tied: tied), resume: Step(a.Path, 3));
+        Assert.Equal([4, 5, 6], resumed.Steps.Select(s => s.Step));
+        for (int i = 0; i < 3; i++) Assert.Equal(straight.Steps[3 + i].Loss, resumed.Steps[i].Loss, 1e-5 * resumed.Steps[i].Loss);
+        var wa = Zero3Tests.Weights(straight.WeightsDir);
+        foreach (var (name, w) in Zero3Tests.Weights(resumed.WeightsDir))
+            Assert.True(Zero3Tests.RelativeDifference(wa[name], w) <= 1e-5, $"{name}: {Zero3Tests.RelativeDifference(wa[name], w):E2}");
+    }
+}
