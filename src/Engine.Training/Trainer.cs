@@ -77,7 +77,8 @@ public sealed class Trainer
         {
             var fresh = cfg.ToLlamaConfig(tokenizer.VocabSize);
             cfg.Parallel.Validate(comm.WorldSize, fresh.NumLayers);   // a bad layer split is named before it is estimated
-            Fit(MemoryModel.Worst(fresh, PlanLayout(comm.WorldSize), backend.Name != "cpu", cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null), backend.AvailableMemoryBytes());
+            bool onGpu = backend.Name != "cpu";
+            Fit(MemoryModel.Worst(fresh, PlanLayout(comm.WorldSize), onGpu, cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null, onGpu ? RuntimeOverheads.LiveGpu : null), backend.AvailableMemoryBytes());
         }
         var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
         foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
@@ -382,7 +383,7 @@ public sealed class Trainer
             : cfg.Model.InitFrom is { } init ? ModelIO.LoadConfig(cfg.Resolve(init)) : cfg.ToLlamaConfig(tokenizer.VocabSize);
         var l = PlanLayout(worldSize);
         bool gpu = backend.Name != "cpu";
-        var stages = MemoryModel.Stages(shape, l, gpu, cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null);
+        var stages = MemoryModel.Stages(shape, l, gpu, cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null, gpu ? RuntimeOverheads.LiveGpu : null);
         long available = backend.AvailableMemoryBytes();
         var sb = new System.Text.StringBuilder();
         sb.AppendLine($"model: {shape.ParameterCount():N0} parameters; layout: {l.Describe()}, {worldSize} rank(s) on {backend.Name}");
@@ -405,5 +406,5 @@ public sealed class Trainer
     /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory, by
     /// <see cref="MemoryModel"/> (the estimate of <c>engine plan</c> and <c>--dry-run</c>); null memory: this host's.</summary>
     public static void CheckFits(LlamaConfig c, PlanLayout layout, PipelineStage? stage = null, long? availableBytes = null, bool gpu = false) =>
-        Fit(MemoryModel.ForStage(c, layout, stage ?? PipelineStage.Whole(c.NumLayers), gpu), availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+        Fit(MemoryModel.ForStage(c, layout, stage ?? PipelineStage.Whole(c.NumLayers), gpu, gpu ? RuntimeOverheads.LiveGpu : null), availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
 }
