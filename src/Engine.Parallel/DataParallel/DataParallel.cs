@@ -328,8 +328,22 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     void WaitOldest()
     {
         var (work, then) = pending.Dequeue();
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         work.Wait();
+        reductionWait += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
         then?.Invoke();
+    }
+
+    double reductionWait;
+
+    /// <summary>Seconds the calling (compute) thread spent waiting for collectives since <see cref="ResetWaits"/>: the
+    /// gradient reductions and (stage 3) the units' all-gathers — communication that was not hidden behind compute.</summary>
+    public double ExposedCommSeconds => reductionWait + (Units?.ExposedWaitSeconds ?? 0);
+
+    public void ResetWaits()
+    {
+        reductionWait = 0;
+        Units?.ResetStats();
     }
 
     void WaitAll()
