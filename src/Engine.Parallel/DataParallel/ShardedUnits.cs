@@ -50,8 +50,13 @@ public sealed class ShardedUnits : IUnitHooks, IDisposable
         Master = be.Zeros([checked((int)layout.OwnedElements)]).Keep();
         foreach (var s in layout.Owned) be.Copy(store.Master.Range(s.Start, s.Length), Master.Range(s.Compact, s.Length));
         WorkingDType = be.ActivationDType;
-        working = layout.Buckets.Select(b => be.Zeros([checked((int)b.Length)], WorkingDType).Keep()).ToArray();
-        foreach (var w in working) w.Storage.Evict();
+        // one unit's buffer at a time: each gives its elements back before the next takes any
+        working = layout.Buckets.Select(b =>
+        {
+            var w = be.Empty([checked((int)b.Length)], WorkingDType).Keep();
+            w.Storage.Evict();
+            return w;
+        }).ToArray();
         inFlight = new ICommWork?[working.Length];
         holds = new int[working.Length];
         var unitOf = new int[store.Count];

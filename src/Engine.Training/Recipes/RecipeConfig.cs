@@ -70,6 +70,7 @@ public sealed class RecipeConfig
             if (st.Trainable is not ("all" or "embeddings_and_head")) errors.Add($"{p}.trainable must be all or embeddings_and_head (got {st.Trainable})");
             if (st.EwcLambda < 0) errors.Add($"{p}.ewc_lambda must be >= 0");
             if (st.EwcLambda > 0 && (st.EwcSource == null || !Sources.ContainsKey(st.EwcSource))) errors.Add($"{p}.ewc_source must name a source when ewc_lambda > 0");
+            if (st.EwcLambda > 0 && Parallel.Zero == 3) errors.Add($"{p}.ewc_lambda > 0 cannot be combined with parallel.zero = 3 (the Fisher estimate needs each rank's whole gradients): use zero = 1 or 2");
             if (st.SelectTop is < 0 or > 1) errors.Add($"{p}.select_top must be in [0, 1]");
             if (st.SelectTop > 0 && (st.SelectSource == null || !Sources.ContainsKey(st.SelectSource))) errors.Add($"{p}.select_source must name a source when select_top > 0");
             if (st.SeqLen > Model.MaxPositionEmbeddings * Math.Max(1, st.RopeScalingFactor)) errors.Add($"{p}.seq_len ({st.SeqLen}) exceeds max_position_embeddings × rope factor");
