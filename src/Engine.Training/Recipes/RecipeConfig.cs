@@ -80,6 +80,7 @@ public sealed class RecipeConfig
                 if (st.Init == "random") errors.Add($"{p}.lora adapts a trained model: init must be an earlier stage or a model directory, not random");
                 if (st.Trainable != "all") errors.Add($"{p}.lora trains the adapters alone: leave trainable = all");
                 if (st.EwcLambda > 0) errors.Add($"{p}.lora cannot be combined with ewc_lambda (the base is frozen)");
+                if (Parallel.Zero == 3) errors.Add($"{p}.lora is not supported with parallel.zero = 3 in recipes yet (the merge writes the sharded base): use zero = 1 or 2 (engine train supports LoRA at ZeRO-3)");
                 if (st.ExpandedVocab) errors.Add($"{p}.lora cannot be combined with expanded_vocab (the new embedding rows would stay untrained)");
             }
         }

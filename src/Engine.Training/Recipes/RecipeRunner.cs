@@ -358,6 +358,9 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             lora.Merge();
             notes.Add($"adapter saved to {adapterDir} (PEFT layout) and merged into the stage's weights; AdamW state {opt.StateBytes:N0} bytes");
         }
+        // ZeRO-3: every unit gathered from here on, so the save and the evaluation below (split unevenly across ranks)
+        // read whole weights and issue no collectives
+        using var whole = dp.Gathered();
         if (Lead) ModelIO.Save(model, weights);
         comm.Barrier();
         stageWeights[st.Name] = weights;
