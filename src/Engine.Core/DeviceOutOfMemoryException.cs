@@ -47,6 +47,6 @@ public sealed class DeviceOutOfMemoryException : Exception
         string device = free is { } f && total is { } t ? $"the device has {Bytes(f)} free of {Bytes(t)}" : "the device's free memory is unknown";
         return $"device out of memory allocating {Bytes(requested)}{(what is null ? "" : " for " + what)}: {device}, this process's " +
             $"tensors hold {Bytes(inUse)} (cached blocks were already released); reduce train.batch_size or train.seq_len, " +
-            "or set model.checkpoint_activations = true";
+            "or set model.recompute = \"selective\" or \"full\"";
     }
 }

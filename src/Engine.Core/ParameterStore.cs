@@ -50,8 +50,12 @@ public sealed class ParameterStore : IDisposable
     }
 
     public IBackend Backend { get; }
-    /// <summary>fp32 master weights [Capacity].</summary>
-    public Tensor Master { get; private set; } = null!;
+    Tensor? master;
+    /// <summary>fp32 master weights [Capacity]; refused once <see cref="Rebind"/> sharded them (ZeRO-3).</summary>
+    public Tensor Master => master ?? throw new InvalidOperationException(
+        "the master weights are sharded across the data-parallel ranks (ZeRO-3): each rank holds only its slices (DataParallel.MasterBuffer); gather the units to read whole parameters");
+    /// <summary>Whether the parameters are views of buffers another owner fills on use (<see cref="Rebind"/>: ZeRO-3).</summary>
+    public bool IsRebound => master == null && slots.Count > 0;
     /// <summary>fp32 gradients [Capacity], or null while gradients come from a <see cref="IGradientSource"/> (ZeRO-2).</summary>
     public Tensor? Grads { get; private set; }
     /// <summary>End of the last parameter (elements).</summary>
@@ -65,6 +69,45 @@ public sealed class ParameterStore : IDisposable
     static int versions;
 
     public IReadOnlyList<ParameterSlot> Slots => slots;
+
+    /// <summary>The groups of parameters the model runs together, in slot order (empty when it declared none).</summary>
+    public IReadOnlyList<ParameterUnit> Units => units;
+    List<ParameterUnit> units = [];
+    List<(int First, int Last)> unitSlots = [];
+
+    /// <summary>Called by the model around each use of a unit (null = none): ZeRO-3 gathers and frees there.</summary>
+    public IUnitHooks? Hooks { get; set; }
+
+    /// <summary>
+    /// Declares the model's units: every parameter in exactly one unit, each unit a run of consecutive slots, the units
+    /// in slot order (so a unit is a contiguous range of the flat buffers). Kept across <see cref="Relayout"/> while the
+    /// names stay.
+    /// </summary>
+    public void DefineUnits(IEnumerable<ParameterUnit> list)
+    {
+        var u = list.ToList();
+        unitSlots = ResolveUnits(u) ?? throw new ArgumentException(
+            $"units [{string.Join(", ", u.Select(x => x.Name))}] do not cover the store's {Count} parameters once each, in order, as runs of consecutive slots");
+        units = u;
+    }
+
+    /// <summary>Slots [First, Last] of unit <paramref name="unit"/>.</summary>
+    public (int First, int Last) UnitSlots(int unit) => unitSlots[unit];
+
+    List<(int, int)>? ResolveUnits(List<ParameterUnit> u)
+    {
+        var ranges = new List<(int, int)>();
+        int next = 0;
+        foreach (var unit in u)
+        {
+            if (unit.Parameters.Count == 0) return null;
+            int first = next;
+            foreach (var name in unit.Parameters)
+                if (!index.TryGetValue(name, out int i) || i != next++) return null;
+            ranges.Add((first, next - 1));
+        }
+        return next == Count ? ranges : null;
+    }
     /// <summary>The specs of the current layout (with their start alignments), in slot order.</summary>
     public IReadOnlyList<ParameterSpec> LayoutSpecs { get; private set; } = [];
     public int Count => slots.Count;
@@ -99,8 +142,9 @@ public sealed class ParameterStore : IDisposable
     /// </summary>
     public void Relayout(IEnumerable<ParameterSpec>? specs = null, long? padMultiple = null, Action<string, Tensor?, Tensor>? fill = null)
     {
+        if (IsRebound) throw new InvalidOperationException("the parameters are sharded (ZeRO-3): lay the store out before sharding it");
         var list = (specs ?? Specs()).ToList();
-        var oldMaster = Master;
+        var oldMaster = master!;
         var oldGrads = Grads;
         var old = slots.ToDictionary(s => s.Name, s => s.Tensor, StringComparer.Ordinal);
         fill ??= (name, o, n) =>
@@ -147,12 +191,43 @@ public sealed class ParameterStore : IDisposable
             slots.Add(new ParameterSlot(specs[i].Name, (int[])specs[i].Shape.Clone(), offsets[i], specs[i].Numel, t));
             fill?.Invoke(specs[i].Name, t);
         }
-        Master = master;
+        this.master = master;
         Grads = grads;
         LayoutSpecs = specs.ToList();
+        var resolved = ResolveUnits(units);
+        if (resolved == null) units = [];
+        unitSlots = resolved ?? [];
         Used = used;
         Capacity = capacity;
         PadMultiple = padMultiple;
+        Version = Interlocked.Increment(ref versions);
+    }
+
+    /// <summary>
+    /// ZeRO-3: every parameter becomes <paramref name="view"/>(slot index, slot) — a view of a buffer its owner fills while the
+    /// parameter's unit is in use (the gathered weights) — and the flat master and gradient buffers are freed. Offsets
+    /// and capacity stay: they are the frame the owner cuts its slices from. Flags (RequiresGrad, Frozen) and the
+    /// gradient source carry over; <see cref="Master"/> then refuses, naming why.
+    /// </summary>
+    public void Rebind(Func<int, ParameterSlot, Tensor> view)
+    {
+        for (int i = 0; i < slots.Count; i++)
+        {
+            var old = slots[i].Tensor;
+            var t = view(i, slots[i]);
+            if (!t.Shape.AsSpan().SequenceEqual(slots[i].Shape)) throw new ArgumentException($"{slots[i].Name}: the rebound view is {Core.Shape.Format(t.Shape)}, the parameter {Core.Shape.Format(slots[i].Shape)}");
+            t.Keep();
+            t.Name = slots[i].Name;
+            t.IsParameter = true;
+            t.RequiresGrad = old.RequiresGrad;
+            t.Frozen = old.Frozen;
+            t.GradSource = old.GradSource;
+            slots[i] = slots[i] with { Tensor = t };
+        }
+        Grads?.Dispose();
+        Grads = null;
+        master?.Dispose();
+        master = null;
         Version = Interlocked.Increment(ref versions);
     }
 
@@ -192,7 +267,8 @@ public sealed class ParameterStore : IDisposable
     public void Dispose()
     {
         Grads?.Dispose();
-        Master?.Dispose();
+        master?.Dispose();
+        master = null;
         Grads = null;
         slots.Clear();
         index.Clear();

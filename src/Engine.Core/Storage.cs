@@ -15,15 +15,51 @@ public abstract class TensorStorage : IDisposable
     public long Length { get; }
     public bool IsDisposed { get; private set; }
 
+    /// <summary>
+    /// Whether the elements are allocated. A storage can give its elements back (<see cref="Evict"/>) and take new ones
+    /// (<see cref="Restore"/>, contents undefined) while the object — and every tensor viewing it — lives on: PyTorch
+    /// FSDP's storage resize. ZeRO-3 frees a unit's gathered weights between uses while the autograd tape still holds
+    /// the parameter tensors its backward will read once they are gathered again.
+    /// </summary>
+    public bool IsResident { get; private set; } = true;
+
+    /// <summary>Frees the elements and keeps the storage (a no-op when already evicted or disposed).</summary>
+    public void Evict()
+    {
+        if (!IsResident || IsDisposed) return;
+        EvictElements();
+        IsResident = false;
+    }
+
+    /// <summary>Allocates the elements again after <see cref="Evict"/> (their values are undefined until written).</summary>
+    public void Restore()
+    {
+        ObjectDisposedException.ThrowIf(IsDisposed, this);
+        if (IsResident) return;
+        RestoreElements();
+        IsResident = true;
+    }
+
+    protected virtual void EvictElements() => throw new NotSupportedException($"{GetType().Name} cannot give back its elements");
+    protected virtual void RestoreElements() => throw new NotSupportedException($"{GetType().Name} cannot give back its elements");
+
+    /// <summary>The message for a use of evicted elements.</summary>
+    protected static string EvictedMessage(long length) =>
+        $"a storage of {length} elements is used while its elements are given back (a ZeRO-3 parameter read outside its unit's forward or backward: gather it first)";
+
     public void Dispose()
     {
         if (IsDisposed) return;
         IsDisposed = true;
-        Release();
+        if (IsResident) Release();
+        else ReleaseEvicted();
         GC.SuppressFinalize(this);
     }
 
     protected abstract void Release();
+
+    /// <summary>Disposal of an evicted storage: whatever it still holds besides its elements.</summary>
+    protected virtual void ReleaseEvicted() { }
 }
 
 /// <summary>Host memory from an exact-length pool: shapes repeat every step, so buffers are reused, not re-allocated.</summary>
@@ -72,6 +108,25 @@ public sealed class CpuStorage : TensorStorage
         if (F is { Length: >= 1024 }) FloatPool.GetOrAdd(F.LongLength, _ => new()).Add(F);
         if (I is { Length: >= 1024 }) IntPool.GetOrAdd(I.LongLength, _ => new()).Add(I);
         F = null; I = null; H = null;
+    }
+
+    protected override void EvictElements() => Release();
+
+    protected override void RestoreElements()
+    {
+        switch (DType)
+        {
+            case DType.F32: F = Rent(FloatPool, Length, zero: false); break;
+            case DType.I32: I = Rent(IntPool, Length, zero: false); break;
+            case DType.BF16: H = new ushort[Length]; break;
+        }
+        counter.Add(Length * DType.Size());
+    }
+
+    /// <summary>Throws the evicted-storage message when the elements are given back.</summary>
+    public void CheckResident()
+    {
+        if (!IsResident) throw new InvalidOperationException(EvictedMessage(Length));
     }
 
     /// <summary>Drops every pooled buffer (e.g. between runs of different shapes).</summary>

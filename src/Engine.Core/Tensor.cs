@@ -55,6 +55,7 @@ public sealed class Tensor : IDisposable
     {
         get
         {
+            (Storage as CpuStorage)?.CheckResident();
             if (Storage is not CpuStorage { F: { } f }) throw new InvalidOperationException($"{Describe()} is not an fp32 host tensor");
             return f.AsSpan((int)Offset, (int)Numel);
         }
@@ -65,6 +66,7 @@ public sealed class Tensor : IDisposable
     {
         get
         {
+            (Storage as CpuStorage)?.CheckResident();
             if (Storage is not CpuStorage { I: { } a }) throw new InvalidOperationException($"{Describe()} is not an int32 host tensor");
             return a.AsSpan((int)Offset, (int)Numel);
         }
@@ -75,6 +77,7 @@ public sealed class Tensor : IDisposable
     {
         get
         {
+            (Storage as CpuStorage)?.CheckResident();
             if (Storage is not CpuStorage { H: { } a }) throw new InvalidOperationException($"{Describe()} is not a bf16 host tensor");
             return a.AsSpan((int)Offset, (int)Numel);
         }

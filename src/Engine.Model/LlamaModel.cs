@@ -19,6 +19,47 @@ public sealed class LlamaModel : IDisposable
         if (Stage.EndLayer > Config.NumLayers || Stage.FirstLayer < 0 || Stage.FirstLayer > Stage.EndLayer)
             throw new ArgumentException($"pipeline stage {Stage} does not fit a model of {Config.NumLayers} layers");
         Store = new ParameterStore(backend, Specs(Config, Stage));
+        Store.DefineUnits(Units(Config, Stage));
+    }
+
+    /// <summary>
+    /// The model's units in store order (<see cref="ParameterUnit"/>): the token embedding ("model.embed_tokens"), each
+    /// transformer block ("model.layers.N"), the final norm ("model.norm") and an untied head ("lm_head"). A tied head
+    /// uses the embedding's unit again. The forward calls <see cref="ParameterStore.Hooks"/> around each use.
+    /// </summary>
+    public static List<ParameterUnit> Units(LlamaConfig config, PipelineStage? stage = null)
+    {
+        var specs = Specs(config, stage);
+        return specs.GroupBy(s => UnitOf(s.Name)).Select(g => new ParameterUnit(g.Key, g.Select(s => s.Name).ToList())).ToList();
+    }
+
+    static string UnitOf(string parameter) => parameter.StartsWith("model.layers.", StringComparison.Ordinal)
+        ? parameter[..parameter.IndexOf('.', "model.layers.".Length)] : parameter[..parameter.LastIndexOf('.')];
+
+    int UnitIndex(string parameter)
+    {
+        var (name, units) = (UnitOf(parameter), Store.Units);
+        for (int u = 0; u < units.Count; u++) if (units[u].Name == name) return u;
+        throw new InvalidOperationException($"no unit of pipeline stage {Stage.Index} of {Stage.Count} holds {parameter}");
+    }
+
+    /// <summary>Runs <paramref name="body"/> as a use of the unit holding <paramref name="parameter"/>, between the store's
+    /// hooks: before/after forward now, before/after backward by marks on the tape (recorded after and before the body's
+    /// ops: backward runs the tape in reverse). Without hooks, just the body.</summary>
+    T InUnit<T>(string parameter, Func<T> body)
+    {
+        if (Store.Hooks is not { } hooks) return body();
+        int unit = UnitIndex(parameter);
+        hooks.BeforeForward(unit);
+        T y;
+        try
+        {
+            F.OnBackward(() => hooks.AfterBackward(unit));
+            y = body();
+        }
+        finally { hooks.AfterForward(unit); }
+        F.OnBackward(() => hooks.BeforeBackward(unit));
+        return y;
     }
 
     /// <summary>The parameters in Hugging Face state-dict order with their shapes ([out, in] weights); for a pipeline
@@ -66,8 +107,16 @@ public sealed class LlamaModel : IDisposable
     /// <summary>The flat store every parameter (and its gradient) is a view of.</summary>
     public ParameterStore Store { get; }
 
-    /// <summary>Use activation checkpointing per transformer block (recompute in backward, keep only block inputs).</summary>
-    public bool CheckpointActivations { get; set; }
+    /// <summary>Activation recompute per transformer block (<see cref="RecomputeMode"/>): none, full (keep only each
+    /// block's input, recompute the block in backward) or selective (recompute the attention core and SwiGLU).</summary>
+    public RecomputeMode Recompute { get; set; }
+
+    /// <summary>Full activation recompute on or off (the older switch: true = <see cref="RecomputeMode.Full"/>).</summary>
+    public bool CheckpointActivations
+    {
+        get => Recompute == RecomputeMode.Full;
+        set => Recompute = value ? RecomputeMode.Full : RecomputeMode.None;
+    }
 
     /// <summary>Adds to the output of the Linear layers it targets (LoRA, <see cref="Lora.LoraAdapters"/>); null = none.</summary>
     public ILinearAdapter? Adapter { get; set; }
@@ -167,15 +216,17 @@ public sealed class LlamaModel : IDisposable
     public Tensor Hidden(Tensor ids, int batch, int seqLen, int positionOffset = 0)
     {
         RequireWhole("Hidden");
-        return F.RmsNorm(Blocks(Embed(ids, batch, seqLen, positionOffset), batch, seqLen, positionOffset), this["model.norm.weight"], Config.RmsNormEps);
+        return FinalNorm(Blocks(Embed(ids, batch, seqLen, positionOffset), batch, seqLen, positionOffset));
     }
+
+    Tensor FinalNorm(Tensor x) => InUnit("model.norm.weight", () => F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps));
 
     Tensor Embed(Tensor ids, int batch, int seqLen, int positionOffset)
     {
         if (ids.Numel != (long)batch * seqLen) throw new ArgumentException($"ids hold {ids.Numel} tokens, expected batch {batch} × seq {seqLen}");
         if (seqLen + positionOffset > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
             throw new ArgumentException($"sequence of {seqLen + positionOffset} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
-        return F.Embedding(ids, this["model.embed_tokens.weight"]);
+        return InUnit("model.embed_tokens.weight", () => F.Embedding(ids, this["model.embed_tokens.weight"]));
     }
 
     /// <summary>This model's (or stage's) transformer blocks over hidden states x [B*T, C].</summary>
@@ -185,7 +236,9 @@ public sealed class LlamaModel : IDisposable
         {
             int layer = i;
             Tensor Block(Tensor h) => TransformerBlock(h, layer, batch, seqLen, positionOffset);
-            x = CheckpointActivations ? F.Checkpoint(Block, x, LayerParameters(layer)) : Block(x);
+            var input = x;
+            x = InUnit($"model.layers.{layer}.input_layernorm.weight",
+                () => Recompute == RecomputeMode.Full ? F.Checkpoint(Block, input, LayerParameters(layer)) : Block(input));
         }
         return x;
     }
@@ -210,11 +263,11 @@ public sealed class LlamaModel : IDisposable
     {
         if (!Stage.IsLast) throw new InvalidOperationException($"pipeline stage {Stage.Index} of {Stage.Count} has no head");
         var x = Blocks(Stage.IsFirst ? Embed(input, batch, seqLen, 0) : input, batch, seqLen);
-        return F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps);
+        return FinalNorm(x);
     }
 
     /// <summary>The last stage's logits [B*T, V] (see <see cref="StageHidden"/>).</summary>
-    public Tensor StageLogits(Tensor input, int batch, int seqLen) => Linear(StageHidden(input, batch, seqLen), "lm_head.weight", HeadWeight());
+    public Tensor StageLogits(Tensor input, int batch, int seqLen) => Head(StageHidden(input, batch, seqLen));
 
     /// <summary>The LM head weight as used (tied embeddings, NormHead-normalised rows, or lm_head).</summary>
     public Tensor HeadWeight()
@@ -223,9 +276,11 @@ public sealed class LlamaModel : IDisposable
         return Config.NormHead ? F.RowNormalize(w) : w;
     }
 
+    /// <summary>The LM head over final hidden states (a use of the head's unit: lm_head, or the tied embedding).</summary>
+    Tensor Head(Tensor h) => InUnit(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", () => Linear(h, "lm_head.weight", HeadWeight()));
+
     /// <summary>Logits [B*T, V].</summary>
-    public Tensor Logits(Tensor ids, int batch, int seqLen, int positionOffset = 0) =>
-        Linear(Hidden(ids, batch, seqLen, positionOffset), "lm_head.weight", HeadWeight());
+    public Tensor Logits(Tensor ids, int batch, int seqLen, int positionOffset = 0) => Head(Hidden(ids, batch, seqLen, positionOffset));
 
     /// <summary>
     /// Loss over targets [B*T] (int32, -100 = ignored) divided by normalizer (the global count of valid targets
@@ -248,25 +303,30 @@ public sealed class LlamaModel : IDisposable
         if (offset + n > cache.MaxLength) throw new ArgumentException($"KV cache full: {offset} + {n} tokens exceed its {cache.MaxLength} positions");
         var cfg = Config;
         using var ng = Engine.Core.Autograd.Grad.NoGrad();
-        var x = F.Embedding(ids, this["model.embed_tokens.weight"]);
+        var x = InUnit("model.embed_tokens.weight", () => F.Embedding(ids, this["model.embed_tokens.weight"]));
         for (int i = 0; i < cfg.NumLayers; i++)
-        {
-            string p = $"model.layers.{i}.";
-            var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
-            var q = F.Rope(Linear(h, p + "self_attn.q_proj.weight"), cfg.Rope, 1, n, cfg.NumHeads, offset);
-            var k = F.Rope(Linear(h, p + "self_attn.k_proj.weight"), cfg.Rope, 1, n, cfg.NumKvHeads, offset);
-            var v = Linear(h, p + "self_attn.v_proj.weight");
-            Backend.Copy(k, cache.K[i].Narrow0(offset, n));
-            Backend.Copy(v, cache.V[i].Narrow0(offset, n));
-            var a = Backend.Empty(q.Shape, q.DType);
-            Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset);
-            x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
-            var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
-            var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
-            x = F.Add(x, Linear(m, p + "mlp.down_proj.weight"));
-        }
+            x = InUnit($"model.layers.{i}.input_layernorm.weight", () => DecodeBlock(x, i, n, offset, cache));
         cache.Length = offset + n;
-        return Linear(F.RmsNorm(x, this["model.norm.weight"], cfg.RmsNormEps), "lm_head.weight", HeadWeight());
+        return Head(FinalNorm(x));
+    }
+
+    /// <summary>One block of <see cref="LogitsWithCache"/> (no gradients).</summary>
+    Tensor DecodeBlock(Tensor x, int i, int n, int offset, KvCache cache)
+    {
+        var cfg = Config;
+        string p = $"model.layers.{i}.";
+        var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
+        var q = F.Rope(Linear(h, p + "self_attn.q_proj.weight"), cfg.Rope, 1, n, cfg.NumHeads, offset);
+        var k = F.Rope(Linear(h, p + "self_attn.k_proj.weight"), cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+        var v = Linear(h, p + "self_attn.v_proj.weight");
+        Backend.Copy(k, cache.K[i].Narrow0(offset, n));
+        Backend.Copy(v, cache.V[i].Narrow0(offset, n));
+        var a = Backend.Empty(q.Shape, q.DType);
+        Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset);
+        x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
+        var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
+        var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
+        return F.Add(x, Linear(m, p + "mlp.down_proj.weight"));
     }
 
     Tensor TransformerBlock(Tensor x, int i, int batch, int seqLen, int positionOffset)
@@ -277,13 +337,19 @@ public sealed class LlamaModel : IDisposable
         var q = Linear(h, p + "self_attn.q_proj.weight");
         var k = Linear(h, p + "self_attn.k_proj.weight");
         var v = Linear(h, p + "self_attn.v_proj.weight");
-        q = F.Rope(q, cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset);
-        k = F.Rope(k, cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset);
-        var a = F.Attention(q, k, v, new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
-        x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
+        // the attention core (RoPE + attention) and SwiGLU: under selective recompute their outputs and intermediates
+        // are dropped once the next GEMM has read them and recomputed when its backward needs them
+        Tensor Core(Tensor[] t) => F.Attention(F.Rope(t[0], cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset),
+            F.Rope(t[1], cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset), t[2], new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
+        Tensor OProj(Tensor a) => Linear(a, p + "self_attn.o_proj.weight");
+        bool selective = Recompute == RecomputeMode.Selective;
+        x = F.Add(x, selective ? F.Recompute(Core, OProj, q, k, v) : OProj(Core([q, k, v])));
         var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
-        var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
-        return F.Add(x, Linear(m, p + "mlp.down_proj.weight"));
+        Tensor Mlp(Tensor[] t) => F.SwiGlu(t[0], t[1]);
+        Tensor Down(Tensor m) => Linear(m, p + "mlp.down_proj.weight");
+        var gate = Linear(h2, p + "mlp.gate_proj.weight");
+        var up = Linear(h2, p + "mlp.up_proj.weight");
+        return F.Add(x, selective ? F.Recompute(Mlp, Down, gate, up) : Down(Mlp([gate, up])));
     }
 
     /// <summary>The parameters of transformer block <paramref name="layer"/>.</summary>
@@ -297,6 +363,13 @@ public sealed class LlamaModel : IDisposable
 
     public void Dispose() => Store.Dispose();
 }
+
+/// <summary>
+/// Activation recompute per transformer block (Megatron-LM's choices). None keeps every activation the backward reads;
+/// Full keeps only each block's input and recomputes the whole block in backward; Selective keeps the GEMM outputs and
+/// recomputes the attention core (RoPE, attention) and the SwiGLU product when their consumers' backward needs them.
+/// </summary>
+public enum RecomputeMode { None, Full, Selective }
 
 /// <summary>
 /// One stage of a pipeline-parallel model: transformer blocks [FirstLayer, EndLayer), the embedding on the first

@@ -61,18 +61,23 @@ public sealed record CheckpointManifest
     public string? Layout { get; init; }
     /// <summary>Byte size of every file (checked before the hashes).</summary>
     public Dictionary<string, long>? Sizes { get; init; }
+    /// <summary>The fp32 master weights are in the rank files ("master": each rank's slices, written by ZeRO-3, whose
+    /// ranks hold no whole weights), not in model.safetensors; format 3.</summary>
+    public bool ShardedWeights { get; init; }
 }
 
 /// <summary>
 /// Training checkpoints: one directory per step (`step_00000123/`) holding config.json + model.safetensors (the full
-/// fp32 master weights in Hugging Face layout, by rank 0 — every rank holds them), optimizer/rankNNNNN.safetensors
+/// fp32 master weights in Hugging Face layout, by rank 0 — every rank holds them; under ZeRO-3, where no rank does,
+/// each rank's slices of the master weights in its rank file instead, format 3), optimizer/rankNNNNN.safetensors
 /// (each rank's slices of the AdamW moments: under ZeRO the slices it owns, without ZeRO the same partition so the
 /// ranks write in parallel), state.json (step, tokens, sampler RNG, AdamW step) and manifest.json (format, world size,
 /// ZeRO stage, the flat layout, each rank's slices, SHA-256 of every file), written last. The directory is built under
 /// a temporary name and renamed, so a crash never leaves a half-written checkpoint; only the newest `keep` are kept.
 /// <para>
-/// Loading verifies the manifest, then maps moments by parameter name and element, so a checkpoint loads at any
-/// data-parallel size and ZeRO stage (resharding after losing nodes); at the same layout it is bit-exact.
+/// Loading verifies the manifest, then maps moments — and sharded weights — by parameter name and element, so a
+/// checkpoint loads at any data-parallel size, ZeRO stage (0-3) and pipeline split, in both directions (resharding
+/// after losing nodes); at the same layout it is bit-exact.
 /// All ranks call <see cref="Save"/> and <see cref="Load"/> together; the directory must be on a filesystem every rank
 /// sees.
 /// </para>
@@ -80,6 +85,8 @@ public sealed record CheckpointManifest
 public static class Checkpoints
 {
     public const int FormatVersion = 2;
+    /// <summary>The format of a checkpoint whose weights are sharded across the rank files (ZeRO-3).</summary>
+    public const int ShardedWeightsFormat = 3;
     const string StateFile = "state.json", ManifestFile = "manifest.json", OptimizerDir = "optimizer";
     /// <summary>A LoRA run's checkpoint holds its adapter here (PEFT layout) and config.json, not the frozen base.</summary>
     public const string AdapterDir = "adapter";
@@ -136,19 +143,24 @@ public static class Checkpoints
         }
         world.Barrier();
 
-        // every rank: its slices of the moments, in a file named by its world rank
+        // every rank: its slices of the moments (and, ZeRO-3, of the master weights), in a file named by its world rank
+        bool shardedWeights = dp.Stage == 3 && adapter == null;
         var (m, v) = opt.ExportState();
+        var master = shardedWeights ? dp.Units!.Master.ToArray() : null;
         var slices = WriteSlices(dp, group.Rank);
         long total = slices.Sum(s => s.Written.Length);
         var fm = new float[total];
         var fv = new float[total];
+        var fw = shardedWeights ? new float[total] : null;
         foreach (var (src, w) in slices)
         {
             Array.Copy(m, src.Compact, fm, w.Compact, w.Length);
             Array.Copy(v, src.Compact, fv, w.Compact, w.Length);
+            if (fw != null) Array.Copy(master!, src.Compact, fw, w.Compact, w.Length);
         }
-        SafeTensorsWriter.Write(Path.Combine(tmp, ShardFile(world.Rank)),
-            [new SafeTensorWrite("exp_avg", [total], fm), new SafeTensorWrite("exp_avg_sq", [total], fv)],
+        var tensors = new List<SafeTensorWrite> { new("exp_avg", [total], fm), new("exp_avg_sq", [total], fv) };
+        if (fw != null) tensors.Add(new SafeTensorWrite(MasterTensor, [total], fw));
+        SafeTensorsWriter.Write(Path.Combine(tmp, ShardFile(world.Rank)), tensors,
             new Dictionary<string, string> { ["rank"] = world.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture) });
         Durable.SyncFile(Path.Combine(tmp, ShardFile(world.Rank)));
         // every stage's first rank: the stage's layout and which world rank holds which slices
@@ -171,6 +183,11 @@ public static class Checkpoints
             else if (world.Rank == 0) adapter.Save(Path.Combine(tmp, AdapterDir));
             if (world.Rank == 0) Durable.WriteAllText(Path.Combine(tmp, "config.json"), model.Config.ToHuggingFaceJson("float32"));
         }
+        else if (shardedWeights)
+        {
+            // the weights are in the rank files: only the model's shape here
+            if (world.Rank == 0) Durable.WriteAllText(Path.Combine(tmp, "config.json"), model.Config.ToHuggingFaceJson("float32"));
+        }
         else if (layout?.Pipelined == true) layout.SaveModel(model, tmp);
         else if (world.Rank == 0) ModelIO.Save(model, tmp);
 
@@ -191,6 +208,8 @@ public static class Checkpoints
                 .Select(f => Path.GetRelativePath(tmp, f).Replace('\\', '/')).Order(StringComparer.Ordinal).ToList();
             var manifest = new CheckpointManifest
             {
+                Format = shardedWeights ? ShardedWeightsFormat : FormatVersion,
+                ShardedWeights = shardedWeights,
                 WorldSize = world.WorldSize,
                 Pp = stages,
                 Zero = dp.Stage,
@@ -214,6 +233,9 @@ public static class Checkpoints
     }
 
     static string StageFile(int stage) => $"stage{stage:D3}.json";
+
+    /// <summary>The rank files' tensor of fp32 master-weight slices (ZeRO-3 checkpoints).</summary>
+    const string MasterTensor = "master";
 
     /// <summary>Checkpoint directories under root, oldest first.</summary>
     public static List<string> List(string root) => !Directory.Exists(root) ? []
@@ -274,35 +296,89 @@ public static class Checkpoints
             else throw new InvalidDataException($"{Directory}: {StateFile} has no adapter dropout RNG state");
         }
 
-        /// <summary>The weights, for the whole model or one pipeline stage (only its parameters are read).</summary>
-        public LlamaModel LoadModel(IBackend backend, Func<LlamaConfig, PipelineStage?>? stage = null) =>
-            ModelIO.Load(Directory, backend, stage == null ? null : c => stage(c) ?? PipelineStage.Whole(c.NumLayers));
+        /// <summary>The weights, for the whole model or one pipeline stage (only its parameters are read): from
+        /// model.safetensors, or — a ZeRO-3 checkpoint — assembled from every rank's slices by parameter name.</summary>
+        public LlamaModel LoadModel(IBackend backend, Func<LlamaConfig, PipelineStage?>? stage = null)
+        {
+            if (!Manifest.ShardedWeights)
+                return ModelIO.Load(Directory, backend, stage == null ? null : c => stage(c) ?? PipelineStage.Whole(c.NumLayers));
+            var config = ModelIO.LoadConfig(Directory);
+            var model = new LlamaModel(config, backend, stage?.Invoke(config));
+            try
+            {
+                var weights = new Slices(this);
+                foreach (var (name, t) in model.Parameters) model.Load(name, weights.Parameter(name, t.Shape, MasterTensor));
+                return model;
+            }
+            catch
+            {
+                model.Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>
+        /// The weights into a model already set up for data parallelism (recipes build the stage's model first): at
+        /// ZeRO-3 into this rank's slices of the master weights, otherwise into the model; from model.safetensors or
+        /// a ZeRO-3 checkpoint's slices alike.
+        /// </summary>
+        public void LoadWeights(LlamaModel model, DataParallel dp)
+        {
+            if (!Manifest.ShardedWeights && dp.Stage != 3)
+            {
+                var files = ModelIO.WeightFiles(Directory);
+                ModelIO.LoadWeights(model, files.Index, files.Shards);
+                return;
+            }
+            var slices = Manifest.ShardedWeights ? new Slices(this) : null;
+            var whole = slices == null ? WholeTensors() : null;
+            float[] Read(string name, int[] shape) => slices?.Parameter(name, shape, MasterTensor) ?? whole!(name, shape);
+            if (dp.Stage != 3)
+            {
+                foreach (var (name, t) in model.Parameters) model.Load(name, Read(name, t.Shape));
+                return;
+            }
+            if (!ReferenceEquals(dp.Store, model.Store)) throw new ArgumentException("the data-parallel set-up belongs to another store than the model's");
+            foreach (var slice in dp.Layout.Owned)
+            {
+                long end = slice.Start + slice.Length;
+                foreach (var p in dp.Store.Slots)
+                {
+                    long lo = Math.Max(p.Offset, slice.Start), hi = Math.Min(p.Offset + p.Numel, end);
+                    if (lo >= hi) continue;
+                    var values = Read(p.Name, p.Shape);
+                    model.Backend.Upload(dp.OwnedMaster(slice).Range(lo - slice.Start, hi - lo), values.AsSpan((int)(lo - p.Offset), (int)(hi - lo)));
+                }
+            }
+        }
+
+        /// <summary>A reader of whole tensors by name from model.safetensors (or its shards and index).</summary>
+        Func<string, int[], float[]> WholeTensors()
+        {
+            var files = ModelIO.WeightFiles(Directory);
+            var where = new Dictionary<string, string>(StringComparer.Ordinal);
+            foreach (var f in files.Shards)
+            {
+                using var st = SafeTensorsFile.Open(f);
+                foreach (var e in st.Entries) where.TryAdd(e.Name, f);
+            }
+            return (name, shape) =>
+            {
+                if (!where.TryGetValue(name, out var f)) throw new InvalidDataException($"{Directory}: the checkpoint's weights have no tensor '{name}'");
+                using var st = SafeTensorsFile.Open(f);
+                var e = st.Entries.First(x => x.Name == name);
+                if (!e.Shape.SequenceEqual(shape.Select(d => (long)d)))
+                    throw new InvalidDataException($"{f}: tensor '{name}' has shape [{string.Join(", ", e.Shape)}], the model expects {Shape.Format(shape)}");
+                return st.ReadFloat32(name);
+            };
+        }
 
         /// <summary>Fills <paramref name="opt"/>'s moments for its rank, layout and stage (mapped by parameter name and
         /// element from whichever stage and rank wrote them; parameters the checkpoint lacks start at zero) and its step.</summary>
         public void LoadOptimizer(AdamW opt)
         {
             var dp = opt.Parallel;
-            // parameter name → (its stage's layout, the parameter there); a tied copy on two stages has equal moments
-            var old = new Dictionary<string, (CheckpointStage Stage, CheckpointParameter Param)>(StringComparer.Ordinal);
-            foreach (var st in Manifest.Stages)
-                foreach (var p in st.Parameters) old.TryAdd(p.Name, (st, p));
-            var owners = Manifest.Stages.ToDictionary(st => st.Index,
-                st => st.Shards.SelectMany(sh => sh.Slices.Select(sl => (sh.Rank, Slice: sl))).OrderBy(x => x.Slice.Start).ToList());
-            var files = new Dictionary<int, (float[] M, float[] V)>();
-            (float[] M, float[] V) File(int rank)
-            {
-                if (!files.TryGetValue(rank, out var f))
-                {
-                    using var st = SafeTensorsFile.Open(Path.Combine(Directory, ShardFile(rank)));
-                    f = (st.ReadFloat32("exp_avg"), st.ReadFloat32("exp_avg_sq"));
-                    long expect = Manifest.Stages.SelectMany(x => x.Shards).Where(x => x.Rank == rank).Sum(x => x.Slices.Sum(y => y.Length));
-                    if (f.M.Length != expect || f.V.Length != expect)
-                        throw new InvalidDataException($"{Directory}: {ShardFile(rank)} holds {f.M.Length} moments, the manifest lists {expect}");
-                    files[rank] = f;
-                }
-                return f;
-            }
+            var slices = new Slices(this);
             var m = new float[dp.Layout.OwnedElements];
             var v = new float[dp.Layout.OwnedElements];
             foreach (var slice in dp.Layout.Owned)
@@ -311,24 +387,73 @@ public static class Checkpoints
                 foreach (var p in dp.Store.Slots)
                 {
                     long lo = Math.Max(p.Offset, slice.Start), hi = Math.Min(p.Offset + p.Numel, end);
-                    if (lo >= hi || !old.TryGetValue(p.Name, out var found)) continue;
-                    var (ost, op) = found;
-                    if (!op.Shape.AsSpan().SequenceEqual(p.Shape))
-                        throw new InvalidDataException($"{Directory}: parameter {p.Name} has shape {Shape.Format(op.Shape)} in the checkpoint, {Shape.Format(p.Shape)} in this model");
-                    long from = op.Offset + (lo - p.Offset), count = hi - lo, to = slice.Compact + (lo - slice.Start);
-                    while (count > 0)
-                    {
-                        var (rank, s) = Owner(owners[ost.Index], from) ?? throw new InvalidDataException($"{Directory}: no rank's file holds element {from} of stage {ost.Index}'s moments ({p.Name})");
-                        long n = Math.Min(count, s.Start + s.Length - from);
-                        var f = File(rank);
-                        long at = s.Compact + (from - s.Start);
-                        Array.Copy(f.M, at, m, to, n);
-                        Array.Copy(f.V, at, v, to, n);
-                        from += n; to += n; count -= n;
-                    }
+                    if (lo < hi) slices.Copy(p.Name, p.Shape, lo - p.Offset, hi - lo, slice.Compact + (lo - slice.Start), ("exp_avg", m), ("exp_avg_sq", v));
                 }
             }
             opt.ImportState(State.AdamStep, m, v);
+        }
+
+        /// <summary>
+        /// The rank files' compact tensors (moments; ZeRO-3's master weights) read by parameter name and element: a
+        /// parameter is looked up in whichever stage's layout holds it (a tied copy on two stages has equal values), its
+        /// flat range cut into the pieces the ranks wrote.
+        /// </summary>
+        sealed class Slices
+        {
+            readonly Loaded ckpt;
+            readonly Dictionary<string, (CheckpointStage Stage, CheckpointParameter Param)> byName = new(StringComparer.Ordinal);
+            readonly Dictionary<int, List<(int Rank, CheckpointSlice Slice)>> owners;
+            readonly Dictionary<(int Rank, string Tensor), float[]> files = new();
+
+            public Slices(Loaded ckpt)
+            {
+                this.ckpt = ckpt;
+                foreach (var st in ckpt.Manifest.Stages)
+                    foreach (var p in st.Parameters) byName.TryAdd(p.Name, (st, p));
+                owners = ckpt.Manifest.Stages.ToDictionary(st => st.Index,
+                    st => st.Shards.SelectMany(sh => sh.Slices.Select(sl => (sh.Rank, Slice: sl))).OrderBy(x => x.Slice.Start).ToList());
+            }
+
+            float[] File(int rank, string tensor)
+            {
+                if (files.TryGetValue((rank, tensor), out var f)) return f;
+                using var st = SafeTensorsFile.Open(Path.Combine(ckpt.Directory, ShardFile(rank)));
+                if (!st.Entries.Any(e => e.Name == tensor)) throw new InvalidDataException($"{ckpt.Directory}: {ShardFile(rank)} has no '{tensor}'");
+                f = st.ReadFloat32(tensor);
+                long expect = ckpt.Manifest.Stages.SelectMany(x => x.Shards).Where(x => x.Rank == rank).Sum(x => x.Slices.Sum(y => y.Length));
+                if (f.Length != expect)
+                    throw new InvalidDataException($"{ckpt.Directory}: {ShardFile(rank)} holds {f.Length} values of {tensor}, the manifest lists {expect}");
+                return files[(rank, tensor)] = f;
+            }
+
+            /// <summary>Elements [from, from + count) of parameter <paramref name="name"/> into each destination from
+            /// element <paramref name="to"/>; false (nothing written) when the checkpoint lacks the parameter.</summary>
+            public bool Copy(string name, int[] shape, long from, long count, long to, params (string Tensor, float[] Into)[] dest)
+            {
+                if (!byName.TryGetValue(name, out var found)) return false;
+                var (ost, op) = found;
+                if (!op.Shape.AsSpan().SequenceEqual(shape))
+                    throw new InvalidDataException($"{ckpt.Directory}: parameter {name} has shape {Shape.Format(op.Shape)} in the checkpoint, {Shape.Format(shape)} in this model");
+                long flat = op.Offset + from;
+                while (count > 0)
+                {
+                    var (rank, s) = Owner(owners[ost.Index], flat) ?? throw new InvalidDataException($"{ckpt.Directory}: no rank's file holds element {flat} of stage {ost.Index}'s layout ({name})");
+                    long n = Math.Min(count, s.Start + s.Length - flat);
+                    long at = s.Compact + (flat - s.Start);
+                    foreach (var (tensor, into) in dest) Array.Copy(File(rank, tensor), at, into, to, n);
+                    flat += n; to += n; count -= n;
+                }
+                return true;
+            }
+
+            /// <summary>A whole parameter of the named tensor (the checkpoint must hold it).</summary>
+            public float[] Parameter(string name, int[] shape, string tensor)
+            {
+                var values = new float[Shape.Numel(shape)];
+                if (!Copy(name, shape, 0, values.Length, 0, (tensor, values)))
+                    throw new InvalidDataException($"{ckpt.Directory}: the checkpoint's weights have no parameter '{name}'");
+                return values;
+            }
         }
 
         static (int Rank, CheckpointSlice Slice)? Owner(List<(int Rank, CheckpointSlice Slice)> owners, long element)
@@ -365,8 +490,8 @@ public static class Checkpoints
                 ?? throw new InvalidDataException($"{manifestPath}: empty manifest");
         }
         catch (JsonException e) { throw new InvalidDataException($"{manifestPath}: not a checkpoint manifest ({e.Message})"); }
-        if (manifest.Format != FormatVersion)
-            throw new InvalidDataException($"{manifestPath}: checkpoint format {manifest.Format}, this engine reads format {FormatVersion}");
+        if (manifest.Format != (manifest.ShardedWeights ? ShardedWeightsFormat : FormatVersion))
+            throw new InvalidDataException($"{manifestPath}: checkpoint format {manifest.Format}{(manifest.ShardedWeights ? " with sharded weights" : "")}, this engine reads format {FormatVersion} (weights in model.safetensors) and {ShardedWeightsFormat} (weights sharded with the moments)");
         CheckLayout(manifest, manifestPath);
         if (manifest.Files.Count == 0 || manifest.WorldSize < 1 || manifest.Stages.Count != manifest.Pp
             || manifest.Stages.Sum(st => st.Shards.Count) != manifest.WorldSize)
@@ -395,10 +520,10 @@ public static class Checkpoints
             try
             {
                 using var st = SafeTensorsFile.Open(path);
-                foreach (var moment in new[] { "exp_avg", "exp_avg_sq" })
+                foreach (var moment in manifest.ShardedWeights ? new[] { "exp_avg", "exp_avg_sq", MasterTensor } : ["exp_avg", "exp_avg_sq"])
                 {
                     var e = st.Entries.FirstOrDefault(x => x.Name == moment)
-                        ?? throw new InvalidDataException($"{dir}: {rel} has no {moment} (AdamW moments missing)");
+                        ?? throw new InvalidDataException($"{dir}: {rel} has no {moment} ({(moment == MasterTensor ? "sharded master weights" : "AdamW moments")} missing)");
                     if (e.Shape.Aggregate(1L, (a, b) => a * b) != expect)
                         throw new InvalidDataException($"{dir}: {rel}: {moment} holds {e.Shape.Aggregate(1L, (a, b) => a * b)} values, the manifest lists {expect}");
                 }

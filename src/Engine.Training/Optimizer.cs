@@ -95,21 +95,24 @@ public sealed class AdamW : IDisposable
         {
             long sliceEnd = slice.Start + slice.Length;
             AdamWRun? open = null;
+            long openStart = 0;   // the open run's first flat element
             foreach (var s in store.Slots)
             {
                 long lo = Math.Max(s.Offset, slice.Start), hi = Math.Min(s.Offset + s.Numel, sliceEnd);
                 if (lo >= hi) continue;
                 if (s.Tensor.Frozen) { if (open != null) { list.Add(open.Value); open = null; } continue; }
                 float wd = Options.NoDecayOnNorms && s.Shape.Length == 1 ? 0f : (float)Options.WeightDecay;
+                long master = Parallel.MasterOffset(slice) + (lo - slice.Start);
                 long grad = Parallel.GradientOffset(slice) + (lo - slice.Start);
                 long state = slice.Compact + (lo - slice.Start);
                 // extend the open run across the alignment gap (gaps are zero and stay zero under AdamW) when the
                 // weight decay agrees; otherwise start a new run
-                if (open is { } o && o.WeightDecay == wd) open = o with { Count = hi - o.Master };
+                if (open is { } o && o.WeightDecay == wd) open = o with { Count = hi - openStart };
                 else
                 {
                     if (open != null) list.Add(open.Value);
-                    open = new AdamWRun(lo, grad, state, hi - lo, wd);
+                    open = new AdamWRun(master, grad, state, hi - lo, wd);
+                    openStart = lo;
                 }
             }
             if (open != null) list.Add(open.Value);
@@ -133,7 +136,7 @@ public sealed class AdamW : IDisposable
     {
         EnsureState();
         Parallel.FinishGradients();
-        if (Parallel.Stage == 2)
+        if (Parallel.Stage >= 2)
         {
             Be.Fill(partials!, 0f);
             foreach (var s in Parallel.Layout.Owned)
@@ -153,10 +156,13 @@ public sealed class AdamW : IDisposable
         double s = result!.ToArray()[0];
         if (NormExclude is { } name)
         {
-            var slot = store.Slot(name);
-            using var p = Be.Zeros([(int)((slot.Numel + ShardLayout.Chunk - 1) / ShardLayout.Chunk)]).Keep();
+            // the chunk partials of the excluded gradient: its own (stage 0/1), or — sharded (ZeRO-3) — its slice's,
+            // summed over the data-parallel group like the stage's
+            var g = Parallel.GradientOf(name);
+            using var p = Be.Zeros([(int)((g.Numel + ShardLayout.Chunk - 1) / ShardLayout.Chunk)]).Keep();
             using var r = Be.Zeros([3]).Keep();
-            Be.ChunkSumOfSquares(store.Grads!.Range(slot.Offset, slot.Numel), ShardLayout.Chunk, p);
+            Be.ChunkSumOfSquares(g, ShardLayout.Chunk, p);
+            if (Parallel.Stage >= 2) Parallel.Comm.AllReduce(p).Wait();
             Be.GradNormFinalize(p, 0f, r);
             s -= r.ToArray()[0];
         }
@@ -177,7 +183,7 @@ public sealed class AdamW : IDisposable
         Step++;
         var step = new AdamWStep((float)lr, (float)Options.Beta1, (float)Options.Beta2, (float)Options.Eps, 0f, Step);
         // the clip factor is read on the device; a non-finite one makes the kernel write nothing
-        Be.AdamW(store.Master, Parallel.GradientBuffer, m!, v!, Runs(), step, result!.Range(2, 1));
+        Be.AdamW(Parallel.MasterBuffer, Parallel.GradientBuffer, m!, v!, Runs(), step, result!.Range(2, 1));
         var r = result!.ToArray();
         if (!float.IsFinite(r[2]))
         {

@@ -10,13 +10,14 @@ namespace Engine.Parallel.Tests;
 /// What survives a crash, as separate processes: SIGTERM to `engine train` saves a checkpoint at the next step boundary
 /// and exits 0, and `--resume latest` then ends with the uninterrupted run's weights bit for bit; `engine launch
 /// --max-restarts 1` with rank 1 killed after step 3 (ENGINE_FAULT_AT_STEP, first attempt only) restarts both ranks
-/// from the step-2 checkpoint and ends with the uninterrupted 2-rank run's losses and weights.
+/// from the step-2 checkpoint and ends with the uninterrupted 2-rank run's losses and weights. At ZeRO-3 (weights sharded,
+/// each rank's slices in its checkpoint file) the same holds for SIGTERM to the launcher and for kill -9 of one rank.
 /// </summary>
 public class ResilienceProcessTests
 {
     static readonly TimeSpan Limit = TimeSpan.FromMinutes(4);
 
-    static string Config(string dir, string name, int steps, int every)
+    static string Config(string dir, string name, int steps, int every, int zero = 0)
     {
         string path = Path.Combine(dir, name + ".toml");
         File.WriteAllText(path, $"""
@@ -42,6 +43,8 @@ public class ResilienceProcessTests
             [output]
             dir = "{Path.Combine(dir, "out_" + name)}"
             checkpoint_every = {every}
+            [parallel]
+            zero = {zero}
             """);
         return path;
     }
@@ -53,7 +56,15 @@ public class ResilienceProcessTests
 
     /// <summary>Runs engine with <paramref name="args"/> (a 12-step run), sends it SIGTERM once its console shows step 3,
     /// and returns its exit code and everything it printed.</summary>
-    static async Task<(int ExitCode, string All)> RunAndSigterm(IEnumerable<string> args)
+    static Task<(int ExitCode, string All)> RunAndSigterm(IEnumerable<string> args) => RunAndAct(args, @"step +3/12", p =>
+    {
+        using var kill = Process.Start("kill", ["-TERM", p.Id.ToString(CultureInfo.InvariantCulture)])!;
+        kill.WaitForExit();
+    });
+
+    /// <summary>Runs engine with <paramref name="args"/>, calls <paramref name="act"/> once a console line matches
+    /// <paramref name="trigger"/>, and returns its exit code and everything it printed.</summary>
+    static async Task<(int ExitCode, string All)> RunAndAct(IEnumerable<string> args, string trigger, Action<Process> act)
     {
         var psi = new ProcessStartInfo(EngineProcess.Engine[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in EngineProcess.Engine.Skip(1).Concat(args)) psi.ArgumentList.Add(a);
@@ -66,13 +77,13 @@ public class ResilienceProcessTests
         {
             if (e.Data is not { } l) return;
             lock (stdout) stdout.AppendLine(l);
-            if (Regex.IsMatch(l, @"step +3/12")) third.TrySetResult();
+            if (Regex.IsMatch(l, trigger)) third.TrySetResult();
         };
         p.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lock (stderr) stderr.AppendLine(l); };
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
         await third.Task.WaitAsync(Limit, TestContext.Current.CancellationToken);
-        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(CultureInfo.InvariantCulture)])!) await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
+        act(p);
         await p.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(Limit, TestContext.Current.CancellationToken);
         p.WaitForExit();
         string all;
@@ -107,19 +118,20 @@ public class ResilienceProcessTests
     /// step, the job saves one checkpoint and exits 0 within the grace period (under mpirun too, whose own SIGKILL
     /// would otherwise follow after 1 s), and a launched resume ends with the uninterrupted 2-rank run's weights.</summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]   // torchrun-style children
-    public async Task Sigterm_to_the_launcher_saves_every_rank_at_one_step_boundary_and_resume_equals_the_uninterrupted_run(bool spawn)
+    [InlineData(false, 0)]
+    [InlineData(true, 0)]   // torchrun-style children
+    [InlineData(false, 3)]  // ZeRO-3: every rank saves its slices of the weights
+    public async Task Sigterm_to_the_launcher_saves_every_rank_at_one_step_boundary_and_resume_equals_the_uninterrupted_run(bool spawn, int zero)
     {
         EngineProcess.RequireMpi();
         using var dir = new TempFolder();
         string[] Launch(string cfg, params string[] extra) => ["launch", "--nproc-per-node", "2",
             .. spawn ? new[] { "--spawn", "--master-port", StoreTests.FreePort().ToString(CultureInfo.InvariantCulture) } : [],
             "--", "train", "--config", cfg, .. extra];
-        var straight = await EngineProcess.RunEngine(Launch(Config(dir.Path, "straight", 12, 0)), EngineProcess.BaseEnvironment(), Limit);
+        var straight = await EngineProcess.RunEngine(Launch(Config(dir.Path, "straight", 12, 0, zero)), EngineProcess.BaseEnvironment(), Limit);
         Assert.True(straight.ExitCode == 0, straight.All);
 
-        string cfg = Config(dir.Path, "signalled", 12, 0);
+        string cfg = Config(dir.Path, "signalled", 12, 0, zero);
         var (code, all) = await RunAndSigterm(Launch(cfg));
         Assert.True(code == 0, all);
         var stopped = Regex.Match(all, @"stopped\s+after\s+step\s+(\d+)\s+of\s+12");
@@ -129,6 +141,7 @@ public class ResilienceProcessTests
         string ckpt = Path.Combine(dir.Path, "out_signalled", "checkpoints", $"step_{at:D8}");
         Assert.True(File.Exists(Path.Combine(ckpt, "manifest.json")), all);
         Assert.Equal(2, Directory.GetFiles(Path.Combine(ckpt, "optimizer")).Length);   // both ranks wrote their shard
+        Assert.Equal(zero == 3, !File.Exists(Path.Combine(ckpt, ModelIO.WeightsFile)));   // ZeRO-3: the weights are in the shards
 
         var resumed = await EngineProcess.RunEngine(Launch(cfg, "--resume", "latest"), EngineProcess.BaseEnvironment(), Limit);
         Assert.True(resumed.ExitCode == 0, resumed.All);
@@ -172,6 +185,58 @@ public class ResilienceProcessTests
         Assert.NotEqual(0, failed.ExitCode);
         Assert.Contains("rank 1", failed.Stderr);
         Assert.DoesNotContain("restarting", failed.Stderr);
+    }
+
+    /// <summary>
+    /// kill -9 of one rank of a ZeRO-3 job (no handler, no flush; its slices of the weights exist only in its memory and
+    /// its checkpoint files): `engine launch --max-restarts 1` restarts every rank from the last checkpoint (--resume
+    /// auto), and the job ends with the uninterrupted run's losses and weights bit for bit.
+    /// </summary>
+    [Fact]
+    public async Task Kill_nine_of_a_zero3_rank_restarts_from_the_sharded_checkpoint_and_equals_the_uninterrupted_run()
+    {
+        EngineProcess.RequireMpi();
+        using var dir = new TempFolder();
+        string[] Launch(string cfg, params string[] extra) => ["launch", "--nproc-per-node", "2", .. extra, "--", "train", "--config", cfg];
+        var straight = await EngineProcess.RunEngine(Launch(Config(dir.Path, "straight", 8, 2, zero: 3)), EngineProcess.BaseEnvironment(), Limit);
+        Assert.True(straight.ExitCode == 0, straight.All);
+
+        // once step 4 is printed its checkpoint is complete on both ranks; rank 1 then dies during step 5 or 6
+        string cfg = Config(dir.Path, "killed", 8, 2, zero: 3);
+        int victim = -1;
+        var (code, all) = await RunAndAct(Launch(cfg, "--max-restarts", "1"), @"step +4/8", _ =>
+        {
+            victim = RankProcess(cfg, rank: 1);
+            Assert.True(victim > 0, "no process of rank 1 found");
+            using var kill = Process.Start("kill", ["-KILL", victim.ToString(CultureInfo.InvariantCulture)])!;
+            kill.WaitForExit();
+        });
+        Assert.True(code == 0, all);
+        Assert.Contains("restarting every rank (restart 1 of 1)", all);
+        Assert.True(Regex.IsMatch(all, @"resuming from\s+\S*step_0000000[46]\s+at\s+step\s+[46]\b"), all);
+        var a = Losses(straight.Stdout);
+        var b = Losses(all);
+        Assert.Equal(a[^1], b[^1]);
+        Assert.Equal(a.TakeLast(2), b.TakeLast(2));
+        Assert.Equal(FinalWeights(dir.Path, "straight"), FinalWeights(dir.Path, "killed"));
+    }
+
+    /// <summary>The process of Open MPI rank <paramref name="rank"/> whose command line names <paramref name="marker"/>
+    /// (its config file), from /proc; -1 when there is none.</summary>
+    static int RankProcess(string marker, int rank)
+    {
+        foreach (var d in Directory.GetDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(d), out int pid)) continue;
+            try
+            {
+                if (!File.ReadAllText(Path.Combine(d, "cmdline")).Contains(marker, StringComparison.Ordinal)) continue;
+                if (File.ReadAllText(Path.Combine(d, "environ")).Split('\0').Contains($"OMPI_COMM_WORLD_RANK={rank}")) return pid;
+            }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+        return -1;
     }
 
     sealed class TempFolder : IDisposable

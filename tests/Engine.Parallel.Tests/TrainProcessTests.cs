@@ -91,6 +91,7 @@ public class TrainProcessTests
     [InlineData(2, 0, false)]
     [InlineData(2, 2, true)]    // torchrun-style children
     [InlineData(4, 1, false)]
+    [InlineData(2, 3, false)]   // ZeRO-3: weights sharded too, gathered unit by unit
     public async Task Launched_training_equals_one_process(int ranks, int zero, bool spawn)
     {
         EngineProcess.RequireMpi();

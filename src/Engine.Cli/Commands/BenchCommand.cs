@@ -197,12 +197,12 @@ public static class BenchCommand
     {
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var steps = new Option<int>("--steps") { Description = "timed steps per ZeRO stage", DefaultValueFactory = _ => 6 };
-        var stages = new Option<string>("--stages") { Description = "ZeRO stages to run, comma-separated", DefaultValueFactory = _ => "0,1,2" };
+        var stages = new Option<string>("--stages") { Description = "ZeRO stages to run, comma-separated", DefaultValueFactory = _ => "0,1,2,3" };
         var bucket = new Option<double>("--bucket-mb") { Description = "gradient bucket size", DefaultValueFactory = _ => 25 };
         var baseline = new Option<string?>("--baseline") { Description = "a one-rank dp result file of the same shape: scaling efficiency against it" };
         var output = Out();
         var shared = Shared();
-        var cmd = new Command("dp", "data parallelism / ZeRO-1 / ZeRO-2: step time, tokens/s, bytes per rank per step vs analytic, scaling efficiency (run under engine launch)")
+        var cmd = new Command("dp", "data parallelism / ZeRO-1/2/3: step time, tokens/s, bytes per rank per step vs analytic, communication overlap, scaling efficiency (run under engine launch)")
             { device, steps, stages, bucket, baseline, output, shared };
         cmd.SetAction(parse => Cli.Guard(() =>
         {

@@ -10,7 +10,7 @@ using Engine.Training.Run;
 namespace Engine.Cli.Commands;
 
 /// <summary>
-/// `engine plan`: ranks the (dp, pp, ZeRO, micro-batch, checkpointing) layouts of a model on a cluster by predicted
+/// `engine plan`: ranks the (dp, pp, ZeRO 0-3, micro-batch, recompute none/selective/full) layouts of a model on a cluster by predicted
 /// tokens/s per GPU, with the memory each needs per GPU (the model of src/Engine.Training/Planning, checked against
 /// measured peaks on CPU ranks) and the step-time breakdown under a stated link model.
 /// </summary>
@@ -46,21 +46,30 @@ public static class PlanCommand
         var model = new Option<string>("--model") { Description = "preset (llama2-7b, llama2-13b, llama2-70b, llama3-8b, llama3-70b), an HF config.json or its directory, or a run config (.toml)", Required = true };
         var gpus = new Option<int>("--gpus") { Description = "GPUs in the job", Required = true };
         var nodes = new Option<int?>("--nodes") { Description = "nodes (default: gpus / 8)" };
-        var gpu = new Option<string>("--gpu") { Description = "h100, h200 or a100 (peak, memory, bandwidth)", DefaultValueFactory = _ => "h100" };
+        var gpu = new Option<string>("--gpu") { Description = "h100, h200, a100 or a800 (peak, memory, bandwidth, and the node's links)", DefaultValueFactory = _ => "h100" };
         var memory = new Option<double?>("--gpu-memory") { Description = "GB of memory per GPU (overrides --gpu's)" };
         var tflops = new Option<double?>("--tflops") { Description = "achieved dense bf16 TFLOP/s per GPU in model FLOPs (from engine bench train on that GPU)" };
-        var mfu = new Option<double>("--mfu") { Description = "without --tflops or --measure: assumed achieved share of the GPU's peak", DefaultValueFactory = _ => 0.45 };
+        var mfu = new Option<double>("--mfu") { Description = "without --tflops or --measure: assumed achieved share of the GPU's peak, recomputed FLOPs counted (hardware FLOP utilization)", DefaultValueFactory = _ => 0.45 };
         var measure = new Option<bool>("--measure") { Description = "time one layer's forward + backward on this machine's backend and plan for it (devices = this backend)" };
         var device = new Option<string>("--device") { Description = "backend for --measure: cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var globalBatch = new Option<int>("--global-batch") { Description = "sequences per optimizer step", DefaultValueFactory = _ => 1024 };
         var seqLen = new Option<int>("--seq-len") { Description = "tokens per sequence", DefaultValueFactory = _ => 4096 };
         var schedule = new Option<string>("--schedule") { Description = "1f1b or gpipe", DefaultValueFactory = _ => "1f1b" };
-        var nvlink = new Option<double>("--nvlink-gbps") { Description = "intra-node bandwidth per GPU, GB/s", DefaultValueFactory = _ => LinkModel.DgxH100.NvlinkGBps };
-        var ib = new Option<double>("--ib-gbps") { Description = "inter-node bandwidth per GPU, GB/s", DefaultValueFactory = _ => LinkModel.DgxH100.IbGBps };
+        var nvlink = new Option<double?>("--nvlink-gbps") { Description = "intra-node bandwidth per GPU, GB/s (default: the --gpu's node: DGX H100 360, DGX A100 230, A800 150)" };
+        var ib = new Option<double?>("--ib-gbps") { Description = "inter-node bandwidth per GPU, GB/s (default: DGX H100 40, DGX A100/A800 22)" };
+        var context = new Option<double>("--cuda-context-gib") { Description = "memory per GPU the CUDA context takes (PyTorch measured ~0.7 GiB)", DefaultValueFactory = _ => RuntimeOverheads.Gpu.CudaContextGiB };
+        var nccl = new Option<double>("--nccl-gib") { Description = "NCCL buffers per communicator a rank belongs to (NVIDIA/nccl#964: 0.54-0.69 GiB)", DefaultValueFactory = _ => RuntimeOverheads.Gpu.NcclPerCommunicatorGiB };
+        var fragmentation = new Option<double>("--fragmentation") { Description = "caching-allocator fragmentation as a share of the tensors' bytes (GMLake: 15% on average)", DefaultValueFactory = _ => RuntimeOverheads.Gpu.Fragmentation };
         var top = new Option<int>("--top") { Description = "rows to print", DefaultValueFactory = _ => 12 };
+        var onlyDp = new Option<int?>("--dp") { Description = "only layouts with this many data-parallel replicas" };
+        var onlyPp = new Option<int?>("--pp") { Description = "only layouts with this many pipeline stages" };
+        var onlyZero = new Option<int?>("--zero") { Description = "only layouts at this ZeRO stage (0-3)" };
+        var onlyMb = new Option<int?>("--micro-batch") { Description = "only layouts with this micro-batch size" };
+        var onlyRecompute = new Option<string?>("--recompute") { Description = "only layouts with this recompute: none, selective or full" };
         var cmd = new Command("plan", "rank data/pipeline/ZeRO layouts of a model on a cluster: memory per GPU, step time, tokens/s per GPU, scaling efficiency")
         {
-            model, gpus, nodes, gpu, memory, tflops, mfu, measure, device, globalBatch, seqLen, schedule, nvlink, ib, top,
+            model, gpus, nodes, gpu, memory, tflops, mfu, measure, device, globalBatch, seqLen, schedule, nvlink, ib, context, nccl, fragmentation, top,
+            onlyDp, onlyPp, onlyZero, onlyMb, onlyRecompute,
         };
         cmd.SetAction(parse => Cli.Guard(() =>
         {
@@ -92,20 +101,36 @@ public static class PlanCommand
                 achieved = parse.GetValue(tflops) ?? spec.PeakTflops * parse.GetValue(mfu);
                 source = parse.GetValue(tflops) != null ? "given (--tflops)" : $"assumed {parse.GetValue(mfu):P0} of the {spec.PeakTflops:F0} TFLOP/s peak (--mfu; pass --tflops from `engine bench train` on that GPU)";
             }
-            var link = LinkModel.DgxH100 with { GpusPerNode = n / nodeCount, NvlinkGBps = parse.GetValue(nvlink), IbGBps = parse.GetValue(ib) };
-            var results = Planner.Rank(c, n, gb, T, spec, link, achieved, sched);
-            string? configured = Configured(parse.GetValue(model)!, c, n, spec, link, achieved);
+            var node = LinkModel.For(spec);
+            var link = node with { GpusPerNode = n / nodeCount, NvlinkGBps = parse.GetValue(nvlink) ?? node.NvlinkGBps, IbGBps = parse.GetValue(ib) ?? node.IbGBps };
+            var runtime = spec.Gpu ? new RuntimeOverheads(parse.GetValue(context), parse.GetValue(nccl), parse.GetValue(fragmentation)) : RuntimeOverheads.None;
+            if (runtime.CudaContextGiB < 0 || runtime.NcclPerCommunicatorGiB < 0 || runtime.Fragmentation is < 0 or >= 1)
+                throw new ArgumentException("--cuda-context-gib and --nccl-gib must be >= 0 and --fragmentation in [0, 1)");
+            var results = Planner.Rank(c, n, gb, T, spec, link, achieved, sched, runtime);
+            string? configured = Configured(parse.GetValue(model)!, c, n, spec, link, achieved, runtime);
+            var recompute = parse.GetValue(onlyRecompute) is { } rc ? rc switch
+            {
+                "none" => RecomputeMode.None,
+                "selective" => RecomputeMode.Selective,
+                "full" => RecomputeMode.Full,
+                _ => throw new ArgumentException($"--recompute must be none, selective or full, got '{rc}'"),
+            } : (RecomputeMode?)null;
+            results = results.Where(r => (parse.GetValue(onlyDp) ?? r.Layout.Dp) == r.Layout.Dp && (parse.GetValue(onlyPp) ?? r.Layout.Pp) == r.Layout.Pp
+                && (parse.GetValue(onlyZero) ?? r.Layout.Zero) == r.Layout.Zero && (parse.GetValue(onlyMb) ?? r.Layout.MicroBatch) == r.Layout.MicroBatch
+                && (recompute ?? r.Layout.Recompute) == r.Layout.Recompute).ToList();
+            if (results.Count == 0) throw new ArgumentException("no layout of the engine matches --dp/--pp/--zero/--micro-batch/--recompute on these GPUs");
             Console.WriteLine($"model: {c.ParameterCount() / 1e9:F2}B parameters ({c.NumLayers} layers, hidden {c.HiddenSize}, {c.NumHeads}/{c.NumKvHeads} heads, vocab {c.VocabSize})");
             Console.WriteLine($"cluster: {n} × {spec.Name} ({spec.MemoryGiB:F0} GiB) on {nodeCount} node(s); {link.Describe()}");
             Console.WriteLine($"compute: {achieved:F1} TFLOP/s achieved per device, {source}");
             Console.WriteLine($"batch: {gb} sequences × {T} tokens per step ({(double)gb * T / 1e6:F2}M tokens); {sched}; tensor parallelism is not implemented");
+            Console.WriteLine($"memory beyond the tensors: {(spec.Gpu ? runtime.Describe() : "none on the CPU")}");
             Console.WriteLine($"layouts: {results.Count(r => r.Fits)} of {results.Count} fit in 90% of device memory");
             if (configured != null) Console.WriteLine(configured);
             Console.Write(Planner.Format(results, parse.GetValue(top)));
             if (results.FirstOrDefault(r => r.Fits) is { } best)
                 Console.WriteLine($"best: {best.Layout.Describe()}: {best.TokensPerSecondPerDevice:N0} tokens/s per GPU, MFU {best.Mfu:P1}, pipeline efficiency {best.PipelineEfficiency:P1}, data-parallel scaling efficiency {best.ScalingEfficiency:P1} " +
                     $"(bubble {best.BubbleSeconds:F2} s, p2p {best.P2pSeconds:F3} s, gradients {best.GradientSeconds:F3} s, AdamW {best.OptimizerSeconds:F3} s of a {best.StepSeconds:F2} s step); memory {best.Memory.Describe()}");
-            else Console.WriteLine("no layout fits: more GPUs, activation checkpointing, a shorter sequence or a smaller global batch");
+            else Console.WriteLine("no layout fits: more GPUs, a shorter sequence or a smaller global batch");
             return 0;
         }));
         return cmd;
@@ -116,14 +141,14 @@ public static class PlanCommand
     /// [parallel] section, batch and recompute through <see cref="RunLayout"/>, the same validation, micro-batch rule
     /// and memory model as <c>engine train</c> and <c>--dry-run</c> — evaluated on the cluster; null otherwise.
     /// </summary>
-    static string? Configured(string spec, LlamaConfig c, int gpus, DeviceSpec device, LinkModel link, double achieved)
+    static string? Configured(string spec, LlamaConfig c, int gpus, DeviceSpec device, LinkModel link, double achieved, RuntimeOverheads runtime)
     {
         if (!spec.EndsWith(".toml", StringComparison.OrdinalIgnoreCase) || !File.Exists(spec)) return null;
         var cfg = TrainConfig.Load(spec, []);
         var layout = RunLayout.From(cfg.Parallel, cfg.Model);
         layout.Validate(gpus, c.NumLayers, cfg.Train.GradAccum, cfg.Needs);
         var plan = layout.Plan(gpus, cfg.Train.BatchSize, cfg.Train.GradAccum, cfg.Train.SeqLen);
-        var r = Planner.Evaluate(c, plan, device, link, achieved, layout.LayerSplit);
+        var r = Planner.Evaluate(c, plan, device, link, achieved, layout.LayerSplit, runtime);
         return $"configured layout ({Path.GetFileName(spec)} on {gpus} ranks): {plan.Describe()}; global batch: {plan.GlobalBatch} sequences × {plan.SeqLen} tokens per step; " +
             $"memory {r.Memory.Describe()} per GPU ({(r.Fits ? "fits" : "does NOT fit")}), {r.TokensPerSecondPerDevice:N0} tokens/s per GPU predicted";
     }

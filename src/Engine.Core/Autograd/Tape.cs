@@ -15,6 +15,14 @@ public sealed class LambdaNode(Tensor[] inputs, Tensor[] outputs, Action backwar
     public override void Backward() => backward();
 }
 
+/// <summary>A mark on the tape with no inputs or outputs: backward runs its callback when it reaches the mark's place
+/// (whether or not a gradient flowed there), so a callback recorded before a group of ops runs after their backward and
+/// one recorded after them runs before it (module backward hooks: <see cref="F.OnBackward"/>).</summary>
+public sealed class HookNode(Action backward) : Node([], [])
+{
+    public override void Backward() => backward();
+}
+
 /// <summary>
 /// Watches a backward pass node by node (data parallelism launches a gradient bucket's reduction as soon as the
 /// last node that contributes to it has run).
@@ -56,7 +64,7 @@ public sealed class Tape
         for (int i = nodes.Count - 1; i >= 0; i--)
         {
             var n = nodes[i];
-            bool any = false;
+            bool any = n is HookNode;
             foreach (var o in n.Outputs) if (o.Grad != null) { any = true; break; }
             if (any)
             {

@@ -45,7 +45,8 @@ public sealed class CudaStorage : TensorStorage
     }
 
     /// <summary>Base address of the elements.</summary>
-    public DevicePtr Ptr => (_data ?? throw new ObjectDisposedException(nameof(CudaStorage), "tensor storage used after its scope ended")).Ptr;
+    public DevicePtr Ptr => (_data ?? throw (IsDisposed ? new ObjectDisposedException(nameof(CudaStorage), "tensor storage used after its scope ended")
+        : new InvalidOperationException(EvictedMessage(Length)))).Ptr;
 
     /// <summary>Incremented by every write through the backend.</summary>
     public long Version { get; private set; }
@@ -119,6 +120,23 @@ public sealed class CudaStorage : TensorStorage
         }
         values = default;
         return false;
+    }
+
+    /// <summary>Gives the block back to the allocator (stream-ordered: safe once every operation reading it was enqueued
+    /// on the compute stream, or waited for); the shadow and host copy go with it.</summary>
+    protected override void EvictElements()
+    {
+        _data?.Dispose();
+        _shadow?.Dispose();
+        _data = null; _shadow = null; _hostInts = null;
+        Version++;
+    }
+
+    protected override void RestoreElements()
+    {
+        try { _data = _allocator.Allocate(Math.Max(1, Length) * DType.Size()); }
+        catch (DeviceOutOfMemoryException e) { throw e.For($"gathering a ZeRO-3 unit of {Length} elements"); }
+        Version++;
     }
 
     protected override void Release()

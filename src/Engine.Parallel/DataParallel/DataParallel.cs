@@ -5,7 +5,7 @@ using Engine.Core.Distributed;
 namespace Engine.Parallel;
 
 /// <summary>
-/// Data parallelism and ZeRO-1/2 over a model's flat <see cref="ParameterStore"/> (DDP's bucketed all-reduce,
+/// Data parallelism and ZeRO-1/2/3 over a model's flat <see cref="ParameterStore"/> (DDP's bucketed all-reduce,
 /// DeepSpeed's partitioned optimizer): every rank runs the same model on its own micro-batches and the gradients are
 /// summed across ranks (the loss is already divided by the global count of valid targets, so a sum — not an average —
 /// makes the step equal to the single-process step on the same global batch).
@@ -20,6 +20,11 @@ namespace Engine.Parallel;
 /// <b>Stage 2</b>: the store's gradient buffer is freed; gradients live in bucket buffers (a small pool, at most
 /// <see cref="MaxInFlight"/> reductions in flight) that are reduce-scattered into the rank's compact gradient shard,
 /// then as stage 1.</item>
+/// <item><b>Stage 3</b> (FSDP): as stage 2, and the weights too are sharded — each rank keeps its slices of the fp32
+/// master (<see cref="MasterBuffer"/>), a unit's weights are all-gathered around each use and freed after
+/// (<see cref="ShardedUnits"/>, the store's hooks), the store is laid out one bucket per unit, so a unit's gradients
+/// are one reduce-scatter launched as soon as backward completes the unit, and AdamW updates the master slices in
+/// place: there is nothing to gather after the step.</item>
 /// </list>
 /// Call order per step: <see cref="BeginStep"/>, then per micro-batch <see cref="BeginMicroBatch"/> → forward →
 /// Grad.Backward(loss, observer: this) → <see cref="EndMicroBatch"/>, then <see cref="FinishGradients"/>, the
@@ -56,25 +61,35 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
         launched = new bool[layout.Buckets.Count];
         reducedThisStep = new bool[layout.Buckets.Count];
         remaining = new int[layout.Buckets.Count];
-        if (Stage == 2)
-        {
+        // a store with nothing to train (ZeRO-3's frozen LoRA base) needs no gradient shard, and keeps the gradient
+        // source it was given (asking it for a gradient is the error)
+        if (Stage >= 2 && store.Slots.Any(s => s.Tensor.RequiresGrad))
             ShardGrads = store.Backend.Zeros([checked((int)layout.OwnedElements)]).Keep();
-            store.DetachGradients(this);
+        if (Stage >= 2 && store.Grads != null) store.DetachGradients(this);
+        if (Stage == 3)
+        {
+            Units = new ShardedUnits(store, comm, layout);
+            layoutVersion = store.Version;
+            paramIndex.Clear();   // the parameters are views of the unit buffers now
+            for (int i = 0; i < store.Count; i++) paramIndex[store.Slots[i].Tensor] = i;
         }
     }
 
     /// <summary>
     /// Sets up data parallelism for the store: in a world of more than one rank the store is laid out anew with
-    /// bucket boundaries (look parameters up by name afterwards) and, at stage 2, its gradient buffer is replaced by
-    /// buckets. Every rank must call this with the same store shapes and options.
+    /// bucket boundaries (look parameters up by name afterwards; at stage 3 one bucket per unit of the model, whatever
+    /// the bucket size) and, at stage 2 and 3, its gradient buffer is replaced by buckets; at stage 3 the parameters
+    /// become views of gathered unit buffers (<see cref="ShardedUnits"/>). Every rank must call this with the same
+    /// store shapes and options.
     /// </summary>
     public static DataParallel Create(ParameterStore store, ICommunicator comm, int zero = 0, double bucketMb = 25)
     {
-        if (zero is < 0 or > 2) throw new ArgumentOutOfRangeException(nameof(zero), $"ZeRO stage must be 0, 1 or 2 (got {zero})");
+        if (zero is < 0 or > 3) throw new ArgumentOutOfRangeException(nameof(zero), $"ZeRO stage must be 0, 1, 2 or 3 (got {zero})");
         if (!(bucketMb > 0)) throw new ArgumentOutOfRangeException(nameof(bucketMb), $"bucket size must be positive (got {bucketMb} MB)");
         if (comm.Backend.Name != store.Backend.Name)
             throw new ArgumentException($"the communicator ({comm.Kind}) takes {comm.Backend.Name} tensors but the model is on {store.Backend.Name}");
-        if (comm.WorldSize > 1)
+        if (comm.WorldSize > 1 && zero == 3) store.Relayout(ShardLayout.UnitSpecs(store, comm.WorldSize), ShardLayout.Unit(comm.WorldSize));
+        else if (comm.WorldSize > 1)
         {
             long bucketElements = Math.Max(1, (long)(bucketMb * 1024 * 1024 / sizeof(float)));
             store.Relayout(ShardLayout.BucketedSpecs(store.Specs(), bucketElements, comm.WorldSize), ShardLayout.Unit(comm.WorldSize));
@@ -91,12 +106,50 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     public int Stage => Layout.Stage;
     IBackend Be => Store.Backend;
 
-    /// <summary>Stage 2: this rank's gradients, compact over its owned slices; null otherwise.</summary>
+    /// <summary>Stage 2 and 3: this rank's gradients, compact over its owned slices; null otherwise.</summary>
     public Tensor? ShardGrads { get; }
+
+    /// <summary>Stage 3: the sharded weights (this rank's master slices, the gathered units); null otherwise.</summary>
+    public ShardedUnits? Units { get; }
+
+    /// <summary>A frozen store sharded alongside this one (ZeRO-3 with LoRA: the base model, gathered unit by unit while
+    /// the adapters train): its idle units are freed with this one's at the end of each step's gradients, and it is
+    /// disposed with this one.</summary>
+    public DataParallel? Alongside { get; set; }
 
     /// <summary>The buffer the optimizer reads gradients from, and the offset of an owned flat element in it.</summary>
     public Tensor GradientBuffer => ShardGrads ?? Store.Grads ?? throw new InvalidOperationException("the store has no gradient buffer");
-    public long GradientOffset(OwnedSlice s) => Stage == 2 ? s.Compact : s.Start;
+    public long GradientOffset(OwnedSlice s) => Stage >= 2 ? s.Compact : s.Start;
+
+    /// <summary>The buffer the optimizer updates master weights in (stage 3: this rank's compact slices; otherwise the
+    /// store's flat master), and the offset of an owned flat element in it.</summary>
+    public Tensor MasterBuffer => Units?.Master ?? Store.Master;
+    public long MasterOffset(OwnedSlice s) => Stage == 3 ? s.Compact : s.Start;
+
+    /// <summary>The master weights of an owned slice.</summary>
+    public Tensor OwnedMaster(OwnedSlice s) => MasterBuffer.Range(MasterOffset(s), s.Length);
+
+    /// <summary>
+    /// Every unit's weights gathered until the handle is disposed (stage 3; otherwise they always are): to read or
+    /// save whole parameters outside a forward. Collective at stage 3.
+    /// </summary>
+    public IDisposable Gathered() => Units?.GatherAll() ?? new Scope(null);
+
+    /// <summary>
+    /// The gradient of <paramref name="name"/> this rank holds after <see cref="FinishGradients"/>: the whole gradient
+    /// at stage 0/1; at stage 3 its owned slice of the parameter's unit, which must hold that parameter alone (the tied
+    /// embedding's copies on the first and last pipeline stage are summed slice by slice).
+    /// </summary>
+    public Tensor GradientOf(string name)
+    {
+        var slot = Store.Slot(name);
+        if (Stage < 2) return Store.Grads?.Range(slot.Offset, slot.Numel) ?? throw new InvalidOperationException("the store has no gradient buffer");
+        int i = Store.Slots.ToList().FindIndex(s => s.Name == name);
+        var b = Layout.Buckets[bucketOf[i]];
+        if (Stage != 3 || b.FirstParam != i || b.LastParam != i)
+            throw new NotSupportedException($"{name}: its gradient is sharded with other parameters' (ZeRO-{Stage}); only ZeRO-3 gives it a bucket of its own");
+        return OwnedGradient(Layout.Owned[b.Index]);
+    }
 
     /// <summary>The gradient of an owned slice (after <see cref="FinishGradients"/>).</summary>
     public Tensor OwnedGradient(OwnedSlice s) => GradientBuffer.Range(GradientOffset(s), s.Length);
@@ -126,7 +179,7 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     /// <summary>Before a micro-batch's forward: <paramref name="last"/> marks the step's last local micro-batch.</summary>
     public void BeginMicroBatch(bool last)
     {
-        reducing = Comm.WorldSize > 1 && (Stage == 2 || last);
+        reducing = Comm.WorldSize > 1 && (Stage >= 2 || last);
         Array.Clear(launched);
     }
 
@@ -146,16 +199,18 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     public void FinishGradients()
     {
         WaitAll();
-        if (Stage == 2)
+        if (Stage >= 2)
             foreach (var b in Layout.Buckets)
                 if (live[b.Index] is { } stray) { Detach(b); Return(stray); }
+        Units?.FreeIdle();
+        Alongside?.Units?.FreeIdle();
     }
 
     /// <summary>Stage 1/2: every rank's updated slices of the master weights to every rank (in-place all-gather per
     /// bucket of trainable parameters).</summary>
     public void GatherParameters()
     {
-        if (Stage == 0) return;
+        if (Stage is 0 or 3) return;
         foreach (var s in Layout.Owned)
         {
             var b = Layout.Buckets[s.Bucket];
@@ -199,7 +254,7 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     void Launch(GradBucket b)
     {
         launched[b.Index] = true;
-        if (Stage != 2)
+        if (Stage < 2)
         {
             pending.Enqueue((Comm.AllReduce(Store.Grads!.Range(b.Start, b.Length)), null));
             return;
@@ -273,8 +328,22 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     void WaitOldest()
     {
         var (work, then) = pending.Dequeue();
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         work.Wait();
+        reductionWait += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
         then?.Invoke();
+    }
+
+    double reductionWait;
+
+    /// <summary>Seconds the calling (compute) thread spent waiting for collectives since <see cref="ResetWaits"/>: the
+    /// gradient reductions and (stage 3) the units' all-gathers — communication that was not hidden behind compute.</summary>
+    public double ExposedCommSeconds => reductionWait + (Units?.ExposedWaitSeconds ?? 0);
+
+    public void ResetWaits()
+    {
+        reductionWait = 0;
+        Units?.ResetStats();
     }
 
     void WaitAll()
@@ -290,6 +359,7 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
     {
         CheckLayout();
         WaitAll();
+        if (Stage == 3) throw new NotSupportedException("full per-rank gradients (EWC's Fisher estimate) are not available under ZeRO-3: use parallel.zero = 1 or 2");
         if (Stage != 2) return new Scope(null);
         Store.AttachGradients();
         return new Scope(() => Store.DetachGradients(this));
@@ -303,7 +373,7 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
 
     /// <summary>The most gradient memory this rank may hold (bytes): stage 0/1 the store's buffer; stage 2 the shard
     /// plus, per reduction in flight and the bucket being filled, one bucket buffer and one slice-sized partial.</summary>
-    public long GradientBoundBytes => Stage != 2 ? Store.Capacity * 4
+    public long GradientBoundBytes => Stage < 2 ? Store.Capacity * 4
         : (Layout.OwnedElements + (MaxInFlight + 1) * Layout.Buckets.Max(b => b.Length + b.Length / Layout.WorldSize)) * 4;
 
     /// <summary>Bytes of gradient memory this rank holds: the store's buffer, or (stage 2) the shard plus pooled buckets.</summary>
@@ -316,10 +386,13 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
         {
             foreach (var stack in pool.Values) foreach (var t in stack) t.Dispose();
             pool.Clear();
+            Units?.Dispose();
+            Alongside?.Dispose();
             if (ShardGrads != null)
             {
                 ShardGrads.Dispose();
-                if (Store.Slots.Count > 0 && Store.Version == layoutVersion) Store.AttachGradients();
+                // stage 3 leaves the store sharded: its weights went with the units (gather them before disposing)
+                if (Stage == 2 && Store.Slots.Count > 0 && Store.Version == layoutVersion) Store.AttachGradients();
             }
         }
     }

@@ -20,6 +20,8 @@ public readonly record struct OwnedSlice(int Bucket, long Start, long Length, lo
 /// <item>ZeRO ownership: rank r owns the r-th of WorldSize equal slices of every bucket (whole chunks); a reduce-scatter
 /// of a bucket hands each rank exactly its slice, an in-place all-gather restores the bucket. Stage 0 owns everything
 /// on every rank.</item>
+/// <item>ZeRO-3 lays the store out by the model's units instead (<see cref="UnitSpecs"/>): one bucket per unit, so a
+/// unit's weights are one all-gather and its gradients one reduce-scatter.</item>
 /// <item>The gradient norm sums chunk partials (<see cref="Chunk"/> elements each, <see cref="IBackend.ChunkSumOfSquares"/>):
 /// a slice is whole chunks, so the norm is bitwise the same at every stage for the same gradients.</item>
 /// </list>
@@ -71,6 +73,18 @@ public sealed class ShardLayout
         var starts = BucketStarts(specs.Select(s => s.Numel).ToList(), bucketElements);
         long unit = Unit(worldSize);
         return specs.Select((s, i) => s with { StartAlign = starts.Contains(i) ? unit : 0 }).ToList();
+    }
+
+    /// <summary>
+    /// Specs for ZeRO-3: every unit of the store (<see cref="ParameterStore.Units"/>) starts a bucket on a Unit
+    /// boundary, so bucket k is unit k.
+    /// </summary>
+    public static List<ParameterSpec> UnitSpecs(ParameterStore store, int worldSize)
+    {
+        if (store.Units.Count == 0) throw new ArgumentException("ZeRO-3 gathers a model unit by unit, and this parameter store declares no units");
+        var starts = Enumerable.Range(0, store.Units.Count).Select(u => store.UnitSlots(u).First).ToHashSet();
+        long unit = Unit(worldSize);
+        return store.Specs().Select((s, i) => s with { StartAlign = starts.Contains(i) ? unit : 0 }).ToList();
     }
 
     /// <summary>Indices of the parameters that start a bucket (taking parameters from the end).</summary>

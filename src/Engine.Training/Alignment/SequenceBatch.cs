@@ -126,7 +126,7 @@ public static class PolicyOps
     {
         var copy = new LlamaModel(model.Config, model.Backend);
         foreach (var (name, t) in model.Parameters) model.Backend.Copy(t, copy[name]);
-        copy.CheckpointActivations = model.CheckpointActivations;
+        copy.Recompute = model.Recompute;
         return copy;
     }
 }

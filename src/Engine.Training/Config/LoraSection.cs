@@ -24,7 +24,7 @@ public sealed class LoraSection
     public LoraConfig ToLoraConfig() => new() { R = R, Alpha = Alpha, Dropout = Dropout, TargetModules = TargetModules, UseRslora = UseRslora };
 
     /// <summary>Adds every problem of the section to errors, each naming its key under <paramref name="prefix"/>.</summary>
-    public void Validate(string prefix, bool checkpointActivations, List<string> errors)
+    public void Validate(string prefix, bool checkpointActivations, List<string> errors)   // checkpointActivations: full recompute
     {
         try { ToLoraConfig().Validate(); }
         catch (ArgumentException e) { errors.Add($"{prefix}: {e.Message}"); }
@@ -32,7 +32,7 @@ public sealed class LoraSection
             errors.Add($"{prefix}.base_dtype = \"bf16\" is not implemented: the flat parameter store and the CPU GEMM hold fp32 only (the frozen base stays fp32; its gradient buffer is freed); use \"f32\"");
         else if (BaseDtype != "f32") errors.Add($"{prefix}.base_dtype must be \"f32\" (got \"{BaseDtype}\")");
         if (Dropout > 0 && checkpointActivations)
-            errors.Add($"{prefix}.dropout > 0 cannot be combined with model.checkpoint_activations (the recomputed block would draw another dropout mask)");
+            errors.Add($"{prefix}.dropout > 0 cannot be combined with full recompute (model.recompute = \"full\" or model.checkpoint_activations: the recomputed block would draw another dropout mask); selective recompute keeps the adapters' inputs and is fine");
     }
 }
 

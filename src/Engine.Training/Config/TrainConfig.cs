@@ -67,7 +67,7 @@ public sealed class TrainConfig
         var layout = Run.RunLayout.From(Parallel, Model);
         if (Lora != null)
         {
-            Lora.Validate("lora", layout.Recomputes, errors);
+            Lora.Validate("lora", layout.Mode == RecomputeMode.Full, errors);
             if (Model.InitFrom == null) errors.Add("lora needs model.init_from: the base model the adapters adapt");
         }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));

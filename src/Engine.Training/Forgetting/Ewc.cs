@@ -120,7 +120,7 @@ public sealed class Ewc : IDisposable
         if (anchor.Numel != par.Layout.OwnedElements) throw new InvalidOperationException("EWC was estimated for another data-parallel layout");
         double penalty = 0;
         foreach (var s in par.Layout.Owned)
-            penalty += model.Backend.Ewc(model.Store.Master.Range(s.Start, s.Length), anchor.Range(s.Compact, s.Length),
+            penalty += model.Backend.Ewc(par.OwnedMaster(s), anchor.Range(s.Compact, s.Length),
                 fisher.Range(s.Compact, s.Length), par.OwnedGradient(s), Lambda);
         if (par.Stage > 0)
         {

@@ -16,9 +16,12 @@ public sealed record ParallelSection
     /// <summary>Pipeline stages (1 = no pipeline).</summary>
     public int Pp { get; init; } = 1;
     /// <summary>0: plain data parallel (all-reduce); 1: AdamW moments sharded (ZeRO-1); 2: moments and gradients
-    /// sharded, gradients reduce-scattered (ZeRO-2; not with a pipeline).</summary>
+    /// sharded, gradients reduce-scattered (ZeRO-2; not with a pipeline); 3: weights too (ZeRO-3 / FSDP: each unit of
+    /// the model all-gathered around its forward and its backward; with a pipeline, inside each stage's data-parallel
+    /// group).</summary>
     public int Zero { get; init; }
-    /// <summary>Gradient bucket size in MB (fp32 elements × 4 bytes); DDP's default is 25.</summary>
+    /// <summary>Gradient bucket size in MB (fp32 elements × 4 bytes); DDP's default is 25. ZeRO-3 buckets by unit (a
+    /// transformer block, the embedding, the head) and ignores it.</summary>
     public double BucketMb { get; init; } = 25;
     /// <summary>Micro-batches per replica per step, with or without a pipeline (0 = the run's grad_accum; the two set
     /// to different counts are refused).</summary>
@@ -71,7 +74,32 @@ public sealed class ParallelLayout : IDisposable
     public DataParallel CreateDataParallel(LlamaModel model) => CreateDataParallel(model.Store);
 
     /// <summary>Over any store (LoRA: the adapters' store; the frozen base is not reduced).</summary>
-    public DataParallel CreateDataParallel(Engine.Core.ParameterStore store) => DataParallel.Create(store, DataGroup, Section.Zero, Section.BucketMb);
+    public DataParallel CreateDataParallel(Engine.Core.ParameterStore store, int maxZero = 3) =>
+        DataParallel.Create(store, DataGroup, Math.Min(Section.Zero, maxZero), Section.BucketMb);
+
+    /// <summary>
+    /// Data parallelism / ZeRO over what the run trains: the model's store, or with LoRA the adapters' store (the
+    /// frozen base is not reduced). At ZeRO-3 a LoRA run's frozen base is sharded alongside — gathered unit by unit like
+    /// a trained model's weights — while the adapters, a fraction of a percent of the weights, keep whole copies with
+    /// ZeRO-2's sharded gradients and moments.
+    /// </summary>
+    public DataParallel CreateDataParallel(LlamaModel model, Engine.Model.Lora.LoraAdapters? adapters)
+    {
+        if (adapters == null) return CreateDataParallel(model);
+        if (Section.Zero < 3) return CreateDataParallel(adapters.Store);
+        var frozen = DataParallel.Create(model.Store, DataGroup, 3);
+        try
+        {
+            var dp = DataParallel.Create(adapters.Store, DataGroup, 2, Section.BucketMb);
+            dp.Alongside = frozen;
+            return dp;
+        }
+        catch
+        {
+            frozen.Dispose();
+            throw;
+        }
+    }
 
     public PipelineRunner? CreateRunner(LlamaModel model, DataParallel dp) => CreateRunner(model, new GradientSync(dp));
 

@@ -151,9 +151,10 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, Gradient
     /// both gradients (Megatron's embedding all-reduce), so both copies take the same update.</summary>
     public void SyncTiedEmbedding()
     {
-        if (Grid.Embedding is not { } group || !model.Config.TieWordEmbeddings) return;
-        var g = model["model.embed_tokens.weight"].Grad ?? throw new InvalidOperationException("the tied embedding has no gradient buffer");
-        group.AllReduce(g).Wait();
+        // a frozen embedding (LoRA's base) takes no update, so its copies stay equal without one
+        if (Grid.Embedding is not { } group || !model.Config.TieWordEmbeddings || model["model.embed_tokens.weight"].Frozen) return;
+        // ZeRO-3: each replica rank holds the same slice of the embedding on both stages (its unit alone, cut alike)
+        group.AllReduce(sync.Body.GradientOf("model.embed_tokens.weight")).Wait();
     }
 
     /// <summary>The parameter whose gradient another stage already counts in the global norm (the last stage's tied

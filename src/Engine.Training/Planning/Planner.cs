@@ -7,15 +7,21 @@ namespace Engine.Training.Planning;
 /*
  * Step time of a layout (all times per optimizer step, balanced stages, stated assumptions):
  *
- *   compute     FLOPs per token = 6N + 12·L·H·Q·T (PaLM; + 2N + 4·L·H·Q·T for the recomputed forward when
- *               checkpointing), split over stages by their share of the FLOPs, at the achieved FLOP/s (measured by
- *               the engine, or given); one micro-batch on the slowest stage takes t_mb = its FLOPs / achieved
+ *   compute     FLOPs per token = 6N + 12·L·H·Q·T (PaLM) plus what recompute runs again: the forward, 2N + 4·L·H·Q·T
+ *               (full), or the attention core's forward, 4·L·H·Q·T (selective; SwiGLU's elementwise product is noise);
+ *               split over stages by their share of the FLOPs, at the achieved FLOP/s (measured by the engine, given,
+ *               or assumed as a share of the peak — counting the recomputed FLOPs, i.e. hardware FLOP utilization);
+ *               one micro-batch on the slowest stage takes t_mb = its FLOPs / achieved
  *   pipeline    (M + P − 1) · (t_mb + 2 · t_p2p): every schedule with one forward and one backward slot per
  *               micro-batch fills and drains P − 1 slots (bubble (P − 1)/(M + P − 1)); t_p2p sends one micro-batch's
  *               activations [mb·T, C] in the activation dtype over the link between neighbouring stages
  *   gradients   ring all-reduce (ZeRO-0) or reduce-scatter + all-gather (ZeRO-1/2): 2 (D − 1)/D · bytes / bandwidth
  *               + 2 (D − 1) · latency; gradients fp32 (4 bytes per parameter of the stage). Buckets are launched during
  *               the last micro-batch's backward, so what shows is max(all-reduce − that backward, one bucket's share)
+ *   ZeRO-3      every micro-batch: the weights all-gathered twice (forward, backward; 2 bytes per parameter on a GPU)
+ *               and the fp32 gradients reduce-scattered once, each (D − 1)/D · bytes / bandwidth + (D − 1) · latency per
+ *               unit; prefetched behind the units' compute, so what shows per micro-batch is max(0, that − t_mb) plus
+ *               the first unit's gather of the forward and of the backward, which nothing hides
  *   optimizer   AdamW streams master, gradient, m, v (+ the bf16 shadow) once: ~30 bytes per owned parameter at the
  *               device's memory bandwidth
  *
@@ -24,10 +30,9 @@ namespace Engine.Training.Planning;
  * group strides by dp. Tensor parallelism is not implemented by the engine and is not planned.
  *
  *   pipeline efficiency = compute / step time: the share of a step spent in model FLOPs at the achieved rate
- *   (tokens/s per device relative to one device running the same micro-batches with no communication and no bubble)
- *   scaling efficiency = step time without the data-parallel gradient exchange / step time: tokens/s per device of
- *   dp replicas relative to one replica of the same pipeline (weak scaling, the figure clusters report: XuanYuan's
- *   96.8% on 100 nodes)
+ *   scaling efficiency = (compute + optimizer) / step time: tokens/s per device relative to one device running the
+ *   same micro-batches with nothing to wait for — what the layout costs: the pipeline bubble, point-to-point
+ *   transfers and the exposed collectives (gradients; ZeRO-3's gathers)
  */
 
 /// <summary>One kind of accelerator: dense bf16 peak, memory, memory bandwidth.</summary>
@@ -37,13 +42,16 @@ public sealed record DeviceSpec(string Name, double PeakTflops, double MemoryGiB
     public static DeviceSpec H100 => new("H100 SXM", 989, 80, 3350, true);
     public static DeviceSpec H200 => new("H200 SXM", 989, 141, 4800, true);
     public static DeviceSpec A100 => new("A100 SXM 80GB", 312, 80, 2039, true);
+    /// <summary>A800 SXM 80GB: the A100 with NVLink cut to 400 GB/s (the export variant XuanYuan-70B trained on).</summary>
+    public static DeviceSpec A800 => new("A800 SXM 80GB", 312, 80, 2039, true);
 
     public static DeviceSpec ByName(string name) => name.ToLowerInvariant() switch
     {
         "h100" => H100,
         "h200" => H200,
         "a100" => A100,
-        _ => throw new ArgumentException($"unknown --gpu '{name}' (known: h100, h200, a100; or give --gpu-memory and --tflops)"),
+        "a800" => A800,
+        _ => throw new ArgumentException($"unknown --gpu '{name}' (known: h100, h200, a100, a800; or give --gpu-memory and --tflops)"),
     };
 }
 
@@ -53,6 +61,18 @@ public sealed record LinkModel(int GpusPerNode, double NvlinkGBps, double Nvlink
     /// <summary>DGX H100: NVLink 4 (NCCL all-reduce bus bandwidth ~360 GB/s measured by nccl-tests on 8 GPUs, of the
     /// 450 GB/s per direction), 8 × 400 Gb/s NDR InfiniBand (50 GB/s per GPU; ~40 achieved), latencies of a few µs.</summary>
     public static LinkModel DgxH100 => new(8, 360, 3, 40, 8);
+
+    /// <summary>DGX A100: NVLink 3 (600 GB/s per GPU; ~230 GB/s all-reduce bus bandwidth in nccl-tests on 8 GPUs),
+    /// 8 × 200 Gb/s HDR InfiniBand (25 GB/s per GPU; ~22 achieved).</summary>
+    public static LinkModel DgxA100 => new(8, 230, 3, 22, 8);
+
+    /// <summary>An A800 node: NVLink cut to 400 GB/s per GPU (assumed 150 GB/s bus bandwidth, 2/3 of the A100's), the
+    /// same HDR InfiniBand.</summary>
+    public static LinkModel A800Node => new(8, 150, 3, 22, 8);
+
+    /// <summary>The usual node of a device kind (H100/H200: DGX H100; A100: DGX A100; A800: its NVLink cut).</summary>
+    public static LinkModel For(DeviceSpec device) => device.Name.StartsWith("A800", StringComparison.Ordinal) ? A800Node
+        : device.Name.StartsWith("A100", StringComparison.Ordinal) ? DgxA100 : DgxH100;
 
     public double Bandwidth(bool intraNode) => (intraNode ? NvlinkGBps : IbGBps) * 1e9;
     public double Latency(bool intraNode) => (intraNode ? NvlinkLatencyUs : IbLatencyUs) * 1e-6;
@@ -71,13 +91,15 @@ public sealed record PlanResult(PlanLayout Layout, MemoryEstimate Memory, bool F
 
 public static class Planner
 {
-    /// <summary>Training FLOPs of one token through layers [a, b) plus the stage's embedding/head share.</summary>
-    static double StageFlopsPerToken(LlamaConfig c, PipelineStage s, int seqLen, bool checkpoint)
+    /// <summary>Training FLOPs of one token through layers [a, b) plus the stage's embedding/head share, with what
+    /// recompute runs again.</summary>
+    static double StageFlopsPerToken(LlamaConfig c, PipelineStage s, int seqLen, RecomputeMode recompute)
     {
         long h = c.HiddenSize;
         double layerN = c.LayerParameterCount() - 2.0 * h;        // the block's matmul weights (not the RMSNorm gains)
         double attn = 12.0 * c.NumHeads * c.HeadDim * seqLen;
-        double perLayer = 6 * layerN + attn + (checkpoint ? 2 * layerN + attn / 3 : 0);
+        double again = recompute switch { RecomputeMode.Full => 2 * layerN + attn / 3, RecomputeMode.Selective => attn / 3, _ => 0 };
+        double perLayer = 6 * layerN + attn + again;
         double f = s.Layers * perLayer;
         if (s.IsLast) f += 6.0 * c.VocabSize * h;
         return f;
@@ -89,17 +111,22 @@ public static class Planner
     public static double RingSeconds(double bytes, int ranks, double bandwidth, double latency) =>
         ranks <= 1 ? 0 : 2.0 * (ranks - 1) / ranks * bytes / bandwidth + 2.0 * (ranks - 1) * latency;
 
+    /// <summary>Time of one ring all-gather or reduce-scatter over <paramref name="bytes"/> (the full, all-ranks size):
+    /// (D − 1)/D of it moved, D − 1 latencies.</summary>
+    public static double GatherSeconds(double bytes, int ranks, double bandwidth, double latency) =>
+        ranks <= 1 ? 0 : (ranks - 1.0) / ranks * bytes / bandwidth + (ranks - 1.0) * latency;
+
     public static PlanResult Evaluate(LlamaConfig c, PlanLayout l, DeviceSpec device, LinkModel link, double achievedTflops,
-        IReadOnlyList<int>? split = null)
+        IReadOnlyList<int>? split = null, RuntimeOverheads? runtime = null)
     {
         var stages = PipelineStage.Split(c.NumLayers, l.Pp, split);
-        var mem = stages.Select(s => MemoryModel.ForStage(c, l, s, device.Gpu)).MaxBy(e => e.Total)!;
+        var mem = stages.Select(s => MemoryModel.ForStage(c, l, s, device.Gpu, runtime)).MaxBy(e => e.Total)!;
         bool fits = mem.Total <= device.MemoryGiB * (1L << 30) * 0.9;
 
         double achieved = achievedTflops * 1e12;
         double tokMb = (double)l.MicroBatch * l.SeqLen;
-        var slowest = stages.MaxBy(s => StageFlopsPerToken(c, s, l.SeqLen, l.Checkpoint))!;
-        double tMb = tokMb * StageFlopsPerToken(c, slowest, l.SeqLen, l.Checkpoint) / achieved;
+        var slowest = stages.MaxBy(s => StageFlopsPerToken(c, s, l.SeqLen, l.Recompute))!;
+        double tMb = tokMb * StageFlopsPerToken(c, slowest, l.SeqLen, l.Recompute) / achieved;
         double tBwdMb = tMb * (l.Checkpoint ? 0.5 : 2.0 / 3);
 
         bool dpIntra = l.Dp <= link.GpusPerNode;
@@ -113,9 +140,23 @@ public static class Planner
 
         long n = MemoryModel.StageParameters(c, slowest);
         double gradBytes = 4.0 * n;
-        double ring = RingSeconds(gradBytes, l.Dp, link.Bandwidth(dpIntra), link.Latency(dpIntra));
-        double buckets = Math.Max(1, gradBytes / (l.BucketMb * (1 << 20)));
-        double grads = l.Dp > 1 ? Math.Max(ring - tBwdMb, ring / buckets) : 0;
+        double bw = link.Bandwidth(dpIntra), lat = link.Latency(dpIntra);
+        double grads;
+        if (l.Zero >= 3 && l.Dp > 1)
+        {
+            // per micro-batch: two gathers of the weights, one reduce-scatter of the gradients, unit by unit, behind compute
+            int units = slowest.Layers + 2;
+            double weightBytes = device.Gpu ? 2.0 : 4.0;
+            double perMb = 2 * GatherSeconds(weightBytes * n, l.Dp, bw, 0) + GatherSeconds(gradBytes, l.Dp, bw, 0) + 3.0 * units * (l.Dp - 1) * lat;
+            double firstUnit = GatherSeconds(weightBytes * MemoryModel.LargestUnit(c, slowest), l.Dp, bw, lat);
+            grads = l.MicroBatches * (Math.Max(0, perMb - tMb) + 2 * firstUnit);
+        }
+        else
+        {
+            double ring = RingSeconds(gradBytes, l.Dp, bw, lat);
+            double buckets = Math.Max(1, gradBytes / (l.BucketMb * (1 << 20)));
+            grads = l.Dp > 1 ? Math.Max(ring - tBwdMb, ring / buckets) : 0;
+        }
         double owned = l.Zero >= 1 ? (double)n / l.Dp : n;
         double opt = owned * (device.Gpu ? 30.0 : 28.0) / (device.MemoryGBps * 1e9);
 
@@ -123,13 +164,14 @@ public static class Planner
         double tokensPerStep = (double)l.GlobalBatch * l.SeqLen;
         double perDevice = tokensPerStep / step / l.Devices;
         double mfu = perDevice * FlopsPerToken(c, l.SeqLen) / (device.PeakTflops * 1e12);
-        return new PlanResult(l, mem, fits, compute, bubble, p2p, grads, opt, step, perDevice, mfu, compute / step, (step - grads) / step);
+        return new PlanResult(l, mem, fits, compute, bubble, p2p, grads, opt, step, perDevice, mfu, compute / step, (compute + opt) / step);
     }
 
-    /// <summary>Every (pp, dp, zero, micro-batch, checkpointing) layout of <paramref name="devices"/> devices with about the
-    /// given global batch (micro-batches per replica rounded to the nearest whole number), fitting first, fastest first.</summary>
+    /// <summary>Every (pp, dp, zero, micro-batch, recompute) layout of <paramref name="devices"/> devices with about the
+    /// given global batch (micro-batches per replica rounded to the nearest whole number) that the engine runs (no
+    /// ZeRO-2 with a pipeline), fitting first, fastest first.</summary>
     public static List<PlanResult> Rank(LlamaConfig c, int devices, int globalBatch, int seqLen, DeviceSpec device, LinkModel link,
-        double achievedTflops, string schedule = "1f1b")
+        double achievedTflops, string schedule = "1f1b", RuntimeOverheads? runtime = null)
     {
         var results = new List<PlanResult>();
         for (int pp = 1; pp <= Math.Min(devices, c.NumLayers); pp++)
@@ -140,11 +182,11 @@ public static class Planner
             {
                 if (dp * mb > globalBatch) continue;
                 int m = (int)Math.Max(1, Math.Round((double)globalBatch / (dp * mb)));
-                foreach (int zero in new[] { 0, 1, 2 })
+                foreach (int zero in new[] { 0, 1, 2, 3 })
                 {
-                    if (zero > 0 && dp == 1) continue;
-                    foreach (bool ckpt in new[] { false, true })
-                        results.Add(Evaluate(c, new PlanLayout(dp, pp, zero, mb, m, seqLen, ckpt, schedule), device, link, achievedTflops));
+                    if ((zero > 0 && dp == 1) || (zero == 2 && pp > 1)) continue;
+                    foreach (var recompute in new[] { RecomputeMode.None, RecomputeMode.Selective, RecomputeMode.Full })
+                        results.Add(Evaluate(c, new PlanLayout(dp, pp, zero, mb, m, seqLen, recompute, schedule), device, link, achievedTflops, runtime: runtime));
                 }
             }
         }
@@ -156,13 +198,13 @@ public static class Planner
     {
         var sb = new StringBuilder();
         var inv = CultureInfo.InvariantCulture;
-        sb.AppendLine("  #  dp   pp  zero  mb×M      batch  ckpt  memory/GPU  fits  step s   bubble  comm s   tok/s/GPU  MFU    pipeline  scaling");
+        sb.AppendLine("  #  dp   pp  zero  mb×M      batch  recompute  memory/GPU  fits  step s   bubble  comm s   tok/s/GPU  MFU    pipeline  scaling");
         int i = 0;
         foreach (var r in results.Take(top))
         {
             var l = r.Layout;
-            sb.AppendLine(string.Format(inv, "{0,3}  {1,-4} {2,-3} {3,-5} {4,-9} {5,5}  {6,-5} {7,10}  {8,-4}  {9,7:F2}  {10,5:P0}  {11,7:F3}  {12,9:N0}  {13,5:P0}  {14,7:P1}  {15,7:P1}",
-                ++i, l.Dp, l.Pp, l.Zero, $"{l.MicroBatch}×{l.MicroBatches}", l.GlobalBatch, l.Checkpoint ? "yes" : "no", MemoryEstimate.Gib(r.Memory.Total),
+            sb.AppendLine(string.Format(inv, "{0,3}  {1,-4} {2,-3} {3,-5} {4,-9} {5,5}  {6,-10} {7,10}  {8,-4}  {9,7:F2}  {10,5:P0}  {11,7:F3}  {12,9:N0}  {13,5:P0}  {14,7:P1}  {15,7:P1}",
+                ++i, l.Dp, l.Pp, l.Zero, $"{l.MicroBatch}×{l.MicroBatches}", l.GlobalBatch, l.Recompute.ToString().ToLowerInvariant(), MemoryEstimate.Gib(r.Memory.Total),
                 r.Fits ? "yes" : "NO", r.StepSeconds, r.BubbleFraction, r.P2pSeconds + r.GradientSeconds, r.TokensPerSecondPerDevice, r.Mfu,
                 r.PipelineEfficiency, r.ScalingEfficiency));
         }

@@ -77,7 +77,7 @@ public sealed class RecipeConfig
             if (st.SeqLen > Model.MaxPositionEmbeddings * Math.Max(1, st.RopeScalingFactor)) errors.Add($"{p}.seq_len ({st.SeqLen}) exceeds max_position_embeddings × rope factor");
             if (st.Lora != null)
             {
-                st.Lora.Validate($"{p}.lora", layout.Recomputes, errors);
+                st.Lora.Validate($"{p}.lora", layout.Mode == Engine.Model.RecomputeMode.Full, errors);
                 if (st.Init == "random") errors.Add($"{p}.lora adapts a trained model: init must be an earlier stage or a model directory, not random");
                 if (st.Trainable != "all") errors.Add($"{p}.lora trains the adapters alone: leave trainable = all");
                 if (st.EwcLambda > 0) errors.Add($"{p}.lora cannot be combined with ewc_lambda (the base is frozen)");
@@ -105,7 +105,7 @@ public sealed class RecipeConfig
     public Run.RunLayout Layout => Run.RunLayout.From(Parallel, Model);
 
     /// <summary>What a stage asks of the layout.</summary>
-    public static Run.RunNeeds StageNeeds(StageSection st) => new($"stage {st.Name}") { Lora = st.Lora };
+    public static Run.RunNeeds StageNeeds(StageSection st) => new($"stage {st.Name}") { Lora = st.Lora, MergesLora = st.Lora != null, Ewc = st.EwcLambda > 0 };
 }
 
 public sealed class TokenizerSection

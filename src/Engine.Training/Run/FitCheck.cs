@@ -13,7 +13,7 @@ public static class FitCheck
 {
     /// <summary>The estimate of every pipeline stage of the run.</summary>
     public static List<MemoryEstimate> Stages(LlamaConfig shape, RunLayout layout, PlanLayout plan, bool gpu) =>
-        MemoryModel.Stages(shape, plan, gpu, layout.LayerSplit);
+        MemoryModel.Stages(shape, plan, gpu, layout.LayerSplit, gpu ? RuntimeOverheads.LiveGpu : null);
 
     /// <summary>Refuses a run whose largest stage needs more than 90% of <paramref name="availableBytes"/> (null: this
     /// host's memory), naming what to change.</summary>
@@ -25,6 +25,6 @@ public static class FitCheck
     {
         if (worst.Total > available * 0.9)
             throw new ConfigException($"model does not fit: on {plan.Describe()}, stage {worst.Stage} needs about {worst.Describe()} but {MemoryEstimate.Gib(available)} are available; " +
-                "reduce the batch size or sequence length, the model size, set model.recompute = \"full\", raise parallel.zero, or add pipeline stages (engine plan ranks the layouts)");
+                "reduce the batch size or sequence length, the model size, set model.recompute = \"selective\" or \"full\", raise parallel.zero (3 shards the weights too), or add pipeline stages (engine plan ranks the layouts)");
     }
 }

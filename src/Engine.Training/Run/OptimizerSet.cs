@@ -47,6 +47,8 @@ public sealed class OptimizerSet
 /// per micro-batch BeginMicroBatch → backward with this as observer → EndMicroBatch, then FinishGradients).</summary>
 public sealed class GradientSync(params DataParallel[] parts) : IBackwardObserver
 {
+    /// <summary>The body's (first) store's data parallelism.</summary>
+    public DataParallel Body => parts[0];
     public void BeginStep() { foreach (var p in parts) p.BeginStep(); }
     public void BeginMicroBatch(bool last) { foreach (var p in parts) p.BeginMicroBatch(last); }
     public void EndMicroBatch() { foreach (var p in parts) p.EndMicroBatch(); }

@@ -115,7 +115,7 @@ public sealed class AssembledRun : IDisposable
     internal void BuildModel()
     {
         Model = Spec.Model.Build(Layout.Stage(Spec.Model.Shape.NumLayers));
-        Model.CheckpointActivations = Spec.Layout.Recompute == "full";
+        Model.Recompute = Spec.Layout.Mode;
         if (Spec.ScalarHead is { } head)
         {
             Head = head(Model);
@@ -141,11 +141,13 @@ public sealed class AssembledRun : IDisposable
     }
 
     /// <summary>Data parallelism / ZeRO over each trainable store of the stage (lays the store out anew: parameters are
-    /// looked up by name from here on), and the pipeline schedule over the stage's gradient hooks.</summary>
+    /// looked up by name from here on), and the pipeline schedule over the stage's gradient hooks. At ZeRO-3 the body's
+    /// weights are sharded unit by unit (with LoRA: the frozen base alongside the adapters); a scalar head, read
+    /// outside the body's units, keeps whole weights with ZeRO-2's sharded gradients and moments.</summary>
     internal void Parallelize()
     {
-        parallel.Add(Layout.CreateDataParallel(TrainedStore));
-        if (Head != null && Model.Stage.IsLast) parallel.Add(Layout.CreateDataParallel(Head.Head));
+        parallel.Add(Layout.CreateDataParallel(Model, Lora));
+        if (Head != null && Model.Stage.IsLast) parallel.Add(Layout.CreateDataParallel(Head.Head, maxZero: 2));
         Pipeline = Layout.CreateRunner(Model, new GradientSync([.. parallel]));
     }
 
@@ -186,11 +188,7 @@ public sealed class AssembledRun : IDisposable
         var effective = ResumeCheck.Check(r.Directory, r.State.Exact, Exact, r.State.Overridable, ck.Overridable);
         Say("resume: settings in effect: " + string.Join(", ", effective) + (Spec.SkipBatches is { } sb ? $", skipping the batches of steps {sb.First}-{sb.Last}" : ""));
         if (Lora != null) r.LoadAdapter(Lora);
-        else if (!Spec.Model.ReadsCheckpoint)
-        {
-            var files = ModelIO.WeightFiles(r.Directory);
-            ModelIO.LoadWeights(Model, files.Index, files.Shards);
-        }
+        else if (!Spec.Model.ReadsCheckpoint) r.LoadWeights(Model, parallel[0]);   // into the model, or at ZeRO-3 into this rank's master slices
         r.LoadOptimizer(Optimizers.Primary);
         ck.Restore?.Invoke(r);
         if (Spec.Control != null) Spec.Control.LastCheckpoint = r.Directory;
@@ -278,9 +276,17 @@ public sealed class AssembledRun : IDisposable
 
     // ---- results ---------------------------------------------------------------------------------------------------
 
-    /// <summary>The whole model in Hugging Face layout from however many stages hold it (collective).</summary>
-    public void SaveWeights(string directory, string dtype = "F32", IReadOnlyDictionary<string, string>? metadata = null) =>
+    /// <summary>The whole model in Hugging Face layout from however many stages hold it (collective; at ZeRO-3 every
+    /// unit is gathered while the weights are written).</summary>
+    public void SaveWeights(string directory, string dtype = "F32", IReadOnlyDictionary<string, string>? metadata = null)
+    {
+        using var whole = Gathered();
         Layout.SaveModel(Model, directory, dtype, metadata);
+    }
+
+    /// <summary>ZeRO-3: every unit of the body gathered until disposed (whole weights for a save or an evaluation on
+    /// this rank alone, with no collectives inside); a no-op at ZeRO 0-2.</summary>
+    public IDisposable Gathered() => (parallel[0].Alongside ?? parallel[0]).Gathered();
 
     /// <summary>The adapter in PEFT's layout, gathered from every stage (collective).</summary>
     public void SaveAdapter(string directory, string? baseModel)

@@ -1,3 +1,4 @@
+using Engine.Model;
 using Engine.Training.Config;
 using Engine.Training.Parallel;
 using Engine.Training.Planning;
@@ -12,6 +13,10 @@ public sealed record RunNeeds(string What)
     public LoraSection? Lora { get; init; }
     /// <summary>Token-by-token sampling from the trained model inside the run (PPO's rollouts).</summary>
     public bool Sampling { get; init; }
+    /// <summary>The LoRA adapters are merged into the base at the end of the run (a recipe's LoRA stage).</summary>
+    public bool MergesLora { get; init; }
+    /// <summary>An EWC penalty, whose Fisher estimate needs each rank's whole gradients.</summary>
+    public bool Ewc { get; init; }
 }
 
 /// <summary>
@@ -39,6 +44,14 @@ public sealed record RunLayout(ParallelSection Parallel, string Recompute = "non
     /// <summary>Whether activations are recomputed in backward (full: each block keeps only its input).</summary>
     public bool Recomputes => Recompute != "none";
 
+    /// <summary>The recompute mode the model runs with.</summary>
+    public RecomputeMode Mode => Recompute switch
+    {
+        "full" => RecomputeMode.Full,
+        "selective" => RecomputeMode.Selective,
+        _ => RecomputeMode.None,
+    };
+
     /// <summary>
     /// Refuses a layout the engine cannot run, one message listing every problem by its key. Without
     /// <paramref name="worldSize"/> (a config being loaded) the checks that need the job's ranks are left for the run;
@@ -58,9 +71,12 @@ public sealed record RunLayout(ParallelSection Parallel, string Recompute = "non
             else if (p.Dp != 0 && p.Dp * p.Pp != world)
                 errors.Add($"parallel.dp = {p.Dp} but the job has {world} rank(s){(p.Pp > 1 ? $" for {p.Pp} pipeline stages" : "")}: launch {p.Dp * p.Pp} ranks (engine launch --nproc-per-node {p.Dp * p.Pp} -- ...) or set parallel.dp = {world / Math.Max(1, p.Pp)}");
         }
-        if (p.Zero == 3) errors.Add("parallel.zero = 3 (fully sharded weights) is not available in this build: use zero = 1 or 2");
-        else if (p.Zero is < 0 or > 2) errors.Add($"parallel.zero must be 0, 1 or 2 (got {p.Zero})");
-        if (p.Zero == 2 && p.Pp > 1) errors.Add("parallel.zero = 2 is not supported with pipeline stages (pp > 1): use zero = 1, as Megatron does inside each data-parallel group");
+        if (p.Zero is < 0 or > 3) errors.Add($"parallel.zero must be 0, 1, 2 or 3 (got {p.Zero})");
+        if (p.Zero == 2 && p.Pp > 1) errors.Add("parallel.zero = 2 is not supported with pipeline stages (pp > 1): use zero = 1, as Megatron does inside each data-parallel group, or zero = 3");
+        if (p.Zero == 3 && needs?.Ewc == true)
+            errors.Add($"{who}ewc_lambda > 0 cannot be combined with parallel.zero = 3 (the Fisher estimate needs each rank's whole gradients): use zero = 1 or 2");
+        if (p.Zero == 3 && needs?.MergesLora == true)
+            errors.Add($"{who}lora is not supported with parallel.zero = 3 in recipes yet (the merge writes the sharded base): use zero = 1 or 2 (engine train supports LoRA at ZeRO-3)");
         if (!(p.BucketMb > 0) || double.IsInfinity(p.BucketMb)) errors.Add($"parallel.bucket_mb must be positive (got {p.BucketMb})");
         if (p.MicroBatches < 0) errors.Add($"parallel.micro_batches must be >= 0 (got {p.MicroBatches}; 0 = train.grad_accum)");
         else if (gradAccum is int accum && p.MicroBatches > 0 && accum != 1 && accum != p.MicroBatches)
@@ -71,12 +87,12 @@ public sealed record RunLayout(ParallelSection Parallel, string Recompute = "non
             errors.Add(p.Layers.Length == 0 ? $"parallel.pp = {p.Pp} needs at least {p.Pp} layers, the model has {n}"
                 : $"parallel.layers [{string.Join(", ", p.Layers)}] must give every stage at least one layer and sum to the model's {n}");
         if (!RecomputeModes.Contains(Recompute)) errors.Add($"model.recompute must be \"none\", \"full\" or \"selective\" (got \"{Recompute}\")");
-        else if (Recompute == "selective")
-            errors.Add("model.recompute = \"selective\" (recompute the attention core and SwiGLU, keep the GEMM outputs) is not available in this build: use \"full\" or \"none\"");
-        else if (LegacyCheckpointFlag && Recompute == "none")
-            errors.Add("model.checkpoint_activations = true contradicts model.recompute = \"none\": set model.recompute alone");
+        else if (LegacyCheckpointFlag && Recompute != "full")
+            errors.Add($"model.checkpoint_activations = true (full recompute) contradicts model.recompute = \"{Recompute}\": set model.recompute alone");
         if (needs?.Lora is { Dropout: > 0 } lora && p.Pp > 1)
             errors.Add($"{who}lora.dropout = {lora.Dropout} with pipeline stages (parallel.pp = {p.Pp}): each stage would draw its own dropout masks, not the whole model's; use dropout = 0 or pp = 1");
+        if (needs?.Sampling == true && p.Zero == 3)
+            errors.Add($"{who}parallel.zero = 3: PPO's rollouts decode token by token on each rank for its own share of the prompts, and ZeRO-3 would make every decoding step a collective the other ranks may not join; use zero = 1 or 2 for the alignment");
         if (needs?.Sampling == true && p.Pp > 1)
             errors.Add($"{who}parallel.pp = {p.Pp}: PPO samples its rollouts token by token with a KV cache through the whole actor, which pipeline stages split (every new token would cross all stages); " +
                 "run the alignment with parallel.pp = 1 (PPO is data-parallel over the ranks), or set alignment.ppo.steps = 0 to align with the reward model and DPO only");
@@ -95,7 +111,7 @@ public sealed record RunLayout(ParallelSection Parallel, string Recompute = "non
 
     /// <summary>The run as the memory model and the planner see it.</summary>
     public PlanLayout Plan(int worldSize, int microBatchRows, int gradAccum, int seqLen) =>
-        new(Replicas(worldSize), Parallel.Pp, Parallel.Zero, microBatchRows, MicroBatches(gradAccum), seqLen, Recomputes, Parallel.Schedule, Parallel.BucketMb);
+        new(Replicas(worldSize), Parallel.Pp, Parallel.Zero, microBatchRows, MicroBatches(gradAccum), seqLen, Mode, Parallel.Schedule, Parallel.BucketMb);
 
     /// <summary>parallel.layers, or null for the balanced split.</summary>
     public IReadOnlyList<int>? LayerSplit => Parallel.Layers.Length > 0 ? Parallel.Layers : null;

@@ -41,6 +41,27 @@ public class PlanCliTests
         Assert.DoesNotContain("NO", first);
     }
 
+    /// <summary>TorchTitan's Llama-2-70B run on 64 A100 (FSDP, full recompute, local batch 2, sequence 4096): the
+    /// planner puts ZeRO-3 across all 64 GPUs first, and `--dp/--zero/--micro-batch/--recompute` evaluate that one
+    /// layout; the memory beyond the tensors is printed with its parameters.</summary>
+    [Fact]
+    public void PlanPutsZero3FirstForTorchTitans70BRunAndEvaluatesAGivenLayout()
+    {
+        var (code, output, err) = Run("plan", "--model", "llama2-70b", "--gpus", "64", "--gpu", "a100", "--seq-len", "4096", "--global-batch", "128");
+        Assert.True(code == 0, err);
+        Assert.Contains("best: dp 64 × pp 1, ZeRO-3, micro-batch 2 × 1, full recompute", output);
+        Assert.Contains("CUDA context 0.70 GiB, NCCL 0.65 GiB per communicator, fragmentation 15 %", output);
+        (code, output, err) = Run("plan", "--model", "llama2-70b", "--gpus", "64", "--gpu", "a100", "--seq-len", "4096", "--global-batch", "128",
+            "--dp", "64", "--zero", "3", "--micro-batch", "2", "--recompute", "selective");
+        Assert.True(code == 0, err);
+        var rows = output.Split('\n').Where(l => System.Text.RegularExpressions.Regex.IsMatch(l, @"^\s+\d+\s+64\s")).ToList();
+        Assert.Single(rows);
+        Assert.Contains("selective", rows[0]);
+        (code, _, err) = Run("plan", "--model", "llama2-70b", "--gpus", "64", "--recompute", "some");
+        Assert.Equal(2, code);
+        Assert.Contains("--recompute must be none, selective or full", err);
+    }
+
     [Fact]
     public void PlanRefusesBadArguments()
     {

@@ -90,23 +90,63 @@ public class LlamaModelTests
         }
     }
 
-    [Fact]
-    public void ActivationCheckpointingGivesIdenticalGradients()
+    /// <summary>Full recompute (the block re-run in backward) and selective recompute (the attention core and SwiGLU
+    /// recomputed before their consumers' backward) give the gradients of no recompute bit for bit, and the same loss.</summary>
+    [Theory]
+    [InlineData(RecomputeMode.Full, false)]
+    [InlineData(RecomputeMode.Selective, false)]
+    [InlineData(RecomputeMode.Selective, true)]
+    public void ActivationRecomputeGivesIdenticalGradients(RecomputeMode mode, bool tied)
     {
-        using var m = TestModels.Create(TestModels.Tiny(), 8);
-        var (ids, tg) = TestModels.Batch(2, 9, m.Config.VocabSize, 10);
+        using var m = TestModels.Create(TestModels.Tiny(tied), 8);
+        var (ids, tg) = TestModels.Batch(2, 9, m.Config.VocabSize, 10, ignoreEvery: 5);
         ids.Keep(); tg.Keep();
-        Dictionary<string, float[]> Grads(bool ckpt)
+        (double Loss, Dictionary<string, float[]> Grads) Run(RecomputeMode r)
         {
-            m.CheckpointActivations = ckpt;
+            m.Recompute = r;
             m.ZeroGrad();
             using var s = new TensorScope();
-            Grad.Backward(m.Loss(ids, tg, 2, 9, 18).Loss);
-            return m.Parameters.ToDictionary(p => p.Name, p => p.Tensor.Grad!.ToArray());
+            var loss = m.Loss(ids, tg, 2, 9, 18).Loss;
+            double value = loss.Item();
+            Grad.Backward(loss);
+            return (value, m.Parameters.ToDictionary(p => p.Name, p => p.Tensor.Grad!.ToArray()));
         }
-        var plain = Grads(false);
-        var ck = Grads(true);
-        foreach (var (name, g) in plain) Assert.Equal(g, ck[name]);
+        var plain = Run(RecomputeMode.None);
+        var again = Run(mode);
+        Assert.Equal(plain.Loss, again.Loss);
+        foreach (var (name, g) in plain.Grads) Assert.Equal(g, again.Grads[name]);
+        Assert.Contains(plain.Grads.Values, g => g.Any(v => v != 0));
+    }
+
+    /// <summary>What each recompute mode keeps alive between forward and backward, measured from the live tensor storage
+    /// after the forward: full keeps one input per block, selective drops the attention core's and SwiGLU's outputs and
+    /// intermediates (rotated q and k, attention output and log-sum-exp, SwiGLU product: 2C + KV + F + H fp32 per token
+    /// and layer), none keeps them all.</summary>
+    [Fact]
+    public void RecomputeModesKeepLessBetweenForwardAndBackward()
+    {
+        var cfg = TestModels.Tiny() with { NumLayers = 3 };
+        using var m = TestModels.Create(cfg, 8);
+        const int B = 2, T = 16;
+        var (ids, tg) = TestModels.Batch(B, T, cfg.VocabSize, 10);
+        ids.Keep(); tg.Keep();
+        long Held(RecomputeMode r)
+        {
+            m.Recompute = r;
+            var counter = new MemoryCounter();
+            using (counter.Use())
+            {
+                using var s = new TensorScope();
+                var loss = m.Loss(ids, tg, B, T, B * T).Loss;
+                long held = counter.LiveBytes;
+                Grad.Backward(loss);
+                return held;
+            }
+        }
+        long none = Held(RecomputeMode.None), selective = Held(RecomputeMode.Selective), full = Held(RecomputeMode.Full);
+        long dropped = (long)cfg.NumLayers * B * T * (2L * cfg.HiddenSize + cfg.NumKvHeads * cfg.HeadDim + cfg.IntermediateSize + cfg.NumHeads) * 4;
+        Assert.Equal(dropped, none - selective);
+        Assert.True(full < selective, $"full recompute holds {full} B, selective {selective} B");
     }
 
     [Fact]

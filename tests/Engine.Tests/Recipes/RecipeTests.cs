@@ -47,8 +47,10 @@ public class RecipeTests
     /// the same global batches, so the stage reports agree within the data-parallel fp32 tolerance (DataParallelTests),
     /// and evaluation split across the ranks scores every held-out window and example once.
     /// </summary>
-    [Fact]
-    public void HybridRecipeOnTwoRanksEqualsOneProcess()
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]   // ZeRO-3: no EWC (refused); the stage is saved and evaluated with every unit gathered
+    public void HybridRecipeOnTwoRanksEqualsOneProcess(int zero)
     {
         RecipeConfig Make(string dir, int accum)
         {
@@ -59,8 +61,8 @@ public class RecipeTests
                 Stage("hybrid", "base", new() { ["gen_en"] = 0.3, ["fin_zh"] = 0.3, ["fin_inst"] = 0.2, ["fin_sent"] = 0.2 }),
             ];
             foreach (var st in cfg.Stages) st.GradAccum = accum;
-            cfg.Stages[1].EwcLambda = 10; cfg.Stages[1].EwcSource = "gen_en"; cfg.Stages[1].EwcBatches = 2;
-            cfg.Parallel = new Engine.Training.Parallel.ParallelSection { Zero = 2 };
+            if (zero < 3) { cfg.Stages[1].EwcLambda = 10; cfg.Stages[1].EwcSource = "gen_en"; cfg.Stages[1].EwcBatches = 2; }
+            cfg.Parallel = new Engine.Training.Parallel.ParallelSection { Zero = zero };
             cfg.Validate();
             return cfg;
         }

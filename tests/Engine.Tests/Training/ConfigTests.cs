@@ -37,6 +37,21 @@ public class ConfigTests
         Assert.Equal(3, c.Train.Steps);
     }
 
+    [Theory]
+    [InlineData("", Engine.Model.RecomputeMode.None)]
+    [InlineData("checkpoint_activations = true\n", Engine.Model.RecomputeMode.Full)]
+    [InlineData("recompute = \"selective\"\n", Engine.Model.RecomputeMode.Selective)]
+    [InlineData("recompute = \"full\"\ncheckpoint_activations = true\n", Engine.Model.RecomputeMode.Full)]
+    [InlineData("recompute = \"none\"\n", Engine.Model.RecomputeMode.None)]
+    public void RecomputeComesFromItsKeyOrTheOlderSwitch(string keys, Engine.Model.RecomputeMode expected) =>
+        Assert.Equal(expected, Engine.Training.Run.RunLayout.From(new Engine.Training.Parallel.ParallelSection(), LoadText(Good.Replace("[model]\n", "[model]\n" + keys)).Model).Mode);
+
+    [Theory]
+    [InlineData("recompute = \"some\"\n", "model.recompute must be \"none\", \"full\" or \"selective\" (got \"some\")")]
+    [InlineData("recompute = \"selective\"\ncheckpoint_activations = true\n", "model.checkpoint_activations = true (full recompute) disagrees with model.recompute = \"selective\"")]
+    public void BadRecomputeKeysAreRefusedByName(string keys, string expected) =>
+        Assert.Contains(expected, Assert.Throws<ConfigException>(() => LoadText(Good.Replace("[model]\n", "[model]\n" + keys))).Message);
+
     [Fact]
     public void JsonWorksToo()
     {
