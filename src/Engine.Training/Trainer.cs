@@ -72,6 +72,7 @@ public sealed class Trainer
         bool lead = comm.Rank == 0;
         void Say(string m) { if (lead) OnMessage?.Invoke(m); }
         cfg.Parallel.Validate(comm.WorldSize);
+        using var runLock = RunDirectoryLock.Acquire(cfg.Resolve(cfg.Output.Dir), comm, Say);   // one run per output directory
         var tokenizer = LoadTokenizer(cfg);
         if (Resume == null && cfg.Model.InitFrom == null) // a fresh model that cannot fit is refused before any data is read or memory taken
         {
@@ -237,17 +238,17 @@ public sealed class Trainer
         string weightsDir = Path.Combine(outDir, "final");
         if (lora != null)
         {
-            if (lead) lora.Save(weightsDir, cfg.Model.InitFrom is { } b ? cfg.Resolve(b) : null);
+            if (lead) SafeIo.Writing("the final adapter", weightsDir, SafeIo.LastCheckpoint(outDir), () => lora.Save(weightsDir, cfg.Model.InitFrom is { } b ? cfg.Resolve(b) : null));
             comm.Barrier();
             Say($"saved the adapter (PEFT layout) to {weightsDir}");
         }
         else
         {
-            layout.SaveModel(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
+            SafeIo.SaveWeights(weightsDir, model, comm, SafeIo.LastCheckpoint(outDir), () => layout.SaveModel(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
             {
                 ["engine.steps"] = cfg.Train.Steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
                 ["engine.tokens"] = tokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            });
+            }));
             Say($"saved {weightsDir}");
         }
         return new TrainResult(outDir, weightsDir, steps, lastValid, model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);

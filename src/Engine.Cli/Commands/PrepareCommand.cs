@@ -13,6 +13,7 @@ public static class PrepareCommand
         cmd.SetAction(parse => Cli.Guard(() =>
         {
             var cfg = PrepareConfig.Load(parse.GetValue(config)!.FullName);
+            using var runLock = Engine.Training.RunDirectoryLock.Acquire(cfg.OutputDir, null, m => Console.WriteLine($"[prepare] {m}"));   // one writer per output directory
             var r = PreparePipeline.Run(cfg, new SyncProgress(m => Console.WriteLine($"[prepare] {m}")));
             Console.WriteLine();
             Console.WriteLine($"{"stage",-9} {"source",-12} {"docs in",9} {"docs out",9} {"MB in",8} {"MB out",8}");

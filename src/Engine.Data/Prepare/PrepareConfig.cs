@@ -32,8 +32,7 @@ public sealed record PrepareConfig(
     public static PrepareConfig Load(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (!File.Exists(path)) throw new FileNotFoundException($"config file not found: {path}", path);
-        string text = File.ReadAllText(path);
+        string text = File.ReadAllText(FileStat.RequireRegular(path, "config file"));
         return Parse(text, path, Path.GetDirectoryName(Path.GetFullPath(path))!);
     }
 
@@ -55,10 +54,14 @@ public sealed record PrepareConfig(
                 using var doc = JsonDocument.Parse(text, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
                 tree = FromJson(doc.RootElement) as Dictionary<string, object?> ?? throw new PrepareConfigException($"{source}: the top level must be an object");
             }
-            else tree = (Dictionary<string, object?>)FromToml(TomlSerializer.Deserialize<TomlTable>(text) ?? new TomlTable())!;
+            else
+            {
+                Tomlyn.Parsing.SyntaxParser.ParseStrict(text, source, validate: true);   // duplicate keys and tables refused
+                tree = (Dictionary<string, object?>)FromToml(TomlSerializer.Deserialize<TomlTable>(text) ?? new TomlTable())!;
+            }
         }
         catch (JsonException e) { throw new PrepareConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
-        catch (TomlException e) { throw new PrepareConfigException($"{source}: invalid TOML: {ErrorText.FirstOfLines(e.Message)}"); }
+        catch (TomlException e) { throw new PrepareConfigException($"{source}: invalid TOML: {ErrorText.Toml(e.Message)}"); }
         catch (InvalidOperationException e) { throw new PrepareConfigException($"{source}: invalid JSON string ({ErrorText.OneLine(e.Message)})"); }
 
         var root = new Section(tree, "", source);

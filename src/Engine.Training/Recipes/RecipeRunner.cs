@@ -97,6 +97,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         if (cfg.Alignment != null && comm.WorldSize > 1)
             throw new Config.ConfigException("[alignment] runs in one process: launch the recipe without data parallelism");
         string outDir = cfg.Resolve(cfg.Output.Dir);
+        using var runLock = RunDirectoryLock.Acquire(outDir, comm, Say);   // one run per output directory
         if (Lead) Directory.CreateDirectory(outDir);
         comm.Barrier();
         foreach (var (name, s) in cfg.Sources)
@@ -362,7 +363,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             lora.Merge();
             notes.Add($"adapter saved to {adapterDir} (PEFT layout) and merged into the stage's weights; AdamW state {opt.StateBytes:N0} bytes");
         }
-        if (Lead) ModelIO.Save(model, weights);
+        SafeIo.SaveWeights(weights, model, comm, SafeIo.LastCheckpoint(outDir), () => { if (Lead) ModelIO.Save(model, weights); }, $"stage {st.Name}'s weights");
         comm.Barrier();
         stageWeights[st.Name] = weights;
 
