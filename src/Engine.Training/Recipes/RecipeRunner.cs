@@ -81,7 +81,12 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     public string? StoppedReason { get; private set; }
 
     /// <summary>stages/NAME/stage.json: a finished stage's report and steps, and the settings it ran with.</summary>
-    sealed record StageRecord(StageReport Report, List<StepMetrics> Steps, Dictionary<string, string> Exact);
+    sealed record StageRecord(StageReport Report, List<StepMetrics> Steps, Dictionary<string, string> Exact)
+    {
+        /// <summary>The stage's outputs (weights, adapter) by path relative to the run directory and SHA-256, verified
+        /// before a resumed run uses them (<see cref="ContentHashes.Verify"/>); null in records of older runs.</summary>
+        public Dictionary<string, string>? Files { get; init; }
+    }
 
     static readonly JsonSerializerOptions RecordJson = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
@@ -139,8 +144,11 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 // the finished stage must have run with today's settings (its selection is not recomputed here)
                 var saved = rec.Exact.Where(kv => !kv.Key.EndsWith(".selection", StringComparison.Ordinal)).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
                 ResumeCheck.Check(path, saved, ExactSettings(cfg.Stages[i], null), null, new Dictionary<string, string>());
-                reports.Add(rec.Report with { Steps = rec.Steps });
-                stageWeights[rec.Report.Name] = rec.Report.WeightsDir;
+                ContentHashes.Verify(outDir, rec.Files ?? [], path);   // its weights as the stage left them
+                // paths relative to this run directory (a copied run directory uses its own stage files)
+                var report = rec.Report with { Steps = rec.Steps, WeightsDir = Path.Combine(outDir, "stages", rec.Report.Name), AdapterDir = rec.Report.AdapterDir is { } ad ? Path.GetFullPath(Path.Combine(outDir, ad)) : null };
+                reports.Add(report);
+                stageWeights[rec.Report.Name] = report.WeightsDir;
                 Say($"stage {rec.Report.Name}: finished in the earlier run (stages/{rec.Report.Name}/stage.json)");
             }
             int keepStep = resumed?.State.Step ?? 0;
@@ -427,7 +435,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         if (Lead)
         {
             // the stage is finished: its record lets a resumed run skip it; its checkpoints are no longer needed
-            Durable.WriteAllText(StageRecordPath(outDir, st.Name), JsonSerializer.Serialize(new StageRecord(report, steps, exact), RecordJson));
+            SafeIo.Writing($"stage {st.Name}'s record", StageRecordPath(outDir, st.Name), SafeIo.LastCheckpoint(outDir), () => Durable.WriteAllText(StageRecordPath(outDir, st.Name), JsonSerializer.Serialize(new StageRecord(report with { WeightsDir = ContentHashes.Relative(outDir, weights), AdapterDir = adapterDir is null ? null : ContentHashes.Relative(outDir, adapterDir) }, steps, exact) { Files = ContentHashes.Record(outDir, [weights, .. adapterDir is null ? Array.Empty<string>() : [adapterDir]]) }, RecordJson)));
             if (Directory.Exists(ckptRoot)) Directory.Delete(ckptRoot, recursive: true);
         }
         comm.Barrier();
@@ -449,6 +457,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             ["seed"] = cfg.Seed.ToString(inv),
             ["model"] = model.ToJsonString(),
             ["tokenizer"] = Json(cfg.Tokenizer),
+            ["tokenizer.files"] = cfg.Tokenizer.Kind == "byte" ? "byte" : string.Join("; ", new[] { cfg.Tokenizer.Path is { } tp ? cfg.Resolve(tp) : Path.Combine(cfg.Resolve(cfg.Output.Dir), "tokenizer.json"), Path.Combine(cfg.Resolve(cfg.Output.Dir), "tokenizer_expanded.json") }.Where(File.Exists).Select(ContentHashes.Describe)),
             ["sources"] = Json(cfg.Sources.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new
             {
                 kv.Key,
@@ -457,7 +466,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 kv.Value.Language,
                 kv.Value.MaxDocs,
                 kv.Value.HeldOut,
-                Files = kv.Value.Files.Select(f => $"{cfg.Resolve(f)} ({(File.Exists(cfg.Resolve(f)) ? new FileInfo(cfg.Resolve(f)).Length : -1)} bytes)"),
+                Files = kv.Value.Files.Select(f => ContentHashes.Describe(cfg.Resolve(f))),   // contents: a same-size edit is refused
             })),
             ["eval"] = Json(cfg.Eval),
             [$"stages.{st.Name}"] = Json(new
@@ -483,6 +492,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 st.Optim.Eps,
                 st.Lora,
             }),
+            [$"stages.{st.Name}.init_weights"] = st.Init == "random" ? "random" : ContentHashes.DescribeWeights(stageWeights.TryGetValue(st.Init, out var iw) ? iw : cfg.Resolve(st.Init)),
             [$"stages.{st.Name}.sequences_per_step"] = ((long)st.BatchSize * st.GradAccum * comm.WorldSize).ToString(inv),
         };
         if (selection != null) d[$"stages.{st.Name}.selection"] = selection;
