@@ -143,6 +143,9 @@ public sealed class TcpStoreServer : IDisposable
     /// <summary>Refused connections so far (wrong token, malformed handshake).</summary>
     public int Refused { get; private set; }
 
+    /// <summary>Accepted connections that have closed so far (left normally or not).</summary>
+    public int Closed { get; private set; }
+
     /// <summary>Listens on <paramref name="host"/> (an address of this machine, or a name resolving to one).</summary>
     public static TcpStoreServer Start(string host, int port, string token, Action<string> log)
     {
@@ -220,6 +223,7 @@ public sealed class TcpStoreServer : IDisposable
             if (session.Rank is int rank && !session.Left && !stop.IsCancellationRequested)
                 ReportDeath($"rank {rank} died: its connection to the rendezvous store closed without signing off " +
                     "(the process was killed or crashed, or its host went down); stopping the job");
+            lock (gate) Closed++;
         }
     }
 
