@@ -56,7 +56,8 @@ public class WatchdogTests
             comm.AllReduce(t).Wait();
             if (comm.Rank == 1)
             {
-                comm.Dispose();   // silent from here on, as a stopped (SIGSTOP) or vanished process
+                Thread.Sleep(1000);   // a few heartbeats, then
+                comm.Dispose();       // silent from here on, as a stopped (SIGSTOP) or vanished process
                 return "";
             }
             return Assert.Throws<CommException>(() => comm.AllReduce(t).Wait()).Message;
