@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using System.Text.RegularExpressions;
 using Engine.Model.IO;
 
@@ -46,6 +45,11 @@ public class ResilienceProcessTests
         return path;
     }
 
+    /// <summary>`engine launch` of 2 ranks (through mpirun, or spawned with a free port) running `train --config CONFIG`.</summary>
+    static string[] LaunchTrain(bool spawn, string config, params string[] launcherArgs) => ["launch", "--nproc-per-node", "2",
+        .. spawn ? new[] { "--spawn", "--master-port", StoreTests.FreePort().ToString(CultureInfo.InvariantCulture) } : [],
+        .. launcherArgs, "--", "train", "--config", config];
+
     static byte[] FinalWeights(string dir, string name) => File.ReadAllBytes(Path.Combine(dir, "out_" + name, "final", ModelIO.WeightsFile));
 
     static double[] Losses(string stdout) => Regex.Matches(stdout, @"step +\d+/\d+ loss (\d+\.\d+)")
@@ -55,29 +59,11 @@ public class ResilienceProcessTests
     /// and returns its exit code and everything it printed.</summary>
     static async Task<(int ExitCode, string All)> RunAndSigterm(IEnumerable<string> args)
     {
-        var psi = new ProcessStartInfo(EngineProcess.Engine[0]) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in EngineProcess.Engine.Skip(1).Concat(args)) psi.ArgumentList.Add(a);
-        foreach (var (k, v) in EngineProcess.BaseEnvironment()) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var stdout = new StringBuilder();
-        var stderr = new StringBuilder();
-        var third = new TaskCompletionSource();
-        p.OutputDataReceived += (_, e) =>
-        {
-            if (e.Data is not { } l) return;
-            lock (stdout) stdout.AppendLine(l);
-            if (Regex.IsMatch(l, @"step +3/12")) third.TrySetResult();
-        };
-        p.ErrorDataReceived += (_, e) => { if (e.Data is { } l) lock (stderr) stderr.AppendLine(l); };
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        await third.Task.WaitAsync(Limit, TestContext.Current.CancellationToken);
-        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(CultureInfo.InvariantCulture)])!) await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
-        await p.WaitForExitAsync(TestContext.Current.CancellationToken).WaitAsync(Limit, TestContext.Current.CancellationToken);
-        p.WaitForExit();
-        string all;
-        lock (stdout) lock (stderr) all = $"exit {p.ExitCode}\n{stdout}\n--- stderr\n{stderr}";
-        return (p.ExitCode, all);
+        using var job = new LiveJob(args, EngineProcess.BaseEnvironment());
+        await job.WaitFor(@"step +3/12", Limit);
+        using (var kill = Process.Start("kill", ["-TERM", job.Pid.ToString(CultureInfo.InvariantCulture)])!) await kill.WaitForExitAsync(TestContext.Current.CancellationToken);
+        int code = await job.Exit(Limit);
+        return (code, $"exit {code}\n{job.All}");
     }
 
     [Fact]
@@ -143,9 +129,7 @@ public class ResilienceProcessTests
     {
         EngineProcess.RequireMpi();
         using var dir = new TempFolder();
-        string[] Launch(string name, params string[] extra) => ["launch", "--nproc-per-node", "2",
-            .. spawn ? new[] { "--spawn", "--master-port", StoreTests.FreePort().ToString(CultureInfo.InvariantCulture) } : [],
-            .. extra, "--", "train", "--config", Config(dir.Path, name, 6, 2)];
+        string[] Launch(string name, params string[] extra) => LaunchTrain(spawn, Config(dir.Path, name, 6, 2), extra);
         var straight = await EngineProcess.RunEngine(Launch("straight"), EngineProcess.BaseEnvironment(), Limit);
         Assert.True(straight.ExitCode == 0, straight.All);
 
@@ -293,9 +277,7 @@ public class ResilienceProcessTests
     {
         EngineProcess.RequireMpi();
         using var dir = new TempFolder();
-        string[] Launch(string name, params string[] extra) => ["launch", "--nproc-per-node", "2",
-            .. spawn ? new[] { "--spawn", "--master-port", StoreTests.FreePort().ToString(CultureInfo.InvariantCulture) } : [],
-            .. extra, "--", "train", "--config", Config(dir.Path, name, 10, 2)];
+        string[] Launch(string name, params string[] extra) => LaunchTrain(spawn, Config(dir.Path, name, 10, 2), extra);
         var straight = await EngineProcess.RunEngine(Launch("straight"), EngineProcess.BaseEnvironment(), Limit);
         Assert.True(straight.ExitCode == 0, straight.All);
 
@@ -325,10 +307,7 @@ public class ResilienceProcessTests
     {
         EngineProcess.RequireMpi();
         using var dir = new TempFolder();
-        string[] args = ["launch", "--nproc-per-node", "2",
-            .. spawn ? new[] { "--spawn", "--master-port", StoreTests.FreePort().ToString(CultureInfo.InvariantCulture) } : [],
-            "--", "train", "--config", Config(dir.Path, "orphaned", 400, 0)];
-        using var job = new LiveJob(args, EngineProcess.BaseEnvironment());
+        using var job = new LiveJob(LaunchTrain(spawn, Config(dir.Path, "orphaned", 400, 0)), EngineProcess.BaseEnvironment());
         await job.WaitFor(@"step +3/400", Limit);
         var below = Descendants(job.Pid);
         Assert.NotEmpty(below);

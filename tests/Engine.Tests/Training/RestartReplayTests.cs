@@ -24,7 +24,10 @@ public class RestartReplayTests
 {
     static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
 
-    static string Config(string dir, string name, int steps, int checkpointEvery, int hidden = 32, int layers = 2, int keep = 2)
+    /// <summary>A tiny train config written to DIR/NAME.toml; output in DIR/NAME unless <paramref name="outDir"/>, data
+    /// the shipped tinyshakespeare unless <paramref name="data"/> (also StorageFaultProcessTests').</summary>
+    internal static string Config(string dir, string name, int steps, int checkpointEvery, int hidden = 32, int layers = 2, int keep = 2,
+        string? outDir = null, string? data = null)
     {
         string path = Path.Combine(dir, name + ".toml");
         File.WriteAllText(path, $"""
@@ -36,7 +39,7 @@ public class RestartReplayTests
             num_kv_heads = 2
             max_position_embeddings = 64
             [data]
-            train = ["{Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")}"]
+            train = ["{data ?? Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")}"]
             valid_fraction = 0.02
             [train]
             seq_len = 32
@@ -53,7 +56,7 @@ public class RestartReplayTests
             warmup_steps = 3
             min_lr = 1e-3
             [output]
-            dir = "{Path.Combine(dir, name)}"
+            dir = "{outDir ?? Path.Combine(dir, name)}"
             checkpoint_every = {checkpointEvery}
             keep_checkpoints = {keep}
             """);

@@ -18,36 +18,8 @@ public class StorageFaultProcessTests
 {
     static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
 
-    static string Config(string dir, string name, int steps, int every, string? outDir = null, string? data = null)
-    {
-        string path = Path.Combine(dir, name + ".toml");
-        File.WriteAllText(path, $"""
-            [model]
-            hidden_size = 32
-            intermediate_size = 64
-            num_layers = 1
-            num_heads = 4
-            num_kv_heads = 2
-            max_position_embeddings = 64
-            [data]
-            train = ["{data ?? Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")}"]
-            valid_fraction = 0.02
-            [train]
-            seq_len = 32
-            batch_size = 2
-            steps = {steps}
-            seed = 7
-            log_every = 1
-            eval_batches = 1
-            [optim]
-            lr = 1e-2
-            [output]
-            dir = "{outDir ?? Path.Combine(dir, name)}"
-            checkpoint_every = {every}
-            keep_checkpoints = 3
-            """);
-        return path;
-    }
+    static string Config(string dir, string name, int steps, int every, string? outDir = null, string? data = null) =>
+        RestartReplayTests.Config(dir, name, steps, every, layers: 1, outDir: outDir, data: data);
 
     static Dictionary<string, string> Fault(string spec) => new() { [SafeIo.FaultVariable] = spec };
 
