@@ -54,11 +54,7 @@ public sealed record PrepareConfig(
                 using var doc = JsonDocument.Parse(text, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
                 tree = FromJson(doc.RootElement) as Dictionary<string, object?> ?? throw new PrepareConfigException($"{source}: the top level must be an object");
             }
-            else
-            {
-                Tomlyn.Parsing.SyntaxParser.ParseStrict(text, source, validate: true);   // duplicate keys and tables refused
-                tree = (Dictionary<string, object?>)FromToml(TomlSerializer.Deserialize<TomlTable>(text) ?? new TomlTable())!;
-            }
+            else tree = (Dictionary<string, object?>)FromToml(StrictToml.Parse(text, source))!;   // duplicate keys and tables refused
         }
         catch (JsonException e) { throw new PrepareConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
         catch (TomlException e) { throw new PrepareConfigException($"{source}: invalid TOML: {ErrorText.Toml(e.Message)}"); }

@@ -45,8 +45,7 @@ public static class ConfigBinder
                 if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new ConfigException($"{source}: the top level must be an object");
                 return (Dictionary<string, object?>)FromJson(doc.RootElement)!;
             }
-            Tomlyn.Parsing.SyntaxParser.ParseStrict(text, source, validate: true);   // duplicate keys and tables refused (the deserializer lets the last win)
-            var table = TomlSerializer.Deserialize<TomlTable>(text) ?? throw new ConfigException($"{source}: empty TOML document");
+            var table = Engine.Data.StrictToml.Parse(text, source);   // duplicate keys and tables refused with line and column
             return (Dictionary<string, object?>)FromToml(table)!;
         }
         catch (JsonException e) { throw new ConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
