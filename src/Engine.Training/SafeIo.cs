@@ -164,8 +164,8 @@ public static class SafeIo
     /// </summary>
     public static void SaveWeights(string dir, Engine.Model.LlamaModel model, ICommunicator comm, string? lastGood, Action save, string what = "the final weights")
     {
-        var master = model.Store.Master.ToArray();
-        string? bad = model.Store.Slots.FirstOrDefault(s => !AllFinite(master.AsSpan((int)s.Offset, (int)s.Numel)))?.Name;
+        // one parameter at a time (the save downloads each once more anyway): host memory stays one tensor
+        string? bad = model.Store.Slots.FirstOrDefault(s => !AllFinite(s.Tensor.ToArray()))?.Name;
         Span<double> anyBad = [bad != null ? 1 : 0];
         if (comm.WorldSize > 1) comm.AllReduce(anyBad, ReduceOp.Max);
         if (anyBad[0] > 0)

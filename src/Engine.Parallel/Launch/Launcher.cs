@@ -268,7 +268,7 @@ public static partial class Launcher
             {
                 foreach (int pid in Children(mpirun.Id))
                     if (!seen.ContainsKey(pid) && RankOf(pid) is int rank) seen[pid] = rank;
-                var states = seen.ToDictionary(kv => kv.Key, kv => State(kv.Key));
+                var states = seen.ToDictionary(kv => kv.Key, kv => LauncherWatch.State(kv.Key));
                 int running = states.Values.Count(s => s == 'R');
                 if (FirstExited == null && running > 0 && running < seen.Count)
                     FirstExited = seen.Where(kv => states[kv.Key] != 'R').Select(kv => kv.Value).Min();
@@ -309,18 +309,6 @@ public static partial class Launcher
             return null;
         }
 
-        /// <summary>'R' running (any live state), 'Z' exited but not reaped by mpirun, 'X' gone.</summary>
-        static char State(int pid)
-        {
-            try
-            {
-                string stat = File.ReadAllText($"/proc/{pid}/stat");
-                int close = stat.LastIndexOf(')');
-                if (close <= 0 || close + 2 >= stat.Length) return 'X';
-                return stat[close + 2] switch { 'Z' => 'Z', 'X' => 'X', _ => 'R' };
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return 'X'; }
-        }
     }
 
     // ---- children -------------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ public static partial class LauncherWatch
                     var p = new PollFd { Fd = fd, Events = 1 /* POLLIN: the process has exited */ };
                     while (poll(ref p, 1, -1) < 0 && Marshal.GetLastPInvokeError() == 4 /* EINTR */) { }
                 }
-                else while (Alive(pid)) Thread.Sleep(250);
+                else while (State(pid) == 'R') Thread.Sleep(250);
             }
             log($"error: engine launch (pid {pid}) died: stopping this rank at once (no launcher is left to relay its output, stop or restart the job); the last checkpoint holds the progress, resume with --resume auto");
             exit(CommOptions.FaultExitCode);
@@ -56,16 +56,17 @@ public static partial class LauncherWatch
         { IsBackground = true, Name = "launcher-watch" }.Start();
     }
 
-    /// <summary>Whether /proc shows <paramref name="pid"/> as a live (not zombie) process.</summary>
-    static bool Alive(int pid)
+    /// <summary>From /proc/PID/stat: 'R' running (any live state), 'Z' exited but not yet reaped by its parent, 'X' gone.</summary>
+    internal static char State(int pid)
     {
         try
         {
             string stat = File.ReadAllText($"/proc/{pid}/stat");
             int close = stat.LastIndexOf(')');
-            return close > 0 && close + 2 < stat.Length && stat[close + 2] is not ('Z' or 'X');
+            if (close <= 0 || close + 2 >= stat.Length) return 'X';
+            return stat[close + 2] switch { 'Z' => 'Z', 'X' => 'X', _ => 'R' };
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return 'X'; }
     }
 
     [StructLayout(LayoutKind.Sequential)]

@@ -143,7 +143,7 @@ public sealed class TcpStoreServer : IDisposable
     /// <summary>Refused connections so far (wrong token, malformed handshake).</summary>
     public int Refused { get; private set; }
 
-    /// <summary>Accepted connections that have closed so far (left normally or not).</summary>
+    /// <summary>Connections that have closed so far (refused, left normally or not).</summary>
     public int Closed { get; private set; }
 
     /// <summary>Listens on <paramref name="host"/> (an address of this machine, or a name resolving to one).</summary>
