@@ -76,6 +76,7 @@ public sealed class Trainer
         void Say(string m) { if (lead) OnMessage?.Invoke(m); }
         var layout = RunLayout.From(cfg.Parallel, cfg.Model);
         layout.Validate(comm.WorldSize, gradAccum: cfg.Train.GradAccum, needs: cfg.Needs);
+        using var runLock = RunDirectoryLock.Acquire(cfg.Resolve(cfg.Output.Dir), comm, Say);   // one run per output directory
         var tokenizer = LoadTokenizer(cfg);
         var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
         foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
@@ -206,10 +207,10 @@ public sealed class Trainer
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         var d = new Dictionary<string, string>(StringComparer.Ordinal)
         {
-            ["model"] = cfg.Model.InitFrom is { } init ? $"init_from {cfg.Resolve(init)}"
+            ["model"] = cfg.Model.InitFrom is { } init ? $"init_from {ContentHashes.DescribeWeights(cfg.Resolve(init))}"
                 : ModelShape(cfg.Model),
-            ["data.train"] = string.Join("; ", files.Select(f => $"{Path.GetFullPath(f)} ({new FileInfo(f).Length} bytes)")),
-            ["data.tokenizer"] = cfg.Data.Tokenizer == "byte" ? "byte" : cfg.Resolve(cfg.Data.Tokenizer),
+            ["data.train"] = string.Join("; ", files.Select(ContentHashes.Describe)),   // contents, not names: a same-size edit is refused
+            ["data.tokenizer"] = cfg.Data.Tokenizer == "byte" ? "byte" : ContentHashes.Describe(cfg.Resolve(cfg.Data.Tokenizer)),
             ["data.valid_fraction"] = ResumeCheck.Format(cfg.Data.ValidFraction),
             ["train.seq_len"] = cfg.Train.SeqLen.ToString(inv),
             ["train.seed"] = cfg.Train.Seed.ToString(inv),
@@ -223,8 +224,7 @@ public sealed class Trainer
             d["lora"] = ResumeCheck.Json(cfg.Lora);
             // a LoRA checkpoint holds the adapter only: the frozen base is read again from init_from, so it must not have changed
             string baseDir = cfg.Resolve(cfg.Model.InitFrom!);
-            d["lora.base_weights"] = string.Join("; ", Directory.GetFiles(baseDir, "*.safetensors").Order(StringComparer.Ordinal)
-                .Select(f => $"{Path.GetFileName(f)} ({new FileInfo(f).Length} bytes)"));
+            d["lora.base_weights"] = ContentHashes.DescribeWeights(baseDir);
         }
         return d;
     }

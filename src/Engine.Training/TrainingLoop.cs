@@ -119,7 +119,7 @@ public static class TrainingLoop
         var steps = new List<StepMetrics>();
         long tokens = o.StartTokens;
         double evalSeconds = 0;
-        int skipped = o.StartSkipped;
+        int skipped = o.StartSkipped, guardSkips = 0;
         var spikes = new SpikeDetector(o.Guard.Window);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         for (int step = o.StartStep; step < o.Steps; step++)
@@ -207,7 +207,7 @@ public static class TrainingLoop
                     skip = true;
                 }
             }
-            if (skip) skipped++;
+            if (skip) { skipped++; guardSkips++; }
             tokens += (long)world * A * o.BatchSize * o.SeqLen;
             stepRegion.Dispose();
             double stepSeconds = clock.Elapsed.TotalSeconds - stepStart;
@@ -226,6 +226,11 @@ public static class TrainingLoop
             onStep?.Invoke(m);
             if (control?.ShouldStop(step + 1, metricsComm) == true) break;
         }
+        // a run the guard skipped through entirely learned nothing: fail instead of saving its weights as a result
+        if (guardSkips > 0 && guardSkips == steps.Count && steps[^1].Step == o.Steps)
+            throw new InvalidDataException($"every one of this run's {steps.Count} step(s) ({o.StartStep + 1}-{o.Steps}) was skipped by the numeric guard " +
+                "(train.guard = \"skip\": non-finite loss or gradient norm, or a loss spike), so nothing was trained and no weights are saved: " +
+                "check the data, optim.lr and the starting weights; last good checkpoint: " + (control?.LastCheckpoint ?? "none"));
         return steps;
     }
 

@@ -52,7 +52,7 @@ public static class TrainCommand
             }
             if (parse.GetValue(profile)) Engine.Core.Profiler.Enabled = true;
             StepRecord? last = null;
-            var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0, onRecord: r => last = r);
+            var result = Cli.OnRank(comm, () => RunWithProgress(trainer, cfg, interactive: comm.Rank == 0, onRecord: r => last = r));
             if (comm.Rank != 0) return 0;
             if (result.StoppedReason != null)
             {

@@ -146,7 +146,7 @@ public sealed partial class BpeTokenizer
     public static BpeTokenizer Load(string path, string? eosToken = null, string? bosToken = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer file not found: {path}", path);
+        FileStat.RequireRegular(path, "tokenizer file");
         JsonDocument doc;
         try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
         catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({ErrorText.OneLine(e.Message)})", e); }

@@ -179,15 +179,28 @@ public sealed partial class BpeTokenizer : ITokenizer
     /// <summary>The tokenizer.json this tokenizer was loaded from (null when trained or built in memory).</summary>
     public string? SourcePath { get; private set; }
 
-    /// <summary>A regex of the file that ran past <see cref="PreTokenizer.MatchTimeout"/>: the file is unusable, say which.</summary>
-    InvalidDataException RegexTimeout(RegexMatchTimeoutException e) =>
-        new($"{SourcePath ?? "tokenizer"}: regex '{e.Pattern}' ran past its {e.MatchTimeout.TotalSeconds:0.#} s match limit on a {e.Input.Length}-character input " +
-            "(catastrophic backtracking): fix the pattern in the tokenizer.json", e);
+    /// <summary>
+    /// A regex of the file ran past <see cref="PreTokenizer.MatchTimeout"/> on a text of <paramref name="inputChars"/>
+    /// characters (.NET reports an empty input for span matches, so the caller gives the length). On a long text the
+    /// input is the likely cause (a line of megabytes), on a short one the pattern (catastrophic backtracking).
+    /// </summary>
+    InvalidDataException RegexTimeout(RegexMatchTimeoutException e, long inputChars)
+    {
+        string limit = $"{e.MatchTimeout.TotalSeconds:0.#} s";
+        return inputChars > LongInputChars
+            ? new($"{SourcePath ?? "tokenizer"}: pre-tokenizing a text of {inputChars:N0} characters ran past the {limit} regex match limit: " +
+                $"the input is too long for one match (one very long line or document), not a fault of the pattern; break the text into lines of at most {TextDecoding.MaxLineBytes:N0} bytes", e)
+            : new($"{SourcePath ?? "tokenizer"}: regex '{e.Pattern}' ran past its {limit} match limit on a {inputChars:N0}-character input " +
+                "(catastrophic backtracking): fix the pattern in the tokenizer.json", e);
+    }
+
+    /// <summary>Above this many characters a regex time-out is blamed on the input's length rather than the pattern.</summary>
+    const int LongInputChars = 1 << 20;
 
     public int[] Encode(string text)
     {
         try { return EncodeCore(text); }
-        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e); }
+        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e, text.Length); }
     }
 
     int[] EncodeCore(string text)
@@ -243,7 +256,7 @@ public sealed partial class BpeTokenizer : ITokenizer
     public string Decode(ReadOnlySpan<int> ids)
     {
         try { return DecodeCore(ids); }
-        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e); }
+        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e, e.Input.Length); }
     }
 
     string DecodeCore(ReadOnlySpan<int> ids)

@@ -62,6 +62,7 @@ public static class ConfigBinder
     public static T Load<T>(string path, IEnumerable<string>? overrides = null, string? workingDirectory = null) where T : new()
     {
         if (!File.Exists(path)) throw new ConfigException($"config file not found: {path}");
+        FileStat.RequireRegular(path, "config file");
         long length = new FileInfo(path).Length;
         if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
         string text = File.ReadAllText(path);
@@ -86,11 +87,11 @@ public static class ConfigBinder
                 if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new ConfigException($"{source}: the top level must be an object");
                 return (Dictionary<string, object?>)FromJson(doc.RootElement)!;
             }
-            var table = TomlSerializer.Deserialize<TomlTable>(text) ?? throw new ConfigException($"{source}: empty TOML document");
+            var table = Engine.Data.StrictToml.Parse(text, source);   // duplicate keys and tables refused with line and column
             return (Dictionary<string, object?>)FromToml(table)!;
         }
         catch (JsonException e) { throw new ConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
-        catch (TomlException e) { throw new ConfigException($"{source}: invalid TOML: {ErrorText.FirstOfLines(e.Message)}"); }
+        catch (TomlException e) { throw new ConfigException($"{source}: invalid TOML: {ErrorText.Toml(e.Message)}"); }
         catch (InvalidOperationException e) { throw new ConfigException($"{source}: invalid JSON string ({ErrorText.OneLine(e.Message)})"); }
         catch (ConfigException e) when (!e.Message.StartsWith(source, StringComparison.Ordinal)) { throw new ConfigException($"{source}: {ErrorText.OneLine(e.Message)}"); }
     }
