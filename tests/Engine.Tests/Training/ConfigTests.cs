@@ -48,7 +48,7 @@ public class ConfigTests
 
     [Theory]
     [InlineData("recompute = \"some\"\n", "model.recompute must be \"none\", \"full\" or \"selective\" (got \"some\")")]
-    [InlineData("recompute = \"selective\"\ncheckpoint_activations = true\n", "model.checkpoint_activations = true (full recompute) disagrees with model.recompute = \"selective\"")]
+    [InlineData("recompute = \"selective\"\ncheckpoint_activations = true\n", "model.checkpoint_activations = true (full recompute) contradicts model.recompute = \"selective\"")]
     public void BadRecomputeKeysAreRefusedByName(string keys, string expected) =>
         Assert.Contains(expected, Assert.Throws<ConfigException>(() => LoadText(Good.Replace("[model]\n", "[model]\n" + keys))).Message);
 
