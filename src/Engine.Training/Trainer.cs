@@ -58,13 +58,7 @@ public sealed class Trainer
     /// <summary>The job's ranks (null = this process alone). Rank 0 writes metrics, weights and messages.</summary>
     public ICommunicator? Communicator { get; set; }
 
-    public static ITokenizer LoadTokenizer(TrainConfig cfg)
-    {
-        if (cfg.Data.Tokenizer == "byte") return new ByteTokenizer();
-        string path = cfg.Resolve(cfg.Data.Tokenizer);
-        if (!File.Exists(path)) throw new ConfigException($"data.tokenizer: neither \"byte\" nor an existing tokenizer.json: {path}");
-        return BpeTokenizer.Load(path);
-    }
+    public static ITokenizer LoadTokenizer(TrainConfig cfg) => RunArtifacts.TrainTokenizer(cfg);
 
     public TrainResult Run(CancellationToken cancel = default)
     {
@@ -120,6 +114,7 @@ public sealed class Trainer
                 ? $" (written by {mf.WorldSize} rank(s), pp {mf.Pp}, ZeRO-{mf.Zero}; resharded to {comm.WorldSize}, pp {cfg.Parallel.Pp}, ZeRO-{cfg.Parallel.Zero})" : ""));
         }
         using var model = created;
+        RunArtifacts.Attach(model, tokenizer, RunArtifacts.RunName(outDir), refuseAs: $"data.tokenizer ({cfg.Data.Tokenizer}) is not the tokenizer of the model it would train (set data.tokenizer = \"model\" to train with the model's own)");
         int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
         CheckFits(shape, PlanLayout(comm.WorldSize), stage, backend.AvailableMemoryBytes(), gpu: backend.Name != "cpu");
         model.CheckpointActivations = cfg.Model.CheckpointActivations;

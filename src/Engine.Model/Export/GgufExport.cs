@@ -122,8 +122,10 @@ public static class GgufExport
         w.Add("tokenizer.ggml.model", GgufValue.Str(vocab.Model));
         w.Add("tokenizer.ggml.pre", GgufValue.Str(vocab.Pre));
         w.Add("tokenizer.ggml.tokens", GgufValue.Strings(vocab.Tokens));
+        if (vocab.Scores != null) w.Add("tokenizer.ggml.scores", GgufValue.Float32s(vocab.Scores));
         w.Add("tokenizer.ggml.token_type", GgufValue.Int32s(vocab.TokenTypes));
-        w.Add("tokenizer.ggml.merges", GgufValue.Strings(vocab.Merges));
+        if (vocab.Model == "gpt2") w.Add("tokenizer.ggml.merges", GgufValue.Strings(vocab.Merges));
+        if (vocab.AddSpacePrefix is { } asp) w.Add("tokenizer.ggml.add_space_prefix", GgufValue.Bool(asp));
         void Id(string key, int? id)
         {
             if (id is not { } v) return;

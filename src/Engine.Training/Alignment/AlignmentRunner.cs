@@ -88,6 +88,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         var (heldAcc, heldLoss) = RewardModelTrainer.Evaluate(rm, heldPairs, tok.EosId);
         var (trainAcc, _) = RewardModelTrainer.Evaluate(rm, trainPairs, tok.EosId);
         Say($"reward model: held-out pair accuracy {heldAcc:P1} ({heldPairs.Count} pairs), train {trainAcc:P1}");
+        RunArtifacts.Rename(rm.Body, $"{RunArtifacts.RunName(outDir)}-reward_model");
         rm.Save(Path.Combine(dir, "reward_model"));
         Lap("reward_model");
         double[] Reward(IReadOnlyList<PromptResponse> seqs) => PolicyOps.Scores(rm, seqs, tok.EosId);
@@ -119,6 +120,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
                 Say($"[ppo] step {l.Step}/{a.Ppo.Steps} reward {l.Reward:F3} kl {l.Kl:F3} (β {l.KlCoef:F4}) entropy {l.Entropy:F2} clipfrac {l.ClipFraction:F3} len {l.ResponseLength:F1} {l.Seconds:F1} s");
             });
         }
+        RunArtifacts.Rename(actor, $"{RunArtifacts.RunName(outDir)}-ppo");
         ModelIO.Save(actor, Path.Combine(dir, "ppo"));
         Lap("ppo");
 
@@ -131,6 +133,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
             Metric(new { phase = "dpo", step = l.Step, loss = l.Loss, accuracy = l.Accuracy, margin = l.Margin, grad_norm = l.GradNorm });
             if (l.Step % 10 == 0 || l.Step == a.Dpo.Steps) Say($"[dpo] step {l.Step}/{a.Dpo.Steps} loss {l.Loss:F4} reward acc {l.Accuracy:P0} margin {l.Margin:F3}");
         });
+        RunArtifacts.Rename(dpo, $"{RunArtifacts.RunName(outDir)}-dpo");
         ModelIO.Save(dpo, Path.Combine(dir, "dpo"));
         Lap("dpo");
 

@@ -110,7 +110,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         // a trained tokenizer is trained and saved by rank 0; the other ranks load the file it wrote (a resumed run
         // loads the one its first run trained)
         string baseFile = Path.Combine(outDir, "tokenizer.json"), expandedFile = Path.Combine(outDir, "tokenizer_expanded.json");
-        bool trained = cfg.Tokenizer.Kind != "byte" && cfg.Tokenizer.Path == null;
+        bool trained = cfg.Tokenizer.Kind == "bpe" && cfg.Tokenizer.Path == null;
         baseTokenizer = Resume != null && trained && File.Exists(baseFile) ? BpeTokenizer.Load(baseFile)
             : OnLead(() => RecipeTokenizers.Build(cfg, sources, outDir, Log),
                 () => !trained ? RecipeTokenizers.Build(cfg, sources, outDir, null) : BpeTokenizer.Load(baseFile));
@@ -247,6 +247,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
         Say($"stage {st.Name}: init {st.Init}, {st.Steps} steps × {st.BatchSize}×{st.SeqLen} tokens, mixture {string.Join(", ", st.Weights.Select(w => $"{w.Key}={w.Value}"))}");
         using var model = InitModel(st, tok, notes);
+        RunArtifacts.Attach(model, tok, $"{RunArtifacts.RunName(outDir)}-{st.Name}", RecipeSources.ChatFormat(st, sources), cfg.Tokenizer.Force ? null : $"stages[{st.Name}].init {st.Init} carries another tokenizer than the stage trains with (set tokenizer.kind = \"model\" to use the model's, or tokenizer.force = true)", st.ExpandedVocab);
         if (st.Trainable == "embeddings_and_head") model.SetTrainable(LlamaModel.IsEmbeddingOrHead);
         else model.SetTrainable(null);
 

@@ -10,6 +10,14 @@ public static partial class RecipeTokenizers
     {
         var t = cfg.Tokenizer;
         if (t.Kind == "byte") return new ByteTokenizer();
+        if (t.Kind == "model")
+        {
+            var st = cfg.Stages.First(s => IsDirectory(s.Init));
+            string dir = cfg.Resolve(st.Init);
+            var own = TokenizerFiles.FromDirectory(dir) ?? throw new Config.ConfigException($"tokenizer.kind = \"model\": stages[{st.Name}].init {dir} has no {TokenizerFiles.JsonFile}");
+            log?.Invoke($"tokenizer: the one of {dir} ({own.VocabSize} ids)");
+            return own;
+        }
         if (t.Path != null)
         {
             var loaded = BpeTokenizer.Load(cfg.Resolve(t.Path));
@@ -62,13 +70,17 @@ public static partial class RecipeTokenizers
             .Where(x => x.Gain > 0).OrderByDescending(x => x.Gain).ThenBy(x => x.Piece, StringComparer.Ordinal)
             .Take(cfg.Tokenizer.ExpandBy).Select(x => x.Piece).ToList();
         // a fresh copy of the base tokenizer: the file it was loaded from, or the one Build trained and saved
-        var expanded = BpeTokenizer.Load(cfg.Tokenizer.Path != null ? cfg.Resolve(cfg.Tokenizer.Path) : Path.Combine(outDir, "tokenizer.json"));
+        var expanded = baseTok is BpeTokenizer { SourcePath: { } from } && File.Exists(from) ? BpeTokenizer.Load(from)
+            : BpeTokenizer.Load(cfg.Tokenizer.Path != null ? cfg.Resolve(cfg.Tokenizer.Path) : Path.Combine(outDir, "tokenizer.json"));
         int before = expanded.VocabSize;
         expanded.AddTokens(chosen);
         expanded.Save(Path.Combine(outDir, "tokenizer_expanded.json"));
         log?.Invoke($"tokenizer: expanded {before} → {expanded.VocabSize} ids with {chosen.Count} domain pieces (e.g. {string.Join(" ", chosen.Take(8))})");
         return expanded;
     }
+
+    /// <summary>Whether a stage's init names a model directory (not random, not an earlier stage's name).</summary>
+    public static bool IsDirectory(string init) => init != "random" && init.Contains('/');
 
     // one Chinese character
     [GeneratedRegex(@"\p{IsCJKUnifiedIdeographs}")]
