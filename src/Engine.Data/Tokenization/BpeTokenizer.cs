@@ -246,8 +246,55 @@ public sealed partial class BpeTokenizer : ITokenizer
     /// <summary>Hugging Face's decode(ids, skip_special_tokens = true); an id outside the vocabulary is an error.</summary>
     public string Decode(ReadOnlySpan<int> ids)
     {
-        try { return DecodeCore(ids); }
+        try { return CleanUpTokenizationSpaces ? CleanUpSpaces(DecodeCore(ids)) : DecodeCore(ids); }
         catch (RegexMatchTimeoutException e) { throw RegexTimeout(e); }
+    }
+
+    /// <summary>
+    /// tokenizer_config.json's clean_up_tokenization_spaces (Llama 3 sets it): decoded text loses the space before
+    /// <c>? ! . ,</c>, around a lone <c>'</c>, and before <c>'s 'm 're 've</c> — as llama.cpp's detokenizer does
+    /// (<see cref="CleanUpSpaces"/>). <see cref="TokenizerFiles"/> sets it from the file beside tokenizer.json.
+    /// </summary>
+    public bool CleanUpTokenizationSpaces { get; set; }
+
+    /// <summary>
+    /// llama.cpp's clean_spaces passes (llama_vocab::impl::detokenize), character for character: its rendition of
+    /// transformers' clean_up_tokenization (which also joins " n't"; llama.cpp does not, and neither does this).
+    /// </summary>
+    public static string CleanUpSpaces(string decoded)
+    {
+        var t = decoded.ToCharArray();
+        int total = t.Length;
+        // first pass: " ?", " !", " .", " ,"
+        int n = total; total = n > 0 ? 1 : 0;
+        for (int i = 1; i < n; i++)
+        {
+            char x = t[i];
+            if (t[i - 1] == ' ' && x is '?' or '!' or '.' or ',') total--;
+            t[total++] = x;
+        }
+        // second pass: " ' " -> "'"
+        n = total; total = n > 0 ? 1 : 0;
+        for (int i = 1; i < n; i++)
+        {
+            char x = t[i];
+            if (x == '\'' && i + 1 < n && t[i - 1] == ' ' && t[i + 1] == ' ') { total--; t[++i] = '\0'; }
+            t[total++] = x;
+        }
+        // third pass: " 's", " 'm", " 're", " 've"
+        n = total; total = n > 0 ? 1 : 0;
+        for (int i = 1; i < n; i++)
+        {
+            char x = t[i];
+            if (t[i - 1] == ' ' && x == '\'' && i + 1 < n)
+            {
+                char x1 = t[i + 1];
+                if (x1 is 's' or 'm') total--;
+                else if (x1 is not ('t' or 'd') && i + 2 < n && ((x1 == 'r' && t[i + 2] == 'e') || (x1 == 'v' && t[i + 2] == 'e'))) total--;
+            }
+            t[total++] = x;
+        }
+        return new string(t, 0, total);
     }
 
     string DecodeCore(ReadOnlySpan<int> ids)

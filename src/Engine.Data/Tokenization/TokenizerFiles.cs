@@ -24,7 +24,20 @@ public static class TokenizerFiles
         if (Directory.Exists(spec))
             return FromDirectory(spec) ?? throw new FileNotFoundException($"{spec} holds no {JsonFile}", Path.Combine(spec, JsonFile));
         if (!File.Exists(spec)) throw new FileNotFoundException($"neither \"byte\" nor an existing tokenizer.json or model directory: {spec}", spec);
-        return Recognize(BpeTokenizer.Load(spec));
+        return Recognize(WithConfig(BpeTokenizer.Load(spec), Path.Combine(Path.GetDirectoryName(Path.GetFullPath(spec))!, ConfigFile)));
+    }
+
+    /// <summary>Decoding options tokenizer_config.json sets (clean_up_tokenization_spaces), from the file when it exists.</summary>
+    static BpeTokenizer WithConfig(BpeTokenizer t, string configPath)
+    {
+        if (!File.Exists(configPath)) return t;
+        try
+        {
+            if (JsonNode.Parse(File.ReadAllText(configPath))?["clean_up_tokenization_spaces"] is JsonValue v && v.TryGetValue<bool>(out bool clean))
+                t.CleanUpTokenizationSpaces = clean;
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{configPath}: not valid JSON ({e.Message})", e); }
+        return t;
     }
 
     /// <summary>A tokenizer from tokenizer.json text (<paramref name="source"/> names it in messages).</summary>
@@ -36,7 +49,7 @@ public static class TokenizerFiles
     public static ITokenizer? FromDirectory(string directory)
     {
         string path = Path.Combine(directory, JsonFile);
-        return File.Exists(path) ? Recognize(BpeTokenizer.Load(path)) : null;
+        return File.Exists(path) ? Recognize(WithConfig(BpeTokenizer.Load(path), Path.Combine(directory, ConfigFile))) : null;
     }
 
     /// <summary>tokenizer.json text of a tokenizer (what <see cref="Parse"/> reads back to the same ids).</summary>
