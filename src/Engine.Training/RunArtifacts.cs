@@ -26,14 +26,16 @@ public static class RunArtifacts
         var hf = c.Hf;
         var (same, problem) = hf?.TokenizerJson is { } carried ? Compare(carried, tokenizer, expands) : (false, null);
         if (problem != null && refuseAs != null) throw new ConfigException($"{refuseAs}: {problem}");
-        string? template = chat?.ToJinja() ?? (same ? null : hf?.ChatTemplate);
+        // the side files a directory came with stay while its tokenizer does (or it had no tokenizer.json to say otherwise)
+        bool keep = same || hf?.TokenizerJson == null;
+        string? template = chat?.ToJinja() ?? (keep ? null : hf?.ChatTemplate);
         var (bos, eos, pad) = same ? (c.BosTokenId, c.EosTokenId, c.PadTokenId) : TokenizerFiles.SpecialIds(tokenizer);
         model.Attach(new ModelArtifacts
         {
             TokenizerJson = same ? hf!.TokenizerJson! : TokenizerFiles.ToJson(tokenizer),
-            TokenizerConfig = TokenizerFiles.ConfigJson(tokenizer, template, c.MaxPositionEmbeddings, same ? hf!.TokenizerConfig : null),
-            GenerationConfig = same ? hf!.GenerationConfig : null,
-            ChatTemplateJinja = same && chat == null ? hf!.ChatTemplateJinja : null,
+            TokenizerConfig = TokenizerFiles.ConfigJson(tokenizer, template, c.MaxPositionEmbeddings, keep ? hf?.TokenizerConfig : null),
+            GenerationConfig = keep ? hf?.GenerationConfig : null,
+            ChatTemplateJinja = keep && chat == null ? hf?.ChatTemplateJinja : null,
             BosTokenId = bos,
             EosTokenId = eos,
             PadTokenId = pad,

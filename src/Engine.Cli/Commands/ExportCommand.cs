@@ -32,6 +32,11 @@ public static class ExportCommand
             string dir = p.GetValue(model)!.FullName, outPath = p.GetValue(output)!;
             string fmt = p.GetValue(format)!;
             if (fmt is not ("gguf" or "safetensors" or "gguf-lora")) throw new ArgumentException($"--format {fmt}: gguf, safetensors or gguf-lora");
+            // options first: a bad one is refused before the model is read
+            var quant = fmt == "gguf" ? GgufType(p.GetValue(type)) : default;
+            string dtype = fmt == "safetensors" ? SafetensorsType(p.GetValue(type)) : "";
+            long shardBytes = fmt == "safetensors" ? SafeTensorsIndex.ParseSize(p.GetValue(shard)!) : 0;
+            var loraType = fmt == "gguf-lora" ? LoraType(p.GetValue(type)) : default;
             using var m = ModelIO.Load(dir, CpuBackend.Instance);
             // the tokenizer: the directory's own, or one given by hand with the model's vocabulary (or forced)
             if (p.GetValue(tokenizer) is { } given)
@@ -40,13 +45,15 @@ public static class ExportCommand
                 if (tok.VocabSize > m.Config.VocabSize) throw new ArgumentException($"--tokenizer {given} has {tok.VocabSize} ids but the model only {m.Config.VocabSize}");
                 RunArtifacts.Attach(m, tok, null);
             }
-            else if (m.Config.Hf?.TokenizerJson == null && fmt != "gguf-lora")
+            else if (m.Config.Hf?.TokenizerJson == null && fmt == "gguf")
                 throw new ArgumentException($"{dir} has no tokenizer.json (saved before models carried their tokenizer): give --tokenizer tokenizer.json or --tokenizer byte");
+            else if (m.Config.Hf?.TokenizerJson == null && fmt == "safetensors")
+                Console.WriteLine($"note: {dir} has no tokenizer.json (saved before models carried their tokenizer): the export has none either; give --tokenizer to include it");
             string ggufName = p.GetValue(name) ?? m.Config.NameOrPath ?? Path.GetFileName(dir.TrimEnd(Path.DirectorySeparatorChar));
             if (fmt == "gguf-lora")
             {
                 var ad = p.GetValue(adapter) ?? throw new ArgumentException("--format gguf-lora exports a LoRA adapter: give --adapter DIR (PEFT layout) and its base model with --model");
-                WriteGgufLora(m, ad.FullName, outPath, p.GetValue(type), p.GetValue(name) ?? Path.GetFileName(ad.FullName.TrimEnd(Path.DirectorySeparatorChar)));
+                WriteGgufLora(m, ad.FullName, outPath, loraType, p.GetValue(name) ?? Path.GetFileName(ad.FullName.TrimEnd(Path.DirectorySeparatorChar)));
                 return 0;
             }
             if (p.GetValue(adapter) is { } merge)
@@ -55,8 +62,8 @@ public static class ExportCommand
                 lora.Merge();
                 Console.WriteLine($"merged the LoRA adapter {merge.FullName} (r = {lora.Config.R}, {lora.Modules.Count} layers) into {dir}");
             }
-            if (fmt == "gguf") WriteGguf(m, outPath, p.GetValue(type), ggufName);
-            else WriteSafetensors(m, outPath, p.GetValue(type), p.GetValue(shard)!);
+            if (fmt == "gguf") WriteGguf(m, outPath, quant, ggufName);
+            else WriteSafetensors(m, outPath, dtype, shardBytes);
             return 0;
         }));
         return cmd;
@@ -66,16 +73,32 @@ public static class ExportCommand
     static GgufVocab Vocabulary(Engine.Model.LlamaModel m) =>
         GgufVocab.FromTokenizerJsonText(m.Config.Hf!.TokenizerJson!, m.Config.Hf.TokenizerConfig, "the model's tokenizer.json");
 
-    static void WriteGguf(Engine.Model.LlamaModel m, string outPath, string? type, string name)
+    static GgufQuant GgufType(string? type) => (type ?? "f16") switch
     {
-        var q = (type ?? "f16") switch
-        {
-            "f32" => GgufQuant.F32,
-            "f16" => GgufQuant.F16,
-            "q8_0" => GgufQuant.Q8_0,
-            "q4_0" => GgufQuant.Q4_0,
-            var t => throw new ArgumentException($"--type {t}: gguf takes f32, f16, q8_0 or q4_0"),
-        };
+        "f32" => GgufQuant.F32,
+        "f16" => GgufQuant.F16,
+        "q8_0" => GgufQuant.Q8_0,
+        "q4_0" => GgufQuant.Q4_0,
+        var t => throw new ArgumentException($"--type {t}: gguf takes f32, f16, q8_0 or q4_0"),
+    };
+
+    static string SafetensorsType(string? type) => (type ?? "bf16") switch
+    {
+        "bf16" => "BF16",
+        "f16" => "F16",
+        "f32" => "F32",
+        var t => throw new ArgumentException($"--type {t}: safetensors takes bf16, f16 or f32"),
+    };
+
+    static GgmlType LoraType(string? type) => (type ?? "f32") switch
+    {
+        "f32" => GgmlType.F32,
+        "f16" => GgmlType.F16,
+        var x => throw new ArgumentException($"--type {x}: gguf-lora takes f32 or f16"),
+    };
+
+    static void WriteGguf(Engine.Model.LlamaModel m, string outPath, GgufQuant q, string name)
+    {
         var vocab = Vocabulary(m);
         var r = GgufExport.Write(m, vocab, outPath, q, name);
         var counts = r.Tensors.GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}");
@@ -85,29 +108,16 @@ public static class ExportCommand
         if (vocab.Pre == "default" && vocab.Merges.Count > 0) Console.WriteLine($"  note: {r.PreNote}");
     }
 
-    static void WriteGgufLora(Engine.Model.LlamaModel m, string adapterDir, string outPath, string? type, string name)
+    static void WriteGgufLora(Engine.Model.LlamaModel m, string adapterDir, string outPath, GgmlType t, string name)
     {
-        var t = (type ?? "f32") switch
-        {
-            "f32" => GgmlType.F32,
-            "f16" => GgmlType.F16,
-            var x => throw new ArgumentException($"--type {x}: gguf-lora takes f32 or f16"),
-        };
         using var lora = Engine.Model.Lora.LoraAdapters.Load(m, adapterDir);
         var r = GgufLoraExport.Write(lora, m.Config, outPath, t, name);
         Console.WriteLine($"wrote {r.Path}: {r.Bytes / 1048576.0:F2} MiB, a llama.cpp LoRA adapter ({r.Tensors.Count} tensors, r = {lora.Config.R}, alpha {lora.Config.Alpha}) for the model's GGUF");
     }
 
-    static void WriteSafetensors(Engine.Model.LlamaModel m, string outPath, string? type, string shard)
+    static void WriteSafetensors(Engine.Model.LlamaModel m, string outPath, string dtype, long shardBytes)
     {
-        string dtype = (type ?? "bf16") switch
-        {
-            "bf16" => "BF16",
-            "f16" => "F16",
-            "f32" => "F32",
-            var t => throw new ArgumentException($"--type {t}: safetensors takes bf16, f16 or f32"),
-        };
-        HfExport.Write(m, outPath, dtype, SafeTensorsIndex.ParseSize(shard));
+        HfExport.Write(m, outPath, dtype, shardBytes);
         var files = Directory.GetFiles(outPath).Select(Path.GetFileName).Order(StringComparer.Ordinal);
         Console.WriteLine($"wrote {outPath} ({dtype}): {string.Join(", ", files)}");
     }

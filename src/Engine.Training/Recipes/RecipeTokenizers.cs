@@ -20,7 +20,7 @@ public static partial class RecipeTokenizers
         }
         if (t.Path != null)
         {
-            var loaded = BpeTokenizer.Load(cfg.Resolve(t.Path));
+            var loaded = TokenizerFiles.Load(cfg.Resolve(t.Path));
             log?.Invoke($"tokenizer: loaded {t.Path} ({loaded.VocabSize} ids)");
             return loaded;
         }

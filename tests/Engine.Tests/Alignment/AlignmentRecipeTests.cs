@@ -115,7 +115,7 @@ public class AlignmentRecipeTests
             Assert.IsType<Engine.Data.ByteTokenizer>(Engine.Data.TokenizerFiles.FromDirectory(pd));
             Assert.Equal(Engine.Data.ChatTemplate.Default.ToJinja(),
                 System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(pd, "tokenizer_config.json")))!["chat_template"]!.GetValue<string>());
-            Assert.Equal($"{Path.GetFileName(outDir)}-{d}", ModelIO.LoadConfig(pd).NameOrPath);
+            Assert.Equal($"{Path.GetFileName(outDir)}-{d}", Engine.Model.IO.ModelIO.LoadConfig(pd).NameOrPath);
             Assert.True(File.Exists(Path.Combine(pd, "generation_config.json")), d);
         }
         Assert.True(File.Exists(Path.Combine(outDir, "alignment", "reward_model", ScalarHeadModel.HeadFile)));

@@ -37,7 +37,7 @@ public class ModelArtifactsTests
     static JsonNode Json(string path) => JsonNode.Parse(File.ReadAllText(path))!;
 
     static BpeTokenizer SmallBpe() =>
-        BpeTokenizer.Train(Documents.Read(DataPaths.File("general_en/tinyshakespeare.txt")).Take(1).Select(d => d[..30_000]), new BpeTrainOptions { VocabSize = 400 });
+        BpeTokenizer.Train(Documents.Read(DataPaths.File("general_en/wikitext2_test_a.txt")).Take(200), new BpeTrainOptions { VocabSize = 400 });
 
     static TrainConfig Tiny(string outDir, string tokenizer) => new()
     {
