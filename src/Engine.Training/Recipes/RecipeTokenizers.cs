@@ -9,15 +9,16 @@ public static partial class RecipeTokenizers
     public static ITokenizer Build(RecipeConfig cfg, IReadOnlyDictionary<string, LoadedSource> sources, string outDir, Action<string>? log)
     {
         var t = cfg.Tokenizer;
-        if (t.Kind == "byte") return new ByteTokenizer();
-        if (t.Kind == "model")
+        // model / auto: the tokenizer of the model directory the first stage that starts from one starts from
+        var fromDir = cfg.Stages.FirstOrDefault(s => IsDirectory(s.Init));
+        if (t.Kind == "model" || (t.Kind == "auto" && fromDir != null && File.Exists(Path.Combine(cfg.Resolve(fromDir.Init), TokenizerFiles.JsonFile))))
         {
-            var st = cfg.Stages.First(s => IsDirectory(s.Init));
-            string dir = cfg.Resolve(st.Init);
-            var own = TokenizerFiles.FromDirectory(dir) ?? throw new Config.ConfigException($"tokenizer.kind = \"model\": stages[{st.Name}].init {dir} has no {TokenizerFiles.JsonFile}");
+            string dir = cfg.Resolve(fromDir!.Init);
+            var own = TokenizerFiles.FromDirectory(dir) ?? throw new Config.ConfigException($"tokenizer.kind = \"model\": stages[{fromDir.Name}].init {dir} has no {TokenizerFiles.JsonFile}");
             log?.Invoke($"tokenizer: the one of {dir} ({own.VocabSize} ids)");
             return own;
         }
+        if (t.Kind is "byte" or "auto") return new ByteTokenizer();
         if (t.Path != null)
         {
             var loaded = TokenizerFiles.Load(cfg.Resolve(t.Path));

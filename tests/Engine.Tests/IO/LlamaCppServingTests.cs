@@ -136,7 +136,14 @@ public class LlamaCppServingTests
         var tok = new ByteTokenizer();
         using (var m = TestModels.Create(new LlamaConfig
         {
-            VocabSize = 258, HiddenSize = 32, IntermediateSize = 64, NumLayers = 2, NumHeads = 4, NumKvHeads = 2, MaxPositionEmbeddings = 64, InitializerRange = 0.1,
+            VocabSize = 258,
+            HiddenSize = 32,
+            IntermediateSize = 64,
+            NumLayers = 2,
+            NumHeads = 4,
+            NumKvHeads = 2,
+            MaxPositionEmbeddings = 64,
+            InitializerRange = 0.1,
         }, 5))
         {
             RunArtifacts.Attach(m, tok, "lora-base");

@@ -55,8 +55,15 @@ public class LlamaCppTokenizerTests
         using var dir = new TempDir();
         using var model = TestModels.Create(new LlamaConfig
         {
-            VocabSize = Math.Max(tok.VocabSize, vocab.Tokens.Count), HiddenSize = 8, IntermediateSize = 16, NumLayers = 1, NumHeads = 2, NumKvHeads = 1,
-            MaxPositionEmbeddings = 64, InitializerRange = 0.1, TieWordEmbeddings = true,
+            VocabSize = Math.Max(tok.VocabSize, vocab.Tokens.Count),
+            HiddenSize = 8,
+            IntermediateSize = 16,
+            NumLayers = 1,
+            NumHeads = 2,
+            NumKvHeads = 1,
+            MaxPositionEmbeddings = 64,
+            InitializerRange = 0.1,
+            TieWordEmbeddings = true,
         }, 3);
         string gguf = dir.File(label + ".gguf");
         GgufExport.Write(model, vocab, gguf, GgufQuant.F16, label);

@@ -8,6 +8,7 @@ using Engine.Model.IO;
 using Engine.Tests.Model;
 using Engine.Training;
 using Engine.Training.Config;
+using Engine.Training.Recipes;
 
 namespace Engine.Tests.IO;
 
@@ -159,5 +160,47 @@ public class ModelArtifactsTests
         Assert.Equal(ChatTemplate.Default.ToJinja(), chat["chat_template"]!.GetValue<string>());
         Assert.Equal(7, chat["custom"]!.GetValue<int>());
         Assert.Same(ChatTemplate.Default, ChatTemplate.FromJinja(ModelIO.LoadConfig(dir.File("chat")).Hf!.ChatTemplate));
+    }
+
+    [Fact]
+    public void RecipeStageFromAModelDirectoryTakesItsTokenizerAndRefusesAnother()
+    {
+        using var dir = new TempDir();
+        var tok = SmallBpe();
+        string model = dir.File("pretrained");
+        using (var m = TestModels.Create(TestModels.Tiny() with { VocabSize = tok.VocabSize }, 4))
+        {
+            RunArtifacts.Attach(m, tok, "pretrained");
+            ModelIO.Save(m, model);
+        }
+        RecipeConfig Make(string kind)
+        {
+            var cfg = new RecipeConfig
+            {
+                Name = "from a directory",
+                Seed = 1,
+                Tokenizer = new TokenizerSection { Kind = kind },
+                Sources = new() { ["gen_en"] = new SourceSection { Files = [DataPaths.File("general_en/wikitext2_test_a.txt")], MaxDocs = 200 } },
+                Stages =
+                [
+                    new StageSection
+                    {
+                        Name = "ft", Init = model, Weights = new() { ["gen_en"] = 1 }, Steps = 1, BatchSize = 2, SeqLen = 32,
+                        Optim = new AdamWOptions { Lr = 1e-3 }, Schedule = new ScheduleOptions { Kind = ScheduleKind.Constant, MinLr = 0 },
+                    },
+                ],
+                Eval = new EvalSection { SeqLen = 32, Batch = 2, PerplexityTokens = 64, Instruction = false },
+                Output = new RecipeOutput { Dir = dir.File(kind) },
+            };
+            cfg.Validate();
+            return cfg;
+        }
+        // tokenizer.kind defaults to auto: the directory's own tokenizer
+        Assert.Equal("auto", new TokenizerSection().Kind);
+        var reports = new RecipeRunner(Make("auto"), CpuBackend.Instance).Run(TestContext.Current.CancellationToken);
+        AssertSelfContained(reports[0].WeightsDir, tok, "auto-ft");
+        var e = Assert.Throws<ConfigException>(() => new RecipeRunner(Make("byte"), CpuBackend.Instance).Run(TestContext.Current.CancellationToken));
+        Assert.Contains($"stages[ft].init {model} carries another tokenizer", e.Message);
+        Assert.Contains("258 ids against the model's", e.Message);
     }
 }
