@@ -87,7 +87,8 @@ public static class GgufExport
         return y;
     }
 
-    /// <summary>Writes the model as GGUF. The vocabulary is padded with UNUSED tokens up to the model's vocab_size.</summary>
+    /// <summary>Writes the model as GGUF. The vocabulary is padded with UNUSED tokens up to the model's vocab_size;
+    /// general.name is <paramref name="name"/>, else the run's name the model carries.</summary>
     public static GgufExportReport Write(LlamaModel model, GgufVocab vocab, string path, GgufQuant quant, string? name = null)
     {
         var c = model.Config;
@@ -99,6 +100,7 @@ public static class GgufExport
 
         w.Add("general.architecture", GgufValue.Str(Arch));
         w.Add("general.type", GgufValue.Str("model"));
+        name ??= c.NameOrPath;   // the run that made the model (config.json _name_or_path)
         if (!string.IsNullOrEmpty(name)) w.Add("general.name", GgufValue.Str(name));
         w.Add(A("block_count"), GgufValue.U32((uint)c.NumLayers));
         w.Add(A("context_length"), GgufValue.U32((uint)ctx));

@@ -68,8 +68,14 @@ public static class ModelIO
 
         string torchDtype = dtype switch { "BF16" => "bfloat16", "F16" => "float16", _ => "float32" };
         WriteText(Path.Combine(directory, ConfigFile), config.ToHuggingFaceJson(torchDtype));
+        WriteSideFiles(config, directory);
+    }
+
+    /// <summary>The files beside config.json and the weights that a model carries (<see cref="ModelArtifacts"/>):
+    /// generation_config.json — from the special ids when a model with a tokenizer carries none — and the tokenizer's.</summary>
+    public static void WriteSideFiles(LlamaConfig config, string directory)
+    {
         var hf = config.Hf;
-        // a model with a tokenizer gets generation_config.json from its special ids when it carries none
         string? gen = hf?.GenerationConfig ?? (hf?.TokenizerJson != null ? ModelArtifacts.GenerationConfigJson(config) : null);
         if (gen != null) WriteText(Path.Combine(directory, GenerationConfigFile), gen);
         WriteTokenizerFiles(config, directory);
