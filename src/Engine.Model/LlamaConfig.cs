@@ -22,8 +22,14 @@ public sealed record LlamaConfig
     public bool TieWordEmbeddings { get; init; }
     public bool NormHead { get; init; }
     public double InitializerRange { get; init; } = 0.02;
-    public int BosTokenId { get; init; } = 1;
+    /// <summary>BOS id (config.json bos_token_id); null for a vocabulary without one (written as null, never left to
+    /// transformers' default 1). Models the engine trains take it from their tokenizer (<see cref="IO.ModelArtifacts"/>).</summary>
+    public int? BosTokenId { get; init; } = 1;
     public int EosTokenId { get; init; } = 2;
+    /// <summary>config.json pad_token_id (the engine pads with EOS); null when unset.</summary>
+    public int? PadTokenId { get; init; }
+    /// <summary>config.json _name_or_path: the run or recipe that made the model (GGUF general.name); null when unknown.</summary>
+    public string? NameOrPath { get; init; }
 
     /// <summary>What a loaded Hugging Face directory held beyond the architecture (carried to the next save); null for engine-made models.</summary>
     public IO.HfExtras? Hf { get; init; }

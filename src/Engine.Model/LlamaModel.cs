@@ -189,6 +189,13 @@ public sealed class LlamaModel : IDisposable
         Config = grown;
     }
 
+    /// <summary>Attaches the tokenizer files, special ids and run name every later save writes (see <see cref="IO.ModelArtifacts"/>).</summary>
+    public void Attach(IO.ModelArtifacts artifacts)
+    {
+        ArgumentNullException.ThrowIfNull(artifacts);
+        Config = artifacts.ApplyTo(Config).Validate();
+    }
+
     /// <summary>Context extension: RoPE scaling (linear or NTK) and a longer maximum length from now on.</summary>
     public void SetRopeScaling(RopeScalingKind kind, double factor, int maxPositions)
     {

@@ -59,13 +59,7 @@ public sealed class Trainer
     /// <summary>The job's ranks (null = this process alone). Rank 0 writes metrics, weights and messages.</summary>
     public ICommunicator? Communicator { get; set; }
 
-    public static ITokenizer LoadTokenizer(TrainConfig cfg)
-    {
-        if (cfg.Data.Tokenizer == "byte") return new ByteTokenizer();
-        string path = cfg.Resolve(cfg.Data.Tokenizer);
-        if (!File.Exists(path)) throw new ConfigException($"data.tokenizer: neither \"byte\" nor an existing tokenizer.json: {path}");
-        return BpeTokenizer.Load(path);
-    }
+    public static ITokenizer LoadTokenizer(TrainConfig cfg) => RunArtifacts.TrainTokenizer(cfg);
 
     /// <summary>`engine train` as a run: its config translated into a <see cref="RunSpec"/>, assembled and trained by
     /// <see cref="RunAssembler"/>; then the final weights (or adapter).</summary>
@@ -96,7 +90,7 @@ public sealed class Trainer
         {
             Name = "train",
             Layout = layout,
-            Model = ModelSource(tokenizer.VocabSize, resumed),
+            Model = ModelSource(tokenizer, resumed, outDir),
             Lora = cfg.Lora,
             LoraSeed = cfg.Train.Seed,
             Resolve = cfg.Resolve,
@@ -184,8 +178,24 @@ public sealed class Trainer
 
     /// <summary>A full checkpoint's weights, or (fresh runs, and LoRA runs whose frozen base is rebuilt as at their
     /// start) init_from or a new model.</summary>
-    ModelSource ModelSource(int tokenizerVocab, Checkpoints.Loaded? resumed)
+    ModelSource ModelSource(ITokenizer tokenizer, Checkpoints.Loaded? resumed, string outDir)
     {
+        int tokenizerVocab = tokenizer.VocabSize;
+        // the tokenizer (and the run's name) ride with the model into every directory it is saved to
+        LlamaModel WithArtifacts(LlamaModel m)
+        {
+            try
+            {
+                RunArtifacts.Attach(m, tokenizer, RunArtifacts.RunName(outDir),
+                    refuseAs: $"data.tokenizer ({cfg.Data.Tokenizer}) is not the tokenizer of the model it would train (set data.tokenizer = \"model\" to train with the model's own)");
+                return m;
+            }
+            catch
+            {
+                m.Dispose();
+                throw;
+            }
+        }
         if (resumed != null && !resumed.HasAdapter)
             return new ModelSource(Shape(tokenizerVocab, resumed.Directory), stage =>
             {
@@ -195,10 +205,10 @@ public sealed class Trainer
                     m.Dispose();
                     throw new InvalidDataException($"{resumed.Directory}: checkpoint vocabulary {m.Config.VocabSize} is smaller than the tokenizer's {tokenizerVocab}");
                 }
-                return m;
+                return WithArtifacts(m);
             })
             { ReadsCheckpoint = true };
-        return new ModelSource(Shape(tokenizerVocab, null), stage => CreateModel(tokenizerVocab, stage));
+        return new ModelSource(Shape(tokenizerVocab, null), stage => WithArtifacts(CreateModel(tokenizerVocab, stage)));
     }
 
     /// <summary>The settings an exact resume needs unchanged (see <see cref="ResumeCheck"/>).</summary>

@@ -87,7 +87,8 @@ public static class GgufExport
         return y;
     }
 
-    /// <summary>Writes the model as GGUF. The vocabulary is padded with UNUSED tokens up to the model's vocab_size.</summary>
+    /// <summary>Writes the model as GGUF. The vocabulary is padded with UNUSED tokens up to the model's vocab_size;
+    /// general.name is <paramref name="name"/>, else the run's name the model carries.</summary>
     public static GgufExportReport Write(LlamaModel model, GgufVocab vocab, string path, GgufQuant quant, string? name = null)
     {
         var c = model.Config;
@@ -99,6 +100,7 @@ public static class GgufExport
 
         w.Add("general.architecture", GgufValue.Str(Arch));
         w.Add("general.type", GgufValue.Str("model"));
+        name ??= c.NameOrPath;   // the run that made the model (config.json _name_or_path)
         if (!string.IsNullOrEmpty(name)) w.Add("general.name", GgufValue.Str(name));
         w.Add(A("block_count"), GgufValue.U32((uint)c.NumLayers));
         w.Add(A("context_length"), GgufValue.U32((uint)ctx));
@@ -122,8 +124,10 @@ public static class GgufExport
         w.Add("tokenizer.ggml.model", GgufValue.Str(vocab.Model));
         w.Add("tokenizer.ggml.pre", GgufValue.Str(vocab.Pre));
         w.Add("tokenizer.ggml.tokens", GgufValue.Strings(vocab.Tokens));
+        if (vocab.Scores != null) w.Add("tokenizer.ggml.scores", GgufValue.Float32s(vocab.Scores));
         w.Add("tokenizer.ggml.token_type", GgufValue.Int32s(vocab.TokenTypes));
-        w.Add("tokenizer.ggml.merges", GgufValue.Strings(vocab.Merges));
+        if (vocab.Model == "gpt2") w.Add("tokenizer.ggml.merges", GgufValue.Strings(vocab.Merges));
+        if (vocab.AddSpacePrefix is { } asp) w.Add("tokenizer.ggml.add_space_prefix", GgufValue.Bool(asp));
         void Id(string key, int? id)
         {
             if (id is not { } v) return;

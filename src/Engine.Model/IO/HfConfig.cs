@@ -23,6 +23,9 @@ public sealed record HfExtras
     /// <summary>chat_template.jinja (newer transformers save the template beside tokenizer_config.json), verbatim.</summary>
     public string? ChatTemplateJinja { get; init; }
 
+    /// <summary>tokenizer.json, verbatim: the tokenizer the model was trained with (see <see cref="ModelArtifacts"/>).</summary>
+    public string? TokenizerJson { get; init; }
+
     /// <summary>The default chat template: chat_template.jinja, else tokenizer_config.json's chat_template (a string, or the entry named "default" of a list).</summary>
     public string? ChatTemplate
     {
@@ -76,8 +79,8 @@ public static class HfConfig
         "architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
         "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
         "rope_theta", "rope_scaling", "rope_parameters", "tie_word_embeddings", "norm_head", "initializer_range",
-        "hidden_act", "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id", "torch_dtype", "dtype",
-        "sliding_window", "use_sliding_window", EngineRopeKey,
+        "hidden_act", "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id", "pad_token_id", "torch_dtype", "dtype",
+        "sliding_window", "use_sliding_window", "_name_or_path", EngineRopeKey,
     };
 
     /// <summary>The rope base that static NTK scaling amounts to (the expression RopeParams.InverseFrequencies uses).</summary>
@@ -137,8 +140,10 @@ public static class HfConfig
             ["mlp_bias"] = false,
             ["bos_token_id"] = c.BosTokenId,
             ["eos_token_id"] = eos,
+            ["pad_token_id"] = c.PadTokenId,
             ["torch_dtype"] = torchDtype,
         };
+        if (c.NameOrPath != null) o["_name_or_path"] = c.NameOrPath;
         if (c.NormHead) o["norm_head"] = true;
         if (engineRope != null) o[EngineRopeKey] = engineRope;
         if (extra != null)
@@ -264,12 +269,17 @@ public static class HfConfig
             scaling = RopeScalingKind.Ntk; factor = f; theta = baseTheta; maxPos = baseMax;
         }
 
-        int Token(string name, int d) => root[name] switch
+        int? Token(string name, int? d)
         {
-            JsonValue v when v.TryGetValue<int>(out int x) => x,
-            JsonArray a when a.Count > 0 && a[0] is JsonValue v0 && v0.TryGetValue<int>(out int x0) => x0,
-            _ => d,
-        };
+            if (!root.TryGetPropertyValue(name, out var n)) return d;   // absent: transformers' LlamaConfig default
+            return n switch
+            {
+                null => null,                                           // explicitly none (a vocabulary without BOS)
+                JsonValue v when v.TryGetValue<int>(out int x) => x,
+                JsonArray a when a.Count > 0 && a[0] is JsonValue v0 && v0.TryGetValue<int>(out int x0) => x0,
+                _ => d,
+            };
+        }
         var cfg = new LlamaConfig
         {
             VocabSize = Int("vocab_size"),
@@ -287,7 +297,9 @@ public static class HfConfig
             NormHead = BoolOf(root["norm_head"]) ?? false,
             InitializerRange = DoubleOf(root["initializer_range"]) ?? 0.02,
             BosTokenId = Token("bos_token_id", 1),
-            EosTokenId = Token("eos_token_id", 2),
+            EosTokenId = Token("eos_token_id", 2) ?? 2,
+            PadTokenId = Token("pad_token_id", null),
+            NameOrPath = StrOf(root["_name_or_path"]),
             Hf = extra.Count > 0 ? new HfExtras { ConfigFields = extra.ToJsonString() } : null,
         };
         try { return cfg.Validate(); }

@@ -4,8 +4,9 @@ namespace Engine.Model.IO;
 
 /// <summary>
 /// Saves and loads a Llama in the Hugging Face layout: config.json + model.safetensors, or shards +
-/// model.safetensors.index.json (see <see cref="SafeTensorsIndex"/>), plus generation_config.json,
-/// tokenizer_config.json and chat_template.jinja when the model came from a directory that had them.
+/// model.safetensors.index.json (see <see cref="SafeTensorsIndex"/>), plus the files that make the directory
+/// self-contained — tokenizer.json, tokenizer_config.json, generation_config.json, chat_template.jinja — when the
+/// model carries them (<see cref="ModelArtifacts"/>: attached by the run, or read with a directory that had them).
 /// F32, BF16 and F16 tensors are read (widened exactly to the fp32 masters) and written.
 /// </summary>
 public static class ModelIO
@@ -15,6 +16,7 @@ public static class ModelIO
     public const string GenerationConfigFile = "generation_config.json";
     public const string TokenizerConfigFile = "tokenizer_config.json";
     public const string ChatTemplateFile = "chat_template.jinja";
+    public const string TokenizerFile = "tokenizer.json";
 
     /// <summary>One tensor to save: its name, shape, and a function producing its fp32 values when its shard is written.</summary>
     public sealed record TensorSource(string Name, long[] Shape, Func<float[]> Values)
@@ -66,10 +68,32 @@ public static class ModelIO
 
         string torchDtype = dtype switch { "BF16" => "bfloat16", "F16" => "float16", _ => "float32" };
         WriteText(Path.Combine(directory, ConfigFile), config.ToHuggingFaceJson(torchDtype));
+        WriteSideFiles(config, directory);
+    }
+
+    /// <summary>The files beside config.json and the weights that a model carries (<see cref="ModelArtifacts"/>):
+    /// generation_config.json — from the special ids when a model with a tokenizer carries none — and the tokenizer's.</summary>
+    public static void WriteSideFiles(LlamaConfig config, string directory)
+    {
         var hf = config.Hf;
-        if (hf?.GenerationConfig is { } gen) WriteText(Path.Combine(directory, GenerationConfigFile), gen);
+        string? gen = hf?.GenerationConfig ?? (hf?.TokenizerJson != null ? ModelArtifacts.GenerationConfigJson(config) : null);
+        if (gen != null) WriteText(Path.Combine(directory, GenerationConfigFile), gen);
+        WriteTokenizerFiles(config, directory);
+    }
+
+    /// <summary>
+    /// The tokenizer files a model carries (<see cref="ModelArtifacts"/>: tokenizer.json, tokenizer_config.json,
+    /// chat_template.jinja) into a directory — every saved model directory, and a LoRA adapter's, as Hugging Face's
+    /// Trainer saves the tokenizer beside an adapter.
+    /// </summary>
+    public static void WriteTokenizerFiles(LlamaConfig config, string directory)
+    {
+        var hf = config.Hf;
+        if (hf?.TokenizerJson is { } tj) WriteText(Path.Combine(directory, TokenizerFile), tj);
         if (hf?.TokenizerConfig is { } tc) WriteText(Path.Combine(directory, TokenizerConfigFile), tc);
-        if (hf?.ChatTemplateJinja is { } jinja) WriteText(Path.Combine(directory, ChatTemplateFile), jinja);
+        string jinjaPath = Path.Combine(directory, ChatTemplateFile);
+        if (hf?.ChatTemplateJinja is { } jinja) WriteText(jinjaPath, jinja);
+        else if (hf?.TokenizerConfig != null) File.Delete(jinjaPath);   // a stale template would override tokenizer_config.json's
     }
 
     static void WriteText(string path, string text)
@@ -80,8 +104,8 @@ public static class ModelIO
 
     /// <summary>
     /// Loads config.json and the weights (model.safetensors, or the shards named by model.safetensors.index.json);
-    /// every model parameter must be present with its shape. generation_config.json, tokenizer_config.json and
-    /// chat_template.jinja, when present, ride along in <see cref="LlamaConfig.Hf"/> to the next save.
+    /// every model parameter must be present with its shape. tokenizer.json, generation_config.json,
+    /// tokenizer_config.json and chat_template.jinja, when present, ride along in <see cref="LlamaConfig.Hf"/> to the next save.
     /// </summary>
     public static LlamaModel Load(string directory, IBackend backend) => Load(directory, backend, null);
 
@@ -166,9 +190,9 @@ public static class ModelIO
             string p = Path.Combine(directory, name);
             return File.Exists(p) ? File.ReadAllText(p) : null;
         }
-        string? gen = Side(GenerationConfigFile), tc = Side(TokenizerConfigFile), jinja = Side(ChatTemplateFile);
-        if (gen == null && tc == null && jinja == null) return cfg;
-        return cfg with { Hf = (cfg.Hf ?? new HfExtras()) with { GenerationConfig = gen, TokenizerConfig = tc, ChatTemplateJinja = jinja } };
+        string? gen = Side(GenerationConfigFile), tc = Side(TokenizerConfigFile), jinja = Side(ChatTemplateFile), tok = Side(TokenizerFile);
+        if (gen == null && tc == null && jinja == null && tok == null) return cfg;
+        return cfg with { Hf = (cfg.Hf ?? new HfExtras()) with { GenerationConfig = gen, TokenizerConfig = tc, ChatTemplateJinja = jinja, TokenizerJson = tok } };
     }
 
     /// <summary>

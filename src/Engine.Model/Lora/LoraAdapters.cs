@@ -172,8 +172,13 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
         if (hadGradients) model.Store.AttachGradients();
     }
 
-    /// <summary>Writes adapter_config.json and adapter_model.safetensors as PEFT's save_pretrained does.</summary>
-    public void Save(string directory, string? baseModel = null) => PeftAdapter.Write(directory, this, baseModel);
+    /// <summary>Writes adapter_config.json and adapter_model.safetensors as PEFT's save_pretrained does, and the base
+    /// model's tokenizer files beside them (as Hugging Face's Trainer saves an adapter).</summary>
+    public void Save(string directory, string? baseModel = null)
+    {
+        PeftAdapter.Write(directory, this, baseModel);
+        IO.ModelIO.WriteTokenizerFiles(model.Config, directory);
+    }
 
     /// <summary>Replaces the adapters' weights with those of a saved adapter directory of the same config (a checkpoint
     /// of this run): a different rank, alpha, dropout or target set is refused naming the directory.</summary>

@@ -151,8 +151,9 @@ public sealed class DataSection
     /// <summary>Text files (.txt, .jsonl with "text", FPB .csv, instruction .json/.jsonl) to train on.</summary>
     [ConfigPath]
     public string[] Train { get; set; } = [];
-    /// <summary>"byte" for the byte-level tokenizer, or the path of a Hugging Face tokenizer.json.</summary>
-    [ConfigPath(Words = ["byte"])]
+    /// <summary>"byte" for the byte-level tokenizer, the path of a Hugging Face tokenizer.json, or "model": the
+    /// tokenizer.json of model.init_from's directory. A model that carries another tokenizer is refused.</summary>
+    [ConfigPath(Words = ["byte", "model"])]
     public string Tokenizer { get; set; } = "byte";
     /// <summary>Share of the tokens held out (from the end of each file) for validation loss.</summary>
     public double ValidFraction { get; set; } = 0.05;

@@ -149,6 +149,7 @@ public sealed class ParallelLayout : IDisposable
             System.IO.File.WriteAllText(Path.Combine(directory, SafeTensorsIndex.IndexFile), SafeTensorsIndex.IndexJson(map.Sum(m => m.Bytes), map.Select(m => (m.Name, m.Item2))));
             string torchDtype = dtype switch { "BF16" => "bfloat16", "F16" => "float16", _ => "float32" };
             System.IO.File.WriteAllText(Path.Combine(directory, ModelIO.ConfigFile), model.Config.ToHuggingFaceJson(torchDtype));
+            ModelIO.WriteSideFiles(model.Config, directory);
             string single = Path.Combine(directory, ModelIO.WeightsFile);
             if (System.IO.File.Exists(single)) System.IO.File.Delete(single);
         }

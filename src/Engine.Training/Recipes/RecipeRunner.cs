@@ -115,7 +115,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         // a trained tokenizer is trained and saved by rank 0; the other ranks load the file it wrote (a resumed run
         // loads the one its first run trained)
         string baseFile = Path.Combine(outDir, "tokenizer.json"), expandedFile = Path.Combine(outDir, "tokenizer_expanded.json");
-        bool trained = cfg.Tokenizer.Kind != "byte" && cfg.Tokenizer.Path == null;
+        bool trained = cfg.Tokenizer.Kind == "bpe" && cfg.Tokenizer.Path == null;
         baseTokenizer = Resume != null && trained && File.Exists(baseFile) ? BpeTokenizer.Load(baseFile)
             : OnLead(() => RecipeTokenizers.Build(cfg, sources, outDir, Log),
                 () => !trained ? RecipeTokenizers.Build(cfg, sources, outDir, null) : BpeTokenizer.Load(baseFile));
@@ -258,7 +258,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         var notes = new List<string>();
         var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
         Say($"stage {st.Name}: init {st.Init}, {st.Steps} steps × {st.BatchSize}×{st.SeqLen} tokens, mixture {string.Join(", ", st.Weights.Select(w => $"{w.Key}={w.Value}"))}");
-        var init = InitSource(st, tok, notes);
+        var init = InitSource(st, tok, notes, outDir);
         ulong seed = cfg.Seed ^ RecipeSources.StableHash(st.Name);
         var (streams, selection) = Streams(st, tok, seed, init, evalSet, notes);
         MixtureStream? mixture = null;
@@ -470,7 +470,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     /// <summary>The stage's init model as a source: random weights, an earlier stage or a model directory (for a
     /// pipeline stage only its parameters), grown to the stage's vocabulary (new rows = the mean of the old), with the
     /// stage's RoPE scaling and trainable set.</summary>
-    ModelSource InitSource(StageSection st, ITokenizer tok, List<string> notes)
+    ModelSource InitSource(StageSection st, ITokenizer tok, List<string> notes, string outDir)
     {
         string? dir = st.Init == "random" ? null : stageWeights.TryGetValue(st.Init, out var d) ? d : cfg.Resolve(st.Init);
         var initial = dir == null ? cfg.Model.ToLlamaConfig(tok.VocabSize) : ModelIO.LoadConfig(dir);
@@ -499,6 +499,17 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             if (tok.VocabSize > model.Config.VocabSize) model.ResizeVocabulary(tok.VocabSize);
             if (st.RopeScaling != RopeScalingKind.None)
                 model.SetRopeScaling(st.RopeScaling, st.RopeScalingFactor, Math.Max(model.Config.MaxPositionEmbeddings, st.SeqLen));
+            try
+            {
+                // the stage's tokenizer (chat template when it tunes on a chat format) and name ride with its weights
+                RunArtifacts.Attach(model, tok, $"{RunArtifacts.RunName(outDir)}-{st.Name}", RecipeSources.ChatFormat(st, sources),
+                    cfg.Tokenizer.Force ? null : $"stages[{st.Name}].init {st.Init} carries another tokenizer than the stage trains with (set tokenizer.kind = \"model\" to use the model's, or tokenizer.force = true)", st.ExpandedVocab);
+            }
+            catch
+            {
+                model.Dispose();
+                throw;
+            }
             model.SetTrainable(st.Trainable == "embeddings_and_head" ? LlamaModel.IsEmbeddingOrHead : null);
             return model;
         });
