@@ -126,6 +126,45 @@ public class LibraryResolverTests
         }
         finally { Directory.Delete(venv, true); }
     }
+    /// <summary>The GPU machine's PyTorch is a CUDA 13 build in a venv that is on PATH but not activated: its cuBLAS sits
+    /// in nvidia/cu13/lib, its NCCL in nvidia/nccl/lib. A fake tree of empty files: the search must reach both files
+    /// (they cannot load, so each appears in the probe's list of places tried) before the standard-place error.</summary>
+    [Fact]
+    public void BothWheelLayoutsOfAPythonOnPathAreSearched()
+    {
+        string root = Directory.CreateTempSubdirectory("engine-wheels").FullName;
+        try
+        {
+            string bin = Path.Combine(root, "opt", "torch", ".venv", "bin");
+            string sp = Path.Combine(root, "opt", "torch", ".venv", "lib", "python3.12", "site-packages");
+            string cu13 = Path.Combine(sp, "nvidia", "cu13", "lib"), nccl = Path.Combine(sp, "nvidia", "nccl", "lib");
+            string oldCublas = Path.Combine(sp, "nvidia", "cublas", "lib");
+            foreach (var d in new[] { bin, cu13, nccl, oldCublas }) Directory.CreateDirectory(d);
+            File.WriteAllText(Path.Combine(bin, "python3"), "");
+            foreach (var f in new[] { Path.Combine(cu13, "libcublas.so.13"), Path.Combine(cu13, "libcublasLt.so.13"),
+                         Path.Combine(nccl, "libnccl.so.2"), Path.Combine(oldCublas, "libcublas.so.12") })
+                File.WriteAllText(f, "not an ELF file");
+            Func<string, string?> env = v => v == "PATH" ? "/nonexistent/bin:" + bin : null;
+
+            Assert.Contains(sp, NativeLibraryResolver.SitePackages(env));
+            var cublasDirs = NativeLibraryResolver.SearchDirectories(CudaLibrary.Cublas, env).ToList();
+            Assert.True(cublasDirs.IndexOf(cu13) >= 0 && cublasDirs.IndexOf(cu13) < cublasDirs.IndexOf(oldCublas),
+                "nvidia/cu13/lib is searched, before nvidia/cublas/lib: " + string.Join(", ", cublasDirs));
+            Assert.Contains(nccl, NativeLibraryResolver.SearchDirectories(CudaLibrary.Nccl, env));
+            Assert.DoesNotContain(Path.Combine(sp, "nvidia", "cu13", "lib"), NativeLibraryResolver.SearchDirectories(CudaLibrary.Driver, env));
+
+            var cublas = NativeLibraryResolver.Probe(CudaLibrary.Cublas, env, out _);
+            if (!cublas.Found)   // (found only where a real cuBLAS is installed system-wide)
+            {
+                Assert.Contains(Path.Combine(cu13, "libcublas.so.13"), cublas.Tried);
+                Assert.Contains(Path.Combine(oldCublas, "libcublas.so.12"), cublas.Tried);
+                Assert.DoesNotContain(cublas.Tried, t => t.Contains("libcublasLt", StringComparison.Ordinal));
+            }
+            var ncclProbe = NativeLibraryResolver.Probe(CudaLibrary.Nccl, env, out _);
+            if (!ncclProbe.Found) Assert.Contains(Path.Combine(nccl, "libnccl.so.2"), ncclProbe.Tried);
+        }
+        finally { Directory.Delete(root, true); }
+    }
 }
 
 public class DeviceTests
