@@ -221,15 +221,15 @@ public static partial class F
         var lse = be.Empty([logits.Shape[0]]);
         bool record = Grad.Needs(logits);
         using (Profiler.Time("crossentropy.fwd")) be.CrossEntropy(logits, targets, losses, lse, zLoss, record, 1f / normalizer);
+        // the scalar loss stays on the device, and so does its gradient seed below: no host read per micro-batch
         var loss = be.Empty([1]);
-        be.Upload(loss, [(float)(be.Sum(losses) / normalizer)]);
+        be.SumInto(losses, loss, normalizer);
         if (record)
         {
             Grad.Record(new LambdaNode([logits], [loss], () =>
             {
                 using var prof = Profiler.Time("crossentropy.bwd");
-                float dloss = loss.Grad!.Item();
-                if (dloss != 1f) be.Scale(logits, dloss);
+                be.ScaleBy(logits, loss.Grad!);   // dloss is 1 in training: x · 1 = x exactly
                 if (logits.Grad == null) logits.Grad = logits; // the buffer already holds d loss / d logits
                 else be.AddInPlace(logits.Grad, logits, 1f);
             }));

@@ -33,8 +33,13 @@ public interface IBackend
     /// <summary>acc += alpha * x.</summary>
     void AddInPlace(Tensor acc, Tensor x, float alpha);
     void Scale(Tensor t, float s);
+    /// <summary>t *= scalar[0] with the factor read on the device (a loss gradient seed): nothing is read back.</summary>
+    void ScaleBy(Tensor t, Tensor scalar);
     double SumOfSquares(Tensor t);
     double Sum(Tensor t);
+    /// <summary>result[0] (fp32) = <see cref="Sum"/>(x) / divisor, rounded once, on the device: nothing is read back
+    /// (the scalar loss of a micro-batch; the training step reads its losses once at its end).</summary>
+    void SumInto(Tensor x, Tensor result, float divisor);
 
     void RmsNormForward(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps);
     /// <summary>dx overwritten, dw accumulated.</summary>

@@ -36,6 +36,7 @@ public sealed class CublasContext : IDisposable
         (lda, ldb, ldc) = LeadingDims(transA, transB, m, n, k, lda, ldb, ldc);
         if (m == 0 || n == 0) return;
         Bind(s);
+        if (Engine.Core.Profiler.Enabled) Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Gemm);
         Check.Cublas(NativeMethods.cublasGemmEx(Handle, transB ? CublasOperation.T : CublasOperation.N, transA ? CublasOperation.T : CublasOperation.N,
             n, m, k, &alpha, b.Address, CudaDataType.R16BF, ldb, a.Address, CudaDataType.R16BF, lda,
             &beta, c.Address, cType, ldc, CublasComputeType.Compute32F, NativeMethods.CUBLAS_GEMM_DEFAULT));
@@ -50,6 +51,7 @@ public sealed class CublasContext : IDisposable
         (lda, ldb, ldc) = LeadingDims(transA, transB, m, n, k, lda, ldb, ldc);
         if (m == 0 || n == 0 || batch == 0) return;
         Bind(s);
+        if (Engine.Core.Profiler.Enabled) Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Gemm);
         Check.Cublas(NativeMethods.cublasGemmStridedBatchedEx(Handle, transB ? CublasOperation.T : CublasOperation.N,
             transA ? CublasOperation.T : CublasOperation.N, n, m, k, &alpha, b.Address, CudaDataType.R16BF, ldb, strideB,
             a.Address, CudaDataType.R16BF, lda, strideA, &beta, c.Address, cType, ldc, strideC, batch,

@@ -112,7 +112,16 @@ public sealed class CudaStream : IDisposable
     private readonly CudaStreamHandle _handle;
     public CudaStream() { Check.Cu(NativeMethods.cuStreamCreate(out IntPtr s, 0)); _handle = new CudaStreamHandle(s); }
     public IntPtr Handle => _handle.DangerousGetHandle();
-    public void Synchronize() => Check.Cu(NativeMethods.cuStreamSynchronize(Handle));
+
+    /// <summary>Host waits on this stream so far (<see cref="Synchronize"/>, and the blocking copies that call it): the
+    /// training step's budget is one (TrainingStepGpuTests counts them).</summary>
+    public long Synchronizations { get; private set; }
+
+    public void Synchronize()
+    {
+        Synchronizations++;
+        Check.Cu(NativeMethods.cuStreamSynchronize(Handle));
+    }
     public void Wait(CudaEvent evt) => Check.Cu(NativeMethods.cuStreamWaitEvent(Handle, evt.Handle, 0));
 
     public unsafe void CopyToDevice<T>(DevicePtr dst, ReadOnlySpan<T> src) where T : unmanaged
@@ -127,11 +136,17 @@ public sealed class CudaStream : IDisposable
         Synchronize();
     }
 
-    public void CopyDeviceToDevice(DevicePtr dst, DevicePtr src, long bytes) =>
+    public void CopyDeviceToDevice(DevicePtr dst, DevicePtr src, long bytes)
+    {
+        Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Copy);
         Check.Cu(NativeMethods.cuMemcpyDtoDAsync_v2(dst.Address, src.Address, (nuint)bytes, Handle));
+    }
 
-    public void Memset(DevicePtr dst, byte value, long bytes) =>
+    public void Memset(DevicePtr dst, byte value, long bytes)
+    {
+        Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Copy);
         Check.Cu(NativeMethods.cuMemsetD8Async(dst.Address, value, (nuint)bytes, Handle));
+    }
 
     public void Dispose() => _handle.Dispose();
 }

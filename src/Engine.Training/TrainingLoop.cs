@@ -98,6 +98,8 @@ public static class TrainingLoop
         double evalSeconds = 0;
         int skipped = o.StartSkipped;
         var spikes = new SpikeDetector(o.Guard.Window);
+        // device-resident loss bookkeeping: the step's one host read (not with a pipeline, which keeps its own)
+        using var losses = new StepLosses(be);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         for (int step = o.StartStep; step < o.Steps; step++)
         {
@@ -133,6 +135,7 @@ public static class TrainingLoop
             dp.BeginStep();
             double lossSum = 0;
             var perSourceSums = new Dictionary<string, (double Sum, long Count)>(StringComparer.Ordinal);
+            if (pipeline == null) losses.Begin(valid > 0 ? mine : []);
             if (valid > 0 && pipeline != null)
                 (lossSum, perSourceSums) = pipeline.RunStep(mine, valid, (float)o.ZLoss);
             else if (valid > 0)
@@ -149,16 +152,7 @@ public static class TrainingLoop
                         be.Upload(idT, b.Ids);
                         be.Upload(tgT, b.Targets);
                         var (loss, tokenLosses) = model.Loss(idT, tgT, rows, T, valid, (float)o.ZLoss);
-                        lossSum += loss.Item();
-                        var tl = tokenLosses.ToArray();
-                        for (int r = 0; r < rows; r++)
-                        {
-                            double sum = 0; long count = 0;
-                            for (int t = 0; t < T; t++)
-                                if (b.Targets[r * T + t] != -100) { sum += tl[r * T + t]; count++; }
-                            var acc = perSourceSums.GetValueOrDefault(b.RowSources[r]);
-                            perSourceSums[b.RowSources[r]] = (acc.Sum + sum, acc.Count + count);
-                        }
+                        losses.Add(j, loss, tokenLosses);
                         Grad.Backward(loss, observer: dp);
                     }
                     dp.EndMicroBatch();
@@ -168,19 +162,31 @@ public static class TrainingLoop
             dp.FinishGradients();
             pipeline?.SyncTiedEmbedding();
             double penalty = ewc?.Apply(model, dp) ?? 0;
-            // the loss is reduced before the update: its finite flag (and the spike rule) is then the same on every rank
+            // One host read per step: the update is enqueued gated on the losses being finite (on every rank), and the
+            // losses, per-source sums and the optimizer's norm are read together afterwards. The spike rule decides on
+            // the loss before the update, so with it (and with a pipeline) the losses are read first.
+            bool deferred = pipeline == null && !(o.Guard.Skip && o.Guard.ZScore > 0);
+            float[]? optResult = null;
+            if (deferred)
+            {
+                losses.AddResult(opt.Enqueue(lr, losses.FiniteGate(metricsComm)));
+                (lossSum, perSourceSums, optResult) = losses.Read(withResult: true);
+            }
+            else if (pipeline == null) (lossSum, perSourceSums, _) = losses.Read(withResult: false);
+            // the loss is reduced before the decision: its finite flag (and the spike rule) is then the same on every rank
             if (metricsComm.WorldSize > 1) (lossSum, perSourceSums) = ReduceMetrics(metricsComm, lossSum, perSourceSums, sources);
             bool skip = false;
             double norm = double.NaN;
             if (!double.IsFinite(lossSum))
             {
+                if (optResult != null) try { opt.Complete(optResult); } catch (NonFiniteGradientException) { }   // gated: nothing written
                 if (!o.Guard.Skip) throw Guard(step + 1, $"the loss is {lossSum}", control);
                 skip = true;
             }
             else if (o.Guard.Skip && o.Guard.ZScore > 0 && spikes.Add(lossSum) is var z && z > o.Guard.ZScore) skip = true;
             if (!skip)
             {
-                try { norm = opt.Update(lr); }
+                try { norm = optResult != null ? opt.Complete(optResult) : opt.Update(lr); }
                 catch (NonFiniteGradientException)
                 {
                     // the norm is global (all-reduced), so every rank is here; AdamW wrote nothing

@@ -350,3 +350,41 @@ public class HostHelperTests
         Assert.Equal((ushort)0x3F81, Bf16.FromFloat(BitConverter.UInt32BitsToSingle(0x3F808001)));
     }
 }
+
+/// <summary>The pinned staging pool's policy (PinnedStaging, asynchronous uploads) with fake blocks: a block is reused
+/// only after its copy completed, the smallest fitting free block is taken, nothing ever waits (a busy pool grows).</summary>
+public class StagingPoolTests
+{
+    sealed class FakeBlock(long bytes)
+    {
+        public long Bytes { get; } = bytes;
+        public bool Done { get; set; }
+    }
+
+    [Fact]
+    public void BlocksAreReusedOnlyAfterTheirCopyCompleted()
+    {
+        var made = new List<FakeBlock>();
+        var pool = new StagingPool<FakeBlock>(bytes => { var b = new FakeBlock(bytes); made.Add(b); return b; }, b => b.Done, b => b.Bytes);
+        FakeBlock Take(long bytes)   // as PinnedStaging: take a block, then record the new copy's event (pending)
+        {
+            var b = pool.Take(bytes);
+            b.Done = false;
+            return b;
+        }
+        var a = Take(1000);
+        Assert.Equal(StagingPool<FakeBlock>.MinBlock, a.Bytes);           // at least 64 KiB
+        var b = Take(1000);                                               // a's copy is pending: a second block, no wait
+        Assert.NotSame(a, b);
+        a.Done = true;
+        Assert.Same(a, Take(10));                                         // completed: reused (and pending again)
+        var big = Take(200_000);                                          // nothing free that large: next power of two
+        Assert.Equal(262_144, big.Bytes);
+        b.Done = true; big.Done = true;
+        Assert.Same(b, Take(500));                                        // the smallest free block that fits, not the big one
+        Assert.Same(big, Take(100_000));
+        Assert.NotSame(a, Take(10));                                      // a still pending: another block
+        Assert.Equal(4, made.Count);
+        Assert.Equal(4, pool.Count);
+    }
+}

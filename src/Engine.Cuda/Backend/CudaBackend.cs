@@ -50,8 +50,12 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         _blas = new CublasContext();
         _extras = new ExtrasKernels(kernels);
         _rope = new RopeFrequencyCache(UploadTable);
+        Staging = new PinnedStaging();
         AttentionPreference = AttentionSelection.FromEnvironment();
     }
+
+    /// <summary>Page-locked blocks every upload goes through (asynchronous: an upload never waits for the device).</summary>
+    public PinnedStaging Staging { get; }
 
     /// <summary>Preferred flash-attention kernels: ENGINE_ATTENTION=v1 (default: attention.cu) or v2 (attention_v2.cu).
     /// Head dims v1 does not have (32, 96) run v2 whatever the preference (<see cref="AttentionSelection.For"/>).</summary>
@@ -190,7 +194,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
     private DeviceBuffer UploadTable(float[] values)
     {
         var buf = Scratch((long)values.Length * sizeof(float));
-        Stream.CopyToDevice<float>(buf.Ptr, values);
+        Staging.CopyToDevice<float>(Stream, buf.Ptr, values);
         return buf;
     }
 
@@ -242,16 +246,17 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         switch (dst.DType)
         {
             case DType.F32:
-                Stream.CopyToDevice(Out(dst), src);
+                Staging.CopyToDevice(Stream, Out(dst), src);
                 break;
             case DType.BF16:
                 var half = new ushort[src.Length];
                 BFloat16.FromFloat(src, half);
-                Stream.CopyToDevice<ushort>(Out(dst), half);
+                Staging.CopyToDevice<ushort>(Stream, Out(dst), half);
                 break;
         }
     }
 
+    /// <summary>Asynchronous (pinned staging): ids and targets of a micro-batch never make the host wait.</summary>
     public void Upload(Tensor dst, ReadOnlySpan<int> src)
     {
         using var _p = Prof("upload", dst);
@@ -259,7 +264,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
         Is(dst, "Upload", "dst", DType.I32);
         var s = St(dst);
-        if (src.Length > 0) Stream.CopyToDevice(s.Ptr.Offset(dst.Offset, 4), src);
+        if (src.Length > 0) Staging.CopyToDevice(Stream, s.Ptr.Offset(dst.Offset, 4), src);
         s.UploadInts(dst.Offset, src);
     }
 
@@ -380,6 +385,30 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         if (t.DType == DType.BF16) Kernels.AdamW.GradNormPartialBf16(Stream, partials.Ptr, 0, In(t), t.Numel);
         else Kernels.AdamW.GradNormPartialF32(Stream, partials.Ptr, 0, In(t), t.Numel);
         return SumPartials(partials);
+    }
+
+    public void ScaleBy(Tensor t, Tensor scalar)
+    {
+        using var _p = Prof("scale_by", t);
+        Enter();
+        IsFloat(t, "ScaleBy", "t");
+        Is(scalar, "ScaleBy", "scalar", DType.F32);
+        Numel(scalar, "ScaleBy", "scalar", 1);
+        var ps = In(scalar);
+        _extras.ScaleBy(Stream, Out(t), ps, t.Numel, t.DType == DType.BF16);
+    }
+
+    public void SumInto(Tensor x, Tensor result, float divisor)
+    {
+        using var _p = Prof("sum_into", x, result);
+        Enter();
+        IsFloat(x, "SumInto", "x");
+        Is(result, "SumInto", "result", DType.F32);
+        Numel(result, "SumInto", "result", 1);
+        // the same fixed-grid partials Sum reads back, summed in double in the same order — on the device
+        using var partials = Scratch(ExtrasKernels.PartialBlocks * sizeof(float));
+        _extras.SumPartial(Stream, partials.Ptr, In(x), x.Numel, x.DType == DType.BF16);
+        _extras.SumFinalize(Stream, Out(result), partials.Ptr, divisor);
     }
 
     public double Sum(Tensor t)
@@ -507,6 +536,21 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
                     throw new ArgumentException($"EmbeddingForward: ids {ids.Describe()}[{i}] = {hostIds[i]} is outside the table {table.Describe()}");
         var pt = Bf16In(table);
         Kernels.Embedding.Forward(Stream, Out(y), pt, In(ids), tokens, vocab, cols);
+        // the backward's buckets (when one will run), built from the host ids now and uploaded asynchronously: the
+        // backward then does no host work
+        if (!hostIds.IsEmpty && Engine.Core.Autograd.Grad.Needs(table)) St(ids).SetEmbeddingBuckets(ids.Offset, tokens, vocab, UploadBuckets(EmbeddingKernels.BuildBuckets(hostIds, vocab)));
+    }
+
+    /// <summary>order [N] | bucket_start [U + 1] | bucket_id [U] in one device buffer (one asynchronous upload).</summary>
+    private DeviceEmbeddingBuckets UploadBuckets(EmbeddingBuckets b)
+    {
+        var packed = new int[b.Order.Length + b.BucketStart.Length + b.BucketId.Length];
+        b.Order.CopyTo(packed, 0);
+        b.BucketStart.CopyTo(packed, b.Order.Length);
+        b.BucketId.CopyTo(packed, b.Order.Length + b.BucketStart.Length);
+        var dev = Scratch((long)packed.Length * sizeof(int));
+        Staging.CopyToDevice<int>(Stream, dev.Ptr, packed);
+        return new DeviceEmbeddingBuckets(dev, b.Order.Length, b.BucketStart.Length, b.Buckets);
     }
 
     public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate)
@@ -515,27 +559,26 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Enter();
         var (tokens, vocab, cols) = Embedding(ids, dtableAccumulate, dy, "EmbeddingBackward", DType.BF16);
         Is(dtableAccumulate, "EmbeddingBackward", "dtable", DType.F32);
-        // the bucket sort runs on the host from the ids' host copy (kept at upload); ids computed on the device are
-        // downloaded once here
-        int[]? downloaded = null;
-        if (!St(ids).TryHostInts(ids.Offset, tokens, out var hostIds))
+        // the buckets the forward uploaded for these ids (still current: same version); otherwise built here from the
+        // ids' host copy (kept at upload), or — ids computed on the device — from one download
+        var s = St(ids);
+        var b = s.EmbeddingBucketsFor(ids.Offset, tokens, vocab);
+        if (b == null)
         {
-            downloaded = new int[tokens];
-            if (tokens > 0) Stream.CopyToHost<int>(downloaded, In(ids));
-            hostIds = downloaded;
+            int[]? downloaded = null;
+            if (!s.TryHostInts(ids.Offset, tokens, out var hostIds))
+            {
+                downloaded = new int[tokens];
+                if (tokens > 0) Stream.CopyToHost<int>(downloaded, In(ids));
+                hostIds = downloaded;
+            }
+            b = UploadBuckets(EmbeddingKernels.BuildBuckets(hostIds, vocab));
+            s.SetEmbeddingBuckets(ids.Offset, tokens, vocab, b);
         }
-        var b = EmbeddingKernels.BuildBuckets(hostIds, vocab);
         if (b.Buckets == 0) return;
-        // one upload: order [N] | bucket_start [U + 1] | bucket_id [U]
-        var packed = new int[b.Order.Length + b.BucketStart.Length + b.BucketId.Length];
-        b.Order.CopyTo(packed, 0);
-        b.BucketStart.CopyTo(packed, b.Order.Length);
-        b.BucketId.CopyTo(packed, b.Order.Length + b.BucketStart.Length);
-        using var dev = Scratch((long)packed.Length * sizeof(int));
-        Stream.CopyToDevice<int>(dev.Ptr, packed);
-        var order = dev.Ptr;
-        var start = order.Offset(b.Order.Length, sizeof(int));
-        var id = start.Offset(b.BucketStart.Length, sizeof(int));
+        var order = b.Packed.Ptr;
+        var start = order.Offset(b.OrderLength, sizeof(int));
+        var id = start.Offset(b.StartLength, sizeof(int));
         Kernels.Embedding.Backward(Stream, Out(dtableAccumulate), In(dy), order, start, id, b.Buckets, cols);
     }
 
@@ -617,7 +660,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         {
             _runTable?.Dispose();
             _runTable = Scratch((long)Math.Max(1, host.Length) * System.Runtime.InteropServices.Marshal.SizeOf<KernelAdamWRun>());
-            if (host.Length > 0) Stream.CopyToDevice<KernelAdamWRun>(_runTable.Ptr, host);
+            if (host.Length > 0) Staging.CopyToDevice<KernelAdamWRun>(Stream, _runTable.Ptr, host);
             _runTableHost = host;
         }
         return (_runTable.Ptr, host.Length, longest);
@@ -657,6 +700,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         _disposed = true;
         _rope.Dispose();
         _runTable?.Dispose();
+        Staging.Dispose();
         _blas.Dispose();
         _clock?.Dispose();
         Allocator.Dispose();

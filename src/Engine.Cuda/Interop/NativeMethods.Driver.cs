@@ -70,6 +70,9 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCuda)] public static partial CuResult cuMemAlloc_v2(out ulong devicePtr, nuint bytes);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemFree_v2(ulong devicePtr);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemGetInfo_v2(out nuint free, out nuint total);
+    /// <summary>Page-locked host memory (flags 0: portable to this context only), the source of asynchronous uploads.</summary>
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemHostAlloc(out IntPtr host, nuint bytes, uint flags);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemFreeHost(IntPtr host);
     /// <summary>CUDA 12 driver API: a TMA tensor map (128 bytes; <paramref name="tensorMap"/> 64-byte aligned). The enums
     /// are passed as int: data type bf16 = 9, interleave none = 0, swizzle 128B = 3, L2 promotion 128B = 2, OOB fill none = 0
     /// (zeros). Older drivers lack the symbol (EntryPointNotFoundException).</summary>

@@ -62,27 +62,40 @@ public static class TrainBenchmark
             File.WriteAllBytes(tokens, System.Runtime.InteropServices.MemoryMarshal.AsBytes(all.AsSpan()).ToArray());
             var rates = new List<double>();
             double firstLoss = double.NaN, loss = 0;
+            using var losses = new StepLosses(backend);   // as in TrainingLoop: one host read per step
+            string[] rowSources = [.. Enumerable.Repeat("bench", o.Batch)];
             for (int step = 0; step < total; step++)
             {
                 var sw = Stopwatch.StartNew();
+                var stepRegion = Profiler.Time("step");
                 model.ZeroGrad();
+                var batch = new Batch(all[(step * 2 * n)..(step * 2 * n + n)], all[(step * 2 * n + n)..(step * 2 * n + 2 * n)], rowSources);
+                losses.Begin([batch]);
                 using (var scope = new TensorScope())
                 {
                     var idT = backend.Empty([n], DType.I32);
                     var tgT = backend.Empty([n], DType.I32);
-                    backend.Upload(idT, all.AsSpan(step * 2 * n, n));
-                    backend.Upload(tgT, all.AsSpan(step * 2 * n + n, n));
-                    var (l, _) = model.Loss(idT, tgT, o.Batch, o.Seq, n);
-                    loss = l.Item();
+                    backend.Upload(idT, batch.Ids);
+                    backend.Upload(tgT, batch.Targets);
+                    var (l, tokenLosses) = model.Loss(idT, tgT, o.Batch, o.Seq, n);
+                    losses.Add(0, l, tokenLosses);
                     Grad.Backward(l);
                 }
-                opt.Update(1e-4);
+                losses.AddResult(opt.Enqueue(1e-4));
+                var (lossSum, _, result) = losses.Read(withResult: true);
+                opt.Complete(result);
+                loss = lossSum;
+                stepRegion.Dispose();
                 sw.Stop();
                 if (step == 0) firstLoss = loss;
                 if (step >= o.Warmup) rates.Add(n / sw.Elapsed.TotalSeconds);
                 log?.Invoke($"engine step {step + 1}/{total}: {sw.Elapsed.TotalSeconds:F3} s, loss {loss:F4}{(step < o.Warmup ? " (warmup)" : "")}");
             }
-            if (Profiler.Enabled) log?.Invoke("per-op time over all steps:\n" + Profiler.Report());
+            if (Profiler.Enabled)
+            {
+                log?.Invoke("per-op time over all steps:\n" + Profiler.Report());
+                if (Profiler.LaunchSummary(total, cfg.NumLayers) is { } launches) log?.Invoke(launches);
+            }
             var throughput = Metrics.Throughput.For(backend, cfg, o.Seq);
             string device = backend is IDeviceStats ? "cuda:0" : "cpu";
             var entry = BenchEntries.FromSamples("train_step", device, "tokens/s", BenchSchema.Higher, rates, o.Warmup) with

@@ -47,6 +47,40 @@ public class BackendOpGpuTests
         Assert.Equal(Enumerable.Range(6, 6).Select(i => (float)i).ToArray(), big.Narrow0(2, 2).Host());   // views honour the offset
     }
 
+    /// <summary>The device-resident scalar ops of the one-read step: SumInto equals the host's Sum / divisor rounded
+    /// once (the same partials summed in the same order: bitwise), ScaleBy multiplies by a device scalar.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(1000)]
+    [InlineData(100_003)]
+    public void SumIntoAndScaleByStayOnTheDevice(int n)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(n + 5);
+        var x = be.Empty([n]);
+        be.Upload(x, Data.Floats(rng, n, 3f));
+        var result = be.Empty([1]);
+        long syncs = be.Stream.Synchronizations;
+        be.SumInto(x, result, 7f);
+        Assert.Equal(syncs, be.Stream.Synchronizations);   // nothing waited
+        Assert.Equal((float)(be.Sum(x) / 7f), result.Host()[0]);
+        foreach (var dtype in new[] { DType.F32, DType.BF16 })
+        {
+            float[] v = Data.Bf16Values(rng, n, 2f);
+            var t = be.Empty([n], dtype);
+            be.Upload(t, v);
+            var s = be.Empty([1]);
+            be.Upload(s, [-0.5f]);
+            be.ScaleBy(t, s);
+            Assert.Equal(v.Select(a => dtype == DType.BF16 ? Bf16.Round(-0.5f * a) : -0.5f * a).ToArray(), t.Host());
+            be.Upload(s, [1f]);
+            var before = t.Host();
+            be.ScaleBy(t, s);
+            Assert.Equal(before, t.Host());   // the training seed: x · 1 = x exactly
+        }
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(255)]
