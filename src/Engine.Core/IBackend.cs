@@ -45,6 +45,23 @@ public interface IBackend
     /// <summary>dx overwritten, dw accumulated.</summary>
     void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate);
 
+    /// <summary>The residual add fused into the norm: h = x + residual, then y = RMSNorm(h) (rstd saved). One pass
+    /// on a GPU; by default (the CPU) exactly <see cref="Add"/> then <see cref="RmsNormForward"/>.</summary>
+    void RmsNormResidualForward(Tensor x, Tensor residual, Tensor w, Tensor h, Tensor y, Tensor rstd, float eps)
+    {
+        Add(x, residual, h);
+        RmsNormForward(h, w, y, rstd, eps);
+    }
+
+    /// <summary><see cref="RmsNormBackward"/> over h with the gradient that reaches h through the residual stream
+    /// added: dx = norm_backward(dy) + dresidual (dx must not alias dresidual). One kernel on a GPU; by default the
+    /// two ops.</summary>
+    void RmsNormResidualBackward(Tensor dy, Tensor h, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate, Tensor dresidual)
+    {
+        RmsNormBackward(dy, h, w, rstd, dx, dwAccumulate);
+        AddInPlace(dx, dresidual, 1f);
+    }
+
     /// <summary>x, y: [B*T, H*D]. inverse=true is the backward rotation. x and y may alias.</summary>
     void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse);
 

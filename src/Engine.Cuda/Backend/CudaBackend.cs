@@ -448,6 +448,37 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Kernels.RmsNorm.Backward(Stream, Out(dx), Out(dwAccumulate), In(dy), In(x), pw, In(rstd), rows, cols, partial.Ptr, accumulateDw: true);
     }
 
+    public void RmsNormResidualForward(Tensor x, Tensor residual, Tensor w, Tensor h, Tensor y, Tensor rstd, float eps)
+    {
+        using var _p = Prof("rmsnorm_residual_forward", x, residual, w, h, y, rstd);
+        Enter();
+        int rows = RmsNormRows(x, w, y, rstd, "RmsNormResidualForward");
+        SameNumel(x, residual, "RmsNormResidualForward"); SameNumel(x, h, "RmsNormResidualForward");
+        Is(residual, "RmsNormResidualForward", "residual", DType.BF16);
+        Is(h, "RmsNormResidualForward", "h", DType.BF16);
+        int cols = checked((int)w.Numel);
+        var pw = Bf16In(w);
+        var (px, pr) = (In(x), In(residual));
+        Kernels.RmsNorm.ForwardResidual(Stream, Out(y), Out(rstd), Out(h), px, pr, pw, rows, cols, eps);
+    }
+
+    public void RmsNormResidualBackward(Tensor dy, Tensor h, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate, Tensor dresidual)
+    {
+        using var _p = Prof("rmsnorm_residual_backward", dy, h, w, rstd, dx, dwAccumulate, dresidual);
+        Enter();
+        int rows = RmsNormRows(h, w, dx, rstd, "RmsNormResidualBackward");
+        Is(dy, "RmsNormResidualBackward", "dy", DType.BF16);
+        Is(dresidual, "RmsNormResidualBackward", "dresidual", DType.BF16);
+        SameNumel(dy, h, "RmsNormResidualBackward"); SameNumel(dresidual, h, "RmsNormResidualBackward");
+        Is(dwAccumulate, "RmsNormResidualBackward", "dw", DType.F32);
+        Numel(dwAccumulate, "RmsNormResidualBackward", "dw", w.Numel);
+        int cols = checked((int)w.Numel);
+        var pw = Bf16In(w);
+        using var partial = Scratch(RmsNormKernels.PartialBytes(rows, cols));
+        var (pdy, ph, pr, pres) = (In(dy), In(h), In(rstd), In(dresidual));
+        Kernels.RmsNorm.Backward(Stream, Out(dx), Out(dwAccumulate), pdy, ph, pw, pr, rows, cols, partial.Ptr, accumulateDw: true, dresidual: pres);
+    }
+
     public void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse)
     {
         using var _p = Prof("rope", x, y);

@@ -185,6 +185,42 @@ public class BackendOpGpuTests
         BackendTol.Tensor(gdw.Host(), cdw.Span.ToArray(), "rmsnorm dw (accumulated)");
     }
 
+    /// <summary>The fused residual add + norm (F.AddRmsNorm: rmsnorm.cu's residual path) against the CPU's Add then
+    /// RmsNorm: h is the bf16-rounded sum (exactly the separate bf16 add), y and rstd as the norm of h; the backward
+    /// adds the residual stream's gradient in the same kernel.</summary>
+    [Theory]
+    [InlineData(64, 256)]
+    [InlineData(37, 123)]
+    public void RmsNormWithTheResidualFused(int rows, int cols)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(rows * 3 + cols);
+        float[] x = Data.Bf16Values(rng, (long)rows * cols, 2f), r = Data.Bf16Values(rng, (long)rows * cols, 2f);
+        var (gx, cx) = be.Pair(x, [rows, cols], DType.BF16);
+        var (gres, cres) = be.Pair(r, [rows, cols], DType.BF16);
+        var (gw, cw) = be.Pair(Data.Bf16Values(rng, cols, 1.5f), [cols], DType.F32);
+        var gh = be.Empty([rows, cols], DType.BF16); var ch = Cpu.Empty([rows, cols]);
+        var gy = be.Empty([rows, cols], DType.BF16); var cy = Cpu.Empty([rows, cols]);
+        var gr = be.Empty([rows]); var cr = Cpu.Empty([rows]);
+        be.RmsNormResidualForward(gx, gres, gw, gh, gy, gr, 1e-5f);
+        ((IBackend)Cpu).RmsNormResidualForward(cx, cres, cw, ch, cy, cr, 1e-5f);
+        Assert.Equal(x.Select((v, i) => Bf16.Round(v + r[i])).ToArray(), gh.Host());   // one bf16 rounding of the sum
+        BackendTol.Elementwise(gy.Host(), cy.Span.ToArray(), "fused rmsnorm y");
+        BackendTol.Stat(gr.Host(), cr.Span.ToArray(), "fused rmsnorm rstd");
+
+        var (gdy, cdy) = be.Pair(Data.Bf16Values(rng, (long)rows * cols), [rows, cols], DType.BF16);
+        var (gdres, cdres) = be.Pair(Data.Bf16Values(rng, (long)rows * cols), [rows, cols], DType.BF16);
+        var gdx = be.Empty([rows, cols], DType.BF16); var cdx = Cpu.Empty([rows, cols]);
+        var (gdw, cdw) = be.Pair(Data.Floats(rng, cols), [cols], DType.F32);
+        var rstdRef = Up(be, cr.Span.ToArray());
+        var (ghRef, _) = be.Pair(ch.Span.ToArray(), [rows, cols], DType.BF16);
+        be.RmsNormResidualBackward(gdy, ghRef, gw, rstdRef, gdx, gdw, gdres);
+        ((IBackend)Cpu).RmsNormResidualBackward(cdy, ch, cw, cr, cdx, cdw, cdres);
+        BackendTol.Tensor(gdx.Host(), cdx.Span.ToArray(), "fused rmsnorm dx (+ dresidual)");
+        BackendTol.Tensor(gdw.Host(), cdw.Span.ToArray(), "fused rmsnorm dw (accumulated)");
+    }
+
     private static Tensor Up(CudaBackend be, float[] values)
     {
         var t = be.Empty([values.Length]);
