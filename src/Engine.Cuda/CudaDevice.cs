@@ -142,6 +142,24 @@ public sealed class CudaStream : IDisposable
         Check.Cu(NativeMethods.cuMemcpyDtoDAsync_v2(dst.Address, src.Address, (nuint)bytes, Handle));
     }
 
+    /// <summary>rows × widthBytes from src (rows srcPitch bytes apart) to dst (dstPitch apart), device to device.</summary>
+    public void Copy2D(DevicePtr dst, long dstPitch, DevicePtr src, long srcPitch, long widthBytes, long rows)
+    {
+        Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Copy);
+        var c = new CudaMemcpy2D
+        {
+            SrcMemoryType = CudaMemcpy2D.MemoryTypeDevice,
+            SrcDevice = src.Address,
+            SrcPitch = (nuint)srcPitch,
+            DstMemoryType = CudaMemcpy2D.MemoryTypeDevice,
+            DstDevice = dst.Address,
+            DstPitch = (nuint)dstPitch,
+            WidthInBytes = (nuint)widthBytes,
+            Height = (nuint)rows,
+        };
+        Check.Cu(NativeMethods.cuMemcpy2DAsync_v2(c, Handle));
+    }
+
     public void Memset(DevicePtr dst, byte value, long bytes)
     {
         Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Copy);

@@ -266,17 +266,32 @@ public sealed class LlamaModel : IDisposable
     {
         string p = $"model.layers.{i}.";
         var cfg = Config;
+        var dims = new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim);
         var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
-        var q = Linear(h, p + "self_attn.q_proj.weight");
-        var k = Linear(h, p + "self_attn.k_proj.weight");
-        var v = Linear(h, p + "self_attn.v_proj.weight");
-        q = F.Rope(q, cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset);
-        k = F.Rope(k, cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset);
-        var a = F.Attention(q, k, v, new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
+        Tensor a;
+        if (Fused(p, "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight") is { } qkvWeights)
+            a = F.FusedQkvAttention(F.FusedLinear(h, qkvWeights), cfg.Rope, dims, positionOffset);   // one GEMM for q|k|v
+        else
+        {
+            var q = F.Rope(Linear(h, p + "self_attn.q_proj.weight"), cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset);
+            var k = F.Rope(Linear(h, p + "self_attn.k_proj.weight"), cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset);
+            a = F.Attention(q, k, Linear(h, p + "self_attn.v_proj.weight"), dims);
+        }
         // residual add + post-attention norm in one op (one kernel on a GPU; the same values as Add then RmsNorm)
         (x, var h2) = F.AddRmsNorm(x, Linear(a, p + "self_attn.o_proj.weight"), this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
-        var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
+        var m = Fused(p, "mlp.gate_proj.weight", "mlp.up_proj.weight") is { } guWeights
+            ? F.FusedSwiGlu(F.FusedLinear(h2, guWeights))                                              // one GEMM for gate|up
+            : F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
         return F.Add(x, Linear(m, p + "mlp.down_proj.weight"));
+    }
+
+    /// <summary>The weights to run as one GEMM (F.FusedLinear), or null: the backend fuses projections, no adapter
+    /// adds a term to any of them, and they are adjacent in the store (no bucket boundary between them).</summary>
+    Tensor[]? Fused(string prefix, params string[] names)
+    {
+        if (!Backend.FusesProjections || (Adapter != null && names.Any(n => Adapter.Targets(prefix + n)))) return null;
+        var weights = names.Select(n => this[prefix + n]).ToArray();
+        return F.Adjacent(weights) ? weights : null;
     }
 
     /// <summary>The parameters of transformer block <paramref name="layer"/>.</summary>

@@ -61,6 +61,12 @@ public class KernelParamsTests
     }
 }
 
+public class DriverStructTests
+{
+    [Fact]
+    public void Memcpy2DHasTheDriversLayout() => Assert.Equal(Interop.CudaMemcpy2D.Size, Marshal.SizeOf<Interop.CudaMemcpy2D>());
+}
+
 public class LibraryResolverTests
 {
     [Fact]

@@ -57,6 +57,12 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
     /// <summary>Page-locked blocks every upload goes through (asynchronous: an upload never waits for the device).</summary>
     public PinnedStaging Staging { get; }
 
+    /// <summary>ENGINE_FUSED_PROJECTIONS=0 turns the fused q|k|v and gate|up GEMMs off (the separate ops then run).</summary>
+    public const string FusedProjectionsVariable = "ENGINE_FUSED_PROJECTIONS";
+
+    /// <summary>The model runs q|k|v and gate|up as one GEMM each; the kernels below read the fused rows with row strides.</summary>
+    public bool FusesProjections { get; set; } = Environment.GetEnvironmentVariable(FusedProjectionsVariable) != "0";
+
     /// <summary>Preferred flash-attention kernels: ENGINE_ATTENTION=v1 (default: attention.cu) or v2 (attention_v2.cu).
     /// Head dims v1 does not have (32, 96) run v2 whatever the preference (<see cref="AttentionSelection.For"/>).</summary>
     public AttentionImpl AttentionPreference { get; set; }
@@ -446,6 +452,118 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         var pw = Bf16In(w);
         using var partial = Scratch(RmsNormKernels.PartialBytes(rows, cols));
         Kernels.RmsNorm.Backward(Stream, Out(dx), Out(dwAccumulate), In(dy), In(x), pw, In(rstd), rows, cols, partial.Ptr, accumulateDw: true);
+    }
+
+    // ---- fused projections: q|k|v and gate|up rows of one GEMM, read in place ----------------------------------------
+
+    public void CopyColumns(Tensor src, int srcCol, Tensor dst, int dstCol, int cols)
+    {
+        using var _p = Prof("copy_columns", (long)src.Shape[0] * cols * src.DType.Size() * 2);
+        Enter();
+        Fused2D(src, "CopyColumns", "src"); Fused2D(dst, "CopyColumns", "dst");
+        if (src.DType != dst.DType || src.Shape[0] != dst.Shape[0] || srcCol < 0 || dstCol < 0 || cols < 0
+            || srcCol + cols > src.Shape[1] || dstCol + cols > dst.Shape[1])
+            throw new ArgumentException($"CopyColumns: columns [{srcCol}, +{cols}) of {src.Describe()} do not fit columns [{dstCol}, +{cols}) of {dst.Describe()}");
+        if (cols == 0 || src.Shape[0] == 0) return;
+        int e = src.DType.Size();
+        var from = In(src).Offset(srcCol, e);
+        Stream.Copy2D(Out(dst).Offset(dstCol, e), (long)dst.Shape[1] * e, from, (long)src.Shape[1] * e, (long)cols * e, src.Shape[0]);
+    }
+
+    public void RopeColumns(Tensor x, int col, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse)
+    {
+        using var _p = Prof("rope", x);
+        Enter();
+        Fused2D(x, "RopeColumns", "x");
+        Is(x, "RopeColumns", "x", DType.BF16);
+        int width = heads * p.HeadDim;
+        if (x.Shape[0] != batch * seqLen || col < 0 || col + width > x.Shape[1])
+            throw new ArgumentException($"RopeColumns: columns [{col}, +{width}) of {x.Describe()} are not B*T={batch * seqLen} rows of {heads} heads");
+        var inv = _rope.Get(p);
+        float lin = RopeFrequencyCache.LinearFactor(p);
+        var ptr = Out(x).Offset(col, 2);
+        long row = x.Shape[1];
+        if (inverse) Kernels.Rope.Backward(Stream, ptr, ptr, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin, row, row);
+        else Kernels.Rope.Forward(Stream, ptr, ptr, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin, row, row);
+    }
+
+    public void AttentionForwardFused(Tensor qkv, Tensor o, Tensor lse, AttentionDims d)
+    {
+        using var _p = Prof("attention_forward", qkv, o, lse);
+        Enter();
+        var (q, k, v, row) = QkvPointers(qkv, d, "AttentionForwardFused", write: false);
+        Shape.Check(o, "o", d.Batch * d.SeqLen, d.QRow);
+        Is(o, "AttentionForwardFused", "o", DType.BF16); Is(lse, "AttentionForwardFused", "lse", DType.F32);
+        Numel(lse, "AttentionForwardFused", "lse", (long)d.Batch * d.Heads * d.SeqLen);
+        if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
+            Kernels.AttentionV2.Forward(Stream, ShapeOf(d), q, k, v, Out(o), Out(lse), causal: true, qRowStride: row, kRowStride: row, vRowStride: row);
+        else
+            Kernels.Attention.Forward(Stream, ShapeOf(d), q, k, v, Out(o), Out(lse), causal: true, qRowStride: row, kRowStride: row, vRowStride: row);
+    }
+
+    public void AttentionBackwardFused(Tensor dout, Tensor qkv, Tensor o, Tensor lse, Tensor dqkv, AttentionDims d)
+    {
+        using var _p = Prof("attention_backward", dout, qkv, o, lse, dqkv);
+        Enter();
+        const string op = "AttentionBackwardFused";
+        var (q, k, v, row) = QkvPointers(qkv, d, op, write: false);
+        var (dq, dk, dv, drow) = QkvPointers(dqkv, d, op, write: true);
+        Shape.Check(o, "o", d.Batch * d.SeqLen, d.QRow);
+        Shape.Check(dout, "dout", d.Batch * d.SeqLen, d.QRow);
+        Is(dout, op, "dout", DType.BF16); Is(o, op, "o", DType.BF16); Is(lse, op, "lse", DType.F32);
+        var shape = ShapeOf(d);
+        using var delta = Scratch(shape.LseBytes);
+        if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
+        {
+            using var dqAccum = Scratch(AttentionV2Kernels.DqAccumBytes(shape));
+            using var sync = Scratch(AttentionV2Kernels.SyncBytes(shape));
+            Kernels.AttentionV2.Backward(Stream, shape, q, k, v, In(o), In(lse), In(dout), dq, dk, dv, delta.Ptr, dqAccum.Ptr, sync.Ptr, causal: true,
+                qRowStride: row, kRowStride: row, vRowStride: row, dqRowStride: drow, dkRowStride: drow, dvRowStride: drow);
+        }
+        else
+        {
+            Kernels.Attention.Backward(Stream, shape, q, k, v, In(o), In(lse), In(dout), dq, dk, dv, delta.Ptr, causal: true,
+                qRowStride: row, kRowStride: row, vRowStride: row, dqRowStride: drow, dkRowStride: drow, dvRowStride: drow);
+        }
+    }
+
+    /// <summary>q, k, v addresses inside a fused [B*T, (H + 2 Hkv) D] bf16 buffer, and its row stride.</summary>
+    private (DevicePtr Q, DevicePtr K, DevicePtr V, long Row) QkvPointers(Tensor qkv, AttentionDims d, string op, bool write)
+    {
+        d.Validate();
+        Is(qkv, op, write ? "dqkv" : "qkv", DType.BF16);
+        Shape.Check(qkv, write ? "dqkv" : "qkv", d.Batch * d.SeqLen, d.QRow + 2 * d.KvRow);
+        var b = write ? Out(qkv) : In(qkv);
+        return (b, b.Offset(d.QRow, 2), b.Offset(d.QRow + d.KvRow, 2), qkv.Shape[1]);
+    }
+
+    public void SwiGluFusedForward(Tensor gu, Tensor h)
+    {
+        using var _p = Prof("swiglu_forward", gu, h);
+        Enter();
+        Fused2D(gu, "SwiGluFusedForward", "gu");
+        Is(gu, "SwiGluFusedForward", "gu", DType.BF16); Is(h, "SwiGluFusedForward", "h", DType.BF16);
+        int n = gu.Shape[0], f = gu.Shape[1] / 2;
+        Shape.Check(h, "h", n, f);
+        Kernels.SwiGlu.FusedForward(Stream, Out(h), In(gu), n, f);
+    }
+
+    public void SwiGluFusedBackward(Tensor dh, Tensor gu, Tensor dgu)
+    {
+        using var _p = Prof("swiglu_backward", dh, gu, dgu);
+        Enter();
+        Fused2D(gu, "SwiGluFusedBackward", "gu");
+        foreach (var (t, role) in new[] { (dh, "dh"), (gu, "gu"), (dgu, "dgu") }) Is(t, "SwiGluFusedBackward", role, DType.BF16);
+        int n = gu.Shape[0], f = gu.Shape[1] / 2;
+        Shape.Check(dh, "dh", n, f);
+        Shape.Check(dgu, "dgu", n, 2 * f);
+        var (pdh, pgu) = (In(dh), In(gu));
+        Kernels.SwiGlu.FusedBackward(Stream, Out(dgu), pdh, pgu, n, f);
+    }
+
+    private static void Fused2D(Tensor t, string op, string role)
+    {
+        if (t.Rank != 2) throw new ArgumentException($"{op}: {role} must be rank 2, got {t.Describe()}");
     }
 
     public void RmsNormResidualForward(Tensor x, Tensor residual, Tensor w, Tensor h, Tensor y, Tensor rstd, float eps)

@@ -21,6 +21,27 @@ public enum CuResult
     LaunchFailed = 719,
 }
 
+/// <summary>CUDA_MEMCPY2D (128 bytes on 64-bit): device-to-device copies set the memory types to 2 (CU_MEMORYTYPE_DEVICE).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct CudaMemcpy2D
+{
+    public nuint SrcXInBytes, SrcY;
+    public int SrcMemoryType;
+    public IntPtr SrcHost;
+    public ulong SrcDevice;
+    public IntPtr SrcArray;
+    public nuint SrcPitch;
+    public nuint DstXInBytes, DstY;
+    public int DstMemoryType;
+    public IntPtr DstHost;
+    public ulong DstDevice;
+    public IntPtr DstArray;
+    public nuint DstPitch;
+    public nuint WidthInBytes, Height;
+
+    public const int Size = 128, MemoryTypeDevice = 2;
+}
+
 /// <summary>CUdevice_attribute values used by the engine.</summary>
 public enum CuDeviceAttribute
 {
@@ -85,6 +106,8 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyHtoDAsync_v2(ulong dst, void* src, nuint bytes, IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoHAsync_v2(void* dst, ulong src, nuint bytes, IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoDAsync_v2(ulong dst, ulong src, nuint bytes, IntPtr stream);
+    /// <summary>A 2-D (pitched) copy: column blocks of row-major matrices (IBackend.CopyColumns).</summary>
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemcpy2DAsync_v2(in CudaMemcpy2D copy, IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemsetD8_v2(ulong dst, byte value, nuint count);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemsetD8Async(ulong dst, byte value, nuint count, IntPtr stream);
 

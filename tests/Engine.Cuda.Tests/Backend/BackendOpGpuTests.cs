@@ -221,6 +221,67 @@ public class BackendOpGpuTests
         BackendTol.Tensor(gdw.Host(), cdw.Span.ToArray(), "fused rmsnorm dw (accumulated)");
     }
 
+    /// <summary>The fused-projection ops on the fused rows (row strides into one GEMM's q|k|v or gate|up output)
+    /// against the interface's column-copy defaults on the CPU, v1 and v2 attention, and the column copy both ways.</summary>
+    [Theory]
+    [InlineData(2, 100, 4, 2, 64, false)]
+    [InlineData(2, 100, 4, 2, 64, true)]
+    [InlineData(1, 77, 8, 2, 32, true)]
+    [InlineData(1, 64, 4, 4, 128, false)]
+    public void FusedProjectionOpsReadTheFusedRows(int batch, int seq, int heads, int kvHeads, int d, bool v2)
+    {
+        var be = GpuBackend.Require();
+        IBackend cpu = Cpu;
+        var saved = be.AttentionPreference;
+        be.AttentionPreference = v2 ? AttentionImpl.V2 : AttentionImpl.V1;
+        try
+        {
+            using var scope = new TensorScope();
+            var rng = new Random(batch + seq + d);
+            var dims = new AttentionDims(batch, seq, heads, kvHeads, d);
+            int n = batch * seq, row = dims.QRow + 2 * dims.KvRow;
+            var p = new RopeParams(d, 10000);
+            var (gqkv, cqkv) = be.Pair(Data.Bf16Values(rng, (long)n * row, 2f), [n, row], DType.BF16);
+            // column copy out and back
+            var gk = be.Empty([n, dims.KvRow], DType.BF16);
+            be.CopyColumns(gqkv, dims.QRow, gk, 0, dims.KvRow);
+            var host = cqkv.Span.ToArray();
+            for (int r = 0; r < n; r++)
+                for (int c = 0; c < dims.KvRow; c++) Assert.Equal(host[r * row + dims.QRow + c], gk.Host()[r * dims.KvRow + c]);
+            // RoPE in place on q and k, then attention and its backward on the fused rows
+            foreach (var (col, h) in new[] { (0, heads), (dims.QRow, kvHeads) })
+            {
+                be.RopeColumns(gqkv, col, p, batch, seq, h, 0, inverse: false);
+                cpu.RopeColumns(cqkv, col, p, batch, seq, h, 0, inverse: false);
+            }
+            BackendTol.Elementwise(gqkv.Host(), cqkv.Span.ToArray(), "rope on the q and k columns");
+            var (gsame, _) = be.Pair(cqkv.Span.ToArray(), [n, row], DType.BF16);   // both attentions read the same roped rows
+            var go = be.Empty([n, dims.QRow], DType.BF16); var co = Cpu.Empty([n, dims.QRow]);
+            var gl = be.Empty([batch, heads, seq]); var cl = Cpu.Empty([batch, heads, seq]);
+            be.AttentionForwardFused(gsame, go, gl, dims); cpu.AttentionForwardFused(cqkv, co, cl, dims);
+            BackendTol.Tensor(go.Host(), co.Span.ToArray(), "fused attention o");
+            BackendTol.Stat(gl.Host(), cl.Span.ToArray(), "fused attention lse");
+            var (gdo, cdo) = be.Pair(Data.Bf16Values(rng, (long)n * dims.QRow), [n, dims.QRow], DType.BF16);
+            var gd = be.Empty([n, row], DType.BF16); var cd = Cpu.Empty([n, row]);
+            var (glRef, _) = be.Pair(cl.Span.ToArray(), [batch, heads, seq], DType.F32);
+            var (goRef, _) = be.Pair(co.Span.ToArray(), [n, dims.QRow], DType.BF16);
+            be.AttentionBackwardFused(gdo, gsame, goRef, glRef, gd, dims); cpu.AttentionBackwardFused(cdo, cqkv, co, cl, cd, dims);
+            BackendTol.Tensor(gd.Host(), cd.Span.ToArray(), "fused attention dq|dk|dv");
+
+            // gate | up
+            int f = 3 * d;
+            var (ggu, cgu) = be.Pair(Data.Bf16Values(rng, (long)n * 2 * f, 3f), [n, 2 * f], DType.BF16);
+            var gh = be.Empty([n, f], DType.BF16); var ch = Cpu.Empty([n, f]);
+            be.SwiGluFusedForward(ggu, gh); cpu.SwiGluFusedForward(cgu, ch);
+            BackendTol.Elementwise(gh.Host(), ch.Span.ToArray(), "fused swiglu");
+            var (gdh, cdh) = be.Pair(Data.Bf16Values(rng, (long)n * f), [n, f], DType.BF16);
+            var gdgu = be.Empty([n, 2 * f], DType.BF16); var cdgu = Cpu.Empty([n, 2 * f]);
+            be.SwiGluFusedBackward(gdh, ggu, gdgu); cpu.SwiGluFusedBackward(cdh, cgu, cdgu);
+            BackendTol.Elementwise(gdgu.Host(), cdgu.Span.ToArray(), "fused swiglu dgate|dup");
+        }
+        finally { be.AttentionPreference = saved; }
+    }
+
     private static Tensor Up(CudaBackend be, float[] values)
     {
         var t = be.Empty([values.Length]);

@@ -53,12 +53,21 @@ public class TrainingStepGpuTests
     }
 
     [Theory]
-    [InlineData(false, 4)]
-    [InlineData(true, 4)]
-    [InlineData(false, 8)]
-    public void OneStepMatchesTheCpuBackend(bool tied, int heads)
+    [InlineData(false, 4, true)]
+    [InlineData(true, 4, true)]
+    [InlineData(false, 8, true)]
+    [InlineData(false, 4, false)]   // ENGINE_FUSED_PROJECTIONS=0: separate q/k/v and gate/up GEMMs
+    public void OneStepMatchesTheCpuBackend(bool tied, int heads, bool fused)
     {
         var be = GpuBackend.Require();
+        bool saved = be.FusesProjections;
+        be.FusesProjections = fused;
+        try { OneStep(be, tied, heads); }
+        finally { be.FusesProjections = saved; }
+    }
+
+    private static void OneStep(Engine.Cuda.Backend.CudaBackend be, bool tied, int heads)
+    {
         using var cpu = new LlamaModel(Config(tied, heads), CpuBackend.Instance);
         using var gpu = new LlamaModel(Config(tied, heads), be);
         cpu.InitializeWeights(1234);

@@ -15,54 +15,23 @@ namespace Engine.Tests.Training;
 /// </summary>
 public class OneSyncPerStepTests
 {
-    /// <summary>The CPU backend, counting host reads; tensors it makes are its own (CpuStorage with this backend).</summary>
-    sealed class CountingBackend : IBackend
+    /// <summary>The CPU backend, counting host reads.</summary>
+    sealed class CountingBackend : CpuDelegatingBackend
     {
-        static readonly CpuBackend Cpu = CpuBackend.Instance;
         public int HostReads;
         /// <summary>When set, the next cross-entropy writes NaN into its first row loss (a poisoned batch).</summary>
         public bool PoisonNextLoss;
 
-        public string Name => "counting-cpu";
-        public DType ActivationDType => DType.F32;
-        public Tensor Empty(ReadOnlySpan<int> shape, DType dtype = DType.F32) => Tensor.Create(new CpuStorage(this, dtype, Shape.Numel(shape), zero: false), shape);
-        public Tensor Zeros(ReadOnlySpan<int> shape, DType dtype = DType.F32) => Tensor.Create(new CpuStorage(this, dtype, Shape.Numel(shape), zero: true), shape);
-        public void Upload(Tensor dst, ReadOnlySpan<float> src) => Cpu.Upload(dst, src);
-        public void Upload(Tensor dst, ReadOnlySpan<int> src) => Cpu.Upload(dst, src);
-        public void Download(Tensor src, Span<float> dst) { HostReads++; Cpu.Download(src, dst); }
-        public void Fill(Tensor t, float value) => Cpu.Fill(t, value);
-        public void Copy(Tensor src, Tensor dst) => Cpu.Copy(src, dst);
-        public void MatMul(Tensor a, bool transA, Tensor b, bool transB, Tensor c, float alpha = 1f, float beta = 0f) => Cpu.MatMul(a, transA, b, transB, c, alpha, beta);
-        public void Add(Tensor a, Tensor b, Tensor y) => Cpu.Add(a, b, y);
-        public void AddInPlace(Tensor acc, Tensor x, float alpha) => Cpu.AddInPlace(acc, x, alpha);
-        public void Scale(Tensor t, float s) => Cpu.Scale(t, s);
-        public void ScaleBy(Tensor t, Tensor scalar) => Cpu.ScaleBy(t, scalar);
-        public double SumOfSquares(Tensor t) { HostReads++; return Cpu.SumOfSquares(t); }
-        public double Sum(Tensor t) { HostReads++; return Cpu.Sum(t); }
-        public void SumInto(Tensor x, Tensor result, float divisor) => Cpu.SumInto(x, result, divisor);
-        public void RmsNormForward(Tensor x, Tensor w, Tensor y, Tensor rstd, float eps) => Cpu.RmsNormForward(x, w, y, rstd, eps);
-        public void RmsNormBackward(Tensor dy, Tensor x, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate) => Cpu.RmsNormBackward(dy, x, w, rstd, dx, dwAccumulate);
-        public void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse) => Cpu.Rope(x, y, p, batch, seqLen, heads, positionOffset, inverse);
-        public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d) => Cpu.AttentionForward(q, k, v, o, lse, d);
-        public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d) =>
-            Cpu.AttentionBackward(dout, q, k, v, o, lse, dq, dk, dv, d);
-        public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset) =>
-            Cpu.AttentionDecode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset);
-        public void SwiGluForward(Tensor gate, Tensor up, Tensor h) => Cpu.SwiGluForward(gate, up, h);
-        public void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup) => Cpu.SwiGluBackward(dh, gate, up, dgate, dup);
-        public void EmbeddingForward(Tensor ids, Tensor table, Tensor y) => Cpu.EmbeddingForward(ids, table, y);
-        public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate) => Cpu.EmbeddingBackward(ids, dy, dtableAccumulate);
-        public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+        public override string Name => "counting-cpu";
+        public override void Download(Tensor src, Span<float> dst) { HostReads++; base.Download(src, dst); }
+        public override double SumOfSquares(Tensor t) { HostReads++; return base.SumOfSquares(t); }
+        public override double Sum(Tensor t) { HostReads++; return base.Sum(t); }
+        public override double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda) { HostReads++; return base.Ewc(param, anchor, fisher, grad, lambda); }
+        public override void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
         {
-            Cpu.CrossEntropy(logits, targets, losses, lse, zLoss, writeGradient, gradScale);
+            base.CrossEntropy(logits, targets, losses, lse, zLoss, writeGradient, gradScale);
             if (PoisonNextLoss) { losses.Span[0] = float.NaN; PoisonNextLoss = false; }
         }
-        public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials) => Cpu.ChunkSumOfSquares(x, chunk, partials);
-        public void GradNormFinalize(Tensor partials, float maxNorm, Tensor result) => Cpu.GradNormFinalize(partials, maxNorm, result);
-        public void AdamW(Tensor master, Tensor grad, Tensor m, Tensor v, ReadOnlySpan<AdamWRun> runs, AdamWStep step, Tensor? gradScale = null) =>
-            Cpu.AdamW(master, grad, m, v, runs, step, gradScale);
-        public double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda) { HostReads++; return Cpu.Ewc(param, anchor, fisher, grad, lambda); }
-        public void AddSquare(Tensor acc, Tensor x) => Cpu.AddSquare(acc, x);
     }
 
     sealed class RandomTokens(int vocab) : IBatchSource
