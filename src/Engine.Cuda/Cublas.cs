@@ -22,6 +22,14 @@ public sealed class CublasContext : IDisposable
 
     public IntPtr Handle => _handle.DangerousGetHandle();
 
+    /// <summary>Gives cuBLAS a workspace of its own on <paramref name="s"/> (after binding the stream: setting the
+    /// stream resets the workspace) — what a CUDA-graph capture needs so that cuBLAS allocates nothing inside it.</summary>
+    public void SetWorkspace(CudaStream s, DevicePtr workspace, long bytes)
+    {
+        Bind(s);
+        Check.Cublas(NativeMethods.cublasSetWorkspace_v2(Handle, workspace.Address, (nuint)bytes));
+    }
+
     private void Bind(CudaStream s)
     {
         if (_stream == s.Handle) return;

@@ -113,12 +113,17 @@ public sealed class CudaStream : IDisposable
     public CudaStream() { Check.Cu(NativeMethods.cuStreamCreate(out IntPtr s, 0)); _handle = new CudaStreamHandle(s); }
     public IntPtr Handle => _handle.DangerousGetHandle();
 
+    /// <summary>True while a CUDA graph captures this stream (<see cref="CudaGraph.Capture"/>): host waits and uploads
+    /// through pinned staging are refused then, with a message, instead of breaking the capture.</summary>
+    public bool Capturing { get; internal set; }
+
     /// <summary>Host waits on this stream so far (<see cref="Synchronize"/>, and the blocking copies that call it): the
     /// training step's budget is one (TrainingStepGpuTests counts them).</summary>
     public long Synchronizations { get; private set; }
 
     public void Synchronize()
     {
+        if (Capturing) throw new InvalidOperationException("a host wait inside a CUDA-graph capture: the captured work must stay on the device (read results after Replay)");
         Synchronizations++;
         Check.Cu(NativeMethods.cuStreamSynchronize(Handle));
     }

@@ -74,6 +74,8 @@ public sealed class PinnedStaging : IDisposable
     {
         long bytes = (long)src.Length * sizeof(T);
         if (bytes == 0) return;
+        if (stream.Capturing)
+            throw new InvalidOperationException("an upload inside a CUDA-graph capture: write the graph's inputs before capturing and before each Replay, not inside the captured work");
         var b = pool.Take(bytes);
         var host = (void*)b.Memory.DangerousGetHandle();
         fixed (T* p = src) Buffer.MemoryCopy(p, host, b.Memory.Bytes, bytes);

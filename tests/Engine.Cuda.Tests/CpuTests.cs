@@ -268,6 +268,41 @@ public class AllocatorTests
         Assert.True(CachingAllocator.SizeClass(bytes) <= Math.Max(bytes + 511, bytes * 1.25 + 1));
     }
 
+    /// <summary>A CUDA graph's memory (CudaGraph.Capture): while a private pool is active its blocks are reused
+    /// within it; afterwards nothing else gets them (the graph's recorded addresses stay valid), and disposing the
+    /// pool hands them to the shared cache.</summary>
+    [Fact]
+    public void PrivatePoolsKeepACapturesBlocksApart()
+    {
+        var raw = new FakeMemory();
+        using var a = new CachingAllocator(raw);
+        var shared = a.Allocate(1000);
+        ulong sharedAddr = shared.Ptr.Address;
+        shared.Dispose();                                              // in the shared cache now
+        var pool = a.BeginPrivatePool();
+        var t1 = a.Allocate(1000);
+        Assert.NotEqual(sharedAddr, t1.Ptr.Address);                   // the pool does not take shared blocks
+        ulong captured = t1.Ptr.Address;
+        t1.Dispose();
+        var t2 = a.Allocate(1000);
+        Assert.Equal(captured, t2.Ptr.Address);                        // reused inside the capture
+        var kept = a.Allocate(5000);                                   // outlives the capture (e.g. a kept tensor)
+        t2.Dispose();
+        Assert.Throws<InvalidOperationException>(() => a.BeginPrivatePool());   // captures do not nest
+        a.EndPrivatePool(pool);
+        Assert.Equal(1024 + 5120, pool.Bytes);
+        var after = a.Allocate(1000);
+        Assert.Equal(sharedAddr, after.Ptr.Address);                   // the shared cache again, never the graph's block
+        var another = a.Allocate(1000);
+        Assert.NotEqual(captured, another.Ptr.Address);
+        pool.Dispose();                                                // the graph is gone: its free block goes shared
+        var reuse = a.Allocate(1000);
+        Assert.Equal(captured, reuse.Ptr.Address);
+        kept.Dispose();                                                // a live block of a disposed pool returns to the shared cache
+        Assert.Equal(5120, a.Stats.CachedBytes);
+        foreach (var b in new[] { after, another, reuse }) b.Dispose();
+    }
+
     [Fact]
     public void FreedBlocksAreReusedAndStatsTracked()
     {

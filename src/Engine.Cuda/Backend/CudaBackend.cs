@@ -132,6 +132,32 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
     /// <summary>Distinct RoPE inv_freq tables on the device.</summary>
     public int RopeTables => _rope.Count;
 
+    private DeviceBuffer? _cublasWorkspace;
+
+    /// <summary>cuBLAS workspace for captured GEMMs (32 MiB, the size NVIDIA recommends on Hopper).</summary>
+    public const long CublasWorkspaceBytes = 32L << 20;
+
+    /// <summary>
+    /// Captures the device work <paramref name="work"/> enqueues through this backend into a CUDA graph (nothing
+    /// runs while capturing; <see cref="CudaGraph.Replay"/> then re-runs it as one launch). Everything it allocates comes
+    /// from a private pool the graph keeps, cuBLAS gets a workspace of its own first, and uploads or host reads inside
+    /// are refused: inputs are written into their tensors before capturing and before each replay. Built, not yet run
+    /// on a GPU (CudaGraphGpuTests). What keeps a whole training step out of one graph today: the embedding backward's
+    /// bucket table is built on the host from each batch's ids and uploaded, and the micro-batch inputs are uploaded
+    /// per step (docs/KERNELS.md, "CUDA graphs").
+    /// </summary>
+    public CudaGraph Capture(Action work)
+    {
+        Enter();
+        if (Profiler.Enabled) throw new InvalidOperationException("CUDA-graph capture under --profile: the profiler's events cannot be captured");
+        if (_cublasWorkspace == null)
+        {
+            _cublasWorkspace = Scratch(CublasWorkspaceBytes);
+            _blas.SetWorkspace(Stream, _cublasWorkspace.Ptr, CublasWorkspaceBytes);
+        }
+        return CudaGraph.Capture(Stream, Allocator, work);
+    }
+
     /// <summary>Waits for all enqueued work (benchmarks, tests).</summary>
     public void Synchronize()
     {
@@ -849,6 +875,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         _disposed = true;
         _rope.Dispose();
         _runTable?.Dispose();
+        _cublasWorkspace?.Dispose();
         Staging.Dispose();
         _blas.Dispose();
         _clock?.Dispose();

@@ -57,6 +57,22 @@ public sealed class PinnedHostHandle : SafeHandle
     protected override bool ReleaseHandle() => NativeMethods.cuMemFreeHost(handle) == CuResult.Success;
 }
 
+/// <summary>A captured CUDA graph (cuStreamEndCapture / cuGraphDestroy).</summary>
+public sealed class CudaGraphHandle : SafeHandle
+{
+    public CudaGraphHandle(IntPtr graph) : base(IntPtr.Zero, true) => SetHandle(graph);
+    public override bool IsInvalid => handle == IntPtr.Zero;
+    protected override bool ReleaseHandle() => NativeMethods.cuGraphDestroy(handle) == CuResult.Success;
+}
+
+/// <summary>An instantiated CUDA graph (cuGraphInstantiateWithFlags / cuGraphExecDestroy).</summary>
+public sealed class CudaGraphExecHandle : SafeHandle
+{
+    public CudaGraphExecHandle(IntPtr exec) : base(IntPtr.Zero, true) => SetHandle(exec);
+    public override bool IsInvalid => handle == IntPtr.Zero;
+    protected override bool ReleaseHandle() => NativeMethods.cuGraphExecDestroy(handle) == CuResult.Success;
+}
+
 /// <summary>A cuBLAS handle (cublasCreate_v2 / cublasDestroy_v2).</summary>
 public sealed class CublasHandle : SafeHandle
 {

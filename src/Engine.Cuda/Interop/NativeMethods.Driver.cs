@@ -116,6 +116,15 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCuda)] public static partial CuResult cuStreamSynchronize(IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuStreamWaitEvent(IntPtr stream, IntPtr evt, uint flags);
 
+    /// <summary>Stream capture into a CUDA graph (mode 2 = relaxed: allocations allowed while capturing), instantiate, replay.</summary>
+    [LibraryImport(LibCuda)] public static partial CuResult cuStreamBeginCapture_v2(IntPtr stream, int mode);
+    [LibraryImport(LibCuda)] public static partial CuResult cuStreamEndCapture(IntPtr stream, out IntPtr graph);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphInstantiateWithFlags(out IntPtr exec, IntPtr graph, ulong flags);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphLaunch(IntPtr exec, IntPtr stream);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphDestroy(IntPtr graph);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphExecDestroy(IntPtr exec);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphGetNodes(IntPtr graph, IntPtr* nodes, ref nuint count);
+
     [LibraryImport(LibCuda)] public static partial CuResult cuEventCreate(out IntPtr evt, uint flags);
     [LibraryImport(LibCuda)] public static partial CuResult cuEventDestroy_v2(IntPtr evt);
     [LibraryImport(LibCuda)] public static partial CuResult cuEventRecord(IntPtr evt, IntPtr stream);
