@@ -36,6 +36,17 @@ public static class CrossEntropyMirror
         return mb + MathF.Log(sb);
     }
 
+    /// <summary>The masked-logits case both tests use: bf16-representable logits with <see cref="MaskedCells"/> set to
+    /// -inf, and a target per row that is never masked (vocab - 1 - row; row 2 ignored when <paramref name="ignoreRow2"/>).</summary>
+    public static (float[] Logits, int[] Targets, Random Rng) MaskedCase(int rows, int vocab, bool ignoreRow2)
+    {
+        var rng = new Random(vocab + 17);
+        float[] logits = Data.Bf16Values(rng, (long)rows * vocab, 8f);
+        foreach (var (r, c) in MaskedCells(rows, vocab)) logits[r * vocab + c] = float.NegativeInfinity;
+        int[] targets = [.. Enumerable.Range(0, rows).Select(r => ignoreRow2 && r == 2 ? -100 : vocab - 1 - r)];
+        return (logits, targets, rng);
+    }
+
     /// <summary>The -inf cells of the masked-logits tests: thread 0's whole first chunk in rows 0, 4 and 5 (in the
     /// scalar path: column 0), the first chunks of threads 0..3 and every 7th column in row 1, all but every third
     /// column in row 3; the row's target column (vocab - 1 - row) is never masked.</summary>
