@@ -12,7 +12,9 @@
  * stop the other kernels building); chosen at run time on compute capability 9.0 when the fatbin is present
  * (AttentionV2Kernels.Forward), attention_v2.cu's mma.sync kernel otherwise. Host side: three CUtensorMaps
  * (cuTensorMapEncodeTiled) over q, k, v viewed as 4-D (D, heads, T, B), box (64, 1, 128, 1), 128-byte swizzle.
- * Never compiled by ptxas yet (nvcc 11.8 cannot) and never run.
+ * Never compiled by ptxas yet (nvcc 11.8 cannot) and never run. P is packed into the A fragments before wgmma.fence (the
+ * PTX ISA requires the fence between writing register operands and the wgmma that reads them; StaticKernelChecksTests
+ * reads the PTX nvcc 11.8 emits with ENGINE_SM90_SYNTAX_CHECK for it).
  */
 #include "common/common.cuh"
 #include "common/mma.cuh"
@@ -187,17 +189,23 @@ __device__ __forceinline__ void attention_sm90_forward(const AttentionSm90Params
 #pragma unroll
         for (int i = 0; i < D / 2; i++) o[i] *= corr[(i >> 1) & 1];
 
-        // O += P V: P from registers (two C blocks = one A fragment), V [keys][D] MN-major (transposed by wgmma)
+        // O += P V: P from registers (two C blocks = one A fragment), V [keys][D] MN-major (transposed by wgmma).
+        // All of P is packed into the A fragments, and fenced, before wgmma.fence: the PTX ISA requires the fence
+        // between writing a wgmma's register operands (accumulators and A) and the wgmma that reads them, so no
+        // pack may sit between the fence and the MMAs (StaticKernelChecks reads the PTX for this).
+        uint32_t pa[BN / 16][4];
+#pragma unroll
+        for (int kt = 0; kt < BN / 16; kt++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) pa[kt][i] = pack_bf16x2(sc[8 * kt + 2 * i], sc[8 * kt + 2 * i + 1]);
+        }
+        fence_regs(pa);
         mbar_wait(full_v + s, ph);
         fence_regs(o);
         wgmma_fence();
         const uint32_t v_base = smem_u32(sV + s * NB * BN * 64);
 #pragma unroll
-        for (int kt = 0; kt < BN / 16; kt++) {
-            const uint32_t a[4] = {pack_bf16x2(sc[8 * kt], sc[8 * kt + 1]), pack_bf16x2(sc[8 * kt + 2], sc[8 * kt + 3]),
-                                   pack_bf16x2(sc[8 * kt + 4], sc[8 * kt + 5]), pack_bf16x2(sc[8 * kt + 6], sc[8 * kt + 7])};
-            wgmma_rs_tb<D>(o, a, gmma_desc(v_base + kt * 16 * 128, BN * 128, 1024));
-        }
+        for (int kt = 0; kt < BN / 16; kt++) wgmma_rs_tb<D>(o, pa[kt], gmma_desc(v_base + kt * 16 * 128, BN * 128, 1024));
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs(o);

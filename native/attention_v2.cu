@@ -21,7 +21,10 @@
  *    work tickets in launch order (one atomicAdd per block, on the ticket counter only), so a block only ever waits
  *    for a block that already holds an earlier ticket: it is resident or done, and the chain always progresses.
  *    Within a key tile the query tiles run from the last to the first, so under causal masking the blocks of one
- *    head move in lockstep instead of waiting for each other's extra diagonal tiles.
+ *    head move in lockstep instead of waiting for each other's extra diagonal tiles. Built with ENGINE_DEBUG_KERNELS
+ *    (CMake -DENGINE_DEBUG_KERNELS=ON) the wait is bounded and __trap()s, so a broken protocol fails instead of hanging.
+ *  - query rows past T are masked in the backward (P and dS set to 0) like keys past T, so nothing depends on what
+ *    the zero-filled Q, dO, lse and delta rows of a partial tile hold.
  * Requirements checked by the C# launcher (AttentionV2Kernels): pointers and row strides 16-byte aligned, the fp32
  * dq buffer [B, H, T, D] and the int32 sync array (1 + B * H * ceil(T / BwdBlockM)) zeroed before each backward.
  */
@@ -53,6 +56,10 @@ static_assert(AttnV2Traits<32>::kBwdSmem == 60416, "AttnV2BwdSmem(32)");
 static_assert(AttnV2Traits<64>::kBwdSmem == 93184, "AttnV2BwdSmem(64)");
 static_assert(AttnV2Traits<96>::kBwdSmem == 58880, "AttnV2BwdSmem(96)");
 static_assert(AttnV2Traits<128>::kBwdSmem == 75264, "AttnV2BwdSmem(128)");
+
+#ifdef ENGINE_DEBUG_KERNELS
+constexpr uint32_t kDqSpinLimit = 1u << 25;   // ordered-dQ waits before a debug build traps (see the backward)
+#endif
 
 struct AttnTile {
     int64_t block;
@@ -330,9 +337,11 @@ __device__ __forceinline__ void bwd_tile(float (*dk)[4], float (*dv)[4], const b
     using Tr = AttnV2Traits<D>;
     constexpr int BM = Tr::kBwdBlockM, RS = Tr::kRow, DSR = Tr::kDsRow, KT = D / 16;
     const int tq = lane & 3, g = lane >> 2;
-    // this warp's keys are key0 + [0, 16): valid below key_lim; key0 - m0 = key_shift (|.| < one tile when masking)
+    // this warp's keys are key0 + [0, 16): valid below key_lim; key0 - m0 = key_shift (|.| < one tile when masking);
+    // the tile's queries m0 + [0, BM) are valid below q_lim
     const int key_lim = (int)min(max(T - key0, (int64_t)0), (int64_t)16);
     const int key_shift = (int)max(min(key0 - m0, (int64_t)(1 << 20)), (int64_t)-(1 << 20));
+    const int q_lim = (int)min(T - m0, (int64_t)BM);
     float st[BM / 8][4], dpt[BM / 8][4];
     zero<BM / 8>(st);
     zero<BM / 8>(dpt);
@@ -353,16 +362,18 @@ __device__ __forceinline__ void bwd_tile(float (*dk)[4], float (*dv)[4], const b
             mma_16816(dpt[2 * nt2 + 1], va, ob[2], ob[3]);
         }
     }
-    // P^T = exp(S^T scale - lse_query) (0 where masked); dS^T = P^T (dP^T - delta_query)
+    // P^T = exp(S^T scale - lse_query) (0 where masked); dS^T = P^T (dP^T - delta_query). A query row past T is masked
+    // like a key past T: its P (and so its dS) is 0 whatever its Q, lse and delta rows hold (the loader zero-fills them,
+    // which alone would give P = 2^0 = 1 there)
 #pragma unroll
     for (int nt = 0; nt < BM / 8; nt++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int qc = nt * 8 + tq * 2 + (e & 1);
             float pv = ex2(st[nt][e] * sl2 - cLse[qc] * kLog2e);
-            if constexpr (MASK) {   // key >= T, or causal and key > query: key0 + g + 8(e/2) vs m0 + qc, as 32-bit offsets
+            if constexpr (MASK) {   // key >= T, query >= T, or causal and key > query: key0 + g + 8(e/2) vs m0 + qc, as 32-bit offsets
                 const int kr = g + (e >> 1) * 8;
-                if (kr >= key_lim || (causal && kr + key_shift > qc)) pv = 0.f;
+                if (kr >= key_lim || qc >= q_lim || (causal && kr + key_shift > qc)) pv = 0.f;
             }
             st[nt][e] = pv;
             dpt[nt][e] = pv * (dpt[nt][e] - cDelta[qc]);
@@ -455,7 +466,7 @@ __device__ void attention_v2_backward(const AttentionV2BackwardParams& pp) {
         const bf16* cdO = sdO + stage * BM * RS;
         const float* cLse = sLse + stage * BM;
         const float* cDelta = sDelta + stage * BM;
-        if (n0 + BN > T || (causal && n0 + BN - 1 > m0))
+        if (n0 + BN > T || m0 + BM > T || (causal && n0 + BN - 1 > m0))
             bwd_tile<D, true>(dk, dv, sK, sV, cQ, cdO, cLse, cDelta, sdS, key0, m0, T, causal, sl2, warp, lane);
         else
             bwd_tile<D, false>(dk, dv, sK, sV, cQ, cdO, cLse, cDelta, sdS, key0, m0, T, causal, sl2, warp, lane);
@@ -480,8 +491,19 @@ __device__ void attention_v2_backward(const AttentionV2BackwardParams& pp) {
         const int64_t n_last = causal ? ceil_div(min(T, m0 + BM), BN) - 1 : n_tiles - 1;
         int* flag = pp.sync + 1 + (b * H + h) * m_tiles + m;
         if (n > 0) {
-            if (threadIdx.x == 0)
+            if (threadIdx.x == 0) {
+#ifdef ENGINE_DEBUG_KERNELS
+                // a debug build traps instead of hanging when the predecessor never publishes (a broken ticket order,
+                // a scratch array not zeroed): 2^25 waits of >= 64 ns each, 2 s at the very least (~10 s typical)
+                uint32_t spins = 0;
+                while (ld_acquire_gpu(flag) != (int)n) {
+                    __nanosleep(64);
+                    if (++spins == kDqSpinLimit) __trap();
+                }
+#else
                 while (ld_acquire_gpu(flag) != (int)n) __nanosleep(64);
+#endif
+            }
             __syncthreads();
         }
         float* accb = pp.dq_accum + (b * H + h) * T * D;

@@ -10,6 +10,9 @@
  *   axpy_bf16_f32    y(bf16) = y + alpha * x(fp32)
  *   fill_i32         out(int32) = value
  *   sum_partial_f32 / sum_partial_bf16   partials[b] = sum over block b's grid-stride slice of x
+ *   sum_finalize     out[0] = (float)((sum of n partials, in order, in double) / divisor): the host's sum of the
+ *                    partials on the device, so a loss stays there (one thread; n = kPartialBlocks)
+ *   scale_by_f32 / scale_by_bf16   t = t * s[0] with the factor read on the device (a gradient seed)
  *   add_square_f32   acc(fp32) = acc + x * x                       Fisher accumulation (fmaf, one rounding)
  *   ewc_partial      d = param - anchor;  grad += lambda * fisher * d;  partials[b] = sum fisher * d^2
  *                    (the host returns lambda / 2 * sum partials)
@@ -73,6 +76,21 @@ __device__ __forceinline__ void sum_partial(float* partials, const T* x, int64_t
 
 ENGINE_KERNEL void sum_partial_f32(float* partials, const float* x, int64_t n) { sum_partial(partials, x, n); }
 ENGINE_KERNEL void sum_partial_bf16(float* partials, const bf16* x, int64_t n) { sum_partial(partials, x, n); }
+
+ENGINE_KERNEL void sum_finalize(float* out, const float* partials, int32_t n, float divisor) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double s = 0.0;
+    for (int32_t i = 0; i < n; i++) s += partials[i];
+    out[0] = (float)(s / (double)divisor);
+}
+
+template <class T>
+__device__ __forceinline__ void scale_by(T* t, const float* scalar, int64_t n) {
+    const float f = *scalar;
+    for (int64_t i = global_thread_id(); i < n; i += grid_threads()) t[i] = from_f32<T>(f * to_f32(t[i]));
+}
+ENGINE_KERNEL void scale_by_f32(float* t, const float* scalar, int64_t n) { scale_by(t, scalar, n); }
+ENGINE_KERNEL void scale_by_bf16(bf16* t, const float* scalar, int64_t n) { scale_by(t, scalar, n); }
 
 ENGINE_KERNEL void add_square_f32(float* acc, const float* x, int64_t n) {
     for (int64_t i = global_thread_id(); i < n; i += grid_threads()) acc[i] = fmaf(x[i], x[i], acc[i]);

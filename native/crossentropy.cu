@@ -31,9 +31,12 @@ struct CrossEntropyParams {
 };
 static_assert(sizeof(CrossEntropyParams) == 80, "mirrored in C# CrossEntropyParams");
 
+// Running (max m, sum s of e^(x - m)). A -inf logit (a masked vocabulary entry) adds nothing: without the guard a
+// thread whose first values are -inf would form expf(-inf - -inf) = NaN (tests: CrossEntropyMirrorTests on the CPU,
+// CrossEntropyGpuTests.MaskedLogitsGiveFiniteLossesAndZeroGradients). NaN logits still give NaN.
 __device__ __forceinline__ void online_add(float x, float& m, float& s) {
     if (x > m) { s = s * expf(m - x) + 1.f; m = x; }
-    else s += expf(x - m);
+    else if (x != -INFINITY) s += expf(x - m);
 }
 
 template <int W>

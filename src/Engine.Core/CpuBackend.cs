@@ -127,6 +127,15 @@ public sealed class CpuBackend : IBackend
         return total;
     }
 
+    public void SumInto(Tensor x, Tensor result, float divisor)
+    {
+        double total = Sum(x);
+        using var _p = Profiler.Op("sum_into", result);
+        result.Span[0] = (float)(total / divisor);
+    }
+
+    public void ScaleBy(Tensor t, Tensor scalar) => Scale(t, scalar.Span[0]);
+
     public double Sum(Tensor t)
     {
         using var _p = Profiler.Op("sum", t);

@@ -1,3 +1,4 @@
+using Engine.Core;
 using Engine.Cuda.Interop;
 using Engine.Cuda.Kernels;
 
@@ -38,8 +39,10 @@ public sealed class KernelFunction
     {
         if (grid.X == 0 || grid.Y == 0 || grid.Z == 0) return;   // empty problem
         if (sharedBytes > 48 * 1024) EnsureDynamicSharedMemory(sharedBytes);
-        Check.Cu(NativeMethods.cuLaunchKernel(Handle, grid.X, grid.Y, grid.Z, (uint)block, 1, 1, (uint)sharedBytes, stream.Handle, args, null),
-            $"cuLaunchKernel({Name}, grid {grid.X}x{grid.Y}x{grid.Z}, block {block}, smem {sharedBytes})");
+        var r = NativeMethods.cuLaunchKernel(Handle, grid.X, grid.Y, grid.Z, (uint)block, 1, 1, (uint)sharedBytes, stream.Handle, args, null);
+        if (Profiler.Enabled) Profiler.CountLaunch(Profiler.LaunchKind.Kernel);
+        // the message is built only on failure: a successful launch formats nothing
+        if (r != CuResult.Success) Check.Cu(r, $"cuLaunchKernel({Name}, grid {grid.X}x{grid.Y}x{grid.Z}, block {block}, smem {sharedBytes})");
     }
 }
 

@@ -340,23 +340,53 @@ public sealed class LlamaModel : IDisposable
     {
         string p = $"model.layers.{i}.";
         var cfg = Config;
+        var dims = new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim);
         var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
-        var q = Linear(h, p + "self_attn.q_proj.weight");
-        var k = Linear(h, p + "self_attn.k_proj.weight");
-        var v = Linear(h, p + "self_attn.v_proj.weight");
         // the attention core (RoPE + attention) and SwiGLU: under selective recompute their outputs and intermediates
         // are dropped once the next GEMM has read them and recomputed when its backward needs them
-        Tensor Core(Tensor[] t) => F.Attention(F.Rope(t[0], cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset),
-            F.Rope(t[1], cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset), t[2], new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
-        Tensor OProj(Tensor a) => Linear(a, p + "self_attn.o_proj.weight");
         bool selective = Recompute == RecomputeMode.Selective;
-        x = F.Add(x, selective ? F.Recompute(Core, OProj, q, k, v) : OProj(Core([q, k, v])));
-        var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
-        Tensor Mlp(Tensor[] t) => F.SwiGlu(t[0], t[1]);
+        Tensor OProj(Tensor a) => Linear(a, p + "self_attn.o_proj.weight");
+        Tensor attention;
+        if (Fused(p, "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight") is { } qkvWeights)
+        {
+            var qkv = F.FusedLinear(h, qkvWeights);   // one GEMM for q|k|v
+            Tensor Core(Tensor[] t) => F.FusedQkvAttention(t[0], cfg.Rope, dims, positionOffset);
+            attention = selective ? F.Recompute(Core, OProj, qkv) : OProj(Core([qkv]));
+        }
+        else
+        {
+            var q = Linear(h, p + "self_attn.q_proj.weight");
+            var k = Linear(h, p + "self_attn.k_proj.weight");
+            var v = Linear(h, p + "self_attn.v_proj.weight");
+            Tensor Core(Tensor[] t) => F.Attention(F.Rope(t[0], cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset),
+                F.Rope(t[1], cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset), t[2], dims);
+            attention = selective ? F.Recompute(Core, OProj, q, k, v) : OProj(Core([q, k, v]));
+        }
+        // residual add + post-attention norm in one op (one kernel on a GPU; the same values as Add then RmsNorm)
+        (x, var h2) = F.AddRmsNorm(x, attention, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
         Tensor Down(Tensor m) => Linear(m, p + "mlp.down_proj.weight");
-        var gate = Linear(h2, p + "mlp.gate_proj.weight");
-        var up = Linear(h2, p + "mlp.up_proj.weight");
-        return F.Add(x, selective ? F.Recompute(Mlp, Down, gate, up) : Down(Mlp([gate, up])));
+        if (Fused(p, "mlp.gate_proj.weight", "mlp.up_proj.weight") is { } guWeights)
+        {
+            var gateUp = F.FusedLinear(h2, guWeights);   // one GEMM for gate|up
+            Tensor Mlp(Tensor[] t) => F.FusedSwiGlu(t[0]);
+            return F.Add(x, selective ? F.Recompute(Mlp, Down, gateUp) : Down(Mlp([gateUp])));
+        }
+        else
+        {
+            var gate = Linear(h2, p + "mlp.gate_proj.weight");
+            var up = Linear(h2, p + "mlp.up_proj.weight");
+            Tensor Mlp(Tensor[] t) => F.SwiGlu(t[0], t[1]);
+            return F.Add(x, selective ? F.Recompute(Mlp, Down, gate, up) : Down(Mlp([gate, up])));
+        }
+    }
+
+    /// <summary>The weights to run as one GEMM (F.FusedLinear), or null: the backend fuses projections, no adapter
+    /// adds a term to any of them, and they are adjacent in the store (no bucket boundary between them).</summary>
+    Tensor[]? Fused(string prefix, params string[] names)
+    {
+        if (!Backend.FusesProjections || (Adapter != null && names.Any(n => Adapter.Targets(prefix + n)))) return null;
+        var weights = names.Select(n => this[prefix + n]).ToArray();
+        return F.Adjacent(weights) ? weights : null;
     }
 
     /// <summary>The parameters of transformer block <paramref name="layer"/>.</summary>

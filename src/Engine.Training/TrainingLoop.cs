@@ -115,7 +115,7 @@ public static class TrainingLoop
         // data-parallel replicas: the ranks (or, with a pipeline, the pipelines) that each train A micro-batches
         int world = pipeline?.Grid.Replicas ?? dp.Comm.WorldSize, rank = pipeline?.Grid.Replica ?? dp.Comm.Rank, A = o.GradAccum;
         var metricsComm = pipeline?.Grid.World ?? dp.Comm;
-        var accounting = new LossAccounting();
+        using var accounting = new LossAccounting();
         var steps = new List<StepMetrics>();
         long tokens = o.StartTokens;
         double evalSeconds = 0;
@@ -156,6 +156,8 @@ public static class TrainingLoop
             sync.BeginStep();
             double lossSum = 0;
             accounting.Clear();
+            // device-resident loss bookkeeping: the step's one host read (not with a pipeline, which reads per micro-batch)
+            if (pipeline == null) accounting.Begin(be, valid > 0 ? mine : []);
             if (valid > 0 && pipeline != null)
                 lossSum = pipeline.RunStep(mine, valid, loss, accounting);
             else if (valid > 0)
@@ -170,7 +172,7 @@ public static class TrainingLoop
                             var idT = be.Empty([b.Ids.Length], DType.I32);
                             be.Upload(idT, b.Ids);
                             var l = loss.Forward(idT, b, valid, accounting);
-                            lossSum += l.Item();
+                            accounting.AddLoss(l);
                             Grad.Backward(l, observer: sync);
                         }
                     sync.EndMicroBatch();
@@ -187,19 +189,31 @@ public static class TrainingLoop
                 pipeline.Grid.Pipe.AllReduce(p);
                 penalty = p[0];
             }
-            // the loss is reduced before the update: its finite flag (and the spike rule) is then the same on every rank
+            // One host read per step: the update is enqueued gated on the losses being finite (on every rank), and the
+            // losses, their accounts and the optimizer's norm are read together afterwards. The spike rule decides on the
+            // loss before the update, so with it (and with a pipeline, or several optimizers) the losses are read first.
+            bool deferred = pipeline == null && opt.Members.Count == 1 && !(o.Guard.Skip && o.Guard.ZScore > 0);
+            float[]? optResult = null;
+            if (deferred)
+            {
+                accounting.AddResult(opt.Primary.Enqueue(lr, accounting.FiniteGate(metricsComm)));
+                (lossSum, optResult) = accounting.Read(withResult: true);
+            }
+            else if (pipeline == null) (lossSum, _) = accounting.Read(withResult: false);
+            // the loss is reduced before the decision: its finite flag (and the spike rule) is then the same on every rank
             if (metricsComm.WorldSize > 1) lossSum = accounting.Reduce(metricsComm, lossSum, loss.Accounts);
             bool skip = false;
             double norm = double.NaN;
             if (!double.IsFinite(lossSum))
             {
+                if (optResult != null) try { opt.Primary.Complete(optResult); } catch (NonFiniteGradientException) { }   // gated: nothing written
                 if (!o.Guard.Skip) throw Guard(step + 1, $"the loss is {lossSum}", control);
                 skip = true;
             }
             else if (o.Guard.Skip && o.Guard.ZScore > 0 && spikes.Add(lossSum) is var z && z > o.Guard.ZScore) skip = true;
             if (!skip)
             {
-                try { norm = opt.Update(lr); }
+                try { norm = optResult != null ? opt.Primary.Complete(optResult) : opt.Update(lr); }
                 catch (NonFiniteGradientException)
                 {
                     // the norm is global (all-reduced), so every rank is here; AdamW wrote nothing

@@ -69,6 +69,23 @@ public sealed class ExtrasKernels
         _lib.Function(Module, bf16 ? "sum_partial_bf16" : "sum_partial_f32").LaunchRaw(s, new Dim3(PartialBlocks), KernelTraits.ReduceBlock, 0, args);
     }
 
+    /// <summary>out[0] = (float)(Σ partials[0 .. PartialBlocks) in double / divisor), on the device.</summary>
+    public unsafe void SumFinalize(CudaStream s, DevicePtr output, DevicePtr partials, float divisor)
+    {
+        int n = PartialBlocks;
+        void** args = stackalloc void*[4] { &output, &partials, &n, &divisor };
+        _lib.Function(Module, "sum_finalize").LaunchRaw(s, new Dim3(1), 32, 0, args);
+    }
+
+    /// <summary>t *= scalar[0] (fp32 device scalar), t fp32 or bf16.</summary>
+    public unsafe void ScaleBy(CudaStream s, DevicePtr t, DevicePtr scalar, long n, bool bf16)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(n);
+        if (n == 0) return;
+        void** args = stackalloc void*[3] { &t, &scalar, &n };
+        _lib.Function(Module, bf16 ? "scale_by_bf16" : "scale_by_f32").LaunchRaw(s, Grid(n), KernelTraits.ElementwiseBlock, 0, args);
+    }
+
     /// <summary>grad += lambda * fisher * (param - anchor); partials[b] = per-block sums of fisher * (param - anchor)^2.</summary>
     public unsafe void EwcPartial(CudaStream s, DevicePtr partials, DevicePtr grad, DevicePtr param, DevicePtr anchor, DevicePtr fisher, float lambda, long n)
     {

@@ -110,6 +110,8 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
     public static string AName(string module) => $"{Prefix}{module}.lora_A.weight";
     public static string BName(string module) => $"{Prefix}{module}.lora_B.weight";
 
+    public bool Targets(string weight) => byWeight.ContainsKey(weight);
+
     public Tensor Apply(string weight, Tensor x, Tensor y)
     {
         if (!byWeight.TryGetValue(weight, out var p)) return y;

@@ -46,7 +46,7 @@ public sealed class LanguageModelLoss(LlamaModel model, IReadOnlyList<string> so
         var tg = be.Empty([b.Targets.Length], DType.I32);
         be.Upload(tg, b.Targets);
         var (loss, tokenLosses) = model.StageLoss(input, tg, rows, T, normalizer, (float)zLoss);
-        accounting.AddRows(tokenLosses.ToArray(), b.Targets, b.RowSources);
+        accounting.AddRows(tokenLosses, b.Targets, b.RowSources);   // on the device until the step's one read
         return loss;
     }
 }

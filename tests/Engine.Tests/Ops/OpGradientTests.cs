@@ -31,6 +31,22 @@ public class OpGradientTests
             [Rand(3, 1, rows, cols), w]);
     }
 
+    /// <summary>The fused residual add + norm with both outputs used (h down the residual stream, y through the
+    /// norm), so both gradients reach x and the residual: out = h + y.</summary>
+    [Theory]
+    [InlineData(4, 8)]
+    [InlineData(5, 123)]
+    public void AddRmsNorm(int rows, int cols) =>
+        GradCheck.Check("AddRmsNorm", t =>
+        {
+            var (h, y) = F.AddRmsNorm(t[0], t[1], t[2], 1e-5f);
+            return F.Add(h, y);
+        }, x =>
+        {
+            var h = x[0].Zip(x[1], (a, b) => a + b).ToArray();
+            return h.Zip(RefOps.RmsNorm(h, x[2], rows, cols, 1e-5), (a, b) => a + b).ToArray();
+        }, [Rand(11, 1, rows, cols), Rand(12, 1, rows, cols), Rand(13, 1, cols)]);
+
     [Fact]
     public void SwiGlu() =>
         GradCheck.Check("SwiGlu", t => F.SwiGlu(t[0], t[1]), x => RefOps.SwiGlu(x[0], x[1]),
