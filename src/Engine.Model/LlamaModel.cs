@@ -3,9 +3,10 @@ using Engine.Core;
 namespace Engine.Model;
 
 /// <summary>
-/// Llama decoder (RMSNorm, RoPE, grouped-query causal attention, SwiGLU MLP, optional tied embeddings and NormHead).
-/// Parameters carry Hugging Face LlamaForCausalLM names and layouts ([out, in] weights). Device-agnostic: every op
-/// goes through the tensors' backend.
+/// Llama decoder (RMSNorm, RoPE or ALiBi positions, grouped-query causal attention, SwiGLU MLP, optional tied
+/// embeddings and NormHead). Parameters carry Hugging Face LlamaForCausalLM names and layouts ([out, in] weights)
+/// whatever the family: other families (Baichuan 2's packed W_pack) are mapped at the file boundary
+/// (<see cref="IO.HfLayout"/>). Device-agnostic: every op goes through the tensors' backend.
 /// </summary>
 public sealed class LlamaModel : IDisposable
 {
@@ -173,7 +174,8 @@ public sealed class LlamaModel : IDisposable
     Tensor Embed(Tensor ids, int batch, int seqLen, int positionOffset)
     {
         if (ids.Numel != (long)batch * seqLen) throw new ArgumentException($"ids hold {ids.Numel} tokens, expected batch {batch} × seq {seqLen}");
-        if (seqLen + positionOffset > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
+        // ALiBi has no position table: inputs past the trained length are evaluated as they are (its length extrapolation)
+        if (Config.Position == PositionEmbedding.Rope && seqLen + positionOffset > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
             throw new ArgumentException($"sequence of {seqLen + positionOffset} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
         return F.Embedding(ids, this["model.embed_tokens.weight"]);
     }
@@ -201,13 +203,17 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>The last stage's forward: its blocks, the final norm, the head and the loss (as <see cref="Loss"/>).</summary>
-    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f)
+    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f, float maxZLoss = 0f)
     {
         if (!Stage.IsLast) throw new InvalidOperationException($"pipeline stage {Stage.Index} of {Stage.Count} has no head");
         var x = Blocks(Stage.IsFirst ? Embed(input, batch, seqLen, 0) : input, batch, seqLen);
         var logits = Linear(F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps), "lm_head.weight", HeadWeight());
-        return F.CrossEntropy(logits, targets, normalizer, zLoss);
+        return F.CrossEntropy(logits, targets, normalizer, zLoss, maxZLoss);
     }
+
+    /// <summary>The max-z loss weight training uses: the config's z_loss_weight (Baichuan 2), as its modeling code adds it
+    /// to the training loss. Evaluation passes none (per-token losses stay plain cross-entropy).</summary>
+    public float TrainingMaxZLoss => (float)Config.MaxZLossWeight;
 
     /// <summary>The LM head weight as used (tied embeddings, NormHead-normalised rows, or lm_head).</summary>
     public Tensor HeadWeight()
@@ -222,12 +228,12 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>
     /// Loss over targets [B*T] (int32, -100 = ignored) divided by normalizer (the global count of valid targets
-    /// across micro-batches), plus zLoss·lse². Returns the scalar loss and the per-token losses.
+    /// across micro-batches), plus zLoss·lse² and maxZLoss·max(logits)². Returns the scalar loss and the per-token losses.
     /// </summary>
-    public (Tensor Loss, Tensor TokenLosses) Loss(Tensor ids, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f)
+    public (Tensor Loss, Tensor TokenLosses) Loss(Tensor ids, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f, float maxZLoss = 0f)
     {
         RequireWhole("Loss");
-        return StageLoss(ids, targets, batch, seqLen, normalizer, zLoss);
+        return StageLoss(ids, targets, batch, seqLen, normalizer, zLoss, maxZLoss);
     }
 
     /// <summary>
@@ -246,13 +252,19 @@ public sealed class LlamaModel : IDisposable
         {
             string p = $"model.layers.{i}.";
             var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
-            var q = F.Rope(Linear(h, p + "self_attn.q_proj.weight"), cfg.Rope, 1, n, cfg.NumHeads, offset);
-            var k = F.Rope(Linear(h, p + "self_attn.k_proj.weight"), cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+            var q = Linear(h, p + "self_attn.q_proj.weight");
+            var k = Linear(h, p + "self_attn.k_proj.weight");
             var v = Linear(h, p + "self_attn.v_proj.weight");
+            if (cfg.Position == PositionEmbedding.Rope)
+            {
+                q = F.Rope(q, cfg.Rope, 1, n, cfg.NumHeads, offset);
+                k = F.Rope(k, cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+            }
             Backend.Copy(k, cache.K[i].Narrow0(offset, n));
             Backend.Copy(v, cache.V[i].Narrow0(offset, n));
             var a = Backend.Empty(q.Shape, q.DType);
-            Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset);
+            Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset,
+                cfg.AlibiMaxBias);
             x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
             var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
             var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
@@ -270,9 +282,14 @@ public sealed class LlamaModel : IDisposable
         var q = Linear(h, p + "self_attn.q_proj.weight");
         var k = Linear(h, p + "self_attn.k_proj.weight");
         var v = Linear(h, p + "self_attn.v_proj.weight");
-        q = F.Rope(q, cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset);
-        k = F.Rope(k, cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset);
-        var a = F.Attention(q, k, v, new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim));
+        if (cfg.Position == PositionEmbedding.Rope)
+        {
+            q = F.Rope(q, cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset);
+            k = F.Rope(k, cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset);
+        }
+        // ALiBi's bias depends on relative positions only: a positionOffset changes nothing (the engine's full-sequence
+        // attention starts every sequence at 0; decoding continues with the cache's positions)
+        var a = F.Attention(q, k, v, new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, cfg.AlibiMaxBias));
         x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
         var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
         var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));

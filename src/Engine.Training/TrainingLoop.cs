@@ -148,7 +148,7 @@ public static class TrainingLoop
                         var tgT = be.Empty([n], DType.I32);
                         be.Upload(idT, b.Ids);
                         be.Upload(tgT, b.Targets);
-                        var (loss, tokenLosses) = model.Loss(idT, tgT, rows, T, valid, (float)o.ZLoss);
+                        var (loss, tokenLosses) = model.Loss(idT, tgT, rows, T, valid, (float)o.ZLoss, model.TrainingMaxZLoss);
                         lossSum += loss.Item();
                         var tl = tokenLosses.ToArray();
                         for (int r = 0; r < rows; r++)

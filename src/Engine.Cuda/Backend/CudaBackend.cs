@@ -466,8 +466,9 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         }
     }
 
-    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f)
     {
+        if (alibiMaxBias != 0f) throw new NotSupportedException("alibi: TODO");
         using var _p = Prof("attention_decode", q, kCache, vCache, o);
         Enter();
         int n = Decode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset);
@@ -539,8 +540,9 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Kernels.Embedding.Backward(Stream, Out(dtableAccumulate), In(dy), order, start, id, b.Buckets, cols);
     }
 
-    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f)
     {
+        if (maxZLoss != 0f) throw new NotSupportedException("max-z loss: TODO");
         using var _p = Prof("cross_entropy", logits, targets, losses, lse);
         Enter();
         var (rows, vocab) = CudaOpChecks.CrossEntropy(logits, targets, losses, lse);

@@ -81,7 +81,7 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
                         {
                             var tg = be.Empty([n], DType.I32);
                             be.Upload(tg, b.Targets);
-                            var (loss, tokenLosses) = model.StageLoss(x, tg, rows, T, valid, zLoss);
+                            var (loss, tokenLosses) = model.StageLoss(x, tg, rows, T, valid, zLoss, model.TrainingMaxZLoss);
                             outputs[m] = loss;
                             lossSum += loss.Item();
                             var tl = tokenLosses.ToArray();
