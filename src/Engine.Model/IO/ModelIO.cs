@@ -258,7 +258,12 @@ public static class ModelIO
         if (map != null)
             foreach (var (name, shard) in map)
                 if (!seen.ContainsKey(name)) throw new InvalidDataException($"{indexPath}: the index puts tensor '{name}' in {shard}, which has no such tensor");
-        if (unknown.Count > 0) throw new InvalidDataException($"{where}: tensors the model does not have: {string.Join(", ", unknown.Take(5))}{(unknown.Count > 5 ? ", …" : "")}");
+        if (unknown.Count > 0)
+        {
+            string hint = cfg.Family == ModelFamily.Baichuan && unknown.Any(IsPackedPart)
+                ? " (config.json says Baichuan, whose layout packs each layer's q, k and v into one model.layers.N.self_attn.W_pack.weight)" : "";
+            throw new InvalidDataException($"{where}: tensors the model does not have: {string.Join(", ", unknown.Take(5))}{(unknown.Count > 5 ? ", …" : "")}{hint}");
+        }
         foreach (var (name, _) in model.Parameters)
             if (!loaded.Contains(name))
                 throw new InvalidDataException($"{where}: missing tensor '{FileName(cfg, name)}'");
