@@ -11,6 +11,9 @@ namespace Engine.Model.Export;
 /// F16 (or F32) shards with their index, config.json, generation_config.json, the tokenizer files. Unlike a
 /// checkpoint it carries nothing transformers would misread: a NormHead model gets its row-normalised head baked into
 /// lm_head.weight and no "norm_head" flag; an engine-made model's bos/eos ids come from its tokenizer.
+/// A Baichuan model is written in Baichuan's layout instead (BaichuanForCausalLM: W_pack, model_max_length, auto_map
+/// to Baichuan 2's modeling code — its NormHead normalises the head again, which leaves the baked rows as they are —
+/// so transformers with trust_remote_code, vLLM and convert_hf_to_gguf read it as a Baichuan 2 checkpoint).
 /// </summary>
 public static class HfExport
 {
@@ -22,7 +25,7 @@ public static class HfExport
     {
         if (dtype is not ("BF16" or "F16" or "F32")) throw new ArgumentException($"safetensors export type must be bf16, f16 or f32 (got {dtype})");
         var c = model.Config;
-        var cfg = c with { NormHead = false };
+        var cfg = c.Family == ModelFamily.Baichuan ? c : c with { NormHead = false };   // Baichuan's code always normalises its head
         if (vocab != null && c.Hf == null)
             cfg = cfg with { BosTokenId = vocab.BosId ?? cfg.BosTokenId, EosTokenId = vocab.EosId ?? cfg.EosTokenId };
         if (vocab != null && c.Hf?.TokenizerConfig == null)

@@ -371,3 +371,36 @@ static class JsonExtensions
         return o;
     }
 }
+
+/// <summary>`engine export --format safetensors` of a Baichuan model: Baichuan's layout, read by the PyTorch oracle.</summary>
+public class BaichuanServingExportTests
+{
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ServingExportIsABaichuanCheckpointWithTheSameNll(bool alibi)
+    {
+        using var dir = new TempDir();
+        using var m = BaichuanModels.Create(alibi, 17);
+        Engine.Model.Export.HfExport.Write(m, dir.Path, "F32", SafeTensorsIndex.DefaultMaxShardBytes, null, null);
+        var json = JsonNode.Parse(File.ReadAllText(dir.File(ModelIO.ConfigFile)))!.AsObject();
+        Assert.Equal("baichuan", json["model_type"]!.GetValue<string>());
+        using (var f = SafeTensorsFile.Open(dir.File(ModelIO.WeightsFile)))
+        {
+            Assert.True(f.Contains("model.layers.0.self_attn.W_pack.weight"));
+            // the head as the model multiplies by it: unit rows
+            var head = f.ReadFloat32("lm_head.weight");
+            int cdim = m.Config.HiddenSize;
+            for (int r = 0; r < m.Config.VocabSize; r++)
+                Assert.Equal(1.0, Math.Sqrt(head.AsSpan(r * cdim, cdim).ToArray().Sum(x => (double)x * x)), 5);
+        }
+        using var back = ModelIO.Load(dir.Path, CpuBackend.Instance);
+        var seqs = BaichuanModels.Sequences(m.Config.VocabSize, 18, 12, 7);
+        Assert.Equal(BaichuanModels.MeanNll(m, seqs), BaichuanModels.MeanNll(back, seqs), 6);
+        if (File.Exists("/usr/bin/python3") && Engine.Training.Bench.MachineInfo.Run("/usr/bin/python3", "-c \"import torch\"", timeoutMs: 60_000).Code == 0)
+        {
+            double theirs = BaichuanTests.RunOracle(dir.Path, seqs).GetProperty("mean_nll").GetDouble();
+            Assert.True(Math.Abs(theirs - BaichuanModels.MeanNll(m, seqs)) <= 1e-5, $"PyTorch on the export: {theirs}");
+        }
+    }
+}
