@@ -431,7 +431,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         else Kernels.Rope.Forward(Stream, Out(y), px, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin);
     }
 
-    private static AttentionShape ShapeOf(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
+    private static AttentionShape ShapeOf(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias);
 
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
@@ -468,11 +468,10 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
 
     public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f)
     {
-        if (alibiMaxBias != 0f) throw new NotSupportedException("alibi: TODO");
         using var _p = Prof("attention_decode", q, kCache, vCache, o);
         Enter();
         int n = Decode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset);
-        _extras.AttentionDecode(Stream, In(q), In(kCache), In(vCache), Out(o), n, heads, kvHeads, headDim, positionOffset);
+        _extras.AttentionDecode(Stream, In(q), In(kCache), In(vCache), Out(o), n, heads, kvHeads, headDim, positionOffset, alibiMaxBias);
     }
 
     public void SwiGluForward(Tensor gate, Tensor up, Tensor h)
@@ -542,15 +541,14 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
 
     public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f)
     {
-        if (maxZLoss != 0f) throw new NotSupportedException("max-z loss: TODO");
         using var _p = Prof("cross_entropy", logits, targets, losses, lse);
         Enter();
         var (rows, vocab) = CudaOpChecks.CrossEntropy(logits, targets, losses, lse);
         var pt = In(targets);
         if (writeGradient)
-            Kernels.CrossEntropy.ForwardBackward(Stream, Out(logits), Out(losses), Out(lse), pt, DevicePtr.Null, gradScale, rows, vocab, zLoss);
+            Kernels.CrossEntropy.ForwardBackward(Stream, Out(logits), Out(losses), Out(lse), pt, DevicePtr.Null, gradScale, rows, vocab, zLoss, maxZLoss: maxZLoss);
         else
-            Kernels.CrossEntropy.Forward(Stream, In(logits), Out(losses), Out(lse), pt, rows, vocab, zLoss);
+            Kernels.CrossEntropy.Forward(Stream, In(logits), Out(losses), Out(lse), pt, rows, vocab, zLoss, maxZLoss: maxZLoss);
     }
 
     public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)
