@@ -14,17 +14,20 @@ public sealed class ConfigException(string message) : Exception(message);
 /// <summary>
 /// Strict binding of TOML or JSON into typed records: snake_case keys map to PascalCase init properties, nested
 /// tables to nested records; an unknown key, a wrong type or an invalid value is an error naming its full key.
-/// Command-line overrides `section.key=value` are applied on the parsed tree before binding.
+/// A file may start from another: <c>base = "other.toml"</c> (relative to the file) reads that one first, then this
+/// file's keys replace the base's, table by table (a value or an array — [[stages]] included — replaces whole); bases
+/// chain up to <see cref="MaxBaseDepth"/> deep, a cycle is an error. Command-line overrides `section.key=value` are
+/// applied on the merged tree before binding.
 /// </summary>
 public static class ConfigBinder
 {
+    /// <summary>The key naming a base config file.</summary>
+    public const string BaseKey = "base";
+    public const int MaxBaseDepth = 8;
+
     public static T Load<T>(string path, IEnumerable<string>? overrides = null) where T : new()
     {
-        if (!File.Exists(path)) throw new ConfigException($"config file not found: {path}");
-        long length = new FileInfo(path).Length;
-        if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
-        string text = File.ReadAllText(path);
-        var tree = Parse(text, path);
+        var tree = ReadTree(path, []);
         foreach (var o in overrides ?? []) ApplyOverride(tree, o);
         try { return Bind<T>(tree, ""); }
         catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
@@ -32,6 +35,34 @@ public static class ConfigBinder
 
     /// <summary>Largest config file read (shipped configs are a few KB).</summary>
     public const long MaxConfigBytes = 10_000_000;
+
+    /// <summary>A config file's tree with its base (if any) merged under it.</summary>
+    static Dictionary<string, object?> ReadTree(string path, List<string> chain)
+    {
+        if (!File.Exists(path)) throw new ConfigException(chain.Count == 0 ? $"config file not found: {path}" : $"{chain[^1]}: base config not found: {path}");
+        long length = new FileInfo(path).Length;
+        if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
+        var tree = Parse(File.ReadAllText(path), path);
+        if (!tree.Remove(BaseKey, out var b)) return tree;
+        if (b is not string name || name.Length == 0) throw new ConfigException($"{path}: '{BaseKey}' must name a config file (got {b ?? "nothing"})");
+        string full = Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, name));
+        var here = new List<string>(chain) { Path.GetFullPath(path) };
+        if (here.Contains(full, StringComparer.Ordinal)) throw new ConfigException($"{path}: '{BaseKey}' = {name} makes a cycle ({string.Join(" → ", here.Select(Path.GetFileName))} → {Path.GetFileName(full)})");
+        if (here.Count > MaxBaseDepth) throw new ConfigException($"{path}: more than {MaxBaseDepth} base configs in a chain");
+        var merged = ReadTree(full, here);
+        Merge(merged, tree);
+        return merged;
+    }
+
+    /// <summary>over's keys into under: tables merged key by key, anything else replaced.</summary>
+    static void Merge(Dictionary<string, object?> under, Dictionary<string, object?> over)
+    {
+        foreach (var (k, v) in over)
+        {
+            if (v is Dictionary<string, object?> ov && under.TryGetValue(k, out var u) && u is Dictionary<string, object?> ud) Merge(ud, ov);
+            else under[k] = v;
+        }
+    }
 
     public static Dictionary<string, object?> Parse(string text, string source)
     {
