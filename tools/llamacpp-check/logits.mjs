@@ -3,7 +3,7 @@
 //   node logits.mjs request.json > result.json
 //
 // request: { "models": ["a.gguf", ...], "sequences": [[ids], ...], "mode": "probs" | "nll" | "generate",
-//            "detokenize": [ids] (optional), "tokenize": "text" (optional), "threads": 2,
+//            "detokenize": [ids] (optional), "tokenize": "text" or ["text", ...] (optional), "threads": 2,
 //            "kvCache": "F32" | "F16" (default F32: llama.cpp's own default F16 cache rounds keys and values) }
 // result:  { "models": [ { "path", "vocab", "sequences": [ ... ], "text"?, "tokens"? } ] }
 //   mode "probs": per sequence, per position, the full next-token distribution (vocab floats) after that position;
@@ -65,7 +65,8 @@ for (const path of req.models) {
         }
     }
     if (req.detokenize) result.text = model.detokenize(req.detokenize);
-    if (req.tokenize != null) result.tokens = Array.from(model.tokenize(req.tokenize));
+    if (req.tokenize != null)
+        result.tokens = Array.isArray(req.tokenize) ? req.tokenize.map((t) => Array.from(model.tokenize(t))) : Array.from(model.tokenize(req.tokenize));
     out.models.push(result);
     await context.dispose();
     await model.dispose();

@@ -153,6 +153,8 @@ public static class GgufExport
         w.Add("tokenizer.ggml.tokens", GgufValue.Strings(vocab.Tokens));
         w.Add("tokenizer.ggml.token_type", GgufValue.Int32s(vocab.TokenTypes));
         w.Add("tokenizer.ggml.merges", GgufValue.Strings(vocab.Merges));
+        if (vocab.Scores != null) w.Add("tokenizer.ggml.scores", GgufValue.Float32s(vocab.Scores));
+        if (vocab.AddSpacePrefix is { } spacePrefix) w.Add("tokenizer.ggml.add_space_prefix", GgufValue.Bool(spacePrefix));
         void Id(string key, int? id)
         {
             if (id is not { } v) return;

@@ -30,6 +30,10 @@ public sealed record GgufVocab
     public bool AddBos { get; init; }
     public bool AddEos { get; init; }
     public string? ChatTemplate { get; init; }
+    /// <summary>One score per token ("llama" SentencePiece vocabularies, <see cref="GgufSpmVocab"/>); null for "gpt2".</summary>
+    public IReadOnlyList<float>? Scores { get; init; }
+    /// <summary>tokenizer.ggml.add_space_prefix (SentencePiece's dummy prefix); null: not written.</summary>
+    public bool? AddSpacePrefix { get; init; }
 
     /// <summary>Why the pre-tokenizer name was chosen (shown by the export command).</summary>
     public string PreNote { get; init; } = "";
@@ -79,6 +83,7 @@ public sealed record GgufVocab
         {
             Tokens = [.. Tokens, .. Enumerable.Range(Tokens.Count, n - Tokens.Count).Select(i => $"[PAD{i}]")],
             TokenTypes = [.. TokenTypes, .. Enumerable.Repeat(GgufTokenType.Unused, n - Tokens.Count)],
+            Scores = Scores == null ? null : [.. Scores, .. Enumerable.Repeat(-1000f, n - Tokens.Count)],
         };
     }
 
@@ -86,8 +91,8 @@ public sealed record GgufVocab
     /// Reads a byte-level BPE tokenizer.json (model "BPE" with a ByteLevel pre-tokenizer or decoder). tokenizerConfig
     /// (tokenizer_config.json text) supplies bos/eos names, add_bos_token/add_eos_token and the chat template; without it
     /// EOS/BOS are the first usual names found among the added tokens (as the engine's BPE loader picks them).
-    /// SentencePiece-style files (Metaspace, byte_fallback) are refused: their GGUF form is the "llama" vocabulary with
-    /// scores, which this exporter does not write.
+    /// SentencePiece-style files (Metaspace, byte_fallback) become llama.cpp's "llama" vocabulary with scores
+    /// (<see cref="GgufSpmVocab"/>).
     /// </summary>
     public static GgufVocab FromTokenizerJson(string path, string? tokenizerConfig = null)
     {
@@ -101,8 +106,7 @@ public sealed record GgufVocab
             var model = root["model"] as JsonObject ?? throw Bad("no 'model' object (not a tokenizer.json)");
             string type = model["type"]?.GetValue<string>() ?? "BPE";
             if (type != "BPE") throw new NotSupportedException($"{path}: GGUF export writes byte-level BPE tokenizers; this one is {type}");
-            if (model["byte_fallback"]?.GetValue<bool>() == true || Mentions(root["pre_tokenizer"], "Metaspace") || Mentions(root["decoder"], "Metaspace"))
-                throw new NotSupportedException($"{path}: a SentencePiece-style BPE (byte_fallback / Metaspace) becomes llama.cpp's \"llama\" vocabulary with scores, which this exporter does not write yet");
+            if (GgufSpmVocab.IsSentencePiece(root)) return GgufSpmVocab.FromTokenizerJson(path, tokenizerConfig);
             if (!Mentions(root["pre_tokenizer"], "ByteLevel") && !Mentions(root["decoder"], "ByteLevel"))
                 throw new NotSupportedException($"{path}: not a byte-level BPE (no ByteLevel pre-tokenizer or decoder)");
             var vocab = model["vocab"] as JsonObject ?? throw Bad("model.vocab is not an object");
@@ -199,14 +203,14 @@ public sealed record GgufVocab
     }
 
     /// <summary>The TemplateProcessing post-processor, alone or inside a Sequence.</summary>
-    static JsonObject? FindTemplate(JsonNode? node) => node switch
+    internal static JsonObject? FindTemplate(JsonNode? node) => node switch
     {
         JsonObject o when o["type"]?.GetValue<string>() == "TemplateProcessing" => o,
         JsonObject o when o["processors"] is JsonArray list => list.Select(FindTemplate).FirstOrDefault(t => t != null),
         _ => null,
     };
 
-    static bool Mentions(JsonNode? node, string type) => node switch
+    internal static bool Mentions(JsonNode? node, string type) => node switch
     {
         JsonObject o => o["type"]?.GetValue<string>() == type || o.Any(kv => Mentions(kv.Value, type)),
         JsonArray a => a.Any(x => Mentions(x, type)),

