@@ -5,7 +5,6 @@ using Engine.Cuda.Kernels;
 using Engine.Cuda.Tests.Backend;
 using Engine.Cuda.Tests.Reference;
 using Engine.Model;
-using Engine.Training;
 
 namespace Engine.Cuda.Tests.Gpu;
 
@@ -13,9 +12,9 @@ namespace Engine.Cuda.Tests.Gpu;
 /// ALiBi in every CUDA attention path against the fp64 reference with the bias (slopes: AttentionCpu.AlibiSlopes,
 /// the ones BLOOM and Baichuan 2 compute): attention.cu's and attention_v2.cu's *_alibi forward and backward
 /// (causal, GQA, head counts that are not powers of two, T not a multiple of any tile; outputs poisoned with NaN first
-/// and a second backward bitwise identical), attention_sm90.cu's forward where it runs, the KV-cache decode kernel and
-/// Baichuan 2's max-z loss in the cross-entropy kernel against the CPU backend, and one training step of a
-/// Baichuan-13B-style (ALiBi, max-z) model against the CPU backend. Tolerances are the other attention tests'
+/// and a second backward bitwise identical), attention_sm90.cu's forward where it runs, the KV-cache decode kernel
+/// against the CPU backend, and one training step of a Baichuan-13B-style (ALiBi, max-z) model against the CPU
+/// backend (the max-z cross-entropy alone: BackendOpGpuTests). Tolerances are the other attention tests'
 /// (Tol.AttentionRelMax: bf16 operands, fp32 accumulation). Skipped without a GPU.
 /// </summary>
 [Collection("gpu")]
@@ -146,31 +145,6 @@ public class AlibiAttentionGpuTests
         BackendTol.Tensor(go.Host(), co.Span.ToArray(), "ALiBi attention decode");
     }
 
-    [Theory]
-    [InlineData(128, 512, 0f, 2e-4f)]
-    [InlineData(61, 1001, 1e-4f, 0.05f)]   // odd vocab: the scalar path
-    public void CrossEntropyWithMaxZMatchesTheCpuBackend(int rows, int vocab, float zLoss, float maxZ)
-    {
-        var be = GpuBackend.Require();
-        var Cpu = CpuBackend.Instance;
-        using var scope = new TensorScope();
-        var rng = new Random(rows + vocab + 1);
-        var logits = Data.Bf16Values(rng, (long)rows * vocab, 6f);
-        var targets = Enumerable.Range(0, rows).Select(i => i % 7 == 3 ? -100 : rng.Next(vocab)).ToArray();
-        int valid = targets.Count(t => t != -100);
-        var (gt, ct) = be.PairInts(targets);
-        foreach (bool grad in new[] { false, true })
-        {
-            var (gl, cl) = be.Pair(logits, [rows, vocab], DType.BF16);
-            var gloss = be.Empty([rows]); var closs = Cpu.Empty([rows]);
-            var glse = be.Empty([rows]); var clse = Cpu.Empty([rows]);
-            be.CrossEntropy(gl, gt, gloss, glse, zLoss, grad, 1f / valid, maxZ);
-            Cpu.CrossEntropy(cl, ct, closs, clse, zLoss, grad, 1f / valid, maxZ);
-            BackendTol.Stat(gloss.Host(), closs.Span.ToArray(), "cross-entropy losses with max-z");
-            if (grad) BackendTol.Tensor(gl.Host(), cl.Span.ToArray(), "cross-entropy dlogits with max-z (in place)");
-        }
-    }
-
     [Fact]
     public void BaichuanAlibiTrainingStepMatchesTheCpuBackend()
     {
@@ -212,6 +186,5 @@ public class AlibiAttentionGpuTests
         Assert.True(Math.Abs(lg - lc) <= BackendTol.StepLossRel * Math.Abs(lc), $"loss: cuda {lg} vs cpu {lc}");
         foreach (var ((name, c), (_, g)) in cpu.Parameters.Zip(gpu.Parameters))
             BackendTol.Tensor(g.Grad!.ToArray(), c.Grad!.Span.ToArray(), $"grad {name}", BackendTol.StepGradRel);
-        _ = new AdamWOptions();   // (the optimizer step is family-independent: TrainingStepGpuTests covers it)
     }
 }

@@ -10,11 +10,7 @@ namespace Engine.Tests.Ops;
 /// </summary>
 public class AlibiAttentionTests
 {
-    static (double[], int[]) Rand(ulong seed, double scale, params int[] shape)
-    {
-        int n = shape.Aggregate(1, (a, b) => a * b);
-        return (GradCheck.RandomArray(new Rng(seed), n, scale), shape);
-    }
+    static (double[], int[]) Rand(ulong seed, double scale, params int[] shape) => OpGradientTests.Rand(seed, scale, shape);
 
     /// <summary>Baichuan 2's _get_interleave, transcribed: start·ratio^i for a power of two, else the closest power of
     /// two's slopes then every other slope of the next power of two.</summary>
