@@ -140,10 +140,11 @@ public static class ModelIO
     /// "; tensor NAME …" (empty when those agree): the refusal above then names what differs.</summary>
     static string FirstDisagreement(LlamaConfig cfg, Dictionary<string, long[]> shapes)
     {
-        // the embedding and the 2-D weights of the first and last layer, in the family's layout
-        string first = "model.layers.0.", last = $"model.layers.{cfg.NumLayers - 1}.";
-        var expect = HfLayout.Tensors(cfg).Where(t => t.Name == "model.embed_tokens.weight"
-            || (t.Shape.Length == 2 && (t.Name.StartsWith(first, StringComparison.Ordinal) || t.Name.StartsWith(last, StringComparison.Ordinal)))).ToList();
+        // the embedding and the 2-D weights of the first and last layer, in the family's layout (two one-layer "stages":
+        // nothing is listed for the layers between, however many the config claims)
+        int n = cfg.NumLayers;
+        var expect = HfLayout.Tensors(cfg, new PipelineStage(0, 2, 0, 1)).Concat(n > 1 ? HfLayout.Tensors(cfg, new PipelineStage(1, 2, n - 1, n)) : [])
+            .Where(t => t.Name == "model.embed_tokens.weight" || (t.Shape.Length == 2 && t.Name.StartsWith("model.layers.", StringComparison.Ordinal))).ToList();
         foreach (var (name, shape) in expect)
         {
             if (!shapes.TryGetValue(name, out var got)) return $"; tensor {name} is missing from the weights";

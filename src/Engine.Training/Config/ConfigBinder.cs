@@ -40,9 +40,7 @@ public static class ConfigBinder
     static Dictionary<string, object?> ReadTree(string path, List<string> chain)
     {
         if (!File.Exists(path)) throw new ConfigException(chain.Count == 0 ? $"config file not found: {path}" : $"{chain[^1]}: base config not found: {path}");
-        long length = new FileInfo(path).Length;
-        if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
-        var tree = Parse(File.ReadAllText(path), path);
+        var tree = Parse(ReadBounded(path), path);
         if (!tree.Remove(BaseKey, out var b)) return tree;
         if (b is not string name || name.Length == 0) throw new ConfigException($"{path}: '{BaseKey}' must name a config file (got {b ?? "nothing"})");
         string full = Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, name));
@@ -52,6 +50,26 @@ public static class ConfigBinder
         var merged = ReadTree(full, here);
         Merge(merged, tree);
         return merged;
+    }
+
+    /// <summary>The file's text, refused past <see cref="MaxConfigBytes"/> — counted while reading, so a device or a file
+    /// that grows cannot make it read without end.</summary>
+    static string ReadBounded(string path)
+    {
+        long length = new FileInfo(path).Length;
+        if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
+        using var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        var buffer = new MemoryStream();
+        var chunk = new byte[81920];
+        int n;
+        while ((n = f.Read(chunk, 0, chunk.Length)) > 0)
+        {
+            buffer.Write(chunk, 0, n);
+            if (buffer.Length > MaxConfigBytes) throw new ConfigException($"{path}: more than the {MaxConfigBytes:N0} bytes a config file may hold");
+        }
+        buffer.Position = 0;
+        using var reader = new StreamReader(buffer, Encoding.UTF8, detectEncodingFromByteOrderMarks: true);   // as File.ReadAllText
+        return reader.ReadToEnd();
     }
 
     /// <summary>over's keys into under: tables merged key by key, anything else replaced.</summary>
