@@ -175,7 +175,7 @@ public sealed class CpuBackend : IBackend
         RopeCpu.Apply(x.Span, y.Span, batch, seqLen, heads, p.HeadDim, tables.cos, tables.sin, inverse);
     }
 
-    static AttentionCpu.Dims Kernel(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
+    static AttentionCpu.Dims Kernel(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias);
 
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
@@ -189,10 +189,10 @@ public sealed class CpuBackend : IBackend
         AttentionCpu.Backward(dout.Span, q.Span, k.Span, v.Span, o.Span, lse.Span, dq.Span, dk.Span, dv.Span, Kernel(d));
     }
 
-    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f)
     {
         using var _p = Profiler.Op("attention_decode", q, kCache, vCache, o);
-        AttentionCpu.Decode(q.Span, kCache.Span, vCache.Span, o.Span, q.Shape[0], heads, kvHeads, headDim, positionOffset);
+        AttentionCpu.Decode(q.Span, kCache.Span, vCache.Span, o.Span, q.Shape[0], heads, kvHeads, headDim, positionOffset, alibiMaxBias);
     }
 
     public void SwiGluForward(Tensor gate, Tensor up, Tensor h)
@@ -219,10 +219,10 @@ public sealed class CpuBackend : IBackend
         EmbeddingCpu.Backward(ids.IntSpan, dy.Span, dtableAccumulate.Span, dtableAccumulate.Shape[1]);
     }
 
-    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f)
     {
         using var _p = Profiler.Op("cross_entropy", logits, targets, losses, lse);
-        CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale);
+        CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale, maxZLoss);
     }
 
     public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)

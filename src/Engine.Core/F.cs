@@ -241,10 +241,11 @@ public static partial class F
 
     /// <summary>
     /// Cross-entropy of logits [N, V] against int32 targets [N] (IgnoreIndex = -100 rows count nothing), plus
-    /// zLoss·lse². Returns the scalar loss sum(losses) / normalizer and the per-row losses (0 on ignored rows).
-    /// When recording, the logits buffer is consumed: it is overwritten by its own gradient (materialised once).
+    /// zLoss·lse² and maxZLoss·max(logits)² (Baichuan 2's max-z loss). Returns the scalar loss sum(losses) / normalizer
+    /// and the per-row losses (0 on ignored rows). When recording, the logits buffer is consumed: it is overwritten by its
+    /// own gradient (materialised once).
     /// </summary>
-    public static (Tensor Loss, Tensor RowLosses) CrossEntropy(Tensor logits, Tensor targets, float normalizer, float zLoss = 0f)
+    public static (Tensor Loss, Tensor RowLosses) CrossEntropy(Tensor logits, Tensor targets, float normalizer, float zLoss = 0f, float maxZLoss = 0f)
     {
         if (logits.Rank != 2) throw new ArgumentException($"CrossEntropy: logits must be [N, V], got {logits.Describe()}");
         if (targets.DType != DType.I32 || targets.Rank != 1 || targets.Shape[0] != logits.Shape[0])
@@ -254,7 +255,7 @@ public static partial class F
         var losses = be.Empty([logits.Shape[0]]);
         var lse = be.Empty([logits.Shape[0]]);
         bool record = Grad.Needs(logits);
-        using (Profiler.Time("crossentropy.fwd")) be.CrossEntropy(logits, targets, losses, lse, zLoss, record, 1f / normalizer);
+        using (Profiler.Time("crossentropy.fwd")) be.CrossEntropy(logits, targets, losses, lse, zLoss, record, 1f / normalizer, maxZLoss);
         // the scalar loss stays on the device, and so does its gradient seed below: no host read per micro-batch
         var loss = be.Empty([1]);
         be.SumInto(losses, loss, normalizer);

@@ -69,8 +69,9 @@ public interface IBackend
     /// <summary>dq, dk, dv overwritten.</summary>
     void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d);
 
-    /// <summary>KV-cache attention of n new queries (positions offset..) against cached k/v [offset+n, Hkv*D].</summary>
-    void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset);
+    /// <summary>KV-cache attention of n new queries (positions offset..) against cached k/v [offset+n, Hkv*D]; alibiMaxBias
+    /// &gt; 0 adds ALiBi's bias as <see cref="AttentionDims.AlibiMaxBias"/> does.</summary>
+    void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f);
 
     void SwiGluForward(Tensor gate, Tensor up, Tensor h);
     void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup);
@@ -79,7 +80,9 @@ public interface IBackend
     void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate);
 
     /// <summary>Per-row loss and logsumexp; with writeGradient the logits are replaced by gradScale * dloss/dlogits.</summary>
-    void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale);
+    /// <remarks>maxZLoss adds Baichuan 2's max-z term maxZLoss·(max_j x_ij)² per valid row (its gradient goes to the first
+    /// maximal logit).</remarks>
+    void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f);
 
     /// <summary>
     /// partials[i] (fp32) = Σ x² over elements [i·chunk, (i+1)·chunk) of x; the last chunk may be shorter. A chunk's

@@ -27,8 +27,9 @@ public readonly record struct RopeParams(int HeadDim, double Theta, RopeScalingK
     public float PositionDivisor => Scaling == RopeScalingKind.Linear ? (float)Factor : 1f;
 }
 
-/// <summary>Causal grouped-query attention shape: q [B*T, H*D], k/v [B*T, Hkv*D]; query head h reads kv head h/(H/Hkv).</summary>
-public readonly record struct AttentionDims(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim)
+/// <summary>Causal grouped-query attention shape: q [B*T, H*D], k/v [B*T, Hkv*D]; query head h reads kv head h/(H/Hkv).
+/// AlibiMaxBias &gt; 0 adds ALiBi's linear distance bias (slopes from it and H, see Engine.Cpu.Ops.AttentionCpu.AlibiSlopes).</summary>
+public readonly record struct AttentionDims(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim, float AlibiMaxBias = 0f)
 {
     public int QRow => Heads * HeadDim;
     public int KvRow => KvHeads * HeadDim;
@@ -39,6 +40,7 @@ public readonly record struct AttentionDims(int Batch, int SeqLen, int Heads, in
         if (Batch <= 0 || SeqLen <= 0 || Heads <= 0 || KvHeads <= 0 || HeadDim <= 0)
             throw new ArgumentException($"attention dims must be positive: {this}");
         if (Heads % KvHeads != 0) throw new ArgumentException($"heads ({Heads}) must be a multiple of kv heads ({KvHeads})");
+        if (!(AlibiMaxBias >= 0) || float.IsInfinity(AlibiMaxBias)) throw new ArgumentException($"ALiBi max bias must be finite and >= 0, got {AlibiMaxBias}");
     }
 }
 

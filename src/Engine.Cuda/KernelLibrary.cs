@@ -34,6 +34,15 @@ public sealed class KernelFunction
         LaunchRaw(stream, grid, block, sharedBytes, &p);
     }
 
+    /// <summary>Launches with a by-value params struct and one float after it (the *_alibi attention kernels' max bias).</summary>
+    public unsafe void Launch<T>(CudaStream stream, Dim3 grid, int block, int sharedBytes, in T args, float second) where T : unmanaged
+    {
+        T copy = args;
+        float f = second;
+        void** p = stackalloc void*[2] { &copy, &f };
+        LaunchRaw(stream, grid, block, sharedBytes, p);
+    }
+
     /// <summary>Launches with an array of pointers to each argument (cuLaunchKernel's kernelParams).</summary>
     public unsafe void LaunchRaw(CudaStream stream, Dim3 grid, int block, int sharedBytes, void** args)
     {

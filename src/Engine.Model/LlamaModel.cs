@@ -3,9 +3,10 @@ using Engine.Core;
 namespace Engine.Model;
 
 /// <summary>
-/// Llama decoder (RMSNorm, RoPE, grouped-query causal attention, SwiGLU MLP, optional tied embeddings and NormHead).
-/// Parameters carry Hugging Face LlamaForCausalLM names and layouts ([out, in] weights). Device-agnostic: every op
-/// goes through the tensors' backend.
+/// Llama decoder (RMSNorm, RoPE or ALiBi positions, grouped-query causal attention, SwiGLU MLP, optional tied
+/// embeddings and NormHead). Parameters carry Hugging Face LlamaForCausalLM names and layouts ([out, in] weights)
+/// whatever the family: other families (Baichuan 2's packed W_pack) are mapped at the file boundary
+/// (<see cref="IO.HfLayout"/>). Device-agnostic: every op goes through the tensors' backend.
 /// </summary>
 public sealed class LlamaModel : IDisposable
 {
@@ -231,7 +232,8 @@ public sealed class LlamaModel : IDisposable
     Tensor Embed(Tensor ids, int batch, int seqLen, int positionOffset)
     {
         if (ids.Numel != (long)batch * seqLen) throw new ArgumentException($"ids hold {ids.Numel} tokens, expected batch {batch} × seq {seqLen}");
-        if (seqLen + positionOffset > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
+        // ALiBi has no position table: inputs past the trained length are evaluated as they are (its length extrapolation)
+        if (Config.Position == PositionEmbedding.Rope && seqLen + positionOffset > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
             throw new ArgumentException($"sequence of {seqLen + positionOffset} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
         return InUnit("model.embed_tokens.weight", () => F.Embedding(ids, this["model.embed_tokens.weight"]));
     }
@@ -261,8 +263,12 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>The last stage's forward: its blocks, the final norm, the head and the loss (as <see cref="Loss"/>).</summary>
-    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f) =>
-        F.CrossEntropy(StageLogits(input, batch, seqLen), targets, normalizer, zLoss);
+    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f, float maxZLoss = 0f) =>
+        F.CrossEntropy(StageLogits(input, batch, seqLen), targets, normalizer, zLoss, maxZLoss);
+
+    /// <summary>The max-z loss weight training uses: the config's z_loss_weight (Baichuan 2), as its modeling code adds it
+    /// to the training loss. Evaluation passes none (per-token losses stay plain cross-entropy).</summary>
+    public float TrainingMaxZLoss => (float)Config.MaxZLossWeight;
 
     /// <summary>The last stage's final (normed) hidden states [B*T, C] from its input (token ids when it is also the
     /// first stage, else the previous stage's hidden states): what a scalar head or the LM head reads.</summary>
@@ -291,12 +297,12 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>
     /// Loss over targets [B*T] (int32, -100 = ignored) divided by normalizer (the global count of valid targets
-    /// across micro-batches), plus zLoss·lse². Returns the scalar loss and the per-token losses.
+    /// across micro-batches), plus zLoss·lse² and maxZLoss·max(logits)². Returns the scalar loss and the per-token losses.
     /// </summary>
-    public (Tensor Loss, Tensor TokenLosses) Loss(Tensor ids, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f)
+    public (Tensor Loss, Tensor TokenLosses) Loss(Tensor ids, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f, float maxZLoss = 0f)
     {
         RequireWhole("Loss");
-        return StageLoss(ids, targets, batch, seqLen, normalizer, zLoss);
+        return StageLoss(ids, targets, batch, seqLen, normalizer, zLoss, maxZLoss);
     }
 
     /// <summary>
@@ -323,13 +329,19 @@ public sealed class LlamaModel : IDisposable
         var cfg = Config;
         string p = $"model.layers.{i}.";
         var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
-        var q = F.Rope(Linear(h, p + "self_attn.q_proj.weight"), cfg.Rope, 1, n, cfg.NumHeads, offset);
-        var k = F.Rope(Linear(h, p + "self_attn.k_proj.weight"), cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+        var q = Linear(h, p + "self_attn.q_proj.weight");
+        var k = Linear(h, p + "self_attn.k_proj.weight");
         var v = Linear(h, p + "self_attn.v_proj.weight");
+        if (cfg.Position == PositionEmbedding.Rope)
+        {
+            q = F.Rope(q, cfg.Rope, 1, n, cfg.NumHeads, offset);
+            k = F.Rope(k, cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+        }
         Backend.Copy(k, cache.K[i].Narrow0(offset, n));
         Backend.Copy(v, cache.V[i].Narrow0(offset, n));
         var a = Backend.Empty(q.Shape, q.DType);
-        Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset);
+        Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset,
+            cfg.AlibiMaxBias);
         x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
         var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
         var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
@@ -340,14 +352,18 @@ public sealed class LlamaModel : IDisposable
     {
         string p = $"model.layers.{i}.";
         var cfg = Config;
-        var dims = new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim);
+        var dims = new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, cfg.AlibiMaxBias);
         var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
         // the attention core (RoPE + attention) and SwiGLU: under selective recompute their outputs and intermediates
         // are dropped once the next GEMM has read them and recomputed when its backward needs them
         bool selective = Recompute == RecomputeMode.Selective;
         Tensor OProj(Tensor a) => Linear(a, p + "self_attn.o_proj.weight");
         Tensor attention;
-        if (Fused(p, "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight") is { } qkvWeights)
+        bool rope = cfg.Position == PositionEmbedding.Rope;
+        // ALiBi's bias depends on relative positions only: a positionOffset changes nothing (the engine's full-sequence
+        // attention starts every sequence at 0; decoding continues with the cache's positions). The fused q|k|v path
+        // applies RoPE in place, so an ALiBi model runs the separate projections.
+        if (rope && Fused(p, "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight") is { } qkvWeights)
         {
             var qkv = F.FusedLinear(h, qkvWeights);   // one GEMM for q|k|v
             Tensor Core(Tensor[] t) => F.FusedQkvAttention(t[0], cfg.Rope, dims, positionOffset);
@@ -358,8 +374,8 @@ public sealed class LlamaModel : IDisposable
             var q = Linear(h, p + "self_attn.q_proj.weight");
             var k = Linear(h, p + "self_attn.k_proj.weight");
             var v = Linear(h, p + "self_attn.v_proj.weight");
-            Tensor Core(Tensor[] t) => F.Attention(F.Rope(t[0], cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset),
-                F.Rope(t[1], cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset), t[2], dims);
+            Tensor Core(Tensor[] t) => F.Attention(rope ? F.Rope(t[0], cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset) : t[0],
+                rope ? F.Rope(t[1], cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset) : t[1], t[2], dims);
             attention = selective ? F.Recompute(Core, OProj, q, k, v) : OProj(Core([q, k, v]));
         }
         // residual add + post-attention norm in one op (one kernel on a GPU; the same values as Add then RmsNorm)

@@ -37,14 +37,14 @@ public class CpuDelegatingBackend : IBackend
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d) => Cpu.AttentionForward(q, k, v, o, lse, d);
     public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d) =>
         Cpu.AttentionBackward(dout, q, k, v, o, lse, dq, dk, dv, d);
-    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset) =>
-        Cpu.AttentionDecode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset);
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f) =>
+        Cpu.AttentionDecode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset, alibiMaxBias);
     public void SwiGluForward(Tensor gate, Tensor up, Tensor h) => Cpu.SwiGluForward(gate, up, h);
     public void SwiGluBackward(Tensor dh, Tensor gate, Tensor up, Tensor dgate, Tensor dup) => Cpu.SwiGluBackward(dh, gate, up, dgate, dup);
     public void EmbeddingForward(Tensor ids, Tensor table, Tensor y) => Cpu.EmbeddingForward(ids, table, y);
     public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate) => Cpu.EmbeddingBackward(ids, dy, dtableAccumulate);
-    public virtual void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale) =>
-        Cpu.CrossEntropy(logits, targets, losses, lse, zLoss, writeGradient, gradScale);
+    public virtual void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f) =>
+        Cpu.CrossEntropy(logits, targets, losses, lse, zLoss, writeGradient, gradScale, maxZLoss);
     public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials) => Cpu.ChunkSumOfSquares(x, chunk, partials);
     public void GradNormFinalize(Tensor partials, float maxNorm, Tensor result) => Cpu.GradNormFinalize(partials, maxNorm, result);
     public void AdamW(Tensor master, Tensor grad, Tensor m, Tensor v, ReadOnlySpan<AdamWRun> runs, AdamWStep step, Tensor? gradScale = null) =>

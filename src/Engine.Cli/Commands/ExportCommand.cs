@@ -104,6 +104,7 @@ public static class ExportCommand
         var counts = r.Tensors.GroupBy(t => t.Type).Select(g => $"{g.Count()} {g.Key}");
         Console.WriteLine($"wrote {r.Path}: {r.Bytes / 1048576.0:F2} MiB, {r.Tensors.Count} tensors ({string.Join(", ", counts)}), tokenizer {vocab.Model}/{vocab.Pre} with {m.Config.VocabSize} tokens" +
             (vocab.ChatTemplate ?? m.Config.Hf?.ChatTemplate) switch { null => "", _ => ", chat template" } + $", name \"{name}\"");
+        Console.WriteLine($"  llama.cpp architecture: {r.Architecture}{(r.ArchitectureNote != null ? $" ({r.ArchitectureNote})" : "")}");
         foreach (var t in r.Tensors.Where(t => t.Note != null)) Console.WriteLine($"  {t.Name}: {t.Note}");
         if (vocab.Pre == "default" && vocab.Merges.Count > 0) Console.WriteLine($"  note: {r.PreNote}");
     }

@@ -635,7 +635,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         else Kernels.Rope.Forward(Stream, Out(y), px, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin);
     }
 
-    private static AttentionShape ShapeOf(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
+    private static AttentionShape ShapeOf(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias);
 
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
@@ -670,12 +670,12 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         }
     }
 
-    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f)
     {
         using var _p = Prof("attention_decode", q, kCache, vCache, o);
         Enter();
         int n = Decode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset);
-        _extras.AttentionDecode(Stream, In(q), In(kCache), In(vCache), Out(o), n, heads, kvHeads, headDim, positionOffset);
+        _extras.AttentionDecode(Stream, In(q), In(kCache), In(vCache), Out(o), n, heads, kvHeads, headDim, positionOffset, alibiMaxBias);
     }
 
     public void SwiGluForward(Tensor gate, Tensor up, Tensor h)
@@ -757,16 +757,16 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Kernels.Embedding.Backward(Stream, Out(dtableAccumulate), In(dy), order, start, id, b.Buckets, cols);
     }
 
-    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f)
     {
         using var _p = Prof("cross_entropy", logits, targets, losses, lse);
         Enter();
         var (rows, vocab) = CudaOpChecks.CrossEntropy(logits, targets, losses, lse);
         var pt = In(targets);
         if (writeGradient)
-            Kernels.CrossEntropy.ForwardBackward(Stream, Out(logits), Out(losses), Out(lse), pt, DevicePtr.Null, gradScale, rows, vocab, zLoss);
+            Kernels.CrossEntropy.ForwardBackward(Stream, Out(logits), Out(losses), Out(lse), pt, DevicePtr.Null, gradScale, rows, vocab, zLoss, maxZLoss: maxZLoss);
         else
-            Kernels.CrossEntropy.Forward(Stream, In(logits), Out(losses), Out(lse), pt, rows, vocab, zLoss);
+            Kernels.CrossEntropy.Forward(Stream, In(logits), Out(losses), Out(lse), pt, rows, vocab, zLoss, maxZLoss: maxZLoss);
     }
 
     public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)

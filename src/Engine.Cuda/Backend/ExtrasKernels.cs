@@ -10,7 +10,8 @@ public struct AttentionDecodeParams
     public DevicePtr Q, K, V, O;
     public long N, Heads, KvHeads, HeadDim, Offset;
     public float SoftmaxScale;
-    public int Pad;
+    /// <summary>0: none; &gt; 0: ALiBi's bias with this max bias.</summary>
+    public float AlibiMaxBias;
 
     public const int Size = 80;
 }
@@ -95,8 +96,10 @@ public sealed class ExtrasKernels
     }
 
     /// <summary>KV-cache attention of n queries at positions offset.. against k/v [offset + n, kvHeads * headDim] (bf16).</summary>
-    public void AttentionDecode(CudaStream s, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o, int n, int heads, int kvHeads, int headDim, int offset)
+    public void AttentionDecode(CudaStream s, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o, int n, int heads, int kvHeads, int headDim, int offset,
+        float alibiMaxBias = 0f)
     {
+        if (!(alibiMaxBias >= 0) || float.IsInfinity(alibiMaxBias)) throw new ArgumentException($"ALiBi max bias must be finite and >= 0 (got {alibiMaxBias})", nameof(alibiMaxBias));
         ValidateDecode(n, heads, kvHeads, headDim, offset);
         if (n == 0) return;
         var p = new AttentionDecodeParams
@@ -111,6 +114,7 @@ public sealed class ExtrasKernels
             HeadDim = headDim,
             Offset = offset,
             SoftmaxScale = 1f / MathF.Sqrt(headDim),
+            AlibiMaxBias = alibiMaxBias,
         };
         long blocks = (long)n * heads;
         if (blocks > int.MaxValue) throw new ArgumentException($"attention decode grid of {blocks} blocks (n {n} x heads {heads}) is too large");

@@ -121,13 +121,13 @@ public sealed class AttentionV2Kernels
         if (shape.Batch == 0 || shape.SeqLen == 0) return;
         p.Sched = AttentionSchedule.Forward(shape, causal, L2Bytes());
         int d = shape.HeadDim;
-        if (UsesHopperPath(d))
+        if (UsesHopperPath(d) && (shape.AlibiMaxBias == 0 || _lib.TryFunction(HopperModule, $"attention_sm90_forward{shape.Variant}_d{d}", out _)))
         {
             LaunchHopper(s, shape, p);
             return;
         }
-        _lib.Function(Module, $"attention_v2_forward_d{d}").Launch(s, new Dim3((uint)AttentionSchedule.Tiles(p.Sched)),
-            KernelTraits.AttnV2FwdThreads, KernelTraits.AttnV2FwdSmem(d), p);
+        AttentionKernels.Launch(_lib.Function(Module, $"attention_v2_forward{shape.Variant}_d{d}"), s, new Dim3((uint)AttentionSchedule.Tiles(p.Sched)),
+            KernelTraits.AttnV2FwdThreads, KernelTraits.AttnV2FwdSmem(d), p, shape);
     }
 
     private unsafe void LaunchHopper(CudaStream s, AttentionShape shape, AttentionV2Params p)
@@ -138,8 +138,8 @@ public sealed class AttentionV2Kernels
         TensorMaps.Encode(TensorMaps.Spec(p.Base.K, shape.KvHeads, shape.SeqLen, shape.Batch, p.Base.KRowStride, shape.HeadDim, box), sp.K);
         TensorMaps.Encode(TensorMaps.Spec(p.Base.V, shape.KvHeads, shape.SeqLen, shape.Batch, p.Base.VRowStride, shape.HeadDim, box), sp.V);
         int d = shape.HeadDim;
-        _lib.Function(HopperModule, $"attention_sm90_forward_d{d}").Launch(s, new Dim3((uint)AttentionSchedule.Tiles(sp.Sched)),
-            KernelTraits.AttnSm90Threads, KernelTraits.AttnSm90Smem(d), sp);
+        AttentionKernels.Launch(_lib.Function(HopperModule, $"attention_sm90_forward{shape.Variant}_d{d}"), s, new Dim3((uint)AttentionSchedule.Tiles(sp.Sched)),
+            KernelTraits.AttnSm90Threads, KernelTraits.AttnSm90Smem(d), sp, shape);
     }
 
     /// <summary>dq, dk, dv from dout and the forward's o and lse. Scratch: <paramref name="delta"/> fp32
@@ -190,8 +190,8 @@ public sealed class AttentionV2Kernels
             void** args = stackalloc void*[2] { &copy, &headDim };
             _lib.Function(Module, "attention_v2_backward_preprocess").LaunchRaw(s, new Dim3((uint)_lib.GridFor(rows, 4)), 128, 0, args);
         }
-        _lib.Function(Module, $"attention_v2_backward_d{d}").Launch(s, new Dim3((uint)(tiles - skippedTickets)),
-            KernelTraits.AttnV2BwdThreads(d), KernelTraits.AttnV2BwdSmem(d), p);
+        AttentionKernels.Launch(_lib.Function(Module, $"attention_v2_backward{shape.Variant}_d{d}"), s, new Dim3((uint)(tiles - skippedTickets)),
+            KernelTraits.AttnV2BwdThreads(d), KernelTraits.AttnV2BwdSmem(d), p, shape);
     }
 }
 

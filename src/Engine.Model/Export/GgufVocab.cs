@@ -30,7 +30,6 @@ public sealed record GgufVocab
     public bool AddBos { get; init; }
     public bool AddEos { get; init; }
     public string? ChatTemplate { get; init; }
-
     /// <summary>Per-token scores of a "llama" (SentencePiece) vocabulary, the merge priorities llama.cpp's SPM tokenizer
     /// uses; null for "gpt2".</summary>
     public IReadOnlyList<float>? Scores { get; init; }
@@ -92,7 +91,7 @@ public sealed record GgufVocab
         {
             Tokens = [.. Tokens, .. Enumerable.Range(Tokens.Count, n - Tokens.Count).Select(i => $"[PAD{i}]")],
             TokenTypes = [.. TokenTypes, .. Enumerable.Repeat(GgufTokenType.Unused, n - Tokens.Count)],
-            Scores = Scores == null ? null : [.. Scores, .. Enumerable.Repeat(0f, n - Tokens.Count)],
+            Scores = Scores == null ? null : [.. Scores, .. Enumerable.Repeat(-1000f, n - Tokens.Count)],
         };
     }
 
@@ -302,14 +301,14 @@ public sealed record GgufVocab
     };
 
     /// <summary>The TemplateProcessing post-processor, alone or inside a Sequence.</summary>
-    static JsonObject? FindTemplate(JsonNode? node) => node switch
+    internal static JsonObject? FindTemplate(JsonNode? node) => node switch
     {
         JsonObject o when o["type"]?.GetValue<string>() == "TemplateProcessing" => o,
         JsonObject o when o["processors"] is JsonArray list => list.Select(FindTemplate).FirstOrDefault(t => t != null),
         _ => null,
     };
 
-    static bool Mentions(JsonNode? node, string type) => node switch
+    internal static bool Mentions(JsonNode? node, string type) => node switch
     {
         JsonObject o => o["type"]?.GetValue<string>() == type || o.Any(kv => Mentions(kv.Value, type)),
         JsonArray a => a.Any(x => Mentions(x, type)),

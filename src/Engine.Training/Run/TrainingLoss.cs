@@ -45,7 +45,7 @@ public sealed class LanguageModelLoss(LlamaModel model, IReadOnlyList<string> so
         int rows = b.RowSources.Length, T = b.Ids.Length / rows;
         var tg = be.Empty([b.Targets.Length], DType.I32);
         be.Upload(tg, b.Targets);
-        var (loss, tokenLosses) = model.StageLoss(input, tg, rows, T, normalizer, (float)zLoss);
+        var (loss, tokenLosses) = model.StageLoss(input, tg, rows, T, normalizer, (float)zLoss, model.TrainingMaxZLoss);   // Baichuan's max-z in training only
         accounting.AddRows(tokenLosses, b.Targets, b.RowSources);   // on the device until the step's one read
         return loss;
     }

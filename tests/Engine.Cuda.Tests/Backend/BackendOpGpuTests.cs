@@ -425,9 +425,11 @@ public class BackendOpGpuTests
     }
 
     [Theory]
-    [InlineData(128, 512, 0f)]
-    [InlineData(61, 1000, 1e-4f)]
-    public void CrossEntropyLossesAndInPlaceGradient(int rows, int vocab, float zLoss)
+    [InlineData(128, 512, 0f, 0f)]
+    [InlineData(61, 1000, 1e-4f, 0f)]
+    [InlineData(128, 512, 0f, 2e-4f)]      // Baichuan 2's max-z loss (argmax pass, vector path)
+    [InlineData(61, 1001, 1e-4f, 0.05f)]   // with z-loss, odd vocab: the scalar path
+    public void CrossEntropyLossesAndInPlaceGradient(int rows, int vocab, float zLoss, float maxZ)
     {
         var be = GpuBackend.Require();
         using var scope = new TensorScope();
@@ -441,8 +443,8 @@ public class BackendOpGpuTests
             var (gl, cl) = be.Pair(logits, [rows, vocab], DType.BF16);
             var gloss = be.Empty([rows]); var closs = Cpu.Empty([rows]);
             var glse = be.Empty([rows]); var clse = Cpu.Empty([rows]);
-            be.CrossEntropy(gl, gt, gloss, glse, zLoss, grad, 1f / valid);
-            Cpu.CrossEntropy(cl, ct, closs, clse, zLoss, grad, 1f / valid);
+            be.CrossEntropy(gl, gt, gloss, glse, zLoss, grad, 1f / valid, maxZ);
+            Cpu.CrossEntropy(cl, ct, closs, clse, zLoss, grad, 1f / valid, maxZ);
             BackendTol.Stat(gloss.Host(), closs.Span.ToArray(), "cross-entropy losses");
             BackendTol.Stat(glse.Host(), clse.Span.ToArray(), "cross-entropy lse");
             Assert.Equal(Cpu.Sum(closs), be.Sum(gloss), 1e-3 * Math.Abs(Cpu.Sum(closs)) + 1e-4);

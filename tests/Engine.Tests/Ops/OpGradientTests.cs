@@ -7,7 +7,7 @@ namespace Engine.Tests.Ops;
 /// <summary>Every differentiable op: forward against an fp64 reference, gradients against fp64 finite differences.</summary>
 public class OpGradientTests
 {
-    static (double[], int[]) Rand(ulong seed, double scale, params int[] shape)
+    internal static (double[], int[]) Rand(ulong seed, double scale, params int[] shape)
     {
         int n = shape.Aggregate(1, (a, b) => a * b);
         return (GradCheck.RandomArray(new Rng(seed), n, scale), shape);

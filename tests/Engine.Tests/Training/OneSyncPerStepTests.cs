@@ -27,9 +27,9 @@ public class OneSyncPerStepTests
         public override double SumOfSquares(Tensor t) { HostReads++; return base.SumOfSquares(t); }
         public override double Sum(Tensor t) { HostReads++; return base.Sum(t); }
         public override double Ewc(Tensor param, Tensor anchor, Tensor fisher, Tensor grad, float lambda) { HostReads++; return base.Ewc(param, anchor, fisher, grad, lambda); }
-        public override void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+        public override void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f)
         {
-            base.CrossEntropy(logits, targets, losses, lse, zLoss, writeGradient, gradScale);
+            base.CrossEntropy(logits, targets, losses, lse, zLoss, writeGradient, gradScale, maxZLoss);
             if (PoisonNextLoss) { losses.Span[0] = float.NaN; PoisonNextLoss = false; }
         }
     }
