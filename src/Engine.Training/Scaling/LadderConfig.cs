@@ -74,6 +74,11 @@ public sealed class LadderConfig
         foreach (var (name, s) in l.Sizes)
             if (s.HiddenSize <= 0 || s.NumLayers <= 0 || s.NumHeads <= 0 || s.IntermediateSize <= 0)
                 errors.Add($"ladder.sizes.{name}: hidden_size, intermediate_size, num_layers and num_heads must be positive");
+            else
+            {
+                try { Shape(name); }
+                catch (ArgumentException e) { errors.Add($"ladder.sizes.{name}: {e.Message}"); }
+            }
         if (l.Holdout is { } h)
         {
             if (!l.Sizes.ContainsKey(h.Size)) errors.Add($"ladder.holdout.size '{h.Size}' is not one of ladder.sizes");
