@@ -21,6 +21,9 @@ public sealed record LossCurves(string File, IReadOnlyList<(string Stage, IReadO
 public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList<SkippedFile> Skipped, DemoTable? Demo, LossCurves? Loss,
     string? LossAbsent)
 {
+    /// <summary>The folder read (sections that read files of their own, e.g. <see cref="LadderSection"/>).</summary>
+    public string? ResultsDir { get; init; }
+
     /// <summary>
     /// Reads every *.json in <paramref name="resultsDir"/> (engine.bench/1 or a legacy shape; a file of no known shape is
     /// listed as skipped, a broken one is an error), the newest demo-*.md, and the loss curves: <paramref name="metricsPath"/>
@@ -65,7 +68,7 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
         string? absent = metrics is not null ? null
             : demoMd is null ? "no demo-*.md in the results folder, and no --metrics file given"
             : $"absent: no metrics.jsonl for {Path.GetFileName(demoMd)} (looked at {string.Join(", ", looked)}; pass --metrics FILE)";
-        return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent);
+        return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent) { ResultsDir = resultsDir };
     }
 
     /// <summary>metrics.jsonl of the run a recipe report came from: stages[*].weights_dir = RUN/stages/NAME.</summary>

@@ -48,6 +48,7 @@ public static class DashboardPage
         body.Append("<div class=\"row\">");
         body.Append(Loss(input));
         body.Append("</div></section>");
+        body.Append(LadderSection.Render(input.ResultsDir));
         body.Append("<section><h2>Runs</h2>");
         body.Append(RunsTable(input));
         body.Append("</section>");

@@ -217,7 +217,14 @@ public static class LadderAnalysis
         if (!double.IsFinite(rStar))
             return new RatioReport
             {
-                At = at, N = n, Tokens = tokens, BaseGeneralLoss = baseLoss(g.Theta), BaseGeneralLossSource = source, Tolerance = tol, RatioLow = lo, RatioHigh = hi,
+                At = at,
+                N = n,
+                Tokens = tokens,
+                BaseGeneralLoss = baseLoss(g.Theta),
+                BaseGeneralLossSource = source,
+                Tolerance = tol,
+                RatioLow = lo,
+                RatioHigh = hi,
                 Note = $"no ratio in [{F(lo)}, {F(hi)}] keeps the general loss within {tol:P1} of the base's {baseLoss(g.Theta):F4}",
             };
         var interval = reps.Length > 0 ? new Interval(rStar, LawFit.Quantile(reps, tail), LawFit.Quantile(reps, 1 - tail)) : new Interval(rStar, double.NaN, double.NaN);

@@ -48,7 +48,7 @@ public static class LadderReport
                 ? $"| {f.Law} | {f.Loss} | {f.Points.Count} | not fitted: {f.Skipped} | – | – |"
                 : $"| {f.Law}: {f.Formula} | {f.Loss} | {f.Points.Count} | {string.Join("; ", f.Parameters.Select(kv => $"{kv.Key} = {Iv(kv.Value, "G4")}"))} | {F(f.RmsLogResidual)} | {f.Converged}/{f.Starts} |");
         md.AppendLine();
-        foreach (var f in s.Fits.DistinctBy(f => (f.Law, f.Data))) md.AppendLine($"- {f.Law} ({f.Loss} loss{(s.Fits.Count(g => g.Law == f.Law && g.Data == f.Data) > 1 ? " and the others" : "")}): {f.Data}");
+        foreach (var f in s.Fits) md.AppendLine($"- {f.Law}, {f.Loss} loss: {f.Data}");
         md.AppendLine();
         md.AppendLine("## Validation: the held-out point, predicted before it is compared");
         md.AppendLine();

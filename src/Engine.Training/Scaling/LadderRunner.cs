@@ -230,7 +230,12 @@ public sealed class LadderRunner(LadderConfig cfg, IBackend backend)
             Model = JsonSerializer.Serialize(recipe.Model, o),
             Sources = recipe.Sources.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new { kv.Key, Section = JsonSerializer.Serialize(kv.Value, o), Files = kv.Value.Files.Select(f => FileStamp(recipe.Resolve(f))) }),
             Eval = JsonSerializer.Serialize(recipe.Eval, o),
-            st.Weights, st.Steps, st.SeqLen, st.ZLoss, Optim = JsonSerializer.Serialize(st.Optim, o), Schedule = JsonSerializer.Serialize(st.Schedule, o),
+            st.Weights,
+            st.Steps,
+            st.SeqLen,
+            st.ZLoss,
+            Optim = JsonSerializer.Serialize(st.Optim, o),
+            Schedule = JsonSerializer.Serialize(st.Schedule, o),
             SequencesPerStep = cfg.SequencesPerStep,
             Tokenizer = tokenizer != null ? Convert.ToHexStringLower(SHA256.HashData(File.ReadAllBytes(tokenizer))) : recipe.Tokenizer.Kind,
         }, o));

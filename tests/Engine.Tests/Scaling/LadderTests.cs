@@ -107,16 +107,16 @@ public class LadderTests
     {
         using var dir = new TempDir();
         string cfg = MicroConfig(dir.Path, "out");
-        void Refused(string set, string expect)
+        void Refused(string set, string expect, string? also = null)
         {
-            var e = Assert.Throws<ConfigException>(() => LadderConfig.Load(cfg, [set]));
+            var e = Assert.Throws<ConfigException>(() => LadderConfig.Load(cfg, also == null ? [set] : [set, also]));
             Assert.Contains(expect, e.Message);
         }
         Refused("ladder.reference_ratio=0.5", "ladder.reference_ratio (0.5) must be one of ladder.ratios");
         Refused("ladder.ratios=[0.2, 1.0]", "domain ratio in [0, 1)");
         Refused("ladder.init=\"base\"", "needs a [base] section");
         Refused("ladder.domain={ nope = 1 }", "ladder.domain: unknown source 'nope'");
-        Refused("train.batch_size=3", "must be a multiple of the");
+        Refused("train.batch_size=3", "train.batch_size (3, sequences per step) must be a multiple of the 2 data-parallel replica(s)", "ladder.ranks_per_point=2");
         Refused("ladder.holdout={ size = \"xxl\", tokens = 10 }", "ladder.holdout.size 'xxl' is not one of ladder.sizes");
         Refused("fit.resampling=\"jackknife\"", "fit.resampling must be residuals or cases");
         Refused("ladder.sizes.s.num_heads=3", "ladder.sizes.s: invalid Llama config: hidden_size (16) must be divisible by num_attention_heads (3)");
@@ -157,6 +157,11 @@ public class LadderTests
         Assert.NotNull(one.Ratio);
         var read = LadderSummary.Read(Path.Combine(outOne, LadderReport.SummaryFile));
         Assert.Equal(LadderSummary.CurrentSchema, read.Schema);
+        // the dashboard's section finds it under the results folder and draws both charts and the holdout table
+        string html = Engine.Observability.Dashboard.LadderSection.Render(dir.Path);
+        Assert.Contains("data-chart=\"ladder-ratio\"", html);
+        Assert.Contains("data-chart=\"ladder-compute\"", html);
+        Assert.Contains("<td>dcpt</td><td>domain</td>", html);
 
         // two thread ranks: two groups of one rank each train different points at once; every result and fit equal
         var two = ThreadCommunicator.Run(2, comm =>
