@@ -20,18 +20,15 @@ import time
 
 import numpy as np
 
+import blas_kernel
+
 
 def blas_info():
-    """Which BLAS shared object this process actually mapped (checks for Debian's openblas-pthread)."""
-    libs = set()
-    with open("/proc/self/maps") as f:
-        for line in f:
-            path = line.split()[-1] if len(line.split()) >= 6 else ""
-            if "blas" in path or "lapack" in path:
-                libs.add(os.path.realpath(path))
-    info = {"mapped": sorted(libs), "numpy": np.__version__,
-            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    """Which BLAS shared object this process mapped (Debian's openblas-pthread) and its kernel (blas_kernel.py)."""
+    info = blas_kernel.describe()
+    info.update({"numpy": np.__version__,
+                 "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
+                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")})
     try:
         import threadpoolctl  # optional
         info["threadpoolctl"] = threadpoolctl.threadpool_info()

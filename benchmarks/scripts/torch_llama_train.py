@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import blas_kernel
+
 
 class RMSNorm(nn.Module):
     def __init__(self, d, eps):
@@ -176,6 +178,8 @@ def main():
         "framework": f"pytorch {torch.__version__}",
         "threads": torch.get_num_threads(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "blas": blas_kernel.describe(),
+        "cpu_capability": next((l.split(":", 1)[1].strip() for l in torch.__config__.show().splitlines() if "CPU capability usage" in l), None),
         "parameters": sum(p.numel() for p in model.parameters()),
         "step_seconds_median": median,
         "tokens_per_s": a.batch * a.seq / median,

@@ -7,17 +7,40 @@ namespace Engine.Cli;
 /// <summary>Shared CLI plumbing: one-line errors for user mistakes, backend selection.</summary>
 public static class Cli
 {
+    /// <summary>The console width when output is redirected: wide enough that no line Spectre.Console writes is wrapped.</summary>
+    public const int RedirectedWidth = 1 << 16;
+
+    /// <summary>Parses and runs a command line. A mistake in the arguments themselves (an unknown option, a missing
+    /// required one, a value of the wrong type) is one line on stderr naming it and where the help is, exit code 2, like
+    /// every other user error; not System.CommandLine's default of the whole help text and exit 1.</summary>
     public static int Run(RootCommand root, string[] args)
     {
         try
         {
-            return root.Parse(args).Invoke();
+            var parse = root.Parse(args);
+            if (parse.Errors.Count > 0)
+            {
+                string messages = string.Join("; ", parse.Errors.Select(e => e.Message.TrimEnd('.')).Distinct());
+                Console.Error.WriteLine($"error: {ErrorText.OneLine(messages, 4000)} (see {CommandPath(parse.CommandResult)} --help)");
+                return 2;
+            }
+            return parse.Invoke();
         }
         catch (Exception e) when (IsUserError(e))
         {
             Console.Error.WriteLine($"error: {ErrorText.OneLine(e.Message, 4000)}");
             return 2;
         }
+    }
+
+    /// <summary>"engine bench gemm": the command the arguments reached, from the root down.</summary>
+    static string CommandPath(System.CommandLine.Parsing.CommandResult result)
+    {
+        var names = new List<string>();
+        for (System.CommandLine.Parsing.SymbolResult? r = result; r != null; r = r.Parent)
+            if (r is System.CommandLine.Parsing.CommandResult c) names.Add(c.Command is RootCommand ? "engine" : c.Command.Name);
+        names.Reverse();
+        return string.Join(' ', names);
     }
 
     /// <summary>Runs a command body, turning user errors into one line on stderr and exit code 2.</summary>
@@ -38,7 +61,7 @@ public static class Cli
 
     static bool IsUserError(Exception e) => e is ConfigException or FileNotFoundException or DirectoryNotFoundException
         or InvalidDataException or ArgumentException or NotSupportedException or Engine.Core.Distributed.CommException
-        or DeviceOutOfMemoryException;
+        or DeviceOutOfMemoryException or Engine.Data.Prepare.PrepareException;
 
     /// <summary>
     /// This process's place in the job and its communicator (one rank without a launcher; Open MPI under mpirun,

@@ -1,6 +1,11 @@
 using System.CommandLine;
 using Engine.Cli;
 using Engine.Cli.Commands;
+using Spectre.Console;
+
+// output to a file or a pipe (a log, grep, CI) is not hard-wrapped at Spectre.Console's default 80 columns: one
+// summary line stays one line
+if (Console.IsOutputRedirected) AnsiConsole.Profile.Width = Cli.RedirectedWidth;
 
 var root = new RootCommand("engine: LLM training engine (CPU reference backend, CUDA kernels) for domain adaptation");
 root.Subcommands.Add(PrepareCommand.Create());

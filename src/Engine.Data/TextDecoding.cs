@@ -55,9 +55,25 @@ public static class TextDecoding
             throw new InvalidDataException($"{path}: {length:N0} bytes, more than the {MaxFileBytes:N0} one text file may hold (a .NET string): split it into several files");
         byte[] bytes = File.ReadAllBytes(path);
         if (DataFile.IsGzip(path)) bytes = DataFile.Gunzip(bytes, path);   // x.jsonl.gz: the shipped data folder's form
+        else if (DataFile.IsZstd(path)) bytes = ReadCapped(path);
         if (stats != null) { stats.Files++; stats.Bytes += bytes.Length; }
         if (bytes.Length == 0) { if (stats != null) stats.EmptyFiles++; return ""; }
         return Decode(bytes, path, policy, stats);
+    }
+
+    static byte[] ReadCapped(string path)
+    {
+        using var input = DataFile.OpenRead(path);
+        using var output = new MemoryStream();
+        var buffer = new byte[1 << 16];
+        int n;
+        while ((n = input.Read(buffer)) > 0)
+        {
+            if (output.Length + n > DataFile.MaxDecompressedBytes)
+                throw new InvalidDataException($"{path}: inflates to more than {DataFile.MaxDecompressedBytes:N0} bytes; split it into several files");
+            output.Write(buffer, 0, n);
+        }
+        return output.ToArray();
     }
 
     /// <summary>Decodes bytes named <paramref name="source"/> (for messages) under <paramref name="policy"/>.</summary>

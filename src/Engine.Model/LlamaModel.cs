@@ -201,13 +201,20 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>The last stage's forward: its blocks, the final norm, the head and the loss (as <see cref="Loss"/>).</summary>
-    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f)
+    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f) =>
+        F.CrossEntropy(StageLogits(input, batch, seqLen), targets, normalizer, zLoss);
+
+    /// <summary>The last stage's final (normed) hidden states [B*T, C] from its input (token ids when it is also the
+    /// first stage, else the previous stage's hidden states): what a scalar head or the LM head reads.</summary>
+    public Tensor StageHidden(Tensor input, int batch, int seqLen)
     {
         if (!Stage.IsLast) throw new InvalidOperationException($"pipeline stage {Stage.Index} of {Stage.Count} has no head");
         var x = Blocks(Stage.IsFirst ? Embed(input, batch, seqLen, 0) : input, batch, seqLen);
-        var logits = Linear(F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps), "lm_head.weight", HeadWeight());
-        return F.CrossEntropy(logits, targets, normalizer, zLoss);
+        return F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps);
     }
+
+    /// <summary>The last stage's logits [B*T, V] (see <see cref="StageHidden"/>).</summary>
+    public Tensor StageLogits(Tensor input, int batch, int seqLen) => Linear(StageHidden(input, batch, seqLen), "lm_head.weight", HeadWeight());
 
     /// <summary>The LM head weight as used (tied embeddings, NormHead-normalised rows, or lm_head).</summary>
     public Tensor HeadWeight()

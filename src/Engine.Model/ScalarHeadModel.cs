@@ -33,6 +33,39 @@ public sealed class ScalarHeadModel : IDisposable
     /// <summary>Per-token scalars [B*T, 1]: the head over the final (normed) hidden states.</summary>
     public Tensor Scores(Tensor ids, int batch, int seqLen) => F.Linear(Body.Hidden(ids, batch, seqLen), Head[HeadName]);
 
+    /// <summary>As <see cref="Scores"/> on the body's last pipeline stage, from that stage's input
+    /// (<see cref="LlamaModel.StageHidden"/>).</summary>
+    public Tensor StageScores(Tensor input, int batch, int seqLen) => F.Linear(Body.StageHidden(input, batch, seqLen), Head[HeadName]);
+
+    /// <summary>A directory <see cref="Save"/> wrote: the body (any Hugging Face layout) and the head.</summary>
+    public static ScalarHeadModel Load(string directory, IBackend backend)
+    {
+        var body = ModelIO.Load(directory, backend);
+        var model = new ScalarHeadModel(body, 0);
+        try
+        {
+            string path = Path.Combine(directory, HeadFile);
+            using var f = SafeTensorsFile.Open(path);
+            var h = model.Head[HeadName];
+            if (!f.Contains(HeadName) || !f[HeadName].Shape.SequenceEqual([1L, h.Shape[1]]))
+                throw new InvalidDataException($"{path}: expected tensor {HeadName} of shape [1, {h.Shape[1]}]");
+            backend.Upload(h, f.ReadFloat32(HeadName));
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The head's file alone (<see cref="HeadFile"/>), beside a body saved by other means (pipeline stages).</summary>
+    public void SaveHead(string directory)
+    {
+        var h = Head[HeadName];
+        SafeTensorsWriter.Write(Path.Combine(directory, HeadFile), [new SafeTensorWrite(HeadName, [1, h.Shape[1]], h.ToArray())]);
+    }
+
     /// <summary>Freezes (or unfreezes) body and head.</summary>
     public void SetTrainable(bool on)
     {
@@ -53,8 +86,7 @@ public sealed class ScalarHeadModel : IDisposable
     public void Save(string directory)
     {
         ModelIO.Save(Body, directory);
-        var h = Head[HeadName];
-        SafeTensorsWriter.Write(Path.Combine(directory, HeadFile), [new SafeTensorWrite(HeadName, [1, h.Shape[1]], h.ToArray())]);
+        SaveHead(directory);
     }
 
     public void Dispose()

@@ -117,7 +117,6 @@ public static class Checkpoints
     public static string Save(string root, LlamaModel model, AdamW opt, CheckpointState state, int keep, ParallelLayout? layout = null,
         LoraAdapters? adapter = null)
     {
-        if (adapter != null && layout?.Pipelined == true) throw new NotSupportedException("LoRA checkpoints with pipeline stages are not supported");
         if (adapter != null)
         {
             var (r0, r1, r2, r3) = adapter.DropoutRngState;
@@ -168,11 +167,9 @@ public static class Checkpoints
         world.Barrier();
         if (adapter != null)
         {
-            if (world.Rank == 0)
-            {
-                adapter.Save(Path.Combine(tmp, AdapterDir));
-                Durable.WriteAllText(Path.Combine(tmp, "config.json"), model.Config.ToHuggingFaceJson("float32"));
-            }
+            if (layout != null) layout.SaveAdapter(adapter, Path.Combine(tmp, AdapterDir), null);
+            else if (world.Rank == 0) adapter.Save(Path.Combine(tmp, AdapterDir));
+            if (world.Rank == 0) Durable.WriteAllText(Path.Combine(tmp, "config.json"), model.Config.ToHuggingFaceJson("float32"));
         }
         else if (layout?.Pipelined == true) layout.SaveModel(model, tmp);
         else if (world.Rank == 0) ModelIO.Save(model, tmp);

@@ -1,14 +1,23 @@
 using System.Runtime.InteropServices;
 
+#if ENGINE_DATA
+namespace Engine.Data;
+#else
 namespace Engine.Training;
+#endif
 
 /// <summary>
 /// Crash-consistent writes for checkpoints: a file's data reaches the disk (fsync) before anything refers to it, and a
 /// directory's entries (new files, a rename) are fsynced through the directory itself — without that, a power loss
 /// after the rename can leave the new name pointing at nothing. On Windows directories cannot be opened for fsync
-/// (NTFS orders metadata itself): <see cref="SyncDirectory"/> does nothing there.
+/// (NTFS orders metadata itself): <see cref="SyncDirectory"/> does nothing there. Engine.Data, which depends on nothing,
+/// compiles this same file as its internal <c>Engine.Data.Durable</c> (ENGINE_DATA) for engine prepare's work files.
 /// </summary>
+#if ENGINE_DATA
+internal static partial class Durable
+#else
 public static partial class Durable
+#endif
 {
     /// <summary>Writes text and fsyncs it before returning.</summary>
     public static void WriteAllText(string path, string text)

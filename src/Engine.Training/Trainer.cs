@@ -10,6 +10,7 @@ using Engine.Training.Config;
 using Engine.Training.Parallel;
 
 using Engine.Training.Planning;
+using Engine.Training.Run;
 
 namespace Engine.Training;
 
@@ -66,25 +67,18 @@ public sealed class Trainer
         return BpeTokenizer.Load(path);
     }
 
+    /// <summary>`engine train` as a run: its config translated into a <see cref="RunSpec"/>, assembled and trained by
+    /// <see cref="RunAssembler"/>; then the final weights (or adapter).</summary>
     public TrainResult Run(CancellationToken cancel = default)
     {
         var comm = Communicator ?? new SingleRankCommunicator(backend);
         bool lead = comm.Rank == 0;
         void Say(string m) { if (lead) OnMessage?.Invoke(m); }
-        cfg.Parallel.Validate(comm.WorldSize);
+        var layout = RunLayout.From(cfg.Parallel, cfg.Model);
+        layout.Validate(comm.WorldSize, gradAccum: cfg.Train.GradAccum, needs: cfg.Needs);
         var tokenizer = LoadTokenizer(cfg);
-        if (Resume == null && cfg.Model.InitFrom == null) // a fresh model that cannot fit is refused before any data is read or memory taken
-        {
-            var fresh = cfg.ToLlamaConfig(tokenizer.VocabSize);
-            cfg.Parallel.Validate(comm.WorldSize, fresh.NumLayers);   // a bad layer split is named before it is estimated
-            Fit(MemoryModel.Worst(fresh, PlanLayout(comm.WorldSize), backend.Name != "cpu", cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null), backend.AvailableMemoryBytes());
-        }
         var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
         foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
-        Say($"tokenizing {files.Count} file(s)");
-        var corpus = TokenCorpus.FromFiles(files, tokenizer, cfg.Data.ValidFraction);
-        Say($"{corpus.TrainTokens:N0} training tokens, {corpus.ValidTokens:N0} held out");
-
         string outDir = cfg.Resolve(cfg.Output.Dir);
         string ckptRoot = Path.Combine(outDir, "checkpoints");
         Checkpoints.Loaded? resumed = null;
@@ -92,55 +86,50 @@ public sealed class Trainer
         {
             resumed = Checkpoints.OpenForResume(Resume, ckptRoot, Say);
             if (resumed == null) Say($"--resume auto: no valid checkpoint under {ckptRoot}: starting from step 0");
-            else if (resumed.State.Step >= cfg.Train.Steps)
-                throw new ConfigException($"checkpoint {resumed.Directory} is at step {resumed.State.Step}, not before train.steps = {cfg.Train.Steps}: nothing to resume");
-            resumed?.RequireKind(lora: cfg.Lora != null);
         }
-        // the layout needs the model's depth before any weights are built: from the checkpoint, init_from or the config
-        var shape = resumed != null ? ModelIO.LoadConfig(resumed.Directory)
-            : cfg.Model.InitFrom is { } init ? ModelIO.LoadConfig(cfg.Resolve(init)) : cfg.ToLlamaConfig(tokenizer.VocabSize);
-        using var layout = ParallelLayout.Create(comm, cfg.Parallel, shape.NumLayers);
-        var stage = layout.Stage(shape.NumLayers);
-        LlamaModel created;
-        if (resumed != null && !resumed.HasAdapter)
-        {
-            created = resumed.LoadModel(backend, _ => stage);
-            if (created.Config.VocabSize < tokenizer.VocabSize)
-            {
-                created.Dispose();
-                throw new InvalidDataException($"{resumed.Directory}: checkpoint vocabulary {created.Config.VocabSize} is smaller than the tokenizer's {tokenizer.VocabSize}");
-            }
-        }
-        else created = CreateModel(tokenizer.VocabSize, stage);   // a LoRA run's frozen base: rebuilt as at its start
-        if (resumed != null)
-        {
-            var mf = resumed.Manifest;
-            Say($"resuming from {resumed.Directory} at step {resumed.State.Step}" + (resumed.HasAdapter ? " (LoRA adapter; base from model.init_from)" : "")
-                + (mf.WorldSize != comm.WorldSize || mf.Zero != cfg.Parallel.Zero || mf.Pp != cfg.Parallel.Pp
-                ? $" (written by {mf.WorldSize} rank(s), pp {mf.Pp}, ZeRO-{mf.Zero}; resharded to {comm.WorldSize}, pp {cfg.Parallel.Pp}, ZeRO-{cfg.Parallel.Zero})" : ""));
-        }
-        using var model = created;
         int B = cfg.Train.BatchSize, T = cfg.Train.SeqLen;
-        CheckFits(shape, PlanLayout(comm.WorldSize), stage, backend.AvailableMemoryBytes(), gpu: backend.Name != "cpu");
-        model.CheckpointActivations = cfg.Model.CheckpointActivations;
-        Say($"model: {model.ParameterCount:N0} parameters on {backend.Name}" + (comm.WorldSize > 1
-            ? layout.Pipelined ? $" on stage 0 of {cfg.Parallel.Pp} ({cfg.Parallel.Schedule}, {layout.MicroBatches(cfg.Train.GradAccum)} micro-batches), {layout.DataGroup.WorldSize} data-parallel replica(s) ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}"
-            : $", {comm.WorldSize} data-parallel ranks ({comm.Kind}), ZeRO-{cfg.Parallel.Zero}" : ""));
-
-        // LoRA: the base is frozen; the optimizer and data parallelism work on the adapters' store alone
-        using var lora = cfg.Lora != null ? LoraSetup.Attach(model, cfg.Lora, cfg.Train.Seed, cfg.Resolve) : null;
-        if (lora != null) Say(LoraSetup.Describe(lora, model));
-        using var dp = lora != null ? layout.CreateDataParallel(lora.Store) : layout.CreateDataParallel(model);
-        var runner = layout.CreateRunner(model, dp);
-        using var opt = lora != null ? new AdamW(lora.Store, cfg.Optim, dp) : layout.CreateOptimizer(model, cfg.Optim, dp, runner);
-        int replicas = runner?.Grid.Replicas ?? dp.Comm.WorldSize, microBatches = layout.MicroBatches(cfg.Train.GradAccum);
-        var exact = ExactSettings(files, (long)replicas * microBatches * B);
-        var overridable = ResumeCheck.Overridable("", cfg.Optim, cfg.Train.Steps);
-        if (resumed != null)
+        var rng = new Rng(cfg.Train.Seed);
+        TokenCorpus? corpus = null;
+        double? lastValid = null;
+        var spec = new RunSpec
         {
-            var effective = ResumeCheck.Check(resumed.Directory, resumed.State.Exact, exact, resumed.State.Overridable, overridable);
-            Say("resume: settings in effect: " + string.Join(", ", effective) + (SkipBatches is { } sb ? $", skipping the batches of steps {sb.First}-{sb.Last}" : ""));
-        }
+            Name = "train",
+            Layout = layout,
+            Model = ModelSource(tokenizer.VocabSize, resumed),
+            Lora = cfg.Lora,
+            LoraSeed = cfg.Train.Seed,
+            Resolve = cfg.Resolve,
+            Optim = cfg.Optim,
+            Schedule = cfg.Schedule,
+            Data = _ =>
+            {
+                Say($"tokenizing {files.Count} file(s)");
+                corpus = TokenCorpus.FromFiles(files, tokenizer, cfg.Data.ValidFraction);
+                Say($"{corpus.TrainTokens:N0} training tokens, {corpus.ValidTokens:N0} held out");
+                return new CorpusBatches(corpus, rng);
+            },
+            MicroBatchRows = B,
+            SeqLen = T,
+            GradAccum = cfg.Train.GradAccum,
+            Steps = cfg.Train.Steps,
+            ZLoss = cfg.Train.ZLoss,
+            Guard = new GuardOptions { Mode = cfg.Train.Guard, ZScore = cfg.Train.GuardZ, Window = cfg.Train.GuardWindow },
+            SkipBatches = SkipBatches,
+            EvalEvery = cfg.Train.EvalEvery,
+            Checkpoint = new CheckpointSpec(ckptRoot, cfg.Output.CheckpointEvery, cfg.Output.KeepCheckpoints)
+            {
+                Exact = ExactSettings(files),
+                Overridable = ResumeCheck.Overridable("", cfg.Optim, cfg.Train.Steps),
+                State = s => s with { Rng = [rng.State.Item1, rng.State.Item2, rng.State.Item3, rng.State.Item4] },
+                Restore = r => rng.State = (r.State.Rng[0], r.State.Rng[1], r.State.Rng[2], r.State.Rng[3]),
+            },
+            Resume = resumed,
+            Control = Control,
+            OnStep = (_, record) => OnStep?.Invoke(record!),
+            Validate = run => () => (lastValid = run.Pipeline != null ? PipelineValidationLoss(run.Pipeline, corpus!) : ValidationLoss(run.Model, corpus!)).Value,
+            Log = Say,
+        };
+        using var run = RunAssembler.Assemble(spec, comm, backend);
 
         string metricsPath = Path.Combine(outDir, "metrics.jsonl");
         if (lead)
@@ -151,110 +140,68 @@ public sealed class Trainer
         }
         comm.Barrier();
         var launch = Engine.Parallel.Launch.LaunchEnvironment.Detect();
-        var throughput = Metrics.Throughput.For(backend, model.Config, T, comm.WorldSize, nodes: launch.WorldSize > 1 ? Math.Max(1, launch.WorldSize / launch.LocalWorldSize) : 1);
+        var throughput = Metrics.Throughput.For(backend, run.Model.Config, T, comm.WorldSize, nodes: launch.WorldSize > 1 ? Math.Max(1, launch.WorldSize / launch.LocalWorldSize) : 1);
         Say($"MFU peak: {throughput.PeakSource}");
         using var metrics = new Metrics.MetricsLog(comm, backend, throughput, metricsPath, append: resumed != null,
             tensorBoardDir: cfg.Output.Tensorboard ? Path.Combine(outDir, "tensorboard") : null);
         if (metrics.TensorBoardFile is { } tb) Say($"TensorBoard events: {tb}");
-        var rng = new Rng(cfg.Train.Seed);
-        if (resumed != null)
-        {
-            if (lora != null) resumed.LoadAdapter(lora);
-            resumed.LoadOptimizer(opt);
-            var r = resumed.State.Rng;
-            rng.State = (r[0], r[1], r[2], r[3]);
-        }
-        var options = new LoopOptions
-        {
-            Steps = cfg.Train.Steps,
-            BatchSize = B,
-            SeqLen = T,
-            GradAccum = layout.MicroBatches(cfg.Train.GradAccum),
-            Optim = cfg.Optim,
-            Schedule = cfg.Schedule,
-            ZLoss = cfg.Train.ZLoss,
-            EvalEvery = cfg.Train.EvalEvery,
-            StartStep = resumed?.State.Step ?? 0,
-            StartTokens = resumed?.State.Tokens ?? 0,
-            StartSkipped = resumed?.State.SkippedSteps ?? 0,
-            Guard = new GuardOptions { Mode = cfg.Train.Guard, ZScore = cfg.Train.GuardZ, Window = cfg.Train.GuardWindow },
-            SkipBatches = SkipBatches,
-        };
-        if (Control != null && resumed != null) Control.LastCheckpoint = resumed.Directory;
-        double? lastValid = null;
-        int savedStep = resumed?.State.Step ?? -1;
-        string? saved = null;
-        void Save(StepMetrics m)
-        {
-            // a step that failed the finite check never reaches here (guard "fail" throws; "skip" left the weights as they were)
-            if (!(m.Skipped || double.IsFinite(m.Loss))) throw new InvalidOperationException($"step {m.Step} is not finite: not checkpointed");
-            var clock = System.Diagnostics.Stopwatch.StartNew();
-            var (a, b, c, d) = rng.State;
-            saved = Checkpoints.Save(ckptRoot, model, opt, new CheckpointState(m.Step, m.Tokens, [a, b, c, d], opt.Step)
-            {
-                SkippedSteps = m.SkippedSteps,
-                Exact = exact,
-                Overridable = overridable,
-            }, cfg.Output.KeepCheckpoints, layout, lora);
-            savedStep = m.Step;
-            Control?.SaveDone(clock.Elapsed.TotalSeconds);
-            if (Control != null) Control.LastCheckpoint = saved;
-            Say($"checkpoint {saved}");
-        }
-        var steps = TrainingLoop.Run(model, new CorpusBatches(corpus, rng), options, opt, ewc: null,
-            onStep: m =>
-            {
-                var record = metrics.Record(m);
-                if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps) Save(m);
-                if (lead) OnStep?.Invoke(record);
-            },
-            validate: () => (lastValid = runner != null ? PipelineValidationLoss(runner, corpus) : ValidationLoss(model, corpus)).Value,
-            cancel: cancel,
-            pipeline: runner,
-            control: Control);
+        var outcome = run.Train(metrics, cancel);
+        var steps = outcome.Steps;
         long tokens = steps.Count > 0 ? steps[^1].Tokens : 0;
-        if (runner != null)
+        if (outcome.StoppedReason != null)
         {
-            // every stage's idle share of its pipelined steps, averaged over the world (all stages, all replicas)
-            Span<double> idle = [runner.StepSeconds > 0 ? runner.WaitSeconds / runner.StepSeconds : 0, runner.TimedSteps > 0 ? 1 : 0];
-            comm.AllReduce(idle);
-            int M = layout.MicroBatches(cfg.Train.GradAccum);
-            if (idle[1] > 0)
-                Say($"pipeline: stages idle {idle[0] / idle[1]:P1} of each step on average (measured: bubble + transfers, {runner.TimedSteps} step(s) after the first); " +
-                    $"theory (P−1)/(M+P−1) = {PipelineSchedule.Bubble(cfg.Parallel.Pp, M):P1} for P = {cfg.Parallel.Pp}, M = {M}");
-        }
-        if (Control?.Stopped == true && steps.Count > 0 && steps[^1].Step < cfg.Train.Steps)
-        {
-            if (savedStep != steps[^1].Step) Save(steps[^1]);
-            Say($"{Control.StopReason}: stopped after step {steps[^1].Step} of {cfg.Train.Steps}; resume with --resume latest");
-            return new TrainResult(outDir, "", steps, lastValid, model.ParameterCount, steps[^1].TokensPerSecond)
+            Say($"{outcome.StoppedReason}: stopped after step {steps[^1].Step} of {cfg.Train.Steps}; resume with --resume latest");
+            return new TrainResult(outDir, "", steps, lastValid, run.Model.ParameterCount, steps[^1].TokensPerSecond)
             {
-                StoppedReason = Control.StopReason,
-                Checkpoint = saved,
+                StoppedReason = outcome.StoppedReason,
+                Checkpoint = outcome.Checkpoint,
             };
         }
 
         string weightsDir = Path.Combine(outDir, "final");
-        if (lora != null)
+        if (cfg.Lora != null)
         {
-            if (lead) lora.Save(weightsDir, cfg.Model.InitFrom is { } b ? cfg.Resolve(b) : null);
-            comm.Barrier();
+            run.SaveAdapter(weightsDir, cfg.Model.InitFrom is { } b ? cfg.Resolve(b) : null);
             Say($"saved the adapter (PEFT layout) to {weightsDir}");
         }
         else
         {
-            layout.SaveModel(model, weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
+            run.SaveWeights(weightsDir, cfg.Output.SaveDtype, new Dictionary<string, string>
             {
                 ["engine.steps"] = cfg.Train.Steps.ToString(System.Globalization.CultureInfo.InvariantCulture),
                 ["engine.tokens"] = tokens.ToString(System.Globalization.CultureInfo.InvariantCulture),
             });
             Say($"saved {weightsDir}");
         }
-        return new TrainResult(outDir, weightsDir, steps, lastValid, model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);
+        return new TrainResult(outDir, weightsDir, steps, lastValid, run.Model.ParameterCount, steps.Count > 0 ? steps[^1].TokensPerSecond : 0);
+    }
+
+    /// <summary>The model's shape before any weight is read: the resumed checkpoint's, init_from's, or the config's.</summary>
+    LlamaConfig Shape(int tokenizerVocab, string? checkpoint) =>
+        checkpoint != null ? ModelIO.LoadConfig(checkpoint)
+        : cfg.Model.InitFrom is { } init ? ModelIO.LoadConfig(cfg.Resolve(init)) : cfg.ToLlamaConfig(tokenizerVocab);
+
+    /// <summary>A full checkpoint's weights, or (fresh runs, and LoRA runs whose frozen base is rebuilt as at their
+    /// start) init_from or a new model.</summary>
+    ModelSource ModelSource(int tokenizerVocab, Checkpoints.Loaded? resumed)
+    {
+        if (resumed != null && !resumed.HasAdapter)
+            return new ModelSource(Shape(tokenizerVocab, resumed.Directory), stage =>
+            {
+                var m = resumed.LoadModel(backend, _ => stage);
+                if (m.Config.VocabSize < tokenizerVocab)
+                {
+                    m.Dispose();
+                    throw new InvalidDataException($"{resumed.Directory}: checkpoint vocabulary {m.Config.VocabSize} is smaller than the tokenizer's {tokenizerVocab}");
+                }
+                return m;
+            })
+            { ReadsCheckpoint = true };
+        return new ModelSource(Shape(tokenizerVocab, null), stage => CreateModel(tokenizerVocab, stage));
     }
 
     /// <summary>The settings an exact resume needs unchanged (see <see cref="ResumeCheck"/>).</summary>
-    Dictionary<string, string> ExactSettings(List<string> files, long sequencesPerStep)
+    Dictionary<string, string> ExactSettings(List<string> files)
     {
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         var d = new Dictionary<string, string>(StringComparer.Ordinal)
@@ -265,7 +212,6 @@ public sealed class Trainer
             ["data.tokenizer"] = cfg.Data.Tokenizer == "byte" ? "byte" : cfg.Resolve(cfg.Data.Tokenizer),
             ["data.valid_fraction"] = ResumeCheck.Format(cfg.Data.ValidFraction),
             ["train.seq_len"] = cfg.Train.SeqLen.ToString(inv),
-            ["train.sequences_per_step"] = sequencesPerStep.ToString(inv),
             ["train.seed"] = cfg.Train.Seed.ToString(inv),
             ["train.z_loss"] = ResumeCheck.Format(cfg.Train.ZLoss),
             ["optim.weight_decay"] = ResumeCheck.Format(cfg.Optim.WeightDecay),
@@ -283,11 +229,12 @@ public sealed class Trainer
         return d;
     }
 
-    /// <summary>The model section without what does not change the math (activation checkpointing).</summary>
+    /// <summary>The model section without what does not change the math (activation recompute).</summary>
     static string ModelShape(ModelSection m)
     {
         var node = System.Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(m))!.AsObject();
         node.Remove(nameof(ModelSection.CheckpointActivations));
+        node.Remove(nameof(ModelSection.Recompute));
         return node.ToJsonString();
     }
 
@@ -357,51 +304,31 @@ public sealed class Trainer
         return Eval.Evaluator.Perplexity(model, corpus.Valid, T, B, (long)cfg.Train.EvalBatches * B * T).MeanNll;
     }
 
-    /// <summary>The layout this run's config describes, for the memory model (micro-batch = train.batch_size; micro-batches
-    /// per step = parallel.micro_batches under a pipeline, else train.grad_accum).</summary>
-    public PlanLayout PlanLayout(int worldSize)
-    {
-        var p = cfg.Parallel;
-        int micro = p.Pp > 1 && p.MicroBatches > 0 ? p.MicroBatches : cfg.Train.GradAccum;
-        return new PlanLayout(Math.Max(1, worldSize / Math.Max(1, p.Pp)), p.Pp, p.Zero, cfg.Train.BatchSize, micro, cfg.Train.SeqLen,
-            cfg.Model.CheckpointActivations, p.Schedule, p.BucketMb);
-    }
-
     /// <summary>
     /// <c>engine train --dry-run</c>: the per-device memory estimate of every stage of the configured layout, from the
-    /// config alone (the tokenizer is read for the vocabulary; no weights are built), against the backend's memory.
+    /// config alone (the tokenizer is read for the vocabulary; no weights are built), against the backend's memory —
+    /// the layout, micro-batch rule and fit check of <see cref="Run"/> (<see cref="RunLayout"/>, <see cref="FitCheck"/>).
     /// Throws <see cref="ConfigException"/> when the largest stage cannot fit.
     /// </summary>
     public string DryRun(int worldSize)
     {
-        cfg.Parallel.Validate(worldSize);
+        var layout = RunLayout.From(cfg.Parallel, cfg.Model);
+        layout.Validate(worldSize, gradAccum: cfg.Train.GradAccum, needs: cfg.Needs);
         var tokenizer = LoadTokenizer(cfg);
-        var shape = Resume != null ? ModelIO.LoadConfig(Checkpoints.Resolve(Resume, Path.Combine(cfg.Resolve(cfg.Output.Dir), "checkpoints")))
-            : cfg.Model.InitFrom is { } init ? ModelIO.LoadConfig(cfg.Resolve(init)) : cfg.ToLlamaConfig(tokenizer.VocabSize);
-        var l = PlanLayout(worldSize);
+        var shape = Shape(tokenizer.VocabSize, Resume != null ? Checkpoints.Resolve(Resume, Path.Combine(cfg.Resolve(cfg.Output.Dir), "checkpoints")) : null);
+        layout.Validate(worldSize, shape.NumLayers, cfg.Train.GradAccum, cfg.Needs);
+        var l = layout.Plan(worldSize, cfg.Train.BatchSize, cfg.Train.GradAccum, cfg.Train.SeqLen);
         bool gpu = backend.Name != "cpu";
-        var stages = MemoryModel.Stages(shape, l, gpu, cfg.Parallel.Layers.Length > 0 ? cfg.Parallel.Layers : null);
+        var stages = FitCheck.Stages(shape, layout, l, gpu);
         long available = backend.AvailableMemoryBytes();
         var sb = new System.Text.StringBuilder();
         sb.AppendLine($"model: {shape.ParameterCount():N0} parameters; layout: {l.Describe()}, {worldSize} rank(s) on {backend.Name}");
+        sb.AppendLine($"global batch: {l.GlobalBatch} sequences × {l.SeqLen} tokens per step");
         foreach (var e in stages)
             sb.AppendLine($"  stage {e.Stage}: {e.Parameters:N0} parameters, {e.Describe()}");
         var worst = stages.MaxBy(e => e.Total)!;
         sb.Append($"per device: {MemoryEstimate.Gib(worst.Total)} of {MemoryEstimate.Gib(available)} available ({(backend.Name == "cpu" ? "host memory" : "device memory")})");
-        Fit(worst, available);
+        FitCheck.Require(worst, available, l);
         return sb.ToString();
     }
-
-    /// <summary>Refuses a layout whose largest stage needs more than 90% of <paramref name="available"/> bytes.</summary>
-    static void Fit(MemoryEstimate e, long available)
-    {
-        if (e.Total > available * 0.9)
-            throw new ConfigException($"model does not fit: stage {e.Stage} needs about {e.Describe()} but {MemoryEstimate.Gib(available)} are available; " +
-                "reduce train.batch_size or train.seq_len, the model size, set model.checkpoint_activations = true, raise parallel.zero, or add pipeline stages (engine plan ranks the layouts)");
-    }
-
-    /// <summary>Refuses a model whose weights, gradients, AdamW state and activations exceed available memory, by
-    /// <see cref="MemoryModel"/> (the estimate of <c>engine plan</c> and <c>--dry-run</c>); null memory: this host's.</summary>
-    public static void CheckFits(LlamaConfig c, PlanLayout layout, PipelineStage? stage = null, long? availableBytes = null, bool gpu = false) =>
-        Fit(MemoryModel.ForStage(c, layout, stage ?? PipelineStage.Whole(c.NumLayers), gpu), availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
 }

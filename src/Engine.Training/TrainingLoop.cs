@@ -5,11 +5,16 @@ using Engine.Model;
 using Engine.Parallel;
 using Engine.Training.Forgetting;
 using Engine.Training.Parallel;
+using Engine.Training.Run;
 
 namespace Engine.Training;
 
-/// <summary>One micro-batch: ids and targets [batch*T] (targets -100 = no loss) and the source of each row.</summary>
-public sealed record Batch(int[] Ids, int[] Targets, string[] RowSources);
+/// <summary>One micro-batch: ids and targets [batch*T] (targets -100 = no loss) and the source of each row; a loss that
+/// needs more than tokens (preference pairs, rollouts) finds its own data in <see cref="Payload"/>.</summary>
+public sealed record Batch(int[] Ids, int[] Targets, string[] RowSources)
+{
+    public object? Payload { get; init; }
+}
 
 /// <summary>
 /// Where training batches come from (random windows of a corpus, a mixture of sample streams, …): one endless global
@@ -74,25 +79,43 @@ public sealed record StepMetrics(int Step, int TotalSteps, double Loss, double L
     double TokensPerSecond, double ElapsedSeconds, double? ValidLoss, IReadOnlyDictionary<string, double>? SourceLosses = null,
     double EwcPenalty = 0, bool Skipped = false, int SkippedSteps = 0, double StepSeconds = 0, double ComputeSeconds = 0);
 
+/// <summary>What the loop trains: the (stage) model, its per-micro-batch loss, the optimizers of its trainable stores,
+/// the pipeline schedule when the model is split into stages, and EWC.</summary>
+public sealed record TrainTarget(LlamaModel Model, ITrainingLoss Loss, OptimizerSet Optimizers)
+{
+    public PipelineRunner? Pipeline { get; init; }
+    public Ewc? Ewc { get; init; }
+}
+
 /// <summary>
-/// The training loop (TorchTitan shape, ~one screen): the global batch (world size × grad_accum micro-batches of the
-/// one stream; this rank trains on its grad_accum) → zero-grad → micro-batches (loss summed ÷ the global count of
-/// valid targets, gradient buckets reduced during backward) → EWC gradient → clip → AdamW (ZeRO slices, parameters
-/// all-gathered) → schedule → metrics (reduced across ranks). Shared by `engine train` and every recipe stage; in a
-/// world of one rank it is the single-process loop.
+/// The training loop (TorchTitan shape, ~one screen): the global batch (replicas × grad_accum micro-batches of the
+/// one stream; this replica trains on its grad_accum) → zero-grad → micro-batches (the loss's share ÷ the global count
+/// it normalizes by, gradient buckets reduced during backward; through the stages when pipelined) → EWC gradient →
+/// clip → AdamW (ZeRO slices, parameters all-gathered) → schedule → metrics (reduced across ranks). Shared by every
+/// run the assembler builds (<see cref="Run.RunAssembler"/>); in a world of one rank it is the single-process loop.
 /// </summary>
 public static class TrainingLoop
 {
+    /// <summary>A language model on a batch source (the loss of <see cref="LanguageModelLoss"/>): tests and tools
+    /// that set up the model, optimizer and pipeline themselves.</summary>
     public static List<StepMetrics> Run(LlamaModel model, IBatchSource data, LoopOptions o, AdamW opt, Ewc? ewc = null,
         Action<StepMetrics>? onStep = null, Func<double>? validate = null, CancellationToken cancel = default,
-        PipelineRunner? pipeline = null, RunControl? control = null)
+        PipelineRunner? pipeline = null, RunControl? control = null) =>
+        Run(new TrainTarget(model, new LanguageModelLoss(model, data.SourceNames, o.ZLoss), new OptimizerSet(opt)) { Pipeline = pipeline, Ewc = ewc },
+            data, o, onStep, validate, cancel, control);
+
+    public static List<StepMetrics> Run(TrainTarget target, IBatchSource data, LoopOptions o, Action<StepMetrics>? onStep = null,
+        Func<double>? validate = null, CancellationToken cancel = default, RunControl? control = null)
     {
+        var (model, loss, opt) = (target.Model, target.Loss, target.Optimizers);
+        var pipeline = target.Pipeline;
         var be = model.Backend;
         var dp = opt.Parallel;
+        var sync = opt.Sync;
         // data-parallel replicas: the ranks (or, with a pipeline, the pipelines) that each train A micro-batches
         int world = pipeline?.Grid.Replicas ?? dp.Comm.WorldSize, rank = pipeline?.Grid.Replica ?? dp.Comm.Rank, A = o.GradAccum;
         var metricsComm = pipeline?.Grid.World ?? dp.Comm;
-        var sources = data.SourceNames;
+        var accounting = new LossAccounting();
         var steps = new List<StepMetrics>();
         long tokens = o.StartTokens;
         double evalSeconds = 0;
@@ -108,7 +131,7 @@ public static class TrainingLoop
             if (o.SkipBatches is { } sk && step + 1 >= sk.First && step + 1 <= sk.Last)
             {
                 // bad data: draw the step's batches (the stream moves on as in any step) and train on none of them
-                for (int i = 0; i < world * A; i++) data.Skip(o.BatchSize, o.SeqLen);
+                for (int i = 0; i < world * A; i++) loss.Skip(data, o.BatchSize, o.SeqLen);
                 tokens += (long)world * A * o.BatchSize * o.SeqLen;
                 skipped++;
                 var sm = new StepMetrics(step + 1, o.Steps, double.NaN, lr, double.NaN, tokens, 0, clock.Elapsed.TotalSeconds, null,
@@ -126,50 +149,46 @@ public static class TrainingLoop
                 {
                     var b = data.Next(o.BatchSize, o.SeqLen);
                     mine.Add(b);
-                    valid += b.Targets.Count(t => t != -100);
+                    valid += loss.Count(b);
                 }
-                else valid += data.Skip(o.BatchSize, o.SeqLen);
+                else valid += loss.Skip(data, o.BatchSize, o.SeqLen);
             }
-            dp.BeginStep();
+            sync.BeginStep();
             double lossSum = 0;
-            var perSourceSums = new Dictionary<string, (double Sum, long Count)>(StringComparer.Ordinal);
+            accounting.Clear();
             if (valid > 0 && pipeline != null)
-                (lossSum, perSourceSums) = pipeline.RunStep(mine, valid, (float)o.ZLoss);
+                lossSum = pipeline.RunStep(mine, valid, loss, accounting);
             else if (valid > 0)
             {
                 for (int j = 0; j < mine.Count; j++)
                 {
                     var b = mine[j];
-                    dp.BeginMicroBatch(last: j == mine.Count - 1);
-                    using (var scope = new TensorScope())
-                    {
-                        int rows = b.RowSources.Length, n = b.Ids.Length, T = n / rows;
-                        var idT = be.Empty([n], DType.I32);
-                        var tgT = be.Empty([n], DType.I32);
-                        be.Upload(idT, b.Ids);
-                        be.Upload(tgT, b.Targets);
-                        var (loss, tokenLosses) = model.Loss(idT, tgT, rows, T, valid, (float)o.ZLoss);
-                        lossSum += loss.Item();
-                        var tl = tokenLosses.ToArray();
-                        for (int r = 0; r < rows; r++)
+                    sync.BeginMicroBatch(last: j == mine.Count - 1);
+                    if (b.RowSources.Length > 0)   // a replica's share of a small global batch can be empty (its buckets still reduce)
+                        using (var scope = new TensorScope())
                         {
-                            double sum = 0; long count = 0;
-                            for (int t = 0; t < T; t++)
-                                if (b.Targets[r * T + t] != -100) { sum += tl[r * T + t]; count++; }
-                            var acc = perSourceSums.GetValueOrDefault(b.RowSources[r]);
-                            perSourceSums[b.RowSources[r]] = (acc.Sum + sum, acc.Count + count);
+                            var idT = be.Empty([b.Ids.Length], DType.I32);
+                            be.Upload(idT, b.Ids);
+                            var l = loss.Forward(idT, b, valid, accounting);
+                            lossSum += l.Item();
+                            Grad.Backward(l, observer: sync);
                         }
-                        Grad.Backward(loss, observer: dp);
-                    }
-                    dp.EndMicroBatch();
+                    sync.EndMicroBatch();
                 }
             }
             double compute = clock.Elapsed.TotalSeconds - stepStart;
-            dp.FinishGradients();
+            sync.FinishGradients();
             pipeline?.SyncTiedEmbedding();
-            double penalty = ewc?.Apply(model, dp) ?? 0;
+            double penalty = target.Ewc?.Apply(model, dp) ?? 0;
+            if (target.Ewc != null && pipeline != null)
+            {
+                // each stage's penalty is over its own parameters: the model's is their sum
+                Span<double> p = [penalty];
+                pipeline.Grid.Pipe.AllReduce(p);
+                penalty = p[0];
+            }
             // the loss is reduced before the update: its finite flag (and the spike rule) is then the same on every rank
-            if (metricsComm.WorldSize > 1) (lossSum, perSourceSums) = ReduceMetrics(metricsComm, lossSum, perSourceSums, sources);
+            if (metricsComm.WorldSize > 1) lossSum = accounting.Reduce(metricsComm, lossSum, loss.Accounts);
             bool skip = false;
             double norm = double.NaN;
             if (!double.IsFinite(lossSum))
@@ -200,9 +219,8 @@ public static class TrainingLoop
                 evalSeconds += clock.Elapsed.TotalSeconds - t0;
             }
             double trainSeconds = clock.Elapsed.TotalSeconds - evalSeconds;
-            var perSource = perSourceSums.Where(kv => kv.Value.Count > 0).ToDictionary(kv => kv.Key, kv => kv.Value.Sum / kv.Value.Count, StringComparer.Ordinal);
             var m = new StepMetrics(step + 1, o.Steps, lossSum, lr, norm, tokens, (tokens - o.StartTokens) / Math.Max(trainSeconds, 1e-9),
-                clock.Elapsed.TotalSeconds, v, perSource, penalty, skip, skipped, stepSeconds, compute);
+                clock.Elapsed.TotalSeconds, v, accounting.Means(), penalty, skip, skipped, stepSeconds, compute);
             steps.Add(m);
             control?.StepDone(clock.Elapsed.TotalSeconds - stepStart);
             onStep?.Invoke(m);
@@ -248,27 +266,5 @@ public static class TrainingLoop
             double mean = sum / window, sd = Math.Sqrt(Math.Max(0, sumSq / window - mean * mean));
             return sd == 0 ? 0 : (x - mean) / sd;
         }
-    }
-
-    /// <summary>Sums the loss and the per-source (loss sum, count) over ranks in one collective, in the order of the
-    /// batch source's names (every rank has the same list).</summary>
-    static (double, Dictionary<string, (double Sum, long Count)>) ReduceMetrics(ICommunicator comm, double loss,
-        Dictionary<string, (double Sum, long Count)> perSource, IReadOnlyList<string> sources)
-    {
-        foreach (var name in perSource.Keys)
-            if (!sources.Contains(name))
-                throw new InvalidOperationException($"a batch row comes from source '{name}', which its batch source does not list ({string.Join(", ", sources)})");
-        var v = new double[1 + 2 * sources.Count];
-        v[0] = loss;
-        for (int k = 0; k < sources.Count; k++)
-        {
-            var acc = perSource.GetValueOrDefault(sources[k]);
-            v[1 + 2 * k] = acc.Sum;
-            v[2 + 2 * k] = acc.Count;
-        }
-        comm.AllReduce(v);
-        var result = new Dictionary<string, (double, long)>(StringComparer.Ordinal);
-        for (int k = 0; k < sources.Count; k++) result[sources[k]] = (v[1 + 2 * k], (long)v[2 + 2 * k]);
-        return (v[0], result);
     }
 }

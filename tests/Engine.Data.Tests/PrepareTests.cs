@@ -51,8 +51,7 @@ public class PrepareTests
 
         Assert.Single(report.SkippedFiles);
         Assert.Contains("binary.txt", report.SkippedFiles[0]);
-        Assert.NotNull(report.Dedup);
-        var zh = report.Dedup!.Sources.Single(s => s.Name == "zh");
+        var zh = report.Dedup.Single(s => s.Source == "zh");
         Assert.True(zh.ExactLocal == zh.Input / 2 && zh.Input > 100, string.Join("\n", report.Stages)); // the same file listed twice
         Assert.Equal(601, report.VocabSize);               // 600 trained + 1 added
         Assert.True(File.Exists(Path.Combine(dir, "out", "report.json")));
@@ -65,9 +64,10 @@ public class PrepareTests
             using var shard = ShardReader.Open(Path.Combine(dir, "out", name));
             Assert.False(string.IsNullOrWhiteSpace(tok.Decode(shard.Document(0))));
         }
-        Assert.Equal(report.Dedup.Sources.Single(s => s.Name == "sft").Output, Instructions.Read(Path.Combine(dir, "out", "sft.jsonl")).Count()); // 60 read, near duplicates dropped
-        Assert.Contains(report.Stages, s => s.Stage == "clean" && s.Source == "en");
-        Assert.Contains(report.Stages, s => s.Stage == "quality" && s.Source == "en");
+        Assert.Equal(report.Dedup.Single(s => s.Source == "sft").Output, Instructions.Read(Path.Combine(dir, "out", "sft.jsonl")).Count()); // 60 read, near duplicates dropped
+        var en = report.Stages.Single(s => s.Stage == "extract" && s.Source == "en");
+        Assert.Contains(en.Counts.Keys, k => k.StartsWith("clean_dropped_", StringComparison.Ordinal));   // cleaning rules counted
+        Assert.True(en.Counts.GetValueOrDefault("quality_dropped") > 0, string.Join(", ", en.Counts));  // and the quality filter
         Assert.True(report.Tokens > 0);
     }
 

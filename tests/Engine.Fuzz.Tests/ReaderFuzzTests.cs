@@ -39,10 +39,13 @@ public static class ReaderFuzz
         Assert.True(stats.Refused > 0, $"{target}: no input was refused ({stats})");
     }
 
-    public static TheoryData<string> Binary => ["safetensors", "safetensors-index", "model-config", "gguf", "shard", "tokenizer", "labeled", "checkpoint"];
+    public static TheoryData<string> Binary => ["safetensors", "safetensors-index", "model-config", "gguf", "shard", "tokenizer", "labeled", "checkpoint",
+        "prepare-jsonl-zst", "prepare-pdf"];
+    // prepare-parquet is not run here: Parquet.Net 6.1.0 loops for minutes on some mutated files (input 264 of seed 13,
+    // kept as tests/Engine.Data.Tests/Fixtures/parquet-loop.parquet); ParquetInput.Timeout refuses such a file after 5 minutes
 
     public static TheoryData<string> Text => ["train-config", "train-config-json", "recipe-config", "prepare-config", "prepare-config-json",
-        "documents-txt", "documents-jsonl", "documents-json", "documents-csv", "instructions"];
+        "documents-txt", "documents-jsonl", "documents-json", "documents-csv", "instructions", "prepare-html"];
 }
 
 public class BinaryReaderFuzzTests

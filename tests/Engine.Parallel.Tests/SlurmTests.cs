@@ -7,7 +7,8 @@ public class SlurmTests
 {
     static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
 
-    static async Task RequireSlurm()
+    /// <summary>Skips the test unless Open MPI and a Slurm answering sinfo are there (also the prepare tests').</summary>
+    internal static async Task RequireSlurm()
     {
         EngineProcess.RequireMpi();
         if (EngineProcess.OnPath("srun") is null || EngineProcess.OnPath("sinfo") is null)

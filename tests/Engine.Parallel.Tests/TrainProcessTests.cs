@@ -215,6 +215,33 @@ public class TrainProcessTests
         for (int i = 0; i < a.Length; i++) Assert.True(Math.Abs(a[i] - b[i]) <= 1e-3 * Math.Abs(a[i]) + 0.01, $"report column {i}: {b[i]} vs {a[i]}\n{multi.All}");
     }
 
+    /// <summary>
+    /// The shipped demo recipe (configs/demo_finance.toml through `engine demo`, shortened as DemoReproducibilityTests
+    /// shortens it) launched on 2 ranks as 2 pipeline stages prints the table one process prints, timing columns aside:
+    /// every stage trains through the stages (1F1B), and evaluation reads the saved weights whole on both ranks.
+    /// </summary>
+    [Fact]
+    public async Task Launched_demo_on_two_pipeline_stages_prints_the_one_process_table()
+    {
+        EngineProcess.RequireMpi();
+        using var dir = new TempFolder();
+        string[] Demo(string outDir) => ["demo", "--scale", "0.02", "--set", $"output.dir={outDir}", "eval.max_examples=20", "eval.perplexity_tokens=2048", "tokenizer.train_chars=300000"];
+        var limit = TimeSpan.FromMinutes(8);
+        var single = await EngineProcess.RunEngine(Demo(Path.Combine(dir.Path, "one")), EngineProcess.BaseEnvironment(), limit);
+        Assert.True(single.ExitCode == 0, single.All);
+        var multi = await EngineProcess.RunEngine(["launch", "--nproc-per-node", "2", "--", .. Demo(Path.Combine(dir.Path, "two")), "parallel.pp=2"],
+            EngineProcess.BaseEnvironment(), limit);
+        Assert.True(multi.ExitCode == 0, multi.All);
+        Assert.Contains("on stage 0 of 2 (1f1b", multi.Stdout);
+        // the table's rows without the last three cells (train s, tokens/s, eval s: wall-clock figures)
+        static List<string> Table(string output) => output.Split('\n').Select(l => l.TrimEnd('\r'))
+            .Where(l => l.StartsWith("| ", StringComparison.Ordinal) || l.StartsWith("|---", StringComparison.Ordinal))
+            .Select(l => string.Join("|", l.Split('|')[..^4])).ToList();
+        var a = Table(single.Stdout);
+        Assert.Equal(6, a.Count);   // header, rule, base, naive, mixed, hybrid
+        Assert.Equal(a, Table(multi.Stdout));
+    }
+
     static int FreePort()
     {
         var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);

@@ -141,7 +141,7 @@ public static class GemmSuite
                     ["cpu_idle_before_rounds"] = new JsonArray(idleBefore[s.Name].Select(x => (JsonNode?)Math.Round(x, 3)).ToArray()),
                 },
             };
-            if (theirsMs.TryGetValue(s.Name, out var t)) e = e.WithPeer(BenchEntries.Peer("openblas", t, version: blas?["numpy"] is { } np ? $"numpy {np}, {string.Join(", ", blas?["mapped"]?.AsArray().Select(x => Path.GetFileName((string?)x)) ?? [])}" : null));
+            if (theirsMs.TryGetValue(s.Name, out var t)) e = e.WithPeer(BenchEntries.Peer("openblas", t, version: PeerVersion(blas)));
             if (!(o2.MaxErr < 1e-3)) e = e with { Error = $"spot check failed: max relative error {o2.MaxErr:E2}" };
             entries.Add(e);
         }
@@ -157,8 +157,14 @@ public static class GemmSuite
         };
         return new SuiteOutput(entries, config,
             "Stopwatch / time.perf_counter; rounds alternate ours and OpenBLAS; per round a warm-up >= 0.25 s (dropped), iterations calibrated to >= min_sample_s, then samples; per-call ms per sample, median over all samples of all rounds",
+            blas != null ? [Engine.Training.Bench.MachineInfo.UnpinNote("the OpenBLAS peer")] : null,
             Extra: new JsonObject { ["openblas"] = blas?.DeepClone() });
     }
+
+    /// <summary>"numpy 1.24.2, libopenblasp-r0.3.21.so, Cooperlake kernels": the peer's library and the kernels it picked.</summary>
+    static string? PeerVersion(JsonNode? blas) => blas?["numpy"] is not { } np ? null
+        : $"numpy {np}, {string.Join(", ", blas["mapped"]?.AsArray().Select(x => Path.GetFileName((string?)x)) ?? [])}" +
+          (blas["openblas"]?["corename"] is { } core ? $", {(string?)core} kernels" : "");
 
     /// <summary>One shape's operands (uniform [-1, 1], fixed seed) and the call under test.</summary>
     sealed class OurRun
@@ -284,6 +290,7 @@ public static class GemmSuite
             string threads = Gemm.MaxThreads.ToString(CultureInfo.InvariantCulture);
             psi.Environment["OMP_NUM_THREADS"] = threads;
             psi.Environment["OPENBLAS_NUM_THREADS"] = threads;
+            Engine.Training.Bench.MachineInfo.Unpin(psi.Environment);   // OpenBLAS picks its kernels for this CPU
             psi.ArgumentList.Add(Path.Combine(root, "benchmarks", "scripts", "sgemm_openblas.py"));
             psi.ArgumentList.Add("--samples"); psi.ArgumentList.Add(samples.ToString(CultureInfo.InvariantCulture));
             psi.ArgumentList.Add("--min-sample-s"); psi.ArgumentList.Add(minSampleS.ToString(CultureInfo.InvariantCulture));
@@ -293,7 +300,7 @@ public static class GemmSuite
                 var p = Process.Start(psi)!;
                 var info = JsonNode.Parse(p.StandardOutput.ReadLine() ?? "null")?["blas"];
                 var mapped = info?["mapped"]?.AsArray().Select(x => (string?)x).ToArray() ?? [];
-                Console.WriteLine($"OpenBLAS via numpy ({threads} threads), mapped: {string.Join(", ", mapped)}");
+                Console.WriteLine($"OpenBLAS via numpy ({threads} threads), mapped: {string.Join(", ", mapped)}; kernels: {(string?)info?["openblas"]?["corename"] ?? "unknown"}");
                 if (!mapped.Any(x => x is not null && x.Contains("openblas", StringComparison.Ordinal)))
                     Console.Error.WriteLine("gemm: warning: numpy did not map an OpenBLAS library");
                 return new OpenBlasServer(p, info);

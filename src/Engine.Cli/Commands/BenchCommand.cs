@@ -28,6 +28,7 @@ public static class BenchCommand
         cmd.Subcommands.Add(CreateTrain());
         cmd.Subcommands.Add(CreateEval());
         cmd.Subcommands.Add(CreateData());
+        cmd.Subcommands.Add(CreatePrepare());
         cmd.Subcommands.Add(GpuBenchCommand.Create());
         cmd.Subcommands.Add(CreateDataParallel());
         cmd.Subcommands.Add(CommBenchCommand.Create());
@@ -91,12 +92,14 @@ public static class BenchCommand
         var python = new Option<string?>("--python") { Description = "interpreter with torch for the PyTorch peer ('none' to skip)", DefaultValueFactory = _ => "/usr/bin/python3" };
         var steps = new Option<int>("--steps") { Description = "timed steps (median reported)", DefaultValueFactory = _ => 6 };
         var profile = new Option<bool>("--profile") { Description = "print per-op time, calls and bytes over the steps" };
+        var peak = PeakOption.Create();
         var output = Out();
         var shared = Shared();
         var cmd = new Command("train", "tokens/s and MFU of a full training step (~12M-parameter Llama), engine vs PyTorch on the same exported weights and batches")
-            { device, python, steps, profile, output, shared };
+            { device, python, steps, profile, peak, output, shared };
         cmd.SetAction(p => Cli.Guard(() =>
         {
+            PeakOption.Apply(p, peak);
             string? py = p.GetValue(python);
             if (py == "none") py = null;
             if (p.GetValue(steps) < 1) throw new ArgumentException("--steps must be at least 1");
@@ -141,16 +144,36 @@ public static class BenchCommand
         return cmd;
     }
 
+    static Command CreatePrepare()
+    {
+        var mb = new Option<double>("--mb") { Description = "size of the generated corpus in MB (about 2000 for the real run; 20 for a smoke run)", DefaultValueFactory = _ => 20 };
+        var ranks = new Option<int>("--ranks") { Description = "largest rank count (1, 2, 4, … up to it)", DefaultValueFactory = _ => 2 };
+        var work = new Option<string?>("--work") { Description = "folder for the corpus and the runs (kept); default a temporary folder, removed after" };
+        var output = Out();
+        var shared = Shared();
+        var cmd = new Command("prepare", "engine prepare on a generated corpus: MB per core-second of each phase, 1 → N ranks wall time and speed-up, peak memory per rank")
+            { mb, ranks, work, output, shared };
+        cmd.SetAction(p => Cli.Guard(() =>
+        {
+            if (p.GetValue(mb) <= 0 || p.GetValue(ranks) < 1) throw new ArgumentException("--mb must be positive and --ranks >= 1");
+            return RunSuite("prepare", () => PrepareSuite.Run(p.GetValue(mb), p.GetValue(ranks), p.GetValue(work)), p.GetValue(output), p.GetValue(shared), Console.Out,
+                MachineProbe.Describe(probeGpus: false));
+        }));
+        return cmd;
+    }
+
     static Command CreateAll()
     {
         var device = new Option<string>("--device") { Description = "cpu or cuda (train and eval)", DefaultValueFactory = _ => "cpu" };
         var quick = new Option<bool>("--quick") { Description = "short versions (gemm --quick, 3 train steps, 1 data repeat)" };
+        var peak = PeakOption.Create();
         var output = Out();
         var shared = Shared();
         var cmd = new Command("all", "gemm, data, train, eval and (with a GPU) kernels, one result file each; comm and dp run under engine launch")
-            { device, quick, output, shared };
+            { device, quick, peak, output, shared };
         cmd.SetAction(p => Cli.Guard(() =>
         {
+            PeakOption.Apply(p, peak);
             string? dir = p.GetValue(output);
             bool sh = p.GetValue(shared), q = p.GetValue(quick);
             int rc = 0;

@@ -48,8 +48,8 @@ public static class EvalCommand
             foreach (var f in p.GetValue(text) ?? [])
             {
                 var tokens = Evaluator.TokenStream(Documents.Read(f), tok, p.GetValue(maxTokens) + 1);
-                var r = Evaluator.Perplexity(m, tokens, T, 8, p.GetValue(maxTokens));
-                Console.WriteLine($"{f}: perplexity {r.Perplexity:F3} (mean NLL {r.MeanNll:F4}) over {r.Tokens:N0} tokens, {r.TokensPerSecond:F0} tokens/s");
+                var r = Evaluator.Perplexity(m, tokens, T, 8, p.GetValue(maxTokens), tok);
+                Console.WriteLine($"{f}: perplexity {r.Perplexity:F3} (mean NLL {r.MeanNll:F4}, {r.BitsPerByte:F4} bits/byte) over {r.Tokens:N0} tokens, {r.TokensPerSecond:F0} tokens/s");
                 results[f] = r;
             }
             var names = p.GetValue(labels) is { Length: > 0 } ln ? ln : null;
@@ -93,7 +93,8 @@ public static class EvalCommand
         var topP = new Option<double>("--top-p") { DefaultValueFactory = _ => 1.0 };
         var seed = new Option<ulong>("--seed") { DefaultValueFactory = _ => 0UL };
         var device = new Option<string>("--device") { DefaultValueFactory = _ => "cpu" };
-        var cmd = new Command("generate", "generate text with a KV cache (greedy, temperature, top-p)") { model, tokenizer, prompt, maxNew, temperature, topP, seed, device };
+        var adapter = new Option<DirectoryInfo?>("--adapter") { Description = "a LoRA adapter in PEFT's layout applied to the model" };
+        var cmd = new Command("generate", "generate text with a KV cache (greedy, temperature, top-p)") { model, tokenizer, prompt, maxNew, temperature, topP, seed, device, adapter };
         cmd.SetAction(p => Cli.Guard(() =>
         {
             // options first: a bad one is refused before the model is read
@@ -101,6 +102,7 @@ public static class EvalCommand
             var tok = LoadTokenizer(p.GetValue(tokenizer)!);
             using var m = ModelIO.Load(p.GetValue(model)!.FullName, Cli.Backend(p.GetValue(device)!));
             if (m.Config.VocabSize < tok.VocabSize) throw new ArgumentException($"the tokenizer has {tok.VocabSize} ids but the model only {m.Config.VocabSize}");
+            using var lora = p.GetValue(adapter) is { } ad ? Engine.Model.Lora.LoraAdapters.Load(m, ad.FullName) : null;
             var ids = tok.Encode(p.GetValue(prompt)!);
             var sw = System.Diagnostics.Stopwatch.StartNew();
             o = o with { StopToken = tok.EosId };

@@ -5,6 +5,7 @@ using Engine.Model;
 using Engine.Model.IO;
 using Engine.Training.Config;
 using Engine.Training.Planning;
+using Engine.Training.Run;
 
 namespace Engine.Cli.Commands;
 
@@ -93,11 +94,13 @@ public static class PlanCommand
             }
             var link = LinkModel.DgxH100 with { GpusPerNode = n / nodeCount, NvlinkGBps = parse.GetValue(nvlink), IbGBps = parse.GetValue(ib) };
             var results = Planner.Rank(c, n, gb, T, spec, link, achieved, sched);
+            string? configured = Configured(parse.GetValue(model)!, c, n, spec, link, achieved);
             Console.WriteLine($"model: {c.ParameterCount() / 1e9:F2}B parameters ({c.NumLayers} layers, hidden {c.HiddenSize}, {c.NumHeads}/{c.NumKvHeads} heads, vocab {c.VocabSize})");
             Console.WriteLine($"cluster: {n} × {spec.Name} ({spec.MemoryGiB:F0} GiB) on {nodeCount} node(s); {link.Describe()}");
             Console.WriteLine($"compute: {achieved:F1} TFLOP/s achieved per device, {source}");
             Console.WriteLine($"batch: {gb} sequences × {T} tokens per step ({(double)gb * T / 1e6:F2}M tokens); {sched}; tensor parallelism is not implemented");
             Console.WriteLine($"layouts: {results.Count(r => r.Fits)} of {results.Count} fit in 90% of device memory");
+            if (configured != null) Console.WriteLine(configured);
             Console.Write(Planner.Format(results, parse.GetValue(top)));
             if (results.FirstOrDefault(r => r.Fits) is { } best)
                 Console.WriteLine($"best: {best.Layout.Describe()}: {best.TokensPerSecondPerDevice:N0} tokens/s per GPU, MFU {best.Mfu:P1}, pipeline efficiency {best.PipelineEfficiency:P1}, data-parallel scaling efficiency {best.ScalingEfficiency:P1} " +
@@ -106,6 +109,23 @@ public static class PlanCommand
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>
+    /// With a run config (.toml) for <c>--model</c>: the layout that config trains on <paramref name="gpus"/> ranks — its
+    /// [parallel] section, batch and recompute through <see cref="RunLayout"/>, the same validation, micro-batch rule
+    /// and memory model as <c>engine train</c> and <c>--dry-run</c> — evaluated on the cluster; null otherwise.
+    /// </summary>
+    static string? Configured(string spec, LlamaConfig c, int gpus, DeviceSpec device, LinkModel link, double achieved)
+    {
+        if (!spec.EndsWith(".toml", StringComparison.OrdinalIgnoreCase) || !File.Exists(spec)) return null;
+        var cfg = TrainConfig.Load(spec, []);
+        var layout = RunLayout.From(cfg.Parallel, cfg.Model);
+        layout.Validate(gpus, c.NumLayers, cfg.Train.GradAccum, cfg.Needs);
+        var plan = layout.Plan(gpus, cfg.Train.BatchSize, cfg.Train.GradAccum, cfg.Train.SeqLen);
+        var r = Planner.Evaluate(c, plan, device, link, achieved, layout.LayerSplit);
+        return $"configured layout ({Path.GetFileName(spec)} on {gpus} ranks): {plan.Describe()}; global batch: {plan.GlobalBatch} sequences × {plan.SeqLen} tokens per step; " +
+            $"memory {r.Memory.Describe()} per GPU ({(r.Fits ? "fits" : "does NOT fit")}), {r.TokensPerSecondPerDevice:N0} tokens/s per GPU predicted";
     }
 
     /// <summary>Model TFLOP/s of one layer's forward + backward at micro-batch 1 × seqLen on <paramref name="be"/> (median

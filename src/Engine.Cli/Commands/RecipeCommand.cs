@@ -12,28 +12,35 @@ public static class RecipeCommand
     public static Command Create()
     {
         var config = new Option<FileInfo>("--config", "-c") { Description = "recipe TOML/JSON", Required = true };
-        var set = new Option<string[]>("--set") { Description = "override a key, e.g. output.dir=runs/x or eval.max_examples=50 (stage keys: use --scale)", AllowMultipleArgumentsPerToken = true };
+        var set = new Option<string[]>("--set") { Description = "override a key, e.g. output.dir=runs/x (relative to the working directory) or eval.max_examples=50 (stage keys: use --scale)", AllowMultipleArgumentsPerToken = true };
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var scale = new Option<double>("--scale") { Description = "multiply every stage's steps (e.g. 0.1 for a smoke run)", DefaultValueFactory = _ => 1.0 };
         var resume = ResumeOption();
+        var peak = PeakOption.Create();
         var stop = StopOptions.Create();
-        var cmd = new Command("recipe", "run a multi-stage domain-adaptation recipe and its evaluation") { config, set, device, scale, resume };
+        var cmd = new Command("recipe", "run a multi-stage domain-adaptation recipe and its evaluation") { config, set, device, scale, resume, peak };
         stop.AddTo(cmd);
-        cmd.SetAction(p => Cli.Guard(() => Run(p.GetValue(config)!.FullName, p.GetValue(set) ?? [], p.GetValue(device)!, p.GetValue(scale), p.GetValue(resume), stop, p)));
+        cmd.SetAction(p => Cli.Guard(() =>
+        {
+            PeakOption.Apply(p, peak);
+            return Run(p.GetValue(config)!.FullName, p.GetValue(set) ?? [], p.GetValue(device)!, p.GetValue(scale), p.GetValue(resume), stop, p);
+        }));
         return cmd;
     }
 
     public static Command CreateDemo()
     {
-        var set = new Option<string[]>("--set") { Description = "override a key of the demo recipe (e.g. output.dir=runs/x)", AllowMultipleArgumentsPerToken = true };
+        var set = new Option<string[]>("--set") { Description = "override a key of the demo recipe (e.g. output.dir=runs/x, relative to the working directory)", AllowMultipleArgumentsPerToken = true };
         var scale = new Option<double>("--scale") { Description = "multiply every stage's steps (e.g. 0.1 for a smoke run)", DefaultValueFactory = _ => 1.0 };
         var device = new Option<string>("--device") { Description = "cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var resume = ResumeOption();
+        var peak = PeakOption.Create();
         var stop = StopOptions.Create();
-        var cmd = new Command("demo", "the finance demo: base → naive → mixed → hybrid-tuning on the shipped data, one comparison table") { set, scale, device, resume };
+        var cmd = new Command("demo", "the finance demo: base → naive → mixed → hybrid-tuning on the shipped data, one comparison table") { set, scale, device, resume, peak };
         stop.AddTo(cmd);
         cmd.SetAction(p => Cli.Guard(() =>
         {
+            PeakOption.Apply(p, peak);
             string path = FindDemo();
             return Run(path, p.GetValue(set) ?? [], p.GetValue(device)!, p.GetValue(scale), p.GetValue(resume), stop, p);
         }));
@@ -64,7 +71,7 @@ public static class RecipeCommand
             if (!(scale > 0)) throw new ArgumentException($"--scale must be positive (got {scale})");
             foreach (var s in cfg.Stages) s.Steps = Math.Max(1, (int)Math.Round(s.Steps * scale));
             if (cfg.Alignment is { } al)
-                (al.Reward.Steps, al.Ppo.Steps, al.Dpo.Steps) = (Math.Max(1, (int)Math.Round(al.Reward.Steps * scale)), Math.Max(1, (int)Math.Round(al.Ppo.Steps * scale)), Math.Max(1, (int)Math.Round(al.Dpo.Steps * scale)));
+                (al.Reward.Steps, al.Ppo.Steps, al.Dpo.Steps) = (Math.Max(1, (int)Math.Round(al.Reward.Steps * scale)), al.Ppo.Steps == 0 ? 0 : Math.Max(1, (int)Math.Round(al.Ppo.Steps * scale)), Math.Max(1, (int)Math.Round(al.Dpo.Steps * scale)));
         }
         var (backend, comm) = Cli.Distributed(device);
         using var _ = comm;
@@ -86,6 +93,7 @@ public static class RecipeCommand
                     (m.SourceLoss is { Count: > 0 } sl ? "  " + string.Join(" ", sl.OrderBy(k => k.Key).Select(k => $"{k.Key}:{k.Value:F2}")) : ""));
         };
         var wall = System.Diagnostics.Stopwatch.StartNew();
+        if (comm.Rank == 0) Console.WriteLine($"output: {cfg.Resolve(cfg.Output.Dir)}");
         if (comm.Rank == 0)
             Console.WriteLine(Engine.Data.DataPaths.TryFind() is { } data ? $"data: names resolve under {data}"
                 : $"data: names have no data folder (no data/{Engine.Data.DataPaths.SourcesFile} above the binary or here, {Engine.Data.DataPaths.EnvironmentVariable} unset or missing)");

@@ -12,17 +12,19 @@ public static class TrainCommand
     {
         var config = new Option<FileInfo>("--config", "-c") { Description = "TOML or JSON run config", Required = true };
         var device = new Option<string?>("--device") { Description = "cpu or cuda (overrides train.device)" };
-        var set = new Option<string[]>("--set") { Description = "override a config key: --set train.steps=50 (repeatable)", AllowMultipleArgumentsPerToken = true };
-        var dryRun = new Option<bool>("--dry-run") { Description = "print the per-device memory estimate of the configured layout and exit (refuses one that cannot fit)" };
+        var set = new Option<string[]>("--set") { Description = "override a config key: --set train.steps=50 (repeatable; a relative path is relative to the working directory)", AllowMultipleArgumentsPerToken = true };
+        var dryRun = new Option<bool>("--dry-run") { Description = "print the per-device memory estimate of the configured layout and the resolved output directory, and exit (refuses a layout that cannot fit)" };
         var profile = new Option<bool>("--profile") { Description = "per-op time, calls and bytes (CPU: Stopwatch per backend op; CUDA: event pairs), NVTX ranges when libnvToolsExt is present; printed at the end and written to output.dir/profile.txt" };
         var resume = new Option<string?>("--resume") { Description = "continue exactly from a checkpoint: a directory, 'latest' (the newest under output.dir/checkpoints) or 'auto' (the newest that validates; a fresh start when none)" };
         var initFrom = new Option<string?>("--init-from") { Description = "start a new run from these weights only (a checkpoint or Hugging Face directory): fresh optimizer, schedule and data" };
+        var peak = PeakOption.Create();
         var stop = StopOptions.Create();
         var skip = new Option<string?>("--skip-batches") { Description = "A-B: draw but do not train on the batches of steps A..B (bad data found after a crash)" };
-        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, initFrom, skip, dryRun, profile };
+        var cmd = new Command("train", "train a Llama model from a config") { config, device, set, resume, initFrom, skip, dryRun, profile, peak };
         stop.AddTo(cmd);
         cmd.SetAction(parse => Cli.Guard(() =>
         {
+            PeakOption.Apply(parse, peak);
             var overrides = (parse.GetValue(set) ?? []).ToList();
             if (parse.GetValue(device) is { } d) overrides.Add($"train.device=\"{d}\"");
             if (parse.GetValue(initFrom) is { } from)
@@ -40,7 +42,12 @@ public static class TrainCommand
             if (parse.GetValue(dryRun))
             {
                 string plan = trainer.DryRun(comm.WorldSize);
-                if (comm.Rank == 0) Console.WriteLine(plan);
+                if (comm.Rank == 0)
+                {
+                    Console.WriteLine(plan);
+                    // where the run would write, as resolved (paths in the file: its folder; in --set: the working directory)
+                    Console.WriteLine($"output: {cfg.Resolve(cfg.Output.Dir)}");
+                }
                 return 0;
             }
             if (parse.GetValue(profile)) Engine.Core.Profiler.Enabled = true;
@@ -53,7 +60,7 @@ public static class TrainCommand
                 return 0;
             }
             AnsiConsole.MarkupLine($"[green]done[/]: {result.Steps.Count} steps, final train loss {result.Steps[^1].Loss:F4}" +
-                (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s" +
+                (result.FinalValidLoss is { } v ? $", valid loss {v:F4}" : "") + $", {result.TokensPerSecond:F0} tokens/s on average" +
                 (last?.Mfu is { } mfu ? FormattableString.Invariant($", MFU {mfu * 100:F1}%") : ""));
             if (Engine.Core.Profiler.Enabled)
             {
@@ -99,8 +106,8 @@ public static class TrainCommand
                 trainer.OnStep = m =>
                 {
                     onRecord?.Invoke(m);
-                    task.Description = FormattableString.Invariant($"step {m.Step}/{m.TotalSteps} loss {m.Loss:F3} {m.TokensPerS:F0} tok/s") +
-                        (m.Mfu is { } mfu ? FormattableString.Invariant($" MFU {mfu * 100:F1}%") : "");
+                    task.Description = FormattableString.Invariant($"step {m.Step}/{m.TotalSteps} loss {m.Loss:F3} {m.TokensPerSCurrent:F0} tok/s (avg {m.TokensPerS:F0})") +
+                        (m.MfuCurrent is { } mfu ? FormattableString.Invariant($" MFU {mfu * 100:F1}%") : "");
                     task.Value = m.Step;
                     if (m.ValidLoss != null) AnsiConsole.MarkupLine(Markup.Escape(FormatStep(m)));
                 };
@@ -118,13 +125,15 @@ public static class TrainCommand
             $"NVTX ranges: {(Engine.Core.Nvtx.Available ? "on" : "off (libnvToolsExt.so.1 not found)")}\n";
     }
 
-    /// <summary>One console line of a step: the metrics.jsonl record's figures (MFU, memory, rank spread, skips, ETA).</summary>
+    /// <summary>One console line of a step: the metrics.jsonl record's figures (current tokens/s over the last steps and
+    /// the average, MFU of the current rate, memory, rank spread, skips, ETA).</summary>
     public static string FormatStep(StepRecord m)
     {
         var line = new System.Text.StringBuilder(FormattableString.Invariant(
-            $"step {m.Step,5}/{m.TotalSteps} loss {m.Loss:F4} lr {m.Lr:E2} gnorm {m.GradNorm:F3} {m.TokensPerS,7:F0} tok/s"));
-        if (m.TokensPerSPerDevice != m.TokensPerS) line.Append(FormattableString.Invariant($" ({m.TokensPerSPerDevice:F0}/device)"));
-        if (m.Mfu is { } mfu) line.Append(FormattableString.Invariant($" MFU {mfu * 100:F1}%"));
+            $"step {m.Step,5}/{m.TotalSteps} loss {m.Loss:F4} lr {m.Lr:E2} gnorm {m.GradNorm:F3} {m.TokensPerSCurrent,7:F0} tok/s (avg {m.TokensPerS:F0}"));
+        if (m.TokensPerSPerDevice != m.TokensPerS) line.Append(FormattableString.Invariant($", {m.TokensPerSPerDevice:F0}/device"));
+        line.Append(')');
+        if (m.MfuCurrent is { } mfu) line.Append(FormattableString.Invariant($" MFU {mfu * 100:F1}%"));
         line.Append(FormattableString.Invariant($" host {m.HostMemBytes / (double)(1 << 30):F2} GiB"));
         if (m.DeviceMemBytes is { } dm) line.Append(FormattableString.Invariant($" dev {dm / (double)(1 << 30):F2} GiB"));
         if (m.ComputeSMin is { } cmin && m.ComputeSMax is { } cmax) line.Append(FormattableString.Invariant($" ranks {cmin:F3}-{cmax:F3} s"));

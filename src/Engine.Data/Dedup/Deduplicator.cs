@@ -52,8 +52,10 @@ public sealed record DedupReport(
     double TheoreticalSd);
 
 /// <summary>
-/// Exact (SHA-256 of the text) and near (MinHash + LSH) deduplication, first within each source and then across
-/// sources in the order given (the XuanYuan-70B order). The first occurrence is kept.
+/// Exact (SHA-256 of the text) and near (MinHash + LSH) deduplication of documents held in memory, first within each
+/// source and then across sources in the order given (the XuanYuan-70B order); in every duplicate cluster the first
+/// document is kept. The same algorithm as engine prepare's staged, multi-rank form (<see cref="NearDuplicates"/>,
+/// <see cref="UnionFind"/>), for corpora that fit in memory (tests, benchmarks).
 /// </summary>
 public static class Deduplicator
 {
@@ -66,55 +68,84 @@ public static class Deduplicator
         var hasher = new MinHasher(options.ShingleSize, options.Permutations, options.Seed);
         int total = sources.Sum(s => s.Documents.Count);
         var keep = sources.Select(s => Enumerable.Repeat(true, s.Documents.Count).ToArray()).ToList();
-        var exactKeys = new UInt128[sources.Count][];
         var sigs = new uint[sources.Count][][];
-        for (int si = 0; si < sources.Count; si++)
-        {
-            var docs = sources[si].Documents;
-            exactKeys[si] = new UInt128[docs.Count];
-            sigs[si] = new uint[docs.Count][];
-            int s = si;
-            Parallel.For(0, docs.Count, i =>
-            {
-                if (options.Exact) exactKeys[s][i] = ExactKey(docs[i]);
-                if (options.Near) sigs[s][i] = hasher.Signature(docs[i]);
-            });
-            progress?.Report($"dedup: signatures for {sources[si].Name} ({docs.Count} documents)");
-        }
-        var candidates = new List<(int Sa, int Ia, int Sb, int Ib, double Est)>();
+        static ulong Id(int s, int i) => (ulong)(uint)s << 32 | (uint)i;
+        static int SourceOf(ulong id) => (int)(id >> 32);
         var stats = new int[sources.Count, 4];
-        void Pass(IEnumerable<int> which, int exactSlot, int nearSlot)
+
+        if (options.Exact)
         {
-            var seen = new HashSet<UInt128>();
-            var index = new LshIndex(options.Bands, options.Rows, options.Threshold);
-            var owner = new List<(int S, int I)>();
-            foreach (int si in which)
+            var first = new Dictionary<UInt128, ulong>();
+            for (int si = 0; si < sources.Count; si++)
             {
-                for (int i = 0; i < sources[si].Documents.Count; i++)
+                var docs = sources[si].Documents;
+                var keys = new UInt128[docs.Count];
+                Parallel.For(0, docs.Count, i => keys[i] = ExactKey(docs[i]));
+                var seenHere = new HashSet<UInt128>();
+                for (int i = 0; i < docs.Count; i++)
                 {
-                    if (!keep[si][i]) continue;
-                    if (options.Exact && !seen.Add(exactKeys[si][i])) { keep[si][i] = false; stats[si, exactSlot]++; continue; }
-                    if (!options.Near) continue;
-                    int s = si, d = i;
-                    int dup = index.FindDuplicate(sigs[si][i], (id, est) =>
+                    bool local = !seenHere.Add(keys[i]);
+                    if (!first.TryAdd(keys[i], Id(si, i)) && (options.Global || (local && options.Local)))
                     {
-                        if (candidates.Count < options.SamplePairs) candidates.Add((owner[id].S, owner[id].I, s, d, est));
-                    });
-                    if (dup >= 0) { keep[si][i] = false; stats[si, nearSlot]++; continue; }
-                    index.Add(sigs[si][i]);
-                    owner.Add((si, i));
+                        keep[si][i] = false;
+                        stats[si, local ? 0 : 2]++;
+                    }
                 }
             }
         }
-        if (options.Local)
-            for (int si = 0; si < sources.Count; si++) Pass([si], 0, 1);
-        if (options.Global) Pass(Enumerable.Range(0, sources.Count), 2, 3);
+        var candidates = new List<(ulong A, ulong B, double Est)>();
+        if (options.Near)
+        {
+            for (int si = 0; si < sources.Count; si++)
+            {
+                var docs = sources[si].Documents;
+                sigs[si] = new uint[docs.Count][];
+                int s = si;
+                Parallel.For(0, docs.Count, i => { if (keep[s][i]) sigs[s][i] = hasher.Signature(docs[i]); });
+                progress?.Report($"dedup: signatures for {sources[si].Name} ({docs.Count} documents)");
+            }
+            uint[] Sig(ulong id) => sigs[SourceOf(id)][(int)(uint)id];
+            bool Similar(ulong a, ulong b)
+            {
+                double est = MinHasher.EstimateJaccard(Sig(a), Sig(b));
+                if (candidates.Count < options.SamplePairs) candidates.Add((a, b, est));
+                return est >= options.Threshold;
+            }
+            void Stage(NearDuplicates.Stage stage, int slot)
+            {
+                var buckets = new Dictionary<(int Band, ulong Key), List<ulong>>();
+                var keys = new ulong[options.Bands];
+                for (int si = 0; si < sources.Count; si++)
+                    for (int i = 0; i < sources[si].Documents.Count; i++)
+                    {
+                        if (!keep[si][i]) continue;
+                        NearDuplicates.BandKeys(sigs[si][i], options.Bands, options.Rows, keys);
+                        for (int b = 0; b < options.Bands; b++)
+                        {
+                            if (!buckets.TryGetValue((b, keys[b]), out var list)) buckets[(b, keys[b])] = list = [];
+                            list.Add(Id(si, i));
+                        }
+                    }
+                var uf = new UnionFind();
+                foreach (var members in buckets.Values)
+                    if (members.Count > 1) NearDuplicates.BucketPairs(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(members), SourceOf, stage, Similar, uf.Union);
+                foreach (var (id, root) in uf.Members())
+                {
+                    if (id == root) continue;
+                    keep[SourceOf(id)][(int)(uint)id] = false;
+                    stats[SourceOf(id), slot]++;
+                }
+            }
+            if (options.Local) Stage(NearDuplicates.Stage.Local, 1);
+            if (options.Global) Stage(options.Local ? NearDuplicates.Stage.Global : NearDuplicates.Stage.All, 3);
+        }
         sw.Stop();
 
         var samples = candidates.Select(c =>
         {
-            double exact = MinHasher.ExactJaccard(hasher.Shingles(sources[c.Sa].Documents[c.Ia]), hasher.Shingles(sources[c.Sb].Documents[c.Ib]));
-            return new JaccardSample($"{sources[c.Sa].Name}#{c.Ia}", $"{sources[c.Sb].Name}#{c.Ib}", c.Est, exact);
+            string Text(ulong id) => sources[SourceOf(id)].Documents[(int)(uint)id];
+            double exact = MinHasher.ExactJaccard(hasher.Shingles(Text(c.A)), hasher.Shingles(Text(c.B)));
+            return new JaccardSample($"{sources[SourceOf(c.A)].Name}#{(uint)c.A}", $"{sources[SourceOf(c.B)].Name}#{(uint)c.B}", c.Est, exact);
         }).ToList();
         double mae = samples.Count > 0 ? samples.Average(p => Math.Abs(p.Estimated - p.Exact)) : 0;
         double max = samples.Count > 0 ? samples.Max(p => Math.Abs(p.Estimated - p.Exact)) : 0;

@@ -1,16 +1,33 @@
-using System.Text.Json;
 using Engine.Data.Cleaning;
 using Engine.Data.Dedup;
-using Tomlyn;
-using Tomlyn.Model;
 
 namespace Engine.Data.Prepare;
 
 /// <summary>A problem in a prepare config: names the key.</summary>
 public sealed class PrepareConfigException(string message) : ArgumentException(message);
 
-/// <summary>One input source: a name, its files and whether it holds pretraining text or instruction examples.</summary>
-public sealed record PrepareSource(string Name, string Kind, IReadOnlyList<string> Files, bool QualityFilter);
+/// <summary>
+/// One input source: a name, its files (a path, a folder — every file under it —, or a file-name pattern with * and ?)
+/// and whether it holds pretraining text or instruction examples.
+/// </summary>
+public sealed record PrepareSource(string Name, string Kind, IReadOnlyList<string> Files, bool QualityFilter)
+{
+    /// <summary>The files' layout (<c>format</c>; auto = by extension).</summary>
+    public Extraction.InputFormat Format { get; init; }
+    /// <summary>The JSONL field / Parquet column holding the text (<c>field</c>).</summary>
+    public string Field { get; init; } = "text";
+    /// <summary><c>content = "html"</c>: the field holds HTML pages; their main content is extracted.</summary>
+    public bool Html { get; init; }
+    /// <summary>Whether line/paragraph dedup applies (<c>line_dedup</c>; pretrain sources by default).</summary>
+    public bool LineDedup { get; init; }
+}
+
+/// <summary>
+/// Line- or paragraph-level dedup (<c>[line_dedup]</c>, Baichuan 2): a line (or blank-line paragraph) of at least
+/// <see cref="MinChars"/> characters found in at least <see cref="MinDocuments"/> distinct documents is boilerplate
+/// and is removed from every document.
+/// </summary>
+public sealed record LineDedupOptions(bool Enabled, string Granularity, int MinDocuments, int MinChars);
 
 /// <summary>Quality-classifier settings (<c>[quality]</c>).</summary>
 public sealed record QualityOptions(bool Enabled, double Threshold, IReadOnlyList<string> Curated, IReadOnlyList<string> Web, int MaxExamples);
@@ -19,15 +36,30 @@ public sealed record QualityOptions(bool Enabled, double Threshold, IReadOnlyLis
 public sealed record TokenizerOptions(string? Path, int VocabSize, int MinFrequency, int MaxTokenBytes, long TrainMaxBytes, IReadOnlyList<string> SpecialTokens, IReadOnlyList<string> AddTokens);
 
 /// <summary>
-/// The config of <c>engine prepare</c>, TOML or JSON. Paths starting with <c>data:</c> resolve under the shipped data
+/// The config of <c>engine prepare</c>, TOML or JSON, read into a tree by the one config reader (<see cref="ConfigBinder.Parse"/>)
+/// and bound here key by key with prepare's own checks. Paths starting with <c>data:</c> resolve under the shipped data
 /// folder (<see cref="DataPaths"/>); other relative paths against the config file's folder. Unknown keys are errors.
 /// </summary>
 public sealed record PrepareConfig(
     string OutputDir, ulong Seed, InvalidUtf8Policy InvalidUtf8, int MaxDocumentsPerFile, IReadOnlyList<PrepareSource> Sources,
     bool CleaningEnabled, CleaningOptions Cleaning, QualityOptions Quality, bool DedupEnabled, DedupOptions Dedup, TokenizerOptions Tokenizer)
 {
-    /// <summary>Threads that tokenize (<c>threads</c>; 0 = every core). The shards are the same whatever the count.</summary>
+    /// <summary>Tasks run at once in this process (<c>threads</c>; 0 = every core ÷ the ranks on this node). The outputs are the same whatever the count.</summary>
     public int Threads { get; init; }
+
+    /// <summary>The shared work folder (<c>work_dir</c>; default <c>output_dir/work</c>): spills, manifests, exchange files.</summary>
+    public string WorkDir { get; init; } = "";
+    /// <summary>Input bytes per work unit (<c>unit_bytes</c>): files are grouped, large splittable files cut, up to this size.</summary>
+    public long UnitBytes { get; init; } = DefaultUnitBytes;
+    /// <summary>Hash-range tasks of the merge phases (<c>merge_tasks</c>: exact dedup, line counts, MinHash buckets per band).</summary>
+    public int MergeTasks { get; init; } = 8;
+    /// <summary>Keep the work folder's spill files after a finished run (<c>keep_work</c>); the manifests are always kept.</summary>
+    public bool KeepWork { get; init; }
+    /// <summary>Longest record read (<c>max_record_bytes</c>); longer ones are skipped and counted.</summary>
+    public long MaxRecordBytes { get; init; } = 64L << 20;
+    public LineDedupOptions LineDedup { get; init; } = new(true, "line", 20, 10);
+
+    public const long DefaultUnitBytes = 128L << 20;
 
     public static PrepareConfig Load(string path)
     {
@@ -47,19 +79,8 @@ public sealed record PrepareConfig(
     static PrepareConfig ParseCore(string text, string source, string baseDir)
     {
         Dictionary<string, object?> tree;
-        bool json = source.EndsWith(".json", StringComparison.OrdinalIgnoreCase) || text.TrimStart().StartsWith('{');
-        try
-        {
-            if (json)
-            {
-                using var doc = JsonDocument.Parse(text, new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true });
-                tree = FromJson(doc.RootElement) as Dictionary<string, object?> ?? throw new PrepareConfigException($"{source}: the top level must be an object");
-            }
-            else tree = (Dictionary<string, object?>)FromToml(TomlSerializer.Deserialize<TomlTable>(text) ?? new TomlTable())!;
-        }
-        catch (JsonException e) { throw new PrepareConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
-        catch (TomlException e) { throw new PrepareConfigException($"{source}: invalid TOML: {ErrorText.FirstOfLines(e.Message)}"); }
-        catch (InvalidOperationException e) { throw new PrepareConfigException($"{source}: invalid JSON string ({ErrorText.OneLine(e.Message)})"); }
+        try { tree = ConfigBinder.Parse(text, source); }
+        catch (ConfigException e) { throw new PrepareConfigException(e.Message); }
 
         var root = new Section(tree, "", source);
         string Resolve(string p) => p.Contains('\0') ? throw new PrepareConfigException($"{source}: path '{p}' holds a NUL character, which no path can")
@@ -90,7 +111,31 @@ public sealed record PrepareConfig(
             if (kind is not ("pretrain" or "instruction")) throw new PrepareConfigException($"{source}: sources[{i}].kind must be pretrain or instruction (got '{kind}')");
             var files = s.Strs("files", []).Select(Resolve).ToList();
             if (files.Count == 0) throw new PrepareConfigException($"{source}: sources[{i}].files must list at least one file");
-            sources.Add(new PrepareSource(name, kind, files, s.Bool("quality_filter", kind == "pretrain")));
+            var format = s.Str("format", "auto") switch
+            {
+                "auto" => Extraction.InputFormat.Auto,
+                "jsonl" => Extraction.InputFormat.Jsonl,
+                "parquet" => Extraction.InputFormat.Parquet,
+                "text" => Extraction.InputFormat.Text,
+                "json" => Extraction.InputFormat.Json,
+                "csv" => Extraction.InputFormat.Csv,
+                "html" => Extraction.InputFormat.Html,
+                "pdf" => Extraction.InputFormat.Pdf,
+                var v => throw new PrepareConfigException($"{source}: sources[{i}].format must be auto, jsonl, parquet, text, json, csv, html or pdf (got '{v}')"),
+            };
+            string field = s.Str("field", "text");
+            if (field.Length == 0) throw new PrepareConfigException($"{source}: sources[{i}].field must not be empty");
+            string content = s.Str("content", "text");
+            if (content is not ("text" or "html")) throw new PrepareConfigException($"{source}: sources[{i}].content must be text or html (got '{content}')");
+            if (kind == "instruction" && (format is not (Extraction.InputFormat.Auto or Extraction.InputFormat.Jsonl or Extraction.InputFormat.Json) || content == "html"))
+                throw new PrepareConfigException($"{source}: sources[{i}] is an instruction source: its files are JSON or JSONL examples (format auto, jsonl or json; content text)");
+            sources.Add(new PrepareSource(name, kind, files, s.Bool("quality_filter", kind == "pretrain"))
+            {
+                Format = format,
+                Field = field,
+                Html = content == "html",
+                LineDedup = s.Bool("line_dedup", kind == "pretrain"),
+            });
             s.EnsureConsumed();
         }
         if (sources.Count == 0) throw new PrepareConfigException($"{source}: at least one [[sources]] table is required");
@@ -154,10 +199,33 @@ public sealed record PrepareConfig(
         t.EnsureConsumed();
         if (tok.Path == null && tok.VocabSize < 256 + tok.SpecialTokens.Count) throw new PrepareConfigException($"{source}: tokenizer.vocab_size must be at least 256 + the special tokens (got {tok.VocabSize})");
         if (tok.TrainMaxBytes < 1) throw new PrepareConfigException($"{source}: tokenizer.train_max_bytes must be positive");
+        var ld = root.Table("line_dedup");
+        var lineDedup = new LineDedupOptions(ld.Bool("enabled", true), ld.Str("granularity", "line"), ld.Int("min_documents", 20), ld.Int("min_chars", 10));
+        ld.EnsureConsumed();
+        if (lineDedup.Granularity is not ("line" or "paragraph")) throw new PrepareConfigException($"{source}: line_dedup.granularity must be line or paragraph (got '{lineDedup.Granularity}')");
+        if (lineDedup.MinDocuments < 2) throw new PrepareConfigException($"{source}: line_dedup.min_documents must be >= 2 (got {lineDedup.MinDocuments})");
+        if (lineDedup.MinChars < 1) throw new PrepareConfigException($"{source}: line_dedup.min_chars must be >= 1 (got {lineDedup.MinChars})");
+        string work = root.Str("work_dir", "") is { Length: > 0 } wd ? Resolve(wd) : Path.Combine(output, "work");
+        long unitBytes = root.Long("unit_bytes", DefaultUnitBytes);
+        if (unitBytes < 1) throw new PrepareConfigException($"{source}: unit_bytes must be positive (got {unitBytes})");
+        int mergeTasks = root.Int("merge_tasks", 8);
+        if (mergeTasks is < 1 or > 4096) throw new PrepareConfigException($"{source}: merge_tasks must be in [1, 4096] (got {mergeTasks})");
+        long maxRecord = root.Long("max_record_bytes", 64L << 20);
+        if (maxRecord is < 1 or > int.MaxValue) throw new PrepareConfigException($"{source}: max_record_bytes must be in [1, {int.MaxValue}] (got {maxRecord})");
+        bool keepWork = root.Bool("keep_work", false);
         int threads = root.Int("threads", 0);
         if (threads < 0) throw new PrepareConfigException($"{source}: threads must be >= 0 (0 = every core; got {threads})");
         root.EnsureConsumed();
-        return new PrepareConfig(output, seed, policy, maxDocs, sources, cleaningEnabled, cleaning, quality, dedupEnabled, dedup, tok) { Threads = threads };
+        return new PrepareConfig(output, seed, policy, maxDocs, sources, cleaningEnabled, cleaning, quality, dedupEnabled, dedup, tok)
+        {
+            Threads = threads,
+            WorkDir = work,
+            UnitBytes = unitBytes,
+            MergeTasks = mergeTasks,
+            KeepWork = keepWork,
+            MaxRecordBytes = maxRecord,
+            LineDedup = lineDedup,
+        };
     }
 
     static void Wrap(string source, Action validate)
@@ -165,34 +233,6 @@ public sealed record PrepareConfig(
         try { validate(); }
         catch (ArgumentException e) when (e is not PrepareConfigException) { throw new PrepareConfigException($"{source}: {ErrorText.OneLine(e.Message)}"); }
     }
-
-    static object? FromJson(JsonElement e) => e.ValueKind switch
-    {
-        JsonValueKind.Object => JsonObject(e),
-        JsonValueKind.Array => e.EnumerateArray().Select(FromJson).ToList(),
-        JsonValueKind.String => e.GetString(),
-        JsonValueKind.Number => e.TryGetInt64(out long l) ? (object)l   // a long stays a long; a number past double's range is refused
-            : e.TryGetDouble(out double d) ? d : throw new JsonException($"number {e.GetRawText()} is out of range"),
-        JsonValueKind.True => true,
-        JsonValueKind.False => false,
-        _ => null,
-    };
-
-    static Dictionary<string, object?> JsonObject(JsonElement e)
-    {
-        var d = new Dictionary<string, object?>();
-        foreach (var p in e.EnumerateObject())
-            if (!d.TryAdd(p.Name, FromJson(p.Value))) throw new JsonException($"key '{p.Name}' appears twice in one object");
-        return d;
-    }
-
-    static object? FromToml(object? v) => v switch
-    {
-        TomlTable t => t.ToDictionary(kv => kv.Key, kv => FromToml(kv.Value)),
-        TomlTableArray a => a.Select(x => FromToml(x)).ToList(),
-        TomlArray a => a.Select(FromToml).ToList(),
-        _ => v,
-    };
 
     /// <summary>A table being bound: typed getters record the keys read; <see cref="EnsureConsumed"/> rejects the rest.</summary>
     sealed class Section(Dictionary<string, object?> values, string prefix, string source)

@@ -39,7 +39,9 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
     {
         Config = config.Validate();
         if (model.Adapter != null) throw new InvalidOperationException("the model already has an adapter attached: detach it (or merge it) first");
-        Modules = config.Resolve(model.Config);
+        AllModules = config.Resolve(model.Config);
+        // a pipeline stage adapts the layers it holds
+        Modules = AllModules.Where(m => model.HasParameter(m.Weight)).ToList();
         this.model = model;
         var specs = new List<ParameterSpec>();
         foreach (var m in Modules)
@@ -61,18 +63,18 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
         attached = true;
     }
 
-    /// <summary>Fresh adapters (PEFT's initialisation, seeded) on every Linear layer the config targets.</summary>
+    /// <summary>Fresh adapters (PEFT's initialisation, seeded) on every Linear layer the config targets (of a pipeline
+    /// stage: those it holds, initialised as the whole model's are — the draws of the others are skipped).</summary>
     public static LoraAdapters Attach(LlamaModel model, LoraConfig config, ulong seed)
     {
         var a = new LoraAdapters(model, config, seed);
         var rng = new Rng(seed);
-        foreach (var p in a.byWeight.Values)
+        foreach (var m in a.AllModules)
         {
-            var t = a.Store[p.A];
-            var host = new float[t.Numel];
-            double bound = 1.0 / Math.Sqrt(p.Module.In);
+            var host = new float[(long)config.R * m.In];
+            double bound = 1.0 / Math.Sqrt(m.In);
             for (int i = 0; i < host.Length; i++) host[i] = (float)((2 * rng.NextDouble() - 1) * bound);
-            model.Backend.Upload(t, host);
+            if (a.byWeight.TryGetValue(m.Weight, out var p)) model.Backend.Upload(a.Store[p.A], host);
         }
         return a;
     }
@@ -95,8 +97,10 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
     }
 
     public LoraConfig Config { get; }
-    /// <summary>The targeted layers in state-dict order.</summary>
+    /// <summary>The targeted layers this model holds, in state-dict order (on a pipeline stage, the stage's).</summary>
     public IReadOnlyList<LinearModule> Modules { get; }
+    /// <summary>Every layer the config targets in the whole model (what adapter_config.json describes).</summary>
+    public IReadOnlyList<LinearModule> AllModules { get; }
     /// <summary>The adapters' flat store (A and B of every module): what the optimizer and data parallelism work on.</summary>
     public ParameterStore Store { get; }
     /// <summary>Trainable parameters (elements of every A and B).</summary>
@@ -112,6 +116,8 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
         float[]? mask = null;
         if (Config.Dropout > 0 && Grad.IsRecording)
         {
+            if (Modules.Count != AllModules.Count)
+                throw new NotSupportedException("lora dropout > 0 on a pipeline stage: its masks would not be the whole model's (one generator draws them in layer order)");
             if (model.CheckpointActivations)
                 throw new NotSupportedException("lora dropout > 0 cannot be combined with activation checkpointing (the recomputed block would draw a different mask): set dropout = 0 or checkpoint_activations = false");
             mask = new float[x.Numel];
@@ -175,7 +181,7 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
     {
         var saved = PeftAdapter.ReadConfig(directory);
         if (saved.R != Config.R || saved.Alpha != Config.Alpha || saved.Dropout != Config.Dropout || saved.UseRslora != Config.UseRslora
-            || !saved.Resolve(model.Config).Select(m => m.Module).SequenceEqual(Modules.Select(m => m.Module)))
+            || !saved.Resolve(model.Config).Select(m => m.Module).SequenceEqual(AllModules.Select(m => m.Module)))
             throw new InvalidDataException($"{directory}: the saved adapter (r = {saved.R}, alpha = {saved.Alpha}, dropout = {saved.Dropout}, target_modules {saved.Describe()}) " +
                 $"is not the one configured (r = {Config.R}, alpha = {Config.Alpha}, dropout = {Config.Dropout}, target_modules {Config.Describe()})");
         PeftAdapter.ReadWeights(directory, this);

@@ -93,8 +93,10 @@ public static class PeftAdapter
         }
         using var f = SafeTensorsFile.Open(path);
         var expected = adapters.Store.Slots.ToDictionary(s => s.Name, StringComparer.Ordinal);
+        // a pipeline stage reads its own layers' adapters and passes over the other stages'
+        var whole = adapters.AllModules.SelectMany(m => new[] { LoraAdapters.AName(m.Module), LoraAdapters.BName(m.Module) }).ToHashSet(StringComparer.Ordinal);
         foreach (var e in f.Entries)
-            if (!expected.ContainsKey(e.Name))
+            if (!whole.Contains(e.Name))
                 throw new InvalidDataException($"{path}: tensor '{e.Name}' is not an adapter of this config (r = {adapters.Config.R}, target_modules {adapters.Config.Describe()}) on this model");
         foreach (var (name, slot) in expected)
         {
@@ -111,7 +113,7 @@ public static class PeftAdapter
     {
         Directory.CreateDirectory(directory);
         var c = adapters.Config;
-        var targets = c.TargetsForPeft(adapters.Modules);
+        var targets = c.TargetsForPeft(adapters.AllModules);
         var json = new JsonObject
         {
             ["alpha_pattern"] = new JsonObject(),

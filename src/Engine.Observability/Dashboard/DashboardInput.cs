@@ -21,14 +21,16 @@ public sealed record LossCurves(string File, IReadOnlyList<(string Stage, IReadO
 public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList<SkippedFile> Skipped, DemoTable? Demo, LossCurves? Loss,
     string? LossAbsent)
 {
+    /// <summary>The Markdown reports in the results folder (demo-*.md, recipe-*.md), file names in order.</summary>
+    public IReadOnlyList<string> Reports { get; init; } = [];
     /// <summary>The folder read (sections that read files of their own, e.g. <see cref="LadderSection"/>).</summary>
     public string? ResultsDir { get; init; }
 
     /// <summary>
     /// Reads every *.json in <paramref name="resultsDir"/> (engine.bench/1 or a legacy shape; a file of no known shape is
     /// listed as skipped, a broken one is an error), the newest demo-*.md, and the loss curves: <paramref name="metricsPath"/>
-    /// when given, else demo-&lt;date&gt;-metrics.jsonl beside the table, else metrics.jsonl of the run the demo's
-    /// report names (stages/&lt;name&gt; → its parent folder).
+    /// when given, else demo-&lt;date&gt;-metrics.jsonl beside the newest table, else the newest demo-*-metrics.jsonl in the
+    /// folder. Only the results folder is read: the page is the same on a fresh clone as on the machine that ran the demo.
     /// </summary>
     public static DashboardInput Load(string resultsDir, string? metricsPath = null)
     {
@@ -53,47 +55,32 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
         string? demoMd = Directory.EnumerateFiles(resultsDir, "demo-*.md").Order(StringComparer.Ordinal).LastOrDefault();
         var demo = demoMd is null ? null : new DemoTable(Path.GetFileName(demoMd), File.ReadAllText(demoMd));
 
-        var looked = new List<string>();
         string? metrics = metricsPath;
         if (metrics is not null && !File.Exists(metrics)) throw new FileNotFoundException($"metrics file {metrics} not found", metrics);
-        if (metrics is null && demoMd is not null)
-        {
-            string stem = Path.Combine(Path.GetDirectoryName(demoMd)!, Path.GetFileNameWithoutExtension(demoMd));
-            foreach (string candidate in new[] { stem + "-metrics.jsonl" }.Concat(RunMetricsFromReport(stem + ".json")))
-            {
-                looked.Add(candidate);
-                if (File.Exists(candidate)) { metrics = candidate; break; }
-            }
-        }
+        // the demo's metrics ship gzip-compressed (demo-<date>-metrics.jsonl.gz, regen_demo.sh) or plain
+        string? beside = demoMd is null ? null : new[] { ".jsonl.gz", ".jsonl" }
+            .Select(ext => Path.Combine(Path.GetDirectoryName(demoMd)!, Path.GetFileNameWithoutExtension(demoMd) + "-metrics" + ext)).FirstOrDefault(File.Exists);
+        metrics ??= beside ?? Directory.EnumerateFiles(resultsDir, "demo-*-metrics.jsonl*")
+            .Where(f => f.EndsWith(".jsonl", StringComparison.Ordinal) || f.EndsWith(".jsonl.gz", StringComparison.Ordinal)).Order(StringComparer.Ordinal).LastOrDefault();
         string? absent = metrics is not null ? null
-            : demoMd is null ? "no demo-*.md in the results folder, and no --metrics file given"
-            : $"absent: no metrics.jsonl for {Path.GetFileName(demoMd)} (looked at {string.Join(", ", looked)}; pass --metrics FILE)";
-        return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent) { ResultsDir = resultsDir };
+            : $"absent: no demo-*-metrics.jsonl(.gz) in {resultsDir} (benchmarks/scripts/regen_demo.sh ships one with each demo table; or pass --metrics FILE)";
+        return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent)
+        {
+            ResultsDir = resultsDir,
+            Reports = Directory.EnumerateFiles(resultsDir, "*.md").Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList(),
+        };
     }
 
-    /// <summary>metrics.jsonl of the run a recipe report came from: stages[*].weights_dir = RUN/stages/NAME.</summary>
-    static IEnumerable<string> RunMetricsFromReport(string reportJson)
-    {
-        if (!File.Exists(reportJson)) yield break;
-        JsonNode? root;
-        try { root = JsonNode.Parse(File.ReadAllText(reportJson)); }
-        catch (JsonException) { yield break; }
-        if (root?["stages"] is not JsonArray stages) yield break;
-        foreach (var s in stages)
-            if ((s?["weights_dir"] as JsonValue)?.TryGetValue(out string? dir) == true && Path.GetDirectoryName(Path.GetDirectoryName(dir)) is { Length: > 0 } run)
-            {
-                yield return Path.Combine(run, "metrics.jsonl");
-                yield break;
-            }
-    }
-
-    /// <summary>Reads step and loss (and stage, when present) from each line; `train` and `recipe` spell keys differently, so keys match case-insensitively.</summary>
+    /// <summary>Reads step and loss (and stage, when present) from each line of a metrics.jsonl (or .jsonl.gz); `train`
+    /// and `recipe` once spelled keys differently, so keys match case-insensitively.</summary>
     public static LossCurves ReadLoss(string path)
     {
         var byStage = new Dictionary<string, List<(double, double)>>();
         var order = new List<string>();
         int lineNo = 0;
-        foreach (string line in File.ReadLines(path))
+        using var stream = File.OpenRead(path);
+        using var reader = new StreamReader(path.EndsWith(".gz", StringComparison.Ordinal) ? new System.IO.Compression.GZipStream(stream, System.IO.Compression.CompressionMode.Decompress) : stream);
+        while (NextLine(reader, path) is { } line)
         {
             lineNo++;
             if (line.Trim().Length == 0) continue;
@@ -109,6 +96,13 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
         }
         if (order.Count == 0) throw new InvalidDataException($"{path}: no metrics lines");
         return new LossCurves(path, order.Select(s => (s, (IReadOnlyList<(double, double)>)byStage[s])).ToList());
+    }
+
+    /// <summary>The next line, or null at the end; a damaged gzip stream is one error naming the file.</summary>
+    static string? NextLine(StreamReader reader, string path)
+    {
+        try { return reader.ReadLine(); }
+        catch (InvalidDataException e) { throw new InvalidDataException($"{path}: not a readable gzip file: {e.Message}", e); }
     }
 
     static double? Field(JsonObject o, string name)

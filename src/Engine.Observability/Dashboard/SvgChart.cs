@@ -4,8 +4,9 @@ using System.Text;
 
 namespace Engine.Observability.Dashboard;
 
-/// <summary>One point of a series; Tip is the hover text (an SVG &lt;title&gt;).</summary>
-public readonly record struct ChartPoint(double X, double Y, string? Tip = null);
+/// <summary>One point of a series; Tip is the hover text (an SVG &lt;title&gt;); Lo..Hi an error bar (the recorded min and
+/// max over the repeats); Flag rings the point in red (a regression).</summary>
+public readonly record struct ChartPoint(double X, double Y, string? Tip = null, double? Lo = null, double? Hi = null, bool Flag = false);
 
 /// <summary>A plotted series: a polyline through its points and/or markers.</summary>
 public sealed record ChartSeries(string Name, string Color, IReadOnlyList<ChartPoint> Points)
@@ -32,7 +33,7 @@ public readonly record struct ChartRule(double Y, string Label, string Color);
 
 /// <summary>
 /// Inline SVG line/scatter charts with no script and no external asset: fixed 640×320 viewBox, nice ticks on linear
-/// axes, decades on log axes, one &lt;g data-series&gt; per series so the page's legend can hide it.
+/// axes, decades on log axes, min/max error bars, one &lt;g data-series&gt; per series so the page's legend can hide it.
 /// </summary>
 public static class SvgChart
 {
@@ -46,7 +47,7 @@ public static class SvgChart
         var pts = series.SelectMany(s => s.Points).Where(p => Ok(p.X, x) && Ok(p.Y, y)).ToList();
         if (pts.Count == 0) throw new ArgumentException($"chart {id}: no plottable point");
         var (x0, x1) = Range(pts.Select(p => p.X).Concat(x.Ticks?.Select(t => t.Value) ?? []), x);
-        var (y0, y1) = Range(pts.Select(p => p.Y).Concat(rules.Select(r => r.Y)), y);
+        var (y0, y1) = Range(pts.SelectMany(p => new[] { p.Y, p.Lo ?? p.Y, p.Hi ?? p.Y }).Concat(rules.Select(r => r.Y)), y);
         double pw = Width - Left - Right, ph = Height - Top - Bottom;
         double Sx(double v) => Left + pw * (T(v, x) - T(x0, x)) / (T(x1, x) - T(x0, x));
         double Sy(double v) => Top + ph * (1 - (T(v, y) - T(y0, y)) / (T(y1, y) - T(y0, y)));
@@ -85,6 +86,14 @@ public static class SvgChart
             sb.Append(CultureInfo.InvariantCulture, $"<g data-series=\"{s}\" stroke=\"{se.Color}\" fill=\"{se.Color}\">");
             if (se.Line && ps.Count > 1)
                 sb.Append(CultureInfo.InvariantCulture, $"<polyline class=\"line{(se.Dashed ? " dashed" : "")}\" fill=\"none\" points=\"{string.Join(" ", ps.Select(p => $"{F(Sx(p.X))},{F(Sy(p.Y))}"))}\"/>");
+            foreach (var p in ps.Where(p => p.Lo is { } lo && p.Hi is { } hi && Ok(lo, y) && Ok(hi, y) && hi > lo))
+            {
+                // the error bar: a vertical stroke from min to max with short caps
+                double px = Sx(p.X), top = Sy(p.Hi!.Value), bottom = Sy(p.Lo!.Value);
+                sb.Append(CultureInfo.InvariantCulture, $"<path class=\"errorbar\" fill=\"none\" d=\"M{F(px)} {F(top)}V{F(bottom)}M{F(px - 4)} {F(top)}H{F(px + 4)}M{F(px - 4)} {F(bottom)}H{F(px + 4)}\"/>");
+            }
+            foreach (var p in ps.Where(p => p.Flag))
+                sb.Append(CultureInfo.InvariantCulture, $"<circle class=\"flag\" cx=\"{F(Sx(p.X))}\" cy=\"{F(Sy(p.Y))}\" r=\"9\" fill=\"none\" stroke=\"#d00\" stroke-width=\"2.5\"/>");
             if (se.Markers)
                 foreach (var p in ps)
                     sb.Append(CultureInfo.InvariantCulture, $"<circle cx=\"{F(Sx(p.X))}\" cy=\"{F(Sy(p.Y))}\" r=\"4\"{(se.Hollow ? " fill=\"#fff\" stroke-width=\"2\"" : "")}><title>{Esc(p.Tip ?? $"{se.Name}: {Num(p.Y)}")}</title></circle>");

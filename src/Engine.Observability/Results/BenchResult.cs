@@ -153,6 +153,9 @@ public static class BenchSchema
     public const string Id = "engine.bench/1";
     public const string Lower = "lower";
     public const string Higher = "higher";
+    /// <summary>How a result's note begins when its peer ran with kernels pinned below its best (the dashboard and
+    /// docs/results mark such peers; issue 24).</summary>
+    public const string PeerPinnedNote = "peer pinned:";
 }
 
 /// <summary>What a unit string means: a time per call, or a rate of counted items per second.</summary>

@@ -66,6 +66,8 @@ public static class LegacyResults
         };
         result = result with
         {
+            // notes added to a legacy file since (e.g. that its peer ran with pinned kernels) travel with it
+            Notes = [.. result.Notes, .. root["notes"] is JsonArray added ? added.Select(n => (string?)n).OfType<string>() : []],
             Extra = new JsonObject { ["legacy"] = root.DeepClone() },
             ConvertedFrom = new ConvertedFrom(Path.GetFileName(source), shape),
         };

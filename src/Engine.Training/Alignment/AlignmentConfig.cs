@@ -11,8 +11,10 @@ namespace Engine.Training.Alignment;
 public sealed class AlignmentSection
 {
     /// <summary>The tuned model: a stage name or a model directory.</summary>
+    [ConfigPath(NameOrPath = true)]
     public string Policy { get; set; } = "";
     /// <summary>Other models (stages or directories) whose sampled answers are ranked into pairs too.</summary>
+    [ConfigPath(NameOrPath = true)]
     public string[] Compare { get; set; } = [];
     /// <summary>Instruction or sentiment sources of the recipe whose examples are the prompts.</summary>
     public string[] Sources { get; set; } = [];
@@ -46,7 +48,8 @@ public sealed class AlignmentSection
         if (!(Temperature > 0) || TopP is <= 0 or > 1) e.Add("alignment: temperature must be > 0 and top_p in (0, 1]");
         if (Reward.Steps < 1 || Reward.BatchSize < 1) e.Add("alignment.reward: steps and batch_size must be positive");
         if (Reward.Init is not ("policy" or "random")) e.Add($"alignment.reward.init must be policy or random (got {Reward.Init})");
-        if (Ppo.Steps < 1 || Ppo.RolloutBatch < 1 || Ppo.MiniBatch < 1 || Ppo.Epochs < 1) e.Add("alignment.ppo: steps, rollout_batch, mini_batch and epochs must be positive");
+        if (Ppo.Steps < 0) e.Add($"alignment.ppo.steps must be >= 0 (got {Ppo.Steps}; 0 = no PPO)");
+        if (Ppo.RolloutBatch < 1 || Ppo.MiniBatch < 1 || Ppo.Epochs < 1) e.Add("alignment.ppo: rollout_batch, mini_batch and epochs must be positive");
         if (Ppo.ClipRange <= 0 || Ppo.ValueClip <= 0) e.Add("alignment.ppo: clip_range and value_clip must be positive");
         if (Ppo.Gamma is < 0 or > 1 || Ppo.Lambda is < 0 or > 1) e.Add("alignment.ppo: gamma and lambda must be in [0, 1]");
         if (Ppo.InitKlCoef < 0 || Ppo.TargetKl < 0) e.Add("alignment.ppo: init_kl_coef and target_kl must be >= 0");
@@ -55,6 +58,17 @@ public sealed class AlignmentSection
         if (Dpo.Steps < 1 || Dpo.BatchSize < 1) e.Add("alignment.dpo: steps and batch_size must be positive");
         if (Eval.MaxPrompts < 1) e.Add("alignment.eval.max_prompts must be positive");
         if (e.Count > 0) throw new ConfigException(string.Join("; ", e));
+    }
+
+    /// <summary>What each training phase asks of the recipe's layout (PPO samples from the actor inside its run).</summary>
+    public IEnumerable<Run.RunNeeds> Needs
+    {
+        get
+        {
+            yield return new Run.RunNeeds("alignment.reward");
+            if (Ppo.Steps > 0) yield return new Run.RunNeeds("alignment.ppo") { Sampling = true };
+            yield return new Run.RunNeeds("alignment.dpo");
+        }
     }
 }
 
@@ -106,6 +120,7 @@ public sealed class AlignmentEvalSection
     /// <summary>Held-out prompts evaluated per policy (greedy answers; one sampled answer each for the KL).</summary>
     public int MaxPrompts { get; set; } = 64;
     /// <summary>Sentiment rows (csv label,sentence or jsonl) asked in the instruction format; default eval.few_shot_file.</summary>
+    [ConfigPath]
     public string? SentimentFile { get; set; }
     public int SentimentExamples { get; set; } = 100;
 }

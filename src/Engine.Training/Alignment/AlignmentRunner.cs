@@ -3,11 +3,14 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Engine.Core;
+using Engine.Core.Distributed;
 using Engine.Data;
 using Engine.Model;
 using Engine.Model.IO;
+using Engine.Parallel;
 using Engine.Training.Eval;
 using Engine.Training.Recipes;
+using Engine.Training.Run;
 
 namespace Engine.Training.Alignment;
 
@@ -34,26 +37,38 @@ public sealed record AlignmentReport
 /// <summary>
 /// The recipe's alignment phase: tuned model → preference pairs (rule-ranked, split by prompt) → reward model → PPO
 /// (actor, critic, frozen reference, reward model: four full models) and DPO → the same evaluation of tuned, PPO and
-/// DPO. Runs in one process on whatever backend the recipe uses (only backend ops and host math).
+/// DPO. The reward model and DPO are runs of <see cref="RunAssembler"/> on the recipe's layout (data-parallel
+/// replicas and pipeline stages); PPO is data-parallel over the ranks. Whatever trains split over the ranks is saved
+/// and read back whole, so pairs, reward scores and evaluation are those of one process (each rank computes them).
+/// Only backend ops and host math: every backend runs it.
 /// </summary>
 public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBackend backend, IReadOnlyDictionary<string, LoadedSource> sources,
     Func<string, string> modelDirectory, ITokenizer tok)
 {
     public Action<string>? Log { get; set; }
 
+    /// <summary>The job's ranks (null = this process alone); rank 0 writes the files and messages.</summary>
+    public ICommunicator? Communicator { get; set; }
+
     public AlignmentReport Run(string outDir)
     {
         a.Validate(sources.ContainsKey, s => !sources[s].IsPretrain);
+        var comm = Communicator ?? new SingleRankCommunicator(backend);
+        bool lead = comm.Rank == 0;
+        var layout = cfg.Layout;
         var seconds = new Dictionary<string, double>(StringComparer.Ordinal);
         var sw = Stopwatch.StartNew();
         void Lap(string what) { seconds[what] = Math.Round(sw.Elapsed.TotalSeconds, 1); sw.Restart(); }
+        void Say(string m) { if (lead) Log?.Invoke(m); }
         string dir = Path.Combine(outDir, "alignment");
-        Directory.CreateDirectory(dir);
-        using var metrics = new StreamWriter(Path.Combine(dir, "metrics.jsonl"));
-        void Metric(object o) { metrics.WriteLine(JsonSerializer.Serialize(o)); metrics.Flush(); }
+        if (lead) Directory.CreateDirectory(dir);
+        comm.Barrier();
+        using var metrics = lead ? new StreamWriter(Path.Combine(dir, "metrics.jsonl")) : null;
+        void Metric(object o) { metrics?.WriteLine(JsonSerializer.Serialize(o)); metrics?.Flush(); }
         ulong seed = cfg.Seed ^ 0xA11C;
 
-        using var tuned = ModelIO.Load(modelDirectory(a.Policy), backend);
+        string policyDir = modelDirectory(a.Policy);
+        using var tuned = ModelIO.Load(policyDir, backend);
         if (tok.VocabSize > tuned.Config.VocabSize) throw new Config.ConfigException($"alignment.policy: the model's vocabulary ({tuned.Config.VocabSize}) is smaller than the tokenizer's ({tok.VocabSize})");
         int maxPrompt = Math.Min(a.MaxPromptTokens, tuned.Config.MaxPositionEmbeddings - a.MaxNewTokens - 1);
         var split = PreferenceData.Prompts(a.Sources.SelectMany(s => sources[s].Examples.Select(e => (s, sources[s].Section.Kind, e))), tok,
@@ -76,65 +91,78 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         Say($"preference pairs: {trainPairs.Count} train, {heldPairs.Count} held out ({string.Join(", ", origins.Select(kv => $"{kv.Key} {kv.Value}"))})");
         Lap("pairs");
 
-        // reward model
-        var rmBody = a.Reward.Init == "policy" ? PolicyOps.Clone(tuned) : Fresh(tuned.Config, seed);
-        using var rm = new ScalarHeadModel(rmBody, seed ^ 0x5C0);
-        var rmLogs = RewardModelTrainer.Train(rm, trainPairs, a.Reward, tok.EosId, seed, l =>
+        // reward model: the tuned model's weights (or fresh ones) and a new head, trained on the recipe's layout
+        string rmDir = Path.Combine(dir, "reward_model");
+        var rmBody = a.Reward.Init == "policy" ? ModelSource.Load(policyDir, backend) : ModelSource.Fresh(tuned.Config, backend, seed);
+        using (var run = RunAssembler.Assemble(RewardModelTrainer.Spec(rmBody, seed ^ 0x5C0, trainPairs, a.Reward, tok.EosId, seed, layout, l =>
         {
             Metric(new { phase = "reward", step = l.Step, loss = l.Loss, accuracy = l.Accuracy, grad_norm = l.GradNorm });
             if (l.Step % 10 == 0 || l.Step == a.Reward.Steps) Say($"[reward] step {l.Step}/{a.Reward.Steps} loss {l.Loss:F4} batch acc {l.Accuracy:P0}");
-        });
+        }, Log), comm, backend))
+        {
+            run.Train();
+            RewardModelTrainer.Save(run, rmDir);
+        }
+        using var rm = ScalarHeadModel.Load(rmDir, backend);
         rm.SetTrainable(false);
         var (heldAcc, heldLoss) = RewardModelTrainer.Evaluate(rm, heldPairs, tok.EosId);
         var (trainAcc, _) = RewardModelTrainer.Evaluate(rm, trainPairs, tok.EosId);
         Say($"reward model: held-out pair accuracy {heldAcc:P1} ({heldPairs.Count} pairs), train {trainAcc:P1}");
-        rm.Save(Path.Combine(dir, "reward_model"));
         Lap("reward_model");
         double[] Reward(IReadOnlyList<PromptResponse> seqs) => PolicyOps.Scores(rm, seqs, tok.EosId);
 
-        // PPO: actor, critic (tuned body + value head), frozen reference, reward model
+        // PPO: actor, critic (tuned body + value head), frozen reference, reward model; data-parallel over the ranks
         using var actor = PolicyOps.Clone(tuned);
-        using (var critic = new ScalarHeadModel(PolicyOps.Clone(tuned), seed ^ 0xC417))
-        using (var reference = PolicyOps.Clone(tuned))
-        using (var ppo = new PpoTrainer(actor, critic, reference, Reward, a.Ppo, tok.EosId, tok.EosId, a.MaxNewTokens, seed ^ 0x990))
+        if (a.Ppo.Steps > 0)
         {
-            ppo.Train(split.Train.Select(p => p.Ids).ToList(), l =>
+            using (var critic = new ScalarHeadModel(PolicyOps.Clone(tuned), seed ^ 0xC417))
+            using (var reference = PolicyOps.Clone(tuned))
+            using (var ppo = new PpoTrainer(actor, critic, reference, Reward, a.Ppo, tok.EosId, tok.EosId, a.MaxNewTokens, seed ^ 0x990, comm, layout))
             {
-                Metric(new
+                ppo.Train(split.Train.Select(p => p.Ids).ToList(), l =>
                 {
-                    phase = "ppo",
-                    step = l.Step,
-                    reward = l.Reward,
-                    kl = l.Kl,
-                    kl_coef = l.KlCoef,
-                    entropy = l.Entropy,
-                    clip_fraction = l.ClipFraction,
-                    value_clip_fraction = l.ValueClipFraction,
-                    approx_kl = l.ApproxKl,
-                    policy_loss = l.PolicyLoss,
-                    value_loss = l.ValueLoss,
-                    response_length = l.ResponseLength,
-                    seconds = l.Seconds
+                    Metric(new
+                    {
+                        phase = "ppo",
+                        step = l.Step,
+                        reward = l.Reward,
+                        kl = l.Kl,
+                        kl_coef = l.KlCoef,
+                        entropy = l.Entropy,
+                        clip_fraction = l.ClipFraction,
+                        value_clip_fraction = l.ValueClipFraction,
+                        approx_kl = l.ApproxKl,
+                        policy_loss = l.PolicyLoss,
+                        value_loss = l.ValueLoss,
+                        response_length = l.ResponseLength,
+                        seconds = l.Seconds
+                    });
+                    Say($"[ppo] step {l.Step}/{a.Ppo.Steps} reward {l.Reward:F3} kl {l.Kl:F3} (β {l.KlCoef:F4}) entropy {l.Entropy:F2} clipfrac {l.ClipFraction:F3} len {l.ResponseLength:F1} {l.Seconds:F1} s");
                 });
-                Say($"[ppo] step {l.Step}/{a.Ppo.Steps} reward {l.Reward:F3} kl {l.Kl:F3} (β {l.KlCoef:F4}) entropy {l.Entropy:F2} clipfrac {l.ClipFraction:F3} len {l.ResponseLength:F1} {l.Seconds:F1} s");
-            });
+            }
+            if (lead) ModelIO.Save(actor, Path.Combine(dir, "ppo"));
+            comm.Barrier();
         }
-        ModelIO.Save(actor, Path.Combine(dir, "ppo"));
+        else notes.Add("alignment.ppo.steps = 0: no PPO");
         Lap("ppo");
 
-        // DPO on the same training pairs, the tuned model as the frozen reference
-        using var dpo = PolicyOps.Clone(tuned);
+        // DPO on the same training pairs, the tuned model as the frozen reference, on the recipe's layout
         var refC = PolicyOps.SequenceLogProbs(tuned, trainPairs.Select(p => p.ChosenSequence).ToList(), tok.EosId);
         var refR = PolicyOps.SequenceLogProbs(tuned, trainPairs.Select(p => p.RejectedSequence).ToList(), tok.EosId);
-        DpoTrainer.Train(dpo, trainPairs, refC, refR, a.Dpo, tok.EosId, seed ^ 0xD90, l =>
+        string dpoDir = Path.Combine(dir, "dpo");
+        using (var run = RunAssembler.Assemble(DpoTrainer.Spec(ModelSource.Load(policyDir, backend), trainPairs, refC, refR, a.Dpo, tok.EosId, seed ^ 0xD90, layout, l =>
         {
             Metric(new { phase = "dpo", step = l.Step, loss = l.Loss, accuracy = l.Accuracy, margin = l.Margin, grad_norm = l.GradNorm });
             if (l.Step % 10 == 0 || l.Step == a.Dpo.Steps) Say($"[dpo] step {l.Step}/{a.Dpo.Steps} loss {l.Loss:F4} reward acc {l.Accuracy:P0} margin {l.Margin:F3}");
-        });
-        ModelIO.Save(dpo, Path.Combine(dir, "dpo"));
+        }, Log), comm, backend))
+        {
+            run.Train();
+            run.SaveWeights(dpoDir);
+        }
+        using var dpo = ModelIO.Load(dpoDir, backend);
         Lap("dpo");
 
-        // the same evaluation for the three policies
+        // the same evaluation for the policies
         var held = split.HeldOut.Take(a.Eval.MaxPrompts).ToList();
         var sentimentFile = a.Eval.SentimentFile ?? cfg.Eval.FewShotFile;
         var sentiment = sentimentFile != null ? LabeledData.Read(cfg.Resolve(sentimentFile)).Examples.Take(a.Eval.SentimentExamples).ToList() : [];
@@ -142,7 +170,8 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         var baseline = AlignmentEval.Greedy(tuned, held.Select(p => p.Ids).ToList(), a.MaxNewTokens, tok.EosId);
         tuned.SetTrainable(_ => false);
         var policies = new Dictionary<string, PolicyEval>(StringComparer.Ordinal);
-        foreach (var (name, m) in new[] { ("tuned", tuned), ("ppo", actor), ("dpo", dpo) })
+        var evaluated = a.Ppo.Steps > 0 ? new[] { ("tuned", tuned), ("ppo", actor), ("dpo", dpo) } : [("tuned", tuned), ("dpo", dpo)];
+        foreach (var (name, m) in evaluated)
         {
             var r = AlignmentEval.Evaluate(name, m, tuned, rm, held, baseline, tok, sentiment, Perplexity, a.MaxNewTokens, seed ^ 0xE7A1);
             policies[name] = r;
@@ -166,15 +195,6 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
             Seconds = seconds,
             Notes = notes,
         };
-    }
-
-    void Say(string m) => Log?.Invoke(m);
-
-    LlamaModel Fresh(LlamaConfig config, ulong seed)
-    {
-        var m = new LlamaModel(config, backend);
-        m.InitializeWeights(seed);
-        return m;
     }
 
     /// <summary>Held-out perplexity per (domain, language) group and per domain (geometric mean over its languages),

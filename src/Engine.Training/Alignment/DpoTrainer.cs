@@ -1,73 +1,51 @@
 using Engine.Core;
-using Engine.Core.Autograd;
 using Engine.Model;
+using Engine.Training.Run;
 
 namespace Engine.Training.Alignment;
 
 /// <summary>
 /// Direct preference optimization (Rafailov et al. 2023) on the reward model's pairs: the tuned model is both the
 /// policy's start and the frozen reference (its sequence log-probs computed once), sequence log-probs sum the answer
-/// tokens only, loss −log σ(β·margin) (<see cref="AlignmentMath.Dpo"/>), constant learning rate.
+/// tokens only, loss −log σ(β·margin) (<see cref="AlignmentMath.Dpo"/>), constant learning rate. A run like any other
+/// (<see cref="RunAssembler"/>, so at any layout): batch_size pairs per step split over the data-parallel replicas.
 /// </summary>
 public static class DpoTrainer
 {
     public sealed record StepLog(int Step, double Loss, double Accuracy, double Margin, double GradNorm);
 
-    public static List<StepLog> Train(LlamaModel policy, IReadOnlyList<Preference> pairs, double[] refChosen, double[] refRejected,
-        DpoSection o, int padId, ulong seed, Action<StepLog>? onStep = null)
+    /// <summary>DPO's run: <paramref name="policy"/> (the tuned model) trained on the pairs against the reference's
+    /// sequence log-probs <paramref name="refChosen"/> and <paramref name="refRejected"/> (one per pair).</summary>
+    public static RunSpec Spec(ModelSource policy, IReadOnlyList<Preference> pairs, double[] refChosen, double[] refRejected, DpoSection o, int padId, ulong seed,
+        RunLayout layout, Action<StepLog>? onStep = null, Action<string>? log = null)
     {
         if (pairs.Count == 0) throw new InvalidDataException("DPO: no training pairs");
-        policy.SetTrainable(null);
-        using var opt = new AdamW(policy, o.Optim);
-        var logs = new List<StepLog>();
-        var order = Recipes.RecipeSources.Permutation(pairs.Count, seed);
-        int pos = 0;
-        for (int step = 0; step < o.Steps; step++)
+        return new RunSpec
         {
-            var idx = new List<int>();
-            for (int i = 0; i < Math.Min(o.BatchSize, pairs.Count); i++)
-            {
-                if (pos == order.Length) { order = Recipes.RecipeSources.Permutation(pairs.Count, seed + (ulong)step); pos = 0; }
-                idx.Add(order[pos++]);
-            }
-            opt.Parallel.BeginStep();
-            (double Loss, double Acc, double Margin) r;
-            using (var scope = new TensorScope())
-            {
-                var (lossT, value, acc, margin) = Loss(policy, idx.Select(i => pairs[i]).ToList(), idx.Select(i => refChosen[i]).ToArray(), idx.Select(i => refRejected[i]).ToArray(), o.Beta, padId);
-                Grad.Backward(lossT);
-                r = (value, acc, margin);
-            }
-            double norm = opt.Update(o.Optim.Lr);
-            var log = new StepLog(step + 1, r.Loss, r.Acc, r.Margin, norm);
-            logs.Add(log);
-            onStep?.Invoke(log);
-        }
-        return logs;
+            Name = "alignment.dpo",
+            Layout = layout,
+            Model = policy,
+            Optim = o.Optim,
+            Data = run => new PairBatches(pairs, o.BatchSize, run.Layout.Replicas, seed, padId, refChosen, refRejected),
+            MicroBatchRows = 2 * Math.Min(o.BatchSize, pairs.Count),
+            SeqLen = RewardModelTrainer.MaxLength(pairs),
+            Steps = o.Steps,
+            Loss = run => new DpoLoss(run.Model, o.Beta),
+            OnStep = (m, _) => onStep?.Invoke(new StepLog(m.Step, m.Loss, m.SourceLosses?.GetValueOrDefault("accuracy", double.NaN) ?? double.NaN,
+                m.SourceLosses?.GetValueOrDefault("margin", double.NaN) ?? double.NaN, m.GradNorm)),
+            Log = log,
+        };
     }
 
-    /// <summary>The DPO loss of a batch (recorded when gradients are on): chosen and rejected packed in one batch.</summary>
+    /// <summary>The DPO loss of a batch on a whole model (recorded when gradients are on): chosen and rejected packed
+    /// in one batch; its value, the implicit-reward accuracy and the mean β·margin.</summary>
     public static (Tensor Loss, double Value, double Accuracy, double Margin) Loss(LlamaModel policy, IReadOnlyList<Preference> batch,
         double[] refChosen, double[] refRejected, double beta, int padId)
     {
-        int n = batch.Count;
-        var b = SequenceBatch.Pack([.. batch.Select(p => p.ChosenSequence), .. batch.Select(p => p.RejectedSequence)], padId);
-        var logits = policy.Logits(b.UploadIds(policy.Backend), b.Batch, b.SeqLen);
-        var (lp, _, _) = HostOps.TokenLogProbs(logits, b.Targets);
-        double value = 0, acc = 0, margin = 0;
-        var loss = HostOps.Scalar(lp, xs =>
-        {
-            var seq = b.AnswerRows.Select(rows => rows.Sum(r => xs[r])).ToArray();
-            var (l, dc, dr, a, m) = AlignmentMath.Dpo(seq.AsSpan(0, n), seq.AsSpan(n, n), refChosen, refRejected, beta);
-            var g = new double[xs.Length];
-            for (int i = 0; i < n; i++)
-            {
-                foreach (var r in b.AnswerRows[i]) g[r] = dc[i];
-                foreach (var r in b.AnswerRows[n + i]) g[r] = dr[i];
-            }
-            (value, acc, margin) = (l, a, m);
-            return (l, g);
-        });
-        return (loss, value, acc, margin);
+        var b = PairBatch.Of(batch, padId, refChosen, refRejected);
+        var accounting = new LossAccounting();
+        var loss = new DpoLoss(policy, beta).Forward(RewardModelTrainer.Upload(policy.Backend, b.Ids), b, batch.Count, accounting);
+        var means = accounting.Means();
+        return (loss, loss.Item(), means["accuracy"], means["margin"]);
     }
 }

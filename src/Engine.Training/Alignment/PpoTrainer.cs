@@ -1,8 +1,11 @@
 using System.Diagnostics;
 using Engine.Core;
 using Engine.Core.Autograd;
+using Engine.Core.Distributed;
 using Engine.Model;
+using Engine.Parallel;
 using Engine.Training.Eval;
+using Engine.Training.Run;
 
 namespace Engine.Training.Alignment;
 
@@ -27,6 +30,13 @@ public sealed record PpoStepLog(int Step, double Reward, double Kl, double KlCoe
 /// head) gives per-token values for GAE. Each batch of rollouts is trained for several epochs of mini-batches with the
 /// clipped policy loss (actor) and the clipped value loss (critic), on answer tokens only. All four are full models
 /// here (no LoRA adapters), each with its own weights.
+/// <para>
+/// Data-parallel over the ranks of <paramref name="comm"/>: the rollouts are sampled and scored in shares (prompt i
+/// on replica i mod N, seeded by i, so the samples are those of one process) and gathered, so every rank whitens the
+/// same advantages; actor and critic are runs of <see cref="RunAssembler"/> whose every update trains the mini-batch
+/// split over the replicas. Pipeline stages are refused (<see cref="RunLayout.Validate"/>): sampling token by token
+/// needs the whole actor.
+/// </para>
 /// </summary>
 public sealed class PpoTrainer : IDisposable
 {
@@ -36,51 +46,92 @@ public sealed class PpoTrainer : IDisposable
     readonly PpoSection o;
     readonly int padId, eosId, maxNewTokens;
     readonly ulong seed;
-    readonly AdamW actorOpt;
-    readonly HeadModelOptimizer criticOpt;
+    readonly ICommunicator comm;
+    readonly AssembledRun actorRun, criticRun;
 
     /// <param name="reward">Scores finished rollouts (the reward model; a rule in tests).</param>
+    /// <param name="comm">The job's ranks (null: this process alone).</param>
+    /// <param name="layout">The recipe's layout (null: data parallelism over <paramref name="comm"/>, ZeRO-0).</param>
     public PpoTrainer(LlamaModel actor, ScalarHeadModel critic, LlamaModel reference, Func<IReadOnlyList<PromptResponse>, double[]> reward,
-        PpoSection options, int padId, int eosId, int maxNewTokens, ulong seed)
+        PpoSection options, int padId, int eosId, int maxNewTokens, ulong seed, ICommunicator? comm = null, RunLayout? layout = null)
     {
         (this.actor, this.critic, this.reference, this.reward, o) = (actor, critic, reference, reward, options);
         (this.padId, this.eosId, this.maxNewTokens, this.seed) = (padId, eosId, maxNewTokens, seed);
+        this.comm = comm ?? new SingleRankCommunicator(actor.Backend);
+        layout ??= new RunLayout(new Parallel.ParallelSection());
         actor.SetTrainable(null);
         critic.SetTrainable(true);
         reference.SetTrainable(_ => false);
-        actorOpt = new AdamW(actor, o.Optim);
-        criticOpt = new HeadModelOptimizer(critic, o.CriticOptim);
+        actorRun = RunAssembler.Assemble(Spec("alignment.ppo actor", layout, ModelSource.Existing(actor), null, o.Optim, run => new PpoPolicyLoss(run.Model, o.ClipRange)), this.comm, actor.Backend);
+        try
+        {
+            criticRun = RunAssembler.Assemble(Spec("alignment.ppo critic", layout, ModelSource.Existing(critic.Body), _ => critic, o.CriticOptim,
+                run => new PpoValueLoss(run.Head!, o.ValueClip)), this.comm, actor.Backend);
+        }
+        catch
+        {
+            actorRun.Dispose();
+            throw;
+        }
         Kl = new AdaptiveKlController(o.InitKlCoef, o.TargetKl, o.KlHorizon);
     }
 
+    /// <summary>A PPO model's run: trained in rounds (<see cref="AssembledRun.Loop"/>), one per batch of rollouts.</summary>
+    RunSpec Spec(string name, RunLayout layout, ModelSource model, Func<LlamaModel, ScalarHeadModel>? head, AdamWOptions optim, Func<AssembledRun, ITrainingLoss> loss) => new()
+    {
+        Name = name,
+        Layout = layout,
+        Sampling = true,
+        Model = model,
+        ScalarHead = head,
+        Optim = optim,
+        MicroBatchRows = o.MiniBatch,
+        SeqLen = maxNewTokens,
+        Steps = o.Steps,
+        Loss = loss,
+    };
+
     public AdaptiveKlController Kl { get; }
 
-    /// <summary>Samples one answer per prompt from the actor.</summary>
+    /// <summary>The data-parallel ranks the rollouts are shared over.</summary>
+    ICommunicator Replicas => actorRun.Layout.DataGroup;
+
+    /// <summary>Samples one answer per prompt from the actor (prompt i seeded by i, on replica i mod N).</summary>
     public List<PromptResponse> Generate(IReadOnlyList<int[]> prompts, int step)
     {
-        var list = new List<PromptResponse>();
-        for (int i = 0; i < prompts.Count; i++)
+        var answers = RankShards.Map(Replicas, prompts.Count, mine => mine.Select(i =>
         {
             var so = new SamplingOptions(maxNewTokens, o.Temperature, o.TopP, seed ^ ((ulong)step << 32) ^ (ulong)i * 0x9E3779B97F4A7C15UL, eosId);
-            list.Add(new PromptResponse(prompts[i], Generator.Generate(actor, prompts[i], so).ToArray()));
-        }
-        return list;
+            return Generator.Generate(actor, prompts[i], so).Select(t => (double)t).ToArray();
+        }).ToArray());
+        return prompts.Select((p, i) => new PromptResponse(p, answers[i].Select(t => (int)t).ToArray())).ToList();
     }
 
     /// <summary>Scores finished sequences and computes the per-token statistics, rewards (KL penalty at the current
-    /// coefficient), GAE advantages (whitened over the batch's answer tokens when configured) and returns.</summary>
+    /// coefficient), GAE advantages (whitened over the batch's answer tokens when configured) and returns. The
+    /// statistics are computed in shares over the replicas and gathered, so every rank holds every rollout.</summary>
     public List<Rollout> Score(IReadOnlyList<PromptResponse> seqs)
     {
-        var (oldLp, ent) = PolicyOps.AnswerLogProbs(actor, seqs, padId);
-        var (refLp, _) = PolicyOps.AnswerLogProbs(reference, seqs, padId);
-        var values = PolicyOps.Values(critic, seqs, padId);
-        var scores = reward(seqs);
+        // per sequence of answer length L: old log-probs, reference log-probs, values, entropies (L each), the score
+        var stats = RankShards.Map(Replicas, seqs.Count, mine =>
+        {
+            var part = mine.Select(i => seqs[i]).ToList();
+            var (oldLp, ent) = PolicyOps.AnswerLogProbs(actor, part, padId);
+            var (refLp, _) = PolicyOps.AnswerLogProbs(reference, part, padId);
+            var values = PolicyOps.Values(critic, part, padId);
+            var scores = reward(part);
+            return part.Select((_, k) => (double[])[.. oldLp[k], .. refLp[k], .. values[k], .. ent[k], scores[k]]).ToArray();
+        });
         var rollouts = new List<Rollout>();
         for (int i = 0; i < seqs.Count; i++)
         {
-            var r = AlignmentMath.KlPenalizedRewards(oldLp[i], refLp[i], scores[i], Kl.Value);
-            var (adv, ret) = AlignmentMath.Gae(r, values[i], o.Gamma, o.Lambda);
-            rollouts.Add(new Rollout(seqs[i], oldLp[i], refLp[i], values[i], scores[i], r, adv, ret, ent[i]));
+            int L = seqs[i].Response.Length;
+            var x = stats[i];
+            double[] oldLp = x[..L], refLp = x[L..(2 * L)], values = x[(2 * L)..(3 * L)], ent = x[(3 * L)..(4 * L)];
+            double score = x[4 * L];
+            var r = AlignmentMath.KlPenalizedRewards(oldLp, refLp, score, Kl.Value);
+            var (adv, ret) = AlignmentMath.Gae(r, values, o.Gamma, o.Lambda);
+            rollouts.Add(new Rollout(seqs[i], oldLp, refLp, values, score, r, adv, ret, ent));
         }
         if (o.WhitenAdvantages)
         {
@@ -92,63 +143,30 @@ public sealed class PpoTrainer : IDisposable
         return rollouts;
     }
 
-    /// <summary>PPO epochs over the rollouts in mini-batches: an actor step (clipped policy loss) and a critic step
-    /// (clipped value loss) per mini-batch. Returns mean policy loss, value loss, clip fractions and approximate KL.</summary>
+    /// <summary>PPO epochs over the rollouts in mini-batches: per mini-batch an actor step (clipped policy loss) and a
+    /// critic step (clipped value loss) — independent models on fixed rollouts, so the actor's updates run first, then
+    /// the critic's, each through its run's loop. Returns mean policy loss, value loss, clip fractions and approximate KL.</summary>
     public (double PolicyLoss, double ValueLoss, double ClipFraction, double ValueClipFraction, double ApproxKl) Update(IReadOnlyList<Rollout> rollouts, int step)
     {
-        double pl = 0, vl = 0, cf = 0, vcf = 0, akl = 0;
-        int updates = 0;
+        var updates = new List<IReadOnlyList<Rollout>>();
         for (int epoch = 0; epoch < o.Epochs; epoch++)
         {
             var order = Recipes.RecipeSources.Permutation(rollouts.Count, seed ^ ((ulong)step << 20) ^ (ulong)epoch);
             for (int s = 0; s < order.Length; s += o.MiniBatch)
-            {
-                var mb = order.Skip(s).Take(o.MiniBatch).Select(i => rollouts[i]).ToList();
-                var b = SequenceBatch.Pack(mb.Select(r => r.Sequence).ToList(), padId);
-                var old = mb.SelectMany(r => r.OldLogProbs).ToArray();
-                var adv = mb.SelectMany(r => r.Advantages).ToArray();
-                var rows = b.AnswerRows.SelectMany(x => x).ToArray();
-
-                actorOpt.Parallel.BeginStep();
-                using (var scope = new TensorScope())
-                {
-                    var logits = actor.Logits(b.UploadIds(actor.Backend), b.Batch, b.SeqLen);
-                    var (lp, _, _) = HostOps.TokenLogProbs(logits, b.Targets);
-                    var loss = HostOps.Scalar(lp, xs =>
-                    {
-                        var cur = rows.Select(r => xs[r]).ToArray();
-                        var (l, d, c, k) = AlignmentMath.PolicyLoss(cur, old, adv, o.ClipRange);
-                        var g = new double[xs.Length];
-                        for (int i = 0; i < rows.Length; i++) g[rows[i]] = d[i];
-                        pl += l; cf += c; akl += k;
-                        return (l, g);
-                    });
-                    Grad.Backward(loss);
-                }
-                actorOpt.Update(o.Optim.Lr);
-
-                var oldV = mb.SelectMany(r => r.OldValues).ToArray();
-                var ret = mb.SelectMany(r => r.Returns).ToArray();
-                criticOpt.BeginStep();
-                using (var scope = new TensorScope())
-                {
-                    var v = critic.Scores(b.UploadIds(critic.Backend), b.Batch, b.SeqLen);
-                    var loss = HostOps.Scalar(v, xs =>
-                    {
-                        var cur = rows.Select(r => xs[r]).ToArray();
-                        var (l, d, c) = AlignmentMath.ValueLoss(cur, oldV, ret, o.ValueClip);
-                        var g = new double[xs.Length];
-                        for (int i = 0; i < rows.Length; i++) g[rows[i]] = d[i];
-                        vl += l; vcf += c;
-                        return (l, g);
-                    });
-                    Grad.Backward(loss);
-                }
-                criticOpt.Update(o.CriticOptim.Lr);
-                updates++;
-            }
+                updates.Add(order.Skip(s).Take(o.MiniBatch).Select(i => rollouts[i]).ToList());
         }
-        return (pl / updates, vl / updates, cf / updates, vcf / updates, akl / updates);
+        var loop = new LoopOptions
+        {
+            Steps = updates.Count,
+            BatchSize = o.MiniBatch,
+            SeqLen = maxNewTokens,
+            Optim = o.Optim,
+            Schedule = new ScheduleOptions { Kind = ScheduleKind.Constant },
+        };
+        var a = actorRun.Loop(new RolloutBatches(updates, actorRun.Layout.Replicas, padId), loop);
+        var c = criticRun.Loop(new RolloutBatches(updates, criticRun.Layout.Replicas, padId), loop with { Optim = o.CriticOptim });
+        double Mean(List<StepMetrics> steps, string account) => steps.Average(m => m.SourceLosses![account]);
+        return (a.Average(m => m.Loss), c.Average(m => m.Loss), Mean(a, "clip_fraction"), Mean(c, "value_clip_fraction"), Mean(a, "approx_kl"));
     }
 
     /// <summary>One PPO step: rollouts for the prompts, PPO epochs, then the KL coefficient adapts.</summary>
@@ -188,7 +206,7 @@ public sealed class PpoTrainer : IDisposable
 
     public void Dispose()
     {
-        actorOpt.Dispose();
-        criticOpt.Dispose();
+        criticRun.Dispose();
+        actorRun.Dispose();
     }
 }

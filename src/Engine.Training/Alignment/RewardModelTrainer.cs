@@ -1,95 +1,70 @@
 using Engine.Core;
-using Engine.Core.Autograd;
 using Engine.Model;
+using Engine.Training.Run;
 
 namespace Engine.Training.Alignment;
-
-/// <summary>One optimizer step of a model and its scalar head (each store its own AdamW and gradient-norm clip).</summary>
-public sealed class HeadModelOptimizer(ScalarHeadModel model, AdamWOptions options) : IDisposable
-{
-    readonly AdamW body = new(model.Body, options), head = new(model.Head, options);
-
-    public void BeginStep()
-    {
-        body.Parallel.BeginStep();
-        head.Parallel.BeginStep();
-    }
-
-    /// <summary>Updates both; returns the body's pre-clip gradient norm.</summary>
-    public double Update(double lr)
-    {
-        head.Update(lr);
-        return body.Update(lr);
-    }
-
-    public void Dispose()
-    {
-        body.Dispose();
-        head.Dispose();
-    }
-}
 
 /// <summary>
 /// The reward model: a Llama body (optionally the tuned model's weights) with a scalar head read at the last answer
 /// token, trained on preference pairs with the pairwise Bradley–Terry loss (InstructGPT, Baichuan 2, DeepSpeed-Chat
-/// step 2). A batch packs its chosen and rejected sequences together; constant learning rate.
+/// step 2). A run like any other (<see cref="RunAssembler"/>, so at any layout): batch_size pairs per step (the global
+/// batch, split over the data-parallel replicas), chosen and rejected packed in one micro-batch, body and head each
+/// with their own AdamW and clip, constant learning rate.
 /// </summary>
 public static class RewardModelTrainer
 {
     public sealed record StepLog(int Step, double Loss, double Accuracy, double GradNorm);
 
-    public static List<StepLog> Train(ScalarHeadModel rm, IReadOnlyList<Preference> pairs, RewardSection o, int padId, ulong seed, Action<StepLog>? onStep = null)
+    /// <summary>The reward model's run: <paramref name="body"/> with a fresh head (<paramref name="headSeed"/>).</summary>
+    public static RunSpec Spec(ModelSource body, ulong headSeed, IReadOnlyList<Preference> pairs, RewardSection o, int padId, ulong seed, RunLayout layout,
+        Action<StepLog>? onStep = null, Action<string>? log = null)
     {
         if (pairs.Count == 0) throw new InvalidDataException("reward model: no training pairs (every sampled answer scored as high as the reference?)");
-        rm.SetTrainable(true);
-        using var opt = new HeadModelOptimizer(rm, o.Optim);
-        var logs = new List<StepLog>();
-        var order = Recipes.RecipeSources.Permutation(pairs.Count, seed);
-        int pos = 0;
-        for (int step = 0; step < o.Steps; step++)
+        return new RunSpec
         {
-            var batch = new List<Preference>();
-            for (int i = 0; i < Math.Min(o.BatchSize, pairs.Count); i++)
-            {
-                if (pos == order.Length) { order = Recipes.RecipeSources.Permutation(pairs.Count, seed + (ulong)step); pos = 0; }
-                batch.Add(pairs[order[pos++]]);
-            }
-            opt.BeginStep();
-            double loss, acc;
-            using (var scope = new TensorScope())
-            {
-                (var lossT, loss, acc) = Loss(rm, batch, padId);
-                Grad.Backward(lossT);
-            }
-            double norm = opt.Update(o.Optim.Lr);
-            var log = new StepLog(step + 1, loss, acc, norm);
-            logs.Add(log);
-            onStep?.Invoke(log);
-        }
-        return logs;
+            Name = "alignment.reward",
+            Layout = layout,
+            Model = body,
+            ScalarHead = RunSpec.NewHead(headSeed),
+            Optim = o.Optim,
+            Data = run => new PairBatches(pairs, o.BatchSize, run.Layout.Replicas, seed, padId),
+            // for the fit check: the whole global batch's sequences at the longest pair (an upper bound per replica)
+            MicroBatchRows = 2 * Math.Min(o.BatchSize, pairs.Count),
+            SeqLen = MaxLength(pairs),
+            Steps = o.Steps,
+            Loss = run => new BradleyTerryLoss(run.Head!),
+            OnStep = (m, _) => onStep?.Invoke(new StepLog(m.Step, m.Loss, m.SourceLosses?.GetValueOrDefault("accuracy", double.NaN) ?? double.NaN, m.GradNorm)),
+            Log = log,
+        };
     }
 
-    /// <summary>The Bradley–Terry loss of a batch of pairs (recorded when gradients are on), its value and the share
-    /// of pairs ranked right.</summary>
+    /// <summary>A trained reward model as <see cref="ScalarHeadModel.Save"/> writes it, from however many stages hold
+    /// it: the body in Hugging Face layout, the head by the last stage's writer (collective).</summary>
+    public static void Save(AssembledRun run, string directory)
+    {
+        run.SaveWeights(directory);
+        if (run.Model.Stage.IsLast && run.Layout.WritesWeights) run.Head!.SaveHead(directory);
+        run.World.Barrier();
+    }
+
+    /// <summary>The longest prompt + answer of any pair.</summary>
+    public static int MaxLength(IReadOnlyList<Preference> pairs) => pairs.Max(p => p.Prompt.Ids.Length + Math.Max(p.Chosen.Length, p.Rejected.Length));
+
+    /// <summary>The Bradley–Terry loss of a batch of pairs on a whole model (recorded when gradients are on), its value
+    /// and the share of pairs ranked right.</summary>
     public static (Tensor Loss, double Value, double Accuracy) Loss(ScalarHeadModel rm, IReadOnlyList<Preference> batch, int padId)
     {
-        int n = batch.Count;
-        var b = SequenceBatch.Pack([.. batch.Select(p => p.ChosenSequence), .. batch.Select(p => p.RejectedSequence)], padId);
-        var scores = rm.Scores(b.UploadIds(rm.Backend), b.Batch, b.SeqLen);
-        double value = 0, acc = 0;
-        var loss = HostOps.Scalar(scores, xs =>
-        {
-            var c = new double[n];
-            var r = new double[n];
-            for (int i = 0; i < n; i++) { c[i] = xs[b.LastRows[i]]; r[i] = xs[b.LastRows[n + i]]; }
-            var (l, dc, dr, a) = AlignmentMath.BradleyTerry(c, r);
-            var g = new double[xs.Length];
-            for (int i = 0; i < n; i++) { g[b.LastRows[i]] = dc[i]; g[b.LastRows[n + i]] = dr[i]; }
-            value = l;
-            acc = a;
-            return (l, g);
-        });
-        return (loss, value, acc);
+        var b = PairBatch.Of(batch, padId);
+        var accounting = new LossAccounting();
+        var loss = new BradleyTerryLoss(rm).Forward(Upload(rm.Backend, b.Ids), b, batch.Count, accounting);
+        return (loss, loss.Item(), accounting.Means()["accuracy"]);
+    }
+
+    internal static Tensor Upload(IBackend be, int[] ids)
+    {
+        var t = be.Empty([ids.Length], DType.I32);
+        be.Upload(t, ids);
+        return t;
     }
 
     /// <summary>Share of pairs whose chosen answer the reward model scores higher (held-out pair accuracy), and the mean loss.</summary>

@@ -6,6 +6,7 @@ using Engine.Core.Autograd;
 using Engine.Model;
 using Engine.Model.IO;
 using Engine.Observability.Results;
+using Engine.Training.Run;
 
 namespace Engine.Training.Bench;
 
@@ -47,41 +48,34 @@ public static class TrainBenchmark
     public static SuiteOutput Run(IBackend backend, TrainBenchOptions o, string? python, Action<string>? log = null)
     {
         var cfg = o.ToLlamaConfig(o.Seq);
-        using var model = new LlamaModel(cfg, backend);
-        model.InitializeWeights(0);
+        int n = o.Batch * o.Seq, total = o.Warmup + o.Steps;
+        var rng = new Rng(1);
+        var all = new int[total * 2 * n];
+        for (int i = 0; i < all.Length; i++) all[i] = rng.NextInt(o.Vocab);
+        // the benchmark is a run like any other: one process, the model of its options, these batches, AdamW at 1e-4
+        var spec = new RunSpec
+        {
+            Name = "bench train",
+            Layout = new RunLayout(new Parallel.ParallelSection()),
+            Model = ModelSource.Fresh(cfg, backend, 0),
+            Optim = new AdamWOptions { Lr = 1e-4 },
+            Data = _ => new FixedBatches(all, n, o.Batch),
+            MicroBatchRows = o.Batch,
+            SeqLen = o.Seq,
+            Steps = total,
+            OnStep = (m, _) => log?.Invoke($"engine step {m.Step}/{total}: {m.StepSeconds:F3} s, loss {m.Loss:F4}{(m.Step <= o.Warmup ? " (warmup)" : "")}"),
+        };
+        using var run = RunAssembler.Assemble(spec, new Engine.Parallel.SingleRankCommunicator(backend), backend);
+        var model = run.Model;
         string work = Directory.CreateTempSubdirectory("engine-bench-train-").FullName;
         try
         {
             ModelIO.Save(model, work);   // before any step: the peer starts from these weights
-            using var opt = new AdamW(model, new AdamWOptions { Lr = 1e-4 });
-            var rng = new Rng(1);
-            int n = o.Batch * o.Seq, total = o.Warmup + o.Steps;
-            var all = new int[total * 2 * n];
-            for (int i = 0; i < all.Length; i++) all[i] = rng.NextInt(o.Vocab);
             string tokens = Path.Combine(work, "tokens.i32");
             File.WriteAllBytes(tokens, System.Runtime.InteropServices.MemoryMarshal.AsBytes(all.AsSpan()).ToArray());
-            var rates = new List<double>();
-            double firstLoss = double.NaN, loss = 0;
-            for (int step = 0; step < total; step++)
-            {
-                var sw = Stopwatch.StartNew();
-                model.ZeroGrad();
-                using (var scope = new TensorScope())
-                {
-                    var idT = backend.Empty([n], DType.I32);
-                    var tgT = backend.Empty([n], DType.I32);
-                    backend.Upload(idT, all.AsSpan(step * 2 * n, n));
-                    backend.Upload(tgT, all.AsSpan(step * 2 * n + n, n));
-                    var (l, _) = model.Loss(idT, tgT, o.Batch, o.Seq, n);
-                    loss = l.Item();
-                    Grad.Backward(l);
-                }
-                opt.Update(1e-4);
-                sw.Stop();
-                if (step == 0) firstLoss = loss;
-                if (step >= o.Warmup) rates.Add(n / sw.Elapsed.TotalSeconds);
-                log?.Invoke($"engine step {step + 1}/{total}: {sw.Elapsed.TotalSeconds:F3} s, loss {loss:F4}{(step < o.Warmup ? " (warmup)" : "")}");
-            }
+            var steps = run.Train().Steps;
+            var rates = steps.Skip(o.Warmup).Select(m => n / m.StepSeconds).ToList();
+            double firstLoss = steps[0].Loss, loss = steps[^1].Loss;
             if (Profiler.Enabled) log?.Invoke("per-op time over all steps:\n" + Profiler.Report());
             var throughput = Metrics.Throughput.For(backend, cfg, o.Seq);
             string device = backend is IDeviceStats ? "cuda:0" : "cpu";
@@ -97,6 +91,7 @@ public static class TrainBenchmark
                     ["engine_final_loss"] = loss,
                     ["mfu"] = throughput.Mfu(BenchStats.Of(rates).Median),
                     ["mfu_peak"] = throughput.PeakSource,
+                    ["mfu_peak_flops"] = throughput.PeakFlops,
                 },
             };
             log?.Invoke(FormattableString.Invariant($"engine: {entry.Median:F0} tokens/s (median of {rates.Count}), MFU {Pct(entry.Params!["mfu"])} of {throughput.PeakSource}"));
@@ -107,14 +102,21 @@ public static class TrainBenchmark
                 string args = $"{script} --weights {work} --tokens {tokens} --seq {o.Seq} --batch {o.Batch} --steps {o.Steps} --warmup {o.Warmup}";
                 log?.Invoke($"running PyTorch peer: {python} {args}");
                 var threads = Environment.ProcessorCount.ToString(System.Globalization.CultureInfo.InvariantCulture);
-                var (code, stdout, stderr) = MachineInfo.Run(python, args, new Dictionary<string, string> { ["OMP_NUM_THREADS"] = threads, ["MKL_NUM_THREADS"] = threads });
+                var (code, stdout, stderr) = MachineInfo.Run(python, args, new Dictionary<string, string> { ["OMP_NUM_THREADS"] = threads, ["MKL_NUM_THREADS"] = threads }, peer: true);
+                notes.Add(MachineInfo.UnpinNote("the PyTorch peer"));
                 if (code != 0) notes.Add($"PyTorch peer failed: exit {code}: {stderr.Trim().Split('\n').LastOrDefault()}");
                 else
                 {
                     var peer = JsonNode.Parse(stdout.Trim().Split('\n').Last())!.AsObject();
                     var seconds = peer["step_seconds"]!.AsArray().Select(x => x!.GetValue<double>()).ToList();
                     double peerFirst = peer["first_loss"]!.GetValue<double>();
-                    entry = entry.WithPeer(BenchEntries.Peer("pytorch", seconds.Select(t => n / t).ToList(), version: (string?)peer["framework"]));
+                    // the peer's BLAS and kernels, as its own process reports them (benchmarks/scripts/blas_kernel.py)
+                    var kernel = peer["blas"]?["openblas"];
+                    string version = (string?)peer["framework"] + (kernel != null ? $", OpenBLAS {(string?)kernel["corename"]} kernels" : "") +
+                        (peer["cpu_capability"] is { } cap ? $", ATen {(string?)cap}" : "");
+                    entry = entry.WithPeer(BenchEntries.Peer("pytorch", seconds.Select(t => n / t).ToList(), version: version));
+                    entry.Params!["pytorch_blas"] = peer["blas"]?.DeepClone();
+                    entry.Params!["pytorch_cpu_capability"] = peer["cpu_capability"]?.DeepClone();
                     entry.Params!["pytorch_first_loss"] = peerFirst;
                     entry.Params!["pytorch_threads"] = peer["threads"]?.DeepClone();
                     entry.Params!["peer_mfu"] = throughput.Mfu(entry.Peer!.Median);
@@ -134,6 +136,20 @@ public static class TrainBenchmark
         {
             try { Directory.Delete(work, recursive: true); }
             catch (IOException) { }
+        }
+    }
+
+    /// <summary>Step i's batch: ids then targets, n tokens each, from the written token file's layout.</summary>
+    sealed class FixedBatches(int[] all, int n, int rows) : IBatchSource
+    {
+        int step;
+
+        public Batch Next(int batch, int seqLen)
+        {
+            var ids = all.AsSpan(step * 2 * n, n).ToArray();
+            var tg = all.AsSpan(step * 2 * n + n, n).ToArray();
+            step++;
+            return new Batch(ids, tg, Enumerable.Repeat("train", rows).ToArray());
         }
     }
 

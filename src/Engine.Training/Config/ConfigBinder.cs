@@ -2,30 +2,72 @@ using System.Globalization;
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
-using Engine.Core;
 using Tomlyn;
 using Tomlyn.Model;
+#if ENGINE_DATA
+namespace Engine.Data;
+#else
+using Engine.Core;
 
 namespace Engine.Training.Config;
+#endif
 
 /// <summary>A configuration problem: names the key and what is wrong, for a one-line CLI error.</summary>
+#if ENGINE_DATA
+internal sealed class ConfigException(string message) : Exception(message);
+#else
 public sealed class ConfigException(string message) : Exception(message);
+#endif
+
+/// <summary>
+/// Marks a config key that holds a file or directory path (a string or an array of strings). In the file it is
+/// relative to the file's folder; given on the command line (<c>--set</c>) it is relative to the working directory,
+/// as every other path a user types there (<see cref="ConfigBinder.Load"/> makes it absolute when applying it).
+/// </summary>
+[AttributeUsage(AttributeTargets.Property)]
+#if ENGINE_DATA
+internal sealed class ConfigPathAttribute : Attribute
+#else
+public sealed class ConfigPathAttribute : Attribute
+#endif
+{
+    /// <summary>Values that are names, not paths (data.tokenizer's "byte").</summary>
+    public string[] Words { get; init; } = [];
+    /// <summary>Only a value holding a '/' is a path; the others name something of the config (a stage).</summary>
+    public bool NameOrPath { get; init; }
+
+    /// <summary><paramref name="value"/> made absolute against <paramref name="workingDirectory"/> when it is a relative path.</summary>
+    public string Absolute(string value, string workingDirectory) =>
+        value.Length == 0 || Words.Contains(value) || value.StartsWith(Engine.Data.DataPaths.Prefix, StringComparison.Ordinal)
+            || Path.IsPathRooted(value) || (NameOrPath && !value.Contains('/')) || value.Contains('\0')
+            ? value : Path.GetFullPath(Path.Combine(workingDirectory, value));
+}
 
 /// <summary>
 /// Strict binding of TOML or JSON into typed records: snake_case keys map to PascalCase init properties, nested
 /// tables to nested records; an unknown key, a wrong type or an invalid value is an error naming its full key.
-/// Command-line overrides `section.key=value` are applied on the parsed tree before binding.
+/// Command-line overrides `section.key=value` are applied on the parsed tree before binding; a relative path in one
+/// (a key marked <see cref="ConfigPathAttribute"/>) is relative to the working directory, not the config's folder.
+/// Engine.Data, which depends on nothing, compiles this same file as its internal <c>Engine.Data.ConfigBinder</c>
+/// (ENGINE_DATA): engine prepare's config reads its tree through <see cref="Parse"/>.
 /// </summary>
+#if ENGINE_DATA
+internal static class ConfigBinder
+#else
 public static class ConfigBinder
+#endif
 {
-    public static T Load<T>(string path, IEnumerable<string>? overrides = null) where T : new()
+    /// <summary>Reads and binds <paramref name="path"/> with <paramref name="overrides"/> applied; their relative paths
+    /// resolve against <paramref name="workingDirectory"/> (default: the process's current directory).</summary>
+    public static T Load<T>(string path, IEnumerable<string>? overrides = null, string? workingDirectory = null) where T : new()
     {
         if (!File.Exists(path)) throw new ConfigException($"config file not found: {path}");
         long length = new FileInfo(path).Length;
         if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
         string text = File.ReadAllText(path);
         var tree = Parse(text, path);
-        foreach (var o in overrides ?? []) ApplyOverride(tree, o);
+        string cwd = workingDirectory ?? Directory.GetCurrentDirectory();
+        foreach (var o in overrides ?? []) ApplyOverride(tree, o, typeof(T), cwd);
         try { return Bind<T>(tree, ""); }
         catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
     }
@@ -81,8 +123,10 @@ public static class ConfigBinder
         _ => v,
     };
 
-    /// <summary>Applies "a.b.c=value" (value parsed as TOML scalar/array when possible, else a string).</summary>
-    public static void ApplyOverride(Dictionary<string, object?> tree, string assignment)
+    /// <summary>Applies "a.b.c=value" (value parsed as TOML scalar/array when possible, else a string); when the key is a
+    /// <see cref="ConfigPathAttribute"/> property of <paramref name="type"/>, relative paths in the value are made
+    /// absolute against <paramref name="workingDirectory"/>.</summary>
+    public static void ApplyOverride(Dictionary<string, object?> tree, string assignment, Type? type = null, string? workingDirectory = null)
     {
         int eq = assignment.IndexOf('=');
         if (eq <= 0) throw new ConfigException($"override '{assignment}' is not of the form section.key=value");
@@ -96,6 +140,16 @@ public static class ConfigBinder
         }
         catch (TomlException) { value = raw; }
         var parts = key.Split('.');
+        if (type != null && PropertyAt(type, parts)?.GetCustomAttribute<ConfigPathAttribute>() is { } path)
+        {
+            string cwd = workingDirectory ?? Directory.GetCurrentDirectory();
+            value = value switch
+            {
+                string s => path.Absolute(s, cwd),
+                List<object?> list => list.Select(x => x is string s ? path.Absolute(s, cwd) : x).ToList(),
+                _ => value,
+            };
+        }
         var node = tree;
         for (int i = 0; i < parts.Length - 1; i++)
         {
@@ -107,6 +161,26 @@ public static class ConfigBinder
             node = d;
         }
         node[parts[^1]] = value;
+    }
+
+    /// <summary>The property a dotted key names in <paramref name="type"/> (a table of named sections is passed over by
+    /// its key), or null when it names none (binding then reports the unknown key).</summary>
+    static PropertyInfo? PropertyAt(Type type, string[] parts)
+    {
+        PropertyInfo? prop = null;
+        var t = type;
+        foreach (var part in parts)
+        {
+            if (t.IsGenericType && t.GetGenericTypeDefinition() == typeof(Dictionary<,>))
+            {
+                (t, prop) = (t.GetGenericArguments()[1], null);
+                continue;
+            }
+            prop = t.GetProperty(ToPascal(part), BindingFlags.Public | BindingFlags.Instance);
+            if (prop == null) return null;
+            t = Nullable.GetUnderlyingType(prop.PropertyType) ?? prop.PropertyType;
+        }
+        return prop;
     }
 
     public static string ToPascal(string snake)

@@ -18,6 +18,7 @@ public sealed class LoraSection
     /// <summary>Storage of the frozen base: f32. bf16 is refused: the host GEMM and the flat store are fp32-only.</summary>
     public string BaseDtype { get; set; } = "f32";
     /// <summary>Continue training a saved PEFT adapter directory (its own r, alpha and targets apply) instead of fresh adapters.</summary>
+    [ConfigPath]
     public string? InitFrom { get; set; }
 
     public LoraConfig ToLoraConfig() => new() { R = R, Alpha = Alpha, Dropout = Dropout, TargetModules = TargetModules, UseRslora = UseRslora };

@@ -16,9 +16,11 @@ public sealed class TrainConfig
     /// <summary>LoRA fine-tuning of model.init_from (null: every parameter is trained).</summary>
     public LoraSection? Lora { get; set; }
 
-    public static TrainConfig Load(string path, IEnumerable<string>? overrides = null)
+    /// <summary>Reads <paramref name="path"/>: its relative paths against its folder, those of <paramref name="overrides"/>
+    /// (--set) against <paramref name="workingDirectory"/> (default: the current directory).</summary>
+    public static TrainConfig Load(string path, IEnumerable<string>? overrides = null, string? workingDirectory = null)
     {
-        var cfg = ConfigBinder.Load<TrainConfig>(path, overrides);
+        var cfg = ConfigBinder.Load<TrainConfig>(path, overrides, workingDirectory);
         cfg.BaseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
         try { cfg.Validate(); }
         catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
@@ -62,13 +64,15 @@ public sealed class TrainConfig
             try { Model.ToLlamaConfig(Math.Max(Model.VocabSize, 1)); }
             catch (ArgumentException e) { errors.Add("model: " + e.Message); }
         }
+        var layout = Run.RunLayout.From(Parallel, Model);
         if (Lora != null)
         {
-            Lora.Validate("lora", Model.CheckpointActivations, errors);
+            Lora.Validate("lora", layout.Recomputes, errors);
             if (Model.InitFrom == null) errors.Add("lora needs model.init_from: the base model the adapters adapt");
-            if (Parallel.Pp > 1) errors.Add("lora is not supported with pipeline stages (parallel.pp > 1) yet: use data parallelism");
         }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
+        // the layout's own checks that need no job (its ranks are known when the run starts)
+        layout.Validate(gradAccum: Train.GradAccum, needs: Needs);
     }
 
     /// <summary>
@@ -90,6 +94,9 @@ public sealed class TrainConfig
 
     /// <summary>The model config; vocab_size 0 takes the tokenizer's size.</summary>
     public LlamaConfig ToLlamaConfig(int tokenizerVocab) => Model.ToLlamaConfig(tokenizerVocab);
+
+    /// <summary>What `engine train` asks of its layout.</summary>
+    public Run.RunNeeds Needs => new("train") { Lora = Lora };
 }
 
 public sealed class ModelSection
@@ -129,16 +136,23 @@ public sealed class ModelSection
     public bool TieWordEmbeddings { get; set; }
     public bool NormHead { get; set; }
     public double InitializerRange { get; set; } = 0.02;
+    /// <summary>Activation recompute in backward: "none", "full" (each block keeps only its input) or "selective";
+    /// empty = from checkpoint_activations (see <see cref="Run.RunLayout.From"/>).</summary>
+    public string Recompute { get; set; } = "";
+    /// <summary>The older switch for recompute = "full" (still read).</summary>
     public bool CheckpointActivations { get; set; }
     /// <summary>Start from a Hugging Face-layout directory (config.json + model.safetensors) instead of random init.</summary>
+    [ConfigPath]
     public string? InitFrom { get; set; }
 }
 
 public sealed class DataSection
 {
     /// <summary>Text files (.txt, .jsonl with "text", FPB .csv, instruction .json/.jsonl) to train on.</summary>
+    [ConfigPath]
     public string[] Train { get; set; } = [];
     /// <summary>"byte" for the byte-level tokenizer, or the path of a Hugging Face tokenizer.json.</summary>
+    [ConfigPath(Words = ["byte"])]
     public string Tokenizer { get; set; } = "byte";
     /// <summary>Share of the tokens held out (from the end of each file) for validation loss.</summary>
     public double ValidFraction { get; set; } = 0.05;
@@ -168,6 +182,7 @@ public sealed class TrainSection
 
 public sealed class OutputSection
 {
+    [ConfigPath]
     public string Dir { get; set; } = "runs/train";
     /// <summary>Weights dtype in model.safetensors: F32 or BF16.</summary>
     public string SaveDtype { get; set; } = "F32";

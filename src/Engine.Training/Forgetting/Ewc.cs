@@ -3,6 +3,7 @@ using Engine.Core.Autograd;
 using Engine.Model;
 using Engine.Parallel;
 using Engine.Training.Parallel;
+using Engine.Training.Run;
 
 namespace Engine.Training.Forgetting;
 
@@ -30,14 +31,21 @@ public sealed class Ewc : IDisposable
     public float Lambda { get; }
 
     /// <summary>Builds the anchor (current weights) and the Fisher from batches of (ids, targets). Every rank passes
-    /// the same batches; rank r computes batches r, r + N, … and the squared gradients are summed across ranks.</summary>
-    public static Ewc Estimate(LlamaModel model, IEnumerable<(int[] Ids, int[] Targets)> batches, int batch, int seqLen, float lambda, DataParallel? dp = null)
+    /// the same batches; rank r computes batches r, r + N, … and the squared gradients are summed across ranks. With
+    /// <paramref name="pipeline"/> the model is a stage: each batch's gradient runs through every stage of the replica
+    /// (forward and backward, no reduction), and each stage estimates its own parameters.</summary>
+    public static Ewc Estimate(LlamaModel model, IEnumerable<(int[] Ids, int[] Targets)> batches, int batch, int seqLen, float lambda, DataParallel? dp = null,
+        PipelineRunner? pipeline = null)
     {
         var be = model.Backend;
         var store = model.Store;
         using var local = dp == null ? DataParallel.Local(store) : null;
         var par = dp ?? local!;
         var full = be.Zeros([checked((int)store.Capacity)]).Keep();
+        // a stage's gradient of one batch: the schedule of one micro-batch over the replica's stages, nothing reduced
+        var stages = pipeline == null ? null : new PipelineRunner(model, pipeline.Grid, new GradientSync(), pipeline.Schedule);
+        var rows = Enumerable.Repeat("ewc", batch).ToArray();
+        var lm = new LanguageModelLoss(model, ["ewc"]);
         try
         {
             int count = 0;
@@ -47,15 +55,17 @@ public sealed class Ewc : IDisposable
                 {
                     if (count++ % par.Comm.WorldSize != par.Comm.Rank) continue;
                     model.ZeroGrad();
-                    using (var scope = new TensorScope())
-                    {
-                        var idT = be.Empty([ids.Length], DType.I32);
-                        var tgT = be.Empty([tg.Length], DType.I32);
-                        be.Upload(idT, ids);
-                        be.Upload(tgT, tg);
-                        int valid = tg.Count(t => t != -100);
-                        Grad.Backward(model.Loss(idT, tgT, batch, seqLen, Math.Max(1, valid)).Loss);
-                    }
+                    int valid = tg.Count(t => t != -100);
+                    if (stages != null) stages.RunStep([new Batch(ids, tg, rows)], Math.Max(1, valid), lm, new LossAccounting());
+                    else
+                        using (var scope = new TensorScope())
+                        {
+                            var idT = be.Empty([ids.Length], DType.I32);
+                            var tgT = be.Empty([tg.Length], DType.I32);
+                            be.Upload(idT, ids);
+                            be.Upload(tgT, tg);
+                            Grad.Backward(model.Loss(idT, tgT, batch, seqLen, Math.Max(1, valid)).Loss);
+                        }
                     be.AddSquare(full, store.Grads!);
                 }
                 model.ZeroGrad();

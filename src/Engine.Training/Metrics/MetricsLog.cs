@@ -19,6 +19,12 @@ public sealed class MetricsLog : IDisposable
     int? firstStep;
     int skipped;
     string? stage;
+    readonly Queue<(long Tokens, double Seconds)> recent = new();
+    long lastTokens;
+
+    /// <summary>Steps the current tokens/s is measured over (TorchTitan reports per log interval; a short window
+    /// shows a slowdown within a few steps without one step's noise).</summary>
+    public const int CurrentWindow = 10;
 
     public Throughput Throughput { get; private set; }
 
@@ -43,12 +49,20 @@ public sealed class MetricsLog : IDisposable
         Throughput = throughput;
         firstStep = null;
         skipped = 0;
+        recent.Clear();
     }
 
     /// <summary>Builds, writes and returns the record of step <paramref name="m"/>; call on every rank.</summary>
     public StepRecord Record(StepMetrics m)
     {
-        firstStep ??= m.Step;
+        // current tokens/s: the steps' own wall times (validation, checkpoints and logging between steps excluded) over
+        // the last CurrentWindow steps; the first record of a run or stage has only the average
+        if (firstStep == null) firstStep = m.Step;
+        else if (m.StepSeconds > 0) recent.Enqueue((m.Tokens - lastTokens, m.StepSeconds));   // a skipped-batches step trained nothing
+        lastTokens = m.Tokens;
+        while (recent.Count > CurrentWindow) recent.Dequeue();
+        double windowSeconds = recent.Sum(x => x.Seconds);
+        double current = windowSeconds > 0 ? recent.Sum(x => x.Tokens) / windowSeconds : m.TokensPerSecond;
         if (m.Skipped || !double.IsFinite(m.GradNorm)) skipped++;
         skipped = Math.Max(skipped, m.SkippedSteps);       // the loop's count includes the steps before a resume
         double? stepMin = null, stepMax = null, computeMin = null, computeMax = null;
@@ -71,7 +85,11 @@ public sealed class MetricsLog : IDisposable
             Tokens = m.Tokens,
             TokensPerS = m.TokensPerSecond,
             TokensPerSPerDevice = m.TokensPerSecond / comm.WorldSize,
+            TokensPerSCurrent = current,
             Mfu = Throughput.Mfu(m.TokensPerSecond),
+            MfuCurrent = Throughput.Mfu(current),
+            MfuPeakFlops = Throughput.PeakFlops,
+            MfuPeak = m.Step == firstStep ? Throughput.PeakSource : null,   // the description once per run or stage
             ElapsedS = m.ElapsedSeconds,
             EtaS = m.ElapsedSeconds / done * (m.TotalSteps - m.Step),
             StepS = m.StepSeconds,
@@ -104,10 +122,11 @@ public sealed class MetricsLog : IDisposable
         var list = new List<KeyValuePair<string, double>>
         {
             new(p + "loss", r.Loss), new(p + "grad_norm", r.GradNorm), new(p + "lr", r.Lr),
-            new(p + "tokens_per_s", r.TokensPerS), new(p + "tokens_per_s_per_device", r.TokensPerSPerDevice),
+            new(p + "tokens_per_s", r.TokensPerS), new(p + "tokens_per_s_per_device", r.TokensPerSPerDevice), new(p + "tokens_per_s_current", r.TokensPerSCurrent),
             new(p + "tokens", r.Tokens), new(p + "host_mem_gib", r.HostMemBytes / (double)(1 << 30)), new(p + "skipped_steps", r.SkippedSteps),
         };
         if (r.Mfu is { } mfu) list.Add(new(p + "mfu", mfu));
+        if (r.MfuCurrent is { } mc) list.Add(new(p + "mfu_current", mc));
         if (r.DeviceMemBytes is { } dm) list.Add(new(p + "device_mem_gib", dm / (double)(1 << 30)));
         if (r.StepSMax is { } sm) list.Add(new(p + "step_s_max", sm));
         if (r.StepSMin is { } sn) list.Add(new(p + "step_s_min", sn));

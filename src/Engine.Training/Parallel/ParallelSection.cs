@@ -3,10 +3,12 @@ using Engine.Model;
 using Engine.Model.IO;
 using Engine.Parallel;
 using Engine.Training.Config;
+using Engine.Training.Run;
 
 namespace Engine.Training.Parallel;
 
-/// <summary>The [parallel] section: the job's layout (pipeline stages × data-parallel replicas), ZeRO, buckets, schedule.</summary>
+/// <summary>The [parallel] section: the job's layout (pipeline stages × data-parallel replicas), ZeRO, buckets, schedule.
+/// Checked, with the recompute mode, by <see cref="Run.RunLayout.Validate"/> (the one place).</summary>
 public sealed record ParallelSection
 {
     /// <summary>Data-parallel replicas; 0 = the job's ranks ÷ pp.</summary>
@@ -18,33 +20,13 @@ public sealed record ParallelSection
     public int Zero { get; init; }
     /// <summary>Gradient bucket size in MB (fp32 elements × 4 bytes); DDP's default is 25.</summary>
     public double BucketMb { get; init; } = 25;
-    /// <summary>Micro-batches per replica per step through the pipeline (0 = train.grad_accum).</summary>
+    /// <summary>Micro-batches per replica per step, with or without a pipeline (0 = the run's grad_accum; the two set
+    /// to different counts are refused).</summary>
     public int MicroBatches { get; init; }
     /// <summary>"1f1b" or "gpipe".</summary>
     public string Schedule { get; init; } = "1f1b";
     /// <summary>Transformer layers per stage (empty = balanced).</summary>
     public int[] Layers { get; init; } = [];
-
-    /// <summary>Refuses a section that does not fit a job of <paramref name="worldSize"/> ranks (one line naming the key).</summary>
-    public void Validate(int worldSize, int? modelLayers = null)
-    {
-        var errors = new List<string>();
-        if (Pp < 1) errors.Add($"parallel.pp must be >= 1 (got {Pp})");
-        else if (worldSize % Pp != 0) errors.Add($"parallel.pp = {Pp} does not divide the job's {worldSize} rank(s) (ranks = pp × dp)");
-        else if (Dp < 0) errors.Add($"parallel.dp must be >= 0 (got {Dp}; 0 = the job's ranks ÷ pp)");
-        else if (Dp != 0 && Dp * Pp != worldSize)
-            errors.Add($"parallel.dp = {Dp} but the job has {worldSize} rank(s){(Pp > 1 ? $" for {Pp} pipeline stages" : "")}: launch {Dp * Pp} ranks (engine launch --nproc-per-node {Dp * Pp} -- ...) or set parallel.dp = {worldSize / Math.Max(1, Pp)}");
-        if (Zero is < 0 or > 2) errors.Add($"parallel.zero must be 0, 1 or 2 (got {Zero})");
-        if (Zero == 2 && Pp > 1) errors.Add("parallel.zero = 2 is not supported with pipeline stages (pp > 1): use zero = 1, as Megatron does inside each data-parallel group");
-        if (!(BucketMb > 0) || double.IsInfinity(BucketMb)) errors.Add($"parallel.bucket_mb must be positive (got {BucketMb})");
-        if (MicroBatches < 0) errors.Add($"parallel.micro_batches must be >= 0 (got {MicroBatches}; 0 = train.grad_accum)");
-        if (Schedule is not ("1f1b" or "gpipe")) errors.Add($"parallel.schedule must be \"1f1b\" or \"gpipe\" (got \"{Schedule}\")");
-        if (Layers.Length > 0 && Layers.Length != Pp) errors.Add($"parallel.layers names {Layers.Length} stages but parallel.pp = {Pp}");
-        if (modelLayers is int n && Pp >= 1 && (Layers.Length == 0 ? n < Pp : Layers.Any(l => l < 1) || Layers.Sum() != n))
-            errors.Add(Layers.Length == 0 ? $"parallel.pp = {Pp} needs at least {Pp} layers, the model has {n}"
-                : $"parallel.layers [{string.Join(", ", Layers)}] must give every stage at least one layer and sum to the model's {n}");
-        if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
-    }
 }
 
 /// <summary>
@@ -54,13 +36,15 @@ public sealed record ParallelSection
 /// </summary>
 public sealed class ParallelLayout : IDisposable
 {
-    ParallelLayout(ICommunicator world, ParallelSection section, PipelineGrid? grid)
+    ParallelLayout(ICommunicator world, RunLayout spec, PipelineGrid? grid)
     {
-        World = world; Section = section; Grid = grid;
+        World = world; Spec = spec; Grid = grid;
     }
 
     public ICommunicator World { get; }
-    public ParallelSection Section { get; }
+    /// <summary>The validated layout this rank's part was cut from.</summary>
+    public RunLayout Spec { get; }
+    public ParallelSection Section => Spec.Parallel;
     /// <summary>The pipeline grid, or null without pipeline stages.</summary>
     public PipelineGrid? Grid { get; }
     /// <summary>The ranks holding this rank's stage (the whole world without a pipeline).</summary>
@@ -69,11 +53,16 @@ public sealed class ParallelLayout : IDisposable
     /// <summary>Whether this rank writes its stage's weights (one writer per stage).</summary>
     public bool WritesWeights => DataGroup.Rank == 0;
 
-    public static ParallelLayout Create(ICommunicator world, ParallelSection section, int modelLayers)
+    /// <summary>Validates the layout for this job and model (<see cref="RunLayout.Validate"/>) and cuts the world into
+    /// its pipeline grid (collective).</summary>
+    public static ParallelLayout Create(ICommunicator world, RunLayout spec, int modelLayers, int? gradAccum = null, RunNeeds? needs = null)
     {
-        section.Validate(world.WorldSize, modelLayers);
-        return new ParallelLayout(world, section, section.Pp > 1 ? PipelineGrid.Create(world, section.Pp) : null);
+        spec.Validate(world.WorldSize, modelLayers, gradAccum, needs);
+        return new ParallelLayout(world, spec, spec.Parallel.Pp > 1 ? PipelineGrid.Create(world, spec.Parallel.Pp) : null);
     }
+
+    /// <summary>Data-parallel replicas (pipelines when the model is split, ranks otherwise).</summary>
+    public int Replicas => Grid?.Replicas ?? World.WorldSize;
 
     /// <summary>This rank's pipeline stage of a model with <paramref name="layers"/> layers (null without a pipeline).</summary>
     public PipelineStage? Stage(int layers) =>
@@ -84,13 +73,16 @@ public sealed class ParallelLayout : IDisposable
     /// <summary>Over any store (LoRA: the adapters' store; the frozen base is not reduced).</summary>
     public DataParallel CreateDataParallel(Engine.Core.ParameterStore store) => DataParallel.Create(store, DataGroup, Section.Zero, Section.BucketMb);
 
-    public PipelineRunner? CreateRunner(LlamaModel model, DataParallel dp) => Grid is { } g ? new PipelineRunner(model, g, dp, Section.Schedule) : null;
+    public PipelineRunner? CreateRunner(LlamaModel model, DataParallel dp) => CreateRunner(model, new GradientSync(dp));
+
+    /// <summary>The stage's schedule over the gradient hooks of its trainable stores (null without a pipeline).</summary>
+    public PipelineRunner? CreateRunner(LlamaModel model, GradientSync sync) => Grid is { } g ? new PipelineRunner(model, g, sync, Section.Schedule) : null;
 
     public AdamW CreateOptimizer(LlamaModel model, AdamWOptions options, DataParallel dp, PipelineRunner? runner) =>
         new(model, options, dp) { NormGroup = Grid?.Pipe, NormExclude = runner?.NormDuplicate };
 
-    /// <summary>Micro-batches per replica per step.</summary>
-    public int MicroBatches(int gradAccum) => Section.MicroBatches > 0 ? Section.MicroBatches : gradAccum;
+    /// <summary>Micro-batches per replica per step (<see cref="RunLayout.MicroBatches"/>).</summary>
+    public int MicroBatches(int gradAccum) => Spec.MicroBatches(gradAccum);
 
     /// <summary>
     /// Saves the whole model in Hugging Face layout from however many stages hold it: without a pipeline rank 0 writes
@@ -136,6 +128,37 @@ public sealed class ParallelLayout : IDisposable
     }
 
     sealed record ParameterSpecOwned(string Name, int[] Shape);
+
+    /// <summary>
+    /// A LoRA adapter in PEFT's layout (adapter_config.json + adapter_model.safetensors). Without a pipeline rank 0
+    /// writes it; with one, every stage's writer writes its layers' adapters beside it and rank 0 joins them into one
+    /// file in stage (= state-dict) order, as one process writes it. Collective.
+    /// </summary>
+    public void SaveAdapter(Engine.Model.Lora.LoraAdapters adapter, string directory, string? baseModel)
+    {
+        if (Grid is not { } g)
+        {
+            if (World.Rank == 0) adapter.Save(directory, baseModel);
+            World.Barrier();
+            return;
+        }
+        string Part(int s) => Path.Combine(directory, $".stage{s:D3}");
+        if (WritesWeights) adapter.Save(Part(g.Stage), baseModel);
+        World.Barrier();
+        if (World.Rank == 0)
+        {
+            var tensors = new List<SafeTensorWrite>();
+            for (int s = 0; s < g.Stages; s++)
+            {
+                using var f = SafeTensorsFile.Open(Path.Combine(Part(s), Engine.Model.Lora.PeftAdapter.WeightsFile));
+                tensors.AddRange(f.Entries.Select(e => new SafeTensorWrite(e.Name, e.Shape, f.ReadFloat32(e.Name))));
+            }
+            SafeTensorsWriter.Write(Path.Combine(directory, Engine.Model.Lora.PeftAdapter.WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+            System.IO.File.Copy(Path.Combine(Part(0), Engine.Model.Lora.PeftAdapter.ConfigFile), Path.Combine(directory, Engine.Model.Lora.PeftAdapter.ConfigFile), overwrite: true);
+            for (int s = 0; s < g.Stages; s++) Directory.Delete(Part(s), recursive: true);
+        }
+        World.Barrier();
+    }
 
     public void Dispose() => Grid?.Dispose();
 }

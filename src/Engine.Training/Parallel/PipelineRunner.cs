@@ -2,6 +2,7 @@ using Engine.Core;
 using Engine.Core.Autograd;
 using Engine.Model;
 using Engine.Parallel;
+using Engine.Training.Run;
 
 namespace Engine.Training.Parallel;
 
@@ -15,8 +16,11 @@ namespace Engine.Training.Parallel;
 /// during the step's last backward (<see cref="DataParallel"/>), then the tied embedding's two copies (first and last
 /// stage) are summed.
 /// </summary>
-public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataParallel dp, string schedule)
+public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, GradientSync sync, string schedule)
 {
+    /// <summary>Over one store's data parallelism (the stage's model).</summary>
+    public PipelineRunner(LlamaModel model, PipelineGrid grid, DataParallel dp, string schedule) : this(model, grid, new GradientSync(dp), schedule) { }
+
     public PipelineGrid Grid { get; } = grid;
     public string Schedule { get; } = schedule;
 
@@ -36,8 +40,9 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
         finally { waitClock.Stop(); }
     }
 
-    /// <summary>The step's (loss sum, per-source sums) on the last stage; zeros elsewhere.</summary>
-    public (double Loss, Dictionary<string, (double Sum, long Count)> PerSource) RunStep(IReadOnlyList<Batch> batches, long valid, float zLoss)
+    /// <summary>The step's loss sum on the last stage (its accounts in <paramref name="accounting"/>); zero elsewhere.
+    /// <paramref name="valid"/>: the global normalizer (<see cref="ITrainingLoss.Count"/> summed over the global batch).</summary>
+    public double RunStep(IReadOnlyList<Batch> batches, long valid, ITrainingLoss loss, LossAccounting accounting)
     {
         var be = model.Backend;
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -51,14 +56,24 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
         var outputs = new Tensor?[M];
         var sends = new List<Engine.Core.Distributed.ICommWork>();
         double lossSum = 0;
-        var perSource = new Dictionary<string, (double Sum, long Count)>(StringComparer.Ordinal);
         try
         {
             for (int k = 0; k < actions.Count; k++)
             {
                 var (op, m) = (actions[k].Op, actions[k].MicroBatch);
                 var b = batches[m];
-                int rows = b.RowSources.Length, n = b.Ids.Length, T = n / rows;
+                int rows = b.RowSources.Length, n = b.Ids.Length, T = rows == 0 ? 0 : n / rows;
+                if (rows == 0)
+                {
+                    // this replica's share of a small global batch is empty, on every stage alike: nothing crosses the
+                    // stages, but the stage's gradient buckets still reduce with the other replicas'
+                    if (op == PipeOp.Backward)
+                    {
+                        sync.BeginMicroBatch(last: k == lastBackward);
+                        sync.EndMicroBatch();
+                    }
+                    continue;
+                }
                 if (op == PipeOp.Forward)
                 {
                     var scope = scopes[m] = TensorScope.Detached();
@@ -79,20 +94,9 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
                         inputs[m] = x;
                         if (last)
                         {
-                            var tg = be.Empty([n], DType.I32);
-                            be.Upload(tg, b.Targets);
-                            var (loss, tokenLosses) = model.StageLoss(x, tg, rows, T, valid, zLoss);
-                            outputs[m] = loss;
-                            lossSum += loss.Item();
-                            var tl = tokenLosses.ToArray();
-                            for (int r = 0; r < rows; r++)
-                            {
-                                double sum = 0; long count = 0;
-                                for (int t = 0; t < T; t++)
-                                    if (b.Targets[r * T + t] != -100) { sum += tl[r * T + t]; count++; }
-                                var acc = perSource.GetValueOrDefault(b.RowSources[r]);
-                                perSource[b.RowSources[r]] = (acc.Sum + sum, acc.Count + count);
-                            }
+                            var l = loss.Forward(x, b, valid, accounting);
+                            outputs[m] = l;
+                            lossSum += l.Item();
                         }
                         else
                         {
@@ -104,17 +108,17 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
                 }
                 else
                 {
-                    dp.BeginMicroBatch(last: k == lastBackward);
+                    sync.BeginMicroBatch(last: k == lastBackward);
                     var scope = scopes[m] ?? throw new InvalidOperationException($"backward of micro-batch {m} before its forward");
                     using (scope.Activate())
                     {
-                        if (last) Grad.Backward(outputs[m]!, observer: dp);
+                        if (last) Grad.Backward(outputs[m]!, observer: sync);
                         else
                         {
                             var y = outputs[m]!;
                             var dy = be.Empty(y.Shape, y.DType);
                             Wait(Grid.Pipe.Recv(dy, stage + 1));
-                            Grad.Backward(y, dy, dp);
+                            Grad.Backward(y, dy, sync);
                         }
                         if (!first)
                         {
@@ -122,7 +126,7 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
                             sends.Add(Grid.Pipe.Send(dx, stage - 1));
                         }
                     }
-                    dp.EndMicroBatch();
+                    sync.EndMicroBatch();
                     scope.Dispose();
                     scopes[m] = null;
                     inputs[m] = outputs[m] = null;
@@ -140,7 +144,7 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, DataPara
             StepSeconds += System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
             WaitSeconds += waitClock?.Elapsed.TotalSeconds ?? 0;
         }
-        return (lossSum, perSource);
+        return lossSum;
     }
 
     /// <summary>After the gradients are reduced: the tied embedding's copies on the first and last stage get the sum of

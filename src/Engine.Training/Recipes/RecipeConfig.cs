@@ -26,9 +26,11 @@ public sealed class RecipeConfig
     /// <summary>A config path: <c>data:…</c> under the data folder, else relative to the config's folder (<see cref="Engine.Data.DataPaths.Resolve"/>).</summary>
     public string Resolve(string path) => Engine.Data.DataPaths.Resolve(path, BaseDirectory);
 
-    public static RecipeConfig Load(string path, IEnumerable<string>? overrides = null)
+    /// <summary>Reads <paramref name="path"/>: its relative paths against its folder, those of <paramref name="overrides"/>
+    /// (--set) against <paramref name="workingDirectory"/> (default: the current directory).</summary>
+    public static RecipeConfig Load(string path, IEnumerable<string>? overrides = null, string? workingDirectory = null)
     {
-        var cfg = ConfigBinder.Load<RecipeConfig>(path, overrides);
+        var cfg = ConfigBinder.Load<RecipeConfig>(path, overrides, workingDirectory);
         cfg.BaseDirectory = Path.GetDirectoryName(Path.GetFullPath(path))!;
         try { cfg.Validate(); }
         catch (ConfigException e) { throw new ConfigException($"{path}: {ErrorText.OneLine(e.Message)}"); }
@@ -47,6 +49,7 @@ public sealed class RecipeConfig
         }
         if (Stages.Length == 0 && Alignment == null) errors.Add("stages: at least one stage is needed");
         var seen = new HashSet<string>();
+        var layout = Layout;
         foreach (var st in Stages)
         {
             string p = $"stages[{st.Name}]";
@@ -74,7 +77,7 @@ public sealed class RecipeConfig
             if (st.SeqLen > Model.MaxPositionEmbeddings * Math.Max(1, st.RopeScalingFactor)) errors.Add($"{p}.seq_len ({st.SeqLen}) exceeds max_position_embeddings × rope factor");
             if (st.Lora != null)
             {
-                st.Lora.Validate($"{p}.lora", Model.CheckpointActivations, errors);
+                st.Lora.Validate($"{p}.lora", layout.Recomputes, errors);
                 if (st.Init == "random") errors.Add($"{p}.lora adapts a trained model: init must be an earlier stage or a model directory, not random");
                 if (st.Trainable != "all") errors.Add($"{p}.lora trains the adapters alone: leave trainable = all");
                 if (st.EwcLambda > 0) errors.Add($"{p}.lora cannot be combined with ewc_lambda (the base is frozen)");
@@ -93,7 +96,16 @@ public sealed class RecipeConfig
         catch (ArgumentException e) { errors.Add("model: " + e.Message); }
         if (errors.Count > 0) throw new ConfigException(string.Join("; ", errors));
         Alignment?.Validate(Sources.ContainsKey, s => Sources[s].Kind != "pretrain");
+        // the layout's own checks that need no job, for every stage and alignment phase (a refusal before any training)
+        foreach (var st in Stages) layout.Validate(gradAccum: st.GradAccum, needs: StageNeeds(st));
+        if (Alignment != null) foreach (var needs in Alignment.Needs) layout.Validate(needs: needs);
     }
+
+    /// <summary>The layout every stage and alignment phase runs on: [parallel] and the model's recompute mode.</summary>
+    public Run.RunLayout Layout => Run.RunLayout.From(Parallel, Model);
+
+    /// <summary>What a stage asks of the layout.</summary>
+    public static Run.RunNeeds StageNeeds(StageSection st) => new($"stage {st.Name}") { Lora = st.Lora };
 }
 
 public sealed class TokenizerSection
@@ -101,6 +113,7 @@ public sealed class TokenizerSection
     /// <summary>byte (no training) or bpe (trained on the recipe's pretraining sources, or loaded from path).</summary>
     public string Kind { get; set; } = "byte";
     /// <summary>A Hugging Face tokenizer.json to load instead of training.</summary>
+    [ConfigPath]
     public string? Path { get; set; }
     public int VocabSize { get; set; } = 4096;
     /// <summary>Sources whose training documents train the BPE (default: every pretrain source).</summary>
@@ -118,6 +131,7 @@ public sealed class SourceSection
     /// <summary>general or finance: groups sources for per-domain perplexity.</summary>
     public string Domain { get; set; } = "general";
     public string Language { get; set; } = "en";
+    [ConfigPath]
     public string[] Files { get; set; } = [];
     /// <summary>Cap on documents read (0 = all), taken in file order.</summary>
     public int MaxDocs { get; set; }
@@ -129,6 +143,7 @@ public sealed class StageSection
 {
     public string Name { get; set; } = "";
     /// <summary>random, the name of an earlier stage, or a model directory (config.json + model.safetensors).</summary>
+    [ConfigPath(NameOrPath = true, Words = ["random"])]
     public string Init { get; set; } = "random";
     /// <summary>Mixture weights by source name (normalised); end_weights + ramp_tokens make a linear schedule.</summary>
     public Dictionary<string, double> Weights { get; set; } = new();
@@ -170,7 +185,9 @@ public sealed class EvalSection
     /// <summary>Held-out tokens per domain for perplexity.</summary>
     public long PerplexityTokens { get; set; } = 16384;
     /// <summary>Few-shot classification set (csv label,sentence or jsonl text,label) and the pool its shots come from.</summary>
+    [ConfigPath]
     public string? FewShotFile { get; set; }
+    [ConfigPath]
     public string? FewShotPool { get; set; }
     public int Shots { get; set; } = 3;
     public int MaxExamples { get; set; } = 200;
@@ -178,6 +195,7 @@ public sealed class EvalSection
     public bool Instruction { get; set; } = true;
     /// <summary>Further labelled sets (csv label,sentence or jsonl text,label) scored zero-shot in instruction format: the chat
     /// template sentiment sources train with, label likelihood after the answer marker (raw and calibrated).</summary>
+    [ConfigPath]
     public string[] InstructionFiles { get; set; } = [];
     /// <summary>Examples per instruction-format set (0 = max_examples).</summary>
     public int InstructionMaxExamples { get; set; }
@@ -185,6 +203,7 @@ public sealed class EvalSection
 
 public sealed class RecipeOutput
 {
+    [ConfigPath]
     public string Dir { get; set; } = "runs/recipe";
     /// <summary>A checkpoint every N steps of a stage (checkpoints/NN_stage/step_…; 0 = only when stopped early).</summary>
     public int CheckpointEvery { get; set; } = 50;

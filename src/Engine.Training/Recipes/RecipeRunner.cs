@@ -10,6 +10,7 @@ using Engine.Parallel;
 using Engine.Training.Eval;
 using Engine.Training.Forgetting;
 using Engine.Training.Parallel;
+using Engine.Training.Run;
 
 namespace Engine.Training.Recipes;
 
@@ -91,11 +92,9 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     public List<StageReport> Run(CancellationToken cancel = default)
     {
         comm = Communicator ?? new SingleRankCommunicator(backend);
-        cfg.Parallel.Validate(comm.WorldSize);
-        if (cfg.Parallel.Pp > 1)
-            throw new Config.ConfigException("parallel.pp > 1: recipes train data-parallel only (pipeline stages are for engine train); set parallel.pp = 1");
-        if (cfg.Alignment != null && comm.WorldSize > 1)
-            throw new Config.ConfigException("[alignment] runs in one process: launch the recipe without data parallelism");
+        // every stage's and alignment phase's layout, for this job, before any work (each run checks it again with its model)
+        foreach (var st in cfg.Stages) cfg.Layout.Validate(comm.WorldSize, gradAccum: st.GradAccum, needs: RecipeConfig.StageNeeds(st));
+        if (cfg.Alignment != null) foreach (var needs in cfg.Alignment.Needs) cfg.Layout.Validate(comm.WorldSize, needs: needs);
         string outDir = cfg.Resolve(cfg.Output.Dir);
         if (Lead) Directory.CreateDirectory(outDir);
         comm.Barrier();
@@ -151,6 +150,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 return index.TryGetValue(name, out int i) && (i < first || (name == current && e.GetProperty("step").GetInt32() <= keepStep));
             }
             if (Lead) ResumeCheck.TruncateMetrics(metricsPath, Keep);
+            comm.Barrier();   // every rank reads the truncated file
             // the resumed stage's steps before its checkpoint, for its report and loss plot
             if (current != null && resumed != null && File.Exists(metricsPath))
                 foreach (var line in File.ReadLines(metricsPath))
@@ -174,8 +174,9 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         }
         if (cfg.Alignment is { } al)
         {
-            Alignment = new Alignment.AlignmentRunner(cfg, al, backend, sources, n => stageWeights.TryGetValue(n, out var d) ? d : cfg.Resolve(n), baseTokenizer!) { Log = Log }.Run(outDir);
-            RecipeReportWriter.Write(outDir, cfg, reports, Alignment);
+            Alignment = new Alignment.AlignmentRunner(cfg, al, backend, sources, n => stageWeights.TryGetValue(n, out var d) ? d : cfg.Resolve(n), baseTokenizer!)
+            { Log = Log, Communicator = comm }.Run(outDir);
+            if (Lead) RecipeReportWriter.Write(outDir, cfg, reports, Alignment);
         }
         else if (Lead && first == cfg.Stages.Length && reports.Count > 0) RecipeReportWriter.Write(outDir, cfg, reports);
         comm.Barrier();
@@ -239,134 +240,100 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     }
 
     /// <summary>Trains and evaluates one stage (from <paramref name="resumed"/> when given); null when the run
-    /// stopped early (a checkpoint of the stage was saved).</summary>
+    /// stopped early (a checkpoint of the stage was saved). The stage is a short translation into a <see cref="RunSpec"/>
+    /// (its init model, mixture, optimizer, EWC, LoRA, checkpoints) that <see cref="RunAssembler"/> builds on the
+    /// recipe's layout; evaluation then reads the stage's saved weights.</summary>
     StageReport? RunStage(StageSection st, int stageIndex, string outDir, (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet,
         Metrics.MetricsLog metrics, CancellationToken cancel, Checkpoints.Loaded? resumed, List<StepMetrics> earlier)
     {
         var notes = new List<string>();
         var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
         Say($"stage {st.Name}: init {st.Init}, {st.Steps} steps × {st.BatchSize}×{st.SeqLen} tokens, mixture {string.Join(", ", st.Weights.Select(w => $"{w.Key}={w.Value}"))}");
-        using var model = InitModel(st, tok, notes);
-        if (st.Trainable == "embeddings_and_head") model.SetTrainable(LlamaModel.IsEmbeddingOrHead);
-        else model.SetTrainable(null);
-
+        var init = InitSource(st, tok, notes);
         ulong seed = cfg.Seed ^ RecipeSources.StableHash(st.Name);
-        // LoRA: the base is frozen; the optimizer and data parallelism work on the adapters' store alone
-        using var lora = st.Lora != null ? Config.LoraSetup.Attach(model, st.Lora, seed, cfg.Resolve) : null;
-        if (lora != null) { notes.Add(Config.LoraSetup.Describe(lora, model)); Say(notes[^1]); }
-        var trainStore = lora?.Store ?? model.Store;
-        long trainable = lora?.ParameterCount ?? model.Store.Slots.Where(s => !s.Tensor.Frozen).Sum(s => s.Numel);
-        var streams = new List<(string Name, ISampleStream Stream)>();
-        string? selection = null;
-        var names = st.Weights.Keys.Concat(st.EndWeights?.Keys ?? Enumerable.Empty<string>()).Distinct().ToList();
-        foreach (var name in names)
+        var (streams, selection) = Streams(st, tok, seed, init, evalSet, notes);
+        MixtureStream? mixture = null;
+        var exact = ExactSettings(st, selection);
+        string ckptRoot = StageCheckpoints(outDir, stageIndex);
+        var spec = new RunSpec
         {
-            var src = sources[name];
-            var docs = src.TrainDocs;
-            bool shuffle = true;
-            if (st.SelectTop > 0 && name == st.SelectSource)
-            {
-                var task = evalSet?.Pool.Select(e => e.Text).Take(256).ToList() ?? throw new InvalidOperationException("data selection needs eval.few_shot_pool as the task set");
-                var sel = DataSelection.Select(model, tok, docs, task, st.SelectTop, st.Curriculum, Math.Min(128, model.Config.MaxPositionEmbeddings));
-                notes.Add($"selected {sel.Kept.Count}/{sel.Candidates} {name} documents by task similarity: mean cosine {sel.MeanScoreKept:F3} kept vs {sel.MeanScoreAll:F3} all");
-                Say(notes[^1]);
-                docs = sel.Kept;
-                shuffle = !st.Curriculum;
-                selection = $"{sel.Kept.Count}/{sel.Candidates} documents, SHA-256 {Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(string.Join("\u0000", sel.Kept))))}";
-            }
-            streams.Add((name, Stream(src, docs, tok, st.SeqLen, seed + (ulong)streams.Count, shuffle)));
-        }
-        double[] start = names.Select(n => st.Weights.GetValueOrDefault(n)).ToArray();
-        var schedule = st.EndWeights == null ? WeightSchedule.Constant(start)
-            : WeightSchedule.Linear(start, names.Select(n => st.EndWeights.GetValueOrDefault(n)).ToArray(), st.RampTokens);
-        var mixture = new MixtureStream(streams, schedule, seed);
-
-        // data parallelism lays the store out anew: everything after this looks parameters up by name
-        using var dp = DataParallel.Create(trainStore, comm, cfg.Parallel.Zero, cfg.Parallel.BucketMb);
-        using var ewc = st.EwcLambda > 0 ? EstimateEwc(model, st, tok, seed, dp) : null;
-        using var opt = new AdamW(trainStore, st.Optim, dp);
-        var options = new LoopOptions
-        {
-            Steps = st.Steps,
-            BatchSize = st.BatchSize,
-            SeqLen = st.SeqLen,
-            GradAccum = st.GradAccum,
+            Name = $"stage {st.Name}",
+            Layout = cfg.Layout,
+            Model = init,
+            Lora = st.Lora,
+            LoraSeed = seed,
+            Resolve = cfg.Resolve,
             Optim = st.Optim,
             Schedule = st.Schedule,
+            Data = _ =>
+            {
+                var names = streams.Select(x => x.Name).ToList();
+                double[] start = names.Select(n => st.Weights.GetValueOrDefault(n)).ToArray();
+                var schedule = st.EndWeights == null ? WeightSchedule.Constant(start)
+                    : WeightSchedule.Linear(start, names.Select(n => st.EndWeights.GetValueOrDefault(n)).ToArray(), st.RampTokens);
+                mixture = new MixtureStream(streams, schedule, seed);
+                return new StreamBatches(mixture);
+            },
+            MicroBatchRows = st.BatchSize,
+            SeqLen = st.SeqLen,
+            GradAccum = st.GradAccum,
+            Steps = st.Steps,
             ZLoss = st.ZLoss,
-        };
-        var exact = ExactSettings(st, selection);
-        var overridable = ResumeCheck.Overridable("", st.Optim, st.Steps);
-        if (resumed != null)
-        {
-            var effective = ResumeCheck.Check(resumed.Directory, resumed.State.Exact, exact, resumed.State.Overridable, overridable);
-            Say($"stage {st.Name}: resume settings in effect: {string.Join(", ", effective)}");
-            // selection and the EWC Fisher came from the stage's initial weights, as in the first run; now its state
-            resumed.RequireKind(lora: lora != null);
-            if (lora != null) resumed.LoadAdapter(lora);   // the frozen base is the stage's init, rebuilt above as in the first run
-            else
+            Ewc = st.EwcLambda > 0 ? run => EstimateEwc(run, st, tok, seed) : null,
+            Checkpoint = new CheckpointSpec(ckptRoot, cfg.Output.CheckpointEvery, cfg.Output.KeepCheckpoints)
             {
-                var files = ModelIO.WeightFiles(resumed.Directory);
-                ModelIO.LoadWeights(model, files.Index, files.Shards);
-            }
-            resumed.LoadOptimizer(opt);
-            mixture.LoadState(SamplerState.FromJson(resumed.State.Sampler
-                ?? throw new InvalidDataException($"{resumed.Directory}: state.json has no sampler state (not a recipe checkpoint)")));
-            options = options with { StartStep = resumed.State.Step, StartTokens = resumed.State.Tokens, StartSkipped = resumed.State.SkippedSteps };
-            if (Control != null) Control.LastCheckpoint = resumed.Directory;
-        }
-        string ckptRoot = StageCheckpoints(outDir, stageIndex);
-        int savedStep = resumed?.State.Step ?? -1;
-        void Save(StepMetrics m)
-        {
-            if (!(m.Skipped || double.IsFinite(m.Loss))) throw new InvalidOperationException($"step {m.Step} is not finite: not checkpointed");
-            var clock = Stopwatch.StartNew();
-            string dir = Checkpoints.Save(ckptRoot, model, opt, new CheckpointState(m.Step, m.Tokens, [0, 0, 0, 0], opt.Step)
-            {
-                StageIndex = stageIndex,
-                Stage = st.Name,
-                Sampler = mixture.SaveState().ToJson(),
-                SkippedSteps = m.SkippedSteps,
                 Exact = exact,
-                Overridable = overridable,
-            }, cfg.Output.KeepCheckpoints, adapter: lora);
-            savedStep = m.Step;
-            Control?.SaveDone(clock.Elapsed.TotalSeconds);
-            if (Control != null) Control.LastCheckpoint = dir;
-            Say($"checkpoint {dir}");
-        }
-        metrics.BeginStage(st.Name, Metrics.Throughput.For(backend, model.Config, st.SeqLen, comm.WorldSize));
-        var steps = TrainingLoop.Run(model, new StreamBatches(mixture), options, opt, ewc, m =>
-        {
-            var record = metrics.Record(m);
-            if (cfg.Output.CheckpointEvery > 0 && m.Step % cfg.Output.CheckpointEvery == 0 && m.Step < m.TotalSteps) Save(m);
-            if (Lead) OnStep?.Invoke(st.Name, record);
-        }, cancel: cancel, control: Control);
-        if (Control?.Stopped == true && steps.Count > 0 && steps[^1].Step < st.Steps)
-        {
-            if (savedStep != steps[^1].Step) Save(steps[^1]);
-            StoppedReason = Control.StopReason;
-            Say($"{Control.StopReason}: stopped in stage {st.Name} after step {steps[^1].Step} of {st.Steps}; resume with --resume latest");
-            return null;
-        }
-        double trainSeconds = steps.Count > 0 ? steps[^1].ElapsedSeconds : 0;
-        steps.InsertRange(0, earlier);
-
+                Overridable = ResumeCheck.Overridable("", st.Optim, st.Steps),
+                SequencesKey = $"stages.{st.Name}.sequences_per_step",
+                State = s => s with { StageIndex = stageIndex, Stage = st.Name, Sampler = mixture!.SaveState().ToJson() },
+                // selection and the EWC Fisher came from the stage's initial weights, as in the first run; now its state
+                Restore = r => mixture!.LoadState(SamplerState.FromJson(r.State.Sampler
+                    ?? throw new InvalidDataException($"{r.Directory}: state.json has no sampler state (not a recipe checkpoint)"))),
+            },
+            Resume = resumed,
+            Control = Control,
+            OnStep = (_, record) => OnStep?.Invoke(st.Name, record!),
+            Log = Log,
+        };
         string weights = Path.Combine(outDir, "stages", st.Name);
         string? adapterDir = null;
-        if (lora != null)
+        List<StepMetrics> steps;
+        double trainSeconds;
+        long trainable, stateBytes;
+        using (var run = RunAssembler.Assemble(spec, comm, backend))
         {
-            // the adapter in PEFT's layout, then merged: later stages, evaluation and export see one plain model
-            adapterDir = Path.Combine(outDir, "stages", st.Name + "_adapter");
-            if (Lead) lora.Save(adapterDir, stageWeights.TryGetValue(st.Init, out var b) ? b : cfg.Resolve(st.Init));
-            lora.Merge();
-            notes.Add($"adapter saved to {adapterDir} (PEFT layout) and merged into the stage's weights; AdamW state {opt.StateBytes:N0} bytes");
+            if (run.Lora != null) notes.Add(Config.LoraSetup.Describe(run.Lora, run.Model));
+            metrics.BeginStage(st.Name, Metrics.Throughput.For(backend, run.Model.Config, st.SeqLen, comm.WorldSize));
+            var outcome = run.Train(metrics, cancel);
+            steps = outcome.Steps;
+            if (outcome.StoppedReason != null)
+            {
+                StoppedReason = outcome.StoppedReason;
+                Say($"{outcome.StoppedReason}: stopped in stage {st.Name} after step {steps[^1].Step} of {st.Steps}; resume with --resume latest");
+                return null;
+            }
+            trainSeconds = steps.Count > 0 ? steps[^1].ElapsedSeconds : 0;
+            // the report counts the whole model (the stages of one replica) and the moments AdamW now holds
+            Span<double> counts = [run.TrainableParameters, run.Optimizers.StateBytes];
+            run.Layout.Grid?.Pipe.AllReduce(counts);
+            (trainable, stateBytes) = ((long)counts[0], (long)counts[1]);
+            if (run.Lora != null)
+            {
+                // the adapter in PEFT's layout, then merged: later stages, evaluation and export see one plain model
+                adapterDir = Path.Combine(outDir, "stages", st.Name + "_adapter");
+                run.SaveAdapter(adapterDir, stageWeights.TryGetValue(st.Init, out var b) ? b : cfg.Resolve(st.Init));
+                run.Lora.Merge();
+                notes.Add($"adapter saved to {adapterDir} (PEFT layout) and merged into the stage's weights; AdamW state {stateBytes:N0} bytes");
+            }
+            run.SaveWeights(weights);
         }
-        if (Lead) ModelIO.Save(model, weights);
-        comm.Barrier();
+        steps.InsertRange(0, earlier);
         stageWeights[st.Name] = weights;
 
         var sw = Stopwatch.StartNew();
+        // evaluation reads the saved weights, whole, on every rank and splits the examples over all of them: the same
+        // model and scorer as one process, whatever the layout (the training state is freed by now)
+        using var model = ModelIO.Load(weights, backend);
         // perplexity per (domain, language) group on its held-out documents; a domain's perplexity is the geometric
         // mean over its languages (equal weight per language, whatever their token counts)
         var ppl = new Dictionary<string, double>(StringComparer.Ordinal);
@@ -409,7 +376,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             FewShotCount = fs?.Count ?? 0,
             Instruction = instruction,
             TrainableParameters = trainable,
-            OptimizerStateBytes = opt.StateBytes,
+            OptimizerStateBytes = stateBytes,
             AdapterDir = adapterDir,
             TokensTrained = steps.Count > 0 ? steps[^1].Tokens : 0,
             TrainSeconds = trainSeconds,
@@ -443,6 +410,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         string Json(object o) => JsonSerializer.Serialize(o, RecordJson);
         var model = System.Text.Json.Nodes.JsonNode.Parse(Json(cfg.Model))!.AsObject();
         model.Remove(nameof(cfg.Model.CheckpointActivations));
+        model.Remove(nameof(cfg.Model.Recompute));
         var d = new Dictionary<string, string>(StringComparer.Ordinal)
         {
             ["seed"] = cfg.Seed.ToString(inv),
@@ -482,51 +450,89 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 st.Optim.Eps,
                 st.Lora,
             }),
-            [$"stages.{st.Name}.sequences_per_step"] = ((long)st.BatchSize * st.GradAccum * comm.WorldSize).ToString(inv),
+            [$"stages.{st.Name}.sequences_per_step"] = cfg.Layout.GlobalBatch(comm.WorldSize, st.BatchSize, st.GradAccum).ToString(inv),
         };
         if (selection != null) d[$"stages.{st.Name}.selection"] = selection;
         return d;
     }
 
-    LlamaModel InitModel(StageSection st, ITokenizer tok, List<string> notes)
+    /// <summary>The stage's init model as a source: random weights, an earlier stage or a model directory (for a
+    /// pipeline stage only its parameters), grown to the stage's vocabulary (new rows = the mean of the old), with the
+    /// stage's RoPE scaling and trainable set.</summary>
+    ModelSource InitSource(StageSection st, ITokenizer tok, List<string> notes)
     {
-        LlamaModel model;
-        if (st.Init == "random")
+        string? dir = st.Init == "random" ? null : stageWeights.TryGetValue(st.Init, out var d) ? d : cfg.Resolve(st.Init);
+        var initial = dir == null ? cfg.Model.ToLlamaConfig(tok.VocabSize) : ModelIO.LoadConfig(dir);
+        if (dir == null && initial.VocabSize < tok.VocabSize)
+            throw new Config.ConfigException($"model.vocab_size ({initial.VocabSize}) is smaller than the tokenizer's vocabulary ({tok.VocabSize})");
+        var shape = initial;
+        if (tok.VocabSize > shape.VocabSize)
         {
-            var llama = cfg.Model.ToLlamaConfig(tok.VocabSize);
-            if (llama.VocabSize < tok.VocabSize)
-                throw new Config.ConfigException($"model.vocab_size ({llama.VocabSize}) is smaller than the tokenizer's vocabulary ({tok.VocabSize})");
-            Trainer.CheckFits(llama, new Planning.PlanLayout(comm.WorldSize, 1, cfg.Parallel.Zero, st.BatchSize, 1, st.SeqLen, cfg.Model.CheckpointActivations), null,
-                backend.AvailableMemoryBytes(), backend.Name != "cpu");
-            model = new LlamaModel(llama, backend);
-            model.InitializeWeights(cfg.Seed);
-        }
-        else
-        {
-            string dir = stageWeights.TryGetValue(st.Init, out var d) ? d : cfg.Resolve(st.Init);
-            model = ModelIO.Load(dir, backend);
-        }
-        model.CheckpointActivations = cfg.Model.CheckpointActivations;
-        if (tok.VocabSize > model.Config.VocabSize)
-        {
-            notes.Add($"vocabulary expanded {model.Config.VocabSize} → {tok.VocabSize} (new rows = mean of old rows)");
-            model.ResizeVocabulary(tok.VocabSize);
+            notes.Add($"vocabulary expanded {shape.VocabSize} → {tok.VocabSize} (new rows = mean of old rows)");
+            shape = shape with { VocabSize = tok.VocabSize };
         }
         if (st.RopeScaling != RopeScalingKind.None)
         {
-            model.SetRopeScaling(st.RopeScaling, st.RopeScalingFactor, Math.Max(model.Config.MaxPositionEmbeddings, st.SeqLen));
+            shape = shape with { RopeScaling = st.RopeScaling, RopeScalingFactor = st.RopeScalingFactor, MaxPositionEmbeddings = Math.Max(shape.MaxPositionEmbeddings, st.SeqLen) };
             notes.Add($"context extension: RoPE {st.RopeScaling} ×{st.RopeScalingFactor}, seq_len {st.SeqLen}");
         }
-        return model;
+        return new ModelSource(shape, stage =>
+        {
+            LlamaModel model;
+            if (dir == null)
+            {
+                model = new LlamaModel(initial, backend, stage);
+                model.InitializeWeights(cfg.Seed);
+            }
+            else model = ModelIO.Load(dir, backend, stage == null ? null : _ => stage);
+            if (tok.VocabSize > model.Config.VocabSize) model.ResizeVocabulary(tok.VocabSize);
+            if (st.RopeScaling != RopeScalingKind.None)
+                model.SetRopeScaling(st.RopeScaling, st.RopeScalingFactor, Math.Max(model.Config.MaxPositionEmbeddings, st.SeqLen));
+            model.SetTrainable(st.Trainable == "embeddings_and_head" ? LlamaModel.IsEmbeddingOrHead : null);
+            return model;
+        });
     }
 
-    Ewc EstimateEwc(LlamaModel model, StageSection st, ITokenizer tok, ulong seed, DataParallel dp)
+    /// <summary>The stage's sample stream per source; with select_top, the selected source's documents kept by task
+    /// similarity under the stage's initial model (built whole for the selection, before the run), and a record of
+    /// the selection for the exact-resume check.</summary>
+    (List<(string Name, ISampleStream Stream)> Streams, string? Selection) Streams(StageSection st, ITokenizer tok, ulong seed, ModelSource init,
+        (List<LabeledExample> Test, List<LabeledExample> Pool)? evalSet, List<string> notes)
+    {
+        var streams = new List<(string Name, ISampleStream Stream)>();
+        string? selection = null;
+        var names = st.Weights.Keys.Concat(st.EndWeights?.Keys ?? Enumerable.Empty<string>()).Distinct().ToList();
+        foreach (var name in names)
+        {
+            var src = sources[name];
+            var docs = src.TrainDocs;
+            bool shuffle = true;
+            if (st.SelectTop > 0 && name == st.SelectSource)
+            {
+                var task = evalSet?.Pool.Select(e => e.Text).Take(256).ToList() ?? throw new InvalidOperationException("data selection needs eval.few_shot_pool as the task set");
+                DataSelection.Result sel;
+                using (var model = init.Build(null))
+                    sel = DataSelection.Select(model, tok, docs, task, st.SelectTop, st.Curriculum, Math.Min(128, model.Config.MaxPositionEmbeddings));
+                notes.Add($"selected {sel.Kept.Count}/{sel.Candidates} {name} documents by task similarity: mean cosine {sel.MeanScoreKept:F3} kept vs {sel.MeanScoreAll:F3} all");
+                Say(notes[^1]);
+                docs = sel.Kept;
+                shuffle = !st.Curriculum;
+                selection = $"{sel.Kept.Count}/{sel.Candidates} documents, SHA-256 {Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(string.Join("\u0000", sel.Kept))))}";
+            }
+            streams.Add((name, Stream(src, docs, tok, st.SeqLen, seed + (ulong)streams.Count, shuffle)));
+        }
+        return (streams, selection);
+    }
+
+    /// <summary>EWC's Fisher from the stage's initial model on ewc_source batches (split over the data-parallel
+    /// replicas), each batch's gradient through the pipeline's stages when the model is split.</summary>
+    Ewc EstimateEwc(AssembledRun run, StageSection st, ITokenizer tok, ulong seed)
     {
         var src = sources[st.EwcSource!];
         var batches = new StreamBatches(Stream(src, src.TrainDocs, tok, st.SeqLen, seed ^ 0xE3C, shuffle: true));
         var list = Enumerable.Range(0, st.EwcBatches).Select(_ => batches.Next(st.BatchSize, st.SeqLen)).Select(b => (b.Ids, b.Targets)).ToList();
         Say($"EWC: Fisher from {st.EwcBatches} batches of {src.Name}, λ = {st.EwcLambda}");
-        return Ewc.Estimate(model, list, st.BatchSize, st.SeqLen, (float)st.EwcLambda, dp);
+        return Ewc.Estimate(run.Model, list, st.BatchSize, st.SeqLen, (float)st.EwcLambda, run.Optimizers.Parallel, run.Pipeline);
     }
 
     /// <summary>A source's sample stream: packed documents for pretraining text, rendered examples for instructions.</summary>

@@ -156,6 +156,7 @@ public sealed class LadderConfig
             TieWordEmbeddings = Model.TieWordEmbeddings,
             NormHead = Model.NormHead,
             InitializerRange = Model.InitializerRange,
+            Recompute = Model.Recompute,
             CheckpointActivations = Model.CheckpointActivations,
         };
     }

@@ -125,5 +125,70 @@ public class AlignmentRecipeTests
         cfg = Config(tmp.Path);
         cfg.Alignment!.Dpo.Beta = 0;
         Assert.Contains("alignment.dpo.beta", Assert.Throws<ConfigException>(cfg.Validate).Message, StringComparison.Ordinal);
+        // PPO samples through the whole actor: refused with pipeline stages, by name, with the way out
+        cfg = Config(tmp.Path);
+        cfg.Parallel = new Engine.Training.Parallel.ParallelSection { Pp = 2 };
+        var ppo = Assert.Throws<ConfigException>(cfg.Validate).Message;
+        Assert.Contains("alignment.ppo: parallel.pp = 2", ppo, StringComparison.Ordinal);
+        Assert.Contains("alignment.ppo.steps = 0", ppo, StringComparison.Ordinal);
+        cfg.Alignment!.Ppo.Steps = 0;
+        cfg.Validate();
+    }
+
+    /// <summary>The whole recipe with its alignment phase on 2 thread ranks — data-parallel (PPO included), and as 2
+    /// pipeline stages (reward model and DPO through the stages; PPO off) — reports what one process reports: the
+    /// reward model's pair accuracies and every policy's evaluation (their weights compared in AlignmentLayoutTests).</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void RecipeWithAlignmentOnTwoRanksReportsWhatOneProcessReports(int pp)
+    {
+        RecipeConfig Short(string dir, int accum, int stages)
+        {
+            var cfg = Config(dir);
+            cfg.Model.NumLayers = 2;
+            var st = cfg.Stages[0];
+            (st.Steps, st.BatchSize, st.GradAccum) = (20, 4, accum);
+            var al = cfg.Alignment!;
+            al.MaxPrompts = 24;
+            (al.Reward.Steps, al.Reward.BatchSize, al.Dpo.Steps, al.Dpo.BatchSize) = (6, 4, 6, 4);
+            (al.Ppo.Steps, al.Ppo.RolloutBatch, al.Ppo.MiniBatch, al.Ppo.Epochs) = (pp > 1 ? 0 : 2, 4, 2, 1);   // PPO: data-parallel only
+            (al.Eval.MaxPrompts, al.Eval.SentimentExamples) = (6, 6);
+            cfg.Parallel = new Engine.Training.Parallel.ParallelSection { Pp = stages, Zero = 1, BucketMb = 0.01 };
+            cfg.Validate();
+            return cfg;
+        }
+        var ct = TestContext.Current.CancellationToken;
+        using var one = new TempDir();
+        using var two = new TempDir();
+        // the same global batch: 2 micro-batches per step (2 replicas × 1, or 1 pipeline × 2)
+        var singleRunner = new RecipeRunner(Short(one.Path, 2, 1), CpuBackend.Instance);
+        var single = singleRunner.Run(ct);
+        var configs = new[] { Short(two.Path, pp == 1 ? 1 : 2, pp), Short(two.Path, pp == 1 ? 1 : 2, pp) };   // written before the ranks start
+        var ranks = Engine.Parallel.ThreadCommunicator.Run(2, c =>
+        {
+            var runner = new RecipeRunner(configs[c.Rank], CpuBackend.Instance) { Communicator = c };
+            return (Reports: runner.Run(ct), Alignment: runner.Alignment!);
+        });
+        // relative to the figure, or to 1 for scores and log-ratios near zero (rewards are O(1) per answer, averaged)
+        static void Close(double a, double b, string what) => Assert.True(Math.Abs(a - b) <= 1e-4 * Math.Max(Math.Abs(a), 1), $"{what}: {b} vs {a}");
+        var (x, y) = (singleRunner.Alignment!, ranks[0].Alignment);
+        foreach (var (group, ppl) in single[0].Perplexity) Close(ppl, ranks[0].Reports[0].Perplexity[group], $"tuned ppl {group}");
+        Assert.Equal((x.TrainPairs, x.HeldOutPairs), (y.TrainPairs, y.HeldOutPairs));
+        Close(x.RmPairAccuracy, y.RmPairAccuracy, "reward model held-out pair accuracy");
+        Close(x.RmTrainPairAccuracy, y.RmTrainPairAccuracy, "reward model train pair accuracy");
+        Close(x.RmHeldOutLoss, y.RmHeldOutLoss, "reward model held-out loss");
+        Assert.Equal(x.Policies.Keys.Order(), y.Policies.Keys.Order());
+        Assert.Equal(pp == 1 ? 3 : 2, y.Policies.Count);
+        foreach (var (name, p) in x.Policies)
+        {
+            var q = y.Policies[name];
+            Close(p.MeanReward, q.MeanReward, $"{name} reward");
+            Close(p.MeanRewardSampled, q.MeanRewardSampled, $"{name} sampled reward");
+            Close(p.RuleScore, q.RuleScore, $"{name} rule score");
+            Close(p.Kl, q.Kl, $"{name} KL");
+        }
+        // rank 0 alone wrote the alignment's files
+        Assert.True(File.Exists(Path.Combine(two.Path, "run", "alignment", "reward_model", ScalarHeadModel.HeadFile)));
     }
 }

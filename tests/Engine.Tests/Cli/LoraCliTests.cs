@@ -24,7 +24,8 @@ public class LoraCliTests
         finally { Console.SetError(old); }
     }
 
-    static string TinyModel(TempDir dir)
+    /// <summary>A 1-layer byte-vocabulary Llama saved under dir/model (also used by ObservabilityCliTests).</summary>
+    internal static string TinyModel(TempDir dir)
     {
         string path = dir.File("model");
         using var m = new LlamaModel(new LlamaConfig { VocabSize = 258, HiddenSize = 16, IntermediateSize = 32, NumLayers = 1, NumHeads = 2, NumKvHeads = 1, MaxPositionEmbeddings = 256 }, CpuBackend.Instance);

@@ -8,7 +8,8 @@ namespace Engine.Tests.Cli;
 [Collection("console")]
 public class PlanCliTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
+    /// <summary>`engine plan|train ARGS` in process: exit code, stdout, stderr.</summary>
+    internal static (int Code, string Out, string Err) Run(params string[] args)
     {
         var root = new RootCommand("engine");
         root.Subcommands.Add(PlanCommand.Create());

@@ -86,16 +86,60 @@ public class BenchHarnessTests
             Assert.Skip("/usr/bin/python3 with torch is not installed (.ci/run installs python3-torch)");
         var o = new TrainBenchOptions { Hidden = 64, Layers = 2, Heads = 4, KvHeads = 2, Ffn = 128, Vocab = 256, Seq = 32, Batch = 2, Steps = 2, Warmup = 1 };
         using var peak = new EnvVar(Engine.Training.Metrics.CpuRoof.Variable, "10");
+        using var pin = new EnvVar("OPENBLAS_CORETYPE", "Prescott");   // the peer must run without it
         var s = TrainBenchmark.Run(CpuBackend.Instance, o, "/usr/bin/python3");
         var e = s.Entries.Single();
         Assert.True(e.Error is null, e.Error);   // the first-step losses agree (else the entry carries the error)
         Assert.Equal("pytorch", e.Peer!.Name);
+        // the peer's BLAS as its own process saw it: not the pinned kernels, and named in the peer's version
+        // (.ci/run installs Debian's python3-torch with libopenblas0-pthread: its generic BLAS is OpenBLAS)
+        var kernel = Assert.IsType<JsonObject>(e.Params!["pytorch_blas"]?["openblas"]);
+        Assert.NotEqual("Prescott", (string?)kernel["corename"]);
+        Assert.Contains($"OpenBLAS {(string?)kernel["corename"]} kernels", e.Peer.Version);
+        Assert.False(e.Params["pytorch_blas"]!["environment"]!.AsObject().ContainsKey("OPENBLAS_CORETYPE"));
         Assert.Equal(2, e.Repeats);
         Assert.Equal(2, e.Peer.Repeats);
         double engineFirst = (double)e.Params!["engine_first_loss"]!, torchFirst = (double)e.Params["pytorch_first_loss"]!;
         Assert.True(Math.Abs(engineFirst - torchFirst) < 1e-4, $"{engineFirst} vs {torchFirst}");
         Assert.True(Math.Abs(engineFirst - Math.Log(256)) < 0.5, $"first loss {engineFirst} should be near ln 256");
         Assert.Equal(e.Median * e.Flops!.Value / 10e9, (double)e.Params["mfu"]!, 9);
+        Assert.Equal(10e9, (double)e.Params["mfu_peak_flops"]!);   // the pinned peak travels with the result
+    }
+
+    /// <summary>Python 3 with numpy (and torch when asked) at /usr/bin/python3, else the test is skipped with the reason.</summary>
+    static void SkipWithoutPython(string module)
+    {
+        if (!File.Exists("/usr/bin/python3") || MachineInfo.Run("/usr/bin/python3", $"-c \"import {module}\"").Code != 0)
+            Assert.Skip($"/usr/bin/python3 with {module} is not installed (.ci/run installs python3-torch and python3-numpy)");
+    }
+
+    [Fact]
+    public void PinsAreRemovedFromAPeersEnvironmentAlone()
+    {
+        var env = new Dictionary<string, string?> { ["OPENBLAS_CORETYPE"] = "Haswell", ["OPENBLAS_L2_SIZE"] = "1048576", ["OPENBLAS_NUM_THREADS"] = "2", ["PATH"] = "/usr/bin" };
+        MachineInfo.Unpin(env);
+        Assert.Equal(["OPENBLAS_NUM_THREADS", "PATH"], env.Keys.Order());   // the thread count is the harness's own setting
+        using (new EnvVar("OPENBLAS_CORETYPE", "Haswell"))
+        {
+            Assert.Contains("OPENBLAS_CORETYPE=Haswell, set on this machine, removed from its environment alone", MachineInfo.UnpinNote("the peer"));
+            Assert.Equal("Haswell", Environment.GetEnvironmentVariable("OPENBLAS_CORETYPE"));   // the engine's process keeps it
+        }
+    }
+
+    [Fact]
+    public void TheOpenBlasPeerRunsItsOwnKernelsAndTheResultNamesThem()
+    {
+        SkipWithoutPython("numpy");
+        // pin OpenBLAS to the oldest kernels it has (SSE3): a peer that inherited this would report them
+        using var pin = new EnvVar("OPENBLAS_CORETYPE", "Prescott");
+        var s = Engine.Cli.Bench.GemmSuite.Run(Engine.Cli.Bench.GemmOptions.Quick with { Only = "square512" });
+        var e = s.Entries.Single();
+        Assert.Null(e.Error);
+        string core = (string?)s.Extra!["openblas"]!["openblas"]!["corename"] ?? "";
+        Assert.False(core is "" or "Prescott", $"peer kernels '{core}'");
+        Assert.EndsWith($", {core} kernels", e.Peer!.Version);
+        Assert.False(s.Extra["openblas"]!["environment"]!.AsObject().ContainsKey("OPENBLAS_CORETYPE"));
+        Assert.Contains(s.Notes!, n => n.Contains("OPENBLAS_CORETYPE=Prescott", StringComparison.Ordinal));
     }
 
     sealed class EnvVar : IDisposable

@@ -70,6 +70,50 @@ public class ConfigTests
     }
 
     [Fact]
+    public void SetPathsAreRelativeToTheWorkingDirectoryAndFilePathsToTheFile()
+    {
+        using var dir = new TempDir();
+        string cfgDir = dir.File("configs"), cwd = dir.File("here");
+        Directory.CreateDirectory(cfgDir);
+        string path = System.IO.Path.Combine(cfgDir, "c.toml");
+        File.WriteAllText(path, Good + "\n[output]\ndir = \"runs/x\"\n");
+        // in the file: the file's folder
+        var c = TrainConfig.Load(path, [], workingDirectory: cwd);
+        Assert.Equal(System.IO.Path.Combine(cfgDir, "runs/x"), c.Resolve(c.Output.Dir));
+        Assert.Equal(System.IO.Path.Combine(cfgDir, "a.txt"), c.Resolve(c.Data.Train[0]));
+        // on the command line: the working directory; names, data: names and absolute paths stay as they are
+        c = TrainConfig.Load(path, ["output.dir=runs/y", "data.train=[\"b.txt\", \"data:general_en/x.txt\", \"/abs/c.txt\"]", "data.tokenizer=byte", "model.init_from=../m"], workingDirectory: cwd);
+        Assert.Equal(System.IO.Path.Combine(cwd, "runs/y"), c.Resolve(c.Output.Dir));
+        Assert.Equal([System.IO.Path.Combine(cwd, "b.txt"), "data:general_en/x.txt", "/abs/c.txt"], c.Data.Train);
+        Assert.Equal("byte", c.Data.Tokenizer);
+        Assert.Equal(System.IO.Path.Combine(dir.Path, "m"), c.Model.InitFrom);
+        c = TrainConfig.Load(path, ["data.tokenizer=tok/tokenizer.json", "train.device=cpu"], workingDirectory: cwd);
+        Assert.Equal(System.IO.Path.Combine(cwd, "tok/tokenizer.json"), c.Data.Tokenizer);
+        Assert.Equal("cpu", c.Train.Device);   // not a path key: untouched
+
+        // a recipe: named sections' files, eval files; a stage or alignment policy name is a name, a directory a path
+        string recipe = System.IO.Path.Combine(cfgDir, "r.toml");
+        File.WriteAllText(recipe, """
+            [sources.fin]
+            kind = "instruct"
+            files = ["fin.txt"]
+            [[stages]]
+            name = "s1"
+            weights = { fin = 1.0 }
+            [alignment]
+            policy = "s1"
+            sources = ["fin"]
+            """);
+        var r = Engine.Training.Recipes.RecipeConfig.Load(recipe, ["sources.fin.files=[\"mine.txt\"]", "eval.few_shot_file=fs.csv", "output.dir=out", "alignment.policy=s1",
+            "alignment.compare=[\"s1\", \"models/other\"]"], workingDirectory: cwd);
+        Assert.Equal([System.IO.Path.Combine(cwd, "mine.txt")], r.Sources["fin"].Files);
+        Assert.Equal(System.IO.Path.Combine(cwd, "fs.csv"), r.Eval.FewShotFile);
+        Assert.Equal(System.IO.Path.Combine(cwd, "out"), r.Resolve(r.Output.Dir));
+        Assert.Equal("s1", r.Alignment!.Policy);
+        Assert.Equal(["s1", System.IO.Path.Combine(cwd, "models/other")], r.Alignment.Compare);
+    }
+
+    [Fact]
     public void MissingConfigFileIsNamed()
     {
         var e = Assert.Throws<ConfigException>(() => TrainConfig.Load("/nonexistent/run.toml"));
@@ -93,7 +137,8 @@ public class ConfigTests
     public void ModelThatDoesNotFitIsRefused()
     {
         var big = new Engine.Model.LlamaConfig { VocabSize = 32000, HiddenSize = 4096, IntermediateSize = 11008, NumLayers = 32, NumHeads = 32, NumKvHeads = 32 };
-        var e = Assert.Throws<ConfigException>(() => Engine.Training.Trainer.CheckFits(big, new Engine.Training.Planning.PlanLayout(1, 1, 0, 8, 1, 2048, false), availableBytes: 24L << 30));
+        var layout = new Engine.Training.Run.RunLayout(new Engine.Training.Parallel.ParallelSection());
+        var e = Assert.Throws<ConfigException>(() => Engine.Training.Run.FitCheck.Require(big, layout, layout.Plan(1, 8, 1, 2048), gpu: false, availableBytes: 24L << 30));
         Assert.Contains("does not fit", e.Message);
     }
 }

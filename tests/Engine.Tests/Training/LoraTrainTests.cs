@@ -164,7 +164,7 @@ public class LoraTrainTests
         Assert.Contains("lora_dropout", Refused(Toml("dropout = 1.5")).Message);
         Assert.Contains("target_modules", Refused(Toml("target_modules = []")).Message);
         Assert.Contains("model.init_from", Refused(Toml("").Replace("init_from = \"base\"", "")).Message);
-        Assert.Contains("parallel.pp", Refused(Toml("") + "\n[parallel]\npp = 2\n").Message);
+        Assert.Contains("lora.dropout = 0.1 with pipeline stages", Refused(Toml("dropout = 0.1") + "\n[parallel]\npp = 2\n").Message);
         Assert.Contains("checkpoint_activations", Refused(Toml("dropout = 0.1").Replace("init_from = \"base\"", "init_from = \"base\"\ncheckpoint_activations = true")).Message);
         Assert.Contains("unknown", Refused(Toml("rank = 4")).Message, StringComparison.OrdinalIgnoreCase);
     }

@@ -189,26 +189,28 @@ static class ChildEngine
         public string All => $"exit {ExitCode}{(Killed ? " (killed)" : "")}\n--- stdout\n{Stdout}\n--- stderr\n{Stderr}";
     }
 
-    static ProcessStartInfo Start(IEnumerable<string> args)
+    static ProcessStartInfo Start(IEnumerable<string> args, string? workingDirectory = null)
     {
         string dir = AppContext.BaseDirectory, apphost = Path.Combine(dir, "engine");
         var psi = File.Exists(apphost) ? new ProcessStartInfo(apphost) : new ProcessStartInfo(Environment.ProcessPath!) { ArgumentList = { Path.Combine(dir, "engine.dll") } };
         psi.UseShellExecute = false;
         psi.RedirectStandardOutput = psi.RedirectStandardError = true;
         psi.Environment["TERM"] = "dumb";
+        if (workingDirectory != null) psi.WorkingDirectory = workingDirectory;
         foreach (var a in args) psi.ArgumentList.Add(a);
         return psi;
     }
 
-    public static Task<Result> Run(IEnumerable<string> args, TimeSpan limit) => RunAndKill(args, null, limit);
+    public static Task<Result> Run(IEnumerable<string> args, TimeSpan limit, string? workingDirectory = null) => RunAndKill(args, null, limit, workingDirectory: workingDirectory);
 
     /// <summary>
     /// Runs the engine; the first stdout line for which <paramref name="killOn"/> holds, or the first time
     /// <paramref name="poll"/> (called every millisecond or so) does, kills it with SIGKILL at once.
     /// </summary>
-    public static async Task<Result> RunAndKill(IEnumerable<string> args, Func<string, bool>? killOn, TimeSpan limit, Func<bool>? poll = null)
+    public static async Task<Result> RunAndKill(IEnumerable<string> args, Func<string, bool>? killOn, TimeSpan limit, Func<bool>? poll = null,
+        string? workingDirectory = null)
     {
-        var psi = Start(args);
+        var psi = Start(args, workingDirectory);
         using var p = Process.Start(psi)!;
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();

@@ -154,6 +154,18 @@ public static class FuzzTargets
                 string ext = input.SkipWhile(b => b is (byte)' ' or (byte)'\n' or (byte)'\r' or (byte)'\t').FirstOrDefault() == (byte)'[' ? ".json" : ".jsonl";
                 Instructions.Read(Write(dir, "inst" + ext, input), new DocumentReadOptions { InvalidUtf8 = Policy(input) }, new DocumentReadStats()).ToList();
             }),
+        new("prepare-jsonl-zst", "engine prepare's InputReader on .jsonl.zst (ZstdSharp stream, bounded line reader) under each invalid-UTF-8 policy",
+            s => s.Get("prepare.jsonl.zst", () => [Zstd(s.Head("general_en/c4_demo.jsonl")), Zstd(s.Head("general_zh/cnews_general.jsonl"))]),
+            (input, dir) => ReadInput(Write(dir, "in.jsonl.zst", input), input, new Engine.Data.Extraction.InputOptions { InvalidUtf8 = Policy(input), MaxRecordBytes = 4096 })),
+        new("prepare-parquet", "engine prepare's InputReader on Parquet (Parquet.Net, one text column by row group)",
+            s => s.Get("prepare.parquet", () => [Parquet(s.Head("general_en/c4_demo.jsonl"))]),
+            (input, dir) => ReadInput(Write(dir, "in.parquet", input), input, new Engine.Data.Extraction.InputOptions())),
+        new("prepare-html", "engine prepare's HTML main-content extraction (AngleSharp + SmartReader, tables as Markdown)",
+            s => s.Get("prepare.html", () => [System.Text.Encoding.UTF8.GetBytes(HtmlSeed)]),
+            (input, dir) => ReadInput(Write(dir, "in.html", input), input, new Engine.Data.Extraction.InputOptions { InvalidUtf8 = Policy(input) })),
+        new("prepare-pdf", "engine prepare's PDF text extraction (PdfPig)",
+            s => s.Get("prepare.pdf", () => [Pdf()]),
+            (input, dir) => ReadInput(Write(dir, "in.pdf", input), input, new Engine.Data.Extraction.InputOptions())),
         new("labeled", "LabeledData.Read (few-shot sets: csv label,sentence or jsonl text,label)",
             s => s.Get("labeled", () => [s.Head("eval/fpb_test.csv", 2000), s.Head("eval/fiqa_sa_test.jsonl", 2000), s.Head("eval/tfns_test.jsonl", 2000)]),
             (input, dir) =>
@@ -178,6 +190,49 @@ public static class FuzzTargets
 
     /// <summary>The invalid-UTF-8 policy an input is read under (cycles with its length, so every policy is exercised).</summary>
     static InvalidUtf8Policy Policy(byte[] input) => (InvalidUtf8Policy)(input.Length % 3);
+
+    static void ReadInput(string path, byte[] input, Engine.Data.Extraction.InputOptions options)
+    {
+        var counts = new Engine.Data.Extraction.Counters();
+        foreach (var _ in Engine.Data.Extraction.InputReader.Read(new Engine.Data.Extraction.InputPart(path), Engine.Data.Extraction.InputFormat.Auto, options, counts)) { }
+    }
+
+    static byte[] Zstd(byte[] raw) => new ZstdSharp.Compressor(3).Wrap(raw).ToArray();
+
+    static byte[] Parquet(byte[] jsonl)
+    {
+        var texts = System.Text.Encoding.UTF8.GetString(jsonl).Split('\n', StringSplitOptions.RemoveEmptyEntries)
+            .Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement.GetProperty("text").GetString()!).ToArray();
+        var field = new global::Parquet.Schema.DataField<string>("text");
+        using var ms = new MemoryStream();
+        var w = global::Parquet.ParquetWriter.CreateAsync(new global::Parquet.Schema.ParquetSchema(field), ms).GetAwaiter().GetResult();
+        foreach (var half in new[] { texts[..(texts.Length / 2)], texts[(texts.Length / 2)..] })
+        {
+            using var rg = w.CreateRowGroup();
+            rg.WriteAsync(field, half, null).GetAwaiter().GetResult();
+        }
+        w.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        return ms.ToArray();
+    }
+
+    const string HtmlSeed = """
+        <!DOCTYPE html><html><head><title>Results</title><script>var t = 1;</script></head><body>
+        <nav><a href="/">Home</a> | <a href="/m">Markets</a></nav>
+        <article><h2>Quarterly results</h2><p>Revenue rose twelve percent to 4.2 billion dollars on cloud demand and a recovery in advertising across markets.</p>
+        <table><tr><th>Year</th><th>Revenue</th></tr><tr><td>2023</td><td>3.75</td></tr></table>
+        <p>The ratio is <math alttext="\frac{a}{b}"><mi>a</mi></math>; margins widened to 31 percent as costs stayed flat while sales grew.</p></article>
+        <footer>Cookie settings</footer></body></html>
+        """;
+
+    static byte[] Pdf()
+    {
+        var b = new UglyToad.PdfPig.Writer.PdfDocumentBuilder();
+        var font = b.AddStandard14Font(UglyToad.PdfPig.Fonts.Standard14Fonts.Standard14Font.Helvetica);
+        var page = b.AddPage(UglyToad.PdfPig.Content.PageSize.A4);
+        page.AddText("Net interest income rose in the quarter.", 12, new UglyToad.PdfPig.Core.PdfPoint(50, 750), font);
+        page.AddText("Deposits were stable.", 12, new UglyToad.PdfPig.Core.PdfPoint(50, 730), font);
+        return b.Build();
+    }
 
     static void ReadDocuments(string path, byte[] input)
     {

@@ -1,0 +1,89 @@
+using Engine.Training.Config;
+using Engine.Training.Parallel;
+using Engine.Training.Recipes;
+using Engine.Training.Run;
+
+namespace Engine.Tests.Parallel;
+
+/// <summary>
+/// <see cref="RunLayout"/> is the one place that checks a run's layout: every problem named by its key in one message,
+/// what the engine cannot do refused by name (for the run kind that needs it), the recompute mode read from
+/// model.recompute or the older checkpoint_activations — and config loading, `engine train` and recipes all reach it.
+/// </summary>
+public class RunLayoutTests
+{
+    static ConfigException Refused(RunLayout l, int? world = null, int? layers = null, int? accum = null, RunNeeds? needs = null) =>
+        Assert.Throws<ConfigException>(() => l.Validate(world, layers, accum, needs));
+
+    [Fact]
+    public void EveryProblemIsNamedByItsKeyInOneMessage()
+    {
+        var e = Refused(new RunLayout(new ParallelSection { Pp = 3, Zero = 5, BucketMb = 0, Schedule = "zb", Layers = [1, 1] }), world: 4, layers: 2);
+        foreach (var key in new[] { "parallel.pp = 3 does not divide the job's 4 rank(s)", "parallel.zero must be 0, 1 or 2", "parallel.bucket_mb", "parallel.schedule", "parallel.layers names 2 stages" })
+            Assert.Contains(key, e.Message);
+        Assert.Contains("parallel.dp = 3 but the job has 4", Refused(new RunLayout(new ParallelSection { Dp = 3 }), world: 4).Message);
+        Assert.Contains("needs at least 4 layers, the model has 2", Refused(new RunLayout(new ParallelSection { Pp = 4 }), world: 4, layers: 2).Message);
+        // the job's ranks and the model's depth are checked only where they are known
+        new RunLayout(new ParallelSection { Pp = 4 }).Validate();
+    }
+
+    [Fact]
+    public void WhatTheEngineCannotDoIsRefusedByName()
+    {
+        Assert.Contains("parallel.zero = 3 (fully sharded weights) is not available in this build", Refused(new RunLayout(new ParallelSection { Zero = 3 })).Message);
+        Assert.Contains("parallel.zero = 2 is not supported with pipeline stages", Refused(new RunLayout(new ParallelSection { Zero = 2, Pp = 2 })).Message);
+        Assert.Contains("model.recompute = \"selective\"", Refused(new RunLayout(new ParallelSection(), "selective")).Message);
+        Assert.Contains("model.recompute must be", Refused(new RunLayout(new ParallelSection(), "some")).Message);
+        var ppo = Refused(new RunLayout(new ParallelSection { Pp = 2 }), needs: new RunNeeds("alignment.ppo") { Sampling = true });
+        Assert.Contains("alignment.ppo: parallel.pp = 2: PPO samples its rollouts token by token", ppo.Message);
+        Assert.Contains("alignment.ppo.steps = 0", ppo.Message);
+        var lora = Refused(new RunLayout(new ParallelSection { Pp = 2 }), needs: new RunNeeds("stage tune") { Lora = new LoraSection { Dropout = 0.1 } });
+        Assert.Contains("stage tune: lora.dropout = 0.1 with pipeline stages", lora.Message);
+        // what the engine can do passes: LoRA without dropout, reward model and DPO on pipeline stages, PPO data-parallel
+        new RunLayout(new ParallelSection { Pp = 2 }).Validate(4, 4, 1, new RunNeeds("stage tune") { Lora = new LoraSection() });
+        new RunLayout(new ParallelSection { Pp = 2, Zero = 1 }).Validate(4, 4, 1, new RunNeeds("alignment.dpo"));
+        new RunLayout(new ParallelSection { Zero = 2 }).Validate(4, 4, 1, new RunNeeds("alignment.ppo") { Sampling = true });
+    }
+
+    [Fact]
+    public void RecomputeComesFromModelRecomputeOrTheOlderSwitch()
+    {
+        Assert.Equal("none", RunLayout.From(new ParallelSection(), new ModelSection()).Recompute);
+        Assert.Equal("full", RunLayout.From(new ParallelSection(), new ModelSection { CheckpointActivations = true }).Recompute);
+        Assert.Equal("full", RunLayout.From(new ParallelSection(), new ModelSection { Recompute = "full" }).Recompute);
+        var both = RunLayout.From(new ParallelSection(), new ModelSection { Recompute = "none", CheckpointActivations = true });
+        Assert.Contains("model.checkpoint_activations = true contradicts model.recompute = \"none\"", Refused(both).Message);
+        Assert.True(RunLayout.From(new ParallelSection(), new ModelSection { Recompute = "full" }).Plan(2, 4, 1, 64).Checkpoint);
+    }
+
+    [Fact]
+    public void TheMicroBatchRuleHoldsAtEveryPipelineDepth()
+    {
+        foreach (int pp in new[] { 1, 2 })
+        {
+            Assert.Equal(3, new RunLayout(new ParallelSection { Pp = pp }).MicroBatches(3));
+            Assert.Equal(4, new RunLayout(new ParallelSection { Pp = pp, MicroBatches = 4 }).MicroBatches(1));
+            Assert.Equal(4 / pp * 4 * 2, new RunLayout(new ParallelSection { Pp = pp, MicroBatches = 4 }).GlobalBatch(4, 2, 1));
+        }
+        Assert.Contains("stage s: parallel.micro_batches = 4 and grad_accum = 2", Refused(new RunLayout(new ParallelSection { MicroBatches = 4 }), accum: 2, needs: new RunNeeds("stage s")).Message);
+    }
+
+    [Fact]
+    public void RecipeConfigsAreCheckedStageByStageAtLoad()
+    {
+        var cfg = new RecipeConfig
+        {
+            Sources = new() { ["gen"] = new SourceSection { Files = ["x.txt"] } },
+            Stages =
+            [
+                new StageSection { Name = "a", Weights = new() { ["gen"] = 1 }, GradAccum = 1 },
+                new StageSection { Name = "b", Init = "a", Weights = new() { ["gen"] = 1 }, GradAccum = 2, Lora = new LoraSection { Dropout = 0.05 } },
+            ],
+            Parallel = new ParallelSection { Pp = 2 },
+        };
+        var e = Assert.Throws<ConfigException>(cfg.Validate);
+        Assert.Contains("stage b: lora.dropout = 0.05 with pipeline stages", e.Message);
+        cfg.Stages[1].Lora = null;
+        cfg.Validate();   // pipeline stages, LoRA-free: accepted (recipes run every layout train does)
+    }
+}
