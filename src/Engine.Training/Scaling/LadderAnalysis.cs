@@ -214,19 +214,19 @@ public static class LadderAnalysis
         double tail = (1 - cfg.Fit.Level) / 2;
         int infeasible = Math.Min(g.Replicates.Count, d.Replicates.Count) - reps.Length;
         string note = infeasible > 0 ? $"{infeasible} bootstrap replicate(s) had no feasible ratio" : "";
+        var common = new RatioReport
+        {
+            At = at,
+            N = n,
+            Tokens = tokens,
+            BaseGeneralLoss = baseLoss(g.Theta),
+            BaseGeneralLossSource = source,
+            Tolerance = tol,
+            RatioLow = lo,
+            RatioHigh = hi,
+        };
         if (!double.IsFinite(rStar))
-            return new RatioReport
-            {
-                At = at,
-                N = n,
-                Tokens = tokens,
-                BaseGeneralLoss = baseLoss(g.Theta),
-                BaseGeneralLossSource = source,
-                Tolerance = tol,
-                RatioLow = lo,
-                RatioHigh = hi,
-                Note = $"no ratio in [{F(lo)}, {F(hi)}] keeps the general loss within {tol:P1} of the base's {baseLoss(g.Theta):F4}",
-            };
+            return common with { Note = $"no ratio in [{F(lo)}, {F(hi)}] keeps the general loss within {tol:P1} of the base's {baseLoss(g.Theta):F4}" };
         var interval = reps.Length > 0 ? new Interval(rStar, LawFit.Quantile(reps, tail), LawFit.Quantile(reps, 1 - tail)) : new Interval(rStar, double.NaN, double.NaN);
         // the ramp: from the ratio that would be optimal were the run to stop at ramp_start_fraction of its budget to r*
         double rStart = Solve(g.Theta, d.Theta, tokens * cfg.Forgetting.RampStartFraction);
@@ -244,16 +244,8 @@ public static class LadderAnalysis
             GeneralLossAtMean = g.Law.Loss(g.Theta, [n, tokens, 1 - mean]),
         };
         ramp = ramp with { Toml = RampToml(ramp, at) };
-        return new RatioReport
+        return common with
         {
-            At = at,
-            N = n,
-            Tokens = tokens,
-            BaseGeneralLoss = baseLoss(g.Theta),
-            BaseGeneralLossSource = source,
-            Tolerance = tol,
-            RatioLow = lo,
-            RatioHigh = hi,
             Ratio = interval,
             DomainLoss = d.Law.Loss(d.Theta, [n, tokens, rStar]),
             GeneralLoss = g.Law.Loss(g.Theta, [n, tokens, 1 - rStar]),

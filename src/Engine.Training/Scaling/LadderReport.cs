@@ -145,12 +145,7 @@ public static class LadderReport
             }
             if (s.Curves.FirstOrDefault(c => c.Law == "compute" && c.Loss == loss) is { } curve)
             {
-                double[] x = curve.Points.Select(p => Math.Log10(p[0])).ToArray();
-                var band = plot.Add.FillY(x, curve.Points.Select(p => p[2]).ToArray(), curve.Points.Select(p => p[3]).ToArray());
-                band.FillColor = color.WithAlpha(0.15);
-                band.LineWidth = 0;
-                var line = plot.Add.ScatterLine(x, curve.Points.Select(p => p[1]).ToArray(), color);
-                line.LegendText = $"{loss}: L(C) = a·C^b + L_inf";
+                Curve(plot, curve, Math.Log10, color, $"{loss}: L(C) = a·C^b + L_inf");
             }
             if (s.Points.FirstOrDefault(p => p.Kind == "holdout") is { } h && s.Validation.FirstOrDefault(v => v.Law == "compute" && v.Loss == loss) is { } v)
             {
@@ -166,6 +161,16 @@ public static class LadderReport
         plot.YLabel("held-out loss (nats/token)");
         plot.ShowLegend();
         plot.SavePng(path, 900, 560);
+    }
+
+    /// <summary>A fitted curve and its interval (a shaded band).</summary>
+    static void Curve(ScottPlot.Plot plot, CurveReport curve, Func<double, double> fx, ScottPlot.Color color, string label)
+    {
+        double[] x = curve.Points.Select(p => fx(p[0])).ToArray();
+        var band = plot.Add.FillY(x, curve.Points.Select(p => p[2]).ToArray(), curve.Points.Select(p => p[3]).ToArray());
+        band.FillColor = color.WithAlpha(0.15);
+        band.LineWidth = 0;
+        plot.Add.ScatterLine(x, curve.Points.Select(p => p[1]).ToArray(), color).LegendText = label;
     }
 
     /// <summary>General and domain loss vs the domain ratio: the grid's points at the largest fitted size and budget, the
@@ -187,12 +192,7 @@ public static class LadderReport
             }
             if (s.Curves.FirstOrDefault(c => c.Law == "dcpt" && c.Loss == loss) is { } curve)
             {
-                double[] x = curve.Points.Select(p => p[0]).ToArray();
-                var band = plot.Add.FillY(x, curve.Points.Select(p => p[2]).ToArray(), curve.Points.Select(p => p[3]).ToArray());
-                band.FillColor = color.WithAlpha(0.15);
-                band.LineWidth = 0;
-                var line = plot.Add.ScatterLine(x, curve.Points.Select(p => p[1]).ToArray(), color);
-                line.LegendText = $"{loss}: D-CPT at the holdout's N, D";
+                Curve(plot, curve, x => x, color, $"{loss}: D-CPT at the holdout's N, D");
             }
             if (s.Points.FirstOrDefault(p => p.Kind == "holdout") is { } h)
             {
