@@ -31,6 +31,18 @@ public static partial class Durable
         f.Flush(flushToDisk: true);
     }
 
+    /// <summary>Replaces a file atomically: the text is written and fsynced under a temporary name, renamed over
+    /// <paramref name="path"/>, and the directory fsynced — a reader (or a crash) sees the old file or the new one whole.</summary>
+    public static void ReplaceAllText(string path, string text)
+    {
+        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        Directory.CreateDirectory(dir);
+        string tmp = Path.Combine(dir, $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Environment.CurrentManagedThreadId}.tmp");
+        WriteAllText(tmp, text);
+        File.Move(tmp, path, overwrite: true);
+        SyncDirectory(dir);
+    }
+
     /// <summary>fsync of a file written earlier (by this process or another rank).</summary>
     public static void SyncFile(string path)
     {
