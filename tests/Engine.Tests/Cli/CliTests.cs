@@ -12,14 +12,8 @@ public class CliTests
 {
     static (int Code, string Err) Run(params string[] args)
     {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(TrainCommand.Create());
-        root.Subcommands.Add(EvalCommand.Create());
-        var err = new StringWriter();
-        var old = Console.Error;
-        Console.SetError(err);
-        try { return (Engine.Cli.Cli.Run(root, args), err.ToString()); }
-        finally { Console.SetError(old); }
+        var (code, _, err) = InProcessCli.Run([TrainCommand.Create(), EvalCommand.Create()], args);
+        return (code, err);
     }
 
     [Fact]

@@ -13,17 +13,7 @@ namespace Engine.Tests.Cli;
 [Collection("console")]
 public class ExportCliTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(ExportCommand.Create());
-        var (err, output) = (new StringWriter(), new StringWriter());
-        var (oldErr, oldOut) = (Console.Error, Console.Out);
-        Console.SetError(err);
-        Console.SetOut(output);
-        try { return (Engine.Cli.Cli.Run(root, args), output.ToString(), err.ToString()); }
-        finally { Console.SetError(oldErr); Console.SetOut(oldOut); }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => InProcessCli.Run([ExportCommand.Create()], args);
 
     static LlamaModel ByteModel(bool normHead = false) => TestModels.Create(new LlamaConfig
     {

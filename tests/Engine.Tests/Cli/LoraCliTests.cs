@@ -14,14 +14,8 @@ public class LoraCliTests
 {
     static (int Code, string Err) Run(params string[] args)
     {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(EvalCommand.Create());
-        root.Subcommands.Add(ExportCommand.Create());
-        var err = new StringWriter();
-        var old = Console.Error;
-        Console.SetError(err);
-        try { return (Engine.Cli.Cli.Run(root, args), err.ToString()); }
-        finally { Console.SetError(old); }
+        var (code, _, err) = InProcessCli.Run([EvalCommand.Create(), ExportCommand.Create()], args);
+        return (code, err);
     }
 
     /// <summary>A 1-layer byte-vocabulary Llama saved under dir/model (also used by ObservabilityCliTests).</summary>

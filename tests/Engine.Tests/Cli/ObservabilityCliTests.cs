@@ -17,24 +17,7 @@ namespace Engine.Tests.Cli;
 [Collection("console")]
 public class ObservabilityCliTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(TrainCommand.Create());
-        root.Subcommands.Add(EvalCommand.Create());
-        root.Subcommands.Add(EvalCommand.CreateGenerate());
-        root.Subcommands.Add(BenchCommand.Create());
-        var (out_, err) = (new StringWriter(), new StringWriter());
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        Console.SetOut(out_);
-        Console.SetError(err);
-        try { return (Engine.Cli.Cli.Run(root, args), out_.ToString(), err.ToString()); }
-        finally
-        {
-            Console.SetOut(oldOut);
-            Console.SetError(oldErr);
-        }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => InProcessCli.Run([TrainCommand.Create(), EvalCommand.Create(), EvalCommand.CreateGenerate(), BenchCommand.Create()], args);
 
     static string TinyModel(TempDir dir) => LoraCliTests.TinyModel(dir);
 

@@ -9,18 +9,7 @@ namespace Engine.Tests.Cli;
 public class PlanCliTests
 {
     /// <summary>`engine plan|train ARGS` in process: exit code, stdout, stderr.</summary>
-    internal static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(PlanCommand.Create());
-        root.Subcommands.Add(TrainCommand.Create());
-        var (err, output) = (new StringWriter(), new StringWriter());
-        var (oldErr, oldOut) = (Console.Error, Console.Out);
-        Console.SetError(err);
-        Console.SetOut(output);
-        try { return (Engine.Cli.Cli.Run(root, args), output.ToString(), err.ToString()); }
-        finally { Console.SetError(oldErr); Console.SetOut(oldOut); }
-    }
+    internal static (int Code, string Out, string Err) Run(params string[] args) => InProcessCli.Run([PlanCommand.Create(), TrainCommand.Create()], args);
 
     static string Config(string name)
     {

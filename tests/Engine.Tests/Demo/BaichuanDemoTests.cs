@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using Engine.Cli.Commands;
 using Engine.Model;
 using Engine.Model.IO;
+using Engine.Tests.Cli;
 using Engine.Training.Config;
 using Engine.Training.Recipes;
 
@@ -65,18 +66,10 @@ public class BaichuanDemoTests
     {
         using var dir = new TempDir();
         string outDir = dir.File("run");
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(RecipeCommand.Create());
         string[] args = ["recipe", "--config", Config(), .. DemoReproducibilityTests.ShortDemo(outDir)[1..]];
-        var (out_, err) = (new StringWriter(), new StringWriter());
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        Console.SetOut(out_);
-        Console.SetError(err);
-        int code;
-        try { code = Engine.Cli.Cli.Run(root, args); }
-        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
+        var (code, stdout, err) = InProcessCli.Run([RecipeCommand.Create()], args);
         Assert.True(code == 0, $"recipe exited {code}: {err}");
-        var table = DemoReproducibilityTests.Table(out_.ToString());
+        var table = DemoReproducibilityTests.Table(stdout);
         Assert.Equal(6, table.Count);
         foreach (var stage in new[] { "base", "naive", "mixed", "hybrid" })
         {

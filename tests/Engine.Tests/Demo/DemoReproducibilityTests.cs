@@ -1,6 +1,8 @@
 using System.CommandLine;
 using Engine.Cli.Commands;
 
+using Engine.Tests.Cli;
+
 namespace Engine.Tests.Demo;
 
 /// <summary>
@@ -23,17 +25,7 @@ public class DemoReproducibilityTests
     static List<string> WithoutTimings(List<string> table) =>
         table.Select(l => string.Join("|", l.Split('|')[..^4])).ToList();
 
-    static (int Code, string Out, string Err) Run(string[] args)
-    {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(RecipeCommand.CreateDemo());
-        var (out_, err) = (new StringWriter(), new StringWriter());
-        var (oldOut, oldErr) = (Console.Out, Console.Error);
-        Console.SetOut(out_);
-        Console.SetError(err);
-        try { return (Engine.Cli.Cli.Run(root, args), out_.ToString(), err.ToString()); }
-        finally { Console.SetOut(oldOut); Console.SetError(oldErr); }
-    }
+    static (int Code, string Out, string Err) Run(string[] args) => InProcessCli.Run([RecipeCommand.CreateDemo()], args);
 
     [Fact]
     public void ShortenedDemoTwiceGivesTheSameTable()

@@ -7,6 +7,7 @@ using Engine.Model;
 using Engine.Model.Export;
 using Engine.Model.IO;
 using Engine.Model.Lora;
+using Engine.Tests.Cli;
 using Engine.Tests.Model;
 using Engine.Training;
 using Engine.Training.Config;
@@ -25,18 +26,7 @@ namespace Engine.Tests.IO;
 [Collection("console")]
 public class LlamaCppServingTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(ExportCommand.Create());
-        root.Subcommands.Add(EvalCommand.CreateGenerate());
-        var (err, output) = (new StringWriter(), new StringWriter());
-        var (oldErr, oldOut) = (Console.Error, Console.Out);
-        Console.SetError(err);
-        Console.SetOut(output);
-        try { return (Engine.Cli.Cli.Run(root, args), output.ToString(), err.ToString()); }
-        finally { Console.SetError(oldErr); Console.SetOut(oldOut); }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => InProcessCli.Run([ExportCommand.Create(), EvalCommand.CreateGenerate()], args);
 
     static StageSection Stage(string name, string init, Dictionary<string, double> w) => new()
     {

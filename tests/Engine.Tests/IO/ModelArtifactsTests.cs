@@ -5,6 +5,7 @@ using Engine.Core;
 using Engine.Data;
 using Engine.Model;
 using Engine.Model.IO;
+using Engine.Tests.Cli;
 using Engine.Tests.Model;
 using Engine.Training;
 using Engine.Training.Config;
@@ -22,18 +23,7 @@ namespace Engine.Tests.IO;
 [Collection("console")]
 public class ModelArtifactsTests
 {
-    static (int Code, string Out, string Err) Run(params string[] args)
-    {
-        var root = new RootCommand("engine");
-        root.Subcommands.Add(EvalCommand.Create());
-        root.Subcommands.Add(ExportCommand.Create());
-        var (err, output) = (new StringWriter(), new StringWriter());
-        var (oldErr, oldOut) = (Console.Error, Console.Out);
-        Console.SetError(err);
-        Console.SetOut(output);
-        try { return (Engine.Cli.Cli.Run(root, args), output.ToString(), err.ToString()); }
-        finally { Console.SetError(oldErr); Console.SetOut(oldOut); }
-    }
+    static (int Code, string Out, string Err) Run(params string[] args) => InProcessCli.Run([EvalCommand.Create(), ExportCommand.Create()], args);
 
     static JsonNode Json(string path) => JsonNode.Parse(File.ReadAllText(path))!;
 
