@@ -439,9 +439,9 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Enter();
         Attention("AttentionForward", d, q, k, v, o, lse);
         if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
-            Kernels.AttentionV2.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
+            Kernels.AttentionV2.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: d.Causal);
         else
-            Kernels.Attention.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
+            Kernels.Attention.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: d.Causal);
     }
 
     public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d)
@@ -458,11 +458,11 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
             using var dqAccum = Scratch(AttentionV2Kernels.DqAccumBytes(shape));
             using var sync = Scratch(AttentionV2Kernels.SyncBytes(shape));
             Kernels.AttentionV2.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv),
-                delta.Ptr, dqAccum.Ptr, sync.Ptr, causal: true);
+                delta.Ptr, dqAccum.Ptr, sync.Ptr, causal: d.Causal);
         }
         else
         {
-            Kernels.Attention.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv), delta.Ptr, causal: true);
+            Kernels.Attention.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv), delta.Ptr, causal: d.Causal);
         }
     }
 

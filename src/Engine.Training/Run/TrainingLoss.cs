@@ -42,11 +42,11 @@ public sealed class LanguageModelLoss(LlamaModel model, IReadOnlyList<string> so
     public Tensor Forward(Tensor input, Batch b, long normalizer, LossAccounting accounting)
     {
         var be = model.Backend;
-        int rows = b.RowSources.Length, T = b.Ids.Length / rows;
-        var tg = be.Empty([b.Targets.Length], DType.I32);
-        be.Upload(tg, b.Targets);
-        var (loss, tokenLosses) = model.StageLoss(input, tg, rows, T, normalizer, (float)zLoss);
-        accounting.AddRows(tokenLosses.ToArray(), b.Targets, b.RowSources);
+        var tg = be.Empty([b.LocalTargets.Length], DType.I32);
+        be.Upload(tg, b.LocalTargets);
+        var (loss, tokenLosses) = model.StageLoss(input, tg, b.Layout, normalizer, (float)zLoss);
+        var (values, targets) = b.ToWhole(tokenLosses.ToArray());
+        accounting.AddRows(values, targets, b.RowSources);
         return loss;
     }
 }

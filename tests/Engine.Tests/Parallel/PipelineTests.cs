@@ -62,7 +62,7 @@ public class PipelineTests
 
     static Result Rank(ICommunicator world, int pp, int micro, string schedule, bool tied, int zero = 0)
     {
-        using var grid = PipelineGrid.Create(world, pp);
+        using var grid = DeviceMesh.Create(world, pp);
         var stages = PipelineStage.Split(4, pp);
         using var model = new LlamaModel(Cfg(tied), CpuBackend.Instance, stages[grid.Stage]);
         model.InitializeWeights(5);
@@ -159,7 +159,7 @@ public class PipelineTests
         // stage 1 throws in its second step; stage 0, blocked waiting for its gradients, fails too instead of hanging
         var e = Assert.ThrowsAny<Exception>(() => ThreadCommunicator.Run(2, c =>
         {
-            using var grid = PipelineGrid.Create(c, 2);
+            using var grid = DeviceMesh.Create(c, 2);
             var stages = PipelineStage.Split(4, 2);
             using var model = new LlamaModel(Cfg(false), CpuBackend.Instance, stages[grid.Stage]);
             model.InitializeWeights(5);

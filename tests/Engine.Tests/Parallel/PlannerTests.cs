@@ -70,7 +70,7 @@ public class PlannerTests(ITestOutputHelper output)
         var counter = new MemoryCounter();
         using (counter.Use())
         {
-            using var grid = PipelineGrid.Create(world, pp);
+            using var grid = DeviceMesh.Create(world, pp);
             var stages = PipelineStage.Split(Cfg.NumLayers, pp);
             using var model = new LlamaModel(Cfg, CpuBackend.Instance, stages[grid.Stage]);
             model.InitializeWeights(3);
