@@ -18,8 +18,9 @@
  * reproducible gradients).
  *
  * Kernels: attention_forward_d{64,128}, attention_backward_preprocess, attention_backward_dkdv_d{64,128},
- * attention_backward_dq_d{64,128}. 4 warps per block, each warp owns 16 rows of the block's tile and works with
- * mma.sync m16n8k16 (common/mma.cuh); tile sizes and dynamic shared memory in common/traits.cuh (AttnTraits).
+ * attention_backward_dq_d{64,128}, and the ALiBi variants attention_forward_alibi_d*, attention_backward_dkdv_alibi_d*,
+ * attention_backward_dq_alibi_d* (s_ij += m_h (j - i), see common/attention.cuh). 4 warps per block, each warp owns
+ * 16 rows of the block's tile and works with mma.sync m16n8k16 (common/mma.cuh); tile sizes and dynamic shared memory in common/traits.cuh (AttnTraits).
  * Requirements checked by the C# launcher: row strides and pointers 16-byte aligned (multiples of 8 elements).
  */
 #include "common/common.cuh"
@@ -62,8 +63,8 @@ __device__ __forceinline__ void store_acc(bf16* base, int64_t row_stride, int64_
 
 // ------------------------------------------------------------------------------------------------------------------
 // Forward: grid (ceil(T / BM), H, B), kAttnThreads threads, AttnTraits<D>::kFwdSmem bytes of dynamic shared memory.
-template <int D>
-__device__ void attention_forward(const AttentionParams& p) {
+template <int D, bool ALIBI>
+__device__ void attention_forward(const AttentionParams& p, float alibi_max_bias) {
     using Tr = AttnTraits<D>;
     constexpr int BM = Tr::kFwdBlockM, BN = Tr::kFwdBlockN, RS = Tr::kRow;
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -90,6 +91,7 @@ __device__ void attention_forward(const AttentionParams& p) {
     for (int dt = 0; dt < D / 8; dt++) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
     const float sl2 = p.softmax_scale * kLog2e;
+    const float ab2 = ALIBI ? alibi_slope(h, p.heads, alibi_max_bias) * kLog2e : 0.f;   // ALiBi slope, log2 domain
     const int64_t row0 = m0 + warp * 16 + (lane >> 2);
     const int64_t rows[2] = {row0, row0 + 8};
     const int64_t n_end = p.causal ? min(T, m0 + BM) : T;
@@ -120,6 +122,7 @@ __device__ void attention_forward(const AttentionParams& p) {
             for (int e = 0; e < 4; e++) {
                 const int64_t key = n0 + nt * 8 + tq * 2 + (e & 1);
                 float x = s[nt][e] * sl2;
+                if constexpr (ALIBI) x = fmaf(ab2, (float)(key - rows[e >> 1]), x);
                 if (masked(rows[e >> 1], key, T, p.causal)) x = -INFINITY;   // rows >= T: all masked, never stored
                 s[nt][e] = x;
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
@@ -183,8 +186,20 @@ __device__ void attention_forward(const AttentionParams& p) {
     }
 }
 
-ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_forward_d64(AttentionParams p) { attention_forward<64>(p); }
-ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_forward_d128(AttentionParams p) { attention_forward<128>(p); }
+ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_forward_d64(AttentionParams p) {
+    attention_forward<64, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_forward_d128(AttentionParams p) {
+    attention_forward<128, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_forward_alibi_d64(AttentionParams p,
+                                                                               float alibi_max_bias) {
+    attention_forward<64, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_forward_alibi_d128(AttentionParams p,
+                                                                                float alibi_max_bias) {
+    attention_forward<128, true>(p, alibi_max_bias);
+}
 
 // ------------------------------------------------------------------------------------------------------------------
 // delta[b, h, t] = sum_d dO[b, t, h, d] * O[b, t, h, d]. One warp per (b, t, h) row, grid-stride; any D even.
@@ -206,8 +221,8 @@ ENGINE_KERNEL void attention_backward_preprocess(AttentionBackwardParams p, int3
 // ------------------------------------------------------------------------------------------------------------------
 // dk, dv: grid (ceil(T / BKV), Hkv, B), kAttnThreads threads, AttnTraits<D>::kBwdKVSmem bytes of dynamic smem.
 // Each warp owns 16 keys and computes the transposed products S^T = K Q^T and dP^T = V dO^T for them.
-template <int D>
-__device__ void attention_backward_dkdv(const AttentionBackwardParams& bp) {
+template <int D, bool ALIBI>
+__device__ void attention_backward_dkdv(const AttentionBackwardParams& bp, float alibi_max_bias) {
     using Tr = AttnTraits<D>;
     constexpr int BKV = Tr::kBwdBlockKV, BQ = Tr::kBwdBlockQ, RS = Tr::kRow;
     const AttentionParams& p = bp.fwd;
@@ -237,6 +252,7 @@ __device__ void attention_backward_dkdv(const AttentionBackwardParams& bp) {
 
     for (int64_t gi = 0; gi < group; gi++) {
         const int64_t h = hk * group + gi;
+        const float ab2 = ALIBI ? alibi_slope(h, p.heads, alibi_max_bias) * kLog2e : 0.f;
         const bf16* qb = p.q + b * T * p.q_row_stride + h * D;
         const bf16* dob = bp.dout + b * T * bp.do_row_stride + h * D;
         const float* lse = p.lse + (b * p.heads + h) * T;
@@ -273,7 +289,9 @@ __device__ void attention_backward_dkdv(const AttentionBackwardParams& bp) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     const int qc = nt * 8 + tq * 2 + (e & 1);
-                    const float pv = exp2f(st[nt][e] * sl2 - sLse[qc]);
+                    float x = st[nt][e] * sl2;
+                    if constexpr (ALIBI) x = fmaf(ab2, (float)(key0 + (e >> 1) * 8 - (q0 + qc)), x);
+                    const float pv = exp2f(x - sLse[qc]);
                     st[nt][e] = masked(q0 + qc, key0 + (e >> 1) * 8, T, p.causal) ? 0.f : pv;
                 }
             }
@@ -332,16 +350,24 @@ __device__ void attention_backward_dkdv(const AttentionBackwardParams& bp) {
 }
 
 ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_backward_dkdv_d64(AttentionBackwardParams p) {
-    attention_backward_dkdv<64>(p);
+    attention_backward_dkdv<64, false>(p, 0.f);
 }
 ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_backward_dkdv_d128(AttentionBackwardParams p) {
-    attention_backward_dkdv<128>(p);
+    attention_backward_dkdv<128, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_backward_dkdv_alibi_d64(AttentionBackwardParams p,
+                                                                                     float alibi_max_bias) {
+    attention_backward_dkdv<64, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_backward_dkdv_alibi_d128(AttentionBackwardParams p,
+                                                                                      float alibi_max_bias) {
+    attention_backward_dkdv<128, true>(p, alibi_max_bias);
 }
 
 // ------------------------------------------------------------------------------------------------------------------
 // dq: grid (ceil(T / BM), H, B), kAttnThreads threads, AttnTraits<D>::kBwdQSmem bytes of dynamic shared memory.
-template <int D>
-__device__ void attention_backward_dq(const AttentionBackwardParams& bp) {
+template <int D, bool ALIBI>
+__device__ void attention_backward_dq(const AttentionBackwardParams& bp, float alibi_max_bias) {
     using Tr = AttnTraits<D>;
     constexpr int BM = Tr::kBwdBlockM, BN = Tr::kBwdBlockN, RS = Tr::kRow;
     const AttentionParams& p = bp.fwd;
@@ -373,6 +399,7 @@ __device__ void attention_backward_dq(const AttentionBackwardParams& bp) {
 #pragma unroll
     for (int dt = 0; dt < D / 8; dt++) dq[dt][0] = dq[dt][1] = dq[dt][2] = dq[dt][3] = 0.f;
     const float sl2 = p.softmax_scale * kLog2e;
+    const float ab2 = ALIBI ? alibi_slope(h, p.heads, alibi_max_bias) * kLog2e : 0.f;
     const int64_t n_end = p.causal ? min(T, m0 + BM) : T;
 
     for (int64_t n0 = 0; n0 < n_end; n0 += BN) {
@@ -406,7 +433,9 @@ __device__ void attention_backward_dq(const AttentionBackwardParams& bp) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int64_t key = n0 + nt * 8 + tq * 2 + (e & 1);
-                const float pv = exp2f(s[nt][e] * sl2 - lse2[e >> 1]);
+                float x = s[nt][e] * sl2;
+                if constexpr (ALIBI) x = fmaf(ab2, (float)(key - rows[e >> 1]), x);
+                const float pv = exp2f(x - lse2[e >> 1]);
                 s[nt][e] = masked(rows[e >> 1], key, T, p.causal) ? 0.f : pv * (dp[nt][e] - dlt[e >> 1]);
             }
         }
@@ -430,8 +459,16 @@ __device__ void attention_backward_dq(const AttentionBackwardParams& bp) {
 }
 
 ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_backward_dq_d64(AttentionBackwardParams p) {
-    attention_backward_dq<64>(p);
+    attention_backward_dq<64, false>(p, 0.f);
 }
 ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_backward_dq_d128(AttentionBackwardParams p) {
-    attention_backward_dq<128>(p);
+    attention_backward_dq<128, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_backward_dq_alibi_d64(AttentionBackwardParams p,
+                                                                                   float alibi_max_bias) {
+    attention_backward_dq<64, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(kAttnThreads) attention_backward_dq_alibi_d128(AttentionBackwardParams p,
+                                                                                    float alibi_max_bias) {
+    attention_backward_dq<128, true>(p, alibi_max_bias);
 }

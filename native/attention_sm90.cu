@@ -12,7 +12,11 @@
  * stop the other kernels building); chosen at run time on compute capability 9.0 when the fatbin is present
  * (AttentionV2Kernels.Forward), attention_v2.cu's mma.sync kernel otherwise. Host side: three CUtensorMaps
  * (cuTensorMapEncodeTiled) over q, k, v viewed as 4-D (D, heads, T, B), box (64, 1, 128, 1), 128-byte swizzle.
- * Never compiled by ptxas yet (nvcc 11.8 cannot) and never run.
+ * Never compiled by ptxas yet (nvcc 11.8 cannot) and never run. P is packed into the A fragments before wgmma.fence (the
+ * PTX ISA requires the fence between writing register operands and the wgmma that reads them; StaticKernelChecksTests
+ * reads the PTX nvcc 11.8 emits with ENGINE_SM90_SYNTAX_CHECK for it).
+ * ALiBi: attention_sm90_forward_alibi_d{64,128} add m_h (j - i) to the scores in the softmax step (common/attention.cuh),
+ * the plain entry points compile it out.
  */
 #include "common/common.cuh"
 #include "common/mma.cuh"
@@ -53,8 +57,8 @@ template <> __device__ __forceinline__ void wgmma_rs_tb<128>(float (&d)[64], con
     wgmma_rs_m64n128k16_tb(d, a, desc);
 }
 
-template <int D>
-__device__ __forceinline__ void attention_sm90_forward(const AttentionSm90Params& pp) {
+template <int D, bool ALIBI>
+__device__ __forceinline__ void attention_sm90_forward(const AttentionSm90Params& pp, float alibi_max_bias) {
     using Tr = Sm90Traits<D>;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, NB = D / 64;   // NB 64-column blocks per row
     const AttentionParams& p = pp.base;
@@ -116,6 +120,7 @@ __device__ __forceinline__ void attention_sm90_forward(const AttentionSm90Params
     const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
     const int64_t first_row = m0 + cw * 64, row_base = first_row + warp * 16;   // this thread: row_base + g (+8)
     const float sl2 = p.softmax_scale * kLog2e;
+    const float ab2 = ALIBI ? alibi_slope(h, p.heads, alibi_max_bias) * kLog2e : 0.f;
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; i++) o[i] = 0.f;
@@ -157,11 +162,17 @@ __device__ __forceinline__ void attention_sm90_forward(const AttentionSm90Params
             }
         }
         float mx[2] = {m_run[0], m_run[1]};
+        float dist0[2] = {0.f, 0.f};   // ALiBi: key n0 - row of this thread's two rows (the column adds to it)
+        if constexpr (ALIBI) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) dist0[i] = (float)(n0 - (row_base + g + i * 8));
+        }
 #pragma unroll
         for (int jj = 0; jj < BN / 8; jj++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 float x = sc[4 * jj + e] * sl2;
+                if constexpr (ALIBI) x = fmaf(ab2, dist0[e >> 1] + (float)(jj * 8 + tq * 2 + (e & 1)), x);
                 if (jj * 8 + tq * 2 + (e & 1) >= lim[e >> 1]) x = -INFINITY;
                 sc[4 * jj + e] = x;
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
@@ -187,17 +198,23 @@ __device__ __forceinline__ void attention_sm90_forward(const AttentionSm90Params
 #pragma unroll
         for (int i = 0; i < D / 2; i++) o[i] *= corr[(i >> 1) & 1];
 
-        // O += P V: P from registers (two C blocks = one A fragment), V [keys][D] MN-major (transposed by wgmma)
+        // O += P V: P from registers (two C blocks = one A fragment), V [keys][D] MN-major (transposed by wgmma).
+        // All of P is packed into the A fragments, and fenced, before wgmma.fence: the PTX ISA requires the fence
+        // between writing a wgmma's register operands (accumulators and A) and the wgmma that reads them, so no
+        // pack may sit between the fence and the MMAs (StaticKernelChecks reads the PTX for this).
+        uint32_t pa[BN / 16][4];
+#pragma unroll
+        for (int kt = 0; kt < BN / 16; kt++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) pa[kt][i] = pack_bf16x2(sc[8 * kt + 2 * i], sc[8 * kt + 2 * i + 1]);
+        }
+        fence_regs(pa);
         mbar_wait(full_v + s, ph);
         fence_regs(o);
         wgmma_fence();
         const uint32_t v_base = smem_u32(sV + s * NB * BN * 64);
 #pragma unroll
-        for (int kt = 0; kt < BN / 16; kt++) {
-            const uint32_t a[4] = {pack_bf16x2(sc[8 * kt], sc[8 * kt + 1]), pack_bf16x2(sc[8 * kt + 2], sc[8 * kt + 3]),
-                                   pack_bf16x2(sc[8 * kt + 4], sc[8 * kt + 5]), pack_bf16x2(sc[8 * kt + 6], sc[8 * kt + 7])};
-            wgmma_rs_tb<D>(o, a, gmma_desc(v_base + kt * 16 * 128, BN * 128, 1024));
-        }
+        for (int kt = 0; kt < BN / 16; kt++) wgmma_rs_tb<D>(o, pa[kt], gmma_desc(v_base + kt * 16 * 128, BN * 128, 1024));
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs(o);
@@ -225,13 +242,21 @@ __device__ __forceinline__ void attention_sm90_forward(const AttentionSm90Params
 
 // 384 threads, Sm90Traits<D>::kSmem bytes of dynamic shared memory, grid = the schedule's tiles.
 #ifdef ENGINE_SM90A_DEVICE
-#define ENGINE_SM90_BODY(D) attention_sm90_forward<D>(p);
+#define ENGINE_SM90_BODY(D, ALIBI, B) attention_sm90_forward<D, ALIBI>(p, B);
 #else
-#define ENGINE_SM90_BODY(D) __trap();   // host pass / other targets: never launched (the fatbin holds sm_90a only)
+#define ENGINE_SM90_BODY(D, ALIBI, B) __trap();   // host pass / other targets: never launched (the fatbin holds sm_90a only)
 #endif
 ENGINE_KERNEL void __launch_bounds__(384, 1) attention_sm90_forward_d64(const __grid_constant__ AttentionSm90Params p) {
-    ENGINE_SM90_BODY(64)
+    ENGINE_SM90_BODY(64, false, 0.f)
 }
 ENGINE_KERNEL void __launch_bounds__(384, 1) attention_sm90_forward_d128(const __grid_constant__ AttentionSm90Params p) {
-    ENGINE_SM90_BODY(128)
+    ENGINE_SM90_BODY(128, false, 0.f)
+}
+ENGINE_KERNEL void __launch_bounds__(384, 1)
+attention_sm90_forward_alibi_d64(const __grid_constant__ AttentionSm90Params p, float alibi_max_bias) {
+    ENGINE_SM90_BODY(64, true, alibi_max_bias)
+}
+ENGINE_KERNEL void __launch_bounds__(384, 1)
+attention_sm90_forward_alibi_d128(const __grid_constant__ AttentionSm90Params p, float alibi_max_bias) {
+    ENGINE_SM90_BODY(128, true, alibi_max_bias)
 }

@@ -21,7 +21,12 @@
  *    work tickets in launch order (one atomicAdd per block, on the ticket counter only), so a block only ever waits
  *    for a block that already holds an earlier ticket: it is resident or done, and the chain always progresses.
  *    Within a key tile the query tiles run from the last to the first, so under causal masking the blocks of one
- *    head move in lockstep instead of waiting for each other's extra diagonal tiles.
+ *    head move in lockstep instead of waiting for each other's extra diagonal tiles. Built with ENGINE_DEBUG_KERNELS
+ *    (CMake -DENGINE_DEBUG_KERNELS=ON) the wait is bounded and __trap()s, so a broken protocol fails instead of hanging.
+ *  - query rows past T are masked in the backward (P and dS set to 0) like keys past T, so nothing depends on what
+ *    the zero-filled Q, dO, lse and delta rows of a partial tile hold.
+ * ALiBi: attention_v2_forward_alibi_d* and attention_v2_backward_alibi_d* add m_h (j - i) to the scores where they are
+ * computed (common/attention.cuh); the plain entry points are the same code with the bias compiled out.
  * Requirements checked by the C# launcher (AttentionV2Kernels): pointers and row strides 16-byte aligned, the fp32
  * dq buffer [B, H, T, D] and the int32 sync array (1 + B * H * ceil(T / BwdBlockM)) zeroed before each backward.
  */
@@ -53,6 +58,10 @@ static_assert(AttnV2Traits<32>::kBwdSmem == 60416, "AttnV2BwdSmem(32)");
 static_assert(AttnV2Traits<64>::kBwdSmem == 93184, "AttnV2BwdSmem(64)");
 static_assert(AttnV2Traits<96>::kBwdSmem == 58880, "AttnV2BwdSmem(96)");
 static_assert(AttnV2Traits<128>::kBwdSmem == 75264, "AttnV2BwdSmem(128)");
+
+#ifdef ENGINE_DEBUG_KERNELS
+constexpr uint32_t kDqSpinLimit = 1u << 25;   // ordered-dQ waits before a debug build traps (see the backward)
+#endif
 
 struct AttnTile {
     int64_t block;
@@ -114,10 +123,11 @@ __device__ __forceinline__ void c_to_a(uint32_t a[4], const float (*s)[4], int k
 // Forward: grid (ceil(T / 128) * B * H), 128 threads, AttnV2Traits<D>::kFwdSmem bytes of dynamic shared memory.
 
 // One K/V tile for one warp's 32 query rows: S = Q K^T, online softmax, O += P V. MASK: apply key >= T and causal.
-template <int D, bool MASK>
+// ALIBI: add ab2 (key - row) to the log2-domain scores (ab2 = the head's slope times log2 e).
+template <int D, bool MASK, bool ALIBI>
 __device__ __forceinline__ void fwd_tile(float (*acc)[D / 8][4], float (*m_run)[2], float (*l_run)[2],
                                          const bf16* sQw, const bf16* cK, const bf16* cV,
-                                         int64_t n0, int64_t row_base, int64_t T, bool causal, float sl2, int lane) {
+                                         int64_t n0, int64_t row_base, int64_t T, bool causal, float sl2, float ab2, int lane) {
     using Tr = AttnV2Traits<D>;
     constexpr int BN = Tr::kFwdBlockN, RS = Tr::kRow, KT = D / 16;
     const int tq = lane & 3, g = lane >> 2;
@@ -153,11 +163,20 @@ __device__ __forceinline__ void fwd_tile(float (*acc)[D / 8][4], float (*m_run)[
             }
         }
         float mx[2] = {m_run[mt][0], m_run[mt][1]};
+        // ALiBi: the bias of this thread's first column (key n0 + 2 tq) in its two rows; each further column adds ab2
+        // times its offset (an immediate). Measured with nvcc 11.8, sm_80: this form spills least (d32 none, d128 48
+        // bytes); integer distances converted per element spill more (d32 32 bytes).
+        float bias0[2] = {0.f, 0.f};
+        if constexpr (ALIBI) {
+#pragma unroll
+            for (int i = 0; i < 2; i++) bias0[i] = ab2 * (float)(n0 + tq * 2 - (row_base + mt * 16 + g + i * 8));
+        }
 #pragma unroll
         for (int nt = 0; nt < BN / 8; nt++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 float x = s[mt][nt][e] * sl2;
+                if constexpr (ALIBI) x += fmaf(ab2, (float)(nt * 8 + (e & 1)), bias0[e >> 1]);
                 if constexpr (MASK) {
                     if (nt * 8 + tq * 2 + (e & 1) >= lim[e >> 1]) x = -INFINITY;
                 }
@@ -210,8 +229,8 @@ __device__ __forceinline__ void fwd_tile(float (*acc)[D / 8][4], float (*m_run)[
     }
 }
 
-template <int D>
-__device__ void attention_v2_forward(const AttentionV2Params& pp) {
+template <int D, bool ALIBI>
+__device__ void attention_v2_forward(const AttentionV2Params& pp, float alibi_max_bias) {
     using Tr = AttnV2Traits<D>;
     constexpr int BM = Tr::kFwdBlockM, BN = Tr::kFwdBlockN, RS = Tr::kRow, NT = Tr::kFwdThreads;
     const AttentionParams& p = pp.base;
@@ -243,6 +262,7 @@ __device__ void attention_v2_forward(const AttentionV2Params& pp) {
     const bf16* sQw = sQ + warp * 32 * RS;
     const int64_t row_base = m0 + warp * 32;
     const float sl2 = p.softmax_scale * kLog2e;
+    const float ab2 = ALIBI ? alibi_slope(h, p.heads, alibi_max_bias) * kLog2e : 0.f;
 
     for (int64_t j = 0; j < n_blocks; j++) {
         const int st = (int)(j & 1);
@@ -257,9 +277,9 @@ __device__ void attention_v2_forward(const AttentionV2Params& pp) {
         const bf16* cK = sK + st * BN * RS;
         const bf16* cV = sV + st * BN * RS;
         if (n0 + BN > T || (causal && n0 + BN - 1 > m0))
-            fwd_tile<D, true>(acc, m_run, l_run, sQw, cK, cV, n0, row_base, T, causal, sl2, lane);
+            fwd_tile<D, true, ALIBI>(acc, m_run, l_run, sQw, cK, cV, n0, row_base, T, causal, sl2, ab2, lane);
         else
-            fwd_tile<D, false>(acc, m_run, l_run, sQw, cK, cV, n0, row_base, T, causal, sl2, lane);
+            fwd_tile<D, false, ALIBI>(acc, m_run, l_run, sQw, cK, cV, n0, row_base, T, causal, sl2, ab2, lane);
         __syncthreads();          // every warp is done with stage st before iteration j+1 refills it
     }
 
@@ -297,10 +317,30 @@ __device__ void attention_v2_forward(const AttentionV2Params& pp) {
 }
 
 // Register counts (ptxas 11.8, sm_80 / sm_90, no spills unless noted) are recorded in common/traits.cuh.
-ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_d32(AttentionV2Params p) { attention_v2_forward<32>(p); }
-ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_d64(AttentionV2Params p) { attention_v2_forward<64>(p); }
-ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_d96(AttentionV2Params p) { attention_v2_forward<96>(p); }
-ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_d128(AttentionV2Params p) { attention_v2_forward<128>(p); }
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_d32(AttentionV2Params p) {
+    attention_v2_forward<32, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_d64(AttentionV2Params p) {
+    attention_v2_forward<64, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_d96(AttentionV2Params p) {
+    attention_v2_forward<96, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_d128(AttentionV2Params p) {
+    attention_v2_forward<128, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_alibi_d32(AttentionV2Params p, float alibi_max_bias) {
+    attention_v2_forward<32, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_alibi_d64(AttentionV2Params p, float alibi_max_bias) {
+    attention_v2_forward<64, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_alibi_d96(AttentionV2Params p, float alibi_max_bias) {
+    attention_v2_forward<96, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_forward_alibi_d128(AttentionV2Params p, float alibi_max_bias) {
+    attention_v2_forward<128, true>(p, alibi_max_bias);
+}
 
 // ------------------------------------------------------------------------------------------------------------------
 // delta[b, h, t] = sum_d dO[b, t, h, d] * O[b, t, h, d], one warp per (b, t, h) row, grid-stride (as in attention.cu).
@@ -323,16 +363,19 @@ ENGINE_KERNEL void attention_v2_backward_preprocess(AttentionBackwardParams p, i
 // Backward: grid (ceil(T / BN) * B * Hkv), kBwdThreads threads, AttnV2Traits<D>::kBwdSmem bytes of dynamic smem.
 
 // One (key tile, query tile) pair for one warp's 16 keys: S^T, P^T, dP^T, dV, dS^T (to shared memory), dK.
-template <int D, bool MASK>
+// ALIBI: P^T recomputed with ab2 (key - query) added to the log2-domain scores.
+template <int D, bool MASK, bool ALIBI>
 __device__ __forceinline__ void bwd_tile(float (*dk)[4], float (*dv)[4], const bf16* sK, const bf16* sV, const bf16* cQ,
                                          const bf16* cdO, const float* cLse, const float* cDelta, bf16* sdS, int64_t key0,
-                                         int64_t m0, int64_t T, bool causal, float sl2, int warp, int lane) {
+                                         int64_t m0, int64_t T, bool causal, float sl2, float ab2, int warp, int lane) {
     using Tr = AttnV2Traits<D>;
     constexpr int BM = Tr::kBwdBlockM, RS = Tr::kRow, DSR = Tr::kDsRow, KT = D / 16;
     const int tq = lane & 3, g = lane >> 2;
-    // this warp's keys are key0 + [0, 16): valid below key_lim; key0 - m0 = key_shift (|.| < one tile when masking)
+    // this warp's keys are key0 + [0, 16): valid below key_lim; key0 - m0 = key_shift (|.| < one tile when masking);
+    // the tile's queries m0 + [0, BM) are valid below q_lim
     const int key_lim = (int)min(max(T - key0, (int64_t)0), (int64_t)16);
     const int key_shift = (int)max(min(key0 - m0, (int64_t)(1 << 20)), (int64_t)-(1 << 20));
+    const int q_lim = (int)min(T - m0, (int64_t)BM);
     float st[BM / 8][4], dpt[BM / 8][4];
     zero<BM / 8>(st);
     zero<BM / 8>(dpt);
@@ -353,16 +396,21 @@ __device__ __forceinline__ void bwd_tile(float (*dk)[4], float (*dv)[4], const b
             mma_16816(dpt[2 * nt2 + 1], va, ob[2], ob[3]);
         }
     }
-    // P^T = exp(S^T scale - lse_query) (0 where masked); dS^T = P^T (dP^T - delta_query)
+    // P^T = exp(S^T scale - lse_query) (0 where masked); dS^T = P^T (dP^T - delta_query). A query row past T is masked
+    // like a key past T: its P (and so its dS) is 0 whatever its Q, lse and delta rows hold (the loader zero-fills them,
+    // which alone would give P = 2^0 = 1 there)
+    const float kq0 = ALIBI ? (float)(key0 - m0 + g) : 0.f;   // ALiBi: key - query = kq0 + 8 (e / 2) - qc
 #pragma unroll
     for (int nt = 0; nt < BM / 8; nt++) {
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int qc = nt * 8 + tq * 2 + (e & 1);
-            float pv = ex2(st[nt][e] * sl2 - cLse[qc] * kLog2e);
-            if constexpr (MASK) {   // key >= T, or causal and key > query: key0 + g + 8(e/2) vs m0 + qc, as 32-bit offsets
+            float x = st[nt][e] * sl2;
+            if constexpr (ALIBI) x = fmaf(ab2, kq0 + (float)((e >> 1) * 8 - qc), x);
+            float pv = ex2(x - cLse[qc] * kLog2e);
+            if constexpr (MASK) {   // key >= T, query >= T, or causal and key > query: key0 + g + 8(e/2) vs m0 + qc, as 32-bit offsets
                 const int kr = g + (e >> 1) * 8;
-                if (kr >= key_lim || (causal && kr + key_shift > qc)) pv = 0.f;
+                if (kr >= key_lim || qc >= q_lim || (causal && kr + key_shift > qc)) pv = 0.f;
             }
             st[nt][e] = pv;
             dpt[nt][e] = pv * (dpt[nt][e] - cDelta[qc]);
@@ -392,8 +440,8 @@ __device__ __forceinline__ void bwd_tile(float (*dk)[4], float (*dv)[4], const b
     }
 }
 
-template <int D>
-__device__ void attention_v2_backward(const AttentionV2BackwardParams& pp) {
+template <int D, bool ALIBI>
+__device__ void attention_v2_backward(const AttentionV2BackwardParams& pp, float alibi_max_bias) {
     using Tr = AttnV2Traits<D>;
     constexpr int NT = Tr::kBwdThreads, BN = Tr::kBwdBlockN, BM = Tr::kBwdBlockM, RS = Tr::kRow, DSR = Tr::kDsRow;
     constexpr int WM = Tr::kBwdWarpsM, DQC = Tr::kBwdDqCols;
@@ -455,10 +503,11 @@ __device__ void attention_v2_backward(const AttentionV2BackwardParams& pp) {
         const bf16* cdO = sdO + stage * BM * RS;
         const float* cLse = sLse + stage * BM;
         const float* cDelta = sDelta + stage * BM;
-        if (n0 + BN > T || (causal && n0 + BN - 1 > m0))
-            bwd_tile<D, true>(dk, dv, sK, sV, cQ, cdO, cLse, cDelta, sdS, key0, m0, T, causal, sl2, warp, lane);
+        const float ab2 = ALIBI ? alibi_slope(h, H, alibi_max_bias) * kLog2e : 0.f;
+        if (n0 + BN > T || m0 + BM > T || (causal && n0 + BN - 1 > m0))
+            bwd_tile<D, true, ALIBI>(dk, dv, sK, sV, cQ, cdO, cLse, cDelta, sdS, key0, m0, T, causal, sl2, ab2, warp, lane);
         else
-            bwd_tile<D, false>(dk, dv, sK, sV, cQ, cdO, cLse, cDelta, sdS, key0, m0, T, causal, sl2, warp, lane);
+            bwd_tile<D, false, ALIBI>(dk, dv, sK, sV, cQ, cdO, cLse, cDelta, sdS, key0, m0, T, causal, sl2, ab2, warp, lane);
         __syncthreads();   // dS^T of every warp is in shared memory
 
         // dQ partial (BM x D) = dS K: this warp's 16 rows x DQC columns, summed over the tile's BN keys
@@ -480,8 +529,19 @@ __device__ void attention_v2_backward(const AttentionV2BackwardParams& pp) {
         const int64_t n_last = causal ? ceil_div(min(T, m0 + BM), BN) - 1 : n_tiles - 1;
         int* flag = pp.sync + 1 + (b * H + h) * m_tiles + m;
         if (n > 0) {
-            if (threadIdx.x == 0)
+            if (threadIdx.x == 0) {
+#ifdef ENGINE_DEBUG_KERNELS
+                // a debug build traps instead of hanging when the predecessor never publishes (a broken ticket order,
+                // a scratch array not zeroed): 2^25 waits of >= 64 ns each, 2 s at the very least (~10 s typical)
+                uint32_t spins = 0;
+                while (ld_acquire_gpu(flag) != (int)n) {
+                    __nanosleep(64);
+                    if (++spins == kDqSpinLimit) __trap();
+                }
+#else
                 while (ld_acquire_gpu(flag) != (int)n) __nanosleep(64);
+#endif
+            }
             __syncthreads();
         }
         float* accb = pp.dq_accum + (b * H + h) * T * D;
@@ -529,7 +589,31 @@ __device__ void attention_v2_backward(const AttentionV2BackwardParams& pp) {
     }
 }
 
-ENGINE_KERNEL void __launch_bounds__(256) attention_v2_backward_d32(AttentionV2BackwardParams p) { attention_v2_backward<32>(p); }
-ENGINE_KERNEL void __launch_bounds__(256) attention_v2_backward_d64(AttentionV2BackwardParams p) { attention_v2_backward<64>(p); }
-ENGINE_KERNEL void __launch_bounds__(128) attention_v2_backward_d96(AttentionV2BackwardParams p) { attention_v2_backward<96>(p); }
-ENGINE_KERNEL void __launch_bounds__(128) attention_v2_backward_d128(AttentionV2BackwardParams p) { attention_v2_backward<128>(p); }
+ENGINE_KERNEL void __launch_bounds__(256) attention_v2_backward_d32(AttentionV2BackwardParams p) {
+    attention_v2_backward<32, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(256) attention_v2_backward_d64(AttentionV2BackwardParams p) {
+    attention_v2_backward<64, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_backward_d96(AttentionV2BackwardParams p) {
+    attention_v2_backward<96, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_backward_d128(AttentionV2BackwardParams p) {
+    attention_v2_backward<128, false>(p, 0.f);
+}
+ENGINE_KERNEL void __launch_bounds__(256) attention_v2_backward_alibi_d32(AttentionV2BackwardParams p,
+                                                                          float alibi_max_bias) {
+    attention_v2_backward<32, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(256) attention_v2_backward_alibi_d64(AttentionV2BackwardParams p,
+                                                                          float alibi_max_bias) {
+    attention_v2_backward<64, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_backward_alibi_d96(AttentionV2BackwardParams p,
+                                                                          float alibi_max_bias) {
+    attention_v2_backward<96, true>(p, alibi_max_bias);
+}
+ENGINE_KERNEL void __launch_bounds__(128) attention_v2_backward_alibi_d128(AttentionV2BackwardParams p,
+                                                                           float alibi_max_bias) {
+    attention_v2_backward<128, true>(p, alibi_max_bias);
+}

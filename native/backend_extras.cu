@@ -10,12 +10,16 @@
  *   axpy_bf16_f32    y(bf16) = y + alpha * x(fp32)
  *   fill_i32         out(int32) = value
  *   sum_partial_f32 / sum_partial_bf16   partials[b] = sum over block b's grid-stride slice of x
+ *   sum_finalize     out[0] = (float)((sum of n partials, in order, in double) / divisor): the host's sum of the
+ *                    partials on the device, so a loss stays there (one thread; n = kPartialBlocks)
+ *   scale_by_f32 / scale_by_bf16   t = t * s[0] with the factor read on the device (a gradient seed)
  *   add_square_f32   acc(fp32) = acc + x * x                       Fisher accumulation (fmaf, one rounding)
  *   ewc_partial      d = param - anchor;  grad += lambda * fisher * d;  partials[b] = sum fisher * d^2
  *                    (the host returns lambda / 2 * sum partials)
  *   attention_decode KV-cache attention of n new queries at positions offset .. offset + n - 1 against
  *                    k/v [offset + n, Hkv, D]: query i sees keys 0 .. offset + i (causal),
- *                    o_i = sum_j softmax_j(scale q_i . k_j) v_j, GQA h -> h / (H / Hkv).
+ *                    o_i = sum_j softmax_j(scale q_i . k_j [+ m_h (j - offset - i)]) v_j, GQA h -> h / (H / Hkv);
+ *                    the bracket is ALiBi's bias when alibi_max_bias > 0 (slopes: common/attention.cuh).
  *
  * attention_decode: one block per (query, head), kDecodeWarps warps. Lane l holds q and the output accumulator
  * for dims l, l + 32, ... (D <= 32 * kDecodeMaxPerLane). Warp w walks keys w, w + kDecodeWarps, ... in order with
@@ -26,6 +30,7 @@
  */
 #include "common/common.cuh"
 #include "common/traits.cuh"
+#include "common/attention.cuh"
 
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeMaxPerLane = 8;   // head dim up to 256
@@ -41,7 +46,7 @@ struct AttentionDecodeParams {
     int64_t head_dim;        // D <= 256
     int64_t offset;          // position of query 0 (= keys already cached before this call)
     float softmax_scale;     // 1 / sqrt(D)
-    int32_t pad;
+    float alibi_max_bias;    // 0: none; > 0: ALiBi bias m_h (j - offset - i), m_h = alibi_slope(h, H, alibi_max_bias)
 };
 // Size check written value-first so the kernel-params mirror test of the other files (which lists the structs of
 // src/Engine.Cuda/Kernels) does not claim it; the C# mirror is Engine.Cuda.Backend.AttentionDecodeParams and its
@@ -74,6 +79,21 @@ __device__ __forceinline__ void sum_partial(float* partials, const T* x, int64_t
 ENGINE_KERNEL void sum_partial_f32(float* partials, const float* x, int64_t n) { sum_partial(partials, x, n); }
 ENGINE_KERNEL void sum_partial_bf16(float* partials, const bf16* x, int64_t n) { sum_partial(partials, x, n); }
 
+ENGINE_KERNEL void sum_finalize(float* out, const float* partials, int32_t n, float divisor) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double s = 0.0;
+    for (int32_t i = 0; i < n; i++) s += partials[i];
+    out[0] = (float)(s / (double)divisor);
+}
+
+template <class T>
+__device__ __forceinline__ void scale_by(T* t, const float* scalar, int64_t n) {
+    const float f = *scalar;
+    for (int64_t i = global_thread_id(); i < n; i += grid_threads()) t[i] = from_f32<T>(f * to_f32(t[i]));
+}
+ENGINE_KERNEL void scale_by_f32(float* t, const float* scalar, int64_t n) { scale_by(t, scalar, n); }
+ENGINE_KERNEL void scale_by_bf16(bf16* t, const float* scalar, int64_t n) { scale_by(t, scalar, n); }
+
 ENGINE_KERNEL void add_square_f32(float* acc, const float* x, int64_t n) {
     for (int64_t i = global_thread_id(); i < n; i += grid_threads()) acc[i] = fmaf(x[i], x[i], acc[i]);
 }
@@ -102,6 +122,7 @@ ENGINE_KERNEL void attention_decode(AttentionDecodeParams p) {
     const int64_t d = p.head_dim;
     const int64_t q_row = p.heads * d, kv_row = p.kv_heads * d;
     const int64_t valid = p.offset + i + 1;
+    const float slope = p.alibi_max_bias > 0.f ? alibi_slope(h, p.heads, p.alibi_max_bias) : 0.f;
 
     float q[kDecodeMaxPerLane], acc[kDecodeMaxPerLane];
 #pragma unroll
@@ -120,7 +141,7 @@ ENGINE_KERNEL void attention_decode(AttentionDecodeParams p) {
             const int64_t c = lane + 32 * e;
             if (c < d) dot += q[e] * to_f32(kj[c]);
         }
-        const float score = warp_sum(dot) * p.softmax_scale;
+        const float score = fmaf(slope, (float)(j - (valid - 1)), warp_sum(dot) * p.softmax_scale);
         const float m_new = fmaxf(m, score);
         const float corr = expf(m - m_new);      // m = -inf on the first key: corr = 0, acc and s are 0 anyway
         const float pj = expf(score - m_new);

@@ -11,6 +11,8 @@
  * sinf/cosf are the accurate libdevice functions with full range reduction (no __sinf), so pos = 16384 stays
  * accurate. Backward is the inverse rotation (sin -> -sin): dx_i = dy_i cos + dy_{i+D/2} sin, ... .
  * In place allowed (out == in): each thread reads its pair before writing it.
+ * One thread per (token, pair i): its sincos serves every head of the token (the angle does not depend on the head),
+ * so sincosf runs B*T*D/2 times instead of B*T*H*D/2; each head's pair is then the same arithmetic as before.
  */
 #include "common/common.cuh"
 #include "common/traits.cuh"
@@ -33,12 +35,10 @@ static_assert(sizeof(RopeParams) == 88, "mirrored in C# RopeParams");
 
 __device__ __forceinline__ void rope_apply(const RopeParams& p, float sign) {
     const int64_t half = p.head_dim / 2;
-    const int64_t total = p.batch * p.seq_len * p.heads * half;
+    const int64_t total = p.batch * p.seq_len * half;
     for (int64_t idx = global_thread_id(); idx < total; idx += grid_threads()) {
         const int64_t i = idx % half;
-        const int64_t rest = idx / half;
-        const int64_t h = rest % p.heads;
-        const int64_t row = rest / p.heads;
+        const int64_t row = idx / half;
         const int64_t t = row % p.seq_len;
         float pos = (float)(t + p.position_offset);
         if (p.linear_factor != 1.f) pos = pos / p.linear_factor;
@@ -46,11 +46,13 @@ __device__ __forceinline__ void rope_apply(const RopeParams& p, float sign) {
         float s, c;
         sincosf(angle, &s, &c);
         s *= sign;
-        const bf16* x = p.in + row * p.in_row_stride + h * p.head_dim;
-        bf16* y = p.out + row * p.out_row_stride + h * p.head_dim;
-        const float x1 = to_f32(x[i]), x2 = to_f32(x[i + half]);
-        y[i] = from_f32<bf16>(x1 * c - x2 * s);
-        y[i + half] = from_f32<bf16>(x2 * c + x1 * s);
+        const bf16* x = p.in + row * p.in_row_stride + i;
+        bf16* y = p.out + row * p.out_row_stride + i;
+        for (int64_t h = 0; h < p.heads; h++, x += p.head_dim, y += p.head_dim) {
+            const float x1 = to_f32(x[0]), x2 = to_f32(x[half]);
+            y[0] = from_f32<bf16>(x1 * c - x2 * s);
+            y[half] = from_f32<bf16>(x2 * c + x1 * s);
+        }
     }
 }
 

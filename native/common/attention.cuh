@@ -1,8 +1,17 @@
 /*
  * What the three flash-attention kernel files share (attention.cu, attention_v2.cu, attention_sm90.cu): the params
  * structs with one layout, mirrored in C# AttentionParams / AttentionBackwardParams / AttnSchedule
- * (src/Engine.Cuda/Kernels/KernelParams.cs; tests/Engine.Cuda.Tests/CpuTests checks every size), and the base-2
- * softmax constants and exponent.
+ * (src/Engine.Cuda/Kernels/KernelParams.cs; tests/Engine.Cuda.Tests/CpuTests checks every size), the base-2
+ * softmax constants and exponent, and ALiBi's slopes.
+ *
+ * ALiBi (Press et al. 2022; BLOOM, Baichuan 2-13B): s_ij = scale q_i.k_j + m_h (j - i), computed where the score is,
+ * from the head's slope and the two positions (never a T x T bias matrix). The kernels work in the log2 domain, so
+ * they add (m_h log2 e)(j - i) to s_ij scale log2 e. The bias does not depend on q or k: the backward recomputes P
+ * with it and is otherwise unchanged. Each kernel family has *_alibi entry points (a template flag) that take the max
+ * bias b as a second kernel argument after the params struct; the plain entry points compile the bias out and their
+ * SASS is unchanged (checked with cuobjdump -sass, nvcc 11.8, sm_80). The structs did not grow a field for it:
+ * growing AttentionParams by 8 or 16 bytes changed how attention_v2's forward loads its parameters and made its d32
+ * variant spill 32 bytes to the stack (measured: cuobjdump -res-usage, nvcc 11.8 sm_80).
  */
 #pragma once
 #include "common.cuh"
@@ -60,4 +69,13 @@ __device__ __forceinline__ float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+}
+
+// ALiBi slope of query head h of H heads, max bias b (BLOOM's build_alibi_tensor, Baichuan 2's _get_interleave,
+// llama.cpp's soft_max max_bias; the CPU reference is AttentionCpu.AlibiSlopes): with n = 2^floor(log2 H), heads
+// h < n get 2^(-b (h + 1) / n), the rest every other slope of the next power of two, 2^(-b (2 (h - n) + 1) / (2 n)).
+__device__ __forceinline__ float alibi_slope(int64_t h, int64_t heads, float max_bias) {
+    const int n = 1 << (31 - __clz((int)heads));
+    const float e = h < n ? (float)(h + 1) / (float)n : (float)(2 * (h - n) + 1) / (float)(2 * n);
+    return exp2f(-max_bias * e);
 }

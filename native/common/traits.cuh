@@ -47,7 +47,8 @@ template <int D> struct AttnTraits {
 // Register budgets (fwd, D = 128): O accumulators 2 x 16 x 4 = 128 fp32 + S 2 x 8 x 4 = 64; Q fragments are re-read
 // with ldmatrix for every key tile (FlashAttention-2's default too).
 // ptxas 11.8 registers/thread, sm_80 / sm_90, no spills: fwd d32 255/255, d64 248/243, d96 230/226, d128 255/255;
-// bwd d32 174/172, d64 239/241, d96 243/245, d128 247/251 (d32/d64: 8 warps, 1 block per SM by registers).
+// bwd d32 172/172, d64 239/237, d96 243/240, d128 250/252 (d32/d64: 8 warps, 1 block per SM by registers; the masking
+// of query rows past T, 2026-12-07, moved these by a few; the per-kernel table is in docs/KERNELS.md).
 // Tried and rejected (ptxas 11.8, spills are the measure until a GPU has timed them): Q kept in registers for D <= 64
 // (d64 255 registers + 16 bytes spilled, d32 + 52 bytes); D = 96 with 64-key tiles (255 + 36..56 bytes spilled);
 // the v1-style loader (thread i takes chunk i, i + NT, ...: 16 hoisted 64-bit addresses, d128 spilled 128 bytes);

@@ -57,11 +57,33 @@ public static class Cli
             Console.Error.WriteLine("cancelled");
             return 130;
         }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // a write the run did not guard itself (SafeIo guards checkpoints, weights and metrics): still one line
+            Console.Error.WriteLine($"error: {ErrorText.OneLine(Engine.Training.SafeIo.OneLine(e), 4000)}");
+            return 2;
+        }
+    }
+
+    /// <summary>
+    /// Runs one rank's part of a job: an exception here is reported job-wide (<see cref="Engine.Core.Distributed.ICommunicator.Abort"/>)
+    /// before it propagates, so the other ranks stop at their next watchdog tick (about a second) with this rank's
+    /// message instead of waiting for it in a collective until the timeout.
+    /// </summary>
+    public static T OnRank<T>(Engine.Core.Distributed.ICommunicator comm, Func<T> body)
+    {
+        try { return body(); }
+        catch (Exception e) when (comm.WorldSize > 1)
+        {
+            try { comm.Abort(ErrorText.OneLine(e.Message)); }
+            catch (Exception) { /* the job is already going down: this rank's own error is what matters */ }
+            throw;
+        }
     }
 
     static bool IsUserError(Exception e) => e is ConfigException or FileNotFoundException or DirectoryNotFoundException
         or InvalidDataException or ArgumentException or NotSupportedException or Engine.Core.Distributed.CommException
-        or DeviceOutOfMemoryException or Engine.Data.Prepare.PrepareException;
+        or DeviceOutOfMemoryException or Engine.Data.Prepare.PrepareException or StorageException;
 
     /// <summary>
     /// This process's place in the job and its communicator (one rank without a launcher; Open MPI under mpirun,

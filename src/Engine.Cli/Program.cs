@@ -20,6 +20,7 @@ root.Subcommands.Add(DashboardCommand.Create());
 root.Subcommands.Add(ExportCommand.Create());
 root.Subcommands.Add(LaunchCommand.Create());
 root.Subcommands.Add(PlanCommand.Create());
+root.Subcommands.Add(LadderCommand.Create());
 root.Subcommands.Add(DoctorCommand.Create());
 root.Subcommands.Add(CommBenchCommand.CreateSelfTest());
 return Cli.Run(root, args);

@@ -127,6 +127,15 @@ public sealed class CpuBackend : IBackend
         return total;
     }
 
+    public void SumInto(Tensor x, Tensor result, float divisor)
+    {
+        double total = Sum(x);
+        using var _p = Profiler.Op("sum_into", result);
+        result.Span[0] = (float)(total / divisor);
+    }
+
+    public void ScaleBy(Tensor t, Tensor scalar) => Scale(t, scalar.Span[0]);
+
     public double Sum(Tensor t)
     {
         using var _p = Profiler.Op("sum", t);
@@ -166,7 +175,8 @@ public sealed class CpuBackend : IBackend
         RopeCpu.Apply(x.Span, y.Span, batch, seqLen, heads, p.HeadDim, tables.cos, tables.sin, inverse);
     }
 
-    static AttentionCpu.Dims Kernel(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim) { Causal = d.Causal };
+    static AttentionCpu.Dims Kernel(AttentionDims d) =>
+        new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias) { Causal = d.Causal, HeadOffset = d.HeadOffset, TotalHeads = d.TotalHeads };
 
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
@@ -186,10 +196,10 @@ public sealed class CpuBackend : IBackend
         AttentionCpu.Merge(o.Span, lse.Span, oBlock.Span, lseBlock.Span, batch, seqLen, heads, headDim);
     }
 
-    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f)
     {
         using var _p = Profiler.Op("attention_decode", q, kCache, vCache, o);
-        AttentionCpu.Decode(q.Span, kCache.Span, vCache.Span, o.Span, q.Shape[0], heads, kvHeads, headDim, positionOffset);
+        AttentionCpu.Decode(q.Span, kCache.Span, vCache.Span, o.Span, q.Shape[0], heads, kvHeads, headDim, positionOffset, alibiMaxBias);
     }
 
     public void SwiGluForward(Tensor gate, Tensor up, Tensor h)
@@ -216,10 +226,10 @@ public sealed class CpuBackend : IBackend
         EmbeddingCpu.Backward(ids.IntSpan, dy.Span, dtableAccumulate.Span, dtableAccumulate.Shape[1]);
     }
 
-    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f)
     {
         using var _p = Profiler.Op("cross_entropy", logits, targets, losses, lse);
-        CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale);
+        CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale, maxZLoss);
     }
 
     public void CrossEntropyShardStats(Tensor logits, Tensor targets, int vocabStart, Tensor stats)

@@ -1,4 +1,5 @@
 using System.Text;
+using System.Text.RegularExpressions;
 
 #if ENGINE_DATA
 namespace Engine.Data;
@@ -48,5 +49,16 @@ public static class ErrorText
         var lines = text.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
         if (lines.Length == 0) return "";
         return OneLine(lines[0]) + (lines.Length > 1 ? $" (and {lines.Length - 1} more error{(lines.Length > 2 ? "s" : "")})" : "");
+    }
+
+    /// <summary>
+    /// Tomlyn's report ("source(L,C) : error : text" per line) as "line L, column C: text" for the first error (and how
+    /// many more there were): duplicate keys and tables, which TOML forbids, are reported this way too.
+    /// </summary>
+    public static string Toml(string report)
+    {
+        string first = FirstOfLines(report);
+        var m = Regex.Match(first, @"^.*?\((\d+),(\d+)\) : error : (.*)$");
+        return m.Success ? $"line {m.Groups[1].Value}, column {m.Groups[2].Value}: {m.Groups[3].Value}" : first;
     }
 }

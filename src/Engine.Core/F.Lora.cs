@@ -17,16 +17,20 @@ public static partial class F
 {
     /// <summary>
     /// y + scale · (drop(x) Aᵀ) Bᵀ: a LoRA adapter added to a Linear layer's output y = x Wᵀ. <paramref name="dropoutMask"/>
-    /// (x's element count, values 0 or 1/(1−p)) multiplies x on the adapter path only; null = no dropout.
+    /// (x's element count, values 0 or 1/(1−p)) multiplies x on the adapter path only; null = no dropout. B's rows
+    /// [bRow, bRow + out) are used (out = y's width): one part of a packed layer's adapter (Baichuan's W_pack feeds q, k
+    /// and v; its B [3C, r] holds all three), whose gradient lands in those rows of B's.
     /// </summary>
-    public static Tensor Lora(Tensor y, Tensor x, Tensor a, Tensor b, float scale, float[]? dropoutMask = null)
+    public static Tensor Lora(Tensor y, Tensor x, Tensor a, Tensor b, float scale, float[]? dropoutMask = null, int bRow = 0)
     {
         if (x.Rank != 2 || a.Rank != 2 || b.Rank != 2 || y.Rank != 2 || a.Shape[1] != x.Shape[1] || b.Shape[1] != a.Shape[0]
-            || y.Shape[0] != x.Shape[0] || y.Shape[1] != b.Shape[0])
+            || y.Shape[0] != x.Shape[0] || bRow < 0 || bRow + y.Shape[1] > b.Shape[0])
             throw new ArgumentException($"Lora: y {Shape.Format(y.Shape)}, x {Shape.Format(x.Shape)}, A {Shape.Format(a.Shape)} ({a.Name}), " +
-                $"B {Shape.Format(b.Shape)} ({b.Name}) do not fit: expected x [N, in], A [r, in], B [out, r], y [N, out]");
+                $"B {Shape.Format(b.Shape)} ({b.Name}) rows from {bRow} do not fit: expected x [N, in], A [r, in], B [>= row + out, r], y [N, out]");
         if (dropoutMask != null && dropoutMask.Length != x.Numel)
             throw new ArgumentException($"Lora: dropout mask holds {dropoutMask.Length} values, x has {x.Numel}");
+        var full = b;   // the parameter (gradients go to its rows); b: the rows this output uses
+        b = bRow == 0 && b.Shape[0] == y.Shape[1] ? b : b.Narrow0(bRow, y.Shape[1]);
         var be = x.Backend;
         int n = x.Shape[0], r = a.Shape[0];
         var xd = dropoutMask == null ? x : Masked(x, dropoutMask);
@@ -38,13 +42,17 @@ public static partial class F
             be.Copy(y, z);
             be.MatMul(u, false, b, true, z, scale, 1f);
         }
-        if (Grad.Needs(y, x, a, b))
+        if (Grad.Needs(y, x, a, full))
         {
-            Grad.Record(new LambdaNode([y, x, a, b], [z], () =>
+            Grad.Record(new LambdaNode([y, x, a, full], [z], () =>
             {
                 using var prof = Profiler.Time("lora.bwd");
                 var dz = z.Grad!;
-                if (b.RequiresGrad) be.MatMul(dz, true, u, false, Grad.GradBuffer(b), scale, 1f);
+                if (full.RequiresGrad)
+                {
+                    var gb = Grad.GradBuffer(full);
+                    be.MatMul(dz, true, u, false, ReferenceEquals(b, full) ? gb : gb.Narrow0(bRow, b.Shape[0]), scale, 1f);
+                }
                 if (a.RequiresGrad || x.RequiresGrad)
                 {
                     var du = be.Empty([n, r], dz.DType);

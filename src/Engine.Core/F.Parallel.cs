@@ -26,7 +26,7 @@ public static partial class F
             {
                 using var prof = Profiler.Time("tp.copy.bwd");
                 var dy = y.Grad!;
-                //MUT group.AllReduce(dy).Wait();
+                group.AllReduce(dy).Wait();
                 HandOn(x, dy);
             }));
         return y;

@@ -71,6 +71,40 @@ public static partial class F
         return y;
     }
 
+    /// <summary>
+    /// The residual stream's add fused with the norm that reads it: h = x + residual and y = RMSNorm(h)·w (a
+    /// transformer block's h = x + attention, then its post-attention norm). Same values and gradients as
+    /// <see cref="Add"/> then <see cref="RmsNorm"/> — on the CPU bit for bit (the backward adds the two gradients that
+    /// reach h in the other order, and addition commutes) — in one kernel each way on a GPU.
+    /// </summary>
+    public static (Tensor H, Tensor Y) AddRmsNorm(Tensor x, Tensor residual, Tensor w, float eps)
+    {
+        if (!x.Shape.AsSpan().SequenceEqual(residual.Shape)) throw new ArgumentException($"AddRmsNorm: shapes {Shape.Format(x.Shape)} and {Shape.Format(residual.Shape)} differ");
+        if (w.Rank != 1 || x.Rank != 2 || x.Shape[1] != w.Shape[0]) throw new ArgumentException($"AddRmsNorm: x {Shape.Format(x.Shape)} and weight {Shape.Format(w.Shape)} do not fit");
+        var be = x.Backend;
+        var h = be.Empty(x.Shape, x.DType);
+        var y = be.Empty(x.Shape, x.DType);
+        var rstd = be.Empty([x.Shape[0]]);
+        using (Profiler.Time("add_rmsnorm.fwd")) be.RmsNormResidualForward(x, residual, w, h, y, rstd, eps);
+        if (Grad.Needs(x, residual, w))
+        {
+            Grad.Record(new LambdaNode([x, residual, w], [h, y], () =>
+            {
+                using var prof = Profiler.Time("add_rmsnorm.bwd");
+                var dh = be.Empty(h.Shape, h.DType);
+                var dw = w.RequiresGrad ? Grad.GradBuffer(w) : be.Zeros(w.Shape);
+                if (y.Grad == null) be.Copy(h.Grad!, dh);
+                else if (h.Grad == null) be.RmsNormBackward(y.Grad, h, w, rstd, dh, dw);
+                else be.RmsNormResidualBackward(y.Grad, h, w, rstd, dh, dw, h.Grad);
+                // as Add's backward: the first input may take the buffer, the second accumulates it
+                if (x.RequiresGrad && x.Grad == null && !x.IsParameter) x.Grad = dh;
+                else Grad.Accumulate(x, dh);
+                Grad.Accumulate(residual, dh);
+            }));
+        }
+        return (h, y);
+    }
+
     /// <summary>Rotary embedding of x [B*T, H*D] at positions offset..offset+T-1.</summary>
     public static Tensor Rope(Tensor x, RopeParams p, int batch, int seqLen, int heads, int positionOffset = 0)
     {
@@ -207,10 +241,11 @@ public static partial class F
 
     /// <summary>
     /// Cross-entropy of logits [N, V] against int32 targets [N] (IgnoreIndex = -100 rows count nothing), plus
-    /// zLoss·lse². Returns the scalar loss sum(losses) / normalizer and the per-row losses (0 on ignored rows).
-    /// When recording, the logits buffer is consumed: it is overwritten by its own gradient (materialised once).
+    /// zLoss·lse² and maxZLoss·max(logits)² (Baichuan 2's max-z loss). Returns the scalar loss sum(losses) / normalizer
+    /// and the per-row losses (0 on ignored rows). When recording, the logits buffer is consumed: it is overwritten by its
+    /// own gradient (materialised once).
     /// </summary>
-    public static (Tensor Loss, Tensor RowLosses) CrossEntropy(Tensor logits, Tensor targets, float normalizer, float zLoss = 0f)
+    public static (Tensor Loss, Tensor RowLosses) CrossEntropy(Tensor logits, Tensor targets, float normalizer, float zLoss = 0f, float maxZLoss = 0f)
     {
         if (logits.Rank != 2) throw new ArgumentException($"CrossEntropy: logits must be [N, V], got {logits.Describe()}");
         if (targets.DType != DType.I32 || targets.Rank != 1 || targets.Shape[0] != logits.Shape[0])
@@ -220,16 +255,16 @@ public static partial class F
         var losses = be.Empty([logits.Shape[0]]);
         var lse = be.Empty([logits.Shape[0]]);
         bool record = Grad.Needs(logits);
-        using (Profiler.Time("crossentropy.fwd")) be.CrossEntropy(logits, targets, losses, lse, zLoss, record, 1f / normalizer);
+        using (Profiler.Time("crossentropy.fwd")) be.CrossEntropy(logits, targets, losses, lse, zLoss, record, 1f / normalizer, maxZLoss);
+        // the scalar loss stays on the device, and so does its gradient seed below: no host read per micro-batch
         var loss = be.Empty([1]);
-        be.Upload(loss, [(float)(be.Sum(losses) / normalizer)]);
+        be.SumInto(losses, loss, normalizer);
         if (record)
         {
             Grad.Record(new LambdaNode([logits], [loss], () =>
             {
                 using var prof = Profiler.Time("crossentropy.bwd");
-                float dloss = loss.Grad!.Item();
-                if (dloss != 1f) be.Scale(logits, dloss);
+                be.ScaleBy(logits, loss.Grad!);   // dloss is 1 in training: x · 1 = x exactly
                 if (logits.Grad == null) logits.Grad = logits; // the buffer already holds d loss / d logits
                 else be.AddInPlace(logits.Grad, logits, 1f);
             }));

@@ -28,11 +28,23 @@ public readonly record struct RopeParams(int HeadDim, double Theta, RopeScalingK
 }
 
 /// <summary>Causal grouped-query attention shape: q [B*T, H*D], k/v [B*T, Hkv*D]; query head h reads kv head h/(H/Hkv).
+/// AlibiMaxBias &gt; 0 adds ALiBi's linear distance bias (slopes from it and H, see Engine.Cpu.Ops.AttentionCpu.AlibiSlopes).
 /// <see cref="Causal"/> = false: every query sees every key of its sequence (context parallelism's blocks of a query
 /// chunk against an earlier chunk's keys).</summary>
-public readonly record struct AttentionDims(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim)
+public readonly record struct AttentionDims(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim, float AlibiMaxBias = 0f)
 {
     public bool Causal { get; init; } = true;
+
+    /// <summary>The first of these heads among the model's (a tensor-parallel rank's share starts past 0): ALiBi's slopes
+    /// are those of heads HeadOffset.. of <see cref="TotalHeads"/>.</summary>
+    public int HeadOffset { get; init; }
+
+    /// <summary>The model's query heads (0: <see cref="Heads"/>, all of them here).</summary>
+    public int TotalHeads { get => totalHeads == 0 ? Heads : totalHeads; init => totalHeads = value; }
+    readonly int totalHeads;
+
+    /// <summary>Whether these are all the model's heads (false on a tensor-parallel rank).</summary>
+    public bool AllHeads => HeadOffset == 0 && TotalHeads == Heads;
 
     public int QRow => Heads * HeadDim;
     public int KvRow => KvHeads * HeadDim;
@@ -43,6 +55,8 @@ public readonly record struct AttentionDims(int Batch, int SeqLen, int Heads, in
         if (Batch <= 0 || SeqLen <= 0 || Heads <= 0 || KvHeads <= 0 || HeadDim <= 0)
             throw new ArgumentException($"attention dims must be positive: {this}");
         if (Heads % KvHeads != 0) throw new ArgumentException($"heads ({Heads}) must be a multiple of kv heads ({KvHeads})");
+        if (!(AlibiMaxBias >= 0) || float.IsInfinity(AlibiMaxBias)) throw new ArgumentException($"ALiBi max bias must be finite and >= 0, got {AlibiMaxBias}");
+        if (HeadOffset < 0 || HeadOffset + Heads > TotalHeads) throw new ArgumentException($"heads {HeadOffset}..{HeadOffset + Heads - 1} are not among the model's {TotalHeads}");
     }
 }
 

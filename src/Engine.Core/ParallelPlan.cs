@@ -36,10 +36,14 @@ public class ParallelPlan
     /// <paramref name="dims"/> gives the heads (Batch and SeqLen those of a one-block layout).</summary>
     public virtual Tensor Attention(Tensor q, Tensor k, Tensor v, SequenceLayout layout, AttentionDims dims) => F.Attention(q, k, v, dims);
 
-    /// <summary>Cross-entropy of the rank's logits (+ z-loss) against its targets: the scalar loss ÷ normalizer and the
-    /// per-row losses of every row.</summary>
-    public virtual (Tensor Loss, Tensor RowLosses) CrossEntropy(Tensor logits, Tensor targets, float normalizer, float zLoss) =>
-        F.CrossEntropy(logits, targets, normalizer, zLoss);
+    /// <summary>Cross-entropy of the rank's logits (+ z-loss, + Baichuan 2's max-z loss) against its targets: the scalar
+    /// loss ÷ normalizer and the per-row losses of every row.</summary>
+    public virtual (Tensor Loss, Tensor RowLosses) CrossEntropy(Tensor logits, Tensor targets, float normalizer, float zLoss, float maxZLoss = 0f) =>
+        F.CrossEntropy(logits, targets, normalizer, zLoss, maxZLoss);
+
+    /// <summary>The index among the model's query heads of the first of the <paramref name="localHeads"/> this rank
+    /// computes (a tensor-parallel rank's share starts at rank · localHeads).</summary>
+    public virtual int HeadOffset(int localHeads) => 0;
 
     /// <summary>Rows of hidden states this rank holds between blocks for <paramref name="tokens"/> of its tokens
     /// (sequence parallelism: a 1/tp share).</summary>

@@ -143,6 +143,36 @@ public static class Profiler
         Flush();
         OpTotals.Clear();
         RegionTotals.Clear();
+        LaunchTotals.Clear();
+    }
+
+    /// <summary>What a device puts on its stream: a hand-written kernel, a library GEMM (≥ 1 kernel inside), an
+    /// asynchronous copy or memset.</summary>
+    public enum LaunchKind { Kernel, Gemm, Copy }
+
+    static readonly ConcurrentDictionary<(string Root, LaunchKind Kind), long> LaunchTotals = new();
+
+    /// <summary>Counts one launch under the current outermost region (a device backend calls this when <see cref="Enabled"/>).</summary>
+    public static void CountLaunch(LaunchKind kind)
+    {
+        if (!Enabled) return;
+        LaunchTotals.AddOrUpdate((rootRegion ?? "", kind), 1, (_, v) => v + 1);
+    }
+
+    /// <summary>Launches of <paramref name="kind"/> inside regions rooted at <paramref name="root"/> (null: all).</summary>
+    public static long Launches(LaunchKind kind, string? root = "step") =>
+        LaunchTotals.Where(kv => kv.Key.Kind == kind && (root == null || kv.Key.Root == root)).Sum(kv => kv.Value);
+
+    /// <summary>"device launches per step: …; per layer: …" over <paramref name="steps"/> steps of a model of
+    /// <paramref name="layers"/> layers (the head, embedding and optimizer counted in, so "per layer" is an upper
+    /// bound of a block's own), or null when nothing was launched (the CPU).</summary>
+    public static string? LaunchSummary(int steps, int layers, string? root = "step")
+    {
+        long k = Launches(LaunchKind.Kernel, root), g = Launches(LaunchKind.Gemm, root), c = Launches(LaunchKind.Copy, root);
+        if (k + g + c == 0 || steps < 1) return null;
+        double perStep = (double)(k + g + c) / steps;
+        return FormattableString.Invariant(
+            $"device launches per step: {perStep:F0} ({k / (double)steps:F0} kernels, {g / (double)steps:F0} GEMMs, {c / (double)steps:F0} copies/memsets); per layer: {perStep / Math.Max(1, layers):F1} ({layers} layers)");
     }
 
     /// <summary>Every (region, op) row, largest time first (device clocks flushed first).</summary>

@@ -60,6 +60,8 @@ public sealed class CachingAllocator : IDisposable
     private readonly IRawDeviceMemory _raw;
     private readonly Dictionary<long, Stack<ulong>> _free = new();
     private readonly Dictionary<ulong, long> _live = new();
+    private readonly Dictionary<ulong, PrivatePool> _poolOf = new();   // blocks a private pool owns (live or in its cache)
+    private PrivatePool? _active;
     private readonly Lock _gate = new();
     private long _inUse, _cached, _peakInUse, _peakReserved, _rawAllocs, _hits;
     private bool _disposed;
@@ -78,6 +80,65 @@ public sealed class CachingAllocator : IDisposable
         return (bytes + step - 1) / step * step;
     }
 
+    /// <summary>
+    /// A pool of blocks kept apart from the shared cache (a CUDA graph's memory, as PyTorch's graph pools): while it is
+    /// <see cref="BeginPrivatePool">active</see> every allocation comes from its own free blocks or the driver and every
+    /// block it owns returns to it, so buffers freed during a capture are reused within that capture; once inactive,
+    /// nothing else is handed its blocks — the addresses a captured graph recorded stay valid between replays.
+    /// Disposing it gives its free blocks to the shared cache and makes its live blocks return there.
+    /// </summary>
+    public sealed class PrivatePool : IDisposable
+    {
+        internal readonly Dictionary<long, Stack<ulong>> Free = new();
+        internal readonly CachingAllocator Owner;
+        internal bool Disposed;
+        internal PrivatePool(CachingAllocator owner) => Owner = owner;
+        /// <summary>Bytes of blocks the pool owns (live and free).</summary>
+        public long Bytes { get; internal set; }
+        public void Dispose() => Owner.DisposePool(this);
+    }
+
+    /// <summary>Starts serving allocations from a new private pool (one at a time) until <see cref="EndPrivatePool"/>.</summary>
+    public PrivatePool BeginPrivatePool()
+    {
+        lock (_gate)
+        {
+            if (_active != null) throw new InvalidOperationException("a private pool is already active (captures do not nest)");
+            return _active = new PrivatePool(this);
+        }
+    }
+
+    /// <summary>Back to the shared cache; the pool keeps its blocks.</summary>
+    public void EndPrivatePool(PrivatePool pool)
+    {
+        lock (_gate)
+        {
+            if (!ReferenceEquals(_active, pool)) throw new InvalidOperationException("that pool is not the active one");
+            _active = null;
+        }
+    }
+
+    private void DisposePool(PrivatePool pool)
+    {
+        lock (_gate)
+        {
+            if (pool.Disposed) return;
+            if (ReferenceEquals(_active, pool)) _active = null;
+            pool.Disposed = true;
+            foreach (var (size, stack) in pool.Free)
+                while (stack.Count > 0)
+                {
+                    ulong a = stack.Pop();
+                    _poolOf.Remove(a);
+                    if (_disposed) { _raw.Free(a); continue; }
+                    if (!_free.TryGetValue(size, out var shared)) _free[size] = shared = new Stack<ulong>();
+                    shared.Push(a);
+                    _cached += size;
+                }
+            foreach (var a in _poolOf.Where(kv => ReferenceEquals(kv.Value, pool)).Select(kv => kv.Key).ToList()) _poolOf.Remove(a);   // live: shared on return
+        }
+    }
+
     /// <summary>A buffer of at least <paramref name="bytes"/> bytes (256-byte aligned: the driver's alignment).</summary>
     public DeviceBuffer Allocate(long bytes)
     {
@@ -86,10 +147,11 @@ public sealed class CachingAllocator : IDisposable
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             ulong addr;
-            if (_free.TryGetValue(size, out var stack) && stack.Count > 0)
+            var freeLists = _active?.Free ?? _free;
+            if (freeLists.TryGetValue(size, out var stack) && stack.Count > 0)
             {
                 addr = stack.Pop();
-                _cached -= size;
+                if (_active == null) _cached -= size;
                 _hits++;
             }
             else
@@ -104,6 +166,7 @@ public sealed class CachingAllocator : IDisposable
                     }
                 }
                 _rawAllocs++;
+                if (_active != null) { _poolOf[addr] = _active; _active.Bytes += size; }
             }
             _live[addr] = size;
             _inUse += size;
@@ -121,6 +184,12 @@ public sealed class CachingAllocator : IDisposable
                 throw new InvalidOperationException($"{ptr} was not allocated by this allocator or was freed twice");
             _inUse -= size;
             if (_disposed) { _raw.Free(ptr.Address); return; }
+            if (_poolOf.TryGetValue(ptr.Address, out var pool))
+            {
+                if (!pool.Free.TryGetValue(size, out var own)) pool.Free[size] = own = new Stack<ulong>();
+                own.Push(ptr.Address);
+                return;
+            }
             if (!_free.TryGetValue(size, out var stack)) _free[size] = stack = new Stack<ulong>();
             stack.Push(ptr.Address);
             _cached += size;
@@ -170,6 +239,9 @@ public sealed class CachingAllocator : IDisposable
             if (_disposed) return;
             _disposed = true;
             EmptyCacheLocked();
+            foreach (var pool in _poolOf.Values.Distinct().ToList())
+                foreach (var stack in pool.Free.Values)
+                    while (stack.Count > 0) { ulong a = stack.Pop(); _poolOf.Remove(a); _raw.Free(a); }
         }
     }
 }

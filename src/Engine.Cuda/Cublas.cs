@@ -22,6 +22,14 @@ public sealed class CublasContext : IDisposable
 
     public IntPtr Handle => _handle.DangerousGetHandle();
 
+    /// <summary>Gives cuBLAS a workspace of its own on <paramref name="s"/> (after binding the stream: setting the
+    /// stream resets the workspace) — what a CUDA-graph capture needs so that cuBLAS allocates nothing inside it.</summary>
+    public void SetWorkspace(CudaStream s, DevicePtr workspace, long bytes)
+    {
+        Bind(s);
+        Check.Cublas(NativeMethods.cublasSetWorkspace_v2(Handle, workspace.Address, (nuint)bytes));
+    }
+
     private void Bind(CudaStream s)
     {
         if (_stream == s.Handle) return;
@@ -36,6 +44,7 @@ public sealed class CublasContext : IDisposable
         (lda, ldb, ldc) = LeadingDims(transA, transB, m, n, k, lda, ldb, ldc);
         if (m == 0 || n == 0) return;
         Bind(s);
+        if (Engine.Core.Profiler.Enabled) Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Gemm);
         Check.Cublas(NativeMethods.cublasGemmEx(Handle, transB ? CublasOperation.T : CublasOperation.N, transA ? CublasOperation.T : CublasOperation.N,
             n, m, k, &alpha, b.Address, CudaDataType.R16BF, ldb, a.Address, CudaDataType.R16BF, lda,
             &beta, c.Address, cType, ldc, CublasComputeType.Compute32F, NativeMethods.CUBLAS_GEMM_DEFAULT));
@@ -50,6 +59,7 @@ public sealed class CublasContext : IDisposable
         (lda, ldb, ldc) = LeadingDims(transA, transB, m, n, k, lda, ldb, ldc);
         if (m == 0 || n == 0 || batch == 0) return;
         Bind(s);
+        if (Engine.Core.Profiler.Enabled) Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Gemm);
         Check.Cublas(NativeMethods.cublasGemmStridedBatchedEx(Handle, transB ? CublasOperation.T : CublasOperation.N,
             transA ? CublasOperation.T : CublasOperation.N, n, m, k, &alpha, b.Address, CudaDataType.R16BF, ldb, strideB,
             a.Address, CudaDataType.R16BF, lda, strideA, &beta, c.Address, cType, ldc, strideC, batch,

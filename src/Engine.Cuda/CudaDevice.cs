@@ -112,7 +112,21 @@ public sealed class CudaStream : IDisposable
     private readonly CudaStreamHandle _handle;
     public CudaStream() { Check.Cu(NativeMethods.cuStreamCreate(out IntPtr s, 0)); _handle = new CudaStreamHandle(s); }
     public IntPtr Handle => _handle.DangerousGetHandle();
-    public void Synchronize() => Check.Cu(NativeMethods.cuStreamSynchronize(Handle));
+
+    /// <summary>True while a CUDA graph captures this stream (<see cref="CudaGraph.Capture"/>): host waits and uploads
+    /// through pinned staging are refused then, with a message, instead of breaking the capture.</summary>
+    public bool Capturing { get; internal set; }
+
+    /// <summary>Host waits on this stream so far (<see cref="Synchronize"/>, and the blocking copies that call it): the
+    /// training step's budget is one (TrainingStepGpuTests counts them).</summary>
+    public long Synchronizations { get; private set; }
+
+    public void Synchronize()
+    {
+        if (Capturing) throw new InvalidOperationException("a host wait inside a CUDA-graph capture: the captured work must stay on the device (read results after Replay)");
+        Synchronizations++;
+        Check.Cu(NativeMethods.cuStreamSynchronize(Handle));
+    }
     public void Wait(CudaEvent evt) => Check.Cu(NativeMethods.cuStreamWaitEvent(Handle, evt.Handle, 0));
 
     public unsafe void CopyToDevice<T>(DevicePtr dst, ReadOnlySpan<T> src) where T : unmanaged
@@ -127,11 +141,35 @@ public sealed class CudaStream : IDisposable
         Synchronize();
     }
 
-    public void CopyDeviceToDevice(DevicePtr dst, DevicePtr src, long bytes) =>
+    public void CopyDeviceToDevice(DevicePtr dst, DevicePtr src, long bytes)
+    {
+        Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Copy);
         Check.Cu(NativeMethods.cuMemcpyDtoDAsync_v2(dst.Address, src.Address, (nuint)bytes, Handle));
+    }
 
-    public void Memset(DevicePtr dst, byte value, long bytes) =>
+    /// <summary>rows × widthBytes from src (rows srcPitch bytes apart) to dst (dstPitch apart), device to device.</summary>
+    public void Copy2D(DevicePtr dst, long dstPitch, DevicePtr src, long srcPitch, long widthBytes, long rows)
+    {
+        Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Copy);
+        var c = new CudaMemcpy2D
+        {
+            SrcMemoryType = CudaMemcpy2D.MemoryTypeDevice,
+            SrcDevice = src.Address,
+            SrcPitch = (nuint)srcPitch,
+            DstMemoryType = CudaMemcpy2D.MemoryTypeDevice,
+            DstDevice = dst.Address,
+            DstPitch = (nuint)dstPitch,
+            WidthInBytes = (nuint)widthBytes,
+            Height = (nuint)rows,
+        };
+        Check.Cu(NativeMethods.cuMemcpy2DAsync_v2(c, Handle));
+    }
+
+    public void Memset(DevicePtr dst, byte value, long bytes)
+    {
+        Engine.Core.Profiler.CountLaunch(Engine.Core.Profiler.LaunchKind.Copy);
         Check.Cu(NativeMethods.cuMemsetD8Async(dst.Address, value, (nuint)bytes, Handle));
+    }
 
     public void Dispose() => _handle.Dispose();
 }

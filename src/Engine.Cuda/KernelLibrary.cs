@@ -1,3 +1,4 @@
+using Engine.Core;
 using Engine.Cuda.Interop;
 using Engine.Cuda.Kernels;
 
@@ -33,13 +34,24 @@ public sealed class KernelFunction
         LaunchRaw(stream, grid, block, sharedBytes, &p);
     }
 
+    /// <summary>Launches with a by-value params struct and one float after it (the *_alibi attention kernels' max bias).</summary>
+    public unsafe void Launch<T>(CudaStream stream, Dim3 grid, int block, int sharedBytes, in T args, float second) where T : unmanaged
+    {
+        T copy = args;
+        float f = second;
+        void** p = stackalloc void*[2] { &copy, &f };
+        LaunchRaw(stream, grid, block, sharedBytes, p);
+    }
+
     /// <summary>Launches with an array of pointers to each argument (cuLaunchKernel's kernelParams).</summary>
     public unsafe void LaunchRaw(CudaStream stream, Dim3 grid, int block, int sharedBytes, void** args)
     {
         if (grid.X == 0 || grid.Y == 0 || grid.Z == 0) return;   // empty problem
         if (sharedBytes > 48 * 1024) EnsureDynamicSharedMemory(sharedBytes);
-        Check.Cu(NativeMethods.cuLaunchKernel(Handle, grid.X, grid.Y, grid.Z, (uint)block, 1, 1, (uint)sharedBytes, stream.Handle, args, null),
-            $"cuLaunchKernel({Name}, grid {grid.X}x{grid.Y}x{grid.Z}, block {block}, smem {sharedBytes})");
+        var r = NativeMethods.cuLaunchKernel(Handle, grid.X, grid.Y, grid.Z, (uint)block, 1, 1, (uint)sharedBytes, stream.Handle, args, null);
+        if (Profiler.Enabled) Profiler.CountLaunch(Profiler.LaunchKind.Kernel);
+        // the message is built only on failure: a successful launch formats nothing
+        if (r != CuResult.Success) Check.Cu(r, $"cuLaunchKernel({Name}, grid {grid.X}x{grid.Y}x{grid.Z}, block {block}, smem {sharedBytes})");
     }
 }
 

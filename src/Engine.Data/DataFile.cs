@@ -112,7 +112,7 @@ public static class DataFile
     /// <summary>The file's bytes, decompressed when it is named <c>.gz</c>.</summary>
     public static byte[] ReadAllBytes(string path)
     {
-        byte[] bytes = File.ReadAllBytes(path);
+        byte[] bytes = File.ReadAllBytes(FileStat.RequireRegular(path, "data file"));
         return IsGzip(path) ? Gunzip(bytes, path) : bytes;
     }
 

@@ -50,8 +50,18 @@ public static class DataPaths
             : $"data folder not found: no data/{SourcesFile} above {AppContext.BaseDirectory} or {Directory.GetCurrentDirectory()}; set {EnvironmentVariable}");
     }
 
-    /// <summary>A file under the data folder, e.g. <c>File("general_en/tinyshakespeare.txt")</c> (its .gz twin when only that exists).</summary>
-    public static string File(string relative) => WithCompressedTwin(Path.Combine(Find(), relative));
+    /// <summary>A file under the data folder, e.g. <c>File("general_en/tinyshakespeare.txt")</c> (its .gz twin when only that
+    /// exists). A name that leaves the folder (<c>../</c>, an absolute path) is refused.</summary>
+    public static string File(string relative) => WithCompressedTwin(Inside(Find(), relative));
+
+    /// <summary><paramref name="relative"/> under <paramref name="root"/>; ArgumentException when it resolves outside it.</summary>
+    internal static string Inside(string root, string relative)
+    {
+        string full = Path.GetFullPath(Path.Combine(root, relative)), top = Path.GetFullPath(root).TrimEnd(Path.DirectorySeparatorChar);
+        if (!full.StartsWith(top + Path.DirectorySeparatorChar, StringComparison.Ordinal))
+            throw new ArgumentException($"{Prefix}{relative}: resolves to {full}, outside the data folder {top}; a {Prefix} path names a file inside it");
+        return full;
+    }
 
     /// <summary>
     /// A path from a config: <c>data:&lt;relative&gt;</c> under the data folder (see <see cref="File"/>), an absolute path

@@ -17,4 +17,8 @@ public interface ITokenizer
 
     /// <summary>Decodes ids back to text; special ids are skipped.</summary>
     string Decode(ReadOnlySpan<int> ids);
+
+    /// <summary>The token an id stands for, spelled as tokenizer.json spells it (byte-level tokens in GPT-2's byte
+    /// characters, added tokens as their content); null for an id the tokenizer does not use.</summary>
+    string? IdToToken(int id);
 }

@@ -45,12 +45,18 @@ public static class TextDecoding
     /// <summary>Largest text file read whole: its characters must fit one .NET string (about 1 G UTF-16 units).</summary>
     public const long MaxFileBytes = 1L << 30;
 
+    /// <summary>
+    /// Longest line of a line-oriented file (.txt, .jsonl, .csv, … — not a .json document): a line is held, split and
+    /// tokenized whole, each step a copy several times its size, so one 200 MB line used to take gigabytes (5.6 GB with
+    /// the byte tokenizer) and a BPE pre-tokenizer regex past its time limit. Longer lines are refused, naming the line.
+    /// </summary>
+    public const int MaxLineBytes = 16 << 20;
+
     /// <summary>Reads a whole file as text (gzip-compressed when named .gz); throws <see cref="InvalidDataException"/> naming the file for binary or (policy Error) invalid content.</summary>
     public static string ReadFile(string path, InvalidUtf8Policy policy, DocumentReadStats? stats = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (!File.Exists(path)) throw new FileNotFoundException($"data file not found: {path}", path);
-        long length = new FileInfo(path).Length;
+        long length = FileStat.Get(FileStat.RequireRegular(path, "data file")).Size;
         if (length > MaxFileBytes)
             throw new InvalidDataException($"{path}: {length:N0} bytes, more than the {MaxFileBytes:N0} one text file may hold (a .NET string): split it into several files");
         byte[] bytes = File.ReadAllBytes(path);
@@ -58,6 +64,7 @@ public static class TextDecoding
         else if (DataFile.IsZstd(path)) bytes = ReadCapped(path);
         if (stats != null) { stats.Files++; stats.Bytes += bytes.Length; }
         if (bytes.Length == 0) { if (stats != null) stats.EmptyFiles++; return ""; }
+        if (DataFile.Extension(path) != ".json") CheckLineLengths(bytes, path);
         return Decode(bytes, path, policy, stats);
     }
 
@@ -117,6 +124,24 @@ public static class TextDecoding
                 return sb.ToString();
             default:
                 throw new ArgumentOutOfRangeException(nameof(policy), policy, "unknown invalid-UTF-8 policy");
+        }
+    }
+
+    /// <summary>Refuses a line longer than <paramref name="maxBytes"/> (<see cref="MaxLineBytes"/>), naming its number and size.</summary>
+    public static void CheckLineLengths(ReadOnlySpan<byte> bytes, string source, int maxBytes = MaxLineBytes)
+    {
+        long line = 1;
+        while (bytes.Length > maxBytes)
+        {
+            int nl = bytes.IndexOf((byte)'\n');
+            if (nl < 0 || nl > maxBytes)
+            {
+                long length = nl < 0 ? bytes.Length : nl;
+                throw new InvalidDataException($"{source}: line {line:N0} holds {length:N0} bytes, more than the {maxBytes:N0} a line may hold " +
+                    "(a line is tokenized whole; memory grows with it): break the text into lines");
+            }
+            bytes = bytes[(nl + 1)..];
+            line++;
         }
     }
 

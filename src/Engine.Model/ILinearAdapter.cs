@@ -12,6 +12,10 @@ public interface ILinearAdapter
     /// "model.layers.0.self_attn.q_proj.weight", "lm_head.weight") unchanged, or y plus the adapter's term.</summary>
     Tensor Apply(string weight, Tensor x, Tensor y);
 
+    /// <summary>Whether <see cref="Apply"/> adds a term for <paramref name="weight"/> (a projection the model would
+    /// otherwise fuse with its neighbours into one GEMM runs on its own when targeted). Conservative default: yes.</summary>
+    bool Targets(string weight) => true;
+
     /// <summary>The adapter parameters read inside transformer block <paramref name="layer"/> (activation checkpointing
     /// names them so data-parallel buckets know when their gradients are complete).</summary>
     IEnumerable<Tensor> LayerParameters(int layer);

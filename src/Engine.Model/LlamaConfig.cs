@@ -3,8 +3,25 @@ using Engine.Core;
 namespace Engine.Model;
 
 /// <summary>
+/// The model family of a config: the Hugging Face layout its config.json and weights use. Every family runs as the one
+/// Llama block of <see cref="LlamaModel"/> with options; the family decides names and fields at the file boundary
+/// (<see cref="IO.HfConfig"/>, <see cref="IO.HfLayout"/>).
+/// <list type="bullet">
+/// <item>Llama: LlamaForCausalLM / MistralForCausalLM (q_proj, k_proj, v_proj separate).</item>
+/// <item>Baichuan: BaichuanForCausalLM (Baichuan 2): q/k/v packed in one W_pack [3C, C], NormHead, max-z loss; 7B with
+/// RoPE (its config has max_position_embeddings), 13B with ALiBi (only model_max_length).</item>
+/// </list>
+/// </summary>
+public enum ModelFamily { Llama, Baichuan }
+
+/// <summary>How token positions enter attention: rotary embeddings on q and k, or ALiBi's linear distance bias.</summary>
+public enum PositionEmbedding { Rope, Alibi }
+
+/// <summary>
 /// Llama architecture hyper-parameters. Field meanings and JSON names are those of Hugging Face's LlamaConfig, so a
 /// config.json round-trips with transformers. NormHead (Baichuan 2) is our extension, written as "norm_head".
+/// <see cref="Family"/>, <see cref="Position"/> and <see cref="MaxZLossWeight"/> describe the other layouts the same
+/// block reads and writes (Baichuan 2; see <see cref="ModelFamily"/>).
 /// </summary>
 public sealed record LlamaConfig
 {
@@ -22,8 +39,31 @@ public sealed record LlamaConfig
     public bool TieWordEmbeddings { get; init; }
     public bool NormHead { get; init; }
     public double InitializerRange { get; init; } = 0.02;
-    public int BosTokenId { get; init; } = 1;
+    /// <summary>BOS id (config.json bos_token_id); null for a vocabulary without one (written as null, never left to
+    /// transformers' default 1). Models the engine trains take it from their tokenizer (<see cref="IO.ModelArtifacts"/>).</summary>
+    public int? BosTokenId { get; init; } = 1;
     public int EosTokenId { get; init; } = 2;
+    /// <summary>config.json pad_token_id (the engine pads with EOS); null when unset.</summary>
+    public int? PadTokenId { get; init; }
+    /// <summary>config.json _name_or_path: the run or recipe that made the model (GGUF general.name); null when unknown.</summary>
+    public string? NameOrPath { get; init; }
+
+    /// <summary>The Hugging Face layout the model is read and written in.</summary>
+    public ModelFamily Family { get; init; } = ModelFamily.Llama;
+    /// <summary>RoPE (every Llama, Baichuan 2-7B) or ALiBi (Baichuan 2-13B).</summary>
+    public PositionEmbedding Position { get; init; } = PositionEmbedding.Rope;
+    /// <summary>Baichuan 2's max-z loss weight (config.json "z_loss_weight"): training adds weight·max(logits)² per token.</summary>
+    public double MaxZLossWeight { get; init; }
+
+    /// <summary>ALiBi's maximum bias b (slopes 2^(−b·k/n)): 8 in every ALiBi model the engine reads (BLOOM, Baichuan 2-13B,
+    /// and llama.cpp's Baichuan 13B).</summary>
+    public const float AlibiBias = 8f;
+
+    /// <summary>The attention's ALiBi max bias (0 without ALiBi).</summary>
+    public float AlibiMaxBias => Position == PositionEmbedding.Alibi ? AlibiBias : 0f;
+
+    /// <summary>Baichuan 2's fixed rotary base (its RotaryEmbedding does not read rope_theta).</summary>
+    public const double BaichuanRopeTheta = 10000.0;
 
     /// <summary>What a loaded Hugging Face directory held beyond the architecture (carried to the next save); null for engine-made models.</summary>
     public IO.HfExtras? Hf { get; init; }
@@ -53,7 +93,17 @@ public sealed record LlamaConfig
         Pos("initializer_range", InitializerRange);
         if (NumHeads > 0 && HiddenSize % NumHeads != 0) errors.Add($"hidden_size ({HiddenSize}) must be divisible by num_attention_heads ({NumHeads})");
         if (NumKvHeads > 0 && NumHeads % NumKvHeads != 0) errors.Add($"num_attention_heads ({NumHeads}) must be a multiple of num_key_value_heads ({NumKvHeads})");
-        if (NumHeads > 0 && HiddenSize % NumHeads == 0 && HeadDim % 2 != 0) errors.Add($"head dim ({HeadDim}) must be even for rotary embeddings");
+        if (Position == PositionEmbedding.Rope && NumHeads > 0 && HiddenSize % NumHeads == 0 && HeadDim % 2 != 0) errors.Add($"head dim ({HeadDim}) must be even for rotary embeddings");
+        if (Position == PositionEmbedding.Alibi && RopeScaling != RopeScalingKind.None) errors.Add($"rope_scaling ({RopeScaling.ToString().ToLowerInvariant()}) cannot be combined with ALiBi positions: an ALiBi model has no rotary embedding (it extrapolates to longer inputs without scaling)");
+        if (Position == PositionEmbedding.Alibi && Family != ModelFamily.Baichuan) errors.Add($"ALiBi positions need a family whose Hugging Face layout has them (baichuan); {Family.ToString().ToLowerInvariant()} has rotary embeddings only");
+        if (Family == ModelFamily.Baichuan)
+        {
+            if (NumKvHeads != NumHeads) errors.Add($"Baichuan's packed W_pack projection has no grouped-query attention: num_key_value_heads ({NumKvHeads}) must equal num_attention_heads ({NumHeads})");
+            if (TieWordEmbeddings) errors.Add("Baichuan's head is its own lm_head (NormHead): tie_word_embeddings must be false");
+            if (Position == PositionEmbedding.Rope && (RopeTheta != BaichuanRopeTheta || RopeScaling != RopeScalingKind.None))
+                errors.Add($"Baichuan's rotary embedding is fixed (base {BaichuanRopeTheta}, no scaling; its modeling code reads neither rope_theta nor rope_scaling): got rope_theta {RopeTheta}, rope_scaling {RopeScaling.ToString().ToLowerInvariant()}");
+        }
+        if (!(MaxZLossWeight >= 0) || double.IsInfinity(MaxZLossWeight)) errors.Add($"z_loss_weight must be a finite number >= 0 (got {MaxZLossWeight})");
         if (RopeScaling != RopeScalingKind.None && !(RopeScalingFactor >= 1)) errors.Add($"rope_scaling.factor must be >= 1 (got {RopeScalingFactor})");
         if (TieWordEmbeddings && NormHead) errors.Add("norm_head cannot be combined with tie_word_embeddings");
         if (RopeScaling != RopeScalingKind.None && double.IsInfinity(RopeScalingFactor)) errors.Add("rope_scaling.factor must be finite");

@@ -3,9 +3,10 @@ using Engine.Core;
 namespace Engine.Model;
 
 /// <summary>
-/// Llama decoder (RMSNorm, RoPE, grouped-query causal attention, SwiGLU MLP, optional tied embeddings and NormHead).
-/// Parameters carry Hugging Face LlamaForCausalLM names and layouts ([out, in] weights). Device-agnostic: every op
-/// goes through the tensors' backend.
+/// Llama decoder (RMSNorm, RoPE or ALiBi positions, grouped-query causal attention, SwiGLU MLP, optional tied
+/// embeddings and NormHead). Parameters carry Hugging Face LlamaForCausalLM names and layouts ([out, in] weights)
+/// whatever the family: other families (Baichuan 2's packed W_pack) are mapped at the file boundary
+/// (<see cref="IO.HfLayout"/>). Device-agnostic: every op goes through the tensors' backend.
 /// </summary>
 public sealed class LlamaModel : IDisposable
 {
@@ -215,6 +216,13 @@ public sealed class LlamaModel : IDisposable
         Config = grown;
     }
 
+    /// <summary>Attaches the tokenizer files, special ids and run name every later save writes (see <see cref="IO.ModelArtifacts"/>).</summary>
+    public void Attach(IO.ModelArtifacts artifacts)
+    {
+        ArgumentNullException.ThrowIfNull(artifacts);
+        Config = artifacts.ApplyTo(Config).Validate();
+    }
+
     /// <summary>Context extension: RoPE scaling (linear or NTK) and a longer maximum length from now on.</summary>
     public void SetRopeScaling(RopeScalingKind kind, double factor, int maxPositions)
     {
@@ -252,7 +260,8 @@ public sealed class LlamaModel : IDisposable
     {
         if (ids.Numel != layout.Tokens) throw new ArgumentException($"ids hold {ids.Numel} tokens, expected {layout.Tokens} ({layout})");
         int end = layout.End;
-        if (end > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
+        // ALiBi has no position table: inputs past the trained length are evaluated as they are (its length extrapolation)
+        if (Config.Position == PositionEmbedding.Rope && end > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
             throw new ArgumentException($"sequence of {end} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
         return InUnit("model.embed_tokens.weight", () => Plan.Leave("model.embed_tokens", Plan.Embedding(ids, this["model.embed_tokens.weight"])));
     }
@@ -290,13 +299,17 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>The last stage's forward: its blocks, the final norm, the head and the loss (as <see cref="Loss"/>).</summary>
-    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f) =>
-        StageLoss(input, targets, SequenceLayout.Contiguous(batch, seqLen), normalizer, zLoss);
+    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f, float maxZLoss = 0f) =>
+        StageLoss(input, targets, SequenceLayout.Contiguous(batch, seqLen), normalizer, zLoss, maxZLoss);
 
-    /// <summary>As <see cref="StageLoss(Tensor, Tensor, int, int, float, float)"/> for tokens laid out as <paramref name="layout"/>
+    /// <summary>As <see cref="StageLoss(Tensor, Tensor, int, int, float, float, float)"/> for tokens laid out as <paramref name="layout"/>
     /// (the plan's loss: vocabulary-parallel under tensor parallelism).</summary>
-    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, SequenceLayout layout, float normalizer, float zLoss = 0f) =>
-        Plan.CrossEntropy(StageLogits(input, layout), targets, normalizer, zLoss);
+    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, SequenceLayout layout, float normalizer, float zLoss = 0f, float maxZLoss = 0f) =>
+        Plan.CrossEntropy(StageLogits(input, layout), targets, normalizer, zLoss, maxZLoss);
+
+    /// <summary>The max-z loss weight training uses: the config's z_loss_weight (Baichuan 2), as its modeling code adds it
+    /// to the training loss. Evaluation passes none (per-token losses stay plain cross-entropy).</summary>
+    public float TrainingMaxZLoss => (float)Config.MaxZLossWeight;
 
     /// <summary>The last stage's final (normed) hidden states [B*T, C] from its input (token ids when it is also the
     /// first stage, else the previous stage's hidden states): what a scalar head or the LM head reads.</summary>
@@ -336,12 +349,12 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>
     /// Loss over targets [B*T] (int32, -100 = ignored) divided by normalizer (the global count of valid targets
-    /// across micro-batches), plus zLoss·lse². Returns the scalar loss and the per-token losses.
+    /// across micro-batches), plus zLoss·lse² and maxZLoss·max(logits)². Returns the scalar loss and the per-token losses.
     /// </summary>
-    public (Tensor Loss, Tensor TokenLosses) Loss(Tensor ids, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f)
+    public (Tensor Loss, Tensor TokenLosses) Loss(Tensor ids, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f, float maxZLoss = 0f)
     {
         RequireWhole("Loss");
-        return StageLoss(ids, targets, batch, seqLen, normalizer, zLoss);
+        return StageLoss(ids, targets, batch, seqLen, normalizer, zLoss, maxZLoss);
     }
 
     /// <summary>
@@ -369,13 +382,19 @@ public sealed class LlamaModel : IDisposable
         var cfg = Config;
         string p = $"model.layers.{i}.";
         var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
-        var q = F.Rope(Linear(h, p + "self_attn.q_proj.weight"), cfg.Rope, 1, n, cfg.NumHeads, offset);
-        var k = F.Rope(Linear(h, p + "self_attn.k_proj.weight"), cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+        var q = Linear(h, p + "self_attn.q_proj.weight");
+        var k = Linear(h, p + "self_attn.k_proj.weight");
         var v = Linear(h, p + "self_attn.v_proj.weight");
+        if (cfg.Position == PositionEmbedding.Rope)
+        {
+            q = F.Rope(q, cfg.Rope, 1, n, cfg.NumHeads, offset);
+            k = F.Rope(k, cfg.Rope, 1, n, cfg.NumKvHeads, offset);
+        }
         Backend.Copy(k, cache.K[i].Narrow0(offset, n));
         Backend.Copy(v, cache.V[i].Narrow0(offset, n));
         var a = Backend.Empty(q.Shape, q.DType);
-        Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset);
+        Backend.AttentionDecode(q, cache.K[i].Narrow0(0, offset + n), cache.V[i].Narrow0(0, offset + n), a, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, offset,
+            cfg.AlibiMaxBias);
         x = F.Add(x, Linear(a, p + "self_attn.o_proj.weight"));
         var h2 = F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
         var m = F.SwiGlu(Linear(h2, p + "mlp.gate_proj.weight"), Linear(h2, p + "mlp.up_proj.weight"));
@@ -387,25 +406,68 @@ public sealed class LlamaModel : IDisposable
         string p = $"model.layers.{i}.";
         var cfg = Config;
         var h = Plan.Enter(p + "self_attn", F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps));
-        var q = Linear(h, p + "self_attn.q_proj.weight");
-        var k = Linear(h, p + "self_attn.k_proj.weight");
-        var v = Linear(h, p + "self_attn.v_proj.weight");
-        // the heads this rank computes are those its projections hold (all of them on one device; a tensor-parallel
-        // rank's share): read from the widths, as TorchTitan's view(bs, seqlen, -1, head_dim)
-        int heads = q.Shape[1] / cfg.HeadDim, kvHeads = k.Shape[1] / cfg.HeadDim;
-        var dims = new AttentionDims(layout.Blocks[0].Batch, layout.Blocks[0].SeqLen, heads, kvHeads, cfg.HeadDim);
         // the attention core (RoPE + attention) and SwiGLU: under selective recompute their outputs and intermediates
         // are dropped once the next GEMM has read them and recomputed when its backward needs them
-        Tensor Core(Tensor[] t) => Plan.Attention(F.Rope(t[0], cfg.Rope, layout, heads), F.Rope(t[1], cfg.Rope, layout, kvHeads), t[2], layout, dims);
-        Tensor OProj(Tensor a) => Linear(a, p + "self_attn.o_proj.weight");
         bool selective = Recompute == RecomputeMode.Selective;
-        x = F.Add(x, Plan.Leave(p + "self_attn", selective ? F.Recompute(Core, OProj, q, k, v) : OProj(Core([q, k, v]))));
-        var h2 = Plan.Enter(p + "mlp", F.RmsNorm(x, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps));
-        Tensor Mlp(Tensor[] t) => F.SwiGlu(t[0], t[1]);
+        Tensor OProj(Tensor a) => Linear(a, p + "self_attn.o_proj.weight");
+        Tensor attention;
+        bool rope = cfg.Position == PositionEmbedding.Rope;
+        // ALiBi's bias depends on relative positions only: a positionOffset changes nothing (the engine's full-sequence
+        // attention starts every sequence at 0; decoding continues with the cache's positions). The fused q|k|v path
+        // applies RoPE in place, so an ALiBi model runs the separate projections; so does a parallel plan (its
+        // attention may join several sequence blocks, and its heads are the rank's share).
+        if (rope && layout.Blocks.Count == 1 && Fused(p, "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight") is { } qkvWeights)
+        {
+            var b = layout.Single;
+            var dims = new AttentionDims(b.Batch, b.SeqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim);
+            var qkv = F.FusedLinear(h, qkvWeights);   // one GEMM for q|k|v
+            Tensor Core(Tensor[] t) => F.FusedQkvAttention(t[0], cfg.Rope, dims, b.Offset);
+            attention = selective ? F.Recompute(Core, OProj, qkv) : OProj(Core([qkv]));
+        }
+        else
+        {
+            var q = Linear(h, p + "self_attn.q_proj.weight");
+            var k = Linear(h, p + "self_attn.k_proj.weight");
+            var v = Linear(h, p + "self_attn.v_proj.weight");
+            // the heads this rank computes are those its projections hold (all of them on one device; a tensor-parallel
+            // rank's share): read from the widths, as TorchTitan's view(bs, seqlen, -1, head_dim); ALiBi's slopes are
+            // those of the rank's heads among all of them
+            int heads = q.Shape[1] / cfg.HeadDim, kvHeads = k.Shape[1] / cfg.HeadDim;
+            var b = layout.Blocks[0];
+            var dims = new AttentionDims(b.Batch, b.SeqLen, heads, kvHeads, cfg.HeadDim, cfg.AlibiMaxBias)
+            { HeadOffset = Plan.HeadOffset(heads), TotalHeads = cfg.NumHeads };
+            Tensor Core(Tensor[] t) => Plan.Attention(rope ? F.Rope(t[0], cfg.Rope, layout, heads) : t[0],
+                rope ? F.Rope(t[1], cfg.Rope, layout, kvHeads) : t[1], t[2], layout, dims);
+            attention = selective ? F.Recompute(Core, OProj, q, k, v) : OProj(Core([q, k, v]));
+        }
+        // residual add + post-attention norm in one op (one kernel on a GPU; the same values as Add then RmsNorm)
+        (x, var h2) = F.AddRmsNorm(x, Plan.Leave(p + "self_attn", attention), this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
+        h2 = Plan.Enter(p + "mlp", h2);
         Tensor Down(Tensor m) => Linear(m, p + "mlp.down_proj.weight");
-        var gate = Linear(h2, p + "mlp.gate_proj.weight");
-        var up = Linear(h2, p + "mlp.up_proj.weight");
-        return F.Add(x, Plan.Leave(p + "mlp", selective ? F.Recompute(Mlp, Down, gate, up) : Down(Mlp([gate, up]))));
+        if (Fused(p, "mlp.gate_proj.weight", "mlp.up_proj.weight") is { } guWeights)
+        {
+            var gateUp = F.FusedLinear(h2, guWeights);   // one GEMM for gate|up
+            Tensor Mlp(Tensor[] t) => F.FusedSwiGlu(t[0]);
+            return F.Add(x, Plan.Leave(p + "mlp", selective ? F.Recompute(Mlp, Down, gateUp) : Down(Mlp([gateUp]))));
+        }
+        else
+        {
+            var gate = Linear(h2, p + "mlp.gate_proj.weight");
+            var up = Linear(h2, p + "mlp.up_proj.weight");
+            Tensor Mlp(Tensor[] t) => F.SwiGlu(t[0], t[1]);
+            return F.Add(x, Plan.Leave(p + "mlp", selective ? F.Recompute(Mlp, Down, gate, up) : Down(Mlp([gate, up]))));
+        }
+    }
+
+    /// <summary>The weights to run as one GEMM (F.FusedLinear), or null: the backend fuses projections, the model runs on
+    /// one device (a parallel plan runs the separate projections: a tensor rank's slices of q, k and v, or of gate and
+    /// up, are separate column-parallel GEMMs), no adapter adds a term to any of them, and they are adjacent in the store
+    /// (no bucket boundary between them).</summary>
+    Tensor[]? Fused(string prefix, params string[] names)
+    {
+        if (!Backend.FusesProjections || !ReferenceEquals(Plan, ParallelPlan.None) || (Adapter != null && names.Any(n => Adapter.Targets(prefix + n)))) return null;
+        var weights = names.Select(n => this[prefix + n]).ToArray();
+        return F.Adjacent(weights) ? weights : null;
     }
 
     /// <summary>The parameters of transformer block <paramref name="layer"/>.</summary>

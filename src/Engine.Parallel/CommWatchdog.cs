@@ -14,8 +14,14 @@ namespace Engine.Parallel;
 /// <item>checks the oldest pending operation of each communicator: past <see cref="CommOptions.Timeout"/> it names the
 /// rank(s) at fault from their heartbeats ("rank 1 stopped sending heartbeats 12 s ago (dead or stopped)", "rank 1 is
 /// alive but has not reached collective #57 all_reduce (it is at #56 all_reduce)"), writes that to the store so the
-/// other ranks stop too, and fails the operation with it.</item>
+/// other ranks stop too, and fails the operation with it. It does not wait for the timeout when a peer of the pending
+/// operation stopped beating (heartbeat older than <see cref="CommOptions.StaleAfter"/>: the process is stopped or
+/// its host gone).</item>
 /// </list>
+/// Deaths are faster still: this rank joins the TCP store as its job rank (<see cref="TcpStoreClient.Join"/>) and
+/// leaves it when disposed; a connection that closes without leaving is a dead rank, which the store reports under the
+/// fault key at once, so every rank stops at its next heartbeat (about a second after a kill -9). A rank that loses the
+/// store itself while an operation waits stops too: rank 0, which hosts it, is gone.
 /// With <see cref="CommOptions.ExitOnFault"/> a rank that does not end by itself within the grace period exits with
 /// <see cref="CommOptions.FaultExitCode"/> after printing the fault (a rank blocked in its own compute never reaches
 /// its next collective to learn of it).
@@ -36,6 +42,11 @@ public sealed class CommWatchdog : IDisposable
     public CommWatchdog(IStore? store, int jobRank, CommOptions options)
     {
         this.store = store; this.options = options; JobRank = jobRank;
+        if (store is TcpStoreClient tcp)
+        {
+            try { tcp.Join(jobRank); }
+            catch (CommException) { }   // the store is gone already: diagnosed on the first pending operation
+        }
         thread = new Thread(Loop) { IsBackground = true, Name = $"comm-watchdog-rank{jobRank}" };
         thread.Start();
     }
@@ -99,6 +110,11 @@ public sealed class CommWatchdog : IDisposable
         do
         {
             try { Tick(); }
+            catch (CommException e) when (store is TcpStoreClient && Fault is null && AnyPending() && !stop.IsSet)
+            {
+                // the store lives in rank 0: lost while a collective waits (not at the end of a job) means rank 0 is gone
+                Report($"lost {store.Describe} while a collective waited ({e.Message}): rank 0, which hosts it, died or its host is unreachable; stopping the job");
+            }
             catch (Exception e) when (e is CommException or ObjectDisposedException) { }   // the store is unreachable: diagnosed on timeout
         }
         while (!stop.Wait(options.HeartbeatInterval));
@@ -123,6 +139,11 @@ public sealed class CommWatchdog : IDisposable
                     Report(Diagnose(c, pending.Info, running));
                     return;
                 }
+                if (pending?.RunningFor is { } waiting && waiting > options.StaleAfter && store is not null && StalePeer(c, pending.Info))
+                {
+                    Report(Diagnose(c, pending.Info, waiting, "waited"));
+                    return;
+                }
             }
         if (store is null) return;
         foreach (var c in targets)
@@ -136,11 +157,27 @@ public sealed class CommWatchdog : IDisposable
 
     public static string HeartbeatKey(string commId, int rank) => $"hb/{commId}/{rank}";
 
+    bool AnyPending()
+    {
+        Communicator[] targets;
+        lock (gate) targets = [.. comms];
+        return targets.Any(c => c.OldestPending() != null);
+    }
+
+    /// <summary>Whether a peer of <paramref name="op"/> has a heartbeat older than <see cref="CommOptions.StaleAfter"/>.</summary>
+    bool StalePeer(Communicator c, OpInfo op)
+    {
+        var peers = op.IsCollective ? Enumerable.Range(0, c.WorldSize).Where(r => r != c.Rank) : [op.Peer];
+        foreach (int r in peers)
+            if (store!.TryGet(HeartbeatKey(c.Id, r)) is { } hb && hb.Age > options.StaleAfter) return true;
+        return false;
+    }
+
     /// <summary>Names the rank(s) at fault for <paramref name="op"/> of <paramref name="c"/>, from their heartbeats.</summary>
-    public string Diagnose(Communicator c, OpInfo op, TimeSpan running)
+    public string Diagnose(Communicator c, OpInfo op, TimeSpan running, string verb = "timed out after")
     {
         string where = c.Id == "world" ? $"rank {c.GlobalRank(c.Rank)}" : $"rank {c.GlobalRank(c.Rank)} (communicator {c.Id})";
-        string head = $"{op.Describe(c.GlobalRank)} timed out after {Seconds(running)} on {where}";
+        string head = $"{op.Describe(c.GlobalRank)} {verb} {Seconds(running)} on {where}";
         if (store is null) return head + " (no heartbeat store: the rank at fault is unknown)";
         var culprits = new List<string>();
         var peers = op.IsCollective ? Enumerable.Range(0, c.WorldSize).Where(r => r != c.Rank) : [op.Peer];
@@ -187,5 +224,11 @@ public sealed class CommWatchdog : IDisposable
     {
         stop.Set();
         if (Thread.CurrentThread != thread) thread.Join(TimeSpan.FromSeconds(10));
+        if (store is TcpStoreClient tcp)
+        {
+            // ending normally: the connection closing next is no death
+            try { tcp.Leave(); }
+            catch (CommException) { }   // the store (rank 0) is gone already
+        }
     }
 }

@@ -42,8 +42,11 @@ public static class DistributedContext
 
     /// <summary>The communicator for this process's environment with the CLI's settings: ENGINE_COMM_* overrides,
     /// and a rank that a fault leaves stuck in its own code exits instead of outliving the job.</summary>
-    public static ICommunicator FromEnvironment(IBackend backend, Func<NcclBootstrap, ICommunicator>? nccl = null) =>
-        Create(backend, LaunchEnvironment.Detect(), CommOptions.FromEnvironment(Environment.GetEnvironmentVariable) with { ExitOnFault = true }, nccl);
+    public static ICommunicator FromEnvironment(IBackend backend, Func<NcclBootstrap, ICommunicator>? nccl = null)
+    {
+        LauncherWatch.StartFromEnvironment();   // a rank of `engine launch` ends when the launcher dies
+        return Create(backend, LaunchEnvironment.Detect(), CommOptions.FromEnvironment(Environment.GetEnvironmentVariable) with { ExitOnFault = true }, nccl);
+    }
 
     static ICommunicator CreateCpu(RankInfo info, CommOptions options)
     {

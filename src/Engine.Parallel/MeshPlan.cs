@@ -69,9 +69,12 @@ public sealed class MeshPlan : ParallelPlan, IDisposable
     public override Tensor Attention(Tensor q, Tensor k, Tensor v, SequenceLayout layout, AttentionDims dims) =>
         Mesh.ContextSize > 1 ? F.ContextParallelAttention(q, k, v, dims, Mesh.Context) : F.Attention(q, k, v, dims);
 
-    public override (Tensor Loss, Tensor RowLosses) CrossEntropy(Tensor logits, Tensor targets, float normalizer, float zLoss) =>
-        rules == null ? F.CrossEntropy(logits, targets, normalizer, zLoss)
+    public override (Tensor Loss, Tensor RowLosses) CrossEntropy(Tensor logits, Tensor targets, float normalizer, float zLoss, float maxZLoss = 0f) =>
+        rules == null ? F.CrossEntropy(logits, targets, normalizer, zLoss, maxZLoss)
+        : maxZLoss > 0 ? throw new NotSupportedException("Baichuan 2's max-z loss (z_loss_weight) over a vocabulary split across tensor ranks is not built: train such a model at tensor_parallel = 1")
         : F.VocabParallelCrossEntropy(logits, targets, Mesh.TensorRank * logits.Shape[1], TensorGroup, normalizer, zLoss);
+
+    public override int HeadOffset(int localHeads) => rules == null ? 0 : Mesh.TensorRank * localHeads;
 
     public override int HiddenRows(int tokens) => SequenceParallel ? tokens / Tp : tokens;
 

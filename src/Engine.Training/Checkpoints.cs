@@ -124,6 +124,17 @@ public static class Checkpoints
     public static string Save(string root, LlamaModel model, AdamW opt, CheckpointState state, int keep, ParallelLayout? layout = null,
         LoraAdapters? adapter = null)
     {
+        // IO (SafeIo): the free space for weights + both moments first, on every rank together; a failed write is one
+        // line naming the last good checkpoint, which stays intact (this one is built under a temporary name)
+        string? lastGood = List(root).LastOrDefault();
+        string what = $"the checkpoint of step {state.Step}";
+        long trainable = adapter?.ParameterCount ?? model.Config.ParameterCount();
+        SafeIo.EnsureSpace(root, 4L * (adapter != null ? trainable : model.Config.ParameterCount()) + 8L * trainable, what, lastGood, layout?.World ?? opt.Parallel.Comm);
+        return SafeIo.Writing(what, root, lastGood, () => Write(root, model, opt, state, keep, layout, adapter));
+    }
+
+    static string Write(string root, LlamaModel model, AdamW opt, CheckpointState state, int keep, ParallelLayout? layout, LoraAdapters? adapter)
+    {
         if (adapter != null)
         {
             var (r0, r1, r2, r3) = adapter.DropoutRngState;

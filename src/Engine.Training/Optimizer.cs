@@ -134,8 +134,9 @@ public sealed class AdamW : IDisposable
         return result!.ToArray()[1];
     }
 
-    /// <summary>Enqueues the norm: chunk partials of the (reduced) gradients → [Σg², norm, clip factor] in result.</summary>
-    void LaunchNorm()
+    /// <summary>Enqueues the norm: chunk partials of the (reduced) gradients (+ the gate on the last) → [Σg², norm, clip
+    /// factor] in result.</summary>
+    void LaunchNorm(Tensor? gate = null)
     {
         EnsureState();
         Parallel.FinishGradients();
@@ -148,6 +149,7 @@ public sealed class AdamW : IDisposable
             Parallel.Comm.AllReduce(partials!).Wait();
         }
         else Be.ChunkSumOfSquares(store.Grads!, ShardLayout.Chunk, partials!);
+        if (gate != null) Be.AddInPlace(partials!.Range(partials.Numel - 1, 1), gate, 1f);
         Be.GradNormFinalize(partials!, (float)Options.ClipNorm, result!);
         if (NormGroup is { WorldSize: > 1 } group) CombineAcrossStages(group);
     }
@@ -177,22 +179,38 @@ public sealed class AdamW : IDisposable
     /// <summary>Clips by global norm and applies one AdamW update at learning rate lr (this rank's slices; the master
     /// weights are then all-gathered under ZeRO). Returns the pre-clip norm. One host read per step (after the update
     /// is enqueued).</summary>
-    public double Update(double lr)
+    public double Update(double lr) => Complete(Enqueue(lr).ToArray());
+
+    /// <summary>
+    /// <see cref="Update"/> without its read: enqueues the norm, the clipped update and (ZeRO) the gather, and returns
+    /// the device's [Σg², norm, clip factor] for the caller to read once together with its own values (the training
+    /// loop's one read per step), then to pass to <see cref="Complete"/>. <paramref name="gate"/> (an fp32 scalar,
+    /// 0 or NaN, e.g. 0·loss squared) is added to the last norm partial: 0 leaves every bit as it was, NaN makes the
+    /// clip factor NaN, so the update writes nothing — a non-finite loss skips the step without a host decision.
+    /// </summary>
+    public Tensor Enqueue(double lr, Tensor? gate = null)
     {
         using var prof = Profiler.Time("adamw");
-        LaunchNorm();
+        LaunchNorm(gate);
         Step++;
         var step = new AdamWStep((float)lr, (float)Options.Beta1, (float)Options.Beta2, (float)Options.Eps, 0f, Step);
-        // the clip factor is read on the device; a non-finite one makes the kernel write nothing
+        // the clip factor is read on the device; a non-finite one makes the kernel write nothing (and the gather then
+        // moves the unchanged weights)
         Be.AdamW(Parallel.MasterBuffer, Parallel.GradientBuffer, m!, v!, Runs(), step, result!.Range(2, 1));
-        var r = result!.ToArray();
-        if (!float.IsFinite(r[2]))
+        Parallel.GatherParameters();
+        return result!;
+    }
+
+    /// <summary>After the read of <see cref="Enqueue"/>'s result: the pre-clip norm, or (clip factor not finite: the
+    /// update wrote nothing) the step is taken back and <see cref="NonFiniteGradientException"/> thrown.</summary>
+    public double Complete(ReadOnlySpan<float> result)
+    {
+        if (!float.IsFinite(result[2]))
         {
             Step--;
-            throw new NonFiniteGradientException(r[1], Step + 1);
+            throw new NonFiniteGradientException(result[1], Step + 1);
         }
-        Parallel.GatherParameters();
-        return r[1];
+        return result[1];
     }
 
     /// <summary>This rank's moments for checkpoints: the compact buffers and the owned slices they cover.</summary>

@@ -7,7 +7,8 @@ namespace Engine.Training;
 
 /// <summary>
 /// What a resume may change. A checkpoint records two lists of settings by config key: <c>Exact</c> ones (model shape,
-/// sequence length, tokens per step, data files, tokenizer, seed, …) whose change would make the resumed run differ
+/// sequence length, tokens per step, data files, tokenizer and init_from weights by content hash
+/// (<see cref="ContentHashes"/>), seed, …) whose change would make the resumed run differ
 /// from the uninterrupted one — a resume with any of them changed is refused, naming each — and <c>Overridable</c> ones
 /// (learning rate, betas, clip, steps) that the user may change on purpose: their values in effect are printed.
 /// The parallel layout is neither: checkpoints reshard across data-parallel size, ZeRO stage and pipeline stages.
@@ -22,13 +23,6 @@ public static class ResumeCheck
         var sb = new StringBuilder();
         foreach (var (k, v) in exact.OrderBy(kv => kv.Key, StringComparer.Ordinal)) sb.Append(k).Append('=').Append(v).Append('\n');
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(sb.ToString())));
-    }
-
-    /// <summary>A data file as name, size and modification time (content changes show without hashing gigabytes).</summary>
-    public static string FileIdentity(string path)
-    {
-        var f = new FileInfo(path);
-        return f.Exists ? $"{Path.GetFullPath(path)} ({f.Length} bytes, modified {f.LastWriteTimeUtc:O})" : $"{path} (missing)";
     }
 
     public static string Json(object value) => JsonSerializer.Serialize(value);
@@ -47,7 +41,7 @@ public static class ResumeCheck
                 if (a != b) diffs.Add($"{key}: checkpoint {a ?? "(unset)"}, now {b ?? "(unset)"}");
             }
             if (diffs.Count > 0)
-                throw new Config.ConfigException($"--resume {checkpoint}: the config changed in a way that breaks an exact resume: {string.Join("; ", diffs)}" +
+                throw new Config.ConfigException($"--resume {checkpoint}: the config or a file it names changed in a way that breaks an exact resume: {string.Join("; ", diffs)}" +
                     " (use --init-from to start a new run from its weights)");
         }
         return nowOverridable.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv =>

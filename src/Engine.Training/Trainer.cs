@@ -59,13 +59,7 @@ public sealed class Trainer
     /// <summary>The job's ranks (null = this process alone). Rank 0 writes metrics, weights and messages.</summary>
     public ICommunicator? Communicator { get; set; }
 
-    public static ITokenizer LoadTokenizer(TrainConfig cfg)
-    {
-        if (cfg.Data.Tokenizer == "byte") return new ByteTokenizer();
-        string path = cfg.Resolve(cfg.Data.Tokenizer);
-        if (!File.Exists(path)) throw new ConfigException($"data.tokenizer: neither \"byte\" nor an existing tokenizer.json: {path}");
-        return BpeTokenizer.Load(path);
-    }
+    public static ITokenizer LoadTokenizer(TrainConfig cfg) => RunArtifacts.TrainTokenizer(cfg);
 
     /// <summary>`engine train` as a run: its config translated into a <see cref="RunSpec"/>, assembled and trained by
     /// <see cref="RunAssembler"/>; then the final weights (or adapter).</summary>
@@ -76,6 +70,7 @@ public sealed class Trainer
         void Say(string m) { if (lead) OnMessage?.Invoke(m); }
         var layout = RunLayout.From(cfg.Parallel, cfg.Model);
         layout.Validate(comm.WorldSize, gradAccum: cfg.Train.GradAccum, needs: cfg.Needs);
+        using var runLock = RunDirectoryLock.Acquire(cfg.Resolve(cfg.Output.Dir), comm, Say);   // one run per output directory
         var tokenizer = LoadTokenizer(cfg);
         var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
         foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
@@ -95,7 +90,7 @@ public sealed class Trainer
         {
             Name = "train",
             Layout = layout,
-            Model = ModelSource(tokenizer.VocabSize, resumed),
+            Model = ModelSource(tokenizer, resumed, outDir),
             Lora = cfg.Lora,
             LoraSeed = cfg.Train.Seed,
             Resolve = cfg.Resolve,
@@ -183,8 +178,24 @@ public sealed class Trainer
 
     /// <summary>A full checkpoint's weights, or (fresh runs, and LoRA runs whose frozen base is rebuilt as at their
     /// start) init_from or a new model.</summary>
-    ModelSource ModelSource(int tokenizerVocab, Checkpoints.Loaded? resumed)
+    ModelSource ModelSource(ITokenizer tokenizer, Checkpoints.Loaded? resumed, string outDir)
     {
+        int tokenizerVocab = tokenizer.VocabSize;
+        // the tokenizer (and the run's name) ride with the model into every directory it is saved to
+        LlamaModel WithArtifacts(LlamaModel m)
+        {
+            try
+            {
+                RunArtifacts.Attach(m, tokenizer, RunArtifacts.RunName(outDir),
+                    refuseAs: $"data.tokenizer ({cfg.Data.Tokenizer}) is not the tokenizer of the model it would train (set data.tokenizer = \"model\" to train with the model's own)");
+                return m;
+            }
+            catch
+            {
+                m.Dispose();
+                throw;
+            }
+        }
         if (resumed != null && !resumed.HasAdapter)
             return new ModelSource(Shape(tokenizerVocab, resumed.Directory), stage =>
             {
@@ -194,10 +205,10 @@ public sealed class Trainer
                     m.Dispose();
                     throw new InvalidDataException($"{resumed.Directory}: checkpoint vocabulary {m.Config.VocabSize} is smaller than the tokenizer's {tokenizerVocab}");
                 }
-                return m;
+                return WithArtifacts(m);
             })
             { ReadsCheckpoint = true };
-        return new ModelSource(Shape(tokenizerVocab, null), stage => CreateModel(tokenizerVocab, stage));
+        return new ModelSource(Shape(tokenizerVocab, null), stage => WithArtifacts(CreateModel(tokenizerVocab, stage)));
     }
 
     /// <summary>The settings an exact resume needs unchanged (see <see cref="ResumeCheck"/>).</summary>
@@ -206,10 +217,10 @@ public sealed class Trainer
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         var d = new Dictionary<string, string>(StringComparer.Ordinal)
         {
-            ["model"] = cfg.Model.InitFrom is { } init ? $"init_from {cfg.Resolve(init)}"
+            ["model"] = cfg.Model.InitFrom is { } init ? $"init_from {ContentHashes.DescribeWeights(cfg.Resolve(init))}"
                 : ModelShape(cfg.Model),
-            ["data.train"] = string.Join("; ", files.Select(f => $"{Path.GetFullPath(f)} ({new FileInfo(f).Length} bytes)")),
-            ["data.tokenizer"] = cfg.Data.Tokenizer == "byte" ? "byte" : cfg.Resolve(cfg.Data.Tokenizer),
+            ["data.train"] = string.Join("; ", files.Select(ContentHashes.Describe)),   // contents, not names: a same-size edit is refused
+            ["data.tokenizer"] = cfg.Data.Tokenizer == "byte" ? "byte" : ContentHashes.Describe(cfg.Resolve(cfg.Data.Tokenizer)),
             ["data.valid_fraction"] = ResumeCheck.Format(cfg.Data.ValidFraction),
             ["train.seq_len"] = cfg.Train.SeqLen.ToString(inv),
             ["train.seed"] = cfg.Train.Seed.ToString(inv),
@@ -223,8 +234,7 @@ public sealed class Trainer
             d["lora"] = ResumeCheck.Json(cfg.Lora);
             // a LoRA checkpoint holds the adapter only: the frozen base is read again from init_from, so it must not have changed
             string baseDir = cfg.Resolve(cfg.Model.InitFrom!);
-            d["lora.base_weights"] = string.Join("; ", Directory.GetFiles(baseDir, "*.safetensors").Order(StringComparer.Ordinal)
-                .Select(f => $"{Path.GetFileName(f)} ({new FileInfo(f).Length} bytes)"));
+            d["lora.base_weights"] = ContentHashes.DescribeWeights(baseDir);
         }
         return d;
     }

@@ -156,11 +156,11 @@ public static class TrainingLoop
         int world = mesh?.Replicas ?? dp.Comm.WorldSize, rank = mesh?.Replica ?? dp.Comm.Rank, A = o.GradAccum;
         var metricsComm = mesh?.World ?? dp.Comm;
         var plan = model.Plan;
-        var accounting = new LossAccounting();
+        using var accounting = new LossAccounting();
         var steps = new List<StepMetrics>();
         long tokens = o.StartTokens;
         double evalSeconds = 0;
-        int skipped = o.StartSkipped;
+        int skipped = o.StartSkipped, guardSkips = 0;
         var spikes = new SpikeDetector(o.Guard.Window);
         var clock = System.Diagnostics.Stopwatch.StartNew();
         for (int step = o.StartStep; step < o.Steps; step++)
@@ -197,6 +197,8 @@ public static class TrainingLoop
             sync.BeginStep();
             double lossSum = 0;
             accounting.Clear();
+            // device-resident loss bookkeeping: the step's one host read (not with a pipeline, which reads per micro-batch)
+            if (pipeline == null) accounting.Begin(be, valid > 0 ? mine : []);
             if (valid > 0 && pipeline != null)
                 lossSum = pipeline.RunStep(mine, valid, loss, accounting);
             else if (valid > 0)
@@ -211,7 +213,7 @@ public static class TrainingLoop
                             var idT = be.Empty([b.LocalIds.Length], DType.I32);
                             be.Upload(idT, b.LocalIds);
                             var l = loss.Forward(idT, b, valid, accounting);
-                            lossSum += l.Item();
+                            accounting.AddLoss(l);
                             Grad.Backward(l, observer: sync);
                         }
                     sync.EndMicroBatch();
@@ -229,21 +231,33 @@ public static class TrainingLoop
                 pipeline.Grid.Pipe.AllReduce(p);
                 penalty = p[0];
             }
+            // One host read per step: the update is enqueued gated on the losses being finite (on every rank), and the
+            // losses, their accounts and the optimizer's norm are read together afterwards. The spike rule decides on the
+            // loss before the update, so with it (and with a pipeline, or several optimizers) the losses are read first.
+            bool deferred = pipeline == null && opt.Members.Count == 1 && !(o.Guard.Skip && o.Guard.ZScore > 0);
+            float[]? optResult = null;
+            if (deferred)
+            {
+                accounting.AddResult(opt.Primary.Enqueue(lr, accounting.FiniteGate(metricsComm)));
+                (lossSum, optResult) = accounting.Read(withResult: true);
+            }
+            else if (pipeline == null) (lossSum, _) = accounting.Read(withResult: false);
             // every tensor-parallel rank computed the same losses: one of them reports them
             if (!plan.ReportsLoss) { lossSum = 0; accounting.Clear(); }
-            // the loss is reduced before the update: its finite flag (and the spike rule) is then the same on every rank
+            // the loss is reduced before the decision: its finite flag (and the spike rule) is then the same on every rank
             if (metricsComm.WorldSize > 1) lossSum = accounting.Reduce(metricsComm, lossSum, loss.Accounts);
             bool skip = false;
             double norm = double.NaN;
             if (!double.IsFinite(lossSum))
             {
+                if (optResult != null) try { opt.Primary.Complete(optResult); } catch (NonFiniteGradientException) { }   // gated: nothing written
                 if (!o.Guard.Skip) throw Guard(step + 1, $"the loss is {lossSum}", control);
                 skip = true;
             }
             else if (o.Guard.Skip && o.Guard.ZScore > 0 && spikes.Add(lossSum) is var z && z > o.Guard.ZScore) skip = true;
             if (!skip)
             {
-                try { norm = opt.Update(lr); }
+                try { norm = optResult != null ? opt.Primary.Complete(optResult) : opt.Update(lr); }
                 catch (NonFiniteGradientException)
                 {
                     // the norm is global (all-reduced), so every rank is here; AdamW wrote nothing
@@ -251,7 +265,7 @@ public static class TrainingLoop
                     skip = true;
                 }
             }
-            if (skip) skipped++;
+            if (skip) { skipped++; guardSkips++; }
             tokens += (long)world * A * o.BatchSize * o.SeqLen;
             stepRegion.Dispose();
             double stepSeconds = clock.Elapsed.TotalSeconds - stepStart;
@@ -270,6 +284,11 @@ public static class TrainingLoop
             onStep?.Invoke(m);
             if (control?.ShouldStop(step + 1, metricsComm) == true) break;
         }
+        // a run the guard skipped through entirely learned nothing: fail instead of saving its weights as a result
+        if (guardSkips > 0 && guardSkips == steps.Count && steps[^1].Step == o.Steps)
+            throw new InvalidDataException($"every one of this run's {steps.Count} step(s) ({o.StartStep + 1}-{o.Steps}) was skipped by the numeric guard " +
+                "(train.guard = \"skip\": non-finite loss or gradient norm, or a loss spike), so nothing was trained and no weights are saved: " +
+                "check the data, optim.lr and the starting weights; last good checkpoint: " + (control?.LastCheckpoint ?? "none"));
         return steps;
     }
 

@@ -187,9 +187,11 @@ public class AttentionV2CpuTests
         Assert.Contains("constexpr int TPR = NT % kChunks == 0 ? kChunks : 4;", v2);                                              // LoaderChunks
         Assert.Contains("const int64_t n_blocks = ceil_div(causal ? min(T, m0 + BM) : T, BN);", v2);                              // FwdKeyTiles
         Assert.Contains("if (n0 + BN > T || (causal && n0 + BN - 1 > m0))", v2);                                                   // Masked
+        Assert.Contains("if (n0 + BN > T || m0 + BM > T || (causal && n0 + BN - 1 > m0))", v2);                                    // BwdTileMasked
+        Assert.Contains("const int q_lim = (int)min(T - m0, (int64_t)BM);", v2);                                                   // BwdMasked
         Assert.Contains("const int64_t m_begin = causal ? n0 / BM : 0;", v2);                                                      // BwdQueryBegin
         Assert.Contains("const int64_t n_last = causal ? ceil_div(min(T, m0 + BM), BN) - 1 : n_tiles - 1;", v2);                  // BwdLastContributor
-        Assert.Contains("if (kr >= key_lim || (causal && kr + key_shift > qc)) pv = 0.f;", v2);                                   // BwdMasked
+        Assert.Contains("if (kr >= key_lim || qc >= q_lim || (causal && kr + key_shift > qc)) pv = 0.f;", v2);                     // BwdMasked
         Assert.Contains("return AttnTile{s.descending ? s.blocks - 1 - step : step, first + r % size};", v2);                     // TileAt
     }
 
@@ -317,12 +319,15 @@ public class AttentionV2CpuTests
         {
             long n0 = n * bn, mBegin = V2Plan.BwdQueryBegin(n0, bm, causal);
             for (long m = mBegin; m < mTiles; m++) contributors[m].Add(n);
+            // every query row of every query tile, the rows past T of the last (partial) tile included: those
+            // must contribute nothing (masked), not rely on their zero-filled Q, dO, lse and delta
             for (long j = n0; j < Math.Min(T, n0 + bn); j++)
-                for (long i = 0; i < T; i++)
+                for (long i = 0; i < mTiles * bm; i++)
                 {
                     long m0 = i / bm * bm;
-                    bool computed = i / bm >= mBegin && (!V2Plan.Masked(n0, bn, m0, T, causal) || !V2Plan.BwdMasked(j - n0, i - m0, n0, m0, T, causal));
-                    Assert.True(computed == (!causal || j <= i), $"T={T} causal={causal}: key {j}, query {i}");
+                    bool computed = i / bm >= mBegin
+                        && (!V2Plan.BwdTileMasked(n0, bn, m0, bm, T, causal) || !V2Plan.BwdMasked(j - n0, i - m0, n0, m0, bm, T, causal));
+                    Assert.True(computed == (i < T && (!causal || j <= i)), $"T={T} causal={causal}: key {j}, query {i}");
                 }
         }
         for (int m = 0; m < mTiles; m++)

@@ -61,6 +61,12 @@ public class KernelParamsTests
     }
 }
 
+public class DriverStructTests
+{
+    [Fact]
+    public void Memcpy2DHasTheDriversLayout() => Assert.Equal(Interop.CudaMemcpy2D.Size, Marshal.SizeOf<Interop.CudaMemcpy2D>());
+}
+
 public class LibraryResolverTests
 {
     [Fact]
@@ -125,6 +131,45 @@ public class LibraryResolverTests
             if (!probe.Found) Assert.Contains(Path.Combine(sp, "nvidia", "nccl", "lib"), probe.Error);
         }
         finally { Directory.Delete(venv, true); }
+    }
+    /// <summary>The GPU machine's PyTorch is a CUDA 13 build in a venv that is on PATH but not activated: its cuBLAS sits
+    /// in nvidia/cu13/lib, its NCCL in nvidia/nccl/lib. A fake tree of empty files: the search must reach both files
+    /// (they cannot load, so each appears in the probe's list of places tried) before the standard-place error.</summary>
+    [Fact]
+    public void BothWheelLayoutsOfAPythonOnPathAreSearched()
+    {
+        string root = Directory.CreateTempSubdirectory("engine-wheels").FullName;
+        try
+        {
+            string bin = Path.Combine(root, "opt", "torch", ".venv", "bin");
+            string sp = Path.Combine(root, "opt", "torch", ".venv", "lib", "python3.12", "site-packages");
+            string cu13 = Path.Combine(sp, "nvidia", "cu13", "lib"), nccl = Path.Combine(sp, "nvidia", "nccl", "lib");
+            string oldCublas = Path.Combine(sp, "nvidia", "cublas", "lib");
+            foreach (var d in new[] { bin, cu13, nccl, oldCublas }) Directory.CreateDirectory(d);
+            File.WriteAllText(Path.Combine(bin, "python3"), "");
+            foreach (var f in new[] { Path.Combine(cu13, "libcublas.so.13"), Path.Combine(cu13, "libcublasLt.so.13"),
+                         Path.Combine(nccl, "libnccl.so.2"), Path.Combine(oldCublas, "libcublas.so.12") })
+                File.WriteAllText(f, "not an ELF file");
+            Func<string, string?> env = v => v == "PATH" ? "/nonexistent/bin:" + bin : null;
+
+            Assert.Contains(sp, NativeLibraryResolver.SitePackages(env));
+            var cublasDirs = NativeLibraryResolver.SearchDirectories(CudaLibrary.Cublas, env).ToList();
+            Assert.True(cublasDirs.IndexOf(cu13) >= 0 && cublasDirs.IndexOf(cu13) < cublasDirs.IndexOf(oldCublas),
+                "nvidia/cu13/lib is searched, before nvidia/cublas/lib: " + string.Join(", ", cublasDirs));
+            Assert.Contains(nccl, NativeLibraryResolver.SearchDirectories(CudaLibrary.Nccl, env));
+            Assert.DoesNotContain(Path.Combine(sp, "nvidia", "cu13", "lib"), NativeLibraryResolver.SearchDirectories(CudaLibrary.Driver, env));
+
+            var cublas = NativeLibraryResolver.Probe(CudaLibrary.Cublas, env, out _);
+            if (!cublas.Found)   // (found only where a real cuBLAS is installed system-wide)
+            {
+                Assert.Contains(Path.Combine(cu13, "libcublas.so.13"), cublas.Tried);
+                Assert.Contains(Path.Combine(oldCublas, "libcublas.so.12"), cublas.Tried);
+                Assert.DoesNotContain(cublas.Tried, t => t.Contains("libcublasLt", StringComparison.Ordinal));
+            }
+            var ncclProbe = NativeLibraryResolver.Probe(CudaLibrary.Nccl, env, out _);
+            if (!ncclProbe.Found) Assert.Contains(Path.Combine(nccl, "libnccl.so.2"), ncclProbe.Tried);
+        }
+        finally { Directory.Delete(root, true); }
     }
 }
 
@@ -223,6 +268,41 @@ public class AllocatorTests
         Assert.True(CachingAllocator.SizeClass(bytes) <= Math.Max(bytes + 511, bytes * 1.25 + 1));
     }
 
+    /// <summary>A CUDA graph's memory (CudaGraph.Capture): while a private pool is active its blocks are reused
+    /// within it; afterwards nothing else gets them (the graph's recorded addresses stay valid), and disposing the
+    /// pool hands them to the shared cache.</summary>
+    [Fact]
+    public void PrivatePoolsKeepACapturesBlocksApart()
+    {
+        var raw = new FakeMemory();
+        using var a = new CachingAllocator(raw);
+        var shared = a.Allocate(1000);
+        ulong sharedAddr = shared.Ptr.Address;
+        shared.Dispose();                                              // in the shared cache now
+        var pool = a.BeginPrivatePool();
+        var t1 = a.Allocate(1000);
+        Assert.NotEqual(sharedAddr, t1.Ptr.Address);                   // the pool does not take shared blocks
+        ulong captured = t1.Ptr.Address;
+        t1.Dispose();
+        var t2 = a.Allocate(1000);
+        Assert.Equal(captured, t2.Ptr.Address);                        // reused inside the capture
+        var kept = a.Allocate(5000);                                   // outlives the capture (e.g. a kept tensor)
+        t2.Dispose();
+        Assert.Throws<InvalidOperationException>(() => a.BeginPrivatePool());   // captures do not nest
+        a.EndPrivatePool(pool);
+        Assert.Equal(1024 + 5120, pool.Bytes);
+        var after = a.Allocate(1000);
+        Assert.Equal(sharedAddr, after.Ptr.Address);                   // the shared cache again, never the graph's block
+        var another = a.Allocate(1000);
+        Assert.NotEqual(captured, another.Ptr.Address);
+        pool.Dispose();                                                // the graph is gone: its free block goes shared
+        var reuse = a.Allocate(1000);
+        Assert.Equal(captured, reuse.Ptr.Address);
+        kept.Dispose();                                                // a live block of a disposed pool returns to the shared cache
+        Assert.Equal(5120, a.Stats.CachedBytes);
+        foreach (var b in new[] { after, another, reuse }) b.Dispose();
+    }
+
     [Fact]
     public void FreedBlocksAreReusedAndStatsTracked()
     {
@@ -309,5 +389,43 @@ public class HostHelperTests
         Assert.Equal((ushort)0x3F80, Bf16.FromFloat(BitConverter.UInt32BitsToSingle(0x3F808000))); // tie -> even
         Assert.Equal((ushort)0x3F82, Bf16.FromFloat(BitConverter.UInt32BitsToSingle(0x3F818000))); // tie -> even (up)
         Assert.Equal((ushort)0x3F81, Bf16.FromFloat(BitConverter.UInt32BitsToSingle(0x3F808001)));
+    }
+}
+
+/// <summary>The pinned staging pool's policy (PinnedStaging, asynchronous uploads) with fake blocks: a block is reused
+/// only after its copy completed, the smallest fitting free block is taken, nothing ever waits (a busy pool grows).</summary>
+public class StagingPoolTests
+{
+    sealed class FakeBlock(long bytes)
+    {
+        public long Bytes { get; } = bytes;
+        public bool Done { get; set; }
+    }
+
+    [Fact]
+    public void BlocksAreReusedOnlyAfterTheirCopyCompleted()
+    {
+        var made = new List<FakeBlock>();
+        var pool = new StagingPool<FakeBlock>(bytes => { var b = new FakeBlock(bytes); made.Add(b); return b; }, b => b.Done, b => b.Bytes);
+        FakeBlock Take(long bytes)   // as PinnedStaging: take a block, then record the new copy's event (pending)
+        {
+            var b = pool.Take(bytes);
+            b.Done = false;
+            return b;
+        }
+        var a = Take(1000);
+        Assert.Equal(StagingPool<FakeBlock>.MinBlock, a.Bytes);           // at least 64 KiB
+        var b = Take(1000);                                               // a's copy is pending: a second block, no wait
+        Assert.NotSame(a, b);
+        a.Done = true;
+        Assert.Same(a, Take(10));                                         // completed: reused (and pending again)
+        var big = Take(200_000);                                          // nothing free that large: next power of two
+        Assert.Equal(262_144, big.Bytes);
+        b.Done = true; big.Done = true;
+        Assert.Same(b, Take(500));                                        // the smallest free block that fits, not the big one
+        Assert.Same(big, Take(100_000));
+        Assert.NotSame(a, Take(10));                                      // a still pending: another block
+        Assert.Equal(4, made.Count);
+        Assert.Equal(4, pool.Count);
     }
 }

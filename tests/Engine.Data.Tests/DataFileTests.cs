@@ -115,4 +115,57 @@ public class DataFileTests
         Assert.Equal(Path.Combine(root, "runs", "x"), DataPaths.Resolve("src/../runs/x", root));
         Assert.Equal("/abs/file.txt", DataPaths.Resolve("/abs/file.txt", root));
     }
+
+    [Theory]
+    [InlineData("data:../../../etc/passwd")]
+    [InlineData("data:eval/../../outside.txt")]
+    [InlineData("data:/etc/passwd")]
+    public void Data_names_cannot_leave_the_data_folder(string name)
+    {
+        var e = Assert.Throws<ArgumentException>(() => DataPaths.Resolve(name, TestData.TempDir()));
+        Assert.Contains($"{name}: resolves to ", e.Message);
+        Assert.Contains("outside the data folder", e.Message);
+    }
+
+    /// <summary>A device never ends (/dev/zero read whole ran out of memory after 18 s) and a FIFO without a writer blocks
+    /// forever: every reader refuses both by name before opening them.</summary>
+    [Fact]
+    public void Devices_and_fifos_are_refused_by_name_before_they_are_read()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "device and FIFO detection needs statx (Linux)");
+        var e = Assert.Throws<InvalidDataException>(() => Documents.Read("/dev/zero"));
+        Assert.Equal("data file /dev/zero is a character device, not a regular file: data, configs and weights are read from regular files (a device never ends, a FIFO blocks)", e.Message);
+        Assert.Contains("/dev/urandom is a character device", Assert.Throws<InvalidDataException>(() => Instructions.Read("/dev/urandom")).Message);
+        Assert.Contains("is a character device", Assert.Throws<InvalidDataException>(() => BpeTokenizer.Load("/dev/zero")).Message);
+        Assert.Contains("is a character device", Assert.Throws<InvalidDataException>(() => DataFile.ReadAllBytes("/dev/zero")).Message);
+        string fifo = Path.Combine(TestData.TempDir(), "pipe.jsonl");
+        using (var mk = System.Diagnostics.Process.Start("mkfifo", [fifo])) mk.WaitForExit();
+        var f = Assert.Throws<InvalidDataException>(() => Documents.Read(fifo));
+        Assert.Equal($"data file {fifo} is a FIFO (named pipe), not a regular file: data, configs and weights are read from regular files (a device never ends, a FIFO blocks)", f.Message);
+        Assert.Equal($"data file not found: {fifo}.missing", Assert.Throws<FileNotFoundException>(() => Documents.Read(fifo + ".missing")).Message);
+    }
+
+    /// <summary>A line past the stated limit (TextDecoding.MaxLineBytes) is refused naming its number and size, before
+    /// it is decoded, split or tokenized; a .json document (one value, often one line) is not cut by it.</summary>
+    [Fact]
+    public void A_line_longer_than_the_limit_is_refused_naming_it()
+    {
+        string dir = TestData.TempDir(), path = Path.Combine(dir, "long.txt");
+        const int head = 11;   // "first line\n"
+        var bytes = new byte[head + TextDecoding.MaxLineBytes + 1];
+        bytes.AsSpan().Fill((byte)'a');
+        "first line\n"u8.CopyTo(bytes);
+        File.WriteAllBytes(path, bytes);
+        var e = Assert.Throws<InvalidDataException>(() => Documents.Read(path));
+        Assert.Equal($"{path}: line 2 holds {TextDecoding.MaxLineBytes + 1:N0} bytes, more than the {TextDecoding.MaxLineBytes:N0} a line may hold " +
+            "(a line is tokenized whole; memory grows with it): break the text into lines", e.Message);
+        // at the limit exactly: read
+        File.WriteAllBytes(path, bytes.AsSpan(0, head + TextDecoding.MaxLineBytes).ToArray());
+        var docs = Documents.Read(path).ToList();
+        Assert.Equal(["first line", new string('a', TextDecoding.MaxLineBytes)], docs);
+        // a .json document is one value, whatever its lines
+        string json = Path.Combine(dir, "one.json");
+        File.WriteAllText(json, "[{\"text\": \"" + new string('b', TextDecoding.MaxLineBytes) + "\"}]");
+        Assert.Equal(TextDecoding.MaxLineBytes, Assert.Single(Documents.Read(json)).Length);
+    }
 }

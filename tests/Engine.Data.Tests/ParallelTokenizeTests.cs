@@ -98,6 +98,17 @@ public class ParallelTokenizeTests
         Assert.Equal(reports[0].Outputs.Select(o => o.Tokens), reports[1].Outputs.Select(o => o.Tokens));
     }
 
+    [Theory]
+    [InlineData("threads = 1\nthreads = 2\n[[sources]]\nname = \"a\"\nfiles = [\"x.txt\"]\n", "line 2, column 1")]
+    [InlineData("[tokenizer]\nvocab_size = 600\n[tokenizer]\nkind = \"bpe\"\n[[sources]]\nname = \"a\"\nfiles = [\"x.txt\"]\n", "line 3, column 1")]
+    public void Duplicate_keys_and_tables_are_refused_with_line_and_column(string text, string where)
+    {
+        var e = Assert.Throws<PrepareConfigException>(() => PrepareConfig.Parse(text, "dup.toml", TestData.TempDir()));
+        Assert.Contains("invalid TOML", e.Message);
+        Assert.Contains(where, e.Message);
+        Assert.Contains("already defined", e.Message);
+    }
+
     [Fact]
     public void Negative_thread_count_is_refused_by_name()
     {

@@ -41,14 +41,16 @@ public class TokenizerTests
     }
 
     [Fact]
-    public void Digits_are_single_tokens_and_han_runs_stay_apart_from_latin()
+    public void Digits_are_single_tokens_and_the_split_is_qwen2s()
     {
         var tok = TestData.SmallTokenizer;
         var ids = tok.Encode("2023");
         Assert.Equal(4, ids.Length);
         Assert.Equal(["2", "0", "2", "3"], ids.Select(i => tok.Decode([i])));
         var rx = new Regex(BpeTokenizer.DefaultPattern);
-        Assert.Equal(["A", "股上涨", "3", "%"], rx.Matches("A股上涨3%").Select(m => m.Value));
+        // Qwen2's rule (llama.cpp "qwen2"): Han characters are letters; a leading space or punctuation joins a word
+        Assert.Equal(["A股上涨", "3", "%", " (", "Q", "1", ")"], rx.Matches("A股上涨3% (Q1)").Select(m => m.Value));
+        Assert.Equal(["It", "'S", " \"", "fine", "\"", " $", "5"], rx.Matches("It'S \"fine\" $5").Select(m => m.Value));
         Assert.Equal(["Profit", " rose", " ", "1", "2", "%", " in", " Q", "1"], rx.Matches("Profit rose 12% in Q1").Select(m => m.Value));
     }
 

@@ -29,6 +29,10 @@ public class DataFileHostileTests
         Assert.Contains(path, e.Message);
         Assert.Contains("(a+)+$", e.Message);
         Assert.Contains("catastrophic backtracking", e.Message);
+        // on a text of megabytes (one huge line) the length is the likely cause, and the message says so with the real size
+        var big = Assert.Throws<InvalidDataException>(() => t.Encode(new string('a', 2_000_000) + "!"));
+        Assert.Contains("pre-tokenizing a text of 2,000,001 characters ran past the 2 s regex match limit", big.Message);
+        Assert.Contains("not a fault of the pattern", big.Message);
         // many threads (prepare's batch encoder): the same error, not an AggregateException
         var e2 = Assert.Throws<InvalidDataException>(() => BatchEncoder.EncodeAll(t, Enumerable.Repeat(new string('a', 40) + "!", 4).ToList(), threads: 2, TestContext.Current.CancellationToken));
         Assert.Contains(path, e2.Message);

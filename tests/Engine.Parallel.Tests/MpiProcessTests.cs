@@ -132,7 +132,9 @@ public class MpiProcessTests
              "--", "comm-selftest", "--hang-rank", "1"], env, Limit);
         Assert.NotEqual(0, r.ExitCode);
         Assert.Matches(@"error: collective #\d+ all_reduce timed out after \d+(\.\d)? s on rank 0: rank 1 is alive but has not reached collective #\d+ all_reduce \(it is at #1 all_reduce\)", r.Stderr);
-        Assert.Matches(spawn ? @"engine launch: rank 0 \(pid \d+\) exited with code 2; stopped the other ranks" : "engine launch: rank 0 exited with code 2; mpirun stopped the other ranks", r.Stderr);
+        // (under mpirun the launcher usually ends mpirun's post-abort kill-timeout sleep before mpirun reports the code)
+        Assert.Matches(spawn ? @"engine launch: rank 0 \(pid \d+\) exited with code 2; stopped the other ranks"
+            : "engine launch: rank 0 (exited with code 2; mpirun stopped the other ranks|exited first, while the others were running)", r.Stderr);
         Assert.True(r.Elapsed < TimeSpan.FromSeconds(90), r.All);
     }
 
@@ -148,7 +150,7 @@ public class MpiProcessTests
         Assert.NotEqual(0, r.ExitCode);
         Assert.Matches(spawn
             ? @"engine launch: rank 1 \(pid \d+\) was killed by signal 9 \(SIGKILL\); stopped the other ranks"
-            : @"engine launch: rank 1 was killed by signal 9 \(SIGKILL\); mpirun stopped the other ranks", r.Stderr);
+            : @"engine launch: rank 1 (was killed by signal 9 \(SIGKILL\); mpirun stopped the other ranks|exited first, while the others were running)", r.Stderr);
         Assert.True(r.Elapsed < TimeSpan.FromSeconds(90), r.All);
     }
 

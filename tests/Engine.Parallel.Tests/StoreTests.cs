@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Engine.Core.Distributed;
@@ -112,6 +113,30 @@ public class StoreTests
         server.Dispose();
         var e = Assert.Throws<CommException>(() => { c.SetString("a", "c"); c.TryGet("a"); });
         Assert.Contains("lost the rendezvous store at 127.0.0.1:", e.Message);
+    }
+
+    /// <summary>A rank joins the store as itself: closing after leaving is a normal end; closing without leaving (the
+    /// process killed) is reported at once under the watchdog's fault key, naming the rank.</summary>
+    [Fact]
+    public void A_joined_rank_that_closes_without_leaving_is_reported_dead()
+    {
+        using var server = TcpStoreServer.Start("127.0.0.1", 0, "t", _ => { });
+        using var observer = TcpStoreClient.Connect("127.0.0.1", server.EndPoint.Port, "t", Patience);
+        using (var done = TcpStoreClient.Connect("127.0.0.1", server.EndPoint.Port, "t", Patience))
+        {
+            done.Join(2);
+            done.Leave();
+        }
+        var clock = Stopwatch.StartNew();
+        while (server.Closed < 1) { Assert.True(clock.Elapsed < Patience, "the server never saw the connection close"); Thread.Sleep(10); }
+        Assert.Null(observer.TryGetString(CommWatchdog.FaultKey));   // a normal end is no death
+
+        var dead = TcpStoreClient.Connect("127.0.0.1", server.EndPoint.Port, "t", Patience);
+        dead.Join(1);
+        dead.Dispose();   // the socket closes as the kernel closes a killed process's sockets
+        Assert.Equal("rank 1 died: its connection to the rendezvous store closed without signing off (the process was killed or crashed, or its host went down); stopping the job",
+            observer.GetString(CommWatchdog.FaultKey, Patience));
+        Assert.Equal(1, observer.Add(CommWatchdog.FaultKey + "/count", 0));
     }
 
     [Fact]

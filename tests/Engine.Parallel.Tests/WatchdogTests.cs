@@ -41,7 +41,29 @@ public class WatchdogTests
             return Assert.Throws<CommException>(() => comm.AllReduce(t).Wait()).Message;
         }, Reference.Fast(timeoutSeconds: 6));
         foreach (var m in messages.Where(m => m.Length > 0))
-            Assert.True(System.Text.RegularExpressions.Regex.IsMatch(m, @"^collective #2 all_reduce timed out after \d+(\.\d)? s on rank [01]: rank 2 stopped sending heartbeats \d+(\.\d)? s ago \(dead or stopped\)$"), m);
+            Assert.True(System.Text.RegularExpressions.Regex.IsMatch(m, @"^collective #2 all_reduce (timed out after|waited) \d+(\.\d)? s on rank [01]: rank 2 stopped sending heartbeats \d+(\.\d)? s ago \(dead or stopped\)$"), m);
+    }
+
+    /// <summary>A heartbeat timeout: a peer of a pending collective whose heartbeat is older than StaleAfter (3 s here)
+    /// stops it long before the operation's own timeout (120 s here), naming the silent rank.</summary>
+    [Fact]
+    public void Stale_heartbeats_stop_a_pending_collective_before_its_timeout()
+    {
+        var clock = Stopwatch.StartNew();
+        var messages = ThreadCommunicator.Run(2, comm =>
+        {
+            using var t = CpuBackend.Instance.Zeros([10]);
+            comm.AllReduce(t).Wait();
+            if (comm.Rank == 1)
+            {
+                Thread.Sleep(1000);   // a few heartbeats, then
+                comm.Dispose();       // silent from here on, as a stopped (SIGSTOP) or vanished process
+                return "";
+            }
+            return Assert.Throws<CommException>(() => comm.AllReduce(t).Wait()).Message;
+        }, Reference.Fast(timeoutSeconds: 120));
+        Assert.Matches(@"^collective #2 all_reduce waited \d+(\.\d)? s on rank 0: rank 1 stopped sending heartbeats \d+(\.\d)? s ago \(dead or stopped\)$", messages[0]);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(60), $"took {clock.Elapsed}");
     }
 
     [Fact]

@@ -48,6 +48,8 @@ public static partial class PrepareCommand
                 group = new CommPrepareGroup(comm);
                 local = info.LocalWorldSize;
             }
+            // one writer per output directory: the job's first rank holds the lock (shards and phases run under it)
+            using var runLock = group.Rank == 0 ? Engine.Training.RunDirectoryLock.Acquire(cfg.OutputDir, null, m => Console.WriteLine($"[prepare] {m}")) : null;
             try
             {
                 int t = parse.GetValue(threads);

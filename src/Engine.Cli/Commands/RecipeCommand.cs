@@ -97,7 +97,7 @@ public static class RecipeCommand
         if (comm.Rank == 0)
             Console.WriteLine(Engine.Data.DataPaths.TryFind() is { } data ? $"data: names resolve under {data}"
                 : $"data: names have no data folder (no data/{Engine.Data.DataPaths.SourcesFile} above the binary or here, {Engine.Data.DataPaths.EnvironmentVariable} unset or missing)");
-        var reports = runner.Run();
+        var reports = Cli.OnRank(comm, () => runner.Run());
         if (comm.Rank != 0) return 0;
         if (runner.StoppedReason != null)
         {

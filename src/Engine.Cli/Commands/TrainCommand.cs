@@ -52,7 +52,7 @@ public static class TrainCommand
             }
             if (parse.GetValue(profile)) Engine.Core.Profiler.Enabled = true;
             StepRecord? last = null;
-            var result = RunWithProgress(trainer, cfg, interactive: comm.Rank == 0, onRecord: r => last = r);
+            var result = Cli.OnRank(comm, () => RunWithProgress(trainer, cfg, interactive: comm.Rank == 0, onRecord: r => last = r));
             if (comm.Rank != 0) return 0;
             if (result.StoppedReason != null)
             {
@@ -64,7 +64,7 @@ public static class TrainCommand
                 (last?.Mfu is { } mfu ? FormattableString.Invariant($", MFU {mfu * 100:F1}%") : ""));
             if (Engine.Core.Profiler.Enabled)
             {
-                string report = ProfileSummary(result.Steps.Sum(s => s.StepSeconds));
+                string report = ProfileSummary(result.Steps.Sum(s => s.StepSeconds), result.Steps.Count, cfg.Model.NumLayers);
                 Console.WriteLine(report);
                 File.WriteAllText(Path.Combine(result.OutputDir, "profile.txt"), report);
             }
@@ -117,10 +117,11 @@ public static class TrainCommand
     }
 
     /// <summary>The profiler's per-op table and how much of the steps' wall time the ops account for.</summary>
-    public static string ProfileSummary(double stepSeconds)
+    public static string ProfileSummary(double stepSeconds, int steps = 0, int layers = 0)
     {
         double ops = Engine.Core.Profiler.TotalOpSeconds("step"), all = Engine.Core.Profiler.TotalOpSeconds();
-        return Engine.Core.Profiler.Report() + FormattableString.Invariant(
+        string launches = Engine.Core.Profiler.LaunchSummary(steps, layers) is { } l ? l + "\n" : "";
+        return Engine.Core.Profiler.Report() + launches + FormattableString.Invariant(
             $"backend ops inside the steps {ops:F3} s of {stepSeconds:F3} s step wall time ({ops / Math.Max(stepSeconds, 1e-12):P1}; the rest is host work between ops); {all - ops:F3} s outside the steps (setup, validation, saving)\n") +
             $"NVTX ranges: {(Engine.Core.Nvtx.Available ? "on" : "off (libnvToolsExt.so.1 not found)")}\n";
     }

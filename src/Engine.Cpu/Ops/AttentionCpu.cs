@@ -13,12 +13,20 @@ namespace Engine.Cpu.Ops;
  * dK/dV of a kv head sum over its query heads; work is split by (batch, kv head) so no two tasks write the same rows.
  * Causal = false drops the mask (every query sees all T keys of its sequence): a context-parallel query chunk against
  * an earlier chunk's keys, its lse merged with the other blocks' by the caller.
+ *
+ * ALiBi (Press et al. 2022; BLOOM, MPT, Baichuan 2-13B), when AlibiMaxBias > 0: S_ij += m_h (j - i) for j <= i, a
+ * linear penalty on the distance with one slope per query head (AlibiSlopes), no position embedding on q or k. The
+ * bias is computed from the slope and the two positions where the scores are (never a T×T matrix); it is constant in
+ * q and k, so backward is unchanged except that P is recomputed with it. Relative positions only: decoding at
+ * positions offset.. gets the same bias as the full sequence, and lengths past the trained one are evaluated as they are.
+ * A tensor-parallel rank's heads are heads HeadOffset.. of TotalHeads: their slopes are those of the whole model's.
  */
 public static class AttentionCpu
 {
     const int BlockQ = 64;
 
-    public readonly record struct Dims(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim)
+    /// <param name="AlibiMaxBias">0: no bias; else ALiBi with the slopes of <see cref="AlibiSlopes"/> (8 in BLOOM and Baichuan 2).</param>
+    public readonly record struct Dims(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim, float AlibiMaxBias = 0f)
     {
         /// <summary>false: no mask (every query sees every key of its sequence).</summary>
         public bool Causal { get; init; } = true;
@@ -39,12 +47,48 @@ public static class AttentionCpu
             if (Batch <= 0 || SeqLen <= 0 || Heads <= 0 || KvHeads <= 0 || HeadDim <= 0)
                 throw new ArgumentException($"attention dims must be positive: {this}");
             if (Heads % KvHeads != 0) throw new ArgumentException($"heads ({Heads}) must be a multiple of kv heads ({KvHeads})");
+            if (!(AlibiMaxBias >= 0) || float.IsInfinity(AlibiMaxBias)) throw new ArgumentException($"ALiBi max bias must be finite and >= 0, got {AlibiMaxBias}");
         }
+
+        /// <summary>Per query head slope (all zeros without ALiBi).</summary>
+        /// <summary>The first of these heads among the model's <see cref="TotalHeads"/> (a tensor-parallel rank's share).</summary>
+        public int HeadOffset { get; init; }
+
+        /// <summary>The model's query heads (0: <see cref="Heads"/>).</summary>
+        public int TotalHeads { get => totalHeads == 0 ? Heads : totalHeads; init => totalHeads = value; }
+        readonly int totalHeads;
+
+        /// <summary>Per query head slope (all zeros without ALiBi): those of heads HeadOffset.. among all the model's.</summary>
+        public float[] Slopes() => AlibiMaxBias > 0 ? AlibiSlopes(TotalHeads, AlibiMaxBias).AsSpan(HeadOffset, Heads).ToArray() : new float[Heads];
+    }
+
+    /// <summary>
+    /// ALiBi slopes for <paramref name="heads"/> heads, as BLOOM's build_alibi_tensor, Baichuan 2's _get_interleave and
+    /// llama.cpp's soft_max (max_bias) compute them: with n = 2^⌊log2 H⌋, head h &lt; n gets 2^(−b(h+1)/n) and the
+    /// remaining H − n heads the odd powers of the next power of two's ratio, 2^(−b(2(h−n)+1)/(2n)) (the slopes 2n heads
+    /// would have, every other one). b = 8 gives Press et al.'s 1/2, 1/4, …, 1/256 for 8 heads. Double, rounded once to fp32.
+    /// </summary>
+    public static float[] AlibiSlopes(int heads, float maxBias)
+    {
+        if (heads <= 0) throw new ArgumentOutOfRangeException(nameof(heads), $"heads must be positive, got {heads}");
+        int n = 1 << (31 - System.Numerics.BitOperations.LeadingZeroCount((uint)heads));
+        var slopes = new float[heads];
+        for (int h = 0; h < heads; h++)
+            slopes[h] = (float)(h < n ? Math.Pow(2.0, -(double)maxBias * (h + 1) / n) : Math.Pow(2.0, -(double)maxBias * (2 * (h - n) + 1) / (2.0 * n)));
+        return slopes;
+    }
+
+    /// <summary>row[j] += slope · (j − query) for the row's keys j &lt; row.Length (the ALiBi bias of one query).</summary>
+    static void AddAlibi(Span<float> row, float slope, int query)
+    {
+        if (slope == 0f) return;
+        for (int j = 0; j < row.Length; j++) row[j] += slope * (j - query);
     }
 
     public static void Forward(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o, Span<float> lse, Dims d)
     {
         d.Validate();
+        var slopes = d.Slopes();
         unsafe
         {
             fixed (float* pq = q, pk = k, pv = v, po = o, pl = lse)
@@ -58,6 +102,7 @@ public static class AttentionCpu
                     float* vb = V + (long)b * d.SeqLen * d.KvRow + g * d.HeadDim;
                     float* ob = O + (long)b * d.SeqLen * d.QRow + h * d.HeadDim;
                     float* lb = L + ((long)b * d.Heads + h) * d.SeqLen;
+                    float slope = slopes[h];
                     float[] s = ArrayPool<float>.Shared.Rent(BlockQ * d.SeqLen);
                     try
                     {
@@ -70,6 +115,7 @@ public static class AttentionCpu
                                 var row = s.AsSpan(i * nk, nk);
                                 int valid = d.Visible(r0 + i);
                                 var vr = row[..valid];
+                                AddAlibi(vr, slope, r0 + i);
                                 float m = TensorPrimitives.Max(vr);
                                 TensorPrimitives.Subtract(vr, m, vr);
                                 TensorPrimitives.Exp(vr, vr);
@@ -96,6 +142,7 @@ public static class AttentionCpu
         ReadOnlySpan<float> o, ReadOnlySpan<float> lse, Span<float> dq, Span<float> dk, Span<float> dv, Dims d)
     {
         d.Validate();
+        var slopes = d.Slopes();
         unsafe
         {
             fixed (float* pdo = dout, pq = q, pk = k, pv = v, po = o, pl = lse, pdq = dq, pdk = dk, pdv = dv)
@@ -122,6 +169,7 @@ public static class AttentionCpu
                             long qOff = (long)b * d.SeqLen * d.QRow + h * d.HeadDim;
                             float* qb = Q + qOff, ob = O + qOff, dob = DO + qOff, dqb = DQ + qOff;
                             float* lb = L + ((long)b * d.Heads + h) * d.SeqLen;
+                            float slope = slopes[h];
                             for (int r0 = 0; r0 < d.SeqLen; r0 += BlockQ)
                             {
                                 int nq = Math.Min(BlockQ, d.SeqLen - r0), nk = d.KeysFor(r0, nq);
@@ -139,6 +187,7 @@ public static class AttentionCpu
                                         var sr = s.AsSpan(i * nk, nk);
                                         var dpr = dp.AsSpan(i * nk, nk);
                                         var vs = sr[..valid];
+                                        AddAlibi(vs, slope, t);
                                         TensorPrimitives.Subtract(vs, lb[t], vs);
                                         TensorPrimitives.Exp(vs, vs); // P
                                         sr[valid..].Clear();
@@ -181,13 +230,15 @@ public static class AttentionCpu
 
     /// <summary>
     /// Incremental (KV-cache) attention for one sequence: n new queries q [n, H*D] at positions offset..offset+n-1
-    /// against cached keys/values k, v [offset+n, Hkv*D]; query i sees keys 0..offset+i. o [n, H*D].
+    /// against cached keys/values k, v [offset+n, Hkv*D]; query i sees keys 0..offset+i. o [n, H*D]. With
+    /// <paramref name="alibiMaxBias"/> &gt; 0 the ALiBi bias of query position offset+i is added, as in <see cref="Forward"/>.
     /// </summary>
     public static void Decode(ReadOnlySpan<float> q, ReadOnlySpan<float> k, ReadOnlySpan<float> v, Span<float> o,
-        int n, int heads, int kvHeads, int headDim, int offset)
+        int n, int heads, int kvHeads, int headDim, int offset, float alibiMaxBias = 0f)
     {
-        var d = new Dims(1, n, heads, kvHeads, headDim);
+        var d = new Dims(1, n, heads, kvHeads, headDim, alibiMaxBias);
         d.Validate();
+        var slopes = d.Slopes();
         int len = offset + n;
         if (k.Length < (long)len * d.KvRow || v.Length < (long)len * d.KvRow)
             throw new ArgumentException($"KV cache holds fewer than offset + n = {len} positions");
@@ -199,6 +250,7 @@ public static class AttentionCpu
                 var qi = q.Slice(i * d.QRow + h * headDim, headDim);
                 for (int j = 0; j < valid; j++) scores[j] = TensorPrimitives.Dot(qi, k.Slice(j * d.KvRow + g * headDim, headDim)) * d.Scale;
                 var sv = scores.AsSpan(0, valid);
+                AddAlibi(sv, slopes[h], offset + i);
                 float m = TensorPrimitives.Max(sv);
                 TensorPrimitives.Subtract(sv, m, sv);
                 TensorPrimitives.Exp(sv, sv);

@@ -3,11 +3,14 @@ using System.Numerics.Tensors;
 namespace Engine.Cpu.Ops;
 
 /*
- * Cross-entropy over rows of logits [N, V] with optional z-loss (Baichuan 2 max-z):
- *   lse_i  = log sum_j exp(x_ij)
- *   loss_i = lse_i - x_i,t_i + zc * lse_i^2         (0 for ignored rows: target == IgnoreIndex)
+ * Cross-entropy over rows of logits [N, V] with optional z-loss (PaLM: lse²) and max-z loss (Baichuan 2: the largest
+ * logit squared, modeling_baichuan.py's z_loss_weight · max(logits)²):
+ *   lse_i  = log sum_j exp(x_ij),  m_i = max_j x_ij (first maximal index a_i)
+ *   loss_i = lse_i - x_i,t_i + zc * lse_i^2 + mz * m_i^2        (0 for ignored rows: target == IgnoreIndex)
  * Gradient of loss_i w.r.t. x_i, with p = softmax(x_i):
- *   dx_ij = p_ij * (1 + 2 zc lse_i) - [j == t_i]
+ *   dx_ij = p_ij * (1 + 2 zc lse_i) - [j == t_i] + 2 mz m_i [j == a_i]
+ * (Baichuan averages its max-z term over every position, ignored labels included; here it counts on the valid rows
+ * only and is normalised like the loss, which is the same when every label is valid.)
  * Forward can write that gradient, times a per-call scale (e.g. 1 / valid tokens), over the logits in place:
  * the logits are materialised once and become their own gradient buffer.
  *
@@ -22,7 +25,7 @@ public static class CrossEntropyCpu
     public const int IgnoreIndex = -100;
 
     public static void Forward(Span<float> logits, ReadOnlySpan<int> targets, Span<float> losses, Span<float> lse,
-        int rows, int vocab, float zLoss, bool writeGradient, float gradScale)
+        int rows, int vocab, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f)
     {
         unsafe
         {
@@ -38,7 +41,8 @@ public static class CrossEntropyCpu
                         int t = Tg[r];
                         if (t != IgnoreIndex && (uint)t >= (uint)vocab)
                             throw new ArgumentOutOfRangeException(nameof(targets), $"target {t} at row {r} is outside the vocabulary [0, {vocab})");
-                        float m = TensorPrimitives.Max(x);
+                        int am = TensorPrimitives.IndexOfMax(x);
+                        float m = x[am];
                         // sum exp(x - m) without destroying x unless the gradient is wanted
                         float sum = 0f;
                         if (writeGradient)
@@ -50,17 +54,18 @@ public static class CrossEntropyCpu
                             float z = m + MathF.Log(sum);
                             Z[r] = z;
                             if (t == IgnoreIndex) { Lo[r] = 0f; x.Clear(); continue; }
-                            Lo[r] = z - xt + zLoss * z * z;
+                            Lo[r] = z - xt + zLoss * z * z + maxZLoss * m * m;
                             float c = gradScale * (1f + 2f * zLoss * z) / sum;
                             TensorPrimitives.Multiply(x, c, x);
                             x[t] -= gradScale;
+                            x[am] += gradScale * 2f * maxZLoss * m;
                         }
                         else
                         {
                             for (int j = 0; j < vocab; j++) sum += MathF.Exp(x[j] - m);
                             float z = m + MathF.Log(sum);
                             Z[r] = z;
-                            Lo[r] = t == IgnoreIndex ? 0f : z - x[t] + zLoss * z * z;
+                            Lo[r] = t == IgnoreIndex ? 0f : z - x[t] + zLoss * z * z + maxZLoss * m * m;
                         }
                     }
                 });

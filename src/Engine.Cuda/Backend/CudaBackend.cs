@@ -50,8 +50,18 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         _blas = new CublasContext();
         _extras = new ExtrasKernels(kernels);
         _rope = new RopeFrequencyCache(UploadTable);
+        Staging = new PinnedStaging();
         AttentionPreference = AttentionSelection.FromEnvironment();
     }
+
+    /// <summary>Page-locked blocks every upload goes through (asynchronous: an upload never waits for the device).</summary>
+    public PinnedStaging Staging { get; }
+
+    /// <summary>ENGINE_FUSED_PROJECTIONS=0 turns the fused q|k|v and gate|up GEMMs off (the separate ops then run).</summary>
+    public const string FusedProjectionsVariable = "ENGINE_FUSED_PROJECTIONS";
+
+    /// <summary>The model runs q|k|v and gate|up as one GEMM each; the kernels below read the fused rows with row strides.</summary>
+    public bool FusesProjections { get; set; } = Environment.GetEnvironmentVariable(FusedProjectionsVariable) != "0";
 
     /// <summary>Preferred flash-attention kernels: ENGINE_ATTENTION=v1 (default: attention.cu) or v2 (attention_v2.cu).
     /// Head dims v1 does not have (32, 96) run v2 whatever the preference (<see cref="AttentionSelection.For"/>).</summary>
@@ -122,6 +132,32 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
     /// <summary>Distinct RoPE inv_freq tables on the device.</summary>
     public int RopeTables => _rope.Count;
 
+    private DeviceBuffer? _cublasWorkspace;
+
+    /// <summary>cuBLAS workspace for captured GEMMs (32 MiB, the size NVIDIA recommends on Hopper).</summary>
+    public const long CublasWorkspaceBytes = 32L << 20;
+
+    /// <summary>
+    /// Captures the device work <paramref name="work"/> enqueues through this backend into a CUDA graph (nothing
+    /// runs while capturing; <see cref="CudaGraph.Replay"/> then re-runs it as one launch). Everything it allocates comes
+    /// from a private pool the graph keeps, cuBLAS gets a workspace of its own first, and uploads or host reads inside
+    /// are refused: inputs are written into their tensors before capturing and before each replay. Built, not yet run
+    /// on a GPU (CudaGraphGpuTests). What keeps a whole training step out of one graph today: the embedding backward's
+    /// bucket table is built on the host from each batch's ids and uploaded, and the micro-batch inputs are uploaded
+    /// per step (docs/KERNELS.md, "CUDA graphs").
+    /// </summary>
+    public CudaGraph Capture(Action work)
+    {
+        Enter();
+        if (Profiler.Enabled) throw new InvalidOperationException("CUDA-graph capture under --profile: the profiler's events cannot be captured");
+        if (_cublasWorkspace == null)
+        {
+            _cublasWorkspace = Scratch(CublasWorkspaceBytes);
+            _blas.SetWorkspace(Stream, _cublasWorkspace.Ptr, CublasWorkspaceBytes);
+        }
+        return CudaGraph.Capture(Stream, Allocator, work);
+    }
+
     /// <summary>Waits for all enqueued work (benchmarks, tests).</summary>
     public void Synchronize()
     {
@@ -190,7 +226,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
     private DeviceBuffer UploadTable(float[] values)
     {
         var buf = Scratch((long)values.Length * sizeof(float));
-        Stream.CopyToDevice<float>(buf.Ptr, values);
+        Staging.CopyToDevice<float>(Stream, buf.Ptr, values);
         return buf;
     }
 
@@ -242,16 +278,17 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         switch (dst.DType)
         {
             case DType.F32:
-                Stream.CopyToDevice(Out(dst), src);
+                Staging.CopyToDevice(Stream, Out(dst), src);
                 break;
             case DType.BF16:
                 var half = new ushort[src.Length];
                 BFloat16.FromFloat(src, half);
-                Stream.CopyToDevice<ushort>(Out(dst), half);
+                Staging.CopyToDevice<ushort>(Stream, Out(dst), half);
                 break;
         }
     }
 
+    /// <summary>Asynchronous (pinned staging): ids and targets of a micro-batch never make the host wait.</summary>
     public void Upload(Tensor dst, ReadOnlySpan<int> src)
     {
         using var _p = Prof("upload", dst);
@@ -259,7 +296,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         if (src.Length != dst.Numel) throw new ArgumentException($"upload of {src.Length} values into {dst.Describe()}");
         Is(dst, "Upload", "dst", DType.I32);
         var s = St(dst);
-        if (src.Length > 0) Stream.CopyToDevice(s.Ptr.Offset(dst.Offset, 4), src);
+        if (src.Length > 0) Staging.CopyToDevice(Stream, s.Ptr.Offset(dst.Offset, 4), src);
         s.UploadInts(dst.Offset, src);
     }
 
@@ -382,6 +419,30 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         return SumPartials(partials);
     }
 
+    public void ScaleBy(Tensor t, Tensor scalar)
+    {
+        using var _p = Prof("scale_by", t);
+        Enter();
+        IsFloat(t, "ScaleBy", "t");
+        Is(scalar, "ScaleBy", "scalar", DType.F32);
+        Numel(scalar, "ScaleBy", "scalar", 1);
+        var ps = In(scalar);
+        _extras.ScaleBy(Stream, Out(t), ps, t.Numel, t.DType == DType.BF16);
+    }
+
+    public void SumInto(Tensor x, Tensor result, float divisor)
+    {
+        using var _p = Prof("sum_into", x, result);
+        Enter();
+        IsFloat(x, "SumInto", "x");
+        Is(result, "SumInto", "result", DType.F32);
+        Numel(result, "SumInto", "result", 1);
+        // the same fixed-grid partials Sum reads back, summed in double in the same order — on the device
+        using var partials = Scratch(ExtrasKernels.PartialBlocks * sizeof(float));
+        _extras.SumPartial(Stream, partials.Ptr, In(x), x.Numel, x.DType == DType.BF16);
+        _extras.SumFinalize(Stream, Out(result), partials.Ptr, divisor);
+    }
+
     public double Sum(Tensor t)
     {
         using var _p = Prof("sum", t);
@@ -419,6 +480,149 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Kernels.RmsNorm.Backward(Stream, Out(dx), Out(dwAccumulate), In(dy), In(x), pw, In(rstd), rows, cols, partial.Ptr, accumulateDw: true);
     }
 
+    // ---- fused projections: q|k|v and gate|up rows of one GEMM, read in place ----------------------------------------
+
+    public void CopyColumns(Tensor src, int srcCol, Tensor dst, int dstCol, int cols)
+    {
+        using var _p = Prof("copy_columns", (long)src.Shape[0] * cols * src.DType.Size() * 2);
+        Enter();
+        Fused2D(src, "CopyColumns", "src"); Fused2D(dst, "CopyColumns", "dst");
+        if (src.DType != dst.DType || src.Shape[0] != dst.Shape[0] || srcCol < 0 || dstCol < 0 || cols < 0
+            || srcCol + cols > src.Shape[1] || dstCol + cols > dst.Shape[1])
+            throw new ArgumentException($"CopyColumns: columns [{srcCol}, +{cols}) of {src.Describe()} do not fit columns [{dstCol}, +{cols}) of {dst.Describe()}");
+        if (cols == 0 || src.Shape[0] == 0) return;
+        int e = src.DType.Size();
+        var from = In(src).Offset(srcCol, e);
+        Stream.Copy2D(Out(dst).Offset(dstCol, e), (long)dst.Shape[1] * e, from, (long)src.Shape[1] * e, (long)cols * e, src.Shape[0]);
+    }
+
+    public void RopeColumns(Tensor x, int col, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse)
+    {
+        using var _p = Prof("rope", x);
+        Enter();
+        Fused2D(x, "RopeColumns", "x");
+        Is(x, "RopeColumns", "x", DType.BF16);
+        int width = heads * p.HeadDim;
+        if (x.Shape[0] != batch * seqLen || col < 0 || col + width > x.Shape[1])
+            throw new ArgumentException($"RopeColumns: columns [{col}, +{width}) of {x.Describe()} are not B*T={batch * seqLen} rows of {heads} heads");
+        var inv = _rope.Get(p);
+        float lin = RopeFrequencyCache.LinearFactor(p);
+        var ptr = Out(x).Offset(col, 2);
+        long row = x.Shape[1];
+        if (inverse) Kernels.Rope.Backward(Stream, ptr, ptr, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin, row, row);
+        else Kernels.Rope.Forward(Stream, ptr, ptr, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin, row, row);
+    }
+
+    public void AttentionForwardFused(Tensor qkv, Tensor o, Tensor lse, AttentionDims d)
+    {
+        using var _p = Prof("attention_forward", qkv, o, lse);
+        Enter();
+        var (q, k, v, row) = QkvPointers(qkv, d, "AttentionForwardFused", write: false);
+        Shape.Check(o, "o", d.Batch * d.SeqLen, d.QRow);
+        Is(o, "AttentionForwardFused", "o", DType.BF16); Is(lse, "AttentionForwardFused", "lse", DType.F32);
+        Numel(lse, "AttentionForwardFused", "lse", (long)d.Batch * d.Heads * d.SeqLen);
+        if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
+            Kernels.AttentionV2.Forward(Stream, ShapeOf(d), q, k, v, Out(o), Out(lse), causal: true, qRowStride: row, kRowStride: row, vRowStride: row);
+        else
+            Kernels.Attention.Forward(Stream, ShapeOf(d), q, k, v, Out(o), Out(lse), causal: true, qRowStride: row, kRowStride: row, vRowStride: row);
+    }
+
+    public void AttentionBackwardFused(Tensor dout, Tensor qkv, Tensor o, Tensor lse, Tensor dqkv, AttentionDims d)
+    {
+        using var _p = Prof("attention_backward", dout, qkv, o, lse, dqkv);
+        Enter();
+        const string op = "AttentionBackwardFused";
+        var (q, k, v, row) = QkvPointers(qkv, d, op, write: false);
+        var (dq, dk, dv, drow) = QkvPointers(dqkv, d, op, write: true);
+        Shape.Check(o, "o", d.Batch * d.SeqLen, d.QRow);
+        Shape.Check(dout, "dout", d.Batch * d.SeqLen, d.QRow);
+        Is(dout, op, "dout", DType.BF16); Is(o, op, "o", DType.BF16); Is(lse, op, "lse", DType.F32);
+        var shape = ShapeOf(d);
+        using var delta = Scratch(shape.LseBytes);
+        if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
+        {
+            using var dqAccum = Scratch(AttentionV2Kernels.DqAccumBytes(shape));
+            using var sync = Scratch(AttentionV2Kernels.SyncBytes(shape));
+            Kernels.AttentionV2.Backward(Stream, shape, q, k, v, In(o), In(lse), In(dout), dq, dk, dv, delta.Ptr, dqAccum.Ptr, sync.Ptr, causal: true,
+                qRowStride: row, kRowStride: row, vRowStride: row, dqRowStride: drow, dkRowStride: drow, dvRowStride: drow);
+        }
+        else
+        {
+            Kernels.Attention.Backward(Stream, shape, q, k, v, In(o), In(lse), In(dout), dq, dk, dv, delta.Ptr, causal: true,
+                qRowStride: row, kRowStride: row, vRowStride: row, dqRowStride: drow, dkRowStride: drow, dvRowStride: drow);
+        }
+    }
+
+    /// <summary>q, k, v addresses inside a fused [B*T, (H + 2 Hkv) D] bf16 buffer, and its row stride.</summary>
+    private (DevicePtr Q, DevicePtr K, DevicePtr V, long Row) QkvPointers(Tensor qkv, AttentionDims d, string op, bool write)
+    {
+        d.Validate();
+        Is(qkv, op, write ? "dqkv" : "qkv", DType.BF16);
+        Shape.Check(qkv, write ? "dqkv" : "qkv", d.Batch * d.SeqLen, d.QRow + 2 * d.KvRow);
+        var b = write ? Out(qkv) : In(qkv);
+        return (b, b.Offset(d.QRow, 2), b.Offset(d.QRow + d.KvRow, 2), qkv.Shape[1]);
+    }
+
+    public void SwiGluFusedForward(Tensor gu, Tensor h)
+    {
+        using var _p = Prof("swiglu_forward", gu, h);
+        Enter();
+        Fused2D(gu, "SwiGluFusedForward", "gu");
+        Is(gu, "SwiGluFusedForward", "gu", DType.BF16); Is(h, "SwiGluFusedForward", "h", DType.BF16);
+        int n = gu.Shape[0], f = gu.Shape[1] / 2;
+        Shape.Check(h, "h", n, f);
+        Kernels.SwiGlu.FusedForward(Stream, Out(h), In(gu), n, f);
+    }
+
+    public void SwiGluFusedBackward(Tensor dh, Tensor gu, Tensor dgu)
+    {
+        using var _p = Prof("swiglu_backward", dh, gu, dgu);
+        Enter();
+        Fused2D(gu, "SwiGluFusedBackward", "gu");
+        foreach (var (t, role) in new[] { (dh, "dh"), (gu, "gu"), (dgu, "dgu") }) Is(t, "SwiGluFusedBackward", role, DType.BF16);
+        int n = gu.Shape[0], f = gu.Shape[1] / 2;
+        Shape.Check(dh, "dh", n, f);
+        Shape.Check(dgu, "dgu", n, 2 * f);
+        var (pdh, pgu) = (In(dh), In(gu));
+        Kernels.SwiGlu.FusedBackward(Stream, Out(dgu), pdh, pgu, n, f);
+    }
+
+    private static void Fused2D(Tensor t, string op, string role)
+    {
+        if (t.Rank != 2) throw new ArgumentException($"{op}: {role} must be rank 2, got {t.Describe()}");
+    }
+
+    public void RmsNormResidualForward(Tensor x, Tensor residual, Tensor w, Tensor h, Tensor y, Tensor rstd, float eps)
+    {
+        using var _p = Prof("rmsnorm_residual_forward", x, residual, w, h, y, rstd);
+        Enter();
+        int rows = RmsNormRows(x, w, y, rstd, "RmsNormResidualForward");
+        SameNumel(x, residual, "RmsNormResidualForward"); SameNumel(x, h, "RmsNormResidualForward");
+        Is(residual, "RmsNormResidualForward", "residual", DType.BF16);
+        Is(h, "RmsNormResidualForward", "h", DType.BF16);
+        int cols = checked((int)w.Numel);
+        var pw = Bf16In(w);
+        var (px, pr) = (In(x), In(residual));
+        Kernels.RmsNorm.ForwardResidual(Stream, Out(y), Out(rstd), Out(h), px, pr, pw, rows, cols, eps);
+    }
+
+    public void RmsNormResidualBackward(Tensor dy, Tensor h, Tensor w, Tensor rstd, Tensor dx, Tensor dwAccumulate, Tensor dresidual)
+    {
+        using var _p = Prof("rmsnorm_residual_backward", dy, h, w, rstd, dx, dwAccumulate, dresidual);
+        Enter();
+        int rows = RmsNormRows(h, w, dx, rstd, "RmsNormResidualBackward");
+        Is(dy, "RmsNormResidualBackward", "dy", DType.BF16);
+        Is(dresidual, "RmsNormResidualBackward", "dresidual", DType.BF16);
+        SameNumel(dy, h, "RmsNormResidualBackward"); SameNumel(dresidual, h, "RmsNormResidualBackward");
+        Is(dwAccumulate, "RmsNormResidualBackward", "dw", DType.F32);
+        Numel(dwAccumulate, "RmsNormResidualBackward", "dw", w.Numel);
+        int cols = checked((int)w.Numel);
+        var pw = Bf16In(w);
+        using var partial = Scratch(RmsNormKernels.PartialBytes(rows, cols));
+        var (pdy, ph, pr, pres) = (In(dy), In(h), In(rstd), In(dresidual));
+        Kernels.RmsNorm.Backward(Stream, Out(dx), Out(dwAccumulate), pdy, ph, pw, pr, rows, cols, partial.Ptr, accumulateDw: true, dresidual: pres);
+    }
+
     public void Rope(Tensor x, Tensor y, RopeParams p, int batch, int seqLen, int heads, int positionOffset, bool inverse)
     {
         using var _p = Prof("rope", x, y);
@@ -431,7 +635,11 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         else Kernels.Rope.Forward(Stream, Out(y), px, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin);
     }
 
-    private static AttentionShape ShapeOf(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim);
+    private static AttentionShape ShapeOf(AttentionDims d) =>
+        d.AlibiMaxBias > 0 && !d.AllHeads
+            // the kernels derive each head's slope from its index among the heads they run (attention.cu alibi_slope)
+            ? throw new NotSupportedException($"ALiBi attention over heads {d.HeadOffset}..{d.HeadOffset + d.Heads - 1} of {d.TotalHeads} (a tensor-parallel rank's share) has no CUDA kernel yet: the kernels take the slopes of all heads; run ALiBi models at tensor_parallel = 1 on GPUs")
+            : new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias);
 
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
@@ -466,12 +674,12 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         }
     }
 
-    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset)
+    public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f)
     {
         using var _p = Prof("attention_decode", q, kCache, vCache, o);
         Enter();
         int n = Decode(q, kCache, vCache, o, heads, kvHeads, headDim, positionOffset);
-        _extras.AttentionDecode(Stream, In(q), In(kCache), In(vCache), Out(o), n, heads, kvHeads, headDim, positionOffset);
+        _extras.AttentionDecode(Stream, In(q), In(kCache), In(vCache), Out(o), n, heads, kvHeads, headDim, positionOffset, alibiMaxBias);
     }
 
     public void SwiGluForward(Tensor gate, Tensor up, Tensor h)
@@ -507,6 +715,21 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
                     throw new ArgumentException($"EmbeddingForward: ids {ids.Describe()}[{i}] = {hostIds[i]} is outside the table {table.Describe()}");
         var pt = Bf16In(table);
         Kernels.Embedding.Forward(Stream, Out(y), pt, In(ids), tokens, vocab, cols);
+        // the backward's buckets (when one will run), built from the host ids now and uploaded asynchronously: the
+        // backward then does no host work
+        if (!hostIds.IsEmpty && Engine.Core.Autograd.Grad.Needs(table)) St(ids).SetEmbeddingBuckets(ids.Offset, tokens, vocab, UploadBuckets(EmbeddingKernels.BuildBuckets(hostIds, vocab)));
+    }
+
+    /// <summary>order [N] | bucket_start [U + 1] | bucket_id [U] in one device buffer (one asynchronous upload).</summary>
+    private DeviceEmbeddingBuckets UploadBuckets(EmbeddingBuckets b)
+    {
+        var packed = new int[b.Order.Length + b.BucketStart.Length + b.BucketId.Length];
+        b.Order.CopyTo(packed, 0);
+        b.BucketStart.CopyTo(packed, b.Order.Length);
+        b.BucketId.CopyTo(packed, b.Order.Length + b.BucketStart.Length);
+        var dev = Scratch((long)packed.Length * sizeof(int));
+        Staging.CopyToDevice<int>(Stream, dev.Ptr, packed);
+        return new DeviceEmbeddingBuckets(dev, b.Order.Length, b.BucketStart.Length, b.Buckets);
     }
 
     public void EmbeddingBackward(Tensor ids, Tensor dy, Tensor dtableAccumulate)
@@ -515,40 +738,39 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Enter();
         var (tokens, vocab, cols) = Embedding(ids, dtableAccumulate, dy, "EmbeddingBackward", DType.BF16);
         Is(dtableAccumulate, "EmbeddingBackward", "dtable", DType.F32);
-        // the bucket sort runs on the host from the ids' host copy (kept at upload); ids computed on the device are
-        // downloaded once here
-        int[]? downloaded = null;
-        if (!St(ids).TryHostInts(ids.Offset, tokens, out var hostIds))
+        // the buckets the forward uploaded for these ids (still current: same version); otherwise built here from the
+        // ids' host copy (kept at upload), or — ids computed on the device — from one download
+        var s = St(ids);
+        var b = s.EmbeddingBucketsFor(ids.Offset, tokens, vocab);
+        if (b == null)
         {
-            downloaded = new int[tokens];
-            if (tokens > 0) Stream.CopyToHost<int>(downloaded, In(ids));
-            hostIds = downloaded;
+            int[]? downloaded = null;
+            if (!s.TryHostInts(ids.Offset, tokens, out var hostIds))
+            {
+                downloaded = new int[tokens];
+                if (tokens > 0) Stream.CopyToHost<int>(downloaded, In(ids));
+                hostIds = downloaded;
+            }
+            b = UploadBuckets(EmbeddingKernels.BuildBuckets(hostIds, vocab));
+            s.SetEmbeddingBuckets(ids.Offset, tokens, vocab, b);
         }
-        var b = EmbeddingKernels.BuildBuckets(hostIds, vocab);
         if (b.Buckets == 0) return;
-        // one upload: order [N] | bucket_start [U + 1] | bucket_id [U]
-        var packed = new int[b.Order.Length + b.BucketStart.Length + b.BucketId.Length];
-        b.Order.CopyTo(packed, 0);
-        b.BucketStart.CopyTo(packed, b.Order.Length);
-        b.BucketId.CopyTo(packed, b.Order.Length + b.BucketStart.Length);
-        using var dev = Scratch((long)packed.Length * sizeof(int));
-        Stream.CopyToDevice<int>(dev.Ptr, packed);
-        var order = dev.Ptr;
-        var start = order.Offset(b.Order.Length, sizeof(int));
-        var id = start.Offset(b.BucketStart.Length, sizeof(int));
+        var order = b.Packed.Ptr;
+        var start = order.Offset(b.OrderLength, sizeof(int));
+        var id = start.Offset(b.StartLength, sizeof(int));
         Kernels.Embedding.Backward(Stream, Out(dtableAccumulate), In(dy), order, start, id, b.Buckets, cols);
     }
 
-    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale)
+    public void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f)
     {
         using var _p = Prof("cross_entropy", logits, targets, losses, lse);
         Enter();
         var (rows, vocab) = CudaOpChecks.CrossEntropy(logits, targets, losses, lse);
         var pt = In(targets);
         if (writeGradient)
-            Kernels.CrossEntropy.ForwardBackward(Stream, Out(logits), Out(losses), Out(lse), pt, DevicePtr.Null, gradScale, rows, vocab, zLoss);
+            Kernels.CrossEntropy.ForwardBackward(Stream, Out(logits), Out(losses), Out(lse), pt, DevicePtr.Null, gradScale, rows, vocab, zLoss, maxZLoss: maxZLoss);
         else
-            Kernels.CrossEntropy.Forward(Stream, In(logits), Out(losses), Out(lse), pt, rows, vocab, zLoss);
+            Kernels.CrossEntropy.Forward(Stream, In(logits), Out(losses), Out(lse), pt, rows, vocab, zLoss, maxZLoss: maxZLoss);
     }
 
     public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)
@@ -617,7 +839,7 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         {
             _runTable?.Dispose();
             _runTable = Scratch((long)Math.Max(1, host.Length) * System.Runtime.InteropServices.Marshal.SizeOf<KernelAdamWRun>());
-            if (host.Length > 0) Stream.CopyToDevice<KernelAdamWRun>(_runTable.Ptr, host);
+            if (host.Length > 0) Staging.CopyToDevice<KernelAdamWRun>(Stream, _runTable.Ptr, host);
             _runTableHost = host;
         }
         return (_runTable.Ptr, host.Length, longest);
@@ -657,6 +879,8 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         _disposed = true;
         _rope.Dispose();
         _runTable?.Dispose();
+        _cublasWorkspace?.Dispose();
+        Staging.Dispose();
         _blas.Dispose();
         _clock?.Dispose();
         Allocator.Dispose();

@@ -139,10 +139,33 @@ public sealed class CudaStorage : TensorStorage
         Version++;
     }
 
+    private DeviceEmbeddingBuckets? _buckets;
+    private (long Version, long Offset, long Count, int Vocab) _bucketsKey;
+
+    /// <summary>Keeps the embedding backward's device buckets for ids [offset, offset + count) at the current version
+    /// (the forward builds them while the host ids are at hand); replaces any earlier ones.</summary>
+    public void SetEmbeddingBuckets(long offset, long count, int vocab, DeviceEmbeddingBuckets buckets)
+    {
+        _buckets?.Dispose();
+        _buckets = buckets;
+        _bucketsKey = (Version, offset, count, vocab);
+    }
+
+    /// <summary>The buckets <see cref="SetEmbeddingBuckets"/> kept, when they still describe these ids.</summary>
+    public DeviceEmbeddingBuckets? EmbeddingBucketsFor(long offset, long count, int vocab) =>
+        _buckets != null && _bucketsKey == (Version, offset, count, vocab) ? _buckets : null;
+
     protected override void Release()
     {
         _data?.Dispose();
         _shadow?.Dispose();
-        _data = null; _shadow = null; _hostInts = null;
+        _buckets?.Dispose();
+        _data = null; _shadow = null; _hostInts = null; _buckets = null;
     }
+}
+
+/// <summary>An embedding backward's bucket table on the device: order [N] | bucket_start [U + 1] | bucket_id [U].</summary>
+public sealed record DeviceEmbeddingBuckets(DeviceBuffer Packed, int OrderLength, int StartLength, int Buckets) : IDisposable
+{
+    public void Dispose() => Packed.Dispose();
 }

@@ -10,7 +10,8 @@ public struct AttentionDecodeParams
     public DevicePtr Q, K, V, O;
     public long N, Heads, KvHeads, HeadDim, Offset;
     public float SoftmaxScale;
-    public int Pad;
+    /// <summary>0: none; &gt; 0: ALiBi's bias with this max bias.</summary>
+    public float AlibiMaxBias;
 
     public const int Size = 80;
 }
@@ -69,6 +70,23 @@ public sealed class ExtrasKernels
         _lib.Function(Module, bf16 ? "sum_partial_bf16" : "sum_partial_f32").LaunchRaw(s, new Dim3(PartialBlocks), KernelTraits.ReduceBlock, 0, args);
     }
 
+    /// <summary>out[0] = (float)(Σ partials[0 .. PartialBlocks) in double / divisor), on the device.</summary>
+    public unsafe void SumFinalize(CudaStream s, DevicePtr output, DevicePtr partials, float divisor)
+    {
+        int n = PartialBlocks;
+        void** args = stackalloc void*[4] { &output, &partials, &n, &divisor };
+        _lib.Function(Module, "sum_finalize").LaunchRaw(s, new Dim3(1), 32, 0, args);
+    }
+
+    /// <summary>t *= scalar[0] (fp32 device scalar), t fp32 or bf16.</summary>
+    public unsafe void ScaleBy(CudaStream s, DevicePtr t, DevicePtr scalar, long n, bool bf16)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(n);
+        if (n == 0) return;
+        void** args = stackalloc void*[3] { &t, &scalar, &n };
+        _lib.Function(Module, bf16 ? "scale_by_bf16" : "scale_by_f32").LaunchRaw(s, Grid(n), KernelTraits.ElementwiseBlock, 0, args);
+    }
+
     /// <summary>grad += lambda * fisher * (param - anchor); partials[b] = per-block sums of fisher * (param - anchor)^2.</summary>
     public unsafe void EwcPartial(CudaStream s, DevicePtr partials, DevicePtr grad, DevicePtr param, DevicePtr anchor, DevicePtr fisher, float lambda, long n)
     {
@@ -78,8 +96,10 @@ public sealed class ExtrasKernels
     }
 
     /// <summary>KV-cache attention of n queries at positions offset.. against k/v [offset + n, kvHeads * headDim] (bf16).</summary>
-    public void AttentionDecode(CudaStream s, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o, int n, int heads, int kvHeads, int headDim, int offset)
+    public void AttentionDecode(CudaStream s, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o, int n, int heads, int kvHeads, int headDim, int offset,
+        float alibiMaxBias = 0f)
     {
+        if (!(alibiMaxBias >= 0) || float.IsInfinity(alibiMaxBias)) throw new ArgumentException($"ALiBi max bias must be finite and >= 0 (got {alibiMaxBias})", nameof(alibiMaxBias));
         ValidateDecode(n, heads, kvHeads, headDim, offset);
         if (n == 0) return;
         var p = new AttentionDecodeParams
@@ -94,6 +114,7 @@ public sealed class ExtrasKernels
             HeadDim = headDim,
             Offset = offset,
             SoftmaxScale = 1f / MathF.Sqrt(headDim),
+            AlibiMaxBias = alibiMaxBias,
         };
         long blocks = (long)n * heads;
         if (blocks > int.MaxValue) throw new ArgumentException($"attention decode grid of {blocks} blocks (n {n} x heads {heads}) is too large");

@@ -48,6 +48,31 @@ public sealed class DeviceMemoryHandle : SafeHandle
     protected override bool ReleaseHandle() => NativeMethods.cuMemFree_v2((ulong)(long)handle) == CuResult.Success;
 }
 
+/// <summary>Page-locked host memory (cuMemHostAlloc / cuMemFreeHost): the staging blocks of asynchronous uploads.</summary>
+public sealed class PinnedHostHandle : SafeHandle
+{
+    public long Bytes { get; }
+    public PinnedHostHandle(IntPtr host, long bytes) : base(IntPtr.Zero, true) { SetHandle(host); Bytes = bytes; }
+    public override bool IsInvalid => handle == IntPtr.Zero;
+    protected override bool ReleaseHandle() => NativeMethods.cuMemFreeHost(handle) == CuResult.Success;
+}
+
+/// <summary>A captured CUDA graph (cuStreamEndCapture / cuGraphDestroy).</summary>
+public sealed class CudaGraphHandle : SafeHandle
+{
+    public CudaGraphHandle(IntPtr graph) : base(IntPtr.Zero, true) => SetHandle(graph);
+    public override bool IsInvalid => handle == IntPtr.Zero;
+    protected override bool ReleaseHandle() => NativeMethods.cuGraphDestroy(handle) == CuResult.Success;
+}
+
+/// <summary>An instantiated CUDA graph (cuGraphInstantiateWithFlags / cuGraphExecDestroy).</summary>
+public sealed class CudaGraphExecHandle : SafeHandle
+{
+    public CudaGraphExecHandle(IntPtr exec) : base(IntPtr.Zero, true) => SetHandle(exec);
+    public override bool IsInvalid => handle == IntPtr.Zero;
+    protected override bool ReleaseHandle() => NativeMethods.cuGraphExecDestroy(handle) == CuResult.Success;
+}
+
 /// <summary>A cuBLAS handle (cublasCreate_v2 / cublasDestroy_v2).</summary>
 public sealed class CublasHandle : SafeHandle
 {

@@ -16,8 +16,10 @@ public sealed record LibraryProbe(CudaLibrary Library, string? LoadedFrom, IRead
 /// Finds libcuda.so.1, libcublas.so.* (with libcublasLt beside it) and libnccl.so.* for the [LibraryImport] bindings:
 /// an explicit override (ENGINE_LIBCUDA / ENGINE_LIBCUBLAS / ENGINE_LIBNCCL: a file, or a directory to search), then
 /// the dynamic loader's own search by soname (ld.so.cache, LD_LIBRARY_PATH), then the binary's directory, CUDA_HOME/CUDA_PATH, /usr/local/cuda,
-/// the distribution's library directories, and NVIDIA's Python wheels (site-packages/nvidia/{cublas,nccl}/lib of
-/// every Python found under /usr, /usr/local, ~/.local, VIRTUAL_ENV, CONDA_PREFIX), newest soname version first.
+/// the distribution's library directories, and NVIDIA's Python wheels in both layouts — CUDA 13's shared
+/// site-packages/nvidia/cu13/lib (libcublas.so.13, as PyTorch's cu130 builds install it) and the per-library
+/// site-packages/nvidia/{cublas,nccl}/lib — of every Python found under /usr, /usr/local, ~/.local, VIRTUAL_ENV,
+/// CONDA_PREFIX and the prefix of each python3 on PATH (a venv such as /opt/torch/.venv/bin), newest soname first.
 /// The driver offers only libcuda.so.1 on most systems (libcuda.so comes with the toolkit's dev package), and the
 /// toolkit's stubs/libcuda.so is never used: it loads but every call fails.
 /// </summary>
@@ -59,7 +61,7 @@ public static class NativeLibraryResolver
     {
         handle = IntPtr.Zero;
         var tried = new List<string>();
-        var (envVar, sonames, wheelDir) = Describe(library);
+        var (envVar, sonames, wheelDirs) = Describe(library);
         string? overridePath = env(envVar);
         if (!string.IsNullOrWhiteSpace(overridePath))
         {
@@ -78,7 +80,7 @@ public static class NativeLibraryResolver
             tried.Add(soname + " (dynamic loader search)");
             if (TryLoad(library, soname, out handle)) return new LibraryProbe(library, soname, tried, null);
         }
-        foreach (var dir in SearchDirectories(env, wheelDir))
+        foreach (var dir in SearchDirectories(env, wheelDirs))
         {
             var candidates = CandidatesIn(dir, sonames).ToList();
             if (candidates.Count == 0) tried.Add(dir + "/");
@@ -98,12 +100,17 @@ public static class NativeLibraryResolver
             $"{what}; looked in: {string.Join(", ", tried)}. Set {envVar} to the library file or its directory.");
     }
 
-    private static (string EnvVar, string[] Sonames, string? WheelDir) Describe(CudaLibrary library) => library switch
+    private static (string EnvVar, string[] Sonames, string[] WheelDirs) Describe(CudaLibrary library) => library switch
     {
-        CudaLibrary.Driver => ("ENGINE_LIBCUDA", ["libcuda.so.1", "libcuda.so"], null),
-        CudaLibrary.Cublas => ("ENGINE_LIBCUBLAS", ["libcublas.so", "libcublas.so.13", "libcublas.so.12", "libcublas.so.11"], "cublas"),
-        _ => ("ENGINE_LIBNCCL", ["libnccl.so.2", "libnccl.so"], "nccl"),
+        CudaLibrary.Driver => ("ENGINE_LIBCUDA", ["libcuda.so.1", "libcuda.so"], []),
+        CudaLibrary.Cublas => ("ENGINE_LIBCUBLAS", ["libcublas.so", "libcublas.so.13", "libcublas.so.12", "libcublas.so.11"], WheelLibDirs("cublas")),
+        _ => ("ENGINE_LIBNCCL", ["libnccl.so.2", "libnccl.so"], WheelLibDirs("nccl")),
     };
+
+    /// <summary>Library folders of NVIDIA's wheels below site-packages, newest CUDA first: the shared CUDA 13 (and
+    /// later) folder nvidia/cuNN/lib, then the per-library nvidia/&lt;name&gt;/lib of the CUDA 11/12 wheels.</summary>
+    private static string[] WheelLibDirs(string name) =>
+        [Path.Combine("nvidia", "cu13", "lib"), Path.Combine("nvidia", name, "lib")];
 
     /// <summary>Files in <paramref name="dir"/> matching the library's soname stem, newest version first.</summary>
     public static IEnumerable<string> CandidatesIn(string dir, IReadOnlyList<string> sonames)
@@ -128,7 +135,11 @@ public static class NativeLibraryResolver
         return v;
     }
 
-    private static IEnumerable<string> SearchDirectories(Func<string, string?> env, string? wheelDir)
+    /// <summary>Every directory searched after the loader's own search, in order.</summary>
+    public static IEnumerable<string> SearchDirectories(CudaLibrary library, Func<string, string?> env) =>
+        SearchDirectories(env, Describe(library).WheelDirs);
+
+    private static IEnumerable<string> SearchDirectories(Func<string, string?> env, string[] wheelDirs)
     {
         var dirs = new List<string>();
         // beside the binary (a self-contained engine shipped with its libraries), then the usual places
@@ -138,8 +149,8 @@ public static class NativeLibraryResolver
             if (env(v) is { Length: > 0 } root) { dirs.Add(Path.Combine(root, "lib64")); dirs.Add(Path.Combine(root, "lib")); }
         dirs.AddRange(["/usr/local/cuda/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
             "/usr/lib", "/usr/lib/wsl/lib"]);
-        if (wheelDir is not null)
-            foreach (var sp in SitePackages(env)) dirs.Add(Path.Combine(sp, "nvidia", wheelDir, "lib"));
+        foreach (var sp in SitePackages(env))
+            foreach (var wheelDir in wheelDirs) dirs.Add(Path.Combine(sp, wheelDir));
         return dirs.Distinct(StringComparer.Ordinal);
     }
 
@@ -150,7 +161,11 @@ public static class NativeLibraryResolver
         if (env("HOME") is { Length: > 0 } home) roots.Add(Path.Combine(home, ".local", "lib"));
         if (env("VIRTUAL_ENV") is { Length: > 0 } venv) roots.Add(Path.Combine(venv, "lib"));
         if (env("CONDA_PREFIX") is { Length: > 0 } conda) roots.Add(Path.Combine(conda, "lib"));
-        foreach (var root in roots)
+        // the prefix of every python3 on PATH: a venv that is on PATH but not activated (no VIRTUAL_ENV)
+        foreach (var bin in (env("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
+            if (File.Exists(Path.Combine(bin, "python3")) && Path.GetDirectoryName(bin.TrimEnd('/')) is { Length: > 0 } prefix)
+                roots.Add(Path.Combine(prefix, "lib"));
+        foreach (var root in roots.Distinct(StringComparer.Ordinal))
         {
             if (!Directory.Exists(root)) continue;
             IEnumerable<string> pys;

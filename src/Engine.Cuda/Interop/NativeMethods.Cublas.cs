@@ -31,6 +31,8 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCublas)] public static partial CublasStatus cublasSetStream_v2(IntPtr handle, IntPtr stream);
     [LibraryImport(LibCublas)] public static partial CublasStatus cublasSetMathMode(IntPtr handle, CublasMath mode);
     [LibraryImport(LibCublas)] public static partial CublasStatus cublasGetVersion_v2(IntPtr handle, out int version);
+    /// <summary>A caller-owned workspace (CUDA-graph capture: cuBLAS then allocates nothing while capturing).</summary>
+    [LibraryImport(LibCublas)] public static partial CublasStatus cublasSetWorkspace_v2(IntPtr handle, ulong workspace, nuint bytes);
 
     [LibraryImport(LibCublas)]
     public static partial CublasStatus cublasGemmEx(IntPtr handle, CublasOperation transa, CublasOperation transb, int m, int n, int k,

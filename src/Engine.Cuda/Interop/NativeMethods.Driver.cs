@@ -21,6 +21,27 @@ public enum CuResult
     LaunchFailed = 719,
 }
 
+/// <summary>CUDA_MEMCPY2D (128 bytes on 64-bit): device-to-device copies set the memory types to 2 (CU_MEMORYTYPE_DEVICE).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct CudaMemcpy2D
+{
+    public nuint SrcXInBytes, SrcY;
+    public int SrcMemoryType;
+    public IntPtr SrcHost;
+    public ulong SrcDevice;
+    public IntPtr SrcArray;
+    public nuint SrcPitch;
+    public nuint DstXInBytes, DstY;
+    public int DstMemoryType;
+    public IntPtr DstHost;
+    public ulong DstDevice;
+    public IntPtr DstArray;
+    public nuint DstPitch;
+    public nuint WidthInBytes, Height;
+
+    public const int Size = 128, MemoryTypeDevice = 2;
+}
+
 /// <summary>CUdevice_attribute values used by the engine.</summary>
 public enum CuDeviceAttribute
 {
@@ -70,6 +91,9 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCuda)] public static partial CuResult cuMemAlloc_v2(out ulong devicePtr, nuint bytes);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemFree_v2(ulong devicePtr);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemGetInfo_v2(out nuint free, out nuint total);
+    /// <summary>Page-locked host memory (flags 0: portable to this context only), the source of asynchronous uploads.</summary>
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemHostAlloc(out IntPtr host, nuint bytes, uint flags);
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemFreeHost(IntPtr host);
     /// <summary>CUDA 12 driver API: a TMA tensor map (128 bytes; <paramref name="tensorMap"/> 64-byte aligned). The enums
     /// are passed as int: data type bf16 = 9, interleave none = 0, swizzle 128B = 3, L2 promotion 128B = 2, OOB fill none = 0
     /// (zeros). Older drivers lack the symbol (EntryPointNotFoundException).</summary>
@@ -82,6 +106,8 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyHtoDAsync_v2(ulong dst, void* src, nuint bytes, IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoHAsync_v2(void* dst, ulong src, nuint bytes, IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemcpyDtoDAsync_v2(ulong dst, ulong src, nuint bytes, IntPtr stream);
+    /// <summary>A 2-D (pitched) copy: column blocks of row-major matrices (IBackend.CopyColumns).</summary>
+    [LibraryImport(LibCuda)] public static partial CuResult cuMemcpy2DAsync_v2(in CudaMemcpy2D copy, IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemsetD8_v2(ulong dst, byte value, nuint count);
     [LibraryImport(LibCuda)] public static partial CuResult cuMemsetD8Async(ulong dst, byte value, nuint count, IntPtr stream);
 
@@ -89,6 +115,15 @@ public static unsafe partial class NativeMethods
     [LibraryImport(LibCuda)] public static partial CuResult cuStreamDestroy_v2(IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuStreamSynchronize(IntPtr stream);
     [LibraryImport(LibCuda)] public static partial CuResult cuStreamWaitEvent(IntPtr stream, IntPtr evt, uint flags);
+
+    /// <summary>Stream capture into a CUDA graph (mode 2 = relaxed: allocations allowed while capturing), instantiate, replay.</summary>
+    [LibraryImport(LibCuda)] public static partial CuResult cuStreamBeginCapture_v2(IntPtr stream, int mode);
+    [LibraryImport(LibCuda)] public static partial CuResult cuStreamEndCapture(IntPtr stream, out IntPtr graph);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphInstantiateWithFlags(out IntPtr exec, IntPtr graph, ulong flags);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphLaunch(IntPtr exec, IntPtr stream);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphDestroy(IntPtr graph);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphExecDestroy(IntPtr exec);
+    [LibraryImport(LibCuda)] public static partial CuResult cuGraphGetNodes(IntPtr graph, IntPtr* nodes, ref nuint count);
 
     [LibraryImport(LibCuda)] public static partial CuResult cuEventCreate(out IntPtr evt, uint flags);
     [LibraryImport(LibCuda)] public static partial CuResult cuEventDestroy_v2(IntPtr evt);

@@ -1,9 +1,13 @@
 namespace Engine.Cuda.Kernels;
 
 /// <summary>Attention problem size: q/o [B, T, H, D], k/v [B, T, Hkv, D], H % Hkv == 0; D 64 or 128 (attention.cu),
-/// 32, 64, 96 or 128 (attention_v2.cu).</summary>
-public readonly record struct AttentionShape(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim)
+/// 32, 64, 96 or 128 (attention_v2.cu). AlibiMaxBias &gt; 0: ALiBi, run by the kernels' *_alibi entry points, which take
+/// it as a second argument after the params struct (<see cref="AttentionKernels.Launch{T}"/>; causal only).</summary>
+public readonly record struct AttentionShape(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim, float AlibiMaxBias = 0f)
 {
+    /// <summary>The kernel name infix of the ALiBi entry points ("attention_forward_alibi_d64").</summary>
+    public string Variant => AlibiMaxBias > 0 ? "_alibi" : "";
+
     /// <summary>Head dims of the v1 kernels (attention.cu).</summary>
     public static readonly int[] V1HeadDims = [64, 128];
 
@@ -17,6 +21,7 @@ public readonly record struct AttentionShape(int Batch, int SeqLen, int Heads, i
             throw new ArgumentException($"heads {Heads} must be a positive multiple of kv_heads {KvHeads}");
         if (Array.IndexOf(headDims, HeadDim) < 0)
             throw new ArgumentException($"head dim {HeadDim} unsupported: the {kernels} kernels take {string.Join(", ", headDims)}");
+        if (!(AlibiMaxBias >= 0) || float.IsInfinity(AlibiMaxBias)) throw new ArgumentException($"ALiBi max bias must be finite and >= 0 (got {AlibiMaxBias})");
     }
     /// <summary>Bytes of the fp32 lse [B, H, T] (forward output) and of the backward's delta scratch (same size).</summary>
     public long LseBytes => (long)Batch * Heads * SeqLen * sizeof(float);
@@ -47,7 +52,7 @@ public sealed class AttentionKernels
         if (shape.Batch == 0 || shape.SeqLen == 0) return;
         int d = shape.HeadDim;
         var grid = new Dim3((uint)((shape.SeqLen + KernelTraits.AttnFwdBlockM(d) - 1) / KernelTraits.AttnFwdBlockM(d)), (uint)shape.Heads, (uint)shape.Batch);
-        _lib.Function(Module, $"attention_forward_d{d}").Launch(s, grid, KernelTraits.AttnThreads, KernelTraits.AttnFwdSmem(d), p);
+        Launch(_lib.Function(Module, $"attention_forward{shape.Variant}_d{d}"), s, grid, KernelTraits.AttnThreads, KernelTraits.AttnFwdSmem(d), p, shape);
     }
 
     /// <summary>dq, dk, dv from dout and the forward's o and lse; <paramref name="delta"/> is fp32 scratch of
@@ -72,9 +77,17 @@ public sealed class AttentionKernels
         }
         int bkv = KernelTraits.AttnBwdBlockKV(d), bm = KernelTraits.AttnBwdBlockM(d);
         var gridKv = new Dim3((uint)((shape.SeqLen + bkv - 1) / bkv), (uint)shape.KvHeads, (uint)shape.Batch);
-        _lib.Function(Module, $"attention_backward_dkdv_d{d}").Launch(s, gridKv, KernelTraits.AttnThreads, KernelTraits.AttnBwdKVSmem(d), p);
+        Launch(_lib.Function(Module, $"attention_backward_dkdv{shape.Variant}_d{d}"), s, gridKv, KernelTraits.AttnThreads, KernelTraits.AttnBwdKVSmem(d), p, shape);
         var gridQ = new Dim3((uint)((shape.SeqLen + bm - 1) / bm), (uint)shape.Heads, (uint)shape.Batch);
-        _lib.Function(Module, $"attention_backward_dq_d{d}").Launch(s, gridQ, KernelTraits.AttnThreads, KernelTraits.AttnBwdQSmem(d), p);
+        Launch(_lib.Function(Module, $"attention_backward_dq{shape.Variant}_d{d}"), s, gridQ, KernelTraits.AttnThreads, KernelTraits.AttnBwdQSmem(d), p, shape);
+    }
+
+    /// <summary>Launches an attention kernel of either family: the params struct alone, or for ALiBi (the *_alibi entry
+    /// points) the struct and the max bias.</summary>
+    internal static void Launch<T>(KernelFunction f, CudaStream s, Dim3 grid, int block, int smem, in T p, AttentionShape shape) where T : unmanaged
+    {
+        if (shape.AlibiMaxBias > 0) f.Launch(s, grid, block, smem, p, shape.AlibiMaxBias);
+        else f.Launch(s, grid, block, smem, p);
     }
 
     private static AttentionParams Params(AttentionShape shape, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o, DevicePtr lse, bool causal,
@@ -134,6 +147,8 @@ public sealed class AttentionKernels
             SoftmaxScale = 1f / MathF.Sqrt(d),
             Causal = causal ? 1 : 0,
         };
+        if (shape.AlibiMaxBias > 0 && !causal)
+            throw new ArgumentException("ALiBi attention is causal only (its bias m·(j − i) assumes keys at or before the query)", nameof(causal));
         CheckOperand(q, p.QRowStride, (long)shape.Heads * d, nameof(q));
         CheckOperand(k, p.KRowStride, (long)shape.KvHeads * d, nameof(k));
         CheckOperand(v, p.VRowStride, (long)shape.KvHeads * d, nameof(v));

@@ -121,13 +121,13 @@ public sealed class AttentionV2Kernels
         if (shape.Batch == 0 || shape.SeqLen == 0) return;
         p.Sched = AttentionSchedule.Forward(shape, causal, L2Bytes());
         int d = shape.HeadDim;
-        if (UsesHopperPath(d))
+        if (UsesHopperPath(d) && (shape.AlibiMaxBias == 0 || _lib.TryFunction(HopperModule, $"attention_sm90_forward{shape.Variant}_d{d}", out _)))
         {
             LaunchHopper(s, shape, p);
             return;
         }
-        _lib.Function(Module, $"attention_v2_forward_d{d}").Launch(s, new Dim3((uint)AttentionSchedule.Tiles(p.Sched)),
-            KernelTraits.AttnV2FwdThreads, KernelTraits.AttnV2FwdSmem(d), p);
+        AttentionKernels.Launch(_lib.Function(Module, $"attention_v2_forward{shape.Variant}_d{d}"), s, new Dim3((uint)AttentionSchedule.Tiles(p.Sched)),
+            KernelTraits.AttnV2FwdThreads, KernelTraits.AttnV2FwdSmem(d), p, shape);
     }
 
     private unsafe void LaunchHopper(CudaStream s, AttentionShape shape, AttentionV2Params p)
@@ -138,8 +138,8 @@ public sealed class AttentionV2Kernels
         TensorMaps.Encode(TensorMaps.Spec(p.Base.K, shape.KvHeads, shape.SeqLen, shape.Batch, p.Base.KRowStride, shape.HeadDim, box), sp.K);
         TensorMaps.Encode(TensorMaps.Spec(p.Base.V, shape.KvHeads, shape.SeqLen, shape.Batch, p.Base.VRowStride, shape.HeadDim, box), sp.V);
         int d = shape.HeadDim;
-        _lib.Function(HopperModule, $"attention_sm90_forward_d{d}").Launch(s, new Dim3((uint)AttentionSchedule.Tiles(sp.Sched)),
-            KernelTraits.AttnSm90Threads, KernelTraits.AttnSm90Smem(d), sp);
+        AttentionKernels.Launch(_lib.Function(HopperModule, $"attention_sm90_forward{shape.Variant}_d{d}"), s, new Dim3((uint)AttentionSchedule.Tiles(sp.Sched)),
+            KernelTraits.AttnSm90Threads, KernelTraits.AttnSm90Smem(d), sp, shape);
     }
 
     /// <summary>dq, dk, dv from dout and the forward's o and lse. Scratch: <paramref name="delta"/> fp32
@@ -149,7 +149,26 @@ public sealed class AttentionV2Kernels
     public void Backward(CudaStream s, AttentionShape shape, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o, DevicePtr lse,
         DevicePtr dout, DevicePtr dq, DevicePtr dk, DevicePtr dv, DevicePtr delta, DevicePtr dqAccum, DevicePtr sync, bool causal = true,
         long qRowStride = 0, long kRowStride = 0, long vRowStride = 0, long oRowStride = 0,
-        long doRowStride = 0, long dqRowStride = 0, long dkRowStride = 0, long dvRowStride = 0)
+        long doRowStride = 0, long dqRowStride = 0, long dkRowStride = 0, long dvRowStride = 0) =>
+        Backward(s, shape, q, k, v, o, lse, dout, dq, dk, dv, delta, dqAccum, sync, causal, qRowStride, kRowStride, vRowStride, oRowStride,
+            doRowStride, dqRowStride, dkRowStride, dvRowStride, skippedTickets: 0);
+
+    /// <summary>Debug aid (AttentionV2DebugGpuTests, packed strides): <see cref="Backward"/> with the first
+    /// <paramref name="skippedTickets"/> tiles never started — the ticket counter starts there and the grid is that
+    /// much smaller — so the key tiles after them wait for dQ partials nobody publishes. A release build hangs; a
+    /// debug build (ENGINE_DEBUG_KERNELS) traps after a bounded wait.</summary>
+    public void BackwardWithMissingPredecessors(CudaStream s, AttentionShape shape, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o,
+        DevicePtr lse, DevicePtr dout, DevicePtr dq, DevicePtr dk, DevicePtr dv, DevicePtr delta, DevicePtr dqAccum, DevicePtr sync,
+        bool causal, int skippedTickets)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(skippedTickets);
+        Backward(s, shape, q, k, v, o, lse, dout, dq, dk, dv, delta, dqAccum, sync, causal, 0, 0, 0, 0, 0, 0, 0, 0, skippedTickets);
+    }
+
+    private void Backward(CudaStream s, AttentionShape shape, DevicePtr q, DevicePtr k, DevicePtr v, DevicePtr o, DevicePtr lse,
+        DevicePtr dout, DevicePtr dq, DevicePtr dk, DevicePtr dv, DevicePtr delta, DevicePtr dqAccum, DevicePtr sync, bool causal,
+        long qRowStride, long kRowStride, long vRowStride, long oRowStride, long doRowStride, long dqRowStride, long dkRowStride,
+        long dvRowStride, int skippedTickets)
     {
         var f = Params(shape, q, k, v, o, lse, causal, qRowStride, kRowStride, vRowStride, oRowStride);
         int d = shape.HeadDim;
@@ -159,7 +178,10 @@ public sealed class AttentionV2Kernels
         if (shape.Batch == 0 || shape.SeqLen == 0) return;
 
         var p = new AttentionV2BackwardParams { Base = b, DqAccum = dqAccum, Sync = sync, Sched = AttentionSchedule.Backward(shape, L2Bytes()) };
+        long tiles = AttentionSchedule.Tiles(p.Sched);
+        if (skippedTickets >= tiles) throw new ArgumentOutOfRangeException(nameof(skippedTickets), $"{skippedTickets} of {tiles} tiles");
         s.Memset(sync, 0, SyncBytes(shape));
+        if (skippedTickets > 0) s.CopyToDevice<int>(sync, [skippedTickets]);
         long rows = (long)shape.Batch * shape.SeqLen * shape.Heads;
         unsafe
         {
@@ -168,8 +190,8 @@ public sealed class AttentionV2Kernels
             void** args = stackalloc void*[2] { &copy, &headDim };
             _lib.Function(Module, "attention_v2_backward_preprocess").LaunchRaw(s, new Dim3((uint)_lib.GridFor(rows, 4)), 128, 0, args);
         }
-        _lib.Function(Module, $"attention_v2_backward_d{d}").Launch(s, new Dim3((uint)AttentionSchedule.Tiles(p.Sched)),
-            KernelTraits.AttnV2BwdThreads(d), KernelTraits.AttnV2BwdSmem(d), p);
+        AttentionKernels.Launch(_lib.Function(Module, $"attention_v2_backward{shape.Variant}_d{d}"), s, new Dim3((uint)(tiles - skippedTickets)),
+            KernelTraits.AttnV2BwdThreads(d), KernelTraits.AttnV2BwdSmem(d), p, shape);
     }
 }
 

@@ -107,7 +107,9 @@ public struct CrossEntropyParams
     public DevicePtr Logits, Loss, Lse, Targets, DLoss;
     public long Rows, Vocab, RowStride;
     public float ZLoss, DLossScale;
-    public int IgnoreIndex, Pad;
+    public int IgnoreIndex;
+    /// <summary>Baichuan 2's max-z loss weight (0 = none).</summary>
+    public float MaxZLoss;
 }
 
 [StructLayout(LayoutKind.Sequential)]

@@ -58,7 +58,7 @@ public sealed class RopeKernels
             LinearFactor = linearFactor,
         };
         if (p.InRowStride < row || p.OutRowStride < row) throw new ArgumentException($"row strides must be >= heads * headDim = {row}");
-        long pairs = (long)batch * seqLen * heads * (headDim / 2);
+        long pairs = (long)batch * seqLen * (headDim / 2);   // one thread per (token, pair): its sincos serves every head
         if (pairs == 0) return;
         _lib.Function(Module, name).Launch(s, new Dim3((uint)_lib.GridFor(pairs, KernelTraits.ElementwiseBlock)), KernelTraits.ElementwiseBlock, 0, p);
     }

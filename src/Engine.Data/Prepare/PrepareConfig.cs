@@ -64,8 +64,7 @@ public sealed record PrepareConfig(
     public static PrepareConfig Load(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (!File.Exists(path)) throw new FileNotFoundException($"config file not found: {path}", path);
-        string text = File.ReadAllText(path);
+        string text = File.ReadAllText(FileStat.RequireRegular(path, "config file"));
         return Parse(text, path, Path.GetDirectoryName(Path.GetFullPath(path))!);
     }
 

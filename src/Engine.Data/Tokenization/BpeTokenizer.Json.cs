@@ -24,6 +24,19 @@ public sealed partial class BpeTokenizer
         var dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (dir != null) Directory.CreateDirectory(dir);
         using var stream = File.Create(path);
+        Write(stream);
+    }
+
+    /// <summary>The tokenizer.json text <see cref="Save"/> writes.</summary>
+    public string ToJson()
+    {
+        using var stream = new MemoryStream();
+        Write(stream);
+        return System.Text.Encoding.UTF8.GetString(stream.GetBuffer(), 0, (int)stream.Length);
+    }
+
+    void Write(Stream stream)
+    {
         using var w = new Utf8JsonWriter(stream, WriterOptions);
         w.WriteStartObject();
         w.WriteString("version", "1.0");
@@ -146,9 +159,18 @@ public sealed partial class BpeTokenizer
     public static BpeTokenizer Load(string path, string? eosToken = null, string? bosToken = null)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
-        if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer file not found: {path}", path);
+        FileStat.RequireRegular(path, "tokenizer file");
+        return Parse(File.ReadAllBytes(path), path, eosToken, bosToken);
+    }
+
+    /// <summary>As <see cref="Load"/>, from tokenizer.json text held in memory; <paramref name="source"/> names it in messages.</summary>
+    public static BpeTokenizer FromJson(string json, string source, string? eosToken = null, string? bosToken = null) =>
+        Parse(System.Text.Encoding.UTF8.GetBytes(json), source, eosToken, bosToken);
+
+    static BpeTokenizer Parse(byte[] utf8, string path, string? eosToken, string? bosToken)
+    {
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
+        try { doc = JsonDocument.Parse(utf8); }
         catch (JsonException e) { throw new InvalidDataException($"{path}: not valid JSON ({ErrorText.OneLine(e.Message)})", e); }
         using (doc)
         {

@@ -42,8 +42,8 @@ public sealed record AddedToken(int Id, string Content, bool Special)
 /// pre-tokenizer → BPE model → ids; ids → tokens → decoder chain → text. Two model families:
 /// <list type="bullet">
 /// <item>byte-level (GPT-2, Llama 3, Qwen): a piece's UTF-8 bytes start as 256 byte tokens. The engine trains this
-/// kind (<see cref="Train"/>): the default pattern splits digits into single digits (as Baichuan 2 does) and keeps runs
-/// of Han characters apart from Latin words.</item>
+/// kind (<see cref="Train"/>) with Qwen2's split rule (<see cref="DefaultPattern"/>: single digits, as Baichuan 2
+/// splits numbers), which llama.cpp implements under the name "qwen2".</item>
 /// <item>SentencePiece-style (Llama 2, Mistral, Baichuan 2): spaces become ▁ (Prepend/Replace normalizers or a
 /// Metaspace pre-tokenizer), symbols are Unicode characters, and a character outside the vocabulary falls back to
 /// &lt;0xNN&gt; byte tokens (byte_fallback) or the unknown token; decoded by Replace / ByteFallback / Fuse / Strip.</item>
@@ -55,11 +55,15 @@ public sealed record AddedToken(int Id, string Content, bool Special)
 public sealed partial class BpeTokenizer : ITokenizer
 {
     /// <summary>
-    /// English contractions; Han runs; letter runs with one optional leading non-letter (space or punctuation);
-    /// single digits; punctuation runs; newlines; other whitespace. Valid in .NET and Oniguruma (HF tokenizers).
+    /// Qwen2's split rule, spelled as llama.cpp spells it (<c>LLAMA_VOCAB_PRE_TYPE_QWEN2</c>: the contractions with
+    /// explicit case classes instead of <c>(?i:…)</c>, so .NET, Hugging Face's Oniguruma and llama.cpp's std::regex read
+    /// the same characters): English contractions; letter runs with one optional leading non-letter (space or
+    /// punctuation); single digits (as Baichuan 2 splits numbers); punctuation runs with their trailing newlines;
+    /// newlines; other whitespace. A GGUF export names it <c>tokenizer.ggml.pre = "qwen2"</c>, so llama.cpp (and
+    /// ollama, llama-server) split raw text exactly as the engine does.
     /// </summary>
     public const string DefaultPattern =
-        @"'(?i:[sdmt]|ll|ve|re)|[\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF]+|[^\r\n\p{L}\p{N}]?(?:(?![\u3400-\u4DBF\u4E00-\u9FFF\uF900-\uFAFF])[\p{L}\p{M}])+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+        @"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
     static readonly string[] EosNames = ["<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", "<|eot_id|>"];
     static readonly string[] BosNames = ["<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"];
@@ -179,15 +183,28 @@ public sealed partial class BpeTokenizer : ITokenizer
     /// <summary>The tokenizer.json this tokenizer was loaded from (null when trained or built in memory).</summary>
     public string? SourcePath { get; private set; }
 
-    /// <summary>A regex of the file that ran past <see cref="PreTokenizer.MatchTimeout"/>: the file is unusable, say which.</summary>
-    InvalidDataException RegexTimeout(RegexMatchTimeoutException e) =>
-        new($"{SourcePath ?? "tokenizer"}: regex '{e.Pattern}' ran past its {e.MatchTimeout.TotalSeconds:0.#} s match limit on a {e.Input.Length}-character input " +
-            "(catastrophic backtracking): fix the pattern in the tokenizer.json", e);
+    /// <summary>
+    /// A regex of the file ran past <see cref="PreTokenizer.MatchTimeout"/> on a text of <paramref name="inputChars"/>
+    /// characters (.NET reports an empty input for span matches, so the caller gives the length). On a long text the
+    /// input is the likely cause (a line of megabytes), on a short one the pattern (catastrophic backtracking).
+    /// </summary>
+    InvalidDataException RegexTimeout(RegexMatchTimeoutException e, long inputChars)
+    {
+        string limit = $"{e.MatchTimeout.TotalSeconds:0.#} s";
+        return inputChars > LongInputChars
+            ? new($"{SourcePath ?? "tokenizer"}: pre-tokenizing a text of {inputChars:N0} characters ran past the {limit} regex match limit: " +
+                $"the input is too long for one match (one very long line or document), not a fault of the pattern; break the text into lines of at most {TextDecoding.MaxLineBytes:N0} bytes", e)
+            : new($"{SourcePath ?? "tokenizer"}: regex '{e.Pattern}' ran past its {limit} match limit on a {inputChars:N0}-character input " +
+                "(catastrophic backtracking): fix the pattern in the tokenizer.json", e);
+    }
+
+    /// <summary>Above this many characters a regex time-out is blamed on the input's length rather than the pattern.</summary>
+    const int LongInputChars = 1 << 20;
 
     public int[] Encode(string text)
     {
         try { return EncodeCore(text); }
-        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e); }
+        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e, text.Length); }
     }
 
     int[] EncodeCore(string text)
@@ -242,8 +259,55 @@ public sealed partial class BpeTokenizer : ITokenizer
     /// <summary>Hugging Face's decode(ids, skip_special_tokens = true); an id outside the vocabulary is an error.</summary>
     public string Decode(ReadOnlySpan<int> ids)
     {
-        try { return DecodeCore(ids); }
-        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e); }
+        try { return CleanUpTokenizationSpaces ? CleanUpSpaces(DecodeCore(ids)) : DecodeCore(ids); }
+        catch (RegexMatchTimeoutException e) { throw RegexTimeout(e, e.Input.Length); }
+    }
+
+    /// <summary>
+    /// tokenizer_config.json's clean_up_tokenization_spaces (Llama 3 sets it): decoded text loses the space before
+    /// <c>? ! . ,</c>, around a lone <c>'</c>, and before <c>'s 'm 're 've</c> — as llama.cpp's detokenizer does
+    /// (<see cref="CleanUpSpaces"/>). <see cref="TokenizerFiles"/> sets it from the file beside tokenizer.json.
+    /// </summary>
+    public bool CleanUpTokenizationSpaces { get; set; }
+
+    /// <summary>
+    /// llama.cpp's clean_spaces passes (llama_vocab::impl::detokenize), character for character: its rendition of
+    /// transformers' clean_up_tokenization (which also joins " n't"; llama.cpp does not, and neither does this).
+    /// </summary>
+    public static string CleanUpSpaces(string decoded)
+    {
+        var t = decoded.ToCharArray();
+        int total = t.Length;
+        // first pass: " ?", " !", " .", " ,"
+        int n = total; total = n > 0 ? 1 : 0;
+        for (int i = 1; i < n; i++)
+        {
+            char x = t[i];
+            if (t[i - 1] == ' ' && x is '?' or '!' or '.' or ',') total--;
+            t[total++] = x;
+        }
+        // second pass: " ' " -> "'"
+        n = total; total = n > 0 ? 1 : 0;
+        for (int i = 1; i < n; i++)
+        {
+            char x = t[i];
+            if (x == '\'' && i + 1 < n && t[i - 1] == ' ' && t[i + 1] == ' ') { total--; t[++i] = '\0'; }
+            t[total++] = x;
+        }
+        // third pass: " 's", " 'm", " 're", " 've"
+        n = total; total = n > 0 ? 1 : 0;
+        for (int i = 1; i < n; i++)
+        {
+            char x = t[i];
+            if (t[i - 1] == ' ' && x == '\'' && i + 1 < n)
+            {
+                char x1 = t[i + 1];
+                if (x1 is 's' or 'm') total--;
+                else if (x1 is not ('t' or 'd') && i + 2 < n && ((x1 == 'r' && t[i + 2] == 'e') || (x1 == 'v' && t[i + 2] == 'e'))) total--;
+            }
+            t[total++] = x;
+        }
+        return new string(t, 0, total);
     }
 
     string DecodeCore(ReadOnlySpan<int> ids)

@@ -10,7 +10,12 @@ public enum GgufQuant { F32, F16, Q8_0, Q4_0 }
 /// <summary>One written tensor: its GGUF name, type and dims (ggml order), and why its type differs from the requested one.</summary>
 public sealed record GgufTensorReport(string Name, GgmlType Type, long[] Dims, string? Note);
 
-public sealed record GgufExportReport(string Path, long Bytes, IReadOnlyList<GgufTensorReport> Tensors, string PreNote);
+public sealed record GgufExportReport(string Path, long Bytes, IReadOnlyList<GgufTensorReport> Tensors, string PreNote)
+{
+    /// <summary>The llama.cpp architecture written ("llama" or "baichuan") and why, when it is not the family's own.</summary>
+    public string Architecture { get; init; } = GgufExport.Arch;
+    public string? ArchitectureNote { get; init; }
+}
 
 /// <summary>
 /// Writes a <see cref="LlamaModel"/> as a llama.cpp GGUF file with the tensor names and metadata keys that
@@ -28,10 +33,32 @@ public sealed record GgufExportReport(string Path, long Bytes, IReadOnlyList<Ggu
 /// RoPE: rope.freq_base is rope_theta (stored f32); linear scaling writes rope.scaling.type "linear" and its factor; the
 /// engine's static NTK writes the equivalent base θ·f^(d/(d−2)) and context length ⌊L₀·f⌋ (see <see cref="HfConfig"/>).
 /// NormHead is baked in: output.weight holds the row-normalised head, which is what the model multiplies by.
+///
+/// Baichuan: llama.cpp's "baichuan" architecture (convert_hf_to_gguf's BaichuanModel: W_pack split into attn_q/k/v,
+/// q and k permuted as above, the "Meta AI original pth" data layout key). llama.cpp picks the position scheme from the
+/// layer count — 32 layers: 7B, RoPE; 40 layers: 13B, ALiBi with max bias 8 — so a RoPE Baichuan of another depth is
+/// written as "llama" (the same computation: Baichuan 7B is a Llama with packed q/k/v), and an ALiBi model must have 40
+/// layers (no other llama.cpp architecture computes this block with ALiBi): anything else is refused by name.
 /// </summary>
 public static class GgufExport
 {
     public const string Arch = "llama";
+    public const string BaichuanArch = "baichuan";
+
+    /// <summary>llama.cpp's Baichuan model types by layer count (llama-model.cpp: LLM_ARCH_BAICHUAN).</summary>
+    public const int BaichuanRopeLayers = 32, BaichuanAlibiLayers = 40;
+
+    /// <summary>The llama.cpp architecture a model is written as, and a note when it is not its family's own.</summary>
+    public static (string Arch, string? Note) ArchitectureFor(LlamaConfig c)
+    {
+        if (c.Family != ModelFamily.Baichuan) return (Arch, null);
+        if (c.Position == PositionEmbedding.Alibi)
+            return c.NumLayers == BaichuanAlibiLayers ? (BaichuanArch, null)
+                : throw new NotSupportedException($"llama.cpp runs a Baichuan model with ALiBi only as its 13B type, which it recognises by {BaichuanAlibiLayers} layers; " +
+                    $"this model has {c.NumLayers} (llama.cpp would run it without positions): no GGUF is written");
+        return c.NumLayers == BaichuanRopeLayers ? (BaichuanArch, null)
+            : (Arch, $"llama.cpp's baichuan architecture takes a RoPE model only with {BaichuanRopeLayers} layers; this one has {c.NumLayers}, so it is written as \"llama\" (the same computation)");
+    }
 
     /// <summary>llama.cpp's <c>llama_ftype</c> numbers.</summary>
     public static uint FileType(GgufQuant q) => q switch { GgufQuant.F32 => 0, GgufQuant.F16 => 1, GgufQuant.Q4_0 => 2, GgufQuant.Q8_0 => 7, _ => throw new ArgumentOutOfRangeException(nameof(q)) };
@@ -87,18 +114,21 @@ public static class GgufExport
         return y;
     }
 
-    /// <summary>Writes the model as GGUF. The vocabulary is padded with UNUSED tokens up to the model's vocab_size.</summary>
+    /// <summary>Writes the model as GGUF. The vocabulary is padded with UNUSED tokens up to the model's vocab_size;
+    /// general.name is <paramref name="name"/>, else the run's name the model carries.</summary>
     public static GgufExportReport Write(LlamaModel model, GgufVocab vocab, string path, GgufQuant quant, string? name = null)
     {
         var c = model.Config;
+        var (arch, archNote) = ArchitectureFor(c);
         vocab = vocab.PadTo(c.VocabSize);
         var w = new GgufWriter();
-        string A(string key) => $"{Arch}.{key}";
+        string A(string key) => $"{arch}.{key}";
         double theta = c.RopeScaling == RopeScalingKind.Ntk ? HfConfig.NtkTheta(c.RopeTheta, c.RopeScalingFactor, c.HeadDim) : c.RopeTheta;
         int ctx = c.RopeScaling == RopeScalingKind.Ntk ? (int)Math.Floor(c.MaxPositionEmbeddings * c.RopeScalingFactor) : c.MaxPositionEmbeddings;
 
-        w.Add("general.architecture", GgufValue.Str(Arch));
+        w.Add("general.architecture", GgufValue.Str(arch));
         w.Add("general.type", GgufValue.Str("model"));
+        name ??= c.NameOrPath;   // the run that made the model (config.json _name_or_path)
         if (!string.IsNullOrEmpty(name)) w.Add("general.name", GgufValue.Str(name));
         w.Add(A("block_count"), GgufValue.U32((uint)c.NumLayers));
         w.Add(A("context_length"), GgufValue.U32((uint)ctx));
@@ -113,6 +143,7 @@ public static class GgufExport
         w.Add("general.file_type", GgufValue.U32(FileType(quant)));
         w.Add(A("vocab_size"), GgufValue.U32((uint)c.VocabSize));
         w.Add(A("rope.dimension_count"), GgufValue.U32((uint)c.HeadDim));
+        if (arch == BaichuanArch) w.Add(A("tensor_data_layout"), GgufValue.Str("Meta AI original pth"));
         if (c.RopeScaling == RopeScalingKind.Linear)
         {
             w.Add(A("rope.scaling.type"), GgufValue.Str("linear"));
@@ -122,8 +153,10 @@ public static class GgufExport
         w.Add("tokenizer.ggml.model", GgufValue.Str(vocab.Model));
         w.Add("tokenizer.ggml.pre", GgufValue.Str(vocab.Pre));
         w.Add("tokenizer.ggml.tokens", GgufValue.Strings(vocab.Tokens));
+        if (vocab.Scores != null) w.Add("tokenizer.ggml.scores", GgufValue.Float32s(vocab.Scores));
         w.Add("tokenizer.ggml.token_type", GgufValue.Int32s(vocab.TokenTypes));
-        w.Add("tokenizer.ggml.merges", GgufValue.Strings(vocab.Merges));
+        if (vocab.Model == "gpt2") w.Add("tokenizer.ggml.merges", GgufValue.Strings(vocab.Merges));
+        if (vocab.AddSpacePrefix is { } asp) w.Add("tokenizer.ggml.add_space_prefix", GgufValue.Bool(asp));
         void Id(string key, int? id)
         {
             if (id is not { } v) return;
@@ -159,7 +192,7 @@ public static class GgufExport
             reports.Add(new GgufTensorReport(gname, type, dims, note));
         }
         w.Write(path);
-        return new GgufExportReport(path, new FileInfo(path).Length, reports, vocab.PreNote);
+        return new GgufExportReport(path, new FileInfo(path).Length, reports, vocab.PreNote) { Architecture = arch, ArchitectureNote = archNote };
     }
 
     /// <summary>A parameter as written: q/k permuted, the NormHead head normalised, encoded as type.</summary>
@@ -230,28 +263,39 @@ public static class GgufExport
     static LlamaConfig ReadConfig(GgufFile f, string path)
     {
         string arch = f.Get("general.architecture").AsString;
-        if (arch != Arch) throw new InvalidDataException($"{path}: architecture '{arch}' (only '{Arch}' is read)");
-        int U(string key) => checked((int)f.Get($"{Arch}.{key}").AsInteger);
+        if (arch != Arch && arch != BaichuanArch) throw new InvalidDataException($"{path}: architecture '{arch}' (only '{Arch}' and '{BaichuanArch}' are read)");
+        int U(string key) => checked((int)f.Get($"{arch}.{key}").AsInteger);
         var emb = f["token_embd.weight"];
         if (emb.Dims.Length != 2) throw new InvalidDataException($"{path}: token_embd.weight has {emb.Dims.Length} dimensions, expected 2");
-        if (f.Metadata.ContainsKey($"{Arch}.rope.scaling.type") && f.Get($"{Arch}.rope.scaling.type").AsString is var st && st is not ("linear" or "none"))
+        if (f.Metadata.ContainsKey($"{arch}.rope.scaling.type") && f.Get($"{arch}.rope.scaling.type").AsString is var st && st is not ("linear" or "none"))
             throw new InvalidDataException($"{path}: rope scaling '{st}' is not supported");
-        bool linear = f.Metadata.TryGetValue($"{Arch}.rope.scaling.type", out var sv) && sv.AsString == "linear";
+        bool linear = f.Metadata.TryGetValue($"{arch}.rope.scaling.type", out var sv) && sv.AsString == "linear";
         int heads = U("attention.head_count");
+        int layers = U("block_count");
+        var position = PositionEmbedding.Rope;
+        if (arch == BaichuanArch)
+            position = layers switch
+            {
+                BaichuanRopeLayers => PositionEmbedding.Rope,
+                BaichuanAlibiLayers => PositionEmbedding.Alibi,
+                _ => throw new InvalidDataException($"{path}: a baichuan GGUF of {layers} layers has no position scheme in llama.cpp (32 layers: RoPE, 40: ALiBi)"),
+            };
         var cfg = new LlamaConfig
         {
             VocabSize = checked((int)emb.Dims[1]),
             HiddenSize = U("embedding_length"),
             IntermediateSize = U("feed_forward_length"),
-            NumLayers = U("block_count"),
+            NumLayers = layers,
             NumHeads = heads,
-            NumKvHeads = f.Metadata.ContainsKey($"{Arch}.attention.head_count_kv") ? U("attention.head_count_kv") : heads,
+            NumKvHeads = f.Metadata.ContainsKey($"{arch}.attention.head_count_kv") ? U("attention.head_count_kv") : heads,
             MaxPositionEmbeddings = U("context_length"),
-            RmsNormEps = (float)f.Get($"{Arch}.attention.layer_norm_rms_epsilon").AsReal,
-            RopeTheta = f.Metadata.TryGetValue($"{Arch}.rope.freq_base", out var fb) ? fb.AsReal : 10000.0,
+            RmsNormEps = (float)f.Get($"{arch}.attention.layer_norm_rms_epsilon").AsReal,
+            RopeTheta = arch == BaichuanArch ? LlamaConfig.BaichuanRopeTheta : f.Metadata.TryGetValue($"{arch}.rope.freq_base", out var fb) ? fb.AsReal : 10000.0,
             RopeScaling = linear ? RopeScalingKind.Linear : RopeScalingKind.None,
-            RopeScalingFactor = linear ? f.Get($"{Arch}.rope.scaling.factor").AsReal : 1.0,
+            RopeScalingFactor = linear ? f.Get($"{arch}.rope.scaling.factor").AsReal : 1.0,
             TieWordEmbeddings = !f.Contains("output.weight"),
+            Family = arch == BaichuanArch ? ModelFamily.Baichuan : ModelFamily.Llama,
+            Position = position,
         };
         return cfg.Validate();
     }

@@ -4,8 +4,9 @@ namespace Engine.Model.IO;
 
 /// <summary>
 /// Saves and loads a Llama in the Hugging Face layout: config.json + model.safetensors, or shards +
-/// model.safetensors.index.json (see <see cref="SafeTensorsIndex"/>), plus generation_config.json,
-/// tokenizer_config.json and chat_template.jinja when the model came from a directory that had them.
+/// model.safetensors.index.json (see <see cref="SafeTensorsIndex"/>), plus the files that make the directory
+/// self-contained — tokenizer.json, tokenizer_config.json, generation_config.json, chat_template.jinja — when the
+/// model carries them (<see cref="ModelArtifacts"/>: attached by the run, or read with a directory that had them).
 /// F32, BF16 and F16 tensors are read (widened exactly to the fp32 masters) and written.
 /// </summary>
 public static class ModelIO
@@ -15,6 +16,7 @@ public static class ModelIO
     public const string GenerationConfigFile = "generation_config.json";
     public const string TokenizerConfigFile = "tokenizer_config.json";
     public const string ChatTemplateFile = "chat_template.jinja";
+    public const string TokenizerFile = "tokenizer.json";
 
     /// <summary>One tensor to save: its name, shape, and a function producing its fp32 values when its shard is written.</summary>
     public sealed record TensorSource(string Name, long[] Shape, Func<float[]> Values)
@@ -34,10 +36,12 @@ public static class ModelIO
         Save(model.Config, tensors, directory, dtype, metadata, maxShardBytes);
     }
 
-    /// <summary>Writes the given tensors and config (used by export, which transforms tensors on the way out).</summary>
+    /// <summary>Writes the given tensors and config (used by export, which transforms tensors on the way out). The
+    /// tensors carry the engine's parameter names; they are written in the config's family layout (<see cref="HfLayout"/>).</summary>
     public static void Save(LlamaConfig config, IReadOnlyList<TensorSource> tensors, string directory, string dtype = "F32",
         IReadOnlyDictionary<string, string>? metadata = null, long maxShardBytes = SafeTensorsIndex.DefaultMaxShardBytes)
     {
+        tensors = HfLayout.ToHf(config, tensors);
         int elem = SafeTensorsWriter.ElementSize(dtype);
         Directory.CreateDirectory(directory);
         var meta = new Dictionary<string, string> { ["format"] = "pt" };
@@ -66,10 +70,32 @@ public static class ModelIO
 
         string torchDtype = dtype switch { "BF16" => "bfloat16", "F16" => "float16", _ => "float32" };
         WriteText(Path.Combine(directory, ConfigFile), config.ToHuggingFaceJson(torchDtype));
+        WriteSideFiles(config, directory);
+    }
+
+    /// <summary>The files beside config.json and the weights that a model carries (<see cref="ModelArtifacts"/>):
+    /// generation_config.json — from the special ids when a model with a tokenizer carries none — and the tokenizer's.</summary>
+    public static void WriteSideFiles(LlamaConfig config, string directory)
+    {
         var hf = config.Hf;
-        if (hf?.GenerationConfig is { } gen) WriteText(Path.Combine(directory, GenerationConfigFile), gen);
+        string? gen = hf?.GenerationConfig ?? (hf?.TokenizerJson != null ? ModelArtifacts.GenerationConfigJson(config) : null);
+        if (gen != null) WriteText(Path.Combine(directory, GenerationConfigFile), gen);
+        WriteTokenizerFiles(config, directory);
+    }
+
+    /// <summary>
+    /// The tokenizer files a model carries (<see cref="ModelArtifacts"/>: tokenizer.json, tokenizer_config.json,
+    /// chat_template.jinja) into a directory — every saved model directory, and a LoRA adapter's, as Hugging Face's
+    /// Trainer saves the tokenizer beside an adapter.
+    /// </summary>
+    public static void WriteTokenizerFiles(LlamaConfig config, string directory)
+    {
+        var hf = config.Hf;
+        if (hf?.TokenizerJson is { } tj) WriteText(Path.Combine(directory, TokenizerFile), tj);
         if (hf?.TokenizerConfig is { } tc) WriteText(Path.Combine(directory, TokenizerConfigFile), tc);
-        if (hf?.ChatTemplateJinja is { } jinja) WriteText(Path.Combine(directory, ChatTemplateFile), jinja);
+        string jinjaPath = Path.Combine(directory, ChatTemplateFile);
+        if (hf?.ChatTemplateJinja is { } jinja) WriteText(jinjaPath, jinja);
+        else if (hf?.TokenizerConfig != null) File.Delete(jinjaPath);   // a stale template would override tokenizer_config.json's
     }
 
     static void WriteText(string path, string text)
@@ -80,8 +106,8 @@ public static class ModelIO
 
     /// <summary>
     /// Loads config.json and the weights (model.safetensors, or the shards named by model.safetensors.index.json);
-    /// every model parameter must be present with its shape. generation_config.json, tokenizer_config.json and
-    /// chat_template.jinja, when present, ride along in <see cref="LlamaConfig.Hf"/> to the next save.
+    /// every model parameter must be present with its shape. tokenizer.json, generation_config.json,
+    /// tokenizer_config.json and chat_template.jinja, when present, ride along in <see cref="LlamaConfig.Hf"/> to the next save.
     /// </summary>
     public static LlamaModel Load(string directory, IBackend backend) => Load(directory, backend, null);
 
@@ -138,14 +164,11 @@ public static class ModelIO
     /// "; tensor NAME …" (empty when those agree): the refusal above then names what differs.</summary>
     static string FirstDisagreement(LlamaConfig cfg, Dictionary<string, long[]> shapes)
     {
-        long h = cfg.HiddenSize, i = cfg.IntermediateSize, q = (long)cfg.NumHeads * cfg.HeadDim, kv = (long)cfg.NumKvHeads * cfg.HeadDim;
-        var expect = new List<(string Name, long[] Shape)> { ("model.embed_tokens.weight", [cfg.VocabSize, h]) };
-        foreach (int layer in new[] { 0, cfg.NumLayers - 1 }.Distinct())
-        {
-            string l = $"model.layers.{layer}.";
-            expect.AddRange([(l + "self_attn.q_proj.weight", [q, h]), (l + "self_attn.k_proj.weight", [kv, h]), (l + "self_attn.v_proj.weight", [kv, h]),
-                (l + "self_attn.o_proj.weight", [h, q]), (l + "mlp.gate_proj.weight", [i, h]), (l + "mlp.up_proj.weight", [i, h]), (l + "mlp.down_proj.weight", [h, i])]);
-        }
+        // the embedding and the 2-D weights of the first and last layer, in the family's layout (two one-layer "stages":
+        // nothing is listed for the layers between, however many the config claims)
+        int n = cfg.NumLayers;
+        var expect = HfLayout.Tensors(cfg, new PipelineStage(0, 2, 0, 1)).Concat(n > 1 ? HfLayout.Tensors(cfg, new PipelineStage(1, 2, n - 1, n)) : [])
+            .Where(t => t.Name == "model.embed_tokens.weight" || (t.Shape.Length == 2 && t.Name.StartsWith("model.layers.", StringComparison.Ordinal))).ToList();
         foreach (var (name, shape) in expect)
         {
             if (!shapes.TryGetValue(name, out var got)) return $"; tensor {name} is missing from the weights";
@@ -166,9 +189,9 @@ public static class ModelIO
             string p = Path.Combine(directory, name);
             return File.Exists(p) ? File.ReadAllText(p) : null;
         }
-        string? gen = Side(GenerationConfigFile), tc = Side(TokenizerConfigFile), jinja = Side(ChatTemplateFile);
-        if (gen == null && tc == null && jinja == null) return cfg;
-        return cfg with { Hf = (cfg.Hf ?? new HfExtras()) with { GenerationConfig = gen, TokenizerConfig = tc, ChatTemplateJinja = jinja } };
+        string? gen = Side(GenerationConfigFile), tc = Side(TokenizerConfigFile), jinja = Side(ChatTemplateFile), tok = Side(TokenizerFile);
+        if (gen == null && tc == null && jinja == null && tok == null) return cfg;
+        return cfg with { Hf = (cfg.Hf ?? new HfExtras()) with { GenerationConfig = gen, TokenizerConfig = tc, ChatTemplateJinja = jinja, TokenizerJson = tok } };
     }
 
     /// <summary>
@@ -207,8 +230,10 @@ public static class ModelIO
     public static void LoadWeights(LlamaModel model, string? indexPath, IReadOnlyList<string> shards)
     {
         var map = indexPath != null ? SafeTensorsIndex.Read(indexPath) : null;
-        var otherStages = model.Stage.Count > 1 ? LlamaModel.Specs(model.Config).Select(p => p.Name).ToHashSet(StringComparer.Ordinal) : null;
+        var cfg = model.Config;
+        var otherStages = model.Stage.Count > 1 ? HfLayout.Tensors(cfg).Select(p => p.Name).ToHashSet(StringComparer.Ordinal) : null;
         var seen = new Dictionary<string, string>(StringComparer.Ordinal);
+        var loaded = new HashSet<string>(StringComparer.Ordinal);   // engine parameters filled
         var unknown = new List<string>();
         foreach (var path in shards)
         {
@@ -225,7 +250,21 @@ public static class ModelIO
                 }
                 if (!seen.TryAdd(e.Name, file))
                     throw new InvalidDataException($"{path}: tensor '{e.Name}' is also in {seen[e.Name]}");
-                if (!model.HasParameter(e.Name))
+                if (HfLayout.Parts(cfg, e.Name) is { } parts && model.HasParameter(parts[0].Parameter))
+                {
+                    // a packed tensor (Baichuan's W_pack): its row blocks are separate parameters
+                    long rows = parts.Sum(x => (long)x.Rows), cols = cfg.HiddenSize;
+                    if (!e.Shape.SequenceEqual([rows, cols]))
+                        throw new InvalidDataException($"{path}: tensor '{e.Name}' has shape [{string.Join(", ", e.Shape)}], the model expects [{rows}, {cols}] (q, k and v rows packed)");
+                    var all = f.ReadFloat32(e.Name);
+                    foreach (var (param, firstRow, count) in parts)
+                    {
+                        model.Load(param, all.AsSpan(checked((int)(firstRow * cols)), checked((int)(count * cols))));
+                        loaded.Add(param);
+                    }
+                    continue;
+                }
+                if (!model.HasParameter(e.Name) || (cfg.Family == ModelFamily.Baichuan && IsPackedPart(e.Name)))
                 {
                     bool skipped = e.Name.EndsWith("rotary_emb.inv_freq", StringComparison.Ordinal)
                         || (e.Name == "lm_head.weight" && model.Config.TieWordEmbeddings)
@@ -237,14 +276,34 @@ public static class ModelIO
                 if (!e.Shape.SequenceEqual(t.Shape.Select(d => (long)d)))
                     throw new InvalidDataException($"{path}: tensor '{e.Name}' has shape [{string.Join(", ", e.Shape)}], the model expects {Shape.Format(t.Shape)}");
                 model.Load(e.Name, f.ReadFloat32(e.Name));
+                loaded.Add(e.Name);
             }
         }
         string where = indexPath ?? shards[0];
         if (map != null)
             foreach (var (name, shard) in map)
                 if (!seen.ContainsKey(name)) throw new InvalidDataException($"{indexPath}: the index puts tensor '{name}' in {shard}, which has no such tensor");
-        if (unknown.Count > 0) throw new InvalidDataException($"{where}: tensors the model does not have: {string.Join(", ", unknown.Take(5))}{(unknown.Count > 5 ? ", …" : "")}");
+        if (unknown.Count > 0)
+        {
+            string hint = cfg.Family == ModelFamily.Baichuan && unknown.Any(IsPackedPart)
+                ? " (config.json says Baichuan, whose layout packs each layer's q, k and v into one model.layers.N.self_attn.W_pack.weight)" : "";
+            throw new InvalidDataException($"{where}: tensors the model does not have: {string.Join(", ", unknown.Take(5))}{(unknown.Count > 5 ? ", …" : "")}{hint}");
+        }
         foreach (var (name, _) in model.Parameters)
-            if (!seen.ContainsKey(name)) throw new InvalidDataException($"{where}: missing tensor '{name}'");
+            if (!loaded.Contains(name))
+                throw new InvalidDataException($"{where}: missing tensor '{FileName(cfg, name)}'");
+    }
+
+    /// <summary>A layer's q/k/v weight (stored inside W_pack in the Baichuan layout, never as a tensor of its own).</summary>
+    static bool IsPackedPart(string name) =>
+        name.EndsWith(".self_attn.q_proj.weight", StringComparison.Ordinal) || name.EndsWith(".self_attn.k_proj.weight", StringComparison.Ordinal)
+        || name.EndsWith(".self_attn.v_proj.weight", StringComparison.Ordinal);
+
+    /// <summary>The file tensor a parameter is stored in (W_pack for Baichuan's q, k, v).</summary>
+    static string FileName(LlamaConfig cfg, string parameter)
+    {
+        if (cfg.Family != ModelFamily.Baichuan || !IsPackedPart(parameter)) return parameter;
+        int layer = int.Parse(parameter.AsSpan("model.layers.".Length, parameter.IndexOf('.', "model.layers.".Length) - "model.layers.".Length), System.Globalization.CultureInfo.InvariantCulture);
+        return HfLayout.PackedQkv(layer);
     }
 }

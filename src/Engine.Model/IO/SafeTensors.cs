@@ -64,7 +64,7 @@ public sealed class SafeTensorsFile : IDisposable
 
     public static SafeTensorsFile Open(string path)
     {
-        if (!File.Exists(path)) throw new FileNotFoundException($"safetensors file not found: {path}", path);
+        FileStat.RequireRegular(path, "safetensors file");
         var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);
         try
         {

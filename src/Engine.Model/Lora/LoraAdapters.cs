@@ -26,14 +26,20 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
     public const string Prefix = "base_model.model.";
 
     readonly LlamaModel model;
-    readonly Dictionary<string, Pair> byWeight = new(StringComparer.Ordinal);
+    readonly List<Pair> pairs = [];
+    /// <summary>Engine weight → its adapter pair and the rows of the pair's B it uses (a packed module's part).</summary>
+    readonly Dictionary<string, (Pair Pair, LinearPart Part)> byWeight = new(StringComparer.Ordinal);
     readonly Rng dropoutRng;
     readonly (bool RequiresGrad, bool Frozen)[] savedFlags;
     readonly int savedVersion;
     readonly bool hadGradients;
     bool attached;
 
-    sealed record Pair(LinearModule Module, string A, string B);
+    sealed record Pair(LinearModule Module, string A, string B)
+    {
+        /// <summary>A packed module's dropout mask, drawn once for the input its parts share (PEFT drops W_pack's input once).</summary>
+        public (Tensor X, float[] Mask)? SharedMask;
+    }
 
     LoraAdapters(LlamaModel model, LoraConfig config, ulong seed)
     {
@@ -47,7 +53,8 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
         foreach (var m in Modules)
         {
             var pair = new Pair(m, AName(m.Module), BName(m.Module));
-            byWeight[m.Weight] = pair;
+            pairs.Add(pair);
+            foreach (var part in m.Parts) byWeight[part.Weight] = (pair, part);
             specs.Add(new ParameterSpec(pair.A, [config.R, m.In]));
             specs.Add(new ParameterSpec(pair.B, [m.Out, config.R]));
         }
@@ -74,7 +81,8 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
             var host = new float[(long)config.R * m.In];
             double bound = 1.0 / Math.Sqrt(m.In);
             for (int i = 0; i < host.Length; i++) host[i] = (float)((2 * rng.NextDouble() - 1) * bound);
-            if (a.byWeight.TryGetValue(m.Weight, out var p)) model.Backend.Upload(a.Store[p.A], host);
+            // drawn for every module of the whole model, in order: a pipeline stage initialises its own as one process does
+            if (a.pairs.FirstOrDefault(p => p.Module.Module == m.Module) is { } pair) model.Backend.Upload(a.Store[pair.A], host);
         }
         return a;
     }
@@ -110,9 +118,12 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
     public static string AName(string module) => $"{Prefix}{module}.lora_A.weight";
     public static string BName(string module) => $"{Prefix}{module}.lora_B.weight";
 
+    public bool Targets(string weight) => byWeight.ContainsKey(weight);
+
     public Tensor Apply(string weight, Tensor x, Tensor y)
     {
-        if (!byWeight.TryGetValue(weight, out var p)) return y;
+        if (!byWeight.TryGetValue(weight, out var hit)) return y;
+        var (p, part) = hit;
         float[]? mask = null;
         if (Config.Dropout > 0 && Grad.IsRecording)
         {
@@ -120,17 +131,22 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
                 throw new NotSupportedException("lora dropout > 0 on a pipeline stage: its masks would not be the whole model's (one generator draws them in layer order)");
             if (model.CheckpointActivations)
                 throw new NotSupportedException("lora dropout > 0 cannot be combined with activation checkpointing (the recomputed block would draw a different mask): set dropout = 0 or checkpoint_activations = false");
-            mask = new float[x.Numel];
-            double p0 = Config.Dropout;
-            float keep = (float)(1.0 / (1.0 - p0));
-            for (int i = 0; i < mask.Length; i++) mask[i] = dropoutRng.NextDouble() < p0 ? 0f : keep;
+            if (p.Module.Packed != null && p.SharedMask is { } shared && ReferenceEquals(shared.X, x)) mask = shared.Mask;
+            else
+            {
+                mask = new float[x.Numel];
+                double p0 = Config.Dropout;
+                float keep = (float)(1.0 / (1.0 - p0));
+                for (int i = 0; i < mask.Length; i++) mask[i] = dropoutRng.NextDouble() < p0 ? 0f : keep;
+                if (p.Module.Packed != null) p.SharedMask = (x, mask);
+            }
         }
-        return F.Lora(y, x, Store[p.A], Store[p.B], Config.Scaling, mask);
+        return F.Lora(y, x, Store[p.A], Store[p.B], Config.Scaling, mask, part.FirstRow);
     }
 
     public IEnumerable<Tensor> LayerParameters(int layer)
     {
-        foreach (var p in byWeight.Values)
+        foreach (var p in pairs)
             if (p.Module.Layer == layer) { yield return Store[p.A]; yield return Store[p.B]; }
     }
 
@@ -145,14 +161,17 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
     {
         if (!attached) throw new InvalidOperationException("the adapters are no longer attached to the model");
         int r = Config.R;
-        foreach (var p in byWeight.Values)
+        foreach (var p in pairs)
         {
-            var w = model[p.Module.Weight];
-            var wv = w.ToArray();
             var a = Store[p.A].ToArray();
             var b = Store[p.B].ToArray();
-            Gemm.Sgemm(false, false, p.Module.Out, p.Module.In, r, Config.Scaling, b, r, a, p.Module.In, 1f, wv, p.Module.In);
-            model.Backend.Upload(w, wv);
+            foreach (var part in p.Module.Parts)   // a packed module: each weight takes its rows of B
+            {
+                var w = model[part.Weight];
+                var wv = w.ToArray();
+                Gemm.Sgemm(false, false, part.Rows, p.Module.In, r, Config.Scaling, b.AsSpan(part.FirstRow * r, part.Rows * r), r, a, p.Module.In, 1f, wv, p.Module.In);
+                model.Backend.Upload(w, wv);
+            }
         }
         Detach();
     }
@@ -172,8 +191,13 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
         if (hadGradients) model.Store.AttachGradients();
     }
 
-    /// <summary>Writes adapter_config.json and adapter_model.safetensors as PEFT's save_pretrained does.</summary>
-    public void Save(string directory, string? baseModel = null) => PeftAdapter.Write(directory, this, baseModel);
+    /// <summary>Writes adapter_config.json and adapter_model.safetensors as PEFT's save_pretrained does, and the base
+    /// model's tokenizer files beside them (as Hugging Face's Trainer saves an adapter).</summary>
+    public void Save(string directory, string? baseModel = null)
+    {
+        PeftAdapter.Write(directory, this, baseModel);
+        IO.ModelIO.WriteTokenizerFiles(model.Config, directory);
+    }
 
     /// <summary>Replaces the adapters' weights with those of a saved adapter directory of the same config (a checkpoint
     /// of this run): a different rank, alpha, dropout or target set is refused naming the directory.</summary>

@@ -3,8 +3,20 @@ using System.Text.RegularExpressions;
 namespace Engine.Model.Lora;
 
 /// <summary>One Linear layer an adapter can target: its PEFT module name ("model.layers.0.self_attn.q_proj",
-/// "lm_head"), the weight it adds to, and the layer's dimensions (W is [Out, In]); Layer is -1 for lm_head.</summary>
-public sealed record LinearModule(string Module, string Weight, int In, int Out, int Layer);
+/// "lm_head"), the weight it adds to, and the layer's dimensions (W is [Out, In]); Layer is -1 for lm_head.
+/// A packed layer (Baichuan's W_pack) is computed by several engine weights: <see cref="Packed"/> names them with the
+/// rows of the layer's output each one produces.</summary>
+public sealed record LinearModule(string Module, string Weight, int In, int Out, int Layer)
+{
+    /// <summary>For a packed layer, the engine weights producing output rows [FirstRow, FirstRow + Rows); null = Weight alone.</summary>
+    public IReadOnlyList<LinearPart>? Packed { get; init; }
+
+    /// <summary>The engine weights this layer's output comes from (Weight itself for an ordinary layer).</summary>
+    public IReadOnlyList<LinearPart> Parts => Packed ?? [new LinearPart(Weight, 0, Out)];
+}
+
+/// <summary>An engine weight producing rows [FirstRow, FirstRow + Rows) of a (packed) layer's output.</summary>
+public sealed record LinearPart(string Weight, int FirstRow, int Rows);
 
 /// <summary>
 /// LoRA settings with PEFT's meanings (LoraConfig): rank r, lora_alpha, lora_dropout, target_modules and use_rslora.
@@ -58,7 +70,8 @@ public sealed record LoraConfig
         return false;
     }
 
-    /// <summary>The model's Linear layers in Hugging Face state-dict order (what LoRA can target).</summary>
+    /// <summary>The model's Linear layers in Hugging Face state-dict order (what LoRA can target), named as the family's
+    /// Hugging Face modules are: Baichuan's attention input is the one packed layer W_pack (q, k, v rows), as PEFT sees it.</summary>
     public static List<LinearModule> LinearModules(LlamaConfig c)
     {
         int h = c.HiddenSize, kv = c.NumKvHeads * c.HeadDim, f = c.IntermediateSize;
@@ -67,9 +80,17 @@ public sealed record LoraConfig
         {
             string p = $"model.layers.{i}.";
             void Add(string name, int inDim, int outDim) => list.Add(new LinearModule(p + name, p + name + ".weight", inDim, outDim, i));
-            Add("self_attn.q_proj", h, h);
-            Add("self_attn.k_proj", h, kv);
-            Add("self_attn.v_proj", h, kv);
+            if (c.Family == ModelFamily.Baichuan)
+                list.Add(new LinearModule(p + "self_attn.W_pack", IO.HfLayout.PackedQkv(i), h, h + 2 * kv, i)
+                {
+                    Packed = [new(p + "self_attn.q_proj.weight", 0, h), new(p + "self_attn.k_proj.weight", h, kv), new(p + "self_attn.v_proj.weight", h + kv, kv)],
+                });
+            else
+            {
+                Add("self_attn.q_proj", h, h);
+                Add("self_attn.k_proj", h, kv);
+                Add("self_attn.v_proj", h, kv);
+            }
             Add("self_attn.o_proj", h, h);
             Add("mlp.gate_proj", h, f);
             Add("mlp.up_proj", h, f);
@@ -86,7 +107,8 @@ public sealed record LoraConfig
         var all = LinearModules(model);
         var hit = all.Where(m => Targets(m.Module)).ToList();
         if (hit.Count == 0)
-            throw new ArgumentException($"LoRA target_modules {Describe()} match no Linear layer of the model (it has q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head)");
+            throw new ArgumentException($"LoRA target_modules {Describe()} match no Linear layer of the model (it has " +
+                $"{string.Join(", ", all.Select(m => m.Module[(m.Module.LastIndexOf('.') + 1)..]).Distinct(StringComparer.Ordinal))})");
         if (hit.Any(m => m.Layer < 0) && (model.TieWordEmbeddings || model.NormHead))
             throw new NotSupportedException("LoRA on lm_head needs an untied head without NormHead (tie_word_embeddings = false, norm_head = false): merging would change the tied embeddings or the normalised head");
         return hit;

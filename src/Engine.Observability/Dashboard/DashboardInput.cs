@@ -23,6 +23,8 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
 {
     /// <summary>The Markdown reports in the results folder (demo-*.md, recipe-*.md), file names in order.</summary>
     public IReadOnlyList<string> Reports { get; init; } = [];
+    /// <summary>The folder read (sections that read files of their own, e.g. <see cref="LadderSection"/>).</summary>
+    public string? ResultsDir { get; init; }
 
     /// <summary>
     /// Reads every *.json in <paramref name="resultsDir"/> (engine.bench/1 or a legacy shape; a file of no known shape is
@@ -64,6 +66,7 @@ public sealed record DashboardInput(IReadOnlyList<LoadedRun> Runs, IReadOnlyList
             : $"absent: no demo-*-metrics.jsonl(.gz) in {resultsDir} (benchmarks/scripts/regen_demo.sh ships one with each demo table; or pass --metrics FILE)";
         return new DashboardInput(runs, skipped, demo, metrics is null ? null : ReadLoss(metrics), absent)
         {
+            ResultsDir = resultsDir,
             Reports = Directory.EnumerateFiles(resultsDir, "*.md").Select(Path.GetFileName).OfType<string>().Order(StringComparer.Ordinal).ToList(),
         };
     }

@@ -88,6 +88,7 @@ public static class DashboardPage
         body.Append(OverCommits("demo-speed", "Demo training tokens/s per stage and commit", runs,
             (r, e) => r.Suite == "demo" && e.Unit == "tokens/s", "tokens/s", flagged, "absent: no demo report"));
         body.Append("</div></section>");
+        body.Append(LadderSection.Render(input.ResultsDir));
         body.Append("<section><h2>Runs</h2>");
         body.Append(RunsTable(input));
         body.Append("</section>");

@@ -66,6 +66,10 @@ public static partial class Launcher
     /// output, so a rank blocks on its next console write and never reaches the step boundary.</summary>
     public const int StopSignal = NativeMethods.SIGUSR1;
 
+    /// <summary>Seconds the other ranks get between SIGTERM and SIGKILL after a rank died (not the launcher's stop, which
+    /// grants --term-timeout for a checkpoint).</summary>
+    public const int PeerFailureGraceSeconds = 5;
+
     /// <summary>Verbs that checkpoint and accept `--resume auto`.</summary>
     static readonly string[] Resumable = ["train", "recipe", "demo"];
 
@@ -128,11 +132,17 @@ public static partial class Launcher
         // mpirun in a session of its own (setsid execs in place: this child is no group leader, so the pid stays
         // mpirun's): a terminal's Ctrl-C reaches the launcher only, which stops the ranks through mpirun (below)
         string? setsid = FindOnPath("setsid");
-        var psi = new ProcessStartInfo(setsid ?? mpirun) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        // and killed with the launcher (setpriv's PR_SET_PDEATHSIG, kept across setsid's exec; it fires when the thread
+        // that started it ends, so only from the main thread, which outlives the job): the ranks end through LauncherWatch
+        string? setpriv = Environment.CurrentManagedThreadId == 1 ? FindOnPath("setpriv") : null;
+        var prefix = new List<string>();
+        if (setpriv != null) prefix.AddRange([setpriv, "--pdeathsig", "KILL"]);
+        if (setsid != null) prefix.Add(setsid);
+        var psi = new ProcessStartInfo(prefix.Count > 0 ? prefix[0] : mpirun) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         var args = new List<string> { "-np", o.NprocPerNode.ToString(CultureInfo.InvariantCulture), "--bind-to", "none", "--tag-output",
             // if mpirun aborts the job itself, its ranks still get the grace period before its SIGKILL (default 1 s)
             "--mca", "odls_base_sigkill_timeout", Math.Max(1, o.TermTimeoutSeconds).ToString(CultureInfo.InvariantCulture) };
-        if (setsid != null) args.Insert(0, mpirun);
+        if (prefix.Count > 0) args.InsertRange(0, [.. prefix.Skip(1), mpirun]);
         if (o.NprocPerNode > Environment.ProcessorCount)
         {
             // More ranks than cores: Open MPI must yield while it waits instead of spinning against the other ranks.
@@ -143,6 +153,7 @@ public static partial class Launcher
         foreach (var a in args) psi.ArgumentList.Add(a);
         foreach (var v in TorchrunVariables) psi.Environment.Remove(v);
         psi.Environment[LaunchEnvironment.LauncherVariable] = "1";   // mpirun passes it to every rank
+        psi.Environment[LauncherWatch.PidVariable] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture);   // ranks end when this launcher dies
         psi.Environment[RestartAttemptVariable] = attempt.ToString(CultureInfo.InvariantCulture);
         if (NativeMethods.IsRoot)
         {
@@ -175,11 +186,22 @@ public static partial class Launcher
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
         using var signals = StopViaMpirun(p, o.TermTimeoutSeconds);
+        var monitor = MpirunRanks.Watch(p, o.NprocPerNode);
         p.WaitForExit();
+        monitor.Join();
         int code = p.ExitCode;
         string text = string.Join("\n", mpirunLines);
         lock (gate)
         {
+            if (monitor.StoppedMpirun)
+            {
+                // mpirun aborts a job after a rank died by SIGTERM and then sleeps its kill timeout (--term-timeout) even
+                // when every rank has long exited: the launcher saw them all gone and ended mpirun's wait
+                stderr.WriteLine($"engine launch: rank {(monitor.FirstExited is int r ? r.ToString(CultureInfo.InvariantCulture) : "?")} exited first, while the others were running" +
+                    $" (their reports above name it); every rank had exited {MpirunRanks.GraceSeconds:0.#} s before and mpirun was still waiting out its kill timeout: stopped it");
+                stderr.Flush();
+                return code == 0 ? 1 : code;
+            }
             if (code == 0)
             {
                 if (text.Trim().Length > 0) stderr.WriteLine(text);
@@ -197,6 +219,96 @@ public static partial class Launcher
             stderr.Flush();
         }
         return code;
+    }
+
+    /// <summary>
+    /// The ranks mpirun started (its child processes, each with OMPI_COMM_WORLD_RANK), watched from the launcher every
+    /// 100 ms. After a rank dies, mpirun sends the others SIGTERM and then sleeps out odls_base_sigkill_timeout
+    /// (--term-timeout, kept long for a scancel's checkpoint) without reaping them, even when they exited within a
+    /// second (they learn of the death through the store). So when no rank runs any more and one has stayed an unreaped
+    /// zombie for <see cref="GraceSeconds"/> — a normal end is reaped at once —, mpirun is stopped: a dead rank ends
+    /// the job, and a restart begins, within seconds instead of a minute.
+    /// </summary>
+    sealed class MpirunRanks
+    {
+        public const double GraceSeconds = 2;
+
+        readonly Process mpirun;
+        readonly int ranks;
+        readonly Thread thread;
+
+        MpirunRanks(Process mpirun, int ranks)
+        {
+            this.mpirun = mpirun;
+            this.ranks = ranks;
+            thread = new Thread(Loop) { IsBackground = true, Name = "mpirun-ranks" };
+        }
+
+        /// <summary>The rank that exited while others still ran (null when none did, or the ranks were not seen).</summary>
+        public int? FirstExited { get; private set; }
+        public bool StoppedMpirun { get; private set; }
+
+        public static MpirunRanks Watch(Process mpirun, int ranks)
+        {
+            var m = new MpirunRanks(mpirun, ranks);
+            if (OperatingSystem.IsLinux()) m.thread.Start();
+            return m;
+        }
+
+        public void Join()
+        {
+            if (thread.IsAlive) thread.Join();
+        }
+
+        void Loop()
+        {
+            var seen = new Dictionary<int, int>();   // pid → rank
+            Stopwatch? unreaped = null;
+            while (!mpirun.WaitForExit(100))
+            {
+                foreach (int pid in Children(mpirun.Id))
+                    if (!seen.ContainsKey(pid) && RankOf(pid) is int rank) seen[pid] = rank;
+                var states = seen.ToDictionary(kv => kv.Key, kv => LauncherWatch.State(kv.Key));
+                int running = states.Values.Count(s => s == 'R');
+                if (FirstExited == null && running > 0 && running < seen.Count)
+                    FirstExited = seen.Where(kv => states[kv.Key] != 'R').Select(kv => kv.Value).Min();
+                bool stuck = seen.Count >= ranks && running == 0 && states.Values.Any(s => s == 'Z');
+                if (!stuck) { unreaped = null; continue; }
+                unreaped ??= Stopwatch.StartNew();
+                if (unreaped.Elapsed.TotalSeconds < GraceSeconds) continue;
+                StoppedMpirun = true;
+                try { mpirun.Kill(entireProcessTree: true); }
+                catch (InvalidOperationException) { }   // it exited meanwhile
+                return;
+            }
+        }
+
+        static IEnumerable<int> Children(int pid)
+        {
+            var result = new List<int>();
+            try
+            {
+                foreach (var task in Directory.GetDirectories($"/proc/{pid}/task"))
+                    foreach (var c in File.ReadAllText(Path.Combine(task, "children")).Split(' ', StringSplitOptions.RemoveEmptyEntries))
+                        if (int.TryParse(c, NumberStyles.Integer, CultureInfo.InvariantCulture, out int child)) result.Add(child);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            return result;
+        }
+
+        static int? RankOf(int pid)
+        {
+            try
+            {
+                foreach (var v in File.ReadAllText($"/proc/{pid}/environ").Split('\0'))
+                    if (v.StartsWith("OMPI_COMM_WORLD_RANK=", StringComparison.Ordinal)
+                        && int.TryParse(v["OMPI_COMM_WORLD_RANK=".Length..], NumberStyles.Integer, CultureInfo.InvariantCulture, out int r))
+                        return r;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            return null;
+        }
+
     }
 
     // ---- children -------------------------------------------------------------------------------------------------
@@ -234,6 +346,7 @@ public static partial class Launcher
                 psi.Environment["MASTER_PORT"] = o.MasterPort.ToString(CultureInfo.InvariantCulture);
                 psi.Environment[LaunchEnvironment.TokenVariable] = token;
                 psi.Environment[LaunchEnvironment.LauncherVariable] = "1";
+                psi.Environment[LauncherWatch.PidVariable] = Environment.ProcessId.ToString(CultureInfo.InvariantCulture);
                 psi.Environment[RestartAttemptVariable] = attempt.ToString(CultureInfo.InvariantCulture);
                 if (o.Device == "cuda") psi.Environment["CUDA_VISIBLE_DEVICES"] = VisibleDevice(Environment.GetEnvironmentVariable("CUDA_VISIBLE_DEVICES"), local);
                 var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start rank {rank}");
@@ -265,7 +378,9 @@ public static partial class Launcher
             child.WaitForExit();   // drains its output
             running.Remove(done);
             if (child.ExitCode == 0) continue;
-            Terminate(running.Select(i => children[i]), o.TermTimeoutSeconds);
+            // a dead rank: the others cannot finish a step without it (they see the fault through the store within a
+            // second and exit), so no long grace for a checkpoint they could not write
+            Terminate(running.Select(i => children[i]), Math.Min(o.TermTimeoutSeconds, PeerFailureGraceSeconds));
             foreach (var i in running) children[i].WaitForExit();
             lock (gate)
             {

@@ -12,15 +12,22 @@ namespace Engine.Parallel.Store;
 /// Wire format of the rendezvous store: frames of a little-endian u32 length and a payload.
 /// <list type="bullet">
 /// <item>Handshake (client → server): "ENGINE-STORE/1\n" + the job token; the server answers "OK" or closes.</item>
-/// <item>Request: op (u8), key length (u16), key (UTF-8), value. Ops: 1 set, 2 get, 3 add (value: i64), 4 delete.</item>
-/// <item>Response: set/delete: one byte 0; get: 0 (unset) or 1, age in ms (i64, the store's clock), value;
+/// <item>Request: op (u8), key length (u16), key (UTF-8), value. Ops: 1 set, 2 get, 3 add (value: i64), 4 delete,
+/// 5 join (value: the job rank this connection belongs to), 6 leave (the rank is ending normally).</item>
+/// <item>Response: set/delete/join/leave: one byte 0; get: 0 (unset) or 1, age in ms (i64, the store's clock), value;
 /// add: the new value (i64).</item>
 /// </list>
+/// A joined connection that closes without leaving is a rank that died (kill -9, a crash, its host gone): the server
+/// reports it job-wide at once under <see cref="DeathFaultKey"/> (the watchdog's fault key), so every other rank stops
+/// at its next heartbeat instead of waiting in a collective until the timeout.
 /// </summary>
 static class StoreProtocol
 {
     public const string Magic = "ENGINE-STORE/1\n";
-    public const byte Set = 1, Get = 2, Add = 3, Delete = 4;
+    public const byte Set = 1, Get = 2, Add = 3, Delete = 4, Join = 5, Leave = 6;
+
+    /// <summary>The job-wide fault key (<see cref="CommWatchdog.FaultKey"/>): the first report wins (its counter).</summary>
+    public const string DeathFaultKey = "fault";
     public const int MaxFrame = 16 << 20, MaxHandshake = 4096;
 
     public static async Task WriteFrameAsync(Stream s, byte[] payload, CancellationToken ct)
@@ -136,6 +143,9 @@ public sealed class TcpStoreServer : IDisposable
     /// <summary>Refused connections so far (wrong token, malformed handshake).</summary>
     public int Refused { get; private set; }
 
+    /// <summary>Connections that have closed so far (refused, left normally or not).</summary>
+    public int Closed { get; private set; }
+
     /// <summary>Listens on <paramref name="host"/> (an address of this machine, or a name resolving to one).</summary>
     public static TcpStoreServer Start(string host, int port, string token, Action<string> log)
     {
@@ -181,6 +191,7 @@ public sealed class TcpStoreServer : IDisposable
     async Task ServeAsync(TcpClient client)
     {
         string remote = client.Client.RemoteEndPoint?.ToString() ?? "?";
+        var session = new Session();
         try
         {
             var stream = client.GetStream();
@@ -199,7 +210,7 @@ public sealed class TcpStoreServer : IDisposable
                 await StoreProtocol.WriteFrameAsync(stream, "OK"u8.ToArray(), stop.Token);
             }
             while (await StoreProtocol.ReadFrameAsync(stream, StoreProtocol.MaxFrame, stop.Token) is { } request)
-                await StoreProtocol.WriteFrameAsync(stream, Handle(request), stop.Token);
+                await StoreProtocol.WriteFrameAsync(stream, Handle(request, session), stop.Token);
         }
         catch (Exception e) when (e is IOException or SocketException or OperationCanceledException or InvalidDataException or ObjectDisposedException)
         {
@@ -209,6 +220,29 @@ public sealed class TcpStoreServer : IDisposable
         {
             lock (gate) clients.Remove(client);
             client.Dispose();
+            if (session.Rank is int rank && !session.Left && !stop.IsCancellationRequested)
+                ReportDeath($"rank {rank} died: its connection to the rendezvous store closed without signing off " +
+                    "(the process was killed or crashed, or its host went down); stopping the job");
+            lock (gate) Closed++;
+        }
+    }
+
+    /// <summary>What one connection said about itself: the job rank it joined as, and whether it left normally.</summary>
+    sealed class Session
+    {
+        public int? Rank;
+        public bool Left;
+    }
+
+    void ReportDeath(string message)
+    {
+        lock (gate)
+        {
+            long count = entries.TryGetValue(StoreProtocol.DeathFaultKey + "/count", out var c) && c.Value.Length == 8 ? BinaryPrimitives.ReadInt64LittleEndian(c.Value) : 0;
+            var bytes = new byte[8];
+            BinaryPrimitives.WriteInt64LittleEndian(bytes, count + 1);
+            entries[StoreProtocol.DeathFaultKey + "/count"] = (bytes, Stopwatch.GetTimestamp());
+            if (count == 0) entries[StoreProtocol.DeathFaultKey] = (Encoding.UTF8.GetBytes(message), Stopwatch.GetTimestamp());
         }
     }
 
@@ -220,7 +254,7 @@ public sealed class TcpStoreServer : IDisposable
         return CryptographicOperations.FixedTimeEquals(digest, tokenDigest);
     }
 
-    byte[] Handle(byte[] request)
+    byte[] Handle(byte[] request, Session session)
     {
         if (request.Length < 3) throw new InvalidDataException("short store request");
         int keyLen = BinaryPrimitives.ReadUInt16LittleEndian(request.AsSpan(1));
@@ -251,6 +285,13 @@ public sealed class TcpStoreServer : IDisposable
                     return bytes;
                 case StoreProtocol.Delete:
                     entries.Remove(key);
+                    return [0];
+                case StoreProtocol.Join:
+                    if (value.Length != 8) throw new InvalidDataException("store join needs an i64 rank");
+                    session.Rank = (int)BinaryPrimitives.ReadInt64LittleEndian(value);
+                    return [0];
+                case StoreProtocol.Leave:
+                    session.Left = true;
                     return [0];
                 default:
                     throw new InvalidDataException($"unknown store op {request[0]}");
@@ -373,6 +414,18 @@ public sealed class TcpStoreClient : IStore
     }
 
     public void Delete(string key) => Call(StoreProtocol.Request(StoreProtocol.Delete, key, []));
+
+    /// <summary>Tells the store this connection is job rank <paramref name="rank"/>: if it closes without
+    /// <see cref="Leave"/>, the store reports the rank dead job-wide.</summary>
+    public void Join(int rank)
+    {
+        Span<byte> v = stackalloc byte[8];
+        BinaryPrimitives.WriteInt64LittleEndian(v, rank);
+        Call(StoreProtocol.Request(StoreProtocol.Join, "", v));
+    }
+
+    /// <summary>This rank is ending normally: its connection closing is no death.</summary>
+    public void Leave() => Call(StoreProtocol.Request(StoreProtocol.Leave, "", []));
 
     public void Dispose()
     {

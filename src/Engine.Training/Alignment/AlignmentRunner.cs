@@ -101,6 +101,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         }, Log), comm, backend))
         {
             run.Train();
+            RunArtifacts.Rename(run.Model, $"{RunArtifacts.RunName(outDir)}-reward_model");
             RewardModelTrainer.Save(run, rmDir);
         }
         using var rm = ScalarHeadModel.Load(rmDir, backend);
@@ -140,6 +141,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
                     Say($"[ppo] step {l.Step}/{a.Ppo.Steps} reward {l.Reward:F3} kl {l.Kl:F3} (β {l.KlCoef:F4}) entropy {l.Entropy:F2} clipfrac {l.ClipFraction:F3} len {l.ResponseLength:F1} {l.Seconds:F1} s");
                 });
             }
+            RunArtifacts.Rename(actor, $"{RunArtifacts.RunName(outDir)}-ppo");
             if (lead) ModelIO.Save(actor, Path.Combine(dir, "ppo"));
             comm.Barrier();
         }
@@ -157,6 +159,7 @@ public sealed class AlignmentRunner(RecipeConfig cfg, AlignmentSection a, IBacke
         }, Log), comm, backend))
         {
             run.Train();
+            RunArtifacts.Rename(run.Model, $"{RunArtifacts.RunName(outDir)}-dpo");
             run.SaveWeights(dpoDir);
         }
         using var dpo = ModelIO.Load(dpoDir, backend);

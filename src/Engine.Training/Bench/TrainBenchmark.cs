@@ -76,7 +76,11 @@ public static class TrainBenchmark
             var steps = run.Train().Steps;
             var rates = steps.Skip(o.Warmup).Select(m => n / m.StepSeconds).ToList();
             double firstLoss = steps[0].Loss, loss = steps[^1].Loss;
-            if (Profiler.Enabled) log?.Invoke("per-op time over all steps:\n" + Profiler.Report());
+            if (Profiler.Enabled)
+            {
+                log?.Invoke("per-op time over all steps:\n" + Profiler.Report());
+                if (Profiler.LaunchSummary(steps.Count, cfg.NumLayers) is { } launches) log?.Invoke(launches);
+            }
             var throughput = Metrics.Throughput.For(backend, cfg, o.Seq);
             string device = backend is IDeviceStats ? "cuda:0" : "cpu";
             var entry = BenchEntries.FromSamples("train_step", device, "tokens/s", BenchSchema.Higher, rates, o.Warmup) with

@@ -46,10 +46,13 @@ public sealed class ConfigPathAttribute : Attribute
 /// <summary>
 /// Strict binding of TOML or JSON into typed records: snake_case keys map to PascalCase init properties, nested
 /// tables to nested records; an unknown key, a wrong type or an invalid value is an error naming its full key.
-/// Command-line overrides `section.key=value` are applied on the parsed tree before binding; a relative path in one
-/// (a key marked <see cref="ConfigPathAttribute"/>) is relative to the working directory, not the config's folder.
-/// Engine.Data, which depends on nothing, compiles this same file as its internal <c>Engine.Data.ConfigBinder</c>
-/// (ENGINE_DATA): engine prepare's config reads its tree through <see cref="Parse"/>.
+/// A file may start from another: <c>base = "other.toml"</c> (relative to the file) reads that one first, then this
+/// file's keys replace the base's, table by table (a value or an array — [[stages]] included — replaces whole); bases
+/// chain up to <see cref="MaxBaseDepth"/> deep, a cycle is an error. Command-line overrides `section.key=value` are
+/// applied on the merged tree before binding; a relative path in one (a key marked <see cref="ConfigPathAttribute"/>)
+/// is relative to the working directory, not the config's folder. Engine.Data, which depends on nothing, compiles this
+/// same file as its internal <c>Engine.Data.ConfigBinder</c> (ENGINE_DATA): engine prepare's config reads its tree
+/// through <see cref="Parse"/>.
 /// </summary>
 #if ENGINE_DATA
 internal static class ConfigBinder
@@ -57,15 +60,15 @@ internal static class ConfigBinder
 public static class ConfigBinder
 #endif
 {
-    /// <summary>Reads and binds <paramref name="path"/> with <paramref name="overrides"/> applied; their relative paths
-    /// resolve against <paramref name="workingDirectory"/> (default: the process's current directory).</summary>
+    /// <summary>The key naming a base config file.</summary>
+    public const string BaseKey = "base";
+    public const int MaxBaseDepth = 8;
+
+    /// <summary>Reads and binds <paramref name="path"/> (after its base files) with <paramref name="overrides"/> applied;
+    /// their relative paths resolve against <paramref name="workingDirectory"/> (default: the process's current directory).</summary>
     public static T Load<T>(string path, IEnumerable<string>? overrides = null, string? workingDirectory = null) where T : new()
     {
-        if (!File.Exists(path)) throw new ConfigException($"config file not found: {path}");
-        long length = new FileInfo(path).Length;
-        if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
-        string text = File.ReadAllText(path);
-        var tree = Parse(text, path);
+        var tree = ReadTree(path, []);
         string cwd = workingDirectory ?? Directory.GetCurrentDirectory();
         foreach (var o in overrides ?? []) ApplyOverride(tree, o, typeof(T), cwd);
         try { return Bind<T>(tree, ""); }
@@ -74,6 +77,53 @@ public static class ConfigBinder
 
     /// <summary>Largest config file read (shipped configs are a few KB).</summary>
     public const long MaxConfigBytes = 10_000_000;
+
+    /// <summary>A config file's tree with its base (if any) merged under it.</summary>
+    static Dictionary<string, object?> ReadTree(string path, List<string> chain)
+    {
+        if (!File.Exists(path)) throw new ConfigException(chain.Count == 0 ? $"config file not found: {path}" : $"{chain[^1]}: base config not found: {path}");
+        FileStat.RequireRegular(path, "config file");
+        var tree = Parse(ReadBounded(path), path);
+        if (!tree.Remove(BaseKey, out var b)) return tree;
+        if (b is not string name || name.Length == 0) throw new ConfigException($"{path}: '{BaseKey}' must name a config file (got {b ?? "nothing"})");
+        string full = Path.GetFullPath(Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, name));
+        var here = new List<string>(chain) { Path.GetFullPath(path) };
+        if (here.Contains(full, StringComparer.Ordinal)) throw new ConfigException($"{path}: '{BaseKey}' = {name} makes a cycle ({string.Join(" → ", here.Select(Path.GetFileName))} → {Path.GetFileName(full)})");
+        if (here.Count > MaxBaseDepth) throw new ConfigException($"{path}: more than {MaxBaseDepth} base configs in a chain");
+        var merged = ReadTree(full, here);
+        Merge(merged, tree);
+        return merged;
+    }
+
+    /// <summary>The file's text, refused past <see cref="MaxConfigBytes"/> — counted while reading, so a device or a file
+    /// that grows cannot make it read without end.</summary>
+    static string ReadBounded(string path)
+    {
+        long length = new FileInfo(path).Length;
+        if (length > MaxConfigBytes) throw new ConfigException($"{path}: {length:N0} bytes, more than the {MaxConfigBytes:N0} a config file may hold");
+        using var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        var buffer = new MemoryStream();
+        var chunk = new byte[81920];
+        int n;
+        while ((n = f.Read(chunk, 0, chunk.Length)) > 0)
+        {
+            buffer.Write(chunk, 0, n);
+            if (buffer.Length > MaxConfigBytes) throw new ConfigException($"{path}: more than the {MaxConfigBytes:N0} bytes a config file may hold");
+        }
+        buffer.Position = 0;
+        using var reader = new StreamReader(buffer, Encoding.UTF8, detectEncodingFromByteOrderMarks: true);   // as File.ReadAllText
+        return reader.ReadToEnd();
+    }
+
+    /// <summary>over's keys into under: tables merged key by key, anything else replaced.</summary>
+    static void Merge(Dictionary<string, object?> under, Dictionary<string, object?> over)
+    {
+        foreach (var (k, v) in over)
+        {
+            if (v is Dictionary<string, object?> ov && under.TryGetValue(k, out var u) && u is Dictionary<string, object?> ud) Merge(ud, ov);
+            else under[k] = v;
+        }
+    }
 
     public static Dictionary<string, object?> Parse(string text, string source)
     {
@@ -86,11 +136,11 @@ public static class ConfigBinder
                 if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new ConfigException($"{source}: the top level must be an object");
                 return (Dictionary<string, object?>)FromJson(doc.RootElement)!;
             }
-            var table = TomlSerializer.Deserialize<TomlTable>(text) ?? throw new ConfigException($"{source}: empty TOML document");
+            var table = Engine.Data.StrictToml.Parse(text, source);   // duplicate keys and tables refused with line and column
             return (Dictionary<string, object?>)FromToml(table)!;
         }
         catch (JsonException e) { throw new ConfigException($"{source}: invalid JSON: {ErrorText.OneLine(e.Message)}"); }
-        catch (TomlException e) { throw new ConfigException($"{source}: invalid TOML: {ErrorText.FirstOfLines(e.Message)}"); }
+        catch (TomlException e) { throw new ConfigException($"{source}: invalid TOML: {ErrorText.Toml(e.Message)}"); }
         catch (InvalidOperationException e) { throw new ConfigException($"{source}: invalid JSON string ({ErrorText.OneLine(e.Message)})"); }
         catch (ConfigException e) when (!e.Message.StartsWith(source, StringComparison.Ordinal)) { throw new ConfigException($"{source}: {ErrorText.OneLine(e.Message)}"); }
     }

@@ -118,6 +118,9 @@ public sealed class ModelSection
         TieWordEmbeddings = TieWordEmbeddings,
         NormHead = NormHead,
         InitializerRange = InitializerRange,
+        Family = Family,
+        Position = PositionEmbedding,
+        MaxZLossWeight = MaxZLoss,
     }.Validate();
 
     /// <summary>0 = the tokenizer's vocabulary size.</summary>
@@ -139,6 +142,13 @@ public sealed class ModelSection
     /// <summary>Activation recompute in backward: "none", "full" (each block keeps only its input) or "selective";
     /// empty = from checkpoint_activations (see <see cref="Run.RunLayout.From"/>).</summary>
     public string Recompute { get; set; } = "";
+    /// <summary>The Hugging Face layout the model is saved in: llama (default) or baichuan (W_pack, Baichuan 2's config).</summary>
+    public ModelFamily Family { get; set; } = ModelFamily.Llama;
+    /// <summary>rope (default) or alibi (Baichuan 2-13B style; needs family = "baichuan").</summary>
+    public PositionEmbedding PositionEmbedding { get; set; } = PositionEmbedding.Rope;
+    /// <summary>Baichuan 2's max-z loss weight (its z_loss_weight; 2e-4 in the paper): training adds it times the squared
+    /// largest logit per token. Distinct from train.z_loss (PaLM's, on the log-normalizer).</summary>
+    public double MaxZLoss { get; set; }
     /// <summary>The older switch for recompute = "full" (still read).</summary>
     public bool CheckpointActivations { get; set; }
     /// <summary>Start from a Hugging Face-layout directory (config.json + model.safetensors) instead of random init.</summary>
@@ -151,8 +161,9 @@ public sealed class DataSection
     /// <summary>Text files (.txt, .jsonl with "text", FPB .csv, instruction .json/.jsonl) to train on.</summary>
     [ConfigPath]
     public string[] Train { get; set; } = [];
-    /// <summary>"byte" for the byte-level tokenizer, or the path of a Hugging Face tokenizer.json.</summary>
-    [ConfigPath(Words = ["byte"])]
+    /// <summary>"byte" for the byte-level tokenizer, the path of a Hugging Face tokenizer.json, or "model": the
+    /// tokenizer.json of model.init_from's directory. A model that carries another tokenizer is refused.</summary>
+    [ConfigPath(Words = ["byte", "model"])]
     public string Tokenizer { get; set; } = "byte";
     /// <summary>Share of the tokens held out (from the end of each file) for validation loss.</summary>
     public double ValidFraction { get; set; } = 0.05;

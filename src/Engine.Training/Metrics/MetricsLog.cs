@@ -15,6 +15,8 @@ public sealed class MetricsLog : IDisposable
     readonly ICommunicator comm;
     readonly IBackend backend;
     readonly StreamWriter? jsonl;
+    readonly string? jsonlPath;
+    bool writeFailed;
     readonly TensorBoardWriter? tensorBoard;
     int? firstStep;
     int skipped;
@@ -35,7 +37,8 @@ public sealed class MetricsLog : IDisposable
         this.comm = comm;
         this.backend = backend;
         Throughput = throughput;
-        if (comm.Rank == 0 && jsonlPath != null) jsonl = new StreamWriter(jsonlPath, append);
+        this.jsonlPath = jsonlPath;
+        if (comm.Rank == 0 && jsonlPath != null) jsonl = Guarded(() => new StreamWriter(jsonlPath, append));
         if (comm.Rank == 0 && tensorBoardDir != null) tensorBoard = new TensorBoardWriter(tensorBoardDir);
     }
 
@@ -107,10 +110,13 @@ public sealed class MetricsLog : IDisposable
             EwcPenalty = m.EwcPenalty != 0 ? m.EwcPenalty : null,
         };
         if (jsonl != null)
-        {
-            jsonl.WriteLine(r.ToJson());
-            jsonl.Flush();
-        }
+            Guarded(() =>
+            {
+                SafeIo.Inject(jsonlPath!);
+                jsonl.WriteLine(r.ToJson());
+                jsonl.Flush();
+                return 0;
+            });
         tensorBoard?.AddScalars(m.Step, Scalars(r));
         return r;
     }
@@ -135,9 +141,17 @@ public sealed class MetricsLog : IDisposable
         return list;
     }
 
+    /// <summary>A write of metrics.jsonl: an I/O failure is one line (SafeIo) naming the last good checkpoint.</summary>
+    T Guarded<T>(Func<T> write)
+    {
+        try { return SafeIo.Writing("the metrics", jsonlPath!, SafeIo.LastCheckpoint(Path.GetDirectoryName(Path.GetFullPath(jsonlPath!))!), write); }
+        catch (StorageException) { writeFailed = true; throw; }
+    }
+
     public void Dispose()
     {
-        jsonl?.Dispose();
+        try { jsonl?.Dispose(); }
+        catch (IOException) when (writeFailed) { }   // the failure was reported; the buffered line cannot be written either
         tensorBoard?.Dispose();
     }
 }

@@ -174,9 +174,10 @@ public sealed class ParallelLayout : IDisposable
         if (World.Rank == 0) Directory.CreateDirectory(directory);
         World.Barrier();
         var stages = Stages(model.Config.NumLayers);
-        List<ParameterSpecOwned> Owned(PipelineStage st) => LlamaModel.Specs(model.Config, st)
+        // a stage's tensors in the family's file layout (Baichuan: a layer's q, k, v as one W_pack; a stage holds whole layers)
+        List<ModelIO.TensorSource> Owned(PipelineStage st) => HfLayout.ToHf(model.Config, LlamaModel.Specs(model.Config, st)
             .Where(p => !(st.IsLast && !st.IsFirst && model.Config.TieWordEmbeddings && p.Name == "model.embed_tokens.weight"))
-            .Select(p => new ParameterSpecOwned(p.Name, p.Shape)).ToList();
+            .Select(p => new ModelIO.TensorSource(p.Name, p.Shape.Select(d => (long)d).ToArray(), () => Values(p.Name))).ToList());
         string File(int s) => SafeTensorsIndex.ShardFileName(s, g.Stages);
         if (WritesWeights)
         {
@@ -184,16 +185,17 @@ public sealed class ParallelLayout : IDisposable
             if (metadata != null) foreach (var (k, v) in metadata) meta[k] = v;
             var mine = Owned(stages[g.Stage]);
             SafeTensorsWriter.Write(Path.Combine(directory, File(g.Stage)),
-                mine.Select(p => new SafeTensorWrite(p.Name, p.Shape.Select(d => (long)d).ToArray(), Values(p.Name), dtype)), meta);
+                mine.Select(p => new SafeTensorWrite(p.Name, p.Shape, p.Values(), dtype)), meta);
         }
         World.Barrier();
         if (World.Rank == 0)
         {
             int elem = SafeTensorsWriter.ElementSize(dtype);
-            var map = stages.SelectMany((st, s) => Owned(st).Select(p => (p.Name, File(s), Bytes: p.Shape.Aggregate(1L, (a, b) => a * b) * elem))).ToList();
+            var map = stages.SelectMany((st, s) => Owned(st).Select(p => (p.Name, File(s), Bytes: p.Numel * elem))).ToList();
             System.IO.File.WriteAllText(Path.Combine(directory, SafeTensorsIndex.IndexFile), SafeTensorsIndex.IndexJson(map.Sum(m => m.Bytes), map.Select(m => (m.Name, m.Item2))));
             string torchDtype = dtype switch { "BF16" => "bfloat16", "F16" => "float16", _ => "float32" };
             System.IO.File.WriteAllText(Path.Combine(directory, ModelIO.ConfigFile), model.Config.ToHuggingFaceJson(torchDtype));
+            ModelIO.WriteSideFiles(model.Config, directory);
             string single = Path.Combine(directory, ModelIO.WeightsFile);
             if (System.IO.File.Exists(single)) System.IO.File.Delete(single);
         }

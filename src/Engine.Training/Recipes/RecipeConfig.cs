@@ -86,7 +86,8 @@ public sealed class RecipeConfig
         }
         if (Alignment != null && !seen.Contains(Alignment.Policy) && !Alignment.Policy.Contains('/'))
             errors.Add($"alignment.policy '{Alignment.Policy}' is neither a stage nor a model directory");
-        if (Tokenizer.Kind is not ("byte" or "bpe")) errors.Add($"tokenizer.kind must be byte or bpe (got {Tokenizer.Kind})");
+        if (Tokenizer.Kind is not ("auto" or "byte" or "bpe" or "model")) errors.Add($"tokenizer.kind must be auto, byte, bpe or model (got {Tokenizer.Kind})");
+        if (Tokenizer.Kind == "model" && !Stages.Any(s => RecipeTokenizers.IsDirectory(s.Init))) errors.Add("tokenizer.kind = \"model\" takes the tokenizer of the model directory a stage starts from, but every stage starts from random or an earlier stage");
         if (Tokenizer.VocabSize < 1 || Tokenizer.TrainChars < 1 || Tokenizer.ExpandBy < 0) errors.Add("tokenizer: vocab_size and train_chars must be positive, expand_by >= 0");
         if (Eval.SeqLen < 2 || Eval.Batch < 1 || Eval.PerplexityTokens < 1 || Eval.Shots < 0 || Eval.MaxExamples < 1)
             errors.Add("eval: seq_len must be >= 2, batch, perplexity_tokens and max_examples >= 1, shots >= 0");
@@ -110,8 +111,12 @@ public sealed class RecipeConfig
 
 public sealed class TokenizerSection
 {
-    /// <summary>byte (no training) or bpe (trained on the recipe's pretraining sources, or loaded from path).</summary>
-    public string Kind { get; set; } = "byte";
+    /// <summary>byte (no training), bpe (trained on the recipe's pretraining sources, or loaded from path), model (the
+    /// tokenizer.json of the model directory the first stage that starts from one starts from), or auto (the default:
+    /// model when such a directory holds a tokenizer.json, else byte).</summary>
+    public string Kind { get; set; } = "auto";
+    /// <summary>Train a model directory with a tokenizer other than the one it carries (refused otherwise).</summary>
+    public bool Force { get; set; }
     /// <summary>A Hugging Face tokenizer.json to load instead of training.</summary>
     [ConfigPath]
     public string? Path { get; set; }

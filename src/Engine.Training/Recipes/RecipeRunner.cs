@@ -82,7 +82,12 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     public string? StoppedReason { get; private set; }
 
     /// <summary>stages/NAME/stage.json: a finished stage's report and steps, and the settings it ran with.</summary>
-    sealed record StageRecord(StageReport Report, List<StepMetrics> Steps, Dictionary<string, string> Exact);
+    sealed record StageRecord(StageReport Report, List<StepMetrics> Steps, Dictionary<string, string> Exact)
+    {
+        /// <summary>The stage's outputs (weights, adapter) by path relative to the run directory and SHA-256, verified
+        /// before a resumed run uses them (<see cref="ContentHashes.Verify"/>); null in records of older runs.</summary>
+        public Dictionary<string, string>? Files { get; init; }
+    }
 
     static readonly JsonSerializerOptions RecordJson = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
 
@@ -96,6 +101,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         foreach (var st in cfg.Stages) cfg.Layout.Validate(comm.WorldSize, gradAccum: st.GradAccum, needs: RecipeConfig.StageNeeds(st));
         if (cfg.Alignment != null) foreach (var needs in cfg.Alignment.Needs) cfg.Layout.Validate(comm.WorldSize, needs: needs);
         string outDir = cfg.Resolve(cfg.Output.Dir);
+        using var runLock = RunDirectoryLock.Acquire(outDir, comm, Say);   // one run per output directory
         if (Lead) Directory.CreateDirectory(outDir);
         comm.Barrier();
         foreach (var (name, s) in cfg.Sources)
@@ -109,7 +115,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         // a trained tokenizer is trained and saved by rank 0; the other ranks load the file it wrote (a resumed run
         // loads the one its first run trained)
         string baseFile = Path.Combine(outDir, "tokenizer.json"), expandedFile = Path.Combine(outDir, "tokenizer_expanded.json");
-        bool trained = cfg.Tokenizer.Kind != "byte" && cfg.Tokenizer.Path == null;
+        bool trained = cfg.Tokenizer.Kind == "bpe" && cfg.Tokenizer.Path == null;
         baseTokenizer = Resume != null && trained && File.Exists(baseFile) ? BpeTokenizer.Load(baseFile)
             : OnLead(() => RecipeTokenizers.Build(cfg, sources, outDir, Log),
                 () => !trained ? RecipeTokenizers.Build(cfg, sources, outDir, null) : BpeTokenizer.Load(baseFile));
@@ -137,8 +143,11 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 // the finished stage must have run with today's settings (its selection is not recomputed here)
                 var saved = rec.Exact.Where(kv => !kv.Key.EndsWith(".selection", StringComparison.Ordinal)).ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
                 ResumeCheck.Check(path, saved, ExactSettings(cfg.Stages[i], null), null, new Dictionary<string, string>());
-                reports.Add(rec.Report with { Steps = rec.Steps });
-                stageWeights[rec.Report.Name] = rec.Report.WeightsDir;
+                ContentHashes.Verify(outDir, rec.Files ?? [], path);   // its weights as the stage left them
+                // paths relative to this run directory (a copied run directory uses its own stage files)
+                var report = rec.Report with { Steps = rec.Steps, WeightsDir = Path.Combine(outDir, "stages", rec.Report.Name), AdapterDir = rec.Report.AdapterDir is { } ad ? Path.GetFullPath(Path.Combine(outDir, ad)) : null };
+                reports.Add(report);
+                stageWeights[rec.Report.Name] = report.WeightsDir;
                 Say($"stage {rec.Report.Name}: finished in the earlier run (stages/{rec.Report.Name}/stage.json)");
             }
             int keepStep = resumed?.State.Step ?? 0;
@@ -249,7 +258,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         var notes = new List<string>();
         var tok = st.ExpandedVocab ? expandedTokenizer! : baseTokenizer!;
         Say($"stage {st.Name}: init {st.Init}, {st.Steps} steps × {st.BatchSize}×{st.SeqLen} tokens, mixture {string.Join(", ", st.Weights.Select(w => $"{w.Key}={w.Value}"))}");
-        var init = InitSource(st, tok, notes);
+        var init = InitSource(st, tok, notes, outDir);
         ulong seed = cfg.Seed ^ RecipeSources.StableHash(st.Name);
         var (streams, selection) = Streams(st, tok, seed, init, evalSet, notes);
         MixtureStream? mixture = null;
@@ -325,7 +334,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 run.Lora.Merge();
                 notes.Add($"adapter saved to {adapterDir} (PEFT layout) and merged into the stage's weights; AdamW state {stateBytes:N0} bytes");
             }
-            run.SaveWeights(weights);
+            run.SaveWeights(weights, what: $"stage {st.Name}'s weights");
         }
         steps.InsertRange(0, earlier);
         stageWeights[st.Name] = weights;
@@ -393,7 +402,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
         if (Lead)
         {
             // the stage is finished: its record lets a resumed run skip it; its checkpoints are no longer needed
-            Durable.WriteAllText(StageRecordPath(outDir, st.Name), JsonSerializer.Serialize(new StageRecord(report, steps, exact), RecordJson));
+            SafeIo.Writing($"stage {st.Name}'s record", StageRecordPath(outDir, st.Name), SafeIo.LastCheckpoint(outDir), () => Durable.WriteAllText(StageRecordPath(outDir, st.Name), JsonSerializer.Serialize(new StageRecord(report with { WeightsDir = ContentHashes.Relative(outDir, weights), AdapterDir = adapterDir is null ? null : ContentHashes.Relative(outDir, adapterDir) }, steps, exact) { Files = ContentHashes.Record(outDir, [weights, .. adapterDir is null ? Array.Empty<string>() : [adapterDir]]) }, RecordJson)));
             if (Directory.Exists(ckptRoot)) Directory.Delete(ckptRoot, recursive: true);
         }
         comm.Barrier();
@@ -416,6 +425,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             ["seed"] = cfg.Seed.ToString(inv),
             ["model"] = model.ToJsonString(),
             ["tokenizer"] = Json(cfg.Tokenizer),
+            ["tokenizer.files"] = cfg.Tokenizer.Kind == "byte" ? "byte" : string.Join("; ", new[] { cfg.Tokenizer.Path is { } tp ? cfg.Resolve(tp) : Path.Combine(cfg.Resolve(cfg.Output.Dir), "tokenizer.json"), Path.Combine(cfg.Resolve(cfg.Output.Dir), "tokenizer_expanded.json") }.Where(File.Exists).Select(ContentHashes.Describe)),
             ["sources"] = Json(cfg.Sources.OrderBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => new
             {
                 kv.Key,
@@ -424,7 +434,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 kv.Value.Language,
                 kv.Value.MaxDocs,
                 kv.Value.HeldOut,
-                Files = kv.Value.Files.Select(f => $"{cfg.Resolve(f)} ({(File.Exists(cfg.Resolve(f)) ? new FileInfo(cfg.Resolve(f)).Length : -1)} bytes)"),
+                Files = kv.Value.Files.Select(f => ContentHashes.Describe(cfg.Resolve(f))),   // contents: a same-size edit is refused
             })),
             ["eval"] = Json(cfg.Eval),
             [$"stages.{st.Name}"] = Json(new
@@ -450,6 +460,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
                 st.Optim.Eps,
                 st.Lora,
             }),
+            [$"stages.{st.Name}.init_weights"] = st.Init == "random" ? "random" : ContentHashes.DescribeWeights(stageWeights.TryGetValue(st.Init, out var iw) ? iw : cfg.Resolve(st.Init)),
             [$"stages.{st.Name}.sequences_per_step"] = cfg.Layout.GlobalBatch(comm.WorldSize, st.BatchSize, st.GradAccum).ToString(inv),
         };
         if (selection != null) d[$"stages.{st.Name}.selection"] = selection;
@@ -459,7 +470,7 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
     /// <summary>The stage's init model as a source: random weights, an earlier stage or a model directory (for a
     /// pipeline stage only its parameters), grown to the stage's vocabulary (new rows = the mean of the old), with the
     /// stage's RoPE scaling and trainable set.</summary>
-    ModelSource InitSource(StageSection st, ITokenizer tok, List<string> notes)
+    ModelSource InitSource(StageSection st, ITokenizer tok, List<string> notes, string outDir)
     {
         string? dir = st.Init == "random" ? null : stageWeights.TryGetValue(st.Init, out var d) ? d : cfg.Resolve(st.Init);
         var initial = dir == null ? cfg.Model.ToLlamaConfig(tok.VocabSize) : ModelIO.LoadConfig(dir);
@@ -488,6 +499,17 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             if (tok.VocabSize > model.Config.VocabSize) model.ResizeVocabulary(tok.VocabSize);
             if (st.RopeScaling != RopeScalingKind.None)
                 model.SetRopeScaling(st.RopeScaling, st.RopeScalingFactor, Math.Max(model.Config.MaxPositionEmbeddings, st.SeqLen));
+            try
+            {
+                // the stage's tokenizer (chat template when it tunes on a chat format) and name ride with its weights
+                RunArtifacts.Attach(model, tok, $"{RunArtifacts.RunName(outDir)}-{st.Name}", RecipeSources.ChatFormat(st, sources),
+                    cfg.Tokenizer.Force ? null : $"stages[{st.Name}].init {st.Init} carries another tokenizer than the stage trains with (set tokenizer.kind = \"model\" to use the model's, or tokenizer.force = true)", st.ExpandedVocab);
+            }
+            catch
+            {
+                model.Dispose();
+                throw;
+            }
             model.SetTrainable(st.Trainable == "embeddings_and_head" ? LlamaModel.IsEmbeddingOrHead : null);
             return model;
         });

@@ -21,6 +21,12 @@ public static class RecipeSources
     /// <summary>The instruction every sentiment row is rendered with (FPB/FiQA-style sentiment instructions).</summary>
     public const string SentimentInstruction = "What is the sentiment of this financial text? Answer negative, neutral or positive.";
 
+    /// <summary>The chat format a stage tunes on — the template instruction and sentiment sources are rendered with
+    /// (<see cref="InstructionStream"/>'s default) — or null when its mixture holds pretraining text only.</summary>
+    public static ChatTemplate? ChatFormat(StageSection st, IReadOnlyDictionary<string, LoadedSource> sources) =>
+        st.Weights.Keys.Concat(st.EndWeights?.Keys ?? Enumerable.Empty<string>()).Any(n => sources.TryGetValue(n, out var s) && !s.IsPretrain)
+            ? ChatTemplate.Default : null;
+
     public static LoadedSource Load(string name, SourceSection s, RecipeConfig cfg)
     {
         var files = s.Files.Select(cfg.Resolve).ToList();

@@ -9,10 +9,19 @@ public static partial class RecipeTokenizers
     public static ITokenizer Build(RecipeConfig cfg, IReadOnlyDictionary<string, LoadedSource> sources, string outDir, Action<string>? log)
     {
         var t = cfg.Tokenizer;
-        if (t.Kind == "byte") return new ByteTokenizer();
+        // model / auto: the tokenizer of the model directory the first stage that starts from one starts from
+        var fromDir = cfg.Stages.FirstOrDefault(s => IsDirectory(s.Init));
+        if (t.Kind == "model" || (t.Kind == "auto" && fromDir != null && File.Exists(Path.Combine(cfg.Resolve(fromDir.Init), TokenizerFiles.JsonFile))))
+        {
+            string dir = cfg.Resolve(fromDir!.Init);
+            var own = TokenizerFiles.FromDirectory(dir) ?? throw new Config.ConfigException($"tokenizer.kind = \"model\": stages[{fromDir.Name}].init {dir} has no {TokenizerFiles.JsonFile}");
+            log?.Invoke($"tokenizer: the one of {dir} ({own.VocabSize} ids)");
+            return own;
+        }
+        if (t.Kind is "byte" or "auto") return new ByteTokenizer();
         if (t.Path != null)
         {
-            var loaded = BpeTokenizer.Load(cfg.Resolve(t.Path));
+            var loaded = TokenizerFiles.Load(cfg.Resolve(t.Path));
             log?.Invoke($"tokenizer: loaded {t.Path} ({loaded.VocabSize} ids)");
             return loaded;
         }
@@ -62,13 +71,17 @@ public static partial class RecipeTokenizers
             .Where(x => x.Gain > 0).OrderByDescending(x => x.Gain).ThenBy(x => x.Piece, StringComparer.Ordinal)
             .Take(cfg.Tokenizer.ExpandBy).Select(x => x.Piece).ToList();
         // a fresh copy of the base tokenizer: the file it was loaded from, or the one Build trained and saved
-        var expanded = BpeTokenizer.Load(cfg.Tokenizer.Path != null ? cfg.Resolve(cfg.Tokenizer.Path) : Path.Combine(outDir, "tokenizer.json"));
+        var expanded = baseTok is BpeTokenizer { SourcePath: { } from } && File.Exists(from) ? BpeTokenizer.Load(from)
+            : BpeTokenizer.Load(cfg.Tokenizer.Path != null ? cfg.Resolve(cfg.Tokenizer.Path) : Path.Combine(outDir, "tokenizer.json"));
         int before = expanded.VocabSize;
         expanded.AddTokens(chosen);
         expanded.Save(Path.Combine(outDir, "tokenizer_expanded.json"));
         log?.Invoke($"tokenizer: expanded {before} → {expanded.VocabSize} ids with {chosen.Count} domain pieces (e.g. {string.Join(" ", chosen.Take(8))})");
         return expanded;
     }
+
+    /// <summary>Whether a stage's init names a model directory (not random, not an earlier stage's name).</summary>
+    public static bool IsDirectory(string init) => init != "random" && init.Contains('/');
 
     // one Chinese character
     [GeneratedRegex(@"\p{IsCJKUnifiedIdeographs}")]

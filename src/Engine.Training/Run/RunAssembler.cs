@@ -335,12 +335,16 @@ public sealed class AssembledRun : IDisposable
     // ---- results ---------------------------------------------------------------------------------------------------
 
     /// <summary>The whole model in Hugging Face layout from however many stages hold it (collective; at ZeRO-3 every
-    /// unit is gathered while the weights are written).</summary>
-    public void SaveWeights(string directory, string dtype = "F32", IReadOnlyDictionary<string, string>? metadata = null)
+    /// unit is gathered while the weights are written). Weights that are not finite are refused, the free space is
+    /// checked first and an I/O failure is one line naming the last good checkpoint (<see cref="SafeIo"/>).</summary>
+    public void SaveWeights(string directory, string dtype = "F32", IReadOnlyDictionary<string, string>? metadata = null, string what = "the final weights")
     {
         using var whole = Gathered();
-        Layout.SaveModel(Model, directory, dtype, metadata);
+        SafeIo.SaveWeights(directory, Model, World, LastGoodCheckpoint, () => Layout.SaveModel(Model, directory, dtype, metadata), what);
     }
+
+    /// <summary>The newest checkpoint of this run (named by storage errors), or null.</summary>
+    public string? LastGoodCheckpoint => Spec.Checkpoint is { } ck ? Checkpoints.List(ck.Root).LastOrDefault() : null;
 
     /// <summary>ZeRO-3: every unit of the body gathered until disposed (whole weights for a save or an evaluation on
     /// this rank alone, with no collectives inside); a no-op at ZeRO 0-2.</summary>
@@ -350,7 +354,7 @@ public sealed class AssembledRun : IDisposable
     public void SaveAdapter(string directory, string? baseModel)
     {
         if (Lora == null) throw new InvalidOperationException($"{Spec.Name} has no LoRA adapter");
-        Layout.SaveAdapter(Lora, directory, baseModel);
+        SafeIo.Writing("the adapter", directory, LastGoodCheckpoint, () => Layout.SaveAdapter(Lora, directory, baseModel));
     }
 
     public void Dispose()

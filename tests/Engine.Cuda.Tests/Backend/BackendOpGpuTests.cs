@@ -47,6 +47,40 @@ public class BackendOpGpuTests
         Assert.Equal(Enumerable.Range(6, 6).Select(i => (float)i).ToArray(), big.Narrow0(2, 2).Host());   // views honour the offset
     }
 
+    /// <summary>The device-resident scalar ops of the one-read step: SumInto equals the host's Sum / divisor rounded
+    /// once (the same partials summed in the same order: bitwise), ScaleBy multiplies by a device scalar.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(1000)]
+    [InlineData(100_003)]
+    public void SumIntoAndScaleByStayOnTheDevice(int n)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(n + 5);
+        var x = be.Empty([n]);
+        be.Upload(x, Data.Floats(rng, n, 3f));
+        var result = be.Empty([1]);
+        long syncs = be.Stream.Synchronizations;
+        be.SumInto(x, result, 7f);
+        Assert.Equal(syncs, be.Stream.Synchronizations);   // nothing waited
+        Assert.Equal((float)(be.Sum(x) / 7f), result.Host()[0]);
+        foreach (var dtype in new[] { DType.F32, DType.BF16 })
+        {
+            float[] v = Data.Bf16Values(rng, n, 2f);
+            var t = be.Empty([n], dtype);
+            be.Upload(t, v);
+            var s = be.Empty([1]);
+            be.Upload(s, [-0.5f]);
+            be.ScaleBy(t, s);
+            Assert.Equal(v.Select(a => dtype == DType.BF16 ? Bf16.Round(-0.5f * a) : -0.5f * a).ToArray(), t.Host());
+            be.Upload(s, [1f]);
+            var before = t.Host();
+            be.ScaleBy(t, s);
+            Assert.Equal(before, t.Host());   // the training seed: x · 1 = x exactly
+        }
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(255)]
@@ -149,6 +183,103 @@ public class BackendOpGpuTests
         Cpu.RmsNormBackward(cdy, cx, cw, cr, cdx, cdw);
         BackendTol.Tensor(gdx.Host(), cdx.Span.ToArray(), "rmsnorm dx");
         BackendTol.Tensor(gdw.Host(), cdw.Span.ToArray(), "rmsnorm dw (accumulated)");
+    }
+
+    /// <summary>The fused residual add + norm (F.AddRmsNorm: rmsnorm.cu's residual path) against the CPU's Add then
+    /// RmsNorm: h is the bf16-rounded sum (exactly the separate bf16 add), y and rstd as the norm of h; the backward
+    /// adds the residual stream's gradient in the same kernel.</summary>
+    [Theory]
+    [InlineData(64, 256)]
+    [InlineData(37, 123)]
+    public void RmsNormWithTheResidualFused(int rows, int cols)
+    {
+        var be = GpuBackend.Require();
+        using var scope = new TensorScope();
+        var rng = new Random(rows * 3 + cols);
+        float[] x = Data.Bf16Values(rng, (long)rows * cols, 2f), r = Data.Bf16Values(rng, (long)rows * cols, 2f);
+        var (gx, cx) = be.Pair(x, [rows, cols], DType.BF16);
+        var (gres, cres) = be.Pair(r, [rows, cols], DType.BF16);
+        var (gw, cw) = be.Pair(Data.Bf16Values(rng, cols, 1.5f), [cols], DType.F32);
+        var gh = be.Empty([rows, cols], DType.BF16); var ch = Cpu.Empty([rows, cols]);
+        var gy = be.Empty([rows, cols], DType.BF16); var cy = Cpu.Empty([rows, cols]);
+        var gr = be.Empty([rows]); var cr = Cpu.Empty([rows]);
+        be.RmsNormResidualForward(gx, gres, gw, gh, gy, gr, 1e-5f);
+        ((IBackend)Cpu).RmsNormResidualForward(cx, cres, cw, ch, cy, cr, 1e-5f);
+        Assert.Equal(x.Select((v, i) => Bf16.Round(v + r[i])).ToArray(), gh.Host());   // one bf16 rounding of the sum
+        BackendTol.Elementwise(gy.Host(), cy.Span.ToArray(), "fused rmsnorm y");
+        BackendTol.Stat(gr.Host(), cr.Span.ToArray(), "fused rmsnorm rstd");
+
+        var (gdy, cdy) = be.Pair(Data.Bf16Values(rng, (long)rows * cols), [rows, cols], DType.BF16);
+        var (gdres, cdres) = be.Pair(Data.Bf16Values(rng, (long)rows * cols), [rows, cols], DType.BF16);
+        var gdx = be.Empty([rows, cols], DType.BF16); var cdx = Cpu.Empty([rows, cols]);
+        var (gdw, cdw) = be.Pair(Data.Floats(rng, cols), [cols], DType.F32);
+        var rstdRef = Up(be, cr.Span.ToArray());
+        var (ghRef, _) = be.Pair(ch.Span.ToArray(), [rows, cols], DType.BF16);
+        be.RmsNormResidualBackward(gdy, ghRef, gw, rstdRef, gdx, gdw, gdres);
+        ((IBackend)Cpu).RmsNormResidualBackward(cdy, ch, cw, cr, cdx, cdw, cdres);
+        BackendTol.Tensor(gdx.Host(), cdx.Span.ToArray(), "fused rmsnorm dx (+ dresidual)");
+        BackendTol.Tensor(gdw.Host(), cdw.Span.ToArray(), "fused rmsnorm dw (accumulated)");
+    }
+
+    /// <summary>The fused-projection ops on the fused rows (row strides into one GEMM's q|k|v or gate|up output)
+    /// against the interface's column-copy defaults on the CPU, v1 and v2 attention, and the column copy both ways.</summary>
+    [Theory]
+    [InlineData(2, 100, 4, 2, 64, false)]
+    [InlineData(2, 100, 4, 2, 64, true)]
+    [InlineData(1, 77, 8, 2, 32, true)]
+    [InlineData(1, 64, 4, 4, 128, false)]
+    public void FusedProjectionOpsReadTheFusedRows(int batch, int seq, int heads, int kvHeads, int d, bool v2)
+    {
+        var be = GpuBackend.Require();
+        IBackend cpu = Cpu;
+        var saved = be.AttentionPreference;
+        be.AttentionPreference = v2 ? AttentionImpl.V2 : AttentionImpl.V1;
+        try
+        {
+            using var scope = new TensorScope();
+            var rng = new Random(batch + seq + d);
+            var dims = new AttentionDims(batch, seq, heads, kvHeads, d);
+            int n = batch * seq, row = dims.QRow + 2 * dims.KvRow;
+            var p = new RopeParams(d, 10000);
+            var (gqkv, cqkv) = be.Pair(Data.Bf16Values(rng, (long)n * row, 2f), [n, row], DType.BF16);
+            // column copy out and back
+            var gk = be.Empty([n, dims.KvRow], DType.BF16);
+            be.CopyColumns(gqkv, dims.QRow, gk, 0, dims.KvRow);
+            var host = cqkv.Span.ToArray();
+            for (int r = 0; r < n; r++)
+                for (int c = 0; c < dims.KvRow; c++) Assert.Equal(host[r * row + dims.QRow + c], gk.Host()[r * dims.KvRow + c]);
+            // RoPE in place on q and k, then attention and its backward on the fused rows
+            foreach (var (col, h) in new[] { (0, heads), (dims.QRow, kvHeads) })
+            {
+                be.RopeColumns(gqkv, col, p, batch, seq, h, 0, inverse: false);
+                cpu.RopeColumns(cqkv, col, p, batch, seq, h, 0, inverse: false);
+            }
+            BackendTol.Elementwise(gqkv.Host(), cqkv.Span.ToArray(), "rope on the q and k columns");
+            var (gsame, _) = be.Pair(cqkv.Span.ToArray(), [n, row], DType.BF16);   // both attentions read the same roped rows
+            var go = be.Empty([n, dims.QRow], DType.BF16); var co = Cpu.Empty([n, dims.QRow]);
+            var gl = be.Empty([batch, heads, seq]); var cl = Cpu.Empty([batch, heads, seq]);
+            be.AttentionForwardFused(gsame, go, gl, dims); cpu.AttentionForwardFused(cqkv, co, cl, dims);
+            BackendTol.Tensor(go.Host(), co.Span.ToArray(), "fused attention o");
+            BackendTol.Stat(gl.Host(), cl.Span.ToArray(), "fused attention lse");
+            var (gdo, cdo) = be.Pair(Data.Bf16Values(rng, (long)n * dims.QRow), [n, dims.QRow], DType.BF16);
+            var gd = be.Empty([n, row], DType.BF16); var cd = Cpu.Empty([n, row]);
+            var (glRef, _) = be.Pair(cl.Span.ToArray(), [batch, heads, seq], DType.F32);
+            var (goRef, _) = be.Pair(co.Span.ToArray(), [n, dims.QRow], DType.BF16);
+            be.AttentionBackwardFused(gdo, gsame, goRef, glRef, gd, dims); cpu.AttentionBackwardFused(cdo, cqkv, co, cl, cd, dims);
+            BackendTol.Tensor(gd.Host(), cd.Span.ToArray(), "fused attention dq|dk|dv");
+
+            // gate | up
+            int f = 3 * d;
+            var (ggu, cgu) = be.Pair(Data.Bf16Values(rng, (long)n * 2 * f, 3f), [n, 2 * f], DType.BF16);
+            var gh = be.Empty([n, f], DType.BF16); var ch = Cpu.Empty([n, f]);
+            be.SwiGluFusedForward(ggu, gh); cpu.SwiGluFusedForward(cgu, ch);
+            BackendTol.Elementwise(gh.Host(), ch.Span.ToArray(), "fused swiglu");
+            var (gdh, cdh) = be.Pair(Data.Bf16Values(rng, (long)n * f), [n, f], DType.BF16);
+            var gdgu = be.Empty([n, 2 * f], DType.BF16); var cdgu = Cpu.Empty([n, 2 * f]);
+            be.SwiGluFusedBackward(gdh, ggu, gdgu); cpu.SwiGluFusedBackward(cdh, cgu, cdgu);
+            BackendTol.Elementwise(gdgu.Host(), cdgu.Span.ToArray(), "fused swiglu dgate|dup");
+        }
+        finally { be.AttentionPreference = saved; }
     }
 
     private static Tensor Up(CudaBackend be, float[] values)
@@ -294,9 +425,11 @@ public class BackendOpGpuTests
     }
 
     [Theory]
-    [InlineData(128, 512, 0f)]
-    [InlineData(61, 1000, 1e-4f)]
-    public void CrossEntropyLossesAndInPlaceGradient(int rows, int vocab, float zLoss)
+    [InlineData(128, 512, 0f, 0f)]
+    [InlineData(61, 1000, 1e-4f, 0f)]
+    [InlineData(128, 512, 0f, 2e-4f)]      // Baichuan 2's max-z loss (argmax pass, vector path)
+    [InlineData(61, 1001, 1e-4f, 0.05f)]   // with z-loss, odd vocab: the scalar path
+    public void CrossEntropyLossesAndInPlaceGradient(int rows, int vocab, float zLoss, float maxZ)
     {
         var be = GpuBackend.Require();
         using var scope = new TensorScope();
@@ -310,8 +443,8 @@ public class BackendOpGpuTests
             var (gl, cl) = be.Pair(logits, [rows, vocab], DType.BF16);
             var gloss = be.Empty([rows]); var closs = Cpu.Empty([rows]);
             var glse = be.Empty([rows]); var clse = Cpu.Empty([rows]);
-            be.CrossEntropy(gl, gt, gloss, glse, zLoss, grad, 1f / valid);
-            Cpu.CrossEntropy(cl, ct, closs, clse, zLoss, grad, 1f / valid);
+            be.CrossEntropy(gl, gt, gloss, glse, zLoss, grad, 1f / valid, maxZ);
+            Cpu.CrossEntropy(cl, ct, closs, clse, zLoss, grad, 1f / valid, maxZ);
             BackendTol.Stat(gloss.Host(), closs.Span.ToArray(), "cross-entropy losses");
             BackendTol.Stat(glse.Host(), clse.Span.ToArray(), "cross-entropy lse");
             Assert.Equal(Cpu.Sum(closs), be.Sum(gloss), 1e-3 * Math.Abs(Cpu.Sum(closs)) + 1e-4);

@@ -53,12 +53,21 @@ public class TrainingStepGpuTests
     }
 
     [Theory]
-    [InlineData(false, 4)]
-    [InlineData(true, 4)]
-    [InlineData(false, 8)]
-    public void OneStepMatchesTheCpuBackend(bool tied, int heads)
+    [InlineData(false, 4, true)]
+    [InlineData(true, 4, true)]
+    [InlineData(false, 8, true)]
+    [InlineData(false, 4, false)]   // ENGINE_FUSED_PROJECTIONS=0: separate q/k/v and gate/up GEMMs
+    public void OneStepMatchesTheCpuBackend(bool tied, int heads, bool fused)
     {
         var be = GpuBackend.Require();
+        bool saved = be.FusesProjections;
+        be.FusesProjections = fused;
+        try { OneStep(be, tied, heads); }
+        finally { be.FusesProjections = saved; }
+    }
+
+    private static void OneStep(Engine.Cuda.Backend.CudaBackend be, bool tied, int heads)
+    {
         using var cpu = new LlamaModel(Config(tied, heads), CpuBackend.Instance);
         using var gpu = new LlamaModel(Config(tied, heads), be);
         cpu.InitializeWeights(1234);
@@ -114,6 +123,49 @@ public class TrainingStepGpuTests
         float lc2 = StepLoss(cpu, ids2, tg2, backward: false);
         float lg2 = StepLoss(gpu, ids2, tg2, backward: false);
         Assert.True(Math.Abs(lg2 - lc2) <= BackendTol.StepLossRel * Math.Abs(lc2), $"loss after the step: cuda {lg2} vs cpu {lc2}");
+    }
+
+    /// <summary>Issue 23 on the device: TrainingLoop with gradient accumulation makes the host wait for the stream
+    /// once per step (the stream's own count of synchronizations; uploads go through pinned staging, losses and the
+    /// norm are read together), and its losses follow the CPU's.</summary>
+    [Fact]
+    public void TheTrainingLoopSynchronizesOncePerStep()
+    {
+        var be = GpuBackend.Require();
+        var cfg = Config(tied: false);
+        var o = new LoopOptions { Steps = 4, BatchSize = Batch, SeqLen = SeqLen, GradAccum = 2, Optim = new AdamWOptions { Lr = 1e-3 } };
+        var perStep = new List<long>();
+        List<StepMetrics> steps;
+        using (var gpu = new LlamaModel(cfg, be))
+        {
+            gpu.InitializeWeights(3);
+            using var opt = new AdamW(gpu, o.Optim);
+            be.Synchronize();
+            long before = be.Stream.Synchronizations;
+            steps = TrainingLoop.Run(gpu, new Batches(), o, opt, cancel: TestContext.Current.CancellationToken, onStep: _ =>
+            {
+                perStep.Add(be.Stream.Synchronizations - before);
+                before = be.Stream.Synchronizations;
+            });
+        }
+        Assert.Equal([1L, 1L, 1L, 1L], perStep);   // the first step's tables (RoPE, AdamW runs) go up asynchronously too
+        using var cpu = new LlamaModel(cfg, CpuBackend.Instance);
+        cpu.InitializeWeights(3);
+        using var copt = new AdamW(cpu, o.Optim);
+        var reference = TrainingLoop.Run(cpu, new Batches(), o, copt, cancel: TestContext.Current.CancellationToken);
+        for (int i = 0; i < steps.Count; i++)
+            Assert.True(Math.Abs(steps[i].Loss - reference[i].Loss) <= BackendTol.StepLossRel * Math.Abs(reference[i].Loss),
+                $"step {i + 1}: loss cuda {steps[i].Loss} vs cpu {reference[i].Loss}");
+    }
+
+    sealed class Batches : IBatchSource
+    {
+        int next = 20;
+        public Batch Next(int batch, int seqLen)
+        {
+            var (ids, tg) = Batch_(next++);
+            return new Batch(ids, tg, [.. Enumerable.Repeat("train", batch)]);
+        }
     }
 
     [Fact]

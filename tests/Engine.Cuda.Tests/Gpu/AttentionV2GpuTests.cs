@@ -32,6 +32,12 @@ public class AttentionV2GpuTests
     [InlineData(1, 130, 8, 1, 128, true)]
     [InlineData(2, 64, 2, 2, 128, true)]     // exactly one backward key tile
     [InlineData(1, 257, 4, 4, 128, false)]
+    // full attention, a whole key tile against the partial last query tile: the backward's masked path for query rows
+    // past T alone (d32/d64: key tile 128 keys, query tile 64 rows; d96/d128: 64 keys, 32 rows)
+    [InlineData(1, 150, 2, 1, 32, false)]
+    [InlineData(1, 150, 4, 1, 64, false)]
+    [InlineData(1, 97, 2, 2, 96, false)]
+    [InlineData(2, 97, 4, 2, 128, false)]
     public void ForwardAndBackwardMatchFp64Reference(int B, int T, int H, int Hkv, int D, bool causal)
     {
         var g = GpuTest.Require();

@@ -52,6 +52,27 @@ public class ElementwiseGpuTests
         Assert.All(g.Download<float>(outF.Ptr, n), x => Assert.Equal(-3f, x));
     }
 
+    /// <summary>The fills store without reading (their SASS has no global load: StaticKernelChecks): every element of
+    /// a NaN-poisoned range is written, on the 16-byte path and misaligned (scalar path), and nothing outside it.</summary>
+    [Theory]
+    [InlineData(0, 1)]
+    [InlineData(0, 4099)]
+    [InlineData(1, 4099)]
+    [InlineData(3, 17)]
+    public void FillsWriteExactlyTheirRange(int offset, int n)
+    {
+        var g = GpuTest.Require();
+        using var b = g.Allocator.Allocate(4L * (n + offset + 1));
+        g.Stream.Memset(b.Ptr, 0xFF, b.Bytes);   // NaN in both dtypes
+        g.Kernels.Elementwise.FillF32(g.Stream, b.Ptr.Offset(offset, 4), 0.25f, n);
+        var f = g.Download<float>(b.Ptr, n + offset + 1);
+        for (int i = 0; i < f.Length; i++) Assert.True(i >= offset && i < offset + n ? f[i] == 0.25f : float.IsNaN(f[i]), $"f32 [{i}] = {f[i]}");
+        g.Stream.Memset(b.Ptr, 0xFF, b.Bytes);
+        g.Kernels.Elementwise.FillBf16(g.Stream, b.Ptr.Offset(offset, 2), -7f, n);
+        var h = g.DownloadBf16(b.Ptr, n + offset + 1);
+        for (int i = 0; i < h.Length; i++) Assert.True(i >= offset && i < offset + n ? h[i] == -7f : float.IsNaN(h[i]), $"bf16 [{i}] = {h[i]}");
+    }
+
     [Fact]
     public void MisalignedBuffersTakeTheScalarPath()
     {

@@ -2,13 +2,15 @@ namespace Engine.Cuda.Tests.Reference;
 
 /// <summary>
 /// Attention in fp64 with the full T x T matrix (fine at test sizes): q/o [B, T, H, D], k/v [B, T, Hkv, D],
-/// query head h uses kv head h / (H / Hkv), scale 1/sqrt(D), lse [B, H, T].
+/// query head h uses kv head h / (H / Hkv), scale 1/sqrt(D), lse [B, H, T]; with <c>alibiSlopes</c> (one per query
+/// head) ALiBi's bias slope_h · (j − i) is added to every score.
 /// </summary>
 public static class AttentionReference
 {
     public sealed record Result(double[] O, double[] Lse, double[] Dq, double[] Dk, double[] Dv);
 
-    public static Result Compute(float[] q, float[] k, float[] v, float[] dout, int B, int T, int H, int Hkv, int D, bool causal)
+    public static Result Compute(float[] q, float[] k, float[] v, float[] dout, int B, int T, int H, int Hkv, int D, bool causal,
+        double[]? alibiSlopes = null)
     {
         var o = new double[q.Length];
         var lse = new double[B * H * T];
@@ -34,7 +36,7 @@ public static class AttentionReference
                         if (causal && j > i) { s[j] = double.NegativeInfinity; continue; }
                         double acc = 0;
                         for (int d = 0; d < D; d++) acc += (double)q[Q(i, d)] * k[K(j, d)];
-                        s[j] = acc * scale;
+                        s[j] = acc * scale + (alibiSlopes == null ? 0 : alibiSlopes[h] * (j - i));
                         m = Math.Max(m, s[j]);
                     }
                     double sum = 0;

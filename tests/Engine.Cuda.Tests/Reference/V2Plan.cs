@@ -13,9 +13,13 @@ public static class V2Plan
     /// <summary>attention_v2_forward: n_blocks = ceil_div(causal ? min(T, m0 + BM) : T, BN).</summary>
     public static long FwdKeyTiles(long m0, long T, bool causal, int bm, int bn) => CeilDiv(causal ? Math.Min(T, m0 + bm) : T, bn);
 
-    /// <summary>Both kernels: a (key tile n0, query tile m0) pair takes the masked path when
-    /// n0 + BN &gt; T || (causal &amp;&amp; n0 + BN - 1 &gt; m0).</summary>
+    /// <summary>attention_v2_forward: a (key tile n0, query tile m0) pair takes the masked path when
+    /// n0 + BN &gt; T || (causal &amp;&amp; n0 + BN - 1 &gt; m0) (rows past T are computed but never stored).</summary>
     public static bool Masked(long n0, int bn, long m0, long T, bool causal) => n0 + bn > T || (causal && n0 + bn - 1 > m0);
+
+    /// <summary>attention_v2_backward: n0 + BN &gt; T || m0 + BM &gt; T || (causal &amp;&amp; n0 + BN - 1 &gt; m0) — a
+    /// partial query tile is masked too, so its rows past T contribute nothing whatever their zero-filled Q/dO hold.</summary>
+    public static bool BwdTileMasked(long n0, int bn, long m0, int bm, long T, bool causal) => n0 + bn > T || m0 + bm > T || (causal && n0 + bn - 1 > m0);
 
     /// <summary>fwd_tile, masked path: key n0 + c is kept for a row when c &lt; lim.</summary>
     public static int FwdLimit(long n0, long row, long T, bool causal, int bn)
@@ -26,14 +30,15 @@ public static class V2Plan
     }
 
     /// <summary>bwd_tile, masked path, for key n0 + keyInTile (warp keyInTile / 16) and query m0 + queryInTile:
-    /// kr &gt;= key_lim || (causal &amp;&amp; kr + key_shift &gt; qc).</summary>
-    public static bool BwdMasked(long keyInTile, long queryInTile, long n0, long m0, long T, bool causal)
+    /// kr &gt;= key_lim || qc &gt;= q_lim || (causal &amp;&amp; kr + key_shift &gt; qc).</summary>
+    public static bool BwdMasked(long keyInTile, long queryInTile, long n0, long m0, int bm, long T, bool causal)
     {
         long key0 = n0 + keyInTile / 16 * 16;
         int kr = (int)(keyInTile % 16);
         int keyLim = (int)Math.Min(Math.Max(T - key0, 0), 16);
         int keyShift = (int)Math.Max(Math.Min(key0 - m0, 1 << 20), -(1 << 20));
-        return kr >= keyLim || (causal && kr + keyShift > queryInTile);
+        int qLim = (int)Math.Min(T - m0, bm);
+        return kr >= keyLim || queryInTile >= qLim || (causal && kr + keyShift > queryInTile);
     }
 
     /// <summary>attention_v2_backward: m_begin = causal ? n0 / BM : 0.</summary>

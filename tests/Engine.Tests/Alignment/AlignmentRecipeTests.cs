@@ -107,7 +107,17 @@ public class AlignmentRecipeTests
         var ppoLines = metrics.Where(l => l.Contains("\"ppo\"", StringComparison.Ordinal)).ToList();
         Assert.Equal(10, ppoLines.Count);
         foreach (var key in new[] { "reward", "kl", "entropy", "clip_fraction", "response_length" }) Assert.Contains($"\"{key}\"", ppoLines[0], StringComparison.Ordinal);
-        foreach (var d in new[] { "reward_model", "ppo", "dpo" }) Assert.True(File.Exists(Path.Combine(outDir, "alignment", d, "config.json")), d);
+        foreach (var d in new[] { "reward_model", "ppo", "dpo" })
+        {
+            // every policy directory is self-contained: the tokenizer, the chat format the tuned stage learned, its name
+            string pd = Path.Combine(outDir, "alignment", d);
+            Assert.True(File.Exists(Path.Combine(pd, "config.json")), d);
+            Assert.IsType<Engine.Data.ByteTokenizer>(Engine.Data.TokenizerFiles.FromDirectory(pd));
+            Assert.Equal(Engine.Data.ChatTemplate.Default.ToJinja(),
+                System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(pd, "tokenizer_config.json")))!["chat_template"]!.GetValue<string>());
+            Assert.Equal($"{Path.GetFileName(outDir)}-{d}", Engine.Model.IO.ModelIO.LoadConfig(pd).NameOrPath);
+            Assert.True(File.Exists(Path.Combine(pd, "generation_config.json")), d);
+        }
         Assert.True(File.Exists(Path.Combine(outDir, "alignment", "reward_model", ScalarHeadModel.HeadFile)));
         Assert.Contains("Alignment of tuned", File.ReadAllText(Path.Combine(outDir, "report.md")), StringComparison.Ordinal);
     }

@@ -303,7 +303,7 @@ public class GgufTests
     }
 
     [Fact]
-    public void TokenizerJsonBecomesAGpt2VocabularyAndSentencePieceStyleIsRefused()
+    public void TokenizerJsonBecomesAGpt2VocabularyAndSentencePieceStyleALlamaVocabularyWithMergeScores()
     {
         using var dir = new TempDir();
         var corpus = Documents.Read(Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")).Take(1).Select(d => d[..Math.Min(d.Length, 20_000)]).ToList();
@@ -312,7 +312,8 @@ public class GgufTests
         bpe.Save(path);
         var v = GgufVocab.FromTokenizerJson(path);
         Assert.Equal("gpt2", v.Model);
-        Assert.Equal("default", v.Pre); // the engine's split regex has no llama.cpp name
+        Assert.Equal("qwen2", v.Pre); // the engine trains with Qwen2's split rule, which llama.cpp knows by that name
+        Assert.Equal(bpe.EosId, v.BosId); // no BOS: BOS = EOS (not added), as Qwen's GGUF files have
         Assert.Equal(bpe.VocabSize, v.Tokens.Count);
         Assert.Equal(bpe.MergeCount, v.Merges.Count);
         Assert.Equal(bpe.EosId, v.EosId);
@@ -340,8 +341,20 @@ public class GgufTests
         Assert.True(templ.AddBos);
         Assert.False(templ.AddEos);
 
-        File.WriteAllText(dir.File("spm.json"), "{\"model\": {\"type\": \"BPE\", \"byte_fallback\": true, \"vocab\": {}, \"merges\": []}, \"pre_tokenizer\": {\"type\": \"Metaspace\"}}");
-        Assert.Contains("SentencePiece", Assert.Throws<NotSupportedException>(() => GgufVocab.FromTokenizerJson(dir.File("spm.json"))).Message);
+        // SentencePiece-style: the "llama" vocabulary; a token's score is minus the rank of the first merge making it
+        File.WriteAllText(dir.File("spm.json"), """
+            {"model": {"type": "BPE", "byte_fallback": true, "unk_token": "<unk>",
+              "vocab": {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x0A>": 3, "\u2581": 4, "a": 5, "b": 6, "ab": 7, "\u2581ab": 8, "\u2581a": 9},
+              "merges": ["a b", "\u2581 ab", "\u2581 a"]},
+             "added_tokens": [{"id": 0, "content": "<unk>", "special": true}, {"id": 1, "content": "<s>", "special": true}, {"id": 2, "content": "</s>", "special": true}],
+             "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}}
+            """);
+        var spm = GgufVocab.FromTokenizerJson(dir.File("spm.json"));
+        Assert.Equal("llama", spm.Model);
+        Assert.True(spm.AddSpacePrefix);
+        Assert.Equal([0f, 0f, 0f, 0f, 0f, 0f, 0f, 0f, -1f, -2f], spm.Scores!);
+        Assert.Equal([GgufTokenType.Unknown, GgufTokenType.Control, GgufTokenType.Control, GgufTokenType.Byte, GgufTokenType.Normal], spm.TokenTypes.Take(5));
+        Assert.Equal((1, 2, 0), (spm.BosId, spm.EosId, spm.UnkId));
         File.WriteAllText(dir.File("wp.json"), "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}");
         Assert.Contains("WordPiece", Assert.Throws<NotSupportedException>(() => GgufVocab.FromTokenizerJson(dir.File("wp.json"))).Message);
     }

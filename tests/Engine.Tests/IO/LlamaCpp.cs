@@ -4,16 +4,17 @@ using System.Text.Json;
 namespace Engine.Tests.IO;
 
 /// <summary>
-/// Runs tools/llamacpp-check/logits.mjs: llama.cpp (node-llama-cpp 3.21.1, installed by .ci/run) on GGUF files.
+/// Runs the scripts of tools/llamacpp-check (logits.mjs, tokenize.mjs, generate.mjs): llama.cpp (node-llama-cpp 3.21.1,
+/// installed by .ci/run) on GGUF files.
 /// <see cref="Unavailable"/> says why it cannot run here (no node, package not installed), for Assert.Skip.
 /// </summary>
 public static class LlamaCpp
 {
-    static string? FindScript()
+    static string? FindScript(string name = "logits.mjs")
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
         {
-            string s = Path.Combine(d.FullName, "tools", "llamacpp-check", "logits.mjs");
+            string s = Path.Combine(d.FullName, "tools", "llamacpp-check", name);
             if (File.Exists(s)) return s;
         }
         return null;
@@ -56,10 +57,10 @@ public static class LlamaCpp
         catch (System.ComponentModel.Win32Exception) { return 0; }
     }
 
-    /// <summary>Runs the script on a request object; returns the parsed result.</summary>
-    public static JsonDocument Run(object request, string workDir, int timeoutSeconds = 300)
+    /// <summary>Runs a script (logits.mjs by default) on a request object; returns the parsed result.</summary>
+    public static JsonDocument Run(object request, string workDir, int timeoutSeconds = 300, string script = "logits.mjs")
     {
-        string script = FindScript()!;
+        script = FindScript(script) ?? throw new FileNotFoundException($"tools/llamacpp-check/{script} not found above the test binaries");
         string reqPath = Path.Combine(workDir, "llamacpp-request.json");
         File.WriteAllText(reqPath, JsonSerializer.Serialize(request));
         var psi = new ProcessStartInfo(FindNode()!, [script, reqPath])

@@ -115,4 +115,34 @@ public class ProfilerTests
             Profiler.Reset();
         }
     }
+
+    /// <summary>Device launches (a GPU backend counts each kernel, GEMM and copy) are filed under the outermost region and
+    /// summarized per step and per layer; nothing counted (the CPU) prints nothing.</summary>
+    [Fact]
+    public void LaunchesAreCountedPerStepAndPerLayer()
+    {
+        Profiler.Enabled = true;
+        try
+        {
+            Profiler.Reset();
+            Assert.Null(Profiler.LaunchSummary(steps: 2, layers: 4));
+            for (int step = 0; step < 2; step++)
+                using (Profiler.Time("step"))
+                {
+                    for (int i = 0; i < 30; i++) Profiler.CountLaunch(Profiler.LaunchKind.Kernel);
+                    for (int i = 0; i < 7; i++) Profiler.CountLaunch(Profiler.LaunchKind.Gemm);
+                    Profiler.CountLaunch(Profiler.LaunchKind.Copy);
+                    using (Profiler.Time("adamw")) Profiler.CountLaunch(Profiler.LaunchKind.Kernel);   // inner regions count for the step
+                }
+            Profiler.CountLaunch(Profiler.LaunchKind.Kernel);   // outside the steps: not counted for them
+            Assert.Equal(62, Profiler.Launches(Profiler.LaunchKind.Kernel));
+            Assert.Equal(63, Profiler.Launches(Profiler.LaunchKind.Kernel, root: null));
+            Assert.Equal("device launches per step: 39 (31 kernels, 7 GEMMs, 1 copies/memsets); per layer: 9.8 (4 layers)", Profiler.LaunchSummary(2, 4));
+        }
+        finally
+        {
+            Profiler.Enabled = false;
+            Profiler.Reset();
+        }
+    }
 }

@@ -16,7 +16,7 @@ public class TorchParityTests
 {
     const string Python = "/usr/bin/python3";
 
-    static bool TorchAvailable(out string why)
+    internal static bool TorchAvailable(out string why)
     {
         why = "";
         if (!File.Exists(Python)) { why = $"{Python} not found"; return false; }

@@ -7,7 +7,7 @@ namespace Engine.Tests.Ops;
 /// <summary>Every differentiable op: forward against an fp64 reference, gradients against fp64 finite differences.</summary>
 public class OpGradientTests
 {
-    static (double[], int[]) Rand(ulong seed, double scale, params int[] shape)
+    internal static (double[], int[]) Rand(ulong seed, double scale, params int[] shape)
     {
         int n = shape.Aggregate(1, (a, b) => a * b);
         return (GradCheck.RandomArray(new Rng(seed), n, scale), shape);
@@ -30,6 +30,22 @@ public class OpGradientTests
         GradCheck.Check("RmsNorm", t => F.RmsNorm(t[0], t[1], 1e-5f), x => RefOps.RmsNorm(x[0], x[1], rows, cols, 1e-5),
             [Rand(3, 1, rows, cols), w]);
     }
+
+    /// <summary>The fused residual add + norm with both outputs used (h down the residual stream, y through the
+    /// norm), so both gradients reach x and the residual: out = h + y.</summary>
+    [Theory]
+    [InlineData(4, 8)]
+    [InlineData(5, 123)]
+    public void AddRmsNorm(int rows, int cols) =>
+        GradCheck.Check("AddRmsNorm", t =>
+        {
+            var (h, y) = F.AddRmsNorm(t[0], t[1], t[2], 1e-5f);
+            return F.Add(h, y);
+        }, x =>
+        {
+            var h = x[0].Zip(x[1], (a, b) => a + b).ToArray();
+            return h.Zip(RefOps.RmsNorm(h, x[2], rows, cols, 1e-5), (a, b) => a + b).ToArray();
+        }, [Rand(11, 1, rows, cols), Rand(12, 1, rows, cols), Rand(13, 1, cols)]);
 
     [Fact]
     public void SwiGlu() =>

@@ -58,8 +58,10 @@ public static class RefOps
         return y;
     }
 
-    /// <summary>Causal GQA attention, full softmax per row.</summary>
-    public static double[] Attention(double[] q, double[] k, double[] v, int batch, int seqLen, int heads, int kvHeads, int headDim)
+    /// <summary>Causal GQA attention, full softmax per row; with <paramref name="alibiSlopes"/> (one per head) ALiBi's
+    /// score bias slope_h · (j − i) for query i and key j.</summary>
+    public static double[] Attention(double[] q, double[] k, double[] v, int batch, int seqLen, int heads, int kvHeads, int headDim,
+        double[]? alibiSlopes = null)
     {
         var o = new double[q.Length];
         int group = heads / kvHeads;
@@ -77,7 +79,7 @@ public static class RefOps
                         double d = 0;
                         for (int c = 0; c < headDim; c++)
                             d += q[((b * seqLen + i) * heads + h) * headDim + c] * k[((b * seqLen + j) * kvHeads + g) * headDim + c];
-                        s[j] = d * scale;
+                        s[j] = d * scale + (alibiSlopes == null ? 0 : alibiSlopes[h] * (j - i));
                         m = Math.Max(m, s[j]);
                     }
                     double sum = 0;
@@ -93,8 +95,8 @@ public static class RefOps
         return o;
     }
 
-    /// <summary>Per-row loss lse - x[t] + z·lse² (0 for ignored rows).</summary>
-    public static double[] CrossEntropyRows(double[] logits, int[] targets, int vocab, double zLoss)
+    /// <summary>Per-row loss lse - x[t] + z·lse² + maxZ·max(x)² (0 for ignored rows).</summary>
+    public static double[] CrossEntropyRows(double[] logits, int[] targets, int vocab, double zLoss, double maxZ = 0)
     {
         var loss = new double[targets.Length];
         for (int r = 0; r < targets.Length; r++)
@@ -105,7 +107,7 @@ public static class RefOps
             double s = 0;
             for (int j = 0; j < vocab; j++) s += Math.Exp(logits[r * vocab + j] - m);
             double lse = m + Math.Log(s);
-            loss[r] = lse - logits[r * vocab + targets[r]] + zLoss * lse * lse;
+            loss[r] = lse - logits[r * vocab + targets[r]] + zLoss * lse * lse + maxZ * m * m;
         }
         return loss;
     }

@@ -28,9 +28,10 @@ public class DataParallelBenchTests
         double padded = p["analytic_bytes_padded"]!.GetValue<double>(), bus = p["bus_bytes_per_rank_per_step"]!.GetValue<double>();
         long capacity = p["flat_elements"]!.GetValue<long>();
         // the lm_head unit (64 × 32, padded to 2 × 4096) is gathered once per micro-batch instead of twice; the gradient
-        // norm's chunk partials are all-reduced once per step
-        double kept = o.GradAccum * 0.5 * 8192 * 4, norm = 2 * 0.5 * (capacity / 4096) * 4;
-        Assert.Equal(padded - kept + norm, bus, 0);
+        // norm's chunk partials are all-reduced once per step, and so is the step's loss gate (one float: every rank
+        // skips a non-finite step alike, LossAccounting.FiniteGate)
+        double kept = o.GradAccum * 0.5 * 8192 * 4, norm = 2 * 0.5 * (capacity / 4096) * 4, gate = 2 * 0.5 * 4;
+        Assert.Equal(padded - kept + norm + gate, bus, 0);
         Assert.InRange(p["overlap"]!.GetValue<double>(), 0, 1);
         Assert.True(p["comm_alone_ms_per_step"]!.GetValue<double>() > 0);
     }

@@ -180,11 +180,12 @@ public class DataParallelTests
     public void TrafficMatchesTheCollectivesOfEachStage()
     {
         // one bucket: plain DP all-reduces the gradients once per step; ZeRO-1 adds an all-gather of the weights;
-        // ZeRO-2 reduce-scatters once per micro-batch and all-gathers once per step
+        // ZeRO-2 reduce-scatters once per micro-batch and all-gathers once per step. Every step also all-reduces the
+        // one-float loss gate (LossAccounting.FiniteGate: every rank skips a non-finite step alike)
         var z0 = TrainRanks(2, 0, 2)[0].Stats!.Snapshot();
         var z1 = TrainRanks(2, 1, 2)[0].Stats!.Snapshot();
         var z2 = TrainRanks(2, 2, 2)[0].Stats!.Snapshot();
-        Assert.Equal(Steps, z0["all_reduce"].Calls);
+        Assert.Equal(2 * Steps, z0["all_reduce"].Calls);
         Assert.False(z0.ContainsKey("all_gather"));
         Assert.Equal(Steps, z1["all_gather"].Calls);
         Assert.Equal(2 * Steps, z2["reduce_scatter"].Calls);
@@ -196,7 +197,7 @@ public class DataParallelTests
             m.Store.Relayout(ShardLayout.BucketedSpecs(m.Store.Specs(), 25L << 18, 2), ShardLayout.Unit(2));
             capacity = m.Store.Capacity;
         }
-        Assert.Equal(Steps * capacity * 4 * 2 * (2 - 1) / 2, z0["all_reduce"].BusBytes);
+        Assert.Equal(Steps * (capacity + 1) * 4 * 2 * (2 - 1) / 2, z0["all_reduce"].BusBytes);
     }
 
     /// <summary>
@@ -302,6 +303,8 @@ public class DataParallelTests
             Assert.True(buckets.Count >= 4, $"expected several buckets, got {buckets.Count}");
             if (c.Rank == 0)
             {
+                Assert.Equal((0L, 1L), order[^1]);   // the step's loss gate (LossAccounting.FiniteGate), after backward
+                order.RemoveAt(order.Count - 1);
                 Assert.Equal(buckets.Count, order.Count);
                 // launched in backward order: the bucket at the end of the store (head, final norm) first
                 Assert.Equal(buckets.OrderByDescending(b => b.Start).Select(b => b.Start), order.Select(o => o.Start - model.Store.Master.Offset));

@@ -19,7 +19,7 @@ public class RunLayoutTests
     public void EveryProblemIsNamedByItsKeyInOneMessage()
     {
         var e = Refused(new RunLayout(new ParallelSection { Pp = 3, Zero = 5, BucketMb = 0, Schedule = "zb", Layers = [1, 1] }), world: 4, layers: 2);
-        foreach (var key in new[] { "parallel.pp = 3 does not divide the job's 4 rank(s)", "parallel.zero must be 0, 1 or 2", "parallel.bucket_mb", "parallel.schedule", "parallel.layers names 2 stages" })
+        foreach (var key in new[] { "parallel.pp = 3 does not divide the job's 4 rank(s)", "parallel.zero must be 0, 1, 2 or 3", "parallel.bucket_mb", "parallel.schedule", "parallel.layers names 2 stages" })
             Assert.Contains(key, e.Message);
         Assert.Contains("parallel.dp = 3 but the job has 4", Refused(new RunLayout(new ParallelSection { Dp = 3 }), world: 4).Message);
         Assert.Contains("needs at least 4 layers, the model has 2", Refused(new RunLayout(new ParallelSection { Pp = 4 }), world: 4, layers: 2).Message);
@@ -30,9 +30,10 @@ public class RunLayoutTests
     [Fact]
     public void WhatTheEngineCannotDoIsRefusedByName()
     {
-        Assert.Contains("parallel.zero = 3 (fully sharded weights) is not available in this build", Refused(new RunLayout(new ParallelSection { Zero = 3 })).Message);
+        Assert.Contains("ewc_lambda > 0 cannot be combined with parallel.zero = 3", Refused(new RunLayout(new ParallelSection { Zero = 3 }), needs: new RunNeeds("stage s") { Ewc = true }).Message);
+        Assert.Contains("stage s: lora is not supported with parallel.zero = 3 in recipes", Refused(new RunLayout(new ParallelSection { Zero = 3 }), needs: new RunNeeds("stage s") { MergesLora = true }).Message);
+        Assert.Contains("alignment.ppo: parallel.zero = 3: PPO's rollouts decode token by token", Refused(new RunLayout(new ParallelSection { Zero = 3 }), needs: new RunNeeds("alignment.ppo") { Sampling = true }).Message);
         Assert.Contains("parallel.zero = 2 is not supported with pipeline stages", Refused(new RunLayout(new ParallelSection { Zero = 2, Pp = 2 })).Message);
-        Assert.Contains("model.recompute = \"selective\"", Refused(new RunLayout(new ParallelSection(), "selective")).Message);
         Assert.Contains("model.recompute must be", Refused(new RunLayout(new ParallelSection(), "some")).Message);
         var ppo = Refused(new RunLayout(new ParallelSection { Pp = 2 }), needs: new RunNeeds("alignment.ppo") { Sampling = true });
         Assert.Contains("alignment.ppo: parallel.pp = 2: PPO samples its rollouts token by token", ppo.Message);
@@ -43,6 +44,8 @@ public class RunLayoutTests
         new RunLayout(new ParallelSection { Pp = 2 }).Validate(4, 4, 1, new RunNeeds("stage tune") { Lora = new LoraSection() });
         new RunLayout(new ParallelSection { Pp = 2, Zero = 1 }).Validate(4, 4, 1, new RunNeeds("alignment.dpo"));
         new RunLayout(new ParallelSection { Zero = 2 }).Validate(4, 4, 1, new RunNeeds("alignment.ppo") { Sampling = true });
+        // ZeRO-3 (with pipeline stages too) and selective recompute
+        new RunLayout(new ParallelSection { Zero = 3, Pp = 2 }, "selective").Validate(4, 4, 1, new RunNeeds("train") { Lora = new LoraSection() });
     }
 
     [Fact]
@@ -52,7 +55,7 @@ public class RunLayoutTests
         Assert.Equal("full", RunLayout.From(new ParallelSection(), new ModelSection { CheckpointActivations = true }).Recompute);
         Assert.Equal("full", RunLayout.From(new ParallelSection(), new ModelSection { Recompute = "full" }).Recompute);
         var both = RunLayout.From(new ParallelSection(), new ModelSection { Recompute = "none", CheckpointActivations = true });
-        Assert.Contains("model.checkpoint_activations = true contradicts model.recompute = \"none\"", Refused(both).Message);
+        Assert.Contains("model.checkpoint_activations = true (full recompute) contradicts model.recompute = \"none\"", Refused(both).Message);
         Assert.True(RunLayout.From(new ParallelSection(), new ModelSection { Recompute = "full" }).Plan(2, 4, 1, 64).Checkpoint);
     }
 

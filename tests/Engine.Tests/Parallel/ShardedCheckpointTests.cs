@@ -179,6 +179,8 @@ public class PipelineTrainTests
 
     static Dictionary<string, float[]> Weights(TrainResult r)
     {
+        // written by one rank or by every pipeline stage, the directory carries the run's tokenizer
+        Assert.IsType<Engine.Data.ByteTokenizer>(Engine.Data.TokenizerFiles.FromDirectory(r.WeightsDir));
         using var m = ModelIO.Load(r.WeightsDir, CpuBackend.Instance);
         return m.Parameters.ToDictionary(p => p.Name, p => p.Tensor.ToArray());
     }

@@ -113,6 +113,58 @@ public class RecipeResumeTests
         Assert.Contains("stages.base", e.Message);
     }
 
+    /// <summary>
+    /// A finished stage's weights are recorded by SHA-256 relative to the run directory: one float of
+    /// stages/base/model.safetensors multiplied by 1000 after the run stopped is refused on resume, naming the file (it
+    /// used to resume silently with other losses); a copy of the run directory resumes from its own stage files, whatever
+    /// happened to the original's (stage.json held an absolute path: a copy used the original's files, a moved directory
+    /// was refused).
+    /// </summary>
+    [Fact]
+    public void A_finished_stages_weights_are_verified_and_a_copied_run_directory_uses_its_own()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        using var a = new TempDir();
+        string run = Path.Combine(a.Path, "run"), copy = Path.Combine(a.Path, "copy");
+        using (var control = new RunControl { MaxSteps = 5 })   // base (4 steps) finished, hybrid stopped after its step 1
+            new RecipeRunner(Recipe(run), CpuBackend.Instance) { Control = control }.Run(ct);
+        string record = Path.Combine(run, "stages", "base", "stage.json");
+        using (var doc = JsonDocument.Parse(File.ReadAllText(record)))
+        {
+            Assert.Equal("stages/base", doc.RootElement.GetProperty("Report").GetProperty("WeightsDir").GetString());
+            Assert.True(doc.RootElement.GetProperty("Files").TryGetProperty("stages/base/model.safetensors", out _));
+        }
+        CopyDirectory(run, copy);
+
+        // the original's base weights change after the stage finished
+        string weights = Path.Combine(run, "stages", "base", ModelIO.WeightsFile);
+        List<SafeTensorWrite> tensors;
+        using (var st = SafeTensorsFile.Open(weights))
+            tensors = st.Entries.Select((e, i) =>
+            {
+                var v = st.ReadFloat32(e.Name);
+                if (i == 0) v[0] = v[0] * 1000 + 1;   // one float changed (never a no-op, even at 0)
+                return new SafeTensorWrite(e.Name, e.Shape, v);
+            }).ToList();
+        SafeTensorsWriter.Write(weights, tensors);
+        var refused = Assert.Throws<InvalidDataException>(() => new RecipeRunner(Recipe(run), CpuBackend.Instance) { Resume = "auto" }.Run(ct));
+        Assert.Equal($"{record}: stages/base/model.safetensors does not match its SHA-256 in the record (changed after the stage finished): restore it, or delete {record} to run the stage again", refused.Message);
+
+        // the copy is untouched by that: it resumes from its own files and finishes
+        var messages = new List<string>();
+        var resumed = new RecipeRunner(Recipe(copy), CpuBackend.Instance) { Resume = "auto", Log = messages.Add }.Run(ct);
+        Assert.Equal(["base", "hybrid"], resumed.Select(r => r.Name));
+        Assert.Equal(Path.Combine(copy, "stages", "base"), resumed[0].WeightsDir);
+        Assert.Contains(messages, m => m.Contains("resuming stage hybrid from") && m.Contains(copy));
+    }
+
+    static void CopyDirectory(string from, string to)
+    {
+        foreach (var d in Directory.GetDirectories(from, "*", SearchOption.AllDirectories)) Directory.CreateDirectory(d.Replace(from, to, StringComparison.Ordinal));
+        Directory.CreateDirectory(to);
+        foreach (var f in Directory.GetFiles(from, "*", SearchOption.AllDirectories)) File.Copy(f, f.Replace(from, to, StringComparison.Ordinal));
+    }
+
     /// <summary>A LoRA stage stopped and resumed: its checkpoint holds the adapter and the dropout generator (not the
     /// frozen base, which is the earlier stage's output), and the resumed stage ends with the uninterrupted run's adapter
     /// and merged weights bit for bit. (Before, the checkpoint held the base alone: a resumed LoRA stage restarted its

@@ -48,7 +48,7 @@ public class ConfigTests
 
     [Theory]
     [InlineData("recompute = \"some\"\n", "model.recompute must be \"none\", \"full\" or \"selective\" (got \"some\")")]
-    [InlineData("recompute = \"selective\"\ncheckpoint_activations = true\n", "model.checkpoint_activations = true (full recompute) disagrees with model.recompute = \"selective\"")]
+    [InlineData("recompute = \"selective\"\ncheckpoint_activations = true\n", "model.checkpoint_activations = true (full recompute) contradicts model.recompute = \"selective\"")]
     public void BadRecomputeKeysAreRefusedByName(string keys, string expected) =>
         Assert.Contains(expected, Assert.Throws<ConfigException>(() => LoadText(Good.Replace("[model]\n", "[model]\n" + keys))).Message);
 
@@ -72,6 +72,22 @@ public class ConfigTests
     {
         var e = Assert.Throws<ConfigException>(() => LoadText(text.Contains("[data]") ? text : text + "[data]\ntrain=[\"a\"]\n"));
         Assert.Contains(expected, e.Message);
+    }
+
+    /// <summary>TOML forbids defining a key or a table twice (JSON's duplicates are refused too); the deserializer would
+    /// let the last one win silently, so the file is validated first and the error names line and column.</summary>
+    [Theory]
+    [InlineData("[train]\nsteps = 3\nsteps = 4\n", "line 3, column 1")]
+    [InlineData("[train]\nsteps = 3\n[optim]\nlr = 1e-3\n[train]\nseed = 2\n", "line 5, column 1")]
+    [InlineData("[optim]\nlr = 1e-3\n[optim.x]\na = 1\n[optim]\nlr = 2e-3\n", "line 5, column 1")]
+    [InlineData("[train]\nsteps = 3\n[data]\ntrain = [\"a\"]\ntrain = [\"b\"]\n", "line 5, column 1")]
+    public void DuplicateKeysAndTablesAreRefusedWithLineAndColumn(string text, string where)
+    {
+        var e = Assert.Throws<ConfigException>(() => LoadText(text.Contains("[data]") ? text : text + "[data]\ntrain=[\"a\"]\n"));
+        Assert.Contains("invalid TOML", e.Message);
+        Assert.Contains(where, e.Message);
+        Assert.Contains("already defined", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
     }
 
     [Fact]

@@ -24,7 +24,10 @@ public class RestartReplayTests
 {
     static readonly TimeSpan Limit = TimeSpan.FromMinutes(3);
 
-    static string Config(string dir, string name, int steps, int checkpointEvery, int hidden = 32, int layers = 2, int keep = 2)
+    /// <summary>A tiny train config written to DIR/NAME.toml; output in DIR/NAME unless <paramref name="outDir"/>, data
+    /// the shipped tinyshakespeare unless <paramref name="data"/> (also StorageFaultProcessTests').</summary>
+    internal static string Config(string dir, string name, int steps, int checkpointEvery, int hidden = 32, int layers = 2, int keep = 2,
+        string? outDir = null, string? data = null)
     {
         string path = Path.Combine(dir, name + ".toml");
         File.WriteAllText(path, $"""
@@ -36,7 +39,7 @@ public class RestartReplayTests
             num_kv_heads = 2
             max_position_embeddings = 64
             [data]
-            train = ["{Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")}"]
+            train = ["{data ?? Engine.Data.DataPaths.File("general_en/tinyshakespeare.txt")}"]
             valid_fraction = 0.02
             [train]
             seq_len = 32
@@ -53,7 +56,7 @@ public class RestartReplayTests
             warmup_steps = 3
             min_lr = 1e-3
             [output]
-            dir = "{Path.Combine(dir, name)}"
+            dir = "{outDir ?? Path.Combine(dir, name)}"
             checkpoint_every = {checkpointEvery}
             keep_checkpoints = {keep}
             """);
@@ -189,7 +192,7 @@ static class ChildEngine
         public string All => $"exit {ExitCode}{(Killed ? " (killed)" : "")}\n--- stdout\n{Stdout}\n--- stderr\n{Stderr}";
     }
 
-    static ProcessStartInfo Start(IEnumerable<string> args, string? workingDirectory = null)
+    static ProcessStartInfo Start(IEnumerable<string> args, string? workingDirectory = null, IReadOnlyDictionary<string, string>? env = null)
     {
         string dir = AppContext.BaseDirectory, apphost = Path.Combine(dir, "engine");
         var psi = File.Exists(apphost) ? new ProcessStartInfo(apphost) : new ProcessStartInfo(Environment.ProcessPath!) { ArgumentList = { Path.Combine(dir, "engine.dll") } };
@@ -197,20 +200,22 @@ static class ChildEngine
         psi.RedirectStandardOutput = psi.RedirectStandardError = true;
         psi.Environment["TERM"] = "dumb";
         if (workingDirectory != null) psi.WorkingDirectory = workingDirectory;
+        foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         foreach (var a in args) psi.ArgumentList.Add(a);
         return psi;
     }
 
-    public static Task<Result> Run(IEnumerable<string> args, TimeSpan limit, string? workingDirectory = null) => RunAndKill(args, null, limit, workingDirectory: workingDirectory);
+    public static Task<Result> Run(IEnumerable<string> args, TimeSpan limit, string? workingDirectory = null, IReadOnlyDictionary<string, string>? env = null) =>
+        RunAndKill(args, null, limit, workingDirectory: workingDirectory, env: env);
 
     /// <summary>
     /// Runs the engine; the first stdout line for which <paramref name="killOn"/> holds, or the first time
     /// <paramref name="poll"/> (called every millisecond or so) does, kills it with SIGKILL at once.
     /// </summary>
     public static async Task<Result> RunAndKill(IEnumerable<string> args, Func<string, bool>? killOn, TimeSpan limit, Func<bool>? poll = null,
-        string? workingDirectory = null)
+        string? workingDirectory = null, IReadOnlyDictionary<string, string>? env = null)
     {
-        var psi = Start(args, workingDirectory);
+        var psi = Start(args, workingDirectory, env);
         using var p = Process.Start(psi)!;
         var stdout = new StringBuilder();
         var stderr = new StringBuilder();
