@@ -114,6 +114,70 @@ public class TensorParallelTests
         AssertSplit(single, tp, 2);
     }
 
+    /// <summary>Tied embeddings (the vocabulary shard of the embedding is the head's) and a NormHead model (rows
+    /// normalised within each shard), both with z-loss through the vocabulary-parallel loss.</summary>
+    [Theory]
+    [InlineData(true, false)]
+    [InlineData(false, true)]
+    public void Tp2WithTiedOrNormHeadAndZLossEqualsOneProcess(bool tied, bool normHead)
+    {
+        using var a = new TempDir();
+        using var b = new TempDir();
+        var single = Zero3Tests.Train(1, Config(a.Path, 2, new ParallelSection(), tied: tied, normHead: normHead, zLoss: 1e-3));
+        var tp = Zero3Tests.Train(2, Config(b.Path, 2, new ParallelSection { Tp = 2 }, tied: tied, normHead: normHead, zLoss: 1e-3));
+        // NormHead's row norms and the z term add two more reassociated sums per row: AdamW carries their last-bit
+        // differences into the weights at up to ~1e-5 (a wrong gradient differs at the percent level)
+        Zero3Tests.AssertSameRun(single, tp, $"tp 2, {(tied ? "tied" : "NormHead")}, z-loss", tol: 3e-5);
+    }
+
+    /// <summary>Mixed layouts on four thread ranks, each equal to one process on the same global batch (4 micro-batches
+    /// of 2 sequences per step): dp 2 × tp 2 at ZeRO-1 and ZeRO-3, pp 2 × tp 2, cp 2 × tp 2, dp 2 × cp 2 (ZeRO-2), and
+    /// the interleaved schedule (pp 2 × 2 chunks) with tp 2.</summary>
+    [Theory]
+    [InlineData(2, 1, 2, 1, 1, 1, false)]
+    [InlineData(2, 1, 2, 1, 3, 1, true)]
+    [InlineData(1, 2, 2, 1, 1, 1, true)]
+    [InlineData(1, 1, 2, 2, 0, 1, true)]
+    [InlineData(2, 1, 1, 2, 2, 1, false)]
+    [InlineData(1, 2, 2, 1, 1, 2, true)]
+    public void MixedLayoutsEqualOneProcess(int dp, int pp, int tp, int cp, int zero, int virtualStages, bool sequenceParallel)
+    {
+        const int micro = 4;
+        using var a = new TempDir();
+        using var b = new TempDir();
+        var single = Zero3Tests.Train(1, Config(a.Path, micro, new ParallelSection()));
+        var layout = new ParallelSection
+        {
+            Pp = pp,
+            Tp = tp,
+            Cp = cp,
+            Zero = zero,
+            SequenceParallel = sequenceParallel,
+            VirtualStages = virtualStages,
+            Schedule = virtualStages > 1 ? "interleaved" : "1f1b",
+        };
+        var split = Zero3Tests.Train(dp * pp * tp * cp, Config(b.Path, micro / dp, layout));
+        Zero3Tests.AssertSameRun(single, split, $"dp {dp} × pp {pp} × cp {cp} × tp {tp}, ZeRO-{zero}, v {virtualStages}");
+    }
+
+    /// <summary>Context parallelism alone at an odd sequence length (the chunks padded at the end of each sequence).</summary>
+    [Fact]
+    public void Cp2AtAnOddSequenceLengthEqualsOneProcess()
+    {
+        using var a = new TempDir();
+        using var b = new TempDir();
+        TrainConfig Odd(string dir, ParallelSection p)
+        {
+            var cfg = Config(dir, 2, p);
+            cfg.Train.SeqLen = 29;
+            return cfg;
+        }
+        var single = Zero3Tests.Train(1, Odd(a.Path, new ParallelSection()));
+        var cp = Zero3Tests.Train(2, Odd(b.Path, new ParallelSection { Cp = 2 }));
+        Zero3Tests.AssertSameRun(single, cp, "cp 2 at sequence 29");
+        Assert.Equal(single.FinalValidLoss!.Value, cp.FinalValidLoss!.Value, 1e-5);
+    }
+
     /// <summary>A tensor rank held its share of the parameters, not a whole copy (the norms, and key/value heads when
     /// replicated, are whole on every rank).</summary>
     internal static void AssertSplit(TrainResult single, TrainResult split, int tp)
