@@ -211,7 +211,7 @@ public sealed class AssembledRun : IDisposable
         Say("resume: settings in effect: " + string.Join(", ", effective) + (Spec.SkipBatches is { } sb ? $", skipping the batches of steps {sb.First}-{sb.Last}" : ""));
         if (Lora != null) r.LoadAdapter(Lora);
         else if (!Spec.Model.ReadsCheckpoint) r.LoadWeights(Model, parallel[0]);   // into the model, or at ZeRO-3 into this rank's master slices
-        r.LoadOptimizer(Optimizers.Primary);
+        r.LoadOptimizer(Optimizers.Primary, Model);
         ck.Restore?.Invoke(r);
         if (Spec.Control != null) Spec.Control.LastCheckpoint = r.Directory;
     }

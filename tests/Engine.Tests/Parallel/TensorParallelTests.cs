@@ -178,6 +178,43 @@ public class TensorParallelTests
         Assert.Equal(single.FinalValidLoss!.Value, cp.FinalValidLoss!.Value, 1e-5);
     }
 
+    /// <summary>
+    /// Checkpoints reshard across every dimension by parameter name and slice: a run checkpointed at step 3 of 6 in
+    /// one layout resumes in another and continues the uninterrupted run (losses of steps 4-6 and the final weights
+    /// within 1e-5 relative), the global batch kept at 4 micro-batches. Layouts (dp × pp × cp × tp, ZeRO):
+    /// dp 2 × pp 2 × tp 2 → one process; one process → pp 2 × cp 2 × tp 2; tp 2 × dp 2 at ZeRO-3 (master weights in
+    /// tensor pieces) → tp 1 × dp 2 at ZeRO-3; tp 2 (1 key/value head, replicated) → cp 2 × tp 2 with sequence parallel.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 2, 1, 2, 1, 1, 1, 1, 1, 0, 2)]
+    [InlineData(1, 1, 1, 1, 0, 1, 2, 2, 2, 1, 2)]
+    [InlineData(2, 1, 1, 2, 3, 2, 1, 1, 1, 3, 2)]
+    [InlineData(1, 1, 1, 2, 1, 1, 1, 2, 2, 1, 1)]
+    public void CheckpointsReshardAcrossEveryDimension(int dpA, int ppA, int cpA, int tpA, int zeroA, int dpB, int ppB, int cpB, int tpB, int zeroB, int kvHeads)
+    {
+        const int micro = 4;
+        TrainConfig Cfg(string dir, int dp, int pp, int cp, int tp, int zero)
+        {
+            var cfg = Config(dir, micro / dp, new ParallelSection { Pp = pp, Cp = cp, Tp = tp, Zero = zero }, kvHeads);
+            cfg.Train.Steps = 6;
+            cfg.Output = new OutputSection { Dir = dir, CheckpointEvery = 3, KeepCheckpoints = 5 };
+            return cfg;
+        }
+        using var a = new TempDir();
+        using var b = new TempDir();
+        var straight = Zero3Tests.Train(dpA * ppA * cpA * tpA, Cfg(a.Path, dpA, ppA, cpA, tpA, zeroA));
+        string ckpt = Checkpoints.List(Path.Combine(a.Path, "checkpoints")).Single(d => d.EndsWith("step_00000003", StringComparison.Ordinal));
+        Assert.Equal(tpA, Checkpoints.Open(ckpt).Manifest.Tp);
+        var resumed = Zero3Tests.Train(dpB * ppB * cpB * tpB, Cfg(b.Path, dpB, ppB, cpB, tpB, zeroB), resume: ckpt);
+        Assert.Equal([4, 5, 6], resumed.Steps.Select(s => s.Step));
+        for (int i = 0; i < 3; i++)
+            Assert.True(Math.Abs(straight.Steps[3 + i].Loss - resumed.Steps[i].Loss) <= 1e-5 * straight.Steps[3 + i].Loss,
+                $"step {4 + i}: resumed loss {resumed.Steps[i].Loss} vs {straight.Steps[3 + i].Loss}");
+        var wa = Zero3Tests.Weights(straight.WeightsDir);
+        foreach (var (name, w) in Zero3Tests.Weights(resumed.WeightsDir))
+            Assert.True(Zero3Tests.RelativeDifference(wa[name], w) <= 1e-5, $"{name}: {Zero3Tests.RelativeDifference(wa[name], w):E2}");
+    }
+
     /// <summary>A tensor rank held its share of the parameters, not a whole copy (the norms, and key/value heads when
     /// replicated, are whole on every rank).</summary>
     internal static void AssertSplit(TrainResult single, TrainResult split, int tp)
