@@ -94,6 +94,10 @@ public sealed record RunLayout(ParallelSection Parallel, string Recompute = "non
             if (m.VocabSize % p.Tp != 0)
                 errors.Add($"parallel.tp = {p.Tp} must divide vocab_size ({m.VocabSize}) for the vocabulary-parallel embedding and head: set model.vocab_size to a multiple of {p.Tp} (Megatron pads it to a multiple of 128 × tp)");
         }
+        if (model is { } mz && p.Tp > 1 && mz.MaxZLossWeight > 0)
+            errors.Add($"parallel.tp = {p.Tp} with Baichuan 2's max-z loss (z_loss_weight = {mz.MaxZLossWeight}) is not supported yet: its max over the whole vocabulary is not built for the vocabulary-parallel loss; use tp = 1");
+        if (model is { } ma && p.Cp > 1 && ma.Position == PositionEmbedding.Alibi)
+            errors.Add($"parallel.cp = {p.Cp} with ALiBi positions is not supported: context-parallel attention merges key blocks at positions relative to each block, and ALiBi's bias needs the global distance; use cp = 1");
         if (p.Tp > 1 || p.Cp > 1)
         {
             string what = p.Tp > 1 && p.Cp > 1 ? $"parallel.tp = {p.Tp} and parallel.cp = {p.Cp}" : p.Tp > 1 ? $"parallel.tp = {p.Tp}" : $"parallel.cp = {p.Cp}";

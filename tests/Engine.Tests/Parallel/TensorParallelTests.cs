@@ -132,7 +132,7 @@ public class TensorParallelTests
 
     /// <summary>Mixed layouts on four thread ranks, each equal to one process on the same global batch (4 micro-batches
     /// of 2 sequences per step): dp 2 × tp 2 at ZeRO-1 and ZeRO-3, pp 2 × tp 2, cp 2 × tp 2, dp 2 × cp 2 (ZeRO-2), and
-    /// the interleaved schedule (pp 2 × 2 chunks) with tp 2.</summary>
+    /// the interleaved schedule (pp 2 × 2 chunks) alone and with tp 2.</summary>
     [Theory]
     [InlineData(2, 1, 2, 1, 1, 1, false)]
     [InlineData(2, 1, 2, 1, 3, 1, true)]
@@ -140,6 +140,7 @@ public class TensorParallelTests
     [InlineData(1, 1, 2, 2, 0, 1, true)]
     [InlineData(2, 1, 1, 2, 2, 1, false)]
     [InlineData(1, 2, 2, 1, 1, 2, true)]
+    [InlineData(1, 2, 1, 1, 0, 2, false)]
     public void MixedLayoutsEqualOneProcess(int dp, int pp, int tp, int cp, int zero, int virtualStages, bool sequenceParallel)
     {
         const int micro = 4;
