@@ -163,7 +163,13 @@ public sealed record RunLayout(ParallelSection Parallel, string Recompute = "non
 
     /// <summary>The run as the memory model and the planner see it.</summary>
     public PlanLayout Plan(int worldSize, int microBatchRows, int gradAccum, int seqLen) =>
-        new(Replicas(worldSize), Parallel.Pp, Parallel.Zero, microBatchRows, MicroBatches(gradAccum), seqLen, Mode, Parallel.Schedule, Parallel.BucketMb);
+        new(Replicas(worldSize), Parallel.Pp, Parallel.Zero, microBatchRows, MicroBatches(gradAccum), seqLen, Mode, Parallel.Schedule, Parallel.BucketMb)
+        {
+            Tp = Math.Max(1, Parallel.Tp),
+            Cp = Math.Max(1, Parallel.Cp),
+            VirtualStages = Math.Max(1, Parallel.VirtualStages),
+            SequenceParallel = Parallel.SequenceParallel,
+        };
 
     /// <summary>parallel.layers, or null for the balanced split.</summary>
     public IReadOnlyList<int>? LayerSplit => Parallel.Layers.Length > 0 ? Parallel.Layers : null;
