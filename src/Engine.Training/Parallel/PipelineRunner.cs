@@ -74,7 +74,7 @@ public sealed class PipelineRunner(LlamaModel model, DeviceMesh grid, GradientSy
             {
                 var (op, m, c) = (actions[k].Op, actions[k].MicroBatch, actions[k].Chunk);
                 var b = batches[m];
-                int rows = b.RowSources.Length, n = b.LocalIds.Length;
+                int rows = b.RowSources.Length;
                 if (rows == 0)
                 {
                     // this replica's share of a small global batch is empty, on every stage alike: nothing crosses the
@@ -91,18 +91,8 @@ public sealed class PipelineRunner(LlamaModel model, DeviceMesh grid, GradientSy
                     var scope = scopes[m, c] = TensorScope.Detached();
                     using (scope.Activate())
                     {
-                        Tensor x;
-                        if (FirstVirtual(c))
-                        {
-                            x = be.Empty([n], DType.I32);
-                            be.Upload(x, b.LocalIds);
-                        }
-                        else
-                        {
-                            x = be.Empty([model.Plan.HiddenRows(n), model.Config.HiddenSize], be.ActivationDType);
-                            Wait(Grid.Pipe.Recv(x, Previous));
-                            x.RequiresGrad = true;
-                        }
+                        var x = ChunkInput(b, c);
+                        if (!FirstVirtual(c)) x.RequiresGrad = true;
                         inputs[m, c] = x;
                         if (LastVirtual(c))
                         {
@@ -188,21 +178,10 @@ public sealed class PipelineRunner(LlamaModel model, DeviceMesh grid, GradientSy
             foreach (var (ids, targets) in batches)
             {
                 var b = new Batch(ids, targets, new string[rows]).For(model.Plan);
-                int n = b.LocalIds.Length;
                 for (int c = 0; c < Chunks; c++)
                 {
                     using var scope = new TensorScope();
-                    Tensor x;
-                    if (FirstVirtual(c))
-                    {
-                        x = be.Empty([n], DType.I32);
-                        be.Upload(x, b.LocalIds);
-                    }
-                    else
-                    {
-                        x = be.Empty([model.Plan.HiddenRows(n), model.Config.HiddenSize], be.ActivationDType);
-                        Wait(Grid.Pipe.Recv(x, Previous));
-                    }
+                    var x = ChunkInput(b, c);
                     if (LastVirtual(c))
                     {
                         var (l, k) = Score(model, x, b);
@@ -214,6 +193,23 @@ public sealed class PipelineRunner(LlamaModel model, DeviceMesh grid, GradientSy
         Span<double> sums = [nll, count];
         Grid.Pipe.AllReduce(sums);
         return Reduce(Grid, sums);
+    }
+
+    /// <summary>Model chunk <paramref name="chunk"/>'s input for micro-batch <paramref name="b"/>: this rank's token ids
+    /// on the first virtual stage, else the previous stage's hidden states (the plan's rows of them), received.</summary>
+    Tensor ChunkInput(Batch b, int chunk)
+    {
+        var be = model.Backend;
+        int n = b.LocalIds.Length;
+        if (FirstVirtual(chunk))
+        {
+            var ids = be.Empty([n], DType.I32);
+            be.Upload(ids, b.LocalIds);
+            return ids;
+        }
+        var x = be.Empty([model.Plan.HiddenRows(n), model.Config.HiddenSize], be.ActivationDType);
+        Wait(Grid.Pipe.Recv(x, Previous));
+        return x;
     }
 
     /// <summary>The summed NLL and scored targets of this rank's tokens of <paramref name="b"/> from the last (or only)
