@@ -102,6 +102,14 @@ public static class RunArtifacts
         return TokenizerFiles.Load(path);
     }
 
+    /// <summary>The tokenizer.json a train config reads (init_from's for "model"; null for bytes): what a resume hashes.</summary>
+    public static string? TrainTokenizerFile(TrainConfig cfg) => cfg.Data.Tokenizer switch
+    {
+        "byte" => null,
+        "model" => Path.Combine(cfg.Resolve(cfg.Model.InitFrom ?? throw new ConfigException("data.tokenizer = \"model\" takes model.init_from's tokenizer, but model.init_from is not set")), TokenizerFiles.JsonFile),
+        var spec => cfg.Resolve(spec),
+    };
+
     /// <summary>A run's name: its output folder's name (runs/tiny_shakespeare → tiny_shakespeare); a recipe stage is
     /// "RUN-STAGE", an alignment policy "RUN-ppo".</summary>
     public static string RunName(string outputDir) => Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(outputDir)));

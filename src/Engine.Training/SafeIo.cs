@@ -180,10 +180,14 @@ public static class SafeIo
             save();
             if (comm.Rank == 0 && Directory.Exists(dir))
             {
-                foreach (var f in Directory.GetFiles(dir)) Durable.SyncFile(f);
+                // the finished files only: another writer's temporary (a reward model's head, written by the last
+                // stage once the body is saved) may be renamed away under this loop
+                foreach (var f in Directory.GetFiles(dir)) if (!Path.GetFileName(f).StartsWith('.')) Durable.SyncFile(f);
                 Durable.SyncDirectory(dir);
             }
         });
+        // no rank writes more into the directory before rank 0 has made the weights durable
+        if (comm.WorldSize > 1) comm.Barrier();
     }
 
     static bool AllFinite(ReadOnlySpan<float> values)

@@ -73,7 +73,7 @@ public sealed class Trainer
         using var runLock = RunDirectoryLock.Acquire(cfg.Resolve(cfg.Output.Dir), comm, Say);   // one run per output directory
         var tokenizer = LoadTokenizer(cfg);
         var files = cfg.Data.Train.Select(cfg.Resolve).ToList();
-        foreach (var f in files) if (!File.Exists(f)) throw new FileNotFoundException($"data.train: file not found: {f}", f);
+        foreach (var f in files) FileStat.RequireRegular(f, "data file");   // missing, a directory, a device or a FIFO: one line, nothing read
         string outDir = cfg.Resolve(cfg.Output.Dir);
         string ckptRoot = Path.Combine(outDir, "checkpoints");
         Checkpoints.Loaded? resumed = null;
@@ -220,7 +220,7 @@ public sealed class Trainer
             ["model"] = cfg.Model.InitFrom is { } init ? $"init_from {ContentHashes.DescribeWeights(cfg.Resolve(init))}"
                 : ModelShape(cfg.Model),
             ["data.train"] = string.Join("; ", files.Select(ContentHashes.Describe)),   // contents, not names: a same-size edit is refused
-            ["data.tokenizer"] = cfg.Data.Tokenizer == "byte" ? "byte" : ContentHashes.Describe(cfg.Resolve(cfg.Data.Tokenizer)),
+            ["data.tokenizer"] = RunArtifacts.TrainTokenizerFile(cfg) is { } tok ? ContentHashes.Describe(tok) : "byte",
             ["data.valid_fraction"] = ResumeCheck.Format(cfg.Data.ValidFraction),
             ["train.seq_len"] = cfg.Train.SeqLen.ToString(inv),
             ["train.seed"] = cfg.Train.Seed.ToString(inv),

@@ -239,8 +239,23 @@ public class TrainProcessTests
             .Where(l => l.StartsWith("| ", StringComparison.Ordinal) || l.StartsWith("|---", StringComparison.Ordinal))
             .Select(l => string.Join("|", l.Split('|')[..^4])).ToList();
         var a = Table(single.Stdout);
+        var b = Table(multi.Stdout);
         Assert.Equal(6, a.Count);   // header, rule, base, naive, mixed, hybrid
-        Assert.Equal(a, Table(multi.Stdout));
+        Assert.Equal(a.Count, b.Count);
+        // text cells equal; figures within the pipeline's reduction-order tolerance (the gradient norm is summed per
+        // stage and then across stages, so the weights differ from one process in the last bits: 1647.40 vs 1647.39)
+        for (int r = 0; r < a.Count; r++)
+        {
+            string[] x = a[r].Split('|'), y = b[r].Split('|');
+            Assert.Equal(x.Length, y.Length);
+            for (int c = 0; c < x.Length; c++)
+            {
+                static double? Number(string cell) => double.TryParse(cell.Trim().TrimEnd('%').Replace(",", ""), NumberStyles.Float, CultureInfo.InvariantCulture, out double v) ? v : null;
+                if (Number(x[c]) is double u && Number(y[c]) is double v)
+                    Assert.True(Math.Abs(u - v) <= 1e-4 * Math.Abs(u) + 0.011, $"row {r} cell {c}: {y[c].Trim()} on two stages vs {x[c].Trim()} in one process\n{a[r]}\n{b[r]}");
+                else Assert.Equal(x[c], y[c]);
+            }
+        }
     }
 
     static int FreePort()

@@ -91,9 +91,9 @@ public static class PrepareSuite
 
     static Process Start(IEnumerable<string> args)
     {
-        string exe = Environment.ProcessPath!;
-        var psi = new ProcessStartInfo(exe) { UseShellExecute = false, RedirectStandardOutput = true };
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet") psi.ArgumentList.Add(typeof(PrepareSuite).Assembly.Location);
+        string[] self = Commands.LaunchCommand.Self();
+        var psi = new ProcessStartInfo(self[0]) { UseShellExecute = false, RedirectStandardOutput = true };
+        foreach (var a in self.Skip(1)) psi.ArgumentList.Add(a);
         foreach (var a in args) psi.ArgumentList.Add(a);
         var p = Process.Start(psi)!;
         p.OutputDataReceived += (_, _) => { };

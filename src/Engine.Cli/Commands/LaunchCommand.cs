@@ -42,7 +42,7 @@ public static class LaunchCommand
     }
 
     /// <summary>This engine binary: the apphost, or dotnet and engine.dll.</summary>
-    static string[] Self()
+    internal static string[] Self()
     {
         string host = Environment.ProcessPath ?? throw new NotSupportedException("cannot tell which executable this is");
         return Path.GetFileNameWithoutExtension(host) == "dotnet" ? [host, Path.Combine(AppContext.BaseDirectory, "engine.dll")] : [host];

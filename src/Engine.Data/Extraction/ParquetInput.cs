@@ -10,9 +10,10 @@ namespace Engine.Data.Extraction;
 public static class ParquetInput
 {
     /// <summary>
-    /// Longest one footer read or one row group's decoding may take. Fuzzing found mutated files that make Parquet.Net
-    /// 6.1.0 loop for many minutes; past this the file is refused (skipped and counted) and the stuck read is left
-    /// behind on a pool thread until the process ends.
+    /// Longest one footer read or one row group's decoding may take. Fuzzing found mutated footers that made Parquet.Net
+    /// 6.1.0 loop for many minutes (<see cref="ParquetFooter"/> now refuses them first); this bounds what the check
+    /// cannot see: past it the file is refused (skipped and counted) and the stuck read is left behind on a pool thread
+    /// until the process ends.
     /// </summary>
     public static TimeSpan Timeout { get; set; } = TimeSpan.FromMinutes(5);
 
@@ -42,6 +43,7 @@ public static class ParquetInput
         try
         {
             using var fs = File.OpenRead(path);
+            ParquetFooter.Check(path, fs);
             var reader = Bounded(path, "footer", ct => ParquetReader.CreateAsync(fs, null, false, ct).GetAwaiter().GetResult());
             try { return reader.RowGroupCount; }
             finally { reader.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
@@ -58,6 +60,7 @@ public static class ParquetInput
         DataField field;
         try
         {
+            ParquetFooter.Check(part.Path, fs);
             reader = Bounded(part.Path, "footer", ct => ParquetReader.CreateAsync(fs, null, false, ct).GetAwaiter().GetResult());
             var fields = reader.Schema.GetDataFields();
             field = fields.FirstOrDefault(f => f.Name == options.Field)

@@ -47,7 +47,7 @@ public sealed class LoraAdapters : ILinearAdapter, IDisposable
         if (model.Adapter != null) throw new InvalidOperationException("the model already has an adapter attached: detach it (or merge it) first");
         AllModules = config.Resolve(model.Config);
         // a pipeline stage adapts the layers it holds
-        Modules = AllModules.Where(m => model.HasParameter(m.Weight)).ToList();
+        Modules = AllModules.Where(m => m.Parts.All(p => model.HasParameter(p.Weight))).ToList();   // a packed module (W_pack) by its engine weights
         this.model = model;
         var specs = new List<ParameterSpec>();
         foreach (var m in Modules)

@@ -61,7 +61,7 @@ public static class ConfigBinder
 #endif
 {
     /// <summary>The key naming a base config file.</summary>
-    public const string BaseKey = "base";
+    public const string BaseKey = "extends";
     public const int MaxBaseDepth = 8;
 
     /// <summary>Reads and binds <paramref name="path"/> (after its base files) with <paramref name="overrides"/> applied;

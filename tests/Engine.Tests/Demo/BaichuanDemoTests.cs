@@ -47,15 +47,15 @@ public class BaichuanDemoTests
     {
         using var dir = new TempDir();
         File.WriteAllText(dir.File("a.toml"), "name = \"a\"\nseed = 1\n[model]\nhidden_size = 64\nnum_layers = 2\n");
-        File.WriteAllText(dir.File("b.toml"), "base = \"a.toml\"\nname = \"b\"\n[model]\nnum_layers = 3\n");
+        File.WriteAllText(dir.File("b.toml"), "extends = \"a.toml\"\nname = \"b\"\n[model]\nnum_layers = 3\n");
         var tree = ConfigBinder.Load<RecipeConfig>(dir.File("b.toml"), ["model.num_heads=2"]);
         Assert.Equal("b", tree.Name);
         Assert.Equal(1UL, tree.Seed);
         Assert.Equal((64, 3, 2), (tree.Model.HiddenSize, tree.Model.NumLayers, tree.Model.NumHeads));
-        File.WriteAllText(dir.File("a.toml"), "base = \"b.toml\"\n");
+        File.WriteAllText(dir.File("a.toml"), "extends = \"b.toml\"\n");
         var e = Assert.Throws<ConfigException>(() => ConfigBinder.Load<RecipeConfig>(dir.File("b.toml")));
         Assert.Contains("cycle", e.Message);
-        File.WriteAllText(dir.File("c.toml"), "base = \"missing.toml\"\n");
+        File.WriteAllText(dir.File("c.toml"), "extends = \"missing.toml\"\n");
         e = Assert.Throws<ConfigException>(() => ConfigBinder.Load<RecipeConfig>(dir.File("c.toml")));
         Assert.Contains("base config not found", e.Message);
     }

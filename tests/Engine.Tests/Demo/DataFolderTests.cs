@@ -61,6 +61,24 @@ public partial class DataFolderTests
         }
     }
 
+    /// <summary>Every shipped config binds with its command's binder (a key two features read differently — a ladder's
+    /// [base] table and the config-inheritance key — once made configs/ladder_finance.toml unreadable).</summary>
+    [Fact]
+    public void EveryShippedConfigLoadsWithItsCommandsBinder()
+    {
+        var files = Directory.GetFiles(RepoFiles.Path("configs"), "*.toml", SearchOption.AllDirectories).Order(StringComparer.Ordinal).ToList();
+        Assert.True(files.Count >= 10, $"{files.Count} configs");
+        foreach (var f in files)
+        {
+            string name = Path.GetFileName(f), text = File.ReadAllText(f);
+            object cfg = name.StartsWith("ladder", StringComparison.Ordinal) ? Engine.Training.Scaling.LadderConfig.Load(f)
+                : name.StartsWith("prepare", StringComparison.Ordinal) ? Engine.Data.Prepare.PrepareConfig.Load(f)
+                : text.Contains("[[stages]]", StringComparison.Ordinal) || text.Contains("\nextends = ", StringComparison.Ordinal) ? RecipeConfig.Load(f)
+                : Engine.Training.Config.TrainConfig.Load(f);
+            Assert.NotNull(cfg);
+        }
+    }
+
     [Fact]
     public void NothingNamesTheOldDataFolderBesideTheCheckout()
     {
