@@ -175,7 +175,8 @@ public sealed class CpuBackend : IBackend
         RopeCpu.Apply(x.Span, y.Span, batch, seqLen, heads, p.HeadDim, tables.cos, tables.sin, inverse);
     }
 
-    static AttentionCpu.Dims Kernel(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias);
+    static AttentionCpu.Dims Kernel(AttentionDims d) =>
+        new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias) { Causal = d.Causal, HeadOffset = d.HeadOffset, TotalHeads = d.TotalHeads };
 
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
@@ -187,6 +188,12 @@ public sealed class CpuBackend : IBackend
     {
         using var _p = Profiler.Op("attention_backward", dout, q, k, v, o, lse, dq, dk, dv);
         AttentionCpu.Backward(dout.Span, q.Span, k.Span, v.Span, o.Span, lse.Span, dq.Span, dk.Span, dv.Span, Kernel(d));
+    }
+
+    public void AttentionMerge(Tensor o, Tensor lse, Tensor oBlock, Tensor lseBlock, int batch, int seqLen, int heads, int headDim)
+    {
+        using var _p = Profiler.Op("attention_merge", o, lse, oBlock, lseBlock);
+        AttentionCpu.Merge(o.Span, lse.Span, oBlock.Span, lseBlock.Span, batch, seqLen, heads, headDim);
     }
 
     public void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f)
@@ -223,6 +230,18 @@ public sealed class CpuBackend : IBackend
     {
         using var _p = Profiler.Op("cross_entropy", logits, targets, losses, lse);
         CrossEntropyCpu.Forward(logits.Span, targets.IntSpan, losses.Span, lse.Span, logits.Shape[0], logits.Shape[1], zLoss, writeGradient, gradScale, maxZLoss);
+    }
+
+    public void CrossEntropyShardStats(Tensor logits, Tensor targets, int vocabStart, Tensor stats)
+    {
+        using var _p = Profiler.Op("cross_entropy_shard_stats", logits, targets, stats);
+        CrossEntropyCpu.ShardStats(logits.Span, targets.IntSpan, stats.Span, logits.Shape[0], logits.Shape[1], vocabStart);
+    }
+
+    public void CrossEntropyShardGradient(Tensor logits, Tensor targets, int vocabStart, Tensor lse, float zLoss, float gradScale)
+    {
+        using var _p = Profiler.Op("cross_entropy_shard_gradient", logits, targets, lse);
+        CrossEntropyCpu.ShardGradient(logits.Span, targets.IntSpan, lse.Span, logits.Shape[0], logits.Shape[1], vocabStart, zLoss, gradScale);
     }
 
     public void ChunkSumOfSquares(Tensor x, int chunk, Tensor partials)

@@ -69,6 +69,20 @@ public interface IBackend
     /// <summary>dq, dk, dv overwritten.</summary>
     void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d);
 
+    /// <summary>
+    /// Flash-style merge of one more key block's attention into a running result (context parallelism): per query row
+    /// and head lse' = log(e^lse + e^lseB), o' = o·e^(lse − lse') + oB·e^(lseB − lse'); o, oB [B*T, H*D], lse, lseB fp32
+    /// [B, H, T]; o and lse in place. The default runs the CPU reference through the host (a device kernel later).
+    /// </summary>
+    void AttentionMerge(Tensor o, Tensor lse, Tensor oBlock, Tensor lseBlock, int batch, int seqLen, int heads, int headDim)
+    {
+        var (ho, hl, hob, hlb) = (new float[o.Numel], new float[lse.Numel], new float[oBlock.Numel], new float[lseBlock.Numel]);
+        Download(o, ho); Download(lse, hl); Download(oBlock, hob); Download(lseBlock, hlb);
+        Engine.Cpu.Ops.AttentionCpu.Merge(ho, hl, hob, hlb, batch, seqLen, heads, headDim);
+        Upload(o, ho);
+        Upload(lse, hl);
+    }
+
     /// <summary>KV-cache attention of n new queries (positions offset..) against cached k/v [offset+n, Hkv*D]; alibiMaxBias
     /// &gt; 0 adds ALiBi's bias as <see cref="AttentionDims.AlibiMaxBias"/> does.</summary>
     void AttentionDecode(Tensor q, Tensor kCache, Tensor vCache, Tensor o, int heads, int kvHeads, int headDim, int positionOffset, float alibiMaxBias = 0f);
@@ -83,6 +97,46 @@ public interface IBackend
     /// <remarks>maxZLoss adds Baichuan 2's max-z term maxZLoss·(max_j x_ij)² per valid row (its gradient goes to the first
     /// maximal logit).</remarks>
     void CrossEntropy(Tensor logits, Tensor targets, Tensor losses, Tensor lse, float zLoss, bool writeGradient, float gradScale, float maxZLoss = 0f);
+
+    /// <summary>
+    /// Vocabulary-parallel cross-entropy, first half: stats (fp32 [N, 3]) = per row of this rank's logits shard [N, Vr]
+    /// (vocabulary rows [vocabStart, vocabStart + Vr)) its max, Σ exp(x − max) and the target's logit (0 when another
+    /// rank holds the target). The default runs the CPU reference through the host (a device kernel later).
+    /// </summary>
+    void CrossEntropyShardStats(Tensor logits, Tensor targets, int vocabStart, Tensor stats)
+    {
+        int rows = logits.Shape[0], vocab = logits.Shape[1];
+        var x = new float[logits.Numel];
+        Download(logits, x);
+        var s = new float[rows * 3];
+        Engine.Cpu.Ops.CrossEntropyCpu.ShardStats(x, HostInts(targets), s, rows, vocab, vocabStart);
+        Upload(stats, s);
+    }
+
+    /// <summary>
+    /// Vocabulary-parallel cross-entropy, second half: the logits shard is overwritten by gradScale · d loss / d logits
+    /// given each row's global logsumexp (fp32 [N]); ignored rows become zero. Default: the CPU reference via the host.
+    /// </summary>
+    void CrossEntropyShardGradient(Tensor logits, Tensor targets, int vocabStart, Tensor lse, float zLoss, float gradScale)
+    {
+        int rows = logits.Shape[0], vocab = logits.Shape[1];
+        var x = new float[logits.Numel];
+        Download(logits, x);
+        var z = new float[rows];
+        Download(lse, z);
+        Engine.Cpu.Ops.CrossEntropyCpu.ShardGradient(x, HostInts(targets), z, rows, vocab, vocabStart, zLoss, gradScale);
+        Upload(logits, x);
+    }
+
+    /// <summary>An int32 tensor's values on the host.</summary>
+    private int[] HostInts(Tensor t)
+    {
+        var f = new float[t.Numel];
+        Download(t, f);
+        var r = new int[f.Length];
+        for (int i = 0; i < f.Length; i++) r[i] = (int)f[i];
+        return r;
+    }
 
     /// <summary>
     /// partials[i] (fp32) = Σ x² over elements [i·chunk, (i+1)·chunk) of x; the last chunk may be shorter. A chunk's

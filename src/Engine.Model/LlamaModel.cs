@@ -17,7 +17,7 @@ public sealed class LlamaModel : IDisposable
         Config = config.Validate();
         Backend = backend;
         Stage = stage ?? PipelineStage.Whole(Config.NumLayers);
-        if (Stage.EndLayer > Config.NumLayers || Stage.FirstLayer < 0 || Stage.FirstLayer > Stage.EndLayer)
+        if (Stage.Chunks.Any(c => c.End > Config.NumLayers || c.First < 0 || c.First > c.End))
             throw new ArgumentException($"pipeline stage {Stage} does not fit a model of {Config.NumLayers} layers");
         Store = new ParameterStore(backend, Specs(Config, Stage));
         Store.DefineUnits(Units(Config, Stage));
@@ -73,7 +73,7 @@ public sealed class LlamaModel : IDisposable
         var specs = new List<ParameterSpec>();
         void Add(string name, params int[] shape) => specs.Add(new ParameterSpec(name, shape));
         if (stage.IsFirst || (stage.IsLast && config.TieWordEmbeddings)) Add("model.embed_tokens.weight", config.VocabSize, c);
-        for (int i = stage.FirstLayer; i < stage.EndLayer; i++)
+        foreach (int i in stage.LayerIndices)
         {
             string p = $"model.layers.{i}.";
             Add(p + "input_layernorm.weight", c);
@@ -122,6 +122,29 @@ public sealed class LlamaModel : IDisposable
     /// <summary>Adds to the output of the Linear layers it targets (LoRA, <see cref="Lora.LoraAdapters"/>); null = none.</summary>
     public ILinearAdapter? Adapter { get; set; }
 
+    /// <summary>How the model runs across ranks (<see cref="ParallelPlan"/>: tensor, sequence and context parallelism),
+    /// applied by <see cref="Parallelize"/>; <see cref="ParallelPlan.None"/> for one device.</summary>
+    public ParallelPlan Plan { get; private set; } = ParallelPlan.None;
+
+    /// <summary>
+    /// Applies a parallel plan (TorchTitan's parallelize_module): the store is laid out anew with this rank's slice of
+    /// every parameter, cut from the whole values it holds now, and the forward runs the plan's hooks at its module
+    /// boundaries. Parameters are new views afterwards: look them up by name.
+    /// </summary>
+    public void Parallelize(ParallelPlan plan)
+    {
+        if (!ReferenceEquals(Plan, ParallelPlan.None)) throw new InvalidOperationException("the model already runs a parallel plan");
+        if (plan.ShardsParameters)
+            Store.Relayout(Store.Specs().Select(p => new ParameterSpec(p.Name, plan.LocalShape(p.Name, p.Shape))).ToList(), fill: (name, before, after) =>
+                Backend.Upload(after, plan.LocalValues(name, before!.Shape, before.ToArray())));
+        Plan = plan;
+    }
+
+    void RequireUnsharded(string what)
+    {
+        if (Plan.ShardsParameters) throw new InvalidOperationException($"{what} needs whole parameters on this rank; the model's are split across tensor-parallel ranks");
+    }
+
     /// <summary>x Wᵀ for the weight named <paramref name="weight"/>, plus the adapter's term where one targets it.</summary>
     Tensor Linear(Tensor x, string weight, Tensor? w = null)
     {
@@ -146,10 +169,12 @@ public sealed class LlamaModel : IDisposable
         foreach (var (name, t) in Parameters)
         {
             var rng = Rng.For(seed, name);
-            var host = new float[t.Numel];
+            // drawn whole, so a tensor-parallel rank's slice holds what the whole model's does
+            var whole = Specs(Config, Stage).First(p => p.Name == name).Shape;
+            var host = new float[Shape.Numel(whole)];
             if (name.EndsWith("norm.weight", StringComparison.Ordinal) || name.EndsWith("layernorm.weight", StringComparison.Ordinal)) host.AsSpan().Fill(1f);
             else rng.FillNormal(host, 0, Config.InitializerRange);
-            Backend.Upload(t, host);
+            Backend.Upload(t, Plan.LocalValues(name, whole, host));
         }
     }
 
@@ -170,6 +195,7 @@ public sealed class LlamaModel : IDisposable
     {
         int old = Config.VocabSize;
         if (newVocab < old) throw new ArgumentException($"vocabulary can only grow: {old} → {newVocab}");
+        RequireUnsharded("vocabulary growth");
         if (newVocab == old) return;
         var grown = Config with { VocabSize = newVocab };
         Store.Relayout(Specs(grown, Stage), fill: (name, before, after) =>
@@ -224,27 +250,33 @@ public sealed class LlamaModel : IDisposable
     public Tensor Hidden(Tensor ids, int batch, int seqLen, int positionOffset = 0)
     {
         RequireWhole("Hidden");
-        return FinalNorm(Blocks(Embed(ids, batch, seqLen, positionOffset), batch, seqLen, positionOffset));
+        var layout = SequenceLayout.Contiguous(batch, seqLen, positionOffset);
+        return FinalNorm(Blocks(Embed(ids, layout), layout));
     }
 
     Tensor FinalNorm(Tensor x) => InUnit("model.norm.weight", () => F.RmsNorm(x, this["model.norm.weight"], Config.RmsNormEps));
 
-    Tensor Embed(Tensor ids, int batch, int seqLen, int positionOffset)
+    Tensor Embed(Tensor ids, SequenceLayout layout)
     {
-        if (ids.Numel != (long)batch * seqLen) throw new ArgumentException($"ids hold {ids.Numel} tokens, expected batch {batch} × seq {seqLen}");
+        if (ids.Numel != layout.Tokens) throw new ArgumentException($"ids hold {ids.Numel} tokens, expected {layout.Tokens} ({layout})");
+        int end = layout.End;
         // ALiBi has no position table: inputs past the trained length are evaluated as they are (its length extrapolation)
-        if (Config.Position == PositionEmbedding.Rope && seqLen + positionOffset > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
-            throw new ArgumentException($"sequence of {seqLen + positionOffset} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
-        return InUnit("model.embed_tokens.weight", () => F.Embedding(ids, this["model.embed_tokens.weight"]));
+        if (Config.Position == PositionEmbedding.Rope && end > Config.MaxPositionEmbeddings * Math.Max(1.0, Config.RopeScalingFactor))
+            throw new ArgumentException($"sequence of {end} positions exceeds max_position_embeddings {Config.MaxPositionEmbeddings}");
+        return InUnit("model.embed_tokens.weight", () => Plan.Leave("model.embed_tokens", Plan.Embedding(ids, this["model.embed_tokens.weight"])));
     }
 
     /// <summary>This model's (or stage's) transformer blocks over hidden states x [B*T, C].</summary>
-    public Tensor Blocks(Tensor x, int batch, int seqLen, int positionOffset = 0)
+    public Tensor Blocks(Tensor x, int batch, int seqLen, int positionOffset = 0) => Blocks(x, SequenceLayout.Contiguous(batch, seqLen, positionOffset));
+
+    /// <summary>The transformer blocks of this stage's model chunk <paramref name="chunk"/> (−1: all of them, in order)
+    /// over hidden states of tokens laid out as <paramref name="layout"/>.</summary>
+    public Tensor Blocks(Tensor x, SequenceLayout layout, int chunk = -1)
     {
-        for (int i = Stage.FirstLayer; i < Stage.EndLayer; i++)
+        foreach (int i in chunk < 0 ? Stage.LayerIndices : Stage.ChunkLayers(chunk))
         {
             int layer = i;
-            Tensor Block(Tensor h) => TransformerBlock(h, layer, batch, seqLen, positionOffset);
+            Tensor Block(Tensor h) => TransformerBlock(h, layer, layout);
             var input = x;
             x = InUnit($"model.layers.{layer}.input_layernorm.weight",
                 () => Recompute == RecomputeMode.Full ? F.Checkpoint(Block, input, LayerParameters(layer)) : Block(input));
@@ -256,15 +288,24 @@ public sealed class LlamaModel : IDisposable
     /// A pipeline stage's forward: token ids [B*T] on the first stage, the previous stage's hidden states [B*T, C]
     /// otherwise → hidden states [B*T, C] for the next stage. The last stage uses <see cref="StageLoss"/>.
     /// </summary>
-    public Tensor StageForward(Tensor input, int batch, int seqLen)
+    public Tensor StageForward(Tensor input, int batch, int seqLen) => StageForward(input, SequenceLayout.Contiguous(batch, seqLen));
+
+    /// <summary>As <see cref="StageForward(Tensor, int, int)"/> for model chunk <paramref name="chunk"/> of this stage
+    /// (the interleaved schedule's virtual stages; 0 otherwise), tokens laid out as <paramref name="layout"/>.</summary>
+    public Tensor StageForward(Tensor input, SequenceLayout layout, int chunk = 0)
     {
-        if (Stage.IsLast) throw new InvalidOperationException("the last pipeline stage ends in the loss: use StageLoss");
-        return Blocks(Stage.IsFirst ? Embed(input, batch, seqLen, 0) : input, batch, seqLen);
+        if (Stage.IsLast && chunk == Stage.ChunkCount - 1) throw new InvalidOperationException("the last pipeline stage ends in the loss: use StageLoss");
+        return Blocks(Stage.IsFirst && chunk == 0 ? Embed(input, layout) : input, layout, chunk);
     }
 
     /// <summary>The last stage's forward: its blocks, the final norm, the head and the loss (as <see cref="Loss"/>).</summary>
     public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, int batch, int seqLen, float normalizer, float zLoss = 0f, float maxZLoss = 0f) =>
-        F.CrossEntropy(StageLogits(input, batch, seqLen), targets, normalizer, zLoss, maxZLoss);
+        StageLoss(input, targets, SequenceLayout.Contiguous(batch, seqLen), normalizer, zLoss, maxZLoss);
+
+    /// <summary>As <see cref="StageLoss(Tensor, Tensor, int, int, float, float, float)"/> for tokens laid out as <paramref name="layout"/>
+    /// (the plan's loss: vocabulary-parallel under tensor parallelism).</summary>
+    public (Tensor Loss, Tensor TokenLosses) StageLoss(Tensor input, Tensor targets, SequenceLayout layout, float normalizer, float zLoss = 0f, float maxZLoss = 0f) =>
+        Plan.CrossEntropy(StageLogits(input, layout), targets, normalizer, zLoss, maxZLoss);
 
     /// <summary>The max-z loss weight training uses: the config's z_loss_weight (Baichuan 2), as its modeling code adds it
     /// to the training loss. Evaluation passes none (per-token losses stay plain cross-entropy).</summary>
@@ -272,15 +313,21 @@ public sealed class LlamaModel : IDisposable
 
     /// <summary>The last stage's final (normed) hidden states [B*T, C] from its input (token ids when it is also the
     /// first stage, else the previous stage's hidden states): what a scalar head or the LM head reads.</summary>
-    public Tensor StageHidden(Tensor input, int batch, int seqLen)
+    public Tensor StageHidden(Tensor input, int batch, int seqLen) => StageHidden(input, SequenceLayout.Contiguous(batch, seqLen));
+
+    public Tensor StageHidden(Tensor input, SequenceLayout layout)
     {
         if (!Stage.IsLast) throw new InvalidOperationException($"pipeline stage {Stage.Index} of {Stage.Count} has no head");
-        var x = Blocks(Stage.IsFirst ? Embed(input, batch, seqLen, 0) : input, batch, seqLen);
+        int chunk = Stage.ChunkCount - 1;
+        var x = Blocks(Stage.IsFirst && chunk == 0 ? Embed(input, layout) : input, layout, chunk);
         return FinalNorm(x);
     }
 
-    /// <summary>The last stage's logits [B*T, V] (see <see cref="StageHidden"/>).</summary>
-    public Tensor StageLogits(Tensor input, int batch, int seqLen) => Head(StageHidden(input, batch, seqLen));
+    /// <summary>The last stage's logits [B*T, V] (see <see cref="StageHidden(Tensor, int, int)"/>; a tensor-parallel rank's
+    /// are its vocabulary rows).</summary>
+    public Tensor StageLogits(Tensor input, int batch, int seqLen) => StageLogits(input, SequenceLayout.Contiguous(batch, seqLen));
+
+    public Tensor StageLogits(Tensor input, SequenceLayout layout) => Head(StageHidden(input, layout));
 
     /// <summary>The LM head weight as used (tied embeddings, NormHead-normalised rows, or lm_head).</summary>
     public Tensor HeadWeight()
@@ -290,10 +337,15 @@ public sealed class LlamaModel : IDisposable
     }
 
     /// <summary>The LM head over final hidden states (a use of the head's unit: lm_head, or the tied embedding).</summary>
-    Tensor Head(Tensor h) => InUnit(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight", () => Linear(h, "lm_head.weight", HeadWeight()));
+    Tensor Head(Tensor h) => InUnit(Config.TieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+        () => Plan.Leave("lm_head", Linear(Plan.Enter("lm_head", h), "lm_head.weight", HeadWeight())));
 
     /// <summary>Logits [B*T, V].</summary>
-    public Tensor Logits(Tensor ids, int batch, int seqLen, int positionOffset = 0) => Head(Hidden(ids, batch, seqLen, positionOffset));
+    public Tensor Logits(Tensor ids, int batch, int seqLen, int positionOffset = 0)
+    {
+        RequireUnsharded("Logits");
+        return Head(Hidden(ids, batch, seqLen, positionOffset));
+    }
 
     /// <summary>
     /// Loss over targets [B*T] (int32, -100 = ignored) divided by normalizer (the global count of valid targets
@@ -312,6 +364,7 @@ public sealed class LlamaModel : IDisposable
     public Tensor LogitsWithCache(Tensor ids, KvCache cache)
     {
         RequireWhole("generation");
+        if (!ReferenceEquals(Plan, ParallelPlan.None)) throw new InvalidOperationException("generation needs the whole model on one rank; this one runs a tensor- or context-parallel plan");
         int n = (int)ids.Numel, offset = cache.Length;
         if (offset + n > cache.MaxLength) throw new ArgumentException($"KV cache full: {offset} + {n} tokens exceed its {cache.MaxLength} positions");
         var cfg = Config;
@@ -348,12 +401,11 @@ public sealed class LlamaModel : IDisposable
         return F.Add(x, Linear(m, p + "mlp.down_proj.weight"));
     }
 
-    Tensor TransformerBlock(Tensor x, int i, int batch, int seqLen, int positionOffset)
+    Tensor TransformerBlock(Tensor x, int i, SequenceLayout layout)
     {
         string p = $"model.layers.{i}.";
         var cfg = Config;
-        var dims = new AttentionDims(batch, seqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim, cfg.AlibiMaxBias);
-        var h = F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps);
+        var h = Plan.Enter(p + "self_attn", F.RmsNorm(x, this[p + "input_layernorm.weight"], cfg.RmsNormEps));
         // the attention core (RoPE + attention) and SwiGLU: under selective recompute their outputs and intermediates
         // are dropped once the next GEMM has read them and recomputed when its backward needs them
         bool selective = Recompute == RecomputeMode.Selective;
@@ -362,11 +414,14 @@ public sealed class LlamaModel : IDisposable
         bool rope = cfg.Position == PositionEmbedding.Rope;
         // ALiBi's bias depends on relative positions only: a positionOffset changes nothing (the engine's full-sequence
         // attention starts every sequence at 0; decoding continues with the cache's positions). The fused q|k|v path
-        // applies RoPE in place, so an ALiBi model runs the separate projections.
-        if (rope && Fused(p, "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight") is { } qkvWeights)
+        // applies RoPE in place, so an ALiBi model runs the separate projections; so does a parallel plan (its
+        // attention may join several sequence blocks, and its heads are the rank's share).
+        if (rope && layout.Blocks.Count == 1 && Fused(p, "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight") is { } qkvWeights)
         {
+            var b = layout.Single;
+            var dims = new AttentionDims(b.Batch, b.SeqLen, cfg.NumHeads, cfg.NumKvHeads, cfg.HeadDim);
             var qkv = F.FusedLinear(h, qkvWeights);   // one GEMM for q|k|v
-            Tensor Core(Tensor[] t) => F.FusedQkvAttention(t[0], cfg.Rope, dims, positionOffset);
+            Tensor Core(Tensor[] t) => F.FusedQkvAttention(t[0], cfg.Rope, dims, b.Offset);
             attention = selective ? F.Recompute(Core, OProj, qkv) : OProj(Core([qkv]));
         }
         else
@@ -374,33 +429,43 @@ public sealed class LlamaModel : IDisposable
             var q = Linear(h, p + "self_attn.q_proj.weight");
             var k = Linear(h, p + "self_attn.k_proj.weight");
             var v = Linear(h, p + "self_attn.v_proj.weight");
-            Tensor Core(Tensor[] t) => F.Attention(rope ? F.Rope(t[0], cfg.Rope, batch, seqLen, cfg.NumHeads, positionOffset) : t[0],
-                rope ? F.Rope(t[1], cfg.Rope, batch, seqLen, cfg.NumKvHeads, positionOffset) : t[1], t[2], dims);
+            // the heads this rank computes are those its projections hold (all of them on one device; a tensor-parallel
+            // rank's share): read from the widths, as TorchTitan's view(bs, seqlen, -1, head_dim); ALiBi's slopes are
+            // those of the rank's heads among all of them
+            int heads = q.Shape[1] / cfg.HeadDim, kvHeads = k.Shape[1] / cfg.HeadDim;
+            var b = layout.Blocks[0];
+            var dims = new AttentionDims(b.Batch, b.SeqLen, heads, kvHeads, cfg.HeadDim, cfg.AlibiMaxBias)
+            { HeadOffset = Plan.HeadOffset(heads), TotalHeads = cfg.NumHeads };
+            Tensor Core(Tensor[] t) => Plan.Attention(rope ? F.Rope(t[0], cfg.Rope, layout, heads) : t[0],
+                rope ? F.Rope(t[1], cfg.Rope, layout, kvHeads) : t[1], t[2], layout, dims);
             attention = selective ? F.Recompute(Core, OProj, q, k, v) : OProj(Core([q, k, v]));
         }
         // residual add + post-attention norm in one op (one kernel on a GPU; the same values as Add then RmsNorm)
-        (x, var h2) = F.AddRmsNorm(x, attention, this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
+        (x, var h2) = F.AddRmsNorm(x, Plan.Leave(p + "self_attn", attention), this[p + "post_attention_layernorm.weight"], cfg.RmsNormEps);
+        h2 = Plan.Enter(p + "mlp", h2);
         Tensor Down(Tensor m) => Linear(m, p + "mlp.down_proj.weight");
         if (Fused(p, "mlp.gate_proj.weight", "mlp.up_proj.weight") is { } guWeights)
         {
             var gateUp = F.FusedLinear(h2, guWeights);   // one GEMM for gate|up
             Tensor Mlp(Tensor[] t) => F.FusedSwiGlu(t[0]);
-            return F.Add(x, selective ? F.Recompute(Mlp, Down, gateUp) : Down(Mlp([gateUp])));
+            return F.Add(x, Plan.Leave(p + "mlp", selective ? F.Recompute(Mlp, Down, gateUp) : Down(Mlp([gateUp]))));
         }
         else
         {
             var gate = Linear(h2, p + "mlp.gate_proj.weight");
             var up = Linear(h2, p + "mlp.up_proj.weight");
             Tensor Mlp(Tensor[] t) => F.SwiGlu(t[0], t[1]);
-            return F.Add(x, selective ? F.Recompute(Mlp, Down, gate, up) : Down(Mlp([gate, up])));
+            return F.Add(x, Plan.Leave(p + "mlp", selective ? F.Recompute(Mlp, Down, gate, up) : Down(Mlp([gate, up]))));
         }
     }
 
-    /// <summary>The weights to run as one GEMM (F.FusedLinear), or null: the backend fuses projections, no adapter
-    /// adds a term to any of them, and they are adjacent in the store (no bucket boundary between them).</summary>
+    /// <summary>The weights to run as one GEMM (F.FusedLinear), or null: the backend fuses projections, the model runs on
+    /// one device (a parallel plan runs the separate projections: a tensor rank's slices of q, k and v, or of gate and
+    /// up, are separate column-parallel GEMMs), no adapter adds a term to any of them, and they are adjacent in the store
+    /// (no bucket boundary between them).</summary>
     Tensor[]? Fused(string prefix, params string[] names)
     {
-        if (!Backend.FusesProjections || (Adapter != null && names.Any(n => Adapter.Targets(prefix + n)))) return null;
+        if (!Backend.FusesProjections || !ReferenceEquals(Plan, ParallelPlan.None) || (Adapter != null && names.Any(n => Adapter.Targets(prefix + n)))) return null;
         var weights = names.Select(n => this[prefix + n]).ToArray();
         return F.Adjacent(weights) ? weights : null;
     }
@@ -426,13 +491,29 @@ public enum RecomputeMode { None, Full, Selective }
 
 /// <summary>
 /// One stage of a pipeline-parallel model: transformer blocks [FirstLayer, EndLayer), the embedding on the first
-/// stage, the final norm, head and loss on the last. <see cref="Whole"/> is the model in one piece.
+/// stage, the final norm, head and loss on the last. <see cref="Whole"/> is the model in one piece. Under the interleaved
+/// schedule a stage holds several model chunks (<see cref="Chunks"/>: Megatron's virtual pipeline stages s, s + P, …),
+/// run one at a time; the first stage's first chunk starts with the embedding and the last stage's last chunk ends in
+/// the head.
 /// </summary>
 public sealed record PipelineStage(int Index, int Count, int FirstLayer, int EndLayer)
 {
     public bool IsFirst => Index == 0;
     public bool IsLast => Index == Count - 1;
-    public int Layers => EndLayer - FirstLayer;
+
+    /// <summary>The layer ranges [First, End) this stage runs, in order (one unless interleaved).</summary>
+    public IReadOnlyList<(int First, int End)> Chunks { get; init; } = [(FirstLayer, EndLayer)];
+
+    public int ChunkCount => Chunks.Count;
+    public int Layers => Chunks.Sum(c => c.End - c.First);
+
+    /// <summary>Every layer this stage holds, in order.</summary>
+    public IEnumerable<int> LayerIndices => Chunks.SelectMany(c => Enumerable.Range(c.First, c.End - c.First));
+
+    /// <summary>The layers of chunk <paramref name="chunk"/>.</summary>
+    public IEnumerable<int> ChunkLayers(int chunk) => Enumerable.Range(Chunks[chunk].First, Chunks[chunk].End - Chunks[chunk].First);
+
+    public override string ToString() => $"stage {Index} of {Count}, layers " + string.Join(" + ", Chunks.Select(c => $"[{c.First}, {c.End})"));
 
     public static PipelineStage Whole(int layers) => new(0, 1, 0, layers);
 
@@ -461,5 +542,20 @@ public sealed record PipelineStage(int Index, int Count, int FirstLayer, int End
         int at = 0;
         for (int i = 0; i < stages; i++) { result.Add(new PipelineStage(i, stages, at, at + counts[i])); at += counts[i]; }
         return result;
+    }
+
+    /// <summary>
+    /// The interleaved schedule's stages: the layers split (balanced) into stages × <paramref name="virtualStages"/>
+    /// chunks, stage s holding chunks s, s + stages, s + 2·stages, … (Megatron's virtual pipeline stages).
+    /// </summary>
+    public static List<PipelineStage> Interleaved(int layers, int stages, int virtualStages)
+    {
+        if (virtualStages < 1) throw new ArgumentException($"virtual stages must be >= 1 (got {virtualStages})");
+        var chunks = Split(layers, stages * virtualStages);
+        return Enumerable.Range(0, stages).Select(s =>
+        {
+            var mine = Enumerable.Range(0, virtualStages).Select(v => chunks[v * stages + s]).Select(c => (c.FirstLayer, c.EndLayer)).ToList();
+            return new PipelineStage(s, stages, mine[0].FirstLayer, mine[^1].EndLayer) { Chunks = mine };
+        }).ToList();
     }
 }

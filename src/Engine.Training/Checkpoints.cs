@@ -28,8 +28,20 @@ public sealed record CheckpointState(int Step, long Tokens, ulong[] Rng, int Ada
     public ulong[]? AdapterRng { get; init; }
 }
 
-/// <summary>One parameter of the flat layout a checkpoint was written with.</summary>
-public sealed record CheckpointParameter(string Name, int[] Shape, long Offset);
+/// <summary>One parameter of the flat layout a checkpoint was written with: its shape there and, when the layout's
+/// tensor ranks split it, the whole tensor's shape and which piece (<see cref="Placement"/>: Parts pieces along
+/// SplitDim) this layout holds.</summary>
+public sealed record CheckpointParameter(string Name, int[] Shape, long Offset)
+{
+    /// <summary>The whole tensor's shape (null: <see cref="Shape"/>, not split).</summary>
+    public int[]? Whole { get; init; }
+    public int SplitDim { get; init; }
+    public int Parts { get; init; } = 1;
+    public int Piece { get; init; }
+
+    public Placement Placement => new(SplitDim, Parts);
+    public int[] WholeShape => Whole ?? Shape;
+}
 
 /// <summary>A range of the flat buffers one rank wrote: flat [Start, Start + Length) at element Compact of its file.</summary>
 public sealed record CheckpointSlice(long Start, long Length, long Compact);
@@ -37,10 +49,13 @@ public sealed record CheckpointSlice(long Start, long Length, long Compact);
 /// <summary>One rank's moments file: the world rank that wrote it and the flat slices it holds (in file order).</summary>
 public sealed record CheckpointShard(int Rank, List<CheckpointSlice> Slices);
 
-/// <summary>One pipeline stage's flat layout (the whole model without a pipeline) and its ranks' moment files.</summary>
+/// <summary>One pipeline stage's flat layout (the whole model without a pipeline) on one tensor rank, and the moment
+/// files of the ranks that share it (its data-parallel and context ranks).</summary>
 public sealed record CheckpointStage
 {
     public int Index { get; init; }
+    /// <summary>The tensor rank whose slices of the stage's parameters this layout holds (0 without tensor parallelism).</summary>
+    public int TensorRank { get; init; }
     public long Capacity { get; init; }
     public List<CheckpointParameter> Parameters { get; init; } = [];
     public List<CheckpointShard> Shards { get; init; } = [];
@@ -57,7 +72,11 @@ public sealed record CheckpointManifest
     public Dictionary<string, string> Files { get; init; } = [];
     /// <summary>SHA-256 of the exactness settings (<see cref="CheckpointState.Exact"/>), for a quick comparison.</summary>
     public string? ConfigHash { get; init; }
-    /// <summary>"dp N × pp P, ZeRO-Z": the parallel layout that wrote the checkpoint (it reshards on load).</summary>
+    /// <summary>Tensor-parallel ranks of the layout that wrote it (each stage has one flat layout per tensor rank).</summary>
+    public int Tp { get; init; } = 1;
+    /// <summary>Context-parallel ranks of the layout that wrote it.</summary>
+    public int Cp { get; init; } = 1;
+    /// <summary>"dp N × pp P × cp C × tp T, ZeRO-Z": the parallel layout that wrote the checkpoint (it reshards on load).</summary>
     public string? Layout { get; init; }
     /// <summary>Byte size of every file (checked before the hashes).</summary>
     public Dictionary<string, long>? Sizes { get; init; }
@@ -174,18 +193,26 @@ public static class Checkpoints
         SafeTensorsWriter.Write(Path.Combine(tmp, ShardFile(world.Rank)), tensors,
             new Dictionary<string, string> { ["rank"] = world.Rank.ToString(System.Globalization.CultureInfo.InvariantCulture) });
         Durable.SyncFile(Path.Combine(tmp, ShardFile(world.Rank)));
-        // every stage's first rank: the stage's layout and which world rank holds which slices
+        // every (stage, tensor rank)'s first data rank: the layout and which world rank holds which slices (the data
+        // group's world ranks are gathered: with tensor or context ranks inside them they are not consecutive)
+        var members = new double[group.WorldSize];
+        members[group.Rank] = world.Rank;
+        if (group.WorldSize > 1) group.AllReduce(members);
+        int tensorRank = layout?.Mesh.TensorRank ?? 0, tp = layout?.Mesh.TensorSize ?? 1;
         if (group.Rank == 0)
         {
-            var firstRank = world.Rank;   // data groups are consecutive world ranks (Megatron's order)
+            var split = TensorSplit(model, dp.Store);
             var layoutRecord = new CheckpointStage
             {
                 Index = stage,
+                TensorRank = tensorRank,
                 Capacity = dp.Store.Capacity,
-                Parameters = dp.Store.Slots.Select(s => new CheckpointParameter(s.Name, s.Shape, s.Offset)).ToList(),
-                Shards = Enumerable.Range(0, group.WorldSize).Select(r => new CheckpointShard(firstRank + r, WriteSlices(dp, r).Select(x => x.Written).ToList())).ToList(),
+                Parameters = dp.Store.Slots.Select(s => split(s.Name, s.Shape) is { } w
+                    ? new CheckpointParameter(s.Name, s.Shape, s.Offset) { Whole = w.Whole, SplitDim = w.Placement.Dim, Parts = w.Placement.Parts, Piece = w.Piece }
+                    : new CheckpointParameter(s.Name, s.Shape, s.Offset)).ToList(),
+                Shards = Enumerable.Range(0, group.WorldSize).Select(r => new CheckpointShard((int)members[r], WriteSlices(dp, r).Select(x => x.Written).ToList())).ToList(),
             };
-            File.WriteAllText(Path.Combine(tmp, StageFile(stage)), JsonSerializer.Serialize(layoutRecord, Json));
+            File.WriteAllText(Path.Combine(tmp, StageFile(stage, tensorRank)), JsonSerializer.Serialize(layoutRecord, Json));
         }
         world.Barrier();
         if (adapter != null)
@@ -199,7 +226,7 @@ public static class Checkpoints
             // the weights are in the rank files: only the model's shape here
             if (world.Rank == 0) Durable.WriteAllText(Path.Combine(tmp, "config.json"), model.Config.ToHuggingFaceJson("float32"));
         }
-        else if (layout?.Pipelined == true) layout.SaveModel(model, tmp);
+        else if (layout?.Pipelined == true || layout?.SplitsModel == true) layout.SaveModel(model, tmp);   // gathers tensor shards
         else if (world.Rank == 0) ModelIO.Save(model, tmp);
 
         if (world.Rank == 0)
@@ -208,9 +235,9 @@ public static class Checkpoints
             // every file durable before the manifest that vouches for them
             foreach (var f in Directory.GetFiles(tmp, "*", SearchOption.AllDirectories)) Durable.SyncFile(f);
             int stages = layout?.Grid?.Stages ?? 1;
-            var stageRecords = Enumerable.Range(0, stages).Select(i =>
+            var stageRecords = Enumerable.Range(0, stages * tp).Select(i =>
             {
-                string f = Path.Combine(tmp, StageFile(i));
+                string f = Path.Combine(tmp, StageFile(i / tp, i % tp));
                 var r = JsonSerializer.Deserialize<CheckpointStage>(File.ReadAllText(f), Json)!;
                 File.Delete(f);
                 return r;
@@ -223,12 +250,14 @@ public static class Checkpoints
                 ShardedWeights = shardedWeights,
                 WorldSize = world.WorldSize,
                 Pp = stages,
+                Tp = tp,
+                Cp = layout?.Mesh.ContextSize ?? 1,
                 Zero = dp.Stage,
                 Stages = stageRecords,
                 Files = names.ToDictionary(f => f, f => Sha256(Path.Combine(tmp, f))),
                 Sizes = names.ToDictionary(f => f, f => new FileInfo(Path.Combine(tmp, f)).Length),
                 ConfigHash = state.Exact is { } exact ? ResumeCheck.Hash(exact) : null,
-                Layout = $"dp {world.WorldSize / stages} × pp {stages}, ZeRO-{dp.Stage}",
+                Layout = layout?.SplitsModel == true ? $"{layout.Mesh.Describe()}, ZeRO-{dp.Stage}" : $"dp {world.WorldSize / stages} × pp {stages}, ZeRO-{dp.Stage}",
             };
             // the manifest last, then the directory entries, then the rename, then the parent's entry
             Durable.WriteAllText(Path.Combine(tmp, ManifestFile), JsonSerializer.Serialize(manifest, Json));
@@ -243,7 +272,22 @@ public static class Checkpoints
         return final;
     }
 
-    static string StageFile(int stage) => $"stage{stage:D3}.json";
+    static string StageFile(int stage, int tensorRank) => $"stage{stage:D3}.tp{tensorRank:D3}.json";
+
+    /// <summary>How the model's tensor plan splits the parameters of <paramref name="store"/>: the whole shape, the
+    /// placement and this rank's piece of a split parameter, null for one held whole (every parameter without tensor
+    /// parallelism; an adapter's or a scalar head's).</summary>
+    static Func<string, int[], (int[] Whole, Placement Placement, int Piece)?> TensorSplit(LlamaModel? model, ParameterStore store)
+    {
+        if (model?.Plan is not MeshPlan { ShardsParameters: true } plan || !ReferenceEquals(store, model.Store)) return (_, _) => null;
+        var whole = LlamaModel.Specs(model.Config, model.Stage).ToDictionary(p => p.Name, p => p.Shape, StringComparer.Ordinal);
+        return (name, local) =>
+        {
+            if (!whole.TryGetValue(name, out var w)) return null;
+            var pl = plan.PlacementOf(name, w);
+            return pl.Sharded ? (w, pl, pl.Piece(plan.Mesh.TensorRank, plan.Mesh.TensorSize)) : null;
+        };
+    }
 
     /// <summary>The rank files' tensor of fp32 master-weight slices (ZeRO-3 checkpoints).</summary>
     const string MasterTensor = "master";
@@ -335,7 +379,8 @@ public static class Checkpoints
         /// </summary>
         public void LoadWeights(LlamaModel model, DataParallel dp)
         {
-            if (!Manifest.ShardedWeights && dp.Stage != 3)
+            var split = TensorSplit(model, model.Store);
+            if (!Manifest.ShardedWeights && dp.Stage != 3 && !model.Plan.ShardsParameters)
             {
                 var files = ModelIO.WeightFiles(Directory);
                 ModelIO.LoadWeights(model, files.Index, files.Shards);
@@ -343,7 +388,14 @@ public static class Checkpoints
             }
             var slices = Manifest.ShardedWeights ? new Slices(this) : null;
             var whole = slices == null ? WholeTensors() : null;
-            float[] Read(string name, int[] shape) => slices?.Parameter(name, shape, MasterTensor) ?? whole!(name, shape);
+            // by name: the whole tensor, then this rank's piece of it when its tensor plan splits it
+            float[] Read(string name, int[] shape)
+            {
+                var s = split(name, shape);
+                var w = s?.Whole ?? shape;
+                var values = slices?.Parameter(name, w, MasterTensor) ?? whole!(name, w);
+                return s is { } t ? t.Placement.Cut(t.Whole, values, t.Piece) : values;
+            }
             if (dp.Stage != 3)
             {
                 foreach (var (name, t) in model.Parameters) model.Load(name, Read(name, t.Shape));
@@ -386,19 +438,39 @@ public static class Checkpoints
 
         /// <summary>Fills <paramref name="opt"/>'s moments for its rank, layout and stage (mapped by parameter name and
         /// element from whichever stage and rank wrote them; parameters the checkpoint lacks start at zero) and its step.</summary>
-        public void LoadOptimizer(AdamW opt)
+        /// <param name="model">The model whose tensor plan splits the optimizer's parameters (null: none does).</param>
+        public void LoadOptimizer(AdamW opt, LlamaModel? model = null)
         {
             var dp = opt.Parallel;
             var slices = new Slices(this);
+            var split = TensorSplit(model, dp.Store);
             var m = new float[dp.Layout.OwnedElements];
             var v = new float[dp.Layout.OwnedElements];
+            // a parameter that either layout splits over tensor ranks: whole moments by name, then this rank's piece
+            var pieces = new Dictionary<string, (float[] M, float[] V)?>(StringComparer.Ordinal);
+            (float[] M, float[] V)? Pieces(ParameterSlot p)
+            {
+                if (pieces.TryGetValue(p.Name, out var got)) return got;
+                var s = split(p.Name, p.Shape);
+                if (s == null && !slices.IsSplit(p.Name)) return pieces[p.Name] = null;
+                var w = s?.Whole ?? p.Shape;
+                float[] Cut(float[] x) => s is { } t ? t.Placement.Cut(t.Whole, x, t.Piece) : x;
+                return pieces[p.Name] = slices.Knows(p.Name) ? (Cut(slices.Parameter(p.Name, w, "exp_avg")), Cut(slices.Parameter(p.Name, w, "exp_avg_sq"))) : null;
+            }
             foreach (var slice in dp.Layout.Owned)
             {
                 long end = slice.Start + slice.Length;
                 foreach (var p in dp.Store.Slots)
                 {
                     long lo = Math.Max(p.Offset, slice.Start), hi = Math.Min(p.Offset + p.Numel, end);
-                    if (lo < hi) slices.Copy(p.Name, p.Shape, lo - p.Offset, hi - lo, slice.Compact + (lo - slice.Start), ("exp_avg", m), ("exp_avg_sq", v));
+                    if (lo >= hi) continue;
+                    long to = slice.Compact + (lo - slice.Start);
+                    if (Pieces(p) is { } mv)
+                    {
+                        Array.Copy(mv.M, lo - p.Offset, m, to, hi - lo);
+                        Array.Copy(mv.V, lo - p.Offset, v, to, hi - lo);
+                    }
+                    else slices.Copy(p.Name, p.Shape, lo - p.Offset, hi - lo, to, ("exp_avg", m), ("exp_avg_sq", v));
                 }
             }
             opt.ImportState(State.AdamStep, m, v);
@@ -412,18 +484,28 @@ public static class Checkpoints
         sealed class Slices
         {
             readonly Loaded ckpt;
-            readonly Dictionary<string, (CheckpointStage Stage, CheckpointParameter Param)> byName = new(StringComparer.Ordinal);
-            readonly Dictionary<int, List<(int Rank, CheckpointSlice Slice)>> owners;
+            // every (stage, tensor rank) layout holding a parameter: one for a whole one, a piece each for a split one
+            readonly Dictionary<string, List<(CheckpointStage Stage, CheckpointParameter Param)>> byName = new(StringComparer.Ordinal);
+            readonly Dictionary<CheckpointStage, List<(int Rank, CheckpointSlice Slice)>> owners;
             readonly Dictionary<(int Rank, string Tensor), float[]> files = new();
 
             public Slices(Loaded ckpt)
             {
                 this.ckpt = ckpt;
                 foreach (var st in ckpt.Manifest.Stages)
-                    foreach (var p in st.Parameters) byName.TryAdd(p.Name, (st, p));
-                owners = ckpt.Manifest.Stages.ToDictionary(st => st.Index,
+                    foreach (var p in st.Parameters)
+                    {
+                        if (!byName.TryGetValue(p.Name, out var list)) byName[p.Name] = list = [];
+                        list.Add((st, p));
+                    }
+                owners = ckpt.Manifest.Stages.ToDictionary(st => st,
                     st => st.Shards.SelectMany(sh => sh.Slices.Select(sl => (sh.Rank, Slice: sl))).OrderBy(x => x.Slice.Start).ToList());
             }
+
+            public bool Knows(string name) => byName.ContainsKey(name);
+
+            /// <summary>Whether the layout that wrote the checkpoint split the parameter over its tensor ranks.</summary>
+            public bool IsSplit(string name) => byName.TryGetValue(name, out var l) && l[0].Param.Parts > 1;
 
             float[] File(int rank, string tensor)
             {
@@ -442,27 +524,53 @@ public static class Checkpoints
             public bool Copy(string name, int[] shape, long from, long count, long to, params (string Tensor, float[] Into)[] dest)
             {
                 if (!byName.TryGetValue(name, out var found)) return false;
-                var (ost, op) = found;
+                var (ost, op) = found[0];
                 if (!op.Shape.AsSpan().SequenceEqual(shape))
                     throw new InvalidDataException($"{ckpt.Directory}: parameter {name} has shape {Shape.Format(op.Shape)} in the checkpoint, {Shape.Format(shape)} in this model");
+                CopyFrom(ost, op, from, count, to, dest);
+                return true;
+            }
+
+            /// <summary>Elements of one layout's copy (or piece) of a parameter.</summary>
+            void CopyFrom(CheckpointStage ost, CheckpointParameter op, long from, long count, long to, (string Tensor, float[] Into)[] dest)
+            {
                 long flat = op.Offset + from;
                 while (count > 0)
                 {
-                    var (rank, s) = Owner(owners[ost.Index], flat) ?? throw new InvalidDataException($"{ckpt.Directory}: no rank's file holds element {flat} of stage {ost.Index}'s layout ({name})");
+                    var (rank, s) = Owner(owners[ost], flat) ?? throw new InvalidDataException($"{ckpt.Directory}: no rank's file holds element {flat} of stage {ost.Index}'s layout ({op.Name})");
                     long n = Math.Min(count, s.Start + s.Length - flat);
                     long at = s.Compact + (flat - s.Start);
                     foreach (var (tensor, into) in dest) Array.Copy(File(rank, tensor), at, into, to, n);
                     flat += n; to += n; count -= n;
                 }
-                return true;
             }
 
-            /// <summary>A whole parameter of the named tensor (the checkpoint must hold it).</summary>
+            /// <summary>A whole parameter of the named tensor (the checkpoint must hold it), joined from the pieces its
+            /// tensor ranks wrote when the writing layout split it.</summary>
             public float[] Parameter(string name, int[] shape, string tensor)
             {
-                var values = new float[Shape.Numel(shape)];
-                if (!Copy(name, shape, 0, values.Length, 0, (tensor, values)))
+                if (!byName.TryGetValue(name, out var found))
                     throw new InvalidDataException($"{ckpt.Directory}: the checkpoint's weights have no parameter '{name}'");
+                if (!found[0].Param.WholeShape.AsSpan().SequenceEqual(shape))
+                    throw new InvalidDataException($"{ckpt.Directory}: parameter {name} has shape {Shape.Format(found[0].Param.WholeShape)} in the checkpoint, {Shape.Format(shape)} in this model");
+                var values = new float[Shape.Numel(shape)];
+                var placement = found[0].Param.Placement;
+                if (!placement.Sharded)
+                {
+                    CopyFrom(found[0].Stage, found[0].Param, 0, values.Length, 0, [(tensor, values)]);
+                    return values;
+                }
+                var done = new bool[placement.Parts];
+                foreach (var (st, p) in found)
+                {
+                    if (done[p.Piece]) continue;   // a piece several tensor ranks hold (key/value heads fewer than tp)
+                    var piece = new float[Shape.Numel(p.Shape)];
+                    CopyFrom(st, p, 0, piece.Length, 0, [(tensor, piece)]);
+                    placement.Place(shape, values, piece, p.Piece);
+                    done[p.Piece] = true;
+                }
+                int missing = Array.IndexOf(done, false);
+                if (missing >= 0) throw new InvalidDataException($"{ckpt.Directory}: no tensor rank's layout holds piece {missing} of {placement.Parts} of parameter '{name}'");
                 return values;
             }
         }
@@ -504,7 +612,7 @@ public static class Checkpoints
         if (manifest.Format != (manifest.ShardedWeights ? ShardedWeightsFormat : FormatVersion))
             throw new InvalidDataException($"{manifestPath}: checkpoint format {manifest.Format}{(manifest.ShardedWeights ? " with sharded weights" : "")}, this engine reads format {FormatVersion} (weights in model.safetensors) and {ShardedWeightsFormat} (weights sharded with the moments)");
         CheckLayout(manifest, manifestPath);
-        if (manifest.Files.Count == 0 || manifest.WorldSize < 1 || manifest.Stages.Count != manifest.Pp
+        if (manifest.Files.Count == 0 || manifest.WorldSize < 1 || manifest.Stages.Count != manifest.Pp * manifest.Tp
             || manifest.Stages.Sum(st => st.Shards.Count) != manifest.WorldSize)
             throw new InvalidDataException($"{manifestPath}: the manifest lists no files, or its stages and shards do not match its world size {manifest.WorldSize}");
         string root = Path.GetFullPath(dir);
@@ -570,13 +678,15 @@ public static class Checkpoints
         InvalidDataException Bad(string what) => new($"{path}: {what}");
         if (manifest.Files == null || manifest.Stages == null) throw Bad("'files' or 'stages' is missing");
         if (manifest.WorldSize < 1 || manifest.Pp < 1) throw Bad($"world_size {manifest.WorldSize} and pp {manifest.Pp} must be >= 1");
-        var stageIndexes = new HashSet<int>();
+        if (manifest.Tp < 1 || manifest.Cp < 1) throw Bad($"tp {manifest.Tp} and cp {manifest.Cp} must be >= 1");
+        var stageIndexes = new HashSet<(int, int)>();
         var ranks = new HashSet<int>();
         var fileLength = new Dictionary<int, long>();
         foreach (var st in manifest.Stages)
         {
             if (st?.Parameters == null || st.Shards == null) throw Bad("a stage without 'parameters' or 'shards'");
-            if (st.Index < 0 || st.Index >= manifest.Pp || !stageIndexes.Add(st.Index)) throw Bad($"stage index {st.Index} is repeated or outside 0..{manifest.Pp - 1}");
+            if (st.Index < 0 || st.Index >= manifest.Pp || st.TensorRank < 0 || st.TensorRank >= manifest.Tp || !stageIndexes.Add((st.Index, st.TensorRank)))
+                throw Bad($"stage index {st.Index} (tensor rank {st.TensorRank}) is repeated or outside 0..{manifest.Pp - 1} (tensor ranks 0..{manifest.Tp - 1})");
             if (st.Capacity < 0) throw Bad($"stage {st.Index} has capacity {st.Capacity}");
             var names = new HashSet<string>(StringComparer.Ordinal);
             foreach (var p in st.Parameters)

@@ -68,6 +68,9 @@ public sealed class AdamW : IDisposable
     public ICommunicator? NormGroup { get; set; }
     /// <summary>A parameter whose gradient another stage already counts (the last stage's tied-embedding copy).</summary>
     public string? NormExclude { get; set; }
+    /// <summary>Parameters whose gradient another rank of <see cref="NormGroup"/> already counts (tensor parallelism's
+    /// replicated parameters on all but their first holder).</summary>
+    public IReadOnlyList<string> NormDuplicates { get; set; } = [];
     public int Step { get; private set; }
 
     /// <summary>Bytes of AdamW moments this rank holds (m and v; 1/N of the single-rank figure under ZeRO).</summary>
@@ -151,22 +154,20 @@ public sealed class AdamW : IDisposable
         if (NormGroup is { WorldSize: > 1 } group) CombineAcrossStages(group);
     }
 
-    /// <summary>Pipeline parallelism: the global Σg² is the sum over stages (without a duplicated copy); norm and
-    /// clip factor recomputed on the host and written back (one read and one write of three floats).</summary>
+    /// <summary>Pipeline and tensor parallelism: the global Σg² is the sum over the model's stages and tensor ranks,
+    /// each gradient counted once (a tied embedding's copy on the last stage and tensor parallelism's replicated
+    /// parameters are left out where another rank counts them); norm and clip factor recomputed on the host and written
+    /// back (one read and one write of three floats).</summary>
     void CombineAcrossStages(ICommunicator group)
     {
         double s = result!.ToArray()[0];
-        if (NormExclude is { } name)
+        var excluded = NormExclude is { } one ? NormDuplicates.Append(one).Distinct() : NormDuplicates;
+        if (excluded.Any())
         {
-            // the chunk partials of the excluded gradient: its own (stage 0/1), or — sharded (ZeRO-3) — its slice's,
-            // summed over the data-parallel group like the stage's
-            var g = Parallel.GradientOf(name);
-            using var p = Be.Zeros([(int)((g.Numel + ShardLayout.Chunk - 1) / ShardLayout.Chunk)]).Keep();
-            using var r = Be.Zeros([3]).Keep();
-            Be.ChunkSumOfSquares(g, ShardLayout.Chunk, p);
-            if (Parallel.Stage >= 2) Parallel.Comm.AllReduce(p).Wait();
-            Be.GradNormFinalize(p, 0f, r);
-            s -= r.ToArray()[0];
+            // the excluded gradients' part on this rank (sharded at ZeRO-2/3: summed over the data-parallel group)
+            Span<double> ex = [excluded.Sum(name => Parallel.OwnedGradientRanges(name).Sum(g => Be.SumOfSquares(g)))];
+            if (Parallel.Stage >= 2) Parallel.Comm.AllReduce(ex);
+            s -= ex[0];
         }
         Span<double> total = [s];
         group.AllReduce(total);

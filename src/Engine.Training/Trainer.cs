@@ -121,7 +121,7 @@ public sealed class Trainer
             Resume = resumed,
             Control = Control,
             OnStep = (_, record) => OnStep?.Invoke(record!),
-            Validate = run => () => (lastValid = run.Pipeline != null ? PipelineValidationLoss(run.Pipeline, corpus!) : ValidationLoss(run.Model, corpus!)).Value,
+            Validate = run => () => (lastValid = run.Pipeline != null || run.Layout.SplitsModel ? ValidationLoss(run, corpus!) : ValidationLoss(run.Model, corpus!)).Value,
             Log = Say,
         };
         using var run = RunAssembler.Assemble(spec, comm, backend);
@@ -286,8 +286,9 @@ public sealed class Trainer
         return model;
     }
 
-    /// <summary>As <see cref="ValidationLoss"/>, through the pipeline's stages (forward only).</summary>
-    public double PipelineValidationLoss(PipelineRunner runner, TokenCorpus corpus)
+    /// <summary>As <see cref="ValidationLoss(LlamaModel, TokenCorpus)"/> at the run's layout (through its pipeline's
+    /// stages, tensor and context ranks; forward only).</summary>
+    public double ValidationLoss(AssembledRun run, TokenCorpus corpus)
     {
         int T = cfg.Train.SeqLen, B = cfg.Train.BatchSize;
         var tokens = corpus.Valid;
@@ -302,7 +303,7 @@ public sealed class Trainer
             batches.Add((ids, tg));
         }
         if (batches.Count == 0) return double.NaN;
-        var (nll, count) = runner.Evaluate(batches, B);
+        var (nll, count) = run.Evaluate(batches, B);
         return nll / count;
     }
 

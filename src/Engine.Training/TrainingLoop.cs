@@ -14,6 +14,40 @@ namespace Engine.Training;
 public sealed record Batch(int[] Ids, int[] Targets, string[] RowSources)
 {
     public object? Payload { get; init; }
+
+    /// <summary>The tokens of this batch this rank runs, when its layout's plan splits them (context parallelism,
+    /// padding for sequence parallelism); null: all of them as they are.</summary>
+    public TokenShard? Shard { get; init; }
+
+    /// <summary>The token ids this rank feeds the model.</summary>
+    public int[] LocalIds => Shard?.Ids ?? Ids;
+    /// <summary>The targets of <see cref="LocalIds"/>.</summary>
+    public int[] LocalTargets => Shard?.Targets ?? Targets;
+
+    /// <summary>Where this rank's tokens sit in the sequences.</summary>
+    public SequenceLayout Layout => Shard?.Layout ?? SequenceLayout.Contiguous(RowSources.Length, RowSources.Length == 0 ? 0 : Ids.Length / RowSources.Length);
+
+    /// <summary>This batch as <paramref name="plan"/> splits it over the ranks (itself when the plan runs it whole).</summary>
+    public Batch For(ParallelPlan plan)
+    {
+        int rows = RowSources.Length;
+        if (rows == 0 || Shard != null) return this;
+        var s = plan.ShardTokens(Ids, Targets, rows, Ids.Length / rows);
+        return s.Index == null ? this : this with { Shard = s };
+    }
+
+    /// <summary>Per-token values of <see cref="LocalIds"/> (losses) placed at their tokens of the whole batch, with the
+    /// targets of the tokens this rank holds (−100 elsewhere): what per-row accounting reads.</summary>
+    public (float[] Values, int[] Targets) ToWhole(float[] local)
+    {
+        if (Shard?.Index is not { } index) return (local, Targets);
+        var values = new float[Targets.Length];
+        var targets = new int[Targets.Length];
+        Array.Fill(targets, -100);
+        for (int i = 0; i < index.Length; i++)
+            if (index[i] >= 0) (values[index[i]], targets[index[i]]) = (local[i], Targets[index[i]]);
+        return (values, targets);
+    }
 }
 
 /// <summary>
@@ -85,6 +119,11 @@ public sealed record TrainTarget(LlamaModel Model, ITrainingLoss Loss, Optimizer
 {
     public PipelineRunner? Pipeline { get; init; }
     public Ewc? Ewc { get; init; }
+    /// <summary>The job's mesh when the layout has more than data parallelism (the replicas that split each global
+    /// batch; the world the metrics are reduced over); null: the optimizer's data-parallel group is the world.</summary>
+    public DeviceMesh? Mesh { get; init; }
+    /// <summary>Runs after the data-parallel reduction of a step's gradients (tensor parallelism's partial gradients).</summary>
+    public Action? AfterGradients { get; init; }
 }
 
 /// <summary>
@@ -113,8 +152,10 @@ public static class TrainingLoop
         var dp = opt.Parallel;
         var sync = opt.Sync;
         // data-parallel replicas: the ranks (or, with a pipeline, the pipelines) that each train A micro-batches
-        int world = pipeline?.Grid.Replicas ?? dp.Comm.WorldSize, rank = pipeline?.Grid.Replica ?? dp.Comm.Rank, A = o.GradAccum;
-        var metricsComm = pipeline?.Grid.World ?? dp.Comm;
+        var mesh = target.Mesh ?? pipeline?.Grid;
+        int world = mesh?.Replicas ?? dp.Comm.WorldSize, rank = mesh?.Replica ?? dp.Comm.Rank, A = o.GradAccum;
+        var metricsComm = mesh?.World ?? dp.Comm;
+        var plan = model.Plan;
         using var accounting = new LossAccounting();
         var steps = new List<StepMetrics>();
         long tokens = o.StartTokens;
@@ -148,8 +189,8 @@ public static class TrainingLoop
                 if (i / A == rank)
                 {
                     var b = data.Next(o.BatchSize, o.SeqLen);
-                    mine.Add(b);
                     valid += loss.Count(b);
+                    mine.Add(b.For(plan));   // this rank's tokens of it (context parallelism's chunks)
                 }
                 else valid += loss.Skip(data, o.BatchSize, o.SeqLen);
             }
@@ -169,8 +210,8 @@ public static class TrainingLoop
                     if (b.RowSources.Length > 0)   // a replica's share of a small global batch can be empty (its buckets still reduce)
                         using (var scope = new TensorScope())
                         {
-                            var idT = be.Empty([b.Ids.Length], DType.I32);
-                            be.Upload(idT, b.Ids);
+                            var idT = be.Empty([b.LocalIds.Length], DType.I32);
+                            be.Upload(idT, b.LocalIds);
                             var l = loss.Forward(idT, b, valid, accounting);
                             accounting.AddLoss(l);
                             Grad.Backward(l, observer: sync);
@@ -180,6 +221,7 @@ public static class TrainingLoop
             }
             double compute = clock.Elapsed.TotalSeconds - stepStart;
             sync.FinishGradients();
+            target.AfterGradients?.Invoke();
             pipeline?.SyncTiedEmbedding();
             double penalty = target.Ewc?.Apply(model, dp) ?? 0;
             if (target.Ewc != null && pipeline != null)
@@ -200,6 +242,8 @@ public static class TrainingLoop
                 (lossSum, optResult) = accounting.Read(withResult: true);
             }
             else if (pipeline == null) (lossSum, _) = accounting.Read(withResult: false);
+            // every tensor-parallel rank computed the same losses: one of them reports them
+            if (!plan.ReportsLoss) { lossSum = 0; accounting.Clear(); }
             // the loss is reduced before the decision: its finite flag (and the spike rule) is then the same on every rank
             if (metricsComm.WorldSize > 1) lossSum = accounting.Reduce(metricsComm, lossSum, loss.Accounts);
             bool skip = false;

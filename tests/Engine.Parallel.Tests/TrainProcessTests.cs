@@ -114,7 +114,7 @@ public class TrainProcessTests
         var multi = await EngineProcess.RunEngine(["launch", "--nproc-per-node", "4", "--", "train", "--config", TrainConfig(dir.Path, 2, 1, pp: 2)],
             EngineProcess.BaseEnvironment(), Limit);
         AssertSameRun(single, multi, "pp 2 × dp 2 over MPI, 1F1B, ZeRO-1");
-        Assert.True(Regex.Replace(multi.Stdout, @"\s+", " ").Contains("on stage 0 of 2 (1f1b, 2 micro-batches), 2 data-parallel replica(s) (mpi), ZeRO-1"), multi.Stdout);
+        Assert.True(Regex.Replace(multi.Stdout, @"\s+", " ").Contains("(stage 0 of 2), layout pp 2 × dp 2 (mpi), ZeRO-1, 1f1b over 2 micro-batches"), multi.Stdout);
     }
 
     [Fact]
@@ -233,7 +233,7 @@ public class TrainProcessTests
         var multi = await EngineProcess.RunEngine(["launch", "--nproc-per-node", "2", "--", .. Demo(Path.Combine(dir.Path, "two")), "parallel.pp=2"],
             EngineProcess.BaseEnvironment(), limit);
         Assert.True(multi.ExitCode == 0, multi.All);
-        Assert.Contains("on stage 0 of 2 (1f1b", multi.Stdout);
+        Assert.Contains("(stage 0 of 2), layout pp 2", multi.Stdout);
         // the table's rows without the last three cells (train s, tokens/s, eval s: wall-clock figures)
         static List<string> Table(string output) => output.Split('\n').Select(l => l.TrimEnd('\r'))
             .Where(l => l.StartsWith("| ", StringComparison.Ordinal) || l.StartsWith("|---", StringComparison.Ordinal))

@@ -24,6 +24,7 @@ public static class PlanCommand
         ["llama2-70b"] = new() { VocabSize = 32000, HiddenSize = 8192, IntermediateSize = 28672, NumLayers = 80, NumHeads = 64, NumKvHeads = 8, MaxPositionEmbeddings = 4096 },
         ["llama3-8b"] = new() { VocabSize = 128256, HiddenSize = 4096, IntermediateSize = 14336, NumLayers = 32, NumHeads = 32, NumKvHeads = 8, MaxPositionEmbeddings = 8192 },
         ["llama3-70b"] = new() { VocabSize = 128256, HiddenSize = 8192, IntermediateSize = 28672, NumLayers = 80, NumHeads = 64, NumKvHeads = 8, MaxPositionEmbeddings = 8192 },
+        ["llama3.1-405b"] = new() { VocabSize = 128256, HiddenSize = 16384, IntermediateSize = 53248, NumLayers = 126, NumHeads = 128, NumKvHeads = 8, MaxPositionEmbeddings = 8192 },
     };
 
     /// <summary>A preset name, a Hugging Face config.json (or its directory), or a run config's [model] section.</summary>
@@ -43,7 +44,7 @@ public static class PlanCommand
 
     public static Command Create()
     {
-        var model = new Option<string>("--model") { Description = "preset (llama2-7b, llama2-13b, llama2-70b, llama3-8b, llama3-70b), an HF config.json or its directory, or a run config (.toml)", Required = true };
+        var model = new Option<string>("--model") { Description = "preset (llama2-7b, llama2-13b, llama2-70b, llama3-8b, llama3-70b, llama3.1-405b), an HF config.json or its directory, or a run config (.toml)", Required = true };
         var gpus = new Option<int>("--gpus") { Description = "GPUs in the job", Required = true };
         var nodes = new Option<int?>("--nodes") { Description = "nodes (default: gpus / 8)" };
         var gpu = new Option<string>("--gpu") { Description = "h100, h200, a100 or a800 (peak, memory, bandwidth, and the node's links)", DefaultValueFactory = _ => "h100" };
@@ -54,7 +55,7 @@ public static class PlanCommand
         var device = new Option<string>("--device") { Description = "backend for --measure: cpu or cuda", DefaultValueFactory = _ => "cpu" };
         var globalBatch = new Option<int>("--global-batch") { Description = "sequences per optimizer step", DefaultValueFactory = _ => 1024 };
         var seqLen = new Option<int>("--seq-len") { Description = "tokens per sequence", DefaultValueFactory = _ => 4096 };
-        var schedule = new Option<string>("--schedule") { Description = "1f1b or gpipe", DefaultValueFactory = _ => "1f1b" };
+        var schedule = new Option<string>("--schedule") { Description = "1f1b or gpipe (the interleaved schedule is ranked beside it)", DefaultValueFactory = _ => "1f1b" };
         var nvlink = new Option<double?>("--nvlink-gbps") { Description = "intra-node bandwidth per GPU, GB/s (default: the --gpu's node: DGX H100 360, DGX A100 230, A800 150)" };
         var ib = new Option<double?>("--ib-gbps") { Description = "inter-node bandwidth per GPU, GB/s (default: DGX H100 40, DGX A100/A800 22)" };
         var context = new Option<double>("--cuda-context-gib") { Description = "memory per GPU the CUDA context takes (PyTorch measured ~0.7 GiB)", DefaultValueFactory = _ => RuntimeOverheads.Gpu.CudaContextGiB };
@@ -63,13 +64,15 @@ public static class PlanCommand
         var top = new Option<int>("--top") { Description = "rows to print", DefaultValueFactory = _ => 12 };
         var onlyDp = new Option<int?>("--dp") { Description = "only layouts with this many data-parallel replicas" };
         var onlyPp = new Option<int?>("--pp") { Description = "only layouts with this many pipeline stages" };
+        var onlyTp = new Option<int?>("--tp") { Description = "only layouts with this many tensor-parallel ranks" };
+        var onlyCp = new Option<int?>("--cp") { Description = "only layouts with this many context-parallel ranks" };
         var onlyZero = new Option<int?>("--zero") { Description = "only layouts at this ZeRO stage (0-3)" };
         var onlyMb = new Option<int?>("--micro-batch") { Description = "only layouts with this micro-batch size" };
         var onlyRecompute = new Option<string?>("--recompute") { Description = "only layouts with this recompute: none, selective or full" };
         var cmd = new Command("plan", "rank data/pipeline/ZeRO layouts of a model on a cluster: memory per GPU, step time, tokens/s per GPU, scaling efficiency")
         {
             model, gpus, nodes, gpu, memory, tflops, mfu, measure, device, globalBatch, seqLen, schedule, nvlink, ib, context, nccl, fragmentation, top,
-            onlyDp, onlyPp, onlyZero, onlyMb, onlyRecompute,
+            onlyDp, onlyPp, onlyTp, onlyCp, onlyZero, onlyMb, onlyRecompute,
         };
         cmd.SetAction(parse => Cli.Guard(() =>
         {
@@ -116,13 +119,14 @@ public static class PlanCommand
                 _ => throw new ArgumentException($"--recompute must be none, selective or full, got '{rc}'"),
             } : (RecomputeMode?)null;
             results = results.Where(r => (parse.GetValue(onlyDp) ?? r.Layout.Dp) == r.Layout.Dp && (parse.GetValue(onlyPp) ?? r.Layout.Pp) == r.Layout.Pp
+                && (parse.GetValue(onlyTp) ?? r.Layout.Tp) == r.Layout.Tp && (parse.GetValue(onlyCp) ?? r.Layout.Cp) == r.Layout.Cp
                 && (parse.GetValue(onlyZero) ?? r.Layout.Zero) == r.Layout.Zero && (parse.GetValue(onlyMb) ?? r.Layout.MicroBatch) == r.Layout.MicroBatch
                 && (recompute ?? r.Layout.Recompute) == r.Layout.Recompute).ToList();
-            if (results.Count == 0) throw new ArgumentException("no layout of the engine matches --dp/--pp/--zero/--micro-batch/--recompute on these GPUs");
+            if (results.Count == 0) throw new ArgumentException("no layout of the engine matches --dp/--pp/--tp/--cp/--zero/--micro-batch/--recompute on these GPUs");
             Console.WriteLine($"model: {c.ParameterCount() / 1e9:F2}B parameters ({c.NumLayers} layers, hidden {c.HiddenSize}, {c.NumHeads}/{c.NumKvHeads} heads, vocab {c.VocabSize})");
             Console.WriteLine($"cluster: {n} × {spec.Name} ({spec.MemoryGiB:F0} GiB) on {nodeCount} node(s); {link.Describe()}");
             Console.WriteLine($"compute: {achieved:F1} TFLOP/s achieved per device, {source}");
-            Console.WriteLine($"batch: {gb} sequences × {T} tokens per step ({(double)gb * T / 1e6:F2}M tokens); {sched}; tensor parallelism is not implemented");
+            Console.WriteLine($"batch: {gb} sequences × {T} tokens per step ({(double)gb * T / 1e6:F2}M tokens); {sched} (and interleaved where the layers and micro-batches allow); tensor ranks inside a node");
             Console.WriteLine($"memory beyond the tensors: {(spec.Gpu ? runtime.Describe() : "none on the CPU")}");
             Console.WriteLine($"layouts: {results.Count(r => r.Fits)} of {results.Count} fit in 90% of device memory");
             if (configured != null) Console.WriteLine(configured);

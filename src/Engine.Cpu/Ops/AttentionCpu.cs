@@ -11,12 +11,15 @@ namespace Engine.Cpu.Ops;
  * per head outlives the block that uses it. Backward, with D_i = rowsum(dO_i * O_i):
  *   P = exp(S - lse), dP = dO V^T, dS = P * (dP - D), dQ = scale dS K, dK += scale dS^T Q, dV += P^T dO
  * dK/dV of a kv head sum over its query heads; work is split by (batch, kv head) so no two tasks write the same rows.
+ * Causal = false drops the mask (every query sees all T keys of its sequence): a context-parallel query chunk against
+ * an earlier chunk's keys, its lse merged with the other blocks' by the caller.
  *
  * ALiBi (Press et al. 2022; BLOOM, MPT, Baichuan 2-13B), when AlibiMaxBias > 0: S_ij += m_h (j - i) for j <= i, a
  * linear penalty on the distance with one slope per query head (AlibiSlopes), no position embedding on q or k. The
  * bias is computed from the slope and the two positions where the scores are (never a T×T matrix); it is constant in
  * q and k, so backward is unchanged except that P is recomputed with it. Relative positions only: decoding at
  * positions offset.. gets the same bias as the full sequence, and lengths past the trained one are evaluated as they are.
+ * A tensor-parallel rank's heads are heads HeadOffset.. of TotalHeads: their slopes are those of the whole model's.
  */
 public static class AttentionCpu
 {
@@ -25,6 +28,15 @@ public static class AttentionCpu
     /// <param name="AlibiMaxBias">0: no bias; else ALiBi with the slopes of <see cref="AlibiSlopes"/> (8 in BLOOM and Baichuan 2).</param>
     public readonly record struct Dims(int Batch, int SeqLen, int Heads, int KvHeads, int HeadDim, float AlibiMaxBias = 0f)
     {
+        /// <summary>false: no mask (every query sees every key of its sequence).</summary>
+        public bool Causal { get; init; } = true;
+
+        /// <summary>Keys a query block [r0, r0 + nq) reads.</summary>
+        public int KeysFor(int r0, int nq) => Causal ? r0 + nq : SeqLen;
+
+        /// <summary>Keys query t sees.</summary>
+        public int Visible(int t) => Causal ? t + 1 : SeqLen;
+
         public int QRow => Heads * HeadDim;
         public int KvRow => KvHeads * HeadDim;
         public int Group => Heads / KvHeads;
@@ -39,7 +51,15 @@ public static class AttentionCpu
         }
 
         /// <summary>Per query head slope (all zeros without ALiBi).</summary>
-        public float[] Slopes() => AlibiMaxBias > 0 ? AlibiSlopes(Heads, AlibiMaxBias) : new float[Heads];
+        /// <summary>The first of these heads among the model's <see cref="TotalHeads"/> (a tensor-parallel rank's share).</summary>
+        public int HeadOffset { get; init; }
+
+        /// <summary>The model's query heads (0: <see cref="Heads"/>).</summary>
+        public int TotalHeads { get => totalHeads == 0 ? Heads : totalHeads; init => totalHeads = value; }
+        readonly int totalHeads;
+
+        /// <summary>Per query head slope (all zeros without ALiBi): those of heads HeadOffset.. among all the model's.</summary>
+        public float[] Slopes() => AlibiMaxBias > 0 ? AlibiSlopes(TotalHeads, AlibiMaxBias).AsSpan(HeadOffset, Heads).ToArray() : new float[Heads];
     }
 
     /// <summary>
@@ -88,12 +108,12 @@ public static class AttentionCpu
                     {
                         for (int r0 = 0; r0 < d.SeqLen; r0 += BlockQ)
                         {
-                            int nq = Math.Min(BlockQ, d.SeqLen - r0), nk = r0 + nq;
+                            int nq = Math.Min(BlockQ, d.SeqLen - r0), nk = d.KeysFor(r0, nq);
                             Scores(qb, kb, r0, nq, nk, d, s);
                             for (int i = 0; i < nq; i++)
                             {
                                 var row = s.AsSpan(i * nk, nk);
-                                int valid = r0 + i + 1;
+                                int valid = d.Visible(r0 + i);
                                 var vr = row[..valid];
                                 AddAlibi(vr, slope, r0 + i);
                                 float m = TensorPrimitives.Max(vr);
@@ -152,7 +172,7 @@ public static class AttentionCpu
                             float slope = slopes[h];
                             for (int r0 = 0; r0 < d.SeqLen; r0 += BlockQ)
                             {
-                                int nq = Math.Min(BlockQ, d.SeqLen - r0), nk = r0 + nq;
+                                int nq = Math.Min(BlockQ, d.SeqLen - r0), nk = d.KeysFor(r0, nq);
                                 Scores(qb, kb, r0, nq, nk, d, s);
                                 fixed (float* ps = s, pdp = dp)
                                 {
@@ -163,7 +183,7 @@ public static class AttentionCpu
                                         new Span<float>(pdp, nq * nk), nk);
                                     for (int i = 0; i < nq; i++)
                                     {
-                                        int t = r0 + i, valid = t + 1;
+                                        int t = r0 + i, valid = d.Visible(t);
                                         var sr = s.AsSpan(i * nk, nk);
                                         var dpr = dp.AsSpan(i * nk, nk);
                                         var vs = sr[..valid];
@@ -239,6 +259,32 @@ public static class AttentionCpu
                 oi.Clear();
                 for (int j = 0; j < valid; j++) TensorPrimitives.MultiplyAdd(v.Slice(j * d.KvRow + g * headDim, headDim), sv[j], oi, oi);
             }
+    }
+
+    /// <summary>
+    /// Flash-style merge of one more key block's attention into a running result (context parallelism, ring/blockwise
+    /// attention): per query row and head, with the running (o, lse) and the block's (oB, lseB),
+    ///   lse' = log(e^lse + e^lseB),  o' = o · e^(lse − lse') + oB · e^(lseB − lse').
+    /// o, oB [B*T, H*D]; lse, lseB fp32 [B, H, T]; o and lse are updated in place.
+    /// </summary>
+    public static void Merge(Span<float> o, Span<float> lse, ReadOnlySpan<float> oBlock, ReadOnlySpan<float> lseBlock, int batch, int seqLen, int heads, int headDim)
+    {
+        int row = heads * headDim;
+        for (int b = 0; b < batch; b++)
+            for (int h = 0; h < heads; h++)
+                for (int t = 0; t < seqLen; t++)
+                {
+                    int li = (b * heads + h) * seqLen + t;
+                    float a = lse[li], c = lseBlock[li];
+                    float m = MathF.Max(a, c);
+                    float z = m + MathF.Log(MathF.Exp(a - m) + MathF.Exp(c - m));
+                    float wa = MathF.Exp(a - z), wc = MathF.Exp(c - z);
+                    var oi = o.Slice((b * seqLen + t) * row + h * headDim, headDim);
+                    var ob = oBlock.Slice((b * seqLen + t) * row + h * headDim, headDim);
+                    TensorPrimitives.Multiply(oi, wa, oi);
+                    TensorPrimitives.MultiplyAdd(ob, wc, oi, oi);
+                    lse[li] = z;
+                }
     }
 
     // S[nq, nk] = scale * Q[r0 : r0+nq] K[0 : nk]^T

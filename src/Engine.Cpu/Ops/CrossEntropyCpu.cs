@@ -13,6 +13,12 @@ namespace Engine.Cpu.Ops;
  * only and is normalised like the loss, which is the same when every label is valid.)
  * Forward can write that gradient, times a per-call scale (e.g. 1 / valid tokens), over the logits in place:
  * the logits are materialised once and become their own gradient buffer.
+ *
+ * Vocabulary-parallel (Megatron's vocab_parallel_cross_entropy): a rank holds logits [N, Vr] of vocabulary rows
+ * [start, start + Vr) and the full logits are never gathered.
+ *   ShardStats:    per row m_r = max_j x_ij, s_r = sum_j exp(x_ij - m_r), and x_i,t_i when t_i lies in the shard (else 0)
+ *   (the caller:   lse_i = M + log sum_r s_r exp(m_r - M) with M = max_r m_r; x_i,t_i from the rank that holds it)
+ *   ShardGradient: dx_ij = gradScale * (exp(x_ij - lse_i) (1 + 2 zc lse_i) - [j == t_i - start]), 0 on ignored rows
  */
 public static class CrossEntropyCpu
 {
@@ -64,6 +70,39 @@ public static class CrossEntropyCpu
                     }
                 });
             }
+        }
+    }
+
+    /// <summary>stats [rows, 3] = (max, Σ exp(x − max), the target's logit or 0) of each row of this rank's vocabulary
+    /// shard [rows, vocab] of the rows [start, start + vocab).</summary>
+    public static void ShardStats(ReadOnlySpan<float> logits, ReadOnlySpan<int> targets, Span<float> stats, int rows, int vocab, int start)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var x = logits.Slice(r * vocab, vocab);
+            float m = TensorPrimitives.Max(x);
+            float sum = 0f;
+            for (int j = 0; j < vocab; j++) sum += MathF.Exp(x[j] - m);
+            int t = targets[r] - start;
+            stats[r * 3] = m;
+            stats[r * 3 + 1] = sum;
+            stats[r * 3 + 2] = targets[r] != IgnoreIndex && (uint)t < (uint)vocab ? x[t] : 0f;
+        }
+    }
+
+    /// <summary>Overwrites this rank's logits shard with gradScale · d loss / d logits given each row's global lse.</summary>
+    public static void ShardGradient(Span<float> logits, ReadOnlySpan<int> targets, ReadOnlySpan<float> lse, int rows, int vocab, int start, float zLoss, float gradScale)
+    {
+        for (int r = 0; r < rows; r++)
+        {
+            var x = logits.Slice(r * vocab, vocab);
+            if (targets[r] == IgnoreIndex) { x.Clear(); continue; }
+            float z = lse[r];
+            TensorPrimitives.Subtract(x, z, x);
+            TensorPrimitives.Exp(x, x);
+            TensorPrimitives.Multiply(x, gradScale * (1f + 2f * zLoss * z), x);
+            int t = targets[r] - start;
+            if ((uint)t < (uint)vocab) x[t] -= gradScale;
         }
     }
 }

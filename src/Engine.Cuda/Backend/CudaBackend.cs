@@ -635,7 +635,11 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         else Kernels.Rope.Forward(Stream, Out(y), px, inv, batch, seqLen, heads, p.HeadDim, positionOffset, lin);
     }
 
-    private static AttentionShape ShapeOf(AttentionDims d) => new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias);
+    private static AttentionShape ShapeOf(AttentionDims d) =>
+        d.AlibiMaxBias > 0 && !d.AllHeads
+            // the kernels derive each head's slope from its index among the heads they run (attention.cu alibi_slope)
+            ? throw new NotSupportedException($"ALiBi attention over heads {d.HeadOffset}..{d.HeadOffset + d.Heads - 1} of {d.TotalHeads} (a tensor-parallel rank's share) has no CUDA kernel yet: the kernels take the slopes of all heads; run ALiBi models at tensor_parallel = 1 on GPUs")
+            : new(d.Batch, d.SeqLen, d.Heads, d.KvHeads, d.HeadDim, d.AlibiMaxBias);
 
     public void AttentionForward(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, AttentionDims d)
     {
@@ -643,9 +647,9 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
         Enter();
         Attention("AttentionForward", d, q, k, v, o, lse);
         if (AttentionSelection.For(AttentionPreference, d.HeadDim) == AttentionImpl.V2)
-            Kernels.AttentionV2.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
+            Kernels.AttentionV2.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: d.Causal);
         else
-            Kernels.Attention.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: true);
+            Kernels.Attention.Forward(Stream, ShapeOf(d), In(q), In(k), In(v), Out(o), Out(lse), causal: d.Causal);
     }
 
     public void AttentionBackward(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dq, Tensor dk, Tensor dv, AttentionDims d)
@@ -662,11 +666,11 @@ public sealed class CudaBackend : IBackend, IShadowCaster, IDeviceStats, IDispos
             using var dqAccum = Scratch(AttentionV2Kernels.DqAccumBytes(shape));
             using var sync = Scratch(AttentionV2Kernels.SyncBytes(shape));
             Kernels.AttentionV2.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv),
-                delta.Ptr, dqAccum.Ptr, sync.Ptr, causal: true);
+                delta.Ptr, dqAccum.Ptr, sync.Ptr, causal: d.Causal);
         }
         else
         {
-            Kernels.Attention.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv), delta.Ptr, causal: true);
+            Kernels.Attention.Backward(Stream, shape, In(q), In(k), In(v), In(o), In(lse), In(dout), Out(dq), Out(dk), Out(dv), delta.Ptr, causal: d.Causal);
         }
     }
 

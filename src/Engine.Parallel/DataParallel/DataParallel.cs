@@ -151,6 +151,22 @@ public sealed class DataParallel : IBackwardObserver, IGradientSource, IDisposab
         return OwnedGradient(Layout.Owned[b.Index]);
     }
 
+    /// <summary>The ranges of <see cref="GradientBuffer"/> holding this rank's part of <paramref name="name"/>'s gradient
+    /// (after <see cref="FinishGradients"/>): the whole gradient at stage 0/1, its intersections with the owned slices at
+    /// stage 2/3.</summary>
+    public List<Tensor> OwnedGradientRanges(string name)
+    {
+        var slot = Store.Slot(name);
+        if (Stage < 2) return [Store.Grads?.Range(slot.Offset, slot.Numel) ?? throw new InvalidOperationException("the store has no gradient buffer")];
+        var list = new List<Tensor>();
+        foreach (var s in Layout.Owned)
+        {
+            long lo = Math.Max(slot.Offset, s.Start), hi = Math.Min(slot.Offset + slot.Numel, s.Start + s.Length);
+            if (lo < hi) list.Add(OwnedGradient(s).Range(lo - s.Start, hi - lo));
+        }
+        return list;
+    }
+
     /// <summary>The gradient of an owned slice (after <see cref="FinishGradients"/>).</summary>
     public Tensor OwnedGradient(OwnedSlice s) => GradientBuffer.Range(GradientOffset(s), s.Length);
 

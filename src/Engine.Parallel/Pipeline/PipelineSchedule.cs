@@ -5,10 +5,11 @@ namespace Engine.Parallel;
 /// <summary>Forward or backward of one micro-batch on one stage.</summary>
 public enum PipeOp { Forward, Backward }
 
-/// <summary>One step of a stage's schedule.</summary>
-public readonly record struct PipeAction(PipeOp Op, int MicroBatch)
+/// <summary>One step of a stage's schedule: forward or backward of a micro-batch through one of the stage's model
+/// chunks (0 unless the schedule is interleaved).</summary>
+public readonly record struct PipeAction(PipeOp Op, int MicroBatch, int Chunk = 0)
 {
-    public override string ToString() => $"{(Op == PipeOp.Forward ? "F" : "B")}{MicroBatch}";
+    public override string ToString() => $"{(Op == PipeOp.Forward ? "F" : "B")}{MicroBatch}" + (Chunk > 0 ? $".{Chunk}" : "");
 }
 
 /// <summary>
@@ -23,17 +24,49 @@ public readonly record struct PipeAction(PipeOp Op, int MicroBatch)
 /// alternates one forward and one backward, then drains the remaining backwards — at most P − s micro-batches alive
 /// on stage s, so activation memory is bounded by the pipeline depth instead of M.</item>
 /// </list>
-/// Both have the same bubble: (P − 1) / (M + P − 1) of a step is idle when every stage's forward and backward take
-/// equal times.
+/// <item><b>Interleaved 1F1B</b> (Narayanan et al. 2021, §2.2; Megatron-LM's virtual pipeline): each stage holds v
+/// model chunks (stage s: chunks s, s + P, …), a micro-batch visits every stage v times; forwards run in groups of P
+/// micro-batches per chunk, with (P − s − 1)·2 + (v − 1)·P warm-up forwards, then one forward and one backward
+/// alternate. The bubble shrinks by v: (P − 1) / (v·M + P − 1) of the step (the paper's (P − 1)/(v·M) of the compute),
+/// for v times the point-to-point messages; it needs M to be a multiple of P.</item>
+/// </list>
+/// GPipe and 1F1B have the same bubble: (P − 1) / (M + P − 1) of a step is idle when every stage's forward and
+/// backward take equal times.
 /// </summary>
 public static class PipelineSchedule
 {
-    public static IReadOnlyList<PipeAction> For(string kind, int stages, int stage, int microBatches) => kind switch
+    public static IReadOnlyList<PipeAction> For(string kind, int stages, int stage, int microBatches, int virtualStages = 1) => kind switch
     {
         "gpipe" => GPipe(stages, stage, microBatches),
         "1f1b" => OneFOneB(stages, stage, microBatches),
-        _ => throw new ArgumentException($"pipeline schedule must be \"1f1b\" or \"gpipe\" (got \"{kind}\")"),
+        "interleaved" => Interleaved(stages, stage, microBatches, virtualStages),
+        _ => throw new ArgumentException($"pipeline schedule must be \"1f1b\", \"gpipe\" or \"interleaved\" (got \"{kind}\")"),
     };
+
+    /// <summary>Megatron-LM's interleaved 1F1B (forward_backward_pipelining_with_interleaving) for stage
+    /// <paramref name="stage"/> holding <paramref name="virtualStages"/> chunks.</summary>
+    public static IReadOnlyList<PipeAction> Interleaved(int stages, int stage, int microBatches, int virtualStages)
+    {
+        Check(stages, stage, microBatches);
+        if (virtualStages < 1) throw new ArgumentOutOfRangeException(nameof(virtualStages), $"virtual stages must be >= 1 (got {virtualStages})");
+        if (microBatches % stages != 0)
+            throw new ArgumentException($"the interleaved schedule runs micro-batches in groups of the {stages} stages: {microBatches} micro-batches is not a multiple");
+        int group = stages * virtualStages, total = microBatches * virtualStages;
+        // the k-th forward (backward) of a stage: micro-batch (k / group)·P + k % P through chunk (k % group) / P
+        // (backwards visit the chunks in reverse)
+        PipeAction Forward(int k) => new(PipeOp.Forward, k / group * stages + k % stages, k % group / stages);
+        PipeAction Backward(int k) => new(PipeOp.Backward, k / group * stages + k % stages, virtualStages - 1 - k % group / stages);
+        int warmup = Math.Min((stages - stage - 1) * 2 + (virtualStages - 1) * stages, total);
+        var a = new List<PipeAction>();
+        for (int k = 0; k < warmup; k++) a.Add(Forward(k));
+        for (int k = 0; k < total - warmup; k++)
+        {
+            a.Add(Forward(warmup + k));
+            a.Add(Backward(k));
+        }
+        for (int k = Math.Max(0, total - warmup); k < total; k++) a.Add(Backward(k));
+        return a;
+    }
 
     public static IReadOnlyList<PipeAction> GPipe(int stages, int stage, int microBatches)
     {
@@ -78,18 +111,22 @@ public static class PipelineSchedule
         return peak;
     }
 
-    /// <summary>The theoretical bubble fraction (P − 1) / (M + P − 1).</summary>
-    public static double Bubble(int stages, int microBatches) => (stages - 1.0) / (microBatches + stages - 1.0);
+    /// <summary>The theoretical bubble, the idle share of a step: (P − 1) / (v·M + P − 1) (v = 1: GPipe and 1F1B).</summary>
+    public static double Bubble(int stages, int microBatches, int virtualStages = 1) => (stages - 1.0) / (virtualStages * microBatches + stages - 1.0);
 
     /// <summary>
-    /// Simulates the schedule with unit-time forwards and backwards of <paramref name="backwardCost"/> units (each
-    /// stage waits for its inputs): the step's length in time units and the idle fraction of the stage-time area.
+    /// Simulates the schedule with unit-time forwards and backwards of <paramref name="backwardCost"/> units per stage
+    /// (a chunk of an interleaved stage takes 1/v of them; each stage waits for its inputs): the step's length in time
+    /// units and the idle fraction of the stage-time area. Throws when the schedule deadlocks.
     /// </summary>
-    public static (double Makespan, double Bubble) Simulate(string kind, int stages, int microBatches, double backwardCost = 2.0)
+    public static (double Makespan, double Bubble) Simulate(string kind, int stages, int microBatches, double backwardCost = 2.0, int virtualStages = 1)
     {
-        var lists = Enumerable.Range(0, stages).Select(s => For(kind, stages, s, microBatches)).ToArray();
-        var fEnd = new double[stages, microBatches];
-        var bEnd = new double[stages, microBatches];
+        int v = kind == "interleaved" ? virtualStages : 1, V = stages * v;
+        double f = 1.0 / v, bw = backwardCost / v;
+        var lists = Enumerable.Range(0, stages).Select(s => For(kind, stages, s, microBatches, v)).ToArray();
+        // virtual stage of (stage, chunk): chunk · P + stage; times of each (virtual stage, micro-batch)
+        var fEnd = new double[V, microBatches];
+        var bEnd = new double[V, microBatches];
         var pos = new int[stages];
         var clock = new double[stages];
         int remaining = lists.Sum(l => l.Count);
@@ -100,20 +137,21 @@ public static class PipelineSchedule
             {
                 if (pos[s] >= lists[s].Count) continue;
                 var a = lists[s][pos[s]];
+                int vs = a.Chunk * stages + s;
                 double ready;
                 if (a.Op == PipeOp.Forward)
                 {
-                    if (s > 0 && fEnd[s - 1, a.MicroBatch] == 0) continue;
-                    ready = s > 0 ? fEnd[s - 1, a.MicroBatch] : 0;
-                    fEnd[s, a.MicroBatch] = Math.Max(clock[s], ready) + 1;
-                    clock[s] = fEnd[s, a.MicroBatch];
+                    if (vs > 0 && fEnd[vs - 1, a.MicroBatch] == 0) continue;
+                    ready = vs > 0 ? fEnd[vs - 1, a.MicroBatch] : 0;
+                    fEnd[vs, a.MicroBatch] = Math.Max(clock[s], ready) + f;
+                    clock[s] = fEnd[vs, a.MicroBatch];
                 }
                 else
                 {
-                    if (s < stages - 1 && bEnd[s + 1, a.MicroBatch] == 0) continue;
-                    ready = s < stages - 1 ? bEnd[s + 1, a.MicroBatch] : fEnd[s, a.MicroBatch];
-                    bEnd[s, a.MicroBatch] = Math.Max(clock[s], ready) + backwardCost;
-                    clock[s] = bEnd[s, a.MicroBatch];
+                    if (vs < V - 1 ? bEnd[vs + 1, a.MicroBatch] == 0 : fEnd[vs, a.MicroBatch] == 0) continue;
+                    ready = vs < V - 1 ? bEnd[vs + 1, a.MicroBatch] : fEnd[vs, a.MicroBatch];
+                    bEnd[vs, a.MicroBatch] = Math.Max(clock[s], ready) + bw;
+                    clock[s] = bEnd[vs, a.MicroBatch];
                 }
                 pos[s]++;
                 remaining--;
@@ -127,12 +165,12 @@ public static class PipelineSchedule
     }
 
     /// <summary>The schedule as a table: one row per stage, one column per action.</summary>
-    public static string Format(string kind, int stages, int microBatches)
+    public static string Format(string kind, int stages, int microBatches, int virtualStages = 1)
     {
-        var sb = new StringBuilder($"{kind}, {stages} stages × {microBatches} micro-batches\n");
+        var sb = new StringBuilder($"{kind}, {stages} stages × {microBatches} micro-batches" + (kind == "interleaved" ? $" × {virtualStages} chunks" : "") + "\n");
         for (int s = 0; s < stages; s++)
         {
-            var a = For(kind, stages, s, microBatches);
+            var a = For(kind, stages, s, microBatches, virtualStages);
             sb.Append($"stage {s}: ").AppendJoin(' ', a.Select(x => x.ToString()))
               .Append($"   (peak {PeakInFlight(a)} in flight)\n");
         }

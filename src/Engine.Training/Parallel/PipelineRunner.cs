@@ -16,12 +16,12 @@ namespace Engine.Training.Parallel;
 /// during the step's last backward (<see cref="DataParallel"/>), then the tied embedding's two copies (first and last
 /// stage) are summed.
 /// </summary>
-public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, GradientSync sync, string schedule)
+public sealed class PipelineRunner(LlamaModel model, DeviceMesh grid, GradientSync sync, string schedule)
 {
     /// <summary>Over one store's data parallelism (the stage's model).</summary>
-    public PipelineRunner(LlamaModel model, PipelineGrid grid, DataParallel dp, string schedule) : this(model, grid, new GradientSync(dp), schedule) { }
+    public PipelineRunner(LlamaModel model, DeviceMesh grid, DataParallel dp, string schedule) : this(model, grid, new GradientSync(dp), schedule) { }
 
-    public PipelineGrid Grid { get; } = grid;
+    public DeviceMesh Grid { get; } = grid;
     public string Schedule { get; } = schedule;
 
     /// <summary>Steps timed so far (the first step, which compiles and warms caches, is not), their wall time inside
@@ -40,96 +40,98 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, Gradient
         finally { waitClock.Stop(); }
     }
 
+    /// <summary>Model chunks per stage (the interleaved schedule's virtual stages; 1 otherwise).</summary>
+    public int Chunks => model.Stage.ChunkCount;
+
+    /// <summary>Whether (stage, chunk) is the first virtual stage (it embeds the ids) or the last (it ends in the loss).</summary>
+    bool FirstVirtual(int chunk) => Grid.IsFirst && chunk == 0;
+    bool LastVirtual(int chunk) => Grid.IsLast && chunk == Chunks - 1;
+    /// <summary>The stages a chunk's input comes from and its output goes to (around the ring: the last stage's chunk c
+    /// feeds the first stage's chunk c + 1).</summary>
+    int Previous => (Grid.Stage - 1 + Grid.Stages) % Grid.Stages;
+    int Next => (Grid.Stage + 1) % Grid.Stages;
+
     /// <summary>The step's loss sum on the last stage (its accounts in <paramref name="accounting"/>); zero elsewhere.
-    /// <paramref name="valid"/>: the global normalizer (<see cref="ITrainingLoss.Count"/> summed over the global batch).</summary>
+    /// <paramref name="valid"/>: the global normalizer (<see cref="ITrainingLoss.Count"/> summed over the global batch).
+    /// Activations travel on the pipe group and their gradients on its backward communicator (one kind of message in
+    /// one order on each, which the interleaved schedule needs when two stages send both ways).</summary>
     public double RunStep(IReadOnlyList<Batch> batches, long valid, ITrainingLoss loss, LossAccounting accounting)
     {
         var be = model.Backend;
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
         waitClock?.Reset();
-        int M = batches.Count, stage = Grid.Stage;
-        bool first = Grid.IsFirst, last = Grid.IsLast;
-        var actions = PipelineSchedule.For(Schedule, Grid.Stages, stage, M);
+        int M = batches.Count, stage = Grid.Stage, V = Chunks;
+        var actions = PipelineSchedule.For(Schedule, Grid.Stages, stage, M, V);
         int lastBackward = actions.Select((a, i) => (a, i)).Last(x => x.a.Op == PipeOp.Backward).i;
-        var scopes = new TensorScope?[M];
-        var inputs = new Tensor?[M];
-        var outputs = new Tensor?[M];
+        var scopes = new TensorScope?[M, V];
+        var inputs = new Tensor?[M, V];
+        var outputs = new Tensor?[M, V];
         var sends = new List<Engine.Core.Distributed.ICommWork>();
         double lossSum = 0;
         try
         {
             for (int k = 0; k < actions.Count; k++)
             {
-                var (op, m) = (actions[k].Op, actions[k].MicroBatch);
+                var (op, m, c) = (actions[k].Op, actions[k].MicroBatch, actions[k].Chunk);
                 var b = batches[m];
-                int rows = b.RowSources.Length, n = b.Ids.Length, T = rows == 0 ? 0 : n / rows;
+                int rows = b.RowSources.Length;
                 if (rows == 0)
                 {
                     // this replica's share of a small global batch is empty, on every stage alike: nothing crosses the
                     // stages, but the stage's gradient buckets still reduce with the other replicas'
-                    if (op == PipeOp.Backward)
+                    if (op == PipeOp.Backward && (V == 1 || k == lastBackward))
                     {
-                        sync.BeginMicroBatch(last: k == lastBackward);
+                        sync.BeginMicroBatch(last: true);
                         sync.EndMicroBatch();
                     }
                     continue;
                 }
                 if (op == PipeOp.Forward)
                 {
-                    var scope = scopes[m] = TensorScope.Detached();
+                    var scope = scopes[m, c] = TensorScope.Detached();
                     using (scope.Activate())
                     {
-                        Tensor x;
-                        if (first)
-                        {
-                            x = be.Empty([n], DType.I32);
-                            be.Upload(x, b.Ids);
-                        }
-                        else
-                        {
-                            x = be.Empty([n, model.Config.HiddenSize], be.ActivationDType);
-                            Wait(Grid.Pipe.Recv(x, stage - 1));
-                            x.RequiresGrad = true;
-                        }
-                        inputs[m] = x;
-                        if (last)
+                        var x = ChunkInput(b, c);
+                        if (!FirstVirtual(c)) x.RequiresGrad = true;
+                        inputs[m, c] = x;
+                        if (LastVirtual(c))
                         {
                             var l = loss.Forward(x, b, valid, accounting);
-                            outputs[m] = l;
+                            outputs[m, c] = l;
                             lossSum += l.Item();
                         }
                         else
                         {
-                            var y = model.StageForward(x, rows, T);
-                            outputs[m] = y;
-                            sends.Add(Grid.Pipe.Send(y, stage + 1));   // buffered: the copy is taken now
+                            var y = model.StageForward(x, b.Layout, c);
+                            outputs[m, c] = y;
+                            sends.Add(Grid.Pipe.Send(y, Next));   // buffered: the copy is taken now
                         }
                     }
                 }
                 else
                 {
-                    sync.BeginMicroBatch(last: k == lastBackward);
-                    var scope = scopes[m] ?? throw new InvalidOperationException($"backward of micro-batch {m} before its forward");
+                    if (V == 1 || k == lastBackward) sync.BeginMicroBatch(last: k == lastBackward);
+                    var scope = scopes[m, c] ?? throw new InvalidOperationException($"backward of micro-batch {m} (chunk {c}) before its forward");
                     using (scope.Activate())
                     {
-                        if (last) Grad.Backward(outputs[m]!, observer: sync);
+                        if (LastVirtual(c)) Grad.Backward(outputs[m, c]!, observer: sync);
                         else
                         {
-                            var y = outputs[m]!;
+                            var y = outputs[m, c]!;
                             var dy = be.Empty(y.Shape, y.DType);
-                            Wait(Grid.Pipe.Recv(dy, stage + 1));
+                            Wait(Grid.PipeBack.Recv(dy, Next));
                             Grad.Backward(y, dy, sync);
                         }
-                        if (!first)
+                        if (!FirstVirtual(c))
                         {
-                            var dx = inputs[m]!.Grad ?? throw new InvalidOperationException($"stage {stage}: no gradient reached the input of micro-batch {m}");
-                            sends.Add(Grid.Pipe.Send(dx, stage - 1));
+                            var dx = inputs[m, c]!.Grad ?? throw new InvalidOperationException($"stage {stage}: no gradient reached the input of micro-batch {m} (chunk {c})");
+                            sends.Add(Grid.PipeBack.Send(dx, Previous));
                         }
                     }
-                    sync.EndMicroBatch();
+                    if (V == 1 || k == lastBackward) sync.EndMicroBatch();
                     scope.Dispose();
-                    scopes[m] = null;
-                    inputs[m] = outputs[m] = null;
+                    scopes[m, c] = null;
+                    inputs[m, c] = outputs[m, c] = null;
                 }
             }
             foreach (var s in sends) Wait(s);
@@ -163,43 +165,70 @@ public sealed class PipelineRunner(LlamaModel model, PipelineGrid grid, Gradient
 
     /// <summary>
     /// Forward only (no tapes), for validation: the token-summed NLL and the number of scored targets of
-    /// <paramref name="batches"/> (ids, targets; <paramref name="rows"/> rows each), summed over the stages so every
-    /// stage of the replica returns the same figures. Every stage passes the same batches.
+    /// <paramref name="batches"/> (ids, targets; <paramref name="rows"/> rows each), summed over the stages (and a
+    /// context group's ranks, each of which scores its own tokens) so every rank of the replica returns the same
+    /// figures. Every stage passes the same batches.
     /// </summary>
     public (double Nll, long Count) Evaluate(IReadOnlyList<(int[] Ids, int[] Targets)> batches, int rows)
     {
         var be = model.Backend;
-        int stage = Grid.Stage;
         double nll = 0;
         long count = 0;
         using (Grad.NoGrad())
             foreach (var (ids, targets) in batches)
             {
-                using var scope = new TensorScope();
-                int n = ids.Length, T = n / rows;
-                Tensor x;
-                if (Grid.IsFirst)
+                var b = new Batch(ids, targets, new string[rows]).For(model.Plan);
+                for (int c = 0; c < Chunks; c++)
                 {
-                    x = be.Empty([n], DType.I32);
-                    be.Upload(x, ids);
+                    using var scope = new TensorScope();
+                    var x = ChunkInput(b, c);
+                    if (LastVirtual(c))
+                    {
+                        var (l, k) = Score(model, x, b);
+                        (nll, count) = (nll + l, count + k);
+                    }
+                    else Grid.Pipe.Send(model.StageForward(x, b.Layout, c), Next).Wait();
                 }
-                else
-                {
-                    x = be.Empty([n, model.Config.HiddenSize], be.ActivationDType);
-                    Wait(Grid.Pipe.Recv(x, stage - 1));
-                }
-                if (Grid.IsLast)
-                {
-                    var tg = be.Empty([n], DType.I32);
-                    be.Upload(tg, targets);
-                    var (_, rowLosses) = model.StageLoss(x, tg, rows, T, 1f);
-                    nll += be.Sum(rowLosses);
-                    count += targets.Count(t => t != -100);
-                }
-                else Grid.Pipe.Send(model.StageForward(x, rows, T), stage + 1).Wait();
             }
         Span<double> sums = [nll, count];
         Grid.Pipe.AllReduce(sums);
+        return Reduce(Grid, sums);
+    }
+
+    /// <summary>Model chunk <paramref name="chunk"/>'s input for micro-batch <paramref name="b"/>: this rank's token ids
+    /// on the first virtual stage, else the previous stage's hidden states (the plan's rows of them), received.</summary>
+    Tensor ChunkInput(Batch b, int chunk)
+    {
+        var be = model.Backend;
+        int n = b.LocalIds.Length;
+        if (FirstVirtual(chunk))
+        {
+            var ids = be.Empty([n], DType.I32);
+            be.Upload(ids, b.LocalIds);
+            return ids;
+        }
+        var x = be.Empty([model.Plan.HiddenRows(n), model.Config.HiddenSize], be.ActivationDType);
+        Wait(Grid.Pipe.Recv(x, Previous));
+        return x;
+    }
+
+    /// <summary>The summed NLL and scored targets of this rank's tokens of <paramref name="b"/> from the last (or only)
+    /// stage's input (no gradients); zero on a tensor rank whose losses another reports.</summary>
+    internal static (double Nll, long Count) Score(LlamaModel model, Tensor input, Batch b)
+    {
+        var be = model.Backend;
+        var tg = be.Empty([b.LocalTargets.Length], DType.I32);
+        be.Upload(tg, b.LocalTargets);
+        var (_, rowLosses) = model.StageLoss(input, tg, b.Layout, 1f);
+        return model.Plan.ReportsLoss ? (be.Sum(rowLosses), b.LocalTargets.Count(t => t != -100)) : (0, 0);
+    }
+
+    /// <summary>Scores summed over the ranks that split each sequence (context ranks score their own tokens; one tensor
+    /// rank reports), so every rank of the model copy returns the same figures.</summary>
+    internal static (double Nll, long Count) Reduce(DeviceMesh mesh, Span<double> sums)
+    {
+        if (mesh.ContextSize > 1) mesh.Context.AllReduce(sums);
+        if (mesh.TensorSize > 1) mesh.Tensor.AllReduce(sums);
         return (sums[0], (long)sums[1]);
     }
 }

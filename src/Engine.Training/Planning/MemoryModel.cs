@@ -42,12 +42,22 @@ public sealed record PlanLayout(int Dp, int Pp, int Zero, int MicroBatch, int Mi
     /// <summary>Full recompute (activation checkpointing per block).</summary>
     public bool Checkpoint => Recompute == RecomputeMode.Full;
 
-    public int Devices => Dp * Pp;
+    /// <summary>Tensor-parallel ranks (inside a node), context-parallel ranks, model chunks per stage (interleaved).</summary>
+    public int Tp { get; init; } = 1;
+    public int Cp { get; init; } = 1;
+    public int VirtualStages { get; init; } = 1;
+    /// <summary>Sequence parallelism with tp &gt; 1 (the norm/residual activations sharded along the tokens).</summary>
+    public bool SequenceParallel { get; init; } = true;
+
+    public int Devices => Dp * Pp * Tp * Cp;
+    /// <summary>The ranks a stage's gradients are summed and ZeRO-sharded over (data-parallel replicas × context ranks).</summary>
+    public int DataRanks => Dp * Cp;
     /// <summary>Sequences per optimizer step over the whole run.</summary>
     public long GlobalBatch => (long)Dp * MicroBatch * MicroBatches;
 
     public string Describe() =>
-        $"dp {Dp} × pp {Pp}, ZeRO-{Zero}, micro-batch {MicroBatch} × {MicroBatches}" + (Pp > 1 ? $" ({Schedule})" : "") +
+        $"dp {Dp} × pp {Pp}" + (Cp > 1 ? $" × cp {Cp}" : "") + (Tp > 1 ? $" × tp {Tp}{(SequenceParallel ? " (sequence parallel)" : "")}" : "") +
+        $", ZeRO-{Zero}, micro-batch {MicroBatch} × {MicroBatches}" + (Pp > 1 ? $" ({Schedule}{(VirtualStages > 1 ? $", {VirtualStages} chunks per stage" : "")})" : "") +
         (Recompute == RecomputeMode.None ? "" : $", {Recompute.ToString().ToLowerInvariant()} recompute");
 }
 
@@ -75,7 +85,7 @@ public sealed record RuntimeOverheads(double CudaContextGiB, double NcclPerCommu
 
     /// <summary>NCCL communicators a rank of the layout belongs to.</summary>
     public static int Communicators(PlanLayout l, bool tied) =>
-        l.Devices <= 1 ? 0 : 1 + (l.Pp > 1 ? (l.Dp > 1 ? 1 : 0) + 1 + (tied ? 1 : 0) : 0);
+        l.Devices <= 1 ? 0 : 1 + (l.Pp > 1 ? (l.DataRanks > 1 ? 1 : 0) + 1 + (tied ? 1 : 0) : 0) + (l.Tp > 1 ? 1 : 0) + (l.Cp > 1 ? 2 : 0);
 
     public double Bytes(PlanLayout l, bool tied, double tensors) =>
         (CudaContextGiB + NcclPerCommunicatorGiB * Communicators(l, tied)) * (1L << 30) + Fragmentation * tensors;
@@ -135,8 +145,17 @@ public static class MemoryModel
 
     /// <summary>Live micro-batches of a stage, read off the schedule the runner executes (1F1B min(M, P − s), GPipe M);
     /// no pipeline: 1 (each micro-batch's scope ends after its backward).</summary>
-    public static int LiveMicroBatches(string schedule, int pp, int stage, int microBatches) =>
-        pp == 1 ? 1 : PipelineSchedule.PeakInFlight(PipelineSchedule.For(schedule, pp, stage, microBatches));
+    public static int LiveMicroBatches(string schedule, int pp, int stage, int microBatches, int virtualStages = 1) =>
+        pp == 1 ? 1 : (PipelineSchedule.PeakInFlight(PipelineSchedule.For(schedule, pp, stage, microBatches, virtualStages)) + virtualStages - 1) / virtualStages;
+
+    /// <summary>A layer's activation elements per token (activation dtype, fp32) on one tensor rank.</summary>
+    static (double A, double F) Split((double A, double F) perToken, LlamaConfig c, PlanLayout l)
+    {
+        if (l.Tp <= 1) return perToken;
+        if (l.SequenceParallel) return (perToken.A / l.Tp, perToken.F / l.Tp);
+        double whole = 2.0 * c.HiddenSize;
+        return ((perToken.A - whole) / l.Tp + whole, perToken.F / l.Tp);
+    }
 
     /// <summary>The estimate for every stage of <paramref name="l"/> (balanced split unless given).</summary>
     public static List<MemoryEstimate> Stages(LlamaConfig c, PlanLayout l, bool gpu, IReadOnlyList<int>? split = null, RuntimeOverheads? runtime = null)
@@ -153,11 +172,12 @@ public static class MemoryModel
     /// on the CPU).</param>
     public static MemoryEstimate ForStage(LlamaConfig c, PlanLayout l, PipelineStage s, bool gpu, RuntimeOverheads? runtime = null)
     {
-        long n = StageParameters(c, s);
+        // tensor parallelism: a rank holds 1/tp of the stage's weights (the norms, a few thousand values, ignored)
+        long n = StageParameters(c, s) / Math.Max(1, l.Tp);
         int act = gpu ? 2 : 4;
-        int dp = Math.Max(1, l.Dp);
+        int dp = Math.Max(1, l.DataRanks);
         bool zero3 = l.Zero >= 3 && dp > 1;
-        long unit = LargestUnit(c, s);
+        long unit = LargestUnit(c, s) / Math.Max(1, l.Tp);
         // ZeRO-3: the master slice (and its bf16 shadow on a GPU) + the unit in use and the one being prefetched
         double weights = zero3 ? n * (gpu ? 6.0 : 4.0) / dp + 2.0 * unit * act : n * (gpu ? 6.0 : 4.0);
         double bucket = l.BucketMb * (1 << 20);
@@ -165,20 +185,23 @@ public static class MemoryModel
             : l.Zero >= 2 && dp > 1 ? 4.0 * n / dp + Math.Min(4.0 * n, 2 * bucket) : 4.0 * n;
         double optimizer = l.Zero >= 1 && dp > 1 ? 8.0 * n / dp : 8.0 * n;
 
-        double tok = (double)l.MicroBatch * l.SeqLen;
-        var (la, lf) = LayerPerToken(c, l.Recompute);
+        // a rank's tokens: 1/cp of each sequence; its activations per token 1/tp of a layer's with sequence parallelism
+        // (Korthikanti et al. 2022), without it the norm inputs and residual stream (2·C per token) whole on every rank
+        double tok = (double)l.MicroBatch * l.SeqLen / Math.Max(1, l.Cp);
+        var (la, lf) = Split(LayerPerToken(c, l.Recompute), c, l);
         double perMicro = s.Layers * tok * (la * act + lf * 4) + tok * 4 * 2;   // layers + ids/targets
         if (s.IsFirst) perMicro += tok * c.HiddenSize * act;
         if (s.IsLast) perMicro += tok * ((c.HiddenSize * (double)act) + 4 + 4.0 * c.VocabSize + 4);
         if (!s.IsFirst) perMicro += tok * c.HiddenSize * act;                    // the received input
-        int live = LiveMicroBatches(l.Schedule, l.Pp, s.Index, l.MicroBatches);
+        int live = LiveMicroBatches(l.Schedule, l.Pp, s.Index, l.MicroBatches, l.VirtualStages);
 
-        var (fa, ff) = LayerPerToken(c, RecomputeMode.None);
+        var (fa, ff) = Split(LayerPerToken(c, RecomputeMode.None), c, l);
         double layer = tok * (fa * act + ff * 4);
         // what recompute rebuilds in backward: a whole layer (full) or its attention core and SwiGLU product (selective)
-        var (sa, sf) = LayerPerToken(c, RecomputeMode.Selective);
+        var (sa, sf) = Split(LayerPerToken(c, RecomputeMode.Selective), c, l);
         double rebuilt = l.Recompute switch { RecomputeMode.Full => layer, RecomputeMode.Selective => layer - tok * (sa * act + sf * 4), _ => 0 };
         double transient = s.Layers == 0 ? 0 : layer + rebuilt;
+        if (s.IsLast && l.Tp > 1) perMicro -= tok * 4.0 * c.VocabSize * (1 - 1.0 / l.Tp);   // vocabulary-parallel logits
         var e = new MemoryEstimate(s.Index, n, live, weights, grads, optimizer, live * perMicro, transient);
         var overheads = runtime ?? (gpu ? RuntimeOverheads.Gpu : RuntimeOverheads.None);
         return e with { Runtime = overheads.Bytes(l, c.TieWordEmbeddings, e.Tensors) };

@@ -25,9 +25,19 @@ namespace Engine.Training.Planning;
  *   optimizer   AdamW streams master, gradient, m, v (+ the bf16 shadow) once: ~30 bytes per owned parameter at the
  *               device's memory bandwidth
  *
+ *   tensor      Megatron's tensor parallelism over tp ranks: a rank runs 1/tp of every micro-batch's FLOPs; per layer
+ *               2 all-reduces of the [mb·T/cp, C] activations in forward and 2 in backward (with sequence parallelism
+ *               the same bytes as all-gathers + reduce-scatters), ring cost over the tensor group's link, not overlapped
+ *               (stated: Megatron overlaps part of it; the estimate is pessimistic there)
+ *   context     cp ranks per sequence: a rank runs 1/cp of the tokens; per layer the whole sequence's K and V
+ *               all-gathered in forward and their gradients reduce-scattered in backward (the engine's all-gathered
+ *               K/V, Llama 3's choice), not overlapped
+ *   interleaved v model chunks per stage: the bubble is (P − 1)/v slots, the point-to-point messages v times as many
+ *
  * Links: a group whose ranks sit on one node uses NVLink; otherwise InfiniBand per GPU. Ranks are laid out as the
- * engine's PipelineGrid does (rank = stage · dp + replica): a data-parallel group is consecutive ranks, a pipeline
- * group strides by dp. Tensor parallelism is not implemented by the engine and is not planned.
+ * engine's DeviceMesh does (tensor innermost, then context, data, pipeline: rank = ((stage · dp + replica) · cp +
+ * context) · tp + tensor): the tensor group is consecutive ranks (inside a node when tp ≤ GPUs per node), the data
+ * group (replicas × context ranks) strides by tp, the pipeline group by dp · cp · tp.
  *
  *   pipeline efficiency = compute / step time: the share of a step spent in model FLOPs at the achieved rate
  *   scaling efficiency = (compute + optimizer) / step time: tokens/s per device relative to one device running the
@@ -87,6 +97,8 @@ public sealed record PlanResult(PlanLayout Layout, MemoryEstimate Memory, bool F
     double Mfu, double PipelineEfficiency, double ScalingEfficiency)
 {
     public double BubbleFraction => BubbleSeconds / StepSeconds;
+    /// <summary>The tensor- and context-parallel collectives of the step (inside the micro-batches, not overlapped).</summary>
+    public double TensorSeconds { get; init; }
 }
 
 public static class Planner
@@ -126,45 +138,59 @@ public static class Planner
         double achieved = achievedTflops * 1e12;
         double tokMb = (double)l.MicroBatch * l.SeqLen;
         var slowest = stages.MaxBy(s => StageFlopsPerToken(c, s, l.SeqLen, l.Recompute))!;
-        double tMb = tokMb * StageFlopsPerToken(c, slowest, l.SeqLen, l.Recompute) / achieved;
+        int tp = Math.Max(1, l.Tp), cp = Math.Max(1, l.Cp), v = Math.Max(1, l.VirtualStages), D = l.DataRanks;
+        // a rank's share of one micro-batch: 1/tp of the FLOPs of its 1/cp of the tokens
+        double tMb = tokMb * StageFlopsPerToken(c, slowest, l.SeqLen, l.Recompute) / achieved / (tp * cp);
+        double actBytesPerElem = device.Gpu ? 2 : 4;
+        double rankTokens = tokMb / cp;
+        bool tpIntra = tp <= link.GpusPerNode;
+        bool cpIntra = tp * cp <= link.GpusPerNode;
+        // tensor: 4 all-reduces of the rank's [tokens, C] activations per layer (2 forward, 2 backward); context: per
+        // layer K and V of the whole sequence gathered (forward) and their gradients reduce-scattered (backward)
+        double tTp = tp > 1 ? slowest.Layers * 4 * RingSeconds(rankTokens * c.HiddenSize * actBytesPerElem, tp, link.Bandwidth(tpIntra), link.Latency(tpIntra)) : 0;
+        double kvBytes = 2.0 * tokMb * c.NumKvHeads * c.HeadDim * actBytesPerElem / tp;
+        double tCp = cp > 1 ? slowest.Layers * 2 * GatherSeconds(kvBytes, cp, link.Bandwidth(cpIntra), link.Latency(cpIntra)) : 0;
+        tMb += tTp + tCp;
         double tBwdMb = tMb * (l.Checkpoint ? 0.5 : 2.0 / 3);
 
-        bool dpIntra = l.Dp <= link.GpusPerNode;
-        bool ppIntra = l.Dp * l.Pp <= link.GpusPerNode;
-        double actBytes = tokMb * c.HiddenSize * (device.Gpu ? 2 : 4);
+        bool dpIntra = D * tp <= link.GpusPerNode;
+        bool ppIntra = l.Devices <= link.GpusPerNode;
+        // the point-to-point activations: the rank's tokens, 1/tp of them under sequence parallelism
+        double actBytes = rankTokens * c.HiddenSize * actBytesPerElem / (l.SequenceParallel ? tp : 1);
         double tP2p = l.Pp > 1 ? actBytes / link.Bandwidth(ppIntra) + link.Latency(ppIntra) : 0;
 
-        double compute = l.MicroBatches * tMb;
-        double bubble = (l.Pp - 1) * tMb;
-        double p2p = l.Pp > 1 ? (l.MicroBatches + l.Pp - 1) * 2 * tP2p : 0;
+        double compute = l.MicroBatches * (tMb - tTp - tCp);
+        double bubble = (l.Pp - 1) * tMb / v;
+        double p2p = l.Pp > 1 ? (v * l.MicroBatches + l.Pp - 1) * 2 * tP2p : 0;
+        double tensorComm = l.MicroBatches * (tTp + tCp);
 
-        long n = MemoryModel.StageParameters(c, slowest);
+        long n = MemoryModel.StageParameters(c, slowest) / tp;
         double gradBytes = 4.0 * n;
         double bw = link.Bandwidth(dpIntra), lat = link.Latency(dpIntra);
         double grads;
-        if (l.Zero >= 3 && l.Dp > 1)
+        if (l.Zero >= 3 && D > 1)
         {
             // per micro-batch: two gathers of the weights, one reduce-scatter of the gradients, unit by unit, behind compute
             int units = slowest.Layers + 2;
             double weightBytes = device.Gpu ? 2.0 : 4.0;
-            double perMb = 2 * GatherSeconds(weightBytes * n, l.Dp, bw, 0) + GatherSeconds(gradBytes, l.Dp, bw, 0) + 3.0 * units * (l.Dp - 1) * lat;
-            double firstUnit = GatherSeconds(weightBytes * MemoryModel.LargestUnit(c, slowest), l.Dp, bw, lat);
+            double perMb = 2 * GatherSeconds(weightBytes * n, D, bw, 0) + GatherSeconds(gradBytes, D, bw, 0) + 3.0 * units * (D - 1) * lat;
+            double firstUnit = GatherSeconds(weightBytes * MemoryModel.LargestUnit(c, slowest) / tp, D, bw, lat);
             grads = l.MicroBatches * (Math.Max(0, perMb - tMb) + 2 * firstUnit);
         }
         else
         {
-            double ring = RingSeconds(gradBytes, l.Dp, bw, lat);
+            double ring = RingSeconds(gradBytes, D, bw, lat);
             double buckets = Math.Max(1, gradBytes / (l.BucketMb * (1 << 20)));
-            grads = l.Dp > 1 ? Math.Max(ring - tBwdMb, ring / buckets) : 0;
+            grads = D > 1 ? Math.Max(ring - tBwdMb, ring / buckets) : 0;
         }
-        double owned = l.Zero >= 1 ? (double)n / l.Dp : n;
+        double owned = l.Zero >= 1 ? (double)n / D : n;
         double opt = owned * (device.Gpu ? 30.0 : 28.0) / (device.MemoryGBps * 1e9);
 
-        double step = compute + bubble + p2p + grads + opt;
+        double step = compute + tensorComm + bubble + p2p + grads + opt;
         double tokensPerStep = (double)l.GlobalBatch * l.SeqLen;
         double perDevice = tokensPerStep / step / l.Devices;
         double mfu = perDevice * FlopsPerToken(c, l.SeqLen) / (device.PeakTflops * 1e12);
-        return new PlanResult(l, mem, fits, compute, bubble, p2p, grads, opt, step, perDevice, mfu, compute / step, (compute + opt) / step);
+        return new PlanResult(l, mem, fits, compute, bubble, p2p, grads, opt, step, perDevice, mfu, compute / step, (compute + opt) / step) { TensorSeconds = tensorComm };
     }
 
     /// <summary>Every (pp, dp, zero, micro-batch, recompute) layout of <paramref name="devices"/> devices with about the
@@ -174,22 +200,36 @@ public static class Planner
         double achievedTflops, string schedule = "1f1b", RuntimeOverheads? runtime = null)
     {
         var results = new List<PlanResult>();
-        for (int pp = 1; pp <= Math.Min(devices, c.NumLayers); pp++)
-        {
-            if (devices % pp != 0) continue;
-            int dp = devices / pp;
-            foreach (int mb in new[] { 1, 2, 4, 8, 16 })
-            {
-                if (dp * mb > globalBatch) continue;
-                int m = (int)Math.Max(1, Math.Round((double)globalBatch / (dp * mb)));
-                foreach (int zero in new[] { 0, 1, 2, 3 })
+        // tensor ranks inside a node, dividing the heads, the MLP width and the vocabulary (as RunLayout.Validate asks)
+        var tps = new[] { 1, 2, 4, 8 }.Where(t => t <= link.GpusPerNode && c.NumHeads % t == 0 && (c.NumKvHeads % t == 0 || t % c.NumKvHeads == 0)
+            && c.IntermediateSize % t == 0 && c.VocabSize % t == 0);
+        var cps = new[] { 1, 2, 4, 8 }.Where(x => seqLen >= 2 * x * 128);   // chunks of at least 128 tokens
+        foreach (int tp in tps)
+            foreach (int cp in cps)
+                for (int pp = 1; pp <= Math.Min(devices, c.NumLayers); pp++)
                 {
-                    if ((zero > 0 && dp == 1) || (zero == 2 && pp > 1)) continue;
-                    foreach (var recompute in new[] { RecomputeMode.None, RecomputeMode.Selective, RecomputeMode.Full })
-                        results.Add(Evaluate(c, new PlanLayout(dp, pp, zero, mb, m, seqLen, recompute, schedule), device, link, achievedTflops, runtime: runtime));
+                    if (devices % (pp * tp * cp) != 0) continue;
+                    int dp = devices / (pp * tp * cp);
+                    foreach (int mb in new[] { 1, 2, 4, 8, 16 })
+                    {
+                        if (dp * mb > globalBatch) continue;
+                        int m = (int)Math.Max(1, Math.Round((double)globalBatch / (dp * mb)));
+                        // the interleaved schedule (v chunks per stage) where the layers and micro-batches allow it
+                        foreach (int v in new[] { 1, 2, 4 })
+                        {
+                            if (v > 1 && (pp < 2 || c.NumLayers < pp * v || m % pp != 0)) continue;
+                            foreach (int zero in new[] { 0, 1, 2, 3 })
+                            {
+                                if ((zero > 0 && dp * cp == 1) || (zero == 2 && pp > 1) || (v > 1 && zero >= 2)) continue;
+                                foreach (var recompute in new[] { RecomputeMode.None, RecomputeMode.Selective, RecomputeMode.Full })
+                                {
+                                    var l = new PlanLayout(dp, pp, zero, mb, m, seqLen, recompute, v > 1 ? "interleaved" : schedule) { Tp = tp, Cp = cp, VirtualStages = v };
+                                    results.Add(Evaluate(c, l, device, link, achievedTflops, runtime: runtime));
+                                }
+                            }
+                        }
+                    }
                 }
-            }
-        }
         return results.OrderByDescending(r => r.Fits).ThenByDescending(r => r.TokensPerSecondPerDevice).ToList();
     }
 
@@ -198,14 +238,14 @@ public static class Planner
     {
         var sb = new StringBuilder();
         var inv = CultureInfo.InvariantCulture;
-        sb.AppendLine("  #  dp   pp  zero  mb×M      batch  recompute  memory/GPU  fits  step s   bubble  comm s   tok/s/GPU  MFU    pipeline  scaling");
+        sb.AppendLine("  #  dp   pp  cp tp v  zero  mb×M      batch  recompute  memory/GPU  fits  step s   bubble  tp+cp s  comm s   tok/s/GPU  MFU    pipeline  scaling");
         int i = 0;
         foreach (var r in results.Take(top))
         {
             var l = r.Layout;
-            sb.AppendLine(string.Format(inv, "{0,3}  {1,-4} {2,-3} {3,-5} {4,-9} {5,5}  {6,-10} {7,10}  {8,-4}  {9,7:F2}  {10,5:P0}  {11,7:F3}  {12,9:N0}  {13,5:P0}  {14,7:P1}  {15,7:P1}",
-                ++i, l.Dp, l.Pp, l.Zero, $"{l.MicroBatch}×{l.MicroBatches}", l.GlobalBatch, l.Recompute.ToString().ToLowerInvariant(), MemoryEstimate.Gib(r.Memory.Total),
-                r.Fits ? "yes" : "NO", r.StepSeconds, r.BubbleFraction, r.P2pSeconds + r.GradientSeconds, r.TokensPerSecondPerDevice, r.Mfu,
+            sb.AppendLine(string.Format(inv, "{0,3}  {1,-4} {2,-3} {3,-2} {4,-2} {5,-1}  {6,-5} {7,-9} {8,5}  {9,-10} {10,10}  {11,-4}  {12,7:F2}  {13,5:P0}  {14,7:F3}  {15,7:F3}  {16,9:N0}  {17,5:P0}  {18,7:P1}  {19,7:P1}",
+                ++i, l.Dp, l.Pp, l.Cp, l.Tp, l.VirtualStages, l.Zero, $"{l.MicroBatch}×{l.MicroBatches}", l.GlobalBatch, l.Recompute.ToString().ToLowerInvariant(), MemoryEstimate.Gib(r.Memory.Total),
+                r.Fits ? "yes" : "NO", r.StepSeconds, r.BubbleFraction, r.TensorSeconds, r.P2pSeconds + r.GradientSeconds, r.TokensPerSecondPerDevice, r.Mfu,
                 r.PipelineEfficiency, r.ScalingEfficiency));
         }
         return sb.ToString();

@@ -323,8 +323,8 @@ public sealed class RecipeRunner(RecipeConfig cfg, IBackend backend)
             }
             trainSeconds = steps.Count > 0 ? steps[^1].ElapsedSeconds : 0;
             // the report counts the whole model (the stages of one replica) and the moments AdamW now holds
-            Span<double> counts = [run.TrainableParameters, run.Optimizers.StateBytes];
-            run.Layout.Grid?.Pipe.AllReduce(counts);
+            Span<double> counts = [run.TrainableParametersCounted, run.Optimizers.StateBytes];
+            if (run.Layout.Mesh.ModelParallel.WorldSize > 1) run.Layout.Mesh.ModelParallel.AllReduce(counts);
             (trainable, stateBytes) = ((long)counts[0], (long)counts[1]);
             if (run.Lora != null)
             {

@@ -30,8 +30,8 @@ public static class RunAssembler
 {
     public static AssembledRun Assemble(RunSpec spec, ICommunicator world, IBackend backend)
     {
-        var needs = new RunNeeds(spec.Name) { Lora = spec.Lora, Sampling = spec.Sampling };
-        var layout = ParallelLayout.Create(world, spec.Layout, spec.Model.Shape.NumLayers, spec.GradAccum, needs);
+        var needs = new RunNeeds(spec.Name) { Lora = spec.Lora, Sampling = spec.Sampling, OwnLoss = spec.Loss != null || spec.ScalarHead != null };
+        var layout = ParallelLayout.Create(world, spec.Layout, spec.Model.Shape, spec.GradAccum, needs);
         var run = new AssembledRun(spec, world, backend, layout);
         try
         {
@@ -91,8 +91,12 @@ public sealed class AssembledRun : IDisposable
     public ParameterStore TrainedStore => Lora?.Store ?? Model.Store;
     /// <summary>Parameters the run trains on this rank (adapters, or the body's unfrozen ones; the head's too).</summary>
     public long TrainableParameters => Optimizers.Members.Sum(o => o.Parallel.Store.Slots.Where(s => !s.Tensor.Frozen).Sum(s => s.Numel));
+    /// <summary>The tensor/sequence/context-parallel plan the model runs (null: none).</summary>
+    public MeshPlan? Plan { get; private set; }
+    Action? afterGradients;
+
     /// <summary>What the loop trains.</summary>
-    public TrainTarget Target => new(Model, Loss, Optimizers) { Pipeline = Pipeline, Ewc = Ewc };
+    public TrainTarget Target => new(Model, Loss, Optimizers) { Pipeline = Pipeline, Ewc = Ewc, Mesh = Layout.Mesh, AfterGradients = afterGradients };
 
     /// <summary>The checkpoint's exact settings with the layout's sequences per step.</summary>
     public IReadOnlyDictionary<string, string> Exact => exact ??= Spec.Checkpoint is { } ck
@@ -126,10 +130,13 @@ public sealed class AssembledRun : IDisposable
                 (h.Frozen, h.RequiresGrad) = (true, false);
             }
         }
-        var g = Layout.Grid;
-        Say($"{Spec.Name}: {Model.ParameterCount:N0} parameters on {Backend.Name}" + (World.WorldSize > 1
-            ? g != null ? $" on stage 0 of {g.Stages} ({Layout.Section.Schedule}, {MicroBatches} micro-batches), {Layout.DataGroup.WorldSize} data-parallel replica(s) ({World.Kind}), ZeRO-{Layout.Section.Zero}"
-            : $", {World.WorldSize} data-parallel ranks ({World.Kind}), ZeRO-{Layout.Section.Zero}" : ""));
+        var mesh = Layout.Mesh;
+        Say($"{Spec.Name}: {Model.ParameterCount:N0} parameters on {Backend.Name}" + (World.WorldSize == 1 ? ""
+            : mesh.Stages > 1 || Layout.SplitsModel
+            ? $" ({(Layout.SplitsModel ? "before splitting, " : "")}stage 0 of {mesh.Stages}), layout {mesh.Describe()} ({World.Kind}), ZeRO-{Layout.Section.Zero}" +
+              (mesh.Stages > 1 ? $", {Layout.Section.Schedule} over {MicroBatches} micro-batches" + (Layout.Section.VirtualStages > 1 ? $" × {Layout.Section.VirtualStages} chunks per stage" : "") : "") +
+              (mesh.TensorSize > 1 ? Layout.Section.SequenceParallel ? ", sequence parallel" : ", no sequence parallelism" : "")
+            : $", {World.WorldSize} data-parallel ranks ({World.Kind}), ZeRO-{Layout.Section.Zero}"));
     }
 
     /// <summary>LoRA: the base freezes, the adapters of this stage's layers become the trained store.</summary>
@@ -140,12 +147,21 @@ public sealed class AssembledRun : IDisposable
         Say(LoraSetup.Describe(Lora, Model));
     }
 
-    /// <summary>Data parallelism / ZeRO over each trainable store of the stage (lays the store out anew: parameters are
-    /// looked up by name from here on), and the pipeline schedule over the stage's gradient hooks. At ZeRO-3 the body's
-    /// weights are sharded unit by unit (with LoRA: the frozen base alongside the adapters); a scalar head, read
-    /// outside the body's units, keeps whole weights with ZeRO-2's sharded gradients and moments.</summary>
+    /// <summary>Tensor/sequence and context parallelism on the stage's model (its store cut into this rank's slices by
+    /// the Llama plan; the plan's hooks at the module boundaries), then data parallelism / ZeRO over each trainable store
+    /// of the stage (lays the store out anew: parameters are looked up by name from here on), and the pipeline schedule
+    /// over the stage's gradient hooks. At ZeRO-3 the body's weights are sharded unit by unit (with LoRA: the frozen base
+    /// alongside the adapters); a scalar head, read outside the body's units, keeps whole weights with ZeRO-2's sharded
+    /// gradients and moments.</summary>
     internal void Parallelize()
     {
+        if (Layout.SplitsModel)
+        {
+            if (Layout.Mesh.ContextSize > 1 && Backend.Name != "cpu")
+                Say($"note: context parallelism on {Backend.Name} merges its attention blocks through the host (built, not yet run on a GPU)");
+            Plan = Layout.CreatePlan(Model);
+            Model.Parallelize(Plan);
+        }
         parallel.Add(Layout.CreateDataParallel(Model, Lora));
         if (Head != null && Model.Stage.IsLast) parallel.Add(Layout.CreateDataParallel(Head.Head, maxZero: 2));
         Pipeline = Layout.CreateRunner(Model, new GradientSync([.. parallel]));
@@ -156,9 +172,15 @@ public sealed class AssembledRun : IDisposable
     {
         var body = new AdamW(TrainedStore, Spec.Optim, parallel[0])
         {
-            NormGroup = Layout.Grid?.Pipe,
+            NormGroup = Layout.Mesh.TensorSize > 1 ? Layout.Mesh.ModelParallel : Layout.Grid?.Pipe,
             NormExclude = Lora == null ? Pipeline?.NormDuplicate : null,
+            NormDuplicates = Plan?.Duplicates(Model.Store, Layout.WholeShape(Model)) ?? [],
         };
+        if (Plan is { } plan)
+        {
+            var partial = plan.PartialGradients(Model.Store, Layout.WholeShape(Model));
+            afterGradients = partial.Count > 0 ? () => plan.SyncGradients(parallel[0], partial) : null;
+        }
         Optimizers = parallel.Count == 1 ? new OptimizerSet(body) : new OptimizerSet(body, new AdamW(Head!.Head, Spec.HeadOptim ?? Spec.Optim, parallel[1]));
     }
 
@@ -189,7 +211,7 @@ public sealed class AssembledRun : IDisposable
         Say("resume: settings in effect: " + string.Join(", ", effective) + (Spec.SkipBatches is { } sb ? $", skipping the batches of steps {sb.First}-{sb.Last}" : ""));
         if (Lora != null) r.LoadAdapter(Lora);
         else if (!Spec.Model.ReadsCheckpoint) r.LoadWeights(Model, parallel[0]);   // into the model, or at ZeRO-3 into this rank's master slices
-        r.LoadOptimizer(Optimizers.Primary);
+        r.LoadOptimizer(Optimizers.Primary, Model);
         ck.Restore?.Invoke(r);
         if (Spec.Control != null) Spec.Control.LastCheckpoint = r.Directory;
     }
@@ -213,6 +235,41 @@ public sealed class AssembledRun : IDisposable
         Guard = Spec.Guard,
         SkipBatches = Spec.SkipBatches,
     };
+
+    /// <summary>
+    /// Forward-only loss of <paramref name="batches"/> (ids, targets; <paramref name="rows"/> rows each) at any layout:
+    /// through the pipeline's stages, or this rank's model over its tokens of each batch; the token-summed NLL and the
+    /// scored targets, the same on every rank of a model copy. Collective over the copy's ranks.
+    /// </summary>
+    public (double Nll, long Count) Evaluate(IReadOnlyList<(int[] Ids, int[] Targets)> batches, int rows)
+    {
+        if (Pipeline != null) return Pipeline.Evaluate(batches, rows);
+        double nll = 0;
+        long count = 0;
+        using (Engine.Core.Autograd.Grad.NoGrad())
+            foreach (var (ids, targets) in batches)
+            {
+                using var scope = new TensorScope();
+                var b = new Batch(ids, targets, new string[rows]).For(Model.Plan);
+                var x = Backend.Empty([b.LocalIds.Length], DType.I32);
+                Backend.Upload(x, b.LocalIds);
+                var (l, k) = PipelineRunner.Score(Model, x, b);
+                (nll, count) = (nll + l, count + k);
+            }
+        Span<double> sums = [nll, count];
+        return PipelineRunner.Reduce(Layout.Mesh, sums);
+    }
+
+    /// <summary>Trainable parameters of the model copy this rank belongs to, counted once: this rank's, less those
+    /// another tensor rank's copy counts (sum it over the copy's stages and tensor ranks: <see cref="DeviceMesh.ModelParallel"/>).</summary>
+    public long TrainableParametersCounted
+    {
+        get
+        {
+            var duplicates = new HashSet<string>(Optimizers.Primary.NormDuplicates, StringComparer.Ordinal);
+            return TrainableParameters - TrainedStore.Slots.Where(s => !s.Tensor.Frozen && duplicates.Contains(s.Name)).Sum(s => s.Numel);
+        }
+    }
 
     /// <summary>The loop over <paramref name="data"/> with <paramref name="options"/> alone (no checkpoints or metrics):
     /// a run that trains in rounds (PPO's epochs over each batch of rollouts).</summary>
@@ -268,10 +325,11 @@ public sealed class AssembledRun : IDisposable
         if (Pipeline is not { } runner) return;
         Span<double> idle = [runner.StepSeconds > 0 ? runner.WaitSeconds / runner.StepSeconds : 0, runner.TimedSteps > 0 ? 1 : 0];
         World.AllReduce(idle);
-        int P = Layout.Section.Pp, M = MicroBatches;
+        int P = Layout.Section.Pp, M = MicroBatches, v = runner.Chunks;
         if (idle[1] > 0)
             Say($"pipeline: stages idle {idle[0] / idle[1]:P1} of each step on average (measured: bubble + transfers, {runner.TimedSteps} step(s) after the first); " +
-                $"theory (P−1)/(M+P−1) = {PipelineSchedule.Bubble(P, M):P1} for P = {P}, M = {M}");
+                (v > 1 ? $"theory (P−1)/(v·M+P−1) = {PipelineSchedule.Bubble(P, M, v):P1} for P = {P}, M = {M}, v = {v}"
+                : $"theory (P−1)/(M+P−1) = {PipelineSchedule.Bubble(P, M):P1} for P = {P}, M = {M}"));
     }
 
     // ---- results ---------------------------------------------------------------------------------------------------
@@ -304,6 +362,7 @@ public sealed class AssembledRun : IDisposable
         Ewc?.Dispose();
         if (Optimizers != null) foreach (var o in Optimizers.Members) o.Dispose();
         foreach (var dp in parallel) dp.Dispose();
+        Plan?.Dispose();
         Lora?.Dispose();
         if (!Spec.Model.Borrowed)
         {

@@ -42,11 +42,16 @@ public sealed class LanguageModelLoss(LlamaModel model, IReadOnlyList<string> so
     public Tensor Forward(Tensor input, Batch b, long normalizer, LossAccounting accounting)
     {
         var be = model.Backend;
-        int rows = b.RowSources.Length, T = b.Ids.Length / rows;
-        var tg = be.Empty([b.Targets.Length], DType.I32);
-        be.Upload(tg, b.Targets);
-        var (loss, tokenLosses) = model.StageLoss(input, tg, rows, T, normalizer, (float)zLoss, model.TrainingMaxZLoss);   // Baichuan's max-z in training only
-        accounting.AddRows(tokenLosses, b.Targets, b.RowSources);   // on the device until the step's one read
+        var tg = be.Empty([b.LocalTargets.Length], DType.I32);
+        be.Upload(tg, b.LocalTargets);
+        var (loss, tokenLosses) = model.StageLoss(input, tg, b.Layout, normalizer, (float)zLoss, model.TrainingMaxZLoss);   // Baichuan's max-z in training only
+        if (b.Shard == null) accounting.AddRows(tokenLosses, b.Targets, b.RowSources);   // on the device until the step's one read
+        else
+        {
+            // a rank's chunks of the sequences (context parallelism): placed at their tokens of the whole batch
+            var (values, targets) = b.ToWhole(tokenLosses.ToArray());
+            accounting.AddRows(values, targets, b.RowSources);
+        }
         return loss;
     }
 }

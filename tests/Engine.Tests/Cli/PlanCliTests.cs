@@ -36,9 +36,13 @@ public class PlanCliTests
     [Fact]
     public void PlanPutsZero3FirstForTorchTitans70BRunAndEvaluatesAGivenLayout()
     {
-        var (code, output, err) = Run("plan", "--model", "llama2-70b", "--gpus", "64", "--gpu", "a100", "--seq-len", "4096", "--global-batch", "128");
+        // without tensor or context ranks (TorchTitan's FSDP-only run) ZeRO-3 comes first; with them, FSDP × TP 4
+        var (code, output, err) = Run("plan", "--model", "llama2-70b", "--gpus", "64", "--gpu", "a100", "--seq-len", "4096", "--global-batch", "128", "--tp", "1", "--cp", "1");
         Assert.True(code == 0, err);
         Assert.Contains("best: dp 64 × pp 1, ZeRO-3, micro-batch 2 × 1, full recompute", output);
+        (code, output, err) = Run("plan", "--model", "llama2-70b", "--gpus", "64", "--gpu", "a100", "--seq-len", "4096", "--global-batch", "128");
+        Assert.True(code == 0, err);
+        Assert.Contains("best: dp 16 × pp 1 × tp 4 (sequence parallel), ZeRO-3", output);
         Assert.Contains("CUDA context 0.70 GiB, NCCL 0.65 GiB per communicator, fragmentation 15 %", output);
         (code, output, err) = Run("plan", "--model", "llama2-70b", "--gpus", "64", "--gpu", "a100", "--seq-len", "4096", "--global-batch", "128",
             "--dp", "64", "--zero", "3", "--micro-batch", "2", "--recompute", "selective");

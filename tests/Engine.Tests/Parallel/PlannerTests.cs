@@ -70,7 +70,7 @@ public class PlannerTests(ITestOutputHelper output)
         var counter = new MemoryCounter();
         using (counter.Use())
         {
-            using var grid = PipelineGrid.Create(world, pp);
+            using var grid = DeviceMesh.Create(world, pp);
             var stages = PipelineStage.Split(Cfg.NumLayers, pp);
             using var model = new LlamaModel(Cfg, CpuBackend.Instance, stages[grid.Stage]);
             model.InitializeWeights(3);
@@ -306,5 +306,31 @@ public class PlannerStepTimeTests
         // without ZeRO-3 the best layout the planner finds is far slower (the 161 tokens/s/GPU of the issue)
         var best = Planner.Rank(llama2_70b, 64, 128, 4096, DeviceSpec.A100, LinkModel.DgxA100, 0.45 * 312).First(x => x.Fits);
         Assert.Equal(3, best.Layout.Zero);
+    }
+    /// <summary>The planner's tensor, context and interleave dimensions: a tensor rank holds 1/tp of the weights, moments
+    /// and (with sequence parallelism) activations; tp and cp add their collectives inside the micro-batch; the
+    /// interleaved schedule divides the bubble by v; the ranking includes 4-D layouts.</summary>
+    [Fact]
+    public void TensorContextAndInterleavingArePlanned()
+    {
+        var c = new Engine.Model.LlamaConfig { VocabSize = 32000, HiddenSize = 8192, IntermediateSize = 28672, NumLayers = 80, NumHeads = 64, NumKvHeads = 8 };
+        var link = LinkModel.DgxH100;
+        var basic = new PlanLayout(2, 4, 1, 1, 16, 4096, RecomputeMode.Full);
+        PlanResult Eval(PlanLayout l) => Planner.Evaluate(c, l, DeviceSpec.H100, link, 400);
+        var one = Eval(basic);
+        var tp = Eval(basic with { Tp = 4 });
+        Assert.Equal(one.Memory.Optimizer / 4, tp.Memory.Optimizer, one.Memory.Optimizer * 1e-3);
+        Assert.True(tp.Memory.Activations < one.Memory.Activations / 3, $"{tp.Memory.Activations} vs {one.Memory.Activations}");
+        Assert.True(Eval(basic with { Tp = 4, SequenceParallel = false }).Memory.Activations > tp.Memory.Activations);
+        Assert.Equal(0, one.TensorSeconds);
+        Assert.True(tp.TensorSeconds > 0 && Eval(basic with { Cp = 2 }).TensorSeconds > 0);
+        Assert.Equal(one.ComputeSeconds / 4, tp.ComputeSeconds, one.ComputeSeconds * 1e-9);
+        var v2 = Eval(basic with { VirtualStages = 2, Schedule = "interleaved" });
+        Assert.Equal(one.BubbleSeconds / 2, v2.BubbleSeconds, one.BubbleSeconds * 1e-9);
+        Assert.Equal(64, (basic with { Tp = 4, Cp = 2 }).Devices);
+        var ranked = Planner.Rank(c, 64, 256, 4096, DeviceSpec.H100, link, 400);
+        Assert.Contains(ranked, r => r.Layout.Tp == 8 && r.Layout.Cp == 2);
+        Assert.Contains(ranked, r => r.Layout.VirtualStages == 2 && r.Layout.Schedule == "interleaved");
+        Assert.DoesNotContain(ranked, r => r.Layout.Tp > link.GpusPerNode || r.Layout.Devices != 64);
     }
 }

@@ -27,6 +27,33 @@ public class RunLayoutTests
         new RunLayout(new ParallelSection { Pp = 4 }).Validate();
     }
 
+    /// <summary>Tensor and context parallelism's rules and what they cannot run yet, each refused by name.</summary>
+    [Fact]
+    public void TensorAndContextParallelismRefuseByName()
+    {
+        var model = new Engine.Model.LlamaConfig { VocabSize = 1002, HiddenSize = 64, IntermediateSize = 96, NumLayers = 4, NumHeads = 6, NumKvHeads = 3 };
+        ConfigException Refused4(ParallelSection p, Engine.Model.LlamaConfig m, RunNeeds? needs = null, int world = 4) =>
+            Assert.Throws<ConfigException>(() => new RunLayout(p).Validate(world, null, 4, needs, m));
+        var e = Refused4(new ParallelSection { Tp = 4 }, model);
+        Assert.Contains("parallel.tp = 4 must divide num_attention_heads (6)", e.Message);
+        Assert.Contains("parallel.tp = 4 and num_key_value_heads (3): one must divide the other", e.Message);
+        Assert.Contains("parallel.tp = 4 must divide vocab_size (1002)", Refused4(new ParallelSection { Tp = 4 }, model with { NumHeads = 8, NumKvHeads = 2 }).Message);
+        Assert.Contains("pp 1 × cp 3 × tp 1 = 3 does not divide the job's 4 rank(s)", Refused4(new ParallelSection { Cp = 3 }, model).Message);
+        var ok = model with { VocabSize = 1024, NumHeads = 8, NumKvHeads = 2 };
+        new RunLayout(new ParallelSection { Tp = 4 }).Validate(4, null, 4, null, ok);
+        new RunLayout(new ParallelSection { Tp = 4 }).Validate(4, null, 4, null, ok with { NumKvHeads = 1 });   // kv heads replicated
+        Assert.Contains("train: lora with parallel.tp = 2 is not supported yet", Refused4(new ParallelSection { Tp = 2 }, ok, new RunNeeds("train") { Lora = new LoraSection() }).Message);
+        Assert.Contains("ewc_lambda > 0 with parallel.cp = 2 is not supported", Refused4(new ParallelSection { Cp = 2 }, ok, new RunNeeds("stage s") { Ewc = true }).Message);
+        Assert.Contains("alignment.dpo: parallel.tp = 2: this phase's loss reads whole logits", Refused4(new ParallelSection { Tp = 2 }, ok, new RunNeeds("alignment.dpo") { OwnLoss = true }).Message);
+        Assert.Contains("max-z loss (z_loss_weight = 0.0002) is not supported yet", Refused4(new ParallelSection { Tp = 2 }, ok with { MaxZLossWeight = 2e-4 }).Message);
+        Assert.Contains("parallel.cp = 2 with ALiBi positions is not supported",
+            Refused4(new ParallelSection { Cp = 2 }, ok with { Family = Engine.Model.ModelFamily.Baichuan, Position = Engine.Model.PositionEmbedding.Alibi }).Message);
+        // the interleaved schedule's rules
+        Assert.Contains("must be a multiple of it", Refused4(new ParallelSection { Pp = 4, Schedule = "interleaved", VirtualStages = 2, MicroBatches = 6 }, ok with { NumLayers = 8 }).Message);
+        Assert.Contains("parallel.virtual_stages = 2 needs parallel.schedule = \"interleaved\"", Refused4(new ParallelSection { Pp = 2, VirtualStages = 2 }, ok).Message);
+        Assert.Contains("needs at least 8 layers, the model has 4", Refused4(new ParallelSection { Pp = 4, Schedule = "interleaved", VirtualStages = 2 }, ok).Message);
+    }
+
     [Fact]
     public void WhatTheEngineCannotDoIsRefusedByName()
     {
