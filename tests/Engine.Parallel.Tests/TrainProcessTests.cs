@@ -105,6 +105,24 @@ public class TrainProcessTests
         Assert.Contains($"{ranks} data-parallel ranks (mpi), ZeRO-{zero}", multi.Stdout);
     }
 
+    /// <summary>Tensor and context parallelism over Open MPI (the mesh's dimensions split from the MPI world by
+    /// MPI_Comm_split): tp 2 with sequence parallel, cp 2, and dp 2 × tp 2 at ZeRO-1, each equal to one process.</summary>
+    [Theory]
+    [InlineData(2, 4, "parallel.tp=2", "layout tp 2 (mpi)")]
+    [InlineData(2, 4, "parallel.cp=2", "layout cp 2 (mpi)")]
+    [InlineData(4, 2, "parallel.tp=2", "layout dp 2 × tp 2 (mpi), ZeRO-1")]
+    public async Task Launched_tensor_and_context_parallel_equal_one_process(int ranks, int accum, string set, string layout)
+    {
+        EngineProcess.RequireMpi();
+        using var dir = new TempFolder();
+        var single = await Single(dir.Path);
+        Assert.True(single.ExitCode == 0, single.All);
+        var multi = await EngineProcess.RunEngine(["launch", "--nproc-per-node", ranks.ToString(CultureInfo.InvariantCulture), "--", "train", "--config",
+            TrainConfig(dir.Path, accum, ranks == 4 ? 1 : 0), "--set", set], EngineProcess.BaseEnvironment(), Limit);
+        AssertSameRun(single, multi, $"{set} on {ranks} MPI ranks");
+        Assert.Contains(layout, Regex.Replace(multi.Stdout, @"\s+", " "));
+    }
+
     [Fact]
     public async Task Launched_pipeline_times_data_parallel_equals_one_process()
     {
