@@ -563,6 +563,8 @@ public static class Checkpoints
                 var done = new bool[placement.Parts];
                 foreach (var (st, p) in found)
                 {
+                    if (p.Placement != placement || !p.WholeShape.AsSpan().SequenceEqual(shape))
+                        throw new InvalidDataException($"{ckpt.Directory}: parameter {name} is split as {placement} of {Shape.Format(shape)} by one tensor rank's layout and as {p.Placement} of {Shape.Format(p.WholeShape)} by another");
                     if (done[p.Piece]) continue;   // a piece several tensor ranks hold (key/value heads fewer than tp)
                     var piece = new float[Shape.Numel(p.Shape)];
                     CopyFrom(st, p, 0, piece.Length, 0, [(tensor, piece)]);
@@ -679,6 +681,8 @@ public static class Checkpoints
         if (manifest.Files == null || manifest.Stages == null) throw Bad("'files' or 'stages' is missing");
         if (manifest.WorldSize < 1 || manifest.Pp < 1) throw Bad($"world_size {manifest.WorldSize} and pp {manifest.Pp} must be >= 1");
         if (manifest.Tp < 1 || manifest.Cp < 1) throw Bad($"tp {manifest.Tp} and cp {manifest.Cp} must be >= 1");
+        if ((long)manifest.Pp * manifest.Tp * manifest.Cp > manifest.WorldSize)
+            throw Bad($"pp {manifest.Pp} × cp {manifest.Cp} × tp {manifest.Tp} is more ranks than world_size {manifest.WorldSize}");
         var stageIndexes = new HashSet<(int, int)>();
         var ranks = new HashSet<int>();
         var fileLength = new Dictionary<int, long>();
@@ -696,6 +700,17 @@ public static class Checkpoints
                 foreach (int d in p.Shape)
                     numel = d >= 0 && (d == 0 || numel <= long.MaxValue / d) ? numel * d : throw Bad($"parameter {p.Name}: shape {Shape.Format(p.Shape)} is negative or overflows");
                 if (p.Offset < 0 || p.Offset > st.Capacity - numel) throw Bad($"parameter {p.Name}: elements {p.Offset}+{numel} lie outside stage {st.Index}'s capacity {st.Capacity}");
+                // a tensor-parallel piece: Parts (at most tp) equal pieces of Whole along SplitDim, this one Piece
+                if (p.Parts < 1 || p.Parts > manifest.Tp || p.Piece < 0 || p.Piece >= p.Parts)
+                    throw Bad($"parameter {p.Name}: piece {p.Piece} of {p.Parts} is not a piece of a split over tp {manifest.Tp}");
+                if (p.Whole is { } whole)
+                {
+                    bool pieces = whole.Length == p.Shape.Length && p.SplitDim >= 0 && p.SplitDim < whole.Length;
+                    for (int d = 0; pieces && d < whole.Length; d++)
+                        pieces = whole[d] == (d == p.SplitDim ? (long)p.Shape[d] * p.Parts : p.Shape[d]);
+                    if (!pieces) throw Bad($"parameter {p.Name}: whole shape {Shape.Format(whole)} is not {p.Parts} pieces of {Shape.Format(p.Shape)} along dimension {p.SplitDim}");
+                }
+                else if (p.Parts > 1) throw Bad($"parameter {p.Name}: split into {p.Parts} pieces without its whole shape");
             }
             var slices = new List<CheckpointSlice>();
             foreach (var sh in st.Shards)

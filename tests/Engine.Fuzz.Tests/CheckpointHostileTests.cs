@@ -56,7 +56,8 @@ public class CheckpointHostileTests
     [InlineData("slice null", "lies outside stage")]
     [InlineData("overlapping slices", "overlap")]
     [InlineData("rank beyond the world", "rank 9 is repeated or outside 0..3")]
-    [InlineData("stage index repeated", "stage index 0 is repeated")]                  // was ArgumentException (ToDictionary duplicate key)
+    [InlineData("stage index repeated", "stage index 0 (tensor rank 0) is repeated")]
+    [InlineData("split beyond tp", "piece 0 of 4096 is not a piece of a split over tp 1")]   // was ArgumentException from Placement (fuzz input 244)                  // was ArgumentException (ToDictionary duplicate key)
     [InlineData("negative dimension", "is negative or overflows")]
     [InlineData("parameter past the capacity", "lie outside stage 0's capacity")]
     [InlineData("file outside the directory", "lies outside the checkpoint directory")]
@@ -79,6 +80,7 @@ public class CheckpointHostileTests
                     break;
                 case "rank beyond the world": Stage(m, 1)["shards"]![0]!["rank"] = 9; break;
                 case "stage index repeated": Stage(m, 1)["index"] = 0; break;
+                case "split beyond tp": Stage(m, 0)["parameters"]![0]!["parts"] = 4096; break;
                 case "negative dimension": Stage(m, 0)["parameters"]![0]!["shape"]![0] = -4; break;
                 case "parameter past the capacity": Stage(m, 0)["parameters"]![0]!["offset"] = Stage(m, 0)["capacity"]!.GetValue<long>(); break;
                 case "file outside the directory": m["files"]!["../../etc/passwd"] = "00"; break;
