@@ -51,11 +51,18 @@ public class ProfilerTests
         Profiler.Enabled = true;
         try
         {
-            Profiler.Reset();
-            var steps = TrainingLoop.Run(model, new RandomBatches(512), options with { StartStep = 1 }, opt, cancel: TestContext.Current.CancellationToken);
-            double wall = steps.Sum(s => s.StepSeconds), ops = Profiler.TotalOpSeconds("step");
-            Assert.True(ops <= wall * 1.001, $"ops {ops:F4} s exceed the steps' wall time {wall:F4} s: double counting");
-            Assert.True(ops >= MinShare * wall, $"ops {ops:F4} s are only {ops / wall:P1} of the steps' wall time {wall:F4} s\n{Profiler.Report()}");
+            // the best of three runs: a loaded machine preempts the test between ops now and then (time no op owns);
+            // an op that escapes the profiler lowers every run alike
+            double wall = 0, ops = 0;
+            for (int attempt = 0; attempt < 3 && !(ops >= MinShare * wall && wall > 0); attempt++)
+            {
+                Profiler.Reset();
+                var steps = TrainingLoop.Run(model, new RandomBatches(512), options with { StartStep = 1 }, opt, cancel: TestContext.Current.CancellationToken);
+                wall = steps.Sum(s => s.StepSeconds);
+                ops = Profiler.TotalOpSeconds("step");
+                Assert.True(ops <= wall * 1.001, $"ops {ops:F4} s exceed the steps' wall time {wall:F4} s: double counting");
+            }
+            Assert.True(ops >= MinShare * wall, $"ops {ops:F4} s are only {ops / wall:P1} of the steps' wall time {wall:F4} s (best of 3 runs)\n{Profiler.Report()}");
             var byOp = Profiler.ByOp().ToDictionary(r => r.Op);
             Assert.True(byOp["matmul"].Seconds > 0 && byOp["adamw"].Calls == 3, Profiler.Report());
             Assert.Equal(byOp.Values.OrderByDescending(r => r.Seconds).Select(r => r.Op), Profiler.ByOp().Select(r => r.Op));   // sorted
