@@ -2,12 +2,15 @@ namespace Engine.Training.Scaling;
 
 /*
  * The laws, each written as log L = LSE(t_0, t_1, …): the log of a sum of positive terms, every term an exponential
- * of parameters that are free reals (Besiroglu et al. 2024's parameterization of Hoffmann et al. 2022): the fit is
- * unconstrained, and the residuals are in log-loss (a 1 % error weighs the same at loss 2 and loss 6).
+ * of parameters that are free reals (Besiroglu et al. 2024's parameterization of Hoffmann et al. 2022), and the
+ * residuals are in log-loss (a 1 % error weighs the same at loss 2 and loss 6). The exponents are fitted through their
+ * logs (α = e^φ, …): each stays positive, so a term can flatten out (α → 0) but never turn round and grow with scale —
+ * unconstrained, a ladder whose sizes barely differ in loss fitted α = −41 with A → 0, and its prediction for a larger
+ * model was 10^16.
  *
- *   compute (Baichuan 2):  L(C)       = a·C^b + L∞                         θ = (l, a', b'):  t = l, a' − b'·ln(C/C₀)
- *   chinchilla:            L(N, D)    = E + A/N^α + B/D^β                   θ = (e, a, α, b, β)
- *   D-CPT (Que et al.):    L(N, D, r) = E + A/N^α + B·r^η/D^β + C/(r+ε)^γ   θ = (e, a, α, b, η, β, c, γ, s), ε = e^s
+ *   compute (Baichuan 2):  L(C)       = a·C^b + L∞                         θ = (l, a', ln −b):  t = l, a' + b·ln(C/C₀)
+ *   chinchilla:            L(N, D)    = E + A/N^α + B/D^β                   θ = (e, a, ln α, b, ln β)
+ *   D-CPT (Que et al.):    L(N, D, r) = E + A/N^α + B·r^η/D^β + C/(r+ε)^γ   θ = (e, a, ln α, b, ln η, ln β, c, ln γ, s), ε = e^s
  *
  * Inputs are divided by reference scales (C₀, N₀, D₀: the geometric means of the fitted points) so one grid of
  * starting points suits every ladder; the reported parameters are converted back to raw units (A = e^a·N₀^α, …).
@@ -82,25 +85,26 @@ public sealed class ComputeLaw(double c0) : ScalingLaw
     public override string Name => "compute";
     public override string Formula => "L(C) = a·C^b + L_inf";
     public override string[] Inputs => ["C"];
+    /// <summary>θ = (ln L∞, a', ln −b).</summary>
     public override string[] Free => ["l", "a", "b"];
 
     public override double LogLoss(ReadOnlySpan<double> th, ReadOnlySpan<double> x, Span<double> grad)
     {
-        double w = Math.Log(x[0] / C0);
-        Span<double> t = [th[0], th[1] - th[2] * w];
+        double w = Math.Log(x[0] / C0), b = Math.Exp(th[2]);
+        Span<double> t = [th[0], th[1] - b * w];
         Span<double> s = stackalloc double[2];
         double y = Lse(t, s);
-        if (!grad.IsEmpty) { grad[0] = s[0]; grad[1] = s[1]; grad[2] = -w * s[1]; }
+        if (!grad.IsEmpty) { grad[0] = s[0]; grad[1] = s[1]; grad[2] = -w * b * s[1]; }
         return y;
     }
 
     public override IReadOnlyList<double[]> Starts(double minLoss) =>
-        Grid(Ln(0.3 * minLoss, 0.6 * minLoss, 0.85 * minLoss, 0.97 * minLoss), Ln(0.02, 0.1, 0.3, 1, 3), [0.02, 0.05, 0.1, 0.2, 0.4, 0.8]);
+        Grid(Ln(0.3 * minLoss, 0.6 * minLoss, 0.85 * minLoss, 0.97 * minLoss), Ln(0.02, 0.1, 0.3, 1, 3), Ln(0.02, 0.05, 0.1, 0.2, 0.4, 0.8));
 
     public override IReadOnlyDictionary<string, double> Reported(ReadOnlySpan<double> th) => new Dictionary<string, double>
     {
-        ["a"] = Math.Exp(th[1] + th[2] * Math.Log(C0)),
-        ["b"] = -th[2],
+        ["a"] = Math.Exp(th[1] + Math.Exp(th[2]) * Math.Log(C0)),
+        ["b"] = -Math.Exp(th[2]),
         ["L_inf"] = Math.Exp(th[0]),
     };
 }
@@ -117,30 +121,30 @@ public sealed class ChinchillaLaw(double n0, double d0) : ScalingLaw
 
     public override double LogLoss(ReadOnlySpan<double> th, ReadOnlySpan<double> x, Span<double> grad)
     {
-        double u = Math.Log(x[0] / N0), v = Math.Log(x[1] / D0);
-        Span<double> t = [th[0], th[1] - th[2] * u, th[3] - th[4] * v];
+        double u = Math.Log(x[0] / N0), v = Math.Log(x[1] / D0), alpha = Math.Exp(th[2]), beta = Math.Exp(th[4]);
+        Span<double> t = [th[0], th[1] - alpha * u, th[3] - beta * v];
         Span<double> s = stackalloc double[3];
         double y = Lse(t, s);
         if (!grad.IsEmpty)
         {
             grad[0] = s[0];
-            grad[1] = s[1]; grad[2] = -u * s[1];
-            grad[3] = s[2]; grad[4] = -v * s[2];
+            grad[1] = s[1]; grad[2] = -u * alpha * s[1];
+            grad[3] = s[2]; grad[4] = -v * beta * s[2];
         }
         return y;
     }
 
     public override IReadOnlyList<double[]> Starts(double minLoss) =>
-        Grid(Ln(0.3 * minLoss, 0.6 * minLoss, 0.85 * minLoss, 0.97 * minLoss), Ln(0.03, 0.2, 1), [0.1, 0.3, 0.6, 1.2],
-            Ln(0.03, 0.2, 1), [0.1, 0.3, 0.6, 1.2]);
+        Grid(Ln(0.3 * minLoss, 0.6 * minLoss, 0.85 * minLoss, 0.97 * minLoss), Ln(0.03, 0.2, 1), Ln(0.1, 0.3, 0.6, 1.2),
+            Ln(0.03, 0.2, 1), Ln(0.1, 0.3, 0.6, 1.2));
 
     public override IReadOnlyDictionary<string, double> Reported(ReadOnlySpan<double> th) => new Dictionary<string, double>
     {
         ["E"] = Math.Exp(th[0]),
-        ["A"] = Math.Exp(th[1] + th[2] * Math.Log(N0)),
-        ["alpha"] = th[2],
-        ["B"] = Math.Exp(th[3] + th[4] * Math.Log(D0)),
-        ["beta"] = th[4],
+        ["A"] = Math.Exp(th[1] + Math.Exp(th[2]) * Math.Log(N0)),
+        ["alpha"] = Math.Exp(th[2]),
+        ["B"] = Math.Exp(th[3] + Math.Exp(th[4]) * Math.Log(D0)),
+        ["beta"] = Math.Exp(th[4]),
     };
 
     /// <summary>Hoffmann et al.'s closed form under C = 6·N·D: N_opt = G·(C/6)^(β/(α+β)), D_opt = (C/6)/N_opt,
@@ -170,33 +174,34 @@ public sealed class DcptLaw(double n0, double d0) : ScalingLaw
     {
         double u = Math.Log(x[0] / N0), v = Math.Log(x[1] / D0), r = x[2];
         double eps = Math.Exp(th[8]), lr = r > 0 ? Math.Log(r) : 0, lre = Math.Log(r + eps);
-        Span<double> t = [th[0], th[1] - th[2] * u, r > 0 ? th[3] + th[4] * lr - th[5] * v : double.NegativeInfinity, th[6] - th[7] * lre];
+        double alpha = Math.Exp(th[2]), eta = Math.Exp(th[4]), beta = Math.Exp(th[5]), gamma = Math.Exp(th[7]);
+        Span<double> t = [th[0], th[1] - alpha * u, r > 0 ? th[3] + eta * lr - beta * v : double.NegativeInfinity, th[6] - gamma * lre];
         Span<double> s = stackalloc double[4];
         double y = Lse(t, s);
         if (!grad.IsEmpty)
         {
             grad[0] = s[0];
-            grad[1] = s[1]; grad[2] = -u * s[1];
-            grad[3] = s[2]; grad[4] = lr * s[2]; grad[5] = -v * s[2];
-            grad[6] = s[3]; grad[7] = -lre * s[3]; grad[8] = -th[7] * eps / (r + eps) * s[3];
+            grad[1] = s[1]; grad[2] = -u * alpha * s[1];
+            grad[3] = s[2]; grad[4] = lr * eta * s[2]; grad[5] = -v * beta * s[2];
+            grad[6] = s[3]; grad[7] = -lre * gamma * s[3]; grad[8] = -gamma * eps / (r + eps) * s[3];
         }
         return y;
     }
 
     public override IReadOnlyList<double[]> Starts(double minLoss) =>
-        Grid(Ln(0.4 * minLoss, 0.8 * minLoss), Ln(0.05, 0.5), [0.2, 0.8], Ln(0.05, 0.5), [0.3, 1.0], [0.2, 0.8],
-            Ln(0.02, 0.2), [0.3, 1.0], Ln(0.01, 0.1));
+        Grid(Ln(0.4 * minLoss, 0.8 * minLoss), Ln(0.05, 0.5), Ln(0.2, 0.8), Ln(0.05, 0.5), Ln(0.3, 1.0), Ln(0.2, 0.8),
+            Ln(0.02, 0.2), Ln(0.3, 1.0), Ln(0.01, 0.1));
 
     public override IReadOnlyDictionary<string, double> Reported(ReadOnlySpan<double> th) => new Dictionary<string, double>
     {
         ["E"] = Math.Exp(th[0]),
-        ["A"] = Math.Exp(th[1] + th[2] * Math.Log(N0)),
-        ["alpha"] = th[2],
-        ["B"] = Math.Exp(th[3] + th[5] * Math.Log(D0)),
-        ["eta"] = th[4],
-        ["beta"] = th[5],
+        ["A"] = Math.Exp(th[1] + Math.Exp(th[2]) * Math.Log(N0)),
+        ["alpha"] = Math.Exp(th[2]),
+        ["B"] = Math.Exp(th[3] + Math.Exp(th[5]) * Math.Log(D0)),
+        ["eta"] = Math.Exp(th[4]),
+        ["beta"] = Math.Exp(th[5]),
         ["C"] = Math.Exp(th[6]),
-        ["gamma"] = th[7],
+        ["gamma"] = Math.Exp(th[7]),
         ["epsilon"] = Math.Exp(th[8]),
     };
 }

@@ -68,6 +68,23 @@ public class LawFitTests
         Near(Math.Log10(nTrue), Math.Log10(nFit.Value), 0.5, "log10 N_opt(1e23)");
     }
 
+    /// <summary>A ladder whose sizes do not differ in loss — the shipped CPU ladder's general losses at ratio 0.3
+    /// (benchmarks/results/ladder_finance, 2026-12-08: tiny models on few tokens, where only D matters) — leaves the
+    /// size term flat rather than turned round: every exponent stays positive, and the held-out 4.4M-parameter point is
+    /// predicted near its observed 5.9575. Unconstrained, this fit gave α = −41 with A → 0 and predicted 5·10^16.</summary>
+    [Fact]
+    public void ExponentsStayPositiveWhenSizeDoesNotMatter()
+    {
+        double[] n = [98_624, 304_800, 738_432, 1_574_592], d = [102_400, 204_800, 409_600];
+        double[][] loss = [[6.2642, 6.1954, 6.0000], [6.2799, 6.1636, 5.9605], [6.2786, 6.1940, 5.9915], [6.3263, 6.2055, 5.9557]];
+        var pts = (from i in Enumerable.Range(0, 4) from j in Enumerable.Range(0, 3) select new[] { n[i], d[j] }).ToArray();
+        var y = (from i in Enumerable.Range(0, 4) from j in Enumerable.Range(0, 3) select loss[i][j]).ToArray();
+        var law = new ChinchillaLaw(ScalingLaw.GeometricMean(n), ScalingLaw.GeometricMean(d));
+        var fit = LawFit.Fit(law, pts, y, new FitOptions { Bootstrap = 20 });
+        Assert.True(fit.Parameters["alpha"] > 0 && fit.Parameters["beta"] > 0, $"alpha {fit.Parameters["alpha"]}, beta {fit.Parameters["beta"]}");
+        Relative(5.9575, fit.Predict(4_353_280, 409_600).Value, 0.03, "the held-out xl point");
+    }
+
     /// <summary>The intervals mean what they say: over 24 noise draws the nominal 90 % interval of the curve one decade
     /// past the data covers the true loss in most draws (≥ 15 of 24; a broken bootstrap covers ~0), and the
     /// prediction interval of a new observation at least as often.</summary>
