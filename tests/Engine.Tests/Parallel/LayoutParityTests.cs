@@ -178,6 +178,21 @@ public class LayoutParityTests
         Assert.Equal(pp, ranks[0].Stages);
     }
 
+    /// <summary>A recipe stage (mixture ramp with instruction rows, answer-only loss) at tensor parallel 2 with sequence
+    /// parallel, and at dp 2 × tp 2: the heads, the MLP and the vocabulary split over the tensor ranks.</summary>
+    [Theory]
+    [InlineData(2, 1)]
+    [InlineData(4, 2)]
+    public void RecipeStageAtTensorParallelEqualsOneProcess(int world, int replicas)
+    {
+        using var one = new TempDir();
+        using var many = new TempDir();
+        var single = RunRecipe(Recipe(one.Path, replicas * MicroPerReplica, new ParallelSection()), null);
+        Assert.Contains(single.Steps, s => s.SourceLosses!.ContainsKey("inst"));
+        var ranks = ThreadCommunicator.Run(world, c => RunRecipe(Recipe(many.Path, MicroPerReplica, new ParallelSection { Tp = 2, Zero = replicas > 1 ? 1 : 0 }), c));
+        AssertSame(single, ranks[0], $"recipe stage on {world} ranks, tp 2");
+    }
+
     /// <summary>A recipe takes the whole [parallel] section as train does: GPipe, an uneven layer split and
     /// parallel.micro_batches in place of the stage's grad_accum.</summary>
     [Fact]
