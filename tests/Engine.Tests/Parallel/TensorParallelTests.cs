@@ -161,21 +161,27 @@ public class TensorParallelTests
         Zero3Tests.AssertSameRun(single, split, $"dp {dp} × pp {pp} × cp {cp} × tp {tp}, ZeRO-{zero}, v {virtualStages}");
     }
 
-    /// <summary>Context parallelism alone at an odd sequence length (the chunks padded at the end of each sequence).</summary>
-    [Fact]
-    public void Cp2AtAnOddSequenceLengthEqualsOneProcess()
+    /// <summary>Context parallelism alone at odd sequence lengths, short and about 1k (the chunks padded at the end of
+    /// each sequence).</summary>
+    [Theory]
+    [InlineData(29)]
+    [InlineData(1023)]
+    public void Cp2AtAnOddSequenceLengthEqualsOneProcess(int seqLen)
     {
         using var a = new TempDir();
         using var b = new TempDir();
         TrainConfig Odd(string dir, ParallelSection p)
         {
             var cfg = Config(dir, 2, p);
-            cfg.Train.SeqLen = 29;
+            cfg.Train.SeqLen = seqLen;
+            cfg.Model.MaxPositionEmbeddings = Math.Max(cfg.Model.MaxPositionEmbeddings, seqLen + 1);
             return cfg;
         }
         var single = Zero3Tests.Train(1, Odd(a.Path, new ParallelSection()));
         var cp = Zero3Tests.Train(2, Odd(b.Path, new ParallelSection { Cp = 2 }));
-        Zero3Tests.AssertSameRun(single, cp, "cp 2 at sequence 29");
+        // at ~1k keys the blockwise log-sum-exp merge sums each row's attention in another order than one pass:
+        // measured 1.0e-5 of a weight's norm after 3 AdamW steps, so that length is held to 3e-5
+        Zero3Tests.AssertSameRun(single, cp, $"cp 2 at sequence {seqLen}", seqLen > 512 ? 3e-5 : 1e-5);
         Assert.Equal(single.FinalValidLoss!.Value, cp.FinalValidLoss!.Value, 1e-5);
     }
 
