@@ -89,20 +89,18 @@ public static class RunArtifacts
     /// </summary>
     public static ITokenizer TrainTokenizer(TrainConfig cfg)
     {
-        string spec = cfg.Data.Tokenizer;
-        if (spec == "byte") return new ByteTokenizer();
-        if (spec == "model")
+        if (TrainTokenizerFile(cfg) is not { } path) return new ByteTokenizer();
+        if (cfg.Data.Tokenizer == "model")
         {
-            if (cfg.Model.InitFrom is not { } init) throw new ConfigException("data.tokenizer = \"model\" takes model.init_from's tokenizer, but model.init_from is not set");
-            string dir = cfg.Resolve(init);
+            string dir = Path.GetDirectoryName(path)!;
             return TokenizerFiles.FromDirectory(dir) ?? throw new ConfigException($"data.tokenizer = \"model\": model.init_from {dir} has no {TokenizerFiles.JsonFile}");
         }
-        string path = cfg.Resolve(spec);
         if (!File.Exists(path)) throw new ConfigException($"data.tokenizer: neither \"byte\", \"model\" nor an existing tokenizer.json: {path}");
         return TokenizerFiles.Load(path);
     }
 
-    /// <summary>The tokenizer.json a train config reads (init_from's for "model"; null for bytes): what a resume hashes.</summary>
+    /// <summary>The tokenizer.json a train config reads (init_from's for "model"; null for bytes): what
+    /// <see cref="TrainTokenizer"/> loads and a resume hashes.</summary>
     public static string? TrainTokenizerFile(TrainConfig cfg) => cfg.Data.Tokenizer switch
     {
         "byte" => null,
